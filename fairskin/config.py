@@ -1,0 +1,397 @@
+"""Typed configuration: one pydantic model per concern, named presets, YAML load/dump.
+
+Every knob of the engine lives here and is validated in one place. A configuration is built as
+
+    defaults  <-  preset  <-  YAML file  <-  command-line overrides (``key.sub=value``)
+
+and an invalid value fails with a :class:`ConfigError` naming the field, the value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_DISEASES = (
+    "allergic contact dermatitis",
+    "basal cell carcinoma",
+    "lichen planus",
+    "psoriasis",
+    "squamous cell carcinoma",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+
+
+class GroupSpec(_Section):
+    """A skin-tone group and the Fitzpatrick skin types (1..6) it holds."""
+
+    name: str = Field(min_length=1)
+    fst: list[int] = Field(min_length=1)
+
+    @field_validator("fst")
+    @classmethod
+    def _fst_range(cls, value: list[int]) -> list[int]:
+        bad = [v for v in value if not 1 <= v <= 6]
+        if bad:
+            raise ValueError(f"Fitzpatrick types must be in 1..6, got {bad}")
+        return sorted(set(value))
+
+
+def _default_groups() -> list[GroupSpec]:
+    # Order is the group-id order used everywhere (tensors, tables).
+    return [
+        GroupSpec(name="African", fst=[5, 6]),
+        GroupSpec(name="Asian", fst=[3, 4]),
+        GroupSpec(name="Caucasian", fst=[1, 2]),
+    ]
+
+
+class DataConfig(_Section):
+    """Where images come from, how they are labelled, binned and split."""
+
+    source: Literal["synthetic", "fitzpatrick17k"] = "synthetic"
+    csv_path: Path | None = None
+    image_root: Path | None = None
+    binning: Literal["centaur_fallback", "scale", "centaur"] = "centaur_fallback"
+    groups: list[GroupSpec] = Field(default_factory=_default_groups)
+    diseases: list[str] = Field(default_factory=lambda: list(DEFAULT_DISEASES), min_length=2)
+    min_subclass_count: int = Field(12, ge=1)
+    drop_qc_wrongly_labelled: bool = False
+    near_duplicate_max_distance: int | None = Field(None, ge=0, le=64)
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    image_size: int = Field(64, ge=8, le=1024)
+    synthetic_scale: float = Field(1.0, gt=0, le=100)
+    shard_rows: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"group names must be unique, got {names}")
+        seen: dict[int, str] = {}
+        for g in self.groups:
+            for f in g.fst:
+                if f in seen:
+                    raise ValueError(f"FST {f} is in both groups {seen[f]!r} and {g.name!r}")
+                seen[f] = g.name
+        if len(set(self.diseases)) != len(self.diseases):
+            raise ValueError(f"diseases must be unique, got {self.diseases}")
+        if self.source == "fitzpatrick17k" and self.csv_path is None:
+            raise ValueError("source 'fitzpatrick17k' needs data.csv_path (the Fitzpatrick17k CSV)")
+        return self
+
+    @property
+    def group_names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    def group_fst(self) -> dict[str, list[int]]:
+        return {g.name: list(g.fst) for g in self.groups}
+
+
+class SamplingConfig(_Section):
+    """Level 1: subclass weights and how they are applied (exactly one way per run)."""
+
+    weights: Literal["none", "cbrs", "sqrs"] = "none"
+    apply: Literal["sampler", "loss"] = "sampler"
+
+
+class VariantSpec(_Section):
+    """One diffusion fine-tune configuration (see ``fairskin.diffusion`` variants)."""
+
+    name: str
+    weights: Literal["none", "cbrs", "sqrs"] = "none"
+    apply: Literal["sampler", "loss"] = "sampler"
+    loss: Literal["dm", "cbdm"] = "dm"
+
+
+class DiffusionConfig(_Section):
+    """Level 2: the Stable Diffusion fine-tune."""
+
+    model: str = "tiny"  # "tiny" (built in code) or a local folder / hub id of an SD pipeline
+    allow_download: bool = False
+    prompt_template: str = "{group} people {disease}"
+    variants: list[str] = Field(default_factory=lambda: ["vanilla", "fairskin_s"])
+    global_batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(3e-7, gt=0)
+    max_steps: int = Field(12_000, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    cache_latents: bool = True
+    cbdm_tau: float = Field(1.0, ge=0)
+    cbdm_gamma: float = Field(0.25, ge=0)
+    prompt_drop_prob: float = Field(0.1, ge=0, le=1)
+    checkpoint_every: int = Field(500, ge=1)
+    num_workers: int = Field(1, ge=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(0, ge=-1)
+    base_vae_steps: int = Field(0, ge=0)
+    base_unet_steps: int = Field(0, ge=0)
+
+
+class GenerationConfig(_Section):
+    """Synthetic pools: P images per subclass per variant."""
+
+    images_per_subclass: int = Field(1000, ge=1)
+    guidance_scale: float = Field(7.5, ge=0)
+    inference_steps: int = Field(50, ge=1)
+    scheduler: str = "pndm"
+    batch_size: int = Field(8, ge=1)
+    real_split: Literal["train", "val", "test"] = "train"
+    inception_weights_path: Path | None = None
+
+
+class ClassifierConfig(_Section):
+    """Level 3: the downstream ViT classifier."""
+
+    model: str = "tiny"  # "tiny" (built in code) or a local folder / hub id of a ViT
+    image_size: int = Field(224, ge=8)
+    epochs: int = Field(10, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    downstream_mode: Literal["random", "resample", "reweight"] = "random"
+    accuracy_floor: float = Field(0.05, gt=0, le=1)
+    bootstrap_samples: int = Field(1000, ge=0)
+
+
+class TuneConfig(_Section):
+    """Ray Tune + Optuna searches."""
+
+    space: str = "ablation"
+    num_trials: int | None = Field(None, ge=1)
+    cpus_per_trial: float = Field(0.5, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    count_scale: float = Field(1.0, gt=0)
+
+
+class TrackingConfig(_Section):
+    """MLflow: where runs are written."""
+
+    tracking_uri: str | None = None  # default: sqlite:///<runs_root>/mlflow.db
+    experiment: str = "fairskin"
+    enabled: bool = True
+
+
+class RuntimeConfig(_Section):
+    """Process-level settings: Ray, seeds, threads, where outputs go."""
+
+    runs_root: Path = Path("./runs")
+    seed: int = Field(0, ge=0)
+    num_cpus: float | None = Field(None, gt=0)
+    progress: bool = True
+
+    @field_validator("runs_root")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return Path(os.path.abspath(os.path.expanduser(str(value))))
+
+
+class FairSkinConfig(_Section):
+    """The complete, resolved configuration of one invocation."""
+
+    preset: str = "demo"
+    data: DataConfig = Field(default_factory=DataConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    def section(self, dotted: str) -> Any:
+        """The value at a dotted path, e.g. ``"data.image_size"``, as plain JSON data."""
+        value: Any = self.model_dump(mode="json")
+        for part in dotted.split("."):
+            value = value[part]
+        return value
+
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI: the configured one, else a SQLite file under the runs root."""
+        if self.tracking.tracking_uri:
+            return self.tracking.tracking_uri
+        return f"sqlite:///{self.runtime.runs_root / 'mlflow.db'}"
+
+
+# --------------------------------------------------------------------------- presets
+
+PresetFn = Callable[[], dict[str, Any]]
+PRESETS: dict[str, PresetFn] = {}
+
+
+def register_preset(name: str) -> Callable[[PresetFn], PresetFn]:
+    """Register a function returning a nested dict of values over the defaults."""
+
+    def wrap(fn: PresetFn) -> PresetFn:
+        PRESETS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_preset("demo")
+def _demo() -> dict[str, Any]:
+    # Embedded default: synthetic 64 px data, tiny models, CPU, ~10 minutes after install.
+    return {
+        "data": {"source": "synthetic", "image_size": 64, "synthetic_scale": 1.0},
+        "diffusion": {"model": "tiny", "global_batch_size": 16, "learning_rate": 1e-3, "max_steps": 300,
+                      "checkpoint_every": 100, "base_vae_steps": 300, "base_unet_steps": 300},
+        "generation": {"images_per_subclass": 96, "inference_steps": 20, "guidance_scale": 3.0, "batch_size": 16},
+        "classifier": {"model": "tiny", "image_size": 64, "epochs": 4, "learning_rate": 1e-3, "batch_size": 64,
+                       "bootstrap_samples": 200},
+        "tune": {"num_trials": 6, "count_scale": 0.1},
+    }
+
+
+@register_preset("smoke")
+def _smoke() -> dict[str, Any]:
+    # Tests: the smallest sizes that still exercise every path.
+    return {
+        "data": {"source": "synthetic", "image_size": 32, "synthetic_scale": 0.1, "shard_rows": 64},
+        "diffusion": {"model": "tiny", "global_batch_size": 4, "learning_rate": 1e-3, "max_steps": 6,
+                      "checkpoint_every": 3, "base_vae_steps": 4, "base_unet_steps": 4},
+        "generation": {"images_per_subclass": 8, "inference_steps": 2, "guidance_scale": 2.0, "batch_size": 4},
+        "classifier": {"model": "tiny", "image_size": 32, "epochs": 2, "learning_rate": 1e-3, "batch_size": 32,
+                       "bootstrap_samples": 50},
+        "tune": {"num_trials": 3, "count_scale": 0.02},
+        "runtime": {"progress": False},
+    }
+
+
+@register_preset("paper")
+def _paper() -> dict[str, Any]:
+    # FairSkin paper, section 4.2: SD v1-4 at 512 px, batch 8, lr 3e-7, 12k steps, 1,000 images per subclass;
+    # ViT-B/16 at 224 px, lr 1e-4, 10 epochs.
+    return {
+        "data": {"source": "fitzpatrick17k", "csv_path": "fitzpatrick17k.csv", "image_root": "images",
+                 "image_size": 512},
+        "diffusion": {"model": "CompVis/stable-diffusion-v1-4", "global_batch_size": 8, "learning_rate": 3e-7,
+                      "max_steps": 12_000, "use_gpu": True, "mixed_precision": "bf16",
+                      "variants": ["vanilla", "cbrs", "sqrs", "cbdm", "fairskin_c", "fairskin_s"]},
+        "generation": {"images_per_subclass": 1000, "inference_steps": 50, "guidance_scale": 7.5},
+        "classifier": {"model": "google/vit-base-patch16-224", "image_size": 224, "epochs": 10,
+                       "learning_rate": 1e-4, "batch_size": 32},
+        "tune": {"count_scale": 1.0, "gpus_per_trial": 1.0, "cpus_per_trial": 4.0},
+    }
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b.c=value"`` into (["a","b","c"], value); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return parts, value
+
+
+def _apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(parts)}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "<root>"
+        value = err.get("input")
+        shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {field} = {shown}: unknown field (check the spelling; print the valid fields with `python -m fairskin config`)")
+        else:
+            lines.append(f"  {field} = {shown}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def build_config(preset: str = "demo", yaml_path: str | Path | None = None,
+                 overrides: Iterable[str] = ()) -> FairSkinConfig:
+    """Resolve defaults <- preset <- YAML file <- ``key.sub=value`` overrides into a validated config."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    tree: dict[str, Any] = _deep_merge({}, PRESETS[preset]())
+    tree["preset"] = preset
+    origin = f"preset {preset!r}"
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+        tree = _deep_merge(tree, loaded)
+        origin += f" + {path}"
+    overrides = list(overrides)
+    for text in overrides:
+        parts, value = parse_override(text)
+        _apply_override(tree, parts, value)
+    if overrides:
+        origin += " + overrides " + " ".join(overrides)
+    try:
+        return FairSkinConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from None
+
+
+def dump_config(config: FairSkinConfig, path: str | Path | None = None) -> str:
+    """The resolved configuration as YAML; written atomically to ``path`` when given."""
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    if path is not None:
+        from fairskin.io import atomic_write_text
+
+        atomic_write_text(Path(path), text)
+    return text
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> ``{"a.b.c": value}``; lists are kept as JSON strings."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value, default=str)
+        else:
+            flat[name] = value
+    return flat

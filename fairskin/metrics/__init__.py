@@ -1,0 +1,1 @@
+"""Metrics: classifier fairness, generation quality, and the plots that show them."""

@@ -1,0 +1,73 @@
+"""Plots written as PNG files (matplotlib, Agg backend) for MLflow artifacts and reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_subclass_counts(table: pd.DataFrame, path: Path, title: str = "Images per subclass") -> Path:
+    """Grouped bar chart of ``count`` per disease, one bar per group (log scale), split shares stacked."""
+    plt = _pyplot()
+    groups = sorted(table["group"].unique())
+    diseases = sorted(table["disease"].unique())
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(groups)
+    x = np.arange(len(diseases))
+    for i, group in enumerate(groups):
+        sub = table[table["group"] == group].set_index("disease").reindex(diseases).fillna(0)
+        bottom = np.zeros(len(diseases))
+        for split, alpha in (("train", 1.0), ("val", 0.6), ("test", 0.35)):
+            values = sub[split].to_numpy(float)
+            ax.bar(x + i * width, values, width, bottom=bottom, color=f"C{i}", alpha=alpha,
+                   label=f"{group} ({split})" if split == "train" else None)
+            bottom += values
+        for xi, total in zip(x + i * width, sub["count"].to_numpy(int)):
+            ax.text(xi, total, str(total), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x + width * (len(groups) - 1) / 2)
+    ax.set_xticklabels([d.replace(" ", "\n", 1) for d in diseases], fontsize=8)
+    ax.set_ylabel("images (train dark, val/test light)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_image_grid(images: Sequence[np.ndarray], row_labels: Sequence[str], col_labels: Sequence[str],
+                    path: Path, title: str = "") -> Path:
+    """Grid of uint8 (H, W, 3) images, ``len(row_labels)`` x ``len(col_labels)``, row-major."""
+    plt = _pyplot()
+    rows, cols = len(row_labels), len(col_labels)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols + 1.5, 1.4 * rows + 0.6), squeeze=False)
+    for i in range(rows):
+        for j in range(cols):
+            ax = axes[i][j]
+            k = i * cols + j
+            if k < len(images):
+                ax.imshow(images[k])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=7, rotation=0, ha="right", va="center")
+            if i == 0:
+                ax.set_title(col_labels[j], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,167 @@
+"""The pipeline: stages in order, each keyed, skipped when done, and tracked in MLflow.
+
+    prepare -> reference -> base -> finetune -> generate -> evaluate -> tune -> report
+
+A stage is a registry entry (:class:`Stage`): the config paths it reads, the stages it
+takes as inputs, and a body that writes its folder. One MLflow parent run per
+invocation, one child run per stage (also for skipped stages, tagged so).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from fairskin.config import FairSkinConfig, dump_config, flatten
+from fairskin.stages import StageResult, run_stage
+from fairskin.tracking import RunHandle, Tracker
+
+StageBody = Callable[[FairSkinConfig, Path, Mapping[str, StageResult]], Mapping[str, Any]]
+StageLog = Callable[[RunHandle, StageResult], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: ``body(config, out_dir, inputs) -> summary`` writes ``out_dir``."""
+
+    name: str
+    reads: tuple[str, ...]
+    body: StageBody
+    inputs: tuple[str, ...] = ()
+    needs_ray: bool = False
+    log: StageLog | None = None
+    presets: tuple[str, ...] | None = None  # None: every preset
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register_stage(stage: Stage) -> Stage:
+    STAGES[stage.name] = stage
+    return stage
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def _prepare_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult]) -> Mapping[str, Any]:
+    from fairskin.data.prepare import COUNTS_FILE, prepare_dataset
+    from fairskin.metrics.plots import plot_subclass_counts, save_image_grid
+
+    summary = prepare_dataset(config, out)
+    import pandas as pd
+
+    table = pd.read_csv(out / COUNTS_FILE)
+    plot_subclass_counts(table, out / "subclass_counts.png",
+                         title=f"{config.data.source}: images per subclass (train / val / test)")
+    _preview(out, config, save_image_grid)
+    return summary
+
+
+def _preview(out: Path, config: FairSkinConfig, save_image_grid: Callable) -> None:
+    """One training image per (group, disease) as a grid PNG, for a first look in MLflow."""
+    from fairskin.data.shards import load_decoded
+
+    pixels, meta = load_decoded(out / "shards", verify=False, splits=["train"])
+    images, groups, diseases = [], config.data.group_names, config.data.diseases
+    for group in groups:
+        for disease in diseases:
+            hit = meta.index[(meta["group"] == group) & (meta["disease"] == disease)]
+            images.append(pixels[hit[0]] if len(hit) else pixels[0] * 0)
+    save_image_grid(images, groups, diseases, out / "preview.png", title="one training image per subclass")
+
+
+def _prepare_log(run: RunHandle, result: StageResult) -> None:
+    s = result.summary
+    run.log_metrics({k: v for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for name in ("subclass_counts.csv", "subclass_counts.png", "preview.png"):
+        if (result.path / name).exists():
+            run.log_artifact(result.path / name, "prepare")
+
+
+register_stage(Stage("prepare", reads=("data", "runtime.seed"), body=_prepare_body, log=_prepare_log))
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class PipelineRun:
+    """What one invocation did: each stage's result and the tracking handles."""
+
+    results: dict[str, StageResult] = field(default_factory=dict)
+    parent_run_id: str = ""
+    tracker: Tracker | None = None
+
+
+def _ordered(names: Sequence[str] | None, config: FairSkinConfig) -> list[Stage]:
+    chosen = list(STAGES) if not names else list(names)
+    unknown = [n for n in chosen if n not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    order = list(STAGES)
+    stages = [STAGES[n] for n in sorted(chosen, key=order.index)]
+    return [s for s in stages if s.presets is None or config.preset in s.presets]
+
+
+def _with_inputs(stages: list[Stage]) -> list[Stage]:
+    """Add every stage the chosen ones depend on, in pipeline order."""
+    needed: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in needed:
+            return
+        needed.add(name)
+        for dep in STAGES[name].inputs:
+            visit(dep)
+
+    for s in stages:
+        visit(s.name)
+    return [STAGES[n] for n in STAGES if n in needed]
+
+
+def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, force: Sequence[str] = (),
+                 echo: Callable[[str], None] = print) -> PipelineRun:
+    """Run the chosen stages (default: all) and the stages they need; ``force`` names stages to redo.
+
+    ``force=["all"]`` redoes every stage.
+    """
+    plan = _with_inputs(_ordered(stages, config))
+    force_set = set(force)
+    unknown = force_set - set(STAGES) - {"all"}
+    if unknown:
+        raise ValueError(f"--force names unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
+    tracker = Tracker.from_config(config)
+    outcome = PipelineRun(tracker=tracker)
+    config.runtime.runs_root.mkdir(parents=True, exist_ok=True)
+    dump_config(config, config.runtime.runs_root / "last_config.yaml")
+    tags = {"fairskin.kind": "pipeline", "fairskin.preset": config.preset}
+    with tracker.run(f"pipeline-{config.preset}", tags=tags) as parent:
+        outcome.parent_run_id = parent.run_id
+        parent.log_config(config)
+        for stage in plan:
+            if stage.needs_ray:
+                from fairskin.runtime import init_ray
+
+                init_ray(config)
+            inputs = {name: outcome.results[name] for name in stage.inputs}
+            echo(f"[{stage.name}] ...")
+            with tracker.run(stage.name, parent=parent, tags={"fairskin.stage": stage.name, **tags}) as child:
+                started = time.time()
+                result = run_stage(config, stage.name, stage.reads,
+                                   lambda out, s=stage, i=inputs: s.body(config, out, i),
+                                   inputs=inputs, force=stage.name in force_set or "all" in force_set)
+                elapsed = time.time() - started
+                child.log_params({"stage.key": result.key, "stage.path": str(result.path),
+                                  **{f"reads.{k}": v for k, v in flatten(
+                                      {p: config.section(p) for p in stage.reads}).items()}})
+                child.set_tags({"fairskin.skipped": result.skipped})
+                child.log_metrics({"stage_seconds": elapsed})
+                if stage.log is not None:
+                    stage.log(child, result)
+            outcome.results[stage.name] = result
+            state = "skipped (already done)" if result.skipped else f"done in {elapsed:.1f} s"
+            echo(f"[{stage.name}] {state}: {result.path}")
+    return outcome

@@ -1,0 +1,122 @@
+"""Stages: keyed, skippable, atomic units of the pipeline.
+
+A stage is a function of (config slice, inputs) to an output folder under
+``<runs_root>/stages/<name>-<key>``. The key hashes the config slice the stage reads and
+its inputs' keys, so changing anything upstream changes every key downstream. The
+folder is written under a temporary name and renamed when complete: a stage that was
+killed leaves only a hidden ``.…partial-…`` folder, never one that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from fairskin.config import FairSkinConfig
+from fairskin.io import atomic_directory, atomic_write_json
+
+STAGE_RECORD = "_stage.json"
+_PARTIAL = re.compile(r"^\..+\.(partial|old)-(\d+)-[0-9a-f]{8}$")
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """Where a stage's output lives and whether this invocation computed it."""
+
+    name: str
+    key: str
+    path: Path
+    skipped: bool
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def stage_key(name: str, config: FairSkinConfig, reads: Iterable[str],
+              inputs: Mapping[str, StageResult] | None = None) -> str:
+    """12-hex-digit hash of (stage name, the dotted config paths it reads, its inputs' keys)."""
+    payload = {
+        "stage": name,
+        "reads": {path: config.section(path) for path in sorted(reads)},
+        "inputs": {k: v.key for k, v in sorted((inputs or {}).items())},
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def stages_root(config: FairSkinConfig) -> Path:
+    return config.runtime.runs_root / "stages"
+
+
+def stage_dir(config: FairSkinConfig, name: str, key: str) -> Path:
+    return stages_root(config) / f"{name}-{key}"
+
+
+def is_finished(path: Path) -> bool:
+    """A stage folder is finished when its record exists (written last, inside the rename)."""
+    return (path / STAGE_RECORD).is_file()
+
+
+def clean_stale_partials(root: Path) -> list[Path]:
+    """Remove temporary folders left by killed processes (their PID no longer runs)."""
+    removed = []
+    if not root.is_dir():
+        return removed
+    for child in root.iterdir():
+        match = _PARTIAL.match(child.name)
+        if not match:
+            continue
+        pid = int(match.group(2))
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+        removed.append(child)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_stage(config: FairSkinConfig, name: str, reads: Iterable[str],
+              body: Callable[[Path], Mapping[str, Any] | None], *,
+              inputs: Mapping[str, StageResult] | None = None, force: bool = False) -> StageResult:
+    """Run ``body(tmp_dir)`` unless a finished folder for this key exists.
+
+    ``body`` writes everything into the folder it is given (use relative paths inside it)
+    and returns a small JSON-able summary, stored in the stage record. With ``force`` the
+    stage is recomputed and the old folder is replaced only once the new one is complete.
+    """
+    reads = list(reads)
+    key = stage_key(name, config, reads, inputs)
+    final = stage_dir(config, name, key)
+    if is_finished(final) and not force:
+        record = json.loads((final / STAGE_RECORD).read_text())
+        return StageResult(name, key, final, True, 0.0, record.get("summary", {}))
+    clean_stale_partials(final.parent)
+    started = time.time()
+    with atomic_directory(final, replace=True) as tmp:
+        summary = dict(body(tmp) or {})
+        seconds = time.time() - started
+        atomic_write_json(tmp / STAGE_RECORD, {
+            "stage": name,
+            "key": key,
+            "reads": {path: config.section(path) for path in sorted(reads)},
+            "inputs": {k: {"key": v.key, "path": str(v.path)} for k, v in (inputs or {}).items()},
+            "started": started,
+            "seconds": seconds,
+            "summary": summary,
+        })
+    return StageResult(name, key, final, False, seconds, summary)

@@ -1,0 +1,166 @@
+"""MLflow tracking: one experiment per study, a parent run per invocation, child runs per stage.
+
+Runs are addressed by id through :class:`mlflow.MlflowClient`, not through the fluent
+API's process-global "active run", so the same code works in the driver, in Ray
+workers and in a resumed job. Children are nested with the ``mlflow.parentRunId`` tag,
+which is what the MLflow UI reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from fairskin.config import FairSkinConfig, flatten
+
+PARENT_TAG = "mlflow.parentRunId"
+_MAX_PARAM_LEN = 6000
+_PARAMS_PER_CALL = 100
+_METRICS_PER_CALL = 1000
+
+
+@dataclass
+class RunHandle:
+    """A live MLflow run; ``client`` is None when tracking is disabled (every call is a no-op)."""
+
+    client: Any
+    run_id: str
+    experiment_id: str
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params (values stringified, cut to MLflow's 6,000-character limit), 100 per call."""
+        if self.client is None or not params:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        for start in range(0, len(items), _PARAMS_PER_CALL):
+            self.client.log_batch(self.run_id, params=items[start:start + _PARAMS_PER_CALL])
+
+    def log_config(self, config: FairSkinConfig) -> None:
+        """Log the whole resolved configuration as flattened ``section.field`` params."""
+        self.log_params(flatten(config.model_dump(mode="json")))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log finite numeric metrics at ``step`` (non-finite values are skipped, not logged as NaN)."""
+        if self.client is None or not metrics:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(str(k), float(v), now, int(step or 0)) for k, v in metrics.items()
+                 if v is not None and math.isfinite(float(v))]
+        for start in range(0, len(items), _METRICS_PER_CALL):
+            self.client.log_batch(self.run_id, metrics=items[start:start + _METRICS_PER_CALL])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.client is None:
+            return
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Copy a file or folder into the run's artifacts."""
+        if self.client is None:
+            return
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= _MAX_PARAM_LEN else text[: _MAX_PARAM_LEN - 3] + "..."
+
+
+class Tracker:
+    """Opens runs in one MLflow experiment at one tracking URI."""
+
+    def __init__(self, tracking_uri: str, experiment: str, enabled: bool = True):
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment
+        self.enabled = enabled
+        self.client = None
+        self.experiment_id = ""
+        if enabled:
+            from mlflow import MlflowClient
+
+            artifact_location = None
+            if tracking_uri.startswith("sqlite:///"):
+                # Keep artifacts beside the database, not in ./mlruns of whatever folder we run from.
+                db_dir = Path(tracking_uri[len("sqlite:///"):]).parent
+                db_dir.mkdir(parents=True, exist_ok=True)
+                artifact_location = (db_dir / "mlartifacts").as_uri()
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.experiment_id = self._get_or_create(experiment, artifact_location)
+
+    def _get_or_create(self, name: str, artifact_location: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:  # another process created it between our two calls
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    @classmethod
+    def from_config(cls, config: FairSkinConfig, experiment: str | None = None) -> "Tracker":
+        return cls(config.tracking_uri(), experiment or config.tracking.experiment, config.tracking.enabled)
+
+    def start(self, name: str, parent: RunHandle | str | None = None,
+              tags: Mapping[str, Any] | None = None) -> RunHandle:
+        """Create a run (nested under ``parent`` when given) and return its handle."""
+        if self.client is None:
+            return RunHandle(None, "", "")
+        all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        parent_id = parent.run_id if isinstance(parent, RunHandle) else parent
+        if parent_id:
+            all_tags[PARENT_TAG] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        return RunHandle(self.client, run.info.run_id, self.experiment_id)
+
+    def resume(self, run_id: str) -> RunHandle:
+        """A handle to an existing run, set back to RUNNING."""
+        if self.client is None:
+            return RunHandle(None, "", "")
+        self.client.update_run(run_id, status="RUNNING")
+        return RunHandle(self.client, run_id, self.experiment_id)
+
+    def finish(self, handle: RunHandle, status: str = "FINISHED") -> None:
+        if self.client is not None and handle.run_id:
+            self.client.set_terminated(handle.run_id, status=status)
+
+    @contextlib.contextmanager
+    def run(self, name: str, parent: RunHandle | str | None = None,
+            tags: Mapping[str, Any] | None = None) -> Iterator[RunHandle]:
+        """Context manager: FINISHED on success, KILLED on Ctrl-C, FAILED on any other error."""
+        handle = self.start(name, parent, tags)
+        try:
+            yield handle
+        except KeyboardInterrupt:
+            self.finish(handle, "KILLED")
+            raise
+        except BaseException:
+            self.finish(handle, "FAILED")
+            raise
+        self.finish(handle, "FINISHED")
+
+    def runs_url(self, host: str = "http://127.0.0.1:5000") -> str:
+        """Where the MLflow UI lists this experiment's training runs (nested under parents)."""
+        return f"{host}/#/experiments/{self.experiment_id}/runs"
+
+    def ui_command(self, port: int = 5000) -> str:
+        """The command that serves the MLflow UI on this tracking URI (loopback only)."""
+        return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri "
+                f"{self.tracking_uri} --host 127.0.0.1 --port {port} --workers 1")

@@ -1,0 +1,114 @@
+"""Shared fixtures: one Ray head per test session, smoke configs, and a prepared smoke dataset.
+
+The Ray head is started with ``ray start --head`` on its own temp dir and free ports, its
+address exported as RAY_ADDRESS (so ``fairskin.runtime.init_ray``, subprocesses and
+``ray job submit`` all join it), and ended by killing its own processes. ``ray stop`` is
+never used: it would kill every Ray process on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FITZPATRICK_CSV = SHARED / "data" / "fitzpatrick17k" / "fitzpatrick17k.csv"
+REFERENCE_COUNTS = SHARED / "data" / "fitzpatrick17k" / "subclass_counts_reference.csv"
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_using(marker: str) -> list[int]:
+    """PIDs whose command line mentions ``marker`` (our head's private temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+        except OSError:
+            continue
+        if marker in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """Start a private Ray head for the session; yields its GCS address and dashboard URL."""
+    # Short path: Ray's unix sockets live under the temp dir and have a ~107-byte limit.
+    temp_dir = tempfile.mkdtemp(prefix="fsk-ray-", dir="/tmp")
+    gcs, dashboard = _free_port(), _free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    cmd = [str(ray_bin), "start", "--head", f"--temp-dir={temp_dir}", f"--port={gcs}",
+           "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=true",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
+           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+           f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180)
+    address = f"127.0.0.1:{gcs}"
+    os.environ["RAY_ADDRESS"] = address
+    try:
+        yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}", "temp_dir": temp_dir}
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _pids_using(temp_dir):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + 10
+            while _pids_using(temp_dir) and time.time() < deadline:
+                time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_head):
+    """This process connected to the session's head (through fairskin's own init)."""
+    from fairskin.runtime import init_ray
+
+    init_ray()
+    return ray_head
+
+
+@pytest.fixture()
+def smoke_config(tmp_path):
+    """A fresh smoke config whose runs root is this test's temporary folder."""
+    from fairskin.config import build_config
+
+    return build_config("smoke", overrides=[f"runtime.runs_root={tmp_path / 'runs'}"])
+
+
+@pytest.fixture(scope="session")
+def prepared_smoke(tmp_path_factory):
+    """The smoke `prepare` stage, run once per session (tests that only read it share it)."""
+    from fairskin.config import build_config
+    from fairskin.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("prepared") / "runs"
+    config = build_config("smoke", overrides=[f"runtime.runs_root={root}"])
+    outcome = run_pipeline(config, stages=["prepare"], echo=lambda *_: None)
+    return config, outcome.results["prepare"]
