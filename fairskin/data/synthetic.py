@@ -460,8 +460,8 @@ def _psoriasis(rng, img, skin_colour, fst, xx, yy, zoom):
         plaque = np.maximum(plaque, cov)
     _tint(img, plaque * rng.uniform(0.75, 1.0), _hue((1.0, 0.62, 0.64), fst))
     scale_amount = rng.uniform(0.5, 0.9) if rng.random() > 0.15 else rng.uniform(0.0, 0.2)  # 15%: barely scaly
-    flakes = _texture(rng, size, max(4, round(size / 6 / zoom)), threshold=rng.uniform(-0.6, 0.2), fine=0.3)
-    _mix(img, plaque * flakes * scale_amount, _surface((0.93, 0.93, 0.95), skin_colour, fst))
+    flakes = _texture(rng, size, max(4, round(size / 5)), threshold=rng.uniform(-0.6, 0.2), sharpness=1.5, fine=0.6)
+    _mix(img, plaque * flakes * scale_amount, _surface((0.90, 0.90, 0.93), skin_colour, fst))
     return plaque
 
 
