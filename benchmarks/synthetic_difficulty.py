@@ -12,7 +12,7 @@ Protocol (fixed; change it and earlier numbers are no longer comparable)
   permutation; the CNN trains on the train part only (val/test are not used here);
 - held-out: ``generate_samples(namespace="heldout")``, ``--heldout`` images per subclass
   (balanced, so every group and disease weighs the same);
-- CNN: conv3x3(3->16) ReLU maxpool2, conv3x3(16->32) ReLU maxpool2, conv3x3(32->64) ReLU,
+- CNN: conv3x3(3->16) BN ReLU maxpool2, conv3x3(16->32) BN ReLU maxpool2, conv3x3(32->64) BN ReLU,
   global average pool, linear(64->5); inputs pixel/255 - 0.5; Adam lr 1e-3, batch 64,
   15 epochs, cross-entropy, no augmentation, no class weighting;
 - repeated for ``--seeds`` seeds (seed s: data seed s, split seed s, torch seed s) and averaged.
@@ -82,9 +82,9 @@ def load(counts, *, seed, size, namespace, keep=None):
 
 def make_cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, len(DISEASES)),
     )
 

@@ -9,6 +9,7 @@ never used: it would kill every Ray process on the machine.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,17 +36,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pids_using(marker: str) -> list[int]:
-    """PIDs whose command line mentions ``marker`` (our head's private temp dir)."""
+def _pids_marked(marker: str) -> list[int]:
+    """PIDs whose environment holds ``FAIRSKIN_TEST_RAY=<marker>``: every process our head
+    started inherits it, also those that rename themselves (``ray::DashboardAgent``)."""
+    needle = f"FAIRSKIN_TEST_RAY={marker}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+            environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if marker in cmdline:
+        if needle in environ.split(b"\0"):
             pids.append(int(entry.name))
     return pids
 
@@ -62,7 +65,8 @@ def ray_head():
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
            f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    marker = Path(temp_dir).name
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "FAIRSKIN_TEST_RAY": marker}
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180)
     address = f"127.0.0.1:{gcs}"
     os.environ["RAY_ADDRESS"] = address
@@ -75,14 +79,15 @@ def ray_head():
             ray.shutdown()
         os.environ.pop("RAY_ADDRESS", None)
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in _pids_using(temp_dir):
+            for pid in _pids_marked(marker):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             deadline = time.time() + 10
-            while _pids_using(temp_dir) and time.time() < deadline:
+            while _pids_marked(marker) and time.time() < deadline:
                 time.sleep(0.2)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

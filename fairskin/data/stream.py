@@ -11,8 +11,8 @@ torch DataLoader here, because it decoded every PNG every epoch):
    draw (a pure function of (seed, epoch)). Resuming at optimizer step s starts at
    position s x global_batch; worker ``rank`` of ``world`` reads positions p with
    p % world == rank, i.e. ``ids[rank::world]``.
-3. **Stream the gather.** The plan (ints only) becomes a Ray dataset of small blocks; an
-   actor holding a zero-copy view of the decoded arrays gathers each block's pixels; the
+3. **Stream the gather.** The plan (ints only) becomes a Ray dataset of small blocks; a
+   task holding a zero-copy view of the decoded arrays gathers each block's pixels; the
    consumer converts uint8 NHWC to float NCHW in [-1, 1] in ``iter_torch_batches``'
    prefetch thread.
 
@@ -162,34 +162,42 @@ class RunPlan:
 # --------------------------------------------------------------------------- Ray Data stream
 
 
-class _Gather:
-    """Ray Data callable class: holds a zero-copy view of the decoded arrays, gathers rows."""
+def _gather_rows(batch: dict[str, np.ndarray], arrays_ref: list) -> dict[str, np.ndarray]:
+    """Ray Data task: gather one plan block's rows from the decoded arrays (a zero-copy view)."""
+    import ray
 
-    def __init__(self, arrays_ref: list):
-        import ray
-
-        self.arrays = ray.get(arrays_ref[0])  # wrapped in a list: refs in kwargs are not resolved
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = batch["row"]
-        out = {name: values[rows] for name, values in self.arrays.items()}
-        out["row"] = rows
-        out["position"] = batch["position"]
-        out["weight"] = batch["weight"]
-        return out
+    arrays = ray.get(arrays_ref[0])  # wrapped in a list: refs in fn_kwargs are not resolved
+    rows = batch["row"]
+    out = {name: values[rows] for name, values in arrays.items()}
+    out["row"] = rows
+    out["position"] = batch["position"]
+    out["weight"] = batch["weight"]
+    return out
 
 
 def to_model_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """Numpy batch -> torch: ``pixels`` float32 (B, 3, H, W) in [-1, 1]; labels int64; weight float32."""
     import torch
 
-    pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"]))
+    pixels = torch.from_numpy(np.array(batch["pixels"], copy=True))  # Ray's buffers are read-only
     out: dict[str, Any] = {"pixels": pixels.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)}
     for name in ("group", "disease", "subclass", "row", "position"):
         if name in batch:
-            out[name] = torch.from_numpy(np.asarray(batch[name], dtype=np.int64))
-    out["weight"] = torch.from_numpy(np.asarray(batch["weight"], dtype=np.float32))
+            out[name] = torch.from_numpy(np.array(batch[name], dtype=np.int64))
+    out["weight"] = torch.from_numpy(np.array(batch["weight"], dtype=np.float32))
     return out
+
+
+def _model_batch_collate():
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class ModelBatchCollate(NumpyBatchCollateFn):
+        """Runs :func:`to_model_batch` in Ray's prefetch threads."""
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+            return to_model_batch(batch)
+
+    return ModelBatchCollate()
 
 
 class WeightedStream:
@@ -233,15 +241,15 @@ class WeightedStream:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         return ray.data.from_arrow(blocks).map_batches(
-            _Gather, fn_constructor_kwargs={"arrays_ref": [self._arrays_ref]}, batch_size=None,
-            concurrency=1, num_cpus=self.gather_cpus, batch_format="numpy")
+            _gather_rows, fn_kwargs={"arrays_ref": [self._arrays_ref]}, batch_size=None,
+            num_cpus=self.gather_cpus, batch_format="numpy")
 
     def iter_batches(self, batch_size: int, start: int = 0, stop: int | None = None, rank: int = 0,
                      world: int = 1, prefetch_batches: int = 4) -> Iterator[dict[str, Any]]:
         """Torch batches of ``batch_size`` rows for worker ``rank`` (default: one epoch from ``start``)."""
         stop = start + self.epoch_size if stop is None else stop
         ds = self.dataset(start, stop, rank, world)
-        yield from ds.iter_torch_batches(batch_size=batch_size, collate_fn=to_model_batch,
+        yield from ds.iter_torch_batches(batch_size=batch_size, collate_fn=_model_batch_collate(),
                                          prefetch_batches=prefetch_batches)
 
 

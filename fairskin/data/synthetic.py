@@ -52,9 +52,9 @@ _SKIN_PALETTE = {
     6: (70, 46, 33),
 }
 # Fraction of a disease's own lesion hue that shows (the rest is the shared dusky hue below).
-_COLOUR_VISIBILITY = {1: 1.0, 2: 0.92, 3: 0.78, 4: 0.62, 5: 0.42, 6: 0.30}
+_COLOUR_VISIBILITY = {1: 1.0, 2: 0.95, 3: 0.87, 4: 0.78, 5: 0.68, 6: 0.60}
 # Strength of surface cues (scale, crust, vesicles, striae, sheen) relative to type I.
-_SURFACE_VISIBILITY = {1: 1.0, 2: 0.96, 3: 0.88, 4: 0.78, 5: 0.64, 6: 0.54}
+_SURFACE_VISIBILITY = {1: 1.0, 2: 0.98, 3: 0.94, 4: 0.90, 5: 0.85, 6: 0.80}
 # Amplitude of benign pigment irregularity (mottling, macules): distractors, larger on dark skin.
 _PIGMENT_IRREGULARITY = {1: 0.6, 2: 0.7, 3: 0.9, 4: 1.1, 5: 1.4, 6: 1.6}
 # Reflectance multiplier of inflammation as it looks on deeply pigmented skin (dusky grey-brown).

@@ -1,0 +1,1 @@
+"""Level 3: the downstream classifier, augmentation plans and dynamic rebalancing."""
