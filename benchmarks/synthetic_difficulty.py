@@ -44,7 +44,8 @@ from fairskin.data.synthetic import DISEASES, generate_samples, scaled_counts  #
 
 DEFAULT_COUNTS = Path("/work/shared/data/fitzpatrick17k/subclass_counts_reference.csv")
 GROUP_FST = {"Caucasian": [1, 2], "Asian": [3, 4], "African": [5, 6]}
-LR, BATCH, EPOCHS, QUICK_EPOCHS = 1e-3, 64, 15, 8
+LR, BATCH, EPOCHS = 1e-3, 64, 15
+QUICK_SCALE, QUICK_EPOCHS = 0.5, 12
 
 
 def read_counts(path: Path) -> dict[tuple[str, str], int]:
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
     counts = read_counts(args.counts)
     heldout, epochs, seeds = 300, EPOCHS, 3
     if args.quick:
-        counts, heldout, epochs, seeds = scaled_counts(counts, 0.3), 100, QUICK_EPOCHS, 1
+        counts, heldout, epochs, seeds = scaled_counts(counts, QUICK_SCALE), 100, QUICK_EPOCHS, 1
     seeds = args.seeds if args.seeds is not None else seeds
 
     runs = []

@@ -88,3 +88,14 @@ def _quiet_ray_data(config: FairSkinConfig | None) -> None:
     ctx.enable_progress_bars = show
     if hasattr(ctx, "print_on_execution_start"):
         ctx.print_on_execution_start = False
+
+
+def configure_worker(seed: int | None = None, default_threads: int | None = None) -> int:
+    """Call at the top of a Ray task, actor or Train worker: threads from the CPUs it holds, then seed.
+
+    Returns the thread count set.
+    """
+    threads = set_thread_count(threads_for_current_worker(default_threads))
+    if seed is not None:
+        seed_everything(seed)
+    return threads

@@ -1,0 +1,61 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from fairskin.runtime import configure_worker, init_ray, seed_everything
+
+pytestmark = pytest.mark.ray
+
+
+def test_init_joins_the_cluster_named_by_ray_address(ray_session):
+    import ray
+
+    resources = init_ray()
+    assert ray.get_runtime_context().gcs_address.endswith(ray_session["address"].split(":")[1])
+    assert resources["CPU"] == 2.0
+
+
+def test_workers_get_threads_from_the_cpus_they_hold(ray_session):
+    import ray
+
+    @ray.remote
+    def probe():
+        import torch
+
+        threads = configure_worker(seed=5)
+        return threads, torch.get_num_threads(), os.environ["OMP_NUM_THREADS"], float(torch.rand(1))
+
+    half = ray.get(probe.options(num_cpus=0.5).remote())
+    two = ray.get(probe.options(num_cpus=2).remote())
+    assert half[:3] == (1, 1, "1") and two[:3] == (2, 2, "2")
+    assert half[3] == two[3]  # seeded identically
+
+
+def test_without_ray_address_a_private_local_cluster_is_started(ray_session, tmp_path):
+    script = (
+        "import ray\n"
+        "from fairskin.config import build_config\n"
+        "from fairskin.runtime import init_ray\n"
+        "res = init_ray(build_config('smoke', overrides=['runtime.num_cpus=1']))\n"
+        "print('GCS', ray.get_runtime_context().gcs_address, 'CPU', res['CPU'])\n"
+        "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = [l for l in out.stdout.splitlines() if l.startswith("GCS")][0]
+    assert ray_session["address"].split(":")[1] not in line.split()[1]  # not the session's head
+    assert line.endswith("CPU 1.0")
+
+
+def test_seed_everything_fixes_numpy_and_torch():
+    import numpy as np
+    import torch
+
+    seed_everything(3)
+    a = (np.random.rand(), float(torch.rand(1)))
+    seed_everything(3)
+    assert a == (np.random.rand(), float(torch.rand(1)))
