@@ -36,20 +36,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pids_marked(marker: str) -> list[int]:
-    """PIDs whose environment holds ``FAIRSKIN_TEST_RAY=<marker>``: every process our head
-    started inherits it, also those that rename themselves (``ray::DashboardAgent``)."""
-    needle = f"FAIRSKIN_TEST_RAY={marker}".encode()
+def _pids_of_head(temp_dir: str) -> list[int]:
+    """PIDs of our head's processes: their environment holds ``FAIRSKIN_TEST_RAY=<name>``, or
+    they hold files open under its private temp dir (the agents that rename themselves
+    ``ray::DashboardAgent`` do not inherit the environment)."""
+    needle = f"FAIRSKIN_TEST_RAY={Path(temp_dir).name}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            environ = (entry / "environ").read_bytes()
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+                continue
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd).startswith(temp_dir):
+                    pids.append(int(entry.name))
+                    break
         except OSError:
             continue
-        if needle in environ.split(b"\0"):
-            pids.append(int(entry.name))
     return pids
 
 
@@ -65,8 +70,7 @@ def ray_head():
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
            f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
-    marker = Path(temp_dir).name
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "FAIRSKIN_TEST_RAY": marker}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "FAIRSKIN_TEST_RAY": Path(temp_dir).name}
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180)
     address = f"127.0.0.1:{gcs}"
     os.environ["RAY_ADDRESS"] = address
@@ -79,13 +83,13 @@ def ray_head():
             ray.shutdown()
         os.environ.pop("RAY_ADDRESS", None)
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in _pids_marked(marker):
+            for pid in _pids_of_head(temp_dir):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             deadline = time.time() + 10
-            while _pids_marked(marker) and time.time() < deadline:
+            while _pids_of_head(temp_dir) and time.time() < deadline:
                 time.sleep(0.2)
         shutil.rmtree(temp_dir, ignore_errors=True)
 

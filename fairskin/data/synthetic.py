@@ -54,9 +54,11 @@ _SKIN_PALETTE = {
 # Fraction of a disease's own lesion hue that shows (the rest is the shared dusky hue below).
 _COLOUR_VISIBILITY = {1: 1.0, 2: 0.95, 3: 0.87, 4: 0.78, 5: 0.68, 6: 0.60}
 # Strength of surface cues (scale, crust, vesicles, striae, sheen) relative to type I.
-_SURFACE_VISIBILITY = {1: 1.0, 2: 0.98, 3: 0.94, 4: 0.90, 5: 0.85, 6: 0.80}
+_SURFACE_VISIBILITY = {1: 1.0, 2: 0.95, 3: 0.86, 4: 0.74, 5: 0.62, 6: 0.52}
 # Amplitude of benign pigment irregularity (mottling, macules): distractors, larger on dark skin.
 _PIGMENT_IRREGULARITY = {1: 0.6, 2: 0.7, 3: 0.9, 4: 1.1, 5: 1.4, 6: 1.6}
+# Probability that a basal cell carcinoma is pigmented (brown globules), by skin type.
+_PIGMENTED_BCC = {1: 0.05, 2: 0.05, 3: 0.1, 4: 0.2, 5: 0.3, 6: 0.35}
 # Reflectance multiplier of inflammation as it looks on deeply pigmented skin (dusky grey-brown).
 _DUSKY = np.array([0.80, 0.72, 0.74], dtype=np.float32)
 _SENSOR_NOISE = 2.5 / 255.0  # additive, same in absolute units for every skin type
@@ -460,7 +462,7 @@ def _psoriasis(rng, img, skin_colour, fst, xx, yy, zoom):
         plaque = np.maximum(plaque, cov)
     _tint(img, plaque * rng.uniform(0.75, 1.0), _hue((1.0, 0.62, 0.64), fst))
     scale_amount = rng.uniform(0.5, 0.9) if rng.random() > 0.15 else rng.uniform(0.0, 0.2)  # 15%: barely scaly
-    flakes = _texture(rng, size, max(4, round(size / 5)), threshold=rng.uniform(-0.6, 0.2), sharpness=1.5, fine=0.6)
+    flakes = _texture(rng, size, max(4, round(size / 5)), threshold=rng.uniform(-0.6, 0.2), sharpness=1.8, fine=0.4)
     _mix(img, plaque * flakes * scale_amount, _surface((0.90, 0.90, 0.93), skin_colour, fst))
     return plaque
 
@@ -516,12 +518,17 @@ def _basal_cell_carcinoma(rng, img, skin_colour, fst, xx, yy, zoom):
     c = _centre(rng, 0.28)
     r = rng.uniform(0.12, 0.28) * zoom
     nodule, rel = _blob(rng, xx, yy, c, r, irregularity=rng.uniform(0.05, 0.25), softness=0.05)
+    pearl = _COLOUR_VISIBILITY[fst]  # the pink-white translucency is a colour cue: fainter on dark skin
     _tint(img, nodule * 0.6, _hue((0.98, 0.82, 0.84), fst))
-    _mix(img, nodule * 0.35, _surface((0.94, 0.86, 0.84), skin_colour, fst))  # pearly translucency
+    _mix(img, nodule * 0.35 * pearl, _surface((0.94, 0.86, 0.84), skin_colour, fst))
     rim = np.exp(-(((rel - 0.85) / 0.12) ** 2)) * nodule  # rolled border
-    _mix(img, rim * 0.4, _surface((0.99, 0.95, 0.93), skin_colour, fst))
+    _mix(img, rim * 0.45 * pearl, _surface((0.99, 0.95, 0.93), skin_colour, fst))
     shine = _dots(xx, yy, np.array([[c[0] - 0.35 * r, c[1] - 0.35 * r]]), np.array([0.3 * r]))  # dome highlight
     _mix(img, shine * nodule * 0.35, _surface((1.0, 1.0, 1.0), skin_colour, fst))
+    if rng.random() < _PIGMENTED_BCC[fst]:  # pigmented BCC, common in skin of colour: brown globules
+        k = int(rng.integers(3, 9))
+        globules = _dots(xx, yy, np.asarray(c) + rng.normal(0.0, 0.45 * r, size=(k, 2)), rng.uniform(0.15, 0.3, size=k) * r)
+        _tint(img, globules * nodule * 0.55, np.array([0.55, 0.5, 0.5], dtype=np.float32))
     n = int(rng.integers(2, 6)) if rng.random() > 0.15 else 0  # 15%: no visible vessels
     starts = np.asarray(c) + rng.uniform(-0.7, 0.7, size=(n, 2)) * r
     a, b = _polylines(rng, starts, steps=3, step_len=0.35 * r, wiggle=0.6)
