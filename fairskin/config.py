@@ -162,6 +162,7 @@ class ClassifierConfig(_Section):
     """Level 3: the downstream ViT classifier."""
 
     model: str = "tiny"  # "tiny" (built in code) or a local folder / hub id of a ViT
+    allow_download: bool = False
     image_size: int = Field(224, ge=8)
     epochs: int = Field(10, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
@@ -255,7 +256,7 @@ def _demo() -> dict[str, Any]:
         "diffusion": {"model": "tiny", "global_batch_size": 16, "learning_rate": 1e-3, "max_steps": 300,
                       "checkpoint_every": 100, "base_vae_steps": 300, "base_unet_steps": 300},
         "generation": {"images_per_subclass": 96, "inference_steps": 20, "guidance_scale": 3.0, "batch_size": 16},
-        "classifier": {"model": "tiny", "image_size": 64, "epochs": 4, "learning_rate": 1e-3, "batch_size": 64,
+        "classifier": {"model": "tiny", "image_size": 64, "epochs": 10, "learning_rate": 1e-3, "batch_size": 64,
                        "bootstrap_samples": 200},
         "tune": {"num_trials": 6, "count_scale": 0.1},
     }

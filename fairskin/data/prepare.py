@@ -102,3 +102,22 @@ def prepare_dataset(config: FairSkinConfig, out_dir: Path) -> dict[str, Any]:
         "source": config.data.source,
         "report": report,
     }
+
+
+def write_synthetic_pool(config: FairSkinConfig, out_dir: Path, per_subclass: int, namespace: str = "pool") -> Path:
+    """Shards of ``per_subclass`` procedural images per subclass (split ``pool``): an oracle pool
+    for tests and for classifier runs before a diffusion pool exists. Returns the shard folder."""
+    from fairskin.data.synthetic import generate_samples
+
+    data = config.data
+    counts = {(g, d): per_subclass for g in data.group_names for d in data.diseases}
+    records = []
+    for s in generate_samples(counts, data.group_fst(), seed=config.runtime.seed, size=data.image_size,
+                              namespace=namespace):
+        records.append({"id": s.id, "image": encode_png(s.image), "group": s.group, "disease": s.disease,
+                        "split": "pool", "fst": s.fst, "source": "synthetic", "seed": s.seed,
+                        "variant": s.variant})
+    vocab = Vocabulary(tuple(data.group_names), tuple(data.diseases))
+    write_shards(records, Path(out_dir), vocab, rows_per_shard=data.shard_rows,
+                 extra_index={"source": "synthetic-pool", "image_size": data.image_size})
+    return Path(out_dir)

@@ -71,3 +71,25 @@ def save_image_grid(images: Sequence[np.ndarray], row_labels: Sequence[str], col
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def plot_group_accuracy(report: dict, groups: Sequence[str], path: Path, title: str = "Accuracy per group") -> Path:
+    """Bars of overall and per-group accuracy with their 95% intervals (``<key>_ci``), DP in the title."""
+    plt = _pyplot()
+    keys = ["accuracy"] + [f"accuracy_{g}" for g in groups]
+    labels = ["overall"] + list(groups)
+    values = np.array([report[k] for k in keys], float)
+    ci = [report.get(f"{k}_ci") for k in keys]
+    err = np.array([[v - c[0], c[1] - v] if c else [0, 0] for v, c in zip(values, ci)]).T
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.bar(labels, values, yerr=err, capsize=4, color=["0.5"] + [f"C{i}" for i in range(len(groups))])
+    for x, v in enumerate(values):
+        ax.text(x, v / 2, f"{v:.2f}", ha="center", color="white", fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test accuracy (95% bootstrap interval)")
+    ax.set_title(f"{title}\nDP {report['dp']:.3f} (oracle floor {report['dp_oracle_floor']:.3f}), "
+                 f"ESSP {report['essp']:.3f}, ESSP-FairSeg {report['essp_fairseg']:.3f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
