@@ -88,11 +88,11 @@ def tiny_train_step(image_size: int, num_subclasses: int, seed: int):
     """A tiny conditional UNet step on the pixel batch: noise, predict, MSE, AdamW."""
     from diffusers import DDPMScheduler
 
-    from fairskin.diffusion.models import build_tiny_unet
+    from fairskin.diffusion.models import TINY_TEXT_DIM, build_tiny_unet
 
     torch.manual_seed(seed)
     unet = build_tiny_unet(sample_size=image_size, in_channels=3)
-    prompt = torch.nn.Embedding(num_subclasses, 8)
+    prompt = torch.nn.Embedding(num_subclasses, TINY_TEXT_DIM)
     optim = torch.optim.AdamW([*unet.parameters(), *prompt.parameters()], lr=1e-4)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
 

@@ -1,19 +1,59 @@
-"""Diffusion models. For now: the tiny conditional UNet built in code (demo/smoke/benchmarks).
+"""Stable Diffusion parts: loaded from a folder / hub id, or built tiny in code; prompts.
 
-Config from FIELD-NOTES.md: a UNet2DConditionModel that trains and samples on CPU in seconds.
+The tiny model (demo/smoke/tests) follows FIELD-NOTES.md: a 2-block UNet, a 2-block VAE
+(one down-sampling: 64 px images -> 32 x 32 latents), a 2-layer CLIP text encoder, and a
+character-level CLIP tokenizer written as ``vocab.json`` + ``merges.txt`` and read back
+with ``from_pretrained(..., model_max_length=77)`` (transformers 5 silently ignores
+``vocab_file=`` arguments and pads to ~1e30 without the length).
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
 
-def tiny_unet_config(sample_size: int = 32, in_channels: int = 4, cross_attention_dim: int = 8,
-                     block_out_channels: tuple[int, ...] = (4, 8)) -> dict:
+import torch
+
+TOKENIZER_MAX_LENGTH = 77
+TINY_TEXT_DIM = 32
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model that is neither a local folder nor allowed to be downloaded."""
+
+
+@dataclass
+class SDParts:
+    """The parts of a Stable Diffusion pipeline that training and sampling use."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any
+
+    def pipeline(self, scheduler: Any | None = None):
+        """A ``StableDiffusionPipeline`` over these parts (no safety checker)."""
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                       unet=self.unet, scheduler=scheduler or self.noise_scheduler,
+                                       safety_checker=None, feature_extractor=None, image_encoder=None,
+                                       requires_safety_checker=False)
+
+
+def tiny_unet_config(sample_size: int = 32, in_channels: int = 4, cross_attention_dim: int = TINY_TEXT_DIM,
+                     block_out_channels: tuple[int, ...] = (16, 32)) -> dict:
     """Keyword arguments of a tiny ``UNet2DConditionModel`` (random weights, CPU-friendly)."""
     return dict(block_out_channels=block_out_channels, layers_per_block=1, sample_size=sample_size,
                 in_channels=in_channels, out_channels=in_channels,
                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                cross_attention_dim=cross_attention_dim, norm_num_groups=2)
+                cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+                norm_num_groups=min(8, block_out_channels[0]))
 
 
 def build_tiny_unet(**kwargs):
@@ -21,3 +61,110 @@ def build_tiny_unet(**kwargs):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(**tiny_unet_config(**kwargs))
+
+
+def _byte_level_chars() -> list[str]:
+    """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2 / CLIP)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def _char_tokenizer_files(folder: Path) -> None:
+    """A character-level CLIP vocabulary: every byte-level character, alone and word-final."""
+    chars = _byte_level_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
+def build_tiny_tokenizer():
+    """A character-level ``CLIPTokenizer`` (514 tokens), max length 77."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _char_tokenizer_files(Path(tmp))
+        return CLIPTokenizer.from_pretrained(tmp, model_max_length=TOKENIZER_MAX_LENGTH)
+
+
+def build_tiny_sd(image_size: int = 64, seed: int = 0) -> SDParts:
+    """All parts of a tiny SD with random weights, deterministic by ``seed``."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        hidden_size=TINY_TEXT_DIM, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
+        vocab_size=len(tokenizer), max_position_embeddings=TOKENIZER_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        latent_channels=4, norm_num_groups=8, sample_size=image_size)
+    unet = build_tiny_unet(sample_size=image_size // 2)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, prediction_type="epsilon", clip_sample=False,
+                              steps_offset=1)
+    return SDParts(unet, vae, text_encoder, tokenizer, scheduler)
+
+
+def load_sd(model: str, allow_download: bool = False) -> SDParts:
+    """SD parts from a pipeline folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
+    ``scheduler/``) or, with ``allow_download``, a hub id such as ``CompVis/stable-diffusion-v1-4``."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if not Path(model).is_dir() and not allow_download:
+        raise ModelNotFoundError(
+            f"diffusion.model {model!r} is not a local folder and downloads are off. Download the pipeline once "
+            f"(e.g. `huggingface-cli download {model} --local-dir /models/sd-v1-4`) and set "
+            f"diffusion.model=/models/sd-v1-4, or set diffusion.allow_download=true")
+    common = {"local_files_only": not allow_download}
+    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", model_max_length=TOKENIZER_MAX_LENGTH,
+                                              **common)
+    return SDParts(
+        unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", **common),
+        vae=AutoencoderKL.from_pretrained(model, subfolder="vae", **common),
+        text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **common),
+        tokenizer=tokenizer,
+        noise_scheduler=DDPMScheduler.from_pretrained(model, subfolder="scheduler", **common),
+    )
+
+
+def save_sd(parts: SDParts, folder: Path) -> Path:
+    """Write a diffusers pipeline folder (safetensors weights) that ``StableDiffusionPipeline.from_pretrained`` reads."""
+    parts.pipeline().save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def load_pipeline(folder: Path):
+    """``StableDiffusionPipeline.from_pretrained(folder)`` without safety checker, offline."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
+                                                   local_files_only=True)
+
+
+def prompt_for(template: str, group: str, disease: str) -> str:
+    """The prompt of a subclass, e.g. ``"{group} people {disease}"`` -> ``"Asian people psoriasis"``."""
+    return template.format(group=group, disease=disease)
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Tensor:
+    """Text embeddings (len(prompts), 77, hidden) as the UNet's ``encoder_hidden_states``."""
+    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids)[0]

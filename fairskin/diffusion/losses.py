@@ -1,0 +1,100 @@
+"""Level 2: the noise-prediction loss and the CBDM class-diversity regulariser.
+
+For a batch of B latents x_0 with prompts y (embeddings ``cond``), noise eps, timesteps t:
+
+    x_t   = scheduler.add_noise(x_0, eps, t)
+    h     = eps_theta(x_t, t, y)                 target: eps (or v, per the scheduler's config)
+    noise = mse_b(h, target)                     mse_b = mean over a sample's elements
+
+CBDM (Qin et al., CVPR 2023; official code qym7/CBDM-pytorch) with one other subclass y' per
+sample and w_t = tau * t / T:
+
+    h'    = eps_theta(x_t, t, y')
+    reg_b = w_t * mse_b(h, sg(h')) + gamma * w_t * mse_b(sg(h), h')
+
+The per-sample loss (noise_b + reg_b) is multiplied by the sample weight (level 1, ``apply=loss``;
+ones otherwise) and the batch loss is the sum divided by B (not by the sum of weights). When
+the prompt is dropped for the whole batch (classifier-free guidance), there is no regulariser.
+With gamma > 0, h and h' share one batched UNet call (both need gradients); with gamma = 0,
+h' is computed under ``no_grad`` (1.33x a plain step instead of 2x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every element but the batch dim: (B, ...) x2 -> (B,)."""
+    return F.mse_loss(a.float(), b.float(), reduction="none").flatten(1).mean(1)
+
+
+def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet should predict: eps, or v for ``prediction_type="v_prediction"``."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {kind!r}: expected epsilon or v_prediction")
+
+
+def cbdm_time_weight(timesteps: torch.Tensor, num_train_timesteps: int, tau: float) -> torch.Tensor:
+    """w_t = tau * t / T, shape (B,)."""
+    return tau * timesteps.float() / float(num_train_timesteps)
+
+
+def cbdm_regulariser(h: torch.Tensor, h_other: torch.Tensor, w_t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample CBDM term (B,): w_t * mse(h, sg(h')) + gamma * w_t * mse(sg(h), h')."""
+    pull = per_sample_mse(h, h_other.detach())
+    push = per_sample_mse(h.detach(), h_other) if gamma > 0 else torch.zeros_like(pull)
+    return w_t * pull + gamma * w_t * push
+
+
+@dataclass
+class LossParts:
+    """The batch loss (scalar, to backpropagate) and its parts as floats for logging."""
+
+    loss: torch.Tensor
+    noise: float
+    regulariser: float
+
+
+def training_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, cond_other: torch.Tensor | None,
+                  weights: torch.Tensor, *, noise: torch.Tensor, timesteps: torch.Tensor, use_cbdm: bool,
+                  tau: float = 1.0, gamma: float = 0.25, prompt_dropped: bool = False) -> LossParts:
+    """One batch's loss.
+
+    latents (B, C, h, w); cond/cond_other (B, L, D) text embeddings of y and y'; weights (B,);
+    noise like latents; timesteps (B,) int. With ``prompt_dropped`` the caller has already
+    replaced ``cond`` by the empty prompt, and the regulariser is skipped.
+    """
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = prediction_target(scheduler, latents, noise, timesteps)
+    with_reg = use_cbdm and not prompt_dropped and cond_other is not None
+    if with_reg and gamma > 0:
+        both = unet(torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]),
+                    encoder_hidden_states=torch.cat([cond, cond_other])).sample
+        h, h_other = both.chunk(2)
+    else:
+        h = unet(noisy, timesteps, encoder_hidden_states=cond).sample
+        h_other = None
+        if with_reg:
+            with torch.no_grad():
+                h_other = unet(noisy, timesteps, encoder_hidden_states=cond_other).sample
+    noise_term = per_sample_mse(h, target)
+    reg_term = torch.zeros_like(noise_term)
+    if with_reg:
+        w_t = cbdm_time_weight(timesteps, scheduler.config.num_train_timesteps, tau)
+        reg_term = cbdm_regulariser(h, h_other, w_t, gamma)
+    loss = ((noise_term + reg_term) * weights.float()).sum() / latents.shape[0]
+    return LossParts(loss, float(noise_term.mean().detach()), float(reg_term.mean().detach()))
+
+
+def other_subclasses(subclass: torch.Tensor, num_subclasses: int, generator: torch.Generator) -> torch.Tensor:
+    """One y' != y per sample, uniform over the other subclasses (B,) int64."""
+    offset = torch.randint(1, num_subclasses, subclass.shape, generator=generator)
+    return (subclass + offset) % num_subclasses
