@@ -18,13 +18,14 @@ from fairskin.config import FairSkinConfig, dump_config, flatten
 from fairskin.stages import StageResult, run_stage
 from fairskin.tracking import RunHandle, Tracker
 
-StageBody = Callable[[FairSkinConfig, Path, Mapping[str, StageResult]], Mapping[str, Any]]
+StageBody = Callable[[FairSkinConfig, Path, Mapping[str, StageResult], RunHandle], Mapping[str, Any]]
 StageLog = Callable[[RunHandle, StageResult], None]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage: ``body(config, out_dir, inputs) -> summary`` writes ``out_dir``."""
+    """One pipeline stage: ``body(config, out_dir, inputs, run) -> summary`` writes ``out_dir``;
+    ``run`` is the stage's MLflow child run (for nested runs, e.g. one per variant)."""
 
     name: str
     reads: tuple[str, ...]
@@ -46,7 +47,8 @@ def register_stage(stage: Stage) -> Stage:
 # --------------------------------------------------------------------------- prepare
 
 
-def _prepare_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult]) -> Mapping[str, Any]:
+def _prepare_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
+                  run: RunHandle) -> Mapping[str, Any]:
     from fairskin.data.prepare import COUNTS_FILE, prepare_dataset
     from fairskin.metrics.plots import plot_subclass_counts, save_image_grid
 
@@ -87,7 +89,8 @@ register_stage(Stage("prepare", reads=("data", "runtime.seed"), body=_prepare_bo
 # --------------------------------------------------------------------------- reference
 
 
-def _reference_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult]) -> Mapping[str, Any]:
+def _reference_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
+                    run: RunHandle) -> Mapping[str, Any]:
     """The no-augmentation classifier (the paper's Figure 3a baseline), kept as the feature
     extractor for IS and t-SNE."""
     from fairskin.classify.train import load_classifier_data, train_classifier
@@ -115,6 +118,79 @@ def _reference_log(run: RunHandle, result: StageResult) -> None:
 
 register_stage(Stage("reference", reads=("classifier", "runtime.seed"), inputs=("prepare",),
                      body=_reference_body, log=_reference_log))
+
+
+# --------------------------------------------------------------------------- base
+
+
+def _base_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
+               run: RunHandle) -> Mapping[str, Any]:
+    """demo/smoke: train the tiny VAE and a base UNet (stands in for pretrained SD).
+    Otherwise: record the pretrained pipeline folder every variant starts from."""
+    from fairskin.io import atomic_write_json
+
+    if config.diffusion.model != "tiny":
+        from fairskin.diffusion.models import load_sd
+
+        load_sd(config.diffusion.model, config.diffusion.allow_download)  # fail here, clearly, if absent
+        atomic_write_json(out / "base.json", {"pipeline": config.diffusion.model})
+        return {"pretrained": 1}
+    from fairskin.data.stream import decode_local
+    from fairskin.diffusion.base import build_base
+
+    train = decode_local(inputs["prepare"].path / "shards")
+    summary = build_base(config, train, out)
+    atomic_write_json(out / "base.json", {"pipeline": "pipeline"})  # relative: the folder is renamed
+    return summary
+
+
+def base_pipeline_folder(result: StageResult) -> Path:
+    """The pipeline the base stage stands for: its own folder, or the pretrained folder / hub id."""
+    import json
+
+    recorded = json.loads((result.path / "base.json").read_text())["pipeline"]
+    own = result.path / recorded
+    return own if own.is_dir() else Path(recorded)
+
+
+register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_vae_steps", "diffusion.base_unet_steps",
+                                    "diffusion.global_batch_size", "diffusion.learning_rate",
+                                    "diffusion.prompt_template", "runtime.seed"),
+                     inputs=("prepare",), body=_base_body,
+                     log=lambda run, result: run.log_metrics(result.summary)))
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
+                   run: RunHandle) -> Mapping[str, Any]:
+    """Fine-tune every variant in ``diffusion.variants`` from the base on Ray Train, each a child run."""
+    from fairskin.data.stream import decode_local
+    from fairskin.diffusion.finetune import finetune_variant
+    from fairskin.diffusion.variants import get_variant
+
+    train = decode_local(inputs["prepare"].path / "shards")
+    base = base_pipeline_folder(inputs["base"])
+    summary: dict[str, Any] = {}
+    for name in config.diffusion.variants:
+        variant = get_variant(name)
+        child = run.child(f"finetune-{name}", tags={"fairskin.stage": "finetune", "fairskin.variant": name})
+        child.log_params({f"variant.{k}": v for k, v in variant.model_dump().items()})
+        tracking = {"uri": config.tracking_uri(), "run_id": child.run_id} if child.run_id else None
+        try:
+            result = finetune_variant(config, variant, base, train, out / name, tracking=tracking)
+        except BaseException:
+            child.end("FAILED")
+            raise
+        child.log_metrics({"fit_seconds": result["seconds"], "attempts": result["attempts"]})
+        child.end()
+        summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+    return summary
+
+
+register_stage(Stage("finetune", reads=("diffusion", "runtime.seed"), inputs=("prepare", "base"),
+                     body=_finetune_body, needs_ray=True, log=lambda run, result: run.log_metrics(result.summary)))
 
 
 # --------------------------------------------------------------------------- running
@@ -184,7 +260,7 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
             with tracker.run(stage.name, parent=parent, tags={"fairskin.stage": stage.name, **tags}) as child:
                 started = time.time()
                 result = run_stage(config, stage.name, stage.reads,
-                                   lambda out, s=stage, i=inputs: s.body(config, out, i),
+                                   lambda out, s=stage, i=inputs, r=child: s.body(config, out, i, r),
                                    inputs=inputs, force=stage.name in force_set or "all" in force_set)
                 elapsed = time.time() - started
                 child.log_params({"stage.key": result.key, "stage.path": str(result.path),

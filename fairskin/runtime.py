@@ -75,7 +75,9 @@ def init_ray(config: FairSkinConfig | None = None, **kwargs: Any) -> dict[str, f
             ray.init(**common)
         else:
             num_cpus = (config.runtime.num_cpus if config is not None else None) or os.cpu_count() or 1
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **common)
+            # The dashboard also serves the state API that Ray Train's controller polls.
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                     **common)
     _quiet_ray_data(config)
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 

@@ -63,6 +63,19 @@ class RunHandle:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
+    def child(self, name: str, tags: Mapping[str, Any] | None = None) -> "RunHandle":
+        """Start a run nested under this one (same experiment)."""
+        if self.client is None:
+            return RunHandle(None, "", "")
+        all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        all_tags[PARENT_TAG] = self.run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        return RunHandle(self.client, run.info.run_id, self.experiment_id)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.client is not None and self.run_id:
+            self.client.set_terminated(self.run_id, status=status)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Copy a file or folder into the run's artifacts."""
         if self.client is None:

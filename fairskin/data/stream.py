@@ -72,6 +72,20 @@ class DecodedSet:
                 "subclass": self.subclass_id}
 
 
+@dataclass
+class ArraySet:
+    """Any per-row arrays to stream (e.g. cached VAE latents), with each row's subclass id."""
+
+    subclass_id: np.ndarray
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.subclass_id)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self.columns
+
+
 def _decode_batch(batch: dict[str, np.ndarray], splits: Sequence[str]) -> dict[str, np.ndarray]:
     from fairskin.data.images import decode_png
 
@@ -207,7 +221,7 @@ class WeightedStream:
     [start, stop) read by worker ``rank``; ``iter_batches`` wraps it into torch batches.
     """
 
-    def __init__(self, decoded: DecodedSet, scheme: str = "none", apply: str = "sampler", seed: int = 0,
+    def __init__(self, decoded: DecodedSet | ArraySet, scheme: str = "none", apply: str = "sampler", seed: int = 0,
                  *, gather_cpus: float = 0.25, plan_block_rows: int = PLAN_BLOCK_ROWS):
         import ray
 
@@ -228,16 +242,37 @@ class WeightedStream:
         rows, weights = self.plan.lookup(positions)
         return pd.DataFrame({"position": positions, "row": rows, "weight": weights})
 
-    def dataset(self, start: int, stop: int, rank: int = 0, world: int = 1):
-        """Ray Dataset of gathered rows (uint8 pixels, labels, weight, position), in position order."""
+    def _plan_blocks(self, start: int, stop: int, rank: int = 0, world: int = 1) -> list:
         import pyarrow as pa
-        import ray.data
 
         table = self.plan_table(start, stop, rank, world)
         if table.empty:
             raise ValueError(f"no positions in [{start}, {stop}) for rank {rank} of {world}")
-        blocks = [pa.Table.from_pandas(table.iloc[i:i + self.plan_block_rows], preserve_index=False)
-                  for i in range(0, len(table), self.plan_block_rows)]
+        return [pa.Table.from_pandas(table.iloc[i:i + self.plan_block_rows], preserve_index=False)
+                for i in range(0, len(table), self.plan_block_rows)]
+
+    def plan_dataset(self, start: int, stop: int):
+        """Ray Dataset of the run's plan only (position, row, weight: ints and floats), in order.
+
+        For Ray Train: every worker reads it whole (``DataConfig(datasets_to_split=[])``), takes
+        the positions of its rank from each global batch and gathers its rows from the arrays
+        (:meth:`arrays_ref`) in its own process, so the bulk data crosses the object store once.
+        """
+        import ray.data
+
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        return ray.data.from_arrow(self._plan_blocks(start, stop))
+
+    @property
+    def arrays_ref(self):
+        """Object ref of the per-row arrays (put once)."""
+        return self._arrays_ref
+
+    def dataset(self, start: int, stop: int, rank: int = 0, world: int = 1):
+        """Ray Dataset of gathered rows (uint8 pixels, labels, weight, position), in position order."""
+        import ray.data
+
+        blocks = self._plan_blocks(start, stop, rank, world)
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         return ray.data.from_arrow(blocks).map_batches(

@@ -1,8 +1,8 @@
 """Procedural, deterministic skin-lesion images: the demo dataset standing in for Fitzpatrick17k.
 
 Every image is a pure function of ``(fst, disease, seed, size)``: a numpy ``Generator`` seeded
-with ``seed`` draws, in a fixed order, the skin, the lighting, the lesion and the sensor noise.
-numpy + Pillow only; no network, no files.
+with ``seed`` draws, in a fixed order, the framing, the skin, the lighting, the lesion and the
+sensor noise. numpy only (no torch, no network, no files).
 
 Coordinates: pixel centres on a square grid ``xx, yy`` in ``[-1, 1]`` (1 = half the image
 width), so lesion sizes and positions are resolution-independent. Colours are float32 RGB
@@ -16,10 +16,16 @@ What the images model
   border (partial visibility);
 - lesions, one renderer per disease (shape, colour, texture differ by disease), with
   within-class variation and deliberately atypical, confusable cases;
-- fairness: lesion *colour* is less visible on darker skin (``_COLOUR_VISIBILITY``; erythema,
-  violaceous and pearly hues drift towards one shared dusky-brown "inflamed" hue), *surface*
-  cues (scale, crust, vesicles, striae) stay but are weaker and ashier (``_SURFACE_VISIBILITY``),
-  and darker skin carries more pigment irregularity (noise the classifier must ignore).
+- fairness, as in the real problem, lesion contrast is lower on darker skin:
+  * colour cues (erythema, violaceous, pink) are reflectance *multipliers*, so the absolute
+    colour change shrinks with the skin's brightness, and their hue drifts towards one shared
+    dusky "inflamed" hue (``_COLOUR_VISIBILITY``); the pearly translucency of BCC fades too;
+  * surface cues (scale, crust, vesicles, striae) stay, but their colour moves less far from
+    the skin's (``_SURFACE_VISIBILITY``): ashier, weaker;
+  * darker skin carries more pigment irregularity (``_PIGMENT_IRREGULARITY``) and more
+    pigmented BCC (``_PIGMENTED_BCC``), so the remaining cues are noisier, while the additive
+    sensor noise is the same for every skin type.
+  ``render_layers`` exposes the lesion-free image and the lesion mask, to measure contrast.
 """
 
 from __future__ import annotations
@@ -52,11 +58,12 @@ _SKIN_PALETTE = {
     6: (70, 46, 33),
 }
 # Fraction of a disease's own lesion hue that shows (the rest is the shared dusky hue below).
-_COLOUR_VISIBILITY = {1: 1.0, 2: 0.95, 3: 0.87, 4: 0.78, 5: 0.68, 6: 0.60}
-# Strength of surface cues (scale, crust, vesicles, striae, sheen) relative to type I.
-_SURFACE_VISIBILITY = {1: 1.0, 2: 0.95, 3: 0.86, 4: 0.74, 5: 0.62, 6: 0.52}
+_COLOUR_VISIBILITY = {1: 1.0, 2: 0.97, 3: 0.94, 4: 0.92, 5: 0.9, 6: 0.88}
+# How far surface colours (scale, crust, vesicles, striae, sheen) move from the skin's colour
+# towards their own (1 = all the way): ashier, weaker surface cues on darker skin.
+_SURFACE_VISIBILITY = {1: 1.0, 2: 0.96, 3: 0.9, 4: 0.84, 5: 0.76, 6: 0.68}
 # Amplitude of benign pigment irregularity (mottling, macules): distractors, larger on dark skin.
-_PIGMENT_IRREGULARITY = {1: 0.6, 2: 0.7, 3: 0.9, 4: 1.1, 5: 1.4, 6: 1.6}
+_PIGMENT_IRREGULARITY = {1: 0.6, 2: 0.7, 3: 0.8, 4: 0.9, 5: 1.0, 6: 1.0}
 # Probability that a basal cell carcinoma is pigmented (brown globules), by skin type.
 _PIGMENTED_BCC = {1: 0.05, 2: 0.05, 3: 0.1, 4: 0.2, 5: 0.3, 6: 0.35}
 # Reflectance multiplier of inflammation as it looks on deeply pigmented skin (dusky grey-brown).
@@ -195,6 +202,7 @@ def render_layers(fst: int, disease: str, seed: int, size: int = 64) -> tuple[np
 
 
 def _render(fst: int, disease: str, seed: int, size: int, with_parts: bool):
+    """Validate, then draw framing, skin, lighting, lesion, sensor noise (in that order) from one generator."""
     if fst not in _SKIN_PALETTE:
         raise ValueError(f"Fitzpatrick type must be in 1..6, got {fst!r}")
     _check_disease(disease)
@@ -414,7 +422,7 @@ def _hue(mult: Sequence[float], fst: int) -> np.ndarray:
 
 
 def _surface(colour: Sequence[float], skin_colour: np.ndarray, fst: int) -> np.ndarray:
-    """A surface colour (scale, crust, ...) as seen on skin type ``fst``: ashier on dark skin."""
+    """A surface colour (scale, crust, ...) as seen on skin type ``fst``: part-way from the skin colour ``(3,)``."""
     w = _SURFACE_VISIBILITY[fst]
     return (w * np.asarray(colour, dtype=np.float32) + (1.0 - w) * skin_colour).astype(np.float32)
 
