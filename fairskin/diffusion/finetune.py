@@ -122,6 +122,7 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
         parts.unet = UNet2DConditionModel.from_pretrained(weights, use_safetensors=True)
     save_sd(parts, out / "pipeline")
     return {"steps": state["step"], "seconds": time.time() - started, "workers": workers,
+            "window_images_per_s": state["window_images_per_s"],
             "final_loss": state.get("loss", float("nan")), "attempts": state.get("attempt", 1)}
 
 
@@ -269,7 +270,10 @@ def train_loop_per_worker(cfg: dict) -> None:
                                "prompt_dropped": float(dropped)}))
         last_time = now
         if done % d["checkpoint_every"] == 0 or done == d["max_steps"]:
+            # Steady-state throughput of this window (its first step pays the iterator's start-up).
+            rates = [m["images_per_s"] for _, m in pending[1:]] or [pending[-1][1]["images_per_s"]]
             state = {"step": done, "position": done * global_batch, "loss": loss_value, "attempt": attempt,
+                     "window_images_per_s": float(np.median(rates)),
                      "rng": "per-step generators seeded by (seed, step[, rank])"}
             metrics = {"step": done, "loss": loss_value}
             if rank == 0:

@@ -1,0 +1,187 @@
+"""Fine-tune step costs, side by side in one run, each ratio beside its FLOP floor.
+
+    python benchmarks/finetune_step.py [--quick] [--steps N] [--batch B] [--sd14] [--no-ray]
+
+(a) CBDM step / vanilla step: gamma > 0 (h and h' both need gradients: floor 2.0 when
+    compute-bound) and gamma = 0 (h' under no_grad: floor 1 + 1/3 = 1.33);
+(b) Ray Train TorchTrainer steady-state throughput / a plain in-process loop (same tiny model,
+    batch, threads; target >= 0.9);
+(c) encode-every-step step / cached-latent step (at 512 px the VAE encoder costs 1.12 TFLOP per
+    image against 2.41 TFLOP for a UNet training step: limit (1.12 + 2.41) / 2.41 = 1.47x).
+
+CPU: the tiny SD. With ``--sd14`` on a CUDA machine, a UNet built from
+``../shared/data/sd-v1-4/unet_config.json`` (random weights) at 512 px in bf16 is timed for (a),
+with images/s and model-FLOPs utilisation = images/s x 2.41e12 / the GPU's dense bf16 peak.
+The last line printed is one JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from fairskin.diffusion.losses import training_loss  # noqa: E402
+
+UNET_TRAIN_FLOP_512 = 2.41e12
+VAE_ENCODE_FLOP_512 = 1.12e12
+
+
+def time_steps(step, n: int, warmup: int = 2, sync=lambda: None) -> float:
+    """Median seconds per call of ``step`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def make_step(unet, scheduler, latents, cond, cond_other, kind: str, encode=None):
+    """A closure running one optimizer step of ``kind`` in {vanilla, cbdm, cbdm_g0}."""
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5)
+    g = torch.Generator(device=latents.device).manual_seed(0)
+    b = latents.shape[0]
+
+    def step():
+        x = encode() if encode is not None else latents
+        noise = torch.randn(x.shape, generator=g, device=x.device)
+        t = torch.randint(0, 1000, (b,), generator=g, device=x.device)
+        out = training_loss(unet, scheduler, x, cond, cond_other if kind != "vanilla" else None,
+                            torch.ones(b, device=x.device), noise=noise, timesteps=t,
+                            use_cbdm=kind != "vanilla", gamma=0.0 if kind == "cbdm_g0" else 0.25)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def cpu_figures(steps: int, batch: int) -> dict:
+    from fairskin.diffusion.models import build_tiny_sd, encode_prompts
+
+    parts = build_tiny_sd(64)
+    cond_all = encode_prompts(parts.tokenizer, parts.text_encoder, ["a", "b"])
+    cond, cond_other = cond_all[:1].expand(batch, -1, -1), cond_all[1:].expand(batch, -1, -1)
+    pixels = torch.rand(batch, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        latents = parts.vae.encode(pixels).latent_dist.mean * parts.vae.config.scaling_factor
+    per = {k: time_steps(make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, k), steps)
+           for k in ("vanilla", "cbdm", "cbdm_g0")}
+
+    def encode():
+        with torch.no_grad():
+            return parts.vae.encode(pixels).latent_dist.mean * parts.vae.config.scaling_factor
+
+    encoded = time_steps(make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, "vanilla",
+                                   encode=encode), steps)
+    return {"cpu_vanilla_step_s": per["vanilla"], "cpu_cbdm_step_s": per["cbdm"],
+            "ratio_cbdm_vs_vanilla_gamma_pos": per["cbdm"] / per["vanilla"], "floor_cbdm_gamma_pos": 2.0,
+            "ratio_cbdm_vs_vanilla_gamma0": per["cbdm_g0"] / per["vanilla"], "floor_cbdm_gamma0": 4 / 3,
+            "ratio_encode_every_step_vs_cached": encoded / per["vanilla"],
+            "limit_encode_vs_cached_512px": (VAE_ENCODE_FLOP_512 + UNET_TRAIN_FLOP_512) / UNET_TRAIN_FLOP_512}
+
+
+def ray_vs_plain(steps: int, batch: int, runs_root: str) -> dict:
+    """Steady-state images/s of the real fine-tune under TorchTrainer vs the same steps in-process."""
+    from fairskin.config import build_config
+    from fairskin.data.stream import decode_local
+    from fairskin.diffusion.base import subclass_prompts
+    from fairskin.diffusion.finetune import cache_training_set, finetune_variant
+    from fairskin.diffusion.models import build_tiny_sd, save_sd
+    from fairskin.diffusion.variants import get_variant
+    from fairskin.pipeline import run_pipeline
+    from fairskin.runtime import init_ray, set_thread_count
+
+    config = build_config("smoke", overrides=[f"runtime.runs_root={runs_root}", f"diffusion.max_steps={steps}",
+                                              f"diffusion.checkpoint_every={max(1, steps // 2)}",
+                                              f"diffusion.global_batch_size={batch}", "diffusion.cpus_per_worker=1",
+                                              "data.image_size=64"])
+    shards = run_pipeline(config, ["prepare"], echo=lambda *_: None).results["prepare"].path / "shards"
+    train = decode_local(shards)
+    base = Path(runs_root) / "bench-base"
+    if not base.exists():
+        save_sd(build_tiny_sd(64), base)
+    init_ray(config)
+    out = Path(runs_root) / "bench-ft"
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    ray_summary = finetune_variant(config, get_variant("vanilla"), base, train, out / "vanilla", num_workers=1)
+    # The same steps in this process, one thread (the worker holds one CPU).
+    set_thread_count(1)
+    from fairskin.diffusion.models import load_sd
+
+    parts = load_sd(str(base))
+    rows, cond = cache_training_set(parts, train, subclass_prompts(config.diffusion.prompt_template, train.groups,
+                                                                   train.diseases))
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, len(train), (batch,), generator=g).numpy()
+    latents = torch.from_numpy(rows.columns["latents"][idx, 0])
+    c = torch.from_numpy(cond)[train.subclass_id[idx]]
+    plain_s = time_steps(make_step(parts.unet, parts.noise_scheduler, latents, c, None, "vanilla"), steps // 2)
+    plain = batch / plain_s
+    return {"ray_train_images_per_s": ray_summary["window_images_per_s"], "plain_loop_images_per_s": plain,
+            "ratio_ray_train_vs_plain": ray_summary["window_images_per_s"] / plain, "target_ray_vs_plain": 0.9,
+            "ray_fit_seconds_total": ray_summary["seconds"]}
+
+
+def gpu_figures(steps: int, batch: int) -> dict:
+    """SD v1-4's UNet (random weights) at 512 px in bf16: images/s, ratios and MFU."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    peak = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+    name = torch.cuda.get_device_name()
+    peak_flops = next((v for k, v in peak.items() if k in name), None)
+    config = json.loads((Path(__file__).resolve().parents[2] / "shared/data/sd-v1-4/unet_config.json").read_text())
+    unet = UNet2DConditionModel.from_config(config).cuda().to(torch.bfloat16)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    latents = torch.randn(batch, 4, 64, 64, device="cuda", dtype=torch.bfloat16)
+    cond = torch.randn(batch, 77, 768, device="cuda", dtype=torch.bfloat16)
+    other = torch.randn_like(cond)
+    per = {k: time_steps(make_step(unet, scheduler, latents, cond, other, k), steps, sync=torch.cuda.synchronize)
+           for k in ("vanilla", "cbdm", "cbdm_g0")}
+    ips = batch / per["vanilla"]
+    return {"gpu": name, "gpu_vanilla_images_per_s": ips,
+            "gpu_ratio_cbdm_vs_vanilla_gamma_pos": per["cbdm"] / per["vanilla"],
+            "gpu_ratio_cbdm_vs_vanilla_gamma0": per["cbdm_g0"] / per["vanilla"],
+            "gpu_mfu": ips * UNET_TRAIN_FLOP_512 / peak_flops if peak_flops else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--sd14", action="store_true", help="also time SD v1-4's UNet at 512 px (needs CUDA)")
+    parser.add_argument("--no-ray", action="store_true", help="skip (b)")
+    parser.add_argument("--runs-root", default="runs/bench")
+    args = parser.parse_args()
+    steps = args.steps or (6 if args.quick else 20)
+    torch.set_num_threads(2)
+    figures: dict = {"batch": args.batch, "steps_timed": steps}
+    figures.update(cpu_figures(steps, args.batch))
+    print(f"(a) CBDM/vanilla: gamma>0 {figures['ratio_cbdm_vs_vanilla_gamma_pos']:.2f} (floor 2.00), "
+          f"gamma=0 {figures['ratio_cbdm_vs_vanilla_gamma0']:.2f} (floor 1.33)")
+    print(f"(c) encode every step / cached latents: {figures['ratio_encode_every_step_vs_cached']:.2f} "
+          f"(512 px FLOP limit {figures['limit_encode_vs_cached_512px']:.2f})")
+    if not args.no_ray:
+        figures.update(ray_vs_plain(max(8, steps * 2), args.batch, args.runs_root))
+        print(f"(b) Ray Train / plain loop: {figures['ratio_ray_train_vs_plain']:.2f} (target >= 0.90)")
+    if args.sd14 and torch.cuda.is_available():
+        figures.update(gpu_figures(steps, args.batch))
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
