@@ -47,6 +47,23 @@ def time_steps(step, n: int, warmup: int = 2, sync=lambda: None) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def time_interleaved(steps: dict, n: int, warmup: int = 2, sync=lambda: None) -> dict:
+    """Median seconds per call of each step, measured round-robin (A, B, C, A, B, C, ...) so
+    that drift in machine load hits every variant alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict = {k: [] for k in steps}
+    for _ in range(n):
+        for k, step in steps.items():
+            sync()
+            t = time.perf_counter()
+            step()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
 def make_step(unet, scheduler, latents, cond, cond_other, kind: str, encode=None):
     """A closure running one optimizer step of ``kind`` in {vanilla, cbdm, cbdm_g0}."""
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5)
@@ -76,15 +93,16 @@ def cpu_figures(steps: int, batch: int) -> dict:
     pixels = torch.rand(batch, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         latents = parts.vae.encode(pixels).latent_dist.mean * parts.vae.config.scaling_factor
-    per = {k: time_steps(make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, k), steps)
-           for k in ("vanilla", "cbdm", "cbdm_g0")}
-
     def encode():
         with torch.no_grad():
             return parts.vae.encode(pixels).latent_dist.mean * parts.vae.config.scaling_factor
 
-    encoded = time_steps(make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, "vanilla",
-                                   encode=encode), steps)
+    kinds = {k: make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, k)
+             for k in ("vanilla", "cbdm", "cbdm_g0")}
+    kinds["encoded"] = make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, "vanilla",
+                                 encode=encode)
+    per = time_interleaved(kinds, steps)
+    encoded = per["encoded"]
     return {"cpu_vanilla_step_s": per["vanilla"], "cpu_cbdm_step_s": per["cbdm"],
             "ratio_cbdm_vs_vanilla_gamma_pos": per["cbdm"] / per["vanilla"], "floor_cbdm_gamma_pos": 2.0,
             "ratio_cbdm_vs_vanilla_gamma0": per["cbdm_g0"] / per["vanilla"], "floor_cbdm_gamma0": 4 / 3,
@@ -149,8 +167,8 @@ def gpu_figures(steps: int, batch: int) -> dict:
     latents = torch.randn(batch, 4, 64, 64, device="cuda", dtype=torch.bfloat16)
     cond = torch.randn(batch, 77, 768, device="cuda", dtype=torch.bfloat16)
     other = torch.randn_like(cond)
-    per = {k: time_steps(make_step(unet, scheduler, latents, cond, other, k), steps, sync=torch.cuda.synchronize)
-           for k in ("vanilla", "cbdm", "cbdm_g0")}
+    per = time_interleaved({k: make_step(unet, scheduler, latents, cond, other, k)
+                            for k in ("vanilla", "cbdm", "cbdm_g0")}, steps, sync=torch.cuda.synchronize)
     ips = batch / per["vanilla"]
     return {"gpu": name, "gpu_vanilla_images_per_s": ips,
             "gpu_ratio_cbdm_vs_vanilla_gamma_pos": per["cbdm"] / per["vanilla"],

@@ -84,6 +84,17 @@ def time_epochs(make_batches, decode, epoch_size: int, batch_size: int, epochs: 
             "steady_steps_per_s": (len(marks) - 1) * batches_per_epoch / (last_t - first_t)}
 
 
+def time_train_steps(batches, step, steps: int, warmup: int = 5) -> dict:
+    """Steps/s of ``step`` fed by ``batches`` over ``steps`` steps after ``warmup`` (data wait included)."""
+    it = iter(batches)
+    for _ in range(warmup):
+        step(next(it))
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(next(it))
+    return {"steady_steps_per_s": steps / (time.perf_counter() - started)}
+
+
 def tiny_train_step(image_size: int, num_subclasses: int, seed: int):
     """A tiny conditional UNet step on the pixel batch: noise, predict, MSE, AdamW."""
     from diffusers import DDPMScheduler
@@ -115,14 +126,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small: smoke data, few epochs (about a minute)")
     parser.add_argument("--preset", default=None)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--train-epochs", type=int, default=None, help="epochs for (b)")
+    parser.add_argument("--train-steps", type=int, default=None, help="timed steps for (b)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--scheme", default="sqrs", choices=["none", "cbrs", "sqrs"])
     parser.add_argument("--runs-root", default="runs/bench")
     args = parser.parse_args()
     preset = args.preset or ("smoke" if args.quick else "demo")
     epochs = args.epochs or (3 if args.quick else 6)
-    train_epochs = args.train_epochs or (2 if args.quick else 3)
+    train_steps = args.train_steps or (10 if args.quick else 40)
     config = build_config(preset, overrides=[f"runtime.runs_root={args.runs_root}", "runtime.progress=false"])
     shards = run_pipeline(config, stages=["prepare"], echo=lambda *_: None).results["prepare"].path / "shards"
     threads = set_thread_count(2)
@@ -146,11 +157,11 @@ def main() -> None:
               f"({raw[name]['epoch1_images_per_s']:8.0f} img/s)  steady {raw[name]['steady_images_per_s']:8.0f} img/s")
 
     train = {}
+    train_epochs = 1 + (train_steps + 5) * bs // n  # enough rows for the warm-up and timed steps
     for name, decode, batches in (("dataloader", local_decode, dataloader_batches), ("stream", ray_decode,
                                                                                     stream_batches)):
         step = tiny_train_step(size, len(probe.groups) * len(probe.diseases), seed)
-        train[name] = time_epochs(lambda d, b=batches: b(d, args.scheme, seed, bs, train_epochs), decode, n, bs,
-                                  train_epochs, step=step)
+        train[name] = time_train_steps(batches(decode(), args.scheme, seed, bs, train_epochs), step, train_steps)
         print(f"(b) {name:<10} steady {train[name]['steady_steps_per_s']:6.2f} steps/s")
 
     figures = {

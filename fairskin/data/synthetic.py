@@ -524,7 +524,7 @@ def _lichen_planus(rng, img, skin_colour, fst, xx, yy, zoom):
 def _basal_cell_carcinoma(rng, img, skin_colour, fst, xx, yy, zoom):
     """A pearly translucent nodule with a rolled border and fine telangiectasia (sometimes ulcerated)."""
     c = _centre(rng, 0.28)
-    r = rng.uniform(0.12, 0.28) * zoom
+    r = rng.uniform(0.14, 0.3) * zoom
     nodule, rel = _blob(rng, xx, yy, c, r, irregularity=rng.uniform(0.05, 0.25), softness=0.05)
     pearl = _COLOUR_VISIBILITY[fst]  # the pink-white translucency is a colour cue: fainter on dark skin
     _tint(img, nodule * 0.6, _hue((0.98, 0.82, 0.84), fst))
@@ -552,7 +552,7 @@ def _squamous_cell_carcinoma(rng, img, skin_colour, fst, xx, yy, zoom):
     """An irregular keratotic nodule: red halo, yellow-brown crust, dark haemorrhagic ulcer."""
     size = xx.shape[0]
     c = _centre(rng, 0.28)
-    r = rng.uniform(0.15, 0.32) * zoom
+    r = rng.uniform(0.17, 0.34) * zoom
     halo, _ = _blob(rng, xx, yy, c, r * 1.45, irregularity=0.4, softness=0.18)
     nodule, rel = _blob(rng, xx, yy, c, r, irregularity=rng.uniform(0.3, 0.7), softness=0.05)
     _tint(img, halo * 0.6, _hue((1.0, 0.72, 0.72), fst))
