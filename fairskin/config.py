@@ -253,8 +253,8 @@ def _demo() -> dict[str, Any]:
     # Embedded default: synthetic 64 px data, tiny models, CPU, ~10 minutes after install.
     return {
         "data": {"source": "synthetic", "image_size": 64, "synthetic_scale": 1.0},
-        "diffusion": {"model": "tiny", "global_batch_size": 16, "learning_rate": 1e-3, "max_steps": 300,
-                      "checkpoint_every": 100, "base_vae_steps": 300, "base_unet_steps": 300},
+        "diffusion": {"model": "tiny", "global_batch_size": 16, "learning_rate": 1e-3, "max_steps": 150,
+                      "checkpoint_every": 50, "base_vae_steps": 200, "base_unet_steps": 200},
         "generation": {"images_per_subclass": 96, "inference_steps": 20, "guidance_scale": 3.0, "batch_size": 16},
         "classifier": {"model": "tiny", "image_size": 64, "epochs": 10, "learning_rate": 1e-3, "batch_size": 64,
                        "bootstrap_samples": 200},
