@@ -98,7 +98,7 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
         "variant": variant.model_dump(), "diffusion": d.model_dump(mode="json"), "seed": config.runtime.seed,
         "tracking": tracking, "fail_at_step": fail_at_step, "fail_marker": str(out / ".failed_once"),
     }
-    storage = out.parent / f".ray-{out.name}"
+    storage = out.resolve().parent / f".ray-{out.name}"  # Ray Train needs an absolute storage path
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
