@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
 
 from fairskin.config import PRESETS, ConfigError, FairSkinConfig, build_config
 
@@ -35,7 +34,3 @@ def run_or_exit(fn, *args, **kwargs):
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def main_guard(argv: Sequence[str] | None) -> list[str]:
-    return list(sys.argv[1:] if argv is None else argv)

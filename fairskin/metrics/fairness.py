@@ -152,10 +152,6 @@ def fairness_report(y_true: Sequence, y_pred: Sequence, group: Sequence, *, clas
     return out
 
 
-def group_accuracy_keys(groups: Sequence[str]) -> list[str]:
-    return [f"accuracy_{g}" for g in groups]
-
-
 def format_report(report: Mapping[str, float | list[float]]) -> str:
     """Human-readable lines: ``key  value  [low, high]``."""
     lines = []
