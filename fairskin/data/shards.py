@@ -100,6 +100,34 @@ def _write_table(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def write_shard_file(records: Iterable[Mapping[str, Any]], path: Path, vocab: Vocabulary) -> int:
+    """Validate ``records`` and write them as one shard file (atomically); returns the row count.
+
+    For writers that add shards one at a time (pool generation); finish with :func:`write_index`.
+    """
+    rows = []
+    for i, record in enumerate(records):
+        rows.append(validate_record(record, vocab, _row_where(path, i, record)))
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DataError(f"shard {path}: id {dup!r} appears twice")
+    _write_table(rows, Path(path))
+    return len(rows)
+
+
+def write_index(out_dir: Path, entries: Sequence[Mapping[str, Any]], vocab: Vocabulary,
+                extra_index: Mapping[str, Any] | None = None) -> Path:
+    """Write ``index.json`` (last: its presence marks the folder complete). ``entries`` are
+    ``{"file": name, "rows": n}`` in shard order."""
+    index = {"schema_version": SCHEMA_VERSION, "shards": [dict(e) for e in entries],
+             "rows": sum(int(e["rows"]) for e in entries),
+             "groups": list(vocab.groups), "diseases": list(vocab.diseases), **(extra_index or {})}
+    path = Path(out_dir) / INDEX_FILE
+    atomic_write_json(path, index)
+    return path
+
+
 def write_shards(records: Iterable[Mapping[str, Any]], out_dir: Path, vocab: Vocabulary, *,
                  rows_per_shard: int = 256, prefix: str = "shard", extra_index: Mapping[str, Any] | None = None
                  ) -> list[Path]:
@@ -132,9 +160,7 @@ def write_shards(records: Iterable[Mapping[str, Any]], out_dir: Path, vocab: Voc
             flush()
     if buffer:
         flush()
-    index = {"schema_version": SCHEMA_VERSION, "shards": entries, "rows": sum(e["rows"] for e in entries),
-             "groups": list(vocab.groups), "diseases": list(vocab.diseases), **(extra_index or {})}
-    atomic_write_json(out_dir / INDEX_FILE, index)
+    write_index(out_dir, entries, vocab, extra_index)
     return paths
 
 

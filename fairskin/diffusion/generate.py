@@ -1,0 +1,280 @@
+"""Pool generation: P images per subclass per variant, cut into work items, on a Ray actor pool.
+
+A pool is generated once per variant and shared by every classifier trial (DESIGN.md).
+
+* **Work items** are (variant, subclass, index range) with a fixed batch size. Each image's
+  initial latent comes from its own ``torch.Generator`` seeded by :func:`image_seed`, a pure
+  function of (base seed, variant, subclass, index). With the batch size and thread count
+  fixed, a work item regenerated alone is byte-identical to its copy in the pool (a single
+  image at another batch size is not: CPU kernels differ by batch).
+* **Resumable**: each item is written as one shard file (temporary name, then rename) in the
+  variant's work folder; a restarted run skips the items whose file exists. ``index.json``
+  is written once every item is there, which marks the pool complete.
+* **Ray**: items run on an ``ActorPool`` of :class:`PoolWorker` actors (one per GPU, or CPU
+  actors with ``generation.cpus_per_actor`` each); an actor loads each variant's pipeline once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from fairskin.config import FairSkinConfig, GenerationConfig
+from fairskin.data.shards import INDEX_FILE, Vocabulary, write_index, write_shard_file
+
+SCHEDULERS = {
+    "pndm": "PNDMScheduler",
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """Images ``start`` .. ``stop - 1`` of one subclass's pool for one variant."""
+
+    variant: str
+    group: str
+    disease: str
+    start: int
+    stop: int
+
+    @property
+    def file_name(self) -> str:
+        """The item's shard file name, e.g. ``African-psoriasis-00016.parquet``."""
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{self.group}-{self.disease}")
+        return f"{slug}-{self.start:05d}.parquet"
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def image_seed(base_seed: int, variant: str, group: str, disease: str, index: int) -> int:
+    """The seed (0 .. 2**63 - 1) of one pool image's initial latent noise."""
+    text = f"fairskin-pool|{base_seed}|{variant}|{group}|{disease}|{index}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+def image_id(variant: str, group: str, disease: str, index: int) -> str:
+    """A pool image's id, unique over variants: ``gen-<variant>-<group>-<disease>-<index>``."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{group}-{disease}")
+    return f"gen-{variant}-{slug}-{index:05d}"
+
+
+def work_items(variant: str, groups: Sequence[str], diseases: Sequence[str], per_subclass: int,
+               batch_size: int) -> list[WorkItem]:
+    """All items of one variant's pool: every subclass cut into ranges of ``batch_size``."""
+    return [WorkItem(variant, g, d, start, min(start + batch_size, per_subclass))
+            for g in groups for d in diseases for start in range(0, per_subclass, batch_size)]
+
+
+def make_scheduler(name: str, base_config: Mapping[str, Any]):
+    """A diffusers sampling scheduler by short name (``pndm``, ``ddim``, ``euler``, ``dpm``, ...),
+    configured like the pipeline's own (``base_config`` = ``pipe.scheduler.config``)."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"generation.scheduler {name!r} is unknown; expected one of {sorted(SCHEDULERS)}")
+    extra = {"skip_prk_steps": True} if name == "pndm" else {}  # as SD v1-4's own PNDM config
+    return getattr(diffusers, SCHEDULERS[name]).from_config(base_config, **extra)
+
+
+def generate_images(pipe, prompt: str, seeds: Sequence[int], cfg: GenerationConfig, height: int,
+                    width: int) -> np.ndarray:
+    """Sample ``len(seeds)`` images of one prompt in one batch: uint8 (N, height, width, 3).
+
+    Image i starts from the latent noise of ``torch.Generator().manual_seed(seeds[i])``.
+    """
+    import torch
+
+    generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    with torch.no_grad():
+        out = pipe(prompt=[prompt] * len(seeds), generator=generators, num_inference_steps=cfg.inference_steps,
+                   guidance_scale=cfg.guidance_scale, height=height, width=width, output_type="np")
+    return np.clip(np.rint(out.images * 255.0), 0, 255).astype(np.uint8)
+
+
+def item_records(item: WorkItem, images: np.ndarray, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Shard rows (split ``pool``, source ``generated``) for one item's images."""
+    from fairskin.data.images import encode_png
+
+    return [{"id": image_id(item.variant, item.group, item.disease, item.start + i), "image": encode_png(img),
+             "group": item.group, "disease": item.disease, "split": "pool", "fst": None,
+             "source": "generated", "seed": int(seed), "variant": item.variant}
+            for i, (img, seed) in enumerate(zip(images, seeds))]
+
+
+class ItemGenerator:
+    """Generates work items into pool folders; holds one loaded pipeline per variant.
+
+    The same object runs in-process (tests, ``num_actors=0``) or inside a Ray actor.
+    """
+
+    def __init__(self, pipelines: Mapping[str, str], cfg: dict, prompt_template: str, base_seed: int,
+                 image_size: int, vocab: tuple[tuple[str, ...], tuple[str, ...]], threads: int | None = None,
+                 device: str = "cpu"):
+        from fairskin.runtime import configure_worker, set_thread_count
+
+        self.threads = set_thread_count(threads) if threads else configure_worker()
+        self.pipelines = dict(pipelines)
+        self.cfg = GenerationConfig(**cfg)
+        self.template = prompt_template
+        self.base_seed = base_seed
+        self.image_size = image_size
+        self.vocab = Vocabulary(*vocab)
+        self.device = device
+        self._loaded: dict[str, Any] = {}
+
+    def _pipe(self, variant: str):
+        if variant not in self._loaded:
+            from fairskin.diffusion.models import load_pipeline
+
+            pipe = load_pipeline(Path(self.pipelines[variant]))
+            pipe.scheduler = make_scheduler(self.cfg.scheduler, pipe.scheduler.config)
+            pipe.set_progress_bar_config(disable=True)
+            self._loaded[variant] = pipe.to(self.device)
+        return self._loaded[variant]
+
+    def images(self, item: WorkItem) -> tuple[np.ndarray, list[int]]:
+        """The item's images uint8 (n, H, W, 3) and their seeds, without writing anything."""
+        from fairskin.diffusion.models import prompt_for
+
+        seeds = [image_seed(self.base_seed, item.variant, item.group, item.disease, i)
+                 for i in range(item.start, item.stop)]
+        prompt = prompt_for(self.template, item.group, item.disease)
+        return generate_images(self._pipe(item.variant), prompt, seeds, self.cfg, self.image_size,
+                               self.image_size), seeds
+
+    def run(self, item: WorkItem, folder: str) -> dict[str, Any]:
+        """Generate one item and write it as ``folder/<item.file_name>``; returns its entry."""
+        started = time.perf_counter()
+        images, seeds = self.images(item)
+        rows = write_shard_file(item_records(item, images, seeds), Path(folder) / item.file_name, self.vocab)
+        return {"file": item.file_name, "rows": rows, "seconds": time.perf_counter() - started,
+                "item": asdict(item)}
+
+
+@dataclass
+class PoolPlan:
+    """What :func:`generate_pools` will do: every item, and which are already written."""
+
+    items: list[WorkItem]
+    folders: dict[str, Path]
+
+    def missing(self) -> list[WorkItem]:
+        return [it for it in self.items if not (self.folders[it.variant] / it.file_name).is_file()]
+
+
+def plan_pools(config: FairSkinConfig, work_root: Path, variants: Sequence[str]) -> PoolPlan:
+    """Items of every variant's pool; each variant's items go to ``work_root/<variant>``."""
+    g, d = config.generation, config.data
+    folders = {v: Path(work_root) / v for v in variants}
+    items = [it for v in variants
+             for it in work_items(v, d.group_names, d.diseases, g.images_per_subclass, g.batch_size)]
+    return PoolPlan(items, folders)
+
+
+def _actor_count(config: FairSkinConfig, missing: int) -> tuple[int, dict[str, float]]:
+    """How many actors, and the resources each holds, from config and the cluster."""
+    import ray
+
+    g = config.generation
+    resources = ray.cluster_resources()
+    if g.use_gpu:
+        fits = int(resources.get("GPU", 0))
+        if fits < 1:
+            raise RuntimeError("generation.use_gpu is set but the Ray cluster has no GPU")
+        per_actor = {"num_gpus": 1.0, "num_cpus": g.cpus_per_actor}
+    else:
+        fits = max(1, int(resources.get("CPU", 1) // g.cpus_per_actor))
+        per_actor = {"num_cpus": g.cpus_per_actor}
+    wanted = g.num_actors or fits
+    return max(1, min(wanted, fits, missing)), per_actor
+
+
+def generate_pools(config: FairSkinConfig, pipelines: Mapping[str, Path], work_root: Path,
+                   on_item: Callable[[dict[str, Any]], None] | None = None, local: bool = False
+                   ) -> dict[str, Path]:
+    """Generate (or finish) every variant's pool under ``work_root/<variant>``; returns the folders.
+
+    Items already written are skipped. ``local=True`` runs in this process (no Ray); else on
+    a Ray actor pool sized by :func:`_actor_count`. Each item's thread count is
+    ``ceil(generation.cpus_per_actor)`` either way, so both give the same bytes on CPU.
+    """
+    import math
+
+    from fairskin.progress import progress_bar
+
+    plan = plan_pools(config, work_root, list(pipelines))
+    for folder in plan.folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    missing = plan.missing()
+    g, d = config.generation, config.data
+    threads = max(1, math.ceil(g.cpus_per_actor))
+    args = ({v: str(p) for v, p in pipelines.items()}, g.model_dump(mode="json"), config.diffusion.prompt_template,
+            config.runtime.seed, d.image_size, (tuple(d.group_names), tuple(d.diseases)), threads,
+            "cuda" if g.use_gpu else "cpu")
+    total = sum(it.size for it in missing)
+    bar = progress_bar(_run_items(missing, plan, args, config, local), total=len(missing),
+                       description=f"generate: {total} images in {len(missing)} items", enabled=config.runtime.progress)
+    for entry in bar:
+        if on_item is not None:
+            on_item(entry)
+    for variant, folder in plan.folders.items():
+        _finish_pool(folder, [it for it in plan.items if it.variant == variant], config, variant)
+    return dict(plan.folders)
+
+
+def _run_items(missing: list[WorkItem], plan: PoolPlan, args: tuple, config: FairSkinConfig,
+               local: bool) -> Iterable[dict[str, Any]]:
+    if not missing:
+        return
+    if local:
+        worker = ItemGenerator(*args)
+        for item in missing:
+            yield worker.run(item, str(plan.folders[item.variant]))
+        return
+    import ray
+    from ray.util import ActorPool
+
+    count, per_actor = _actor_count(config, len(missing))
+    actor_cls = ray.remote(**per_actor)(ItemGenerator)
+    actors = [actor_cls.remote(*args) for _ in range(count)]
+    try:
+        pool = ActorPool(actors)
+        yield from pool.map_unordered(lambda a, it: a.run.remote(it, str(plan.folders[it.variant])), missing)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _finish_pool(folder: Path, items: list[WorkItem], config: FairSkinConfig, variant: str) -> None:
+    """Write ``index.json`` (items in subclass order) once every item's file exists."""
+    import pyarrow.parquet as pq
+
+    absent = [it.file_name for it in items if not (folder / it.file_name).is_file()]
+    if absent:
+        raise RuntimeError(f"{folder}: {len(absent)} work item(s) missing after generation, e.g. {absent[:3]}")
+    entries = [{"file": it.file_name, "rows": pq.ParquetFile(folder / it.file_name).metadata.num_rows}
+               for it in items]
+    g = config.generation
+    write_index(folder, entries, Vocabulary(tuple(config.data.group_names), tuple(config.data.diseases)),
+                {"source": "generated", "variant": variant, "image_size": config.data.image_size,
+                 "images_per_subclass": g.images_per_subclass, "generation": g.model_dump(mode="json"),
+                 "prompt_template": config.diffusion.prompt_template, "seed": config.runtime.seed})
+
+
+def pool_is_complete(folder: Path) -> bool:
+    """True when the pool folder's ``index.json`` exists (written after the last item)."""
+    return (Path(folder) / INDEX_FILE).is_file()
