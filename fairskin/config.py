@@ -152,8 +152,11 @@ class GenerationConfig(_Section):
     images_per_subclass: int = Field(1000, ge=1)
     guidance_scale: float = Field(7.5, ge=0)
     inference_steps: int = Field(50, ge=1)
-    scheduler: str = "pndm"
-    batch_size: int = Field(8, ge=1)
+    scheduler: Literal["pndm", "ddim", "ddpm", "euler", "euler_a", "dpm", "unipc"] = "pndm"
+    batch_size: int = Field(8, ge=1)  # images per work item; fixed, so pools are byte-identical on CPU
+    use_gpu: bool = False
+    cpus_per_actor: float = Field(1.0, gt=0)  # also the torch thread count of every item (rounded up)
+    num_actors: int | None = Field(None, ge=1)  # default: as many as the cluster fits
     real_split: Literal["train", "val", "test"] = "train"
     inception_weights_path: Path | None = None
 
