@@ -193,6 +193,171 @@ register_stage(Stage("finetune", reads=("diffusion", "runtime.seed"), inputs=("p
                      body=_finetune_body, needs_ray=True, log=lambda run, result: run.log_metrics(result.summary)))
 
 
+# --------------------------------------------------------------------------- generate
+
+GENERATE_READS = ("generation", "diffusion.variants", "diffusion.prompt_template", "data.image_size",
+                  "data.groups", "data.diseases", "runtime.seed")
+
+
+def _generate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
+                   run: RunHandle) -> Mapping[str, Any]:
+    """Each variant's pool (P images per subclass) on a Ray actor pool.
+
+    Items are written to a work folder named by the stage key, outside the stage's temporary
+    folder, so a killed run resumes with the items it had finished; complete pools are then
+    moved into the stage folder.
+    """
+    import os
+    import shutil
+
+    from fairskin.diffusion.generate import generate_pools
+    from fairskin.stages import stage_key, stages_root
+
+    key = stage_key("generate", config, GENERATE_READS, inputs)
+    work = stages_root(config) / f"generate-{key}.work"
+    pipelines = {v: inputs["finetune"].path / v / "pipeline" for v in config.diffusion.variants}
+    started = time.time()
+    images = {"count": 0}
+
+    def on_item(entry: Mapping[str, Any]) -> None:
+        images["count"] += entry["rows"]
+
+    folders = generate_pools(config, pipelines, work, on_item=on_item)
+    seconds = time.time() - started
+    for variant, folder in folders.items():
+        os.replace(folder, out / variant)
+        _pool_preview(config, out / variant, variant)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"images_generated": images["count"], "generate_seconds": seconds,
+            "images_per_s": images["count"] / seconds if seconds > 0 else 0.0}
+
+
+def _pool_preview(config: FairSkinConfig, folder: Path, variant: str) -> None:
+    """The first pool image of every subclass as a grid PNG (``preview.png`` beside the shards)."""
+    from fairskin.data.shards import load_decoded
+    from fairskin.metrics.plots import save_image_grid
+
+    pixels, meta = load_decoded(folder, verify=False)
+    groups, diseases = config.data.group_names, config.data.diseases
+    first = meta.groupby(["group", "disease"]).head(1)
+    lookup = {(r.group, r.disease): i for i, r in zip(first.index, first.itertuples())}
+    images = [pixels[lookup[(g, d)]] for g in groups for d in diseases]
+    save_image_grid(images, groups, diseases, folder / "preview.png", title=f"pool of {variant}: one image per subclass")
+
+
+def _generate_log(run: RunHandle, result: StageResult) -> None:
+    run.log_metrics(result.summary)
+    for preview in sorted(result.path.glob("*/preview.png")):
+        run.log_artifact(preview, f"generate/{preview.parent.name}")
+
+
+def pool_folders(result: StageResult) -> dict[str, Path]:
+    """variant -> pool shard folder of a finished ``generate`` stage."""
+    return {p.parent.name: p.parent for p in sorted(result.path.glob("*/index.json"))}
+
+
+register_stage(Stage("generate", reads=GENERATE_READS, inputs=("finetune",), body=_generate_body, needs_ray=True,
+                     log=_generate_log))
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
+                   run: RunHandle) -> Mapping[str, Any]:
+    """Per variant: FID/KID per subclass and group, FID variance, IS, memorisation, t-SNE, heatmap.
+
+    Writes ``generation_table.csv`` (one row per variant), ``per_subclass.csv`` (variant x
+    subclass) and, per variant, ``<variant>/`` with its table and plots; each variant is a
+    child run tagged ``fairskin.variant``.
+    """
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from fairskin.classify.models import load_saved_classifier
+    from fairskin.data.shards import load_decoded
+    from fairskin.metrics.generation import classifier_features, feature_space, generation_report
+    from fairskin.metrics.plots import plot_fid_heatmap, plot_tsne
+
+    g, c = config.generation, config.classifier
+    shards = inputs["prepare"].path / "shards"
+    model = load_saved_classifier(inputs["reference"].path / "model").eval()
+    space = feature_space(model, c.image_size, g.inception_weights_path)
+    real_pixels, real_meta = load_decoded(shards, splits=[g.real_split])
+    train_pixels, train_meta = load_decoded(shards, splits=["train"])
+    held_pixels, held_meta = load_decoded(shards, splits=["val", "test"])
+    cache = config.runtime.runs_root / "cache" / "fidelity"  # real features, keyed by image checksums
+    rows, tables = [], []
+    for variant, folder in pool_folders(inputs["generate"]).items():
+        pool_pixels, pool_meta = load_decoded(folder)
+        report = generation_report(pool_pixels, pool_meta, real_pixels, real_meta, config.data.group_names,
+                                   config.data.diseases, space, cache_root=cache, heldout_pixels=held_pixels,
+                                   heldout_meta=held_meta, train_pixels=train_pixels, train_meta=train_meta)
+        (out / variant).mkdir(parents=True, exist_ok=True)
+        report.per_subclass.to_csv(out / variant / "per_subclass.csv", index=False)
+        (out / variant / "summary.json").write_text(json.dumps(report.summary, indent=2, default=str))
+        plot_fid_heatmap(report.per_subclass, out / variant / "fid_heatmap.png",
+                         title=f"{variant}: FID per subclass ({space.kind} features)")
+        features = classifier_features(model, pool_pixels, c.image_size)
+        plot_tsne(features, pool_meta["group"].to_numpy(), pool_meta["disease"].to_numpy(),
+                  out / variant / "tsne.png", title=f"{variant}: t-SNE of reference-classifier features",
+                  seed=config.runtime.seed)
+        rows.append({"variant": variant, **report.summary})
+        tables.append(report.per_subclass.assign(variant=variant))
+        _log_variant_evaluation(run, variant, report.summary, out / variant)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "generation_table.csv", index=False)
+    pd.concat(tables, ignore_index=True).to_csv(out / "per_subclass.csv", index=False)
+    (out / "generation_table.md").write_text(_generation_markdown(table, pd.concat(tables), config))
+    numeric = {f"{r['variant']}_{k}": float(v) for r in rows for k, v in r.items()
+               if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+    return numeric
+
+
+def _log_variant_evaluation(run: RunHandle, variant: str, summary: Mapping[str, Any], folder: Path) -> None:
+    child = run.child(f"evaluate-{variant}", tags={"fairskin.stage": "evaluate", "fairskin.variant": variant,
+                                                   "fairskin.feature_extractor": summary["feature_extractor"]})
+    child.log_metrics({k: float(v) for k, v in summary.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for path in sorted(folder.iterdir()):
+        child.log_artifact(path, "evaluate")
+    child.end()
+
+
+def _generation_markdown(table, per_subclass, config: FairSkinConfig) -> str:
+    """Variant table and a per-subclass FID/KID table, as markdown."""
+    groups = config.data.group_names
+    cols = ["variant", "fid_mean", "fid_var_subclass", "fid_var_group", "kid_mean", "is_mean",
+            "memorised_fraction"] + [f"fid_{g}" for g in groups]
+    lines = ["# Generation metrics", "",
+             f"Feature space: {table['feature_extractor'].iloc[0]}. FID variance is the sample variance "
+             "(ddof=1) over the subclasses and over the groups.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in table.iterrows():
+        lines.append("| " + " | ".join(str(r[c]) if c == "variant" else f"{r.get(c, float('nan')):.4g}"
+                                       for c in cols) + " |")
+    lines += ["", "## Per subclass (FID / KID x 1000)", "",
+              "| variant | group | disease | FID | KID x 1000 | n generated | n real |", "|---|---|---|---|---|---|---|"]
+    for _, r in per_subclass.iterrows():
+        lines.append(f"| {r['variant']} | {r['group']} | {r['disease']} | {r['fid']:.2f} | {1000 * r['kid_mean']:.2f} "
+                     f"| {r['n_generated']} | {r['n_real']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _evaluate_log(run: RunHandle, result: StageResult) -> None:
+    run.log_metrics(result.summary)
+    for name in ("generation_table.csv", "generation_table.md", "per_subclass.csv"):
+        if (result.path / name).exists():
+            run.log_artifact(result.path / name, "evaluate")
+
+
+register_stage(Stage("evaluate", reads=("generation.real_split", "generation.inception_weights_path",
+                                        "classifier.image_size", "runtime.seed"),
+                     inputs=("prepare", "reference", "generate"), body=_evaluate_body, log=_evaluate_log))
+
+
 # --------------------------------------------------------------------------- running
 
 

@@ -67,6 +67,21 @@ def test_job_entry_point_runs_and_reports_where_things_are(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "prepare" in out.stdout and f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}" in out.stdout
     assert "mlflow server" in out.stdout and "#/experiments/" in out.stdout
+    stages = tmp_path / "runs" / "stages"
+    config = build_config("smoke")
+    pools = sorted(stages.glob("generate-*/*/index.json"))
+    assert [p.parent.name for p in pools] == sorted(config.diffusion.variants)
+    per_pool = config.generation.images_per_subclass * 15
+    assert all(read_index(p.parent)["rows"] == per_pool for p in pools)
+    (evaluate,) = stages.glob("evaluate-*")
+    table = pd.read_csv(evaluate / "generation_table.csv")
+    assert sorted(table["variant"]) == sorted(config.diffusion.variants)
+    assert np.isfinite(table[["fid_mean", "kid_mean", "fid_var_subclass", "is_mean"]].to_numpy()).all()
+    per_subclass = pd.read_csv(evaluate / "per_subclass.csv")
+    assert len(per_subclass) == 15 * len(config.diffusion.variants) and (per_subclass["fid"] >= 0).all()
+    for variant in config.diffusion.variants:
+        assert (evaluate / variant / "tsne.png").stat().st_size > 0
+        assert (evaluate / variant / "fid_heatmap.png").stat().st_size > 0
     bad = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", "data.image_size=tiny"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "data.image_size" in bad.stderr and '"tiny"' in bad.stderr

@@ -124,8 +124,13 @@ class ItemGenerator:
     def __init__(self, pipelines: Mapping[str, str], cfg: dict, prompt_template: str, base_seed: int,
                  image_size: int, vocab: tuple[tuple[str, ...], tuple[str, ...]], threads: int | None = None,
                  device: str = "cpu"):
+        import diffusers.utils.logging
+        import transformers.utils.logging
+
         from fairskin.runtime import configure_worker, set_thread_count
 
+        diffusers.utils.logging.disable_progress_bar()  # one "Loading pipeline" bar per actor and variant
+        transformers.utils.logging.disable_progress_bar()
         self.threads = set_thread_count(threads) if threads else configure_worker()
         self.pipelines = dict(pipelines)
         self.cfg = GenerationConfig(**cfg)
