@@ -88,6 +88,7 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
         raise ValueError(f"diffusion.global_batch_size {d.global_batch_size} is not divisible by "
                          f"{workers} workers (the batch size in config is global)")
     out.mkdir(parents=True, exist_ok=True)
+    base = Path(base).resolve() if Path(base).is_dir() else base  # workers run in their own directories
     parts = load_sd(str(base))
     prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)
     rows, cond = cache_training_set(parts, train, prompts, d.cache_latents)
