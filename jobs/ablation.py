@@ -1,0 +1,55 @@
+"""Rebuild the paper's tables and figures for a study from MLflow alone.
+
+    python jobs/ablation.py [--preset demo] [--study NAME] [--seeds N] [--out DIR] [key=value ...]
+
+Runs are found by their ``fairskin.*`` tags in the tracking store the configuration names
+(default: the SQLite file under the runs root). Writes report.md, table CSVs and figure PNGs
+to ``--out`` (default ``<runs root>/report/<study>``) and logs them to an MLflow run tagged
+``fairskin.kind = report``. A figure with no runs behind it is listed as missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
+
+from fairskin.cli import add_config_arguments, config_from_args  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--study", default=None, help="study name (default: the latest `ablation` study)")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N",
+                        help="use the first N training seeds of each row (default: all found)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+
+    from fairskin.report import build_report, latest_study
+    from fairskin.tracking import Tracker
+
+    uri = config.tracking_uri()
+    study = args.study or latest_study(uri)
+    if study is None:
+        print(f"error: no `ablation` study with trial runs in {uri}; run the pipeline "
+              f"(python jobs/full_pipeline.py) or name one with --study", file=sys.stderr)
+        return 2
+    out = args.out or config.runtime.runs_root / "report" / study
+    report = build_report(uri, out, config.data.group_names, study=study, seeds=args.seeds)
+    tracker = Tracker.from_config(config)
+    with tracker.run(f"report-{study}", tags={"fairskin.kind": "report", "fairskin.study": study}) as run:
+        for path in sorted(out.iterdir()):
+            run.log_artifact(path, "report")
+    print(report.markdown.read_text())
+    print(f"report: {report.markdown}")
+    for name, reason in report.missing.items():
+        print(f"missing {name}: {reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
