@@ -1,0 +1,90 @@
+"""``python -m fairskin.tune --space NAME [--preset P] [--variant V] [--trials N] [--resume] [key=value ...]``
+
+Without ``--pool`` / ``--real-shards`` the pipeline stages the study needs are run first
+(see :mod:`fairskin.tune.inputs`). Exit codes: 0 done, 2 invalid input (space, pool,
+config), 130 interrupted (resume with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fairskin.cli import add_config_arguments, config_from_args
+
+
+def _pools(values: list[str]) -> dict[str, Path]:
+    pools = {}
+    for text in values:
+        if "=" not in text:
+            raise SystemExit(f"error: --pool {text!r}: expected VARIANT=PATH")
+        variant, path = text.split("=", 1)
+        pools[variant.strip()] = Path(path).expanduser().resolve()
+    return pools
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fairskin.tune", description=__doc__.splitlines()[0])
+    parser.add_argument("--space", required=True, help="search space: tune_spaces/NAME.yaml or a YAML path")
+    parser.add_argument("--variant", default=None, help="the pool's variant, when the space does not search it")
+    parser.add_argument("--trials", type=int, default=None, help="number of trials (default: tune.num_trials, "
+                                                                  "else the space's; a grid runs its grid)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    parser.add_argument("--study", default=None, help="study name (default: SPACE-VARIANT|all-PRESET)")
+    parser.add_argument("--pool", action="append", default=[], metavar="VARIANT=PATH",
+                        help="a pool shard folder per variant (repeatable)")
+    parser.add_argument("--real-shards", default=None, help="the prepare stage's shard folder")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_config_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    from fairskin.config import ConfigError
+    from fairskin.data import DataError
+    from fairskin.tune.spaces import SpaceError, load_space
+    from fairskin.tune.study import StudyError, run_study
+
+    try:
+        space = load_space(args.space)
+        pools = _pools(args.pool)
+        real = Path(args.real_shards).expanduser().resolve() if args.real_shards else None
+        if not pools or real is None:
+            from fairskin.tune.inputs import pipeline_inputs
+
+            wanted = [args.variant] if args.variant else list(config.diffusion.variants)
+            real_default, pool_default = pipeline_inputs(config, wanted)
+            real = real or real_default
+            pools = pools or pool_default
+        if space.parameter("variant") is None and not args.variant and len(pools) > 1:
+            # One pool per study when the space does not search the variant: the space's, else the
+            # last configured variant (the paper's method, fairskin_s, in the presets).
+            args.variant = space.fixed.variant or config.diffusion.variants[-1]
+        result = run_study(config, space, pools, real, variant=args.variant, trials=args.trials,
+                           resume=args.resume, name=args.study)
+    except (SpaceError, StudyError, ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = {"study": result.name, "path": str(result.path), "experiment_id": result.experiment_id,
+               "parent_run_id": result.parent_run_id, "trials": len(result.trials),
+               "interrupted": result.interrupted, "seconds": round(result.seconds, 1),
+               "best": {k: result.best.get(k) for k in ("trial_id", "run_id", *result.space.metrics)}
+               if result.best else None, "pareto_size": len(result.pareto)}
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(f"study {result.name}: {summary['trials']} trial(s) in {summary['seconds']} s; "
+              f"best {summary['best']}; Pareto front of {summary['pareto_size']}; report in {result.path / 'report'}")
+    if result.interrupted:
+        print(f"interrupted: continue with `python -m fairskin.tune --space {args.space} --preset {args.preset} "
+              f"--study {result.name} --resume ...`", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""A finished (or interrupted) study as tables and plots: trials, best trial, Pareto front.
+
+Pure functions of a trials table (one row per trial: its config columns, its last reported
+figures). Only trials that ran every epoch count for best / Pareto (ASHA-stopped ones
+did not reach the same point).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def pareto_mask(values: np.ndarray, modes: Sequence[str]) -> np.ndarray:
+    """Non-dominated rows of ``values`` (N, K) for directions ``modes`` ("max"/"min" per column)."""
+    v = np.asarray(values, float) * np.array([1.0 if m == "max" else -1.0 for m in modes])
+    n = len(v)
+    keep = np.ones(n, bool)
+    for i in range(n):
+        dominated_by = np.all(v >= v[i], axis=1) & np.any(v > v[i], axis=1)
+        keep[i] = not dominated_by.any()
+    return keep
+
+
+def complete_trials(trials: pd.DataFrame, epochs: int) -> pd.DataFrame:
+    """Trials that reported every epoch (and so have test figures)."""
+    if trials.empty or "epoch" not in trials:
+        return trials.iloc[0:0]
+    return trials[trials["epoch"].fillna(0).astype(int) >= epochs]
+
+
+def pareto_front(trials: pd.DataFrame, metrics: Sequence[str], modes: Sequence[str]) -> pd.DataFrame:
+    """Rows of ``trials`` on the Pareto front of ``metrics``, sorted by the first objective (best first)."""
+    ok = trials.dropna(subset=list(metrics))
+    if ok.empty:
+        return ok
+    front = ok[pareto_mask(ok[list(metrics)].to_numpy(), modes)]
+    return front.sort_values(metrics[0], ascending=modes[0] == "min")
+
+
+def best_trial(trials: pd.DataFrame, metrics: Sequence[str], modes: Sequence[str]) -> pd.Series | None:
+    """The best trial by the first objective (ties broken by the next ones)."""
+    ok = trials.dropna(subset=list(metrics))
+    if ok.empty:
+        return None
+    return ok.sort_values(list(metrics), ascending=[m == "min" for m in modes]).iloc[0]
+
+
+def plot_objectives_by_trial(trials: pd.DataFrame, metrics: Sequence[str], modes: Sequence[str],
+                             path: Path, title: str) -> Path:
+    """Each objective per trial (in start order) with its running best."""
+    from fairskin.metrics.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(7, 2.6 * len(metrics)), squeeze=False)
+    order = (trials.sort_values("trial") if "trial" in trials else trials).reset_index(drop=True)
+    x = np.arange(1, len(order) + 1)
+    for ax, metric, mode in zip(axes[:, 0], metrics, modes):
+        y = order[metric].to_numpy(float) if metric in order else np.full(len(order), np.nan)
+        ax.plot(x, y, "o", label=metric)
+        filled = np.where(np.isnan(y), -np.inf if mode == "max" else np.inf, y)
+        running = np.maximum.accumulate(filled) if mode == "max" else np.minimum.accumulate(filled)
+        ax.step(x, np.where(np.isfinite(running), running, np.nan), where="post", label=f"best so far ({mode})")
+        ax.set_ylabel(metric)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[-1, 0].set_xlabel("trial (start order)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_ternary(trials: pd.DataFrame, groups: Sequence[str], metric: str, path: Path, title: str) -> Path:
+    """Proportions of three groups on a ternary plot (equilateral triangle), coloured by ``metric``."""
+    from fairskin.metrics.plots import _pyplot
+
+    if len(groups) != 3:
+        raise ValueError(f"a ternary plot needs 3 groups, got {list(groups)}")
+    plt = _pyplot()
+    cols = [f"proportions.{g}" for g in groups]
+    ok = trials.dropna(subset=cols + [metric])
+    p = ok[cols].to_numpy(float)
+    # Barycentric -> Cartesian: vertices at (0, 0), (1, 0), (0.5, sqrt(3)/2) for groups 0, 1, 2.
+    xy = p @ np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
+    fig, ax = plt.subplots(figsize=(6, 5.4))
+    tri = np.array([[0, 0], [1, 0], [0.5, np.sqrt(3) / 2], [0, 0]])
+    ax.plot(tri[:, 0], tri[:, 1], "k-", lw=1)
+    for t in (0.25, 0.5, 0.75):  # grid lines of constant share per group
+        for a, b, c in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
+            pts = np.zeros((2, 3))
+            pts[:, a] = t
+            pts[0, b], pts[1, c] = 1 - t, 1 - t
+            seg = pts @ np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
+            ax.plot(seg[:, 0], seg[:, 1], color="0.85", lw=0.6, zorder=0)
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=ok[metric].to_numpy(float), cmap="viridis", s=40, edgecolor="k", lw=0.4)
+    fig.colorbar(sc, ax=ax, label=metric, shrink=0.8)
+    for (vx, vy), g, dx, dy in zip(tri[:3], groups, (-0.04, 0.04, 0.0), (-0.05, -0.05, 0.03)):
+        ax.text(vx + dx, vy + dy, g, ha="center", fontsize=10)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

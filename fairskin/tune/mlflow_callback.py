@@ -1,0 +1,180 @@
+"""MLflow child runs for Tune trials, nested under the study's parent run, stable across ``--resume``.
+
+Ray's :class:`~ray.air.integrations.mlflow.MLflowLoggerCallback` opens a fresh, flat run at
+every trial start. :class:`StudyMLflowCallback` extends it:
+
+* the parent run is ours: its id is read from ``<study dir>/mlflow_parent.json``, and every
+  trial run carries ``mlflow.parentRunId`` plus the study's ``fairskin.*`` tags (the trial's
+  own ``fairskin.variant`` / ``fairskin.mode``);
+* the trial-id -> run-id map is persisted in ``<study dir>/mlflow_runs.json`` (temp file +
+  rename) when a run is created and when a trial ends; a restored trial (same trial id)
+  logs into its existing run, and epochs already logged there are not logged twice;
+* params and metrics go in batches (one SQLite transaction each), not one call per key.
+
+The map also records each trial's state (``running``, ``finished``, ``failed``,
+``interrupted``), which the study and the tests read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+from fairskin.io import atomic_write_json
+from fairskin.tracking import PARENT_TAG
+
+PARENT_FILE = "mlflow_parent.json"
+RUNS_FILE = "mlflow_runs.json"
+# Tune's bookkeeping keys that are not figures of the trial.
+_SKIP_METRICS = {"trial_id", "date", "hostname", "node_ip", "pid", "timestamp", "done", "config",
+                 "should_checkpoint", "checkpoint_dir_name", "experiment_tag"}
+
+
+def read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def read_run_map(study_dir: Path) -> dict[str, dict[str, Any]]:
+    """trial id -> {"run_id", "trial_name", "state", "config"} as persisted so far."""
+    return read_json(Path(study_dir) / RUNS_FILE, {})
+
+
+def flatten_trial_config(config: Mapping[str, Any], prefix: str = "trial.") -> dict[str, str]:
+    """Trial config -> flat MLflow params (nested dicts joined with '.')."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update(flatten_trial_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out
+
+
+class StudyMLflowCallback(MLflowLoggerCallback):
+    """Ray's MLflow logger, nested under our parent run and persistent across restores.
+
+    ``base_params``: flattened study config logged on every trial run (the trial's own
+    settings are added as ``trial.*``). ``tags``: the study's ``fairskin.*`` tags.
+    """
+
+    def __init__(self, study_dir: str | Path, tracking_uri: str, experiment_name: str,
+                 tags: Mapping[str, str], base_params: Mapping[str, Any]):
+        super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name, tags=dict(tags))
+        self.study_dir = str(study_dir)
+        self.base_params = {str(k): str(v) for k, v in base_params.items()}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def setup(self, *args, **kwargs):
+        super().setup(*args, **kwargs)  # experiment by name (created if absent), self._trial_runs = {}
+        from mlflow import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        parent = read_json(Path(self.study_dir) / PARENT_FILE, {})
+        self.parent_run_id = parent.get("run_id", "")
+        self._map = read_run_map(Path(self.study_dir))
+        self._last_step: dict[str, int] = {}
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_client", None)  # rebuilt in setup()
+        return state
+
+    def _save_map(self) -> None:
+        atomic_write_json(Path(self.study_dir) / RUNS_FILE, self._map)
+
+    def _existing_run(self, trial_id: str) -> str | None:
+        run_id = self._map.get(trial_id, {}).get("run_id")
+        if not run_id:
+            return None
+        try:
+            self._client.get_run(run_id)
+            return run_id
+        except Exception:  # deleted from the tracking store: start a new run
+            return None
+
+    def _logged_steps(self, run_id: str) -> int:
+        run = self._client.get_run(run_id)
+        steps = [0]
+        for key in run.data.metrics:
+            steps += [m.step for m in self._client.get_metric_history(run_id, key)]
+            break  # every epoch logs the same keys: one history is enough
+        return max(steps)
+
+    # ------------------------------------------------------------------ Tune hooks
+
+    def log_trial_start(self, trial):
+        if trial in self._trial_runs:
+            return
+        from mlflow.entities import Param
+
+        tid = trial.trial_id
+        run_id = self._existing_run(tid)
+        if run_id is not None:  # a restored trial: same run, back to RUNNING
+            self._client.update_run(run_id, status="RUNNING")
+            self._last_step[tid] = self._logged_steps(run_id)
+        else:
+            tags = {**self.tags, "trial_name": str(trial), "fairskin.trial_id": tid,
+                    "fairskin.variant": str(trial.config.get("variant", self.tags.get("fairskin.variant", ""))),
+                    "fairskin.mode": str(trial.config.get("mode", self.tags.get("fairskin.mode", "")))}
+            if self.parent_run_id:
+                tags[PARENT_TAG] = self.parent_run_id
+            run = self.mlflow_util.start_run(tags=tags, run_name=str(trial))
+            run_id = run.info.run_id
+            self._last_step[tid] = 0
+        self._trial_runs[trial] = run_id
+        self._map[tid] = {"run_id": run_id, "trial_name": str(trial), "state": "running",
+                          "config": json.loads(json.dumps(trial.config, default=str))}
+        self._save_map()
+        params = {**self.base_params, **flatten_trial_config(trial.config)}
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        try:
+            for i in range(0, len(items), 100):
+                self._client.log_batch(run_id, params=items[i:i + 100])
+        except Exception:  # a resumed run already holds these params (MLflow params are write-once)
+            pass
+
+    def log_trial_result(self, iteration: int, trial, result: dict):
+        from mlflow.entities import Metric
+
+        tid = trial.trial_id
+        step = int(result.get("training_iteration") or iteration)
+        if step <= self._last_step.get(tid, 0):
+            return  # a restarted trial re-running an epoch its run already holds
+        self._last_step[tid] = step
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in result.items()
+                 if k not in _SKIP_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and math.isfinite(float(v))]
+        run_id = self._trial_runs[trial]
+        for i in range(0, len(items), 1000):
+            self._client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def log_trial_end(self, trial, failed: bool = False):
+        run_id = self._trial_runs.get(trial)
+        if run_id is None:
+            return
+        status = "FAILED" if failed else "FINISHED"
+        self._client.set_terminated(run_id, status=status)
+        self._map.setdefault(trial.trial_id, {})["state"] = "failed" if failed else "finished"
+        self._save_map()
+
+    def on_experiment_end(self, trials, **info):
+        """Trials still running here were interrupted (SIGINT, time budget): mark their runs KILLED."""
+        changed = False
+        for trial in trials:
+            entry = self._map.get(trial.trial_id)
+            if entry and entry.get("state") == "running":
+                entry["state"] = "interrupted"
+                self._client.set_terminated(entry["run_id"], status="KILLED")
+                changed = True
+        if changed:
+            self._save_map()

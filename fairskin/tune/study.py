@@ -1,0 +1,372 @@
+"""One study: a Ray Tune ``Tuner`` over the classifier trainable, tracked in MLflow, resumable.
+
+Layout of a study folder, ``<runs root>/tune/<study>/``::
+
+    study.json           what was asked (space, preset, variant, trials) and the resolved space
+    mlflow_parent.json   tracking URI, experiment and the parent run id
+    mlflow_runs.json     trial id -> child run id and state (written by the MLflow callback)
+    trials/              Ray Tune's experiment folder (Tuner storage_path = the study folder)
+    report/              trials.csv, best_trial.json, pareto_front.csv, plots (also parent artifacts)
+
+One MLflow experiment per study, one parent run per study (a ``--resume`` continues it),
+one child run per trial. Inside trials only ``ray.tune.report`` is called; the driver's
+callback writes the child runs. Search: Optuna (seeded TPE or random; multi-objective when
+the space names several objectives) or a grid; ASHA over epochs when the space asks.
+
+Reproducibility: with concurrency 1 a study is reproducible (seeded sampler, seeded
+training). With several trials at once, which results TPE has seen when it proposes a
+point depends on timing, so studies are reproducible in distribution only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+
+from fairskin.config import FairSkinConfig, flatten
+from fairskin.io import atomic_write_json
+from fairskin.tracking import RunHandle, Tracker
+from fairskin.tune.mlflow_callback import PARENT_FILE, StudyMLflowCallback, read_json, read_run_map
+from fairskin.tune.spaces import ResolvedSpace, SearchSpace, SpaceError, load_space, resolve_space
+
+STUDY_FILE = "study.json"
+TUNE_DIR = "trials"
+REPORT_DIR = "report"
+
+
+class StudyError(RuntimeError):
+    """A study that cannot start or resume as asked (the message says what to do)."""
+
+
+@dataclass
+class StudyResult:
+    """What a study produced. ``trials``: one row per trial (config columns, last figures, run id, state)."""
+
+    name: str
+    path: Path
+    space: ResolvedSpace
+    experiment_id: str
+    parent_run_id: str
+    trials: pd.DataFrame
+    best: dict[str, Any] | None
+    pareto: pd.DataFrame
+    interrupted: bool
+    seconds: float
+    artifacts: list[Path] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: check, tracking, fit, report
+
+
+def study_name(space: str, variant: str | None, preset: str) -> str:
+    return f"{space}-{variant or 'all'}-{preset}"
+
+
+def study_dir(config: FairSkinConfig, name: str) -> Path:
+    return config.runtime.runs_root / "tune" / name
+
+
+def experiment_name(config: FairSkinConfig, name: str) -> str:
+    """One MLflow experiment per study."""
+    return f"{config.tracking.experiment}-tune-{name}"
+
+
+# --------------------------------------------------------------------------- checks before Ray
+
+
+def _pool_counts(pools: Mapping[str, Path]) -> dict[str, dict[tuple[str, str], int]]:
+    from fairskin.classify.augment import pool_counts
+    from fairskin.data.shards import read_metadata
+
+    out = {}
+    for variant, folder in pools.items():
+        if not Path(folder, "index.json").exists():
+            raise StudyError(f"pool of variant {variant!r}: {folder} is not a shard folder (no index.json)")
+        meta = read_metadata(Path(folder))
+        out[variant] = pool_counts(meta[meta["split"] == "pool"])
+    return out
+
+
+def _train_counts(real_shards: Path) -> dict[tuple[str, str], int]:
+    from fairskin.classify.augment import pool_counts
+    from fairskin.data.shards import read_metadata
+
+    if not Path(real_shards, "index.json").exists():
+        raise StudyError(f"real shards: {real_shards} is not a shard folder (no index.json)")
+    meta = read_metadata(Path(real_shards))
+    return pool_counts(meta[meta["split"] == "train"])
+
+
+def check_study(config: FairSkinConfig, space: SearchSpace, pools: Mapping[str, Path], real_shards: Path,
+                variant: str | None = None, trials: int | None = None) -> ResolvedSpace:
+    """Resolve the space for this preset and check it against every pool: no Ray, no training."""
+    return resolve_space(space, config, _pool_counts(pools), _train_counts(real_shards), variant=variant,
+                         trials=trials)
+
+
+# --------------------------------------------------------------------------- Tune pieces
+
+
+def max_concurrency(config: FairSkinConfig, cluster: Mapping[str, float]) -> int:
+    """Trials at once: ``tune.max_concurrent_trials``, else the cluster's CPUs over the threads a trial
+    runs (ceil of its CPUs: a 0.5-CPU trial still runs one torch thread), and its GPUs."""
+    if config.tune.max_concurrent_trials:
+        return config.tune.max_concurrent_trials
+    cpus = float(cluster.get("CPU", 1.0))
+    limit = max(1, int(cpus // max(1.0, math.ceil(config.tune.cpus_per_trial))))
+    if config.tune.gpus_per_trial > 0:
+        limit = min(limit, max(1, int(float(cluster.get("GPU", 0.0)) // config.tune.gpus_per_trial)))
+    return limit
+
+
+def build_search(space: ResolvedSpace, concurrency: int):
+    """(search_alg or None, param_space): Optuna for tpe/random, Tune's grid for grid spaces."""
+    from ray import tune
+
+    fixed = dict(space.fixed)
+    if space.search == "grid":
+        grid = {d.name: tune.grid_search(list(d.values)) for d in space.dims}
+        if "seed" not in fixed:
+            grid["seed"] = tune.grid_search(list(space.train_seeds))
+        return None, {**fixed, **grid}
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from fairskin.tune.spaces import DefineByRun
+
+    if space.search == "random":
+        sampler = optuna.samplers.RandomSampler(seed=space.search_seed)
+    else:
+        kwargs = {"n_startup_trials": space.startup_trials} if space.startup_trials else {}
+        sampler = optuna.samplers.TPESampler(seed=space.search_seed, multivariate=True,
+                                             constant_liar=concurrency > 1, **kwargs)
+    metric = list(space.metrics) if space.multi_objective else space.metrics[0]
+    mode = list(space.modes) if space.multi_objective else space.modes[0]
+    searcher = OptunaSearch(space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler)
+    return searcher, fixed
+
+
+def build_scheduler(space: ResolvedSpace, epochs: int):
+    if space.scheduler.kind != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", metric=space.metrics[0], mode=space.modes[0],
+                         max_t=epochs, grace_period=min(space.scheduler.grace_period, epochs),
+                         reduction_factor=space.scheduler.reduction_factor)
+
+
+def build_trainable(config: FairSkinConfig, inputs):
+    from ray import tune
+
+    from fairskin.tune.trainable import classifier_trial
+
+    resources = {"CPU": config.tune.cpus_per_trial}
+    if config.tune.gpus_per_trial:
+        resources["GPU"] = config.tune.gpus_per_trial
+    return tune.with_resources(tune.with_parameters(classifier_trial, inputs=inputs), resources)
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def _study_tags(name: str, space: ResolvedSpace, config: FairSkinConfig, variant: str | None) -> dict[str, str]:
+    return {"fairskin.kind": "tune", "fairskin.study": name, "fairskin.space": space.name,
+            "fairskin.variant": variant or (space.variants[0] if len(space.variants) == 1 else "all"),
+            "fairskin.mode": str(space.fixed.get("mode", "searched")), "fairskin.preset": config.preset}
+
+
+def _parent_run(config: FairSkinConfig, name: str, folder: Path, tags: Mapping[str, str], resume: bool,
+                params: Mapping[str, Any]) -> tuple[Tracker, RunHandle]:
+    tracker = Tracker(config.tracking_uri(), experiment_name(config, name), config.tracking.enabled)
+    stored = read_json(folder / PARENT_FILE, {})
+    if resume and stored.get("run_id"):
+        return tracker, tracker.resume(stored["run_id"])
+    parent = tracker.start(name, tags=tags)
+    atomic_write_json(folder / PARENT_FILE, {"tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment_name,
+                                             "experiment_id": tracker.experiment_id, "run_id": parent.run_id})
+    parent.log_params(params)
+    return tracker, parent
+
+
+def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Mapping[str, Path],
+              real_shards: Path, *, variant: str | None = None, trials: int | None = None, resume: bool = False,
+              name: str | None = None, echo: Callable[[str], None] = print) -> StudyResult:
+    """Run (or ``resume``) one study of ``space`` over the classifier.
+
+    ``pools``: variant -> pool shard folder (split ``pool``); ``real_shards``: the prepare
+    stage's shard folder. The space is checked against every pool before Ray starts;
+    a :class:`SpaceError` names the parameter and its largest valid value.
+    """
+    started = time.time()
+    timings: dict[str, float] = {}
+    spec = space if isinstance(space, SearchSpace) else load_space(space)
+    name = name or study_name(spec.name, variant, config.preset)
+    folder = study_dir(config, name)
+    before = read_json(folder / STUDY_FILE, None)
+    if resume:
+        if before is None:
+            raise StudyError(f"no study {name!r} to resume at {folder}; run without --resume to start it")
+        if before.get("space") != spec.name:
+            raise StudyError(f"study {name!r} searched space {before.get('space')!r}, not {spec.name!r}")
+        if trials is not None and spec.search != "grid" and trials != before.get("trials"):
+            raise StudyError(f"study {name!r} was started with {before.get('trials')} trials; a resumed study "
+                             f"keeps its trial count (got --trials {trials})")
+        trials = before.get("trials") if spec.search != "grid" else None
+    elif before is not None:
+        raise StudyError(f"study {name!r} already exists at {folder}: pass --resume to continue it, "
+                         "or --study NAME for a new one")
+    resolved = check_study(config, spec, pools, real_shards, variant, trials or config.tune.num_trials)
+    record = {"study": name, "space": spec.name, "preset": config.preset, "variant": variant,
+              "trials": resolved.expected_trials, "pools": {k: str(v) for k, v in pools.items()},
+              "real_shards": str(real_shards), "space_definition": spec.model_dump(mode="json")}
+    folder.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_json(folder / STUDY_FILE, record)
+
+    timings["check"] = time.time() - started
+    tags = _study_tags(name, resolved, config, variant)
+    base_params = flatten(config.model_dump(mode="json"))
+    tracker, parent = _parent_run(config, name, folder, tags, resume, {**base_params, **resolved.describe()})
+    echo(f"study {name}: {resolved.search} over {[d.name for d in resolved.dims]}, objectives "
+         f"{list(zip(resolved.metrics, resolved.modes))}, {resolved.expected_trials} trial(s); folder {folder}")
+    if tracker.client is not None:
+        echo(f"MLflow: {tracker.ui_command()}\n  then open {tracker.runs_url()}")
+    timings["tracking"] = time.time() - started - timings["check"]
+    try:
+        result = _fit(config, resolved, folder, pools, real_shards, resume, tracker, tags, base_params, echo)
+    except KeyboardInterrupt:
+        parent.end("KILLED")
+        raise
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    timings["fit"] = time.time() - started - timings["check"] - timings["tracking"]
+    trials_table = _trials_table(folder, result)
+    out = _summarise(config, name, folder, resolved, tracker, parent, trials_table, time.time() - started)
+    timings["report"] = time.time() - started - sum(timings.values())
+    out.timings = timings
+    out.seconds = time.time() - started
+    parent.log_metrics({"study_seconds": out.seconds, "trials_finished": int((trials_table["state"] == "finished").sum())
+                        if not trials_table.empty else 0})
+    parent.end("KILLED" if out.interrupted else "FINISHED")
+    return out
+
+
+def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapping[str, Path], real_shards: Path,
+         resume: bool, tracker: Tracker, tags: Mapping[str, str], base_params: Mapping[str, Any],
+         echo: Callable[[str], None]):
+    from ray import tune
+
+    from fairskin.runtime import init_ray
+    from fairskin.tune.trainable import put_inputs
+
+    cluster = init_ray(config)
+    concurrency = max_concurrency(config, cluster)
+    inputs = put_inputs(real_shards, pools, space, config.classifier)
+    trainable = build_trainable(config, inputs)
+    exp_dir = folder / TUNE_DIR
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        echo(f"resuming from {exp_dir} (finished trials are kept, unfinished ones rerun)")
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tuner.fit()
+    searcher, param_space = build_search(space, concurrency)
+    callbacks = []
+    if tracker.client is not None:
+        callbacks.append(StudyMLflowCallback(folder, tracker.tracking_uri, tracker.experiment_name, tags,
+                                             base_params))
+    echo(f"{concurrency} trial(s) at once, {config.tune.cpus_per_trial} CPU each "
+         f"(cluster: {cluster.get('CPU', 0):g} CPU)")
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(space, config.classifier.epochs),
+                                    num_samples=space.trials, max_concurrent_trials=concurrency, reuse_actors=True),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder), callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  verbose=1 if config.runtime.progress else 0),
+    )
+    return tuner.fit()
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _trials_table(folder: Path, results) -> pd.DataFrame:
+    """One row per trial: trial id, run id, state, flattened config, last reported figures."""
+    runs = read_run_map(folder)
+    rows = []
+    for res in results:
+        metrics = dict(res.metrics or {})
+        # Trial folders are named <trainable>_<trial id>_<number>_<tag>: the number is the start order.
+        found = re.search(r"_([0-9a-f]{8})_(\d+)_", Path(str(res.path)).name)
+        tid = metrics.get("trial_id") or (found.group(1) if found else Path(str(res.path)).name)
+        entry = runs.get(tid, {})
+        row = {"trial": int(found.group(2)) if found else len(rows) + 1, "trial_id": tid,
+               "run_id": entry.get("run_id", ""),
+               "state": entry.get("state", "error" if res.error else ("finished" if metrics else "pending")),
+               "error": str(res.error) if res.error else ""}
+        row.update(_flat(res.config or {}))
+        row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and k != "config"})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table = table.sort_values("trial").reset_index(drop=True)
+    return table
+
+
+def _summarise(config: FairSkinConfig, name: str, folder: Path, space: ResolvedSpace, tracker: Tracker,
+               parent: RunHandle, trials: pd.DataFrame, seconds: float) -> StudyResult:
+    from fairskin.tune.analysis import (best_trial, complete_trials, pareto_front, plot_objectives_by_trial,
+                                        plot_ternary)
+
+    report = folder / REPORT_DIR
+    report.mkdir(parents=True, exist_ok=True)
+    done = complete_trials(trials, config.classifier.epochs)
+    metrics, modes = list(space.metrics), list(space.modes)
+    best = best_trial(done, metrics, modes)
+    front = pareto_front(done, metrics, modes)
+    interrupted = trials.empty or bool((~trials["state"].isin(["finished", "failed"])).any())
+    if len(trials) < space.expected_trials:
+        interrupted = True
+    paths = []
+    trials.to_csv(report / "trials.csv", index=False)
+    paths.append(report / "trials.csv")
+    front.to_csv(report / "pareto_front.csv", index=False)
+    paths.append(report / "pareto_front.csv")
+    best_dict = None if best is None else json.loads(best.to_json())
+    atomic_write_json(report / "best_trial.json", {"objectives": dict(zip(metrics, modes)), "best": best_dict,
+                                                   "pareto_front": json.loads(front.to_json(orient="records"))})
+    paths.append(report / "best_trial.json")
+    atomic_write_json(report / "space.json", {"resolved": space.describe()})
+    paths.append(report / "space.json")
+    if not trials.empty and all(m in trials for m in metrics):
+        paths.append(plot_objectives_by_trial(trials, metrics, modes, report / "objective_by_trial.png",
+                                              title=f"{name}: objectives by trial"))
+    simplex = space.dim("proportions")
+    if simplex is not None and len(simplex.groups) == 3 and not done.empty:
+        key = "val_essp_fairseg" if "val_essp_fairseg" in done else metrics[0]
+        paths.append(plot_ternary(done, simplex.groups, key, report / "proportions_ternary.png",
+                                  title=f"{name}: proportions vs {key}"))
+    for p in paths:
+        parent.log_artifact(p, "study")
+    if best is not None:
+        parent.log_metrics({f"best_{m}": float(best[m]) for m in metrics})
+        parent.set_tags({"fairskin.best_trial": best["trial_id"], "fairskin.best_run": best.get("run_id", "")})
+    parent.log_metrics({"pareto_size": len(front)})
+    return StudyResult(name=name, path=folder, space=space, experiment_id=tracker.experiment_id,
+                       parent_run_id=parent.run_id, trials=trials, best=best_dict, pareto=front,
+                       interrupted=interrupted, seconds=seconds, artifacts=paths)

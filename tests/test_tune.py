@@ -1,0 +1,235 @@
+"""Tune studies: search spaces, pool checks, MLflow parent/child runs, and SIGINT + --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from fairskin.classify.augment import check_against_pool, plan_counts
+from fairskin.config import build_config
+from fairskin.tracking import PARENT_TAG
+from fairskin.tune.spaces import (SpaceError, available_spaces, load_space, parse_space, resolve_space,
+                                  sample_simplex)
+
+REPO = Path(__file__).resolve().parents[1]
+GROUPS = ("African", "Asian", "Caucasian")
+DISEASES = tuple(build_config("smoke").data.diseases)
+
+
+def _pool(per: int) -> dict:
+    return {(g, d): per for g in GROUPS for d in DISEASES}
+
+
+@pytest.fixture(scope="session")
+def smoke_pool(prepared_smoke, tmp_path_factory):
+    """A procedural pool of 20 images per subclass (the space checks need >= 10 at smoke scale)."""
+    from fairskin.data.prepare import write_synthetic_pool
+
+    config, _ = prepared_smoke
+    return write_synthetic_pool(config, tmp_path_factory.mktemp("pool") / "shards", per_subclass=20)
+
+
+def _config(tmp_path, *overrides):
+    return build_config("smoke", overrides=[f"runtime.runs_root={tmp_path / 'runs'}", *overrides])
+
+
+# --------------------------------------------------------------------------- spaces (no Ray)
+
+
+def test_every_space_file_loads_and_resolves_at_smoke_scale():
+    config = build_config("smoke")
+    assert {"ethnic_ratio", "aug_count", "downstream", "ablation"} <= set(available_spaces())
+    pools = {"vanilla": _pool(20), "fairskin_s": _pool(20)}
+    for name in available_spaces():
+        space = load_space(name)
+        resolved = resolve_space(space, config, pools, _pool(5), variant=None if space.parameter("variant")
+                                 else "vanilla")
+        assert resolved.metrics and all(m.startswith("val_") for m in resolved.metrics)
+    scale = config.tune.count_scale
+    aug = resolve_space(load_space("aug_count"), config, pools, {}, variant="vanilla")
+    d = aug.dim("per_subclass")  # 500..900 step 100 in paper units, times tune.count_scale
+    assert (d.low, d.high, d.step) == (round(500 * scale), round(900 * scale), max(1, round(100 * scale)))
+    abl = resolve_space(load_space("ablation"), config, pools, {})
+    assert set(abl.variants) == {"vanilla", "fairskin_s"} and abl.train_seeds == (0, 1, 2)
+    assert abl.fixed_plan.total == round(7500 * scale)
+
+
+def test_simplex_points_are_all_valid_for_the_pool():
+    config = build_config("smoke")
+    pool = _pool(20)
+    space = resolve_space(load_space("ethnic_ratio"), config, {"vanilla": pool}, {}, variant="vanilla")
+    d = space.dim("proportions")
+    assert d.total == round(7500 * config.tune.count_scale)
+    assert all(h <= min(1.0, 100 / d.total) for h in d.highs)  # 5 diseases x 20 images per group
+    rng = np.random.default_rng(0)
+    for u in [*rng.random((500, 2)), (0.0, 0.0), (1.0, 1.0), (1.0, 0.0), (0.0, 1.0)]:
+        p = sample_simplex(list(u), d.lows, d.highs)
+        assert abs(sum(p) - 1) < 1e-9 and all(lo - 1e-12 <= x <= hi + 1e-12 for x, lo, hi in zip(p, d.lows, d.highs))
+        plan = space.plan_for({"proportions": dict(zip(d.groups, p))})
+        check_against_pool(plan, plan_counts(plan, {}, GROUPS, DISEASES), pool, DISEASES)  # never raises
+    # Without bounds, stick-breaking with Beta(1, K-1-i) pieces is uniform on the simplex: mean 1/3 each.
+    points = np.array([sample_simplex(list(u), [0, 0, 0], [1, 1, 1]) for u in rng.random((4000, 2))])
+    assert np.allclose(points.mean(0), 1 / 3, atol=0.02)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"parameters": [{"name": "per_subclass", "kind": "int", "low": 900, "high": 500}]},
+     r"parameters\.0: parameter 'per_subclass': low \(900\.0\) is above high \(500\.0\)"),
+    ({"parameters": [{"name": "proportions", "kind": "simplex", "total": 10, "low": 0.5}]},
+     r"parameter 'proportions': no proportions over 3 groups sum to 1 within \[0\.5, 1\.0\]"),
+    ({"parameters": [{"name": "proportions", "kind": "simplex", "total": 10}], "fixed": {"mode": "resample"}},
+     r"parameter 'proportions': downstream mode 'resample'"),
+    ({"parameters": [{"name": "learning_rate", "kind": "float", "low": 1, "high": 2}]},
+     r"parameter 'learning_rate': unknown target"),
+    ({"objectives": [{"metric": "test_accuracy"}]}, r"test figures never steer"),
+    ({"objectives": [{"metric": "val_accuracy"}, {"metric": "val_dp", "mode": "min"}],
+      "scheduler": {"kind": "asha"}}, r"'asha' stops trials on one metric"),
+])
+def test_invalid_spaces_name_the_field(change, message):
+    base = {"name": "t", "objectives": [{"metric": "val_accuracy"}],
+            "parameters": [{"name": "per_subclass", "kind": "int", "low": 1, "high": 2}]}
+    with pytest.raises(SpaceError, match=message):
+        space = parse_space({**base, **change})
+        resolve_space(space, build_config("smoke"), {"vanilla": _pool(20)}, {}, variant="vanilla")
+
+
+def test_spaces_that_exceed_the_pool_fail_before_any_trial(tmp_path, prepared_smoke):
+    from fairskin.data.prepare import write_synthetic_pool
+    from fairskin.tune import run_study
+
+    config = _config(tmp_path)
+    scale = config.tune.count_scale
+    total, high = round(7500 * scale), round(900 * scale)
+    per = max(1, high // 2)  # too few for aug_count's 900 and for ethnic_ratio's 7,500 over 3 groups
+    assert 15 * per < total
+    small = write_synthetic_pool(config, tmp_path / "small_pool", per_subclass=per)
+    shards = prepared_smoke[1].path / "shards"
+    # ethnic_ratio: 7,500 x scale images, but `per` x 5 diseases per group (15 x per in all).
+    largest = 15 * per
+    with pytest.raises(SpaceError, match=rf"parameter 'proportions': total 7500 \(scaled to {total} .*"
+                                         rf"The largest valid total is {int(largest / scale + 1e-9)} "
+                                         rf"\(scaled {largest}\)"):
+        run_study(config, "ethnic_ratio", {"vanilla": small}, shards)
+    with pytest.raises(SpaceError, match=rf"parameter 'per_subclass': high 900 \(scaled to {high} .*"
+                                         rf"the largest valid value is {int(per / scale + 1e-9)} \(scaled {per}\)"):
+        run_study(config, "aug_count", {"vanilla": small}, shards)
+    assert not (config.runtime.runs_root / "tune").exists()  # no study folder, no trial, no run
+
+
+# --------------------------------------------------------------------------- studies (Ray)
+
+
+def _runs(config, study):
+    from fairskin.tune.study import experiment_name
+
+    client = MlflowClient(config.tracking_uri())
+    exp = client.get_experiment_by_name(experiment_name(config, study))
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    return client, parents, children
+
+
+@pytest.mark.ray
+def test_smoke_study_one_parent_three_children(ray_session, prepared_smoke, smoke_pool, tmp_path):
+    from fairskin.tune import run_study
+
+    config = _config(tmp_path)
+    result = run_study(config, "ethnic_ratio", {"vanilla": smoke_pool}, prepared_smoke[1].path / "shards",
+                       trials=3, echo=lambda *_: None)
+    assert not result.interrupted and len(result.trials) == 3
+    assert set(result.trials["state"]) == {"finished"}
+    client, parents, children = _runs(config, result.name)
+    assert [p.info.run_id for p in parents] == [result.parent_run_id]
+    assert len(children) == 3 and {c.data.tags[PARENT_TAG] for c in children} == {result.parent_run_id}
+    for c in children:
+        tags, params, metrics = c.data.tags, c.data.params, c.data.metrics
+        assert tags["fairskin.study"] == result.name and tags["fairskin.space"] == "ethnic_ratio"
+        assert tags["fairskin.variant"] == "vanilla" and tags["fairskin.mode"] == "random"
+        assert params["classifier.epochs"] == "2" and params["preset"] == "smoke"
+        shares = [float(params[f"trial.proportions.{g}"]) for g in GROUPS]
+        assert abs(sum(shares) - 1) < 1e-6
+        assert c.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")] == [1, 2]
+        assert "test_accuracy" in metrics and "test_essp_fairseg" in metrics
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["fairskin.study"] == result.name
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "study")}
+    assert {"study/best_trial.json", "study/pareto_front.csv", "study/objective_by_trial.png",
+            "study/proportions_ternary.png"} <= artifacts
+    assert 1 <= len(result.pareto) <= 3 and result.best["trial_id"] in set(result.trials["trial_id"])
+    runs_map = json.loads((result.path / "mlflow_runs.json").read_text())
+    assert {v["run_id"] for v in runs_map.values()} == {c.info.run_id for c in children}
+
+
+@pytest.mark.ray
+def test_sigint_then_resume_runs_every_trial_once(ray_session, prepared_smoke, smoke_pool, tmp_path):
+    config = _config(tmp_path)
+    study = "sigint"
+    cmd = [sys.executable, "-m", "fairskin.tune", "--space", "ethnic_ratio", "--preset", "smoke", "--trials", "3",
+           "--study", study, "--pool", f"vanilla={smoke_pool}", "--real-shards",
+           str(prepared_smoke[1].path / "shards"), f"runtime.runs_root={config.runtime.runs_root}",
+           "classifier.epochs=5", "tune.max_concurrent_trials=1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    runs_file = config.runtime.runs_root / "tune" / study / "mlflow_runs.json"
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 240
+        finished = []
+        while time.time() < deadline and proc.poll() is None:
+            if runs_file.exists():
+                try:
+                    finished = [t for t, e in json.loads(runs_file.read_text()).items() if e["state"] == "finished"]
+                except ValueError:
+                    finished = []
+                if finished:
+                    break
+            time.sleep(0.1)
+        assert finished, f"no trial finished in time:\n{log.read_text()[-3000:]}"
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=180)
+    first_map = json.loads(runs_file.read_text())
+    assert code == 130, log.read_text()[-3000:]
+    assert 1 <= sum(e["state"] == "finished" for e in first_map.values()) < 3
+    resumed = subprocess.run(cmd + ["--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    final_map = json.loads(runs_file.read_text())
+    assert len(final_map) == 3 and {e["state"] for e in final_map.values()} == {"finished"}
+    for tid, entry in first_map.items():  # a trial started before the interrupt kept its run
+        assert final_map[tid]["run_id"] == entry["run_id"]
+    client, parents, children = _runs(config, study)
+    assert [p.info.run_id for p in parents] == [summary["parent_run_id"]]
+    assert parents[0].info.status == "FINISHED"
+    assert sorted(c.info.run_id for c in children) == sorted(e["run_id"] for e in final_map.values())
+    assert {c.data.tags[PARENT_TAG] for c in children} == {summary["parent_run_id"]}
+    for c in children:
+        assert c.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")]
+        assert steps == [1, 2, 3, 4, 5], (c.data.tags["fairskin.trial_id"], steps)
+        assert "test_accuracy" in c.data.metrics
+
+
+@pytest.mark.ray
+def test_grid_space_runs_every_mode_once(ray_session, prepared_smoke, smoke_pool, tmp_path):
+    from fairskin.tune import run_study
+
+    config = _config(tmp_path)
+    result = run_study(config, "downstream", {"vanilla": smoke_pool}, prepared_smoke[1].path / "shards",
+                       echo=lambda *_: None)
+    assert not result.interrupted and len(result.trials) == 3  # 1 variant x 3 modes x 1 seed
+    _, parents, children = _runs(config, result.name)
+    assert len(parents) == 1 and parents[0].data.tags["fairskin.mode"] == "searched"
+    assert sorted(c.data.tags["fairskin.mode"] for c in children) == ["random", "resample", "reweight"]
+    assert {c.data.params["trial.variant"] for c in children} == {"vanilla"}
