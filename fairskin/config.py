@@ -184,6 +184,7 @@ class TuneConfig(_Section):
     gpus_per_trial: float = Field(0.0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
     count_scale: float = Field(1.0, gt=0)
+    train_seeds: int | None = Field(None, ge=1)  # the pipeline's study: training seeds 0..N-1 (default: the space's)
 
 
 class TrackingConfig(_Section):
@@ -264,7 +265,7 @@ def _demo() -> dict[str, Any]:
                        "batch_size": 16},
         "classifier": {"model": "tiny", "image_size": 64, "epochs": 8, "learning_rate": 1e-3, "batch_size": 64,
                        "bootstrap_samples": 200},
-        "tune": {"num_trials": 6, "count_scale": 0.05},
+        "tune": {"num_trials": 6, "count_scale": 0.05, "train_seeds": 1},
     }
 
 
@@ -278,7 +279,7 @@ def _smoke() -> dict[str, Any]:
         "generation": {"images_per_subclass": 10, "inference_steps": 2, "guidance_scale": 2.0, "batch_size": 5},
         "classifier": {"model": "tiny", "image_size": 32, "epochs": 2, "learning_rate": 1e-3, "batch_size": 32,
                        "bootstrap_samples": 50},
-        "tune": {"num_trials": 3, "count_scale": 0.01},
+        "tune": {"num_trials": 3, "count_scale": 0.01, "train_seeds": 1},
         "runtime": {"progress": False},
     }
 

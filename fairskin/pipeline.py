@@ -358,6 +358,94 @@ register_stage(Stage("evaluate", reads=("generation.real_split", "generation.inc
                      inputs=("prepare", "reference", "generate"), body=_evaluate_body, log=_evaluate_log))
 
 
+# --------------------------------------------------------------------------- tune
+
+TUNE_READS = ("tune", "classifier", "runtime.seed")
+
+
+def pipeline_space(config: FairSkinConfig):
+    """The space the ``tune`` stage runs (``tune.space``, default ``ablation``), with
+    ``tune.train_seeds`` (when set) replacing its training seeds by 0 .. N-1."""
+    from fairskin.tune.spaces import load_space
+
+    space = load_space(config.tune.space)
+    if config.tune.train_seeds is not None:
+        seeds = space.seeds.model_copy(update={"train": list(range(config.tune.train_seeds))})
+        space = space.model_copy(update={"seeds": seeds})
+    return space
+
+
+def _tune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
+               run: RunHandle) -> Mapping[str, Any]:
+    """One study of ``tune.space`` over every variant's pool (Ray Tune + Optuna, MLflow parent + children).
+
+    The study folder lives under ``<runs root>/tune/`` and is named by the stage key, so a
+    killed pipeline resumes the same study (finished trials are not rerun).
+    """
+    import shutil
+
+    from fairskin.io import atomic_write_json
+    from fairskin.stages import stage_key
+    from fairskin.tune.study import STUDY_FILE, run_study, study_dir
+
+    space = pipeline_space(config)
+    key = stage_key("tune", config, TUNE_READS, inputs)
+    name = f"{space.name}-{config.preset}-{key}"
+    resume = (study_dir(config, name) / STUDY_FILE).exists()
+    result = run_study(config, space, pool_folders(inputs["generate"]), inputs["prepare"].path / "shards",
+                       name=name, resume=resume, echo=print)
+    if result.interrupted:
+        raise RuntimeError(f"study {name} was interrupted; rerun the pipeline to resume it")
+    report = result.path / "report"
+    if report.is_dir():
+        shutil.copytree(report, out / "study_report")
+    result.trials.to_csv(out / "trials.csv", index=False)
+    atomic_write_json(out / "study.json", {"study": name, "path": str(result.path),
+                                           "experiment_id": result.experiment_id,
+                                           "parent_run_id": result.parent_run_id})
+    run.set_tags({"fairskin.study": name, "fairskin.study_parent_run": result.parent_run_id})
+    finished = result.trials[result.trials["state"] == "finished"] if "state" in result.trials else result.trials
+    return {"trials": len(result.trials), "trials_finished": len(finished), "study_seconds": result.seconds}
+
+
+def study_of(result: StageResult) -> str:
+    """The study name a finished ``tune`` stage ran."""
+    import json
+
+    return json.loads((result.path / "study.json").read_text())["study"]
+
+
+register_stage(Stage("tune", reads=TUNE_READS, inputs=("prepare", "generate"), body=_tune_body, needs_ray=True,
+                     log=lambda run, result: run.log_metrics(result.summary)))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _report_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
+                 run: RunHandle) -> Mapping[str, Any]:
+    """Table 1, Table 2 and the figures, rebuilt from MLflow for the pipeline's study."""
+    from fairskin.report import build_report
+
+    report = build_report(config.tracking_uri(), out, config.data.group_names, study=study_of(inputs["tune"]))
+    return {"rows_table1": len(report.table1), "figures": len(report.figures), "figures_missing": len(report.missing)}
+
+
+def _report_log(run: RunHandle, result: StageResult) -> None:
+    run.log_metrics(result.summary)
+    for path in sorted(result.path.iterdir()):
+        if path.suffix in (".md", ".csv", ".png"):
+            run.log_artifact(path, "report")
+
+
+register_stage(Stage("report", reads=("data.groups",), inputs=("reference", "evaluate", "tune"),
+                     body=_report_body, log=_report_log))
+
+
+def report_path(result: StageResult) -> Path:
+    return result.path / "report.md"
+
+
 # --------------------------------------------------------------------------- running
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
 
 from fairskin.cli import add_config_arguments, config_from_args, run_or_exit  # noqa: E402
-from fairskin.pipeline import STAGES, run_pipeline  # noqa: E402
+from fairskin.pipeline import STAGES, report_path, run_pipeline  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         state = "skipped" if result.skipped else f"{result.seconds:6.1f} s"
         print(f"  {name:<12} {state:>9}  {result.path}")
     print(f"total          : {time.time() - started:.1f} s")
+    if "report" in outcome.results:
+        print(f"report         : {report_path(outcome.results['report'])}")
     print(f"MLflow URI     : {tracker.tracking_uri}")
     if tracker.enabled:
         print(f"MLflow UI      : {tracker.ui_command()}")

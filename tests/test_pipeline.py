@@ -1,7 +1,14 @@
-"""The pipeline's `prepare` stage at smoke size: what it writes, what it logs, skip and force."""
+"""The pipeline at smoke size: `prepare` alone (skip, force, tracking), then every stage through the job
+entry point, the report rebuilt from MLflow alone, and the same job under `ray job submit`."""
 
+import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import numpy as np
 import pandas as pd
@@ -60,14 +67,21 @@ def test_pipeline_logs_parent_and_child_runs_and_skips_when_done(smoke_config):
     assert parent.data.params["preset"] == "smoke" and parent.info.status == "FINISHED"
 
 
-def test_job_entry_point_runs_and_reports_where_things_are(tmp_path):
-    out = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--preset", "smoke",
-                          f"runtime.runs_root={tmp_path / 'runs'}"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "prepare" in out.stdout and f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}" in out.stdout
-    assert "mlflow server" in out.stdout and "#/experiments/" in out.stdout
-    stages = tmp_path / "runs" / "stages"
+@pytest.fixture(scope="module")
+def smoke_job(tmp_path_factory, ray_head):
+    """The whole smoke pipeline through its job entry point, once (joins the session's Ray head)."""
+    root = tmp_path_factory.mktemp("job") / "runs"
+    out = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", f"runtime.runs_root={root}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return root, out.stdout
+
+
+def test_job_entry_point_runs_every_stage_and_reports_where_things_are(smoke_job, tmp_path):
+    root, stdout = smoke_job
+    assert f"sqlite:///{root / 'mlflow.db'}" in stdout
+    assert "mlflow server" in stdout and "#/experiments/" in stdout and "report         :" in stdout
+    stages = root / "stages"
     config = build_config("smoke")
     pools = sorted(stages.glob("generate-*/*/index.json"))
     assert [p.parent.name for p in pools] == sorted(config.diffusion.variants)
@@ -82,6 +96,55 @@ def test_job_entry_point_runs_and_reports_where_things_are(tmp_path):
     for variant in config.diffusion.variants:
         assert (evaluate / variant / "tsne.png").stat().st_size > 0
         assert (evaluate / variant / "fid_heatmap.png").stat().st_size > 0
+    # The ablation grid: variants x 3 downstream modes, one training seed at smoke.
+    (tune,) = stages.glob("tune-*")
+    trials = pd.read_csv(tune / "trials.csv")
+    assert len(trials) == 3 * len(config.diffusion.variants) and (trials["state"] == "finished").all()
+    (report,) = stages.glob("report-*")
+    table1 = pd.read_csv(report / "table1.csv")
+    assert len(table1) == len(trials) and table1["accuracy"].between(0, 1).all()
+    assert sorted(table1.groupby("variant")["mode"].apply(sorted).to_dict().items()) == [
+        (variant, ["random", "resample", "reweight"]) for variant in sorted(config.diffusion.variants)]
+    markdown = (report / "report.md").read_text()
+    assert "## Table 1" in markdown and "## Table 2: FID per group" in markdown
+    assert "missing: no finished trials of an `aug_count` study" in markdown  # reported missing, not filled in
+
     bad = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", "data.image_size=tiny"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "data.image_size" in bad.stderr and '"tiny"' in bad.stderr
+
+
+def test_ablation_report_regenerates_from_mlflow_alone(smoke_job, tmp_path):
+    root, _ = smoke_job
+    only_store = tmp_path / "runs"
+    only_store.mkdir()
+    shutil.copy(root / "mlflow.db", only_store / "mlflow.db")  # no stage folders, no Tune folders
+    out = subprocess.run([sys.executable, "jobs/ablation.py", "--preset", "smoke", f"runtime.runs_root={only_store}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (study_dir,) = (only_store / "report").iterdir()
+    rebuilt = pd.read_csv(study_dir / "table1.csv")
+    (original,) = (root / "stages").glob("report-*")
+    pd.testing.assert_frame_equal(rebuilt, pd.read_csv(original / "table1.csv"))
+    assert "missing figure3b_augmentation_count" in out.stdout
+
+
+def test_ray_job_submit_runs_the_pipeline_against_the_session_head(smoke_job, ray_head):
+    root, _ = smoke_job
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    ray_bin = Path(sys.executable).with_name("ray")
+    submission = f"fairskin-test-{os.getpid()}"
+    runtime_env = {"excludes": [".venv", "runs", ".git", "*.db"]}
+    out = subprocess.run([str(ray_bin), "job", "submit", "--address", ray_head["dashboard"], "--submission-id",
+                          submission, "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
+                          sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", f"runtime.runs_root={root}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(ray_head["dashboard"])
+    logs = client.get_job_logs(submission)
+    assert client.get_job_status(submission) == JobStatus.SUCCEEDED, out.stderr[-2000:] + logs[-3000:]
+    # Every stage was already done by the earlier run under the same runs root: all skipped.
+    for stage in ("prepare", "reference", "base", "finetune", "generate", "evaluate", "tune", "report"):
+        assert f"[{stage}] skipped (already done)" in logs
+    assert "report.md" in logs and list((root / "stages").glob("report-*/report.md"))
