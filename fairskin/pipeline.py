@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from fairskin.config import FairSkinConfig, dump_config, flatten
+from fairskin.config import ConfigError, FairSkinConfig, dump_config, flatten
 from fairskin.stages import StageResult, run_stage
 from fairskin.tracking import RunHandle, Tracker
 
@@ -34,6 +34,10 @@ class Stage:
     needs_ray: bool = False
     log: StageLog | None = None
     presets: tuple[str, ...] | None = None  # None: every preset
+    # A cheap check of the configuration, run as soon as the stage named `check_after` has a
+    # result, so a bad setting fails before the long stages in between, not when this one starts.
+    check: Callable[[FairSkinConfig, StageResult], None] | None = None
+    check_after: str | None = None
 
 
 STAGES: dict[str, Stage] = {}
@@ -256,8 +260,30 @@ def pool_folders(result: StageResult) -> dict[str, Path]:
     return {p.parent.name: p.parent for p in sorted(result.path.glob("*/index.json"))}
 
 
+def check_pool_size(config: FairSkinConfig, real_shards: Path) -> None:
+    """Refuse a pool size P (``generation.images_per_subclass``) that the pipeline's search space
+    (``tune.space``, counts scaled by ``tune.count_scale``) would ask more of, before generating.
+
+    Raises :class:`ConfigError` naming the field, P and the space's own message (which names the
+    parameter and its largest valid value).
+    """
+    from fairskin.tune.spaces import SpaceError, resolve_space
+    from fairskin.tune.study import train_counts
+
+    per_subclass = config.generation.images_per_subclass
+    subclasses = [(g, d) for g in config.data.group_names for d in config.data.diseases]
+    pools = {v: dict.fromkeys(subclasses, per_subclass) for v in config.diffusion.variants}
+    space = pipeline_space(config)
+    try:
+        resolve_space(space, config, pools, train_counts(real_shards))
+    except SpaceError as exc:
+        raise ConfigError(f"generation.images_per_subclass = {per_subclass} is too small for the tune stage's "
+                          f"space {space.name!r}: {exc}") from None
+
+
 register_stage(Stage("generate", reads=GENERATE_READS, inputs=("finetune",), body=_generate_body, needs_ray=True,
-                     log=_generate_log))
+                     log=_generate_log, check=lambda config, prepare: check_pool_size(config, prepare.path / "shards"),
+                     check_after="prepare"))
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -524,6 +550,9 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
                 if stage.log is not None:
                     stage.log(child, result)
             outcome.results[stage.name] = result
+            for later in plan:
+                if later.check is not None and later.check_after == stage.name:
+                    later.check(config, result)
             state = "skipped (already done)" if result.skipped else f"done in {elapsed:.1f} s"
             echo(f"[{stage.name}] {state}: {result.path}")
     return outcome

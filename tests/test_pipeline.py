@@ -19,7 +19,8 @@ from fairskin.config import build_config
 from fairskin.data.shards import load_decoded, read_index
 from fairskin.data.synthetic import scaled_counts
 from fairskin.data.prepare import reference_counts
-from fairskin.pipeline import run_pipeline
+from fairskin.config import ConfigError
+from fairskin.pipeline import check_pool_size, run_pipeline
 from fairskin.tracking import PARENT_TAG
 
 
@@ -65,6 +66,21 @@ def test_pipeline_logs_parent_and_child_runs_and_skips_when_done(smoke_config):
     assert "prepare/subclass_counts.png" in artifacts and "prepare/preview.png" in artifacts
     parent = client.get_run(first.parent_run_id)
     assert parent.data.params["preset"] == "smoke" and parent.info.status == "FINISHED"
+
+
+def test_pool_size_is_checked_against_the_tune_space_before_generating(prepared_smoke):
+    config, prepare = prepared_smoke
+    shards = prepare.path / "shards"
+    check_pool_size(config, shards)  # smoke's P fits its ablation plan
+    # The ablation plan puts 0.5 of 7,500 x 0.01 = 75 images on Caucasian: 7.5 per disease.
+    small = config.model_copy(update={"generation": config.generation.model_copy(update={"images_per_subclass": 7})})
+    with pytest.raises(ConfigError, match=r"generation.images_per_subclass = 7 .*'ablation'.*fixed.plan"):
+        check_pool_size(small, shards)
+    # The pipeline checks it right after `prepare`, before the long stages in between.
+    seen = []
+    with pytest.raises(ConfigError, match="generation.images_per_subclass"):
+        run_pipeline(small, ["generate"], echo=seen.append)
+    assert [line for line in seen if line.endswith("...")] == ["[prepare] ..."]
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,8 @@ def _pool_counts(pools: Mapping[str, Path]) -> dict[str, dict[tuple[str, str], i
     return out
 
 
-def _train_counts(real_shards: Path) -> dict[tuple[str, str], int]:
+def train_counts(real_shards: Path) -> dict[tuple[str, str], int]:
+    """Real training images per (group, disease) in a real shard folder (rows with split == train)."""
     from fairskin.classify.augment import pool_counts
     from fairskin.data.shards import read_metadata
 
@@ -105,7 +106,7 @@ def _train_counts(real_shards: Path) -> dict[tuple[str, str], int]:
 def check_study(config: FairSkinConfig, space: SearchSpace, pools: Mapping[str, Path], real_shards: Path,
                 variant: str | None = None, trials: int | None = None) -> ResolvedSpace:
     """Resolve the space for this preset and check it against every pool: no Ray, no training."""
-    return resolve_space(space, config, _pool_counts(pools), _train_counts(real_shards), variant=variant,
+    return resolve_space(space, config, _pool_counts(pools), train_counts(real_shards), variant=variant,
                          trials=trials)
 
 
