@@ -141,6 +141,8 @@ class DiffusionConfig(_Section):
     num_workers: int = Field(1, ge=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    # Variants fine-tuned at once (each its own TorchTrainer); results do not depend on it.
+    parallel_variants: int = Field(1, ge=1)
     max_failures: int = Field(0, ge=-1)
     base_vae_steps: int = Field(0, ge=0)
     base_unet_steps: int = Field(0, ge=0)
@@ -171,6 +173,7 @@ class ClassifierConfig(_Section):
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(32, ge=1)
     downstream_mode: Literal["random", "resample", "reweight"] = "random"
+    use_gpu: bool = False  # train, predict and extract features on CUDA (the reference, evaluate and tune trials)
     accuracy_floor: float = Field(0.05, gt=0, le=1)
     bootstrap_samples: int = Field(1000, ge=0)
 
@@ -256,12 +259,15 @@ def register_preset(name: str) -> Callable[[PresetFn], PresetFn]:
 def _demo() -> dict[str, Any]:
     # Embedded default: synthetic 64 px data, tiny models, CPU; the whole pipeline in about 10 minutes
     # on 2 cores after install. Counts in search spaces are paper units scaled by tune.count_scale,
-    # so the largest plan (a group proportion near 0.6 of the scaled total) fits a 48-image pool.
+    # so every space fits a 45-image pool (aug_count asks up to 900 x 0.05 = 45 per subclass).
     return {
         "data": {"source": "synthetic", "image_size": 64, "synthetic_scale": 1.0},
         "diffusion": {"model": "tiny", "global_batch_size": 16, "learning_rate": 1e-3, "max_steps": 100,
-                      "checkpoint_every": 50, "base_vae_steps": 120, "base_unet_steps": 250},
-        "generation": {"images_per_subclass": 48, "inference_steps": 10, "scheduler": "ddim", "guidance_scale": 3.0,
+                      "checkpoint_every": 50, "base_vae_steps": 100, "base_unet_steps": 200,
+                      # both variants at once, one single-threaded worker each: most of a tiny CPU
+                      # fit is Ray Train start-up, which then overlaps; half a CPU stays for Ray Data
+                      "parallel_variants": 2, "cpus_per_worker": 0.5},
+        "generation": {"images_per_subclass": 45, "inference_steps": 8, "scheduler": "ddim", "guidance_scale": 3.0,
                        "batch_size": 16},
         "classifier": {"model": "tiny", "image_size": 64, "epochs": 8, "learning_rate": 1e-3, "batch_size": 64,
                        "bootstrap_samples": 200},
@@ -275,7 +281,8 @@ def _smoke() -> dict[str, Any]:
     return {
         "data": {"source": "synthetic", "image_size": 32, "synthetic_scale": 0.1, "shard_rows": 64},
         "diffusion": {"model": "tiny", "global_batch_size": 4, "learning_rate": 1e-3, "max_steps": 6,
-                      "checkpoint_every": 3, "base_vae_steps": 4, "base_unet_steps": 4},
+                      "checkpoint_every": 3, "base_vae_steps": 4, "base_unet_steps": 4,
+                      "parallel_variants": 2, "cpus_per_worker": 0.5},
         "generation": {"images_per_subclass": 10, "inference_steps": 2, "guidance_scale": 2.0, "batch_size": 5},
         "classifier": {"model": "tiny", "image_size": 32, "epochs": 2, "learning_rate": 1e-3, "batch_size": 32,
                        "bootstrap_samples": 50},
@@ -294,9 +301,9 @@ def _paper() -> dict[str, Any]:
         "diffusion": {"model": "CompVis/stable-diffusion-v1-4", "global_batch_size": 8, "learning_rate": 3e-7,
                       "max_steps": 12_000, "use_gpu": True, "mixed_precision": "bf16",
                       "variants": ["vanilla", "cbrs", "sqrs", "cbdm", "fairskin_c", "fairskin_s"]},
-        "generation": {"images_per_subclass": 1000, "inference_steps": 50, "guidance_scale": 7.5},
+        "generation": {"images_per_subclass": 1000, "inference_steps": 50, "guidance_scale": 7.5, "use_gpu": True},
         "classifier": {"model": "google/vit-base-patch16-224", "image_size": 224, "epochs": 10,
-                       "learning_rate": 1e-4, "batch_size": 32},
+                       "learning_rate": 1e-4, "batch_size": 32, "use_gpu": True},
         "tune": {"count_scale": 1.0, "gpus_per_trial": 1.0, "cpus_per_trial": 4.0},
     }
 

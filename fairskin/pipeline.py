@@ -10,6 +10,7 @@ invocation, one child run per stage (also for skipped stages, tagged so).
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -171,26 +172,53 @@ def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
                    run: RunHandle) -> Mapping[str, Any]:
     """Fine-tune every variant in ``diffusion.variants`` from the base on Ray Train, each a child run."""
     from fairskin.data.stream import decode_local
-    from fairskin.diffusion.finetune import finetune_variant
+    from fairskin.diffusion.finetune import cache_for, finetune_variant
     from fairskin.diffusion.variants import get_variant
 
     train = decode_local(inputs["prepare"].path / "shards")
     base = base_pipeline_folder(inputs["base"])
-    summary: dict[str, Any] = {}
-    for name in config.diffusion.variants:
-        variant = get_variant(name)
+    names = list(config.diffusion.variants)
+    cache = cache_for(config, base, train)  # latents and prompt embeddings, shared by every variant
+    children = {}
+    for name in names:
         child = run.child(f"finetune-{name}", tags={"fairskin.stage": "finetune", "fairskin.variant": name})
-        child.log_params({f"variant.{k}": v for k, v in variant.model_dump().items()})
+        child.log_params({f"variant.{k}": v for k, v in get_variant(name).model_dump().items()})
+        children[name] = child
+
+    def fit(name: str) -> dict[str, Any]:
+        child = children[name]
         tracking = {"uri": config.tracking_uri(), "run_id": child.run_id} if child.run_id else None
         try:
-            result = finetune_variant(config, variant, base, train, out / name, tracking=tracking)
+            result = finetune_variant(config, get_variant(name), base, train, out / name, tracking=tracking,
+                                      cache=cache)
         except BaseException:
             child.end("FAILED")
             raise
         child.log_metrics({"fit_seconds": result["seconds"], "attempts": result["attempts"]})
         child.end()
+        return result
+
+    parallel = parallel_fits(config, len(names))
+    summary: dict[str, Any] = {"parallel_variants": parallel}
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="finetune") as pool:
+        results = dict(zip(names, pool.map(fit, names)))  # re-raises the first failure
+    for name, result in results.items():
         summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
     return summary
+
+
+def parallel_fits(config: FairSkinConfig, n_variants: int) -> int:
+    """How many variants to fine-tune at once: ``diffusion.parallel_variants``, lowered until their
+    workers leave half a CPU free, since Ray Data tasks feeding the workers need one (FIELD-NOTES)."""
+    import ray
+
+    d = config.diffusion
+    per_fit = max(1, d.num_workers) * d.cpus_per_worker
+    free = float(ray.cluster_resources().get("CPU", 1.0)) - 0.5
+    parallel = min(d.parallel_variants, n_variants)
+    while parallel > 1 and parallel * per_fit > free:
+        parallel -= 1
+    return parallel
 
 
 register_stage(Stage("finetune", reads=("diffusion", "runtime.seed"), inputs=("prepare", "base"),
@@ -309,7 +337,9 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
 
     g, c = config.generation, config.classifier
     shards = inputs["prepare"].path / "shards"
-    model = load_saved_classifier(inputs["reference"].path / "model").eval()
+    from fairskin.classify.train import classifier_device
+
+    model = load_saved_classifier(inputs["reference"].path / "model").to(classifier_device(c)).eval()
     space = feature_space(model, c.image_size, g.inception_weights_path)
     real_pixels, real_meta = load_decoded(shards, splits=[g.real_split])
     train_pixels, train_meta = load_decoded(shards, splits=["train"])

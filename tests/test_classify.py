@@ -178,3 +178,16 @@ def test_a_plan_larger_than_the_pool_fails_before_training(smoke_data):
     big = AugmentPlan(kind="per_subclass", per_subclass=13)
     with pytest.raises(PlanError, match="largest valid per_subclass is 12"):
         _train(smoke_data, "random", big)
+
+
+def test_use_gpu_without_cuda_fails_naming_the_field(monkeypatch):
+    import torch
+
+    from fairskin.classify.train import classifier_device
+    from fairskin.config import ConfigError, build_config
+
+    config = build_config("smoke", overrides=["classifier.use_gpu=true"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="classifier.use_gpu"):
+        classifier_device(config.classifier)
+    assert classifier_device(build_config("smoke").classifier).type == "cpu"

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from fairskin.classify.augment import AugmentPlan, check_against_pool, draw_from_pool, plan_counts, pool_counts
 from fairskin.classify.models import build_classifier, save_classifier
 from fairskin.classify.reweight import Rebalancer
-from fairskin.config import ClassifierConfig
+from fairskin.config import ClassifierConfig, ConfigError
 from fairskin.data.stream import DecodedSet, decode_local
 from fairskin.metrics.fairness import fairness_report
 
@@ -73,13 +73,25 @@ def _to_input(pixels: np.ndarray, size: int) -> torch.Tensor:
     return x
 
 
+def classifier_device(cfg: ClassifierConfig) -> torch.device:
+    """``cuda`` with ``classifier.use_gpu``, else ``cpu``; a clear error when CUDA is asked for but absent."""
+    if not cfg.use_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("classifier.use_gpu = true but torch sees no CUDA device here (on a Ray cluster, give "
+                          "the job a GPU: ray job submit --entrypoint-num-gpus 1; trials: tune.gpus_per_trial)")
+    return torch.device("cuda")
+
+
 @torch.no_grad()
 def predict(model, data: DecodedSet, size: int, batch_size: int = 256) -> np.ndarray:
-    """Predicted disease ids (N,) for a decoded set."""
+    """Predicted disease ids (N,) for a decoded set, on the model's device."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for i in range(0, len(data), batch_size):
-        out.append(model(pixel_values=_to_input(data.pixels[i:i + batch_size], size)).logits.argmax(-1))
+        x = _to_input(data.pixels[i:i + batch_size], size).to(device)
+        out.append(model(pixel_values=x).logits.argmax(-1).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 
 
@@ -138,7 +150,8 @@ def train_classifier(data: ClassifierData, cfg: ClassifierConfig, *, plan: Augme
     plan = plan or AugmentPlan()
     mode = mode or cfg.downstream_mode
     torch.manual_seed(seed)
-    model = build_classifier(cfg.model, data.diseases, cfg.image_size, cfg.allow_download)
+    device = classifier_device(cfg)
+    model = build_classifier(cfg.model, data.diseases, cfg.image_size, cfg.allow_download).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
     rebalancer = Rebalancer(mode, data.groups, cfg.accuracy_floor)  # type: ignore[arg-type]
     composer = _Composer(data, plan, rebalancer, seed)
@@ -164,9 +177,9 @@ def train_classifier(data: ClassifierData, cfg: ClassifierConfig, *, plan: Augme
             pixels[from_real] = real.pixels[index[sel][from_real]]
             if (~from_real).any():
                 pixels[~from_real] = pool.pixels[index[sel][~from_real]]
-            logits = model(pixel_values=_to_input(pixels, cfg.image_size)).logits
-            per_sample = F.cross_entropy(logits, torch.from_numpy(labels[sel]), reduction="none")
-            loss = (per_sample * torch.from_numpy(group_weight[groups[sel]]).float()).mean()
+            logits = model(pixel_values=_to_input(pixels, cfg.image_size).to(device)).logits
+            per_sample = F.cross_entropy(logits, torch.from_numpy(labels[sel]).to(device), reduction="none")
+            loss = (per_sample * torch.from_numpy(group_weight[groups[sel]]).float().to(device)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

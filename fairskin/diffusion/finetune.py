@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,30 @@ def _worker_resources(config: FairSkinConfig) -> dict[str, float]:
     return {"CPU": d.cpus_per_worker, **({"GPU": 1.0} if d.use_gpu else {})}
 
 
+# transformers/diffusers `from_pretrained` is not thread-safe (two at once can leave weights on the
+# meta device); variants fine-tuned from driver threads load their parts one at a time.
+_LOAD_LOCK = threading.Lock()
+
+
+def cache_for(config: FairSkinConfig, base: Path | str, train: DecodedSet) -> tuple[ArraySet, np.ndarray]:
+    """The frozen parts' outputs for ``train`` (see :func:`cache_training_set`), from the ``base``
+    pipeline; one cache serves every variant fine-tuned from that base."""
+    with _LOAD_LOCK:
+        parts = load_sd(str(base))
+    prompts = subclass_prompts(config.diffusion.prompt_template, train.groups, train.diseases)
+    return cache_training_set(parts, train, prompts, config.diffusion.cache_latents)
+
+
 def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, train: DecodedSet, out: Path, *,
                      tracking: dict[str, str] | None = None, fail_at_step: int | None = None,
-                     num_workers: int | None = None) -> dict[str, Any]:
+                     num_workers: int | None = None, cache: tuple[ArraySet, np.ndarray] | None = None
+                     ) -> dict[str, Any]:
     """Fine-tune ``variant`` from the pipeline folder ``base``; writes ``out/pipeline``.
 
     ``tracking`` = {"uri", "run_id"} makes rank 0 log step metrics to that MLflow run.
-    ``fail_at_step`` (tests) raises once in the first attempt at that step.
+    ``fail_at_step`` (tests) raises once in the first attempt at that step. ``cache``: the
+    result of :func:`cache_for` for this base and ``train`` (computed here when absent).
+    Safe to call from several threads at once (one TorchTrainer each).
     """
     import ray
     import ray.train
@@ -89,9 +107,9 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
                          f"{workers} workers (the batch size in config is global)")
     out.mkdir(parents=True, exist_ok=True)
     base = Path(base).resolve() if Path(base).is_dir() else base  # workers run in their own directories
-    parts = load_sd(str(base))
-    prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)
-    rows, cond = cache_training_set(parts, train, prompts, d.cache_latents)
+    with _LOAD_LOCK:
+        parts = load_sd(str(base))
+    rows, cond = cache if cache is not None else cache_for(config, base, train)
     stream = WeightedStream(rows, variant.weights, variant.apply, seed=config.runtime.seed)
     total = d.max_steps * d.global_batch_size
     loop_config = {
@@ -120,7 +138,8 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
         weights = Path(ckpt) / ("ema" if (Path(ckpt) / "ema").is_dir() else "unet")
         from diffusers import UNet2DConditionModel
 
-        parts.unet = UNet2DConditionModel.from_pretrained(weights, use_safetensors=True)
+        with _LOAD_LOCK:
+            parts.unet = UNet2DConditionModel.from_pretrained(weights, use_safetensors=True)
     save_sd(parts, out / "pipeline")
     return {"steps": state["step"], "seconds": time.time() - started, "workers": workers,
             "window_images_per_s": state["window_images_per_s"],
