@@ -84,3 +84,25 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(smoke_base, tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     base_unet = load_sd(str(base)).unet.state_dict()
     assert not all(torch.equal(a[k], base_unet[k]) for k in a)  # it did train
+
+
+def test_variants_fine_tuned_at_once_end_as_when_fine_tuned_alone(smoke_base, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fairskin.diffusion.finetune import cache_for
+
+    config, base, train = smoke_base
+    config = config.model_copy(update={"diffusion": config.diffusion.model_copy(update={
+        "max_steps": 4, "checkpoint_every": 4, "num_workers": 1})})
+    alone = finetune_variant(config, get_variant("fairskin_s"), base, train, tmp_path / "alone")
+    cache = cache_for(config, base, train)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # as the finetune stage runs diffusion.parallel_variants
+        jobs = {name: pool.submit(finetune_variant, config, get_variant(name), base, train, tmp_path / name,
+                                  cache=cache) for name in ("fairskin_s", "vanilla")}
+        results = {name: job.result() for name, job in jobs.items()}
+    assert results["fairskin_s"]["steps"] == alone["steps"] == 4 and results["vanilla"]["steps"] == 4
+    a = load_sd(str(tmp_path / "alone" / "pipeline")).unet.state_dict()
+    b = load_sd(str(tmp_path / "fairskin_s" / "pipeline")).unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    v = load_sd(str(tmp_path / "vanilla" / "pipeline")).unet.state_dict()
+    assert not all(torch.equal(a[k], v[k]) for k in a)
