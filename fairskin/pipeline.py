@@ -334,6 +334,7 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     from fairskin.data.shards import load_decoded
     from fairskin.metrics.generation import classifier_features, feature_space, generation_report
     from fairskin.metrics.plots import plot_fid_heatmap, plot_tsne
+    from fairskin.progress import progress_bar
 
     g, c = config.generation, config.classifier
     shards = inputs["prepare"].path / "shards"
@@ -346,7 +347,9 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     held_pixels, held_meta = load_decoded(shards, splits=["val", "test"])
     cache = config.runtime.runs_root / "cache" / "fidelity"  # real features, keyed by image checksums
     rows, tables = [], []
-    for variant, folder in pool_folders(inputs["generate"]).items():
+    pools = pool_folders(inputs["generate"])
+    for variant, folder in progress_bar(pools.items(), total=len(pools), enabled=config.runtime.progress,
+                                        description="evaluate: FID/KID/IS, memorisation, t-SNE per variant"):
         pool_pixels, pool_meta = load_decoded(folder)
         report = generation_report(pool_pixels, pool_meta, real_pixels, real_meta, config.data.group_names,
                                    config.data.diseases, space, cache_root=cache, heldout_pixels=held_pixels,

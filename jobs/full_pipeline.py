@@ -28,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
                         help="run only these stages (and the ones they need)")
     args = parser.parse_args(argv)
+    # `--stages evaluate runtime.seed=1`: nargs="+" swallows the overrides that follow it.
+    named = args.stages or []
+    args.overrides = list(args.overrides) + [s for s in named if "=" in s]
+    args.stages = [s for s in named if "=" not in s] or None
+    for name in (args.stages or []) + [f for f in args.force if f != "all"]:
+        if name not in STAGES:
+            parser.error(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     config = config_from_args(args)
     started = time.time()
     outcome = run_or_exit(run_pipeline, config, stages=args.stages, force=args.force)

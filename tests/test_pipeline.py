@@ -83,6 +83,18 @@ def test_pool_size_is_checked_against_the_tune_space_before_generating(prepared_
     assert [line for line in seen if line.endswith("...")] == ["[prepare] ..."]
 
 
+def test_job_stages_option_takes_overrides_after_it_and_refuses_unknown_stages(tmp_path):
+    ok = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", "--stages", "prepare",
+                         f"runtime.runs_root={tmp_path / 'runs'}"], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert list((tmp_path / "runs" / "stages").glob("prepare-*/manifest.parquet"))
+    assert "reference" not in ok.stdout
+    bad = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--stages", "evalute"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown stage 'evalute'" in bad.stderr and "evaluate" in bad.stderr
+
+
 @pytest.fixture(scope="module")
 def smoke_job(tmp_path_factory, ray_head):
     """The whole smoke pipeline through its job entry point, once (joins the session's Ray head)."""
