@@ -1,0 +1,318 @@
+"""Paired comparisons of diffusion variants over generator repeats.
+
+Unit of analysis
+----------------
+The ablation runs R generator repeats x S classifier seeds per variant. A generator repeat
+r is one fine-tune plus one synthetic pool with its own seed, and repeat r of every variant
+uses the same r-th seed, so variants are **paired by repeat index**. The statistical unit is
+the generator repeat: the S classifier seeds of a repeat are averaged into one value
+(:func:`repeat_values`), and every interval and test is taken over the R repeat values.
+Generation metrics (FID, KID, IS) have one value per repeat already; counting a repeat S
+times would be pseudo-replication and shrink the intervals by about sqrt(S) for nothing.
+
+Methods
+-------
+* :func:`t_interval`: Student-t interval of a mean, ``scipy.stats.t.interval(level, n - 1,
+  loc=mean, scale=sem)`` with ``sem = scipy.stats.sem`` (ddof 1).
+* :func:`paired_difference`: the differences treatment - baseline on the repeats both have;
+  a t-interval of their mean, the paired t-test (``scipy.stats.ttest_rel``), and a sign-flip
+  permutation test (``scipy.stats.permutation_test``; exact over all 2^n sign vectors for
+  n <= 16, else 100 000 seeded Monte-Carlo flips).
+* :func:`holm`: Holm-Bonferroni step-down adjusted p-values.
+* :func:`paired_table`: every non-baseline variant x metric against the baseline, Holm
+  adjusted across the whole table, with a significant / better / worse verdict.
+
+Degenerate data: differences that are all equal (up to rounding, relative 1e-12) have no
+spread; their interval is [d, d] and the t-test p-value is its limit (1 if d = 0; else 0
+when d points the way of the alternative, 1 when it does not), with no division warnings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+ALTERNATIVES = ("two-sided", "greater", "less")
+MIN_N_TTEST = 3          # fewer pairs: interval only, no p-value
+MIN_N_PERMUTATION = 6    # fewer pairs: the smallest two-sided sign-flip p is 2/2^n > 0.05
+EXACT_PERMUTATION_MAX_N = 16
+MONTE_CARLO_FLIPS = 100_000
+PERMUTATION_SEED = 0
+
+
+# --------------------------------------------------------------------------- per repeat
+
+
+def _finite(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    values = pd.to_numeric(frame[metric], errors="coerce").astype(float)
+    return frame.assign(**{metric: values})[np.isfinite(values)]
+
+
+def _seed_means(frame: pd.DataFrame, metric: str, repeat: str, seed: str | None) -> pd.Series:
+    """Mean per (repeat, seed) of the finite values; index (repeat, seed), or repeat rows when seed is None."""
+    finite = _finite(frame, metric)
+    if seed is None:
+        return finite.set_index(repeat)[metric]
+    return finite.groupby([repeat, seed], sort=True)[metric].mean()
+
+
+def repeat_values(frame: pd.DataFrame, metric: str, repeat: str = "repeat",
+                  seed: str | None = "seed") -> pd.Series:
+    """One value per generator repeat: the mean over classifier seeds within the repeat.
+
+    ``frame`` has one row per (repeat, seed) run with columns ``repeat``, ``seed`` and
+    ``metric`` (any other columns are ignored). Non-finite metric values are ignored; a
+    repeat with no finite value is dropped. Should a (repeat, seed) pair occur more than
+    once, its rows are averaged first, so every seed weighs the same. ``seed=None`` treats
+    every row as one seed (for frames without a seed column).
+
+    Returns a float Series named ``metric``, indexed by repeat id (sorted), in the metric's
+    own units. :func:`repeat_counts` gives the number of seeds behind each value.
+    """
+    means = _seed_means(frame, metric, repeat, seed)
+    return means.groupby(level=0, sort=True).mean().rename(metric).rename_axis(repeat)
+
+
+def repeat_counts(frame: pd.DataFrame, metric: str, repeat: str = "repeat",
+                  seed: str | None = "seed") -> pd.Series:
+    """Number of classifier seeds with a finite ``metric`` behind each :func:`repeat_values` entry.
+
+    Same index as :func:`repeat_values` (repeat ids, sorted); int values. With R repeats the
+    report prints ``R = len(counts)`` and ``S = counts.max()`` (or the range when they differ).
+    """
+    means = _seed_means(frame, metric, repeat, seed)
+    return means.groupby(level=0, sort=True).size().astype(int).rename(metric).rename_axis(repeat)
+
+
+# --------------------------------------------------------------------------- one sample
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of n values with its two-sided t-interval [low, high] (the values' units); NaN bounds when n < 2."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def _is_constant(x: np.ndarray) -> bool:
+    """All values equal up to rounding (relative 1e-12); True for all zeros."""
+    return bool(np.all(np.abs(x - x[0]) <= 1e-12 * np.max(np.abs(x))))
+
+
+def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> Interval:
+    """Student-t interval of the mean of ``values`` (1-D; non-finite values are dropped).
+
+    Equals ``scipy.stats.t.interval(level, n - 1, loc=mean, scale=scipy.stats.sem(values))``.
+    n = 0: all NaN; n = 1: the mean with NaN bounds; all values equal: [mean, mean].
+    """
+    x = np.asarray(values, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return Interval(np.nan, np.nan, np.nan, 0)
+    mean = float(np.mean(x))
+    if n < 2:
+        return Interval(mean, np.nan, np.nan, n)
+    if _is_constant(x):
+        return Interval(mean, mean, mean, n)
+    low, high = stats.t.interval(level, n - 1, loc=mean, scale=stats.sem(x))
+    return Interval(mean, float(low), float(high), n)
+
+
+# --------------------------------------------------------------------------- paired
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """treatment - baseline over the n repeats both have (the metric's units).
+
+    mean, low, high: mean difference and its t-interval (NaN bounds when n < 2);
+    p_t: paired t-test p-value (NaN when n < 3); p_perm: sign-flip permutation p-value
+    (NaN when n < 6); keys: the paired repeat ids, sorted; dropped: repeats only one side
+    had (or had a non-finite value for); method: a one-line note of what was computed.
+    """
+
+    n: int
+    mean: float
+    low: float
+    high: float
+    p_t: float
+    p_perm: float
+    alternative: str
+    level: float
+    keys: tuple
+    dropped: int
+    method: str
+
+
+def _as_series(values: Mapping | pd.Series) -> pd.Series:
+    series = values if isinstance(values, pd.Series) else pd.Series(dict(values), dtype=float)
+    if not series.index.is_unique:
+        raise ValueError(f"repeat keys are not unique: {sorted(series.index[series.index.duplicated()].tolist())}")
+    series = pd.to_numeric(series, errors="coerce").astype(float)
+    return series[np.isfinite(series)]
+
+
+def _t_test_p(treatment: np.ndarray, baseline: np.ndarray, alternative: str) -> float:
+    differences = treatment - baseline
+    if _is_constant(differences):  # no spread: the limit of the t-test, without 0/0
+        mean = float(np.mean(differences))
+        if mean == 0:
+            return 1.0
+        toward = alternative == "two-sided" or (mean > 0) == (alternative == "greater")
+        return 0.0 if toward else 1.0
+    return float(stats.ttest_rel(treatment, baseline, alternative=alternative).pvalue)
+
+
+def _permutation_p(differences: np.ndarray, alternative: str) -> tuple[float, str]:
+    """Sign-flip p-value of the mean difference; two-sided uses |mean|. Counts include the observed flips."""
+    n = len(differences)
+    exact = n <= EXACT_PERMUTATION_MAX_N
+    if alternative == "two-sided":
+        def statistic(x, axis):
+            return np.abs(np.mean(x, axis=axis))
+        tail = "greater"
+    else:
+        def statistic(x, axis):
+            return np.mean(x, axis=axis)
+        tail = alternative
+    result = stats.permutation_test(
+        (differences,), statistic, permutation_type="samples", vectorized=True,
+        n_resamples=np.inf if exact else MONTE_CARLO_FLIPS, alternative=tail,
+        rng=np.random.default_rng(PERMUTATION_SEED))
+    note = (f"exact sign-flip over 2^{n} = {2 ** n} sign vectors" if exact
+            else f"Monte-Carlo sign-flip, {MONTE_CARLO_FLIPS} flips (seed {PERMUTATION_SEED})")
+    return float(result.pvalue), note
+
+
+def paired_difference(treatment: Mapping | pd.Series, baseline: Mapping | pd.Series,
+                      level: float = 0.95, alternative: str = "two-sided") -> PairedDifference:
+    """Paired comparison of two variants over generator repeats.
+
+    ``treatment`` and ``baseline`` map repeat id -> one value per repeat (see
+    :func:`repeat_values`). Only repeat ids present, with a finite value, on both sides are
+    paired; the others are ignored and counted in ``dropped``. The differences
+    d_r = treatment_r - baseline_r (metric units) give:
+
+    * mean and ``level`` t-interval of d (:func:`t_interval`) when n >= 2;
+    * p_t: paired t-test, equal to ``scipy.stats.ttest_rel(treatment, baseline,
+      alternative=alternative)`` on the pairs, when n >= 3; with n < 3 it is NaN and the
+      table shows the interval only;
+    * p_perm: sign-flip permutation test of mean(d) when n >= 6 (else NaN): under H0 each
+      d_r is as likely to be -d_r. Exact over all 2^n sign vectors for n <= 16, else
+      100 000 seeded Monte-Carlo flips; two-sided uses |mean|; the observed signs are
+      included, p = #(stat >= observed) / #(sign vectors) ((count + 1) / (flips + 1) for
+      Monte-Carlo). ``alternative`` "greater" tests treatment > baseline, "less" treatment < baseline.
+
+    All-zero differences give p = 1 and the interval [0, 0].
+    """
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, not {alternative!r}")
+    treatment, baseline = _as_series(treatment), _as_series(baseline)
+    keys = sorted(set(treatment.index) & set(baseline.index))
+    dropped = len(set(treatment.index) | set(baseline.index)) - len(keys)
+    t, b = treatment.loc[keys].to_numpy(), baseline.loc[keys].to_numpy()
+    differences = t - b
+    n = len(keys)
+
+    interval = t_interval(differences, level)
+    p_t = _t_test_p(t, b, alternative) if n >= MIN_N_TTEST else np.nan
+    if n >= MIN_N_PERMUTATION:
+        p_perm, permutation_note = _permutation_p(differences, alternative)
+    else:
+        p_perm, permutation_note = np.nan, f"no permutation test (n < {MIN_N_PERMUTATION})"
+    t_note = f"paired t ({alternative})" if n >= MIN_N_TTEST else f"interval only, no test (n < {MIN_N_TTEST})"
+    method = f"n = {n} paired repeats ({dropped} unpaired dropped); {t_note}; {permutation_note}"
+    return PairedDifference(n=n, mean=interval.mean, low=interval.low, high=interval.high, p_t=p_t,
+                            p_perm=p_perm, alternative=alternative, level=level, keys=tuple(keys),
+                            dropped=dropped, method=method)
+
+
+# --------------------------------------------------------------------------- multiple tests
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni step-down adjusted p-values, same order and length as ``pvalues``.
+
+    With the m non-NaN p-values sorted ascending p_(1) <= ... <= p_(m), the adjusted
+    p_(i) is max_{j <= i} min(1, (m - j + 1) p_(j)): monotone in p and capped at 1. NaN
+    entries stay NaN and do not count in m. Raises ValueError on a value outside [0, 1].
+    """
+    p = np.asarray(pvalues, dtype=float).ravel()
+    tested = ~np.isnan(p)
+    if np.any((p[tested] < 0) | (p[tested] > 1)):
+        raise ValueError(f"p-values must lie in [0, 1]: {p[tested].tolist()}")
+    adjusted = np.full(p.shape, np.nan)
+    m = int(tested.sum())
+    order = np.argsort(p[tested], kind="stable")
+    scaled = p[tested][order] * (m - np.arange(m))
+    stepped = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    adjusted[np.flatnonzero(tested)[order]] = stepped
+    return adjusted
+
+
+# --------------------------------------------------------------------------- table
+
+TABLE_COLUMNS = ("variant", "metric", "direction", "n", "dropped", "mean_diff", "low", "high", "p_t",
+                 "p_perm", "p_holm", "significant", "better")
+
+
+def paired_table(values: pd.DataFrame, baseline: str, metrics: Sequence[str],
+                 directions: Mapping[str, int], level: float = 0.95, alpha: float = 0.05) -> pd.DataFrame:
+    """Every non-baseline variant x metric against ``baseline``, paired by repeat.
+
+    ``values`` has columns ``variant``, ``repeat`` and one column per metric, with one row
+    per (variant, repeat) (classifier seeds already averaged, see :func:`repeat_values`).
+    ``directions[metric]`` is +1 when higher is better, -1 when lower is better, 0 when the
+    metric is not ranked (e.g. demographic parity, read against its oracle floor).
+
+    One row per (variant, metric), variants in order of first appearance, then metrics in
+    the order given. Columns (``TABLE_COLUMNS``): variant, metric, direction, n (paired
+    repeats), dropped (unpaired repeats), mean_diff, low, high (variant - baseline and its
+    ``level`` t-interval, metric units), p_t (two-sided paired t), p_perm (two-sided
+    sign-flip, unadjusted, a distribution-free check), p_holm, significant, better.
+
+    Multiple testing: p_holm is Holm-Bonferroni over the p_t of ALL (variant, metric) rows
+    of this table that have one (n >= 3), not per metric or per variant; rows without p_t
+    have p_holm NaN. p_t is adjusted rather than p_perm because with R = 6 repeats the
+    smallest sign-flip p (2/64) could never survive any adjustment.
+    significant = p_holm < alpha (False when NaN). better = +1 when significant and
+    mean_diff points the metric's better way, -1 when significant and worse, 0 otherwise
+    and always 0 for direction 0.
+    """
+    missing = [m for m in metrics if m not in directions]
+    if missing:
+        raise ValueError(f"no direction given for metrics {missing}")
+    bad = {m: directions[m] for m in metrics if directions[m] not in (-1, 0, 1)}
+    if bad:
+        raise ValueError(f"directions must be +1, -1 or 0: {bad}")
+    absent = [c for c in ("variant", "repeat", *metrics) if c not in values.columns]
+    if absent:
+        raise ValueError(f"values lacks columns {absent}")
+    if values.duplicated(["variant", "repeat"]).any():
+        raise ValueError("values has more than one row for some (variant, repeat); average seeds first")
+    variants = list(dict.fromkeys(values["variant"]))
+    if baseline not in variants:
+        raise ValueError(f"baseline {baseline!r} is not among the variants {variants}")
+
+    by_variant = {v: rows.set_index("repeat") for v, rows in values.groupby("variant", sort=False)}
+    rows = []
+    for variant in (v for v in variants if v != baseline):
+        for metric in metrics:
+            result = paired_difference(by_variant[variant][metric], by_variant[baseline][metric], level)
+            rows.append({"variant": variant, "metric": metric, "direction": int(directions[metric]),
+                         "n": result.n, "dropped": result.dropped, "mean_diff": result.mean,
+                         "low": result.low, "high": result.high, "p_t": result.p_t, "p_perm": result.p_perm})
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS[:10]))
+    table["p_holm"] = holm(table["p_t"].to_numpy(dtype=float))
+    table["significant"] = (table["p_holm"] < alpha).to_numpy(dtype=bool)
+    sign = np.sign(table["mean_diff"].fillna(0.0).to_numpy()) * table["direction"].to_numpy()
+    table["better"] = np.where(table["significant"], sign, 0).astype(int)
+    return table[list(TABLE_COLUMNS)]
