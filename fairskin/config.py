@@ -102,20 +102,27 @@ class DataConfig(_Section):
         return {g.name: list(g.fst) for g in self.groups}
 
 
-class SamplingConfig(_Section):
-    """Level 1: subclass weights and how they are applied (exactly one way per run)."""
-
-    weights: Literal["none", "cbrs", "sqrs"] = "none"
-    apply: Literal["sampler", "loss"] = "sampler"
+VARIANT_NAME = r"^[a-z][a-z0-9_]{0,63}$"  # no '-': generator ids are "<variant>-r<repeat>"
 
 
 class VariantSpec(_Section):
-    """One diffusion fine-tune configuration (see ``fairskin.diffusion`` variants)."""
+    """One diffusion fine-tune configuration (see ``fairskin.diffusion.variants``).
 
-    name: str
+    ``weights``: level-1 subclass weights; ``apply``: how they are applied, exactly one way
+    (``sampler``: a weighted draw per epoch; ``loss``: per-sample loss weights on a plain
+    shuffle); ``loss``: ``dm`` or ``cbdm``. ``cbdm_tau`` / ``cbdm_gamma``: this variant's CBDM
+    strength (None: ``diffusion.cbdm_tau`` / ``cbdm_gamma``). ``seed_salt``: mixed into every
+    generator seed of the variant, so a twin of another variant (same settings, own salt)
+    is trained and sampled under its own randomness.
+    """
+
+    name: str = Field(pattern=VARIANT_NAME)
     weights: Literal["none", "cbrs", "sqrs"] = "none"
     apply: Literal["sampler", "loss"] = "sampler"
     loss: Literal["dm", "cbdm"] = "dm"
+    cbdm_tau: float | None = Field(None, ge=0)
+    cbdm_gamma: float | None = Field(None, ge=0)
+    seed_salt: int = Field(0, ge=0)
 
 
 class DiffusionConfig(_Section):
@@ -124,7 +131,14 @@ class DiffusionConfig(_Section):
     model: str = "tiny"  # "tiny" (built in code) or a local folder / hub id of an SD pipeline
     allow_download: bool = False
     prompt_template: str = "{group} people {disease}"
-    variants: list[str] = Field(default_factory=lambda: ["vanilla", "fairskin_s"])
+    variants: list[str] = Field(default_factory=lambda: ["vanilla", "fairskin_s"], min_length=1)
+    # Variants defined here, beside the registered ones (``fairskin.diffusion.variants``): e.g. the
+    # paper's literal reading of level 1, weights in the loss: {name: sqrs_loss, weights: sqrs, apply: loss}.
+    custom_variants: list[VariantSpec] = Field(default_factory=list)
+    # Generator repeats: repeat r fine-tunes every variant and generates its pool with seed
+    # repeat_seeds[r] (the same r-th seed for every variant, so variants are paired by repeat).
+    # runtime.seed stays the data split's seed.
+    repeat_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     global_batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(3e-7, gt=0)
     max_steps: int = Field(12_000, ge=1)
@@ -136,6 +150,9 @@ class DiffusionConfig(_Section):
     cache_latents: bool = True
     cbdm_tau: float = Field(1.0, ge=0)
     cbdm_gamma: float = Field(0.25, ge=0)
+    # y' per sample: uniform over all subclasses, y included (official CBDM fine-tune code, the
+    # paper's sum over Y), or uniform over the other subclasses only.
+    cbdm_other: Literal["all", "others"] = "all"
     prompt_drop_prob: float = Field(0.1, ge=0, le=1)
     checkpoint_every: int = Field(500, ge=1)
     num_workers: int = Field(1, ge=0)
@@ -146,6 +163,46 @@ class DiffusionConfig(_Section):
     max_failures: int = Field(0, ge=-1)
     base_vae_steps: int = Field(0, ge=0)
     base_unet_steps: int = Field(0, ge=0)
+
+    @field_validator("repeat_seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or min(value) < 0:
+            raise ValueError(f"repeat seeds must be distinct and >= 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _known_variants(self) -> "DiffusionConfig":
+        from fairskin.diffusion.variants import VARIANTS
+
+        custom = [v.name for v in self.custom_variants]
+        clash = sorted({n for n in custom if custom.count(n) > 1 or n in VARIANTS})
+        if clash:
+            raise ValueError(f"custom_variants {clash}: a name is defined twice or is already registered "
+                             f"({sorted(VARIANTS)})")
+        dup = sorted({n for n in self.variants if self.variants.count(n) > 1})
+        if dup:
+            raise ValueError(f"variants {dup} appear more than once")
+        unknown = [n for n in self.variants if n not in VARIANTS and n not in custom]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; registered: {sorted(VARIANTS)}"
+                             + (f", custom: {custom}" if custom else "")
+                             + " (define one under diffusion.custom_variants)")
+        return self
+
+    def variant(self, name: str) -> VariantSpec:
+        """The spec of variant ``name``: a custom one from this config, else the registered one."""
+        from fairskin.diffusion.variants import get_variant
+
+        for spec in self.custom_variants:
+            if spec.name == name:
+                return spec
+        return get_variant(name)
+
+    @property
+    def repeats(self) -> int:
+        """R: generator repeats (fine-tune and pool) per variant."""
+        return len(self.repeat_seeds)
 
 
 class GenerationConfig(_Section):
@@ -188,6 +245,17 @@ class TuneConfig(_Section):
     max_concurrent_trials: int | None = Field(None, ge=1)
     count_scale: float = Field(1.0, gt=0)
     train_seeds: int | None = Field(None, ge=1)  # the pipeline's study: training seeds 0..N-1 (default: the space's)
+    # After a tpe/random study, the best trial and the Pareto points are re-trained with this many
+    # extra classifier seeds, so the study reports each chosen point with its noise (0: off).
+    confirm_seeds: int = Field(3, ge=0)
+
+
+class ReportConfig(_Section):
+    """The ablation report: paired differences against a baseline variant."""
+
+    baseline: str = "vanilla"
+    level: float = Field(0.95, gt=0, lt=1)  # interval coverage
+    alpha: float = Field(0.05, gt=0, lt=1)  # Holm family-wise error rate
 
 
 class TrackingConfig(_Section):
@@ -217,11 +285,11 @@ class FairSkinConfig(_Section):
 
     preset: str = "demo"
     data: DataConfig = Field(default_factory=DataConfig)
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
@@ -286,7 +354,7 @@ def _smoke() -> dict[str, Any]:
         "generation": {"images_per_subclass": 10, "inference_steps": 2, "guidance_scale": 2.0, "batch_size": 5},
         "classifier": {"model": "tiny", "image_size": 32, "epochs": 2, "learning_rate": 1e-3, "batch_size": 32,
                        "bootstrap_samples": 50},
-        "tune": {"num_trials": 3, "count_scale": 0.01, "train_seeds": 1},
+        "tune": {"num_trials": 3, "count_scale": 0.01, "train_seeds": 1, "confirm_seeds": 0},
         "runtime": {"progress": False},
     }
 
@@ -300,7 +368,9 @@ def _paper() -> dict[str, Any]:
                  "image_size": 512},
         "diffusion": {"model": "CompVis/stable-diffusion-v1-4", "global_batch_size": 8, "learning_rate": 3e-7,
                       "max_steps": 12_000, "use_gpu": True, "mixed_precision": "bf16",
-                      "variants": ["vanilla", "cbrs", "sqrs", "cbdm", "fairskin_c", "fairskin_s"]},
+                      "variants": ["vanilla", "cbrs", "sqrs", "cbdm", "fairskin_c", "fairskin_s"],
+                      # R = 3 generator repeats (x S = 3 classifier seeds in the ablation space)
+                      "repeat_seeds": [0, 1, 2], "max_failures": 2},
         "generation": {"images_per_subclass": 1000, "inference_steps": 50, "guidance_scale": 7.5, "use_gpu": True},
         "classifier": {"model": "google/vit-base-patch16-224", "image_size": 224, "epochs": 10,
                        "learning_rate": 1e-4, "batch_size": 32, "use_gpu": True},

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from fairskin.config import ConfigError, FairSkinConfig, dump_config, flatten
-from fairskin.stages import StageResult, run_stage
+from fairskin.provenance import TAG_PIPELINE, TAG_STAGE_KEY
+from fairskin.stages import StageResult, run_stage, stage_key
 from fairskin.tracking import RunHandle, Tracker
 
 StageBody = Callable[[FairSkinConfig, Path, Mapping[str, StageResult], RunHandle], Mapping[str, Any]]
@@ -39,6 +40,9 @@ class Stage:
     # result, so a bad setting fails before the long stages in between, not when this one starts.
     check: Callable[[FairSkinConfig, StageResult], None] | None = None
     check_after: str | None = None
+    # Bumped when the meaning of the stage's output changes (a new draw, a new seed rule): it is
+    # part of the stage key, so a runs root never serves results of older code as current.
+    version: int = 1
 
 
 STAGES: dict[str, Stage] = {}
@@ -170,27 +174,34 @@ register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_vae_steps
 
 def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
                    run: RunHandle) -> Mapping[str, Any]:
-    """Fine-tune every variant in ``diffusion.variants`` from the base on Ray Train, each a child run."""
+    """Fine-tune every generator (variant x repeat, ``diffusion.variants`` x ``diffusion.repeat_seeds``)
+    from the base on Ray Train, each a child run; writes ``<generator>/pipeline`` and
+    ``fingerprints.json`` (generator -> fingerprint of its fine-tuned UNet)."""
     from fairskin.data.stream import decode_local
     from fairskin.diffusion.finetune import cache_for, finetune_variant
-    from fairskin.diffusion.variants import get_variant
+    from fairskin.diffusion.variants import generator_seed, generators
+    from fairskin.io import atomic_write_json
+    from fairskin.provenance import folder_fingerprint, generator_tags, split_generator_id
 
+    d = config.diffusion
     train = decode_local(inputs["prepare"].path / "shards")
     base = base_pipeline_folder(inputs["base"])
-    names = list(config.diffusion.variants)
-    cache = cache_for(config, base, train)  # latents and prompt embeddings, shared by every variant
+    names = generators(d)
+    cache = cache_for(config, base, train)  # latents and prompt embeddings, shared by every generator
     children = {}
     for name in names:
-        child = run.child(f"finetune-{name}", tags={"fairskin.stage": "finetune", "fairskin.variant": name})
-        child.log_params({f"variant.{k}": v for k, v in get_variant(name).model_dump().items()})
+        spec = d.variant(split_generator_id(name)[0])
+        child = run.child(f"finetune-{name}", tags={"fairskin.stage": "finetune", **generator_tags(name)})
+        child.log_params({**{f"variant.{k}": v for k, v in spec.model_dump().items()},
+                          "generator.seed": generator_seed(d, name)})
         children[name] = child
 
     def fit(name: str) -> dict[str, Any]:
         child = children[name]
         tracking = {"uri": config.tracking_uri(), "run_id": child.run_id} if child.run_id else None
         try:
-            result = finetune_variant(config, get_variant(name), base, train, out / name, tracking=tracking,
-                                      cache=cache)
+            result = finetune_variant(config, d.variant(split_generator_id(name)[0]), base, train, out / name,
+                                      tracking=tracking, cache=cache, seed=generator_seed(d, name))
         except BaseException:
             child.end("FAILED")
             raise
@@ -199,11 +210,13 @@ def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
         return result
 
     parallel = parallel_fits(config, len(names))
-    summary: dict[str, Any] = {"parallel_variants": parallel}
+    summary: dict[str, Any] = {"parallel_variants": parallel, "generators": len(names), "repeats": d.repeats}
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="finetune") as pool:
         results = dict(zip(names, pool.map(fit, names)))  # re-raises the first failure
     for name, result in results.items():
         summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+    atomic_write_json(out / "fingerprints.json",
+                      {name: folder_fingerprint(out / name / "pipeline" / "unet") for name in names})
     return summary
 
 
@@ -221,33 +234,39 @@ def parallel_fits(config: FairSkinConfig, n_variants: int) -> int:
     return parallel
 
 
-register_stage(Stage("finetune", reads=("diffusion", "runtime.seed"), inputs=("prepare", "base"),
+register_stage(Stage("finetune", reads=("diffusion",), inputs=("prepare", "base"), version=2,
                      body=_finetune_body, needs_ray=True, log=lambda run, result: run.log_metrics(result.summary)))
 
 
 # --------------------------------------------------------------------------- generate
 
-GENERATE_READS = ("generation", "diffusion.variants", "diffusion.prompt_template", "data.image_size",
-                  "data.groups", "data.diseases", "runtime.seed")
+GENERATE_READS = ("generation", "diffusion.variants", "diffusion.custom_variants", "diffusion.repeat_seeds",
+                  "diffusion.prompt_template", "data.image_size", "data.groups", "data.diseases")
 
 
 def _generate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
                    run: RunHandle) -> Mapping[str, Any]:
-    """Each variant's pool (P images per subclass) on a Ray actor pool.
+    """Each generator's pool (P images per subclass) on a Ray actor pool; ``provenance.json`` holds
+    each pool's content fingerprint beside its fine-tune's.
 
     Items are written to a work folder named by the stage key, outside the stage's temporary
     folder, so a killed run resumes with the items it had finished; complete pools are then
     moved into the stage folder.
     """
+    import json
     import os
     import shutil
 
     from fairskin.diffusion.generate import generate_pools
-    from fairskin.stages import stage_key, stages_root
+    from fairskin.stages import stages_root
 
-    key = stage_key("generate", config, GENERATE_READS, inputs)
+    key = stage_key("generate", config, GENERATE_READS, inputs, STAGES["generate"].version)
     work = stages_root(config) / f"generate-{key}.work"
-    pipelines = {v: inputs["finetune"].path / v / "pipeline" for v in config.diffusion.variants}
+    from fairskin.diffusion.variants import generators
+    from fairskin.io import atomic_write_json
+    from fairskin.provenance import shard_fingerprint
+
+    pipelines = {g: inputs["finetune"].path / g / "pipeline" for g in generators(config.diffusion)}
     started = time.time()
     images = {"count": 0}
 
@@ -260,6 +279,9 @@ def _generate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
         os.replace(folder, out / variant)
         _pool_preview(config, out / variant, variant)
     shutil.rmtree(work, ignore_errors=True)
+    finetuned = json.loads((inputs["finetune"].path / "fingerprints.json").read_text())
+    atomic_write_json(out / PROVENANCE_FILE, {g: {"pool": shard_fingerprint(out / g), "finetune": finetuned.get(g, "")}
+                                              for g in folders})
     return {"images_generated": images["count"], "generate_seconds": seconds,
             "images_per_s": images["count"] / seconds if seconds > 0 else 0.0}
 
@@ -283,9 +305,24 @@ def _generate_log(run: RunHandle, result: StageResult) -> None:
         run.log_artifact(preview, f"generate/{preview.parent.name}")
 
 
+PROVENANCE_FILE = "provenance.json"
+
+
 def pool_folders(result: StageResult) -> dict[str, Path]:
-    """variant -> pool shard folder of a finished ``generate`` stage."""
+    """generator id (``vanilla``, ``vanilla-r1``, ...) -> pool shard folder of a finished ``generate`` stage."""
     return {p.parent.name: p.parent for p in sorted(result.path.glob("*/index.json"))}
+
+
+def pool_provenance(result: StageResult) -> dict[str, dict[str, str]]:
+    """generator id -> {"pool": fingerprint, "finetune": fingerprint} of a finished ``generate`` stage."""
+    import json
+
+    path = result.path / PROVENANCE_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    from fairskin.provenance import shard_fingerprint
+
+    return {g: {"pool": shard_fingerprint(folder), "finetune": ""} for g, folder in pool_folders(result).items()}
 
 
 def check_pool_size(config: FairSkinConfig, real_shards: Path) -> None:
@@ -300,7 +337,9 @@ def check_pool_size(config: FairSkinConfig, real_shards: Path) -> None:
 
     per_subclass = config.generation.images_per_subclass
     subclasses = [(g, d) for g in config.data.group_names for d in config.data.diseases]
-    pools = {v: dict.fromkeys(subclasses, per_subclass) for v in config.diffusion.variants}
+    from fairskin.diffusion.variants import generators
+
+    pools = {v: dict.fromkeys(subclasses, per_subclass) for v in generators(config.diffusion)}
     space = pipeline_space(config)
     try:
         resolve_space(space, config, pools, train_counts(real_shards))
@@ -310,6 +349,7 @@ def check_pool_size(config: FairSkinConfig, real_shards: Path) -> None:
 
 
 register_stage(Stage("generate", reads=GENERATE_READS, inputs=("finetune",), body=_generate_body, needs_ray=True,
+                     version=2,
                      log=_generate_log, check=lambda config, prepare: check_pool_size(config, prepare.path / "shards"),
                      check_after="prepare"))
 
@@ -346,10 +386,14 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     train_pixels, train_meta = load_decoded(shards, splits=["train"])
     held_pixels, held_meta = load_decoded(shards, splits=["val", "test"])
     cache = config.runtime.runs_root / "cache" / "fidelity"  # real features, keyed by image checksums
+    from fairskin.provenance import TAG_FINETUNE, TAG_POOL, TAG_REAL, shard_fingerprint
+
     rows, tables = [], []
     pools = pool_folders(inputs["generate"])
+    provenance = pool_provenance(inputs["generate"])
+    real_fingerprint = shard_fingerprint(shards)
     for variant, folder in progress_bar(pools.items(), total=len(pools), enabled=config.runtime.progress,
-                                        description="evaluate: FID/KID/IS, memorisation, t-SNE per variant"):
+                                        description="evaluate: FID/KID/IS, memorisation, t-SNE per generator"):
         pool_pixels, pool_meta = load_decoded(folder)
         report = generation_report(pool_pixels, pool_meta, real_pixels, real_meta, config.data.group_names,
                                    config.data.diseases, space, cache_root=cache, heldout_pixels=held_pixels,
@@ -365,7 +409,9 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
                   seed=config.runtime.seed)
         rows.append({"variant": variant, **report.summary})
         tables.append(report.per_subclass.assign(variant=variant))
-        _log_variant_evaluation(run, variant, report.summary, out / variant)
+        _log_variant_evaluation(run, variant, report.summary, out / variant,
+                                {TAG_POOL: provenance[variant]["pool"], TAG_FINETUNE: provenance[variant]["finetune"],
+                                 TAG_REAL: real_fingerprint})
     table = pd.DataFrame(rows)
     table.to_csv(out / "generation_table.csv", index=False)
     pd.concat(tables, ignore_index=True).to_csv(out / "per_subclass.csv", index=False)
@@ -375,9 +421,13 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     return numeric
 
 
-def _log_variant_evaluation(run: RunHandle, variant: str, summary: Mapping[str, Any], folder: Path) -> None:
-    child = run.child(f"evaluate-{variant}", tags={"fairskin.stage": "evaluate", "fairskin.variant": variant,
-                                                   "fairskin.feature_extractor": summary["feature_extractor"]})
+def _log_variant_evaluation(run: RunHandle, generator: str, summary: Mapping[str, Any], folder: Path,
+                            fingerprints: Mapping[str, str]) -> None:
+    from fairskin.provenance import generator_tags
+
+    child = run.child(f"evaluate-{generator}", tags={"fairskin.stage": "evaluate", **generator_tags(generator),
+                                                     "fairskin.feature_extractor": summary["feature_extractor"],
+                                                     **fingerprints})
     child.log_metrics({k: float(v) for k, v in summary.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
     for path in sorted(folder.iterdir()):
@@ -444,15 +494,15 @@ def _tune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResu
     import shutil
 
     from fairskin.io import atomic_write_json
-    from fairskin.stages import stage_key
     from fairskin.tune.study import STUDY_FILE, run_study, study_dir
 
     space = pipeline_space(config)
-    key = stage_key("tune", config, TUNE_READS, inputs)
+    key = stage_key("tune", config, TUNE_READS, inputs, STAGES["tune"].version)
     name = f"{space.name}-{config.preset}-{key}"
     resume = (study_dir(config, name) / STUDY_FILE).exists()
     result = run_study(config, space, pool_folders(inputs["generate"]), inputs["prepare"].path / "shards",
-                       name=name, resume=resume, echo=print)
+                       name=name, resume=resume, echo=print,
+                       tags={TAG_PIPELINE: run.inherit.get(TAG_PIPELINE, "")})
     if result.interrupted:
         raise RuntimeError(f"study {name} was interrupted; rerun the pipeline to resume it")
     report = result.path / "report"
@@ -486,7 +536,9 @@ def _report_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageRe
     """Table 1, Table 2 and the figures, rebuilt from MLflow for the pipeline's study."""
     from fairskin.report import build_report
 
-    report = build_report(config.tracking_uri(), out, config.data.group_names, study=study_of(inputs["tune"]))
+    r = config.report
+    report = build_report(config.tracking_uri(), out, config.data.group_names, study=study_of(inputs["tune"]),
+                          baseline=r.baseline, level=r.level, alpha=r.alpha)
     return {"rows_table1": len(report.table1), "figures": len(report.figures), "figures_missing": len(report.missing)}
 
 
@@ -497,7 +549,7 @@ def _report_log(run: RunHandle, result: StageResult) -> None:
             run.log_artifact(path, "report")
 
 
-register_stage(Stage("report", reads=("data.groups",), inputs=("reference", "evaluate", "tune"),
+register_stage(Stage("report", reads=("data.groups", "report"), inputs=("reference", "evaluate", "tune"), version=2,
                      body=_report_body, log=_report_log))
 
 
@@ -561,6 +613,8 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
     tags = {"fairskin.kind": "pipeline", "fairskin.preset": config.preset}
     with tracker.run(f"pipeline-{config.preset}", tags=tags) as parent:
         outcome.parent_run_id = parent.run_id
+        parent.inherit = {TAG_PIPELINE: parent.run_id}  # every run below carries it (provenance)
+        parent.set_tags({TAG_PIPELINE: parent.run_id})
         parent.log_config(config)
         for stage in plan:
             if stage.needs_ray:
@@ -568,18 +622,29 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
 
                 init_ray(config)
             inputs = {name: outcome.results[name] for name in stage.inputs}
+            key = stage_key(stage.name, config, stage.reads, inputs, stage.version)
+            parent.set_tags({f"fairskin.key.{stage.name}": key})
             echo(f"[{stage.name}] ...")
-            with tracker.run(stage.name, parent=parent, tags={"fairskin.stage": stage.name, **tags}) as child:
+            with tracker.run(stage.name, parent=parent, tags={"fairskin.stage": stage.name, TAG_STAGE_KEY: key,
+                                                              **tags}) as child:
+                child.inherit[TAG_STAGE_KEY] = key
                 started = time.time()
                 result = run_stage(config, stage.name, stage.reads,
                                    lambda out, s=stage, i=inputs, r=child: s.body(config, out, i, r),
-                                   inputs=inputs, force=stage.name in force_set or "all" in force_set)
+                                   inputs=inputs, force=stage.name in force_set or "all" in force_set,
+                                   version=stage.version)
                 elapsed = time.time() - started
                 child.log_params({"stage.key": result.key, "stage.path": str(result.path),
                                   **{f"reads.{k}": v for k, v in flatten(
                                       {p: config.section(p) for p in stage.reads}).items()}})
                 child.set_tags({"fairskin.skipped": result.skipped})
                 child.log_metrics({"stage_seconds": elapsed})
+                if stage.name == "prepare":
+                    from fairskin.provenance import TAG_REAL, shard_fingerprint
+
+                    parent.inherit[TAG_REAL] = shard_fingerprint(result.path / "shards")
+                    parent.set_tags({TAG_REAL: parent.inherit[TAG_REAL]})
+                    child.set_tags({TAG_REAL: parent.inherit[TAG_REAL]})
                 if stage.log is not None:
                     stage.log(child, result)
             outcome.results[stage.name] = result

@@ -1,21 +1,27 @@
-"""The ablation report: the paper's tables and figures rebuilt from MLflow alone.
+"""The ablation report: the paper's tables and figures rebuilt from MLflow, with repeats and paired differences.
 
-Runs are found by their tags, never by folder: classifier trials by ``fairskin.study`` (and
-``fairskin.space``), generation figures by ``fairskin.stage = evaluate`` and
-``fairskin.variant``, the real-data-only baseline by ``fairskin.stage = reference``.
+**Which runs.** Runs are joined by their provenance tags (:mod:`fairskin.provenance`), never
+by "latest": the study's trial runs name the pool each drew from (``fairskin.pool_fingerprint``);
+an ``evaluate`` run enters a row only when it measured that same pool; the reference run
+is the one of the study's own pipeline (its ``reference`` stage key) on the same real shards.
+Separately run studies (``aug_count`` for Figure 3b, ``ethnic_ratio`` for Figure 5) belong
+to the report when every pool they drew from is one of the report's pools. The fingerprints
+are listed under the tables.
 
-* **Table 1** — variant x downstream mode: FID, FID variance (subclasses, groups), KID, IS
-  (from the variant's evaluate run), accuracy, DP beside its oracle floor, ESSP (paper) and
-  ESSP (FairSeg) (from the study's trials, test split).
-* **Table 2** — FID per group per variant.
-* **Figures** — 3a baseline vs variants, 3b augmentation-count sweep, 4 accuracy per group,
-  5 proportion search, 6 fixed vs resample vs reweight. A figure with no runs behind it is
-  listed as missing, never drawn from made-up numbers.
+**Repeats.** A variant's figures come from R generator repeats (a fine-tune and its pool,
+seeded by ``diffusion.repeat_seeds[r]``) x S classifier seeds. The unit is the generator
+repeat: the S seeds of a repeat are averaged into one value, and intervals are Student-t
+intervals over the R repeat values (FID, KID, IS have one value per repeat). Every row says
+R and S. With R = 1 there is no interval.
 
-Intervals: with several training seeds per row, the 95 % t-interval over seeds (``seeds``
-column says how many); with one, the bootstrap interval over test samples logged by the
-trial. In each column the best row is marked ``**``, and rows whose interval overlaps the
-best row's interval are marked ``≈`` (the difference is inside the intervals).
+**Paired differences.** Repeat r of every variant shares repeat r's seed (and its pool noise),
+so variants are compared *paired by repeat* against a baseline variant (default ``vanilla``):
+the R within-repeat differences, their t-interval, the paired t-test p-value (R >= 3), an
+exact sign-flip permutation p-value (R >= 6), and Holm's adjustment across every test of
+the table (:mod:`fairskin.metrics.paired`). A Table 1 cell is marked ``▲`` (better) or ``▼``
+(worse) only where its Holm-adjusted paired difference says so; no other "best" is claimed.
+Demographic parity is not ranked: a classifier that always answers one disease has DP = 0,
+and a perfect one has DP = its oracle floor, which is shown beside it.
 """
 
 from __future__ import annotations
@@ -29,11 +35,14 @@ import numpy as np
 import pandas as pd
 
 from fairskin.io import atomic_write_text
+from fairskin.metrics.paired import holm, paired_table, repeat_values, t_interval
+from fairskin.provenance import TAG_POOL, TAG_REAL, TAG_REPEAT, TAG_STAGE_KEY, TAG_VARIANT
 
-# (column, MLflow metric, direction): direction +1 = higher is better, -1 = lower is better.
+# (column, MLflow metric, direction): +1 higher is better, -1 lower is better, 0 not ranked.
 CLASSIFIER_COLUMNS = (
     ("accuracy", "test_accuracy", +1),
-    ("dp", "test_dp", -1),
+    ("worst_group_accuracy", "test_worst_group_accuracy", +1),
+    ("dp", "test_dp", 0),
     ("essp", "test_essp", +1),
     ("essp_fairseg", "test_essp_fairseg", +1),
 )
@@ -44,7 +53,15 @@ GENERATION_COLUMNS = (
     ("kid", "kid_mean", -1),
     ("is", "is_mean", +1),
 )
+LABELS = {"accuracy": "accuracy", "worst_group_accuracy": "worst-group acc.", "dp": "DP (oracle floor)",
+          "essp": "ESSP (paper)", "essp_fairseg": "ESSP (FairSeg)", "fid": "FID", "fid_var_subclass":
+          "FID var (subclass)", "fid_var_group": "FID var (group)", "kid": "KID", "is": "IS"}
 MODES = ("random", "resample", "reweight")
+GENERATION_BLOCK = "generation"
+
+
+class ReportError(ValueError):
+    """Runs that cannot be put together honestly (e.g. one generator's trials drew from two pools)."""
 
 
 @dataclass
@@ -54,8 +71,12 @@ class Report:
     folder: Path
     table1: pd.DataFrame
     table2: pd.DataFrame
+    paired: pd.DataFrame = field(default_factory=pd.DataFrame)
+    units: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: dict[str, Path] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     markdown: Path | None = None
 
 
@@ -79,115 +100,236 @@ def find_runs(tracking_uri: str, filter_string: str) -> pd.DataFrame:
     return runs.reset_index(drop=True)
 
 
+def _tag(runs: pd.DataFrame, tag: str, default: str = "") -> pd.Series:
+    column = f"tags.{tag}"
+    return runs[column].fillna(default).astype(str) if column in runs else pd.Series(default, index=runs.index)
+
+
+def _children(runs: pd.DataFrame) -> pd.DataFrame:
+    if not len(runs) or "tags.mlflow.parentRunId" not in runs:
+        return runs.iloc[0:0]
+    return runs[runs["tags.mlflow.parentRunId"].notna()]
+
+
 def latest_study(tracking_uri: str, space: str = "ablation") -> str | None:
     """The most recent study of ``space`` that has trial runs, or None."""
-    runs = find_runs(tracking_uri, f"tags.`fairskin.space` = '{space}' and tags.`fairskin.kind` = 'tune'")
-    runs = runs[runs.get("tags.mlflow.parentRunId", pd.Series(dtype=str)).notna()] if len(runs) else runs
+    runs = _children(find_runs(tracking_uri, f"tags.`fairskin.space` = '{space}' and tags.`fairskin.kind` = 'tune'"))
     if not len(runs):
         return None
     return str(runs.sort_values("start_time")["tags.fairskin.study"].iloc[-1])
 
 
+def _with_units(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add ``variant``, ``repeat``, ``generator``, ``mode``, ``seed``, ``pool`` columns from tags and params."""
+    variant = _tag(runs, TAG_VARIANT)
+    repeat = pd.to_numeric(_tag(runs, TAG_REPEAT, "0"), errors="coerce").fillna(0).astype(int)
+    seed = pd.to_numeric(runs.get("params.trial.seed", pd.Series(0, index=runs.index)), errors="coerce")
+    return runs.assign(variant=variant, repeat=repeat, generator=_tag(runs, "fairskin.generator"),
+                       mode=_tag(runs, "fairskin.mode"), seed=seed, pool=_tag(runs, TAG_POOL))
+
+
 def trial_runs(tracking_uri: str, study: str) -> pd.DataFrame:
-    """Trial (child) runs of one study: one row per trial with ``variant``, ``mode``, ``seed``."""
-    runs = find_runs(tracking_uri, f"tags.`fairskin.study` = '{study}'")
+    """Trial (child) runs of one study: one row per trial with ``variant``, ``repeat``, ``mode``,
+    ``seed`` and ``pool`` (the fingerprint of the pool it drew from)."""
+    runs = _children(find_runs(tracking_uri, f"tags.`fairskin.study` = '{study}' and tags.`fairskin.kind` = 'tune'"))
+    return _with_units(runs).reset_index(drop=True) if len(runs) else runs
+
+
+def study_parent(tracking_uri: str, study: str) -> pd.Series | None:
+    """The study's parent run (tags: the pipeline run that launched it, the real-shard fingerprint)."""
+    runs = find_runs(tracking_uri, f"tags.`fairskin.study` = '{study}' and tags.`fairskin.kind` = 'tune'")
     if not len(runs):
-        return runs
-    runs = runs[runs["tags.mlflow.parentRunId"].notna()] if "tags.mlflow.parentRunId" in runs else runs.iloc[0:0]
-    runs = runs.assign(variant=runs["tags.fairskin.variant"], mode=runs["tags.fairskin.mode"],
-                       seed=pd.to_numeric(runs.get("params.trial.seed", pd.Series(0, index=runs.index)),
-                                          errors="coerce"))
-    return runs.reset_index(drop=True)
+        return None
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()] if "tags.mlflow.parentRunId" in runs else runs
+    return parents.sort_values("start_time").iloc[-1] if len(parents) else None
 
 
-def evaluate_runs(tracking_uri: str) -> pd.DataFrame:
-    """The latest evaluate run per variant (``fairskin.stage = evaluate``)."""
-    runs = find_runs(tracking_uri, "tags.`fairskin.stage` = 'evaluate'")
-    if not len(runs) or "tags.fairskin.variant" not in runs:
+def pipeline_stage_keys(tracking_uri: str, pipeline_run: str) -> dict[str, str]:
+    """stage name -> stage key, as the pipeline run ``pipeline_run`` recorded them (empty if unknown)."""
+    if not pipeline_run:
+        return {}
+    from mlflow import MlflowClient
+
+    try:
+        tags = MlflowClient(tracking_uri=tracking_uri).get_run(pipeline_run).data.tags
+    except Exception:  # deleted, or another store
+        return {}
+    return {k.removeprefix("fairskin.key."): v for k, v in tags.items() if k.startswith("fairskin.key.")}
+
+
+def evaluate_runs(tracking_uri: str, pools: set[str], stage_key: str | None = None) -> pd.DataFrame:
+    """One ``evaluate`` run per pool fingerprint in ``pools``, indexed by fingerprint.
+
+    Where several runs measured one pool, those of the evaluate stage ``stage_key`` (the
+    study's own pipeline) are preferred; among equals the latest wins (same pool, same code).
+    """
+    runs = _children(find_runs(tracking_uri, "tags.`fairskin.stage` = 'evaluate'"))
+    if not len(runs) or f"tags.{TAG_POOL}" not in runs:
         return pd.DataFrame()
-    runs = runs[runs["tags.fairskin.variant"].notna()].sort_values("start_time")
-    return runs.groupby("tags.fairskin.variant").tail(1).set_index("tags.fairskin.variant")
+    runs = _with_units(runs)
+    runs = runs[runs["pool"].isin(pools)]
+    if stage_key:
+        runs = runs.assign(_own=_tag(runs, TAG_STAGE_KEY) == stage_key)
+    else:
+        runs = runs.assign(_own=False)
+    runs = runs.sort_values(["_own", "start_time"])
+    return runs.groupby("pool").tail(1).set_index("pool")
 
 
-def reference_run(tracking_uri: str) -> pd.Series | None:
-    """The latest real-data-only baseline (the ``reference`` stage run that trained, not skipped)."""
+def reference_run(tracking_uri: str, real: str | None = None, stage_key: str | None = None) -> pd.Series | None:
+    """The real-data-only baseline: the ``reference`` stage run with the given stage key (the
+    study's pipeline), else the latest on the same real shards (``real`` fingerprint)."""
     runs = find_runs(tracking_uri, "tags.`fairskin.stage` = 'reference'")
     if not len(runs) or "metrics.test_accuracy" not in runs:
         return None
     runs = runs[runs["metrics.test_accuracy"].notna()].sort_values("start_time")
+    if stage_key and len(own := runs[_tag(runs, TAG_STAGE_KEY) == stage_key]):
+        return own.iloc[-1]
+    if real:
+        runs = runs[_tag(runs, TAG_REAL) == real]
     return runs.iloc[-1] if len(runs) else None
 
 
-# --------------------------------------------------------------------------- intervals
+def scoped_studies(tracking_uri: str, space: str, pools: set[str]) -> pd.DataFrame:
+    """Trial runs of every ``space`` study whose pools are all among ``pools`` (the report's own),
+    with a ``study`` column; studies that drew from any other pool are left out."""
+    runs = _children(find_runs(tracking_uri, f"tags.`fairskin.space` = '{space}' and tags.`fairskin.kind` = 'tune'"))
+    if not len(runs):
+        return runs
+    runs = _with_units(runs).assign(study=_tag(runs, "fairskin.study"))
+    keep = runs.groupby("study")["pool"].transform(lambda p: bool(len(p)) and set(p) <= pools and "" not in set(p))
+    return runs[keep.astype(bool)].reset_index(drop=True)
 
 
-def seed_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): the 95 % t-interval of the mean over training seeds (n >= 2)."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if np.isfinite(x)], float)
-    mean = float(v.mean()) if len(v) else math.nan
-    if len(v) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return mean, mean - half, mean + half
+# --------------------------------------------------------------------------- repeats
 
 
-def _interval(rows: pd.DataFrame, metric: str) -> tuple[float, float, float]:
-    values = rows.get(f"metrics.{metric}", pd.Series(dtype=float)).astype(float)
-    if len(values.dropna()) >= 2:
-        return seed_interval(values)
-    low = rows.get(f"metrics.{metric}_ci_low", pd.Series([math.nan])).astype(float).mean()
-    high = rows.get(f"metrics.{metric}_ci_high", pd.Series([math.nan])).astype(float).mean()
-    return float(values.mean()) if len(values) else math.nan, float(low), float(high)
+def unit_frame(trials: pd.DataFrame, evaluated: pd.DataFrame, seeds: int | None = None) -> pd.DataFrame:
+    """One row per (variant, mode, repeat): classifier figures averaged over the repeat's
+    classifier seeds (``seeds`` column: how many), and the generation figures of the
+    evaluate run that measured the same pool (NaN where none did).
 
-
-def mark_best(table: pd.DataFrame, column: str, direction: int) -> pd.Series:
-    """Per row: ``"**"`` for the best, ``"≈"`` where the interval overlaps the best's, else ``""``."""
-    values = table[column].astype(float)
-    if values.notna().sum() == 0:
-        return pd.Series("", index=table.index)
-    best = values.idxmax() if direction > 0 else values.idxmin()
-    lo, hi = table.get(f"{column}_low"), table.get(f"{column}_high")
-    marks = pd.Series("", index=table.index)
-    marks[best] = "**"
-    if lo is None or hi is None or not np.isfinite([lo[best], hi[best]]).all():
-        return marks
-    for i in table.index:
-        if i != best and np.isfinite([lo[i], hi[i]]).all() and lo[i] <= hi[best] and lo[best] <= hi[i]:
-            marks[i] = "≈"
-    return marks
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def table1(trials: pd.DataFrame, evaluated: pd.DataFrame, seeds: int | None = None) -> pd.DataFrame:
-    """Variant x mode rows: generation figures of the variant and classifier figures (mean, low, high)."""
-    rows = []
+    Raises :class:`ReportError` when one generator's trials drew from more than one pool.
+    """
     if not len(trials):
         return pd.DataFrame()
     if seeds is not None:
         trials = trials[trials["seed"].isin(sorted(trials["seed"].dropna().unique())[:seeds])]
+    mixed = trials.groupby(["variant", "repeat"])["pool"].nunique()
+    if (mixed > 1).any():
+        bad = [f"{v} repeat {r}" for (v, r) in mixed[mixed > 1].index]
+        raise ReportError(f"the trials of {bad} drew from more than one pool (fingerprints differ); "
+                          "a row must hold one pool: rerun the study on the current pools")
+    rows = []
     for (variant, mode), part in trials.groupby(["variant", "mode"], sort=True):
-        row: dict[str, Any] = {"variant": variant, "mode": mode, "seeds": int(part["seed"].nunique()),
-                               "trials": len(part)}
-        for column, metric, _ in CLASSIFIER_COLUMNS:
-            row[column], row[f"{column}_low"], row[f"{column}_high"] = _interval(part, metric)
-        row["dp_oracle_floor"] = float(part.get("metrics.test_dp_oracle_floor", pd.Series([math.nan])).mean())
-        for column, metric, _ in GENERATION_COLUMNS:
-            key = f"metrics.{metric}"
-            row[column] = float(evaluated.loc[variant, key]) if variant in evaluated.index and key in evaluated else math.nan
+        values = {c: repeat_values(part, f"metrics.{m}") for c, m, _ in CLASSIFIER_COLUMNS if f"metrics.{m}" in part}
+        floor = repeat_values(part, "metrics.test_dp_oracle_floor") if "metrics.test_dp_oracle_floor" in part else None
+        groups = [c.removeprefix("metrics.") for c in part.columns if c.startswith("metrics.test_accuracy_")
+                  and not c.endswith(("_low", "_high"))]
+        for repeat, rpart in part.groupby("repeat", sort=True):
+            pool = rpart["pool"].iloc[0]
+            row: dict[str, Any] = {"variant": variant, "mode": mode, "repeat": int(repeat), "pool": pool,
+                                   "seeds": int(rpart["seed"].nunique()), "trials": len(rpart)}
+            for column, series in values.items():
+                row[column] = float(series.get(repeat, math.nan))
+            row["dp_oracle_floor"] = float(floor.get(repeat, math.nan)) if floor is not None else math.nan
+            for key in groups:
+                row[key] = float(pd.to_numeric(rpart[f"metrics.{key}"], errors="coerce").mean())
+            ev = evaluated.loc[pool] if pool and len(evaluated) and pool in evaluated.index else None
+            for column, metric, _ in GENERATION_COLUMNS:
+                key = f"metrics.{metric}"
+                row[column] = float(ev[key]) if ev is not None and key in ev and pd.notna(ev[key]) else math.nan
+            if ev is not None:
+                row.update({k.removeprefix("metrics."): float(v) for k, v in ev.items()
+                            if str(k).startswith("metrics.fid_") and pd.notna(v)})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table1(units: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Variant x mode rows: R (repeats), S (classifier seeds per repeat), and for every column
+    the mean over repeats with its t-interval over the R repeat values (``<col>_low/_high``)."""
+    if not len(units):
+        return pd.DataFrame()
+    rows = []
+    for (variant, mode), part in units.groupby(["variant", "mode"], sort=True):
+        s_min, s_max = int(part["seeds"].min()), int(part["seeds"].max())
+        row: dict[str, Any] = {"variant": variant, "mode": mode, "R": int(part["repeat"].nunique()),
+                               "S": str(s_min) if s_min == s_max else f"{s_min}-{s_max}", "trials": int(part["trials"].sum())}
+        for column, _, _ in CLASSIFIER_COLUMNS + GENERATION_COLUMNS:
+            values = part[column] if column in part else pd.Series(dtype=float)
+            iv = t_interval(values.to_numpy(float), level)
+            row[column], row[f"{column}_low"], row[f"{column}_high"] = iv.mean, iv.low, iv.high
+        row["dp_oracle_floor"] = float(part["dp_oracle_floor"].mean())
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def table2(evaluated: pd.DataFrame, groups: Sequence[str]) -> pd.DataFrame:
-    """FID per group (rows: variants), from the evaluate runs."""
-    if not len(evaluated):
+def paired_differences(units: pd.DataFrame, baseline: str, level: float = 0.95, alpha: float = 0.05) -> pd.DataFrame:
+    """Every variant against ``baseline``, paired by repeat: classifier metrics within each mode
+    (block = the mode), generation metrics once per variant (block ``generation``).
+
+    Columns: ``block`` and those of :func:`fairskin.metrics.paired.paired_table`; ``p_holm``,
+    ``significant`` and ``better`` are recomputed with Holm's adjustment across every test of
+    the whole table (all blocks together). Empty when the baseline has no rows.
+    """
+    if not len(units) or baseline not in set(units["variant"]):
         return pd.DataFrame()
-    data = {g: evaluated.get(f"metrics.fid_{g}", pd.Series(math.nan, index=evaluated.index)) for g in groups}
-    return pd.DataFrame(data, index=evaluated.index).rename_axis("variant").reset_index()
+    blocks = []
+    classifier = [(c, d) for c, _, d in CLASSIFIER_COLUMNS if c in units and units[c].notna().any()]
+    for mode, part in units.groupby("mode", sort=True):
+        if baseline in set(part["variant"]) and part["variant"].nunique() > 1 and classifier:
+            table = paired_table(part[["variant", "repeat", *[c for c, _ in classifier]]], baseline,
+                                 [c for c, _ in classifier], dict(classifier), level=level, alpha=alpha)
+            blocks.append(table.assign(block=mode))
+    generation = [(c, d) for c, _, d in GENERATION_COLUMNS if c in units and units[c].notna().any()]
+    if generation:
+        per_generator = units.drop_duplicates(["variant", "repeat"])[["variant", "repeat", *[c for c, _ in generation]]]
+        if per_generator["variant"].nunique() > 1:
+            table = paired_table(per_generator, baseline, [c for c, _ in generation], dict(generation),
+                                 level=level, alpha=alpha)
+            blocks.append(table.assign(block=GENERATION_BLOCK))
+    if not blocks:
+        return pd.DataFrame()
+    out = pd.concat(blocks, ignore_index=True)
+    out["p_holm"] = holm(out["p_t"].to_numpy(float))
+    out["significant"] = out["p_holm"] < alpha
+    sign = np.sign(out["mean_diff"].to_numpy(float)) * out["direction"].to_numpy(int)
+    out["better"] = np.where(out["significant"] & (out["direction"] != 0), sign, 0).astype(int)
+    return out[["block", *[c for c in out.columns if c != "block"]]]
+
+
+def marks(t1: pd.DataFrame, paired: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """(variant, mode, column) -> ``▲`` / ``▼`` where the Holm-adjusted paired difference against
+    the baseline is significant and better / worse; nothing else is marked."""
+    out: dict[tuple[str, str, str], str] = {}
+    if not len(paired):
+        return out
+    for _, p in paired[paired["better"] != 0].iterrows():
+        symbol = "▲" if p["better"] > 0 else "▼"
+        modes = t1.loc[t1["variant"] == p["variant"], "mode"] if p["block"] == GENERATION_BLOCK else [p["block"]]
+        for mode in modes:
+            out[(p["variant"], mode, p["metric"])] = symbol
+    return out
+
+
+def table2(units: pd.DataFrame, groups: Sequence[str], level: float = 0.95) -> pd.DataFrame:
+    """FID per group per variant: mean over generator repeats (one value per repeat) with ``R``."""
+    if not len(units):
+        return pd.DataFrame()
+    per_generator = units.drop_duplicates(["variant", "repeat"])
+    rows = []
+    for variant, part in per_generator.groupby("variant", sort=True):
+        row: dict[str, Any] = {"variant": variant, "R": int(part["repeat"].nunique())}
+        for g in groups:
+            values = part[f"fid_{g}"] if f"fid_{g}" in part else pd.Series(dtype=float)
+            iv = t_interval(values.to_numpy(float), level)
+            row[g], row[f"{g}_low"], row[f"{g}_high"] = iv.mean, iv.low, iv.high
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- markdown
 
 
 def _fmt(value: float, low: float | None = None, high: float | None = None, mark: str = "") -> str:
@@ -195,34 +337,62 @@ def _fmt(value: float, low: float | None = None, high: float | None = None, mark
         return "—"
     text = f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
     if low is not None and high is not None and np.isfinite([low, high]).all():
-        text += f" [{low:.3f}, {high:.3f}]"
-    return f"{mark}{text}{mark}" if mark == "**" else f"{text} {mark}".strip()
+        text += f" [{low:.3f}, {high:.3f}]" if abs(value) < 100 else f" [{low:.1f}, {high:.1f}]"
+    return f"{text} {mark}".strip()
 
 
-def table1_markdown(t1: pd.DataFrame) -> str:
+def table1_markdown(t1: pd.DataFrame, paired: pd.DataFrame, baseline: str) -> str:
     if not len(t1):
         return "_missing: no trial runs found for this study_\n"
-    marks = {c: mark_best(t1, c, d) for c, _, d in CLASSIFIER_COLUMNS + GENERATION_COLUMNS}
-    head = ["variant", "mode", "seeds", "FID", "FID var (subclass)", "FID var (group)", "KID", "IS",
-            "accuracy", "DP (oracle floor)", "ESSP (paper)", "ESSP (FairSeg)"]
+    mark = marks(t1, paired)
+    columns = [c for c, _, _ in GENERATION_COLUMNS + CLASSIFIER_COLUMNS]
+    head = ["variant", "mode", "R x S"] + [LABELS[c] for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, r in t1.iterrows():
-        cells = [r["variant"], r["mode"], str(r["seeds"])]
-        cells += [_fmt(r[c], mark=marks[c][i]) for c, _, _ in GENERATION_COLUMNS]
-        cells.append(_fmt(r["accuracy"], r["accuracy_low"], r["accuracy_high"], marks["accuracy"][i]))
-        cells.append(_fmt(r["dp"], r["dp_low"], r["dp_high"], marks["dp"][i]) + f" ({_fmt(r['dp_oracle_floor'])})")
-        cells.append(_fmt(r["essp"], r["essp_low"], r["essp_high"], marks["essp"][i]))
-        cells.append(_fmt(r["essp_fairseg"], r["essp_fairseg_low"], r["essp_fairseg_high"], marks["essp_fairseg"][i]))
+    for _, r in t1.iterrows():
+        name = f"{r['variant']} (baseline)" if r["variant"] == baseline else r["variant"]
+        cells = [name, r["mode"], f"{r['R']} x {r['S']}"]
+        for c in columns:
+            text = _fmt(r[c], r[f"{c}_low"], r[f"{c}_high"], mark.get((r["variant"], r["mode"], c), ""))
+            if c == "dp":
+                text += f" ({_fmt(r['dp_oracle_floor'])})"
+            cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def frame_markdown(frame: pd.DataFrame) -> str:
+def paired_markdown(paired: pd.DataFrame, baseline: str, repeats: int, level: float) -> str:
+    if not len(paired):
+        return (f"_no paired differences: the baseline `{baseline}` has no rows, or it is the only variant_\n")
+    show_p = repeats >= 3
+    head = ["block", "variant", "metric", "n", f"difference [{level:.0%} CI]"]
+    head += ["p (t)", "p (Holm)", "p (sign-flip)", "verdict"] if show_p else ["verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, p in paired.iterrows():
+        verdict = {1: "better ▲", -1: "worse ▼"}.get(int(p["better"]), "not ranked" if p["direction"] == 0
+                                                     and p["significant"] else "inside the noise")
+        if not show_p:
+            verdict = "interval only (R < 3)"
+        cells = [p["block"], p["variant"], LABELS.get(p["metric"], p["metric"]), str(int(p["n"])),
+                 _fmt(p["mean_diff"], p["low"], p["high"])]
+        if show_p:
+            cells += [_p(p["p_t"]), _p(p["p_holm"]), _p(p["p_perm"])]
+        cells.append(verdict)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _p(value: float) -> str:
+    return "—" if not np.isfinite(value) else (f"{value:.3f}" if value >= 0.001 else f"{value:.1e}")
+
+
+def frame_markdown(frame: pd.DataFrame, columns: Sequence[str]) -> str:
     if not len(frame):
-        return "_missing: no evaluate runs found_\n"
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+        return "_missing: no evaluate runs found for this study's pools_\n"
+    head = ["variant", "R", *columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in frame.iterrows():
-        lines.append("| " + " | ".join(v if isinstance(v, str) else _fmt(float(v)) for v in r) + " |")
+        cells = [r["variant"], str(r["R"])] + [_fmt(r[c], r[f"{c}_low"], r[f"{c}_high"]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -250,8 +420,14 @@ def _baseline_row(ref: pd.Series | None, groups: Sequence[str]) -> dict[str, flo
     return {k: float(ref.get(f"metrics.test_{k}", math.nan)) for k in keys}
 
 
+def _save(fig, path: Path, plt) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def figure_3a(t1: pd.DataFrame, ref: pd.Series | None, path: Path) -> Path | None:
-    """Baseline (real data only) vs each variant with fixed proportions (mode ``random``)."""
+    """Baseline (real data only) vs each variant with fixed proportions (mode ``random``), intervals over R."""
     from fairskin.metrics.plots import _pyplot
 
     fixed = t1[t1["mode"] == "random"] if len(t1) else t1
@@ -259,26 +435,26 @@ def figure_3a(t1: pd.DataFrame, ref: pd.Series | None, path: Path) -> Path | Non
         return None
     plt = _pyplot()
     base = _baseline_row(ref, [])
-    labels = ["baseline (real only)"] + fixed["variant"].tolist()
+    labels = ["baseline (real only)"] + [f"{v} (R={r})" for v, r in zip(fixed["variant"], fixed["R"])]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     series = {}
     for key, name in (("accuracy", "accuracy"), ("essp_fairseg", "ESSP (FairSeg)")):
         series[name] = ([base[key]] + fixed[key].tolist(), [math.nan] + fixed[f"{key}_low"].tolist(),
                         [math.nan] + fixed[f"{key}_high"].tolist())
     _bars(ax, labels, series, "test figure")
-    ax.set_title("Figure 3a: baseline vs variants (fixed proportions)", fontsize=9)
+    ax.set_title("Figure 3a: baseline vs variants (fixed proportions); bars: 95% CI over generator repeats", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, plt)
 
 
-def figure_4(trials: pd.DataFrame, ref: pd.Series | None, groups: Sequence[str], path: Path) -> Path | None:
-    """Accuracy per group: baseline and each variant (mode ``random``), mean over seeds."""
+def figure_4(units: pd.DataFrame, ref: pd.Series | None, groups: Sequence[str], path: Path,
+             level: float = 0.95) -> Path | None:
+    """Accuracy per group: baseline and each variant (mode ``random``), mean and interval over repeats."""
     from fairskin.metrics.plots import _pyplot
 
-    fixed = trials[trials["mode"] == "random"] if len(trials) else trials
-    if not len(fixed):
+    fixed = units[units["mode"] == "random"] if len(units) else units
+    keys = [f"test_accuracy_{g}" for g in groups]
+    if not len(fixed) or not all(k in fixed for k in keys):
         return None
     plt = _pyplot()
     series: dict[str, tuple[list, list, list]] = {}
@@ -287,15 +463,14 @@ def figure_4(trials: pd.DataFrame, ref: pd.Series | None, groups: Sequence[str],
         series["baseline (real only)"] = ([base[f"accuracy_{g}"] for g in groups], [math.nan] * len(groups),
                                           [math.nan] * len(groups))
     for variant, part in fixed.groupby("variant"):
-        stats = [_interval(part, f"test_accuracy_{g}") for g in groups]
-        series[str(variant)] = ([s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats])
+        ivs = [t_interval(part[k].to_numpy(float), level) for k in keys]
+        series[f"{variant} (R={part['repeat'].nunique()})"] = ([i.mean for i in ivs], [i.low for i in ivs],
+                                                               [i.high for i in ivs])
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     _bars(ax, list(groups), series, "test accuracy")
     ax.set_title("Figure 4: accuracy per group", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, plt)
 
 
 def figure_6(t1: pd.DataFrame, path: Path) -> Path | None:
@@ -313,101 +488,127 @@ def figure_6(t1: pd.DataFrame, path: Path) -> Path | None:
             part = t1[t1["mode"] == mode].set_index("variant").reindex(variants)
             series[mode] = (part[key].tolist(), part[f"{key}_low"].tolist(), part[f"{key}_high"].tolist())
         _bars(ax, variants, series, f"test {name}")
-    fig.suptitle("Figure 6: fixed proportions vs resample vs reweight", fontsize=9)
+    fig.suptitle("Figure 6: fixed proportions vs resample vs reweight (95% CI over generator repeats)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, plt)
 
 
-def figure_3b(tracking_uri: str, path: Path) -> Path | None:
-    """Augmentation-count sweep (``aug_count`` studies): test accuracy and ESSP vs count per subclass."""
+def figure_3b(runs: pd.DataFrame, path: Path) -> Path | None:
+    """Augmentation-count sweep (``aug_count`` studies): test accuracy and ESSP vs count per subclass.
+
+    Each study's trials are drawn as points (one classifier seed each); a TPE study may hold
+    several trials at one count, all drawn."""
     from fairskin.metrics.plots import _pyplot
 
-    runs = find_runs(tracking_uri, "tags.`fairskin.space` = 'aug_count'")
-    column = next((c for c in runs.columns if c.startswith("params.trial.") and "count" in c), None) if len(runs) else None
-    if column is None or "tags.mlflow.parentRunId" not in runs:
+    column = "params.trial.per_subclass"
+    if not len(runs) or column not in runs or "metrics.test_accuracy" not in runs:
         return None
-    runs = runs[runs["tags.mlflow.parentRunId"].notna()]
     runs = runs.assign(count=pd.to_numeric(runs[column], errors="coerce")).dropna(subset=["count"])
     if not len(runs):
         return None
+    data = pd.DataFrame({"study": runs["study"], "variant": runs["variant"], "count": runs["count"],
+                         "test_accuracy": runs["metrics.test_accuracy"],
+                         "test_essp_fairseg": runs.get("metrics.test_essp_fairseg", math.nan)})
+    data.sort_values(["study", "count"]).to_csv(path.with_suffix(".csv"), index=False)  # what is plotted
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for variant, part in runs.groupby("tags.fairskin.variant"):
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for (study, variant), part in runs.groupby(["study", "variant"]):
         part = part.sort_values("count")
-        ax.plot(part["count"], part["metrics.test_accuracy"], "o-", label=f"{variant} accuracy")
+        label = f"{variant} [{study}]"
+        ax.plot(part["count"], part["metrics.test_accuracy"], "o", label=f"{label} accuracy")
         if "metrics.test_essp_fairseg" in part:
-            ax.plot(part["count"], part["metrics.test_essp_fairseg"], "s--", label=f"{variant} ESSP (FairSeg)")
+            ax.plot(part["count"], part["metrics.test_essp_fairseg"], "s", mfc="none", label=f"{label} ESSP (FairSeg)")
+        means = part.groupby("count")["metrics.test_accuracy"].mean()
+        ax.plot(means.index, means.to_numpy(), "-", alpha=0.5)
     ax.set_xlabel("synthetic images per subclass (preset units)")
-    ax.set_ylabel("test figure")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("test figure (one classifier seed per point)")
+    ax.legend(fontsize=6)
     ax.set_title("Figure 3b: augmentation count", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, plt)
 
 
-def figure_5(tracking_uri: str, groups: Sequence[str], path: Path) -> Path | None:
+def figure_5(runs: pd.DataFrame, groups: Sequence[str], path: Path) -> Path | None:
     """Proportion search (``ethnic_ratio`` studies): test ESSP (FairSeg) against each group's share."""
     from fairskin.metrics.plots import _pyplot
 
-    runs = find_runs(tracking_uri, "tags.`fairskin.space` = 'ethnic_ratio'")
-    if not len(runs) or "tags.mlflow.parentRunId" not in runs:
+    share_cols = {g: f"params.trial.proportions.{g}" for g in groups}
+    if (not len(runs) or any(c not in runs for c in share_cols.values())
+            or "metrics.test_essp_fairseg" not in runs):
         return None
-    runs = runs[runs["tags.mlflow.parentRunId"].notna()]
-    share_cols = {g: next((c for c in runs.columns if c.startswith("params.trial.") and c.endswith(g)), None)
-                  for g in groups}
-    if not len(runs) or any(c is None for c in share_cols.values()) or "metrics.test_essp_fairseg" not in runs:
-        return None
+    data = pd.DataFrame({"study": runs["study"], "variant": runs["variant"],
+                         **{g: pd.to_numeric(runs[c], errors="coerce") for g, c in share_cols.items()},
+                         "test_essp_fairseg": runs["metrics.test_essp_fairseg"],
+                         "test_accuracy": runs.get("metrics.test_accuracy", math.nan)})
+    data.to_csv(path.with_suffix(".csv"), index=False)  # what is plotted
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), sharey=True)
+    points = None
     for ax, g in zip(np.atleast_1d(axes), groups):
         share = pd.to_numeric(runs[share_cols[g]], errors="coerce")
         points = ax.scatter(share, runs["metrics.test_essp_fairseg"], c=runs["metrics.test_accuracy"], cmap="viridis")
         ax.set_xlabel(f"share of synthetic images: {g}")
     np.atleast_1d(axes)[0].set_ylabel("test ESSP (FairSeg)")
     fig.colorbar(points, ax=list(np.atleast_1d(axes)), label="test accuracy")
-    fig.suptitle("Figure 5: group proportions of the synthetic images", fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.suptitle(f"Figure 5: group proportions of the synthetic images ({runs['study'].nunique()} study(ies), "
+                 f"{len(runs)} trials)", fontsize=9)
+    return _save(fig, path, plt)
 
 
 # --------------------------------------------------------------------------- the whole report
 
 
 def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str | None = None,
-                 seeds: int | None = None) -> Report:
-    """Rebuild Table 1, Table 2 and Figures 3a-6 from MLflow into ``out`` (markdown + CSV + PNG).
+                 seeds: int | None = None, baseline: str = "vanilla", level: float = 0.95,
+                 alpha: float = 0.05) -> Report:
+    """Rebuild Table 1, the paired differences, Table 2 and Figures 3a-6 from MLflow into ``out``.
 
     ``study``: the ablation study whose trials fill Table 1 (default: the latest ``ablation``
-    study); ``seeds``: use at most the first N training seeds of each row.
+    study); ``seeds``: use at most the first N classifier seeds of each repeat; ``baseline``:
+    the variant every other is paired against; ``level``: interval coverage; ``alpha``: Holm's
+    family-wise error rate.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     study = study or latest_study(tracking_uri)
     trials = trial_runs(tracking_uri, study) if study else pd.DataFrame()
-    evaluated = evaluate_runs(tracking_uri)
-    ref = reference_run(tracking_uri)
-    t1, t2 = table1(trials, evaluated, seeds), table2(evaluated, groups)
-    t1.to_csv(out / "table1.csv", index=False)
-    t2.to_csv(out / "table2_fid_per_group.csv", index=False)
-    report = Report(out, t1, t2)
+    parent = study_parent(tracking_uri, study) if study else None
+    pipeline_run = str(parent.get(f"tags.fairskin.pipeline_run", "") or "") if parent is not None else ""
+    keys = pipeline_stage_keys(tracking_uri, pipeline_run)
+    real = str(parent.get(f"tags.{TAG_REAL}", "") or "") if parent is not None else ""
+    pools = set(trials["pool"]) - {""} if len(trials) else set()
+    evaluated = evaluate_runs(tracking_uri, pools, keys.get("evaluate"))
+    ref = reference_run(tracking_uri, real, keys.get("reference"))
+    units = unit_frame(trials, evaluated, seeds)
+    t1 = table1(units, level)
+    paired = paired_differences(units, baseline, level, alpha)
+    t2 = table2(units, groups, level)
+    for frame, name in ((t1, "table1.csv"), (paired, f"delta_vs_{baseline}.csv"), (t2, "table2_fid_per_group.csv"),
+                        (units, "repeats.csv")):
+        frame.to_csv(out / name, index=False)
+    report = Report(out, t1, t2, paired, units)
+    if len(units):
+        report.fingerprints = {f"{r.variant} repeat {r.repeat}": r.pool
+                               for r in units.drop_duplicates(["variant", "repeat"]).itertuples()}
+        missing_eval = sorted({f"{r.variant} repeat {r.repeat}" for r in units.itertuples() if not np.isfinite(r.fid)})
+        if missing_eval:
+            report.notes.append(f"no evaluate run measured the pool of {missing_eval}: their generation columns are empty")
+    if real:
+        report.fingerprints["real shards"] = real
+    aug, ratio = scoped_studies(tracking_uri, "aug_count", pools), scoped_studies(tracking_uri, "ethnic_ratio", pools)
     drawers = {
         "figure3a_baseline_vs_variants": lambda p: figure_3a(t1, ref, p),
-        "figure3b_augmentation_count": lambda p: figure_3b(tracking_uri, p),
-        "figure4_group_accuracy": lambda p: figure_4(trials, ref, groups, p),
-        "figure5_proportion_search": lambda p: figure_5(tracking_uri, groups, p),
+        "figure3b_augmentation_count": lambda p: figure_3b(aug, p),
+        "figure4_group_accuracy": lambda p: figure_4(units, ref, groups, p, level),
+        "figure5_proportion_search": lambda p: figure_5(ratio, groups, p),
         "figure6_downstream_modes": lambda p: figure_6(t1, p),
     }
-    why = {"figure3a_baseline_vs_variants": "needs the reference run and trials with mode 'random'",
-           "figure3b_augmentation_count": "no finished trials of an `aug_count` study "
-                                          "(python -m fairskin.tune --space aug_count)",
+    why = {"figure3a_baseline_vs_variants": "needs the pipeline's reference run and trials with mode 'random'",
+           "figure3b_augmentation_count": "no finished trials of an `aug_count` study on this report's pools "
+                                          "(python -m fairskin.tune --space aug_count, same preset and runs root)",
            "figure4_group_accuracy": "needs trials with mode 'random'",
-           "figure5_proportion_search": "no finished trials of an `ethnic_ratio` study "
-                                       "(python -m fairskin.tune --space ethnic_ratio)",
+           "figure5_proportion_search": "no finished trials of an `ethnic_ratio` study on this report's pools "
+                                       "(python -m fairskin.tune --space ethnic_ratio, same preset and runs root)",
            "figure6_downstream_modes": "needs trials of at least two downstream modes"}
     for name, draw in drawers.items():
         path = draw(out / f"{name}.png")
@@ -415,25 +616,62 @@ def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str
             report.missing[name] = why[name]
         else:
             report.figures[name] = path
+    studies = {"aug_count": sorted(set(aug["study"])) if len(aug) else [],
+               "ethnic_ratio": sorted(set(ratio["study"])) if len(ratio) else []}
     report.markdown = out / "report.md"
-    atomic_write_text(report.markdown, _markdown(report, study, ref, groups))
+    atomic_write_text(report.markdown, _markdown(report, study, pipeline_run, ref, groups, baseline, level, alpha,
+                                                 studies))
     return report
 
 
-def _markdown(report: Report, study: str | None, ref: pd.Series | None, groups: Sequence[str]) -> str:
+def _markdown(report: Report, study: str | None, pipeline_run: str, ref: pd.Series | None, groups: Sequence[str],
+              baseline: str, level: float, alpha: float, studies: dict[str, list[str]]) -> str:
+    t1 = report.table1
+    repeats = int(t1["R"].min()) if len(t1) else 0
     lines = ["# FairSkin ablation report", "",
-             f"Study: `{study or 'none found'}`. Rebuilt from MLflow runs found by their `fairskin.*` tags.",
-             "Intervals: 95 % t-interval over training seeds where a row has several seeds, else the bootstrap "
-             "interval over test samples. `**` marks the best value of a column; `≈` marks a value whose "
-             "interval overlaps the best's (the difference is inside the intervals).", ""]
+             f"Study: `{study or 'none found'}`" + (f", made by pipeline run `{pipeline_run}`" if pipeline_run else "")
+             + ". Rebuilt from MLflow runs joined by their provenance tags (pool, real-shard and stage fingerprints).", ""]
+    if repeats == 1:
+        lines += ["**1 repeat: no interval.** Each variant has one fine-tune and one pool (R = 1), so nothing below "
+                  "measures generator variance and no difference between variants is claimed. Set "
+                  "`diffusion.repeat_seeds` to R >= 3 seeds (the `paper` preset has 3) for intervals and tests.", ""]
+    elif repeats == 2:
+        lines += ["**R = 2: intervals only.** With two generator repeats the paired differences show their "
+                  "intervals but no p-value; no difference is called significant.", ""]
+    lines += [f"How to read it: each cell is the mean over R generator repeats (the S classifier seeds of a repeat "
+              f"averaged first), with its {level:.0%} t-interval over the R repeat values. `▲` / `▼` mark a cell "
+              f"whose paired difference against `{baseline}` is significant after Holm's adjustment "
+              f"(family-wise alpha {alpha}) and better / worse; nothing else is ranked. DP is not ranked "
+              "(a constant classifier has DP = 0); its oracle floor, what a perfect classifier scores, is in "
+              "brackets.", ""]
     if ref is not None:
         base = _baseline_row(ref, groups)
-        lines += [f"Baseline (real data only, reference classifier): accuracy {_fmt(base['accuracy'])}, "
+        lines += [f"Baseline (real data only, reference classifier, one seed): accuracy {_fmt(base['accuracy'])}, "
                   f"DP {_fmt(base['dp'])}, ESSP (FairSeg) {_fmt(base['essp_fairseg'])}.", ""]
-    lines += ["## Table 1: variants x downstream modes (test split)", "", table1_markdown(report.table1),
+    lines += ["## Table 1: variants x downstream modes (test split)", "",
+              table1_markdown(t1, report.paired, baseline),
               "FID / KID / IS are computed in the feature space named by the evaluate runs "
               "(`fairskin.feature_extractor` tag); FID variance is the sample variance (ddof=1).", "",
-              "## Table 2: FID per group", "", frame_markdown(report.table2), "## Figures", ""]
+              f"## Paired differences: `delta_vs_{baseline}`", "",
+              f"Within-repeat differences (variant - {baseline}), paired by generator repeat; classifier metrics "
+              "within each downstream mode, generation metrics once per variant. p (t): paired t-test; p (Holm): "
+              "Holm-adjusted across every test of this table; p (sign-flip): exact sign-flip permutation test "
+              "(R >= 6), not adjusted.", "",
+              paired_markdown(report.paired, baseline, repeats, level),
+              "## Table 2: FID per group", "",
+              frame_markdown(report.table2, list(groups)),
+              "## What this report does not claim", "",
+              "- It compares the variants as run: one base model, these seeds, this data. Generator variance is "
+              "measured only over the R repeats listed; R = 1 measures none.",
+              "- Test figures never steered a search; studies chose on validation figures only.",
+              "- A difference inside its interval is not evidence of no difference: it is an experiment too small "
+              "to tell.", "",
+              "## Provenance", ""]
+    lines += [f"- {name}: `{fp}`" for name, fp in report.fingerprints.items()] or ["- no fingerprints found"]
+    for space, names in studies.items():
+        lines.append(f"- `{space}` studies on these pools: {', '.join(f'`{n}`' for n in names) or 'none'}")
+    lines += [f"- note: {n}" for n in report.notes]
+    lines += ["", "## Figures", ""]
     for name, path in report.figures.items():
         lines += [f"### {name}", "", f"![{name}]({path.name})", ""]
     for name, reason in report.missing.items():

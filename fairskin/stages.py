@@ -39,10 +39,11 @@ class StageResult:
 
 
 def stage_key(name: str, config: FairSkinConfig, reads: Iterable[str],
-              inputs: Mapping[str, StageResult] | None = None) -> str:
-    """12-hex-digit hash of (stage name, the dotted config paths it reads, its inputs' keys)."""
+              inputs: Mapping[str, StageResult] | None = None, version: int = 1) -> str:
+    """12-hex-digit hash of (stage name, its code version, the dotted config paths it reads, its inputs' keys)."""
     payload = {
         "stage": name,
+        "version": version,
         "reads": {path: config.section(path) for path in sorted(reads)},
         "inputs": {k: v.key for k, v in sorted((inputs or {}).items())},
     }
@@ -92,7 +93,7 @@ def _pid_alive(pid: int) -> bool:
 
 def run_stage(config: FairSkinConfig, name: str, reads: Iterable[str],
               body: Callable[[Path], Mapping[str, Any] | None], *,
-              inputs: Mapping[str, StageResult] | None = None, force: bool = False) -> StageResult:
+              inputs: Mapping[str, StageResult] | None = None, force: bool = False, version: int = 1) -> StageResult:
     """Run ``body(tmp_dir)`` unless a finished folder for this key exists.
 
     ``body`` writes everything into the folder it is given (use relative paths inside it)
@@ -100,7 +101,7 @@ def run_stage(config: FairSkinConfig, name: str, reads: Iterable[str],
     stage is recomputed and the old folder is replaced only once the new one is complete.
     """
     reads = list(reads)
-    key = stage_key(name, config, reads, inputs)
+    key = stage_key(name, config, reads, inputs, version)
     final = stage_dir(config, name, key)
     if is_finished(final) and not force:
         record = json.loads((final / STAGE_RECORD).read_text())
@@ -113,6 +114,7 @@ def run_stage(config: FairSkinConfig, name: str, reads: Iterable[str],
         atomic_write_json(tmp / STAGE_RECORD, {
             "stage": name,
             "key": key,
+            "version": version,
             "reads": {path: config.section(path) for path in sorted(reads)},
             "inputs": {k: {"key": v.key, "path": str(v.path)} for k, v in (inputs or {}).items()},
             "started": started,

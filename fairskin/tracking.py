@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -30,6 +30,8 @@ class RunHandle:
     client: Any
     run_id: str
     experiment_id: str
+    # Tags every run nested under this one carries too (provenance: the pipeline run that made it).
+    inherit: dict[str, str] = field(default_factory=dict)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params (values stringified, cut to MLflow's 6,000-character limit), 100 per call."""
@@ -67,10 +69,10 @@ class RunHandle:
         """Start a run nested under this one (same experiment)."""
         if self.client is None:
             return RunHandle(None, "", "")
-        all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        all_tags = {**self.inherit, **{str(k): str(v) for k, v in (tags or {}).items()}}
         all_tags[PARENT_TAG] = self.run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
-        return RunHandle(self.client, run.info.run_id, self.experiment_id)
+        return RunHandle(self.client, run.info.run_id, self.experiment_id, dict(self.inherit))
 
     def end(self, status: str = "FINISHED") -> None:
         if self.client is not None and self.run_id:
@@ -136,12 +138,13 @@ class Tracker:
         """Create a run (nested under ``parent`` when given) and return its handle."""
         if self.client is None:
             return RunHandle(None, "", "")
-        all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        inherit = dict(parent.inherit) if isinstance(parent, RunHandle) else {}
+        all_tags = {**inherit, **{str(k): str(v) for k, v in (tags or {}).items()}}
         parent_id = parent.run_id if isinstance(parent, RunHandle) else parent
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
-        return RunHandle(self.client, run.info.run_id, self.experiment_id)
+        return RunHandle(self.client, run.info.run_id, self.experiment_id, inherit)
 
     def resume(self, run_id: str) -> RunHandle:
         """A handle to an existing run, set back to RUNNING."""

@@ -1,6 +1,6 @@
 """Rebuild the paper's tables and figures for a study from MLflow alone.
 
-    python jobs/ablation.py [--preset demo] [--study NAME] [--seeds N] [--out DIR] [key=value ...]
+    python jobs/ablation.py [--preset demo] [--study NAME] [--seeds N] [--out DIR] [report.baseline=vanilla ...]
 
 Runs are found by their ``fairskin.*`` tags in the tracking store the configuration names
 (default: the SQLite file under the runs root). Writes report.md, table CSVs and figure PNGs
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
               f"(python jobs/full_pipeline.py) or name one with --study", file=sys.stderr)
         return 2
     out = args.out or config.runtime.runs_root / "report" / study
-    report = build_report(uri, out, config.data.group_names, study=study, seeds=args.seeds)
+    r = config.report
+    report = build_report(uri, out, config.data.group_names, study=study, seeds=args.seeds, baseline=r.baseline,
+                          level=r.level, alpha=r.alpha)
     tracker = Tracker.from_config(config)
     with tracker.run(f"report-{study}", tags={"fairskin.kind": "report", "fairskin.study": study}) as run:
         for path in sorted(out.iterdir()):

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fairskin.config import PRESETS, ConfigError, build_config, dump_config, flatten
@@ -24,19 +25,56 @@ def test_presets_differ_where_the_paper_says():
 def test_overrides_are_typed_and_applied_last(tmp_path):
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("data:\n  image_size: 48\nruntime:\n  seed: 5\n")
-    config = build_config("smoke", yaml_file, ["runtime.seed=7", "sampling.weights=sqrs", "data.groups="
+    config = build_config("smoke", yaml_file, ["runtime.seed=7", "diffusion.cbdm_tau=0.5", "data.groups="
                           "[{name: Dark, fst: [4,5,6]}, {name: Light, fst: [1,2,3]}]"])
     assert config.data.image_size == 48          # from YAML
     assert config.runtime.seed == 7              # override beats YAML
-    assert config.sampling.weights == "sqrs"
+    assert config.diffusion.cbdm_tau == 0.5
     assert config.data.group_names == ["Dark", "Light"]
 
 
 def test_invalid_value_names_field_value_and_allowed():
     with pytest.raises(ConfigError) as err:
-        build_config("demo", overrides=["sampling.weights=cbr"])
+        build_config("demo", overrides=["diffusion.custom_variants=[{name: x, weights: cbr}]"])
     text = str(err.value)
-    assert "sampling.weights" in text and '"cbr"' in text and "'cbrs'" in text and "'sqrs'" in text
+    assert "diffusion.custom_variants.0.weights" in text and '"cbr"' in text and "'cbrs'" in text and "'sqrs'" in text
+
+
+def test_weights_belong_to_variants_and_loss_weighting_reaches_the_finetune():
+    """`sampling.*` did nothing; a variant (registered or custom) now carries weights and apply."""
+    from fairskin.data.stream import ArraySet, WeightedStream
+    from fairskin.pipeline import STAGES
+    from fairskin.stages import stage_key
+
+    with pytest.raises(ConfigError, match="sampling"):
+        build_config("smoke", overrides=["sampling.apply=loss"])
+    literal = build_config("smoke", overrides=[
+        "diffusion.custom_variants=[{name: sqrs_loss, weights: sqrs, apply: loss}]",
+        "diffusion.variants=[vanilla, sqrs_loss]"])
+    plain = build_config("smoke", overrides=["diffusion.variants=[vanilla, sqrs]"])
+    spec = literal.diffusion.variant("sqrs_loss")
+    assert (spec.weights, spec.apply, spec.loss) == ("sqrs", "loss", "dm")
+    finetune = STAGES["finetune"]
+    assert stage_key("finetune", literal, finetune.reads, version=finetune.version) != \
+        stage_key("finetune", plain, finetune.reads, version=finetune.version)
+    # the fine-tune's stream applies the spec: loss weights on a plain shuffle, not a weighted draw
+    subclass = np.repeat(np.arange(3), [50, 10, 5])
+    rows = ArraySet(subclass, {"subclass": subclass})
+    by_loss = WeightedStream(rows, spec.weights, spec.apply, seed=0).plan_table(0, 65)
+    by_sampler = WeightedStream(rows, "sqrs", "sampler", seed=0).plan_table(0, 65)
+    assert by_loss["weight"].nunique() == 3 and sorted(by_loss["row"]) == list(range(65))
+    assert (by_sampler["weight"] == 1).all()
+
+
+def test_variants_are_checked_against_the_registry_before_anything_runs():
+    with pytest.raises(ConfigError, match="unknown variant"):
+        build_config("smoke", overrides=["diffusion.variants=[vanilla, fairskin_x]"])
+    with pytest.raises(ConfigError, match="more than once"):
+        build_config("smoke", overrides=["diffusion.variants=[vanilla, vanilla]"])
+    with pytest.raises(ConfigError, match="already registered"):
+        build_config("smoke", overrides=["diffusion.custom_variants=[{name: vanilla}]"])
+    with pytest.raises(ConfigError, match="custom_variants.0.name"):
+        build_config("smoke", overrides=["diffusion.custom_variants=[{name: ../x}]"])
 
 
 def test_out_of_range_and_unknown_fields_are_reported_together():

@@ -44,10 +44,27 @@ def test_work_items_cover_every_subclass_once():
 
 
 def test_image_seed_is_a_pure_function_of_its_inputs():
-    assert image_seed(0, "vanilla", "Asian", "psoriasis", 4) == image_seed(0, "vanilla", "Asian", "psoriasis", 4)
-    others = {image_seed(1, "vanilla", "Asian", "psoriasis", 4), image_seed(0, "cbdm", "Asian", "psoriasis", 4),
-              image_seed(0, "vanilla", "African", "psoriasis", 4), image_seed(0, "vanilla", "Asian", "psoriasis", 5)}
-    assert image_seed(0, "vanilla", "Asian", "psoriasis", 4) not in others and len(others) == 4
+    assert image_seed(0, "Asian", "psoriasis", 4) == image_seed(0, "Asian", "psoriasis", 4)
+    others = {image_seed(1, "Asian", "psoriasis", 4), image_seed(0, "African", "psoriasis", 4),
+              image_seed(0, "Asian", "psoriasis", 5), image_seed(0, "Asian", "lichen planus", 4)}
+    assert image_seed(0, "Asian", "psoriasis", 4) not in others and len(others) == 4
+
+
+def test_generator_seeds_pair_variants_by_repeat():
+    """Repeat r of every variant shares repeat r's seed (common noise); a salted twin does not."""
+    from fairskin.config import build_config
+    from fairskin.diffusion.variants import generator_seed, generators
+
+    config = build_config("smoke", overrides=["diffusion.repeat_seeds=[5, 9]",
+                                              "diffusion.custom_variants=[{name: twin, seed_salt: 1}]",
+                                              "diffusion.variants=[vanilla, fairskin_s, twin]"])
+    d = config.diffusion
+    assert generators(d) == ["vanilla", "vanilla-r1", "fairskin_s", "fairskin_s-r1", "twin", "twin-r1"]
+    assert generator_seed(d, "vanilla") == generator_seed(d, "fairskin_s") == 5
+    assert generator_seed(d, "vanilla-r1") == generator_seed(d, "fairskin_s-r1") == 9
+    assert generator_seed(d, "twin") not in (5, 9) and generator_seed(d, "twin") != generator_seed(d, "twin-r1")
+    with pytest.raises(ValueError, match="repeat 2"):
+        generator_seed(d, "vanilla-r2")
 
 
 def test_pool_is_byte_identical_and_items_regenerate_alone(gen_config, tiny_pipeline, tmp_path):
@@ -92,11 +109,14 @@ def test_ray_actor_pool_matches_in_process_bytes(ray_session, gen_config, tiny_p
 
     config = build_config("smoke", overrides=[f"runtime.runs_root={gen_config.runtime.runs_root}",
                                               "generation.images_per_subclass=2", "generation.batch_size=2",
-                                              "generation.cpus_per_actor=0.5", "generation.num_actors=2"])
-    pipelines = {"vanilla": tiny_pipeline, "other": tiny_pipeline}
+                                              "generation.cpus_per_actor=0.5", "generation.num_actors=2",
+                                              "diffusion.repeat_seeds=[0, 1]"])
+    pipelines = {"vanilla": tiny_pipeline, "cbdm": tiny_pipeline, "vanilla-r1": tiny_pipeline}
     on_ray = generate_pools(config, pipelines, tmp_path / "ray")
     local = generate_pools(config, pipelines, tmp_path / "local", local=True)
     for variant in pipelines:
         assert read_metadata(on_ray[variant])["sha256"].tolist() == read_metadata(local[variant])["sha256"].tolist()
-    # The variant is part of every seed: same weights, different variant name, different images.
-    assert set(read_metadata(on_ray["vanilla"])["sha256"]).isdisjoint(read_metadata(on_ray["other"])["sha256"])
+    # Variants of one repeat share its noise (common random numbers: same weights give the same images);
+    # another repeat draws other noise.
+    assert read_metadata(on_ray["vanilla"])["sha256"].tolist() == read_metadata(on_ray["cbdm"])["sha256"].tolist()
+    assert set(read_metadata(on_ray["vanilla"])["sha256"]).isdisjoint(read_metadata(on_ray["vanilla-r1"])["sha256"])

@@ -112,9 +112,20 @@ def test_dropped_prompt_skips_the_regulariser_and_v_prediction_targets_velocity(
     assert not torch.allclose(prediction_target(v, latents, noise, t), noise)
 
 
-def test_other_subclass_is_never_the_same_and_covers_the_rest():
+def test_other_subclass_default_is_uniform_over_all_subclasses_y_included():
+    """The official CBDM fine-tune draw: y' uniform over every subclass, y itself included."""
+    from scipy import stats
+
     y = torch.full((15000,), 4)
     other = other_subclasses(y, 15, torch.Generator().manual_seed(0))
+    counts = torch.bincount(other, minlength=15).numpy()
+    assert counts[4] > 800  # y' = y about 1/15 of the time
+    assert stats.chisquare(counts).pvalue > 0.001
+
+
+def test_other_subclass_option_excludes_y_and_covers_the_rest():
+    y = torch.full((15000,), 4)
+    other = other_subclasses(y, 15, torch.Generator().manual_seed(0), include_self=False)
     assert not (other == 4).any()
     counts = torch.bincount(other, minlength=15)
     assert counts[4] == 0 and (counts[torch.arange(15) != 4] > 900).all()

@@ -1,4 +1,5 @@
-"""The ablation report, rebuilt from MLflow runs found by tag: values, intervals, marks, missing figures."""
+"""The ablation report on a made-up MLflow store with known effects: repeats, paired differences,
+provenance joins, figures 3b and 5 from their studies, and marks that only significance earns."""
 
 from __future__ import annotations
 
@@ -8,97 +9,221 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fairskin.report import build_report, latest_study, mark_best, seed_interval
+from fairskin.metrics.paired import repeat_values, t_interval
+from fairskin.provenance import TAG_PIPELINE, TAG_POOL, TAG_REAL, TAG_STAGE_KEY, generator_id, generator_tags
+from fairskin.report import build_report, latest_study, marks, paired_differences, table1, table1_markdown
 from fairskin.tracking import Tracker
 
 GROUPS = ["African", "Asian", "Caucasian"]
-T_975_DF2 = 4.302652729911275  # Student t quantile, 0.975, 2 degrees of freedom (tables)
+R, SEEDS = 6, 2
+# Known effects: fairskin_s is +0.10 accuracy and -20 FID on every repeat (a real effect); cbdm is
+# vanilla's distribution with its own noise (a null).
+EFFECT = {"vanilla": (0.0, 0.0), "fairskin_s": (0.10, -20.0), "cbdm": (0.0, 0.0)}
 
 
-def _trial_metrics(acc: float, essp: float) -> dict[str, float]:
-    out = {"test_accuracy": acc, "test_dp": 0.3, "test_dp_oracle_floor": 0.17, "test_essp": acc / 1.3,
-           "test_essp_fairseg": essp, "test_accuracy_ci_low": acc - 0.05, "test_accuracy_ci_high": acc + 0.05,
-           "test_essp_fairseg_ci_low": essp - 0.05, "test_essp_fairseg_ci_high": essp + 0.05}
+def _pool(variant: str, repeat: int) -> str:
+    return f"pool-{variant}-{repeat}"
+
+
+def _classifier(acc: float, dp: float = 0.3) -> dict[str, float]:
+    out = {"test_accuracy": acc, "test_worst_group_accuracy": acc - 0.05, "test_dp": dp,
+           "test_dp_oracle_floor": 0.17, "test_essp": acc / (1 + dp), "test_essp_fairseg": acc - 0.1}
     out.update({f"test_accuracy_{g}": acc - 0.01 * i for i, g in enumerate(GROUPS)})
     return out
 
 
-@pytest.fixture()
-def store(tmp_path):
-    """A SQLite MLflow store holding a reference run, two evaluate runs and an ablation study."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    pipeline = Tracker(uri, "fairskin")
-    with pipeline.run("pipeline") as parent:
-        with pipeline.run("reference", parent=parent, tags={"fairskin.stage": "reference"}) as ref:
-            ref.log_metrics({"test_accuracy": 0.70, "test_essp_fairseg": 0.60, "test_dp": 0.25, "test_essp": 0.56,
-                             **{f"test_accuracy_{g}": 0.7 for g in GROUPS}})
-        for variant, fid in (("vanilla", 80.0), ("fairskin_s", 60.0)):
-            child = parent.child(f"evaluate-{variant}", tags={"fairskin.stage": "evaluate",
-                                                              "fairskin.variant": variant})
-            child.log_metrics({"fid_mean": fid, "fid_var_subclass": 10.0, "fid_var_group": 2.0, "kid_mean": 0.01,
-                               "is_mean": 1.5, **{f"fid_{g}": fid + i for i, g in enumerate(GROUPS)}})
-            child.end()
-    study = Tracker(uri, "fairskin-tune-ablation-x")
-    tags = {"fairskin.kind": "tune", "fairskin.study": "ablation-x", "fairskin.space": "ablation"}
-    accuracies = {("vanilla", "random"): [0.60, 0.62, 0.64], ("fairskin_s", "random"): [0.80, 0.82, 0.84],
-                  ("fairskin_s", "reweight"): [0.79, 0.83, 0.78]}
-    with study.run("ablation-x", tags=tags) as parent:
-        for (variant, mode), values in accuracies.items():
-            for seed, acc in enumerate(values):
-                child = parent.child(f"trial-{variant}-{mode}-{seed}",
-                                     tags={**tags, "fairskin.variant": variant, "fairskin.mode": mode})
-                child.log_params({"trial.seed": seed, "trial.variant": variant, "trial.mode": mode})
-                child.log_metrics(_trial_metrics(acc, acc - 0.1))
+def _trial(parent, tags, variant, repeat, seed, mode, metrics, params=None):
+    gen = generator_id(variant, repeat)
+    child = parent.child(f"trial-{gen}-{mode}-{seed}", tags={**tags, **generator_tags(gen), "fairskin.mode": mode,
+                                                             TAG_POOL: _pool(variant, repeat)})
+    child.log_params({"trial.seed": seed, "trial.variant": gen, "trial.mode": mode, **(params or {})})
+    child.log_metrics(metrics)
+    child.end()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A pipeline (reference + evaluate runs per generator), its ablation study (R=6 x S=2), an
+    aug_count and an ethnic_ratio study on its pools, and decoys that must not be used."""
+    tmp = tmp_path_factory.mktemp("report-store")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    rng = np.random.default_rng(0)
+    expected: dict[tuple[str, int, int], float] = {}
+    fids: dict[tuple[str, int], float] = {}
+    pipe = Tracker(uri, "fairskin")
+    with pipe.run("pipeline", tags={"fairskin.kind": "pipeline"}) as parent:
+        parent.set_tags({TAG_PIPELINE: parent.run_id, "fairskin.key.reference": "ref-key",
+                         "fairskin.key.evaluate": "eval-key", TAG_REAL: "real-1"})
+        pipeline_run = parent.run_id
+        ref = parent.child("reference", tags={"fairskin.stage": "reference", TAG_STAGE_KEY: "ref-key",
+                                              TAG_REAL: "real-1"})
+        ref.log_metrics(_classifier(0.70))
+        ref.end()
+        for variant, (_, dfid) in EFFECT.items():
+            for r in range(R):
+                fid = 80.0 + dfid + rng.normal(0, 1.0)
+                fids[(variant, r)] = fid
+                gen = generator_id(variant, r)
+                child = parent.child(f"evaluate-{gen}", tags={"fairskin.stage": "evaluate", **generator_tags(gen),
+                                                              TAG_POOL: _pool(variant, r), TAG_STAGE_KEY: "eval-key"})
+                child.log_metrics({"fid_mean": fid, "fid_var_subclass": 10.0, "fid_var_group": 2.0, "kid_mean": 0.01,
+                                   "is_mean": 1.5, **{f"fid_{g}": fid + i for i, g in enumerate(GROUPS)}})
                 child.end()
-    return uri, accuracies
+    # Decoys, written later (the old report took "the latest"): another pipeline's evaluate run of
+    # vanilla's repeat-0 pool under another evaluate key, a foreign pool, another reference run.
+    with pipe.run("other-pipeline") as other:
+        decoy = other.child("evaluate-vanilla", tags={"fairskin.stage": "evaluate", **generator_tags("vanilla"),
+                                                      TAG_POOL: _pool("vanilla", 0), TAG_STAGE_KEY: "other-key"})
+        decoy.log_metrics({"fid_mean": 999.0})
+        decoy.end()
+        foreign = other.child("evaluate-vanilla", tags={"fairskin.stage": "evaluate", **generator_tags("vanilla"),
+                                                        TAG_POOL: "pool-foreign", TAG_STAGE_KEY: "eval-key"})
+        foreign.log_metrics({"fid_mean": 555.0})
+        foreign.end()
+        wrong_ref = other.child("reference", tags={"fairskin.stage": "reference", TAG_STAGE_KEY: "other-ref",
+                                                   TAG_REAL: "real-2"})
+        wrong_ref.log_metrics(_classifier(0.11))
+        wrong_ref.end()
+
+    study = Tracker(uri, "fairskin-tune-ablation-x")
+    tags = {"fairskin.kind": "tune", "fairskin.study": "ablation-x", "fairskin.space": "ablation",
+            TAG_PIPELINE: pipeline_run, TAG_REAL: "real-1"}
+    with study.run("ablation-x", tags=tags) as parent:
+        for variant, (dacc, _) in EFFECT.items():
+            for r in range(R):
+                repeat_effect = rng.normal(0, 0.02)  # a generator's own luck, shared by its seeds
+                for seed in range(SEEDS):
+                    acc = 0.6 + dacc + repeat_effect + rng.normal(0, 0.01)
+                    expected[(variant, r, seed)] = acc
+                    _trial(parent, tags, variant, r, seed, "random", _classifier(acc))
+                    if variant == "fairskin_s":
+                        _trial(parent, tags, variant, r, seed, "reweight", _classifier(acc - 0.01))
+
+    def side_study(space: str, name: str, pool_variant: str, params_of) -> list[dict]:
+        tracker = Tracker(uri, f"fairskin-tune-{name}")
+        stags = {"fairskin.kind": "tune", "fairskin.study": name, "fairskin.space": space}
+        rows = []
+        with tracker.run(name, tags=stags) as p:
+            for i in range(4):
+                params = params_of(i)
+                acc = 0.5 + 0.05 * i
+                metrics = {**_classifier(acc), "test_essp_fairseg": acc - 0.2}
+                pool = _pool(pool_variant, 0) if pool_variant != "foreign" else "pool-foreign"
+                child = p.child(f"{name}-{i}", tags={**stags, **generator_tags("fairskin_s"), "fairskin.mode": "random",
+                                                      TAG_POOL: pool})
+                child.log_params({"trial.seed": 0, **params})
+                child.log_metrics(metrics)
+                child.end()
+                rows.append({**params, **metrics})
+        return rows
+
+    aug = side_study("aug_count", "aug-own", "fairskin_s", lambda i: {"trial.per_subclass": 25 + 5 * i})
+    side_study("aug_count", "aug-foreign", "foreign", lambda i: {"trial.per_subclass": 100 + i})
+    shares = [(0.2, 0.3, 0.5), (0.5, 0.2, 0.3), (0.33, 0.33, 0.34), (0.6, 0.1, 0.3)]
+    ratio = side_study("ethnic_ratio", "ratio-own", "fairskin_s",
+                       lambda i: {f"trial.proportions.{g}": s for g, s in zip(GROUPS, shares[i])})
+    return {"uri": uri, "expected": expected, "fids": fids, "aug": aug, "ratio": ratio}
 
 
-def test_seed_interval_is_the_t_interval_of_the_mean():
-    values = [0.6, 0.62, 0.64]
-    mean, low, high = seed_interval(values)
-    half = T_975_DF2 * np.std(values, ddof=1) / math.sqrt(3)
-    assert mean == pytest.approx(0.62) and low == pytest.approx(0.62 - half) and high == pytest.approx(0.62 + half)
-    assert math.isnan(seed_interval([0.5])[1])
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory):
+    return build_report(store["uri"], tmp_path_factory.mktemp("report"), GROUPS)
 
 
-def test_mark_best_flags_overlapping_intervals_only():
-    table = pd.DataFrame({"acc": [0.9, 0.85, 0.5], "acc_low": [0.85, 0.8, 0.45], "acc_high": [0.95, 0.9, 0.55]})
-    assert mark_best(table, "acc", +1).tolist() == ["**", "≈", ""]
-    assert mark_best(table, "acc", -1).tolist() == ["", "", "**"]
-
-
-def test_report_rebuilds_tables_and_figures_from_mlflow(store, tmp_path):
-    uri, accuracies = store
-    assert latest_study(uri) == "ablation-x"
-    report = build_report(uri, tmp_path / "report", GROUPS)
+def test_rows_state_repeats_and_take_intervals_over_repeat_means(store, report):
+    assert latest_study(store["uri"]) == "ablation-x"
     t1 = report.table1.set_index(["variant", "mode"])
-    assert len(t1) == 3 and (t1["seeds"] == 3).all()
-    for key, values in accuracies.items():
-        mean, low, high = seed_interval(values)
-        assert t1.loc[key, "accuracy"] == pytest.approx(np.mean(values))
-        assert (t1.loc[key, "accuracy_low"], t1.loc[key, "accuracy_high"]) == pytest.approx((low, high))
-    # Generation columns come from the variant's evaluate run, whatever the mode.
-    assert t1.loc[("fairskin_s", "reweight"), "fid"] == 60.0 and t1.loc[("vanilla", "random"), "fid"] == 80.0
-    t2 = report.table2.set_index("variant")
-    assert t2.loc["vanilla", "Asian"] == 81.0 and t2.loc["fairskin_s", "African"] == 60.0
-
+    assert set(t1.index) == {("vanilla", "random"), ("fairskin_s", "random"), ("cbdm", "random"),
+                             ("fairskin_s", "reweight")}
+    assert (t1["R"] == R).all() and (t1["S"] == str(SEEDS)).all()
+    for variant in EFFECT:
+        per_repeat = [np.mean([store["expected"][(variant, r, s)] for s in range(SEEDS)]) for r in range(R)]
+        iv = t_interval(per_repeat)
+        row = t1.loc[(variant, "random")]
+        assert row["accuracy"] == pytest.approx(iv.mean)
+        assert (row["accuracy_low"], row["accuracy_high"]) == pytest.approx((iv.low, iv.high))
+        # generation figures: one per repeat, from the pipeline's own evaluate runs (not the decoys)
+        fid = t_interval([store["fids"][(variant, r)] for r in range(R)])
+        assert row["fid"] == pytest.approx(fid.mean) and row["fid_high"] == pytest.approx(fid.high)
     md = report.markdown.read_text()
-    # fairskin_s/random is best on accuracy; fairskin_s/reweight overlaps it; vanilla does not.
-    lines = {tuple(line.split(" | ")[0:2]): line for line in md.splitlines() if line.startswith("| ")}
-    assert "**0.820" in lines[("| fairskin_s", "random")]
-    assert "≈" in lines[("| fairskin_s", "reweight")].split(" | ")[8]
-    assert "≈" not in lines[("| vanilla", "random")].split(" | ")[8]
-    # Drawn where runs exist; missing (never filled in) where none do.
-    assert {"figure3a_baseline_vs_variants", "figure4_group_accuracy", "figure6_downstream_modes"} <= set(report.figures)
-    assert all(p.stat().st_size > 0 for p in report.figures.values())
-    assert set(report.missing) == {"figure3b_augmentation_count", "figure5_proportion_search"}
-    assert "_missing: no finished trials of an `aug_count` study" in md
-    assert (tmp_path / "report" / "table1.csv").exists()
+    assert "| vanilla (baseline) | random | 6 x 2 |" in md
 
 
-def test_seeds_option_uses_the_first_n_seeds(store, tmp_path):
-    uri, accuracies = store
-    report = build_report(uri, tmp_path / "report", GROUPS, seeds=2)
-    t1 = report.table1.set_index(["variant", "mode"])
-    assert (t1["seeds"] == 2).all()
-    assert t1.loc[("vanilla", "random"), "accuracy"] == pytest.approx(0.61)
+def test_paired_differences_flag_the_real_effect_and_not_the_null(report):
+    p = report.paired.set_index(["block", "variant", "metric"])
+    real = p.loc[("random", "fairskin_s", "accuracy")]
+    assert real["significant"] and real["better"] == 1 and real["low"] > 0 and real["n"] == R
+    assert p.loc[("generation", "fairskin_s", "fid"), "better"] == 1  # lower FID is better
+    assert not p.loc[("random", "cbdm", "accuracy"), "significant"]
+    assert p.loc[("random", "cbdm", "accuracy"), "low"] < 0 < p.loc[("random", "cbdm", "accuracy"), "high"]
+    assert (p.xs("dp", level="metric")["better"] == 0).all()  # DP is never ranked
+    md = report.markdown.read_text()
+    assert "## Paired differences: `delta_vs_vanilla`" in md and "better ▲" in md
+    line = next(x for x in md.splitlines() if x.startswith("| fairskin_s | random |"))
+    assert "▲" in line.split(" | ")[8]  # accuracy cell
+    assert "▲" not in next(x for x in md.splitlines() if x.startswith("| cbdm | random |"))
+
+
+def test_report_joins_by_provenance_not_by_latest(store, report):
+    assert report.fingerprints["vanilla repeat 0"] == "pool-vanilla-0"
+    assert 999.0 not in report.units["fid"].tolist() and 555.0 not in report.units["fid"].tolist()
+    assert "accuracy 0.700" in report.markdown.read_text()  # the pipeline's reference, not the later decoy
+
+
+def test_figures_3b_and_5_are_drawn_from_the_studies_on_the_reports_pools(store, report):
+    assert set(report.figures) == {"figure3a_baseline_vs_variants", "figure3b_augmentation_count",
+                                   "figure4_group_accuracy", "figure5_proportion_search", "figure6_downstream_modes"}
+    assert not report.missing
+    plotted = pd.read_csv(report.folder / "figure3b_augmentation_count.csv")
+    assert set(plotted["study"]) == {"aug-own"}  # the study on a foreign pool is left out
+    want = sorted((row["trial.per_subclass"], row["test_accuracy"]) for row in store["aug"])
+    np.testing.assert_allclose(sorted(zip(plotted["count"], plotted["test_accuracy"])), want)
+    ratio = pd.read_csv(report.folder / "figure5_proportion_search.csv")
+    want = sorted((row["trial.proportions.African"], row["test_essp_fairseg"]) for row in store["ratio"])
+    np.testing.assert_allclose(sorted(zip(ratio["African"], ratio["test_essp_fairseg"])), want)
+
+
+def _units(values: dict[str, list[float]], dp: dict[str, list[float]] | None = None) -> pd.DataFrame:
+    rows = []
+    for variant, accs in values.items():
+        for r, acc in enumerate(accs):
+            rows.append({"variant": variant, "mode": "random", "repeat": r, "pool": f"{variant}{r}", "seeds": 1,
+                         "trials": 1, "accuracy": acc, "dp": (dp or {}).get(variant, [0.3] * len(accs))[r],
+                         "dp_oracle_floor": 0.2})
+    return pd.DataFrame(rows)
+
+
+def test_tied_rows_get_the_same_mark_and_dp_is_never_marked_best():
+    base = [0.60, 0.62, 0.61, 0.63, 0.60, 0.62]
+    better = [v + 0.1 + 0.001 * i for i, v in enumerate(base)]
+    units = _units({"vanilla": base, "a": better, "b": list(better)},
+                   dp={"vanilla": [0.3] * 6, "a": [0.3] * 6, "b": [0.0] * 6})  # b: a constant classifier's DP
+    paired = paired_differences(units, "vanilla")
+    t1 = table1(units)
+    m = marks(t1, paired)
+    assert m[("a", "random", "accuracy")] == m[("b", "random", "accuracy")] == "▲"
+    assert not any(col == "dp" for (_, _, col) in m)
+    md = table1_markdown(t1, paired, "vanilla")
+    assert md.count("▲") == 2
+
+
+def test_one_repeat_reports_no_interval(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "fairskin-tune-one")
+    tags = {"fairskin.kind": "tune", "fairskin.study": "one", "fairskin.space": "ablation"}
+    with tracker.run("one", tags=tags) as parent:
+        for variant, acc in (("vanilla", 0.6), ("fairskin_s", 0.7)):
+            for seed in range(3):
+                _trial(parent, tags, variant, 0, seed, "random", _classifier(acc + 0.01 * seed))
+    report = build_report(uri, tmp_path / "r", GROUPS, study="one")
+    t1 = report.table1
+    assert (t1["R"] == 1).all() and (t1["S"] == "3").all()
+    assert t1["accuracy_low"].isna().all()  # three classifier seeds are not three generators
+    md = report.markdown.read_text()
+    assert "**1 repeat: no interval.**" in md
+    assert not [line for line in md.splitlines() if line.startswith("| ") and "▲" in line]
+
+
+def test_repeat_values_average_seeds_before_the_interval():
+    frame = pd.DataFrame({"repeat": [0, 0, 1, 1], "seed": [0, 1, 0, 1], "m": [1.0, 3.0, 5.0, math.nan]})
+    assert repeat_values(frame, "m").tolist() == [2.0, 5.0]

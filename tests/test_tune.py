@@ -76,7 +76,7 @@ def test_simplex_points_are_all_valid_for_the_pool():
         assert abs(sum(p) - 1) < 1e-9 and all(lo - 1e-12 <= x <= hi + 1e-12 for x, lo, hi in zip(p, d.lows, d.highs))
         plan = space.plan_for({"proportions": dict(zip(d.groups, p))})
         check_against_pool(plan, plan_counts(plan, {}, GROUPS, DISEASES), pool, DISEASES)  # never raises
-    # Without bounds, stick-breaking with Beta(1, K-1-i) pieces is uniform on the simplex: mean 1/3 each.
+    # The exact sampler is uniform on the (bounded) simplex: mean 1/3 each without bounds.
     points = np.array([sample_simplex(list(u), [0, 0, 0], [1, 1, 1]) for u in rng.random((4000, 2))])
     assert np.allclose(points.mean(0), 1 / 3, atol=0.02)
 
@@ -143,13 +143,27 @@ def _runs(config, study):
 def test_smoke_study_one_parent_three_children(ray_session, prepared_smoke, smoke_pool, tmp_path):
     from fairskin.tune import run_study
 
-    config = _config(tmp_path)
+    config = _config(tmp_path, "tune.confirm_seeds=2")
     result = run_study(config, "ethnic_ratio", {"vanilla": smoke_pool}, prepared_smoke[1].path / "shards",
                        trials=3, echo=lambda *_: None)
     assert not result.interrupted and len(result.trials) == 3
     assert set(result.trials["state"]) == {"finished"}
     client, parents, children = _runs(config, result.name)
     assert [p.info.run_id for p in parents] == [result.parent_run_id]
+    # The best trial and the Pareto points are re-trained with 2 new classifier seeds each (1 and 2:
+    # the search used seed 0), as children of the parent tagged `confirm`, and reported with intervals.
+    confirms = [c for c in children if c.data.tags.get("fairskin.kind") == "confirm"]
+    children = [c for c in children if c.data.tags.get("fairskin.kind") == "tune"]
+    points = {result.best["trial_id"], *result.pareto["trial_id"]}
+    assert sorted((c.data.tags["fairskin.confirms"], c.data.params["trial.seed"]) for c in confirms) == \
+        sorted((t, s) for t in points for s in ("1", "2"))
+    assert all(c.info.status == "FINISHED" and "test_accuracy" in c.data.metrics for c in confirms)
+    table = result.confirmed.set_index("trial_id")
+    assert set(table.index) == points and (table["seeds"] == 2).all()
+    for metric in ("val_accuracy", "test_accuracy"):
+        assert (table[f"{metric}_low"] <= table[metric]).all() and (table[metric] <= table[f"{metric}_high"]).all()
+    searched = result.trials.set_index("trial_id")
+    assert table["val_accuracy_search"].to_dict() == {t: searched.loc[t, "val_accuracy"] for t in points}
     assert len(children) == 3 and {c.data.tags[PARENT_TAG] for c in children} == {result.parent_run_id}
     for c in children:
         tags, params, metrics = c.data.tags, c.data.params, c.data.metrics
@@ -165,7 +179,7 @@ def test_smoke_study_one_parent_three_children(ray_session, prepared_smoke, smok
     assert parent.info.status == "FINISHED" and parent.data.tags["fairskin.study"] == result.name
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "study")}
     assert {"study/best_trial.json", "study/pareto_front.csv", "study/objective_by_trial.png",
-            "study/proportions_ternary.png"} <= artifacts
+            "study/proportions_ternary.png", "study/confirmed.csv", "study/confirmed.png"} <= artifacts
     assert 1 <= len(result.pareto) <= 3 and result.best["trial_id"] in set(result.trials["trial_id"])
     runs_map = json.loads((result.path / "mlflow_runs.json").read_text())
     assert {v["run_id"] for v in runs_map.values()} == {c.info.run_id for c in children}

@@ -85,13 +85,15 @@ def cache_for(config: FairSkinConfig, base: Path | str, train: DecodedSet) -> tu
 
 def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, train: DecodedSet, out: Path, *,
                      tracking: dict[str, str] | None = None, fail_at_step: int | None = None,
-                     num_workers: int | None = None, cache: tuple[ArraySet, np.ndarray] | None = None
-                     ) -> dict[str, Any]:
+                     num_workers: int | None = None, cache: tuple[ArraySet, np.ndarray] | None = None,
+                     seed: int | None = None) -> dict[str, Any]:
     """Fine-tune ``variant`` from the pipeline folder ``base``; writes ``out/pipeline``.
 
     ``tracking`` = {"uri", "run_id"} makes rank 0 log step metrics to that MLflow run.
     ``fail_at_step`` (tests) raises once in the first attempt at that step. ``cache``: the
     result of :func:`cache_for` for this base and ``train`` (computed here when absent).
+    ``seed``: the generator's seed (the weighted draws and every step's noise, timesteps, y' and
+    prompt drop); default :func:`~fairskin.diffusion.variants.generator_seed` of repeat 0.
     Safe to call from several threads at once (one TorchTrainer each).
     """
     import ray
@@ -100,7 +102,12 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from fairskin.diffusion.variants import generator_seed
+
     d = config.diffusion
+    if seed is None:
+        seed = generator_seed(d, variant.name) if variant.name in d.variants or any(
+            v.name == variant.name for v in d.custom_variants) else d.repeat_seeds[0]
     workers = num_workers if num_workers is not None else d.num_workers
     if d.global_batch_size % max(1, workers):
         raise ValueError(f"diffusion.global_batch_size {d.global_batch_size} is not divisible by "
@@ -110,11 +117,11 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
     with _LOAD_LOCK:
         parts = load_sd(str(base))
     rows, cond = cache if cache is not None else cache_for(config, base, train)
-    stream = WeightedStream(rows, variant.weights, variant.apply, seed=config.runtime.seed)
+    stream = WeightedStream(rows, variant.weights, variant.apply, seed=seed)
     total = d.max_steps * d.global_batch_size
     loop_config = {
         "base": str(base), "arrays_ref": [stream.arrays_ref], "cond_ref": [ray.put(cond)],
-        "variant": variant.model_dump(), "diffusion": d.model_dump(mode="json"), "seed": config.runtime.seed,
+        "variant": variant.model_dump(), "diffusion": d.model_dump(mode="json"), "seed": seed,
         "tracking": tracking, "fail_at_step": fail_at_step, "fail_marker": str(out / ".failed_once"),
     }
     storage = out.resolve().parent / f".ray-{out.name}"  # Ray Train needs an absolute storage path
@@ -235,6 +242,9 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     global_batch = d["global_batch_size"]
     use_cbdm = variant["loss"] == "cbdm"
+    tau = d["cbdm_tau"] if variant.get("cbdm_tau") is None else variant["cbdm_tau"]
+    gamma = d["cbdm_gamma"] if variant.get("cbdm_gamma") is None else variant["cbdm_gamma"]
+    include_self = d["cbdm_other"] == "all"
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(d["mixed_precision"])
     logger = _mlflow_logger(cfg["tracking"]) if rank == 0 else None
     pending: list[tuple[int, dict[str, float]]] = []
@@ -266,12 +276,12 @@ def train_loop_per_worker(cfg: dict) -> None:
         cond = (cond_table[-1:].expand(len(rows), -1, -1) if dropped else cond_table[subclass.to(device)])
         cond_other = None
         if use_cbdm and not dropped:
-            cond_other = cond_table[other_subclasses(subclass, num_subclasses, local).to(device)]
+            cond_other = cond_table[other_subclasses(subclass, num_subclasses, local, include_self).to(device)]
         noise = torch.randn(latents.shape, generator=local).to(device)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(rows),), generator=local).to(device)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             out = training_loss(model, scheduler, latents, cond, cond_other, weights.to(device), noise=noise,
-                                timesteps=timesteps, use_cbdm=use_cbdm, tau=d["cbdm_tau"], gamma=d["cbdm_gamma"],
+                                timesteps=timesteps, use_cbdm=use_cbdm, tau=tau, gamma=gamma,
                                 prompt_dropped=dropped)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()

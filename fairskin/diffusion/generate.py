@@ -4,7 +4,9 @@ A pool is generated once per variant and shared by every classifier trial (DESIG
 
 * **Work items** are (variant, subclass, index range) with a fixed batch size. Each image's
   initial latent comes from its own ``torch.Generator`` seeded by :func:`image_seed`, a pure
-  function of (base seed, variant, subclass, index). With the batch size and thread count
+  function of (generator seed, subclass, index). The generator seed is repeat r's seed for
+  every variant (``diffusion.repeat_seeds``), so the variants of one repeat start from the same
+  noise (common random numbers: their paired differences are not blurred by noise draws). With the batch size and thread count
   fixed, a work item regenerated alone is byte-identical to its copy in the pool (a single
   image at another batch size is not: CPU kernels differ by batch).
 * **Resumable**: each item is written as one shard file (temporary name, then rename) in the
@@ -60,9 +62,10 @@ class WorkItem:
         return self.stop - self.start
 
 
-def image_seed(base_seed: int, variant: str, group: str, disease: str, index: int) -> int:
-    """The seed (0 .. 2**63 - 1) of one pool image's initial latent noise."""
-    text = f"fairskin-pool|{base_seed}|{variant}|{group}|{disease}|{index}"
+def image_seed(base_seed: int, group: str, disease: str, index: int) -> int:
+    """The seed (0 .. 2**63 - 1) of one pool image's initial latent noise; ``base_seed`` is the
+    generator's seed (:func:`fairskin.diffusion.variants.generator_seed`)."""
+    text = f"fairskin-pool|{base_seed}|{group}|{disease}|{index}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 
 
@@ -121,7 +124,7 @@ class ItemGenerator:
     The same object runs in-process (tests, ``num_actors=0``) or inside a Ray actor.
     """
 
-    def __init__(self, pipelines: Mapping[str, str], cfg: dict, prompt_template: str, base_seed: int,
+    def __init__(self, pipelines: Mapping[str, str], cfg: dict, prompt_template: str, seeds: Mapping[str, int] | int,
                  image_size: int, vocab: tuple[tuple[str, ...], tuple[str, ...]], threads: int | None = None,
                  device: str = "cpu"):
         import diffusers.utils.logging
@@ -135,7 +138,8 @@ class ItemGenerator:
         self.pipelines = dict(pipelines)
         self.cfg = GenerationConfig(**cfg)
         self.template = prompt_template
-        self.base_seed = base_seed
+        # generator id -> its seed (one int: the same seed for every pipeline)
+        self.seeds = dict(seeds) if isinstance(seeds, Mapping) else dict.fromkeys(self.pipelines, int(seeds))
         self.image_size = image_size
         self.vocab = Vocabulary(*vocab)
         self.device = device
@@ -155,7 +159,7 @@ class ItemGenerator:
         """The item's images uint8 (n, H, W, 3) and their seeds, without writing anything."""
         from fairskin.diffusion.models import prompt_for
 
-        seeds = [image_seed(self.base_seed, item.variant, item.group, item.disease, i)
+        seeds = [image_seed(self.seeds[item.variant], item.group, item.disease, i)
                  for i in range(item.start, item.stop)]
         prompt = prompt_for(self.template, item.group, item.disease)
         return generate_images(self._pipe(item.variant), prompt, seeds, self.cfg, self.image_size,
@@ -211,7 +215,10 @@ def _actor_count(config: FairSkinConfig, missing: int) -> tuple[int, dict[str, f
 def generate_pools(config: FairSkinConfig, pipelines: Mapping[str, Path], work_root: Path,
                    on_item: Callable[[dict[str, Any]], None] | None = None, local: bool = False
                    ) -> dict[str, Path]:
-    """Generate (or finish) every variant's pool under ``work_root/<variant>``; returns the folders.
+    """Generate (or finish) every generator's pool under ``work_root/<generator id>``; returns the folders.
+
+    ``pipelines``: generator id (``vanilla``, ``vanilla-r1``, ...) -> its pipeline folder; each
+    pool's noise is seeded by :func:`~fairskin.diffusion.variants.generator_seed`.
 
     Items already written are skipped. ``local=True`` runs in this process (no Ray); else on
     a Ray actor pool sized by :func:`_actor_count`. Each item's thread count is
@@ -227,8 +234,11 @@ def generate_pools(config: FairSkinConfig, pipelines: Mapping[str, Path], work_r
     missing = plan.missing()
     g, d = config.generation, config.data
     threads = max(1, math.ceil(g.cpus_per_actor))
+    from fairskin.diffusion.variants import generator_seed
+
+    seeds = {v: generator_seed(config.diffusion, v) for v in pipelines}
     args = ({v: str(p) for v, p in pipelines.items()}, g.model_dump(mode="json"), config.diffusion.prompt_template,
-            config.runtime.seed, d.image_size, (tuple(d.group_names), tuple(d.diseases)), threads,
+            seeds, d.image_size, (tuple(d.group_names), tuple(d.diseases)), threads,
             "cuda" if g.use_gpu else "cpu")
     total = sum(it.size for it in missing)
     bar = progress_bar(_run_items(missing, plan, args, config, local), total=len(missing),
@@ -237,7 +247,7 @@ def generate_pools(config: FairSkinConfig, pipelines: Mapping[str, Path], work_r
         if on_item is not None:
             on_item(entry)
     for variant, folder in plan.folders.items():
-        _finish_pool(folder, [it for it in plan.items if it.variant == variant], config, variant)
+        _finish_pool(folder, [it for it in plan.items if it.variant == variant], config, variant, seeds[variant])
     return dict(plan.folders)
 
 
@@ -264,7 +274,7 @@ def _run_items(missing: list[WorkItem], plan: PoolPlan, args: tuple, config: Fai
             ray.kill(actor)
 
 
-def _finish_pool(folder: Path, items: list[WorkItem], config: FairSkinConfig, variant: str) -> None:
+def _finish_pool(folder: Path, items: list[WorkItem], config: FairSkinConfig, variant: str, seed: int) -> None:
     """Write ``index.json`` (items in subclass order) once every item's file exists."""
     import pyarrow.parquet as pq
 
@@ -277,7 +287,7 @@ def _finish_pool(folder: Path, items: list[WorkItem], config: FairSkinConfig, va
     write_index(folder, entries, Vocabulary(tuple(config.data.group_names), tuple(config.data.diseases)),
                 {"source": "generated", "variant": variant, "image_size": config.data.image_size,
                  "images_per_subclass": g.images_per_subclass, "generation": g.model_dump(mode="json"),
-                 "prompt_template": config.diffusion.prompt_template, "seed": config.runtime.seed})
+                 "prompt_template": config.diffusion.prompt_template, "seed": seed})
 
 
 def pool_is_complete(folder: Path) -> bool:

@@ -6,8 +6,9 @@ For a batch of B latents x_0 with prompts y (embeddings ``cond``), noise eps, ti
     h     = eps_theta(x_t, t, y)                 target: eps (or v, per the scheduler's config)
     noise = mse_b(h, target)                     mse_b = mean over a sample's elements
 
-CBDM (Qin et al., CVPR 2023; official code qym7/CBDM-pytorch) with one other subclass y' per
-sample and w_t = tau * t / T:
+CBDM (Qin et al., CVPR 2023; official code qym7/CBDM-pytorch) with one subclass y' per sample,
+drawn uniformly over all subclasses, y included (the official code's fine-tune branch, and the
+paper's sum over Y; y' != y is an option), and w_t = tau * t / T:
 
     h'    = eps_theta(x_t, t, y')
     reg_b = w_t * mse_b(h, sg(h')) + gamma * w_t * mse_b(sg(h), h')
@@ -94,7 +95,11 @@ def training_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, co
     return LossParts(loss, float(noise_term.mean().detach()), float(reg_term.mean().detach()))
 
 
-def other_subclasses(subclass: torch.Tensor, num_subclasses: int, generator: torch.Generator) -> torch.Tensor:
-    """One y' != y per sample, uniform over the other subclasses (B,) int64."""
+def other_subclasses(subclass: torch.Tensor, num_subclasses: int, generator: torch.Generator,
+                     include_self: bool = True) -> torch.Tensor:
+    """One y' per sample (B,) int64: uniform over all ``num_subclasses`` subclasses, y included
+    (``include_self``, the official CBDM fine-tune draw), or uniform over the others (y' != y)."""
+    if include_self:
+        return torch.randint(0, num_subclasses, subclass.shape, generator=generator)
     offset = torch.randint(1, num_subclasses, subclass.shape, generator=generator)
     return (subclass + offset) % num_subclasses

@@ -5,7 +5,7 @@ weights: level-1 subclass weights; apply: how they are applied (exactly one way)
 
 from __future__ import annotations
 
-from fairskin.config import VariantSpec
+from fairskin.config import DiffusionConfig, VariantSpec
 
 VARIANTS: dict[str, VariantSpec] = {}
 
@@ -24,6 +24,33 @@ for _spec in (
     VariantSpec(name="fairskin_s", weights="sqrs", loss="cbdm"),
 ):
     register_variant(_spec)
+
+
+def generator_seed(diffusion: DiffusionConfig, generator: str) -> int:
+    """The seed of a generator (fine-tune and pool): ``diffusion.repeat_seeds[r]`` for repeat r,
+    mixed with the variant's ``seed_salt`` when it has one. Every variant without a salt shares
+    repeat r's seed, so its fine-tune draws and pool noise are those of the other variants."""
+    import numpy as np
+
+    from fairskin.provenance import split_generator_id
+
+    variant, repeat = split_generator_id(generator)
+    if repeat >= len(diffusion.repeat_seeds):
+        raise ValueError(f"generator {generator!r}: repeat {repeat} but diffusion.repeat_seeds has "
+                         f"{len(diffusion.repeat_seeds)} seed(s)")
+    seed = diffusion.repeat_seeds[repeat]
+    salt = diffusion.variant(variant).seed_salt
+    if salt == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, salt]).generate_state(1, np.uint64)[0] >> 33)
+
+
+def generators(diffusion: DiffusionConfig) -> list[str]:
+    """Every generator id of the configuration, repeat-major within each variant:
+    ``[vanilla, vanilla-r1, ..., fairskin_s, fairskin_s-r1, ...]``."""
+    from fairskin.provenance import generator_id
+
+    return [generator_id(v, r) for v in diffusion.variants for r in range(diffusion.repeats)]
 
 
 def get_variant(name: str, apply: str | None = None) -> VariantSpec:

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                "parent_run_id": result.parent_run_id, "trials": len(result.trials),
                "interrupted": result.interrupted, "seconds": round(result.seconds, 1),
                "best": {k: result.best.get(k) for k in ("trial_id", "run_id", *result.space.metrics)}
-               if result.best else None, "pareto_size": len(result.pareto)}
+               if result.best else None, "pareto_size": len(result.pareto),
+               "confirmed": json.loads(result.confirmed.to_json(orient="records")) if len(result.confirmed) else []}
     if args.json:
         print(json.dumps(summary, default=str))
     else:

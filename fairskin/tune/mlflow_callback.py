@@ -58,6 +58,21 @@ def flatten_trial_config(config: Mapping[str, Any], prefix: str = "trial.") -> d
     return out
 
 
+def trial_provenance(trial_config: Mapping[str, Any], pool_fingerprints: Mapping[str, str],
+                     study_tags: Mapping[str, str]) -> dict[str, str]:
+    """A trial run's variant / repeat / generator tags and the fingerprint of the pool it draws from."""
+    from fairskin.provenance import TAG_POOL, TAG_VARIANT, generator_tags
+
+    generator = str(trial_config.get("variant", study_tags.get(TAG_VARIANT, "")))
+    try:
+        tags = generator_tags(generator)
+    except ValueError:  # not a generator id (e.g. a stand-in pool's name): keep it as the variant
+        tags = {TAG_VARIANT: generator}
+    if generator in pool_fingerprints:
+        tags[TAG_POOL] = pool_fingerprints[generator]
+    return tags
+
+
 class StudyMLflowCallback(MLflowLoggerCallback):
     """Ray's MLflow logger, nested under our parent run and persistent across restores.
 
@@ -66,10 +81,13 @@ class StudyMLflowCallback(MLflowLoggerCallback):
     """
 
     def __init__(self, study_dir: str | Path, tracking_uri: str, experiment_name: str,
-                 tags: Mapping[str, str], base_params: Mapping[str, Any]):
+                 tags: Mapping[str, str], base_params: Mapping[str, Any],
+                 pool_fingerprints: Mapping[str, str] | None = None):
         super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name, tags=dict(tags))
         self.study_dir = str(study_dir)
         self.base_params = {str(k): str(v) for k, v in base_params.items()}
+        # generator id -> content fingerprint of its pool: each trial run is tagged with the pool it drew from
+        self.pool_fingerprints = dict(pool_fingerprints or {})
 
     # ------------------------------------------------------------------ plumbing
 
@@ -123,8 +141,8 @@ class StudyMLflowCallback(MLflowLoggerCallback):
             self._last_step[tid] = self._logged_steps(run_id)
         else:
             tags = {**self.tags, "trial_name": str(trial), "fairskin.trial_id": tid,
-                    "fairskin.variant": str(trial.config.get("variant", self.tags.get("fairskin.variant", ""))),
                     "fairskin.mode": str(trial.config.get("mode", self.tags.get("fairskin.mode", "")))}
+            tags.update(trial_provenance(trial.config, self.pool_fingerprints, self.tags))
             if self.parent_run_id:
                 tags[PARENT_TAG] = self.parent_run_id
             run = self.mlflow_util.start_run(tags=tags, run_name=str(trial))

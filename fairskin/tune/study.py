@@ -61,6 +61,7 @@ class StudyResult:
     seconds: float
     artifacts: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: check, tracking, fit, report
+    confirmed: pd.DataFrame = field(default_factory=pd.DataFrame)  # chosen points re-trained over new seeds
 
 
 def study_name(space: str, variant: str | None, preset: str) -> str:
@@ -182,6 +183,14 @@ def _study_tags(name: str, space: ResolvedSpace, config: FairSkinConfig, variant
             "fairskin.mode": str(space.fixed.get("mode", "searched")), "fairskin.preset": config.preset}
 
 
+def input_fingerprints(pools: Mapping[str, Path], real_shards: Path) -> tuple[dict[str, str], str]:
+    """(pool id -> content fingerprint of the pool, fingerprint of the real shards): what a study's
+    runs are tagged with, so the report can tell which pools a study drew from."""
+    from fairskin.provenance import shard_fingerprint
+
+    return {k: shard_fingerprint(Path(v)) for k, v in pools.items()}, shard_fingerprint(Path(real_shards))
+
+
 def _parent_run(config: FairSkinConfig, name: str, folder: Path, tags: Mapping[str, str], resume: bool,
                 params: Mapping[str, Any]) -> tuple[Tracker, RunHandle]:
     tracker = Tracker(config.tracking_uri(), experiment_name(config, name), config.tracking.enabled)
@@ -197,12 +206,14 @@ def _parent_run(config: FairSkinConfig, name: str, folder: Path, tags: Mapping[s
 
 def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Mapping[str, Path],
               real_shards: Path, *, variant: str | None = None, trials: int | None = None, resume: bool = False,
-              name: str | None = None, echo: Callable[[str], None] = print) -> StudyResult:
+              name: str | None = None, echo: Callable[[str], None] = print,
+              tags: Mapping[str, str] | None = None) -> StudyResult:
     """Run (or ``resume``) one study of ``space`` over the classifier.
 
     ``pools``: variant -> pool shard folder (split ``pool``); ``real_shards``: the prepare
     stage's shard folder. The space is checked against every pool before Ray starts;
-    a :class:`SpaceError` names the parameter and its largest valid value.
+    a :class:`SpaceError` names the parameter and its largest valid value. ``tags``: extra
+    tags of the parent and every trial run (the pipeline's run id, when a pipeline runs it).
     """
     started = time.time()
     timings: dict[str, float] = {}
@@ -231,7 +242,10 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
         atomic_write_json(folder / STUDY_FILE, record)
 
     timings["check"] = time.time() - started
-    tags = _study_tags(name, resolved, config, variant)
+    from fairskin.provenance import TAG_REAL
+
+    pool_fps, real_fp = input_fingerprints({v: pools[v] for v in resolved.variants}, real_shards)
+    tags = {**_study_tags(name, resolved, config, variant), TAG_REAL: real_fp, **dict(tags or {})}
     base_params = flatten(config.model_dump(mode="json"))
     tracker, parent = _parent_run(config, name, folder, tags, resume, {**base_params, **resolved.describe()})
     echo(f"study {name}: {resolved.search} over {[d.name for d in resolved.dims]}, objectives "
@@ -240,7 +254,8 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
         echo(f"MLflow: {tracker.ui_command()}\n  then open {tracker.runs_url()}")
     timings["tracking"] = time.time() - started - timings["check"]
     try:
-        result = _fit(config, resolved, folder, pools, real_shards, resume, tracker, tags, base_params, echo)
+        result, inputs = _fit(config, resolved, folder, pools, real_shards, resume, tracker, tags, base_params, echo,
+                              pool_fps)
     except KeyboardInterrupt:
         parent.end("KILLED")
         raise
@@ -250,6 +265,12 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
     timings["fit"] = time.time() - started - timings["check"] - timings["tracking"]
     trials_table = _trials_table(folder, result)
     out = _summarise(config, name, folder, resolved, tracker, parent, trials_table, time.time() - started)
+    if not out.interrupted and resolved.search != "grid" and config.tune.confirm_seeds > 0:
+        try:
+            out.confirmed = _confirm(config, resolved, folder, result, inputs, out, parent, tags, pool_fps, echo)
+        except KeyboardInterrupt:
+            parent.end("KILLED")
+            raise
     timings["report"] = time.time() - started - sum(timings.values())
     out.timings = timings
     out.seconds = time.time() - started
@@ -261,7 +282,7 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
 
 def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapping[str, Path], real_shards: Path,
          resume: bool, tracker: Tracker, tags: Mapping[str, str], base_params: Mapping[str, Any],
-         echo: Callable[[str], None]):
+         echo: Callable[[str], None], pool_fingerprints: Mapping[str, str]):
     from ray import tune
 
     from fairskin.runtime import init_ray
@@ -275,12 +296,12 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         echo(f"resuming from {exp_dir} (finished trials are kept, unfinished ones rerun)")
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
+        return tuner.fit(), inputs
     searcher, param_space = build_search(space, concurrency)
     callbacks = []
     if tracker.client is not None:
         callbacks.append(StudyMLflowCallback(folder, tracker.tracking_uri, tracker.experiment_name, tags,
-                                             base_params))
+                                             base_params, pool_fingerprints))
     echo(f"{concurrency} trial(s) at once, {config.tune.cpus_per_trial} CPU each "
          f"(cluster: {cluster.get('CPU', 0):g} CPU)")
     tuner = tune.Tuner(
@@ -292,7 +313,7 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   verbose=1 if config.runtime.progress else 0),
     )
-    return tuner.fit()
+    return tuner.fit(), inputs
 
 
 def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -305,15 +326,20 @@ def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _trial_id(res) -> tuple[str, re.Match | None]:
+    """(trial id, match of the folder name) of one Tune result."""
+    # Trial folders are named <trainable>_<trial id>_<number>_<tag>: the number is the start order.
+    found = re.search(r"_([0-9a-f]{8})_(\d+)_", Path(str(res.path)).name)
+    return (res.metrics or {}).get("trial_id") or (found.group(1) if found else Path(str(res.path)).name), found
+
+
 def _trials_table(folder: Path, results) -> pd.DataFrame:
     """One row per trial: trial id, run id, state, flattened config, last reported figures."""
     runs = read_run_map(folder)
     rows = []
     for res in results:
         metrics = dict(res.metrics or {})
-        # Trial folders are named <trainable>_<trial id>_<number>_<tag>: the number is the start order.
-        found = re.search(r"_([0-9a-f]{8})_(\d+)_", Path(str(res.path)).name)
-        tid = metrics.get("trial_id") or (found.group(1) if found else Path(str(res.path)).name)
+        tid, found = _trial_id(res)
         entry = runs.get(tid, {})
         row = {"trial": int(found.group(2)) if found else len(rows) + 1, "trial_id": tid,
                "run_id": entry.get("run_id", ""),
@@ -326,6 +352,39 @@ def _trials_table(folder: Path, results) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if not table.empty:
         table = table.sort_values("trial").reset_index(drop=True)
+    return table
+
+
+def _confirm(config: FairSkinConfig, space: ResolvedSpace, folder: Path, results, inputs, study: StudyResult,
+             parent: RunHandle, tags: Mapping[str, str], pool_fps: Mapping[str, str],
+             echo: Callable[[str], None]) -> pd.DataFrame:
+    """Re-train the best trial and the Pareto points with ``tune.confirm_seeds`` new classifier seeds;
+    write ``report/confirmed.csv`` and ``report/confirmed.png`` (also parent-run artifacts)."""
+    from fairskin.tune.confirm import (chosen_points, confirm_seeds, confirmation_table, plot_confirmations,
+                                       run_confirmations)
+
+    configs = {_trial_id(res)[0]: dict(res.config or {}) for res in results}
+    points = chosen_points(study.best, study.pareto, configs)
+    if not points:
+        return pd.DataFrame()
+    resources = {"CPU": config.tune.cpus_per_trial, "GPU": config.tune.gpus_per_trial}
+    seeds = confirm_seeds(space.train_seeds, config.tune.confirm_seeds)
+    records = run_confirmations(folder, points, seeds, inputs, resources=resources, parent=parent, tags=tags,
+                                pool_fingerprints=pool_fps, echo=echo)
+    table = confirmation_table(records, study.trials, space.metrics)
+    report = folder / REPORT_DIR
+    table.to_csv(report / "confirmed.csv", index=False)
+    plot = plot_confirmations(table, space.metrics, report / "confirmed.png",
+                              f"{study.name}: chosen points re-trained with {len(seeds)} new seed(s) "
+                              "(95% CI over those seeds)")
+    for path in (report / "confirmed.csv", plot):
+        parent.log_artifact(path, "study")
+        study.artifacts.append(path)
+    for _, row in table.iterrows():
+        for metric in space.metrics:
+            echo(f"  {row['role']} {row['trial_id']}: {metric} at search {row[f'{metric}_search']:.3f}; confirmed "
+                 f"over {row['seeds']} seeds {row[metric]:.3f} [{row[f'{metric}_low']:.3f}, "
+                 f"{row[f'{metric}_high']:.3f}]")
     return table
 
 

@@ -1,0 +1,83 @@
+"""Provenance: content fingerprints of a run's inputs, generator ids, and the tags that carry them.
+
+The report joins MLflow runs by these tags, never by "latest": a classifier trial and an
+evaluate figure share a row only when they were computed on the same pool (same
+``fairskin.pool_fingerprint``), and a study belongs to a pipeline's report when its pools
+are that pipeline's pools.
+
+* A **generator** is one (variant, repeat) pair: a fine-tune and its pool. Its id is the
+  variant name for repeat 0 and ``<variant>-r<repeat>`` after that (variant names hold no
+  ``-``, so the id splits back unambiguously).
+* A **fingerprint** is 16 hex digits of a SHA-256 over content, never over paths or mtimes:
+  a shard folder's rows (id, labels, split and each image's checksum), a model folder's
+  weight and config files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+TAG_PIPELINE = "fairskin.pipeline_run"
+TAG_STAGE_KEY = "fairskin.stage_key"
+TAG_VARIANT = "fairskin.variant"
+TAG_REPEAT = "fairskin.repeat"
+TAG_GENERATOR = "fairskin.generator"
+TAG_POOL = "fairskin.pool_fingerprint"
+TAG_REAL = "fairskin.real_fingerprint"
+TAG_FINETUNE = "fairskin.finetune_fingerprint"
+
+_GENERATOR = re.compile(r"^(?P<variant>[a-z][a-z0-9_]*)(?:-r(?P<repeat>\d+))?$")
+_WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".bin", ".model")
+
+
+def generator_id(variant: str, repeat: int) -> str:
+    """``vanilla``, ``vanilla-r1``, ...: the folder and pool name of repeat ``repeat`` of ``variant``."""
+    return variant if repeat == 0 else f"{variant}-r{repeat}"
+
+
+def split_generator_id(generator: str) -> tuple[str, int]:
+    """Inverse of :func:`generator_id`: ``"fairskin_s-r2"`` -> ``("fairskin_s", 2)``."""
+    match = _GENERATOR.match(generator)
+    if match is None:
+        raise ValueError(f"{generator!r} is not a generator id (<variant> or <variant>-r<repeat>)")
+    return match.group("variant"), int(match.group("repeat") or 0)
+
+
+def generator_tags(generator: str) -> dict[str, str]:
+    """The ``fairskin.variant`` / ``repeat`` / ``generator`` tags of a generator id."""
+    variant, repeat = split_generator_id(generator)
+    return {TAG_VARIANT: variant, TAG_REPEAT: str(repeat), TAG_GENERATOR: generator}
+
+
+def _digest(hasher: "hashlib._Hash") -> str:
+    return hasher.hexdigest()[:16]
+
+
+def shard_fingerprint(folder: Path) -> str:
+    """Fingerprint of a shard folder (real images or a pool): its rows' ids, labels, splits and
+    image checksums, in id order. Independent of file names, shard boundaries and mtimes."""
+    from fairskin.data.shards import read_metadata
+
+    meta = read_metadata(Path(folder))
+    cols = [c for c in ("id", "group", "disease", "split", "sha256") if c in meta]
+    rows = meta[cols].astype(str).sort_values(cols[0]).itertuples(index=False, name=None)
+    hasher = hashlib.sha256()
+    for row in rows:
+        hasher.update("\x1f".join(row).encode())
+        hasher.update(b"\x1e")
+    return _digest(hasher)
+
+
+def folder_fingerprint(folder: Path, suffixes: tuple[str, ...] = _WEIGHT_SUFFIXES) -> str:
+    """Fingerprint of a model folder: relative path and bytes of every weight / config file
+    (``suffixes``) below it, in path order (streamed: a 3 GB UNet is read once, not held)."""
+    folder = Path(folder)
+    hasher = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes):
+        hasher.update(str(path.relative_to(folder)).encode() + b"\x1e")
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                hasher.update(block)
+    return _digest(hasher)
