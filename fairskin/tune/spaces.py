@@ -48,7 +48,7 @@ class SpaceError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a bound of inf / nan is refused
 
 
 class Objective(_Model):
