@@ -165,6 +165,17 @@ class SearchSpace(_Model):
     fixed: Fixed = Field(default_factory=Fixed)
     parameters: list[Parameter] = Field(default_factory=list)
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        # Study folders (<runs root>/tune/<study>) are named after the space: one safe path component.
+        from fairskin.names import name_problem
+
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> "SearchSpace":
         names = [p.name for p in self.parameters]

@@ -67,8 +67,15 @@ def study_name(space: str, variant: str | None, preset: str) -> str:
     return f"{space}-{variant or 'all'}-{preset}"
 
 
+def check_study_name(name: str) -> str:
+    """``name`` if it is one safe path component (see :mod:`fairskin.names`), else :class:`StudyError`."""
+    from fairskin.names import check_safe_name
+
+    return check_safe_name(name, "study name", StudyError)
+
+
 def study_dir(config: FairSkinConfig, name: str) -> Path:
-    return config.runtime.runs_root / "tune" / name
+    return config.runtime.runs_root / "tune" / check_study_name(name)
 
 
 def experiment_name(config: FairSkinConfig, name: str) -> str:
