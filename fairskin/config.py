@@ -390,8 +390,14 @@ def build_config(preset: str = "demo", yaml_path: str | Path | None = None,
 
 
 def dump_config(config: FairSkinConfig, path: str | Path | None = None) -> str:
-    """The resolved configuration as YAML; written atomically to ``path`` when given."""
-    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The resolved configuration as YAML; written atomically to ``path`` when given.
+
+    Credentials in URIs (``tracking.tracking_uri`` and any other string) are replaced by ``***``
+    (:func:`fairskin.secrets.redact`): the dump is for people and logs, not a secret store.
+    """
+    from fairskin.secrets import redact_tree
+
+    text = yaml.safe_dump(redact_tree(config.model_dump(mode="json")), sort_keys=False)
     if path is not None:
         from fairskin.io import atomic_write_text
 

@@ -30,10 +30,11 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from fairskin.config import FairSkinConfig, flatten
+from fairskin.config import FairSkinConfig
 from fairskin.io import atomic_write_json
-from fairskin.tracking import RunHandle, Tracker
-from fairskin.tune.mlflow_callback import PARENT_FILE, StudyMLflowCallback, read_json, read_run_map
+from fairskin.tracking import RunHandle, Tracker, loggable_params
+from fairskin.tune.mlflow_callback import (PARENT_FILE, StudyMLflowCallback, read_json, read_run_map,
+                                           remember_tracking_uri)
 from fairskin.tune.spaces import ResolvedSpace, SearchSpace, SpaceError, load_space, resolve_space
 
 STUDY_FILE = "study.json"
@@ -196,7 +197,8 @@ def _parent_run(config: FairSkinConfig, name: str, folder: Path, tags: Mapping[s
     if resume and stored.get("run_id"):
         return tracker, tracker.resume(stored["run_id"])
     parent = tracker.start(name, tags=tags)
-    atomic_write_json(folder / PARENT_FILE, {"tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment_name,
+    # Credentials redacted: nothing reads the URI back from this file (a resumed study takes it from the config).
+    atomic_write_json(folder / PARENT_FILE, {"tracking_uri": tracker.display_uri, "experiment": tracker.experiment_name,
                                              "experiment_id": tracker.experiment_id, "run_id": parent.run_id})
     parent.log_params(params)
     return tracker, parent
@@ -239,7 +241,7 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
 
     timings["check"] = time.time() - started
     tags = _study_tags(name, resolved, config, variant)
-    base_params = flatten(config.model_dump(mode="json"))
+    base_params = loggable_params(config)  # credentials in URIs redacted
     tracker, parent = _parent_run(config, name, folder, tags, resume, {**base_params, **resolved.describe()})
     echo(f"study {name}: {resolved.search} over {[d.name for d in resolved.dims]}, objectives "
          f"{list(zip(resolved.metrics, resolved.modes))}, {resolved.expected_trials} trial(s); folder {folder}")
@@ -279,6 +281,8 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
     inputs = put_inputs(real_shards, pools, space, config.classifier)
     trainable = build_trainable(config, inputs)
     exp_dir = folder / TUNE_DIR
+    # Tune pickles the callback with a redacted URI (trials/tuner.pkl); a restored one takes the real URI from here.
+    remember_tracking_uri(folder, tracker.tracking_uri)
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         echo(f"resuming from {exp_dir} (finished trials are kept, unfinished ones rerun)")
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
