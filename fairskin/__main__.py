@@ -1,7 +1,9 @@
 """``python -m fairskin``: data and config tools.
 
-    python -m fairskin data counts --csv PATH [--binning centaur_fallback|scale|centaur] [--json]
+    python -m fairskin data counts --csv PATH [--binning centaur_fallback|scale|centaur] [--json] [--debug]
     python -m fairskin config [--preset P] [--config FILE] [key=value ...]   # print the resolved config
+
+Input errors end in one paragraph and exit code 2; ``--debug`` shows their traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import sys
 from typing import Sequence
 
-from fairskin.cli import add_config_arguments, config_from_args, run_or_exit
+from fairskin.cli import add_config_arguments, add_debug_argument, config_from_args, input_errors
 
 
 def _data_counts(args: argparse.Namespace) -> int:
@@ -22,8 +24,9 @@ def _data_counts(args: argparse.Namespace) -> int:
                  f"data.min_subclass_count={args.min_count}", f"runtime.seed={args.seed}"]
     if args.drop_qc_wrong:
         overrides.append("data.drop_qc_wrongly_labelled=true")
-    config = run_or_exit(build_config, "demo", None, overrides)
-    manifest, report = run_or_exit(build_manifest, config.data, config.runtime.seed, False)
+    with input_errors(args.debug):
+        config = build_config("demo", None, overrides)
+        manifest, report = build_manifest(config.data, config.runtime.seed, False)
     table = subclass_table(manifest)
     if args.json:
         print(json.dumps({"subclasses": table.to_dict("records"), "report": report.as_dict()}, indent=2))
@@ -64,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts.add_argument("--seed", type=int, default=0, help="split seed")
     counts.add_argument("--drop-qc-wrong", action="store_true", help="drop rows whose qc says wrongly labelled")
     counts.add_argument("--json", action="store_true", help="machine-readable output")
+    add_debug_argument(counts)
     counts.set_defaults(fn=_data_counts)
     cfg = sub.add_parser("config", help="print the resolved configuration as YAML")
     add_config_arguments(cfg)

@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+    # allow_inf_nan=False: a float field refuses inf / nan (YAML .inf, .nan, "inf") naming the field.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True, allow_inf_nan=False)
 
 
 class GroupSpec(_Section):
@@ -459,8 +460,14 @@ def build_config(preset: str = "demo", yaml_path: str | Path | None = None,
 
 
 def dump_config(config: FairSkinConfig, path: str | Path | None = None) -> str:
-    """The resolved configuration as YAML; written atomically to ``path`` when given."""
-    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The resolved configuration as YAML; written atomically to ``path`` when given.
+
+    Credentials in URIs (``tracking.tracking_uri`` and any other string) are replaced by ``***``
+    (:func:`fairskin.secrets.redact`): the dump is for people and logs, not a secret store.
+    """
+    from fairskin.secrets import redact_tree
+
+    text = yaml.safe_dump(redact_tree(config.model_dump(mode="json")), sort_keys=False)
     if path is not None:
         from fairskin.io import atomic_write_text
 

@@ -16,11 +16,17 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from fairskin.config import FairSkinConfig, flatten
+from fairskin.secrets import redact, redact_tree
 
 PARENT_TAG = "mlflow.parentRunId"
 _MAX_PARAM_LEN = 6000
 _PARAMS_PER_CALL = 100
 _METRICS_PER_CALL = 1000
+
+
+def loggable_params(config: FairSkinConfig) -> dict[str, Any]:
+    """The resolved configuration as flat ``section.field`` params, credentials in URIs redacted."""
+    return redact_tree(flatten(config.model_dump(mode="json")))
 
 
 @dataclass
@@ -44,8 +50,8 @@ class RunHandle:
             self.client.log_batch(self.run_id, params=items[start:start + _PARAMS_PER_CALL])
 
     def log_config(self, config: FairSkinConfig) -> None:
-        """Log the whole resolved configuration as flattened ``section.field`` params."""
-        self.log_params(flatten(config.model_dump(mode="json")))
+        """Log the whole resolved configuration as flattened ``section.field`` params (credentials redacted)."""
+        self.log_params(loggable_params(config))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log finite numeric metrics at ``step`` (non-finite values are skipped, not logged as NaN)."""
@@ -98,7 +104,8 @@ class Tracker:
     """Opens runs in one MLflow experiment at one tracking URI."""
 
     def __init__(self, tracking_uri: str, experiment: str, enabled: bool = True):
-        self.tracking_uri = tracking_uri
+        self.tracking_uri = tracking_uri  # the real URI: only for connecting, never printed or stored
+        self.display_uri = redact(tracking_uri)  # what people and files see
         self.experiment_name = experiment
         self.enabled = enabled
         self.client = None
@@ -177,6 +184,7 @@ class Tracker:
         return f"{host}/#/experiments/{self.experiment_id}/runs"
 
     def ui_command(self, port: int = 5000) -> str:
-        """The command that serves the MLflow UI on this tracking URI (loopback only)."""
+        """The command that serves the MLflow UI on this tracking URI (loopback only); credentials in the
+        URI are shown as ``***`` (put them in ``~/.pgpass`` or the MLflow environment variables instead)."""
         return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri "
-                f"{self.tracking_uri} --host 127.0.0.1 --port {port} --workers 1")
+                f"{self.display_uri} --host 127.0.0.1 --port {port} --workers 1")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
 
-from fairskin.cli import add_config_arguments, config_from_args  # noqa: E402
+from fairskin.cli import add_config_arguments, config_from_args, input_errors  # noqa: E402
+from fairskin.names import name_problem  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,16 +28,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="use the first N training seeds of each row (default: all found)")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     args = parser.parse_args(argv)
+    if args.study is not None and name_problem(args.study):  # it names <runs root>/report/<study>
+        parser.error(f"--study: {name_problem(args.study)}")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
     config = config_from_args(args)
+    with input_errors(args.debug):
+        return _report(args, config)
 
+
+def _report(args: argparse.Namespace, config) -> int:
     from fairskin.report import build_report, latest_study
+    from fairskin.secrets import redact
     from fairskin.tracking import Tracker
 
     uri = config.tracking_uri()
     study = args.study or latest_study(uri)
     if study is None:
-        print(f"error: no `ablation` study with trial runs in {uri}; run the pipeline "
+        print(f"error: no `ablation` study with trial runs in {redact(uri)}; run the pipeline "
               f"(python jobs/full_pipeline.py) or name one with --study", file=sys.stderr)
+        return 2
+    if name_problem(study):  # a tag read back from the tracking store
+        print(f"error: study {name_problem(study)}; name a study with --study", file=sys.stderr)
         return 2
     out = args.out or config.runtime.runs_root / "report" / study
     r = config.report

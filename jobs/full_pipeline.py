@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
 
-from fairskin.cli import add_config_arguments, config_from_args, run_or_exit  # noqa: E402
+from fairskin.cli import add_config_arguments, config_from_args, input_errors  # noqa: E402
 from fairskin.pipeline import STAGES, report_path, run_pipeline  # noqa: E402
 
 
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     config = config_from_args(args)
     started = time.time()
-    outcome = run_or_exit(run_pipeline, config, stages=args.stages, force=args.force)
+    with input_errors(args.debug):
+        outcome = run_pipeline(config, stages=args.stages, force=args.force)
     tracker = outcome.tracker
     print()
     print(f"runs root      : {config.runtime.runs_root}")
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total          : {time.time() - started:.1f} s")
     if "report" in outcome.results:
         print(f"report         : {report_path(outcome.results['report'])}")
-    print(f"MLflow URI     : {tracker.tracking_uri}")
+    print(f"MLflow URI     : {tracker.display_uri}")
     if tracker.enabled:
         print(f"MLflow UI      : {tracker.ui_command()}")
         print(f"runs           : {tracker.runs_url()}  (parent run {outcome.parent_run_id})")

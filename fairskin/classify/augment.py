@@ -14,6 +14,7 @@ are drawn from the pool without replacement, deterministically by (seed, subclas
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ class PlanError(ValueError):
 class AugmentPlan(BaseModel):
     """One augmentation plan; ``kind="none"`` adds nothing (the real-data-only baseline)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf / nan are refused, naming the field
 
     kind: Literal["none", "balance_to", "per_subclass", "group_proportions"] = "none"
     balance_to: int | None = Field(None, ge=0)
@@ -48,6 +49,10 @@ class AugmentPlan(BaseModel):
         if missing:
             raise ValueError(f"plan kind {self.kind!r} needs {missing}")
         if self.proportions is not None:
+            # allow_inf_nan covers validation; this also holds for model_construct / assignment.
+            bad = {g: p for g, p in self.proportions.items() if not math.isfinite(p)}
+            if bad:
+                raise ValueError(f"proportions must be finite numbers, got {bad}")
             negative = {g: p for g, p in self.proportions.items() if p < 0}
             if negative:
                 raise ValueError(f"proportions must be non-negative, got {negative}")

@@ -1,9 +1,10 @@
 """``python -m fairskin.metrics``: metric tools.
 
-    python -m fairskin.metrics fairness PREDICTIONS.csv [--json] [--bootstrap N] [--seed S]
+    python -m fairskin.metrics fairness PREDICTIONS.csv [--json] [--bootstrap N] [--seed S] [--debug]
 
 PREDICTIONS.csv has a header with the columns ``y_true,y_pred,group`` (others are ignored);
-labels are strings or integers.
+labels are strings or integers. Input errors end in one paragraph and exit code 2;
+``--debug`` shows their traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from fairskin.cli import add_debug_argument, input_errors
 
 REQUIRED = ("y_true", "y_pred", "group")
 
@@ -69,11 +72,8 @@ def read_predictions(path: Path) -> tuple[list, list, list]:
 def _fairness(args: argparse.Namespace) -> int:
     from fairskin.metrics.fairness import fairness_report, format_report
 
-    try:
+    with input_errors(args.debug, extra=(PredictionsFileError,)):
         y_true, y_pred, group = read_predictions(Path(args.predictions))
-    except PredictionsFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     report = fairness_report(y_true, y_pred, group, bootstrap=args.bootstrap, seed=args.seed)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -93,8 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fair.add_argument("--json", action="store_true", help="flat keys, intervals as <key>_ci = [low, high]")
     fair.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
     fair.add_argument("--seed", type=int, default=0)
+    add_debug_argument(fair)
     fair.set_defaults(fn=_fairness)
     args = parser.parse_args(argv)
+    if getattr(args, "bootstrap", 0) < 0:
+        parser.error(f"--bootstrap must be 0 or more, got {args.bootstrap}")
     return args.fn(args)
 
 

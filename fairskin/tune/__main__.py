@@ -2,7 +2,9 @@
 
 Without ``--pool`` / ``--real-shards`` the pipeline stages the study needs are run first
 (see :mod:`fairskin.tune.inputs`). Exit codes: 0 done, 2 invalid input (space, pool,
-config), 130 interrupted (resume with ``--resume``).
+config, a flag such as ``--trials 0`` or an unsafe ``--study`` name: flags are checked before
+any stage or Ray starts), 130 interrupted (resume with ``--resume``). ``--debug`` shows the
+traceback of an input error.
 """
 
 from __future__ import annotations
@@ -12,17 +14,33 @@ import json
 import sys
 from pathlib import Path
 
-from fairskin.cli import add_config_arguments, config_from_args
+from fairskin.cli import add_config_arguments, config_from_args, input_errors
 
 
 def _pools(values: list[str]) -> dict[str, Path]:
+    """``VARIANT=PATH`` items -> {variant: absolute path}; ValueError names the bad item."""
     pools = {}
     for text in values:
         if "=" not in text:
-            raise SystemExit(f"error: --pool {text!r}: expected VARIANT=PATH")
+            raise ValueError(f"--pool {text!r}: expected VARIANT=PATH")
         variant, path = text.split("=", 1)
         pools[variant.strip()] = Path(path).expanduser().resolve()
     return pools
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad flags before anything is built, written or started (exit 2 naming the flag)."""
+    from fairskin.names import name_problem
+
+    if args.trials is not None and args.trials < 1:
+        parser.error(f"--trials must be at least 1, got {args.trials}")
+    for flag, value in (("--study", args.study), ("--variant", args.variant)):
+        if value is not None and name_problem(value):  # both name <runs root>/tune/<study>
+            parser.error(f"{flag}: {name_problem(value)}")
+    try:
+        args.pools = _pools(args.pool)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,33 +60,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     config = config_from_args(args)
-    from fairskin.config import ConfigError
-    from fairskin.data import DataError
-    from fairskin.tune.spaces import SpaceError, load_space
-    from fairskin.tune.study import StudyError, run_study
+    with input_errors(args.debug):
+        return _study(args, config)
 
-    try:
-        space = load_space(args.space)
-        pools = _pools(args.pool)
-        real = Path(args.real_shards).expanduser().resolve() if args.real_shards else None
-        if not pools or real is None:
-            from fairskin.tune.inputs import pipeline_inputs
 
-            wanted = [args.variant] if args.variant else list(config.diffusion.variants)
-            real_default, pool_default = pipeline_inputs(config, wanted)
-            real = real or real_default
-            pools = pools or pool_default
-        if space.parameter("variant") is None and not args.variant and len(pools) > 1:
-            # One pool per study when the space does not search the variant: the space's, else the
-            # last configured variant (the paper's method, fairskin_s, in the presets).
-            args.variant = space.fixed.variant or config.diffusion.variants[-1]
-        result = run_study(config, space, pools, real, variant=args.variant, trials=args.trials,
-                           resume=args.resume, name=args.study)
-    except (SpaceError, StudyError, ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _study(args: argparse.Namespace, config) -> int:
+    from fairskin.tune.spaces import load_space
+    from fairskin.tune.study import run_study
+
+    space = load_space(args.space)  # validated, its name included, before any stage runs
+    pools = args.pools
+    real = Path(args.real_shards).expanduser().resolve() if args.real_shards else None
+    if not pools or real is None:
+        from fairskin.tune.inputs import pipeline_inputs
+
+        wanted = [args.variant] if args.variant else list(config.diffusion.variants)
+        real_default, pool_default = pipeline_inputs(config, wanted)
+        real = real or real_default
+        pools = pools or pool_default
+    if space.parameter("variant") is None and not args.variant and len(pools) > 1:
+        # One pool per study when the space does not search the variant: the space's, else the
+        # last configured variant (the paper's method, fairskin_s, in the presets).
+        args.variant = space.fixed.variant or config.diffusion.variants[-1]
+    result = run_study(config, space, pools, real, variant=args.variant, trials=args.trials,
+                       resume=args.resume, name=args.study)
     summary = {"study": result.name, "path": str(result.path), "experiment_id": result.experiment_id,
                "parent_run_id": result.parent_run_id, "trials": len(result.trials),
                "interrupted": result.interrupted, "seconds": round(result.seconds, 1),

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from fairskin.io import atomic_write_json
+from fairskin.secrets import redact
 from fairskin.tracking import PARENT_TAG
 
 PARENT_FILE = "mlflow_parent.json"
@@ -33,6 +34,14 @@ RUNS_FILE = "mlflow_runs.json"
 # Tune's bookkeeping keys that are not figures of the trial.
 _SKIP_METRICS = {"trial_id", "date", "hostname", "node_ip", "pid", "timestamp", "done", "config",
                  "should_checkpoint", "checkpoint_dir_name", "experiment_tag"}
+# study dir -> the real tracking URI, in this process only. Tune pickles the callback into
+# trials/tuner.pkl (with the URI redacted, see __getstate__); a callback restored from there
+# on --resume takes the real URI from here, i.e. from the configuration, in setup().
+_TRACKING_URIS: dict[str, str] = {}
+
+
+def remember_tracking_uri(study_dir: str | Path, tracking_uri: str) -> None:
+    _TRACKING_URIS[str(study_dir)] = tracking_uri
 
 
 def read_json(path: Path, default: Any) -> Any:
@@ -85,13 +94,15 @@ class StudyMLflowCallback(MLflowLoggerCallback):
                  pool_fingerprints: Mapping[str, str] | None = None):
         super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name, tags=dict(tags))
         self.study_dir = str(study_dir)
-        self.base_params = {str(k): str(v) for k, v in base_params.items()}
+        remember_tracking_uri(self.study_dir, tracking_uri)
+        self.base_params = {str(k): redact(str(v)) for k, v in base_params.items()}
         # generator id -> content fingerprint of its pool: each trial run is tagged with the pool it drew from
         self.pool_fingerprints = dict(pool_fingerprints or {})
 
     # ------------------------------------------------------------------ plumbing
 
     def setup(self, *args, **kwargs):
+        self.tracking_uri = _TRACKING_URIS.get(self.study_dir, self.tracking_uri)  # the real one (see above)
         super().setup(*args, **kwargs)  # experiment by name (created if absent), self._trial_runs = {}
         from mlflow import MlflowClient
 
@@ -104,6 +115,7 @@ class StudyMLflowCallback(MLflowLoggerCallback):
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_client", None)  # rebuilt in setup()
+        state["tracking_uri"] = redact(state.get("tracking_uri"))  # no credentials in trials/tuner.pkl
         return state
 
     def _save_map(self) -> None:
@@ -152,7 +164,7 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         self._map[tid] = {"run_id": run_id, "trial_name": str(trial), "state": "running",
                           "config": json.loads(json.dumps(trial.config, default=str))}
         self._save_map()
-        params = {**self.base_params, **flatten_trial_config(trial.config)}
+        params = {**self.base_params, **{k: redact(v) for k, v in flatten_trial_config(trial.config).items()}}
         items = [Param(k, v[:6000]) for k, v in params.items()]
         try:
             for i in range(0, len(items), 100):

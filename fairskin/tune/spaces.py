@@ -49,7 +49,7 @@ class SpaceError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a bound of inf / nan is refused
 
 
 class Objective(_Model):
@@ -165,6 +165,17 @@ class SearchSpace(_Model):
     seeds: Seeds = Field(default_factory=Seeds)
     fixed: Fixed = Field(default_factory=Fixed)
     parameters: list[Parameter] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        # Study folders (<runs root>/tune/<study>) are named after the space: one safe path component.
+        from fairskin.names import name_problem
+
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "SearchSpace":

@@ -30,10 +30,11 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from fairskin.config import FairSkinConfig, flatten
+from fairskin.config import FairSkinConfig
 from fairskin.io import atomic_write_json
-from fairskin.tracking import RunHandle, Tracker
-from fairskin.tune.mlflow_callback import PARENT_FILE, StudyMLflowCallback, read_json, read_run_map
+from fairskin.tracking import RunHandle, Tracker, loggable_params
+from fairskin.tune.mlflow_callback import (PARENT_FILE, StudyMLflowCallback, read_json, read_run_map,
+                                           remember_tracking_uri)
 from fairskin.tune.spaces import ResolvedSpace, SearchSpace, SpaceError, load_space, resolve_space
 
 STUDY_FILE = "study.json"
@@ -68,8 +69,15 @@ def study_name(space: str, variant: str | None, preset: str) -> str:
     return f"{space}-{variant or 'all'}-{preset}"
 
 
+def check_study_name(name: str) -> str:
+    """``name`` if it is one safe path component (see :mod:`fairskin.names`), else :class:`StudyError`."""
+    from fairskin.names import check_safe_name
+
+    return check_safe_name(name, "study name", StudyError)
+
+
 def study_dir(config: FairSkinConfig, name: str) -> Path:
-    return config.runtime.runs_root / "tune" / name
+    return config.runtime.runs_root / "tune" / check_study_name(name)
 
 
 def experiment_name(config: FairSkinConfig, name: str) -> str:
@@ -198,7 +206,8 @@ def _parent_run(config: FairSkinConfig, name: str, folder: Path, tags: Mapping[s
     if resume and stored.get("run_id"):
         return tracker, tracker.resume(stored["run_id"])
     parent = tracker.start(name, tags=tags)
-    atomic_write_json(folder / PARENT_FILE, {"tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment_name,
+    # Credentials redacted: nothing reads the URI back from this file (a resumed study takes it from the config).
+    atomic_write_json(folder / PARENT_FILE, {"tracking_uri": tracker.display_uri, "experiment": tracker.experiment_name,
                                              "experiment_id": tracker.experiment_id, "run_id": parent.run_id})
     parent.log_params(params)
     return tracker, parent
@@ -246,7 +255,7 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
 
     pool_fps, real_fp = input_fingerprints({v: pools[v] for v in resolved.variants}, real_shards)
     tags = {**_study_tags(name, resolved, config, variant), TAG_REAL: real_fp, **dict(tags or {})}
-    base_params = flatten(config.model_dump(mode="json"))
+    base_params = loggable_params(config)  # credentials in URIs redacted
     tracker, parent = _parent_run(config, name, folder, tags, resume, {**base_params, **resolved.describe()})
     echo(f"study {name}: {resolved.search} over {[d.name for d in resolved.dims]}, objectives "
          f"{list(zip(resolved.metrics, resolved.modes))}, {resolved.expected_trials} trial(s); folder {folder}")
@@ -293,6 +302,8 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
     inputs = put_inputs(real_shards, pools, space, config.classifier)
     trainable = build_trainable(config, inputs)
     exp_dir = folder / TUNE_DIR
+    # Tune pickles the callback with a redacted URI (trials/tuner.pkl); a restored one takes the real URI from here.
+    remember_tracking_uri(folder, tracker.tracking_uri)
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         echo(f"resuming from {exp_dir} (finished trials are kept, unfinished ones rerun)")
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)

@@ -1,0 +1,60 @@
+"""Credentials never leave the process: :func:`redact` blanks them in URIs and connection strings.
+
+The tracking URI may carry a password (``postgresql+psycopg://user:secret@db/mlflow``,
+``https://user:token@mlflow.example``). Everything the engine writes for people or for the
+tracking store (MLflow params, printed lines, ``last_config.yaml``, ``mlflow_parent.json``,
+error messages) goes through :func:`redact` or :func:`redact_tree`; only the code that opens
+the connection uses the real URI. Better still, keep credentials out of the URI: MLflow
+reads ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` for http(s) servers and
+libpq reads ``~/.pgpass`` (or ``PGPASSFILE``) for PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+MASK = "***"
+
+# scheme://user:password@host -> scheme://***:***@host. The user part stops at ':', '/', '@';
+# the password part (as SQLAlchemy parses it) runs to the '@' and may hold '/', '?', '#'.
+# Quotes, whitespace and '<>' end a URI inside larger text (YAML, JSON, log lines).
+_USERINFO = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)"
+    r"(?P<user>[^:/@\s'\"<>]*):(?P<password>[^@\s'\"<>]*)@"
+)
+# key=value secrets in query strings (?password=..., &token=...) and libpq keyword strings
+# ("host=db password=..."): the value runs to '&', ';', whitespace, a quote or '#'.
+_KEYS = r"password|passwd|pwd|secret|token|access_token|api_key|apikey|sslpassword"
+_KEYVALUE = re.compile(rf"(?P<key>(?<![A-Za-z0-9_])(?:{_KEYS}))=(?P<value>[^&;\s'\"#]+)", re.IGNORECASE)
+
+
+def redact(text: Any) -> Any:
+    """``text`` with every URI password (and its user name) and every ``password=`` value
+    replaced by ``***``. Non-strings (``None``, numbers) come back unchanged.
+
+    >>> redact("postgresql+psycopg://fair:s3cret@db:5432/mlflow?sslmode=require")
+    'postgresql+psycopg://***:***@db:5432/mlflow?sslmode=require'
+    >>> redact("mysql://root@db/mlflow")  # no password: a user name alone is kept
+    'mysql://root@db/mlflow'
+    """
+    if not isinstance(text, str):
+        return text
+    out = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}:{MASK}@", text)
+    return _KEYVALUE.sub(lambda m: f"{m['key']}={MASK}", out)
+
+
+def redact_tree(value: Any) -> Any:
+    """A copy of nested dicts / lists / tuples with :func:`redact` applied to every string."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_tree(v) for v in value)
+    return value
+
+
+def has_secret(text: Any) -> bool:
+    """True when :func:`redact` would change ``text``."""
+    return isinstance(text, str) and redact(text) != text
