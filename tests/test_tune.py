@@ -247,3 +247,32 @@ def test_grid_space_runs_every_mode_once(ray_session, prepared_smoke, smoke_pool
     assert len(parents) == 1 and parents[0].data.tags["fairskin.mode"] == "searched"
     assert sorted(c.data.tags["fairskin.mode"] for c in children) == ["random", "resample", "reweight"]
     assert {c.data.params["trial.variant"] for c in children} == {"vanilla"}
+
+
+@pytest.mark.ray
+def test_each_trial_draws_from_the_pool_it_is_tagged_with(ray_session, prepared_smoke, smoke_pool, tmp_path):
+    """Two pools with different images: a trial of variant v reads v's pool rows, and its run is tagged
+    with the fingerprint of that same pool (what the report joins on)."""
+    from fairskin.data.prepare import write_synthetic_pool
+    from fairskin.data.shards import read_metadata
+    from fairskin.provenance import TAG_POOL, shard_fingerprint
+    from fairskin.tune.mlflow_callback import trial_provenance
+    from fairskin.tune.study import check_study, input_fingerprints
+    from fairskin.tune.trainable import load_trial_data, put_inputs
+
+    config, prepare = prepared_smoke
+    other = write_synthetic_pool(config, tmp_path / "other", per_subclass=20, namespace="other-pool")
+    pools = {"vanilla": smoke_pool, "fairskin_s": other}
+    metas = {v: read_metadata(p) for v, p in pools.items()}
+    assert set(metas["vanilla"]["sha256"]).isdisjoint(metas["fairskin_s"]["sha256"])  # visibly different pools
+    real = prepare.path / "shards"
+    space = check_study(config, load_space("downstream"), pools, real)
+    inputs = put_inputs(real, pools, space, config.classifier)
+    fingerprints, _ = input_fingerprints(pools, real)
+    for variant, folder in pools.items():
+        drawn = load_trial_data(inputs, variant).pool.meta
+        assert set(drawn["id"]) == set(metas[variant]["id"])
+        tags = trial_provenance({"variant": variant, "mode": "random"}, fingerprints, {})
+        assert tags[TAG_POOL] == shard_fingerprint(folder) == fingerprints[variant]
+        assert tags["fairskin.variant"] == variant and tags["fairskin.repeat"] == "0"
+    assert fingerprints["vanilla"] != fingerprints["fairskin_s"]
