@@ -1,1 +1,1 @@
-"""Metrics: classifier fairness, generation quality, and the plots that show them."""
+"""Metrics: classifier fairness, generation quality, skin-tone fidelity (ITA), and the plots that show them."""
