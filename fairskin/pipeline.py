@@ -388,6 +388,12 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     cache = config.runtime.runs_root / "cache" / "fidelity"  # real features, keyed by image checksums
     from fairskin.provenance import TAG_FINETUNE, TAG_POOL, TAG_REAL, shard_fingerprint
 
+    from fairskin.metrics.skin_tone import ReferenceBands, image_ita, skin_tone_report
+
+    # Skin tone: ITA of each image's healthy skin against the real training images' ITA per group;
+    # held-out real images give the same rule's ceiling.
+    bands = ReferenceBands.from_real(image_ita(train_pixels), train_meta["group"].to_numpy())
+    held_ita = image_ita(held_pixels)
     rows, tables = [], []
     pools = pool_folders(inputs["generate"])
     provenance = pool_provenance(inputs["generate"])
@@ -398,7 +404,16 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
         report = generation_report(pool_pixels, pool_meta, real_pixels, real_meta, config.data.group_names,
                                    config.data.diseases, space, cache_root=cache, heldout_pixels=held_pixels,
                                    heldout_meta=held_meta, train_pixels=train_pixels, train_meta=train_meta)
+        tone_subclass, tone_group, tone_summary, confusion = skin_tone_report(
+            image_ita(pool_pixels), pool_meta["group"].to_numpy(), pool_meta["disease"].to_numpy(), bands,
+            held_ita, held_meta["group"].to_numpy())
+        report.summary.update(tone_summary)
         (out / variant).mkdir(parents=True, exist_ok=True)
+        tone_subclass.to_csv(out / variant / "skin_tone_per_subclass.csv", index=False)
+        tone_group.to_csv(out / variant / "skin_tone_per_group.csv", index=False)
+        confusion.to_csv(out / variant / "skin_tone_confusion.csv")
+        plot_fid_heatmap(tone_subclass, out / variant / "skin_tone_heatmap.png", value="agreement",
+                         title=f"{variant}: skin-tone agreement per subclass (share assigned to the prompted group)")
         report.per_subclass.to_csv(out / variant / "per_subclass.csv", index=False)
         (out / variant / "summary.json").write_text(json.dumps(report.summary, indent=2, default=str))
         plot_fid_heatmap(report.per_subclass, out / variant / "fid_heatmap.png",
@@ -463,7 +478,7 @@ def _evaluate_log(run: RunHandle, result: StageResult) -> None:
 
 
 register_stage(Stage("evaluate", reads=("generation.real_split", "generation.inception_weights_path",
-                                        "classifier.image_size", "runtime.seed"),
+                                        "classifier.image_size", "runtime.seed"), version=2,
                      inputs=("prepare", "reference", "generate"), body=_evaluate_body, log=_evaluate_log))
 
 

@@ -52,10 +52,13 @@ GENERATION_COLUMNS = (
     ("fid_var_group", "fid_var_group", -1),
     ("kid", "kid_mean", -1),
     ("is", "is_mean", +1),
+    ("skin_tone", "skin_tone_agreement", +1),
+    ("skin_tone_worst", "skin_tone_agreement_worst_group", +1),
 )
 LABELS = {"accuracy": "accuracy", "worst_group_accuracy": "worst-group acc.", "dp": "DP (oracle floor)",
           "essp": "ESSP (paper)", "essp_fairseg": "ESSP (FairSeg)", "fid": "FID", "fid_var_subclass":
-          "FID var (subclass)", "fid_var_group": "FID var (group)", "kid": "KID", "is": "IS"}
+          "FID var (subclass)", "fid_var_group": "FID var (group)", "kid": "KID", "is": "IS",
+          "skin_tone": "skin-tone agreement", "skin_tone_worst": "skin-tone agr. (worst group)"}
 MODES = ("random", "resample", "reweight")
 GENERATION_BLOCK = "generation"
 

@@ -124,6 +124,12 @@ def test_job_entry_point_runs_every_stage_and_reports_where_things_are(smoke_job
     for variant in config.diffusion.variants:
         assert (evaluate / variant / "tsne.png").stat().st_size > 0
         assert (evaluate / variant / "fid_heatmap.png").stat().st_size > 0
+        assert (evaluate / variant / "skin_tone_heatmap.png").stat().st_size > 0
+        confusion = pd.read_csv(evaluate / variant / "skin_tone_confusion.csv", index_col=0)
+        assert confusion.to_numpy().sum() == per_pool  # every pool image assigned to one group
+    # Skin-tone fidelity per pool, beside the same rule's ceiling on held-out real images.
+    tone = table[["skin_tone_agreement", "skin_tone_agreement_worst_group", "skin_tone_agreement_ceiling"]]
+    assert ((tone >= 0) & (tone <= 1)).all().all() and (table["skin_tone_agreement_ceiling"] > 0.5).all()
     # The ablation grid: variants x 3 downstream modes, one training seed at smoke.
     (tune,) = stages.glob("tune-*")
     trials = pd.read_csv(tune / "trials.csv")
