@@ -23,7 +23,8 @@ from fairskin.config import FairSkinConfig
 from fairskin.io import atomic_directory, atomic_write_json
 
 STAGE_RECORD = "_stage.json"
-_PARTIAL = re.compile(r"^\..+\.(partial|old)-(\d+)-[0-9a-f]{8}$")
+# ``.<name>.partial-<pid>-<8 hex>@<host>`` (older trees: without ``@<host>``, taken as this host's).
+_PARTIAL = re.compile(r"^\..+\.(partial|old)-(\d+)-[0-9a-f]{8}(?:@(?P<host>[A-Za-z0-9._-]+))?$")
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,21 @@ def is_finished(path: Path) -> bool:
 
 
 def clean_stale_partials(root: Path) -> list[Path]:
-    """Remove temporary folders left by killed processes (their PID no longer runs)."""
+    """Remove temporary folders left by killed processes of this host (their PID no longer runs).
+
+    A folder written by another host is kept: its PID says nothing here, and on shared cluster
+    storage its writer may be alive (delete such folders by hand once you know it has ended).
+    """
+    from fairskin.io import host_tag
+
     removed = []
     if not root.is_dir():
         return removed
     for child in root.iterdir():
         match = _PARTIAL.match(child.name)
         if not match:
+            continue
+        if match.group("host") not in (None, host_tag()):
             continue
         pid = int(match.group(2))
         if pid != os.getpid() and _pid_alive(pid):
