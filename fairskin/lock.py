@@ -189,44 +189,66 @@ def acquire(root: Path, command: str | None = None, break_lock: bool = False,
         if held is not None:
             held["count"] += 1
             return held["body"]
+        created = []  # folders made only to hold the lock: removed again on release if still empty
+        for folder in (root, *root.parents):
+            if folder.exists():
+                break
+            created.append(folder)
         root.mkdir(parents=True, exist_ok=True)
         path = root / LOCK_FILE
         body = _body(command)
-        for _ in range(20):
+        try:
+            return _acquire(root, path, body, created, break_lock, echo)
+        except BaseException:
+            _remove_empty(created)
+            raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # innermost first
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _acquire(root: Path, path: Path, body: dict[str, Any], created: list[Path], break_lock: bool,
+             echo) -> dict[str, Any]:
+    for _ in range(20):
+        if _create(path, body):
+            _HELD[root] = {"count": 1, "body": body, "created": created}
+            return body
+        holder = read_holder(path)
+        if holder is None:
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            if age < 2.0:
+                time.sleep(0.1)  # an O_EXCL lock being written right now
+                continue
+        alive = holder_alive(holder)
+        if alive is True and not break_lock:
+            raise RunsRootLocked(root, holder, "Wait for it to end or use another runs root "
+                                 "(runtime.runs_root=...).")
+        if alive is None and not break_lock:
+            where = "on another host" if holder else "of unknown origin"
+            raise RunsRootLocked(root, holder, f"The lock is {where}, so whether its holder still runs cannot "
+                                 "be told from here; if you know it has ended, rerun with --break-lock.")
+        with _takeover_guard(path) as mine:
+            if not mine:
+                time.sleep(0.2)
+                continue
+            if read_holder(path) != holder:  # replaced meanwhile: judge the new holder
+                continue
+            why = "broken by --break-lock" if break_lock and alive is not False else "its holder has ended"
+            echo(f"taking over the lock of {root} ({describe_holder(holder)}): {why}")
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
             if _create(path, body):
-                _HELD[root] = {"count": 1, "body": body}
+                _HELD[root] = {"count": 1, "body": body, "created": created}
                 return body
-            holder = read_holder(path)
-            if holder is None:
-                try:
-                    age = time.time() - path.stat().st_mtime
-                except FileNotFoundError:
-                    continue  # released meanwhile: try again
-                if age < 2.0:
-                    time.sleep(0.1)  # an O_EXCL lock being written right now
-                    continue
-            alive = holder_alive(holder)
-            if alive is True and not break_lock:
-                raise RunsRootLocked(root, holder, "Wait for it to end or use another runs root "
-                                     "(runtime.runs_root=...).")
-            if alive is None and not break_lock:
-                where = "on another host" if holder else "of unknown origin"
-                raise RunsRootLocked(root, holder, f"The lock is {where}, so whether its holder still runs cannot "
-                                     "be told from here; if you know it has ended, rerun with --break-lock.")
-            with _takeover_guard(path) as mine:
-                if not mine:
-                    time.sleep(0.2)
-                    continue
-                if read_holder(path) != holder:  # replaced meanwhile: judge the new holder
-                    continue
-                why = "broken by --break-lock" if break_lock and alive is not False else "its holder has ended"
-                echo(f"taking over the lock of {root} ({describe_holder(holder)}): {why}")
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                if _create(path, body):
-                    _HELD[root] = {"count": 1, "body": body}
-                    return body
-        raise RunsRootLocked(root, read_holder(path), "Could not take the lock (it kept changing hands).")
+    raise RunsRootLocked(root, read_holder(path), "Could not take the lock (it kept changing hands).")
 
 
 def release(root: Path) -> None:
@@ -246,6 +268,7 @@ def release(root: Path) -> None:
         if current is not None and current.get("token") == held["body"]["token"]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+            _remove_empty(held.get("created", []))
 
 
 @contextlib.contextmanager
