@@ -439,8 +439,10 @@ def _summarise(config: FairSkinConfig, name: str, folder: Path, space: ResolvedS
 
     report = folder / REPORT_DIR
     report.mkdir(parents=True, exist_ok=True)
-    done = complete_trials(trials, config.classifier.epochs)
     metrics, modes = list(space.metrics), list(space.modes)
+    done = complete_trials(trials, config.classifier.epochs)
+    if not all(m in done for m in metrics):  # no trial reported its objectives (e.g. every trial failed)
+        done = done.iloc[0:0].reindex(columns=[*done.columns, *(m for m in metrics if m not in done)])
     best = best_trial(done, metrics, modes)
     front = pareto_front(done, metrics, modes)
     interrupted = trials.empty or bool((~trials["state"].isin(["finished", "failed"])).any())
