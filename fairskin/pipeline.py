@@ -45,7 +45,7 @@ class Stage:
     # part of the stage key, so a runs root never serves results of older code as current.
     version: int = 1
     # External inputs: entries of EXTERNAL (dotted config paths naming files / folders, and
-    # "tune.space#content") whose content fingerprints are part of the key.
+    # "tune.space_content") whose content fingerprints are part of the key.
     external: tuple[str, ...] = ()
 
 
@@ -93,7 +93,7 @@ EXTERNAL: dict[str, Callable[[FairSkinConfig, Any], str | None]] = {
     "diffusion.model": _model_fingerprint("diffusion.model"),
     "classifier.model": _model_fingerprint("classifier.model"),
     "generation.inception_weights_path": _path_fingerprint("generation.inception_weights_path"),
-    "tune.space#content": _space_fingerprint,
+    "tune.space_content": _space_fingerprint,
 }
 
 
@@ -593,7 +593,7 @@ def study_of(result: StageResult) -> str:
 
 
 register_stage(Stage("tune", reads=TUNE_READS, inputs=("prepare", "generate"), body=_tune_body, needs_ray=True,
-                     external=("classifier.model", "tune.space#content"),
+                     external=("classifier.model", "tune.space_content"),
                      log=lambda run, result: run.log_metrics(result.summary)))
 
 
