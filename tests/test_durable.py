@@ -215,6 +215,18 @@ def test_a_local_model_folder_is_keyed_by_its_weights(tmp_path):
     assert pipeline_stage_key("reference", config, prepare) != before
 
 
+def test_every_external_input_is_declared_and_loggable():
+    from mlflow.utils.validation import _validate_param_name
+
+    from fairskin.pipeline import EXTERNAL, STAGES
+
+    for stage in STAGES.values():
+        assert set(stage.external) <= set(EXTERNAL), stage.name
+    for name in EXTERNAL:
+        _validate_param_name(f"external.{name}")  # the pipeline logs each fingerprint as a param
+    assert "tune.space_content" in STAGES["tune"].external and "data.csv_path" in STAGES["prepare"].external
+
+
 def test_force_redoes_the_stages_downstream_of_the_forced_one():
     from fairskin.pipeline import STAGES, forced_stages
 
