@@ -143,6 +143,18 @@ def test_the_ablation_job_is_locked_out_and_break_lock_takes_over(tmp_path, caps
     assert not (root / LOCK_FILE).exists()
 
 
+def test_the_tune_command_is_refused_on_a_runs_root_in_use(tmp_path, capsys):
+    from fairskin.tune.__main__ import main
+
+    root = tmp_path / "runs"
+    _write_lock(root, host="gpu-node-7", command="python -m fairskin.tune --space ablation")
+    with pytest.raises(SystemExit) as exc:
+        main(["--space", "ethnic_ratio", "--preset", "smoke", f"runtime.runs_root={root}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "gpu-node-7" in err and "--space ablation" in err and "--break-lock" in err
+    assert sorted(p.name for p in root.iterdir()) == [LOCK_FILE]  # nothing ran: no stage, no MLflow store
+
+
 # --------------------------------------------------------------------------- keys from contents
 
 
