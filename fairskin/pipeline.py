@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from fairskin.config import ConfigError, FairSkinConfig, dump_config, flatten
+from fairskin.lock import holding_runs_root
 from fairskin.provenance import TAG_PIPELINE, TAG_STAGE_KEY
 from fairskin.stages import StageResult, run_stage, stage_key
 from fairskin.tracking import RunHandle, Tracker
@@ -43,6 +44,9 @@ class Stage:
     # Bumped when the meaning of the stage's output changes (a new draw, a new seed rule): it is
     # part of the stage key, so a runs root never serves results of older code as current.
     version: int = 1
+    # External inputs: entries of EXTERNAL (dotted config paths naming files / folders, and
+    # "tune.space_content") whose content fingerprints are part of the key.
+    external: tuple[str, ...] = ()
 
 
 STAGES: dict[str, Stage] = {}
@@ -51,6 +55,68 @@ STAGES: dict[str, Stage] = {}
 def register_stage(stage: Stage) -> Stage:
     STAGES[stage.name] = stage
     return stage
+
+
+# --------------------------------------------------------------------------- keys from contents
+
+
+def _path_fingerprint(dotted: str, **options) -> Callable[[FairSkinConfig, Any], str | None]:
+    def fingerprint(config: FairSkinConfig, cache) -> str | None:
+        from fairskin.fingerprints import content_fingerprint, local_path
+
+        path = local_path(config.section(dotted))  # None: unset, "tiny", or a hub id (its name is the key)
+        return None if path is None else content_fingerprint(path, cache, **options)
+
+    return fingerprint
+
+
+def _space_fingerprint(config: FairSkinConfig, cache) -> str:
+    """The resolved search space the tune stage runs (its YAML's content, not its name)."""
+    import hashlib
+    import json
+
+    blob = json.dumps(pipeline_space(config).model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _model_fingerprint(dotted: str):
+    from fairskin.fingerprints import MODEL_SUFFIXES
+
+    return _path_fingerprint(dotted, suffixes=MODEL_SUFFIXES)
+
+
+# What an external input's fingerprint covers: a file's bytes; the image folder's files (names,
+# sizes, bytes; the images sit directly under it); a model folder's weight and config files.
+EXTERNAL: dict[str, Callable[[FairSkinConfig, Any], str | None]] = {
+    "data.csv_path": _path_fingerprint("data.csv_path"),
+    "data.image_root": _path_fingerprint("data.image_root", recursive=False),
+    "diffusion.model": _model_fingerprint("diffusion.model"),
+    "classifier.model": _model_fingerprint("classifier.model"),
+    "generation.inception_weights_path": _path_fingerprint("generation.inception_weights_path"),
+    "tune.space_content": _space_fingerprint,
+}
+
+
+def external_fingerprints(stage: Stage, config: FairSkinConfig, cache=None) -> dict[str, str]:
+    """Content fingerprints of the external inputs ``stage`` reads (cached under the runs root)."""
+    from fairskin.fingerprints import FingerprintCache
+
+    cache = cache if cache is not None else FingerprintCache.for_runs_root(config.runtime.runs_root)
+    out = {}
+    for dotted in stage.external:
+        value = EXTERNAL[dotted](config, cache)
+        if value is not None:
+            out[dotted] = value
+    cache.save()
+    return out
+
+
+def pipeline_stage_key(name: str, config: FairSkinConfig, inputs: Mapping[str, StageResult],
+                       cache=None) -> str:
+    """The key of stage ``name`` in this pipeline: its config slice, code version, inputs' keys and
+    the contents of its external inputs."""
+    stage = STAGES[name]
+    return stage_key(name, config, stage.reads, inputs, stage.version, external_fingerprints(stage, config, cache))
 
 
 # --------------------------------------------------------------------------- prepare
@@ -92,7 +158,8 @@ def _prepare_log(run: RunHandle, result: StageResult) -> None:
             run.log_artifact(result.path / name, "prepare")
 
 
-register_stage(Stage("prepare", reads=("data", "runtime.seed"), body=_prepare_body, log=_prepare_log))
+register_stage(Stage("prepare", reads=("data", "runtime.seed"), body=_prepare_body, log=_prepare_log,
+                     external=("data.csv_path", "data.image_root")))
 
 
 # --------------------------------------------------------------------------- reference
@@ -126,7 +193,7 @@ def _reference_log(run: RunHandle, result: StageResult) -> None:
 
 
 register_stage(Stage("reference", reads=("classifier", "runtime.seed"), inputs=("prepare",),
-                     body=_reference_body, log=_reference_log))
+                     body=_reference_body, log=_reference_log, external=("classifier.model",)))
 
 
 # --------------------------------------------------------------------------- base
@@ -165,7 +232,7 @@ def base_pipeline_folder(result: StageResult) -> Path:
 register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_vae_steps", "diffusion.base_unet_steps",
                                     "diffusion.global_batch_size", "diffusion.learning_rate",
                                     "diffusion.prompt_template", "runtime.seed"),
-                     inputs=("prepare",), body=_base_body,
+                     inputs=("prepare",), body=_base_body, external=("diffusion.model",),
                      log=lambda run, result: run.log_metrics(result.summary)))
 
 
@@ -260,7 +327,7 @@ def _generate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     from fairskin.diffusion.generate import generate_pools
     from fairskin.stages import stages_root
 
-    key = stage_key("generate", config, GENERATE_READS, inputs, STAGES["generate"].version)
+    key = pipeline_stage_key("generate", config, inputs)
     work = stages_root(config) / f"generate-{key}.work"
     from fairskin.diffusion.variants import generators
     from fairskin.io import atomic_write_json
@@ -479,7 +546,8 @@ def _evaluate_log(run: RunHandle, result: StageResult) -> None:
 
 register_stage(Stage("evaluate", reads=("generation.real_split", "generation.inception_weights_path",
                                         "classifier.image_size", "runtime.seed"), version=2,
-                     inputs=("prepare", "reference", "generate"), body=_evaluate_body, log=_evaluate_log))
+                     inputs=("prepare", "reference", "generate"), body=_evaluate_body, log=_evaluate_log,
+                     external=("generation.inception_weights_path",)))
 
 
 # --------------------------------------------------------------------------- tune
@@ -512,7 +580,7 @@ def _tune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResu
     from fairskin.tune.study import STUDY_FILE, run_study, study_dir
 
     space = pipeline_space(config)
-    key = stage_key("tune", config, TUNE_READS, inputs, STAGES["tune"].version)
+    key = pipeline_stage_key("tune", config, inputs)
     name = f"{space.name}-{config.preset}-{key}"
     resume = (study_dir(config, name) / STUDY_FILE).exists()
     result = run_study(config, space, pool_folders(inputs["generate"]), inputs["prepare"].path / "shards",
@@ -540,6 +608,7 @@ def study_of(result: StageResult) -> str:
 
 
 register_stage(Stage("tune", reads=TUNE_READS, inputs=("prepare", "generate"), body=_tune_body, needs_ray=True,
+                     external=("classifier.model", "tune.space_content"),
                      log=lambda run, result: run.log_metrics(result.summary)))
 
 
@@ -610,17 +679,33 @@ def _with_inputs(stages: list[Stage]) -> list[Stage]:
     return [STAGES[n] for n in STAGES if n in needed]
 
 
+def forced_stages(plan: Sequence[Stage], force: Sequence[str]) -> set[str]:
+    """The stages of ``plan`` to recompute: those named in ``force`` and every stage of the plan that
+    depends on one of them (directly or through others); ``"all"``: every stage."""
+    if "all" in force:
+        return {s.name for s in plan}
+    forced = set(force)
+    for stage in plan:  # pipeline order: inputs come first
+        if forced.intersection(stage.inputs):
+            forced.add(stage.name)
+    return forced & {s.name for s in plan}
+
+
+@holding_runs_root
 def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, force: Sequence[str] = (),
                  echo: Callable[[str], None] = print) -> PipelineRun:
-    """Run the chosen stages (default: all) and the stages they need; ``force`` names stages to redo.
+    """Run the chosen stages (default: all) and the stages they need; ``force`` names stages to redo,
+    and every stage of this run downstream of one is redone too (``force=["all"]``: every stage).
 
-    ``force=["all"]`` redoes every stage.
+    The runs root is locked for the call (:mod:`fairskin.lock`; re-entrant in one process), and
+    the MLflow store is opened (a SQLite schema created) under that lock before anything else writes.
     """
     plan = _with_inputs(_ordered(stages, config))
     force_set = set(force)
     unknown = force_set - set(STAGES) - {"all"}
     if unknown:
         raise ValueError(f"--force names unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
+    force_set = forced_stages(plan, sorted(force_set))
     tracker = Tracker.from_config(config)
     outcome = PipelineRun(tracker=tracker)
     config.runtime.runs_root.mkdir(parents=True, exist_ok=True)
@@ -637,7 +722,8 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
 
                 init_ray(config)
             inputs = {name: outcome.results[name] for name in stage.inputs}
-            key = stage_key(stage.name, config, stage.reads, inputs, stage.version)
+            external = external_fingerprints(stage, config)
+            key = stage_key(stage.name, config, stage.reads, inputs, stage.version, external)
             parent.set_tags({f"fairskin.key.{stage.name}": key})
             echo(f"[{stage.name}] ...")
             with tracker.run(stage.name, parent=parent, tags={"fairskin.stage": stage.name, TAG_STAGE_KEY: key,
@@ -646,10 +732,11 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
                 started = time.time()
                 result = run_stage(config, stage.name, stage.reads,
                                    lambda out, s=stage, i=inputs, r=child: s.body(config, out, i, r),
-                                   inputs=inputs, force=stage.name in force_set or "all" in force_set,
-                                   version=stage.version)
+                                   inputs=inputs, force=stage.name in force_set,
+                                   version=stage.version, external=external)
                 elapsed = time.time() - started
                 child.log_params({"stage.key": result.key, "stage.path": str(result.path),
+                                  **{f"external.{k}": v for k, v in external.items()},
                                   **{f"reads.{k}": v for k, v in flatten(
                                       {p: config.section(p) for p in stage.reads}).items()}})
                 child.set_tags({"fairskin.skipped": result.skipped})

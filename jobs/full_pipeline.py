@@ -4,7 +4,8 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/full_pipeline.py --preset demo
 
 Every stage is keyed by the configuration it reads and skipped when already done under
-the runs root; ``--force STAGE`` (or ``--force all``) redoes it.
+the runs root; ``--force STAGE`` (or ``--force all``) redoes it and the stages of this run
+that depend on it. The runs root is locked while the job runs (``--break-lock``: see README).
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
 
-from fairskin.cli import add_config_arguments, config_from_args, input_errors  # noqa: E402
+from fairskin.cli import add_config_arguments, add_lock_argument, config_from_args, input_errors  # noqa: E402
+from fairskin.lock import runs_root_lock  # noqa: E402
 from fairskin.pipeline import STAGES, report_path, run_pipeline  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
+    add_lock_argument(parser)
     parser.add_argument("--force", action="append", default=[], metavar="STAGE",
-                        help=f"redo a stage even if done (repeatable; 'all' for every stage): {', '.join(STAGES)}")
+                        help=f"redo a stage, and every later stage of this run that depends on it, even if done "
+                             f"(repeatable; 'all' for every stage): {', '.join(STAGES)}")
     parser.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
                         help="run only these stages (and the ones they need)")
     args = parser.parse_args(argv)
@@ -37,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     config = config_from_args(args)
     started = time.time()
-    with input_errors(args.debug):
+    # One process per runs root: a second one is refused at once (exit 2, naming the holder).
+    with input_errors(args.debug), runs_root_lock(config.runtime.runs_root, break_lock=args.break_lock):
         outcome = run_pipeline(config, stages=args.stages, force=args.force)
     tracker = outcome.tracker
     print()

@@ -30,7 +30,7 @@ import torch
 from fairskin.config import FairSkinConfig, VariantSpec
 from fairskin.data.stream import ArraySet, DecodedSet, WeightedStream
 from fairskin.diffusion.base import pixels_to_tensor, subclass_prompts
-from fairskin.diffusion.losses import other_subclasses, training_loss
+from fairskin.diffusion.losses import check_finite_loss, note_nonfinite, other_subclasses, training_loss
 from fairskin.diffusion.models import encode_prompts, load_sd, save_sd
 
 STATE_FILE = "state.json"
@@ -250,6 +250,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     pending: list[tuple[int, dict[str, float]]] = []
     shard = ray.train.get_dataset_shard("train")
     step, last_time, loss_value = start_step, time.perf_counter(), float("nan")
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # divergence flag, read once per window
     for batch in shard.iter_batches(batch_size=global_batch, batch_format="numpy", prefetch_batches=2):
         positions = batch["position"]
         if positions[0] < start_step * global_batch:
@@ -283,6 +284,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             out = training_loss(model, scheduler, latents, cond, cond_other, weights.to(device), noise=noise,
                                 timesteps=timesteps, use_cbdm=use_cbdm, tau=tau, gamma=gamma,
                                 prompt_dropped=dropped)
+        first_bad = note_nonfinite(first_bad, out.loss, step + 1)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), d["max_grad_norm"])
@@ -300,6 +302,7 @@ def train_loop_per_worker(cfg: dict) -> None:
                                "prompt_dropped": float(dropped)}))
         last_time = now
         if done % d["checkpoint_every"] == 0 or done == d["max_steps"]:
+            check_finite_loss(first_bad, f"fine-tune of {variant['name']} (rank {rank})")
             # Steady-state throughput of this window (its first step pays the iterator's start-up).
             rates = [m["images_per_s"] for _, m in pending[1:]] or [pending[-1][1]["images_per_s"]]
             state = {"step": done, "position": done * global_batch, "loss": loss_value, "attempt": attempt,
