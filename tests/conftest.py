@@ -93,9 +93,12 @@ def ray_head():
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
            f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
-    env = {**os.environ, "FAIRSKIN_TEST_RAY": Path(temp_dir).name}  # token auth on (module top)
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180)
     address = f"127.0.0.1:{gcs}"
+    # Token auth is on (module top). RAY_ADDRESS in the head's environment reaches every worker: Ray Train's
+    # PlacementGroupCleaner looks its controller up with no address, which on a machine running other Ray
+    # clusters fails or asks another cluster (and then removes the fit's placement group).
+    env = {**os.environ, "FAIRSKIN_TEST_RAY": Path(temp_dir).name, "RAY_ADDRESS": address}
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180)
     os.environ["RAY_ADDRESS"] = address
     try:
         yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}", "temp_dir": temp_dir,
