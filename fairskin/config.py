@@ -274,6 +274,9 @@ class RuntimeConfig(_Section):
     seed: int = Field(0, ge=0)
     num_cpus: float | None = Field(None, gt=0)
     progress: bool = True
+    # Ray's worker logs, Ray Data's progress bars and library progress bars on the console (else only in the
+    # Ray session's log files); jobs/full_pipeline.py --verbose sets it.
+    verbose: bool = False
 
     @field_validator("runs_root")
     @classmethod

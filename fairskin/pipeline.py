@@ -20,6 +20,7 @@ from fairskin.lock import holding_runs_root
 from fairskin.provenance import TAG_PIPELINE, TAG_STAGE_KEY
 from fairskin.stages import StageResult, run_stage, stage_key
 from fairskin.tracking import RunHandle, Tracker
+from fairskin.versioning import record_environment
 
 StageBody = Callable[[FairSkinConfig, Path, Mapping[str, StageResult], RunHandle], Mapping[str, Any]]
 StageLog = Callable[[RunHandle, StageResult], None]
@@ -716,6 +717,7 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
         parent.inherit = {TAG_PIPELINE: parent.run_id}  # every run below carries it (provenance)
         parent.set_tags({TAG_PIPELINE: parent.run_id})
         parent.log_config(config)
+        record_environment(parent)  # engine version, git commit, installed packages (reproducibility)
         for stage in plan:
             if stage.needs_ray:
                 from fairskin.runtime import init_ray

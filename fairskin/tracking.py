@@ -87,6 +87,12 @@ class RunHandle:
         if self.client is not None and self.run_id:
             self.client.set_terminated(self.run_id, status=status)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Write ``text`` as the artifact ``artifact_file`` (a path inside the run's artifacts)."""
+        if self.client is None:
+            return
+        self.client.log_text(self.run_id, text, artifact_file)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Copy a file or folder into the run's artifacts."""
         if self.client is None:

@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
+from fairskin.preflight import require_engine_interpreter  # noqa: E402  (standard library only)
+
+require_engine_interpreter("jobs/ablation.py")  # before the engine's imports
 
 from fairskin.cli import add_config_arguments, add_lock_argument, config_from_args, input_errors  # noqa: E402
 from fairskin.names import name_problem  # noqa: E402

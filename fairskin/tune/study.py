@@ -37,6 +37,7 @@ from fairskin.tracking import RunHandle, Tracker, loggable_params
 from fairskin.tune.mlflow_callback import (PARENT_FILE, StudyMLflowCallback, read_json, read_run_map,
                                            remember_tracking_uri)
 from fairskin.tune.spaces import ResolvedSpace, SearchSpace, SpaceError, load_space, resolve_space
+from fairskin.versioning import record_environment
 
 STUDY_FILE = "study.json"
 TUNE_DIR = "trials"
@@ -228,8 +229,11 @@ def _parent_run(config: FairSkinConfig, name: str, folder: Path, tags: Mapping[s
     tracker = Tracker(config.tracking_uri(), experiment_name(config, name), config.tracking.enabled)
     stored = read_json(folder / PARENT_FILE, {})
     if resume and stored.get("run_id"):
-        return tracker, tracker.resume(stored["run_id"])
+        resumed = tracker.resume(stored["run_id"])
+        record_environment(resumed, prefix="resumed.")  # the first record stays; the resuming code's beside it
+        return tracker, resumed
     parent = tracker.start(name, tags=tags)
+    record_environment(parent)  # engine version, git commit, installed packages (reproducibility)
     # Credentials redacted: nothing reads the URI back from this file (a resumed study takes it from the config).
     atomic_write_json(folder / PARENT_FILE, {"tracking_uri": tracker.display_uri, "experiment": tracker.experiment_name,
                                              "experiment_id": tracker.experiment_id, "run_id": parent.run_id})
