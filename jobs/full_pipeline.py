@@ -20,6 +20,9 @@ from fairskin.cli import add_config_arguments, config_from_args, input_errors  #
 from fairskin.pipeline import STAGES, report_path, run_pipeline  # noqa: E402
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
@@ -37,8 +40,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     config = config_from_args(args)
     started = time.time()
-    with input_errors(args.debug):
-        outcome = run_pipeline(config, stages=args.stages, force=args.force)
+    try:
+        with input_errors(args.debug):
+            outcome = run_pipeline(config, stages=args.stages, force=args.force)
+    except KeyboardInterrupt:
+        # The running stage's MLflow runs are marked KILLED; what it can resume from is kept.
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     tracker = outcome.tracker
     print()
     print(f"runs root      : {config.runtime.runs_root}")
