@@ -272,3 +272,17 @@ def test_killed_train_worker_process_is_replaced_and_ends_with_the_same_weights(
     steps = [s for s, _ in _loss_steps(tracker.tracking_uri, run.run_id)]
     assert steps == list(range(1, 9))  # the steps run again are logged once
     assert _same_weights(straight, load_sd(str(tmp_path / "fairskin_s" / "pipeline")).unet.state_dict())
+
+
+def test_a_window_logged_again_after_a_resume_reaches_mlflow_once(tmp_path):
+    from fairskin.diffusion.finetune import _last_logged_step, _log_steps, _mlflow_logger
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "windows")
+    run = tracker.start("fit")
+    logger = _mlflow_logger({"uri": tracker.tracking_uri, "run_id": run.run_id})
+    window = [(s, {"loss": 1.0 / s, "lr": 1e-3}) for s in range(1, 7)]
+    assert _log_steps(logger, window[:4], _last_logged_step(logger)) == 4  # killed after logging step 4
+    # Resumed from the checkpoint of step 2: its window and the re-run steps 3-6 come again.
+    assert _log_steps(logger, window, _last_logged_step(logger)) == 6
+    history = MlflowClient(tracker.tracking_uri).get_metric_history(run.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
