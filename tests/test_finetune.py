@@ -262,7 +262,7 @@ def test_killed_train_worker_process_is_replaced_and_ends_with_the_same_weights(
 
     thread = threading.Thread(target=fit)
     thread.start()
-    _wait_for(lambda: _checkpoint_steps(storage), 300, what="a checkpoint")
+    _wait_for(lambda: _recorded_step(storage), 300, what="a checkpoint recorded by Ray Train")
     pids = _train_worker_pids()
     assert len(pids) == 1
     os.kill(pids[0], signal.SIGKILL)
