@@ -240,52 +240,154 @@ register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_vae_steps
 # --------------------------------------------------------------------------- finetune
 
 
+# What the fine-tune's result depends on: every diffusion field but these, so a rerun with more
+# retries, another concurrency or kept checkpoints resumes the same checkpoints (same key).
+_FINETUNE_IGNORES = ("max_failures", "parallel_variants", "keep_checkpoints")
+
+
+def _finetune_reads() -> tuple[str, ...]:
+    from fairskin.config import DiffusionConfig
+
+    return tuple(f"diffusion.{f}" for f in DiffusionConfig.model_fields if f not in _FINETUNE_IGNORES)
+
+
+def finetune_checkpoints(config: FairSkinConfig, key: str) -> Path:
+    """``<runs root>/checkpoints/finetune-<key>``: one folder per generator, outside the stage's
+    temporary folder, so a killed or interrupted stage resumes from them."""
+    return config.runtime.runs_root / "checkpoints" / f"finetune-{key}"
+
+
 def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
                    run: RunHandle) -> Mapping[str, Any]:
     """Fine-tune every generator (variant x repeat, ``diffusion.variants`` x ``diffusion.repeat_seeds``)
     from the base on Ray Train, each a child run; writes ``<generator>/pipeline`` and
-    ``fingerprints.json`` (generator -> fingerprint of its fine-tuned UNet)."""
+    ``fingerprints.json`` (generator -> fingerprint of its fine-tuned UNet).
+
+    Each generator checkpoints into ``finetune_checkpoints(config, key) / <generator>`` and keeps its
+    MLflow child run id there: a rerun after a kill continues both. On Ctrl-C the running fits are
+    aborted (their runs marked KILLED, their checkpoints kept) and KeyboardInterrupt propagates.
+    """
+    import shutil
+    import threading
+
     from fairskin.data.stream import decode_local
-    from fairskin.diffusion.finetune import cache_for, finetune_variant
+    from fairskin.diffusion.finetune import FitInterrupted, cache_for, finetune_variant, request_stop
     from fairskin.diffusion.variants import generator_seed, generators
     from fairskin.io import atomic_write_json
-    from fairskin.provenance import folder_fingerprint, generator_tags, split_generator_id
+    from fairskin.provenance import folder_fingerprint, split_generator_id
+    from fairskin.stages import is_finished, stage_dir
 
     d = config.diffusion
+    key = pipeline_stage_key("finetune", config, inputs)
+    checkpoints = finetune_checkpoints(config, key)
+    if is_finished(stage_dir(config, "finetune", key)):  # --force: redo, not resume
+        shutil.rmtree(checkpoints, ignore_errors=True)
     train = decode_local(inputs["prepare"].path / "shards")
     base = base_pipeline_folder(inputs["base"])
     names = generators(d)
     cache = cache_for(config, base, train)  # latents and prompt embeddings, shared by every generator
-    children = {}
-    for name in names:
-        spec = d.variant(split_generator_id(name)[0])
-        child = run.child(f"finetune-{name}", tags={"fairskin.stage": "finetune", **generator_tags(name)})
-        child.log_params({**{f"variant.{k}": v for k, v in spec.model_dump().items()},
-                          "generator.seed": generator_seed(d, name)})
-        children[name] = child
+    children = {name: _finetune_child(run, name, checkpoints / name, config) for name in names}
+    stop = threading.Event()
 
     def fit(name: str) -> dict[str, Any]:
         child = children[name]
         tracking = {"uri": config.tracking_uri(), "run_id": child.run_id} if child.run_id else None
         try:
+            if stop.is_set():
+                raise FitInterrupted(f"fine-tune of {name} not started")
             result = finetune_variant(config, d.variant(split_generator_id(name)[0]), base, train, out / name,
-                                      tracking=tracking, cache=cache, seed=generator_seed(d, name))
-        except BaseException:
-            child.end("FAILED")
+                                      tracking=tracking, cache=cache, seed=generator_seed(d, name),
+                                      checkpoints=checkpoints / name)
+        except BaseException as exc:
+            child.end("KILLED" if stop.is_set() or isinstance(exc, FitInterrupted) else "FAILED")
             raise
-        child.log_metrics({"fit_seconds": result["seconds"], "attempts": result["attempts"]})
+        child.log_metrics({"fit_seconds": result["seconds"], "attempts": result["attempts"],
+                           "resumed_from_step": result["resumed_from_step"]})
         child.end()
         return result
 
     parallel = parallel_fits(config, len(names))
     summary: dict[str, Any] = {"parallel_variants": parallel, "generators": len(names), "repeats": d.repeats}
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="finetune") as pool:
-        results = dict(zip(names, pool.map(fit, names)))  # re-raises the first failure
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="finetune")
+    futures: dict[str, Any] = {}
+    try:
+        futures = {name: pool.submit(fit, name) for name in names}
+        results = {name: future.result() for name, future in futures.items()}  # re-raises the first failure
+    except KeyboardInterrupt:
+        _abort_fits(futures, [checkpoints / name for name in names], stop, request_stop)
+        for name, future in futures.items():
+            if future.cancelled():
+                children[name].end("KILLED")
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     for name, result in results.items():
         summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
     atomic_write_json(out / "fingerprints.json",
                       {name: folder_fingerprint(out / name / "pipeline" / "unet") for name in names})
+    # Removed by _finetune_log once the stage folder is in place (kept with diffusion.keep_checkpoints).
+    summary["checkpoints"] = "" if d.keep_checkpoints else str(checkpoints)
     return summary
+
+
+def _abort_fits(futures: Mapping[str, Any], folders: Sequence[Path], stop, request_stop,
+                timeout_s: float = 45.0) -> None:
+    """Ctrl-C: Ray Train's own handler exists only for a fit() on the main thread, so stop ours: no
+    new fit starts, the running ones are aborted through their stop files; if one has not returned
+    within ``timeout_s``, disconnecting from Ray ends its wait."""
+    import concurrent.futures
+
+    stop.set()
+    for future in futures.values():
+        future.cancel()
+    for folder in folders:
+        request_stop(folder)
+    _, running = concurrent.futures.wait(list(futures.values()), timeout=timeout_s)
+    if running:
+        import ray
+
+        ray.shutdown()
+
+
+def _finetune_child(run: RunHandle, name: str, folder: Path, config: FairSkinConfig) -> RunHandle:
+    """The generator's MLflow child run: the one its checkpoints were logged to, when a rerun finds
+    its id beside them (moved under this invocation's stage run), else a new one."""
+    import json
+
+    from fairskin.diffusion.variants import generator_seed
+    from fairskin.io import atomic_write_json
+    from fairskin.provenance import generator_tags, split_generator_id
+    from fairskin.tracking import PARENT_TAG
+
+    tags = {"fairskin.stage": "finetune", **generator_tags(name)}
+    record = folder / "mlflow_run.json"
+    if run.client is not None and record.is_file():
+        run_id = json.loads(record.read_text())["run_id"]
+        try:
+            run.client.update_run(run_id, status="RUNNING")
+        except Exception:  # another tracking store, or the run was deleted: start a new one
+            pass
+        else:
+            child = RunHandle(run.client, run_id, run.experiment_id, dict(run.inherit))
+            child.set_tags({**run.inherit, **tags, PARENT_TAG: run.run_id, "fairskin.resumed": "true"})
+            return child
+    spec = config.diffusion.variant(split_generator_id(name)[0])
+    child = run.child(f"finetune-{name}", tags=tags)
+    child.log_params({**{f"variant.{k}": v for k, v in spec.model_dump().items()},
+                      "generator.seed": generator_seed(config.diffusion, name)})
+    if child.run_id:
+        atomic_write_json(record, {"run_id": child.run_id})
+    return child
+
+
+def _finetune_log(run: RunHandle, result: StageResult) -> None:
+    """Log the summary; then, the stage folder being complete, delete the checkpoints it no longer needs
+    (run here, after the rename, so a kill never loses checkpoints of an unfinished stage)."""
+    import shutil
+
+    run.log_metrics({k: v for k, v in result.summary.items() if isinstance(v, (int, float))})
+    if result.summary.get("checkpoints"):
+        shutil.rmtree(result.summary["checkpoints"], ignore_errors=True)
 
 
 def parallel_fits(config: FairSkinConfig, n_variants: int) -> int:
@@ -302,8 +404,8 @@ def parallel_fits(config: FairSkinConfig, n_variants: int) -> int:
     return parallel
 
 
-register_stage(Stage("finetune", reads=("diffusion",), inputs=("prepare", "base"), version=2,
-                     body=_finetune_body, needs_ray=True, log=lambda run, result: run.log_metrics(result.summary)))
+register_stage(Stage("finetune", reads=_finetune_reads(), inputs=("prepare", "base"), version=2,
+                     body=_finetune_body, needs_ray=True, log=_finetune_log))
 
 
 # --------------------------------------------------------------------------- generate

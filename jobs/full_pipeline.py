@@ -26,6 +26,9 @@ from fairskin.pipeline import STAGES, report_path, run_pipeline  # noqa: E402
 from fairskin.runtime import quiet_console, ray_logs_dir  # noqa: E402
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
@@ -51,9 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     quiet_console(config.runtime.verbose)
     started = time.time()
-    # One process per runs root: a second one is refused at once (exit 2, naming the holder).
-    with input_errors(args.debug), runs_root_lock(config.runtime.runs_root, break_lock=args.break_lock):
-        outcome = run_pipeline(config, stages=args.stages, force=args.force)
+    try:
+        # One process per runs root: a second one is refused at once (exit 2, naming the holder).
+        with input_errors(args.debug), runs_root_lock(config.runtime.runs_root, break_lock=args.break_lock):
+            outcome = run_pipeline(config, stages=args.stages, force=args.force)
+    except KeyboardInterrupt:
+        # The running stage's MLflow runs are marked KILLED; what it can resume from is kept.
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     tracker = outcome.tracker
     print()
     print(f"runs root      : {config.runtime.runs_root}")
