@@ -81,7 +81,10 @@ def _pids_of_head(temp_dir: str) -> list[int]:
     return pids
 
 
-@pytest.fixture(scope="session")
+# autouse: RAY_ADDRESS names the session's head before any test runs, so no test's in-process
+# init_ray() ever starts a private local cluster that later tests would stay connected to (two
+# clusters on one machine also confuse Ray Train's state-API lookups).
+@pytest.fixture(scope="session", autouse=True)
 def ray_head():
     """Start a private Ray head for the session; yields its GCS address and dashboard URL."""
     # Short path: Ray's unix sockets live under the temp dir and have a ~107-byte limit.
