@@ -341,7 +341,7 @@ def _demo() -> dict[str, Any]:
                       # fit is Ray Train start-up, which then overlaps; half a CPU stays for Ray Data
                       "parallel_variants": 2, "cpus_per_worker": 0.5},
         "generation": {"images_per_subclass": 45, "inference_steps": 8, "scheduler": "ddim", "guidance_scale": 3.0,
-                       "batch_size": 16, "judge_images_per_subclass": 50},
+                       "batch_size": 16, "judge_images_per_subclass": 100},
         "classifier": {"model": "tiny", "image_size": 64, "epochs": 8, "learning_rate": 1e-3, "batch_size": 64,
                        "bootstrap_samples": 200},
         "tune": {"num_trials": 6, "count_scale": 0.05, "train_seeds": 1},
