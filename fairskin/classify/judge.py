@@ -8,7 +8,8 @@ feature space of their own.
   trained on a fresh set, ``generation.judge_images_per_subclass`` images per (group, disease)
   (balanced), drawn in the seed namespace ``judge`` (no image seed or id is shared with the
   ``prepare`` stage's ``train`` namespace). Every fifth image of a subclass (index 4, 9, ...) is its
-  validation split. Its real baseline: the ``prepare`` stage's val + test images (the judge saw
+  validation split. It trains as ``classifier.*`` says, except for the batch size
+  (``generation.judge_batch_size``: small, so a small set still gives enough steps). Its real baseline: the ``prepare`` stage's val + test images (the judge saw
   none of the prepare images; val + test are also unseen by every generator).
 * ``data.source=fitzpatrick17k``: no independent real set exists, so the judge *is* the reference
   classifier, which was trained on the train split (the FID reference by default); its real
