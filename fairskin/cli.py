@@ -29,6 +29,7 @@ INPUT_ERRORS = (
     ("fairskin.classify.augment", "PlanError"),
     ("fairskin.classify.models", "ModelNotFoundError"),
     ("fairskin.diffusion.models", "ModelNotFoundError"),
+    ("fairskin.lock", "RunsRootLocked"),
 )
 
 
@@ -55,14 +56,18 @@ def error_message(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def input_errors(debug: bool = False, extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
-    """Inside: an input error prints :func:`error_message` and exits 2 (re-raised with ``debug``)."""
+    """Inside: an input error prints :func:`error_message` and exits 2 (re-raised with ``debug``).
+
+    An error class with an ``exit_code`` attribute exits with that code instead (a study whose
+    every trial failed: 1).
+    """
     try:
         yield
     except Exception as exc:
         if debug or not is_input_error(exc, extra):
             raise
         print(error_message(exc), file=sys.stderr)
-        raise SystemExit(EXIT_INPUT_ERROR) from None
+        raise SystemExit(getattr(exc, "exit_code", EXIT_INPUT_ERROR)) from None
 
 
 def add_debug_argument(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +82,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="overrides applied last, e.g. runtime.seed=3 data.image_size=32")
     add_debug_argument(parser)
+
+
+def add_lock_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--break-lock", action="store_true",
+                        help="take the runs root's lock even if another host's process holds it (only when you "
+                             "know that process has ended; a dead holder on this host is taken over anyway)")
 
 
 def config_from_args(args: argparse.Namespace) -> FairSkinConfig:

@@ -162,6 +162,9 @@ class DiffusionConfig(_Section):
     # Variants fine-tuned at once (each its own TorchTrainer); results do not depend on it.
     parallel_variants: int = Field(1, ge=1)
     max_failures: int = Field(0, ge=-1)
+    # Keep the fine-tune checkpoints (<runs root>/checkpoints/finetune-<key>/) once the stage is done;
+    # by default they are deleted then (a killed or interrupted stage always keeps them, to resume).
+    keep_checkpoints: bool = False
     base_vae_steps: int = Field(0, ge=0)
     base_unet_steps: int = Field(0, ge=0)
 
@@ -278,6 +281,9 @@ class RuntimeConfig(_Section):
     seed: int = Field(0, ge=0)
     num_cpus: float | None = Field(None, gt=0)
     progress: bool = True
+    # Ray's worker logs, Ray Data's progress bars and library progress bars on the console (else only in the
+    # Ray session's log files); jobs/full_pipeline.py --verbose sets it.
+    verbose: bool = False
 
     @field_validator("runs_root")
     @classmethod

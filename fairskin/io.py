@@ -9,14 +9,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 
+def host_tag() -> str:
+    """This host's name as it appears in temporary names (characters outside [A-Za-z0-9._-] -> ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "unknown"
+
+
 def _temp_sibling(path: Path, tag: str = "tmp") -> Path:
-    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    """``.<name>.<tag>-<pid>-<8 hex>@<host>``: the PID and host tell whether its writer may still run
+    (see :func:`fairskin.stages.clean_stale_partials`; a PID means nothing on another host)."""
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}@{host_tag()}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from fairskin.config import ConfigError, FairSkinConfig, dump_config, flatten
+from fairskin.lock import holding_runs_root
 from fairskin.provenance import TAG_PIPELINE, TAG_STAGE_KEY
 from fairskin.stages import StageResult, run_stage, stage_key
 from fairskin.tracking import RunHandle, Tracker
+from fairskin.versioning import record_environment
 
 StageBody = Callable[[FairSkinConfig, Path, Mapping[str, StageResult], RunHandle], Mapping[str, Any]]
 StageLog = Callable[[RunHandle, StageResult], None]
@@ -43,6 +45,9 @@ class Stage:
     # Bumped when the meaning of the stage's output changes (a new draw, a new seed rule): it is
     # part of the stage key, so a runs root never serves results of older code as current.
     version: int = 1
+    # External inputs: entries of EXTERNAL (dotted config paths naming files / folders, and
+    # "tune.space_content") whose content fingerprints are part of the key.
+    external: tuple[str, ...] = ()
 
 
 STAGES: dict[str, Stage] = {}
@@ -51,6 +56,68 @@ STAGES: dict[str, Stage] = {}
 def register_stage(stage: Stage) -> Stage:
     STAGES[stage.name] = stage
     return stage
+
+
+# --------------------------------------------------------------------------- keys from contents
+
+
+def _path_fingerprint(dotted: str, **options) -> Callable[[FairSkinConfig, Any], str | None]:
+    def fingerprint(config: FairSkinConfig, cache) -> str | None:
+        from fairskin.fingerprints import content_fingerprint, local_path
+
+        path = local_path(config.section(dotted))  # None: unset, "tiny", or a hub id (its name is the key)
+        return None if path is None else content_fingerprint(path, cache, **options)
+
+    return fingerprint
+
+
+def _space_fingerprint(config: FairSkinConfig, cache) -> str:
+    """The resolved search space the tune stage runs (its YAML's content, not its name)."""
+    import hashlib
+    import json
+
+    blob = json.dumps(pipeline_space(config).model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _model_fingerprint(dotted: str):
+    from fairskin.fingerprints import MODEL_SUFFIXES
+
+    return _path_fingerprint(dotted, suffixes=MODEL_SUFFIXES)
+
+
+# What an external input's fingerprint covers: a file's bytes; the image folder's files (names,
+# sizes, bytes; the images sit directly under it); a model folder's weight and config files.
+EXTERNAL: dict[str, Callable[[FairSkinConfig, Any], str | None]] = {
+    "data.csv_path": _path_fingerprint("data.csv_path"),
+    "data.image_root": _path_fingerprint("data.image_root", recursive=False),
+    "diffusion.model": _model_fingerprint("diffusion.model"),
+    "classifier.model": _model_fingerprint("classifier.model"),
+    "generation.inception_weights_path": _path_fingerprint("generation.inception_weights_path"),
+    "tune.space_content": _space_fingerprint,
+}
+
+
+def external_fingerprints(stage: Stage, config: FairSkinConfig, cache=None) -> dict[str, str]:
+    """Content fingerprints of the external inputs ``stage`` reads (cached under the runs root)."""
+    from fairskin.fingerprints import FingerprintCache
+
+    cache = cache if cache is not None else FingerprintCache.for_runs_root(config.runtime.runs_root)
+    out = {}
+    for dotted in stage.external:
+        value = EXTERNAL[dotted](config, cache)
+        if value is not None:
+            out[dotted] = value
+    cache.save()
+    return out
+
+
+def pipeline_stage_key(name: str, config: FairSkinConfig, inputs: Mapping[str, StageResult],
+                       cache=None) -> str:
+    """The key of stage ``name`` in this pipeline: its config slice, code version, inputs' keys and
+    the contents of its external inputs."""
+    stage = STAGES[name]
+    return stage_key(name, config, stage.reads, inputs, stage.version, external_fingerprints(stage, config, cache))
 
 
 # --------------------------------------------------------------------------- prepare
@@ -92,7 +159,8 @@ def _prepare_log(run: RunHandle, result: StageResult) -> None:
             run.log_artifact(result.path / name, "prepare")
 
 
-register_stage(Stage("prepare", reads=("data", "runtime.seed"), body=_prepare_body, log=_prepare_log))
+register_stage(Stage("prepare", reads=("data", "runtime.seed"), body=_prepare_body, log=_prepare_log,
+                     external=("data.csv_path", "data.image_root")))
 
 
 # --------------------------------------------------------------------------- reference
@@ -126,7 +194,7 @@ def _reference_log(run: RunHandle, result: StageResult) -> None:
 
 
 register_stage(Stage("reference", reads=("classifier", "runtime.seed"), inputs=("prepare",),
-                     body=_reference_body, log=_reference_log))
+                     body=_reference_body, log=_reference_log, external=("classifier.model",)))
 
 
 # --------------------------------------------------------------------------- base
@@ -165,59 +233,161 @@ def base_pipeline_folder(result: StageResult) -> Path:
 register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_vae_steps", "diffusion.base_unet_steps",
                                     "diffusion.global_batch_size", "diffusion.learning_rate",
                                     "diffusion.prompt_template", "runtime.seed"),
-                     inputs=("prepare",), body=_base_body,
+                     inputs=("prepare",), body=_base_body, external=("diffusion.model",),
                      log=lambda run, result: run.log_metrics(result.summary)))
 
 
 # --------------------------------------------------------------------------- finetune
 
 
+# What the fine-tune's result depends on: every diffusion field but these, so a rerun with more
+# retries, another concurrency or kept checkpoints resumes the same checkpoints (same key).
+_FINETUNE_IGNORES = ("max_failures", "parallel_variants", "keep_checkpoints")
+
+
+def _finetune_reads() -> tuple[str, ...]:
+    from fairskin.config import DiffusionConfig
+
+    return tuple(f"diffusion.{f}" for f in DiffusionConfig.model_fields if f not in _FINETUNE_IGNORES)
+
+
+def finetune_checkpoints(config: FairSkinConfig, key: str) -> Path:
+    """``<runs root>/checkpoints/finetune-<key>``: one folder per generator, outside the stage's
+    temporary folder, so a killed or interrupted stage resumes from them."""
+    return config.runtime.runs_root / "checkpoints" / f"finetune-{key}"
+
+
 def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
                    run: RunHandle) -> Mapping[str, Any]:
     """Fine-tune every generator (variant x repeat, ``diffusion.variants`` x ``diffusion.repeat_seeds``)
     from the base on Ray Train, each a child run; writes ``<generator>/pipeline`` and
-    ``fingerprints.json`` (generator -> fingerprint of its fine-tuned UNet)."""
+    ``fingerprints.json`` (generator -> fingerprint of its fine-tuned UNet).
+
+    Each generator checkpoints into ``finetune_checkpoints(config, key) / <generator>`` and keeps its
+    MLflow child run id there: a rerun after a kill continues both. On Ctrl-C the running fits are
+    aborted (their runs marked KILLED, their checkpoints kept) and KeyboardInterrupt propagates.
+    """
+    import shutil
+    import threading
+
     from fairskin.data.stream import decode_local
-    from fairskin.diffusion.finetune import cache_for, finetune_variant
+    from fairskin.diffusion.finetune import FitInterrupted, cache_for, finetune_variant, request_stop
     from fairskin.diffusion.variants import generator_seed, generators
     from fairskin.io import atomic_write_json
-    from fairskin.provenance import folder_fingerprint, generator_tags, split_generator_id
+    from fairskin.provenance import folder_fingerprint, split_generator_id
+    from fairskin.stages import is_finished, stage_dir
 
     d = config.diffusion
+    key = pipeline_stage_key("finetune", config, inputs)
+    checkpoints = finetune_checkpoints(config, key)
+    if is_finished(stage_dir(config, "finetune", key)):  # --force: redo, not resume
+        shutil.rmtree(checkpoints, ignore_errors=True)
     train = decode_local(inputs["prepare"].path / "shards")
     base = base_pipeline_folder(inputs["base"])
     names = generators(d)
     cache = cache_for(config, base, train)  # latents and prompt embeddings, shared by every generator
-    children = {}
-    for name in names:
-        spec = d.variant(split_generator_id(name)[0])
-        child = run.child(f"finetune-{name}", tags={"fairskin.stage": "finetune", **generator_tags(name)})
-        child.log_params({**{f"variant.{k}": v for k, v in spec.model_dump().items()},
-                          "generator.seed": generator_seed(d, name)})
-        children[name] = child
+    children = {name: _finetune_child(run, name, checkpoints / name, config) for name in names}
+    stop = threading.Event()
 
     def fit(name: str) -> dict[str, Any]:
         child = children[name]
         tracking = {"uri": config.tracking_uri(), "run_id": child.run_id} if child.run_id else None
         try:
+            if stop.is_set():
+                raise FitInterrupted(f"fine-tune of {name} not started")
             result = finetune_variant(config, d.variant(split_generator_id(name)[0]), base, train, out / name,
-                                      tracking=tracking, cache=cache, seed=generator_seed(d, name))
-        except BaseException:
-            child.end("FAILED")
+                                      tracking=tracking, cache=cache, seed=generator_seed(d, name),
+                                      checkpoints=checkpoints / name)
+        except BaseException as exc:
+            child.end("KILLED" if stop.is_set() or isinstance(exc, FitInterrupted) else "FAILED")
             raise
-        child.log_metrics({"fit_seconds": result["seconds"], "attempts": result["attempts"]})
+        child.log_metrics({"fit_seconds": result["seconds"], "attempts": result["attempts"],
+                           "resumed_from_step": result["resumed_from_step"]})
         child.end()
         return result
 
     parallel = parallel_fits(config, len(names))
     summary: dict[str, Any] = {"parallel_variants": parallel, "generators": len(names), "repeats": d.repeats}
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="finetune") as pool:
-        results = dict(zip(names, pool.map(fit, names)))  # re-raises the first failure
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="finetune")
+    futures: dict[str, Any] = {}
+    try:
+        futures = {name: pool.submit(fit, name) for name in names}
+        results = {name: future.result() for name, future in futures.items()}  # re-raises the first failure
+    except KeyboardInterrupt:
+        _abort_fits(futures, [checkpoints / name for name in names], stop, request_stop)
+        for name, future in futures.items():
+            if future.cancelled():
+                children[name].end("KILLED")
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     for name, result in results.items():
         summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
     atomic_write_json(out / "fingerprints.json",
                       {name: folder_fingerprint(out / name / "pipeline" / "unet") for name in names})
+    # Removed by _finetune_log once the stage folder is in place (kept with diffusion.keep_checkpoints).
+    summary["checkpoints"] = "" if d.keep_checkpoints else str(checkpoints)
     return summary
+
+
+def _abort_fits(futures: Mapping[str, Any], folders: Sequence[Path], stop, request_stop,
+                timeout_s: float = 45.0) -> None:
+    """Ctrl-C: Ray Train's own handler exists only for a fit() on the main thread, so stop ours: no
+    new fit starts, the running ones are aborted through their stop files; if one has not returned
+    within ``timeout_s``, disconnecting from Ray ends its wait."""
+    import concurrent.futures
+
+    stop.set()
+    for future in futures.values():
+        future.cancel()
+    for folder in folders:
+        request_stop(folder)
+    _, running = concurrent.futures.wait(list(futures.values()), timeout=timeout_s)
+    if running:
+        import ray
+
+        ray.shutdown()
+
+
+def _finetune_child(run: RunHandle, name: str, folder: Path, config: FairSkinConfig) -> RunHandle:
+    """The generator's MLflow child run: the one its checkpoints were logged to, when a rerun finds
+    its id beside them (moved under this invocation's stage run), else a new one."""
+    import json
+
+    from fairskin.diffusion.variants import generator_seed
+    from fairskin.io import atomic_write_json
+    from fairskin.provenance import generator_tags, split_generator_id
+    from fairskin.tracking import PARENT_TAG
+
+    tags = {"fairskin.stage": "finetune", **generator_tags(name)}
+    record = folder / "mlflow_run.json"
+    if run.client is not None and record.is_file():
+        run_id = json.loads(record.read_text())["run_id"]
+        try:
+            run.client.update_run(run_id, status="RUNNING")
+        except Exception:  # another tracking store, or the run was deleted: start a new one
+            pass
+        else:
+            child = RunHandle(run.client, run_id, run.experiment_id, dict(run.inherit))
+            child.set_tags({**run.inherit, **tags, PARENT_TAG: run.run_id, "fairskin.resumed": "true"})
+            return child
+    spec = config.diffusion.variant(split_generator_id(name)[0])
+    child = run.child(f"finetune-{name}", tags=tags)
+    child.log_params({**{f"variant.{k}": v for k, v in spec.model_dump().items()},
+                      "generator.seed": generator_seed(config.diffusion, name)})
+    if child.run_id:
+        atomic_write_json(record, {"run_id": child.run_id})
+    return child
+
+
+def _finetune_log(run: RunHandle, result: StageResult) -> None:
+    """Log the summary; then, the stage folder being complete, delete the checkpoints it no longer needs
+    (run here, after the rename, so a kill never loses checkpoints of an unfinished stage)."""
+    import shutil
+
+    run.log_metrics({k: v for k, v in result.summary.items() if isinstance(v, (int, float))})
+    if result.summary.get("checkpoints"):
+        shutil.rmtree(result.summary["checkpoints"], ignore_errors=True)
 
 
 def parallel_fits(config: FairSkinConfig, n_variants: int) -> int:
@@ -234,8 +404,8 @@ def parallel_fits(config: FairSkinConfig, n_variants: int) -> int:
     return parallel
 
 
-register_stage(Stage("finetune", reads=("diffusion",), inputs=("prepare", "base"), version=2,
-                     body=_finetune_body, needs_ray=True, log=lambda run, result: run.log_metrics(result.summary)))
+register_stage(Stage("finetune", reads=_finetune_reads(), inputs=("prepare", "base"), version=2,
+                     body=_finetune_body, needs_ray=True, log=_finetune_log))
 
 
 # --------------------------------------------------------------------------- generate
@@ -260,7 +430,7 @@ def _generate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     from fairskin.diffusion.generate import generate_pools
     from fairskin.stages import stages_root
 
-    key = stage_key("generate", config, GENERATE_READS, inputs, STAGES["generate"].version)
+    key = pipeline_stage_key("generate", config, inputs)
     work = stages_root(config) / f"generate-{key}.work"
     from fairskin.diffusion.variants import generators
     from fairskin.io import atomic_write_json
@@ -569,7 +739,8 @@ def _evaluate_log(run: RunHandle, result: StageResult) -> None:
 
 register_stage(Stage("evaluate", reads=("generation.real_split", "generation.inception_weights_path",
                                         "classifier.image_size", "runtime.seed"), version=3,
-                     inputs=("prepare", "reference", "generate", "judge"), body=_evaluate_body, log=_evaluate_log))
+                     inputs=("prepare", "reference", "generate", "judge"), body=_evaluate_body, log=_evaluate_log,
+                     external=("generation.inception_weights_path",)))
 
 
 # --------------------------------------------------------------------------- tune
@@ -602,7 +773,7 @@ def _tune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResu
     from fairskin.tune.study import STUDY_FILE, run_study, study_dir
 
     space = pipeline_space(config)
-    key = stage_key("tune", config, TUNE_READS, inputs, STAGES["tune"].version)
+    key = pipeline_stage_key("tune", config, inputs)
     name = f"{space.name}-{config.preset}-{key}"
     resume = (study_dir(config, name) / STUDY_FILE).exists()
     result = run_study(config, space, pool_folders(inputs["generate"]), inputs["prepare"].path / "shards",
@@ -630,6 +801,7 @@ def study_of(result: StageResult) -> str:
 
 
 register_stage(Stage("tune", reads=TUNE_READS, inputs=("prepare", "generate"), body=_tune_body, needs_ray=True,
+                     external=("classifier.model", "tune.space_content"),
                      log=lambda run, result: run.log_metrics(result.summary)))
 
 
@@ -700,17 +872,33 @@ def _with_inputs(stages: list[Stage]) -> list[Stage]:
     return [STAGES[n] for n in STAGES if n in needed]
 
 
+def forced_stages(plan: Sequence[Stage], force: Sequence[str]) -> set[str]:
+    """The stages of ``plan`` to recompute: those named in ``force`` and every stage of the plan that
+    depends on one of them (directly or through others); ``"all"``: every stage."""
+    if "all" in force:
+        return {s.name for s in plan}
+    forced = set(force)
+    for stage in plan:  # pipeline order: inputs come first
+        if forced.intersection(stage.inputs):
+            forced.add(stage.name)
+    return forced & {s.name for s in plan}
+
+
+@holding_runs_root
 def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, force: Sequence[str] = (),
                  echo: Callable[[str], None] = print) -> PipelineRun:
-    """Run the chosen stages (default: all) and the stages they need; ``force`` names stages to redo.
+    """Run the chosen stages (default: all) and the stages they need; ``force`` names stages to redo,
+    and every stage of this run downstream of one is redone too (``force=["all"]``: every stage).
 
-    ``force=["all"]`` redoes every stage.
+    The runs root is locked for the call (:mod:`fairskin.lock`; re-entrant in one process), and
+    the MLflow store is opened (a SQLite schema created) under that lock before anything else writes.
     """
     plan = _with_inputs(_ordered(stages, config))
     force_set = set(force)
     unknown = force_set - set(STAGES) - {"all"}
     if unknown:
         raise ValueError(f"--force names unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
+    force_set = forced_stages(plan, sorted(force_set))
     tracker = Tracker.from_config(config)
     outcome = PipelineRun(tracker=tracker)
     config.runtime.runs_root.mkdir(parents=True, exist_ok=True)
@@ -721,13 +909,15 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
         parent.inherit = {TAG_PIPELINE: parent.run_id}  # every run below carries it (provenance)
         parent.set_tags({TAG_PIPELINE: parent.run_id})
         parent.log_config(config)
+        record_environment(parent)  # engine version, git commit, installed packages (reproducibility)
         for stage in plan:
             if stage.needs_ray:
                 from fairskin.runtime import init_ray
 
                 init_ray(config)
             inputs = {name: outcome.results[name] for name in stage.inputs}
-            key = stage_key(stage.name, config, stage.reads, inputs, stage.version)
+            external = external_fingerprints(stage, config)
+            key = stage_key(stage.name, config, stage.reads, inputs, stage.version, external)
             parent.set_tags({f"fairskin.key.{stage.name}": key})
             echo(f"[{stage.name}] ...")
             with tracker.run(stage.name, parent=parent, tags={"fairskin.stage": stage.name, TAG_STAGE_KEY: key,
@@ -736,10 +926,11 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
                 started = time.time()
                 result = run_stage(config, stage.name, stage.reads,
                                    lambda out, s=stage, i=inputs, r=child: s.body(config, out, i, r),
-                                   inputs=inputs, force=stage.name in force_set or "all" in force_set,
-                                   version=stage.version)
+                                   inputs=inputs, force=stage.name in force_set,
+                                   version=stage.version, external=external)
                 elapsed = time.time() - started
                 child.log_params({"stage.key": result.key, "stage.path": str(result.path),
+                                  **{f"external.{k}": v for k, v in external.items()},
                                   **{f"reads.{k}": v for k, v in flatten(
                                       {p: config.section(p) for p in stage.reads}).items()}})
                 child.set_tags({"fairskin.skipped": result.skipped})

@@ -4,14 +4,27 @@ Every entry point calls :func:`init_ray` once. It joins the cluster named by
 ``RAY_ADDRESS`` (as set under ``ray job submit`` or by the test fixture) or, when unset,
 starts a private local cluster with ``address="local"``: a bare ``ray.init()`` would
 attach to any other cluster that happens to run on the machine.
+
+Ray's token authentication stays on: a new local cluster uses Ray's default (token mode,
+the token from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, made
+there if none exists); joining a cluster follows ``RAY_AUTH_MODE`` and the same token
+sources (under ``ray job submit`` the job inherits the head's).
+
+The console is quiet by default (:func:`quiet_console`): the engine's own progress and
+summary only. Ray's worker logs stay in the Ray session's log files (:func:`ray_logs_dir`)
+instead of being forwarded to the driver, Ray Data's progress bars are off, and library
+progress bars and INFO logs are off; ``runtime.verbose`` shows them all.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import random
-from typing import Any
+import socket
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -58,38 +71,134 @@ def threads_for_current_worker(default: int | None = None) -> int:
     return default or os.cpu_count() or 1
 
 
+def _verbose(config: FairSkinConfig | None) -> bool:
+    return bool(config.runtime.verbose) if config is not None else False
+
+
+# Environment the engine's processes (and, for a local cluster, every Ray worker) start with when quiet.
+_QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" / "Writing model shards" bars
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables..."
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+}
+
+
+def quiet_console(verbose: bool = False) -> None:
+    """Keep library progress bars and INFO logs off the console (unless ``verbose``).
+
+    Call it first thing in an entry point: the environment variables reach libraries imported later
+    and the Ray workers of a local cluster started later; libraries already imported are told directly.
+    Values already in the environment are kept (a user's own choice wins).
+    """
+    if verbose:
+        return
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    import sys
+
+    for name in ("transformers", "diffusers"):
+        if name in sys.modules:
+            with contextlib.suppress(Exception):
+                utils_logging = __import__(f"{name}.utils.logging", fromlist=["disable_progress_bar"])
+                utils_logging.disable_progress_bar()
+                utils_logging.set_verbosity_error()
+    with contextlib.suppress(Exception):
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.disable_progress_bars()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _local_cluster_address() -> Iterator[None]:
+    """While a local cluster starts, give it a chosen GCS port and put its address in ``RAY_ADDRESS``.
+
+    The cluster's processes inherit the environment, so every Ray worker knows its own cluster. Without
+    it, Ray Train's ``PlacementGroupCleaner`` looks its controller up through the state API with no
+    address, which on a machine running several Ray clusters fails ("Found multiple active Ray
+    instances", a traceback on the console) or, worse, finds another cluster named in
+    ``/tmp/ray/ray_current_cluster``, where the controller does not exist, and removes the fit's
+    placement group. ``address="local"`` ignores ``RAY_ADDRESS``; this process's own environment is
+    restored afterwards.
+    """
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
+    port = _free_port()
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def init_ray(config: FairSkinConfig | None = None, **kwargs: Any) -> dict[str, float]:
     """Join ``RAY_ADDRESS`` or start a quiet private local cluster; returns cluster resources.
 
-    Idempotent: a process already connected keeps its connection.
+    Idempotent: a process already connected keeps its connection. Worker logs reach the console only
+    with ``runtime.verbose`` (they are always in :func:`ray_logs_dir`).
     """
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    verbose = _verbose(config)
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        common = {"log_to_driver": True, "configure_logging": True, "logging_level": "WARNING"}
+        common = {"log_to_driver": verbose, "configure_logging": True,
+                  "logging_level": "INFO" if verbose else "WARNING"}
         common.update(kwargs)
         if address:
             # Under `ray job submit` RAY_ADDRESS is set; ray.init() with no address joins it.
             ray.init(**common)
         else:
+            # Ray's default for a new local cluster is token authentication (RAY_AUTH_MODE unset): it makes a
+            # token in ~/.ray/auth_token when no RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / file holds one. Its
+            # "Set RAY_AUTH_MODE=disabled to opt out" notice is kept off a quiet console.
+            if not verbose:
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             num_cpus = (config.runtime.num_cpus if config is not None else None) or os.cpu_count() or 1
             # The dashboard also serves the state API that Ray Train's controller polls.
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                     **common)
+            with _local_cluster_address():
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                         **common)
     _quiet_ray_data(config)
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def ray_logs_dir() -> str | None:
+    """The Ray session's log folder on this node (worker stdout/stderr), or None when Ray is not running."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray._private.worker.global_worker.node.get_logs_dir_path()
+    except Exception:  # a private attribute: never fail the caller over it
+        pass
+    return None
 
 
 def _quiet_ray_data(config: FairSkinConfig | None) -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    show = bool(config.runtime.progress) if config is not None else False
-    ctx.enable_progress_bars = show
+    verbose = _verbose(config)
+    # Ray Data's bars would interleave with the engine's own: shown only when verbose.
+    ctx.enable_progress_bars = verbose
     if hasattr(ctx, "print_on_execution_start"):
         ctx.print_on_execution_start = False
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # "Progress bars disabled. To enable, ..." and "A new progress UI is available" notices.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def configure_worker(seed: int | None = None, default_threads: int | None = None) -> int:

@@ -1,8 +1,9 @@
 """Stages: keyed, skippable, atomic units of the pipeline.
 
 A stage is a function of (config slice, inputs) to an output folder under
-``<runs_root>/stages/<name>-<key>``. The key hashes the config slice the stage reads and
-its inputs' keys, so changing anything upstream changes every key downstream. The
+``<runs_root>/stages/<name>-<key>``. The key hashes the config slice the stage reads,
+the contents of the external files and folders it reads (``external``) and its inputs' keys,
+so changing anything upstream changes every key downstream. The
 folder is written under a temporary name and renamed when complete: a stage that was
 killed leaves only a hidden ``.…partial-…`` folder, never one that looks finished.
 """
@@ -23,7 +24,8 @@ from fairskin.config import FairSkinConfig
 from fairskin.io import atomic_directory, atomic_write_json
 
 STAGE_RECORD = "_stage.json"
-_PARTIAL = re.compile(r"^\..+\.(partial|old)-(\d+)-[0-9a-f]{8}$")
+# ``.<name>.partial-<pid>-<8 hex>@<host>`` (older trees: without ``@<host>``, taken as this host's).
+_PARTIAL = re.compile(r"^\..+\.(partial|old)-(\d+)-[0-9a-f]{8}(?:@(?P<host>[A-Za-z0-9._-]+))?$")
 
 
 @dataclass(frozen=True)
@@ -39,16 +41,42 @@ class StageResult:
 
 
 def stage_key(name: str, config: FairSkinConfig, reads: Iterable[str],
-              inputs: Mapping[str, StageResult] | None = None, version: int = 1) -> str:
-    """12-hex-digit hash of (stage name, its code version, the dotted config paths it reads, its inputs' keys)."""
+              inputs: Mapping[str, StageResult] | None = None, version: int = 1,
+              external: Mapping[str, str] | None = None) -> str:
+    """12-hex-digit hash of (stage name, its code version, the dotted config paths it reads, its inputs' keys,
+    and the content fingerprints of the external files and folders it reads).
+
+    ``external``: dotted config path -> content fingerprint (see :mod:`fairskin.fingerprints`). Where
+    that path lies inside what the stage reads (``data.csv_path`` inside ``data``), its value (a
+    path) is replaced by the fingerprint, so the key follows the file's contents, not its name or
+    place. Without external inputs the key is what it was before fingerprints existed.
+    """
     payload = {
         "stage": name,
         "version": version,
-        "reads": {path: config.section(path) for path in sorted(reads)},
+        "reads": _reads(config, reads, external),
         "inputs": {k: v.key for k, v in sorted((inputs or {}).items())},
     }
+    if external:
+        payload["external"] = dict(sorted(external.items()))
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _reads(config: FairSkinConfig, reads: Iterable[str], external: Mapping[str, str] | None = None) -> dict:
+    """The config slices a stage reads, with each external path replaced by its content fingerprint."""
+    out = {path: config.section(path) for path in sorted(reads)}
+    for dotted, fingerprint in (external or {}).items():
+        for path in out:
+            if dotted == path:
+                out[path] = {"content": fingerprint}
+            elif dotted.startswith(path + "."):
+                node, parts = out[path], dotted[len(path) + 1:].split(".")
+                for part in parts[:-1]:
+                    node = node.get(part) if isinstance(node, dict) else None
+                if isinstance(node, dict) and parts[-1] in node:
+                    node[parts[-1]] = {"content": fingerprint}
+    return out
 
 
 def stages_root(config: FairSkinConfig) -> Path:
@@ -65,13 +93,21 @@ def is_finished(path: Path) -> bool:
 
 
 def clean_stale_partials(root: Path) -> list[Path]:
-    """Remove temporary folders left by killed processes (their PID no longer runs)."""
+    """Remove temporary folders left by killed processes of this host (their PID no longer runs).
+
+    A folder written by another host is kept: its PID says nothing here, and on shared cluster
+    storage its writer may be alive (delete such folders by hand once you know it has ended).
+    """
+    from fairskin.io import host_tag
+
     removed = []
     if not root.is_dir():
         return removed
     for child in root.iterdir():
         match = _PARTIAL.match(child.name)
         if not match:
+            continue
+        if match.group("host") not in (None, host_tag()):
             continue
         pid = int(match.group(2))
         if pid != os.getpid() and _pid_alive(pid):
@@ -93,15 +129,17 @@ def _pid_alive(pid: int) -> bool:
 
 def run_stage(config: FairSkinConfig, name: str, reads: Iterable[str],
               body: Callable[[Path], Mapping[str, Any] | None], *,
-              inputs: Mapping[str, StageResult] | None = None, force: bool = False, version: int = 1) -> StageResult:
+              inputs: Mapping[str, StageResult] | None = None, force: bool = False, version: int = 1,
+              external: Mapping[str, str] | None = None) -> StageResult:
     """Run ``body(tmp_dir)`` unless a finished folder for this key exists.
 
     ``body`` writes everything into the folder it is given (use relative paths inside it)
     and returns a small JSON-able summary, stored in the stage record. With ``force`` the
     stage is recomputed and the old folder is replaced only once the new one is complete.
+    ``external``: content fingerprints of the files and folders it reads (part of the key).
     """
     reads = list(reads)
-    key = stage_key(name, config, reads, inputs, version)
+    key = stage_key(name, config, reads, inputs, version, external)
     final = stage_dir(config, name, key)
     if is_finished(final) and not force:
         record = json.loads((final / STAGE_RECORD).read_text())
@@ -116,6 +154,7 @@ def run_stage(config: FairSkinConfig, name: str, reads: Iterable[str],
             "key": key,
             "version": version,
             "reads": {path: config.section(path) for path in sorted(reads)},
+            "external": dict(external or {}),
             "inputs": {k: {"key": v.key, "path": str(v.path)} for k, v in (inputs or {}).items()},
             "started": started,
             "seconds": seconds,

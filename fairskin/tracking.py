@@ -54,16 +54,19 @@ class RunHandle:
         self.log_params(loggable_params(config))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log finite numeric metrics at ``step`` (non-finite values are skipped, not logged as NaN)."""
+        """Log numeric metrics at ``step``. A non-finite value (NaN, inf) is not logged as a number:
+        the run is tagged instead (see :func:`record_nonfinite`), so a divergence is visible."""
         if self.client is None or not metrics:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(str(k), float(v), now, int(step or 0)) for k, v in metrics.items()
-                 if v is not None and math.isfinite(float(v))]
+        finite, bad = split_finite(metrics)
+        items = [Metric(k, v, now, int(step or 0)) for k, v in finite.items()]
         for start in range(0, len(items), _METRICS_PER_CALL):
             self.client.log_batch(self.run_id, metrics=items[start:start + _METRICS_PER_CALL])
+        if bad:
+            record_nonfinite(self.client, self.run_id, bad, step)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.client is None:
@@ -84,6 +87,12 @@ class RunHandle:
         if self.client is not None and self.run_id:
             self.client.set_terminated(self.run_id, status=status)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Write ``text`` as the artifact ``artifact_file`` (a path inside the run's artifacts)."""
+        if self.client is None:
+            return
+        self.client.log_text(self.run_id, text, artifact_file)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Copy a file or folder into the run's artifacts."""
         if self.client is None:
@@ -93,6 +102,37 @@ class RunHandle:
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+TAG_NONFINITE = "fairskin.nonfinite"
+
+
+def split_finite(metrics: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """(finite values, non-finite values) of the numeric entries of ``metrics`` (None is dropped)."""
+    finite, bad = {}, {}
+    for key, value in metrics.items():
+        if value is None:
+            continue
+        value = float(value)
+        (finite if math.isfinite(value) else bad)[str(key)] = value
+    return finite, bad
+
+
+def record_nonfinite(client: Any, run_id: str, values: Mapping[str, float], step: int | None = None) -> None:
+    """Make non-finite metrics visible without storing them as numbers (NaN / inf would poison every
+    mean and plot that reads the run): tag ``fairskin.nonfinite`` = the sorted, comma-separated names
+    of every metric that was ever non-finite in the run, and ``fairskin.nonfinite.<name>`` = the first
+    such value and its step (e.g. ``nan at step 3``). A warning is logged too."""
+    import logging
+
+    tags = client.get_run(run_id).data.tags
+    names = set(filter(None, tags.get(TAG_NONFINITE, "").split(","))) | set(values)
+    client.set_tag(run_id, TAG_NONFINITE, ",".join(sorted(names)))
+    for key, value in values.items():
+        if f"{TAG_NONFINITE}.{key}" not in tags:
+            client.set_tag(run_id, f"{TAG_NONFINITE}.{key}", f"{value} at step {int(step or 0)}")
+    logging.getLogger("fairskin").warning("run %s: non-finite metric(s) %s at step %s (tagged %s)", run_id,
+                                          dict(values), int(step or 0), TAG_NONFINITE)
 
 
 def _param_value(value: Any) -> str:

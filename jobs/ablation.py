@@ -15,14 +15,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
+from fairskin.preflight import require_engine_interpreter  # noqa: E402  (standard library only)
 
-from fairskin.cli import add_config_arguments, config_from_args, input_errors  # noqa: E402
+require_engine_interpreter("jobs/ablation.py")  # before the engine's imports
+
+from fairskin.cli import add_config_arguments, add_lock_argument, config_from_args, input_errors  # noqa: E402
 from fairskin.names import name_problem  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
+    add_lock_argument(parser)
     parser.add_argument("--study", default=None, help="study name (default: the latest `ablation` study)")
     parser.add_argument("--seeds", type=int, default=None, metavar="N",
                         help="use the first N training seeds of each row (default: all found)")
@@ -33,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     config = config_from_args(args)
-    with input_errors(args.debug):
+    from fairskin.lock import runs_root_lock
+
+    with input_errors(args.debug), runs_root_lock(config.runtime.runs_root, break_lock=args.break_lock):
         return _report(args, config)
 
 

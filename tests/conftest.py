@@ -4,11 +4,19 @@ The Ray head is started with ``ray start --head`` on its own temp dir and free p
 address exported as RAY_ADDRESS (so ``fairskin.runtime.init_ray``, subprocesses and
 ``ray job submit`` all join it), and ended by killing its own processes. ``ray stop`` is
 never used: it would kill every Ray process on the machine.
+
+Ray's token authentication stays on. The session makes its own token in a private temp dir and
+points Ray at it with ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` (set here, before
+anything imports Ray), so the head, this process, subprocess tests (they inherit os.environ),
+``ray job submit`` and any private local cluster a test starts all use it, and the user's
+``~/.ray/auth_token`` is neither read nor written.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,7 +33,22 @@ SHARED = REPO.parent / "shared"
 FITZPATRICK_CSV = SHARED / "data" / "fitzpatrick17k" / "fitzpatrick17k.csv"
 REFERENCE_COUNTS = SHARED / "data" / "fitzpatrick17k" / "subclass_counts_reference.csv"
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def _session_auth_token() -> Path:
+    """A fresh token for this test session, in a private temp dir removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="fsk-auth-"))
+    atexit.register(shutil.rmtree, folder, True)
+    path = folder / "auth_token"
+    path.touch(mode=0o600)
+    path.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    return path
+
+
+AUTH_TOKEN_PATH = _session_auth_token()
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(AUTH_TOKEN_PATH)
+os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -70,12 +93,16 @@ def ray_head():
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
            f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "FAIRSKIN_TEST_RAY": Path(temp_dir).name}
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180)
     address = f"127.0.0.1:{gcs}"
+    # Token auth is on (module top). RAY_ADDRESS in the head's environment reaches every worker: Ray Train's
+    # PlacementGroupCleaner looks its controller up with no address, which on a machine running other Ray
+    # clusters fails or asks another cluster (and then removes the fit's placement group).
+    env = {**os.environ, "FAIRSKIN_TEST_RAY": Path(temp_dir).name, "RAY_ADDRESS": address}
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180)
     os.environ["RAY_ADDRESS"] = address
     try:
-        yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}", "temp_dir": temp_dir}
+        yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}", "temp_dir": temp_dir,
+               "token_path": AUTH_TOKEN_PATH}
     finally:
         import ray
 

@@ -1,14 +1,27 @@
-"""Level 2 on Ray Train at smoke size: 2-worker DDP with an injected failure, resume equality."""
+"""Level 2 on Ray Train at smoke size: 2-worker DDP with an injected failure, resume equality, and
+fine-tunes that survive kills: the pipeline killed (SIGKILL, then Ctrl-C) during `finetune` and rerun,
+and a Ray Train worker process killed mid-fit, each ending with the weights of an uninterrupted run
+(one worker, bit for bit) and with every step in MLflow exactly once."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
 
+from conftest import REPO
 from fairskin.config import build_config
 from fairskin.data.stream import decode_local
 from fairskin.diffusion.base import subclass_prompts
-from fairskin.diffusion.finetune import cache_training_set, finetune_variant
+from fairskin.diffusion.finetune import STATE_FILE, STEP_PAUSE_ENV, cache_training_set, finetune_variant, latest_state
 from fairskin.diffusion.losses import training_loss
 from fairskin.diffusion.models import load_sd
 from fairskin.diffusion.variants import get_variant
@@ -26,6 +39,27 @@ def smoke_base(tmp_path_factory, ray_session):
     results = run_pipeline(config, stages=["base"], echo=lambda *_: None).results
     train = decode_local(results["prepare"].path / "shards")
     return config, base_pipeline_folder(results["base"]), train
+
+
+STRAIGHT = {"max_steps": 8, "checkpoint_every": 3, "num_workers": 1}
+
+
+def _with(config, **diffusion):
+    return config.model_copy(update={"diffusion": config.diffusion.model_copy(update=diffusion)})
+
+
+@pytest.fixture(scope="module")
+def straight(smoke_base, tmp_path_factory):
+    """UNet weights of an uninterrupted 8-step, 1-worker fine-tune of fairskin_s (the reference)."""
+    config, base, train = smoke_base
+    out = tmp_path_factory.mktemp("straight")
+    summary = finetune_variant(_with(config, **STRAIGHT), get_variant("fairskin_s", apply="sampler"), base, train, out)
+    assert summary["attempts"] == 1
+    return load_sd(str(out / "pipeline")).unet.state_dict()
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _fixed_batch_loss(unet_folder, base, train, config):
@@ -71,19 +105,13 @@ def test_two_workers_recover_from_a_failure_and_log_each_step_once(smoke_base, t
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(smoke_base, tmp_path):
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(smoke_base, straight, tmp_path):
     config, base, train = smoke_base
-    config = config.model_copy(update={"diffusion": config.diffusion.model_copy(update={
-        "max_steps": 8, "checkpoint_every": 3, "num_workers": 1})})
-    variant = get_variant("fairskin_s", apply="sampler")
-    straight = finetune_variant(config, variant, base, train, tmp_path / "straight")
-    resumed = finetune_variant(config, variant, base, train, tmp_path / "resumed", fail_at_step=4)
-    assert straight["attempts"] == 1 and resumed["attempts"] == 2
-    a = load_sd(str(tmp_path / "straight" / "pipeline")).unet.state_dict()
-    b = load_sd(str(tmp_path / "resumed" / "pipeline")).unet.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    base_unet = load_sd(str(base)).unet.state_dict()
-    assert not all(torch.equal(a[k], base_unet[k]) for k in a)  # it did train
+    resumed = finetune_variant(_with(config, **STRAIGHT), get_variant("fairskin_s", apply="sampler"), base, train,
+                               tmp_path / "resumed", fail_at_step=4)
+    assert resumed["attempts"] == 2
+    assert _same_weights(straight, load_sd(str(tmp_path / "resumed" / "pipeline")).unet.state_dict())
+    assert not _same_weights(straight, load_sd(str(base)).unet.state_dict())  # it did train
 
 
 def test_variants_fine_tuned_at_once_end_as_when_fine_tuned_alone(smoke_base, tmp_path):
@@ -106,3 +134,155 @@ def test_variants_fine_tuned_at_once_end_as_when_fine_tuned_alone(smoke_base, tm
     assert all(torch.equal(a[k], b[k]) for k in a)
     v = load_sd(str(tmp_path / "vanilla" / "pipeline")).unet.state_dict()
     assert not all(torch.equal(a[k], v[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- kills
+
+# The pipeline's command line for the same fine-tune as `straight` (checkpoints every 2 steps).
+KILL_SETTINGS = ["diffusion.max_steps=8", "diffusion.checkpoint_every=2", "diffusion.num_workers=1",
+                 "diffusion.variants=[fairskin_s]"]
+
+
+def _checkpoint_steps(folder: Path) -> list[int]:
+    """Steps of the checkpoints on disk under a generator's checkpoint folder (recorded by Ray Train or not)."""
+    steps = []
+    for state in folder.glob(f"fit/checkpoint_*/{STATE_FILE}"):
+        try:
+            steps.append(json.loads(state.read_text())["step"])
+        except (OSError, ValueError):  # being written
+            pass
+    return sorted(steps)
+
+
+def _recorded_step(folder: Path) -> int:
+    """The step of the latest checkpoint in Ray Train's snapshot: what a rerun resumes from (0: none)."""
+    try:
+        found = latest_state(folder)
+    except (OSError, ValueError):  # the snapshot is being written
+        return 0
+    return found[1]["step"] if found else 0
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, what: str = ""):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"pipeline exited ({proc.returncode}) before {what}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _start_pipeline(root: Path, log: Path, pause: float) -> subprocess.Popen:
+    cmd = [sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", "--stages", "finetune",
+           f"runtime.runs_root={root}", *KILL_SETTINGS]
+    env = {**os.environ, STEP_PAUSE_ENV: str(pause)}
+    with open(log, "ab") as fh:  # its own process group: the signals reach it and its children, not pytest
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _loss_steps(uri: str, run_id: str) -> list[tuple[int, int]]:
+    """(step, timestamp ms) of every logged `loss`, in step order."""
+    return sorted((m.step, m.timestamp) for m in MlflowClient(uri).get_metric_history(run_id, "loss"))
+
+
+def test_pipeline_killed_then_interrupted_resumes_with_the_same_weights(smoke_base, straight, tmp_path):
+    config, _, _ = smoke_base
+    root, uri, log = config.runtime.runs_root, config.tracking_uri(), tmp_path / "pipeline.log"
+    tail = lambda: log.read_text()[-3000:]  # noqa: E731
+    folder_of = lambda: next((root / "checkpoints").glob("finetune-*/fairskin_s"), None)  # noqa: E731
+
+    # 1. SIGKILL of the pipeline's process group once a second checkpoint is on disk.
+    proc = _start_pipeline(root, log, pause=0.5)
+    folder = _wait_for(lambda: (f := folder_of()) is not None and len(_checkpoint_steps(f)) >= 2 and f,
+                       300, proc, "two checkpoints")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = _recorded_step(folder)
+    assert killed_at >= 2
+    run_id = json.loads((folder / "mlflow_run.json").read_text())["run_id"]
+
+    # 2. The same command continues from there (a new checkpoint, of a resumed attempt); Ctrl-C stops it.
+    proc = _start_pipeline(root, log, pause=2.0)  # slow: the Ctrl-C lands before the last step
+    _wait_for(lambda: _recorded_step(folder) > killed_at, 300, proc, "a resumed checkpoint")
+    assert latest_state(folder)[1]["attempt"] == 2, tail()  # a resumed attempt wrote it
+    interrupted = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, tail()
+    assert time.time() - interrupted < 60
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+    stopped_at = _recorded_step(folder)
+    assert killed_at < stopped_at < 8  # the Ctrl-C kept what it can resume from
+    logged_before = max(s for s, _ in _loss_steps(uri, run_id))
+
+    # 3. The same command again ends the fine-tune from that checkpoint, in the same MLflow run.
+    restarted = int(time.time() * 1000)
+    proc = _start_pipeline(root, log, pause=0)
+    assert proc.wait(timeout=300) == 0, tail()
+    stage = next((root / "stages").glob("finetune-*"))
+    assert json.loads((stage / "_stage.json").read_text())["summary"]["fairskin_s_resumed_from_step"] == stopped_at
+    steps = _loss_steps(uri, run_id)
+    assert [s for s, _ in steps] == list(range(1, 9)), steps  # each step logged once
+    # The restart logs the steps after the last one logged (that checkpoint's window first, if missing).
+    assert [s for s, t in steps if t >= restarted] == list(range(logged_before + 1, 9))
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert _same_weights(straight, load_sd(str(stage / "fairskin_s" / "pipeline")).unet.state_dict())
+    assert not folder.exists()  # checkpoints are deleted once the stage is complete
+
+
+def _train_worker_pids() -> list[int]:
+    """PIDs of this driver's live Ray Train workers (this job's actors only)."""
+    import ray
+    from ray.util.state import list_actors
+
+    job = ray.get_runtime_context().get_job_id()
+    actors = list_actors(filters=[("state", "=", "ALIVE"), ("job_id", "=", job)], limit=1000)
+    return [a.pid for a in actors if "RayTrainWorker" in a.class_name]
+
+
+def test_killed_train_worker_process_is_replaced_and_ends_with_the_same_weights(smoke_base, straight, tmp_path,
+                                                                                monkeypatch):
+    config, base, train = smoke_base  # max_failures=1
+    config = _with(config, **{**STRAIGHT, "checkpoint_every": 2})
+    tracker = Tracker.from_config(config, experiment="worker-kill")
+    run = tracker.start("fairskin_s")
+    monkeypatch.setenv(STEP_PAUSE_ENV, "0.8")
+    storage, outcome = tmp_path / "checkpoints", {}
+
+    def fit():
+        try:
+            outcome["summary"] = finetune_variant(config, get_variant("fairskin_s"), base, train,
+                                                  tmp_path / "fairskin_s", checkpoints=storage,
+                                                  tracking={"uri": tracker.tracking_uri, "run_id": run.run_id})
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    _wait_for(lambda: _recorded_step(storage), 300, what="a checkpoint recorded by Ray Train")
+    pids = _train_worker_pids()
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGKILL)
+    thread.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["summary"]["steps"] == 8 and outcome["summary"]["attempts"] == 2
+    steps = [s for s, _ in _loss_steps(tracker.tracking_uri, run.run_id)]
+    assert steps == list(range(1, 9))  # the steps run again are logged once
+    assert _same_weights(straight, load_sd(str(tmp_path / "fairskin_s" / "pipeline")).unet.state_dict())
+
+
+def test_a_window_logged_again_after_a_resume_reaches_mlflow_once(tmp_path):
+    from fairskin.diffusion.finetune import _last_logged_step, _log_steps, _mlflow_logger
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "windows")
+    run = tracker.start("fit")
+    logger = _mlflow_logger({"uri": tracker.tracking_uri, "run_id": run.run_id})
+    window = [(s, {"loss": 1.0 / s, "lr": 1e-3}) for s in range(1, 7)]
+    assert _log_steps(logger, window[:4], _last_logged_step(logger)) == 4  # killed after logging step 4
+    # Resumed from the checkpoint of step 2: its window and the re-run steps 3-6 come again.
+    assert _log_steps(logger, window, _last_logged_step(logger)) == 6
+    history = MlflowClient(tracker.tracking_uri).get_metric_history(run.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]

@@ -3,6 +3,7 @@ entry point, the report rebuilt from MLflow alone, and the same job under `ray j
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,14 +96,50 @@ def test_job_stages_option_takes_overrides_after_it_and_refuses_unknown_stages(t
     assert bad.returncode == 2 and "unknown stage 'evalute'" in bad.stderr and "evaluate" in bad.stderr
 
 
+@pytest.mark.parametrize("script", ["jobs/full_pipeline.py", "jobs/ablation.py"])
+def test_job_run_by_an_interpreter_without_the_engine_says_which_and_how_to_fix_it(script):
+    """Issue 16.4: `ray job submit ... -- python jobs/...` on a head started without the venv active ran the system
+    python and died in an import (`No module named 'mlflow'`). `-S` hides the venv's site-packages the same way."""
+    out = subprocess.run([sys.executable, "-S", script, "--preset", "smoke"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2, out.stderr[-2000:]
+    message = " ".join(out.stderr.split())
+    assert "Traceback" not in message and message.startswith("error: ")
+    assert sys.executable in message and "mlflow" in message and script in message
+    assert "activate the venv before `ray start`" in message and "$PWD/.venv/bin/python" in message
+
+
 @pytest.fixture(scope="module")
 def smoke_job(tmp_path_factory, ray_head):
-    """The whole smoke pipeline through its job entry point, once (joins the session's Ray head)."""
+    """The whole smoke pipeline through its job entry point, once (joins the session's Ray head).
+
+    Returns the runs root and the console output as a user sees it (stdout and stderr in one stream, in order).
+    """
     root = tmp_path_factory.mktemp("job") / "runs"
     out = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", f"runtime.runs_root={root}"],
-                         cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-6000:]
     return root, out.stdout
+
+
+SUMMARY = re.compile(r"^(runs root|  \w+ |total|Ray logs|report|MLflow URI|MLflow UI|runs) *[ :]")
+
+
+def console_problems(output: str) -> list[str]:
+    """What keeps a job's console from being quiet: Ray worker lines, Ray's `E` log lines, Ray Data's and the
+    libraries' progress bars, anything after the summary (which must come last)."""
+    lines = output.rstrip("\n").splitlines()
+    problems = [f"Ray/library noise: {line[:160]}" for line in lines
+                if re.search(r"\(\w+ pid=\d+\)|core_worker\.cc| E \d+ \d+\]|progress UI|Progress bars disabled"
+                             r"|Loading weights|Writing model shards|it/s\]|INFO mlflow", line)]
+    starts = [i for i, line in enumerate(lines) if line.startswith("runs root      :")]
+    if not starts:
+        return problems + ["no summary"]
+    tail = lines[starts[-1]:]
+    problems += [f"not a summary line after the summary began: {line[:160]}" for line in tail if not SUMMARY.match(line)]
+    if len(tail) < 8 or not tail[-1].startswith("runs           :"):
+        problems.append(f"the summary is not last: {tail[-3:]}")
+    return problems
 
 
 def test_job_entry_point_runs_every_stage_and_reports_where_things_are(smoke_job, tmp_path):
@@ -169,6 +206,14 @@ def test_job_entry_point_runs_every_stage_and_reports_where_things_are(smoke_job
     assert bad.returncode == 2 and "data.image_size" in bad.stderr and '"tiny"' in bad.stderr
 
 
+def test_job_console_is_quiet_and_ends_with_the_summary(smoke_job):
+    """Issue 16.7: no Ray worker lines (PreemptionWatcher `E ... core_worker.cc`, Train/Data chatter), no Ray Data or
+    library progress bars, and the engine's summary printed last (worker output is in the Ray logs it names)."""
+    _, output = smoke_job
+    assert console_problems(output) == [], output[-4000:]
+    assert "Ray logs       : " in output
+
+
 def test_ablation_report_regenerates_from_mlflow_alone(smoke_job, tmp_path):
     root, _ = smoke_job
     only_store = tmp_path / "runs"
@@ -184,16 +229,46 @@ def test_ablation_report_regenerates_from_mlflow_alone(smoke_job, tmp_path):
     assert "missing figure3b_augmentation_count" in out.stdout
 
 
-def test_ray_job_submit_runs_the_pipeline_against_the_session_head(smoke_job, ray_head):
-    root, _ = smoke_job
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+def _submit(ray_head, env: dict, submission: str, runtime_env: dict, *entrypoint: str,
+            timeout: float = 600) -> subprocess.CompletedProcess:
     ray_bin = Path(sys.executable).with_name("ray")
+    return subprocess.run([str(ray_bin), "job", "submit", "--address", ray_head["dashboard"], "--submission-id",
+                           submission, "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+                           "--", *entrypoint], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _without_token(tmp_path: Path, **extra: str) -> dict:
+    """The environment of a user who has no token: no RAY_AUTH_* variables and a HOME without ~/.ray/auth_token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+    return {**env, "HOME": str(tmp_path), **extra}
+
+
+def test_session_head_keeps_token_authentication_on(ray_head, tmp_path):
+    """Issue 16.2: the session's head runs with Ray's token authentication: a job without the token (or with another
+    one) is refused before it starts."""
+    excludes = {"excludes": [".venv", "runs", ".git", "*.db", "tests"]}
+    entry = (sys.executable, "-c", "print('ran')")
+    for name, env in (("none", _without_token(tmp_path)),
+                      ("wrong", _without_token(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64))):
+        refused = _submit(ray_head, env, f"fairskin-refused-{name}-{os.getpid()}", excludes, *entry, timeout=120)
+        assert refused.returncode != 0 and "Authentication" in refused.stdout + refused.stderr, (
+            refused.stdout[-1000:] + refused.stderr[-1000:])
+    from ray.job_submission import JobSubmissionClient
+
+    submitted = [j.submission_id for j in JobSubmissionClient(ray_head["dashboard"]).list_jobs()]  # with the token
+    assert not [s for s in submitted if s and s.startswith("fairskin-refused-")]
+
+
+def test_ray_job_submit_runs_the_pipeline_against_the_session_head(smoke_job, ray_head):
+    """The README's job recipe against a token-protected head: the token (inherited from this session's environment,
+    as a user's shell holds it) lets the job in, and the commit named at submission is recorded on the job's
+    pipeline run (the upload has no .git)."""
+    root, _ = smoke_job
     submission = f"fairskin-test-{os.getpid()}"
-    runtime_env = {"excludes": [".venv", "runs", ".git", "*.db"]}
-    out = subprocess.run([str(ray_bin), "job", "submit", "--address", ray_head["dashboard"], "--submission-id",
-                          submission, "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
-                          sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", f"runtime.runs_root={root}"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    commit = f"test-commit-{os.getpid()}"
+    runtime_env = {"env_vars": {"FAIRSKIN_GIT_COMMIT": commit}, "excludes": [".venv", "runs", ".git", "*.db"]}
+    out = _submit(ray_head, dict(os.environ), submission, runtime_env,
+                  sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", f"runtime.runs_root={root}")
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(ray_head["dashboard"])
@@ -203,3 +278,7 @@ def test_ray_job_submit_runs_the_pipeline_against_the_session_head(smoke_job, ra
     for stage in ("prepare", "reference", "base", "finetune", "generate", "judge", "evaluate", "tune", "report"):
         assert f"[{stage}] skipped (already done)" in logs
     assert "report.md" in logs and list((root / "stages").glob("report-*/report.md"))
+    tracking = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = tracking.search_runs([e.experiment_id for e in tracking.search_experiments()],
+                                f"tags.`fairskin.git_commit` = '{commit}'")
+    assert [r.data.tags["fairskin.kind"] for r in runs] == ["pipeline"]

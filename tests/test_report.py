@@ -228,3 +228,13 @@ def test_one_repeat_reports_no_interval(tmp_path):
 def test_repeat_values_average_seeds_before_the_interval():
     frame = pd.DataFrame({"repeat": [0, 0, 1, 1], "seed": [0, 1, 0, 1], "m": [1.0, 3.0, 5.0, math.nan]})
     assert repeat_values(frame, "m").tolist() == [2.0, 5.0]
+
+
+def test_confirmation_points_are_distinct_settings():
+    from fairskin.tune.confirm import chosen_points
+
+    configs = {"a": {"per_subclass": 30, "seed": 0}, "b": {"per_subclass": 30, "seed": 0},
+               "c": {"per_subclass": 40, "seed": 0}}
+    front = pd.DataFrame({"trial_id": ["a", "b", "c"]})
+    points = chosen_points({"trial_id": "b"}, front, configs)
+    assert [(p["trial_id"], p["role"]) for p in points] == [("b", "best, pareto"), ("c", "pareto")]

@@ -41,6 +41,8 @@ def test_without_ray_address_a_private_local_cluster_is_started(ray_session, tmp
         "from fairskin.runtime import init_ray\n"
         "res = init_ray(build_config('smoke', overrides=['runtime.num_cpus=1']))\n"
         "print('GCS', ray.get_runtime_context().gcs_address, 'CPU', res['CPU'])\n"
+        "seen = ray.get(ray.remote(lambda: __import__('os').environ.get('RAY_ADDRESS')).options(num_cpus=0).remote())\n"
+        "print('WORKER_RAY_ADDRESS', seen)\n"
         "ray.shutdown()\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
@@ -49,6 +51,11 @@ def test_without_ray_address_a_private_local_cluster_is_started(ray_session, tmp
     line = [l for l in out.stdout.splitlines() if l.startswith("GCS")][0]
     assert ray_session["address"].split(":")[1] not in line.split()[1]  # not the session's head
     assert line.endswith("CPU 1.0")
+    # Its workers know their own cluster (Ray Train's PlacementGroupCleaner looks its controller up with no address:
+    # with several clusters on a machine it failed, or asked another cluster and removed the fit's placement group).
+    port = line.split()[1].rsplit(":", 1)[1]
+    worker = [l for l in out.stdout.splitlines() if l.startswith("WORKER_RAY_ADDRESS")][0]
+    assert worker == f"WORKER_RAY_ADDRESS 127.0.0.1:{port}"
 
 
 def test_seed_everything_fixes_numpy_and_torch():

@@ -10,8 +10,16 @@ take this rank's positions (``ids[rank::world]``), gather their latents, draw no
 timesteps, y' and the prompt drop from generators seeded by (seed, step[, rank]) — so a
 resumed run repeats exactly the randomness of the steps it re-runs — and step AdamW.
 Every ``checkpoint_every`` steps rank 0 reports a checkpoint (UNet and EMA as safetensors,
-optimizer and LR-scheduler state, step) and then logs the steps since the last one to
-MLflow, so a step re-run after a failure is logged once.
+optimizer and LR-scheduler state, step, and the window's step metrics) and then logs the
+window's steps to MLflow.
+
+Resume: checkpoints live under ``checkpoints`` (the stage passes a folder keyed by its key and the
+generator, outside its temporary folder). A new ``fit()`` on the same folder makes Ray Train V2
+hand the latest checkpoint of its snapshot to ``get_checkpoint()``, after a worker failure and
+after a killed driver alike. MLflow gets each step once: rank 0 reads the last step the run has
+(the ``loss`` history) and logs only later steps, from the checkpoint's window first. A stop file
+(:func:`request_stop`) makes the Train controller abort the fit, since Ray Train's own Ctrl-C
+handler exists only when ``fit()`` runs on the main thread.
 """
 
 from __future__ import annotations
@@ -30,10 +38,18 @@ import torch
 from fairskin.config import FairSkinConfig, VariantSpec
 from fairskin.data.stream import ArraySet, DecodedSet, WeightedStream
 from fairskin.diffusion.base import pixels_to_tensor, subclass_prompts
-from fairskin.diffusion.losses import other_subclasses, training_loss
+from fairskin.diffusion.losses import check_finite_loss, note_nonfinite, other_subclasses, training_loss
 from fairskin.diffusion.models import encode_prompts, load_sd, save_sd
 
 STATE_FILE = "state.json"
+STOP_FILE = "STOP"
+RUN_NAME = "fit"  # Ray Train's run folder under the checkpoints folder; fixed, so a rerun finds it
+# Tests: seconds each step sleeps (read on the driver, passed to the workers), so a kill lands mid-fit.
+STEP_PAUSE_ENV = "FAIRSKIN_TEST_STEP_PAUSE"
+
+
+class FitInterrupted(Exception):
+    """The fit was aborted by :func:`request_stop`; its checkpoints are kept for a resume."""
 
 
 # --------------------------------------------------------------------------- driver side
@@ -83,10 +99,52 @@ def cache_for(config: FairSkinConfig, base: Path | str, train: DecodedSet) -> tu
     return cache_training_set(parts, train, prompts, config.diffusion.cache_latents)
 
 
+def request_stop(checkpoints: Path) -> None:
+    """Ask the fit using ``checkpoints`` to abort (at the controller's next poll, within seconds)."""
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / STOP_FILE).write_text("stop\n")
+
+
+def latest_state(checkpoints: Path) -> tuple[Any, dict] | None:
+    """(checkpoint, its state.json) of the latest checkpoint Ray Train recorded under ``checkpoints``."""
+    from ray.train import Result
+
+    try:
+        checkpoint = Result.from_path(str(Path(checkpoints).resolve() / RUN_NAME)).checkpoint
+    except RuntimeError:  # no run folder or no snapshot yet
+        return None
+    if checkpoint is None:
+        return None
+    return checkpoint, _read_state(checkpoint)
+
+
+def _read_state(checkpoint) -> dict:
+    with checkpoint.as_directory() as folder:
+        return json.loads((Path(folder) / STATE_FILE).read_text())
+
+
+def _abort_callback(stop_file: Path):
+    """A Train controller callback that aborts the run once ``stop_file`` exists, as Ray Train's own
+    SIGINT handler does. It runs in the controller, which Ray places on the driver's node, so it sees
+    the driver's files; it checks at every worker-group poll (every 2 s by default)."""
+    import ray
+    from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+
+    class AbortOnStopFile(WorkerGroupCallback):
+        def __init__(self, path: str):
+            self.path = path
+
+        def after_worker_group_poll_status(self, worker_group_status) -> None:
+            if os.path.exists(self.path):
+                ray.get_runtime_context().current_actor.abort.remote()
+
+    return AbortOnStopFile(str(stop_file))
+
+
 def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, train: DecodedSet, out: Path, *,
                      tracking: dict[str, str] | None = None, fail_at_step: int | None = None,
                      num_workers: int | None = None, cache: tuple[ArraySet, np.ndarray] | None = None,
-                     seed: int | None = None) -> dict[str, Any]:
+                     seed: int | None = None, checkpoints: Path | None = None) -> dict[str, Any]:
     """Fine-tune ``variant`` from the pipeline folder ``base``; writes ``out/pipeline``.
 
     ``tracking`` = {"uri", "run_id"} makes rank 0 log step metrics to that MLflow run.
@@ -94,6 +152,9 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
     result of :func:`cache_for` for this base and ``train`` (computed here when absent).
     ``seed``: the generator's seed (the weighted draws and every step's noise, timesteps, y' and
     prompt drop); default :func:`~fairskin.diffusion.variants.generator_seed` of repeat 0.
+    ``checkpoints``: Ray Train's storage folder (default ``.ray-<out name>`` beside ``out``); a call
+    on a folder that holds checkpoints of the same fine-tune continues from the latest one.
+    Raises :class:`FitInterrupted` when :func:`request_stop` aborted it.
     Safe to call from several threads at once (one TorchTrainer each).
     """
     import ray
@@ -124,7 +185,15 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
         "variant": variant.model_dump(), "diffusion": d.model_dump(mode="json"), "seed": seed,
         "tracking": tracking, "fail_at_step": fail_at_step, "fail_marker": str(out / ".failed_once"),
     }
-    storage = out.resolve().parent / f".ray-{out.name}"  # Ray Train needs an absolute storage path
+    storage = Path(checkpoints or out.parent / f".ray-{out.name}").resolve()  # Ray Train wants it absolute
+    (storage / STOP_FILE).unlink(missing_ok=True)  # a stop request of an earlier run is not for this one
+    prior = latest_state(storage)
+    resumed_from = prior[1]["step"] if prior else 0
+    if prior and resumed_from >= d.max_steps:  # finished before a kill: only the pipeline folder is missing
+        logger = _mlflow_logger(tracking)
+        _log_steps(logger, prior[1].get("window", []), _last_logged_step(logger))
+        return _write_pipeline(parts, prior[0], out, prior[1], time.time(), workers, resumed_from)
+    loop_config["step_pause_s"] = float(os.environ.get(STEP_PAUSE_ENV, 0))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -132,24 +201,38 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
                                      resources_per_worker=_worker_resources(config)),
         datasets={"train": stream.plan_dataset(0, total)},
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
-        run_config=RunConfig(name=f"finetune-{variant.name}", storage_path=str(storage),
+        run_config=RunConfig(name=RUN_NAME, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=d.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=[_abort_callback(storage / STOP_FILE)]),
     )
     started = time.time()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        if (storage / STOP_FILE).exists():
+            raise FitInterrupted(f"fine-tune of {variant.name} stopped; checkpoints kept in {storage}") from exc
+        raise
     if result.checkpoint is None:
         raise RuntimeError(f"fine-tune of {variant.name} ended without a checkpoint")
-    with result.checkpoint.as_directory() as ckpt:
-        state = json.loads((Path(ckpt) / STATE_FILE).read_text())
-        weights = Path(ckpt) / ("ema" if (Path(ckpt) / "ema").is_dir() else "unet")
-        from diffusers import UNet2DConditionModel
+    state = _read_state(result.checkpoint)
+    if state["step"] < d.max_steps:  # aborted between two polls of the controller
+        raise FitInterrupted(f"fine-tune of {variant.name} stopped at step {state['step']}; checkpoints kept")
+    return _write_pipeline(parts, result.checkpoint, out, state, started, workers, resumed_from)
 
+
+def _write_pipeline(parts, checkpoint, out: Path, state: dict, started: float, workers: int,
+                    resumed_from: int) -> dict[str, Any]:
+    """Save ``parts`` with the checkpoint's UNet (its EMA when kept) as ``out/pipeline``; the fit's summary."""
+    from diffusers import UNet2DConditionModel
+
+    with checkpoint.as_directory() as ckpt:
+        weights = Path(ckpt) / ("ema" if (Path(ckpt) / "ema").is_dir() else "unet")
         with _LOAD_LOCK:
             parts.unet = UNet2DConditionModel.from_pretrained(weights, use_safetensors=True)
     save_sd(parts, out / "pipeline")
     return {"steps": state["step"], "seconds": time.time() - started, "workers": workers,
-            "window_images_per_s": state["window_images_per_s"],
+            "window_images_per_s": state["window_images_per_s"], "resumed_from_step": resumed_from,
             "final_loss": state.get("loss", float("nan")), "attempts": state.get("attempt", 1)}
 
 
@@ -184,6 +267,30 @@ def _mlflow_logger(tracking: dict[str, str] | None):
     from fairskin.tracking import RunHandle
 
     return RunHandle(MlflowClient(tracking["uri"]), tracking["run_id"], "")
+
+
+def _last_logged_step(logger) -> int:
+    """The last step the run has metrics for (0 for none): ``loss`` is logged with every step."""
+    if logger is None:
+        return 0
+    return max((m.step for m in logger.client.get_metric_history(logger.run_id, "loss")), default=0)
+
+
+def _log_steps(logger, window: list, after: int) -> int:
+    """Log the steps of ``window`` ([(step, metrics)], in order) later than ``after``, a few whole
+    steps per call (a call is one transaction); returns the last step now logged."""
+    if logger is None:
+        return after
+    from mlflow.entities import Metric
+
+    new = [(s, m) for s, m in window if s > after]
+    per_call = max(1, 900 // max([len(m) for _, m in new] + [1]))
+    for i in range(0, len(new), per_call):
+        chunk = new[i:i + per_call]
+        now = int(time.time() * 1000)
+        logger.client.log_batch(logger.run_id, metrics=[
+            Metric(k, float(v), now, s) for s, m in chunk for k, v in m.items() if np.isfinite(v)])
+    return max([after] + [s for s, _ in new])
 
 
 def train_loop_per_worker(cfg: dict) -> None:
@@ -222,8 +329,8 @@ def train_loop_per_worker(cfg: dict) -> None:
             if d["ema_decay"] and (folder / "ema").is_dir():
                 ema = UNet2DConditionModel.from_pretrained(folder / "ema", use_safetensors=True)
             saved = torch.load(folder / "optimizer.pt", weights_only=True)
-            state = json.loads((folder / STATE_FILE).read_text())
-            start_step, attempt = state["step"], state.get("attempt", 1) + 1
+            resumed = json.loads((folder / STATE_FILE).read_text())
+            start_step, attempt = resumed["step"], resumed.get("attempt", 1) + 1
     if d["gradient_checkpointing"]:
         unet.enable_gradient_checkpointing()
     if d["ema_decay"] and ema is None:
@@ -247,9 +354,15 @@ def train_loop_per_worker(cfg: dict) -> None:
     include_self = d["cbdm_other"] == "all"
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(d["mixed_precision"])
     logger = _mlflow_logger(cfg["tracking"]) if rank == 0 else None
+    # Each step reaches MLflow once: log only steps after the run's last one, starting with the
+    # resumed checkpoint's window (a kill may have fallen between its checkpoint and its logging).
+    logged = _last_logged_step(logger)
+    if checkpoint is not None:
+        logged = _log_steps(logger, resumed.get("window", []), logged)
     pending: list[tuple[int, dict[str, float]]] = []
     shard = ray.train.get_dataset_shard("train")
     step, last_time, loss_value = start_step, time.perf_counter(), float("nan")
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # divergence flag, read once per window
     for batch in shard.iter_batches(batch_size=global_batch, batch_format="numpy", prefetch_batches=2):
         positions = batch["position"]
         if positions[0] < start_step * global_batch:
@@ -259,6 +372,8 @@ def train_loop_per_worker(cfg: dict) -> None:
                 and not os.path.exists(cfg["fail_marker"])):
             Path(cfg["fail_marker"]).write_text(f"failed at step {step}")
             raise RuntimeError(f"injected failure at step {step}")
+        if cfg.get("step_pause_s"):
+            time.sleep(cfg["step_pause_s"])  # tests: room to kill a process mid-fit
         mine = positions % world == rank
         rows, weights = batch["row"][mine], torch.from_numpy(np.array(batch["weight"][mine], np.float32))
         subclass = torch.from_numpy(np.array(arrays["subclass"][rows]))
@@ -283,6 +398,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             out = training_loss(model, scheduler, latents, cond, cond_other, weights.to(device), noise=noise,
                                 timesteps=timesteps, use_cbdm=use_cbdm, tau=tau, gamma=gamma,
                                 prompt_dropped=dropped)
+        first_bad = note_nonfinite(first_bad, out.loss, step + 1)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), d["max_grad_norm"])
@@ -300,19 +416,18 @@ def train_loop_per_worker(cfg: dict) -> None:
                                "prompt_dropped": float(dropped)}))
         last_time = now
         if done % d["checkpoint_every"] == 0 or done == d["max_steps"]:
+            check_finite_loss(first_bad, f"fine-tune of {variant['name']} (rank {rank})")
             # Steady-state throughput of this window (its first step pays the iterator's start-up).
             rates = [m["images_per_s"] for _, m in pending[1:]] or [pending[-1][1]["images_per_s"]]
             state = {"step": done, "position": done * global_batch, "loss": loss_value, "attempt": attempt,
-                     "window_images_per_s": float(np.median(rates)),
+                     "window_images_per_s": float(np.median(rates)), "window": pending,
                      "rng": "per-step generators seeded by (seed, step[, rank])"}
             metrics = {"step": done, "loss": loss_value}
             if rank == 0:
                 with tempfile.TemporaryDirectory() as tmp:
                     _save_checkpoint(Path(tmp), raw_unet, ema, optimizer, lr_scheduler, state)
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-                if logger is not None:  # after the checkpoint: a re-run step is never logged twice
-                    for s, values in pending:
-                        logger.log_metrics(values, step=s)
+                logged = _log_steps(logger, pending, logged)  # after the checkpoint, which carries them too
             else:
                 ray.train.report(metrics)
             pending.clear()

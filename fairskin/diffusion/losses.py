@@ -103,3 +103,26 @@ def other_subclasses(subclass: torch.Tensor, num_subclasses: int, generator: tor
         return torch.randint(0, num_subclasses, subclass.shape, generator=generator)
     offset = torch.randint(1, num_subclasses, subclass.shape, generator=generator)
     return (subclass + offset) % num_subclasses
+
+
+# --------------------------------------------------------------------------- divergence
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the message names the first such step."""
+
+
+def note_nonfinite(first_bad: torch.Tensor, loss: torch.Tensor, step: int) -> torch.Tensor:
+    """Device-side divergence flag, updated without a host sync: ``first_bad`` (a 0-d int64 tensor,
+    0 while every loss was finite) becomes ``step`` (1-based) at the first non-finite ``loss``."""
+    hit = (first_bad == 0) & ~torch.isfinite(loss.detach())
+    return torch.where(hit, torch.full_like(first_bad, int(step)), first_bad)
+
+
+def check_finite_loss(first_bad: torch.Tensor, what: str = "training") -> None:
+    """Read the flag of :func:`note_nonfinite` (one sync: call it every N steps, e.g. before a
+    checkpoint, so a diverged state is never saved) and stop with an error naming the step."""
+    step = int(first_bad.item())
+    if step:
+        raise NonFiniteLossError(f"{what}: the loss is not finite (NaN or inf) from step {step} on; stopped before "
+                                 "the next checkpoint. Lower diffusion.learning_rate, or check the inputs of that step")

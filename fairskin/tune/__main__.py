@@ -1,9 +1,10 @@
 """``python -m fairskin.tune --space NAME [--preset P] [--variant V] [--trials N] [--resume] [key=value ...]``
 
 Without ``--pool`` / ``--real-shards`` the pipeline stages the study needs are run first
-(see :mod:`fairskin.tune.inputs`). Exit codes: 0 done, 2 invalid input (space, pool,
-config, a flag such as ``--trials 0`` or an unsafe ``--study`` name: flags are checked before
-any stage or Ray starts), 130 interrupted (resume with ``--resume``). ``--debug`` shows the
+(see :mod:`fairskin.tune.inputs`). Exit codes: 0 done, 1 no trial finished (the message quotes
+the first trials' errors), 2 invalid input (space, pool, config, a flag such as ``--trials 0``
+or an unsafe ``--study`` name: flags are checked before any stage or Ray starts) or a runs root
+in use by another process, 130 interrupted (resume with ``--resume``). ``--debug`` shows the
 traceback of an input error.
 """
 
@@ -14,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from fairskin.cli import add_config_arguments, config_from_args, input_errors
+from fairskin.cli import add_config_arguments, add_lock_argument, config_from_args, input_errors
 
 
 def _pools(values: list[str]) -> dict[str, Path]:
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--real-shards", default=None, help="the prepare stage's shard folder")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_config_arguments(parser)
+    add_lock_argument(parser)
     return parser
 
 
@@ -64,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_args(parser, args)
     config = config_from_args(args)
-    with input_errors(args.debug):
+    from fairskin.lock import runs_root_lock
+
+    with input_errors(args.debug), runs_root_lock(config.runtime.runs_root, break_lock=args.break_lock):
         return _study(args, config)
 
 

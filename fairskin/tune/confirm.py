@@ -32,17 +32,27 @@ RESULTS_FILE = "results.json"
 
 def chosen_points(best: Mapping[str, Any] | None, front: pd.DataFrame, configs: Mapping[str, dict]
                   ) -> list[dict[str, Any]]:
-    """The points to confirm: the best trial, then the Pareto points, each once.
+    """The points to confirm: the best trial, then the Pareto points, each distinct setting once
+    (trials that tried the same setting, as a discrete space's TPE often does, are one point).
 
     ``configs``: trial id -> the trial's config. Returns ``[{"trial_id", "role", "config"}]``."""
     points: dict[str, dict[str, Any]] = {}
-    if best is not None and best.get("trial_id") in configs:
-        points[best["trial_id"]] = {"trial_id": best["trial_id"], "role": "best", "config": configs[best["trial_id"]]}
-    for tid in front.get("trial_id", pd.Series(dtype=str)).tolist():
+    seen: dict[str, str] = {}  # setting (config without its seed) -> trial id chosen for it
+
+    def add(tid: str, role: str) -> None:
+        setting = json.dumps({k: v for k, v in configs[tid].items() if k != "seed"}, sort_keys=True, default=str)
+        tid = seen.setdefault(setting, tid)
         if tid in points:
-            points[tid]["role"] = "best, pareto"
-        elif tid in configs:
-            points[tid] = {"trial_id": tid, "role": "pareto", "config": configs[tid]}
+            if role not in points[tid]["role"]:
+                points[tid]["role"] += f", {role}"
+        else:
+            points[tid] = {"trial_id": tid, "role": role, "config": configs[tid]}
+
+    if best is not None and best.get("trial_id") in configs:
+        add(best["trial_id"], "best")
+    for tid in front.get("trial_id", pd.Series(dtype=str)).tolist():
+        if tid in configs:
+            add(tid, "pareto")
     return list(points.values())
 
 

@@ -18,7 +18,6 @@ The map also records each trial's state (``running``, ``finished``, ``failed``,
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -181,12 +180,16 @@ class StudyMLflowCallback(MLflowLoggerCallback):
             return  # a restarted trial re-running an epoch its run already holds
         self._last_step[tid] = step
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in result.items()
-                 if k not in _SKIP_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and math.isfinite(float(v))]
+        from fairskin.tracking import record_nonfinite, split_finite
+
+        finite, bad = split_finite({k: v for k, v in result.items() if k not in _SKIP_METRICS
+                                    and isinstance(v, (int, float)) and not isinstance(v, bool)})
+        items = [Metric(k, v, now, step) for k, v in finite.items()]
         run_id = self._trial_runs[trial]
         for i in range(0, len(items), 1000):
             self._client.log_batch(run_id, metrics=items[i:i + 1000])
+        if bad:  # a diverged trial: tagged, not silently dropped
+            record_nonfinite(self._client, run_id, bad, step)
 
     def log_trial_end(self, trial, failed: bool = False):
         run_id = self._trial_runs.get(trial)

@@ -402,6 +402,7 @@ def resolve_space(space: SearchSpace, config: FairSkinConfig, pools: Mapping[str
     """
     scale = config.tune.count_scale
     groups, diseases = tuple(config.data.group_names), tuple(config.data.diseases)
+    check_classifier_values(space, config.classifier)
     if not pools:
         raise SpaceError("no pools given: pass a pool shard folder per variant (--pool VARIANT=PATH)")
 
@@ -474,6 +475,29 @@ def resolve_space(space: SearchSpace, config: FairSkinConfig, pools: Mapping[str
         metrics=tuple(o.metric for o in space.objectives), modes=tuple(o.mode for o in space.objectives),
         scheduler=space.scheduler, search_seed=space.seeds.search, train_seeds=tuple(space.seeds.train),
         dims=tuple(dims), fixed=fixed, fixed_plan=fixed_plan, variants=tuple(wanted), count_scale=scale)
+
+
+def check_classifier_values(space: SearchSpace, classifier: ClassifierConfig) -> None:
+    """Every value a ``classifier.<field>`` parameter can take (``low``, ``high``, each choice) must make a
+    valid :class:`ClassifierConfig` (trials apply them with ``model_copy``, which does not validate):
+    :class:`SpaceError` naming the parameter, the value and the rule, before Ray starts."""
+    base = classifier.model_dump()
+    for p in space.parameters:
+        if not p.name.startswith("classifier."):
+            continue
+        field_name = p.name.split(".", 1)[1]
+        if p.kind == "choice":
+            values = list(p.values)  # type: ignore[arg-type]
+        elif p.kind == "int":
+            values = [int(p.low), int(p.high)]  # type: ignore[arg-type]  # what suggest_int draws between
+        else:
+            values = [p.low, p.high]
+        for value in values:
+            try:
+                ClassifierConfig.model_validate({**base, field_name: value})
+            except ValidationError as exc:
+                msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                raise SpaceError(f"parameter {p.name!r}: value {value!r} is not a valid {p.name}: {msg}") from None
 
 
 def _resolve_simplex(p: Parameter, scale: float, pools: Mapping[str, Mapping[Subclass, int]],

@@ -32,10 +32,12 @@ import pandas as pd
 
 from fairskin.config import FairSkinConfig
 from fairskin.io import atomic_write_json
+from fairskin.lock import holding_runs_root
 from fairskin.tracking import RunHandle, Tracker, loggable_params
 from fairskin.tune.mlflow_callback import (PARENT_FILE, StudyMLflowCallback, read_json, read_run_map,
                                            remember_tracking_uri)
 from fairskin.tune.spaces import ResolvedSpace, SearchSpace, SpaceError, load_space, resolve_space
+from fairskin.versioning import record_environment
 
 STUDY_FILE = "study.json"
 TUNE_DIR = "trials"
@@ -44,6 +46,29 @@ REPORT_DIR = "report"
 
 class StudyError(RuntimeError):
     """A study that cannot start or resume as asked (the message says what to do)."""
+
+
+class StudyFailed(StudyError):
+    """A study that ran but finished no trial (every trial failed): the message quotes the first
+    trials' errors. Command lines exit with code 1 (not 2: the input may be fine)."""
+
+    exit_code = 1
+
+
+def _error_line(text: str, limit: int = 300) -> str:
+    """The telling part of a trial's error: its last non-empty line (the exception), shortened."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    line = lines[-1] if lines else "(no error recorded)"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def failed_study_message(name: str, trials: pd.DataFrame, folder: Path, shown: int = 3) -> str:
+    errors = trials["error"].fillna("").astype(str) if "error" in trials else pd.Series([""] * len(trials))
+    quoted = [f"  trial {row.get('trial_id', '?')}: {_error_line(err)}"
+              for (_, row), err in list(zip(trials.iterrows(), errors))[:shown]]
+    more = f"\n  ... and {len(trials) - shown} more" if len(trials) > shown else ""
+    return (f"study {name}: none of its {len(trials)} trial(s) finished; first errors:\n" + "\n".join(quoted)
+            + more + f"\n(each trial's log is under {folder / TUNE_DIR})")
 
 
 @dataclass
@@ -204,8 +229,11 @@ def _parent_run(config: FairSkinConfig, name: str, folder: Path, tags: Mapping[s
     tracker = Tracker(config.tracking_uri(), experiment_name(config, name), config.tracking.enabled)
     stored = read_json(folder / PARENT_FILE, {})
     if resume and stored.get("run_id"):
-        return tracker, tracker.resume(stored["run_id"])
+        resumed = tracker.resume(stored["run_id"])
+        record_environment(resumed, prefix="resumed.")  # the first record stays; the resuming code's beside it
+        return tracker, resumed
     parent = tracker.start(name, tags=tags)
+    record_environment(parent)  # engine version, git commit, installed packages (reproducibility)
     # Credentials redacted: nothing reads the URI back from this file (a resumed study takes it from the config).
     atomic_write_json(folder / PARENT_FILE, {"tracking_uri": tracker.display_uri, "experiment": tracker.experiment_name,
                                              "experiment_id": tracker.experiment_id, "run_id": parent.run_id})
@@ -213,6 +241,7 @@ def _parent_run(config: FairSkinConfig, name: str, folder: Path, tags: Mapping[s
     return tracker, parent
 
 
+@holding_runs_root
 def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Mapping[str, Path],
               real_shards: Path, *, variant: str | None = None, trials: int | None = None, resume: bool = False,
               name: str | None = None, echo: Callable[[str], None] = print,
@@ -223,6 +252,9 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
     stage's shard folder. The space is checked against every pool before Ray starts;
     a :class:`SpaceError` names the parameter and its largest valid value. ``tags``: extra
     tags of the parent and every trial run (the pipeline's run id, when a pipeline runs it).
+
+    Raises :class:`StudyFailed` when the study ran to its end but no trial finished (the parent run
+    is marked FAILED; the report folder is still written). The runs root is locked for the call.
     """
     started = time.time()
     timings: dict[str, float] = {}
@@ -274,6 +306,11 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
     timings["fit"] = time.time() - started - timings["check"] - timings["tracking"]
     trials_table = _trials_table(folder, result)
     out = _summarise(config, name, folder, resolved, tracker, parent, trials_table, time.time() - started)
+    finished = int((trials_table["state"] == "finished").sum()) if not trials_table.empty else 0
+    if not out.interrupted and finished == 0:
+        parent.log_metrics({"trials_finished": 0})
+        parent.end("FAILED")
+        raise StudyFailed(failed_study_message(name, trials_table, folder))
     if not out.interrupted and resolved.search != "grid" and config.tune.confirm_seeds > 0:
         try:
             out.confirmed = _confirm(config, resolved, folder, result, inputs, out, parent, tags, pool_fps, echo)
@@ -406,8 +443,10 @@ def _summarise(config: FairSkinConfig, name: str, folder: Path, space: ResolvedS
 
     report = folder / REPORT_DIR
     report.mkdir(parents=True, exist_ok=True)
-    done = complete_trials(trials, config.classifier.epochs)
     metrics, modes = list(space.metrics), list(space.modes)
+    done = complete_trials(trials, config.classifier.epochs)
+    if not all(m in done for m in metrics):  # no trial reported its objectives (e.g. every trial failed)
+        done = done.iloc[0:0].reindex(columns=[*done.columns, *(m for m in metrics if m not in done)])
     best = best_trial(done, metrics, modes)
     front = pareto_front(done, metrics, modes)
     interrupted = trials.empty or bool((~trials["state"].isin(["finished", "failed"])).any())
