@@ -222,6 +222,10 @@ class GenerationConfig(_Section):
     num_actors: int | None = Field(None, ge=1)  # default: as many as the cluster fits
     real_split: Literal["train", "val", "test"] = "train"
     inception_weights_path: Path | None = None
+    # The judge (disease fidelity; on synthetic data also the FID/KID/IS feature space): images per
+    # subclass of its fresh procedural training set (every fifth validates). Unused for fitzpatrick17k.
+    judge_images_per_subclass: int = Field(200, ge=5)
+    judge_batch_size: int = Field(16, ge=1)  # small batches: enough steps on a small set (else classifier.*)
 
 
 class ClassifierConfig(_Section):
@@ -343,7 +347,7 @@ def _demo() -> dict[str, Any]:
                       # fit is Ray Train start-up, which then overlaps; half a CPU stays for Ray Data
                       "parallel_variants": 2, "cpus_per_worker": 0.5},
         "generation": {"images_per_subclass": 45, "inference_steps": 8, "scheduler": "ddim", "guidance_scale": 3.0,
-                       "batch_size": 16},
+                       "batch_size": 16, "judge_images_per_subclass": 100},
         "classifier": {"model": "tiny", "image_size": 64, "epochs": 8, "learning_rate": 1e-3, "batch_size": 64,
                        "bootstrap_samples": 200},
         "tune": {"num_trials": 6, "count_scale": 0.05, "train_seeds": 1},
@@ -358,7 +362,8 @@ def _smoke() -> dict[str, Any]:
         "diffusion": {"model": "tiny", "global_batch_size": 4, "learning_rate": 1e-3, "max_steps": 6,
                       "checkpoint_every": 3, "base_vae_steps": 4, "base_unet_steps": 4,
                       "parallel_variants": 2, "cpus_per_worker": 0.5},
-        "generation": {"images_per_subclass": 10, "inference_steps": 2, "guidance_scale": 2.0, "batch_size": 5},
+        "generation": {"images_per_subclass": 10, "inference_steps": 2, "guidance_scale": 2.0, "batch_size": 5,
+                       "judge_images_per_subclass": 6},
         "classifier": {"model": "tiny", "image_size": 32, "epochs": 2, "learning_rate": 1e-3, "batch_size": 32,
                        "bootstrap_samples": 50},
         "tune": {"num_trials": 3, "count_scale": 0.01, "train_seeds": 1, "confirm_seeds": 0},

@@ -1,6 +1,6 @@
 """The pipeline: stages in order, each keyed, skipped when done, and tracked in MLflow.
 
-    prepare -> reference -> base -> finetune -> generate -> evaluate -> tune -> report
+    prepare -> reference -> base -> finetune -> generate -> judge -> evaluate -> tune -> report
 
 A stage is a registry entry (:class:`Stage`): the config paths it reads, the stages it
 takes as inputs, and a body that writes its folder. One MLflow parent run per
@@ -524,41 +524,94 @@ register_stage(Stage("generate", reads=GENERATE_READS, inputs=("finetune",), bod
                      check_after="prepare"))
 
 
+# --------------------------------------------------------------------------- judge
+
+JUDGE_READS = ("data", "classifier", "generation.judge_images_per_subclass", "generation.judge_batch_size",
+               "runtime.seed")
+
+
+def _judge_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
+                run: RunHandle) -> Mapping[str, Any]:
+    """The disease-fidelity judge, a classifier that never saw the FID reference images
+    (:mod:`fairskin.classify.judge`). synthetic: trained on a fresh balanced procedural set (seed
+    namespace ``judge``), tested on the prepare stage's val + test images; it also gives the
+    evaluate stage its feature space. fitzpatrick17k: records that the reference classifier is
+    reused (it saw the train images; its real baseline is the test split)."""
+    from fairskin.classify.judge import judge_info, train_judge
+
+    info = judge_info(config.data.source)
+    if info.kind != "independent":
+        info.write(out)
+        return {"judge_saw_train_images": 1}
+    return train_judge(config, out, inputs["prepare"].path / "shards")
+
+
+def _judge_log(run: RunHandle, result: StageResult) -> None:
+    from fairskin.classify.judge import IDS_FILE, JUDGE_FILE, REAL_ACCURACY_FILE, JudgeInfo
+
+    run.log_metrics({k: v for k, v in result.summary.items() if isinstance(v, (int, float))})
+    run.set_tags({"fairskin.judge": JudgeInfo.read(result.path).description})
+    for name in (JUDGE_FILE, IDS_FILE, REAL_ACCURACY_FILE, "history.csv", "test_report.json"):
+        if (result.path / name).exists():
+            run.log_artifact(result.path / name, "judge")
+
+
+register_stage(Stage("judge", reads=JUDGE_READS, inputs=("prepare",), body=_judge_body, log=_judge_log))
+
+
 # --------------------------------------------------------------------------- evaluate
 
 
 def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
                    run: RunHandle) -> Mapping[str, Any]:
-    """Per variant: FID/KID per subclass and group, FID variance, IS, memorisation, t-SNE, heatmap.
+    """Per variant: FID/KID per subclass and group with their real-vs-real floors, pooled FIDs, FID
+    variance, IS, memorisation, disease fidelity (the judge), skin tone, t-SNE, heatmaps.
 
-    Writes ``generation_table.csv`` (one row per variant), ``per_subclass.csv`` (variant x
-    subclass) and, per variant, ``<variant>/`` with its table and plots; each variant is a
-    child run tagged ``fairskin.variant``.
+    Feature space: Inception with local weights, else on synthetic data the independent judge's
+    (it never saw the real images), else the reference classifier's. Writes
+    ``generation_table.csv`` (one row per variant), ``per_subclass.csv`` (variant x subclass) and,
+    per variant, ``<variant>/`` with its table and plots; each variant is a child run tagged
+    ``fairskin.variant``.
     """
     import json
 
     import numpy as np
     import pandas as pd
 
+    from fairskin.classify.judge import load_judge
     from fairskin.classify.models import load_saved_classifier
-    from fairskin.data.shards import load_decoded
-    from fairskin.metrics.generation import classifier_features, feature_space, generation_report
-    from fairskin.metrics.plots import plot_fid_heatmap, plot_tsne
-    from fairskin.progress import progress_bar
-
-    g, c = config.generation, config.classifier
-    shards = inputs["prepare"].path / "shards"
     from fairskin.classify.train import classifier_device
-
-    model = load_saved_classifier(inputs["reference"].path / "model").to(classifier_device(c)).eval()
-    space = feature_space(model, c.image_size, g.inception_weights_path)
-    real_pixels, real_meta = load_decoded(shards, splits=[g.real_split])
-    train_pixels, train_meta = load_decoded(shards, splits=["train"])
-    held_pixels, held_meta = load_decoded(shards, splits=["val", "test"])
-    cache = config.runtime.runs_root / "cache" / "fidelity"  # real features, keyed by image checksums
+    from fairskin.data.shards import load_decoded
+    from fairskin.metrics.generation import (classifier_features, disease_fidelity, feature_space,
+                                             generation_report, judge_accuracy, judge_predictions)
+    from fairskin.metrics.plots import plot_fid_heatmap, plot_tsne
+    from fairskin.metrics.skin_tone import ReferenceBands, image_ita, skin_tone_report
+    from fairskin.progress import progress_bar
     from fairskin.provenance import TAG_FINETUNE, TAG_POOL, TAG_REAL, shard_fingerprint
 
-    from fairskin.metrics.skin_tone import ReferenceBands, image_ita, skin_tone_report
+    g, c = config.generation, config.classifier
+    groups, diseases = config.data.group_names, config.data.diseases
+    shards = inputs["prepare"].path / "shards"
+    device = classifier_device(c)
+    model = load_saved_classifier(inputs["reference"].path / "model").to(device).eval()
+    judge, info = load_judge(inputs["judge"].path, inputs["reference"].path)
+    judge = judge.to(device)
+    space = feature_space(judge if info.kind == "independent" else model, c.image_size, g.inception_weights_path,
+                          kind="judge-classifier" if info.kind == "independent" else "reference-classifier")
+    train_pixels, train_meta = load_decoded(shards, splits=["train"])
+    real_pixels, real_meta = ((train_pixels, train_meta) if g.real_split == "train"
+                              else load_decoded(shards, splits=[g.real_split]))
+    held_pixels, held_meta = load_decoded(shards, splits=["val", "test"])
+    # Floors: real images outside the FID reference (and outside the generators' training split).
+    floor_splits = [s for s in ("val", "test") if s != g.real_split]
+    floor_rows = held_meta["split"].isin(floor_splits).to_numpy()
+    floor_pixels, floor_meta = held_pixels[floor_rows], held_meta[floor_rows].reset_index(drop=True)
+    # Disease fidelity: the judge on its real baseline, once.
+    judge_rows = held_meta["split"].isin(info.real_splits).to_numpy()
+    judge_real = judge_accuracy(judge_predictions(judge, held_pixels[judge_rows], c.image_size, diseases),
+                                held_meta[judge_rows], groups, diseases)
+    judge_real.to_csv(out / "judge_real_accuracy.csv", index=False)
+    cache = config.runtime.runs_root / "cache" / "fidelity"  # real features, keyed by image checksums
 
     # Skin tone: ITA of each image's healthy skin against the real training images' ITA per group;
     # held-out real images give the same rule's ceiling.
@@ -569,11 +622,18 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     provenance = pool_provenance(inputs["generate"])
     real_fingerprint = shard_fingerprint(shards)
     for variant, folder in progress_bar(pools.items(), total=len(pools), enabled=config.runtime.progress,
-                                        description="evaluate: FID/KID/IS, memorisation, t-SNE per generator"):
+                                        description="evaluate: FID/KID/IS, floors, fidelity, t-SNE per generator"):
         pool_pixels, pool_meta = load_decoded(folder)
-        report = generation_report(pool_pixels, pool_meta, real_pixels, real_meta, config.data.group_names,
-                                   config.data.diseases, space, cache_root=cache, heldout_pixels=held_pixels,
-                                   heldout_meta=held_meta, train_pixels=train_pixels, train_meta=train_meta)
+        report = generation_report(pool_pixels, pool_meta, real_pixels, real_meta, groups, diseases, space,
+                                   cache_root=cache, heldout_pixels=held_pixels, heldout_meta=held_meta,
+                                   train_pixels=train_pixels, train_meta=train_meta, floor_pixels=floor_pixels,
+                                   floor_meta=floor_meta, seed=config.runtime.seed)
+        fidelity, fidelity_summary = disease_fidelity(
+            judge_accuracy(judge_predictions(judge, pool_pixels, c.image_size, diseases), pool_meta, groups, diseases),
+            judge_real, groups)
+        report.per_subclass = report.per_subclass.merge(fidelity, on=["group", "disease"], how="left")
+        report.summary.update(fidelity_summary)
+        report.summary.update(judge=info.description, judge_saw_train_images=int(info.saw_train_images))
         tone_subclass, tone_group, tone_summary, confusion = skin_tone_report(
             image_ita(pool_pixels), pool_meta["group"].to_numpy(), pool_meta["disease"].to_numpy(), bands,
             held_ita, held_meta["group"].to_numpy())
@@ -588,6 +648,9 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
         (out / variant / "summary.json").write_text(json.dumps(report.summary, indent=2, default=str))
         plot_fid_heatmap(report.per_subclass, out / variant / "fid_heatmap.png",
                          title=f"{variant}: FID per subclass ({space.kind} features)")
+        plot_fid_heatmap(report.per_subclass, out / variant / "disease_fidelity_heatmap.png", value="disease_fidelity",
+                         title=f"{variant}: disease fidelity per subclass (judge accuracy, generated / held-out real)"
+                               + ("; judge saw the train images" if info.saw_train_images else ""))
         features = classifier_features(model, pool_pixels, c.image_size)
         plot_tsne(features, pool_meta["group"].to_numpy(), pool_meta["disease"].to_numpy(),
                   out / variant / "tsne.png", title=f"{variant}: t-SNE of reference-classifier features",
@@ -612,6 +675,7 @@ def _log_variant_evaluation(run: RunHandle, generator: str, summary: Mapping[str
 
     child = run.child(f"evaluate-{generator}", tags={"fairskin.stage": "evaluate", **generator_tags(generator),
                                                      "fairskin.feature_extractor": summary["feature_extractor"],
+                                                     "fairskin.judge": summary.get("judge", ""),
                                                      **fingerprints})
     child.log_metrics({k: float(v) for k, v in summary.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -621,35 +685,61 @@ def _log_variant_evaluation(run: RunHandle, generator: str, summary: Mapping[str
 
 
 def _generation_markdown(table, per_subclass, config: FairSkinConfig) -> str:
-    """Variant table and a per-subclass FID/KID table, as markdown."""
+    """Variant table, Table 2's pooled FIDs, and a per-subclass table (FID / KID with floors,
+    disease fidelity), as markdown; every table names the feature space and the judge."""
     groups = config.data.group_names
-    cols = ["variant", "fid_mean", "fid_var_subclass", "fid_var_group", "kid_mean", "is_mean",
-            "memorised_fraction"] + [f"fid_{g}" for g in groups]
-    lines = ["# Generation metrics", "",
-             f"Feature space: {table['feature_extractor'].iloc[0]}. FID variance is the sample variance "
-             "(ddof=1) over the subclasses and over the groups.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in table.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) if c == "variant" else f"{r.get(c, float('nan')):.4g}"
-                                       for c in cols) + " |")
-    lines += ["", "## Per subclass (FID / KID x 1000)", "",
-              "| variant | group | disease | FID | KID x 1000 | n generated | n real |", "|---|---|---|---|---|---|---|"]
-    for _, r in per_subclass.iterrows():
-        lines.append(f"| {r['variant']} | {r['group']} | {r['disease']} | {r['fid']:.2f} | {1000 * r['kid_mean']:.2f} "
-                     f"| {r['n_generated']} | {r['n_real']} |")
+    first = table.iloc[0]
+    judge = f"Judge (disease fidelity): {first.get('judge', 'n/a')}."
+    space = f"Feature space: {first['feature_extractor']}."
+
+    def fmt(value, spec: str = ".4g") -> str:
+        try:
+            return format(float(value), spec)
+        except (TypeError, ValueError):
+            return str(value)
+
+    def grid(cols: list[str], frame, head: list[str] | None = None, spec: str = ".4g") -> list[str]:
+        out = ["| " + " | ".join(head or cols) + " |", "|" + "---|" * len(cols)]
+        for _, r in frame.iterrows():
+            out.append("| " + " | ".join(str(r.get(c, "")) if c in ("variant", "group", "disease", "floor_method")
+                                         else fmt(r.get(c, float("nan")), spec) for c in cols) + " |")
+        return out
+
+    cols = ["variant", "fid_mean", "fid_floor_mean", "fid_var_subclass", "fid_var_subclass_floor_corrected",
+            "fid_var_group", "kid_mean", "kid_floor_mean", "is_mean", "memorised_fraction", "disease_fidelity",
+            "disease_fidelity_worst_group", "judge_accuracy_generated", "judge_accuracy_real"]
+    lines = ["# Generation metrics", "", f"{space} {judge} FID variance is the sample variance (ddof=1) over the "
+             "subclasses and over the groups; `_floor` figures are the real-vs-real floor (held-out real images "
+             "against the same reference at the same N: what a perfect generator would score; FID is biased upwards "
+             "at small N, KID is not); `floor_corrected` subtracts each subclass's floor first. Disease fidelity = "
+             "the judge's accuracy on generated images / on held-out real images (mean over subclasses).", ""]
+    lines += grid(cols, table)
+    pooled = ["variant", *[f"fid_pooled_{g}" for g in groups], "fid_pooled_overall",
+              *[f"fid_{g}" for g in groups]]
+    lines += ["", "## Table 2: FID per group", "",
+              f"{space} {judge} `fid_pooled_<group>`: the group's generated images pooled over diseases (subsampled, "
+              "seeded, to the real disease mix of the group) against all its real images; `fid_pooled_overall`: every "
+              "image, no subcategory distinction, (group, disease) mix matched; `fid_<group>`: the count-weighted "
+              "mean of the group's subclass FIDs.", ""]
+    lines += grid(pooled, table)
+    sub = ["variant", "group", "disease", "fid", "fid_floor", "kid_mean", "kid_floor", "floor_method",
+           "disease_fidelity", "judge_accuracy_generated", "judge_accuracy_real", "n_generated", "n_real",
+           "n_judge_real"]
+    lines += ["", "## Per subclass", "", f"{space} {judge}", ""]
+    lines += grid(sub, per_subclass, spec=".4g")
     return "\n".join(lines) + "\n"
 
 
 def _evaluate_log(run: RunHandle, result: StageResult) -> None:
     run.log_metrics(result.summary)
-    for name in ("generation_table.csv", "generation_table.md", "per_subclass.csv"):
+    for name in ("generation_table.csv", "generation_table.md", "per_subclass.csv", "judge_real_accuracy.csv"):
         if (result.path / name).exists():
             run.log_artifact(result.path / name, "evaluate")
 
 
 register_stage(Stage("evaluate", reads=("generation.real_split", "generation.inception_weights_path",
-                                        "classifier.image_size", "runtime.seed"), version=2,
-                     inputs=("prepare", "reference", "generate"), body=_evaluate_body, log=_evaluate_log,
+                                        "classifier.image_size", "runtime.seed"), version=3,
+                     inputs=("prepare", "reference", "generate", "judge"), body=_evaluate_body, log=_evaluate_log,
                      external=("generation.inception_weights_path",)))
 
 

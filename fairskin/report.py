@@ -54,11 +54,19 @@ GENERATION_COLUMNS = (
     ("is", "is_mean", +1),
     ("skin_tone", "skin_tone_agreement", +1),
     ("skin_tone_worst", "skin_tone_agreement_worst_group", +1),
+    ("disease_fidelity", "disease_fidelity", +1),
+    ("disease_fidelity_worst", "disease_fidelity_worst_group", +1),
+    ("fid_pooled", "fid_pooled_overall", -1),
+    ("kid_floor", "kid_floor_mean", 0),
+    ("fid_var_subclass_floor_corrected", "fid_var_subclass_floor_corrected", -1),
 )
 LABELS = {"accuracy": "accuracy", "worst_group_accuracy": "worst-group acc.", "dp": "DP (oracle floor)",
           "essp": "ESSP (paper)", "essp_fairseg": "ESSP (FairSeg)", "fid": "FID", "fid_var_subclass":
           "FID var (subclass)", "fid_var_group": "FID var (group)", "kid": "KID", "is": "IS",
-          "skin_tone": "skin-tone agreement", "skin_tone_worst": "skin-tone agr. (worst group)"}
+          "skin_tone": "skin-tone agreement", "skin_tone_worst": "skin-tone agr. (worst group)",
+          "disease_fidelity": "disease fidelity", "disease_fidelity_worst": "disease fid. (worst group)",
+          "fid_pooled": "FID pooled (real mix)", "kid_floor": "KID floor (real vs real)",
+          "fid_var_subclass_floor_corrected": "FID var (subclass, floor-corr.)"}
 MODES = ("random", "resample", "reweight")
 GENERATION_BLOCK = "generation"
 
@@ -81,6 +89,7 @@ class Report:
     fingerprints: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     markdown: Path | None = None
+    judge: str = ""  # which judge scored disease fidelity (the evaluate runs' ``fairskin.judge`` tag)
 
 
 # --------------------------------------------------------------------------- finding runs
@@ -316,16 +325,29 @@ def marks(t1: pd.DataFrame, paired: pd.DataFrame) -> dict[tuple[str, str, str], 
     return out
 
 
+def table2_columns(groups: Sequence[str]) -> list[str]:
+    """Table 2's columns: the count-weighted group FIDs (``fid_<group>``, named by the group), then the pooled
+    FIDs with the pool subsampled to the real mix (``pooled <group>``, ``pooled overall``)."""
+    return [*groups, *[f"pooled {g}" for g in groups], "pooled overall"]
+
+
+def _table2_metric(column: str) -> str:
+    return f"fid_pooled_{column.removeprefix('pooled ')}" if column.startswith("pooled ") else f"fid_{column}"
+
+
 def table2(units: pd.DataFrame, groups: Sequence[str], level: float = 0.95) -> pd.DataFrame:
-    """FID per group per variant: mean over generator repeats (one value per repeat) with ``R``."""
+    """FID per group per variant: mean over generator repeats (one value per repeat) with ``R``; the
+    count-weighted means of subclass FIDs (``<group>``) beside the pooled FIDs (``pooled <group>``,
+    ``pooled overall``: the pool subsampled to the real mix, see ``fairskin.metrics.generation.pooled_summary``)."""
     if not len(units):
         return pd.DataFrame()
     per_generator = units.drop_duplicates(["variant", "repeat"])
     rows = []
     for variant, part in per_generator.groupby("variant", sort=True):
         row: dict[str, Any] = {"variant": variant, "R": int(part["repeat"].nunique())}
-        for g in groups:
-            values = part[f"fid_{g}"] if f"fid_{g}" in part else pd.Series(dtype=float)
+        for g in table2_columns(groups):
+            metric = _table2_metric(g)
+            values = part[metric] if metric in part else pd.Series(dtype=float)
             iv = t_interval(values.to_numpy(float), level)
             row[g], row[f"{g}_low"], row[f"{g}_high"] = iv.mean, iv.low, iv.high
         rows.append(row)
@@ -590,6 +612,8 @@ def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str
                         (units, "repeats.csv")):
         frame.to_csv(out / name, index=False)
     report = Report(out, t1, t2, paired, units)
+    if len(evaluated):
+        report.judge = "; ".join(sorted(set(_tag(evaluated, "fairskin.judge")) - {""}))
     if len(units):
         report.fingerprints = {f"{r.variant} repeat {r.repeat}": r.pool
                                for r in units.drop_duplicates(["variant", "repeat"]).itertuples()}
@@ -654,7 +678,11 @@ def _markdown(report: Report, study: str | None, pipeline_run: str, ref: pd.Seri
     lines += ["## Table 1: variants x downstream modes (test split)", "",
               table1_markdown(t1, report.paired, baseline),
               "FID / KID / IS are computed in the feature space named by the evaluate runs "
-              "(`fairskin.feature_extractor` tag); FID variance is the sample variance (ddof=1).", "",
+              "(`fairskin.feature_extractor` tag); FID variance is the sample variance (ddof=1). Disease fidelity: "
+              "the judge's accuracy on generated images / on held-out real images; "
+              f"{report.judge or 'judge not recorded'}. KID floor: held-out real vs the real reference at the same N "
+              "(what a perfect generator scores); floor-corrected FID variance subtracts each subclass's FID floor.",
+              "",
               f"## Paired differences: `delta_vs_{baseline}`", "",
               f"Within-repeat differences (variant - {baseline}), paired by generator repeat; classifier metrics "
               "within each downstream mode, generation metrics once per variant. p (t): paired t-test; p (Holm): "
@@ -662,7 +690,11 @@ def _markdown(report: Report, study: str | None, pipeline_run: str, ref: pd.Seri
               "(R >= 6), not adjusted.", "",
               paired_markdown(report.paired, baseline, repeats, level),
               "## Table 2: FID per group", "",
-              frame_markdown(report.table2, list(groups)),
+              "Columns named by a group: the mean of the group's subclass FIDs weighted by their real counts; "
+              "`pooled`: the group's (or every) generated image pooled over diseases, the pool subsampled (seeded) to "
+              "the real disease (subclass) mix, against all the group's (every) real image. Feature space and judge "
+              f"as in Table 1 ({report.judge or 'judge not recorded'}).", "",
+              frame_markdown(report.table2, [c for c in table2_columns(groups) if c in report.table2]),
               "## What this report does not claim", "",
               "- It compares the variants as run: one base model, these seeds, this data. Generator variance is "
               "measured only over the R repeats listed; R = 1 measures none.",

@@ -216,3 +216,83 @@ def test_plots_write_pngs(tmp_path, model, report, lesions):
                  plot_fid_heatmap(report[0].per_subclass, tmp_path / "fid.png", "FID")):
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+# ----------------------------------------------------------------------------- floors, pooled FID
+
+
+def test_features_metrics_match_torch_fidelity_on_images(space, lesions):
+    direct = gen.subclass_metrics(lesions[:15], lesions[15:], space)
+    via = gen.features_metrics(gen.space_features(space, lesions[:15]), gen.space_features(space, lesions[15:]))
+    assert via["fid"] == pytest.approx(direct["fid"], rel=1e-4, abs=1e-6)
+    assert via["kid_mean"] == pytest.approx(direct["kid_mean"], rel=1e-4, abs=1e-9)
+
+
+def test_kid_floor_is_near_zero_for_two_halves_and_grows_with_a_colour_shift(space):
+    big = images(4, DISEASES[3], 80)
+    reference = gen.space_features(space, big)
+    shifted = gen.space_features(space, shift_red(images(4, DISEASES[3], 40, start=300), 60))
+    halves = gen.real_floor(reference, np.zeros((0, reference.shape[1])), 40, seed=0)
+    assert halves["floor_method"] == "split-half" and halves["floor_n_query"] == halves["floor_n_reference"] == 40
+    shift = gen.real_floor(reference, shifted, 40, seed=0)
+    assert shift["floor_method"] == "heldout" and shift["floor_n_query"] == 40 and shift["floor_n_reference"] == 80
+    assert abs(halves["kid_floor"]) < 0.1 * shift["kid_floor"]  # unbiased: ~0 for two draws of one distribution
+    assert shift["fid_floor"] > halves["fid_floor"] > 0  # FID of two halves is > 0 (small-N bias), a shift more
+    fresh = gen.real_floor(reference, gen.space_features(space, images(4, DISEASES[3], 40, start=300)), 40, seed=0)
+    assert abs(fresh["kid_floor"]) < 0.1 * shift["kid_floor"]
+    assert math.isnan(gen.real_floor(reference[:3], reference[:0], 40)["kid_floor"])  # 1 vs 2 images: not measured
+
+
+def test_mix_subsample_keeps_a_pool_with_the_real_mix_whole_and_matches_it_otherwise():
+    real = ["a"] * 30 + ["b"] * 10 + ["c"] * 5
+    same_mix = ["b"] * 20 + ["a"] * 60 + ["c"] * 10
+    np.testing.assert_array_equal(gen.mix_subsample(same_mix, real, seed=3), np.arange(90))
+    balanced = ["a"] * 20 + ["b"] * 20 + ["c"] * 20 + ["z"] * 5  # z: not in the real set
+    rows = gen.mix_subsample(balanced, real, seed=3)
+    picked = pd.Series(np.asarray(balanced)[rows]).value_counts().to_dict()
+    assert picked == {"a": 20, "b": 7, "c": 3}  # M = 20 / (30/45) = 30 rows: 20, 6.67 -> 7, 3.33 -> 3
+    assert list(rows) == sorted(rows) and not np.array_equal(rows, gen.mix_subsample(balanced, real, seed=4))
+
+
+def test_pooled_fid_subsampled_to_the_real_mix_equals_plain_pooled_fid_when_the_pool_has_that_mix():
+    rng = np.random.default_rng(0)
+    centres = {"x": 0.0, "y": 3.0}
+    real_keys = np.array(["x"] * 40 + ["y"] * 20)
+    pool_keys = np.array(["y"] * 30 + ["x"] * 60)  # the real 2:1 mix, other order
+    real = np.stack([rng.normal(centres[k], 1.0, 6) for k in real_keys])
+    pool = np.stack([rng.normal(centres[k], 1.0, 6) for k in pool_keys])
+    matched = gen.pooled_metrics(pool, pool_keys, real, real_keys, seed=1)
+    plain = gen.pooled_metrics(pool, pool_keys, real, real_keys, match_mix=False)
+    assert matched == plain and matched["n_generated"] == 90
+    # A balanced pool is judged on a real-mix subsample, not penalised for its balance.
+    balanced_keys = np.array(["x"] * 45 + ["y"] * 45)
+    balanced = np.stack([rng.normal(centres[k], 1.0, 6) for k in balanced_keys])
+    fair = gen.pooled_metrics(balanced, balanced_keys, real, real_keys, seed=1)
+    naive = gen.pooled_metrics(balanced, balanced_keys, real, real_keys, match_mix=False)
+    assert fair["n_generated"] == 67 and fair["fid"] < naive["fid"]
+
+
+def test_report_floors_and_pooled_figures(space):
+    real, real_meta, pool, pool_meta, held, held_meta = [], [], [], [], [], []
+    for group, fst in (("light", 2), ("dark", 6)):
+        for di, disease in enumerate(TWO_DISEASES):
+            n_real, n_held = (24, 14) if group == "light" else (16, 4)
+            for store, meta, part in ((real, real_meta, images(fst, disease, n_real)),
+                                      (pool, pool_meta, images(fst, disease, 12, 400)),
+                                      (held, held_meta, images(fst, disease, n_held, 800))):
+                store.append(part)
+                meta.extend([{"group": group, "disease": disease}] * len(part))
+    out = gen.generation_report(np.concatenate(pool), pd.DataFrame(pool_meta), np.concatenate(real),
+                                pd.DataFrame(real_meta), ["light", "dark"], TWO_DISEASES, space, isc=False,
+                                floor_pixels=np.concatenate(held), floor_meta=pd.DataFrame(held_meta), seed=0)
+    table, s = out.per_subclass.set_index(["group", "disease"]), out.summary
+    assert (table.loc["light", "floor_method"] == "heldout").all() and (table.loc["dark", "floor_method"] == "split-half").all()
+    assert (table.loc["light", "floor_n_query"] == 12).all() and (table.loc["dark", "floor_n_query"] == 8).all()
+    assert s["fid_floor_mean"] == pytest.approx(table["fid_floor"].mean())
+    corrected = table["fid"] - table["fid_floor"]
+    assert s["fid_var_subclass_floor_corrected"] == pytest.approx(np.var(corrected, ddof=1))
+    assert s["kid_floor_mean"] == pytest.approx(table["kid_floor"].mean())
+    for key in ("fid_pooled_light", "fid_pooled_dark", "fid_pooled_overall"):
+        assert math.isfinite(s[key]) and s[key] >= 0
+    # real mix 24:24:16:16 of 80: M = min(12 / (24/80), 12 / (16/80)) = 40 = 12 + 12 + 8 + 8
+    assert s["n_pooled_overall"] == 40 and s["n_pooled_light"] == s["n_pooled_dark"] == 24

@@ -162,11 +162,31 @@ def test_job_entry_point_runs_every_stage_and_reports_where_things_are(smoke_job
         assert (evaluate / variant / "tsne.png").stat().st_size > 0
         assert (evaluate / variant / "fid_heatmap.png").stat().st_size > 0
         assert (evaluate / variant / "skin_tone_heatmap.png").stat().st_size > 0
+        assert (evaluate / variant / "disease_fidelity_heatmap.png").stat().st_size > 0
         confusion = pd.read_csv(evaluate / variant / "skin_tone_confusion.csv", index_col=0)
         assert confusion.to_numpy().sum() == per_pool  # every pool image assigned to one group
     # Skin-tone fidelity per pool, beside the same rule's ceiling on held-out real images.
     tone = table[["skin_tone_agreement", "skin_tone_agreement_worst_group", "skin_tone_agreement_ceiling"]]
     assert ((tone >= 0) & (tone <= 1)).all().all() and (table["skin_tone_agreement_ceiling"] > 0.5).all()
+    # The judge: trained on a fresh procedural set that shares no image with the prepare stage; disease
+    # fidelity, real-vs-real floors and pooled FIDs in the table and in each variant's MLflow run.
+    (judge,) = stages.glob("judge-*")
+    trained = pd.read_csv(judge / "judge_ids.csv")
+    (prepare,) = stages.glob("prepare-*")
+    assert len(trained) == 15 * config.generation.judge_images_per_subclass
+    assert not set(trained["id"]) & set(pd.read_parquet(prepare / "manifest.parquet")["id"])
+    keys = ["disease_fidelity", "judge_accuracy_generated", "judge_accuracy_real", "disease_fidelity_worst_group",
+            "kid_floor_mean", "fid_floor_mean", "fid_var_subclass_floor_corrected", "fid_pooled_overall",
+            *[f"disease_fidelity_{g}" for g in config.data.group_names],
+            *[f"fid_pooled_{g}" for g in config.data.group_names]]
+    assert np.isfinite(table[keys].to_numpy(float)).all(), table[keys]
+    assert (table["judge_saw_train_images"] == 0).all() and table["feature_extractor"].str.contains("judge").all()
+    assert {"fid_floor", "kid_floor", "floor_method", "disease_fidelity"} <= set(per_subclass.columns)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                          "tags.`fairskin.stage` = 'evaluate'") if "fairskin.variant" in r.data.tags]
+    assert runs and all(k in r.data.metrics for r in runs for k in keys)
+    assert all("never saw the real images" in r.data.tags["fairskin.judge"] for r in runs)
     # The ablation grid: variants x 3 downstream modes, one training seed at smoke.
     (tune,) = stages.glob("tune-*")
     trials = pd.read_csv(tune / "trials.csv")
@@ -178,6 +198,7 @@ def test_job_entry_point_runs_every_stage_and_reports_where_things_are(smoke_job
         (variant, ["random", "resample", "reweight"]) for variant in sorted(config.diffusion.variants)]
     markdown = (report / "report.md").read_text()
     assert "## Table 1" in markdown and "## Table 2: FID per group" in markdown
+    assert "disease fidelity" in markdown and "pooled overall" in markdown and "never saw the real images" in markdown
     assert "missing: no finished trials of an `aug_count` study" in markdown  # reported missing, not filled in
 
     bad = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", "data.image_size=tiny"],
@@ -254,7 +275,7 @@ def test_ray_job_submit_runs_the_pipeline_against_the_session_head(smoke_job, ra
     logs = client.get_job_logs(submission)
     assert client.get_job_status(submission) == JobStatus.SUCCEEDED, out.stderr[-2000:] + logs[-3000:]
     # Every stage was already done by the earlier run under the same runs root: all skipped.
-    for stage in ("prepare", "reference", "base", "finetune", "generate", "evaluate", "tune", "report"):
+    for stage in ("prepare", "reference", "base", "finetune", "generate", "judge", "evaluate", "tune", "report"):
         assert f"[{stage}] skipped (already done)" in logs
     assert "report.md" in logs and list((root / "stages").glob("report-*/report.md"))
     tracking = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")

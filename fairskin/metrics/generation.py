@@ -13,6 +13,13 @@ with published Inception FIDs; the report's ``feature_extractor`` field says whi
 used. With a local Inception weights file (``inception_weights_path``) torch-fidelity's
 ``inception-v3-compat`` is used instead (no download is ever attempted).
 
+On synthetic data the evaluate stage uses the independent *judge* classifier instead (trained on
+a fresh procedural set, :mod:`fairskin.classify.judge`), so the space never saw the reference
+images. Beside every FID: the real-vs-real floor (:func:`real_floor`: held-out real images against
+the reference at the same N), pooled FIDs with the pool subsampled to the real mix
+(:func:`pooled_summary`), and disease fidelity (:func:`disease_fidelity`: the judge's accuracy on
+generated images over its accuracy on held-out real ones).
+
 Images everywhere are uint8 arrays (N, H, W, 3), values 0..255; torch-fidelity receives them as
 uint8 (N, 3, H, W) tensors.
 """
@@ -145,7 +152,8 @@ def register_classifier_extractor(model, image_size: int) -> str:
 class FeatureSpace:
     """Which torch-fidelity feature extractor to use, and how to call it.
 
-    ``name`` is the registered extractor name; ``kind`` is "reference-classifier" or
+    ``name`` is the registered extractor name; ``kind`` is "reference-classifier",
+    "judge-classifier" (the independent judge, trained on a fresh procedural set) or
     "inception-v3"; ``fidelity_kwargs`` are passed to every ``calculate_metrics`` call (the
     extractor name, and the weights path for Inception); ``cuda`` is torch-fidelity's device flag.
     ``model`` keeps a bound classifier alive (None for Inception).
@@ -161,15 +169,23 @@ class FeatureSpace:
     def description(self) -> str:
         if self.kind == "inception-v3":
             return "inception-v3 (torch-fidelity inception-v3-compat, local weights)"
+        if self.kind == "judge-classifier":
+            return ("independent judge classifier trained on a fresh procedural set (ViT CLS token after the "
+                    "final layernorm), not Inception")
         return "reference classifier (ViT CLS token after the final layernorm), not Inception"
 
 
-def classifier_space(model, image_size: int) -> FeatureSpace:
-    """The reference classifier's feature space: registers ``model`` and runs on its device."""
+CLASSIFIER_KINDS = ("reference-classifier", "judge-classifier")
+
+
+def classifier_space(model, image_size: int, kind: str = "reference-classifier") -> FeatureSpace:
+    """A classifier's feature space (the reference's, or the judge's with ``kind="judge-classifier"``):
+    registers ``model`` and runs on its device."""
+    if kind not in CLASSIFIER_KINDS:
+        raise ValueError(f"kind must be one of {CLASSIFIER_KINDS}, got {kind!r}")
     name = register_classifier_extractor(model, image_size)
     cuda = next(model.parameters()).device.type == "cuda"
-    return FeatureSpace(name=name, kind="reference-classifier", fidelity_kwargs={"feature_extractor": name},
-                        cuda=cuda, model=model)
+    return FeatureSpace(name=name, kind=kind, fidelity_kwargs={"feature_extractor": name}, cuda=cuda, model=model)
 
 
 def inception_space(weights_path: Path, cuda: bool | None = None) -> FeatureSpace:
@@ -182,11 +198,13 @@ def inception_space(weights_path: Path, cuda: bool | None = None) -> FeatureSpac
                         cuda=torch.cuda.is_available() if cuda is None else cuda)
 
 
-def feature_space(model, image_size: int, inception_weights_path: Path | None = None) -> FeatureSpace:
-    """Inception when a local weights path is given, else the reference classifier ``model``."""
+def feature_space(model, image_size: int, inception_weights_path: Path | None = None,
+                  kind: str = "reference-classifier") -> FeatureSpace:
+    """Inception when a local weights path is given, else the classifier ``model`` (of ``kind``:
+    the reference classifier, or on synthetic data the independent judge)."""
     if inception_weights_path is not None:
         return inception_space(inception_weights_path)
-    return classifier_space(model, image_size)
+    return classifier_space(model, image_size, kind)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -516,15 +534,24 @@ def _per_subclass(pool_pixels, pool_meta, real_pixels, real_meta, groups, diseas
     return pd.DataFrame(rows)
 
 
-def _memorisation_columns(per_subclass, pool_pixels, pool_meta, train_pixels, train_meta, heldout_pixels,
-                          heldout_meta, extractor) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Join memorisation per subclass onto the table; summary share over all generated images, per group."""
-    def codes(meta):
-        return (meta["group"].astype(str) + "\x1f" + meta["disease"].astype(str)).to_numpy()
+class _Features:
+    """Features of each image array in one feature space, extracted once per array object."""
 
-    table = memorisation(space_features(extractor, pool_pixels), codes(pool_meta),
-                         space_features(extractor, train_pixels), codes(train_meta),
-                         space_features(extractor, heldout_pixels), codes(heldout_meta))
+    def __init__(self, space: FeatureSpace):
+        self.space, self._done = space, {}
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        key = id(pixels)
+        if key not in self._done:
+            self._done[key] = (pixels, space_features(self.space, pixels))  # keeps the array alive: ids stay unique
+        return self._done[key][1]
+
+
+def _memorisation_columns(per_subclass, pool_pixels, pool_meta, train_pixels, train_meta, heldout_pixels,
+                          heldout_meta, features) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Join memorisation per subclass onto the table; summary share over all generated images, per group."""
+    table = memorisation(features(pool_pixels), _codes(pool_meta), features(train_pixels), _codes(train_meta),
+                         features(heldout_pixels), _codes(heldout_meta))
     table[["group", "disease"]] = table["subclass"].str.split("\x1f", expand=True)
     table = table.drop(columns=["subclass", "n_generated"])
     merged = per_subclass.merge(table, on=["group", "disease"], how="left")
@@ -541,7 +568,9 @@ def generation_report(pool_pixels: np.ndarray, pool_meta: pd.DataFrame, real_pix
                       real_checksums: Sequence[str] | None = None, heldout_pixels: np.ndarray | None = None,
                       heldout_meta: pd.DataFrame | None = None, train_pixels: np.ndarray | None = None,
                       train_meta: pd.DataFrame | None = None, kid_subset_size: int | None = None,
-                      isc: bool = True) -> GenerationReport:
+                      isc: bool = True, floor_pixels: np.ndarray | None = None,
+                      floor_meta: pd.DataFrame | None = None, pooled: bool = True, seed: int = 0
+                      ) -> GenerationReport:
     """FID, KID, IS and memorisation of a synthetic pool, per subclass, per group and overall.
 
     Inputs: ``pool_pixels`` uint8 (N, H, W, 3) with ``pool_meta`` (N rows: group, disease);
@@ -567,6 +596,14 @@ def generation_report(pool_pixels: np.ndarray, pool_meta: pd.DataFrame, real_pix
     - ``memorised_fraction`` (share of all generated images) and ``memorised_fraction_<group>``,
       when ``heldout_pixels``/``heldout_meta`` are given; the training images default to
       ``real_pixels``/``real_meta`` (see :func:`memorisation`);
+    - real-vs-real floors (:func:`real_floor`), when ``floor_pixels``/``floor_meta`` (real images
+      outside the reference, e.g. val + test) are given: per subclass ``fid_floor``, ``kid_floor``,
+      ``floor_method``, ``floor_n_query``, ``floor_n_reference`` and ``fid_floor_corrected``
+      (``fid - fid_floor``); summary :func:`summarise_floors` (``fid_floor_mean``,
+      ``kid_floor_mean``, ``fid_floor_<group>``, ``kid_floor_<group>``,
+      ``fid_mean_floor_corrected``, ``fid_var_subclass_floor_corrected``);
+    - with ``pooled``, the pooled figures of :func:`pooled_summary` (``fid_pooled_<group>``,
+      ``fid_pooled_overall``, ...), each pool subsampled to the real mix with ``seed``;
     - ``feature_extractor``: the feature space's description; ``feature_extractor_name``.
 
     ``cache_root`` turns on torch-fidelity's cache for the real side: a subclass's cache name is
@@ -581,12 +618,285 @@ def generation_report(pool_pixels: np.ndarray, pool_meta: pd.DataFrame, real_pix
         for g in groups:
             part = inception_score(pool_pixels[pool_meta["group"].to_numpy() == g], extractor)
             summary[f"is_mean_{g}"], summary[f"is_std_{g}"] = part["is_mean"], part["is_std"]
+    features = _Features(extractor)
     if heldout_pixels is not None and heldout_meta is not None and len(heldout_pixels):
         train_pixels = real_pixels if train_pixels is None else train_pixels
         train_meta = real_meta if train_meta is None else train_meta
         per_subclass, mem = _memorisation_columns(per_subclass, pool_pixels, pool_meta, train_pixels, train_meta,
-                                                  heldout_pixels, heldout_meta, extractor)
+                                                  heldout_pixels, heldout_meta, features)
         summary.update(mem)
+    if floor_pixels is not None and floor_meta is not None:
+        floor_features = features(floor_pixels) if len(floor_pixels) else np.zeros((0, 1), np.float32)
+        floors = floor_table(features(real_pixels), real_meta, floor_features, floor_meta,
+                             per_subclass[["group", "disease", "n_generated"]], seed=seed,
+                             kid_subset_size=kid_subset_size)
+        per_subclass = per_subclass.merge(floors, on=["group", "disease"], how="left")
+        per_subclass["fid_floor_corrected"] = per_subclass["fid"] - per_subclass["fid_floor"]
+        summary.update(summarise_floors(per_subclass, groups))
+    if pooled:
+        summary.update(pooled_summary(features(pool_pixels), pool_meta, features(real_pixels), real_meta, groups,
+                                      seed=seed, kid_subset_size=kid_subset_size))
     summary["feature_extractor"] = extractor.description
     summary["feature_extractor_name"] = extractor.name
     return GenerationReport(per_subclass=per_subclass, summary=summary)
+
+
+# ----------------------------------------------------------------------------------------------
+# From features: FID/KID of any two feature sets, real-vs-real floors, pooled FID
+# ----------------------------------------------------------------------------------------------
+
+
+def features_metrics(query: np.ndarray, reference: np.ndarray, kid_subset_size: int | None = None,
+                     rng_seed: int = 2020) -> dict[str, float]:
+    """FID and KID of two feature sets (N, D) and (M, D), with torch-fidelity's own maths.
+
+    The same figures as :func:`subclass_metrics` gives for the images these features came from
+    (torch-fidelity's ``fid_features_to_statistics`` / ``fid_statistics_to_metric`` and
+    ``kid_features_to_metric``, KID subset size :func:`kid_subset_size_for`, its default 100
+    subsets and seed 2020); used where one extraction serves many comparisons (floors, pools).
+    """
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
+    q = torch.as_tensor(np.asarray(query, np.float32))
+    r = torch.as_tensor(np.asarray(reference, np.float32))
+    subset = kid_subset_size_for(len(q), len(r), kid_subset_size)
+    fid = fid_statistics_to_metric(fid_features_to_statistics(q), fid_features_to_statistics(r), verbose=False)
+    kid = kid_features_to_metric(q, r, kid_subset_size=subset, verbose=False, rng_seed=rng_seed)
+    return {"fid": float(fid[KEY_METRIC_FID]), "kid_mean": float(kid[KEY_METRIC_KID_MEAN]),
+            "kid_std": float(kid[KEY_METRIC_KID_STD]), "kid_subset_size": subset,
+            "n_generated": len(q), "n_real": len(r)}
+
+
+def real_floor(reference: np.ndarray, heldout: np.ndarray, n: int, *, seed: int = 0,
+               kid_subset_size: int | None = None) -> dict[str, Any]:
+    """The real-vs-real floor of one subclass: what a perfect generator of ``n`` images would score.
+
+    ``reference`` (M, D): features of the real images the generated ones are compared with;
+    ``heldout`` (H, D): features of real images of the same subclass that are not in the
+    reference. With ``H >= n``, ``n`` held-out images (seeded draw) against the whole reference
+    (``floor_method`` "heldout"): the same N on both sides as the generated comparison. With
+    fewer held-out images, the reference is split into two random halves and up to ``n`` images
+    of one half are compared with the other half ("split-half": smaller sets on both sides, so
+    this floor is, if anything, too high). NaN where either side would hold < 2 images.
+
+    FID is biased upwards at small N (Chong & Forsyth 2020), so the FID floor is well above 0
+    for small subclasses; the unbiased KID floor is ~0 (and may be slightly negative): assert
+    with KID. Returns ``fid_floor``, ``kid_floor``, ``kid_floor_std``, ``floor_method``,
+    ``floor_n_query``, ``floor_n_reference``.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x0F1008]))
+    reference, heldout = np.asarray(reference), np.asarray(heldout)
+    n = int(n)
+    if n >= 2 and len(heldout) >= n:
+        query, ref, method = heldout[np.sort(rng.choice(len(heldout), n, replace=False))], reference, "heldout"
+    else:
+        order = rng.permutation(len(reference))
+        half = len(reference) // 2
+        query, ref, method = reference[np.sort(order[:min(half, max(n, 0))])], reference[np.sort(order[half:])], \
+            "split-half"
+    out: dict[str, Any] = {"fid_floor": math.nan, "kid_floor": math.nan, "kid_floor_std": math.nan,
+                           "floor_method": method, "floor_n_query": len(query), "floor_n_reference": len(ref)}
+    if len(query) >= 2 and len(ref) >= 2:
+        m = features_metrics(query, ref, kid_subset_size)
+        out.update(fid_floor=m["fid"], kid_floor=m["kid_mean"], kid_floor_std=m["kid_std"])
+    return out
+
+
+def mix_subsample(pool_keys: Sequence, real_keys: Sequence, seed: int = 0) -> np.ndarray:
+    """Row indices (sorted) of the largest subsample of a pool whose key mix equals the real set's.
+
+    Keys are any hashable labels (a disease, or a "group/disease" code). Over the keys present in
+    both sets, the real mix is ``p_k = real_k / R``; the subsample has ``M = min_k floor(pool_k / p_k)``
+    rows, ``M p_k`` of key ``k`` (largest-remainder rounding), drawn without replacement by a
+    generator seeded with ``seed``. A pool that already has the real mix is returned whole.
+    Keys of the pool absent from the real set get no rows.
+    """
+    pool_keys, real_keys = np.asarray(pool_keys, dtype=object), np.asarray(real_keys, dtype=object)
+    real_counts = pd.Series(real_keys).value_counts()
+    pool_counts = pd.Series(pool_keys).value_counts()
+    keys = [k for k in real_counts.index if k in pool_counts.index]
+    if not keys:
+        return np.zeros(0, np.int64)
+    r = {k: int(real_counts[k]) for k in keys}
+    p = {k: int(pool_counts[k]) for k in keys}
+    total = sum(r.values())
+    size = min(p[k] * total // r[k] for k in keys)  # floor(pool_k / p_k), in integers
+    exact = {k: size * r[k] / total for k in keys}
+    target = {k: min(p[k], int(math.floor(exact[k]))) for k in keys}
+    for k in sorted(keys, key=lambda k: (-(exact[k] - math.floor(exact[k])), str(k)))[:size - sum(target.values())]:
+        target[k] = min(p[k], target[k] + 1)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9001ED]))
+    rows = [rng.choice(np.flatnonzero(pool_keys == k), target[k], replace=False) for k in sorted(keys, key=str)]
+    return np.sort(np.concatenate(rows).astype(np.int64))
+
+
+def pooled_metrics(pool_features: np.ndarray, pool_keys: Sequence, real_features: np.ndarray,
+                   real_keys: Sequence, *, match_mix: bool = True, seed: int = 0,
+                   kid_subset_size: int | None = None) -> dict[str, Any]:
+    """FID/KID of a whole pool (no subcategory distinction) against all the real images.
+
+    With ``match_mix`` (the default) the pool is first subsampled to the real set's key mix
+    (:func:`mix_subsample`), so a generator that balances the subclasses is compared with the
+    real distribution it would have to match, not penalised for its balance. NaN with < 2 rows
+    on either side. Returns ``fid``, ``kid_mean``, ``kid_std``, ``n_generated`` (rows used),
+    ``n_real``.
+    """
+    rows = mix_subsample(pool_keys, real_keys, seed) if match_mix else np.arange(len(pool_features))
+    if len(rows) < 2 or len(real_features) < 2:
+        return {"fid": math.nan, "kid_mean": math.nan, "kid_std": math.nan, "n_generated": len(rows),
+                "n_real": len(real_features)}
+    out = features_metrics(np.asarray(pool_features)[rows], real_features, kid_subset_size)
+    out.pop("kid_subset_size")
+    return out
+
+
+def _codes(meta: pd.DataFrame) -> np.ndarray:
+    return (meta["group"].astype(str) + "\x1f" + meta["disease"].astype(str)).to_numpy()
+
+
+def pooled_summary(pool_features: np.ndarray, pool_meta: pd.DataFrame, real_features: np.ndarray,
+                   real_meta: pd.DataFrame, groups: Sequence[str], *, seed: int = 0,
+                   kid_subset_size: int | None = None) -> dict[str, float]:
+    """The paper's Table 2 pooled figures, each pool subsampled to the real mix (seeded).
+
+    ``fid_pooled_<group>`` / ``kid_pooled_<group>``: the group's generated images (disease mix
+    matched to the group's real images) against all the group's real images;
+    ``fid_pooled_overall`` / ``kid_pooled_overall``: every generated image ((group, disease) mix
+    matched) against every real image; ``n_pooled_<group>``, ``n_pooled_overall``: images used.
+    """
+    out: dict[str, float] = {}
+    pool_group, real_group = pool_meta["group"].to_numpy(), real_meta["group"].to_numpy()
+    for g in groups:
+        p, r = pool_group == g, real_group == g
+        m = pooled_metrics(pool_features[p], pool_meta["disease"].to_numpy()[p], real_features[r],
+                           real_meta["disease"].to_numpy()[r], seed=seed, kid_subset_size=kid_subset_size)
+        out[f"fid_pooled_{g}"], out[f"kid_pooled_{g}"], out[f"n_pooled_{g}"] = m["fid"], m["kid_mean"], m["n_generated"]
+    m = pooled_metrics(pool_features, _codes(pool_meta), real_features, _codes(real_meta), seed=seed,
+                       kid_subset_size=kid_subset_size)
+    out["fid_pooled_overall"], out["kid_pooled_overall"], out["n_pooled_overall"] = m["fid"], m["kid_mean"], \
+        m["n_generated"]
+    return out
+
+
+def floor_table(real_features: np.ndarray, real_meta: pd.DataFrame, heldout_features: np.ndarray,
+                heldout_meta: pd.DataFrame, n_generated: pd.DataFrame, *, seed: int = 0,
+                kid_subset_size: int | None = None) -> pd.DataFrame:
+    """:func:`real_floor` for every row of ``n_generated`` (columns group, disease, n_generated).
+
+    Each subclass gets its own seed (``seed``, row number), so floors do not share draws.
+    """
+    real_codes, held_codes = _codes(real_meta), _codes(heldout_meta)
+    rows = []
+    for i, r in enumerate(n_generated.itertuples(index=False)):
+        code = f"{r.group}\x1f{r.disease}"
+        floor = real_floor(real_features[real_codes == code], heldout_features[held_codes == code],
+                           int(r.n_generated), seed=int(seed) * 1000 + i, kid_subset_size=kid_subset_size)
+        rows.append({"group": r.group, "disease": r.disease, **floor})
+    return pd.DataFrame(rows)
+
+
+def summarise_floors(per_subclass: pd.DataFrame, groups: Sequence[str]) -> dict[str, float]:
+    """Floor figures from per-subclass rows (columns group, fid, fid_floor, kid_floor, n_real).
+
+    ``fid_floor_<group>`` / ``kid_floor_<group>``: weighted by ``n_real`` like ``fid_<group>``;
+    ``fid_floor_mean`` / ``kid_floor_mean``: unweighted over subclasses like ``fid_mean``;
+    ``fid_mean_floor_corrected``: mean of ``fid - fid_floor``; ``fid_var_subclass_floor_corrected``:
+    sample variance (ddof=1) over subclasses of ``fid - fid_floor``, the part of the spread that
+    the subclasses' sizes (FID's small-N bias) do not explain.
+    """
+    out: dict[str, float] = {}
+    evaluated = per_subclass[per_subclass["fid"].notna()]
+    for g in groups:
+        rows = evaluated[evaluated["group"] == g]
+        out[f"fid_floor_{g}"] = _weighted(rows["fid_floor"], rows["n_real"])
+        out[f"kid_floor_{g}"] = _weighted(rows["kid_floor"], rows["n_real"])
+    corrected = evaluated["fid"] - evaluated["fid_floor"]
+    out["fid_floor_mean"] = float(evaluated["fid_floor"].mean())
+    out["kid_floor_mean"] = float(evaluated["kid_floor"].mean())
+    out["fid_mean_floor_corrected"] = float(corrected.mean())
+    out["fid_var_subclass_floor_corrected"] = _sample_var(corrected)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Disease fidelity: a judge classifier on generated vs held-out real images (GAN-test)
+# ----------------------------------------------------------------------------------------------
+
+
+def judge_predictions(model, pixels: np.ndarray, image_size: int, diseases: Sequence[str],
+                      batch_size: int = 256) -> np.ndarray:
+    """The judge's predicted disease names (N,) for uint8 (N, H, W, 3) pixels (argmax of its logits).
+
+    ``diseases`` are the judge's labels in output order (``model.config.id2label``).
+    """
+    if len(pixels) == 0:
+        return np.zeros(0, dtype=object)
+    logits = classifier_logits(model, pixels, image_size, batch_size)
+    return np.asarray(list(diseases), dtype=object)[logits.argmax(1)]
+
+
+def judge_accuracy(predicted: Sequence[str], meta: pd.DataFrame, groups: Sequence[str],
+                   diseases: Sequence[str]) -> pd.DataFrame:
+    """Per (group, disease): ``n`` images, ``correct`` (predicted == the prompted / true disease), ``accuracy``
+    (NaN with no images). One row per subclass of ``groups`` x ``diseases``, in that order."""
+    predicted = np.asarray(predicted, dtype=object)
+    group, disease = meta["group"].to_numpy(), meta["disease"].to_numpy()
+    rows = []
+    for g in groups:
+        for d in diseases:
+            hit = (group == g) & (disease == d)
+            n, correct = int(hit.sum()), int((predicted[hit] == d).sum())
+            rows.append({"group": g, "disease": d, "n": n, "correct": correct,
+                         "accuracy": correct / n if n else math.nan})
+    return pd.DataFrame(rows)
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if np.isfinite(num) and np.isfinite(den) and den > 0 else math.nan
+
+
+def disease_fidelity(generated: pd.DataFrame, real: pd.DataFrame, groups: Sequence[str]
+                     ) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Disease fidelity from two :func:`judge_accuracy` tables (generated pool, held-out real).
+
+    Per subclass: ``judge_accuracy_generated``, ``judge_accuracy_real``, ``n_judge_generated``,
+    ``n_judge_real`` and ``disease_fidelity`` = generated / real accuracy (NaN where either side
+    has no images or the real accuracy is 0). 1 means the judge recognises the generated disease
+    as well as it recognises real images of the subclass.
+
+    Summary: over the subclasses measured on both sides, ``judge_accuracy_generated`` and
+    ``judge_accuracy_real`` are unweighted means of the subclass accuracies (so the pool's and the
+    real set's different subclass mixes do not enter) and ``disease_fidelity`` is their ratio;
+    the same per group (``judge_accuracy_generated_<group>``, ``judge_accuracy_real_<group>``,
+    ``disease_fidelity_<group>``); ``disease_fidelity_worst_group``: the smallest group figure.
+    A ratio of means, not a mean of ratios: a subclass with few held-out images and a near-zero
+    real accuracy cannot blow it up.
+    """
+    table = generated[["group", "disease", "n", "accuracy"]].rename(
+        columns={"n": "n_judge_generated", "accuracy": "judge_accuracy_generated"}).merge(
+        real[["group", "disease", "n", "accuracy"]].rename(columns={"n": "n_judge_real",
+                                                                     "accuracy": "judge_accuracy_real"}),
+        on=["group", "disease"], how="left")
+    table["disease_fidelity"] = [_ratio(a, b) for a, b in zip(table["judge_accuracy_generated"],
+                                                             table["judge_accuracy_real"])]
+    both = table[table["judge_accuracy_generated"].notna() & table["judge_accuracy_real"].notna()]
+
+    def means(rows: pd.DataFrame) -> tuple[float, float]:
+        if not len(rows):
+            return math.nan, math.nan
+        return float(rows["judge_accuracy_generated"].mean()), float(rows["judge_accuracy_real"].mean())
+
+    summary: dict[str, float] = {}
+    gen_acc, real_acc = means(both)
+    summary.update(judge_accuracy_generated=gen_acc, judge_accuracy_real=real_acc,
+                   disease_fidelity=_ratio(gen_acc, real_acc))
+    per_group = []
+    for g in groups:
+        gen_g, real_g = means(both[both["group"] == g])
+        summary[f"judge_accuracy_generated_{g}"], summary[f"judge_accuracy_real_{g}"] = gen_g, real_g
+        summary[f"disease_fidelity_{g}"] = _ratio(gen_g, real_g)
+        per_group.append(summary[f"disease_fidelity_{g}"])
+    finite = [v for v in per_group if np.isfinite(v)]
+    summary["disease_fidelity_worst_group"] = float(min(finite)) if finite else math.nan
+    return table, summary

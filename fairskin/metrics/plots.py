@@ -150,8 +150,9 @@ def plot_fid_heatmap(per_subclass: pd.DataFrame, path: Path, title: str = "FID p
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
     finite = values[np.isfinite(values)]
     middle = (finite.min() + finite.max()) / 2 if len(finite) else 0.0
+    spec = ".2f" if len(finite) and np.abs(finite).max() < 10 else ".1f"  # ratios and shares need two decimals
     for (i, j), v in np.ndenumerate(values):
-        text = f"{v:.1f}" if np.isfinite(v) else "n/a"
+        text = format(v, spec) if np.isfinite(v) else "n/a"
         ax.text(j, i, text, ha="center", va="center", fontsize=8,
                 color="black" if np.isfinite(v) and v > middle else "white" if np.isfinite(v) else "0.4")
     ax.set_xticks(range(values.shape[1]))
