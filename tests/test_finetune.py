@@ -194,10 +194,11 @@ def test_pipeline_killed_then_interrupted_resumes_with_the_same_weights(smoke_ba
     tail = lambda: log.read_text()[-3000:]  # noqa: E731
     folder_of = lambda: next((root / "checkpoints").glob("finetune-*/fairskin_s"), None)  # noqa: E731
 
-    # 1. SIGKILL of the pipeline's process group once a second checkpoint is on disk.
+    # 1. SIGKILL of the pipeline's process group once Ray Train has recorded a second checkpoint (a
+    # checkpoint on disk enters Ray's snapshot a moment later: killing in between resumes from the first).
     proc = _start_pipeline(root, log, pause=0.5)
-    folder = _wait_for(lambda: (f := folder_of()) is not None and len(_checkpoint_steps(f)) >= 2 and f,
-                       300, proc, "two checkpoints")
+    folder = _wait_for(lambda: (f := folder_of()) is not None and _recorded_step(f) >= 2 and f,
+                       300, proc, "two recorded checkpoints")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     killed_at = _recorded_step(folder)
