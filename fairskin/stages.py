@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from fairskin.config import FairSkinConfig
 from fairskin.io import atomic_directory, atomic_write_json
+from fairskin.lock import pid_alive
 
 STAGE_RECORD = "_stage.json"
 # ``.<name>.partial-<pid>-<8 hex>@<host>`` (older trees: without ``@<host>``, taken as this host's).
@@ -110,21 +111,13 @@ def clean_stale_partials(root: Path) -> list[Path]:
         if match.group("host") not in (None, host_tag()):
             continue
         pid = int(match.group(2))
-        if pid != os.getpid() and _pid_alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             continue
         shutil.rmtree(child, ignore_errors=True)
         removed.append(child)
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_stage(config: FairSkinConfig, name: str, reads: Iterable[str],

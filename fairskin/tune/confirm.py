@@ -87,7 +87,7 @@ def run_confirmations(folder: Path, points: list[dict[str, Any]], seeds: Sequenc
     """
     import ray
 
-    from fairskin.tune.mlflow_callback import trial_provenance
+    from fairskin.tune.mlflow_callback import flatten_trial_config, trial_provenance
 
     out = Path(folder) / CONFIRM_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def run_confirmations(folder: Path, points: list[dict[str, Any]], seeds: Sequenc
             **tags, "fairskin.kind": "confirm", "fairskin.confirms": point["trial_id"], "fairskin.role": point["role"],
             "fairskin.mode": str(point["config"].get("mode", "")),
             **trial_provenance(point["config"], pool_fingerprints, tags)})
-        run.log_params({f"trial.{k}": v for k, v in _flat(point["config"]).items()} | {"trial.seed": seed})
+        run.log_params({**flatten_trial_config(point["config"]), "trial.seed": seed})
         for epoch, figures in enumerate(reports, start=1):
             run.log_metrics({k: v for k, v in figures.items() if isinstance(v, (int, float))}, step=epoch)
         run.end()
@@ -117,16 +117,6 @@ def run_confirmations(folder: Path, points: list[dict[str, Any]], seeds: Sequenc
                      "figures": {k: float(v) for k, v in reports[-1].items() if isinstance(v, (int, float))}})
         atomic_write_json(path, done)
     return done
-
-
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def confirmation_table(records: list[dict[str, Any]], trials: pd.DataFrame, metrics: Sequence[str],
