@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping
 
@@ -124,6 +125,23 @@ class VariantSpec(_Section):
     cbdm_tau: float | None = Field(None, ge=0)
     cbdm_gamma: float | None = Field(None, ge=0)
     seed_salt: int = Field(0, ge=0)
+    # A control: the group (its name, any case; spaces as "_") whose training images this variant's
+    # fine-tune and the base it starts from never see, so the generator is known to be worse for it.
+    drop_group: str | None = Field(None, min_length=1)
+
+
+CONTROL_DROP_PREFIX = "control_drop_"  # control_drop_<group>: vanilla without that group's images
+
+
+def group_slug(group: str) -> str:
+    """A group name as it appears in a variant name: ``"African"`` -> ``"african"``."""
+    return re.sub(r"[^a-z0-9]+", "_", group.lower()).strip("_")
+
+
+def control_drop_variant(name: str) -> VariantSpec:
+    """The spec of ``control_drop_<group>``: vanilla whose fine-tune and base never see the group."""
+    return VariantSpec(name=name, weights="none", apply="sampler", loss="dm",
+                       drop_group=name.removeprefix(CONTROL_DROP_PREFIX))
 
 
 class DiffusionConfig(_Section):
@@ -187,10 +205,12 @@ class DiffusionConfig(_Section):
         dup = sorted({n for n in self.variants if self.variants.count(n) > 1})
         if dup:
             raise ValueError(f"variants {dup} appear more than once")
-        unknown = [n for n in self.variants if n not in VARIANTS and n not in custom]
+        unknown = [n for n in self.variants if n not in VARIANTS and n not in custom
+                   and not n.startswith(CONTROL_DROP_PREFIX)]
         if unknown:
             raise ValueError(f"unknown variant(s) {unknown}; registered: {sorted(VARIANTS)}"
                              + (f", custom: {custom}" if custom else "")
+                             + f" or {CONTROL_DROP_PREFIX}<group>"
                              + " (define one under diffusion.custom_variants)")
         return self
 
@@ -201,6 +221,8 @@ class DiffusionConfig(_Section):
         for spec in self.custom_variants:
             if spec.name == name:
                 return spec
+        if name.startswith(CONTROL_DROP_PREFIX):
+            return control_drop_variant(name)
         return get_variant(name)
 
     @property
@@ -311,6 +333,28 @@ class FairSkinConfig(_Section):
             value = value[part]
         return value
 
+    @model_validator(mode="after")
+    def _drop_groups_exist(self) -> "FairSkinConfig":
+        slugs = {group_slug(g): g for g in self.data.group_names}
+        for name in self.diffusion.variants:
+            dropped = self.diffusion.variant(name).drop_group
+            if dropped is not None and group_slug(dropped) not in slugs:
+                raise ValueError(f"variant {name!r} drops group {dropped!r}, which is not one of data.groups "
+                                 f"({self.data.group_names}); name it as {sorted(CONTROL_DROP_PREFIX + s for s in slugs)}")
+        return self
+
+    def dropped_group(self, variant: str) -> str | None:
+        """The data group (its configured name) variant ``variant`` never sees, or None."""
+        dropped = self.diffusion.variant(variant).drop_group
+        if dropped is None:
+            return None
+        return next(g for g in self.data.group_names if group_slug(g) == group_slug(dropped))
+
+    def dropped_groups(self) -> list[str]:
+        """Every group some configured variant drops (the control bases to train), in data order."""
+        wanted = {self.dropped_group(v) for v in self.diffusion.variants} - {None}
+        return [g for g in self.data.group_names if g in wanted]
+
     def tracking_uri(self) -> str:
         """MLflow tracking URI: the configured one, else a SQLite file under the runs root."""
         if self.tracking.tracking_uri:
@@ -351,6 +395,24 @@ def _demo() -> dict[str, Any]:
         "classifier": {"model": "tiny", "image_size": 64, "epochs": 8, "learning_rate": 1e-3, "batch_size": 64,
                        "bootstrap_samples": 200},
         "tune": {"num_trials": 6, "count_scale": 0.05, "train_seeds": 1},
+    }
+
+
+@register_preset("study")
+def _study() -> dict[str, Any]:
+    # The controls' preset (issue 13): pools recognisable enough to ask the paper's question, R = 3
+    # generator repeats, the two controls beside vanilla and FairSkin-S, the classifier in mode random
+    # with S = 2 seeds; about an hour on 2 cores (README). Starting point measured in issue 13: the demo
+    # with a longer-trained base (the VAE is the bottleneck), 200 fine-tune steps and 20 sampling steps.
+    demo = _demo()
+    return {
+        **demo,
+        "diffusion": {**demo["diffusion"], "base_vae_steps": 600, "base_unet_steps": 3000, "max_steps": 200,
+                      "variants": ["vanilla", "fairskin_s", "vanilla_twin", "control_drop_african"],
+                      "repeat_seeds": [0, 1, 2]},
+        "generation": {**demo["generation"], "inference_steps": 20, "judge_images_per_subclass": 300},
+        "tune": {**demo["tune"], "space": "ablation_random", "num_trials": None, "train_seeds": 2,
+                 "confirm_seeds": 0},
     }
 
 

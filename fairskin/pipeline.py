@@ -237,6 +237,61 @@ register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_vae_steps
                      log=lambda run, result: run.log_metrics(result.summary)))
 
 
+# --------------------------------------------------------------------------- control_base
+
+CONTROL_BASES_FILE = "control_bases.json"
+
+
+def _control_base_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
+                       run: RunHandle) -> Mapping[str, Any]:
+    """One base per group a ``control_drop_<group>`` variant drops (:meth:`FairSkinConfig.dropped_groups`),
+    trained without that group (:func:`fairskin.diffusion.base.build_control_base`); none when no
+    control is configured. A pretrained model cannot forget a group: there the control's base is
+    the pretrained pipeline and only its fine-tune drops the group (``base_knows_group`` = 1)."""
+    from fairskin.config import group_slug
+    from fairskin.io import atomic_write_json
+
+    dropped = config.dropped_groups()
+    bases: dict[str, str] = {}
+    summary: dict[str, Any] = {"control_bases": len(dropped)}
+    if dropped and config.diffusion.model == "tiny":
+        from fairskin.data.stream import decode_local
+        from fairskin.diffusion.base import build_control_base
+
+        train = decode_local(inputs["prepare"].path / "shards")
+        for group in dropped:
+            folder = f"without_{group_slug(group)}"
+            result = build_control_base(config, base_pipeline_folder(inputs["base"]), train, group, out / folder)
+            summary.update({f"{folder}_{k}": v for k, v in result.items()})
+            bases[group] = f"{folder}/pipeline"  # relative: the stage folder is renamed
+    elif dropped:
+        bases = {group: str(base_pipeline_folder(inputs["base"])) for group in dropped}
+        summary["base_knows_group"] = 1
+    atomic_write_json(out / CONTROL_BASES_FILE, bases)
+    return summary
+
+
+def control_base_folders(result: StageResult) -> dict[str, Path]:
+    """dropped group -> the pipeline folder its ``control_drop`` generators start from."""
+    import json
+
+    recorded = json.loads((result.path / CONTROL_BASES_FILE).read_text())
+    return {g: (result.path / p if (result.path / p).is_dir() else Path(p)) for g, p in recorded.items()}
+
+
+def _dropped_groups_key(config: FairSkinConfig, cache) -> str | None:
+    return ",".join(config.dropped_groups()) or None
+
+
+# Derived from the variants, not a path: which control bases exist (so adding a variant that drops
+# nothing leaves the stage's key alone).
+EXTERNAL["diffusion.dropped_groups"] = _dropped_groups_key
+
+register_stage(Stage("control_base", reads=STAGES["base"].reads, inputs=("prepare", "base"),
+                     body=_control_base_body, external=("diffusion.model", "diffusion.dropped_groups"),
+                     log=lambda run, result: run.log_metrics(result.summary)))
+
+
 # --------------------------------------------------------------------------- finetune
 
 
@@ -285,7 +340,12 @@ def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     train = decode_local(inputs["prepare"].path / "shards")
     base = base_pipeline_folder(inputs["base"])
     names = generators(d)
-    cache = cache_for(config, base, train)  # latents and prompt embeddings, shared by every generator
+    # What each generator starts from and trains on: the base and all of train, except the
+    # control_drop_<group> generators (their group's base, train without the group).
+    starts = {None: (base, train, cache_for(config, base, train))}  # cache: latents and prompt embeddings
+    for group, folder in control_base_folders(inputs["control_base"]).items():
+        without = train.without_group(group)
+        starts[group] = (folder, without, cache_for(config, folder, without))
     children = {name: _finetune_child(run, name, checkpoints / name, config) for name in names}
     stop = threading.Event()
 
@@ -295,7 +355,9 @@ def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
         try:
             if stop.is_set():
                 raise FitInterrupted(f"fine-tune of {name} not started")
-            result = finetune_variant(config, d.variant(split_generator_id(name)[0]), base, train, out / name,
+            variant = split_generator_id(name)[0]
+            start, rows, cache = starts[config.dropped_group(variant)]
+            result = finetune_variant(config, d.variant(variant), start, rows, out / name,
                                       tracking=tracking, cache=cache, seed=generator_seed(d, name),
                                       checkpoints=checkpoints / name)
         except BaseException as exc:
@@ -404,7 +466,7 @@ def parallel_fits(config: FairSkinConfig, n_variants: int) -> int:
     return parallel
 
 
-register_stage(Stage("finetune", reads=_finetune_reads(), inputs=("prepare", "base"), version=2,
+register_stage(Stage("finetune", reads=_finetune_reads(), inputs=("prepare", "base", "control_base"), version=2,
                      body=_finetune_body, needs_ray=True, log=_finetune_log))
 
 

@@ -18,7 +18,8 @@ R and S. With R = 1 there is no interval.
 so variants are compared *paired by repeat* against a baseline variant (default ``vanilla``):
 the R within-repeat differences, their t-interval, the paired t-test p-value (R >= 3), an
 exact sign-flip permutation p-value (R >= 6), and Holm's adjustment across every test of
-the table (:mod:`fairskin.metrics.paired`). A Table 1 cell is marked ``▲`` (better) or ``▼``
+the method's variants (:mod:`fairskin.metrics.paired`); each control variant (``vanilla_twin``,
+``control_drop_<group>``: they test the engine) is its own Holm family. A Table 1 cell is marked ``▲`` (better) or ``▼``
 (worse) only where its Holm-adjusted paired difference says so; no other "best" is claimed.
 Demographic parity is not ranked: a classifier that always answers one disease has DP = 0,
 and a perfect one has DP = its oracle floor, which is shown beside it.
@@ -68,6 +69,8 @@ LABELS = {"accuracy": "accuracy", "worst_group_accuracy": "worst-group acc.", "d
           "fid_pooled": "FID pooled (real mix)", "kid_floor": "KID floor (real vs real)",
           "fid_var_subclass_floor_corrected": "FID var (subclass, floor-corr.)"}
 MODES = ("random", "resample", "reweight")
+PER_GROUP_PREFIXES = ("metrics.fid_", "metrics.skin_tone_agreement_", "metrics.ita_in_band_",
+                      "metrics.disease_fidelity_")
 GENERATION_BLOCK = "generation"
 
 
@@ -251,9 +254,9 @@ def unit_frame(trials: pd.DataFrame, evaluated: pd.DataFrame, seeds: int | None 
             for column, metric, _ in GENERATION_COLUMNS:
                 key = f"metrics.{metric}"
                 row[column] = float(ev[key]) if ev is not None and key in ev and pd.notna(ev[key]) else math.nan
-            if ev is not None:
+            if ev is not None:  # per-group figures too (a control's declared metric is one group's)
                 row.update({k.removeprefix("metrics."): float(v) for k, v in ev.items()
-                            if str(k).startswith("metrics.fid_") and pd.notna(v)})
+                            if str(k).startswith(PER_GROUP_PREFIXES) and pd.notna(v)})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -283,7 +286,8 @@ def paired_differences(units: pd.DataFrame, baseline: str, level: float = 0.95, 
 
     Columns: ``block`` and those of :func:`fairskin.metrics.paired.paired_table`; ``p_holm``,
     ``significant`` and ``better`` are recomputed with Holm's adjustment across every test of
-    the whole table (all blocks together). Empty when the baseline has no rows.
+    the method's variants (all blocks together), and separately within each control variant
+    (``family``: ``variants`` or the control's name). Empty when the baseline has no rows.
     """
     if not len(units) or baseline not in set(units["variant"]):
         return pd.DataFrame()
@@ -304,7 +308,14 @@ def paired_differences(units: pd.DataFrame, baseline: str, level: float = 0.95, 
     if not blocks:
         return pd.DataFrame()
     out = pd.concat(blocks, ignore_index=True)
-    out["p_holm"] = holm(out["p_t"].to_numpy(float))
+    # Holm per family: the method's variants together; each control (which tests the engine, not the
+    # method) alone, so adding controls neither dilutes nor inflates the method's comparisons.
+    from fairskin.diffusion.variants import is_control
+
+    out["family"] = [v if is_control(v) else "variants" for v in out["variant"]]
+    out["p_holm"] = np.nan
+    for _, index in out.groupby("family").groups.items():
+        out.loc[index, "p_holm"] = holm(out.loc[index, "p_t"].to_numpy(float))
     out["significant"] = out["p_holm"] < alpha
     sign = np.sign(out["mean_diff"].to_numpy(float)) * out["direction"].to_numpy(int)
     out["better"] = np.where(out["significant"] & (out["direction"] != 0), sign, 0).astype(int)
@@ -686,7 +697,8 @@ def _markdown(report: Report, study: str | None, pipeline_run: str, ref: pd.Seri
               f"## Paired differences: `delta_vs_{baseline}`", "",
               f"Within-repeat differences (variant - {baseline}), paired by generator repeat; classifier metrics "
               "within each downstream mode, generation metrics once per variant. p (t): paired t-test; p (Holm): "
-              "Holm-adjusted across every test of this table; p (sign-flip): exact sign-flip permutation test "
+              "Holm-adjusted across every test of the method's variants (each control variant, `vanilla_twin` or "
+              "`control_drop_<group>`, is its own family: controls test the engine, not the method); p (sign-flip): exact sign-flip permutation test "
               "(R >= 6), not adjusted.", "",
               paired_markdown(report.paired, baseline, repeats, level),
               "## Table 2: FID per group", "",

@@ -287,3 +287,50 @@ def test_a_window_logged_again_after_a_resume_reaches_mlflow_once(tmp_path):
     assert _log_steps(logger, window, _last_logged_step(logger)) == 6
     history = MlflowClient(tracker.tracking_uri).get_metric_history(run.run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_drop_control_never_sees_its_group_in_base_or_fine_tune(smoke_base):
+    """control_drop_African: its base UNet is trained without the group from the base's initial weights
+    (VAE and text encoder shared with the base), and its fine-tune streams only the other groups' rows."""
+    import json
+
+    from safetensors.torch import load_file
+
+    config, base, train = smoke_base
+    config = build_config("smoke", overrides=[f"runtime.runs_root={config.runtime.runs_root}",
+                                              "diffusion.cpus_per_worker=0.5",
+                                              "diffusion.variants=[vanilla,control_drop_african]"])
+    results = run_pipeline(config, stages=["finetune"], echo=lambda *_: None).results
+    assert results["base"].skipped  # the base is the shared one: the controls do not change its key
+    control = results["control_base"].path
+    assert json.loads((control / "control_bases.json").read_text()) == {"African": "without_african/pipeline"}
+    african = int((train.meta["group"] == "African").sum())
+    assert results["control_base"].summary["without_african_rows_dropped"] == african > 0
+
+    def weights(folder, part):
+        return load_file(next((folder / part).glob("*.safetensors")))
+
+    dropped = control / "without_african" / "pipeline"
+    for part in ("vae", "text_encoder"):
+        shared, own = weights(base, part), weights(dropped, part)
+        assert all(torch.equal(shared[k], own[k]) for k in shared)
+    base_unet, dropped_unet = weights(base, "unet"), weights(dropped, "unet")
+    assert not all(torch.equal(base_unet[k], dropped_unet[k]) for k in base_unet)
+
+    summary = results["finetune"].summary
+    assert summary["vanilla_train_rows"] == len(train)
+    assert summary["control_drop_african_train_rows"] == len(train) - african
+
+
+def test_control_variants_are_resolved_checked_and_seeded_apart():
+    from fairskin.config import ConfigError
+    from fairskin.diffusion.variants import generator_seed, is_control
+
+    config = build_config("smoke", overrides=["diffusion.variants=[vanilla,vanilla_twin,control_drop_caucasian]"])
+    assert config.dropped_groups() == ["Caucasian"] and config.dropped_group("vanilla_twin") is None
+    twin = config.diffusion.variant("vanilla_twin")
+    assert (twin.weights, twin.loss) == ("none", "dm")  # vanilla's settings ...
+    assert generator_seed(config.diffusion, "vanilla_twin") != generator_seed(config.diffusion, "vanilla")  # ... own seeds
+    assert is_control("vanilla_twin") and is_control("control_drop_caucasian") and not is_control("vanilla")
+    with pytest.raises(ConfigError, match="control_drop_martian.*control_drop_african"):
+        build_config("smoke", overrides=["diffusion.variants=[vanilla,control_drop_martian]"])

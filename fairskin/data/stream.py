@@ -68,6 +68,12 @@ class DecodedSet:
     def __len__(self) -> int:
         return len(self.meta)
 
+    def without_group(self, group: str) -> "DecodedSet":
+        """The rows of every group but ``group`` (same ``groups`` / ``diseases``, so subclass ids
+        and prompts keep their meaning); for the ``control_drop_<group>`` generators."""
+        keep = (self.meta["group"] != group).to_numpy()
+        return DecodedSet(self.pixels[keep], self.meta[keep].reset_index(drop=True), self.groups, self.diseases)
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The per-row arrays a gather needs."""
         return {"pixels": self.pixels, "group": self.group_id, "disease": self.disease_id,

@@ -100,3 +100,29 @@ def build_base(config: FairSkinConfig, train: DecodedSet, out: Path) -> dict[str
             "vae_loss_last": float(np.mean(vae_losses[-tail:])) if vae_losses else float("nan"),
             "unet_loss_first": unet_losses[0] if unet_losses else float("nan"),
             "unet_loss_last": float(np.mean(unet_losses[-tail:])) if unet_losses else float("nan")}
+
+
+def build_control_base(config: FairSkinConfig, base: Path, train: DecodedSet, group: str,
+                       out: Path) -> dict[str, Any]:
+    """A base that never saw ``group``: the base's trained VAE and text encoder, and a UNet from the
+    same initial weights trained exactly as the base's (steps, batch, seed) on ``train`` without the
+    group's rows. Writes ``out/pipeline``; the start of every ``control_drop_<group>`` generator.
+
+    The VAE is shared on purpose: it is an unconditional autoencoder (SD's own VAE is group-agnostic
+    too), and keeping it fixed means the control differs from vanilla only in what the UNet learnt to
+    draw for each prompt, which is the knowledge the control removes.
+    """
+    from fairskin.diffusion.models import load_sd
+
+    d = config.diffusion
+    parts = load_sd(str(base))
+    parts.unet = build_tiny_sd(image_size=train.pixels.shape[1], seed=config.runtime.seed).unet
+    without = train.without_group(group)
+    prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)
+    unet_losses = train_base_unet(parts, without, prompts, d.base_unet_steps, d.global_batch_size,
+                                  config.runtime.seed, lr=d.learning_rate, progress=config.runtime.progress)
+    save_sd(parts, out / "pipeline")
+    np.savetxt(out / "unet_loss.txt", unet_losses)
+    tail = max(1, len(unet_losses) // 10)
+    return {"rows": len(without), "rows_dropped": len(train) - len(without),
+            "unet_loss_last": float(np.mean(unet_losses[-tail:])) if unet_losses else float("nan")}

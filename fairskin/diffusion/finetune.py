@@ -192,7 +192,8 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
     if prior and resumed_from >= d.max_steps:  # finished before a kill: only the pipeline folder is missing
         logger = _mlflow_logger(tracking)
         _log_steps(logger, prior[1].get("window", []), _last_logged_step(logger))
-        return _write_pipeline(parts, prior[0], out, prior[1], time.time(), workers, resumed_from)
+        return {**_write_pipeline(parts, prior[0], out, prior[1], time.time(), workers, resumed_from),
+                "train_rows": len(rows)}
     loop_config["step_pause_s"] = float(os.environ.get(STEP_PAUSE_ENV, 0))
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -218,7 +219,8 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
     state = _read_state(result.checkpoint)
     if state["step"] < d.max_steps:  # aborted between two polls of the controller
         raise FitInterrupted(f"fine-tune of {variant.name} stopped at step {state['step']}; checkpoints kept")
-    return _write_pipeline(parts, result.checkpoint, out, state, started, workers, resumed_from)
+    return {**_write_pipeline(parts, result.checkpoint, out, state, started, workers, resumed_from),
+            "train_rows": len(rows)}
 
 
 def _write_pipeline(parts, checkpoint, out: Path, state: dict, started: float, workers: int,

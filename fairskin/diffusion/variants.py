@@ -22,6 +22,9 @@ for _spec in (
     VariantSpec(name="cbdm", weights="none", loss="cbdm"),
     VariantSpec(name="fairskin_c", weights="cbrs", loss="cbdm"),
     VariantSpec(name="fairskin_s", weights="sqrs", loss="cbdm"),
+    # A negative control: vanilla under its own generator seeds, known to be equivalent to vanilla.
+    # (The positive control, control_drop_<group>, is resolved by name: DiffusionConfig.variant.)
+    VariantSpec(name="vanilla_twin", weights="none", loss="dm", seed_salt=1),
 ):
     register_variant(_spec)
 
@@ -51,6 +54,13 @@ def generators(diffusion: DiffusionConfig) -> list[str]:
     from fairskin.provenance import generator_id
 
     return [generator_id(v, r) for v in diffusion.variants for r in range(diffusion.repeats)]
+
+
+def is_control(variant: str) -> bool:
+    """Whether ``variant`` exists to test the engine (``vanilla_twin``, ``control_drop_<group>``)."""
+    from fairskin.config import CONTROL_DROP_PREFIX
+
+    return variant == "vanilla_twin" or variant.startswith(CONTROL_DROP_PREFIX)
 
 
 def get_variant(name: str, apply: str | None = None) -> VariantSpec:
