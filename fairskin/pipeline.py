@@ -1,6 +1,6 @@
 """The pipeline: stages in order, each keyed, skipped when done, and tracked in MLflow.
 
-    prepare -> reference -> base -> finetune -> generate -> judge -> evaluate -> tune -> report
+    prepare -> reference -> base -> control_base -> finetune -> generate -> judge -> evaluate -> tune -> report
 
 A stage is a registry entry (:class:`Stage`): the config paths it reads, the stages it
 takes as inputs, and a body that writes its folder. One MLflow parent run per
