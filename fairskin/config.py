@@ -125,6 +125,10 @@ class VariantSpec(_Section):
     cbdm_tau: float | None = Field(None, ge=0)
     cbdm_gamma: float | None = Field(None, ge=0)
     seed_salt: int = Field(0, ge=0)
+    # This variant's learning rate and fine-tune steps (None: diffusion.learning_rate / max_steps), so a
+    # generator study's trial (issue 17) can enter the ablation as a variant with all its settings.
+    learning_rate: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1)
     # A control: the group (its name, any case; spaces as "_") whose training images this variant's
     # fine-tune and the base it starts from never see, so the generator is known to be worse for it.
     drop_group: str | None = Field(None, min_length=1)
@@ -224,6 +228,11 @@ class DiffusionConfig(_Section):
         if name.startswith(CONTROL_DROP_PREFIX):
             return control_drop_variant(name)
         return get_variant(name)
+
+    def for_variant(self, spec: VariantSpec) -> "DiffusionConfig":
+        """These settings with the variant's own ``learning_rate`` / ``max_steps`` where it sets them."""
+        update = {k: getattr(spec, k) for k in ("learning_rate", "max_steps") if getattr(spec, k) is not None}
+        return self.model_copy(update=update) if update else self
 
     @property
     def repeats(self) -> int:

@@ -291,15 +291,17 @@ def test_a_window_logged_again_after_a_resume_reaches_mlflow_once(tmp_path):
 
 def test_the_drop_control_never_sees_its_group_in_base_or_fine_tune(smoke_base):
     """control_drop_African: its base UNet is trained without the group from the base's initial weights
-    (VAE and text encoder shared with the base), and its fine-tune streams only the other groups' rows."""
+    (VAE and text encoder shared with the base), and its fine-tune streams only the other groups' rows.
+    Beside it, a custom variant with its own steps and learning rate (a generator trial made a variant)."""
     import json
 
     from safetensors.torch import load_file
 
     config, base, train = smoke_base
+    short = "{name: short, weights: sqrs, max_steps: 3, learning_rate: 0.0005}"
     config = build_config("smoke", overrides=[f"runtime.runs_root={config.runtime.runs_root}",
-                                              "diffusion.cpus_per_worker=0.5",
-                                              "diffusion.variants=[vanilla,control_drop_african]"])
+                                              "diffusion.cpus_per_worker=0.5", f"diffusion.custom_variants=[{short}]",
+                                              "diffusion.variants=[short,control_drop_african]"])
     results = run_pipeline(config, stages=["finetune"], echo=lambda *_: None).results
     assert results["base"].skipped  # the base is the shared one: the controls do not change its key
     control = results["control_base"].path
@@ -318,8 +320,9 @@ def test_the_drop_control_never_sees_its_group_in_base_or_fine_tune(smoke_base):
     assert not all(torch.equal(base_unet[k], dropped_unet[k]) for k in base_unet)
 
     summary = results["finetune"].summary
-    assert summary["vanilla_train_rows"] == len(train)
+    assert summary["short_train_rows"] == len(train)
     assert summary["control_drop_african_train_rows"] == len(train) - african
+    assert (summary["short_steps"], summary["control_drop_african_steps"]) == (3, config.diffusion.max_steps)
 
 
 def test_control_variants_are_resolved_checked_and_seeded_apart():

@@ -165,7 +165,7 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
 
     from fairskin.diffusion.variants import generator_seed
 
-    d = config.diffusion
+    d = config.diffusion.for_variant(variant)
     if seed is None:
         seed = generator_seed(d, variant.name) if variant.name in d.variants or any(
             v.name == variant.name for v in d.custom_variants) else d.repeat_seeds[0]
