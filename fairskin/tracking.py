@@ -140,10 +140,19 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= _MAX_PARAM_LEN else text[: _MAX_PARAM_LEN - 3] + "..."
 
 
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
+def is_database_uri(uri: str) -> bool:
+    """A SQLAlchemy database URI other than SQLite (``postgresql://``, ``postgresql+psycopg://``, ``mysql://``...)."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    return scheme in _DATABASE_SCHEMES
+
+
 class Tracker:
     """Opens runs in one MLflow experiment at one tracking URI."""
 
-    def __init__(self, tracking_uri: str, experiment: str, enabled: bool = True):
+    def __init__(self, tracking_uri: str, experiment: str, enabled: bool = True, runs_root: Path | None = None):
         self.tracking_uri = tracking_uri  # the real URI: only for connecting, never printed or stored
         self.display_uri = redact(tracking_uri)  # what people and files see
         self.experiment_name = experiment
@@ -159,6 +168,10 @@ class Tracker:
                 db_dir = Path(tracking_uri[len("sqlite:///"):]).parent
                 db_dir.mkdir(parents=True, exist_ok=True)
                 artifact_location = (db_dir / "mlartifacts").as_uri()
+            elif runs_root is not None and is_database_uri(tracking_uri):
+                # A database server (postgresql://...) stores no files: a new experiment's artifacts go under
+                # the runs root that created it, not into ./mlruns of the current folder (MLflow's default).
+                artifact_location = (Path(runs_root) / "mlartifacts").as_uri()
             self.client = MlflowClient(tracking_uri=tracking_uri)
             self.experiment_id = self._get_or_create(experiment, artifact_location)
 
@@ -178,7 +191,8 @@ class Tracker:
 
     @classmethod
     def from_config(cls, config: FairSkinConfig, experiment: str | None = None) -> "Tracker":
-        return cls(config.tracking_uri(), experiment or config.tracking.experiment, config.tracking.enabled)
+        return cls(config.tracking_uri(), experiment or config.tracking.experiment, config.tracking.enabled,
+                   config.runtime.runs_root)
 
     def start(self, name: str, parent: RunHandle | str | None = None,
               tags: Mapping[str, Any] | None = None) -> RunHandle:
