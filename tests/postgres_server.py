@@ -20,6 +20,7 @@ import glob
 import importlib.util
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -53,6 +54,46 @@ def find_bin() -> Path | None:
         if (folder / "initdb").is_file() and (folder / "postgres").is_file():
             return folder
     return None
+
+
+_TMP = "/tmp"
+_PREFIX = "fsk-pg-"
+_STALE = re.compile(rf"^{_PREFIX}(?:pass-)?(?P<pid>\d+)-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_servers() -> list[Path]:
+    """Stop and remove the servers of test processes that were killed before their teardown (a
+    SIGKILLed pytest): a folder whose creating PID no longer runs. Its postmaster (the PID in its
+    ``postmaster.pid``, checked to be a ``postgres`` serving that very folder) gets a fast shutdown."""
+    removed = []
+    for folder in Path(_TMP).glob(f"{_PREFIX}*"):
+        match = _STALE.match(folder.name)
+        if not match or _alive(int(match["pid"])):
+            continue
+        try:
+            postmaster = int((folder / "data" / "postmaster.pid").read_text().split()[0])
+            cmdline = Path(f"/proc/{postmaster}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            postmaster, cmdline = 0, []
+        if postmaster and Path(cmdline[0].decode()).name == "postgres" and str(folder / "data").encode() in cmdline:
+            os.kill(postmaster, signal.SIGINT)
+            for _ in range(100):
+                if not _alive(postmaster):
+                    break
+                time.sleep(0.1)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def free_port() -> int:
@@ -108,9 +149,11 @@ class PostgresServer:
 
     def start(self, timeout: float = 60.0) -> "PostgresServer":
         who = _run_as()
-        # Short path: the Unix socket (also made, in the server's folder) has a ~107-byte limit.
-        self.folder = Path(tempfile.mkdtemp(prefix="fsk-pg-", dir="/tmp"))
-        self.private = Path(tempfile.mkdtemp(prefix="fsk-pgpass-"))
+        clean_stale_servers()
+        # Short path: the Unix socket (also made, in the server's folder) has a ~107-byte limit. The names
+        # carry this process's PID, so a later run can clean up after a test process that was killed.
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=_TMP))
+        self.private = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}pass-{os.getpid()}-", dir=_TMP))
         pwfile = self.folder / "pw"
         pwfile.write_text(self.password + "\n")
         pwfile.chmod(0o600)
