@@ -140,10 +140,52 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= _MAX_PARAM_LEN else text[: _MAX_PARAM_LEN - 3] + "..."
 
 
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
+def is_database_uri(uri: str) -> bool:
+    """A SQLAlchemy database URI other than SQLite (``postgresql://``, ``postgresql+psycopg://``, ``mysql://``...)."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    return scheme in _DATABASE_SCHEMES
+
+
+# pg_advisory_lock key ("FSKSCHEM" read as a big-endian 64-bit integer): one per database.
+_SCHEMA_LOCK_KEY = int.from_bytes(b"FSKSCHEM", "big") - (1 << 63)
+
+
+@contextlib.contextmanager
+def schema_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialise the first opening of a PostgreSQL tracking store between processes.
+
+    MLflow creates (or migrates) its tables when a process first opens a store; two processes doing
+    that at once on a fresh database race and one dies (``DuplicateTable`` / a unique violation on
+    ``pg_type``: measured with two pipelines started together). A session advisory lock held on a
+    connection of its own while the store is opened makes the second wait and then find the tables.
+    Other stores: nothing (SQLite under a runs root is opened under the runs-root lock).
+    """
+    scheme = tracking_uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in tracking_uri else ""
+    if scheme != "postgresql":
+        yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(tracking_uri, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
+
+
 class Tracker:
     """Opens runs in one MLflow experiment at one tracking URI."""
 
-    def __init__(self, tracking_uri: str, experiment: str, enabled: bool = True):
+    def __init__(self, tracking_uri: str, experiment: str, enabled: bool = True, runs_root: Path | None = None):
         self.tracking_uri = tracking_uri  # the real URI: only for connecting, never printed or stored
         self.display_uri = redact(tracking_uri)  # what people and files see
         self.experiment_name = experiment
@@ -159,7 +201,13 @@ class Tracker:
                 db_dir = Path(tracking_uri[len("sqlite:///"):]).parent
                 db_dir.mkdir(parents=True, exist_ok=True)
                 artifact_location = (db_dir / "mlartifacts").as_uri()
-            self.client = MlflowClient(tracking_uri=tracking_uri)
+            elif runs_root is not None and is_database_uri(tracking_uri):
+                # A database server (postgresql://...) stores no files: a new experiment's artifacts go under
+                # the runs root that created it, not into ./mlruns of the current folder (MLflow's default).
+                artifact_location = (Path(runs_root) / "mlartifacts").as_uri()
+            with schema_lock(tracking_uri):  # MLflow creates its tables on the first open (racy on a fresh db)
+                self.client = MlflowClient(tracking_uri=tracking_uri)
+                self.client.search_experiments(max_results=1)  # opens the store: tables created here
             self.experiment_id = self._get_or_create(experiment, artifact_location)
 
     def _get_or_create(self, name: str, artifact_location: str | None) -> str:
@@ -178,7 +226,8 @@ class Tracker:
 
     @classmethod
     def from_config(cls, config: FairSkinConfig, experiment: str | None = None) -> "Tracker":
-        return cls(config.tracking_uri(), experiment or config.tracking.experiment, config.tracking.enabled)
+        return cls(config.tracking_uri(), experiment or config.tracking.experiment, config.tracking.enabled,
+                   config.runtime.runs_root)
 
     def start(self, name: str, parent: RunHandle | str | None = None,
               tags: Mapping[str, Any] | None = None) -> RunHandle:

@@ -293,8 +293,8 @@ def test_mlflow_parent_json_holds_no_secret(tmp_path, monkeypatch):
     class ServerTracker(Tracker):
         """A SQLite store standing in for a server whose URI carries a password."""
 
-        def __init__(self, uri, experiment, enabled=True):
-            super().__init__(uri, experiment, enabled)
+        def __init__(self, uri, experiment, enabled=True, runs_root=None):
+            super().__init__(uri, experiment, enabled, runs_root)
             self.tracking_uri = SECRET_URI
             self.display_uri = REDACTED_URI
 

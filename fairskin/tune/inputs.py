@@ -41,16 +41,23 @@ def pipeline_inputs(config: FairSkinConfig, variants: Sequence[str],
     return outcome.results["prepare"].path / "shards", {v: pool for v in variants}
 
 
+STANDIN_POOLS = "standin-pools"
+
+
+def standin_key(config: FairSkinConfig) -> str:
+    """The stand-in pool's key: the data config, the seed and the pool size."""
+    key_src = json.dumps({"data": config.section("data"), "seed": config.runtime.seed,
+                          "per": config.generation.images_per_subclass}, sort_keys=True)
+    return hashlib.sha256(key_src.encode()).hexdigest()[:12]
+
+
 def standin_pool(config: FairSkinConfig, echo: Callable[[str], None] = print) -> Path:
     """A procedural pool keyed by the data config, seed and size; written once (atomically)."""
     from fairskin.data.prepare import write_synthetic_pool
     from fairskin.io import atomic_directory
 
     per_subclass = config.generation.images_per_subclass
-    key_src = json.dumps({"data": config.section("data"), "seed": config.runtime.seed, "per": per_subclass},
-                         sort_keys=True)
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
-    final = config.runtime.runs_root / "tune" / "standin-pools" / key
+    final = config.runtime.runs_root / "tune" / STANDIN_POOLS / standin_key(config)
     if not (final / "shards" / "index.json").exists():
         echo(f"writing a procedural stand-in pool ({per_subclass} per subclass) to {final}")
         with atomic_directory(final, replace=True) as tmp:

@@ -226,7 +226,8 @@ def input_fingerprints(pools: Mapping[str, Path], real_shards: Path) -> tuple[di
 
 def _parent_run(config: FairSkinConfig, name: str, folder: Path, tags: Mapping[str, str], resume: bool,
                 params: Mapping[str, Any]) -> tuple[Tracker, RunHandle]:
-    tracker = Tracker(config.tracking_uri(), experiment_name(config, name), config.tracking.enabled)
+    tracker = Tracker(config.tracking_uri(), experiment_name(config, name), config.tracking.enabled,
+                      runs_root=config.runtime.runs_root)
     stored = read_json(folder / PARENT_FILE, {})
     if resume and stored.get("run_id"):
         resumed = tracker.resume(stored["run_id"])
