@@ -294,8 +294,11 @@ def test_sigkill_after_two_trials_then_resume_leaves_exactly_the_planned_runs(ra
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     runs_file = config.runtime.runs_root / "tune" / study / "mlflow_runs.json"
     log = tmp_path / "first.log"
+    # Tune snapshots its experiment (trials, searcher) every ~10 s; here only once, at its first step, as if
+    # the kill fell inside that period: the restored Tuner has not seen trials the killed process ran.
+    first_env = {**env, "TUNE_GLOBAL_CHECKPOINT_S": "3600"}
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=first_env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline, finished = time.time() + 240, 0
             while time.time() < deadline and proc.poll() is None and finished < 2:
@@ -334,3 +337,7 @@ def test_sigkill_after_two_trials_then_resume_leaves_exactly_the_planned_runs(ra
         assert "test_accuracy" in c.data.metrics
     every = client.search_runs([parents[0].info.experiment_id], run_view_type=ViewType.ALL, max_results=100)
     assert not [r.info.run_id for r in every if r.info.status == "RUNNING"]
+    # The runs of trials the snapshot never saw were superseded by their reruns: deleted, tagged, not RUNNING.
+    superseded = [r for r in every if r.info.lifecycle_stage == "deleted"]
+    assert superseded and all("fairskin.superseded" in r.data.tags for r in superseded)
+    assert {r.info.run_id for r in superseded} <= {e["run_id"] for e in first_map.values()}
