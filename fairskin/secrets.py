@@ -55,6 +55,25 @@ def redact_tree(value: Any) -> Any:
     return value
 
 
+def http_credentials(uri: str) -> tuple[str, dict[str, str]]:
+    """(``uri`` without its ``user:password@``, MLflow's standard credential variables) for an http(s)
+    URI with credentials; other URIs come back unchanged with ``{}``. A client given the bare URI and
+    the variables sends the same basic auth, and its error messages (which quote the URL) carry none.
+
+    >>> http_credentials("https://fair:t%40ken@mlflow.example/x")
+    ('https://mlflow.example/x', {'MLFLOW_TRACKING_USERNAME': 'fair', 'MLFLOW_TRACKING_PASSWORD': 't@ken'})
+    """
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.username or not parts.password:
+        return uri, {}  # MLflow sends basic auth only for a user and a password both set
+    host = parts.netloc.rsplit("@", 1)[1]
+    return (urlunsplit(parts._replace(netloc=host)),
+            {"MLFLOW_TRACKING_USERNAME": unquote(parts.username or ""),
+             "MLFLOW_TRACKING_PASSWORD": unquote(parts.password)})
+
+
 def has_secret(text: Any) -> bool:
     """True when :func:`redact` would change ``text``."""
     return isinstance(text, str) and redact(text) != text

@@ -337,3 +337,72 @@ def test_control_variants_are_resolved_checked_and_seeded_apart():
     assert is_control("vanilla_twin") and is_control("control_drop_caucasian") and not is_control("vanilla")
     with pytest.raises(ConfigError, match="control_drop_martian.*control_drop_african"):
         build_config("smoke", overrides=["diffusion.variants=[vanilla,control_drop_martian]"])
+
+@pytest.fixture()
+def mlflow_http(tmp_path_factory):
+    """An MLflow tracking server on loopback (MLflow's Flask app under werkzeug, one process in its own
+    session, ended by its process group); yields its port. It ignores credentials, so any
+    ``user:password@`` in the URI is accepted."""
+    import socket
+
+    import requests
+
+    folder = tmp_path_factory.mktemp("mlflow-http")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import os, sys; os.environ['_MLFLOW_SERVER_FILE_STORE'] = sys.argv[1]; "
+            "os.environ['_MLFLOW_SERVER_ARTIFACT_ROOT'] = sys.argv[2]; "
+            "from mlflow.server import app; from werkzeug.serving import make_server; "
+            "make_server('127.0.0.1', int(sys.argv[3]), app, threaded=True).serve_forever()")
+    proc = subprocess.Popen([sys.executable, "-c", code, f"sqlite:///{folder / 'mlflow.db'}", str(folder / "art"),
+                             str(port)], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=open(folder / "server.log", "w"))
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except requests.RequestException:
+                assert proc.poll() is None and time.time() < deadline, (folder / "server.log").read_text()[-2000:]
+                time.sleep(0.3)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is the server alone
+        proc.wait(timeout=30)
+
+
+def test_a_tracking_uri_with_credentials_reaches_rank_0_but_nothing_ray_records_or_writes(
+        smoke_base, mlflow_http, tmp_path, ray_session, monkeypatch):
+    """Issue 14 (secrets): a ``user:secret@`` tracking URI. Rank 0 logs every step through it, yet Ray
+    Train's record of the run (its state actor: the dashboard's Train page, export events) holds only the
+    redacted URI, and no file under the fit's folders or the Ray session's temp dir holds the secret."""
+    import secrets
+
+    import ray
+    from ray.train.v2._internal.state.state_actor import get_state_actor
+
+    config, base, train = smoke_base
+    secret = f"s3cr3t-{secrets.token_hex(6)}"
+    uri = f"http://fair:{secret}@127.0.0.1:{mlflow_http}"
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # what the dashboard's Train page needs
+    tracker = Tracker(uri, "secret-uri")
+    run = tracker.start("fairskin_s")
+    summary = finetune_variant(_with(config, max_steps=4, checkpoint_every=2, num_workers=1), get_variant("vanilla"),
+                               base, train, tmp_path / "vanilla", checkpoints=tmp_path / "checkpoints",
+                               tracking={"uri": uri, "run_id": run.run_id})
+    assert summary["steps"] == 4
+    assert sorted(m.step for m in MlflowClient(uri).get_metric_history(run.run_id, "loss")) == [1, 2, 3, 4]
+    recorded = json.dumps([r.model_dump(mode="json") for r in
+                           ray.get(get_state_actor().get_train_runs.remote()).values()], default=str)
+    assert secret not in recorded
+    assert f"***:***@127.0.0.1:{mlflow_http}" in recorded  # the fit's settings are there, redacted
+    for folder in (tmp_path, Path(ray_session["temp_dir"])):
+        for path in folder.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                assert secret.encode() not in data, path

@@ -276,3 +276,68 @@ def test_each_trial_draws_from_the_pool_it_is_tagged_with(ray_session, prepared_
         assert tags[TAG_POOL] == shard_fingerprint(folder) == fingerprints[variant]
         assert tags["fairskin.variant"] == variant and tags["fairskin.repeat"] == "0"
     assert fingerprints["vanilla"] != fingerprints["fairskin_s"]
+
+
+@pytest.mark.ray
+def test_sigkill_after_two_trials_then_resume_leaves_exactly_the_planned_runs(ray_session, prepared_smoke,
+                                                                               smoke_pool, tmp_path):
+    """Issue 14's acceptance: a study SIGKILLed once two trials have finished, then ``--resume``: exactly the
+    planned child runs, each FINISHED, each epoch logged once, no run left RUNNING (deleted ones included)."""
+    from mlflow.entities import ViewType
+
+    config = _config(tmp_path)
+    study, planned, epochs = "sigkill", 4, 3
+    cmd = [sys.executable, "-m", "fairskin.tune", "--space", "ethnic_ratio", "--preset", "smoke", "--trials",
+           str(planned), "--study", study, "--pool", f"vanilla={smoke_pool}", "--real-shards",
+           str(prepared_smoke[1].path / "shards"), f"runtime.runs_root={config.runtime.runs_root}",
+           f"classifier.epochs={epochs}", "tune.max_concurrent_trials=1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    runs_file = config.runtime.runs_root / "tune" / study / "mlflow_runs.json"
+    log = tmp_path / "first.log"
+    # Tune snapshots its experiment (trials, searcher) every ~10 s; here only once, at its first step, as if
+    # the kill fell inside that period: the restored Tuner has not seen trials the killed process ran.
+    first_env = {**env, "TUNE_GLOBAL_CHECKPOINT_S": "3600"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=first_env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline, finished = time.time() + 240, 0
+            while time.time() < deadline and proc.poll() is None and finished < 2:
+                try:
+                    finished = sum(e["state"] == "finished" for e in json.loads(runs_file.read_text()).values())
+                except (OSError, ValueError):
+                    finished = 0
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)  # our own child, by its PID
+            proc.wait(timeout=60)
+    assert finished >= 2 and proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    first_map = json.loads(runs_file.read_text())
+    assert sum(e["state"] == "finished" for e in first_map.values()) < planned, "the study ended before the kill"
+
+    resumed = subprocess.run(cmd + ["--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["trials"] == planned and not summary["interrupted"]
+    final_map = json.loads(runs_file.read_text())
+    assert len(final_map) == planned and {e["state"] for e in final_map.values()} == {"finished"}
+    client, parents, children = _runs(config, study)
+    assert [p.info.run_id for p in parents] == [summary["parent_run_id"]]
+    assert parents[0].info.status == "FINISHED"
+    assert len(children) == planned, [(c.info.run_id, c.info.status) for c in children]
+    assert sorted(c.info.run_id for c in children) == sorted(e["run_id"] for e in final_map.values())
+    for c in children:
+        assert c.info.status == "FINISHED" and c.data.tags[PARENT_TAG] == summary["parent_run_id"]
+        for key in c.data.metrics:
+            steps = [m.step for m in client.get_metric_history(c.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (c.data.tags["fairskin.trial_id"], key, steps)
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")] == \
+            list(range(1, epochs + 1))
+        assert "test_accuracy" in c.data.metrics
+    every = client.search_runs([parents[0].info.experiment_id], run_view_type=ViewType.ALL, max_results=100)
+    assert not [r.info.run_id for r in every if r.info.status == "RUNNING"]
+    # The runs of trials the snapshot never saw were superseded by their reruns: deleted, tagged, not RUNNING.
+    superseded = [r for r in every if r.info.lifecycle_stage == "deleted"]
+    assert superseded and all("fairskin.superseded" in r.data.tags for r in superseded)
+    assert {r.info.run_id for r in superseded} <= {e["run_id"] for e in first_map.values()}

@@ -20,6 +20,14 @@ after a killed driver alike. MLflow gets each step once: rank 0 reads the last s
 (the ``loss`` history) and logs only later steps, from the checkpoint's window first. A stop file
 (:func:`request_stop`) makes the Train controller abort the fit, since Ray Train's own Ctrl-C
 handler exists only when ``fit()`` runs on the main thread.
+
+Credentials: Ray Train records ``train_loop_config`` (its state actor keeps it as the run's
+settings, shown on the dashboard's Train page and written to export events when Ray's export API
+is on), so the tracking URI in it is redacted (:func:`worker_tracking`). A URI that carries
+``user:password@`` travels to rank 0 as a Ray object instead (``ray.put``: held in the object
+store's memory while the fit runs, owned by the driver, named by a reference in the config);
+rank 0 connects with it, an http(s) URI's credentials moved into MLflow's standard variables of
+that worker process so that MLflow's error messages, which quote the URL, carry none.
 """
 
 from __future__ import annotations
@@ -183,7 +191,7 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
     loop_config = {
         "base": str(base), "arrays_ref": [stream.arrays_ref], "cond_ref": [ray.put(cond)],
         "variant": variant.model_dump(), "diffusion": d.model_dump(mode="json"), "seed": seed,
-        "tracking": tracking, "fail_at_step": fail_at_step, "fail_marker": str(out / ".failed_once"),
+        "tracking": worker_tracking(tracking), "fail_at_step": fail_at_step, "fail_marker": str(out / ".failed_once"),
     }
     storage = Path(checkpoints or out.parent / f".ray-{out.name}").resolve()  # Ray Train wants it absolute
     (storage / STOP_FILE).unlink(missing_ok=True)  # a stop request of an earlier run is not for this one
@@ -261,14 +269,40 @@ def _save_checkpoint(folder: Path, unet, ema, optimizer, lr_scheduler, state: di
     (folder / STATE_FILE).write_text(json.dumps(state))
 
 
-def _mlflow_logger(tracking: dict[str, str] | None):
+def worker_tracking(tracking: dict[str, str] | None) -> dict[str, Any] | None:
+    """What ``train_loop_config`` carries of ``tracking`` ({"uri", "run_id"}): the URI redacted, and
+    when it holds credentials the real one as a Ray object reference (``uri_ref``, see the module
+    docstring), so nothing Ray Train records or shows holds the secret."""
+    if not tracking:
+        return None
+    import ray
+
+    from fairskin.secrets import has_secret, redact
+
+    out: dict[str, Any] = {"uri": redact(tracking["uri"]), "run_id": tracking["run_id"]}
+    if has_secret(tracking["uri"]):
+        out["uri_ref"] = [ray.put(tracking["uri"])]  # in a list: Ray passes it on as a reference
+    return out
+
+
+def _mlflow_logger(tracking: dict[str, Any] | None):
+    """A handle on the fit's MLflow run: ``tracking`` as the driver holds it ({"uri", "run_id"}) or as
+    :func:`worker_tracking` passes it to the workers."""
     if not tracking:
         return None
     from mlflow import MlflowClient
 
     from fairskin.tracking import RunHandle
 
-    return RunHandle(MlflowClient(tracking["uri"]), tracking["run_id"], "")
+    uri = tracking["uri"]
+    if tracking.get("uri_ref"):  # on a worker: the real URI, from the object store
+        import ray
+
+        from fairskin.secrets import http_credentials
+
+        uri, credentials = http_credentials(ray.get(tracking["uri_ref"][0]))
+        os.environ.update(credentials)  # this worker process only; MLflow sends them as basic auth
+    return RunHandle(MlflowClient(uri), tracking["run_id"], "")
 
 
 def _last_logged_step(logger) -> int:

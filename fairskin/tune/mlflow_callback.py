@@ -13,6 +13,15 @@ every trial start. :class:`StudyMLflowCallback` extends it:
 
 The map also records each trial's state (``running``, ``finished``, ``failed``,
 ``interrupted``), which the study and the tests read.
+
+After a SIGKILL the map can be ahead of Tune's own state: Tune snapshots its experiment (trials and
+searcher) every ~10 s, the map is written at once. On ``--resume`` the first controller step
+reconciles the two (:meth:`StudyMLflowCallback.on_step_begin`): a run whose trial the restored Tuner
+does not know (it started, or finished, after the last snapshot; Tune runs that point again as a new
+trial) is marked KILLED, tagged ``fairskin.superseded`` and deleted (MLflow's soft delete:
+``mlflow gc`` purges it, ``restore_run`` brings it back), and a run left RUNNING by the dead process
+is marked KILLED until its trial restarts (it then logs into the same run, epochs it holds skipped).
+So a resumed study ends with exactly one child run per trial, none RUNNING.
 """
 
 from __future__ import annotations
@@ -110,6 +119,7 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         self.parent_run_id = parent.get("run_id", "")
         self._map = read_run_map(Path(self.study_dir))
         self._last_step: dict[str, int] = {}
+        self._reconciled = False
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -138,7 +148,43 @@ class StudyMLflowCallback(MLflowLoggerCallback):
             break  # every epoch logs the same keys: one history is enough
         return max(steps)
 
+    def _reconcile(self, trials) -> None:
+        """Bring the run map and the runs in line with the trials the (restored) controller holds."""
+        known = {t.trial_id: t for t in trials}
+        changed = False
+        for tid in [t for t in self._map if t not in known]:  # a trial Tune's last snapshot never saw
+            run_id = self._map.pop(tid).get("run_id")
+            changed = True
+            if not run_id:
+                continue
+            try:
+                run = self._client.get_run(run_id)
+                if run.info.status == "RUNNING":
+                    self._client.set_terminated(run_id, status="KILLED")
+                self._client.set_tag(run_id, "fairskin.superseded", "the restored study reran this trial")
+                self._client.delete_run(run_id)
+            except Exception:  # already deleted from the store
+                pass
+        for tid, entry in self._map.items():
+            trial = known[tid]
+            if entry.get("state") != "running" or trial.status == trial.RUNNING:
+                continue
+            status, state = {trial.TERMINATED: ("FINISHED", "finished"),
+                             trial.ERROR: ("FAILED", "failed")}.get(trial.status, ("KILLED", "interrupted"))
+            if entry.get("run_id"):
+                self._client.set_terminated(entry["run_id"], status=status)
+            entry["state"] = state
+            changed = True
+        if changed:
+            self._save_map()
+
     # ------------------------------------------------------------------ Tune hooks
+
+    def on_step_begin(self, iteration: int, trials, **info):
+        """On the first step (after a restore the controller holds every restored trial): reconcile."""
+        if not self._reconciled:
+            self._reconciled = True
+            self._reconcile(trials)
 
     def log_trial_start(self, trial):
         if trial in self._trial_runs:
