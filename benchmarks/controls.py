@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fairskin.config import build_config  # noqa: E402
 from fairskin.controls import ALPHA, controls_report, generation_units  # noqa: E402
 from fairskin.pipeline import run_pipeline  # noqa: E402
+from fairskin.runtime import quiet_console  # noqa: E402
 
 TARGETS = {"judge_accuracy_generated": 0.5, "skin_tone_agreement": 0.7}  # on the vanilla pools, issue 13
 QUICK = ["diffusion.variants=[vanilla,vanilla_twin,control_drop_african]", "diffusion.repeat_seeds=[0,1,2]"]
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke preset with the controls, up to evaluate")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args()
+    quiet_console()  # as the job entry point: no library progress bars or INFO logs on the console
     preset = "smoke" if args.quick else args.preset
     root = Path(args.runs_root or f"runs-{preset}{'-controls' if args.quick else ''}").resolve()
     overrides = (QUICK if args.quick else []) + list(args.overrides) + [f"runtime.runs_root={root}"]
