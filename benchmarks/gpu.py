@@ -169,7 +169,7 @@ def sizes(tiny: bool) -> SimpleNamespace:
     if tiny:
         return SimpleNamespace(image=64, batch=4, rows=8, warmup=0, rounds=3, sample_batch=2, sample_steps=(50, 25),
                                fid_images=64, fid_batch=32, vit_image=32)
-    return SimpleNamespace(image=512, batch=8, rows=64, warmup=3, rounds=10, sample_batch=8, sample_steps=(50, 25),
+    return SimpleNamespace(image=512, batch=8, rows=32, warmup=3, rounds=10, sample_batch=8, sample_steps=(50, 25),
                            fid_images=1024, fid_batch=256, vit_image=224)
 
 
@@ -388,28 +388,37 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
 
-    import torch
-    import transformers
+    env: dict = {"python": sys.version.split()[0]}
+    try:  # a machine that cannot even build the model still gets its JSON lines, saying why
+        import torch
+        import transformers
 
-    diffusers_source = import_diffusers()
-    import diffusers
+        env.update(torch=torch.__version__, transformers=transformers.__version__)
+        env["diffusers_source"] = import_diffusers()
+        import diffusers
 
-    diffusers.utils.logging.set_verbosity_error()  # dtype-cast advice, once per .to(): not figures
-    cuda = torch.cuda.is_available()
-    if args.threads or not cuda:
-        torch.set_num_threads(args.threads or 1)
-    tiny = args.tiny or not cuda
-    device = torch.device("cuda" if cuda else "cpu")
-    budget = Budget(args.budget_s or (120 if tiny else 200))
-    name, peak = peak_flops(device)
-    sz = sizes(tiny)
-    env = {"mode": ("tiny " if tiny else "") + ("cuda" if cuda else "cpu"), "device": name,
-           "note": None if cuda else "no CUDA device: the tiny CPU version of every section (same functions, dtypes)",
-           "peak_bf16_flops": peak, "torch": torch.__version__, "transformers": transformers.__version__,
-           "diffusers": diffusers.__version__, "diffusers_source": diffusers_source,
-           "python": sys.version.split()[0], "threads": torch.get_num_threads()}
-    parts = build_parts(tiny, sz.image, device)
-    env["unet_parameters_m"] = round(sum(p.numel() for p in parts.unet.parameters()) / 1e6, 2)
+        diffusers.utils.logging.set_verbosity_error()  # dtype-cast advice, once per .to(): not figures
+        env["diffusers"] = diffusers.__version__
+        cuda = torch.cuda.is_available()
+        if args.threads or not cuda:
+            torch.set_num_threads(args.threads or 1)
+        tiny = args.tiny or not cuda
+        device = torch.device("cuda" if cuda else "cpu")
+        budget = Budget(args.budget_s or (120 if tiny else 200))
+        name, peak = peak_flops(device)
+        sz = sizes(tiny)
+        env.update({"mode": ("tiny " if tiny else "") + ("cuda" if cuda else "cpu"), "device": name,
+                    "note": None if cuda else "no CUDA device: the tiny CPU version of every section (same functions, "
+                                              "dtypes)",
+                    "peak_bf16_flops": peak, "threads": torch.get_num_threads()})
+        parts = build_parts(tiny, sz.image, device)
+        env["unet_parameters_m"] = round(sum(p.numel() for p in parts.unet.parameters()) / 1e6, 2)
+    except (Exception, SystemExit) as exc:
+        env["env_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        env["forbidden_modules_imported"] = [m for m in FORBIDDEN if m in sys.modules]
+        emit("env", env)
+        emit("all", dict(FIGURES))
+        sys.exit(1)
     env["forbidden_modules_imported"] = [m for m in FORBIDDEN if m in sys.modules]
     emit("env", env)
     sections = {"train": lambda: train_section(parts, sz, device, peak, budget),
@@ -424,6 +433,8 @@ def main() -> None:
             figures = sections[section]()
         except Exception as exc:  # report and go on: a later section may still measure
             figures = {f"{section}_error": f"{type(exc).__name__}: {exc}"[:500]}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         figures[f"{section}_seconds"] = round(time.perf_counter() - started, 1)
         emit(section, figures)
     FIGURES["forbidden_modules_imported"] = [m for m in FORBIDDEN if m in sys.modules]

@@ -108,8 +108,9 @@ def test_bf16_weights_without_autocast_fail_on_cpu_too(tiny_sd):
 
 @pytest.mark.ray
 def test_paper_path_fine_tunes_and_samples_at_tiny_size(ray_session, tiny_sd, tmp_path):
-    """Ray Train fine-tune of fairskin_s (CBDM + SQRS weights) from an SD-shaped folder loaded by path,
-    bf16 autocast, EMA, gradient checkpointing, encode every step; then PNDM + CFG pool images."""
+    """Ray Train fine-tune of fairskin_s (CBDM + SQRS weights) on 2 DDP workers (the paper preset runs
+    several) from an SD-shaped folder loaded by path, bf16 autocast, EMA, gradient checkpointing, encode
+    every step; then PNDM + CFG pool images."""
     from fairskin.data.stream import decode_local
     from fairskin.diffusion.finetune import finetune_variant, latest_state
     from fairskin.diffusion.generate import ItemGenerator, WorkItem
@@ -124,7 +125,7 @@ def test_paper_path_fine_tunes_and_samples_at_tiny_size(ray_session, tiny_sd, tm
         f"runtime.runs_root={tmp_path / 'runs'}", f"data.image_size={IMAGE}",
         f"diffusion.model={folder}", f"diffusion.mixed_precision={d['mixed_precision']}", "diffusion.ema_decay=0.999",
         "diffusion.gradient_checkpointing=true", "diffusion.cache_latents=false", "diffusion.max_steps=4",
-        "diffusion.checkpoint_every=2", "diffusion.num_workers=1", "diffusion.cpus_per_worker=0.5",
+        "diffusion.checkpoint_every=2", "diffusion.num_workers=2", "diffusion.cpus_per_worker=0.5",
         "diffusion.variants=[fairskin_s]", "diffusion.prompt_drop_prob=0.1",
         "generation.scheduler=pndm", f"generation.guidance_scale={PAPER['generation']['guidance_scale']}",
         "generation.inference_steps=3", "generation.batch_size=2"])
