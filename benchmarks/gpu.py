@@ -114,9 +114,11 @@ def import_diffusers() -> str:
         sys.path.append(str(folder))  # appended: a package the machine has wins over the wheel's
         used.append(wheel.name)
     importlib.invalidate_caches()
-    import diffusers  # noqa: F401,F811
+    import diffusers  # noqa: F811
 
-    return "wheels: " + " ".join(used)
+    origin = Path(diffusers.__file__).resolve()
+    came_from = next((w for w in used if (target / Path(w).stem).resolve() in origin.parents), "installed")
+    return f"{came_from} (unpacked: {' '.join(used)})"
 
 
 # --------------------------------------------------------------------------- helpers
