@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.fairskin-installed
 PIP    := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install demo test bench clean-runs
+.PHONY: install demo test bench gpu-wheels bench-gpu clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/stream.py --quick
+
+# benchmarks/gpu.py on a GPU machine without diffusers or network: fetch the wheels it unpacks
+# (benchmarks/wheels/requirements.txt, hash-checked, ~14 MB, git-ignored) here, then carry the folder.
+gpu-wheels: $(BIN)/python
+	$(PIP) download -q --no-deps --require-hashes -r benchmarks/wheels/requirements.txt -d benchmarks/wheels \
+		--only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --platform manylinux_2_28_x86_64
+
+# Without CUDA: the tiny CPU version of every section (about a minute).
+bench-gpu: install
+	$(BIN)/python benchmarks/gpu.py
 
 clean-runs:
 	rm -rf runs

@@ -9,10 +9,10 @@
 (c) encode-every-step step / cached-latent step (at 512 px the VAE encoder costs 1.12 TFLOP per
     image against 2.41 TFLOP for a UNet training step: limit (1.12 + 2.41) / 2.41 = 1.47x).
 
-CPU: the tiny SD. With ``--sd14`` on a CUDA machine, a UNet built from
-``../shared/data/sd-v1-4/unet_config.json`` (random weights) at 512 px in bf16 is timed for (a),
-with images/s and model-FLOPs utilisation = images/s x 2.41e12 / the GPU's dense bf16 peak.
-The last line printed is one JSON object of the figures.
+CPU: the tiny SD. SD v1-4 at 512 px on a GPU (images/s, FLOP counted per step, MFU, the same
+ratios) is ``benchmarks/gpu.py``, which times the engine's own step (``fairskin.diffusion.step``) with
+float32 weights under bf16 autocast, as the fine-tune runs it. The last line printed is one JSON
+object of the figures.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from fairskin.diffusion.losses import training_loss  # noqa: E402
+from fairskin.diffusion.step import StepDraws, train_step  # noqa: E402
 
 UNET_TRAIN_FLOP_512 = 2.41e12
 VAE_ENCODE_FLOP_512 = 1.12e12
@@ -65,21 +65,19 @@ def time_interleaved(steps: dict, n: int, warmup: int = 2, sync=lambda: None) ->
 
 
 def make_step(unet, scheduler, latents, cond, cond_other, kind: str, encode=None):
-    """A closure running one optimizer step of ``kind`` in {vanilla, cbdm, cbdm_g0}."""
+    """A closure running one optimizer step of ``kind`` in {vanilla, cbdm, cbdm_g0}: the fine-tune's own
+    ``train_step`` (no autocast on CPU, as the smoke and demo presets)."""
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5)
-    g = torch.Generator(device=latents.device).manual_seed(0)
+    g = torch.Generator().manual_seed(0)
     b = latents.shape[0]
+    use_cbdm = kind != "vanilla"
 
     def step():
         x = encode() if encode is not None else latents
-        noise = torch.randn(x.shape, generator=g, device=x.device)
-        t = torch.randint(0, 1000, (b,), generator=g, device=x.device)
-        out = training_loss(unet, scheduler, x, cond, cond_other if kind != "vanilla" else None,
-                            torch.ones(b, device=x.device), noise=noise, timesteps=t,
-                            use_cbdm=kind != "vanilla", gamma=0.0 if kind == "cbdm_g0" else 0.25)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
+        draws = StepDraws(False, cond, cond_other if use_cbdm else None, torch.randn(x.shape, generator=g).to(x.device),
+                          torch.randint(0, 1000, (b,), generator=g).to(x.device))
+        train_step(unet, optimizer, None, scheduler, x, draws, torch.ones(b, device=x.device), use_cbdm=use_cbdm,
+                   tau=1.0, gamma=0.0 if kind == "cbdm_g0" else 0.25, autocast=None, max_grad_norm=1.0)
 
     return step
 
@@ -154,34 +152,11 @@ def ray_vs_plain(steps: int, batch: int, runs_root: str) -> dict:
             "ray_fit_seconds_total": ray_summary["seconds"]}
 
 
-def gpu_figures(steps: int, batch: int) -> dict:
-    """SD v1-4's UNet (random weights) at 512 px in bf16: images/s, ratios and MFU."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
-    peak = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-    name = torch.cuda.get_device_name()
-    peak_flops = next((v for k, v in peak.items() if k in name), None)
-    config = json.loads((Path(__file__).resolve().parents[2] / "shared/data/sd-v1-4/unet_config.json").read_text())
-    unet = UNet2DConditionModel.from_config(config).cuda().to(torch.bfloat16)
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
-    latents = torch.randn(batch, 4, 64, 64, device="cuda", dtype=torch.bfloat16)
-    cond = torch.randn(batch, 77, 768, device="cuda", dtype=torch.bfloat16)
-    other = torch.randn_like(cond)
-    per = time_interleaved({k: make_step(unet, scheduler, latents, cond, other, k)
-                            for k in ("vanilla", "cbdm", "cbdm_g0")}, steps, sync=torch.cuda.synchronize)
-    ips = batch / per["vanilla"]
-    return {"gpu": name, "gpu_vanilla_images_per_s": ips,
-            "gpu_ratio_cbdm_vs_vanilla_gamma_pos": per["cbdm"] / per["vanilla"],
-            "gpu_ratio_cbdm_vs_vanilla_gamma0": per["cbdm_g0"] / per["vanilla"],
-            "gpu_mfu": ips * UNET_TRAIN_FLOP_512 / peak_flops if peak_flops else None}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--sd14", action="store_true", help="also time SD v1-4's UNet at 512 px (needs CUDA)")
     parser.add_argument("--no-ray", action="store_true", help="skip (b)")
     parser.add_argument("--runs-root", default="runs/bench")
     args = parser.parse_args()
@@ -196,8 +171,6 @@ def main() -> None:
     if not args.no_ray:
         figures.update(ray_vs_plain(max(8, steps * 2), args.batch, args.runs_root))
         print(f"(b) Ray Train / plain loop: {figures['ratio_ray_train_vs_plain']:.2f} (target >= 0.90)")
-    if args.sd14 and torch.cuda.is_available():
-        figures.update(gpu_figures(steps, args.batch))
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
 
 

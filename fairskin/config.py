@@ -168,7 +168,10 @@ class DiffusionConfig(_Section):
     warmup_steps: int = Field(0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     ema_decay: float | None = Field(None, gt=0, lt=1)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # Weights stay float32; "bf16" runs the forward pass under bf16 autocast. No "fp16": without a
+    # GradScaler its gradients underflow silently, and the GPUs the paper preset targets (A100, H100,
+    # H200) all have bf16 (fp32's exponent range, no loss scaling). Pre-Ampere GPUs: "no".
+    mixed_precision: Literal["no", "bf16"] = "no"
     gradient_checkpointing: bool = False
     cache_latents: bool = True
     cbdm_tau: float = Field(1.0, ge=0)

@@ -17,12 +17,8 @@ from fairskin.config import FairSkinConfig
 from fairskin.data.stream import DecodedSet
 from fairskin.diffusion.losses import training_loss
 from fairskin.diffusion.models import build_tiny_sd, encode_prompts, prompt_for, save_sd
+from fairskin.diffusion.step import pixels_to_tensor  # noqa: F401 (also imported from here)
 from fairskin.progress import progress_bar
-
-
-def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def subclass_prompts(template: str, groups, diseases) -> list[str]:

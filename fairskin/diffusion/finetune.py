@@ -45,9 +45,11 @@ import torch
 
 from fairskin.config import FairSkinConfig, VariantSpec
 from fairskin.data.stream import ArraySet, DecodedSet, WeightedStream
-from fairskin.diffusion.base import pixels_to_tensor, subclass_prompts
-from fairskin.diffusion.losses import check_finite_loss, note_nonfinite, other_subclasses, training_loss
+from fairskin.diffusion.base import subclass_prompts
+from fairskin.diffusion.losses import check_finite_loss
 from fairskin.diffusion.models import encode_prompts, load_sd, save_sd
+from fairskin.diffusion.step import (autocast_dtype, draw_step_inputs, gather_latents, pixels_to_tensor,
+                                     step_generator, train_step)
 
 STATE_FILE = "state.json"
 STOP_FILE = "STOP"
@@ -249,11 +251,6 @@ def _write_pipeline(parts, checkpoint, out: Path, state: dict, started: float, w
 # --------------------------------------------------------------------------- worker side
 
 
-def _step_generator(seed: int, step: int, rank: int | None = None) -> torch.Generator:
-    parts = [seed, step] + ([] if rank is None else [rank])
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(parts).generate_state(1, np.uint64)[0] >> 1))
-
-
 def _flips(positions: np.ndarray, seed: int) -> np.ndarray:
     """0/1 per global position: which flip of the image the step sees (a pure function)."""
     return (np.random.default_rng(np.random.SeedSequence([seed, 99])).integers(0, 2**31, size=1)[0]
@@ -346,15 +343,15 @@ def train_loop_per_worker(cfg: dict) -> None:
     device = ray.train.torch.get_device()
     arrays = ray.get(cfg["arrays_ref"][0])
     cond_table = torch.from_numpy(np.array(ray.get(cfg["cond_ref"][0]))).to(device)
-    num_subclasses = cond_table.shape[0] - 1
     scheduler = DDPMScheduler.from_pretrained(cfg["base"], subfolder="scheduler")
     vae = None
     if "latents" not in arrays:
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(cfg["base"], subfolder="vae").to(device).eval().requires_grad_(False)
+        vae = AutoencoderKL.from_pretrained(cfg["base"], subfolder="vae", use_safetensors=True)
+        vae = vae.to(device).eval().requires_grad_(False)
 
-    unet = UNet2DConditionModel.from_pretrained(cfg["base"], subfolder="unet")
+    unet = UNet2DConditionModel.from_pretrained(cfg["base"], subfolder="unet", use_safetensors=True)
     ema = None
     checkpoint = ray.train.get_checkpoint()
     start_step, attempt = 0, 1
@@ -388,7 +385,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     tau = d["cbdm_tau"] if variant.get("cbdm_tau") is None else variant["cbdm_tau"]
     gamma = d["cbdm_gamma"] if variant.get("cbdm_gamma") is None else variant["cbdm_gamma"]
     include_self = d["cbdm_other"] == "all"
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(d["mixed_precision"])
+    autocast = autocast_dtype(d["mixed_precision"])
     logger = _mlflow_logger(cfg["tracking"]) if rank == 0 else None
     # Each step reaches MLflow once: log only steps after the run's last one, starting with the
     # resumed checkpoint's window (a kill may have fallen between its checkpoint and its logging).
@@ -414,35 +411,18 @@ def train_loop_per_worker(cfg: dict) -> None:
         rows, weights = batch["row"][mine], torch.from_numpy(np.array(batch["weight"][mine], np.float32))
         subclass = torch.from_numpy(np.array(arrays["subclass"][rows]))
         flips = _flips(positions[mine], seed)
-        if vae is not None:
-            x = pixels_to_tensor(arrays["pixels"][rows]).to(device)
-            x = torch.where(torch.from_numpy(flips.astype(bool)).view(-1, 1, 1, 1).to(device), x.flip(-1), x)
-            with torch.no_grad():
-                latents = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
-        else:
-            latents = torch.from_numpy(np.array(arrays["latents"][rows, flips])).to(device)
-        shared = _step_generator(seed, step)           # same on every rank: the whole-batch prompt drop
-        local = _step_generator(seed, step, rank)      # per rank: noise, timesteps, y'
-        dropped = torch.rand(1, generator=shared).item() < d["prompt_drop_prob"]
-        cond = (cond_table[-1:].expand(len(rows), -1, -1) if dropped else cond_table[subclass.to(device)])
-        cond_other = None
-        if use_cbdm and not dropped:
-            cond_other = cond_table[other_subclasses(subclass, num_subclasses, local, include_self).to(device)]
-        noise = torch.randn(latents.shape, generator=local).to(device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(rows),), generator=local).to(device)
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            out = training_loss(model, scheduler, latents, cond, cond_other, weights.to(device), noise=noise,
-                                timesteps=timesteps, use_cbdm=use_cbdm, tau=tau, gamma=gamma,
-                                prompt_dropped=dropped)
-        first_bad = note_nonfinite(first_bad, out.loss, step + 1)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), d["max_grad_norm"])
-        optimizer.step()
-        lr_scheduler.step()
-        if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(raw_unet.parameters()), 1.0 - d["ema_decay"])
+        latents = gather_latents(arrays, rows, flips, vae, device)
+        draws = draw_step_inputs(cond_table, subclass, latents.shape,
+                                 shared=step_generator(seed, step),         # same on every rank: the prompt drop
+                                 local=step_generator(seed, step, rank),    # per rank: y', noise, timesteps
+                                 prompt_drop_prob=d["prompt_drop_prob"], use_cbdm=use_cbdm,
+                                 include_self=include_self, num_train_timesteps=scheduler.config.num_train_timesteps,
+                                 device=device)
+        dropped = draws.dropped
+        out, grad_norm, first_bad = train_step(
+            model, optimizer, lr_scheduler, scheduler, latents, draws, weights.to(device), use_cbdm=use_cbdm,
+            tau=tau, gamma=gamma, autocast=autocast, max_grad_norm=d["max_grad_norm"], ema=ema,
+            ema_decay=d["ema_decay"], trained=raw_unet, first_bad=first_bad, step=step + 1)
         now = time.perf_counter()
         loss_value = float(out.loss.detach())
         done = step + 1

@@ -29,17 +29,7 @@ import numpy as np
 
 from fairskin.config import FairSkinConfig, GenerationConfig
 from fairskin.data.shards import INDEX_FILE, Vocabulary, write_index, write_shard_file
-
-SCHEDULERS = {
-    "pndm": "PNDMScheduler",
-    "ddim": "DDIMScheduler",
-    "ddpm": "DDPMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "dpm": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
-
+from fairskin.diffusion.sampler import SCHEDULERS, generate_images, make_scheduler  # noqa: F401 (re-exported)
 
 @dataclass(frozen=True)
 class WorkItem:
@@ -80,32 +70,6 @@ def work_items(variant: str, groups: Sequence[str], diseases: Sequence[str], per
     """All items of one variant's pool: every subclass cut into ranges of ``batch_size``."""
     return [WorkItem(variant, g, d, start, min(start + batch_size, per_subclass))
             for g in groups for d in diseases for start in range(0, per_subclass, batch_size)]
-
-
-def make_scheduler(name: str, base_config: Mapping[str, Any]):
-    """A diffusers sampling scheduler by short name (``pndm``, ``ddim``, ``euler``, ``dpm``, ...),
-    configured like the pipeline's own (``base_config`` = ``pipe.scheduler.config``)."""
-    import diffusers
-
-    if name not in SCHEDULERS:
-        raise ValueError(f"generation.scheduler {name!r} is unknown; expected one of {sorted(SCHEDULERS)}")
-    extra = {"skip_prk_steps": True} if name == "pndm" else {}  # as SD v1-4's own PNDM config
-    return getattr(diffusers, SCHEDULERS[name]).from_config(base_config, **extra)
-
-
-def generate_images(pipe, prompt: str, seeds: Sequence[int], cfg: GenerationConfig, height: int,
-                    width: int) -> np.ndarray:
-    """Sample ``len(seeds)`` images of one prompt in one batch: uint8 (N, height, width, 3).
-
-    Image i starts from the latent noise of ``torch.Generator().manual_seed(seeds[i])``.
-    """
-    import torch
-
-    generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    with torch.no_grad():
-        out = pipe(prompt=[prompt] * len(seeds), generator=generators, num_inference_steps=cfg.inference_steps,
-                   guidance_scale=cfg.guidance_scale, height=height, width=width, output_type="np")
-    return np.clip(np.rint(out.images * 255.0), 0, 255).astype(np.uint8)
 
 
 def item_records(item: WorkItem, images: np.ndarray, seeds: Sequence[int]) -> list[dict[str, Any]]:

@@ -124,6 +124,57 @@ def build_tiny_sd(image_size: int = 64, seed: int = 0) -> SDParts:
     return SDParts(unet, vae, text_encoder, tokenizer, scheduler)
 
 
+SD14_CONFIG_DIR = Path(__file__).with_name("sd_v1_4")
+SD14_PARTS = ("unet", "vae", "text_encoder", "scheduler")
+
+
+def sd14_configs() -> dict[str, dict]:
+    """SD v1-4's architecture (no weights): {unet, vae, text_encoder, scheduler} config dicts, from the
+    copies of the model's own ``config.json`` files in ``fairskin/diffusion/sd_v1_4/``."""
+    return {part: json.loads((SD14_CONFIG_DIR / f"{part}_config.json").read_text()) for part in SD14_PARTS}
+
+
+def sd_shaped_tiny_configs(image_size: int = 64, width: int = 8, text_dim: int = TINY_TEXT_DIM,
+                           text_layers: int = 2) -> dict[str, dict]:
+    """SD v1-4's configs at a few channels: every block type, block depth, attention layout, the
+    8x VAE and SD's PNDM scheduler are kept; channels are ``width`` x SD's multipliers (1, 2, 4, 4)
+    for the UNet and the VAE, and the text encoder is ``text_layers`` x ``text_dim``.
+    ``image_size`` >= 64: the UNet down-samples the (image_size / 8) latents three times."""
+    if image_size < 64 or image_size % 64:
+        raise ValueError(f"image_size {image_size}: an SD-shaped model needs a multiple of 64 (8x8 latents or more)")
+    configs = sd14_configs()
+    groups = max(1, width // 2)
+    configs["unet"].update(block_out_channels=[width * m for m in (1, 2, 4, 4)], norm_num_groups=groups,
+                           cross_attention_dim=text_dim, sample_size=image_size // 8)
+    configs["vae"].update(block_out_channels=[width * m for m in (1, 2, 4, 4)], norm_num_groups=groups,
+                          sample_size=image_size)
+    configs["text_encoder"].update(hidden_size=text_dim, intermediate_size=4 * text_dim, num_hidden_layers=text_layers,
+                                   num_attention_heads=2, projection_dim=text_dim, vocab_size=None)
+    return configs
+
+
+def build_sd(configs: dict[str, dict], seed: int = 0, device: str | torch.device = "cpu") -> SDParts:
+    """All parts of an SD pipeline with random weights from config dicts (:func:`sd14_configs` or
+    :func:`sd_shaped_tiny_configs`), deterministic by ``seed``. The tokenizer is the character-level one
+    of :func:`build_tiny_tokenizer` (SD's BPE vocabulary is not in the repository); the text encoder's
+    vocabulary keeps its configured size (``vocab_size=None``: the tokenizer's). The weights are made
+    on ``device`` (SD v1-4's 1.07 billion parameters initialise in seconds on a GPU, minutes on a CPU)."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_tokenizer()
+    text = dict(configs["text_encoder"])
+    text.update(vocab_size=text.get("vocab_size") or len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    with torch.device(device):
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(text))
+        vae = AutoencoderKL.from_config(configs["vae"])
+        unet = UNet2DConditionModel.from_config(configs["unet"])
+    scheduler = PNDMScheduler.from_config(configs["scheduler"])
+    return SDParts(unet, vae, text_encoder.eval(), tokenizer, scheduler)
+
+
 def load_sd(model: str, allow_download: bool = False) -> SDParts:
     """SD parts from a pipeline folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
     ``scheduler/``) or, with ``allow_download``, a hub id such as ``CompVis/stable-diffusion-v1-4``."""
@@ -136,12 +187,13 @@ def load_sd(model: str, allow_download: bool = False) -> SDParts:
             f"(e.g. `huggingface-cli download {model} --local-dir /models/sd-v1-4`) and set "
             f"diffusion.model=/models/sd-v1-4, or set diffusion.allow_download=true")
     common = {"local_files_only": not allow_download}
+    weights = {**common, "use_safetensors": True}  # never unpickle a .bin
     tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", model_max_length=TOKENIZER_MAX_LENGTH,
                                               **common)
     return SDParts(
-        unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", **common),
-        vae=AutoencoderKL.from_pretrained(model, subfolder="vae", **common),
-        text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **common),
+        unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", **weights),
+        vae=AutoencoderKL.from_pretrained(model, subfolder="vae", **weights),
+        text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **weights),
         tokenizer=tokenizer,
         noise_scheduler=DDPMScheduler.from_pretrained(model, subfolder="scheduler", **common),
     )
@@ -158,7 +210,7 @@ def load_pipeline(folder: Path):
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
-                                                   local_files_only=True)
+                                                   local_files_only=True, use_safetensors=True)
 
 
 def prompt_for(template: str, group: str, disease: str) -> str:
@@ -168,7 +220,7 @@ def prompt_for(template: str, group: str, disease: str) -> str:
 
 @torch.no_grad()
 def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Tensor:
-    """Text embeddings (len(prompts), 77, hidden) as the UNet's ``encoder_hidden_states``."""
+    """Text embeddings (len(prompts), 77, hidden) as the UNet's ``encoder_hidden_states``, on the encoder's device."""
     ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
-    return text_encoder(ids)[0]
+    return text_encoder(ids.to(text_encoder.device))[0]

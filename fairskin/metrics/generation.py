@@ -37,6 +37,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from fairskin.metrics.features import classifier_forward as _classifier_forward
+
 FID_VAR_DDOF = 1  # variances of FID over subclasses / groups are sample variances
 KID_MAX_SUBSET = 1000  # torch-fidelity's default subset size, the cap of our adaptive rule
 INCEPTION = "inception-v3-compat"
@@ -49,28 +51,6 @@ _BOUND_CLASSIFIERS: dict[str, tuple[Any, int]] = {}
 # ----------------------------------------------------------------------------------------------
 # The classifier as a torch-fidelity feature extractor
 # ----------------------------------------------------------------------------------------------
-
-
-def _classifier_forward(model, x: torch.Tensor, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (N, 3, H, W) -> (pre_logits (N, hidden), logits (N, num_labels)), float32 on the input's device.
-
-    The input is converted as in training (``fairskin.classify.train._to_input``): float in
-    [-1, 1], bilinear antialiased resize to ``image_size``. The model runs in eval mode and
-    its train/eval state is restored afterwards.
-    """
-    param = next(model.parameters())
-    x = x.to(param.device).float().div_(127.5).sub_(1.0)
-    if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            cls = model.vit(pixel_values=x.to(param.dtype)).last_hidden_state[:, 0]
-            logits = model.classifier(cls)
-    finally:
-        model.train(was_training)
-    return cls.float(), logits.float()
 
 
 def _make_extractor_class():
