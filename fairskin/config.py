@@ -251,6 +251,11 @@ class GenerationConfig(_Section):
     inference_steps: int = Field(50, ge=1)
     scheduler: Literal["pndm", "ddim", "ddpm", "euler", "euler_a", "dpm", "unipc"] = "pndm"
     batch_size: int = Field(8, ge=1)  # images per work item; fixed, so pools are byte-identical on CPU
+    # Sampling dtype of the pipeline's weights (fp16 on a GPU only: fp32 on CPU, bf16 on either) and the
+    # UNet's memory format; both change the pools' bytes (the stage key holds them). Defaults stay fp32 /
+    # contiguous until an equivalence test on the study preset shows fidelity unchanged (README).
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
     use_gpu: bool = False
     cpus_per_actor: float = Field(1.0, gt=0)  # also the torch thread count of every item (rounded up)
     num_actors: int | None = Field(None, ge=1)  # default: as many as the cluster fits
@@ -260,6 +265,13 @@ class GenerationConfig(_Section):
     # subclass of its fresh procedural training set (every fifth validates). Unused for fitzpatrick17k.
     judge_images_per_subclass: int = Field(200, ge=5)
     judge_batch_size: int = Field(16, ge=1)  # small batches: enough steps on a small set (else classifier.*)
+
+    @model_validator(mode="after")
+    def _fp16_needs_a_gpu(self) -> "GenerationConfig":
+        if self.dtype == "fp16" and not self.use_gpu:
+            raise ValueError("generation.dtype fp16 needs generation.use_gpu (CPU kernels are slow or missing "
+                             "for fp16); use bf16 on CPU")
+        return self
 
 
 class ClassifierConfig(_Section):

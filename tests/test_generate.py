@@ -120,3 +120,28 @@ def test_ray_actor_pool_matches_in_process_bytes(ray_session, gen_config, tiny_p
     # another repeat draws other noise.
     assert read_metadata(on_ray["vanilla"])["sha256"].tolist() == read_metadata(on_ray["cbdm"])["sha256"].tolist()
     assert set(read_metadata(on_ray["vanilla"])["sha256"]).isdisjoint(read_metadata(on_ray["vanilla-r1"])["sha256"])
+
+
+def test_sampling_dtype_and_memory_format_are_applied_and_stay_deterministic(gen_config, tiny_pipeline):
+    """generation.dtype=bf16 samples with bf16 weights (channels-last UNet), byte-identical twice, valid
+    images close to the fp32 ones; fp16 without a GPU is refused at configuration time."""
+    import torch
+
+    from fairskin.config import ConfigError, build_config
+
+    item = WorkItem("vanilla", "African", gen_config.data.diseases[0], 0, 2)
+    fp32 = _generator(gen_config, {"vanilla": tiny_pipeline})
+    bf16_config = gen_config.model_copy(update={"generation": gen_config.generation.model_copy(
+        update={"dtype": "bf16", "channels_last": True})})
+    bf16 = _generator(bf16_config, {"vanilla": tiny_pipeline})
+    first, _ = bf16.images(item)
+    again, _ = _generator(bf16_config, {"vanilla": tiny_pipeline}).images(item)
+    unet = bf16._pipe("vanilla").unet
+    assert next(unet.parameters()).dtype == torch.bfloat16
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert np.array_equal(first, again) and first.dtype == np.uint8 and first.std() > 0
+    reference, _ = fp32.images(item)
+    assert next(fp32._pipe("vanilla").unet.parameters()).dtype == torch.float32
+    assert np.abs(first.astype(int) - reference.astype(int)).mean() < 40  # same images, bf16 rounding
+    with pytest.raises(ConfigError, match="fp16 needs generation.use_gpu"):
+        build_config("smoke", overrides=["generation.dtype=fp16"])

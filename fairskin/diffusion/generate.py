@@ -82,6 +82,19 @@ def item_records(item: WorkItem, images: np.ndarray, seeds: Sequence[int]) -> li
             for i, (img, seed) in enumerate(zip(images, seeds))]
 
 
+def _dtype(name: str):
+    def get():
+        import torch
+
+        return getattr(torch, name)
+
+    return get
+
+
+# generation.dtype -> torch dtype (resolved lazily: this module is imported without torch on the driver)
+SAMPLING_DTYPES = {"fp32": _dtype("float32"), "bf16": _dtype("bfloat16"), "fp16": _dtype("float16")}
+
+
 class ItemGenerator:
     """Generates work items into pool folders; holds one loaded pipeline per variant.
 
@@ -116,7 +129,12 @@ class ItemGenerator:
             pipe = load_pipeline(Path(self.pipelines[variant]))
             pipe.scheduler = make_scheduler(self.cfg.scheduler, pipe.scheduler.config)
             pipe.set_progress_bar_config(disable=True)
-            self._loaded[variant] = pipe.to(self.device)
+            pipe = pipe.to(self.device, SAMPLING_DTYPES[self.cfg.dtype]())
+            if self.cfg.channels_last:
+                import torch
+
+                pipe.unet.to(memory_format=torch.channels_last)
+            self._loaded[variant] = pipe
         return self._loaded[variant]
 
     def images(self, item: WorkItem) -> tuple[np.ndarray, list[int]]:
