@@ -48,8 +48,9 @@ from fairskin.data.stream import ArraySet, DecodedSet, WeightedStream
 from fairskin.diffusion.base import subclass_prompts
 from fairskin.diffusion.losses import check_finite_loss
 from fairskin.diffusion.models import encode_prompts, load_sd, save_sd
-from fairskin.diffusion.step import (autocast_dtype, draw_step_inputs, gather_latents, pixels_to_tensor,
-                                     step_generator, train_step)
+from fairskin.diffusion.feed import Prefetch, plan_steps
+from fairskin.diffusion.step import (autocast_dtype, draw_step_inputs, pixels_to_tensor, step_generator,
+                                     step_latents, train_step)
 
 STATE_FILE = "state.json"
 STOP_FILE = "STOP"
@@ -251,12 +252,6 @@ def _write_pipeline(parts, checkpoint, out: Path, state: dict, started: float, w
 # --------------------------------------------------------------------------- worker side
 
 
-def _flips(positions: np.ndarray, seed: int) -> np.ndarray:
-    """0/1 per global position: which flip of the image the step sees (a pure function)."""
-    return (np.random.default_rng(np.random.SeedSequence([seed, 99])).integers(0, 2**31, size=1)[0]
-            ^ positions) & 1
-
-
 def _save_checkpoint(folder: Path, unet, ema, optimizer, lr_scheduler, state: dict) -> None:
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     if ema is not None:
@@ -326,6 +321,14 @@ def _log_steps(logger, window: list, after: int) -> int:
     return max([after] + [s for s, _ in new])
 
 
+def _to_floats(window: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, float]]]:
+    """A window's per-step metrics as floats (device tensors are read here, once per window)."""
+    tensors = [v for _, m in window for v in m.values() if isinstance(v, torch.Tensor)]
+    values = iter(torch.stack([t.float().reshape(()) for t in tensors]).cpu().tolist() if tensors else [])
+    return [(s, {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in m.items()})
+            for s, m in window]
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     """One Ray Train worker of the fine-tune (see the module docstring)."""
     import ray
@@ -392,47 +395,58 @@ def train_loop_per_worker(cfg: dict) -> None:
     logged = _last_logged_step(logger)
     if checkpoint is not None:
         logged = _log_steps(logger, resumed.get("window", []), logged)
-    pending: list[tuple[int, dict[str, float]]] = []
+    pending: list[tuple[int, dict[str, Any]]] = []  # per step: device tensors until the window ends
     shard = ray.train.get_dataset_shard("train")
     step, last_time, loss_value = start_step, time.perf_counter(), float("nan")
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # divergence flag, read once per window
-    for batch in shard.iter_batches(batch_size=global_batch, batch_format="numpy", prefetch_batches=2):
-        positions = batch["position"]
-        if positions[0] < start_step * global_batch:
-            continue  # already trained before the checkpoint we resumed from
-        step = int(positions[0]) // global_batch
+    # The plan's rows become this rank's tensors on the device two steps ahead, in a background thread.
+    plan = plan_steps(shard.iter_batches(batch_size=global_batch, batch_format="numpy", prefetch_batches=2),
+                      arrays, rank=rank, world=world, seed=seed, global_batch=global_batch, start_step=start_step)
+    if "latents" in arrays:
+        latent_chw = tuple(arrays["latents"].shape[2:])
+    else:
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        latent_chw = (vae.config.latent_channels, *(n // factor for n in arrays["pixels"].shape[1:3]))
+
+    def with_draws(source):
+        for ahead in source:
+            ahead.draws = draw_step_inputs(
+                cond_table, ahead.subclass, (len(ahead.rows), *latent_chw),
+                shared=step_generator(seed, ahead.step),         # same on every rank: the prompt drop
+                local=step_generator(seed, ahead.step, rank),    # per rank: y', noise, timesteps
+                prompt_drop_prob=d["prompt_drop_prob"], use_cbdm=use_cbdm, include_self=include_self,
+                num_train_timesteps=scheduler.config.num_train_timesteps, device=device)
+            yield ahead
+
+    feed = Prefetch(with_draws(plan), device, depth=2)
+    for inputs in feed:
+        step = inputs.step
         if (rank == 0 and cfg["fail_at_step"] is not None and step == cfg["fail_at_step"]
                 and not os.path.exists(cfg["fail_marker"])):
             Path(cfg["fail_marker"]).write_text(f"failed at step {step}")
             raise RuntimeError(f"injected failure at step {step}")
         if cfg.get("step_pause_s"):
             time.sleep(cfg["step_pause_s"])  # tests: room to kill a process mid-fit
-        mine = positions % world == rank
-        rows, weights = batch["row"][mine], torch.from_numpy(np.array(batch["weight"][mine], np.float32))
-        subclass = torch.from_numpy(np.array(arrays["subclass"][rows]))
-        flips = _flips(positions[mine], seed)
-        latents = gather_latents(arrays, rows, flips, vae, device)
-        draws = draw_step_inputs(cond_table, subclass, latents.shape,
-                                 shared=step_generator(seed, step),         # same on every rank: the prompt drop
-                                 local=step_generator(seed, step, rank),    # per rank: y', noise, timesteps
-                                 prompt_drop_prob=d["prompt_drop_prob"], use_cbdm=use_cbdm,
-                                 include_self=include_self, num_train_timesteps=scheduler.config.num_train_timesteps,
-                                 device=device)
+        latents, draws = step_latents(inputs, vae, device), inputs.draws
         dropped = draws.dropped
         out, grad_norm, first_bad = train_step(
-            model, optimizer, lr_scheduler, scheduler, latents, draws, weights.to(device), use_cbdm=use_cbdm,
+            model, optimizer, lr_scheduler, scheduler, latents, draws, inputs.weights.to(device), use_cbdm=use_cbdm,
             tau=tau, gamma=gamma, autocast=autocast, max_grad_norm=d["max_grad_norm"], ema=ema,
             ema_decay=d["ema_decay"], trained=raw_unet, first_bad=first_bad, step=step + 1)
         now = time.perf_counter()
-        loss_value = float(out.loss.detach())
         done = step + 1
-        pending.append((done, {"loss": loss_value, "noise_loss": out.noise, "regulariser": out.regulariser,
-                               "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+        # No host sync per step: the loss parts and the gradient norm stay device tensors until the window
+        # ends (images_per_s is the host's pace; on a GPU the window's median is the device's).
+        pending.append((done, {"loss": out.loss.detach(), "noise_loss": out.noise_part,
+                               "regulariser": out.regulariser_part, "lr": lr_scheduler.get_last_lr()[0],
+                               "grad_norm": grad_norm.detach(),
                                "images_per_s": global_batch / max(now - last_time, 1e-9),
                                "prompt_dropped": float(dropped)}))
         last_time = now
         if done % d["checkpoint_every"] == 0 or done == d["max_steps"]:
             check_finite_loss(first_bad, f"fine-tune of {variant['name']} (rank {rank})")
+            pending = _to_floats(pending)  # the window's one host sync
+            loss_value = pending[-1][1]["loss"]
             # Steady-state throughput of this window (its first step pays the iterator's start-up).
             rates = [m["images_per_s"] for _, m in pending[1:]] or [pending[-1][1]["images_per_s"]]
             state = {"step": done, "position": done * global_batch, "loss": loss_value, "attempt": attempt,
@@ -447,3 +461,4 @@ def train_loop_per_worker(cfg: dict) -> None:
             else:
                 ray.train.report(metrics)
             pending.clear()
+    feed.close()

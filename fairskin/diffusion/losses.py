@@ -57,11 +57,21 @@ def cbdm_regulariser(h: torch.Tensor, h_other: torch.Tensor, w_t: torch.Tensor, 
 
 @dataclass
 class LossParts:
-    """The batch loss (scalar, to backpropagate) and its parts as floats for logging."""
+    """The batch loss (scalar, to backpropagate) and its two parts as detached 0-dim tensors
+    (``noise_part``, ``regulariser_part``: reading them does not wait for the device; ``noise`` /
+    ``regulariser`` give floats and do)."""
 
     loss: torch.Tensor
-    noise: float
-    regulariser: float
+    noise_part: torch.Tensor
+    regulariser_part: torch.Tensor
+
+    @property
+    def noise(self) -> float:
+        return float(self.noise_part)
+
+    @property
+    def regulariser(self) -> float:
+        return float(self.regulariser_part)
 
 
 def training_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, cond_other: torch.Tensor | None,
@@ -92,7 +102,7 @@ def training_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, co
         w_t = cbdm_time_weight(timesteps, scheduler.config.num_train_timesteps, tau)
         reg_term = cbdm_regulariser(h, h_other, w_t, gamma)
     loss = ((noise_term + reg_term) * weights.float()).sum() / latents.shape[0]
-    return LossParts(loss, float(noise_term.mean().detach()), float(reg_term.mean().detach()))
+    return LossParts(loss, noise_term.mean().detach(), torch.as_tensor(reg_term).mean().detach())
 
 
 def other_subclasses(subclass: torch.Tensor, num_subclasses: int, generator: torch.Generator,

@@ -59,6 +59,16 @@ def gather_latents(arrays, rows: np.ndarray, flips: np.ndarray, vae, device) -> 
     return torch.from_numpy(np.array(arrays["latents"][rows, flips])).to(device)
 
 
+def step_latents(inputs, vae, device) -> torch.Tensor:
+    """The latents (b, C, h, w) float32 on ``device`` of a :class:`fairskin.diffusion.feed.StepInputs`: its
+    gathered cached latents, or its uint8 pixels flipped where ``flips`` is 1 and encoded now."""
+    if inputs.latents is not None:
+        return inputs.latents.to(device)
+    x = inputs.pixels.to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    x = torch.where(torch.from_numpy(inputs.flips.astype(bool)).view(-1, 1, 1, 1).to(device), x.flip(-1), x)
+    return encode_latents(vae, x)
+
+
 def step_generator(seed: int, step: int, rank: int | None = None) -> torch.Generator:
     """A CPU generator seeded by (seed, step[, rank]): a resumed run repeats the draws of the steps it re-runs."""
     parts = [seed, step] + ([] if rank is None else [rank])
