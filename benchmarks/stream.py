@@ -1,14 +1,24 @@
-"""Level-1 weighted stream: Ray Data vs a torch DataLoader, side by side in one run.
+"""The fine-tune's feed vs a torch DataLoader, side by side, interleaved (issue 15).
 
-    python benchmarks/stream.py [--quick] [--preset demo] [--epochs N] [--batch-size B]
+    python benchmarks/stream.py [--quick] [--preset demo] [--repeats R] [--steps K] [--batch-size B]
 
-(a) raw images/s of the weighted stream as a Ray Train worker reads it (``iter_torch_batches``
-    over the run-long dataset) vs ``DataLoader`` + ``WeightedRandomSampler`` over the same
-    shards and batch size. Both decode the PNG shards once and keep the decoded arrays in
-    memory (the same caching); "epoch 1" includes decoding and start-up, "steady" is the mean
-    rate over the later epochs.
-(b) end-to-end steps/s of a tiny diffusion training step (the tiny UNet on the pixels)
-    fed by each. Target: ratio >= 0.9 (the stream must never be the bottleneck).
+Both paths feed the same cached latents (the tiny SD's VAE posterior means of the ``prepare``
+stage's training images, both flips: what ``cache_training_set`` gives the fine-tune) with the
+same weights (``--scheme``) and the same per-step random draws:
+
+* **engine**: exactly the fine-tune's feed (``fairskin.diffusion.feed``): the weighted plan as a Ray
+  Dataset (``WeightedStream.plan_dataset``) read with ``iter_batches`` (as a Ray Train worker reads
+  its dataset shard), ``plan_steps`` (this rank's rows, weights, flips, gathered latents) and the
+  step's draws, made two steps ahead in the ``Prefetch`` thread;
+* **dataloader**: ``DataLoader`` + ``WeightedRandomSampler`` over the same rows, the gather and
+  the draws in the training loop (torch's recipe, ``num_workers=0``).
+
+Each is timed with (a) a **null model** (the loop does nothing with a step: the host's cost per
+step outside the model, the gate is <= 2 ms for the engine) and (b) the engine's own training
+step (``fairskin.diffusion.step.train_step``) on the tiny UNet. Timings are interleaved repeats
+(engine, dataloader, dataloader, engine, ...: the order alternates) of ``--steps`` steps after a
+warm-up, so slow drifts of a shared machine hit both; each ratio is the median of the per-repeat
+ratios with a 95 % t-interval over them. Target: ratio >= 0.95 (the feed never slows training).
 
 The last line printed is one JSON object of the figures.
 """
@@ -28,160 +38,166 @@ import torch  # noqa: E402
 
 from fairskin.config import build_config  # noqa: E402
 from fairskin.data.sampling import WeightedSampler  # noqa: E402
-from fairskin.data.stream import WeightedStream, decode_local, decode_with_ray, to_model_batch  # noqa: E402
+from fairskin.data.stream import WeightedStream, decode_local  # noqa: E402
+from fairskin.diffusion.feed import Prefetch, plan_steps, step_inputs  # noqa: E402
+from fairskin.diffusion.step import draw_step_inputs, step_generator, step_latents, train_step  # noqa: E402
 from fairskin.pipeline import run_pipeline  # noqa: E402
 from fairskin.runtime import init_ray, set_thread_count  # noqa: E402
 
-
-def dataloader_batches(decoded, scheme: str, seed: int, batch_size: int, epochs: int):
-    """torch's recipe: WeightedRandomSampler (with replacement, N per epoch) over an in-memory set."""
-    from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-
-    arrays = decoded.arrays()
-    weights = WeightedSampler(decoded.subclass_id, scheme, "sampler", seed).weights
-
-    class Decoded(Dataset):
-        def __len__(self):
-            return len(decoded)
-
-        def __getitem__(self, i):
-            return i
-
-    def collate(rows):
-        rows = np.asarray(rows)
-        batch = {name: values[rows] for name, values in arrays.items()}
-        batch.update(row=rows, weight=np.ones(len(rows), np.float32), position=rows)
-        return to_model_batch(batch)
-
-    generator = torch.Generator().manual_seed(seed)
-    sampler = WeightedRandomSampler(torch.as_tensor(weights), len(decoded), replacement=True, generator=generator)
-    loader = DataLoader(Decoded(), batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=0)
-    for _ in range(epochs):
-        yield from loader
+TARGET = 0.95
+HOST_MS_GATE = 2.0
 
 
-def stream_batches(decoded, scheme: str, seed: int, batch_size: int, epochs: int):
-    stream = WeightedStream(decoded, scheme, "sampler", seed)
-    yield from stream.iter_batches(batch_size, start=0, stop=epochs * stream.epoch_size)
+def cached_rows(shards: Path, seed: int):
+    """(rows ArraySet with cached latents, prompt table (S + 1, L, D)) of the training split, from a tiny
+    SD (random weights: the feed's cost does not depend on what the latents hold)."""
+    from fairskin.diffusion.base import subclass_prompts
+    from fairskin.diffusion.finetune import cache_training_set
+    from fairskin.diffusion.models import build_tiny_sd
+
+    train = decode_local(shards)
+    parts = build_tiny_sd(image_size=train.pixels.shape[1], seed=seed)
+    rows, cond = cache_training_set(parts, train, subclass_prompts("{group} people {disease}", train.groups,
+                                                                    train.diseases))
+    return rows, torch.from_numpy(cond), parts
 
 
-def time_epochs(make_batches, decode, epoch_size: int, batch_size: int, epochs: int, step=None):
-    """Seconds to the end of epoch 1 (decode included) and mean images/s over epochs 2..E."""
-    started = time.perf_counter()
-    decoded = decode()
-    batches_per_epoch = -(-epoch_size // batch_size)
-    marks, seen = [], 0
-    for i, batch in enumerate(make_batches(decoded)):
-        if step is not None:
-            step(batch)
-        seen += len(batch["row"])
-        if (i + 1) % batches_per_epoch == 0:
-            marks.append((time.perf_counter(), seen))
-    first_t, first_n = marks[0]
-    last_t, last_n = marks[-1]
-    return {"epoch1_seconds": first_t - started, "epoch1_images_per_s": first_n / (first_t - started),
-            "steady_images_per_s": (last_n - first_n) / (last_t - first_t),
-            "steady_steps_per_s": (len(marks) - 1) * batches_per_epoch / (last_t - first_t)}
+def drawer(cond, seed: int, use_cbdm: bool):
+    def draw(inputs):
+        return draw_step_inputs(cond, inputs.subclass, tuple(inputs.latents.shape), shared=step_generator(seed, inputs.step),
+                                local=step_generator(seed, inputs.step, 0), prompt_drop_prob=0.1, use_cbdm=use_cbdm,
+                                include_self=True, num_train_timesteps=1000, device="cpu")
+    return draw
 
 
-def time_train_steps(batches, step, steps: int, warmup: int = 5) -> dict:
-    """Steps/s of ``step`` fed by ``batches`` over ``steps`` steps after ``warmup`` (data wait included)."""
-    it = iter(batches)
+def engine_feed(rows, scheme: str, seed: int, batch: int, steps: int, draw):
+    """The fine-tune's feed (one rank of one): Ray Data plan -> plan_steps -> draws -> Prefetch."""
+    stream = WeightedStream(rows, scheme, "sampler", seed=seed)
+    plan = stream.plan_dataset(0, steps * batch).iter_batches(batch_size=batch, batch_format="numpy",
+                                                               prefetch_batches=2)
+
+    def with_draws(source):
+        for inputs in source:
+            inputs.draws = draw(inputs)
+            yield inputs
+
+    return Prefetch(with_draws(plan_steps(plan, rows.columns, rank=0, world=1, seed=seed, global_batch=batch)), "cpu")
+
+
+def dataloader_feed(rows, scheme: str, seed: int, batch: int, steps: int, draw):
+    """torch's recipe: WeightedRandomSampler over the rows, gather and draws in the loop."""
+    from torch.utils.data import DataLoader, WeightedRandomSampler
+
+    weights = WeightedSampler(rows.subclass_id, scheme, "sampler", seed).weights
+    sampler = WeightedRandomSampler(torch.as_tensor(weights), steps * batch, replacement=True,
+                                    generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(range(len(rows)), batch_size=batch, sampler=sampler, num_workers=0,
+                        collate_fn=lambda picked: np.asarray(picked))
+    for step, picked in enumerate(loader):
+        plan = {"position": np.arange(step * batch, step * batch + len(picked)), "row": picked,
+                "weight": np.ones(len(picked), np.float32)}
+        inputs = step_inputs(plan, rows.columns, rank=0, world=1, seed=seed, global_batch=batch)
+        inputs.draws = draw(inputs)
+        yield inputs
+
+
+def tiny_step(parts, use_cbdm: bool):
+    """The engine's training step on the tiny UNet (AdamW, clip 1.0, float32)."""
+    unet = parts.unet.train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+
+    def step(inputs):
+        latents = step_latents(inputs, None, "cpu")
+        train_step(unet, optimizer, None, parts.noise_scheduler, latents, inputs.draws, inputs.weights,
+                   use_cbdm=use_cbdm, tau=1.0, gamma=0.25, autocast=None, max_grad_norm=1.0)
+
+    return step
+
+
+def time_feed(feed, step, steps: int, warmup: int) -> float:
+    """Steps/s of ``step`` fed by ``feed`` over ``steps`` steps after ``warmup`` (data wait included)."""
+    it = iter(feed)
     for _ in range(warmup):
         step(next(it))
     started = time.perf_counter()
     for _ in range(steps):
         step(next(it))
-    return {"steady_steps_per_s": steps / (time.perf_counter() - started)}
+    rate = steps / (time.perf_counter() - started)
+    if hasattr(feed, "close"):
+        feed.close()
+    return rate
 
 
-def tiny_train_step(image_size: int, num_subclasses: int, seed: int):
-    """A tiny conditional UNet step on the pixel batch: noise, predict, MSE, AdamW."""
-    from diffusers import DDPMScheduler
+def interval(ratios: list[float]) -> tuple[float, float, float]:
+    """(median, low, high): the median ratio and a 95 % t-interval of the mean ratio over the repeats."""
+    from fairskin.metrics.paired import t_interval
 
-    from fairskin.diffusion.models import TINY_TEXT_DIM, build_tiny_unet
-
-    torch.manual_seed(seed)
-    unet = build_tiny_unet(sample_size=image_size, in_channels=3)
-    prompt = torch.nn.Embedding(num_subclasses, TINY_TEXT_DIM)
-    optim = torch.optim.AdamW([*unet.parameters(), *prompt.parameters()], lr=1e-4)
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
-
-    def step(batch):
-        x = batch["pixels"]
-        noise = torch.randn_like(x)
-        t = torch.randint(0, 1000, (x.shape[0],))
-        cond = prompt(batch["subclass"]).unsqueeze(1)
-        pred = unet(scheduler.add_noise(x, noise, t), t, encoder_hidden_states=cond).sample
-        loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(batch["weight"]).mean()
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-
-    return step
+    iv = t_interval(np.asarray(ratios, float), 0.95)
+    return float(np.median(ratios)), float(iv.low), float(iv.high)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small: smoke data, few epochs (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="smoke data, few repeats (about a minute)")
     parser.add_argument("--preset", default=None)
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--train-steps", type=int, default=None, help="timed steps for (b)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats per comparison")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per repeat")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--scheme", default="sqrs", choices=["none", "cbrs", "sqrs"])
+    parser.add_argument("--cbdm", action="store_true", help="time the CBDM step (two UNet passes)")
     parser.add_argument("--runs-root", default="runs/bench")
     args = parser.parse_args()
     preset = args.preset or ("smoke" if args.quick else "demo")
-    epochs = args.epochs or (3 if args.quick else 6)
-    train_steps = args.train_steps or (10 if args.quick else 40)
+    repeats = args.repeats or (3 if args.quick else 7)
+    steps = args.steps or (20 if args.quick else 60)
+    warmup = 5
     config = build_config(preset, overrides=[f"runtime.runs_root={args.runs_root}", "runtime.progress=false"])
     shards = run_pipeline(config, stages=["prepare"], echo=lambda *_: None).results["prepare"].path / "shards"
     threads = set_thread_count(2)
     init_ray(config)
     seed, bs = config.runtime.seed, args.batch_size
-    probe = decode_local(shards)
-    n, size = len(probe), probe.pixels.shape[1]
-    print(f"{preset}: {n} training images at {size} px, batch {bs}, weights {args.scheme}, torch threads {threads}")
+    rows, cond, parts = cached_rows(shards, seed)
+    draw = drawer(cond, seed, args.cbdm)
+    latent = tuple(rows.columns["latents"].shape[2:])
+    print(f"{preset}: {len(rows)} training rows, latents {latent}, batch {bs}, weights {args.scheme}, "
+          f"torch threads {threads}, {repeats} interleaved repeats x {steps} steps")
 
-    def ray_decode():
-        return decode_with_ray(shards)
+    feeds = {"engine": lambda n: engine_feed(rows, args.scheme, seed, bs, n, draw),
+             "dataloader": lambda n: dataloader_feed(rows, args.scheme, seed, bs, n, draw)}
+    models = {"null": lambda: (lambda inputs: None), "train": lambda: tiny_step(parts, args.cbdm)}
+    rates: dict[tuple[str, str], list[float]] = {}
+    for model in ("null", "train"):
+        for r in range(repeats):
+            order = ("engine", "dataloader") if r % 2 == 0 else ("dataloader", "engine")
+            for name in order:
+                rate = time_feed(feeds[name](steps + warmup), models[model](), steps, warmup)
+                rates.setdefault((model, name), []).append(rate)
+        for name in ("engine", "dataloader"):
+            values = rates[(model, name)]
+            print(f"({'a' if model == 'null' else 'b'}) {model:<5} {name:<10} median {np.median(values):8.1f} steps/s "
+                  f"({1000 / np.median(values):6.2f} ms/step) over {len(values)} repeats")
 
-    def local_decode():
-        return decode_local(shards)
-
-    raw = {}
-    for name, decode, batches in (("stream", ray_decode, stream_batches), ("dataloader", local_decode,
-                                                                            dataloader_batches)):
-        raw[name] = time_epochs(lambda d, b=batches: b(d, args.scheme, seed, bs, epochs), decode, n, bs, epochs)
-        print(f"(a) {name:<10} epoch 1 {raw[name]['epoch1_seconds']:6.2f} s "
-              f"({raw[name]['epoch1_images_per_s']:8.0f} img/s)  steady {raw[name]['steady_images_per_s']:8.0f} img/s")
-
-    train = {}
-    train_epochs = 1 + (train_steps + 5) * bs // n  # enough rows for the warm-up and timed steps
-    for name, decode, batches in (("dataloader", local_decode, dataloader_batches), ("stream", ray_decode,
-                                                                                    stream_batches)):
-        step = tiny_train_step(size, len(probe.groups) * len(probe.diseases), seed)
-        train[name] = time_train_steps(batches(decode(), args.scheme, seed, bs, train_epochs), step, train_steps)
-        print(f"(b) {name:<10} steady {train[name]['steady_steps_per_s']:6.2f} steps/s")
-
+    null_ratio = interval([e / d for e, d in zip(rates[("null", "engine")], rates[("null", "dataloader")])])
+    train_ratio = interval([e / d for e, d in zip(rates[("train", "engine")], rates[("train", "dataloader")])])
+    host_ms = 1000.0 / float(np.median(rates[("null", "engine")]))
+    print(f"host ms per step outside the model (engine feed, null model): {host_ms:.3f} (gate <= {HOST_MS_GATE})")
+    print(f"training steps/s, engine feed / DataLoader: median {train_ratio[0]:.3f} "
+          f"[{train_ratio[1]:.3f}, {train_ratio[2]:.3f}] (target >= {TARGET})")
     figures = {
-        "preset": preset, "images": n, "image_size": size, "batch_size": bs, "epochs": epochs,
-        "ratio_stream_vs_dataloader_steady": raw["stream"]["steady_images_per_s"] / raw["dataloader"][
-            "steady_images_per_s"],
-        "ratio_stream_vs_dataloader_epoch1": raw["stream"]["epoch1_images_per_s"] / raw["dataloader"][
-            "epoch1_images_per_s"],
-        "stream_steady_images_per_s": raw["stream"]["steady_images_per_s"],
-        "dataloader_steady_images_per_s": raw["dataloader"]["steady_images_per_s"],
-        "stream_epoch1_seconds": raw["stream"]["epoch1_seconds"],
-        "dataloader_epoch1_seconds": raw["dataloader"]["epoch1_seconds"],
-        "train_steps_per_s_stream": train["stream"]["steady_steps_per_s"],
-        "train_steps_per_s_dataloader": train["dataloader"]["steady_steps_per_s"],
-        "ratio_train_steps_stream_vs_dataloader": train["stream"]["steady_steps_per_s"] / train["dataloader"][
-            "steady_steps_per_s"],
-        "target_train_ratio": 0.9,
+        "preset": preset, "rows": len(rows), "batch_size": bs, "scheme": args.scheme, "cbdm": args.cbdm,
+        "repeats": repeats, "steps_per_repeat": steps, "torch_threads": threads,
+        "host_ms_per_step": host_ms,
+        "host_ms_per_step_dataloader": 1000.0 / float(np.median(rates[("null", "dataloader")])),
+        "ratio_null_model_stream_vs_dataloader": null_ratio[0],
+        "ratio_null_model_low": null_ratio[1], "ratio_null_model_high": null_ratio[2],
+        "ratio_train_steps_stream_vs_dataloader": train_ratio[0],
+        "ratio_train_steps_low": train_ratio[1], "ratio_train_steps_high": train_ratio[2],
+        "train_steps_per_s_stream": float(np.median(rates[("train", "engine")])),
+        "train_steps_per_s_dataloader": float(np.median(rates[("train", "dataloader")])),
+        "target_train_ratio": TARGET, "host_ms_gate": HOST_MS_GATE,
+        "host_ms_gate_met": host_ms <= HOST_MS_GATE, "train_ratio_target_met": train_ratio[0] >= TARGET,
     }
-    figures = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
-    print(json.dumps(figures))
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
 
 
 if __name__ == "__main__":
