@@ -37,6 +37,7 @@ import os
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +330,93 @@ def _log_steps(logger, window: list, after: int) -> int:
     return max([after] + [s for s, _ in new])
 
 
+
+@dataclass
+class StepContext:
+    """What one fine-tune step needs: the model (maybe DDP-wrapped) and its raw UNet, EMA, optimizer,
+    LR scheduler, noise scheduler, the cached rows (``arrays``) and prompt table, the VAE (None with
+    cached latents), the device, the diffusion settings (a dict), the variant (a dict), the
+    generator's seed, and this worker's rank and world size. Shared by the Ray Train workers
+    (:func:`train_loop_per_worker`) and the in-process fine-tune of a generator study's trial
+    (:mod:`fairskin.tune.generator`), so both take exactly the same steps."""
+
+    model: Any
+    raw_unet: Any
+    ema: Any
+    optimizer: Any
+    lr_scheduler: Any
+    scheduler: Any
+    arrays: Any
+    cond_table: torch.Tensor
+    vae: Any
+    device: Any
+    d: dict
+    variant: dict
+    seed: int
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def use_cbdm(self) -> bool:
+        return self.variant["loss"] == "cbdm"
+
+    @property
+    def tau(self) -> float:
+        return self.d["cbdm_tau"] if self.variant.get("cbdm_tau") is None else self.variant["cbdm_tau"]
+
+    @property
+    def gamma(self) -> float:
+        return self.d["cbdm_gamma"] if self.variant.get("cbdm_gamma") is None else self.variant["cbdm_gamma"]
+
+
+def train_step(ctx: StepContext, batch: dict, step: int, first_bad: torch.Tensor):
+    """One global step on ``batch`` (the plan's ``position``, ``row``, ``weight`` of one global batch):
+    this rank's rows, their latents (the flip a pure function of the position), noise, timesteps, y'
+    and the prompt drop from generators seeded by (seed, step[, rank]), the (CBDM) loss, gradient
+    clipping, AdamW, LR schedule and EMA. Returns (loss parts, whether the prompt was dropped, the
+    gradient norm, the updated divergence flag)."""
+    d, seed, rank, world, device = ctx.d, ctx.seed, ctx.rank, ctx.world, ctx.device
+    arrays, cond_table, model = ctx.arrays, ctx.cond_table, ctx.model
+    positions = batch["position"]
+    num_subclasses = cond_table.shape[0] - 1
+    include_self = d["cbdm_other"] == "all"
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(d["mixed_precision"])
+    mine = positions % world == rank
+    rows, weights = batch["row"][mine], torch.from_numpy(np.array(batch["weight"][mine], np.float32))
+    subclass = torch.from_numpy(np.array(arrays["subclass"][rows]))
+    flips = _flips(positions[mine], seed)
+    if ctx.vae is not None:
+        x = pixels_to_tensor(arrays["pixels"][rows]).to(device)
+        x = torch.where(torch.from_numpy(flips.astype(bool)).view(-1, 1, 1, 1).to(device), x.flip(-1), x)
+        with torch.no_grad():
+            latents = ctx.vae.encode(x).latent_dist.mean * ctx.vae.config.scaling_factor
+    else:
+        latents = torch.from_numpy(np.array(arrays["latents"][rows, flips])).to(device)
+    shared = _step_generator(seed, step)           # same on every rank: the whole-batch prompt drop
+    local = _step_generator(seed, step, rank)      # per rank: noise, timesteps, y'
+    dropped = torch.rand(1, generator=shared).item() < d["prompt_drop_prob"]
+    cond = (cond_table[-1:].expand(len(rows), -1, -1) if dropped else cond_table[subclass.to(device)])
+    cond_other = None
+    if ctx.use_cbdm and not dropped:
+        cond_other = cond_table[other_subclasses(subclass, num_subclasses, local, include_self).to(device)]
+    noise = torch.randn(latents.shape, generator=local).to(device)
+    timesteps = torch.randint(0, ctx.scheduler.config.num_train_timesteps, (len(rows),), generator=local).to(device)
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        out = training_loss(model, ctx.scheduler, latents, cond, cond_other, weights.to(device), noise=noise,
+                            timesteps=timesteps, use_cbdm=ctx.use_cbdm, tau=ctx.tau, gamma=ctx.gamma,
+                            prompt_dropped=dropped)
+    first_bad = note_nonfinite(first_bad, out.loss, step + 1)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), d["max_grad_norm"])
+    ctx.optimizer.step()
+    ctx.lr_scheduler.step()
+    if ctx.ema is not None:
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ctx.ema.parameters()), list(ctx.raw_unet.parameters()), 1.0 - d["ema_decay"])
+    return out, dropped, grad_norm, first_bad
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     """One Ray Train worker of the fine-tune (see the module docstring)."""
     import ray
@@ -384,11 +472,9 @@ def train_loop_per_worker(cfg: dict) -> None:
         lr_scheduler.load_state_dict(saved["lr_scheduler"])
 
     global_batch = d["global_batch_size"]
-    use_cbdm = variant["loss"] == "cbdm"
-    tau = d["cbdm_tau"] if variant.get("cbdm_tau") is None else variant["cbdm_tau"]
-    gamma = d["cbdm_gamma"] if variant.get("cbdm_gamma") is None else variant["cbdm_gamma"]
-    include_self = d["cbdm_other"] == "all"
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(d["mixed_precision"])
+    steps = StepContext(model=model, raw_unet=raw_unet, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                        scheduler=scheduler, arrays=arrays, cond_table=cond_table, vae=vae, device=device, d=d,
+                        variant=variant, seed=seed, rank=rank, world=world)
     logger = _mlflow_logger(cfg["tracking"]) if rank == 0 else None
     # Each step reaches MLflow once: log only steps after the run's last one, starting with the
     # resumed checkpoint's window (a kill may have fallen between its checkpoint and its logging).
@@ -410,39 +496,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             raise RuntimeError(f"injected failure at step {step}")
         if cfg.get("step_pause_s"):
             time.sleep(cfg["step_pause_s"])  # tests: room to kill a process mid-fit
-        mine = positions % world == rank
-        rows, weights = batch["row"][mine], torch.from_numpy(np.array(batch["weight"][mine], np.float32))
-        subclass = torch.from_numpy(np.array(arrays["subclass"][rows]))
-        flips = _flips(positions[mine], seed)
-        if vae is not None:
-            x = pixels_to_tensor(arrays["pixels"][rows]).to(device)
-            x = torch.where(torch.from_numpy(flips.astype(bool)).view(-1, 1, 1, 1).to(device), x.flip(-1), x)
-            with torch.no_grad():
-                latents = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
-        else:
-            latents = torch.from_numpy(np.array(arrays["latents"][rows, flips])).to(device)
-        shared = _step_generator(seed, step)           # same on every rank: the whole-batch prompt drop
-        local = _step_generator(seed, step, rank)      # per rank: noise, timesteps, y'
-        dropped = torch.rand(1, generator=shared).item() < d["prompt_drop_prob"]
-        cond = (cond_table[-1:].expand(len(rows), -1, -1) if dropped else cond_table[subclass.to(device)])
-        cond_other = None
-        if use_cbdm and not dropped:
-            cond_other = cond_table[other_subclasses(subclass, num_subclasses, local, include_self).to(device)]
-        noise = torch.randn(latents.shape, generator=local).to(device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(rows),), generator=local).to(device)
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            out = training_loss(model, scheduler, latents, cond, cond_other, weights.to(device), noise=noise,
-                                timesteps=timesteps, use_cbdm=use_cbdm, tau=tau, gamma=gamma,
-                                prompt_dropped=dropped)
-        first_bad = note_nonfinite(first_bad, out.loss, step + 1)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), d["max_grad_norm"])
-        optimizer.step()
-        lr_scheduler.step()
-        if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(raw_unet.parameters()), 1.0 - d["ema_decay"])
+        out, dropped, grad_norm, first_bad = train_step(steps, batch, step, first_bad)
         now = time.perf_counter()
         loss_value = float(out.loss.detach())
         done = step + 1
