@@ -302,6 +302,10 @@ class TuneConfig(_Section):
     # After a tpe/random study, the best trial and the Pareto points are re-trained with this many
     # extra classifier seeds, so the study reports each chosen point with its noise (0: off).
     confirm_seeds: int = Field(3, ge=0)
+    # Generator studies (``trainable: generator``): P images per subclass in each trial's pool, made at
+    # every checkpoint and scored (skin tone, disease fidelity, FID per group), and whether FID is computed.
+    generator_pool_per_subclass: int = Field(4, ge=2)
+    generator_fid: bool = True
 
 
 class ReportConfig(_Section):

@@ -406,3 +406,43 @@ def test_a_tracking_uri_with_credentials_reaches_rank_0_but_nothing_ray_records_
                 except OSError:
                     continue
                 assert secret.encode() not in data, path
+
+
+def test_in_process_steps_of_a_generator_trial_end_with_the_ray_train_weights(smoke_base, straight):
+    """A generator study's trial fine-tunes in its own process with the Train workers' step code
+    (``local_step`` over the same level-1 plan): one worker's weights, bit for bit."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers.optimization import get_scheduler
+
+    from fairskin.data.sampling import WeightedSampler
+    from fairskin.data.stream import RunPlan
+    from fairskin.diffusion.finetune import cache_for, local_step
+    from fairskin.diffusion.variants import generator_seed
+
+    config, base, train = smoke_base
+    d = _with(config, **STRAIGHT).diffusion
+    variant = get_variant("fairskin_s", apply="sampler")
+    seed = generator_seed(d, "fairskin_s")
+    rows, cond = cache_for(config, base, train)
+    arrays = rows.arrays()
+    unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet").train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=d.learning_rate)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=d.warmup_steps)
+    scheduler = DDPMScheduler.from_pretrained(str(base), subfolder="scheduler")
+    plan = RunPlan(WeightedSampler(arrays["subclass"], variant.weights, variant.apply, seed))
+    flag = torch.zeros((), dtype=torch.long)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the half-CPU Train worker runs (float sums depend on the thread count)
+    try:
+        for step in range(d.max_steps):
+            positions = np.arange(step * d.global_batch_size, (step + 1) * d.global_batch_size)
+            picked, weights = plan.lookup(positions)
+            _, _, flag = local_step(unet, optimizer, lr_scheduler, scheduler, arrays, torch.from_numpy(cond),
+                                    {"position": positions, "row": picked, "weight": weights},
+                                    d=d.model_dump(mode="json"), variant=variant.model_dump(), seed=seed,
+                                    first_bad=flag)
+    finally:
+        torch.set_num_threads(threads)
+    got = unet.state_dict()
+    assert all(torch.allclose(straight[k], got[k], rtol=1e-4, atol=1e-6) for k in straight)
+    assert _same_weights(straight, got)

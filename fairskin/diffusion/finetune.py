@@ -329,6 +329,31 @@ def _to_floats(window: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict
             for s, m in window]
 
 
+def local_step(model, optimizer, lr_scheduler, scheduler, arrays, cond_table: torch.Tensor, batch, *, d: dict,
+               variant: dict, seed: int, ema=None, trained=None, first_bad: torch.Tensor | None = None, vae=None,
+               rank: int = 0, world: int = 1, device="cpu"):
+    """One fine-tune step in this process, taken exactly as a Ray Train worker takes it: this rank's share of
+    the global plan ``batch`` (:func:`fairskin.diffusion.feed.step_inputs`), the step's draws from its
+    per-step generators, :func:`fairskin.diffusion.step.train_step`. ``d`` / ``variant``: the diffusion
+    settings and the variant as dicts (``model_dump``). Returns (loss parts, grad norm, first_bad).
+    A generator study's trial fine-tunes with it (no nested Ray Train fit)."""
+    from fairskin.diffusion.feed import step_inputs
+
+    inputs = step_inputs(batch, arrays, rank=rank, world=world, seed=seed, global_batch=d["global_batch_size"])
+    use_cbdm = variant["loss"] == "cbdm"
+    tau = d["cbdm_tau"] if variant.get("cbdm_tau") is None else variant["cbdm_tau"]
+    gamma = d["cbdm_gamma"] if variant.get("cbdm_gamma") is None else variant["cbdm_gamma"]
+    latents = step_latents(inputs, vae, device)
+    draws = draw_step_inputs(cond_table, inputs.subclass, tuple(latents.shape), shared=step_generator(seed, inputs.step),
+                             local=step_generator(seed, inputs.step, rank), prompt_drop_prob=d["prompt_drop_prob"],
+                             use_cbdm=use_cbdm, include_self=d["cbdm_other"] == "all",
+                             num_train_timesteps=scheduler.config.num_train_timesteps, device=device)
+    return train_step(model, optimizer, lr_scheduler, scheduler, latents, draws, inputs.weights.to(device),
+                      use_cbdm=use_cbdm, tau=tau, gamma=gamma, autocast=autocast_dtype(d["mixed_precision"]),
+                      max_grad_norm=d["max_grad_norm"], ema=ema, ema_decay=d["ema_decay"], trained=trained or model,
+                      first_bad=first_bad, step=inputs.step + 1)
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     """One Ray Train worker of the fine-tune (see the module docstring)."""
     import ray

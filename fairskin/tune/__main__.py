@@ -77,6 +77,8 @@ def _study(args: argparse.Namespace, config) -> int:
     from fairskin.tune.study import run_study
 
     space = load_space(args.space)  # validated, its name included, before any stage runs
+    if space.trainable == "generator":
+        return _generator_study(args, config, space)
     pools = args.pools
     real = Path(args.real_shards).expanduser().resolve() if args.real_shards else None
     if not pools or real is None:
@@ -92,6 +94,26 @@ def _study(args: argparse.Namespace, config) -> int:
         args.variant = space.fixed.variant or config.diffusion.variants[-1]
     result = run_study(config, space, pools, real, variant=args.variant, trials=args.trials,
                        resume=args.resume, name=args.study)
+    return _print_summary(args, result)
+
+
+def _generator_study(args: argparse.Namespace, config, space) -> int:
+    """A generator study: check the space through the typed config, run (or skip) the stages it reads
+    (prepare, base, judge, reference), then the study."""
+    from fairskin.tune.generator import generator_sources
+    from fairskin.tune.spaces import resolve_generator_space
+    from fairskin.tune.study import run_study
+
+    if args.pool or args.real_shards or args.variant:
+        raise ValueError(f"space {space.name!r} trains generators: --pool, --real-shards and --variant do not apply")
+    resolve_generator_space(space, config, trials=args.trials)  # fail before any stage runs
+    sources = generator_sources(config)
+    result = run_study(config, space, {}, sources.shards, trials=args.trials, resume=args.resume, name=args.study,
+                       sources=sources)
+    return _print_summary(args, result)
+
+
+def _print_summary(args: argparse.Namespace, result) -> int:
     summary = {"study": result.name, "path": str(result.path), "experiment_id": result.experiment_id,
                "parent_run_id": result.parent_run_id, "trials": len(result.trials),
                "interrupted": result.interrupted, "seconds": round(result.seconds, 1),

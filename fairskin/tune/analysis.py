@@ -109,3 +109,64 @@ def plot_ternary(trials: pd.DataFrame, groups: Sequence[str], metric: str, path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_generator_tradeoff(trials: pd.DataFrame, groups: Sequence[str], path: Path, title: str,
+                            x: str = "cbdm_tau") -> Path:
+    """Generator studies: per group, skin-tone agreement and disease fidelity of each finished trial
+    against ``x`` (the effective CBDM tau the trial reported; log axis when all are positive): the
+    trade-off curve. One line per group through the trials sorted by ``x``."""
+    from fairskin.metrics.plots import _pyplot
+
+    plt = _pyplot()
+    panels = (("skin_tone_agreement", "skin-tone agreement"), ("disease_fidelity", "disease fidelity"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(11, 4), squeeze=False)
+    order = trials.dropna(subset=[x]).sort_values(x) if x in trials else trials.iloc[0:0]
+    xs = order[x].to_numpy(float) if len(order) else np.zeros(0)
+    for ax, (prefix, label) in zip(axes[0], panels):
+        for g in groups:
+            col = f"{prefix}_{g}"
+            if col in order:
+                ax.plot(xs, order[col].to_numpy(float), "o-", label=g)
+        if f"{prefix}_worst_group" in order:
+            ax.plot(xs, order[f"{prefix}_worst_group"].to_numpy(float), "k--", lw=1, label="worst group")
+        if len(xs) and np.all(xs > 0):
+            ax.set_xscale("log")
+        ax.set_xlabel(f"{x} (per trial)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, metrics: Sequence[str], modes: Sequence[str],
+                path: Path, title: str) -> Path:
+    """The first two objectives of every finished trial, the Pareto front marked (a third objective,
+    if any, colours the points)."""
+    from fairskin.metrics.plots import _pyplot
+
+    plt = _pyplot()
+    a, b = metrics[0], metrics[1]
+    ok = trials.dropna(subset=[a, b])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    colour = ok[metrics[2]].to_numpy(float) if len(metrics) > 2 and metrics[2] in ok else None
+    sc = ax.scatter(ok[a], ok[b], c=colour, cmap="viridis", s=40, edgecolor="k", lw=0.4, label="trials")
+    if colour is not None:
+        fig.colorbar(sc, ax=ax, label=f"{metrics[2]} ({modes[2]})", shrink=0.8)
+    if len(front):
+        f = front.sort_values(a)
+        ax.plot(f[a], f[b], "r-", lw=1)
+        ax.scatter(f[a], f[b], facecolor="none", edgecolor="r", s=120, lw=1.2, label="Pareto front")
+    ax.set_xlabel(f"{a} ({modes[0]})")
+    ax.set_ylabel(f"{b} ({modes[1]})")
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

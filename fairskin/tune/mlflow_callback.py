@@ -236,6 +236,9 @@ class StudyMLflowCallback(MLflowLoggerCallback):
             self._client.log_batch(run_id, metrics=items[i:i + 1000])
         if bad:  # a diverged trial: tagged, not silently dropped
             record_nonfinite(self._client, run_id, bad, step)
+        for key, folder in (("preview", "pool"), ("variant_file", "generator")):  # generator trials' files
+            if isinstance(result.get(key), str) and Path(result[key]).is_file():
+                self._client.log_artifact(run_id, result[key], folder)
 
     def log_trial_end(self, trial, failed: bool = False):
         run_id = self._trial_runs.get(trial)

@@ -36,7 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fairskin.classify.augment import AugmentPlan, PlanError, check_against_pool, plan_counts
-from fairskin.config import ClassifierConfig, FairSkinConfig
+from fairskin.config import ClassifierConfig, FairSkinConfig, VariantSpec
 
 MODES = ("random", "resample", "reweight")
 SPACES_DIR = Path(__file__).resolve().parents[2] / "tune_spaces"
@@ -60,8 +60,8 @@ class Objective(_Model):
 
     @field_validator("metric")
     @classmethod
-    def _validation_only(cls, value: str) -> str:
-        if not value.startswith("val_"):
+    def _not_test(cls, value: str) -> str:
+        if value.startswith("test_"):
             raise ValueError(f"objective {value!r}: objectives are validation figures (val_*); "
                              "test figures never steer a search")
         return value
@@ -102,9 +102,13 @@ class Parameter(_Model):
     @model_validator(mode="after")
     def _check(self) -> "Parameter":
         n = self.name
-        if n not in ("proportions", "mode", "variant", *COUNT_TARGETS) and not n.startswith("classifier."):
+        if n not in ("proportions", "mode", "variant", *COUNT_TARGETS) and not n.startswith("classifier.") \
+                and not is_generator_parameter(n):
             raise ValueError(f"parameter {n!r}: unknown target; use proportions, per_subclass, balance_to, mode, "
-                             "variant or classifier.<field>")
+                             "variant or classifier.<field> (classifier studies), or diffusion.<field> / "
+                             f"variant.<field> with a field of {list(GENERATOR_FIELDS)} (generator studies)")
+        if is_generator_parameter(n) and self.kind == "simplex":
+            raise ValueError(f"parameter {n!r}: kind must be int, float or choice")
         if n.startswith("classifier."):
             fld = n.split(".", 1)[1]
             if fld not in ClassifierConfig.model_fields or fld == "downstream_mode":
@@ -145,11 +149,27 @@ class Parameter(_Model):
 
 
 class Fixed(_Model):
-    """Trial settings that are not searched. ``plan``: AugmentPlan fields, counts in paper units."""
+    """Trial settings that are not searched. ``plan``: AugmentPlan fields, counts in paper units.
+    ``generator`` (generator studies): VariantSpec settings every trial shares, e.g. ``{loss: cbdm}``."""
 
     mode: Literal["random", "resample", "reweight"] | None = None
     variant: str | None = None
     plan: dict[str, Any] | None = None
+    generator: dict[str, Any] | None = None
+
+
+# Generator studies: the VariantSpec fields a trial may set (``diffusion.<field>`` or ``variant.<field>``).
+GENERATOR_FIELDS = ("weights", "apply", "loss", "cbdm_tau", "cbdm_gamma", "learning_rate", "max_steps")
+
+
+def is_generator_parameter(name: str) -> bool:
+    prefix, _, fld = name.partition(".")
+    return prefix in ("diffusion", "variant") and fld in GENERATOR_FIELDS
+
+
+def generator_field(name: str) -> str:
+    """``diffusion.cbdm_tau`` / ``variant.weights`` -> the VariantSpec field (``cbdm_tau``, ``weights``)."""
+    return name.partition(".")[2]
 
 
 class SearchSpace(_Model):
@@ -157,6 +177,9 @@ class SearchSpace(_Model):
 
     name: str
     description: str = ""
+    # What a trial trains: the downstream classifier on a pool (default), or a generator (a fine-tune
+    # from the shared base with the trial's VariantSpec settings, scored on a small pool; issue 17).
+    trainable: Literal["classifier", "generator"] = "classifier"
     search: Literal["tpe", "random", "grid"] = "tpe"
     trials: int = Field(20, ge=1)
     startup_trials: int | None = Field(None, ge=1)  # TPE: random trials before the model is used
@@ -165,6 +188,9 @@ class SearchSpace(_Model):
     seeds: Seeds = Field(default_factory=Seeds)
     fixed: Fixed = Field(default_factory=Fixed)
     parameters: list[Parameter] = Field(default_factory=list)
+    # Per preset, parameters that replace the ones of the same name (e.g. fine-tune steps that fit the
+    # smoke preset's tiny runs): {preset: [parameter, ...]}.
+    preset_parameters: dict[str, list[Parameter]] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -180,6 +206,17 @@ class SearchSpace(_Model):
     @model_validator(mode="after")
     def _check(self) -> "SearchSpace":
         names = [p.name for p in self.parameters]
+        if self.trainable == "generator":
+            return self._check_generator(names)
+        bad = [n for n in names if is_generator_parameter(n)]
+        if bad:
+            raise ValueError(f"parameter(s) {bad} set the generator: add `trainable: generator` to the space")
+        if self.fixed.generator is not None:
+            raise ValueError("fixed.generator is for generator studies (`trainable: generator`)")
+        for o in self.objectives:
+            if not o.metric.startswith("val_"):
+                raise ValueError(f"objective {o.metric!r}: objectives are validation figures (val_*); "
+                                 "test figures never steer a search")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"parameter(s) {dup} appear more than once")
@@ -215,6 +252,50 @@ class SearchSpace(_Model):
                 raise ValueError(f"seeds.train = {self.seeds.train}: a {self.search} search trains one seed per "
                                  "trial; repeats over seeds are for grid spaces")
         return self
+
+    def _check_generator(self, names: list[str]) -> "SearchSpace":
+        dup = sorted({n for n in names if names.count(n) > 1})
+        fields = [generator_field(n) for n in names if is_generator_parameter(n)]
+        if dup or len(set(fields)) != len(fields):
+            raise ValueError(f"parameter(s) {dup or fields} appear more than once (diffusion.X and variant.X "
+                             "set the same field)")
+        bad = [n for n in names if not is_generator_parameter(n)]
+        if bad:
+            raise ValueError(f"parameter(s) {bad}: a generator study searches diffusion.<field> / variant.<field> "
+                             f"with a field of {list(GENERATOR_FIELDS)}")
+        if self.fixed.mode or self.fixed.variant or self.fixed.plan:
+            raise ValueError("a generator study takes fixed.generator only (no mode, variant or plan)")
+        unknown = sorted(set(self.fixed.generator or {}) - set(GENERATOR_FIELDS))
+        if unknown:
+            raise ValueError(f"fixed.generator: unknown field(s) {unknown}; use {list(GENERATOR_FIELDS)}")
+        both = sorted(set(self.fixed.generator or {}) & set(fields))
+        if both:
+            raise ValueError(f"fixed.generator sets {both}, which the space also searches: keep one")
+        if self.scheduler.kind == "asha" and len(self.objectives) > 1:
+            raise ValueError(f"scheduler 'asha' stops trials on one metric; this space has "
+                             f"{len(self.objectives)} objectives ({[o.metric for o in self.objectives]})")
+        if self.search == "grid":
+            bad = [p.name for p in self.parameters if p.kind != "choice"]
+            if bad:
+                raise ValueError(f"parameter(s) {bad}: a grid search takes choice parameters only")
+        elif not self.parameters:
+            raise ValueError(f"search {self.search!r} needs at least one parameter")
+        if len(self.seeds.train) > 1:
+            raise ValueError("seeds.train: a generator study fine-tunes with diffusion.repeat_seeds[0]; "
+                             "one seed only")
+        return self
+
+    def for_preset(self, preset: str) -> "SearchSpace":
+        """This space with ``preset_parameters[preset]`` replacing the parameters of the same name."""
+        extra = self.preset_parameters.get(preset)
+        if not extra:
+            return self
+        names = {p.name for p in self.parameters}
+        unknown = [p.name for p in extra if p.name not in names]
+        if unknown:
+            raise SpaceError(f"preset_parameters.{preset}: {unknown} are not parameters of the space")
+        by_name = {p.name: p for p in extra}
+        return self.model_copy(update={"parameters": [by_name.get(p.name, p) for p in self.parameters]})
 
     def modes(self) -> list[str]:
         """The downstream modes trials can use (searched, fixed, or the config's default)."""
@@ -318,6 +399,8 @@ class ResolvedSpace:
     fixed_plan: AugmentPlan | None = None
     variants: tuple[str, ...] = ()
     count_scale: float = 1.0
+    trainable: str = "classifier"
+    fixed_generator: dict[str, Any] = field(default_factory=dict)  # generator studies: fixed VariantSpec fields
 
     @property
     def expected_trials(self) -> int:
@@ -350,7 +433,8 @@ class ResolvedSpace:
 
     def describe(self) -> dict[str, Any]:
         """Flat, loggable summary (MLflow params of the parent run)."""
-        out: dict[str, Any] = {"space.name": self.name, "space.search": self.search, "space.trials": self.trials,
+        out: dict[str, Any] = {"space.name": self.name, "space.trainable": self.trainable,
+                               "space.search": self.search, "space.trials": self.trials,
                                "space.objectives": ",".join(f"{m}:{d}" for m, d in zip(self.metrics, self.modes)),
                                "space.scheduler": self.scheduler.kind, "space.seed": self.search_seed,
                                "space.train_seeds": ",".join(map(str, self.train_seeds)),
@@ -363,6 +447,8 @@ class ResolvedSpace:
                 out[f"space.{d.name}"] = "choice " + ",".join(map(str, d.values))
             else:
                 out[f"space.{d.name}"] = f"{d.kind} [{d.low}, {d.high}] step={d.step} log={d.log}"
+        for k, v in self.fixed_generator.items():
+            out[f"space.fixed.{k}"] = v
         if self.fixed_plan is not None:
             out["space.fixed_plan"] = self.fixed_plan.model_dump_json(exclude_none=True)
         return out
@@ -400,6 +486,8 @@ def resolve_space(space: SearchSpace, config: FairSkinConfig, pools: Mapping[str
     training images per subclass (for ``balance_to``). Raises :class:`SpaceError` naming the
     parameter and its largest valid value when a pool cannot serve the space.
     """
+    if space.trainable == "generator":  # no pools: values checked through the typed config
+        return resolve_generator_space(space, config, trials=trials)
     scale = config.tune.count_scale
     groups, diseases = tuple(config.data.group_names), tuple(config.data.diseases)
     check_classifier_values(space, config.classifier)
@@ -475,6 +563,74 @@ def resolve_space(space: SearchSpace, config: FairSkinConfig, pools: Mapping[str
         metrics=tuple(o.metric for o in space.objectives), modes=tuple(o.mode for o in space.objectives),
         scheduler=space.scheduler, search_seed=space.seeds.search, train_seeds=tuple(space.seeds.train),
         dims=tuple(dims), fixed=fixed, fixed_plan=fixed_plan, variants=tuple(wanted), count_scale=scale)
+
+
+def variant_from_trial(trial_config: Mapping[str, Any], name: str, fixed: Mapping[str, Any] | None = None
+                       ) -> VariantSpec:
+    """A generator trial's settings as a ``diffusion.custom_variants`` entry (validated): the fixed
+    settings, then each ``diffusion.<field>`` / ``variant.<field>`` of the trial config. Put the
+    result's ``model_dump(exclude_none=True)`` under ``diffusion.custom_variants`` (and its name in
+    ``diffusion.variants``) to take the trial's generator into the ablation."""
+    values: dict[str, Any] = dict(fixed or {})
+    for key, value in trial_config.items():
+        if is_generator_parameter(key):
+            values[generator_field(key)] = value
+    if "max_steps" in values:
+        values["max_steps"] = int(values["max_steps"])
+    return VariantSpec(name=name, **values)
+
+
+def _value_error(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                     if e["loc"] else e["msg"] for e in exc.errors())
+
+
+def check_generator_values(space: SearchSpace, config: FairSkinConfig) -> None:
+    """Every value a generator parameter can take (``low``, ``high``, each choice), with the fixed
+    settings, must make a valid :class:`VariantSpec` and, applied with ``DiffusionConfig.for_variant``,
+    a valid :class:`DiffusionConfig`: :class:`SpaceError` naming the parameter before Ray starts."""
+    from fairskin.config import DiffusionConfig
+
+    fixed = dict(space.fixed.generator or {})
+    try:
+        VariantSpec(name="fixed", **fixed)
+    except ValidationError as exc:
+        raise SpaceError(f"fixed.generator: {_value_error(exc)}") from None
+    for p in space.parameters:
+        values = list(p.values) if p.kind == "choice" else (  # type: ignore[arg-type]
+            [int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high])
+        for value in values:
+            try:
+                spec = variant_from_trial({p.name: value}, "check", fixed)
+                DiffusionConfig.model_validate(config.diffusion.for_variant(spec).model_dump())
+            except ValidationError as exc:
+                raise SpaceError(f"parameter {p.name!r}: value {value!r} is not a valid {p.name}: "
+                                 f"{_value_error(exc)}") from None
+            except (TypeError, ValueError) as exc:
+                raise SpaceError(f"parameter {p.name!r}: value {value!r} is not a valid {p.name}: {exc}") from None
+
+
+def resolve_generator_space(space: SearchSpace, config: FairSkinConfig, *, trials: int | None = None
+                            ) -> ResolvedSpace:
+    """A generator study's space for ``config``: values checked through the typed config (no pools)."""
+    if space.trainable != "generator":
+        raise SpaceError(f"space {space.name!r} trains the classifier; it needs pools (resolve_space)")
+    space = space.for_preset(config.preset)
+    check_generator_values(space, config)
+    dims = []
+    for p in space.parameters:
+        if p.kind == "choice":
+            dims.append(Dim(p.name, "choice", values=tuple(p.values)))  # type: ignore[arg-type]
+        else:
+            step = int(p.step or 1) if p.kind == "int" else p.step
+            dims.append(Dim(p.name, p.kind, low=p.low, high=p.high, step=step, log=p.log))
+    n_trials = 1 if space.search == "grid" else (trials or space.trials)
+    return ResolvedSpace(
+        name=space.name, search=space.search, trials=n_trials, startup_trials=space.startup_trials,
+        metrics=tuple(o.metric for o in space.objectives), modes=tuple(o.mode for o in space.objectives),
+        scheduler=space.scheduler, search_seed=space.seeds.search, train_seeds=tuple(space.seeds.train),
+        dims=tuple(dims), fixed={"seed": space.seeds.train[0]}, variants=(), count_scale=config.tune.count_scale,
+        trainable="generator", fixed_generator=dict(space.fixed.generator or {}))
 
 
 def check_classifier_values(space: SearchSpace, classifier: ClassifierConfig) -> None:

@@ -196,15 +196,30 @@ def build_scheduler(space: ResolvedSpace, epochs: int):
                          reduction_factor=space.scheduler.reduction_factor)
 
 
-def build_trainable(config: FairSkinConfig, inputs):
+def build_trainable(config: FairSkinConfig, inputs, generator: bool = False):
     from ray import tune
 
-    from fairskin.tune.trainable import classifier_trial
+    if generator:
+        from fairskin.tune.generator import generator_trial as trial
+    else:
+        from fairskin.tune.trainable import classifier_trial as trial
 
     resources = {"CPU": config.tune.cpus_per_trial}
     if config.tune.gpus_per_trial:
         resources["GPU"] = config.tune.gpus_per_trial
-    return tune.with_resources(tune.with_parameters(classifier_trial, inputs=inputs), resources)
+    return tune.with_resources(tune.with_parameters(trial, inputs=inputs), resources)
+
+
+def generator_reports(config: FairSkinConfig, space: ResolvedSpace) -> int:
+    """The most reports (checkpoints) a generator trial of ``space`` can make: ASHA's max_t."""
+    from fairskin.tune.generator import checkpoint_steps
+
+    steps = config.diffusion.max_steps
+    dim = space.dim("diffusion.max_steps") or space.dim("variant.max_steps")
+    if dim is not None:
+        steps = int(max(dim.values) if dim.kind == "choice" else dim.high)
+    steps = int(space.fixed_generator.get("max_steps", steps))
+    return len(checkpoint_steps(steps, config.diffusion.checkpoint_every))
 
 
 # --------------------------------------------------------------------------- the study
@@ -246,7 +261,7 @@ def _parent_run(config: FairSkinConfig, name: str, folder: Path, tags: Mapping[s
 def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Mapping[str, Path],
               real_shards: Path, *, variant: str | None = None, trials: int | None = None, resume: bool = False,
               name: str | None = None, echo: Callable[[str], None] = print,
-              tags: Mapping[str, str] | None = None) -> StudyResult:
+              tags: Mapping[str, str] | None = None, sources=None) -> StudyResult:
     """Run (or ``resume``) one study of ``space`` over the classifier.
 
     ``pools``: variant -> pool shard folder (split ``pool``); ``real_shards``: the prepare
@@ -256,6 +271,10 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
 
     Raises :class:`StudyFailed` when the study ran to its end but no trial finished (the parent run
     is marked FAILED; the report folder is still written). The runs root is locked for the call.
+
+    A generator study (``trainable: generator``) takes no pools: ``sources`` (a
+    :class:`fairskin.tune.generator.GeneratorSources`) names the shards, base, judge and reference it
+    reads, and ``real_shards`` is ignored (the sources' shards are used).
     """
     started = time.time()
     timings: dict[str, float] = {}
@@ -275,10 +294,22 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
     elif before is not None:
         raise StudyError(f"study {name!r} already exists at {folder}: pass --resume to continue it, "
                          "or --study NAME for a new one")
-    resolved = check_study(config, spec, pools, real_shards, variant, trials or config.tune.num_trials)
+    generator = spec.trainable == "generator"
+    if generator:
+        from fairskin.tune.spaces import resolve_generator_space
+
+        if sources is None:
+            raise StudyError(f"space {spec.name!r} trains generators: pass the pipeline's sources "
+                             "(fairskin.tune.generator.generator_sources)")
+        resolved = resolve_generator_space(spec, config, trials=trials or config.tune.num_trials)
+        pools, real_shards = {}, Path(sources.shards)
+    else:
+        resolved = check_study(config, spec, pools, real_shards, variant, trials or config.tune.num_trials)
     record = {"study": name, "space": spec.name, "preset": config.preset, "variant": variant,
               "trials": resolved.expected_trials, "pools": {k: str(v) for k, v in pools.items()},
               "real_shards": str(real_shards), "space_definition": spec.model_dump(mode="json")}
+    if generator:
+        record["sources"] = {k: str(v) for k, v in vars(sources).items()}
     folder.mkdir(parents=True, exist_ok=True)
     if not resume:
         atomic_write_json(folder / STUDY_FILE, record)
@@ -297,7 +328,7 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
     timings["tracking"] = time.time() - started - timings["check"]
     try:
         result, inputs = _fit(config, resolved, folder, pools, real_shards, resume, tracker, tags, base_params, echo,
-                              pool_fps)
+                              pool_fps, sources)
     except KeyboardInterrupt:
         parent.end("KILLED")
         raise
@@ -312,7 +343,8 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
         parent.log_metrics({"trials_finished": 0})
         parent.end("FAILED")
         raise StudyFailed(failed_study_message(name, trials_table, folder))
-    if not out.interrupted and resolved.search != "grid" and config.tune.confirm_seeds > 0:
+    # Confirmations re-train the classifier with new seeds; a generator study does not have them (yet).
+    if not out.interrupted and resolved.search != "grid" and config.tune.confirm_seeds > 0 and not generator:
         try:
             out.confirmed = _confirm(config, resolved, folder, result, inputs, out, parent, tags, pool_fps, echo)
         except KeyboardInterrupt:
@@ -329,7 +361,7 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
 
 def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapping[str, Path], real_shards: Path,
          resume: bool, tracker: Tracker, tags: Mapping[str, str], base_params: Mapping[str, Any],
-         echo: Callable[[str], None], pool_fingerprints: Mapping[str, str]):
+         echo: Callable[[str], None], pool_fingerprints: Mapping[str, str], sources=None):
     from ray import tune
 
     from fairskin.runtime import init_ray
@@ -337,8 +369,16 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
 
     cluster = init_ray(config)
     concurrency = max_concurrency(config, cluster)
-    inputs = put_inputs(real_shards, pools, space, config.classifier)
-    trainable = build_trainable(config, inputs)
+    generator = space.trainable == "generator"
+    if generator:
+        from fairskin.tune.generator import put_generator_inputs
+
+        inputs = put_generator_inputs(config, space, sources, folder)
+        scheduler = build_scheduler(space, generator_reports(config, space))
+    else:
+        inputs = put_inputs(real_shards, pools, space, config.classifier)
+        scheduler = build_scheduler(space, config.classifier.epochs)
+    trainable = build_trainable(config, inputs, generator)
     exp_dir = folder / TUNE_DIR
     # Tune pickles the callback with a redacted URI (trials/tuner.pkl); a restored one takes the real URI from here.
     remember_tracking_uri(folder, tracker.tracking_uri)
@@ -356,10 +396,11 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=build_scheduler(space, config.classifier.epochs),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=space.trials, max_concurrent_trials=concurrency, reuse_actors=True),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder), callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=0),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if generator else None,
                                   verbose=1 if config.runtime.progress else 0),
     )
     return tuner.fit(), inputs
@@ -445,7 +486,10 @@ def _summarise(config: FairSkinConfig, name: str, folder: Path, space: ResolvedS
     report = folder / REPORT_DIR
     report.mkdir(parents=True, exist_ok=True)
     metrics, modes = list(space.metrics), list(space.modes)
-    done = complete_trials(trials, config.classifier.epochs)
+    if space.trainable == "generator":
+        done = trials[trials["complete"].fillna(0) >= 1] if "complete" in trials else trials.iloc[0:0]
+    else:
+        done = complete_trials(trials, config.classifier.epochs)
     if not all(m in done for m in metrics):  # no trial reported its objectives (e.g. every trial failed)
         done = done.iloc[0:0].reindex(columns=[*done.columns, *(m for m in metrics if m not in done)])
     best = best_trial(done, metrics, modes)
@@ -472,6 +516,14 @@ def _summarise(config: FairSkinConfig, name: str, folder: Path, space: ResolvedS
         key = "val_essp_fairseg" if "val_essp_fairseg" in done else metrics[0]
         paths.append(plot_ternary(done, simplex.groups, key, report / "proportions_ternary.png",
                                   title=f"{name}: proportions vs {key}"))
+    if space.trainable == "generator" and not done.empty:
+        from fairskin.tune.analysis import plot_generator_tradeoff, plot_pareto
+
+        paths.append(plot_generator_tradeoff(done, config.data.group_names, report / "tradeoff_by_tau.png",
+                                             title=f"{name}: per-group fidelity against CBDM tau"))
+        if len(metrics) >= 2:
+            paths.append(plot_pareto(done, front, metrics, modes, report / "pareto_front.png",
+                                     title=f"{name}: Pareto front"))
     for p in paths:
         parent.log_artifact(p, "study")
     if best is not None:

@@ -1,0 +1,361 @@
+"""The generator trainable of a generator study (``trainable: generator``, issue 17).
+
+One trial = one fine-tune from the shared base (the pipeline's ``base`` stage) with the trial's
+settings as a custom variant (:func:`fairskin.tune.spaces.variant_from_trial`), then, at every
+``diffusion.checkpoint_every`` steps and at the last one, a small pool
+(``tune.generator_pool_per_subclass`` images per subclass, seeded like the pipeline's pools) scored
+with the evaluate stage's fidelity figures: skin-tone agreement (overall, per group, worst group),
+disease fidelity with the judge (overall, per group, worst group) and, with ``tune.generator_fid``,
+FID per group and its variance over groups. Each checkpoint is one ``ray.tune.report(metrics,
+checkpoint=...)``, so ASHA can stop a trial on fine-tune steps and a restored trial continues from
+its last checkpoint.
+
+**Why the fine-tune runs in the trial's process, not in a nested TorchTrainer.** The field notes
+describe a TorchTrainer inside a Tune trial, and it works, but on the 2-core machines this engine
+is sized for: every ``fit()`` pays ~40 s of fixed Ray Train start-up (more than a smoke or demo
+fine-tune itself), the trial (driver) and its Train worker each hold CPU beside the Ray Data
+tasks that feed the worker (the deadlock the notes record unless both take half a CPU, which
+leaves one trial at a time), and the pool must be generated and scored from the live UNet at
+every checkpoint, which a Train worker's ``report`` does not hand back to the trial. So the trial
+runs the same step code as the Train workers (:func:`fairskin.diffusion.finetune.local_step`:
+same plan, flips, per-step generators, loss, clipping, AdamW, EMA) as a single worker (rank 0 of
+1), fed from the same level-1 plan (:class:`fairskin.data.stream.RunPlan`) without Ray Data. A
+GPU cluster gets one GPU per trial (``tune.gpus_per_trial``); several workers per trial are not
+supported here.
+
+Every trial fine-tunes and samples with ``diffusion.repeat_seeds[0]``: trials differ only in their
+settings (common random numbers), so their differences are not seed noise.
+
+Outputs of a finished trial, under ``<study>/generators/<trial variant>/``: ``pipeline/`` (loads
+with ``StableDiffusionPipeline.from_pretrained``), ``pool.npz`` + ``pool_meta.csv`` (the last
+checkpoint's pool), ``preview.png`` (one image per subclass; logged to the trial's MLflow run) and
+``variant.yaml`` (the ``diffusion.custom_variants`` entry that reproduces the generator).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from fairskin.config import FairSkinConfig, VariantSpec
+from fairskin.tune.spaces import ResolvedSpace, variant_from_trial
+
+GENERATORS_DIR = "generators"
+
+
+@dataclass
+class GeneratorSources:
+    """The pipeline folders a generator study reads: the prepare stage's shards, the base pipeline,
+    the judge and the reference classifier (the judge on Fitzpatrick17k)."""
+
+    shards: Path
+    base: Path
+    judge: Path
+    reference: Path
+
+
+@dataclass
+class GeneratorInputs:
+    """What every generator trial shares. ``cache``: ref to (per-row arrays, prompt embeddings), the
+    latent cache made once on the driver (:func:`fairskin.diffusion.finetune.cache_for`); ``real``:
+    ref to (real pixels, real meta) of ``generation.real_split`` for FID (None without FID)."""
+
+    config: FairSkinConfig
+    space: ResolvedSpace
+    sources: GeneratorSources
+    study_dir: Path
+    cache: Any
+    bands: Any
+    judge_real: pd.DataFrame
+    real: Any
+
+
+def generator_sources(config: FairSkinConfig, echo: Callable[[str], None] = print) -> GeneratorSources:
+    """Run (or skip, when done) the pipeline stages a generator study needs, as keyed stages:
+    ``prepare``, ``base``, ``judge``, ``reference``."""
+    from fairskin.pipeline import base_pipeline_folder, run_pipeline
+
+    outcome = run_pipeline(config, stages=["prepare", "base", "judge", "reference"], echo=echo)
+    r = outcome.results
+    return GeneratorSources(shards=r["prepare"].path / "shards", base=base_pipeline_folder(r["base"]),
+                            judge=r["judge"].path, reference=r["reference"].path)
+
+
+def put_generator_inputs(config: FairSkinConfig, space: ResolvedSpace, sources: GeneratorSources,
+                         study_dir: Path) -> GeneratorInputs:
+    """On the driver, once: the latent cache (object store), the real skin-tone bands, the judge's
+    real baseline and, for FID, the real images (object store)."""
+    import ray
+
+    from fairskin.classify.judge import load_judge
+    from fairskin.data.shards import load_decoded
+    from fairskin.data.stream import decode_local
+    from fairskin.diffusion.finetune import cache_for
+    from fairskin.metrics.generation import judge_accuracy, judge_predictions
+    from fairskin.metrics.skin_tone import ReferenceBands, image_ita
+
+    groups, diseases = config.data.group_names, config.data.diseases
+    train = decode_local(sources.shards, splits=["train"])
+    rows, cond = cache_for(config, sources.base, train)
+    cache = ray.put((rows.arrays(), cond))
+    train_pixels, train_meta = load_decoded(sources.shards, splits=["train"])
+    bands = ReferenceBands.from_real(image_ita(train_pixels), train_meta["group"].to_numpy())
+    held_pixels, held_meta = load_decoded(sources.shards, splits=["val", "test"])
+    judge, info = load_judge(sources.judge, sources.reference)
+    judge_rows = held_meta["split"].isin(info.real_splits).to_numpy()
+    judge_real = judge_accuracy(judge_predictions(judge, held_pixels[judge_rows], config.classifier.image_size,
+                                                  diseases), held_meta[judge_rows], groups, diseases)
+    real = None
+    if config.tune.generator_fid:
+        split = config.generation.real_split
+        real = ray.put((train_pixels, train_meta) if split == "train" else load_decoded(sources.shards, splits=[split]))
+    return GeneratorInputs(config=config, space=space, sources=sources, study_dir=Path(study_dir), cache=cache,
+                           bands=bands, judge_real=judge_real, real=real)
+
+
+def trial_variant_name(trial_id: str) -> str:
+    """A Tune trial id -> a valid variant name (``trial_<id>``, lower case, ``_`` for other characters)."""
+    return "trial_" + re.sub(r"[^a-z0-9]+", "_", str(trial_id).lower()).strip("_")
+
+
+def checkpoint_steps(max_steps: int, every: int) -> list[int]:
+    """The steps at which a trial reports: every ``every`` steps and the last one."""
+    return sorted({*range(every, max_steps + 1, every), max_steps})
+
+
+# --------------------------------------------------------------------------- scoring a pool
+
+
+def generate_pool(parts, unet, config: FairSkinConfig, per_subclass: int, seed: int, device) -> tuple[np.ndarray,
+                                                                                                       pd.DataFrame]:
+    """P images per (group, disease) from ``unet`` on ``parts``, each from the seed the pipeline's pool
+    would give it (:func:`fairskin.diffusion.generate.image_seed`): uint8 (15 P, H, W, 3) and its meta."""
+    import torch
+
+    from fairskin.diffusion.generate import generate_images, image_seed, make_scheduler
+    from fairskin.diffusion.models import prompt_for
+
+    pipe = parts.pipeline(make_scheduler(config.generation.scheduler, parts.noise_scheduler.config))
+    pipe.unet = unet
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    size = config.data.image_size
+    images, rows = [], []
+    was_training = unet.training
+    unet.eval()
+    try:
+        with torch.no_grad():
+            for g in config.data.group_names:
+                for d in config.data.diseases:
+                    seeds = [image_seed(seed, g, d, i) for i in range(per_subclass)]
+                    images.append(generate_images(pipe, prompt_for(config.diffusion.prompt_template, g, d), seeds,
+                                                  config.generation, size, size))
+                    rows += [{"group": g, "disease": d, "index": i, "seed": s} for i, s in enumerate(seeds)]
+    finally:
+        unet.train(was_training)
+    return np.concatenate(images), pd.DataFrame(rows)
+
+
+def score_pool(pixels: np.ndarray, meta: pd.DataFrame, inputs: GeneratorInputs, judge, info, fid_space
+               ) -> dict[str, float]:
+    """The evaluate stage's fidelity figures of one pool, as flat floats (the same functions:
+    :func:`~fairskin.metrics.skin_tone.skin_tone_report`, :func:`~fairskin.metrics.generation.disease_fidelity`
+    and, with FID on, :func:`~fairskin.metrics.generation.generation_report` without IS / floors / pooled)."""
+    import ray
+
+    from fairskin.metrics.generation import disease_fidelity, generation_report, judge_accuracy, judge_predictions
+    from fairskin.metrics.skin_tone import image_ita, skin_tone_report
+
+    config = inputs.config
+    groups, diseases = config.data.group_names, config.data.diseases
+    _, _, tone, _ = skin_tone_report(image_ita(pixels), meta["group"].to_numpy(), meta["disease"].to_numpy(),
+                                     inputs.bands)
+    _, fidelity = disease_fidelity(judge_accuracy(judge_predictions(judge, pixels, config.classifier.image_size,
+                                                                    diseases), meta, groups, diseases),
+                                   inputs.judge_real, groups)
+    out = {**tone, **fidelity}
+    if fid_space is not None and inputs.real is not None:
+        real_pixels, real_meta = ray.get(inputs.real)
+        report = generation_report(pixels, meta, real_pixels, real_meta, groups, diseases, fid_space,
+                                   cache_root=config.runtime.runs_root / "cache" / "fidelity", isc=False,
+                                   pooled=False, seed=config.runtime.seed)
+        out.update({k: v for k, v in report.summary.items() if k.startswith("fid_")})
+    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+
+
+# --------------------------------------------------------------------------- the trial
+
+
+def _restore(folder: Path, unet_cls, d: Mapping[str, Any]):
+    """(unet, ema or None, optimizer+scheduler state, state.json) of a trial checkpoint folder."""
+    import torch
+
+    from fairskin.diffusion.finetune import STATE_FILE
+
+    unet = unet_cls.from_pretrained(folder / "unet", use_safetensors=True)
+    ema = None
+    if d["ema_decay"] and (folder / "ema").is_dir():
+        ema = unet_cls.from_pretrained(folder / "ema", use_safetensors=True)
+    saved = torch.load(folder / "optimizer.pt", weights_only=True)
+    state = json.loads((folder / STATE_FILE).read_text())
+    return unet, ema, saved, state
+
+
+def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs, name: str,
+                        report: Callable[[dict[str, Any], str | None], None], checkpoint_folder: Path | None = None,
+                        device: str = "cpu") -> Path:
+    """Fine-tune one trial's generator and score its pool at every checkpoint.
+
+    ``report(metrics, checkpoint_dir)`` is called once per checkpoint (the folder is only valid during
+    the call); ``checkpoint_folder``: a checkpoint to continue from (a restored trial). Returns the
+    trial's output folder.
+    """
+    import ray
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers.optimization import get_scheduler
+
+    from fairskin.classify.judge import load_judge
+    from fairskin.data.sampling import WeightedSampler
+    from fairskin.data.stream import RunPlan
+    from fairskin.diffusion.finetune import _save_checkpoint, local_step
+    from fairskin.diffusion.models import load_sd, save_sd
+    from fairskin.metrics.generation import feature_space
+    from fairskin.metrics.plots import save_image_grid
+
+    config, sources = inputs.config, inputs.sources
+    variant = variant_from_trial(trial_config, name, inputs.space.fixed_generator)
+    diffusion = config.diffusion.for_variant(variant)
+    d = diffusion.model_dump(mode="json")
+    seed = diffusion.repeat_seeds[0]
+    out = inputs.study_dir / GENERATORS_DIR / name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "variant.yaml").write_text(_variant_yaml(variant))
+
+    base = str(Path(sources.base).resolve()) if Path(sources.base).is_dir() else str(sources.base)
+    parts = load_sd(base)
+    arrays, cond = ray.get(inputs.cache)
+    cond_table = torch.from_numpy(np.array(cond)).to(device)
+    scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+    start, ema, saved = 0, None, None
+    if checkpoint_folder is not None:
+        unet, ema, saved, state = _restore(Path(checkpoint_folder), UNet2DConditionModel, d)
+        start = int(state["step"])
+    else:
+        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    if d["gradient_checkpointing"]:
+        unet.enable_gradient_checkpointing()
+    if d["ema_decay"] and ema is None:
+        ema = UNet2DConditionModel.from_config(unet.config)
+        ema.load_state_dict(unet.state_dict())
+    if ema is not None:
+        ema.requires_grad_(False).to(device)
+    unet = unet.to(device).train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=d["learning_rate"])
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=d["warmup_steps"])
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    spec = variant.model_dump()
+    tau = d["cbdm_tau"] if variant.cbdm_tau is None else variant.cbdm_tau
+    gamma = d["cbdm_gamma"] if variant.cbdm_gamma is None else variant.cbdm_gamma
+    plan = RunPlan(WeightedSampler(np.asarray(arrays["subclass"]), variant.weights, variant.apply, seed))
+
+    judge, info = load_judge(sources.judge, sources.reference)
+    judge = judge.to(device)
+    fid_space = None
+    if config.tune.generator_fid:
+        model = judge
+        if info.kind != "independent":
+            from fairskin.classify.models import load_saved_classifier
+
+            model = load_saved_classifier(Path(sources.reference) / "model").to(device).eval()
+        fid_space = feature_space(model, config.classifier.image_size, config.generation.inception_weights_path,
+                                  kind="judge-classifier" if info.kind == "independent" else "reference-classifier")
+
+    batch_size = d["global_batch_size"]
+    reports = checkpoint_steps(d["max_steps"], d["checkpoint_every"])
+    first_bad = torch.zeros((), dtype=torch.long)
+    window: list[float] = []
+    for step in range(start, d["max_steps"]):
+        positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
+        rows, weights = plan.lookup(positions)
+        loss, _, first_bad = local_step(unet, optimizer, lr_scheduler, scheduler, arrays, cond_table,
+                                        {"position": positions, "row": rows, "weight": weights}, d=d, variant=spec,
+                                        seed=seed, ema=ema, first_bad=first_bad, device=device)
+        window.append(float(loss.loss.detach()))
+        done = step + 1
+        if done not in reports:
+            continue
+        from fairskin.diffusion.losses import check_finite_loss
+
+        check_finite_loss(first_bad, f"generator trial {name}")
+        sampler_unet = ema if ema is not None else unet
+        pixels, meta = generate_pool(parts, sampler_unet, config, config.tune.generator_pool_per_subclass, seed,
+                                     device)
+        metrics = {"step": done, "loss": float(np.mean(window)), "cbdm_tau": float(tau),
+                   "cbdm_gamma": float(gamma), "learning_rate": float(d["learning_rate"]),
+                   "complete": float(done == d["max_steps"]),
+                   **score_pool(pixels, meta, inputs, judge, info, fid_space)}
+        window.clear()
+        final = done == d["max_steps"]
+        if final:
+            np.savez_compressed(out / "pool.npz", pixels=pixels)
+            meta.to_csv(out / "pool_meta.csv", index=False)
+            first = meta.groupby(["group", "disease"], sort=False).head(1).index.to_numpy()
+            save_image_grid(list(pixels[first]), config.data.group_names, config.data.diseases, out / "preview.png",
+                            title=f"{name}: {_settings_line(variant)}")
+            parts.unet = sampler_unet
+            save_sd(parts, out / "pipeline")
+            metrics["preview"] = str(out / "preview.png")
+            metrics["variant_file"] = str(out / "variant.yaml")
+        with tempfile.TemporaryDirectory() as tmp:
+            state = {"step": done, "loss": metrics["loss"], "trial": name}
+            _save_checkpoint(Path(tmp), unet, ema, optimizer, lr_scheduler, state)
+            report(metrics, tmp)
+    return out
+
+
+def _settings_line(variant: VariantSpec) -> str:
+    keep = variant.model_dump(exclude_none=True, exclude={"name", "seed_salt"})
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items())
+
+
+def _variant_yaml(variant: VariantSpec) -> str:
+    import yaml
+
+    entry = variant.model_dump(mode="json", exclude_none=True, exclude={"seed_salt"})
+    return ("# a diffusion.custom_variants entry for this trial's generator; add its name to diffusion.variants\n"
+            + yaml.safe_dump({"diffusion": {"custom_variants": [entry]}}, sort_keys=False))
+
+
+def generator_trial(config: dict[str, Any], inputs: GeneratorInputs) -> None:
+    """Tune function trainable of a generator study (see the module docstring)."""
+    import warnings
+
+    import torch
+    from ray import tune
+
+    from fairskin.runtime import configure_worker
+
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    configure_worker(int(config.get("seed", 0)))
+    name = trial_variant_name(tune.get_context().get_trial_id())
+    device = "cuda" if inputs.config.tune.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+    checkpoint = tune.get_checkpoint()
+
+    def report(metrics: dict[str, Any], folder: str | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
+
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            run_generator_trial(config, inputs, name, report, Path(folder), device)
+    else:
+        run_generator_trial(config, inputs, name, report, None, device)
