@@ -177,6 +177,9 @@ class DiffusionConfig(_Section):
     num_workers: int = Field(1, ge=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    # Ray Train's placement of the workers (ScalingConfig.placement_strategy): PACK (Ray's default) fills
+    # a node first; SPREAD / STRICT_SPREAD put them on different nodes (STRICT: one per node, or wait).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     # Variants fine-tuned at once (each its own TorchTrainer); results do not depend on it.
     parallel_variants: int = Field(1, ge=1)
     max_failures: int = Field(0, ge=-1)

@@ -296,8 +296,8 @@ register_stage(Stage("control_base", reads=STAGES["base"].reads, inputs=("prepar
 
 
 # What the fine-tune's result depends on: every diffusion field but these, so a rerun with more
-# retries, another concurrency or kept checkpoints resumes the same checkpoints (same key).
-_FINETUNE_IGNORES = ("max_failures", "parallel_variants", "keep_checkpoints")
+# retries, another concurrency, another placement or kept checkpoints resumes the same checkpoints (same key).
+_FINETUNE_IGNORES = ("max_failures", "parallel_variants", "keep_checkpoints", "placement_strategy")
 
 
 def _finetune_reads() -> tuple[str, ...]:
