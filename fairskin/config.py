@@ -276,6 +276,9 @@ class TuneConfig(_Section):
     cpus_per_trial: float = Field(0.5, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    # Tune's FailureConfig: times a failed trial is restarted (from its start: trials keep no checkpoint; its
+    # MLflow run keeps the epochs already logged), e.g. after its node was lost; -1: always. Not in the stage key.
+    max_failures: int = Field(0, ge=-1)
     count_scale: float = Field(1.0, gt=0)
     train_seeds: int | None = Field(None, ge=1)  # the pipeline's study: training seeds 0..N-1 (default: the space's)
     # After a tpe/random study, the best trial and the Pareto points are re-trained with this many

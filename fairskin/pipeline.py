@@ -807,7 +807,14 @@ register_stage(Stage("evaluate", reads=("generation.real_split", "generation.inc
 
 # --------------------------------------------------------------------------- tune
 
-TUNE_READS = ("tune", "classifier", "runtime.seed")
+def _tune_reads() -> tuple[str, ...]:
+    """Every tune field but ``max_failures`` (retries change how a study copes, not what it finds)."""
+    from fairskin.config import TuneConfig
+
+    return tuple(f"tune.{f}" for f in TuneConfig.model_fields if f != "max_failures") + ("classifier", "runtime.seed")
+
+
+TUNE_READS = _tune_reads()
 
 
 def pipeline_space(config: FairSkinConfig):
