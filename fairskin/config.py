@@ -184,6 +184,9 @@ class DiffusionConfig(_Section):
     num_workers: int = Field(1, ge=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    # Ray Train's placement of the workers (ScalingConfig.placement_strategy): PACK (Ray's default) fills
+    # a node first; SPREAD / STRICT_SPREAD put them on different nodes (STRICT: one per node, or wait).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     # Variants fine-tuned at once (each its own TorchTrainer); results do not depend on it.
     parallel_variants: int = Field(1, ge=1)
     max_failures: int = Field(0, ge=-1)
@@ -297,6 +300,9 @@ class TuneConfig(_Section):
     cpus_per_trial: float = Field(0.5, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    # Tune's FailureConfig: times a failed trial is restarted (from its start: trials keep no checkpoint; its
+    # MLflow run keeps the epochs already logged), e.g. after its node was lost; -1: always. Not in the stage key.
+    max_failures: int = Field(0, ge=-1)
     count_scale: float = Field(1.0, gt=0)
     train_seeds: int | None = Field(None, ge=1)  # the pipeline's study: training seeds 0..N-1 (default: the space's)
     # After a tpe/random study, the best trial and the Pareto points are re-trained with this many

@@ -296,8 +296,8 @@ register_stage(Stage("control_base", reads=STAGES["base"].reads, inputs=("prepar
 
 
 # What the fine-tune's result depends on: every diffusion field but these, so a rerun with more
-# retries, another concurrency or kept checkpoints resumes the same checkpoints (same key).
-_FINETUNE_IGNORES = ("max_failures", "parallel_variants", "keep_checkpoints")
+# retries, another concurrency, another placement or kept checkpoints resumes the same checkpoints (same key).
+_FINETUNE_IGNORES = ("max_failures", "parallel_variants", "keep_checkpoints", "placement_strategy")
 
 
 def _finetune_reads() -> tuple[str, ...]:
@@ -807,7 +807,14 @@ register_stage(Stage("evaluate", reads=("generation.real_split", "generation.inc
 
 # --------------------------------------------------------------------------- tune
 
-TUNE_READS = ("tune", "classifier", "runtime.seed")
+def _tune_reads() -> tuple[str, ...]:
+    """Every tune field but ``max_failures`` (retries change how a study copes, not what it finds)."""
+    from fairskin.config import TuneConfig
+
+    return tuple(f"tune.{f}" for f in TuneConfig.model_fields if f != "max_failures") + ("classifier", "runtime.seed")
+
+
+TUNE_READS = _tune_reads()
 
 
 def pipeline_space(config: FairSkinConfig):

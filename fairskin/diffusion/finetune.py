@@ -210,7 +210,8 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=d.use_gpu,
-                                     resources_per_worker=_worker_resources(config)),
+                                     resources_per_worker=_worker_resources(config),
+                                     placement_strategy=d.placement_strategy),
         datasets={"train": stream.plan_dataset(0, total)},
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(name=RUN_NAME, storage_path=str(storage),
@@ -246,7 +247,8 @@ def _write_pipeline(parts, checkpoint, out: Path, state: dict, started: float, w
     save_sd(parts, out / "pipeline")
     return {"steps": state["step"], "seconds": time.time() - started, "workers": workers,
             "window_images_per_s": state["window_images_per_s"], "resumed_from_step": resumed_from,
-            "final_loss": state.get("loss", float("nan")), "attempts": state.get("attempt", 1)}
+            "final_loss": state.get("loss", float("nan")), "attempts": state.get("attempt", 1),
+            "starts": state.get("starts", [])}
 
 
 # --------------------------------------------------------------------------- worker side
@@ -392,6 +394,10 @@ def train_loop_per_worker(cfg: dict) -> None:
             saved = torch.load(folder / "optimizer.pt", weights_only=True)
             resumed = json.loads((folder / STATE_FILE).read_text())
             start_step, attempt = resumed["step"], resumed.get("attempt", 1) + 1
+    # Where each attempt that reached a checkpoint started: [{"attempt", "from_step", "first_step"}]
+    # (first_step: the first step it trained, from_step + 1 when it resumed exactly from its checkpoint).
+    starts = (list(resumed.get("starts", [])) if checkpoint is not None else []) + [
+        {"attempt": attempt, "from_step": start_step, "first_step": None}]
     if d["gradient_checkpointing"]:
         unet.enable_gradient_checkpointing()
     if d["ema_decay"] and ema is None:
@@ -446,6 +452,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     feed = Prefetch(with_draws(plan), device, depth=2)
     for inputs in feed:
         step = inputs.step
+        if starts[-1]["first_step"] is None:
+            starts[-1]["first_step"] = step + 1
         if (rank == 0 and cfg["fail_at_step"] is not None and step == cfg["fail_at_step"]
                 and not os.path.exists(cfg["fail_marker"])):
             Path(cfg["fail_marker"]).write_text(f"failed at step {step}")
@@ -475,7 +483,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             # Steady-state throughput of this window (its first step pays the iterator's start-up).
             rates = [m["images_per_s"] for _, m in pending[1:]] or [pending[-1][1]["images_per_s"]]
             state = {"step": done, "position": done * global_batch, "loss": loss_value, "attempt": attempt,
-                     "window_images_per_s": float(np.median(rates)), "window": pending,
+                     "window_images_per_s": float(np.median(rates)), "window": pending, "starts": starts,
                      "rng": "per-step generators seeded by (seed, step[, rank])"}
             metrics = {"step": done, "loss": loss_value}
             if rank == 0:

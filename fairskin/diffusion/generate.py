@@ -19,6 +19,7 @@ A pool is generated once per variant and shared by every classifier trial (DESIG
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -50,6 +51,10 @@ class WorkItem:
     @property
     def size(self) -> int:
         return self.stop - self.start
+
+
+# Tests: seconds each work item sleeps (read on the driver, passed to the actors), so a node is lost mid-pool.
+ITEM_PAUSE_ENV = "FAIRSKIN_TEST_ITEM_PAUSE"
 
 
 def image_seed(base_seed: int, group: str, disease: str, index: int) -> int:
@@ -103,7 +108,7 @@ class ItemGenerator:
 
     def __init__(self, pipelines: Mapping[str, str], cfg: dict, prompt_template: str, seeds: Mapping[str, int] | int,
                  image_size: int, vocab: tuple[tuple[str, ...], tuple[str, ...]], threads: int | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", pause_s: float = 0.0):
         import diffusers.utils.logging
         import transformers.utils.logging
 
@@ -120,6 +125,7 @@ class ItemGenerator:
         self.image_size = image_size
         self.vocab = Vocabulary(*vocab)
         self.device = device
+        self.pause_s = pause_s  # tests: seconds each item sleeps, so a node can be lost mid-pool
         self._loaded: dict[str, Any] = {}
 
     def _pipe(self, variant: str):
@@ -150,6 +156,8 @@ class ItemGenerator:
     def run(self, item: WorkItem, folder: str) -> dict[str, Any]:
         """Generate one item and write it as ``folder/<item.file_name>``; returns its entry."""
         started = time.perf_counter()
+        if self.pause_s:
+            time.sleep(self.pause_s)
         images, seeds = self.images(item)
         rows = write_shard_file(item_records(item, images, seeds), Path(folder) / item.file_name, self.vocab)
         return {"file": item.file_name, "rows": rows, "seconds": time.perf_counter() - started,
@@ -221,7 +229,7 @@ def generate_pools(config: FairSkinConfig, pipelines: Mapping[str, Path], work_r
     seeds = {v: generator_seed(config.diffusion, v) for v in pipelines}
     args = ({v: str(p) for v, p in pipelines.items()}, g.model_dump(mode="json"), config.diffusion.prompt_template,
             seeds, d.image_size, (tuple(d.group_names), tuple(d.diseases)), threads,
-            "cuda" if g.use_gpu else "cpu")
+            "cuda" if g.use_gpu else "cpu", float(os.environ.get(ITEM_PAUSE_ENV, 0)))
     total = sum(it.size for it in missing)
     bar = progress_bar(_run_items(missing, plan, args, config, local), total=len(missing),
                        description=f"generate: {total} images in {len(missing)} items", enabled=config.runtime.progress)
@@ -242,18 +250,62 @@ def _run_items(missing: list[WorkItem], plan: PoolPlan, args: tuple, config: Fai
         for item in missing:
             yield worker.run(item, str(plan.folders[item.variant]))
         return
+    import collections
+
     import ray
-    from ray.util import ActorPool
+    from ray.exceptions import RayActorError
 
     count, per_actor = _actor_count(config, len(missing))
     actor_cls = ray.remote(**per_actor)(ItemGenerator)
     actors = [actor_cls.remote(*args) for _ in range(count)]
+    # An actor pool that survives a lost actor (its node lost, the process killed): the item it held goes
+    # back to the queue for the other actors, and a replacement actor is started; it joins once Ray has
+    # placed it (on a node that comes back or frees room). Items are idempotent (temporary name, then
+    # rename), so one redone gives the same bytes. Errors of the item's own code still raise.
+    todo = collections.deque(missing)
+    idle = list(actors)
+    busy: dict[Any, tuple[Any, WorkItem]] = {}  # task ref -> (actor, item)
+    starting: dict[Any, Any] = {}  # readiness ref of a replacement actor -> the actor
+    lost: collections.Counter = collections.Counter()
     try:
-        pool = ActorPool(actors)
-        yield from pool.map_unordered(lambda a, it: a.run.remote(it, str(plan.folders[it.variant])), missing)
+        while todo or busy:
+            while idle and todo:
+                actor, item = idle.pop(), todo.popleft()
+                busy[actor.run.remote(item, str(plan.folders[item.variant]))] = (actor, item)
+            if not busy and not starting:
+                raise RuntimeError("generate: every actor of the pool was lost")
+            ready, _ = ray.wait([*busy, *starting], num_returns=1)
+            ref = ready[0]
+            if ref in starting:
+                actor = starting.pop(ref)
+                try:
+                    ray.get(ref)
+                    idle.append(actor)
+                except RayActorError:  # lost before it started: try again
+                    starting[_replacement(actor_cls, args, actors)] = actors[-1]
+                continue
+            actor, item = busy.pop(ref)
+            try:
+                entry = ray.get(ref)
+            except RayActorError:
+                lost[item.file_name] += 1
+                if lost[item.file_name] > 3:
+                    raise
+                todo.appendleft(item)
+                starting[_replacement(actor_cls, args, actors)] = actors[-1]
+                continue
+            idle.append(actor)
+            yield entry
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def _replacement(actor_cls, args: tuple, actors: list) -> Any:
+    """Start one more pool actor (appended to ``actors``); returns a ref that resolves once it is up."""
+    actor = actor_cls.remote(*args)
+    actors.append(actor)
+    return actor.__ray_ready__.remote()
 
 
 def _finish_pool(folder: Path, items: list[WorkItem], config: FairSkinConfig, variant: str, seed: int) -> None:

@@ -399,7 +399,7 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=space.trials, max_concurrent_trials=concurrency, reuse_actors=True),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder), callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if generator else None,
                                   verbose=1 if config.runtime.progress else 0),
     )
