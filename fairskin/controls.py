@@ -43,9 +43,8 @@ TWIN_METRICS = (
     ("skin_tone", "skin-tone agreement"),
     ("disease_fidelity", "disease fidelity"),
 )
-# evaluate summary key -> report column, for units built from the evaluate stage alone.
-GENERATION_RENAMES = {"fid_var_subclass": "fid_var_subclass", "skin_tone_agreement": "skin_tone",
-                      "disease_fidelity": "disease_fidelity", "skin_tone_agreement_worst_group": "skin_tone_worst"}
+# evaluate summary key -> report column where the two names differ (units built from the evaluate stage alone).
+GENERATION_RENAMES = {"skin_tone_agreement": "skin_tone", "skin_tone_agreement_worst_group": "skin_tone_worst"}
 
 
 def generation_units(generation_table: pd.DataFrame) -> pd.DataFrame:

@@ -60,25 +60,11 @@ def _free_port() -> int:
 
 
 def _pids_of_head(temp_dir: str) -> list[int]:
-    """PIDs of our head's processes: their environment holds ``FAIRSKIN_TEST_RAY=<name>``, or
-    they hold files open under its private temp dir (the agents that rename themselves
-    ``ray::DashboardAgent`` do not inherit the environment)."""
-    needle = f"FAIRSKIN_TEST_RAY={Path(temp_dir).name}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-                continue
-            for fd in (entry / "fd").iterdir():
-                if os.readlink(fd).startswith(temp_dir):
-                    pids.append(int(entry.name))
-                    break
-        except OSError:
-            continue
-    return pids
+    """PIDs of our head's processes (marked ``FAIRSKIN_TEST_RAY=<temp dir name>`` or holding files under
+    its private temp dir): the same rule as the two-node cluster's nodes."""
+    from fairskin.testing.cluster import node_pids
+
+    return node_pids(temp_dir)
 
 
 # autouse: RAY_ADDRESS names the session's head before any test runs, so no test's in-process

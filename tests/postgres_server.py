@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fairskin.lock import pid_alive
+
 USER = "fairskin"
 
 
@@ -61,16 +63,6 @@ _PREFIX = "fsk-pg-"
 _STALE = re.compile(rf"^{_PREFIX}(?:pass-)?(?P<pid>\d+)-")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale_servers() -> list[Path]:
     """Stop and remove the servers of test processes that were killed before their teardown (a
     SIGKILLed pytest): a folder whose creating PID no longer runs. Its postmaster (the PID in its
@@ -78,7 +70,7 @@ def clean_stale_servers() -> list[Path]:
     removed = []
     for folder in Path(_TMP).glob(f"{_PREFIX}*"):
         match = _STALE.match(folder.name)
-        if not match or _alive(int(match["pid"])):
+        if not match or pid_alive(int(match["pid"])):
             continue
         try:
             postmaster = int((folder / "data" / "postmaster.pid").read_text().split()[0])
@@ -88,7 +80,7 @@ def clean_stale_servers() -> list[Path]:
         if postmaster and Path(cmdline[0].decode()).name == "postgres" and str(folder / "data").encode() in cmdline:
             os.kill(postmaster, signal.SIGINT)
             for _ in range(100):
-                if not _alive(postmaster):
+                if not pid_alive(postmaster):
                     break
                 time.sleep(0.1)
         shutil.rmtree(folder, ignore_errors=True)
