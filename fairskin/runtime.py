@@ -24,6 +24,8 @@ import math
 import os
 import random
 import socket
+import threading
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -170,8 +172,54 @@ def init_ray(config: FairSkinConfig | None = None, **kwargs: Any) -> dict[str, f
             with _local_cluster_address():
                 ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                          **common)
+    if not verbose:
+        _cluster_messages_to_log()
     _quiet_ray_data(config)
     return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+RAY_MESSAGES_LOG = "fairskin-cluster-messages.log"
+_messages_lock = threading.Lock()
+_messages_seen = 0
+
+
+def ray_messages_log() -> str | None:
+    """The file where a quiet driver keeps the messages the cluster pushes to it, or None when Ray is off."""
+    logs = ray_logs_dir()
+    return os.path.join(logs, RAY_MESSAGES_LOG) if logs else None
+
+
+def ray_messages_count() -> int:
+    """How many cluster messages this quiet driver has written to :func:`ray_messages_log`."""
+    return _messages_seen
+
+
+def _cluster_messages_to_log() -> None:
+    """Send the messages the cluster pushes to this driver (the raylet's "N PYTHON worker processes have been
+    started ..." warning, a dead actor's notice) to :func:`ray_messages_log` instead of the console.
+
+    Ray's driver prints them from its ``listen_error_messages`` thread whatever ``log_to_driver`` says,
+    at any moment, also after a job's closing summary. That thread looks ``print_to_stdstream`` up in
+    its module at each message, so replacing the module's function reroutes it; worker output (which
+    only reaches the driver with ``log_to_driver``) still goes to the original.
+    """
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker.print_to_stdstream, "__wrapped__", ray_worker.print_to_stdstream)
+
+    def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
+        global _messages_seen
+        path = ray_messages_log()
+        if data.get("pid") != "raylet" or path is None:
+            original(data, ignore_prefix)
+            return
+        with _messages_lock, open(path, "a", encoding="utf-8") as log:
+            for line in data.get("lines", []):
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            _messages_seen += 1
+
+    print_to_stdstream.__wrapped__ = original  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def ray_logs_dir() -> str | None:

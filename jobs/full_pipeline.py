@@ -23,7 +23,7 @@ require_engine_interpreter("jobs/full_pipeline.py")  # before the engine's impor
 from fairskin.cli import add_config_arguments, add_lock_argument, config_from_args, input_errors  # noqa: E402
 from fairskin.lock import runs_root_lock  # noqa: E402
 from fairskin.pipeline import STAGES, report_path, run_pipeline  # noqa: E402
-from fairskin.runtime import quiet_console, ray_logs_dir  # noqa: E402
+from fairskin.runtime import RAY_MESSAGES_LOG, quiet_console, ray_logs_dir, ray_messages_count  # noqa: E402
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<12} {state:>9}  {result.path}")
     print(f"total          : {time.time() - started:.1f} s")
     if ray_logs_dir():
-        print(f"Ray logs       : {ray_logs_dir()}  (worker output; --verbose shows it here)")
+        messages = ray_messages_count()
+        held = f"; {messages} cluster message(s) in {RAY_MESSAGES_LOG}" if messages else ""
+        print(f"Ray logs       : {ray_logs_dir()}  (worker output{held}; --verbose shows it here)")
     if "report" in outcome.results:
         print(f"report         : {report_path(outcome.results['report'])}")
     print(f"MLflow URI     : {tracker.display_uri}")

@@ -66,3 +66,38 @@ def test_seed_everything_fixes_numpy_and_torch():
     a = (np.random.rand(), float(torch.rand(1)))
     seed_everything(3)
     assert a == (np.random.rand(), float(torch.rand(1)))
+
+
+def _driver_seeing_a_raylet_warning(verbose: bool) -> subprocess.CompletedProcess:
+    """A quiet (or verbose) driver joins the session's head; the cluster pushes one warning to every driver,
+    the way the raylet warns about worker start-up; the driver prints its last line and leaves."""
+    script = (
+        "import time, ray\n"
+        "from fairskin.config import build_config\n"
+        "from fairskin.runtime import init_ray, quiet_console, ray_logs_dir, ray_messages_log\n"
+        f"config = build_config('smoke', overrides=['runtime.verbose={str(verbose).lower()}'])\n"
+        "quiet_console(config.runtime.verbose)\n"
+        "init_ray(config)\n"
+        "from ray._private.utils import publish_error_to_driver\n"
+        "gcs = ray._private.worker.global_worker.gcs_client\n"
+        "publish_error_to_driver('worker_pool_large', 'WARNING: 12 PYTHON worker processes (test)', gcs)\n"
+        "time.sleep(3)\n"
+        "print('LAST LINE', ray_messages_log())\n"
+        "ray.shutdown()\n")
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=180)
+
+
+def test_a_quiet_driver_writes_the_clusters_warnings_to_a_log_not_the_console(ray_session):
+    """CI stop 19: a raylet warning ("12 PYTHON worker processes have been started ...") reached a quiet job's
+    console after its summary. Ray's driver prints pushed cluster messages from a thread even with
+    log_to_driver=False; a quiet driver keeps them in a file in the Ray logs folder, a verbose one shows them."""
+    out = _driver_seeing_a_raylet_warning(verbose=False)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "12 PYTHON worker processes (test)" not in out.stdout, out.stdout[-3000:]
+    (last,) = [line for line in out.stdout.splitlines() if line.startswith("LAST LINE")]
+    log = last.split(" ", 2)[2]
+    assert "12 PYTHON worker processes (test)" in open(log).read()
+    loud = _driver_seeing_a_raylet_warning(verbose=True)
+    assert loud.returncode == 0, loud.stdout[-3000:]
+    assert any("(raylet)" in line and "12 PYTHON worker processes (test)" in line for line in loud.stdout.splitlines())
