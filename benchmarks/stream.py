@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from fairskin.config import build_config  # noqa: E402
 from fairskin.data.sampling import WeightedSampler  # noqa: E402
 from fairskin.data.stream import WeightedStream, decode_local  # noqa: E402
-from fairskin.diffusion.feed import Prefetch, plan_steps, step_inputs  # noqa: E402
+from fairskin.diffusion.feed import Prefetch, plan_read_rows, plan_steps, step_inputs  # noqa: E402
 from fairskin.diffusion.step import draw_step_inputs, step_generator, step_latents, train_step  # noqa: E402
 from fairskin.pipeline import run_pipeline  # noqa: E402
 from fairskin.runtime import init_ray, set_thread_count  # noqa: E402
@@ -73,7 +73,7 @@ def drawer(cond, seed: int, use_cbdm: bool):
 def engine_feed(rows, scheme: str, seed: int, batch: int, steps: int, draw):
     """The fine-tune's feed (one rank of one): Ray Data plan -> plan_steps -> draws -> Prefetch."""
     stream = WeightedStream(rows, scheme, "sampler", seed=seed)
-    plan = stream.plan_dataset(0, steps * batch).iter_batches(batch_size=batch, batch_format="numpy",
+    plan = stream.plan_dataset(0, steps * batch).iter_batches(batch_size=plan_read_rows(batch), batch_format="numpy",
                                                                prefetch_batches=2)
 
     def with_draws(source):

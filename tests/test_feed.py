@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fairskin.diffusion.feed import Prefetch, StepInputs, flips_of, plan_steps, step_inputs
+from fairskin.diffusion.feed import Prefetch, StepInputs, flips_of, plan_read_rows, plan_steps, step_inputs
 
 N, C, H = 12, 4, 2
 
@@ -50,6 +50,24 @@ def test_a_resumed_plan_starts_at_its_step_and_the_prefetch_keeps_order():
     ahead = list(Prefetch(source(), "cpu", depth=2))
     assert [s.step for s in ahead] == [2, 3, 4, 5] and seen_threads == {"feed-prefetch"}
     assert all(torch.equal(a.latents, b.latents) for a, b in zip(ahead, direct))
+
+
+def test_plan_rows_read_many_steps_at_a_time_split_into_the_same_steps():
+    """The worker reads plan_read_rows(B) rows per Ray Data batch (its per-batch cost was the feed's largest host
+    cost); the steps, and a resume inside a block, are those of reading one global batch at a time."""
+    arrays, batch = _arrays(), 4
+    assert plan_read_rows(batch) % batch == 0 and plan_read_rows(batch) > batch
+    one = list(_plan(7, batch))
+    blocks = [{k: np.concatenate([b[k] for b in one[i:i + 3]]) for k in one[0]} for i in range(0, 7, 3)]  # 3, 3, 1
+    for start in (0, 4):
+        single = list(plan_steps(iter(one), arrays, rank=1, world=2, seed=3, global_batch=batch, start_step=start))
+        split = list(plan_steps(iter(blocks), arrays, rank=1, world=2, seed=3, global_batch=batch, start_step=start))
+        assert [s.step for s in split] == [s.step for s in single] == list(range(start, 7))
+        assert all(np.array_equal(a.rows, b.rows) and torch.equal(a.latents, b.latents)
+                   and torch.equal(a.weights, b.weights) for a, b in zip(split, single))
+    ragged = {k: v[:6] for k, v in blocks[0].items()}
+    with pytest.raises(ValueError, match="6 rows .* global batches of 4"):
+        list(plan_steps(iter([ragged]), arrays, rank=0, world=1, seed=3, global_batch=batch))
 
 
 def test_an_error_in_the_feed_reaches_the_training_loop_and_close_stops_the_thread():

@@ -48,7 +48,7 @@ from fairskin.data.stream import ArraySet, DecodedSet, WeightedStream
 from fairskin.diffusion.base import subclass_prompts
 from fairskin.diffusion.losses import check_finite_loss
 from fairskin.diffusion.models import encode_prompts, load_sd, save_sd
-from fairskin.diffusion.feed import Prefetch, plan_steps
+from fairskin.diffusion.feed import Prefetch, plan_read_rows, plan_steps
 from fairskin.diffusion.step import (autocast_dtype, draw_step_inputs, pixels_to_tensor, step_generator,
                                      step_latents, train_step)
 
@@ -431,7 +431,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     step, last_time, loss_value = start_step, time.perf_counter(), float("nan")
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # divergence flag, read once per window
     # The plan's rows become this rank's tensors on the device two steps ahead, in a background thread.
-    plan = plan_steps(shard.iter_batches(batch_size=global_batch, batch_format="numpy", prefetch_batches=2),
+    plan = plan_steps(shard.iter_batches(batch_size=plan_read_rows(global_batch), batch_format="numpy",
+                                         prefetch_batches=2),
                       arrays, rank=rank, world=world, seed=seed, global_batch=global_batch, start_step=start_step)
     if "latents" in arrays:
         latent_chw = tuple(arrays["latents"].shape[2:])
