@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from fairskin.diffusion.generate import ITEM_PAUSE_ENV  # noqa: E402
 from fairskin.provenance import shard_fingerprint  # noqa: E402
-from fairskin.testing.cluster import Cluster  # noqa: E402
+from fairskin.testing.cluster import Cluster, wait_for  # noqa: E402
 
 
 def _log(msg: str) -> None:
@@ -77,18 +77,6 @@ def _run(cmd: list[str], env: dict, log: Path, timeout: float = 1200) -> None:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}:\n{log.read_text()[-3000:]}")
 
 
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str, log: Path):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
 def _shards(root: Path) -> dict[str, str]:
     """Pool shard files of the generate stage (relative path -> sha256), finished or in progress."""
     out = {}
@@ -111,7 +99,7 @@ def generate_scenario(cluster: Cluster, root: Path, pipeline: list[str], log: Pa
                   {**env, ITEM_PAUSE_ENV: "1.0"}, log)  # a second per item: the loss lands mid-pool
     try:
         # Both nodes hold a pool actor, and node_b's has had time to write items.
-        _wait_for(lambda: cluster.nodes["node_a"].actor_pids("ItemGenerator") and node_b.actor_pids("ItemGenerator")
+        wait_for(lambda: cluster.nodes["node_a"].actor_pids("ItemGenerator") and node_b.actor_pids("ItemGenerator")
                   and len(_shards(root)) >= 4, 900, proc, "pool actors on both nodes", log)
         before = len(_shards(root))
         node_b.kill()
@@ -154,7 +142,7 @@ def study_scenario(cluster: Cluster, root: Path, common: list[str], log: Path) -
         proc = subprocess.Popen(cmd, cwd=REPO, env=cluster.driver_env(), stdout=stdout, stderr=fh,
                                 start_new_session=True)
     try:
-        _wait_for(lambda: _trial_pids(node_b), 900, proc, "a trial on node_b", log)
+        wait_for(lambda: _trial_pids(node_b), 900, proc, "a trial on node_b", log)
         time.sleep(3)  # mid-trial
         on_b = len(_trial_pids(node_b))
         node_b.kill()

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from mlflow import MlflowClient
 
 from conftest import REPO
 from fairskin.diffusion.finetune import STEP_PAUSE_ENV, latest_state
-from fairskin.testing.cluster import Cluster
+from fairskin.testing.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -46,18 +45,6 @@ def _recorded_step(folder: Path) -> int:
     return found[1]["step"] if found else 0
 
 
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str, log: Path):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc.poll() is not None:
-            raise AssertionError(f"pipeline exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
-
-
 def test_fine_tune_across_two_nodes_survives_losing_one(two_nodes, tmp_path):
     cluster = two_nodes
     root, log = tmp_path / "runs", tmp_path / "pipeline.log"
@@ -68,7 +55,7 @@ def test_fine_tune_across_two_nodes_survives_losing_one(two_nodes, tmp_path):
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         folder_of = lambda: next((root / "checkpoints").glob("finetune-*/vanilla"), None)  # noqa: E731
-        folder = _wait_for(lambda: (f := folder_of()) is not None and _recorded_step(f) >= 2 and f,
+        folder = wait_for(lambda: (f := folder_of()) is not None and _recorded_step(f) >= 2 and f,
                            400, proc, "a checkpoint recorded by Ray Train", log)
         # One Ray Train worker on each node (STRICT_SPREAD).
         node_a, node_b = cluster.nodes["node_a"], cluster.nodes["node_b"]
@@ -81,7 +68,7 @@ def test_fine_tune_across_two_nodes_survives_losing_one(two_nodes, tmp_path):
         fresh = cluster.replace("node_b")  # as an autoscaler would
 
         # The restarted worker group is spread again, over node_a and the fresh node.
-        _wait_for(lambda: fresh.actor_pids("RayTrainWorker") and node_a.actor_pids("RayTrainWorker"),
+        wait_for(lambda: fresh.actor_pids("RayTrainWorker") and node_a.actor_pids("RayTrainWorker"),
                   300, proc, "Ray Train workers on both nodes again", log)
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:

@@ -75,6 +75,27 @@ def node_pids(temp_dir: str | Path) -> list[int]:
     return pids
 
 
+class WaitFailed(AssertionError):
+    """What :func:`wait_for` raises: the watched process ended first, or the time ran out."""
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str, log: Path, poll_s: float = 0.1):
+    """Poll ``predicate()`` until it returns something truthy (returned) while ``proc`` still runs.
+
+    Raises :class:`WaitFailed` naming ``what`` with the tail of ``log`` (the process's output file) when
+    ``proc`` exits first or ``timeout`` seconds pass.
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            raise WaitFailed(f"exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
+        time.sleep(poll_s)
+    raise WaitFailed(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
+
+
 def process_title(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
