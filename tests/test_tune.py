@@ -342,3 +342,23 @@ def test_sigkill_after_two_trials_then_resume_leaves_exactly_the_planned_runs(ra
     superseded = [r for r in every if r.info.lifecycle_stage == "deleted"]
     assert superseded and all("fairskin.superseded" in r.data.tags for r in superseded)
     assert {r.info.run_id for r in superseded} <= {e["run_id"] for e in first_map.values()}
+
+
+def test_a_study_shows_one_bar_of_ended_trials_and_leaves_tunes_tables_to_verbose():
+    """Review of issue 16: with progress on, Tune printed its configuration box, a trial table every 30 s and a
+    result box per trial on the demo's console; the engine's bar counts ended trials (restored ones too) instead."""
+    import pickle
+    from types import SimpleNamespace
+
+    from fairskin.tune.progress import StudyProgress, tune_verbosity
+
+    assert tune_verbosity(progress=True, verbose=False) == 0 and tune_verbosity(progress=True, verbose=True) == 1
+    assert tune_verbosity(progress=False, verbose=True) == 0
+    bar = StudyProgress(total=4, description="tune test")
+    trials = [SimpleNamespace(status=s) for s in ("TERMINATED", "ERROR", "RUNNING", "PENDING")]
+    bar.on_step_end(iteration=1, trials=trials)
+    assert (bar.ended, bar.failed, bar.running) == (2, 1, 1) and bar._progress is not None
+    restored = pickle.loads(pickle.dumps(bar))  # Tune keeps callbacks in trials/tuner.pkl
+    assert restored._progress is None and restored.total == 4
+    bar.on_experiment_end(trials=[SimpleNamespace(status="TERMINATED")] * 4)
+    assert bar.ended == 4 and bar._progress is None

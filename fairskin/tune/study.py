@@ -365,6 +365,7 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
     from ray import tune
 
     from fairskin.runtime import init_ray
+    from fairskin.tune.progress import StudyProgress, tune_verbosity
     from fairskin.tune.trainable import put_inputs
 
     cluster = init_ray(config)
@@ -384,6 +385,7 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
     remember_tracking_uri(folder, tracker.tracking_uri)
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         echo(f"resuming from {exp_dir} (finished trials are kept, unfinished ones rerun)")
+        # The callbacks and Tune's verbosity come back from the experiment state (the bar restarts itself).
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit(), inputs
     searcher, param_space = build_search(space, concurrency)
@@ -391,6 +393,8 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
     if tracker.client is not None:
         callbacks.append(StudyMLflowCallback(folder, tracker.tracking_uri, tracker.experiment_name, tags,
                                              base_params, pool_fingerprints))
+    if config.runtime.progress:
+        callbacks.append(StudyProgress(space.expected_trials, f"tune {folder.name}"))
     echo(f"{concurrency} trial(s) at once, {config.tune.cpus_per_trial} CPU each "
          f"(cluster: {cluster.get('CPU', 0):g} CPU)")
     tuner = tune.Tuner(
@@ -401,7 +405,7 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder), callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if generator else None,
-                                  verbose=1 if config.runtime.progress else 0),
+                                  verbose=tune_verbosity(config.runtime.progress, config.runtime.verbose)),
     )
     return tuner.fit(), inputs
 
