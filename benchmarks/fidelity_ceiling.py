@@ -1,6 +1,7 @@
 """How much of the pools' fidelity can a generator keep through its VAE? The round-trip ceiling.
 
     python benchmarks/fidelity_ceiling.py --runs-root RUNS [--quick] [--base FOLDER] [--judge FOLDER]
+                                          [--train-vae STEPS,STEPS,... [--vae-batch B] [--vae-lr LR]]
 
 Every pool image is a decoded latent, so no generator built on a base's VAE can score better than
 the VAE's own round trip of real images. On a runs root where ``prepare``, ``base`` and ``judge``
@@ -14,6 +15,10 @@ caches latents), decodes them, and scores both sets with the evaluate stage's ow
 
 If the round trip already loses most of the judge's accuracy, the VAE bounds disease fidelity and
 the UNet is not the place to look; if it keeps it, the UNet (steps, width, conditioning) is.
+``--train-vae 600,1500,3000``: instead of (besides) the base's VAE, train the base stage's tiny VAE
+from the same initial weights (``build_tiny_sd``, seed 0) on the prepared train split and measure the
+ceiling after each number of steps (``train_tiny_vae`` continued in increments, each increment with
+its own seed: the first equals the base stage's training when ``--vae-batch`` is its batch).
 ``--quick``: at most 20 held-out images per subclass. The last line printed is one JSON object.
 """
 
@@ -58,6 +63,22 @@ def vae_round_trip(vae, pixels: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(out)
 
 
+def ceiling(vae, judge, image_size: int, diseases, held_pixels, held_meta, bands, groups, label: str
+            ) -> dict[str, float]:
+    """Judge accuracy (mean over subclasses) and skin-tone agreement of ``vae``'s round trip of the held-out
+    images (or of the images themselves when ``vae`` is None), overall and per group, keyed ``*_<label>``."""
+    pixels = held_pixels if vae is None else vae_round_trip(vae, held_pixels)
+    accuracy = judge_accuracy(judge_predictions(judge, pixels, image_size, diseases), held_meta, groups, diseases)
+    own = bands.assign(image_ita(pixels)) == held_meta["group"].to_numpy()
+    out = {f"judge_accuracy_{label}": round(subclass_mean(accuracy), 4),
+           f"skin_tone_agreement_{label}": round(float(own.mean()), 4)}
+    for g in groups:
+        rows = held_meta["group"].to_numpy() == g
+        out[f"judge_accuracy_{label}_{g}"] = round(subclass_mean(accuracy[accuracy["group"] == g]), 4)
+        out[f"skin_tone_agreement_{label}_{g}"] = round(float(own[rows].mean()), 4)
+    return out
+
+
 def subclass_mean(table) -> float:
     return float(table["accuracy"].dropna().mean())
 
@@ -69,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge", default=None, help="a judge stage folder (default: the runs root's only one)")
     parser.add_argument("--prepare", default=None, help="a prepare stage folder (default: the runs root's only one)")
     parser.add_argument("--quick", action="store_true", help="at most 20 held-out images per subclass")
+    parser.add_argument("--train-vae", default="", help="comma-separated step counts: train a fresh tiny VAE")
+    parser.add_argument("--vae-batch", type=int, default=16, help="batch of --train-vae (the demo/study base's)")
+    parser.add_argument("--vae-lr", type=float, default=1e-3, help="learning rate of --train-vae (the base's)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     root = Path(args.runs_root)
@@ -90,32 +114,39 @@ def main(argv: list[str] | None = None) -> int:
         keep = held_meta.groupby(["group", "disease"]).head(20).index.to_numpy()
         held_pixels, held_meta = held_pixels[keep], held_meta.loc[keep].reset_index(drop=True)
     groups = sorted(held_meta["group"].unique())
-    started = time.time()
-    recon = vae_round_trip(vae, held_pixels)
-    vae_s = time.time() - started
-
     bands = ReferenceBands.from_real(image_ita(train_pixels), train_meta["group"].to_numpy())
     figures: dict[str, float | int | str] = {"base": base.name, "judge": judge_folder.name,
                                              "heldout_images": int(len(held_pixels))}
-    for label, pixels in (("real", held_pixels), ("vae_roundtrip", recon)):
-        accuracy = judge_accuracy(judge_predictions(judge, pixels, image_size, diseases), held_meta, groups, diseases)
-        assigned = bands.assign(image_ita(pixels))
-        own = assigned == held_meta["group"].to_numpy()
-        figures[f"judge_accuracy_{label}"] = round(subclass_mean(accuracy), 4)
-        figures[f"skin_tone_agreement_{label}"] = round(float(own.mean()), 4)
-        for g in groups:
-            rows = held_meta["group"].to_numpy() == g
-            figures[f"judge_accuracy_{label}_{g}"] = round(subclass_mean(accuracy[accuracy["group"] == g]), 4)
-            figures[f"skin_tone_agreement_{label}_{g}"] = round(float(own[rows].mean()), 4)
+    started = time.time()
+    measured = ["real", "vae_roundtrip"]
+    figures.update(ceiling(None, judge, image_size, diseases, held_pixels, held_meta, bands, groups, "real"))
+    figures.update(ceiling(vae, judge, image_size, diseases, held_pixels, held_meta, bands, groups, "vae_roundtrip"))
+    figures["vae_round_trip_s"] = round(time.time() - started, 1)
+    if args.train_vae:
+        from fairskin.data.stream import decode_local
+        from fairskin.diffusion.base import train_tiny_vae
+        from fairskin.diffusion.models import build_tiny_sd
+
+        train = decode_local(prepare / "shards")
+        fresh = build_tiny_sd(image_size=train.pixels.shape[1], seed=0).vae
+        done = 0
+        for k, target in enumerate(int(n) for n in args.train_vae.split(",")):
+            tic = time.time()
+            train_tiny_vae(fresh, train, target - done, args.vae_batch, seed=k, lr=args.vae_lr)
+            done = target
+            label = f"vae{target}"
+            figures.update(ceiling(fresh, judge, image_size, diseases, held_pixels, held_meta, bands, groups, label))
+            figures[f"{label}_train_s"] = round(time.time() - tic, 1)
+            measured.append(label)
+            print(f"trained {target} steps: judge accuracy {figures[f'judge_accuracy_{label}']:.3f}", flush=True)
     figures["judge_kept_by_vae"] = round(figures["judge_accuracy_vae_roundtrip"] / figures["judge_accuracy_real"], 4)
-    figures["vae_round_trip_s"] = round(vae_s, 1)
     print(f"held-out real images: {len(held_pixels)} ({info.description})")
-    for label in ("real", "vae_roundtrip"):
+    for label in measured:
         per_group = ", ".join(f"{g} {figures[f'judge_accuracy_{label}_{g}']:.3f}" for g in groups)
         tone = ", ".join(f"{g} {figures[f'skin_tone_agreement_{label}_{g}']:.3f}" for g in groups)
         print(f"{label:>14}: judge accuracy {figures[f'judge_accuracy_{label}']:.3f} ({per_group}); "
               f"skin-tone agreement {figures[f'skin_tone_agreement_{label}']:.3f} ({tone})")
-    print(f"the VAE keeps {figures['judge_kept_by_vae']:.0%} of the judge's accuracy on real images")
+    print(f"the base's VAE keeps {figures['judge_kept_by_vae']:.0%} of the judge's accuracy on real images")
     print(json.dumps(figures))
     return 0
 
