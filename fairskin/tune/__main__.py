@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     check_args(parser, args)
     config = config_from_args(args)
     from fairskin.lock import runs_root_lock
+    from fairskin.runtime import quiet_console
+
+    quiet_console(config.runtime.verbose)  # as the pipeline job: no library progress bars or INFO logs
 
     with input_errors(args.debug), runs_root_lock(config.runtime.runs_root, break_lock=args.break_lock):
         return _study(args, config)

@@ -165,8 +165,9 @@ def max_concurrency(config: FairSkinConfig, cluster: Mapping[str, float]) -> int
     return limit
 
 
-def build_search(space: ResolvedSpace, concurrency: int):
-    """(search_alg or None, param_space): Optuna for tpe/random, Tune's grid for grid spaces."""
+def build_search(space: ResolvedSpace, concurrency: int, verbose: bool = False):
+    """(search_alg or None, param_space): Optuna for tpe/random, Tune's grid for grid spaces. Optuna's
+    INFO lines (study created, each trial's values) only with ``verbose``."""
     from ray import tune
 
     fixed = dict(space.fixed)
@@ -180,6 +181,8 @@ def build_search(space: ResolvedSpace, concurrency: int):
 
     from fairskin.tune.spaces import DefineByRun
 
+    if not verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     if space.search == "random":
         sampler = optuna.samplers.RandomSampler(seed=space.search_seed)
     else:
@@ -392,7 +395,7 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
         echo(f"resuming from {exp_dir} (finished trials are kept, unfinished ones rerun)")
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit(), inputs
-    searcher, param_space = build_search(space, concurrency)
+    searcher, param_space = build_search(space, concurrency, verbose=bool(config.runtime.verbose))
     callbacks = []
     if tracker.client is not None:
         callbacks.append(StudyMLflowCallback(folder, tracker.tracking_uri, tracker.experiment_name, tags,
