@@ -83,6 +83,9 @@ _QUIET_ENV = {
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables..."
     "TRANSFORMERS_VERBOSITY": "error",
     "DIFFUSERS_VERBOSITY": "error",
+    # A generator study keeps one checkpoint per trial (CheckpointConfig(num_to_keep=1)), which makes Tune
+    # snapshot the experiment at every checkpoint (what --resume restores from) and warn about it each time.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
 

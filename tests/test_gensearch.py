@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
+
+from conftest import REPO
 
 from fairskin.config import DiffusionConfig, VariantSpec, build_config
 from fairskin.tracking import PARENT_TAG
@@ -59,24 +69,41 @@ def test_trial_settings_become_a_valid_custom_variant():
 
 # --------------------------------------------------------------------------- a study
 
+OBJECTIVES = ("skin_tone_agreement_worst_group", "disease_fidelity_worst_group", "fid_var_group")
+SMOKE_STUDY = ["tune.generator_pool_per_subclass=2"]  # 2 images per subclass and checkpoint: the cheapest pool
 
-def test_smoke_generator_study_three_trials_tracked(ray_session, tmp_path):
+
+def _reports(max_steps: int, every: int = 3) -> int:
+    """Checkpoints (reports) of a trial of ``max_steps`` fine-tune steps: every ``every`` steps and the last
+    (smoke: diffusion.checkpoint_every = 3)."""
+    return len({*range(every, max_steps + 1, every), max_steps})
+
+
+@pytest.fixture(scope="module")
+def generator_root(tmp_path_factory, ray_session):
+    """A smoke runs root holding the stages every generator study reads (prepare, base, judge, reference)
+    and one finished 3-trial study (in process, on the session's head). The module's other tests reuse the
+    stages (skipped, same keys) under other study names; the pipeline test reuses the study's best trial."""
     from fairskin.tune.generator import generator_sources
     from fairskin.tune.study import run_study
 
-    config = build_config("smoke", overrides=[f"runtime.runs_root={tmp_path / 'runs'}",
-                                              "tune.generator_pool_per_subclass=2", "tune.num_trials=3"])
+    root = tmp_path_factory.mktemp("gensearch") / "runs"
+    config = build_config("smoke", overrides=[f"runtime.runs_root={root}", *SMOKE_STUDY, "tune.num_trials=3"])
     sources = generator_sources(config, echo=lambda *_: None)
     result = run_study(config, "cbdm_strength", {}, sources.shards, sources=sources, echo=lambda *_: None)
+    return config, result
+
+
+def test_smoke_generator_study_three_trials_tracked(generator_root):
+    config, result = generator_root
     assert not result.interrupted and len(result.trials) == 3
     assert (result.trials["state"] == "finished").all()
     client = MlflowClient(config.tracking_uri())
     children = client.search_runs([result.experiment_id], f"tags.{PARENT_TAG} = '{result.parent_run_id}'")
     assert len(children) == 3
     for run in children:
-        steps = int(run.data.params["trial.diffusion.max_steps"])
-        reports = len({*range(3, steps + 1, 3), steps})  # smoke: checkpoint every 3 steps, and the last
-        for metric in ("skin_tone_agreement_worst_group", "disease_fidelity_worst_group", "fid_var_group"):
+        reports = _reports(int(run.data.params["trial.diffusion.max_steps"]))
+        for metric in OBJECTIVES:
             assert len(client.get_metric_history(run.info.run_id, metric)) == reports, metric
         assert run.info.status == "FINISHED"
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"pool", "generator"}
@@ -89,5 +116,133 @@ def test_smoke_generator_study_three_trials_tracked(ray_session, tmp_path):
     assert (result.path / "report" / "tradeoff_by_tau.png").is_file()
     assert (result.path / "report" / "pareto_front.png").is_file()
     parent = {a.path for a in client.list_artifacts(result.parent_run_id, "study")}
-    assert {"study/tradeoff_by_tau.png", "study/pareto_front.png"} <= parent
+    assert {"study/tradeoff_by_tau.png", "study/pareto_front.png", "study/best_variant.yaml"} <= parent
     assert len(result.pareto) >= 1
+    # the best trial's variant.yaml, copied to the report: the entry of the best trial, not another one
+    best = yaml.safe_load(result.best_variant.read_text())["diffusion"]["custom_variants"][0]
+    assert best["name"] == f"trial_{result.best['trial_id']}"
+    row = result.trials.set_index("trial_id").loc[result.best["trial_id"]]
+    assert best["cbdm_tau"] == pytest.approx(row["diffusion.cbdm_tau"])
+    assert best["max_steps"] == int(row["diffusion.max_steps"]) and best["weights"] == row["variant.weights"]
+
+
+@pytest.mark.ray
+def test_generator_study_sigint_then_resume_keeps_finished_trials(generator_root, tmp_path):
+    """Issue 17: a generator study is resumable like a classifier study. The CLI is interrupted (SIGINT) once
+    a trial has finished: exit 130; ``--resume`` ends with the planned trials, each with one FINISHED child
+    run under the one parent, the finished trials neither rerun (their pool files untouched) nor logged twice,
+    and each checkpoint's metrics logged once."""
+    config, _ = generator_root
+    root, study, planned = config.runtime.runs_root, "gen-sigint", 3
+    cmd = [sys.executable, "-m", "fairskin.tune", "--space", "cbdm_strength", "--preset", "smoke", "--trials",
+           str(planned), "--study", study, f"runtime.runs_root={root}", *SMOKE_STUDY,
+           "tune.max_concurrent_trials=1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    folder = root / "tune" / study
+    runs_file = folder / "mlflow_runs.json"
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline, finished = time.time() + 300, []
+            while time.time() < deadline and proc.poll() is None and not finished:
+                try:
+                    finished = [t for t, e in json.loads(runs_file.read_text()).items() if e["state"] == "finished"]
+                except (OSError, ValueError):
+                    finished = []
+                time.sleep(0.1)
+            assert finished, f"no trial finished in time:\n{log.read_text()[-3000:]}"
+            proc.send_signal(signal.SIGINT)  # our own child, by its PID
+            code = proc.wait(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+    assert code == 130, log.read_text()[-3000:]
+    first_map = json.loads(runs_file.read_text())
+    done_first = [t for t, e in first_map.items() if e["state"] == "finished"]
+    assert 1 <= len(done_first) < planned, first_map
+    # A finished trial's outputs, as the interrupted run left them (a rerun would write them again).
+    from fairskin.tune.generator import trial_variant_name
+
+    outputs = {t: {p.name: p.stat().st_mtime_ns for p in (folder / "generators" / trial_variant_name(t)).iterdir()
+                   if p.is_file()} for t in done_first}
+    assert all({"pool.npz", "variant.yaml", "preview.png"} <= set(o) for o in outputs.values()), outputs
+
+    resumed = subprocess.run([*cmd, "--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["trials"] == planned and not summary["interrupted"]
+    final_map = json.loads(runs_file.read_text())
+    assert len(final_map) == planned and {e["state"] for e in final_map.values()} == {"finished"}
+    for tid, entry in first_map.items():  # every trial started before the interrupt kept its run
+        assert final_map[tid]["run_id"] == entry["run_id"]
+    for tid, files in outputs.items():  # finished trials were not run again
+        now = {p.name: p.stat().st_mtime_ns for p in (folder / "generators" / trial_variant_name(tid)).iterdir()
+               if p.is_file()}
+        assert now == files, tid
+    assert sorted(p.name for p in (folder / "generators").iterdir()) == sorted(map(trial_variant_name, final_map))
+    client = MlflowClient(config.tracking_uri())
+    experiment = client.get_experiment(summary["experiment_id"])
+    parents = client.search_runs([experiment.experiment_id], "tags.`fairskin.kind` = 'tune'")
+    parents = [p for p in parents if PARENT_TAG not in p.data.tags]
+    assert [p.info.run_id for p in parents] == [summary["parent_run_id"]]
+    assert parents[0].info.status == "FINISHED"
+    children = client.search_runs([experiment.experiment_id], f"tags.{PARENT_TAG} = '{summary['parent_run_id']}'")
+    assert sorted(c.info.run_id for c in children) == sorted(e["run_id"] for e in final_map.values())
+    for c in children:
+        assert c.info.status == "FINISHED"
+        reports = _reports(int(c.data.params["trial.diffusion.max_steps"]))
+        for metric in (*OBJECTIVES, "step"):
+            steps = [m.step for m in client.get_metric_history(c.info.run_id, metric)]
+            assert sorted(steps) == list(range(1, reports + 1)), (c.data.tags["fairskin.trial_id"], metric, steps)
+        assert {a.path for a in client.list_artifacts(c.info.run_id)} >= {"pool", "generator"}
+
+
+@pytest.mark.ray
+def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_the_report(generator_root, tmp_path):
+    """Issue 17's acceptance: the best trial's ``report/best_variant.yaml`` (written from its ``variant.yaml``),
+    given to ``jobs/full_pipeline.py --config`` with its name in ``diffusion.variants``, is fine-tuned with the
+    trial's settings, gets a pool, and appears in Table 1 (every downstream mode) and in the paired-difference
+    table against vanilla. Reuses the study's runs root: prepare, reference, base and judge are skipped."""
+    config, result = generator_root
+    root = config.runtime.runs_root
+    name = f"trial_{result.best['trial_id']}"
+    entry = yaml.safe_load(result.best_variant.read_text())["diffusion"]["custom_variants"][0]
+    out = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", "--config",
+                          str(result.best_variant), f"diffusion.variants=[vanilla, {name}]", f"runtime.runs_root={root}"],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:]
+    for stage in ("prepare", "reference", "base", "judge"):
+        assert f"[{stage}] skipped (already done)" in out.stdout, stage
+    stages = root / "stages"
+    (finetune,) = stages.glob("finetune-*")
+    assert sorted(p.name for p in finetune.iterdir() if (p / "pipeline").is_dir()) == sorted(["vanilla", name])
+    assert json.loads((finetune / "_stage.json").read_text())["summary"][f"{name}_steps"] == entry["max_steps"]
+    client = MlflowClient(config.tracking_uri())
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                f"tags.`fairskin.stage` = 'finetune' and tags.`fairskin.variant` = '{name}'")
+    for field in ("cbdm_tau", "cbdm_gamma", "learning_rate", "max_steps", "weights", "loss", "apply"):
+        assert run.data.params[f"variant.{field}"] == str(entry[field]), field
+    # The same settings, seed (repeat_seeds[0], no salt) and step code: the pipeline's Ray Train fine-tune of the
+    # variant is the trial's in-process generator, weight for weight (both on one thread).
+    from safetensors.torch import load_file
+
+    weights = "pipeline/unet/diffusion_pytorch_model.safetensors"
+    ours = load_file(finetune / name / weights)
+    trial = load_file(result.path / "generators" / name / weights)
+    assert ours.keys() == trial.keys() and all(torch.equal(ours[k], trial[k]) for k in ours)
+    (generate,) = stages.glob("generate-*")
+    assert (generate / name / "index.json").is_file()
+    (report,) = stages.glob("report-*")
+    table1 = pd.read_csv(report / "table1.csv")
+    assert sorted(table1.loc[table1["variant"] == name, "mode"]) == ["random", "resample", "reweight"]
+    assert table1.loc[table1["variant"] == name, "accuracy"].between(0, 1).all()
+    paired = pd.read_csv(report / "delta_vs_vanilla.csv")
+    mine = paired[paired["variant"] == name]
+    assert set(mine["block"]) == {"random", "resample", "reweight", "generation"}, paired[["variant", "block"]]
+    assert {"accuracy", "essp_fairseg", "fid", "disease_fidelity"} <= set(mine["metric"])
+    assert set(paired["variant"]) == {name}  # the baseline is not compared with itself
+    markdown = (report / "report.md").read_text()
+    assert name in markdown.split("## Table 1", 1)[1]

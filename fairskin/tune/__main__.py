@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     check_args(parser, args)
     config = config_from_args(args)
     from fairskin.lock import runs_root_lock
+    from fairskin.runtime import quiet_console
+
+    quiet_console(config.runtime.verbose)  # as the pipeline job: no library progress bars or INFO logs
 
     with input_errors(args.debug), runs_root_lock(config.runtime.runs_root, break_lock=args.break_lock):
         return _study(args, config)
@@ -119,17 +122,29 @@ def _print_summary(args: argparse.Namespace, result) -> int:
                "interrupted": result.interrupted, "seconds": round(result.seconds, 1),
                "best": {k: result.best.get(k) for k in ("trial_id", "run_id", *result.space.metrics)}
                if result.best else None, "pareto_size": len(result.pareto),
-               "confirmed": json.loads(result.confirmed.to_json(orient="records")) if len(result.confirmed) else []}
+               "confirmed": json.loads(result.confirmed.to_json(orient="records")) if len(result.confirmed) else [],
+               "best_variant": str(result.best_variant) if result.best_variant else None}
     if args.json:
         print(json.dumps(summary, default=str))
     else:
         print(f"study {result.name}: {summary['trials']} trial(s) in {summary['seconds']} s; "
               f"best {summary['best']}; Pareto front of {summary['pareto_size']}; report in {result.path / 'report'}")
+        if result.best_variant:
+            name = _variant_name(result.best_variant)
+            print(f"best generator as a variant: {result.best_variant}\n  python jobs/full_pipeline.py --preset "
+                  f"{args.preset} --config {result.best_variant} \"diffusion.variants=[vanilla, fairskin_s, {name}]\"")
     if result.interrupted:
         print(f"interrupted: continue with `python -m fairskin.tune --space {args.space} --preset {args.preset} "
               f"--study {result.name} --resume ...`", file=sys.stderr)
         return 130
     return 0
+
+
+def _variant_name(path: Path) -> str:
+    """The name of the one custom variant in a generator trial's ``variant.yaml``."""
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())["diffusion"]["custom_variants"][0]["name"]
 
 
 if __name__ == "__main__":

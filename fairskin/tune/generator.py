@@ -237,7 +237,7 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
     seed = diffusion.repeat_seeds[0]
     out = inputs.study_dir / GENERATORS_DIR / name
     out.mkdir(parents=True, exist_ok=True)
-    (out / "variant.yaml").write_text(_variant_yaml(variant))
+    (out / "variant.yaml").write_text(variant_yaml(variant))
 
     base = str(Path(sources.base).resolve()) if Path(sources.base).is_dir() else str(sources.base)
     parts = load_sd(base)
@@ -328,11 +328,16 @@ def _settings_line(variant: VariantSpec) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items())
 
 
-def _variant_yaml(variant: VariantSpec) -> str:
+def variant_yaml(variant: VariantSpec) -> str:
+    """A trial's variant as a config file (the text of ``variant.yaml``): ``diffusion.custom_variants``
+    holding its one entry, loadable with ``--config`` over any preset. The entry defines the variant;
+    the pipeline fine-tunes it only once its name is also in ``diffusion.variants`` (the comment says how)."""
     import yaml
 
     entry = variant.model_dump(mode="json", exclude_none=True, exclude={"seed_salt"})
-    return ("# a diffusion.custom_variants entry for this trial's generator; add its name to diffusion.variants\n"
+    return (f"# the diffusion.custom_variants entry of generator {variant.name}; to take it into the ablation:\n"
+            f"#   python jobs/full_pipeline.py --preset PRESET --config THIS_FILE "
+            f"\"diffusion.variants=[vanilla, fairskin_s, {variant.name}]\"\n"
             + yaml.safe_dump({"diffusion": {"custom_variants": [entry]}}, sort_keys=False))
 
 

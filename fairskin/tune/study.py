@@ -6,7 +6,9 @@ Layout of a study folder, ``<runs root>/tune/<study>/``::
     mlflow_parent.json   tracking URI, experiment and the parent run id
     mlflow_runs.json     trial id -> child run id and state (written by the MLflow callback)
     trials/              Ray Tune's experiment folder (Tuner storage_path = the study folder)
-    report/              trials.csv, best_trial.json, pareto_front.csv, plots (also parent artifacts)
+    report/              trials.csv, best_trial.json, pareto_front.csv, plots (also parent artifacts);
+                         a generator study adds best_variant.yaml (the best trial's variant.yaml)
+    generators/          a generator study's trials: trial_<id>/ with pipeline/, pool, preview, variant.yaml
 
 One MLflow experiment per study, one parent run per study (a ``--resume`` continues it),
 one child run per trial. Inside trials only ``ray.tune.report`` is called; the driver's
@@ -42,6 +44,7 @@ from fairskin.versioning import record_environment
 STUDY_FILE = "study.json"
 TUNE_DIR = "trials"
 REPORT_DIR = "report"
+BEST_VARIANT_FILE = "best_variant.yaml"  # report/: the best generator trial's diffusion.custom_variants entry
 
 
 class StudyError(RuntimeError):
@@ -88,6 +91,9 @@ class StudyResult:
     artifacts: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: check, tracking, fit, report
     confirmed: pd.DataFrame = field(default_factory=pd.DataFrame)  # chosen points re-trained over new seeds
+    # A generator study: report/best_variant.yaml, the best trial's variant as a config file for
+    # ``--config`` (None for classifier studies, or when no trial completed).
+    best_variant: Path | None = None
 
 
 def study_name(space: str, variant: str | None, preset: str) -> str:
@@ -159,8 +165,9 @@ def max_concurrency(config: FairSkinConfig, cluster: Mapping[str, float]) -> int
     return limit
 
 
-def build_search(space: ResolvedSpace, concurrency: int):
-    """(search_alg or None, param_space): Optuna for tpe/random, Tune's grid for grid spaces."""
+def build_search(space: ResolvedSpace, concurrency: int, verbose: bool = False):
+    """(search_alg or None, param_space): Optuna for tpe/random, Tune's grid for grid spaces. Optuna's
+    INFO lines (study created, each trial's values) only with ``verbose``."""
     from ray import tune
 
     fixed = dict(space.fixed)
@@ -174,6 +181,8 @@ def build_search(space: ResolvedSpace, concurrency: int):
 
     from fairskin.tune.spaces import DefineByRun
 
+    if not verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     if space.search == "random":
         sampler = optuna.samplers.RandomSampler(seed=space.search_seed)
     else:
@@ -388,7 +397,7 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
         # The callbacks and Tune's verbosity come back from the experiment state (the bar restarts itself).
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit(), inputs
-    searcher, param_space = build_search(space, concurrency)
+    searcher, param_space = build_search(space, concurrency, verbose=bool(config.runtime.verbose))
     callbacks = []
     if tracker.client is not None:
         callbacks.append(StudyMLflowCallback(folder, tracker.tracking_uri, tracker.experiment_name, tags,
@@ -528,6 +537,11 @@ def _summarise(config: FairSkinConfig, name: str, folder: Path, space: ResolvedS
         if len(metrics) >= 2:
             paths.append(plot_pareto(done, front, metrics, modes, report / "pareto_front.png",
                                      title=f"{name}: Pareto front"))
+    best_variant = None
+    if space.trainable == "generator" and best is not None:
+        best_variant = copy_best_variant(folder, str(best["trial_id"]))
+        if best_variant is not None:
+            paths.append(best_variant)
     for p in paths:
         parent.log_artifact(p, "study")
     if best is not None:
@@ -536,4 +550,20 @@ def _summarise(config: FairSkinConfig, name: str, folder: Path, space: ResolvedS
     parent.log_metrics({"pareto_size": len(front)})
     return StudyResult(name=name, path=folder, space=space, experiment_id=tracker.experiment_id,
                        parent_run_id=parent.run_id, trials=trials, best=best_dict, pareto=front,
-                       interrupted=interrupted, seconds=seconds, artifacts=paths)
+                       interrupted=interrupted, seconds=seconds, artifacts=paths, best_variant=best_variant)
+
+
+def copy_best_variant(folder: Path, trial_id: str) -> Path | None:
+    """Copy the best generator trial's ``variant.yaml`` to ``report/best_variant.yaml`` and return it
+    (None when that trial wrote none). The file is a config file: ``--config report/best_variant.yaml
+    "diffusion.variants=[vanilla, ..., trial_<id>]"`` takes the generator into the pipeline's ablation."""
+    import shutil
+
+    from fairskin.tune.generator import GENERATORS_DIR, trial_variant_name
+
+    source = folder / GENERATORS_DIR / trial_variant_name(trial_id) / "variant.yaml"
+    if not source.is_file():
+        return None
+    target = folder / REPORT_DIR / BEST_VARIANT_FILE
+    shutil.copyfile(source, target)
+    return target
