@@ -67,7 +67,7 @@ GROUP_BYTES = 256 * 1024
 SHARD_BYTES = 64 * MB
 PLAN_BLOCK = 8192          # positions per plan block: block k's draws come from SeedSequence([seed, k, ...])
 OPEN_FILES = 8            # shards kept open, each holding its parsed parquet footer
-FOOTER_EXPANSION = 8       # a parsed footer's memory / its serialized size (measured ~7.5: 0.7 MB for 256 groups)
+FOOTER_GROUP_BYTES = 3072  # memory of a parsed footer per row group (measured: 0.7 MB for 256 groups of 3 columns)
 # The decoded cache, the read buffers and the steps in flight get this share of the budget; the rest is
 # headroom for what the module cannot count (allocator slack, arrow's reader state, library pages first
 # touched): ~8 MB here with limit_allocator_slack(), see benchmarks/latent_stream.py.
@@ -295,7 +295,7 @@ class LatentShards:
         if self.shard_start[-1] != self.rows or self.subclass_start[-1] != self.rows:
             raise DataError(f"{where}: rows {self.rows}, but the shards hold {self.shard_start[-1]} and the "
                             f"subclass counts sum to {self.subclass_start[-1]}")
-        self.footer_bytes = 0  # the largest shard footer, serialized
+        self.max_groups = 0  # row groups of the largest shard (its parsed footer's size)
         for path, rows in zip(self.files, shard_rows):
             self._check_footer(path, int(rows))
 
@@ -330,7 +330,7 @@ class LatentShards:
             if not schema.field(field.name).type.equals(field.type):
                 raise DataError(f"{where}: column {field.name!r} is {schema.field(field.name).type}; expected "
                                 f"{field.type} (latent shape {list(self.shape)} from {INDEX_FILE})")
-        self.footer_bytes = max(self.footer_bytes, int(meta.serialized_size))
+        self.max_groups = max(self.max_groups, meta.num_row_groups)
         groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         full = [self.rows_per_group] * (rows // self.rows_per_group) + ([rows % self.rows_per_group]
                                                                         if rows % self.rows_per_group else [])
@@ -537,7 +537,7 @@ class LatentStream:
         per_step = global_batch // world
         probe = BudgetedReader(self.shards, 0)
         flip_bytes = self.shards.row_bytes // 2
-        footers = min(OPEN_FILES, len(self.shards.files)) * FOOTER_EXPANSION * self.shards.footer_bytes
+        footers = min(OPEN_FILES, len(self.shards.files)) * FOOTER_GROUP_BYTES * self.shards.max_groups
         reserve = 2 * probe.group_bytes + STEPS_IN_FLIGHT * per_step * flip_bytes + footers
         cache = int(CACHE_FRACTION * self.budget_bytes) - reserve
         # Worst case every row of a window sits in its own group: the window's groups must all fit.
