@@ -299,6 +299,9 @@ class LatentShards:
         for path, rows in zip(self.files, shard_rows):
             self._check_footer(path, int(rows))
 
+    def __len__(self) -> int:
+        return self.rows
+
     @property
     def row_bytes(self) -> int:
         """Bytes of one row's latents (both flips), float32."""
