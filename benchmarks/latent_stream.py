@@ -117,8 +117,8 @@ def child(root: str, budget_mb: float, batch: int, scheme: str, seed: int, defau
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="32 MB budget, 8x set (seconds)")
-    parser.add_argument("--budget-mb", type=float, default=None, help="memory budget (default 64; quick 32)")
+    parser.add_argument("--quick", action="store_true", help="48 MB budget, 8x set (about 40 s)")
+    parser.add_argument("--budget-mb", type=float, default=None, help="memory budget (default 64; quick 48)")
     parser.add_argument("--times", type=float, default=8.0, help="set size as a multiple of the budget")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--scheme", default="sqrs", choices=["none", "cbrs", "sqrs"])
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--default-allocator", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    budget = args.budget_mb or (32.0 if args.quick else 64.0)
+    budget = args.budget_mb or (48.0 if args.quick else 64.0)
     if args.child:
         print(json.dumps(child(args.child, budget, args.batch_size, args.scheme, args.seed, args.default_allocator)))
         return {}
