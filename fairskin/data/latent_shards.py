@@ -36,8 +36,9 @@ rest is headroom for the allocator and the reader's first-use state.
 The process's resident memory stays within the budget when freed buffers go back to the OS
 (:func:`limit_allocator_slack`; measured in ``benchmarks/latent_stream.py``).
 
-No ray, mlflow, pydantic or torch import at module level (``fairskin.diffusion.feed`` imports this module's
-users on the GPU machine, which has none of the first three).
+No ray, mlflow, pydantic or torch import at module level: the feed's users import it on the GPU benchmark
+machine, which has none of the first three (torch comes with the feed's flip rule and StepInputs, imported
+when a stream starts).
 """
 
 from __future__ import annotations
