@@ -1,6 +1,7 @@
 """The fine-tune's feed vs a torch DataLoader, side by side, interleaved (issue 15).
 
     python benchmarks/stream.py [--quick] [--preset demo] [--repeats R] [--steps K] [--batch-size B]
+    python benchmarks/stream.py --large [--quick] [...]   # a latent set larger than memory: benchmarks/latent_stream.py
 
 Both paths feed the same cached latents (the tiny SD's VAE posterior means of the ``prepare``
 stage's training images, both flips: what ``cache_training_set`` gives the fine-tune) with the
@@ -137,6 +138,12 @@ def interval(ratios: list[float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
+    if "--large" in sys.argv[1:]:  # the shard feed over a set several times its memory budget (issue 15, point 5)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from latent_stream import main as large
+
+        large([a for a in sys.argv[1:] if a != "--large"])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke data, few repeats (about a minute)")
     parser.add_argument("--preset", default=None)

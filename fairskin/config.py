@@ -174,6 +174,14 @@ class DiffusionConfig(_Section):
     mixed_precision: Literal["no", "bf16"] = "no"
     gradient_checkpointing: bool = False
     cache_latents: bool = True
+    # Where the fine-tune's workers read the cached latents: "memory", every latent in one object-store object
+    # (the paper's 2,600 images); "shards", parquet shards under the fine-tune's checkpoints folder, streamed
+    # within feed_memory_budget_mb per worker (fairskin.data.latent_shards: sets far larger than memory). The
+    # two draw the same weighted plan semantics from different random streams, so a run's batches differ.
+    latent_feed: Literal["memory", "shards"] = "memory"
+    # Per worker, with latent_feed = shards: decoded latents, read buffers and headroom (MB of 2**20 bytes).
+    # Does not change what a run draws, only how much it reads at once.
+    feed_memory_budget_mb: float = Field(1024.0, gt=0)
     cbdm_tau: float = Field(1.0, ge=0)
     cbdm_gamma: float = Field(0.25, ge=0)
     # y' per sample: uniform over all subclasses, y included (official CBDM fine-tune code, the
@@ -202,6 +210,14 @@ class DiffusionConfig(_Section):
         if len(set(value)) != len(value) or min(value) < 0:
             raise ValueError(f"repeat seeds must be distinct and >= 0, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _shards_need_cached_latents(self) -> "DiffusionConfig":
+        if self.latent_feed == "shards" and not self.cache_latents:
+            raise ValueError("diffusion.latent_feed = shards streams cached latents: it needs "
+                             "diffusion.cache_latents = true (without cached latents the workers encode "
+                             "pixels every step, held in memory)")
+        return self
 
     @model_validator(mode="after")
     def _known_variants(self) -> "DiffusionConfig":

@@ -110,7 +110,7 @@ def current_keys(config: FairSkinConfig) -> tuple[dict[str, str], dict[str, str]
             continue
         try:
             external = external_fingerprints(stage, config, cache)
-            key = stage_key(stage.name, config, stage.reads, {n: results[n] for n in stage.inputs},
+            key = stage_key(stage.name, config, stage.reads_for(config), {n: results[n] for n in stage.inputs},
                             stage.version, external)
         except Exception as exc:  # an unreadable external input: keep everything of this stage and later
             unknown[stage.name] = f"{type(exc).__name__}: {exc}"

@@ -48,6 +48,14 @@ class Stage:
     # External inputs: entries of EXTERNAL (dotted config paths naming files / folders, and
     # "tune.space_content") whose content fingerprints are part of the key.
     external: tuple[str, ...] = ()
+    # Settings added after keys were in use: (dotted path, the value that reproduces the older behaviour).
+    # Each is part of the key only when set to another value, so existing runs roots keep their keys.
+    reads_unless: tuple[tuple[str, Any], ...] = ()
+
+    def reads_for(self, config: FairSkinConfig) -> tuple[str, ...]:
+        """The config paths in this stage's key for ``config``: ``reads``, plus each ``reads_unless`` path
+        whose value is not its older-behaviour value."""
+        return self.reads + tuple(p for p, old in self.reads_unless if config.section(p) != old)
 
 
 STAGES: dict[str, Stage] = {}
@@ -117,7 +125,8 @@ def pipeline_stage_key(name: str, config: FairSkinConfig, inputs: Mapping[str, S
     """The key of stage ``name`` in this pipeline: its config slice, code version, inputs' keys and
     the contents of its external inputs."""
     stage = STAGES[name]
-    return stage_key(name, config, stage.reads, inputs, stage.version, external_fingerprints(stage, config, cache))
+    return stage_key(name, config, stage.reads_for(config), inputs, stage.version,
+                     external_fingerprints(stage, config, cache))
 
 
 # --------------------------------------------------------------------------- prepare
@@ -297,7 +306,9 @@ register_stage(Stage("control_base", reads=STAGES["base"].reads, inputs=("prepar
 
 # What the fine-tune's result depends on: every diffusion field but these, so a rerun with more
 # retries, another concurrency, another placement or kept checkpoints resumes the same checkpoints (same key).
-_FINETUNE_IGNORES = ("max_failures", "parallel_variants", "keep_checkpoints", "placement_strategy")
+# feed_memory_budget_mb sizes the shard feed's reads, not its draws; latent_feed is in the key when not "memory".
+_FINETUNE_IGNORES = ("max_failures", "parallel_variants", "keep_checkpoints", "placement_strategy",
+                     "feed_memory_budget_mb", "latent_feed")
 
 
 def _finetune_reads() -> tuple[str, ...]:
@@ -325,6 +336,7 @@ def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     import shutil
     import threading
 
+    from fairskin.config import group_slug
     from fairskin.data.stream import decode_local
     from fairskin.diffusion.finetune import FitInterrupted, cache_for, finetune_variant, request_stop
     from fairskin.diffusion.variants import generator_seed, generators
@@ -342,10 +354,13 @@ def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     names = generators(d)
     # What each generator starts from and trains on: the base and all of train, except the
     # control_drop_<group> generators (their group's base, train without the group).
-    starts = {None: (base, train, cache_for(config, base, train))}  # cache: latents and prompt embeddings
+    # With diffusion.latent_feed = shards the latents are written as shards beside the checkpoints (kept with
+    # them on a kill, so a rerun reuses them; removed with them when the stage is done).
+    starts = {None: (base, train, cache_for(config, base, train, shard_root=checkpoints / "latents" / "all"))}
     for group, folder in control_base_folders(inputs["control_base"]).items():
         without = train.without_group(group)
-        starts[group] = (folder, without, cache_for(config, folder, without))
+        starts[group] = (folder, without, cache_for(config, folder, without,
+                                                    shard_root=checkpoints / "latents" / f"without-{group_slug(group)}"))
     children = {name: _finetune_child(run, name, checkpoints / name, config) for name in names}
     stop = threading.Event()
 
@@ -467,6 +482,7 @@ def parallel_fits(config: FairSkinConfig, n_variants: int) -> int:
 
 
 register_stage(Stage("finetune", reads=_finetune_reads(), inputs=("prepare", "base", "control_base"), version=2,
+                     reads_unless=(("diffusion.latent_feed", "memory"),),
                      body=_finetune_body, needs_ray=True, log=_finetune_log))
 
 
@@ -986,14 +1002,15 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
                 init_ray(config)
             inputs = {name: outcome.results[name] for name in stage.inputs}
             external = external_fingerprints(stage, config)
-            key = stage_key(stage.name, config, stage.reads, inputs, stage.version, external)
+            reads = stage.reads_for(config)
+            key = stage_key(stage.name, config, reads, inputs, stage.version, external)
             parent.set_tags({f"fairskin.key.{stage.name}": key})
             echo(f"[{stage.name}] ...")
             with tracker.run(stage.name, parent=parent, tags={"fairskin.stage": stage.name, TAG_STAGE_KEY: key,
                                                               **tags}) as child:
                 child.inherit[TAG_STAGE_KEY] = key
                 started = time.time()
-                result = run_stage(config, stage.name, stage.reads,
+                result = run_stage(config, stage.name, reads,
                                    lambda out, s=stage, i=inputs, r=child: s.body(config, out, i, r),
                                    inputs=inputs, force=stage.name in force_set,
                                    version=stage.version, external=external)
@@ -1001,7 +1018,7 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
                 child.log_params({"stage.key": result.key, "stage.path": str(result.path),
                                   **{f"external.{k}": v for k, v in external.items()},
                                   **{f"reads.{k}": v for k, v in flatten(
-                                      {p: config.section(p) for p in stage.reads}).items()}})
+                                      {p: config.section(p) for p in reads}).items()}})
                 child.set_tags({"fairskin.skipped": result.skipped})
                 child.log_metrics({"stage_seconds": elapsed})
                 if stage.name == "prepare":

@@ -446,3 +446,33 @@ def test_in_process_steps_of_a_generator_trial_end_with_the_ray_train_weights(sm
     got = unet.state_dict()
     assert all(torch.allclose(straight[k], got[k], rtol=1e-4, atol=1e-6) for k in straight)
     assert _same_weights(straight, got)
+
+
+def test_the_shard_feed_fine_tunes_from_shards_and_resumes_by_position(smoke_base, tmp_path):
+    """diffusion.latent_feed = shards: the driver writes the latents as shards beside the checkpoints (the same
+    latents as the in-memory cache), the worker streams them within its budget, and a run that failed at step 4
+    and resumed ends with the weights of an uninterrupted one."""
+    import pyarrow.parquet as pq
+
+    from fairskin.data.latent_shards import LatentShards
+
+    config, base, train = smoke_base
+    config = _with(config, **STRAIGHT, latent_feed="shards", feed_memory_budget_mb=4.0)
+    variant = get_variant("fairskin_s", apply="sampler")
+    straight = finetune_variant(config, variant, base, train, tmp_path / "straight", checkpoints=tmp_path / "ck1")
+    assert straight["steps"] == 8 and straight["train_rows"] == len(train)
+    shards = LatentShards(tmp_path / "ck1" / "latents")
+    assert shards.nbytes > 0 and len(shards) == len(train)
+    stored = pq.ParquetDataset(shards.files).read()
+    memory, _ = cache_training_set(load_sd(str(base)), train, subclass_prompts(
+        config.diffusion.prompt_template, train.groups, train.diseases))
+    ids = stored.column("row_id").to_numpy()
+    assert np.allclose(stored.column("latents").combine_chunks().to_numpy_ndarray(), memory.columns["latents"][ids],
+                       atol=1e-6)
+    assert np.array_equal(stored.column("subclass").to_numpy(), train.subclass_id[ids])
+    resumed = finetune_variant(config, variant, base, train, tmp_path / "resumed", fail_at_step=4,
+                               checkpoints=tmp_path / "ck2")
+    assert resumed["attempts"] == 2
+    a = load_sd(str(tmp_path / "straight" / "pipeline")).unet.state_dict()
+    assert _same_weights(a, load_sd(str(tmp_path / "resumed" / "pipeline")).unet.state_dict())
+    assert not _same_weights(a, load_sd(str(base)).unet.state_dict())  # it did train

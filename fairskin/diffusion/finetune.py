@@ -44,6 +44,8 @@ import numpy as np
 import torch
 
 from fairskin.config import FairSkinConfig, VariantSpec
+from fairskin.data import DataError
+from fairskin.data.latent_shards import LatentShards, LatentShardWriter, LatentStream, budget_bytes
 from fairskin.data.stream import ArraySet, DecodedSet, WeightedStream
 from fairskin.diffusion.base import subclass_prompts
 from fairskin.diffusion.losses import check_finite_loss
@@ -68,14 +70,20 @@ class FitInterrupted(Exception):
 
 @torch.no_grad()
 def cache_training_set(parts, train: DecodedSet, prompts: list[str], cache_latents: bool = True,
-                       batch_size: int = 64) -> tuple[ArraySet, np.ndarray]:
+                       batch_size: int = 64, shard_root: Path | str | None = None
+                       ) -> tuple[ArraySet | LatentShards, np.ndarray]:
     """(rows to stream, prompt embeddings (S + 1, L, D) with the empty prompt last).
 
     With ``cache_latents`` the rows hold ``latents`` float32 (N, 2, C, h, w): the scaled VAE
     posterior mean of each image and of its horizontal flip. Otherwise they hold the uint8
-    pixels and workers encode every step.
+    pixels and workers encode every step. With ``shard_root`` the latents are written there as
+    parquet shards chunk by chunk (:mod:`fairskin.data.latent_shards`; row ids are ``train``'s rows)
+    and the rows are the opened shard set; a complete set already there is reused (it is a
+    function of the base and ``train``, which the caller's folder names).
     """
     cond = encode_prompts(parts.tokenizer, parts.text_encoder, prompts + [""]).numpy()
+    if shard_root is not None:
+        return _cache_latent_shards(parts, train, shard_root, batch_size), cond
     columns: dict[str, np.ndarray] = {"subclass": train.subclass_id, "group": train.group_id}
     if cache_latents:
         scale = parts.vae.config.scaling_factor
@@ -91,6 +99,27 @@ def cache_training_set(parts, train: DecodedSet, prompts: list[str], cache_laten
     return ArraySet(train.subclass_id, columns), cond
 
 
+@torch.no_grad()
+def _cache_latent_shards(parts, train: DecodedSet, root: Path | str, batch_size: int) -> LatentShards:
+    """Encode ``train`` in subclass order and write its latents (both flips) as shards at ``root``."""
+    try:
+        return LatentShards(root)
+    except DataError:  # none there yet, or an incomplete set (a killed writer): write it again
+        pass
+    scale = parts.vae.config.scaling_factor
+    order = np.argsort(train.subclass_id, kind="stable")  # the shard plan reads each subclass as one range
+    writer = None
+    for i in range(0, len(order), batch_size):
+        rows = order[i:i + batch_size]
+        x = pixels_to_tensor(train.pixels[rows])
+        z = parts.vae.encode(torch.stack([x, x.flip(-1)], dim=1).flatten(0, 1)).latent_dist.mean * scale
+        z = z.unflatten(0, (len(x), 2)).numpy().astype(np.float32)
+        if writer is None:
+            writer = LatentShardWriter(root, z.shape[1:], overwrite=True)
+        writer.add(rows, train.subclass_id[rows], z)
+    return writer.close()
+
+
 def _worker_resources(config: FairSkinConfig) -> dict[str, float]:
     d = config.diffusion
     return {"CPU": d.cpus_per_worker, **({"GPU": 1.0} if d.use_gpu else {})}
@@ -101,13 +130,18 @@ def _worker_resources(config: FairSkinConfig) -> dict[str, float]:
 _LOAD_LOCK = threading.Lock()
 
 
-def cache_for(config: FairSkinConfig, base: Path | str, train: DecodedSet) -> tuple[ArraySet, np.ndarray]:
+def cache_for(config: FairSkinConfig, base: Path | str, train: DecodedSet, shard_root: Path | None = None
+              ) -> tuple[ArraySet | LatentShards, np.ndarray]:
     """The frozen parts' outputs for ``train`` (see :func:`cache_training_set`), from the ``base``
-    pipeline; one cache serves every variant fine-tuned from that base."""
+    pipeline; one cache serves every variant fine-tuned from that base. ``shard_root``: where the
+    latents go as shards when ``diffusion.latent_feed`` is ``shards`` (ignored otherwise)."""
     with _LOAD_LOCK:
         parts = load_sd(str(base))
     prompts = subclass_prompts(config.diffusion.prompt_template, train.groups, train.diseases)
-    return cache_training_set(parts, train, prompts, config.diffusion.cache_latents)
+    if config.diffusion.latent_feed == "shards" and shard_root is None:
+        raise ValueError("diffusion.latent_feed = shards: cache_for needs a shard_root to write the latents to")
+    return cache_training_set(parts, train, prompts, config.diffusion.cache_latents,
+                              shard_root=shard_root if config.diffusion.latent_feed == "shards" else None)
 
 
 def request_stop(checkpoints: Path) -> None:
@@ -154,13 +188,16 @@ def _abort_callback(stop_file: Path):
 
 def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, train: DecodedSet, out: Path, *,
                      tracking: dict[str, str] | None = None, fail_at_step: int | None = None,
-                     num_workers: int | None = None, cache: tuple[ArraySet, np.ndarray] | None = None,
+                     num_workers: int | None = None, cache: tuple[ArraySet | LatentShards, np.ndarray] | None = None,
                      seed: int | None = None, checkpoints: Path | None = None) -> dict[str, Any]:
     """Fine-tune ``variant`` from the pipeline folder ``base``; writes ``out/pipeline``.
 
     ``tracking`` = {"uri", "run_id"} makes rank 0 log step metrics to that MLflow run.
     ``fail_at_step`` (tests) raises once in the first attempt at that step. ``cache``: the
-    result of :func:`cache_for` for this base and ``train`` (computed here when absent).
+    result of :func:`cache_for` for this base and ``train`` (computed here when absent; with
+    ``diffusion.latent_feed = shards`` the latents go to ``<checkpoints>/latents``). Shards in the
+    cache: the workers stream them within ``diffusion.feed_memory_budget_mb`` each
+    (:class:`~fairskin.data.latent_shards.LatentStream`) instead of reading one object-store array.
     ``seed``: the generator's seed (the weighted draws and every step's noise, timesteps, y' and
     prompt drop); default :func:`~fairskin.diffusion.variants.generator_seed` of repeat 0.
     ``checkpoints``: Ray Train's storage folder (default ``.ray-<out name>`` beside ``out``); a call
@@ -188,15 +225,21 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
     base = Path(base).resolve() if Path(base).is_dir() else base  # workers run in their own directories
     with _LOAD_LOCK:
         parts = load_sd(str(base))
-    rows, cond = cache if cache is not None else cache_for(config, base, train)
-    stream = WeightedStream(rows, variant.weights, variant.apply, seed=seed)
+    storage = Path(checkpoints or out.parent / f".ray-{out.name}").resolve()  # Ray Train wants it absolute
+    rows, cond = cache if cache is not None else cache_for(config, base, train, shard_root=storage / "latents")
     total = d.max_steps * d.global_batch_size
+    if isinstance(rows, LatentShards):  # the workers stream the shards: no array in the object store, no plan dataset
+        feed: dict[str, Any] = {"latent_shards": rows.base, "arrays_ref": None}
+        datasets: dict[str, Any] = {}
+    else:
+        stream = WeightedStream(rows, variant.weights, variant.apply, seed=seed)
+        feed = {"latent_shards": None, "arrays_ref": [stream.arrays_ref]}
+        datasets = {"train": stream.plan_dataset(0, total)}
     loop_config = {
-        "base": str(base), "arrays_ref": [stream.arrays_ref], "cond_ref": [ray.put(cond)],
+        "base": str(base), **feed, "cond_ref": [ray.put(cond)],
         "variant": variant.model_dump(), "diffusion": d.model_dump(mode="json"), "seed": seed,
         "tracking": worker_tracking(tracking), "fail_at_step": fail_at_step, "fail_marker": str(out / ".failed_once"),
     }
-    storage = Path(checkpoints or out.parent / f".ray-{out.name}").resolve()  # Ray Train wants it absolute
     (storage / STOP_FILE).unlink(missing_ok=True)  # a stop request of an earlier run is not for this one
     prior = latest_state(storage)
     resumed_from = prior[1]["step"] if prior else 0
@@ -212,7 +255,7 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=d.use_gpu,
                                      resources_per_worker=_worker_resources(config),
                                      placement_strategy=d.placement_strategy),
-        datasets={"train": stream.plan_dataset(0, total)},
+        datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(name=RUN_NAME, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=d.max_failures),
@@ -371,7 +414,15 @@ def train_loop_per_worker(cfg: dict) -> None:
     d, variant, seed = cfg["diffusion"], cfg["variant"], cfg["seed"]
     configure_worker(seed=seed)
     device = ray.train.torch.get_device()
-    arrays = ray.get(cfg["arrays_ref"][0])
+    shards = None
+    if cfg.get("latent_shards"):  # stream the cached latents from shards within the budget
+        from fairskin.data.latent_shards import limit_allocator_slack
+
+        limit_allocator_slack()
+        shards = LatentShards(cfg["latent_shards"])
+        arrays = {"latents": None}  # latents are cached; step_latents reads them from each step's inputs
+    else:
+        arrays = ray.get(cfg["arrays_ref"][0])
     cond_table = torch.from_numpy(np.array(ray.get(cfg["cond_ref"][0]))).to(device)
     scheduler = DDPMScheduler.from_pretrained(cfg["base"], subfolder="scheduler")
     vae = None
@@ -427,14 +478,22 @@ def train_loop_per_worker(cfg: dict) -> None:
     if checkpoint is not None:
         logged = _log_steps(logger, resumed.get("window", []), logged)
     pending: list[tuple[int, dict[str, Any]]] = []  # per step: device tensors until the window ends
-    shard = ray.train.get_dataset_shard("train")
     step, last_time, loss_value = start_step, time.perf_counter(), float("nan")
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # divergence flag, read once per window
     # The plan's rows become this rank's tensors on the device two steps ahead, in a background thread.
-    plan = plan_steps(shard.iter_batches(batch_size=plan_read_rows(global_batch), batch_format="numpy",
-                                         prefetch_batches=2),
-                      arrays, rank=rank, world=world, seed=seed, global_batch=global_batch, start_step=start_step)
-    if "latents" in arrays:
+    if shards is not None:
+        stream = LatentStream(shards, scheme=variant["weights"], apply=variant["apply"], seed=seed,
+                              global_batch=global_batch, budget_bytes=budget_bytes(d["feed_memory_budget_mb"]),
+                              rank=rank, world=world)
+        plan = stream.steps(start_step, d["max_steps"])
+    else:
+        shard = ray.train.get_dataset_shard("train")
+        plan = plan_steps(shard.iter_batches(batch_size=plan_read_rows(global_batch), batch_format="numpy",
+                                             prefetch_batches=2),
+                          arrays, rank=rank, world=world, seed=seed, global_batch=global_batch, start_step=start_step)
+    if shards is not None:
+        latent_chw = tuple(shards.shape[1:])
+    elif "latents" in arrays:
         latent_chw = tuple(arrays["latents"].shape[2:])
     else:
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
