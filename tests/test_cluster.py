@@ -39,7 +39,7 @@ def two_nodes():
 def _recorded_step(folder: Path) -> int:
     """Step of the latest checkpoint in Ray Train's snapshot (0: none yet)."""
     try:
-        found = latest_state(folder)
+        found = latest_state(folder, while_written=True)
     except (OSError, ValueError):  # being written
         return 0
     return found[1]["step"] if found else 0

@@ -150,14 +150,25 @@ def request_stop(checkpoints: Path) -> None:
     (checkpoints / STOP_FILE).write_text("stop\n")
 
 
-def latest_state(checkpoints: Path) -> tuple[Any, dict] | None:
-    """(checkpoint, its state.json) of the latest checkpoint Ray Train recorded under ``checkpoints``."""
+def latest_state(checkpoints: Path, while_written: bool = False) -> tuple[Any, dict] | None:
+    """(checkpoint, its state.json) of the latest checkpoint Ray Train recorded under ``checkpoints``.
+
+    ``while_written``: the caller polls a live fit (a test, a monitor). Ray Train rewrites its
+    checkpoint-manager snapshot in place, so a reader can catch it empty: that reads as "none yet"
+    instead of raising. A resuming fit (nothing writes) keeps Ray's error, which names a version
+    mismatch or a damaged snapshot.
+    """
     from ray.train import Result
+    from ray.train.v2._internal.exceptions import CheckpointManagerInitializationError
 
     try:
         checkpoint = Result.from_path(str(Path(checkpoints).resolve() / RUN_NAME)).checkpoint
     except RuntimeError:  # no run folder or no snapshot yet
         return None
+    except CheckpointManagerInitializationError:
+        if while_written:
+            return None
+        raise
     if checkpoint is None:
         return None
     return checkpoint, _read_state(checkpoint)
