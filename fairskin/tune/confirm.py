@@ -301,28 +301,39 @@ def generator_confirmation_table(records: list[dict[str, Any]], trials: pd.DataF
     return pd.DataFrame(rows, columns=list(GENERATOR_COLUMNS))
 
 
+def _bar(mean: float, low: float, high: float) -> np.ndarray:
+    """Error-bar lengths (2, 1) of an interval around its mean: 0 where a bound is missing (n < 2)."""
+    return np.maximum(np.nan_to_num([[mean - low], [high - mean]]), 0.0)
+
+
 def plot_generator_confirmations(table: pd.DataFrame, path: Path, title: str,
                                  x_metric: str = "skin_tone_agreement_worst_group",
                                  y_metric: str = "disease_fidelity_worst_group") -> Path:
     """Left: each confirmed point's worst-group skin-tone agreement (x) and disease fidelity (y), confirmed
     means with their intervals as error bars, the search-time value as a cross, vanilla's intervals as
-    shaded bands. Right: each point minus vanilla (paired) on every objective, with its interval, and 0."""
+    shaded bands. Right, one axis per objective (their units differ): each point minus vanilla, paired by
+    generator seed, with its interval, and 0."""
     from fairskin.metrics.plots import _pyplot
 
     plt = _pyplot()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
+    diffs = table[table["point"] != REFERENCE]
+    objectives = list(dict.fromkeys(diffs["metric"])) or [None]
+    fig = plt.figure(figsize=(12, max(4.8, 1.6 * len(objectives))))
+    grid = fig.add_gridspec(len(objectives), 2)
+    ax = fig.add_subplot(grid[:, 0])
     wide = {m: part.set_index("point") for m, part in table.groupby("metric", sort=False)}
     colors = {p: "k" if p == REFERENCE else f"C{i}" for i, p in enumerate(dict.fromkeys(table["point"]))}
     if x_metric in wide and y_metric in wide:
         xs, ys = wide[x_metric], wide[y_metric]
-        if REFERENCE in xs.index:
+        if REFERENCE in xs.index and np.isfinite(xs.loc[REFERENCE, ["low", "high"]].to_numpy(float)).all() \
+                and np.isfinite(ys.loc[REFERENCE, ["low", "high"]].to_numpy(float)).all():
             ax.axvspan(xs.loc[REFERENCE, "low"], xs.loc[REFERENCE, "high"], color="0.85", zorder=0,
                        label="vanilla's interval")
             ax.axhspan(ys.loc[REFERENCE, "low"], ys.loc[REFERENCE, "high"], color="0.85", zorder=0)
         for point in xs.index:
             x, y = xs.loc[point], ys.loc[point]
-            xerr = np.nan_to_num([[x["mean"] - x["low"]], [x["high"] - x["mean"]]])
-            yerr = np.nan_to_num([[y["mean"] - y["low"]], [y["high"] - y["mean"]]])
+            xerr = _bar(x["mean"], x["low"], x["high"])
+            yerr = _bar(y["mean"], y["low"], y["high"])
             color = colors[point]
             ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, fmt="s" if point == REFERENCE else "o",
                         capsize=3, color=color, label=f"{point} ({x['role']}), n={int(x['n'])}")
@@ -332,21 +343,19 @@ def plot_generator_confirmations(table: pd.DataFrame, path: Path, title: str,
         ax.set_xlabel("skin-tone agreement, worst group (confirmed mean, 95% CI)")
         ax.set_ylabel("disease fidelity, worst group (confirmed mean, 95% CI)")
         ax.legend(fontsize=7)
-    diffs = table[table["point"] != REFERENCE]
-    ticks, labels, y = [], [], 0.0
-    for metric, part in diffs.groupby("metric", sort=False):
-        for _, row in part.iterrows():
+    for i, metric in enumerate(objectives):  # one axis per objective: their units differ
+        bx = fig.add_subplot(grid[i, 1])
+        part = diffs[diffs["metric"] == metric]
+        for y, (_, row) in enumerate(part.iterrows()):
             mean = row["diff_vs_vanilla"]
-            err = np.nan_to_num([[mean - row["diff_low"]], [row["diff_high"] - mean]])
+            err = _bar(mean, row["diff_low"], row["diff_high"])
             bx.errorbar(mean, y, xerr=err, fmt="o", capsize=3, color=colors[row["point"]])
-            ticks.append(y)
-            labels.append(f"{row['point']}: {metric} ({row['mode']})")
-            y += 1.0
-        y += 0.5  # a gap between objectives
-    bx.axvline(0, color="k", lw=0.8)
-    bx.set_yticks(ticks, labels, fontsize=7)
-    bx.invert_yaxis()
-    bx.set_xlabel("point - vanilla, paired by generator seed (mean, 95% CI)")
+        bx.axvline(0, color="k", lw=0.8)
+        bx.set_yticks(range(len(part)), list(part["point"]), fontsize=7)
+        bx.set_ylim(-0.5, len(part) - 0.5)
+        bx.invert_yaxis()
+        if metric is not None:
+            bx.set_title(f"{metric} ({part['mode'].iloc[0]}): point - vanilla, paired by seed (95% CI)", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     temp = Path(path).with_name(f".{Path(path).stem}.tmp.png")
