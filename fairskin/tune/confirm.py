@@ -12,6 +12,14 @@ in ``<study>/confirm/results.json`` (temp file + rename) with its MLflow run id,
 study resumes its confirmations without redoing or re-logging a finished one. Confirmation
 runs are children of the study's parent run, tagged ``fairskin.kind = confirm`` (classifier
 trial queries, which ask for ``kind = tune``, never see them).
+
+A generator study (issue 17) confirms with the same runner: each chosen point and vanilla is
+fine-tuned again from the base under ``tune.confirm_seeds`` new generator seeds (salts
+:func:`confirm_salts`, seed = ``salted_seed(repeat_seeds[0], salt)``, never the search's), scored
+on a pool of ``tune.confirm_pool_per_subclass`` images per subclass, and each point is paired with
+vanilla by seed (:func:`generator_confirmation_table`, :func:`plot_generator_confirmations`):
+``confirm/confirmed.csv`` and ``confirm/confirmed_tradeoff.png``. Any search kind, grids included
+(every trial of a generator study ran on one generator seed).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Layout of a study folder, ``<runs root>/tune/<study>/``::
     report/              trials.csv, best_trial.json, pareto_front.csv, plots (also parent artifacts);
                          a generator study adds best_variant.yaml (the best trial's variant.yaml)
     generators/          a generator study's trials: trial_<id>/ with pipeline/, pool, preview, variant.yaml
+    confirm/             confirmations (tune.confirm_seeds): results.json, one record per finished job; a
+                         generator study adds confirmed.csv, confirmed_tradeoff.png and generators/<name>_salt<k>/
 
 One MLflow experiment per study, one parent run per study (a ``--resume`` continues it),
 one child run per trial. Inside trials only ``ray.tune.report`` is called; the driver's
