@@ -322,11 +322,14 @@ class TuneConfig(_Section):
     count_scale: float = Field(1.0, gt=0)
     train_seeds: int | None = Field(None, ge=1)  # the pipeline's study: training seeds 0..N-1 (default: the space's)
     # After a tpe/random study, the best trial and the Pareto points are re-trained with this many
-    # extra classifier seeds, so the study reports each chosen point with its noise (0: off).
+    # extra classifier seeds, so the study reports each chosen point with its noise (0: off). A generator
+    # study re-fine-tunes them (and vanilla) under this many new generator seeds (fairskin.tune.confirm).
     confirm_seeds: int = Field(3, ge=0)
     # Generator studies (``trainable: generator``): P images per subclass in each trial's pool, made at
     # every checkpoint and scored (skin tone, disease fidelity, FID per group), and whether FID is computed.
     generator_pool_per_subclass: int = Field(4, ge=2)
+    # Confirmations of a generator study: P images per subclass in each confirmation pool (None: as the search).
+    confirm_pool_per_subclass: int | None = Field(None, ge=2)
     generator_fid: bool = True
 
 

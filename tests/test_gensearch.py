@@ -67,6 +67,52 @@ def test_trial_settings_become_a_valid_custom_variant():
     assert isinstance(got, DiffusionConfig)
 
 
+def test_confirmation_salts_give_new_generator_seeds():
+    from fairskin.diffusion.variants import salted_seed
+    from fairskin.tune.confirm import confirm_salts
+
+    salts = confirm_salts([0, 1, 2], 5)
+    seeds = [salted_seed(0, s) for s in salts]
+    assert len(set(salts)) == 5 and all(s > 0 for s in salts)
+    assert len(set(seeds)) == 5 and not set(seeds) & {0, 1, 2}  # never the search's (or a repeat's) seed
+    assert confirm_salts([0], 2) == salts[:2]  # deterministic: a resumed study asks for the same salts
+
+
+def test_generator_confirmation_table_pairs_each_point_with_vanilla_by_seed(tmp_path):
+    """The table's figures against numpy/scipy on made-up records: mean and t-interval over the confirm
+    seeds, the paired difference with vanilla on the same salt (not the unpaired difference of means
+    when a salt is missing on one side), the search-time value, and the reading of the interval."""
+    import numpy as np
+    from scipy import stats
+
+    from fairskin.tune.confirm import generator_confirmation_table, plot_generator_confirmations
+
+    metrics, modes = ("skin_tone_agreement_worst_group", "disease_fidelity_worst_group"), ("max", "max")
+    values = {"t1": {1001: (0.50, 0.30), 1002: (0.60, 0.35), 1003: (0.55, 0.40)},
+              "vanilla": {1001: (0.40, 0.31), 1002: (0.42, 0.30), 1003: (0.41, 0.29), 1004: (0.9, 0.9)}}
+    records = [{"trial_id": p, "role": "best" if p == "t1" else "reference", "seed": salt,
+                "figures": dict(zip(metrics, v))} for p, by in values.items() for salt, v in by.items()]
+    trials = pd.DataFrame({"trial_id": ["t1", "t2"], metrics[0]: [0.7, 0.1], metrics[1]: [0.5, 0.1]})
+    table = generator_confirmation_table(records, trials, metrics, modes, {"t1": "tau=0.1"},
+                                         {1001: 11, 1002: 12, 1003: 13, 1004: 14})
+    assert list(table["point"]) == ["t1", "t1", "vanilla", "vanilla"]
+    row = table[(table["point"] == "t1") & (table["metric"] == metrics[0])].iloc[0]
+    x = np.array([0.50, 0.60, 0.55])
+    low, high = stats.t.interval(0.95, 2, loc=x.mean(), scale=stats.sem(x))
+    assert (row["mean"], row["low"], row["high"], row["n"]) == pytest.approx((x.mean(), low, high, 3))
+    d = x - np.array([0.40, 0.42, 0.41])  # salt 1004 has no t1 value: not paired
+    dlow, dhigh = stats.t.interval(0.95, 2, loc=d.mean(), scale=stats.sem(d))
+    assert (row["diff_vs_vanilla"], row["diff_low"], row["diff_high"]) == pytest.approx((d.mean(), dlow, dhigh))
+    assert row["p"] == pytest.approx(stats.ttest_rel(x, [0.40, 0.42, 0.41]).pvalue)
+    assert row["search"] == 0.7 and row["vs_vanilla"] == "better" and row["generator_seeds"] == "11 12 13"
+    fidelity = table[(table["point"] == "t1") & (table["metric"] == metrics[1])].iloc[0]
+    assert fidelity["vs_vanilla"] == "within noise"
+    vanilla = table[table["point"] == "vanilla"]
+    assert (vanilla["n"] == 4).all() and vanilla["search"].isna().all() and vanilla["diff_vs_vanilla"].isna().all()
+    path = plot_generator_confirmations(table, tmp_path / "confirmed_tradeoff.png", "test")
+    assert path.stat().st_size > 10_000 and not list(tmp_path.glob(".*tmp*"))
+
+
 # --------------------------------------------------------------------------- a study
 
 OBJECTIVES = ("skin_tone_agreement_worst_group", "disease_fidelity_worst_group", "fid_var_group")
@@ -246,3 +292,87 @@ def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_t
     assert set(paired["variant"]) == {name}  # the baseline is not compared with itself
     markdown = (report / "report.md").read_text()
     assert name in markdown.split("## Table 1", 1)[1]
+
+
+@pytest.mark.ray
+def test_generator_confirmations_under_new_seeds_paired_with_vanilla_and_resumed(generator_root):
+    """Issue 17: with ``tune.confirm_seeds=2`` a finished generator study (the module's, resumed) re-fine-tunes
+    its best trial, its Pareto points and vanilla under 2 new generator seeds each. confirm/confirmed.csv holds
+    every chosen point and vanilla with n = 2, finite intervals and (points) a paired difference from vanilla;
+    the confirmation seeds are not the search's (their pools differ from the trial's pool and from each other);
+    each job is one FINISHED MLflow child of the study's parent tagged confirm; a second call redoes nothing."""
+    import numpy as np
+
+    from fairskin.tune.generator import generator_sources, trial_variant_name
+    from fairskin.tune.study import run_study
+
+    config0, result = generator_root
+    root = config0.runtime.runs_root
+    config = build_config("smoke", overrides=[f"runtime.runs_root={root}", *SMOKE_STUDY, "tune.num_trials=3",
+                                              "tune.confirm_seeds=2"])
+    sources = generator_sources(config, echo=lambda *_: None)  # stages skipped: done by the fixture
+    first = run_study(config, "cbdm_strength", {}, sources.shards, sources=sources, resume=True,
+                      echo=lambda *_: None)
+    assert not first.interrupted and first.parent_run_id == result.parent_run_id
+    folder = result.path / "confirm"
+    table = pd.read_csv(folder / "confirmed.csv")
+    chosen = {result.best["trial_id"], *result.pareto["trial_id"]}  # continuous tau: every setting distinct
+    assert set(table["point"]) == chosen | {"vanilla"}
+    assert len(table) == len(chosen | {"vanilla"}) * len(OBJECTIVES) and set(table["metric"]) == set(OBJECTIVES)
+    assert (table["n"] == 2).all()
+    assert np.isfinite(table[["mean", "low", "high"]].to_numpy(float)).all()
+    points = table[table["point"] != "vanilla"]
+    assert np.isfinite(points[["diff_vs_vanilla", "diff_low", "diff_high"]].to_numpy(float)).all()
+    assert table.loc[table["point"] == "vanilla", "diff_vs_vanilla"].isna().all()
+    best = table[(table["point"] == result.best["trial_id"]) & (table["metric"] == OBJECTIVES[0])].iloc[0]
+    assert best["search"] == pytest.approx(result.best[OBJECTIVES[0]])
+    assert (folder / "confirmed_tradeoff.png").stat().st_size > 10_000
+
+    records = json.loads((folder / "results.json").read_text())
+    assert len(records) == 2 * len(chosen | {"vanilla"})
+    search_seed = config.diffusion.repeat_seeds[0]
+    seeds = {r["params"]["generator_seed"] for r in records}
+    assert len(seeds) == 2 and search_seed not in seeds, seeds  # new generator seeds, not the search's
+    assert {r["params"]["search_seed"] for r in records} == {search_seed}
+    # paired by seed: the csv's difference is the mean of the per-seed differences of the records
+    by = {(r["trial_id"], r["seed"]): r["figures"][OBJECTIVES[1]] for r in records}
+    salts = sorted({r["seed"] for r in records})
+    tid = result.best["trial_id"]
+    row = table[(table["point"] == tid) & (table["metric"] == OBJECTIVES[1])].iloc[0]
+    assert row["diff_vs_vanilla"] == pytest.approx(np.mean([by[tid, s] - by["vanilla", s] for s in salts]))
+    # the seeds really changed: the confirmation pools of the best trial differ from its search pool and each other
+    trial_pool = np.load(result.path / "generators" / trial_variant_name(tid) / "pool.npz")["pixels"]
+    pools = [np.load(folder / "generators" / f"{trial_variant_name(tid)}_salt{s}" / "pool.npz")["pixels"]
+             for s in salts]
+    assert all(p.shape == trial_pool.shape for p in pools)  # same P as the search (2 per subclass)
+    assert not np.array_equal(pools[0], trial_pool) and not np.array_equal(pools[1], trial_pool)
+    assert not np.array_equal(pools[0], pools[1])
+    entry = yaml.safe_load((folder / "generators" / f"{trial_variant_name(tid)}_salt{salts[0]}" / "variant.yaml"
+                            ).read_text())["diffusion"]["custom_variants"][0]
+    assert entry["seed_salt"] == salts[0] and entry["loss"] == "cbdm"  # the pipeline would train it under that seed
+    vanilla_entry = yaml.safe_load((folder / "generators" / f"vanilla_salt{salts[0]}" / "variant.yaml"
+                                    ).read_text())["diffusion"]["custom_variants"][0]
+    assert (vanilla_entry["loss"], vanilla_entry["weights"]) == ("dm", "none")
+
+    client = MlflowClient(config.tracking_uri())
+    confirm_runs = client.search_runs([result.experiment_id], f"tags.{PARENT_TAG} = '{result.parent_run_id}' "
+                                      "and tags.`fairskin.kind` = 'confirm'")
+    assert sorted(r.info.run_id for r in confirm_runs) == sorted(r["run_id"] for r in records)
+    assert {r.info.status for r in confirm_runs} == {"FINISHED"}
+    for run in confirm_runs:
+        assert int(run.data.params["confirm.generator_seed"]) in seeds
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"pool", "generator"}
+    parent = {a.path for a in client.list_artifacts(result.parent_run_id, "confirm")}
+    assert {"confirm/confirmed.csv", "confirm/confirmed_tradeoff.png"} <= parent
+
+    # resume: nothing is re-fine-tuned or logged again
+    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.suffix != ".csv"
+              and p.name != "confirmed_tradeoff.png"}
+    again = run_study(config, "cbdm_strength", {}, sources.shards, sources=sources, resume=True,
+                      echo=lambda *_: None)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert json.loads((folder / "results.json").read_text()) == records
+    after = client.search_runs([result.experiment_id], f"tags.{PARENT_TAG} = '{result.parent_run_id}' "
+                               "and tags.`fairskin.kind` = 'confirm'")
+    assert sorted(r.info.run_id for r in after) == sorted(r["run_id"] for r in records)
+    pd.testing.assert_frame_equal(again.confirmed.reset_index(drop=True), first.confirmed.reset_index(drop=True))

@@ -33,19 +33,22 @@ def generator_seed(diffusion: DiffusionConfig, generator: str) -> int:
     """The seed of a generator (fine-tune and pool): ``diffusion.repeat_seeds[r]`` for repeat r,
     mixed with the variant's ``seed_salt`` when it has one. Every variant without a salt shares
     repeat r's seed, so its fine-tune draws and pool noise are those of the other variants."""
-    import numpy as np
-
     from fairskin.provenance import split_generator_id
 
     variant, repeat = split_generator_id(generator)
     if repeat >= len(diffusion.repeat_seeds):
         raise ValueError(f"generator {generator!r}: repeat {repeat} but diffusion.repeat_seeds has "
                          f"{len(diffusion.repeat_seeds)} seed(s)")
-    seed = diffusion.repeat_seeds[repeat]
-    salt = diffusion.variant(variant).seed_salt
+    return salted_seed(diffusion.repeat_seeds[repeat], diffusion.variant(variant).seed_salt)
+
+
+def salted_seed(seed: int, salt: int) -> int:
+    """``seed`` mixed with a variant's ``seed_salt`` (an int in [0, 2^31)); salt 0 leaves it unchanged."""
+    import numpy as np
+
     if salt == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, salt]).generate_state(1, np.uint64)[0] >> 33)
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(salt)]).generate_state(1, np.uint64)[0] >> 33)
 
 
 def generators(diffusion: DiffusionConfig) -> list[str]:

@@ -129,6 +129,11 @@ def _print_summary(args: argparse.Namespace, result) -> int:
     else:
         print(f"study {result.name}: {summary['trials']} trial(s) in {summary['seconds']} s; "
               f"best {summary['best']}; Pareto front of {summary['pareto_size']}; report in {result.path / 'report'}")
+        if len(result.confirmed) and "metric" in result.confirmed:  # a generator study's confirmations
+            from fairskin.tune.study import confirmed_lines
+
+            for line in confirmed_lines(result.confirmed):
+                print(line)
         if result.best_variant:
             name = _variant_name(result.best_variant)
             print(f"best generator as a variant: {result.best_variant}\n  python jobs/full_pipeline.py --preset "

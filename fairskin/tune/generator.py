@@ -210,12 +210,19 @@ def _restore(folder: Path, unet_cls, d: Mapping[str, Any]):
 
 def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs, name: str,
                         report: Callable[[dict[str, Any], str | None], None], checkpoint_folder: Path | None = None,
-                        device: str = "cpu") -> Path:
+                        device: str = "cpu", *, variant: VariantSpec | None = None, out: Path | None = None,
+                        checkpoints: bool = True, pool_per_subclass: int | None = None) -> Path:
     """Fine-tune one trial's generator and score its pool at every checkpoint.
 
     ``report(metrics, checkpoint_dir)`` is called once per checkpoint (the folder is only valid during
     the call); ``checkpoint_folder``: a checkpoint to continue from (a restored trial). Returns the
     trial's output folder.
+
+    A confirmation (:func:`confirm_generator`) passes ``variant`` (the generator to fine-tune, its
+    ``seed_salt`` giving the seed: :func:`fairskin.diffusion.variants.salted_seed` of
+    ``diffusion.repeat_seeds[0]``, as the pipeline would), ``out`` (its folder), ``checkpoints=False``
+    (one report, at the last step, with no checkpoint folder and no saved pipeline) and
+    ``pool_per_subclass`` (P; default ``tune.generator_pool_per_subclass``).
     """
     import ray
     import torch
@@ -230,12 +237,16 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
     from fairskin.metrics.generation import feature_space
     from fairskin.metrics.plots import save_image_grid
 
+    from fairskin.diffusion.variants import salted_seed
+
     config, sources = inputs.config, inputs.sources
-    variant = variant_from_trial(trial_config, name, inputs.space.fixed_generator)
+    if variant is None:
+        variant = variant_from_trial(trial_config, name, inputs.space.fixed_generator)
     diffusion = config.diffusion.for_variant(variant)
     d = diffusion.model_dump(mode="json")
-    seed = diffusion.repeat_seeds[0]
-    out = inputs.study_dir / GENERATORS_DIR / name
+    seed = salted_seed(diffusion.repeat_seeds[0], variant.seed_salt)  # a trial: repeat_seeds[0] itself (salt 0)
+    per_subclass = pool_per_subclass or config.tune.generator_pool_per_subclass
+    out = Path(out) if out is not None else inputs.study_dir / GENERATORS_DIR / name
     out.mkdir(parents=True, exist_ok=True)
     (out / "variant.yaml").write_text(variant_yaml(variant))
 
@@ -281,7 +292,7 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
                                   kind="judge-classifier" if info.kind == "independent" else "reference-classifier")
 
     batch_size = d["global_batch_size"]
-    reports = checkpoint_steps(d["max_steps"], d["checkpoint_every"])
+    reports = checkpoint_steps(d["max_steps"], d["checkpoint_every"]) if checkpoints else [d["max_steps"]]
     first_bad = torch.zeros((), dtype=torch.long)
     window: list[float] = []
     for step in range(start, d["max_steps"]):
@@ -298,8 +309,7 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
 
         check_finite_loss(first_bad, f"generator trial {name}")
         sampler_unet = ema if ema is not None else unet
-        pixels, meta = generate_pool(parts, sampler_unet, config, config.tune.generator_pool_per_subclass, seed,
-                                     device)
+        pixels, meta = generate_pool(parts, sampler_unet, config, per_subclass, seed, device)
         metrics = {"step": done, "loss": float(np.mean(window)), "cbdm_tau": float(tau),
                    "cbdm_gamma": float(gamma), "learning_rate": float(d["learning_rate"]),
                    "complete": float(done == d["max_steps"]),
@@ -312,10 +322,14 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
             first = meta.groupby(["group", "disease"], sort=False).head(1).index.to_numpy()
             save_image_grid(list(pixels[first]), config.data.group_names, config.data.diseases, out / "preview.png",
                             title=f"{name}: {_settings_line(variant)}")
-            parts.unet = sampler_unet
-            save_sd(parts, out / "pipeline")
+            if checkpoints:
+                parts.unet = sampler_unet
+                save_sd(parts, out / "pipeline")
             metrics["preview"] = str(out / "preview.png")
             metrics["variant_file"] = str(out / "variant.yaml")
+        if not checkpoints:
+            report(metrics, None)
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             state = {"step": done, "loss": metrics["loss"], "trial": name}
             _save_checkpoint(Path(tmp), unet, ema, optimizer, lr_scheduler, state)
@@ -331,10 +345,13 @@ def _settings_line(variant: VariantSpec) -> str:
 def variant_yaml(variant: VariantSpec) -> str:
     """A trial's variant as a config file (the text of ``variant.yaml``): ``diffusion.custom_variants``
     holding its one entry, loadable with ``--config`` over any preset. The entry defines the variant;
-    the pipeline fine-tunes it only once its name is also in ``diffusion.variants`` (the comment says how)."""
+    the pipeline fine-tunes it only once its name is also in ``diffusion.variants`` (the comment says how).
+    A salted variant (a confirmation's generator) keeps its ``seed_salt``, so the pipeline trains it
+    under the same seed."""
     import yaml
 
-    entry = variant.model_dump(mode="json", exclude_none=True, exclude={"seed_salt"})
+    # seed_salt only when set (a confirmation's generator): a trial's entry stays free of it.
+    entry = variant.model_dump(mode="json", exclude_none=True, exclude=None if variant.seed_salt else {"seed_salt"})
     return (f"# the diffusion.custom_variants entry of generator {variant.name}; to take it into the ablation:\n"
             f"#   python jobs/full_pipeline.py --preset PRESET --config THIS_FILE "
             f"\"diffusion.variants=[vanilla, fairskin_s, {variant.name}]\"\n"
@@ -364,3 +381,37 @@ def generator_trial(config: dict[str, Any], inputs: GeneratorInputs) -> None:
             run_generator_trial(config, inputs, name, report, Path(folder), device)
     else:
         run_generator_trial(config, inputs, name, report, None, device)
+
+
+def confirm_generator(config: dict[str, Any], inputs: GeneratorInputs) -> list[dict[str, Any]]:
+    """One confirmation fine-tune of a generator study (inside a Ray task; see :mod:`fairskin.tune.confirm`).
+
+    ``config``: ``{"seed": int (the trial's worker seed), "generator": VariantSpec fields (the point's
+    generator, salt 0), "seed_salt": int (this confirmation's salt, > 0)}``. The generator is fine-tuned
+    from the base under seed :func:`~fairskin.diffusion.variants.salted_seed` (``repeat_seeds[0]``, salt),
+    its pool of ``tune.confirm_pool_per_subclass`` (else ``generator_pool_per_subclass``) images per
+    subclass made under that seed too and scored like a trial's. Outputs under
+    ``<study>/confirm/generators/<name>_salt<salt>/`` (pool, preview, variant.yaml; no pipeline).
+    Returns one report: the figures of :func:`score_pool` plus step, loss and the preview / variant paths."""
+    import warnings
+
+    import torch
+
+    from fairskin.runtime import configure_worker
+
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    salt = int(config["seed_salt"])
+    if salt <= 0:
+        raise ValueError(f"a confirmation needs a seed_salt > 0 (salt 0 is the search's seed), got {salt}")
+    configure_worker(int(config.get("seed", 0)))
+    base = VariantSpec.model_validate(dict(config["generator"]))
+    spec = base.model_copy(update={"name": f"{base.name}_salt{salt}"[:64], "seed_salt": salt})
+    VariantSpec.model_validate(spec.model_dump())  # the name still fits the variant-name rule
+    device = "cuda" if inputs.config.tune.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+    tune = inputs.config.tune
+    reports: list[dict[str, Any]] = []
+    run_generator_trial(config, inputs, spec.name, lambda metrics, _: reports.append(metrics), None, device,
+                        variant=spec, out=inputs.study_dir / "confirm" / GENERATORS_DIR / spec.name,
+                        checkpoints=False,
+                        pool_per_subclass=tune.confirm_pool_per_subclass or tune.generator_pool_per_subclass)
+    return reports

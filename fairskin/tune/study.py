@@ -9,6 +9,8 @@ Layout of a study folder, ``<runs root>/tune/<study>/``::
     report/              trials.csv, best_trial.json, pareto_front.csv, plots (also parent artifacts);
                          a generator study adds best_variant.yaml (the best trial's variant.yaml)
     generators/          a generator study's trials: trial_<id>/ with pipeline/, pool, preview, variant.yaml
+    confirm/             confirmations (tune.confirm_seeds): results.json, one record per finished job; a
+                         generator study adds confirmed.csv, confirmed_tradeoff.png and generators/<name>_salt<k>/
 
 One MLflow experiment per study, one parent run per study (a ``--resume`` continues it),
 one child run per trial. Inside trials only ``ray.tune.report`` is called; the driver's
@@ -352,10 +354,13 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
         parent.log_metrics({"trials_finished": 0})
         parent.end("FAILED")
         raise StudyFailed(failed_study_message(name, trials_table, folder))
-    # Confirmations re-train the classifier with new seeds; a generator study does not have them (yet).
-    if not out.interrupted and resolved.search != "grid" and config.tune.confirm_seeds > 0 and not generator:
+    # Confirmations: a classifier study re-trains its chosen points with new classifier seeds (not a grid,
+    # which repeats seeds itself); a generator study re-fine-tunes them and vanilla under new generator seeds
+    # (any search: every trial of a generator study ran on one generator seed).
+    if not out.interrupted and config.tune.confirm_seeds > 0 and (generator or resolved.search != "grid"):
         try:
-            out.confirmed = _confirm(config, resolved, folder, result, inputs, out, parent, tags, pool_fps, echo)
+            confirm = _confirm_generators if generator else _confirm
+            out.confirmed = confirm(config, resolved, folder, result, inputs, out, parent, tags, pool_fps, echo)
         except KeyboardInterrupt:
             parent.end("KILLED")
             raise
@@ -489,6 +494,80 @@ def _confirm(config: FairSkinConfig, space: ResolvedSpace, folder: Path, results
                  f"over {row['seeds']} seeds {row[metric]:.3f} [{row[f'{metric}_low']:.3f}, "
                  f"{row[f'{metric}_high']:.3f}]")
     return table
+
+
+def _confirm_generators(config: FairSkinConfig, space: ResolvedSpace, folder: Path, results, inputs,
+                        study: StudyResult, parent: RunHandle, tags: Mapping[str, str], pool_fps: Mapping[str, str],
+                        echo: Callable[[str], None]) -> pd.DataFrame:
+    """Re-fine-tune the best trial, the Pareto points and vanilla under ``tune.confirm_seeds`` new generator
+    seeds (salts, :func:`fairskin.tune.confirm.confirm_salts`), score each on a pool of
+    ``tune.confirm_pool_per_subclass`` images per subclass; write ``confirm/confirmed.csv`` and
+    ``confirm/confirmed_tradeoff.png`` (also parent-run artifacts under ``confirm/``) and return the table
+    (:func:`fairskin.tune.confirm.generator_confirmation_table`)."""
+    from fairskin.io import atomic_write_text
+    from fairskin.tune.confirm import (CONFIRM_DIR, CONFIRMED_CSV, CONFIRMED_PLOT, RESULTS_FILE, chosen_points,
+                                       confirm_salts, generator_confirmation_table, generator_points,
+                                       plot_generator_confirmations, run_confirmations)
+    from fairskin.config import VariantSpec
+    from fairskin.diffusion.variants import salted_seed
+    from fairskin.tune.generator import _settings_line, confirm_generator
+
+    configs = {_trial_id(res)[0]: dict(res.config or {}) for res in results}
+    points = chosen_points(study.best, study.pareto, configs)
+    if not points:
+        return pd.DataFrame()
+    tune_config, d = config.tune, config.diffusion
+    per_subclass = tune_config.confirm_pool_per_subclass or tune_config.generator_pool_per_subclass
+    out_dir = folder / CONFIRM_DIR
+    earlier = read_json(out_dir / RESULTS_FILE, [])
+    other = sorted({r.get("params", {}).get("pool_per_subclass") for r in earlier} - {per_subclass})
+    if other:
+        raise StudyError(f"tune.confirm_pool_per_subclass: this run scores confirmation pools of {per_subclass} "
+                         f"images per subclass, but {out_dir / RESULTS_FILE} holds confirmations at {other}; "
+                         f"set tune.confirm_pool_per_subclass={other[0]}, or move that file away to redo them")
+    vanilla = d.variant("vanilla").model_dump(mode="json", exclude_none=True)
+    jobs = generator_points(points, space.fixed_generator, vanilla, int(space.fixed.get("seed", 0)))
+    salts = confirm_salts(d.repeat_seeds, tune_config.confirm_seeds)
+    seed_of = {s: salted_seed(d.repeat_seeds[0], s) for s in salts}
+    resources = {"CPU": tune_config.cpus_per_trial, "GPU": tune_config.gpus_per_trial}
+    records = run_confirmations(
+        folder, jobs, salts, inputs, resources=resources, parent=parent, tags=tags, pool_fingerprints=pool_fps,
+        echo=echo, train=confirm_generator, seed_key="seed_salt", unit="generator seed",
+        extra_params=lambda job, salt: {"generator_seed": seed_of[salt], "search_seed": d.repeat_seeds[0],
+                                        "pool_per_subclass": per_subclass})
+    wanted = {j["trial_id"] for j in jobs}
+    records = [r for r in records if r["trial_id"] in wanted and r["seed"] in seed_of]  # this run's points, salts
+    settings = {j["trial_id"]: _settings_line(VariantSpec.model_validate(j["config"]["generator"])) for j in jobs}
+    table = generator_confirmation_table(records, study.trials, space.metrics, space.modes, settings, seed_of)
+    atomic_write_text(out_dir / CONFIRMED_CSV, table.to_csv(index=False))
+    plot = plot_generator_confirmations(
+        table, out_dir / CONFIRMED_PLOT, f"{study.name}: chosen generators and vanilla re-fine-tuned under "
+        f"{len(salts)} new generator seed(s), pools of {per_subclass} per subclass (95% CI over those seeds)")
+    for path in (out_dir / CONFIRMED_CSV, plot):
+        parent.log_artifact(path, "confirm")
+        study.artifacts.append(path)
+    echo(f"confirmations: {out_dir / CONFIRMED_CSV}, {plot}")  # the CLI summary prints confirmed_lines(table)
+    return table
+
+
+def confirmed_lines(table: pd.DataFrame) -> list[str]:
+    """One line per confirmed point of a generator study's confirmation table: each objective's
+    confirmed mean [95% CI] (search-time value), and its paired difference from vanilla [95% CI]."""
+    lines = []
+    for point, part in table.groupby("point", sort=False):
+        first = part.iloc[0]
+        bits = []
+        for _, row in part.iterrows():
+            text = f"{row['metric']} {row['mean']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
+            if pd.notna(row["search"]):
+                text += f" (search {row['search']:.3f})"
+            if pd.notna(row["diff_vs_vanilla"]):
+                text += (f", vs vanilla {row['diff_vs_vanilla']:+.3f} [{row['diff_low']:+.3f}, "
+                         f"{row['diff_high']:+.3f}] {row['vs_vanilla']}")
+            bits.append(text)
+        lines.append(f"confirmed {point} ({first['role']}; {first['settings']}; n={int(part['n'].max())} "
+                     f"generator seeds {first['generator_seeds']}): " + "; ".join(bits))
+    return lines
 
 
 def _summarise(config: FairSkinConfig, name: str, folder: Path, space: ResolvedSpace, tracker: Tracker,
