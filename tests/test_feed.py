@@ -47,9 +47,15 @@ def test_a_resumed_plan_starts_at_its_step_and_the_prefetch_keeps_order():
             seen_threads.add(threading.current_thread().name)
             yield item
 
-    ahead = list(Prefetch(source(), "cpu", depth=2))
+    ahead = list(Prefetch(source(), "cpu", depth=2, background=True))  # a CUDA worker's feed
     assert [s.step for s in ahead] == [2, 3, 4, 5] and seen_threads == {"feed-prefetch"}
     assert all(torch.equal(a.latents, b.latents) for a, b in zip(ahead, direct))
+    # On a CPU device (the default there) the same items are made in the consumer's thread: no thread
+    # competing with the step's for the worker's cores.
+    seen_threads.clear()
+    inline = Prefetch(source(), "cpu", depth=2)
+    assert not inline.background and inline._thread is None
+    assert [s.step for s in inline] == [2, 3, 4, 5] and seen_threads == {threading.current_thread().name}
 
 
 def test_plan_rows_read_many_steps_at_a_time_split_into_the_same_steps():
@@ -75,10 +81,10 @@ def test_an_error_in_the_feed_reaches_the_training_loop_and_close_stops_the_thre
         yield StepInputs(0, np.zeros(1, np.int64), torch.ones(1), torch.zeros(1, dtype=torch.long), np.zeros(1))
         raise ValueError("shard 3 is unreadable")
 
-    feed = Prefetch(broken(), "cpu")
+    feed = Prefetch(broken(), "cpu", background=True)
     with pytest.raises(ValueError, match="shard 3"):
         list(feed)
-    endless = Prefetch(iter(lambda: StepInputs(0, np.zeros(1), torch.ones(1), torch.zeros(1), np.zeros(1)), None))
+    endless = Prefetch(iter(lambda: StepInputs(0, np.zeros(1), torch.ones(1), torch.zeros(1), np.zeros(1)), None), background=True)
     next(iter(endless))
     endless.close()
     assert not endless._thread.is_alive()
