@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fairskin.classify.judge import load_judge  # noqa: E402
 from fairskin.data.shards import load_decoded  # noqa: E402
+from fairskin.data.stream import decode_local  # noqa: E402
 from fairskin.diffusion.step import pixels_to_tensor  # noqa: E402
 from fairskin.metrics.generation import judge_accuracy, judge_predictions  # noqa: E402
 from fairskin.metrics.skin_tone import ReferenceBands, image_ita  # noqa: E402
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default=None, help="a base stage folder (default: the runs root's only one)")
     parser.add_argument("--judge", default=None, help="a judge stage folder (default: the runs root's only one)")
     parser.add_argument("--prepare", default=None, help="a prepare stage folder (default: the runs root's only one)")
+    parser.add_argument("--reference", default=None,
+                        help="a reference stage folder (default: the runs root's only one; the judge may reuse it)")
     parser.add_argument("--quick", action="store_true", help="at most 20 held-out images per subclass")
     parser.add_argument("--train-vae", default="", help="comma-separated step counts: train a fresh tiny VAE")
     parser.add_argument("--vae-batch", type=int, default=16, help="batch of --train-vae (the demo/study base's)")
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     base = _one(root, "base-*", args.base, "--base")
     judge_folder = _one(root, "judge-*", args.judge, "--judge")
     prepare = _one(root, "prepare-*", args.prepare, "--prepare")
-    reference = _one(root, "reference-*", None, "--reference")
+    reference = _one(root, "reference-*", args.reference, "--reference")
 
     from diffusers import AutoencoderKL
 
@@ -108,26 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     diseases = [judge.config.id2label[i] for i in range(len(judge.config.id2label))]
     image_size = int(judge.config.image_size)
 
-    train_pixels, train_meta = load_decoded(prepare / "shards", splits=["train"])
+    train = decode_local(prepare / "shards")  # the split the base and its VAE trained on
     held_pixels, held_meta = load_decoded(prepare / "shards", splits=info.real_splits)
     if args.quick:
         keep = held_meta.groupby(["group", "disease"]).head(20).index.to_numpy()
         held_pixels, held_meta = held_pixels[keep], held_meta.loc[keep].reset_index(drop=True)
     groups = sorted(held_meta["group"].unique())
-    bands = ReferenceBands.from_real(image_ita(train_pixels), train_meta["group"].to_numpy())
+    bands = ReferenceBands.from_real(image_ita(train.pixels), train.meta["group"].to_numpy())
     figures: dict[str, float | int | str] = {"base": base.name, "judge": judge_folder.name,
                                              "heldout_images": int(len(held_pixels))}
-    started = time.time()
     measured = ["real", "vae_roundtrip"]
     figures.update(ceiling(None, judge, image_size, diseases, held_pixels, held_meta, bands, groups, "real"))
     figures.update(ceiling(vae, judge, image_size, diseases, held_pixels, held_meta, bands, groups, "vae_roundtrip"))
-    figures["vae_round_trip_s"] = round(time.time() - started, 1)
     if args.train_vae:
-        from fairskin.data.stream import decode_local
         from fairskin.diffusion.base import train_tiny_vae
         from fairskin.diffusion.models import build_tiny_sd
 
-        train = decode_local(prepare / "shards")
         fresh = build_tiny_sd(image_size=train.pixels.shape[1], seed=0).vae
         done = 0
         for k, target in enumerate(int(n) for n in args.train_vae.split(",")):

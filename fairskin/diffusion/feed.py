@@ -8,8 +8,9 @@ step's random draws, which are pure functions of (seed, step, rank) and so can b
     plan batch -> this rank's rows, weights, subclass ids, flips -> gathered latents (or pixels)
                -> pinned host memory -> device (non_blocking)
 
-:func:`step_inputs` is the pure host work; :class:`Prefetch` runs it ``depth`` steps ahead in a
-background thread, so the training step never waits for a gather, a draw or a host-to-device copy. The
+:func:`step_inputs` is the pure host work; on a GPU worker :class:`Prefetch` runs it ``depth`` steps
+ahead in a background thread, so the step never waits for a gather, a draw or a host-to-device copy (on a
+CPU device, where the step holds every core, it runs in the loop's thread: see :class:`Prefetch`). The
 Ray Train worker (:func:`fairskin.diffusion.finetune.train_loop_per_worker`) and
 ``benchmarks/stream.py`` use exactly this code. Random draws come from per-step generators
 (:func:`fairskin.diffusion.step.step_generator`, seeded by (seed, step[, rank])), so making them in

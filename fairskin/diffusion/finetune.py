@@ -491,7 +491,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     pending: list[tuple[int, dict[str, Any]]] = []  # per step: device tensors until the window ends
     step, last_time, loss_value = start_step, time.perf_counter(), float("nan")
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # divergence flag, read once per window
-    # The plan's rows become this rank's tensors on the device two steps ahead, in a background thread.
+    # The plan's rows become this rank's tensors on the device (two steps ahead in a thread on a GPU worker).
     if shards is not None:
         stream = LatentStream(shards, scheme=variant["weights"], apply=variant["apply"], seed=seed,
                               global_batch=global_batch, budget_bytes=budget_bytes(d["feed_memory_budget_mb"]),
