@@ -126,16 +126,24 @@ def _reports(max_steps: int, every: int = 3) -> int:
 
 
 @pytest.fixture(scope="module")
-def generator_root(tmp_path_factory, ray_session):
-    """A smoke runs root holding the stages every generator study reads (prepare, base, judge, reference)
-    and one finished 3-trial study (in process, on the session's head). The module's other tests reuse the
-    stages (skipped, same keys) under other study names; the pipeline test reuses the study's best trial."""
+def generator_stages(tmp_path_factory, ray_session):
+    """A smoke runs root holding the stages every generator study reads (prepare, base, judge, reference),
+    run once for the module; returns (config, sources)."""
     from fairskin.tune.generator import generator_sources
-    from fairskin.tune.study import run_study
 
     root = tmp_path_factory.mktemp("gensearch") / "runs"
     config = build_config("smoke", overrides=[f"runtime.runs_root={root}", *SMOKE_STUDY, "tune.num_trials=3"])
-    sources = generator_sources(config, echo=lambda *_: None)
+    return config, generator_sources(config, echo=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def generator_root(generator_stages):
+    """The module's stages and one finished 3-trial study (in process, on the session's head). The module's
+    other tests reuse the stages (skipped, same keys) under other study names; the pipeline test reuses the
+    study's best trial."""
+    from fairskin.tune.study import run_study
+
+    config, sources = generator_stages
     result = run_study(config, "cbdm_strength", {}, sources.shards, sources=sources, echo=lambda *_: None)
     return config, result
 
@@ -170,6 +178,76 @@ def test_smoke_generator_study_three_trials_tracked(generator_root):
     row = result.trials.set_index("trial_id").loc[result.best["trial_id"]]
     assert best["cbdm_tau"] == pytest.approx(row["diffusion.cbdm_tau"])
     assert best["max_steps"] == int(row["diffusion.max_steps"]) and best["weights"] == row["variant.weights"]
+
+
+@pytest.mark.ray
+def test_generator_trial_failing_after_a_checkpoint_restarts_from_it(generator_stages, tmp_path, monkeypatch):
+    """Issue 17: a trial that fails right after its first checkpoint (step 3 of 6; ``tune.max_failures=1``,
+    the trainable's test-only ``fail_after_step``) is retried by Tune from that checkpoint, not from step 0.
+    It ends FINISHED; its reports (Tune's result log and its MLflow child run) are the checkpoints at
+    steps 3 and 6 once each, with the loss and pool figures of an uninterrupted run of the same trial
+    config and seed (a restart from scratch would report step 3 twice, and the step-6 loss would average
+    steps 1-6, not 4-6); and its final UNet equals that run's, bit for bit."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from fairskin.tune import generator as gen
+    from fairskin.tune.mlflow_callback import read_run_map
+    from fairskin.tune.study import TUNE_DIR, run_study
+
+    config0, sources = generator_stages
+    config = build_config("smoke", overrides=[f"runtime.runs_root={config0.runtime.runs_root}", *SMOKE_STUDY,
+                                              "tune.num_trials=1", "tune.max_failures=1"])
+    data = _space()
+    data["preset_parameters"] = {"smoke": [{"name": "diffusion.max_steps", "kind": "choice", "values": [6]}]}
+    put = gen.put_generator_inputs
+    shared = {}
+
+    def put_failing(*args, **kwargs):  # the study's inputs, with the fault armed
+        shared["inputs"] = dataclasses.replace(put(*args, **kwargs), fail_after_step=3)
+        return shared["inputs"]
+
+    monkeypatch.setattr(gen, "put_generator_inputs", put_failing)
+    result = run_study(config, parse_space(data), {}, sources.shards, sources=sources, name="gen-restart",
+                       echo=lambda *_: None)
+    assert not result.interrupted and len(result.trials) == 1
+    trial = result.trials.iloc[0]
+    assert trial["state"] == "finished", trial.get("error")
+    tid, name = trial["trial_id"], gen.trial_variant_name(trial["trial_id"])
+    out = result.path / gen.GENERATORS_DIR / name
+    assert (out / ".failed_once").read_text() == "failed after step 3"  # the first attempt did fail
+
+    # Tune's result log of the trial: one row per checkpoint, the retry's first report is step 6
+    (trial_dir,) = [p for p in (result.path / TUNE_DIR).iterdir() if p.is_dir() and tid in p.name]
+    rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+    assert [(r["training_iteration"], r["step"]) for r in rows] == [(1, 3), (2, 6)], rows
+
+    # the same trial config and seed, uninterrupted, in this process on one thread (as the trial's worker)
+    straight: list[dict] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen.run_generator_trial(read_run_map(result.path)[tid]["config"],
+                                dataclasses.replace(shared["inputs"], fail_after_step=None), name,
+                                lambda metrics, _: straight.append(metrics), out=tmp_path / "straight")
+    finally:
+        torch.set_num_threads(threads)
+    assert [m["step"] for m in straight] == [3, 6]
+
+    client = MlflowClient(config.tracking_uri())
+    run = client.get_run(trial["run_id"])
+    assert run.info.status == "FINISHED"
+    for metric in ("step", "loss", *OBJECTIVES):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric))
+        assert history == [(i + 1, pytest.approx(m[metric], rel=1e-9)) for i, m in enumerate(straight)], metric
+
+    weights = "pipeline/unet/diffusion_pytorch_model.safetensors"
+    resumed, uninterrupted = load_file(out / weights), load_file(tmp_path / "straight" / weights)
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    base = load_file(Path(sources.base) / "unet" / "diffusion_pytorch_model.safetensors")
+    assert not all(torch.equal(resumed[k], base[k]) for k in resumed)  # it did train
 
 
 @pytest.mark.ray

@@ -75,6 +75,10 @@ class GeneratorInputs:
     bands: Any
     judge_real: pd.DataFrame
     real: Any
+    # Tests only (off by default): raise once, right after the checkpoint report at this step, in a
+    # trial's first attempt (a ``.failed_once`` marker in the trial's output folder), so a test can
+    # prove that Tune's retry continues from that checkpoint. Mirrors ``finetune_variant(fail_at_step=)``.
+    fail_after_step: int | None = None
 
 
 def generator_sources(config: FairSkinConfig, echo: Callable[[str], None] = print) -> GeneratorSources:
@@ -334,6 +338,9 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
             state = {"step": done, "loss": metrics["loss"], "trial": name}
             _save_checkpoint(Path(tmp), unet, ema, optimizer, lr_scheduler, state)
             report(metrics, tmp)
+        if inputs.fail_after_step == done and not (out / ".failed_once").exists():
+            (out / ".failed_once").write_text(f"failed after step {done}")
+            raise RuntimeError(f"injected failure after the checkpoint at step {done}")
     return out
 
 
