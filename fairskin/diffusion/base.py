@@ -1,8 +1,17 @@
 """The ``base`` stage (demo/smoke only): a stand-in for pretrained Stable Diffusion.
 
 A random VAE cannot reconstruct anything, so the tiny VAE is first trained briefly on the
-training images (reconstruction + a small KL term), then a base UNet is trained on all
-training data without balancing. Every variant fine-tunes from this pipeline folder.
+training images as a plain autoencoder, then a base UNet is trained on all training data without
+balancing. Every variant fine-tunes from this pipeline folder.
+
+Two things make the stand-in behave like SD's VAE, whose posterior is nearly a point and whose
+latents the ``scaling_factor`` brings to unit variance (issue 13, measured on the ``study`` base
+before this change): with a learned posterior variance and a 1e-6 KL weight, 600 steps left the
+posterior std at 0.73, as large as the latents' own spread (0.15-0.72 per channel), so the base UNet
+learnt to draw mostly sampling noise; and SD's factor 0.18215, meant for latents of std ~5.5, scaled
+these to std ~0.08, so at most timesteps the diffusion saw almost no signal. Here the VAE is trained
+on its posterior mean, its variance head is then fixed at std e^-10 (:func:`fix_posterior_std`), and
+the factor is fitted to the trained encoder (:func:`fit_scaling_factor`).
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from fairskin.config import FairSkinConfig
 from fairskin.data.stream import DecodedSet
 from fairskin.diffusion.losses import training_loss
 from fairskin.diffusion.models import build_tiny_sd, encode_prompts, prompt_for, save_sd
-from fairskin.diffusion.step import pixels_to_tensor  # noqa: F401 (also imported from here)
+from fairskin.diffusion.step import encode_latents, pixels_to_tensor
 from fairskin.progress import progress_bar
 
 
@@ -26,9 +35,14 @@ def subclass_prompts(template: str, groups, diseases) -> list[str]:
     return [prompt_for(template, g, d) for g in groups for d in diseases]
 
 
+POSTERIOR_LOG_STD = -10.0  # the stand-in VAE's fixed posterior log-std: std 4.5e-5, far below its latents' spread
+
+
 def train_tiny_vae(vae, train: DecodedSet, steps: int, batch_size: int, seed: int, lr: float = 1e-3,
                    progress: bool = False) -> list[float]:
-    """Reconstruction (MSE) + 1e-6 KL training of the tiny VAE; returns the loss per step."""
+    """Train ``vae`` as an autoencoder (MSE of the decoded posterior mean, pixels in [-1, 1]) for
+    ``steps`` steps of ``batch_size`` uniformly drawn training rows; then fix its posterior std and fit
+    its scaling factor to ``train``. Returns the loss per step."""
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
     losses = []
@@ -36,15 +50,39 @@ def train_tiny_vae(vae, train: DecodedSet, steps: int, batch_size: int, seed: in
     for _ in progress_bar(range(steps), total=steps, description="base: VAE", enabled=progress):
         rows = torch.randint(0, len(train), (batch_size,), generator=gen).numpy()
         x = pixels_to_tensor(train.pixels[rows])
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=gen)).sample
-        loss = torch.nn.functional.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        loss = torch.nn.functional.mse_loss(recon, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
     vae.eval()
+    fix_posterior_std(vae)
+    fit_scaling_factor(vae, train.pixels)
     return losses
+
+
+@torch.no_grad()
+def fix_posterior_std(vae, log_std: float = POSTERIOR_LOG_STD) -> None:
+    """Set the posterior's log-variance head of an ``AutoencoderKL`` to the constant ``2 * log_std``, so
+    that ``latent_dist.sample()`` equals ``latent_dist.mean`` up to noise of std ``exp(log_std)``."""
+    head = vae.quant_conv if vae.quant_conv is not None else vae.encoder.conv_out
+    channels = vae.config.latent_channels
+    head.weight[channels:].zero_()
+    head.bias[channels:].fill_(2.0 * log_std)
+
+
+@torch.no_grad()
+def fit_scaling_factor(vae, pixels: np.ndarray, max_images: int = 1024, batch: int = 64) -> float:
+    """Set ``vae.config.scaling_factor`` to 1 / std of the posterior means of up to ``max_images`` of
+    ``pixels`` (uint8 (N, H, W, 3), evenly spaced rows), as SD's factor does for its own VAE, so the
+    latents the UNet sees have unit variance. Returns the factor."""
+    rows = np.linspace(0, len(pixels) - 1, num=min(max_images, len(pixels))).round().astype(int)
+    means = torch.cat([vae.encode(pixels_to_tensor(pixels[rows[lo:lo + batch]])).latent_dist.mean
+                       for lo in range(0, len(rows), batch)])
+    factor = float(1.0 / means.std().clamp_min(1e-6))
+    vae.register_to_config(scaling_factor=factor)
+    return factor
 
 
 def train_base_unet(parts, train: DecodedSet, prompts: list[str], steps: int, batch_size: int, seed: int,
@@ -54,14 +92,11 @@ def train_base_unet(parts, train: DecodedSet, prompts: list[str], steps: int, ba
     cond_table = encode_prompts(parts.tokenizer, parts.text_encoder, prompts + [""])
     subclass = torch.from_numpy(train.subclass_id)
     optimizer = torch.optim.AdamW(parts.unet.parameters(), lr=lr)
-    scale = parts.vae.config.scaling_factor
     losses = []
     parts.unet.train()
     for _ in progress_bar(range(steps), total=steps, description="base: UNet", enabled=progress):
         rows = torch.randint(0, len(train), (batch_size,), generator=gen)
-        with torch.no_grad():
-            latents = parts.vae.encode(pixels_to_tensor(train.pixels[rows.numpy()])).latent_dist.sample(
-                generator=gen) * scale
+        latents = encode_latents(parts.vae, pixels_to_tensor(train.pixels[rows.numpy()]))
         drop = torch.rand(1, generator=gen).item() < 0.1
         cond = cond_table[-1:].expand(batch_size, -1, -1) if drop else cond_table[subclass[rows]]
         out = training_loss(parts.unet, parts.noise_scheduler, latents, cond, None, torch.ones(batch_size),
@@ -95,7 +130,8 @@ def build_base(config: FairSkinConfig, train: DecodedSet, out: Path) -> dict[str
     return {"vae_loss_first": vae_losses[0] if vae_losses else float("nan"),
             "vae_loss_last": float(np.mean(vae_losses[-tail:])) if vae_losses else float("nan"),
             "unet_loss_first": unet_losses[0] if unet_losses else float("nan"),
-            "unet_loss_last": float(np.mean(unet_losses[-tail:])) if unet_losses else float("nan")}
+            "unet_loss_last": float(np.mean(unet_losses[-tail:])) if unet_losses else float("nan"),
+            "vae_scaling_factor": float(parts.vae.config.scaling_factor)}
 
 
 def build_control_base(config: FairSkinConfig, base: Path, train: DecodedSet, group: str,
