@@ -410,13 +410,38 @@ def local_step(model, optimizer, lr_scheduler, scheduler, arrays, cond_table: to
                       first_bad=first_bad, step=inputs.step + 1)
 
 
+def prepare_unet(unet, ema, d: dict) -> tuple[Any, Any]:
+    """Gradient checkpointing and the EMA copy as ``d`` (a ``diffusion`` config dump) asks: returns
+    (``unet``, ``ema`` or None); a restored ``ema`` is kept, else a frozen copy of ``unet`` is made."""
+    if d["gradient_checkpointing"]:
+        unet.enable_gradient_checkpointing()
+    if d["ema_decay"] and ema is None:
+        ema = type(unet).from_config(unet.config)
+        ema.load_state_dict(unet.state_dict())
+    if ema is not None:
+        ema.requires_grad_(False)
+    return unet, ema
+
+
+def build_optimizer(parameters, d: dict, saved: dict | None = None) -> tuple[Any, Any]:
+    """AdamW at ``d["learning_rate"]`` with diffusers' constant-with-warm-up schedule; ``saved`` (a
+    checkpoint's ``optimizer.pt``) restores both states. Returns (optimizer, lr_scheduler)."""
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.AdamW(parameters, lr=d["learning_rate"])
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=d["warmup_steps"])
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    return optimizer, lr_scheduler
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     """One Ray Train worker of the fine-tune (see the module docstring)."""
     import ray
     import ray.train
     import ray.train.torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
-    from diffusers.optimization import get_scheduler
 
     from fairskin.runtime import configure_worker
 
@@ -460,21 +485,11 @@ def train_loop_per_worker(cfg: dict) -> None:
     # (first_step: the first step it trained, from_step + 1 when it resumed exactly from its checkpoint).
     starts = (list(resumed.get("starts", [])) if checkpoint is not None else []) + [
         {"attempt": attempt, "from_step": start_step, "first_step": None}]
-    if d["gradient_checkpointing"]:
-        unet.enable_gradient_checkpointing()
-    if d["ema_decay"] and ema is None:
-        ema = UNet2DConditionModel.from_config(unet.config)
-        ema.load_state_dict(unet.state_dict())
-    if ema is not None:
-        ema.requires_grad_(False)
+    unet, ema = prepare_unet(unet, ema, d)
     unet.train()
     model = ray.train.torch.prepare_model(unet)
     raw_unet = model.module if hasattr(model, "module") else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=d["learning_rate"])
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=d["warmup_steps"])
-    if checkpoint is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    optimizer, lr_scheduler = build_optimizer(model.parameters(), d, saved if checkpoint is not None else None)
 
     global_batch = d["global_batch_size"]
     use_cbdm = variant["loss"] == "cbdm"

@@ -231,12 +231,11 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
     import ray
     import torch
     from diffusers import DDPMScheduler, UNet2DConditionModel
-    from diffusers.optimization import get_scheduler
 
     from fairskin.classify.judge import load_judge
     from fairskin.data.sampling import WeightedSampler
     from fairskin.data.stream import RunPlan
-    from fairskin.diffusion.finetune import _save_checkpoint, local_step
+    from fairskin.diffusion.finetune import _save_checkpoint, build_optimizer, local_step, prepare_unet
     from fairskin.diffusion.models import load_sd, save_sd
     from fairskin.metrics.generation import feature_space
     from fairskin.metrics.plots import save_image_grid
@@ -265,19 +264,11 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
         start = int(state["step"])
     else:
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
-    if d["gradient_checkpointing"]:
-        unet.enable_gradient_checkpointing()
-    if d["ema_decay"] and ema is None:
-        ema = UNet2DConditionModel.from_config(unet.config)
-        ema.load_state_dict(unet.state_dict())
+    unet, ema = prepare_unet(unet, ema, d)
     if ema is not None:
-        ema.requires_grad_(False).to(device)
+        ema.to(device)
     unet = unet.to(device).train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=d["learning_rate"])
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=d["warmup_steps"])
-    if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    optimizer, lr_scheduler = build_optimizer(unet.parameters(), d, saved)
     spec = variant.model_dump()
     tau = d["cbdm_tau"] if variant.cbdm_tau is None else variant.cbdm_tau
     gamma = d["cbdm_gamma"] if variant.cbdm_gamma is None else variant.cbdm_gamma
