@@ -490,7 +490,11 @@ register_stage(Stage("finetune", reads=_finetune_reads(), inputs=("prepare", "ba
 
 # --------------------------------------------------------------------------- generate
 
-GENERATE_READS = ("generation", "diffusion.variants", "diffusion.custom_variants", "diffusion.repeat_seeds",
+# The settings a pool's bytes depend on (cpus_per_actor sets each item's thread count); not the judge's,
+# FID's or the actor count, which a changed value must not make the pools be generated again for.
+GENERATE_READS = tuple(f"generation.{field}" for field in (
+    "images_per_subclass", "guidance_scale", "inference_steps", "scheduler", "batch_size", "dtype",
+    "channels_last", "use_gpu", "cpus_per_actor")) + ("diffusion.variants", "diffusion.custom_variants", "diffusion.repeat_seeds",
                   "diffusion.prompt_template", "data.image_size", "data.groups", "data.diseases")
 
 

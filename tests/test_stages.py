@@ -79,3 +79,20 @@ def test_killed_stage_leaves_no_folder_that_looks_finished(smoke_config, tmp_pat
     result = run_stage(smoke_config, "prepare", ["data"], _body("after"))
     assert not result.skipped and is_finished(final)
     assert not [p for p in root.iterdir() if p.name.startswith(".prepare-")]
+
+
+def test_generate_is_keyed_by_what_a_pools_bytes_depend_on_only(smoke_config):
+    from fairskin.config import build_config
+    from fairskin.pipeline import pipeline_stage_key
+
+    def key(*overrides):
+        config = build_config("smoke", overrides=[f"runtime.runs_root={smoke_config.runtime.runs_root}", *overrides])
+        return pipeline_stage_key("generate", config, {})
+
+    same = key()
+    # The judge, the FID reference split and the actor count do not change a single pool byte.
+    assert key("generation.judge_images_per_subclass=7", "generation.judge_batch_size=3",
+               "generation.real_split=test", "generation.num_actors=1") == same
+    for changed in ("generation.inference_steps=3", "generation.scheduler=dpm", "generation.guidance_scale=1.5",
+                    "generation.images_per_subclass=11", "generation.channels_last=true"):
+        assert key(changed) != same, changed
