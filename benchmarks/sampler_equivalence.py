@@ -24,8 +24,11 @@ share the repeat's noise seed, so they are not fully independent units.
 Inputs: ``--runs-root`` names a runs root with finished ``prepare``, ``reference``, ``finetune`` and
 ``judge`` stages (read only: every pool, cache and table goes under ``--out``); without it the script
 runs the ``demo`` preset (R = 3 repeats) up to those stages under ``--out``. ``--quick``: the ``smoke``
-preset, 2 images per subclass (a check that the script works, not a measurement). Commands that start
-Ray on a shared machine: wrap them in ``flock /tmp/raytests.lock``. The last line printed is one JSON
+preset, 2 images per subclass (a check that the script works, not a measurement). ``--local``
+generates in this process with one thread (``generation.cpus_per_actor``) and starts no Ray with
+``--runs-root``; else the pools run on the engine's Ray actor pool. Commands that start Ray on a shared
+machine: wrap them in ``flock /tmp/raytests.lock``. Pools are kept under ``--out``: a rerun regenerates
+only what is missing (so candidates can be added later against the same reference pools). The last line printed is one JSON
 object: per candidate and metric the difference, its 90 % interval, the TOST p-values, and
 ``equivalent_<candidate>``.
 """
@@ -279,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or f"runs-sampler-equiv{'-quick' if args.quick else ''}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     per_subclass = args.images_per_subclass or (2 if args.quick else 8)
+    if per_subclass < 2:
+        parser.error("--images-per-subclass must be >= 2 (FID and the real-vs-real floor need 2 images a subclass)")
     pipeline_seconds = 0.0
     if args.runs_root:
         root = Path(args.runs_root).resolve()
