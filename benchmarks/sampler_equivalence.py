@@ -182,10 +182,12 @@ def resolve_stages(root: Path) -> dict[str, Path]:
     if evaluates:
         inputs = _stage_inputs(evaluates[-1])
         inputs["finetune"] = _stage_inputs(inputs["generate"])["finetune"]
-        return {k: inputs[k] for k in ("prepare", "reference", "judge", "finetune")}
+        return {k: inputs[k] for k in ("prepare", "reference", "judge", "finetune") if k in inputs}
     found = {}
     for name in ("prepare", "reference", "judge", "finetune"):
         done = [p for p in stages.glob(f"{name}-*") if is_finished(p)]
+        if name == "reference" and not done:
+            continue  # synthetic data: the judge is its own model
         if len(done) != 1:
             raise SystemExit(f"{stages}: {len(done)} finished {name} stage(s) and no finished evaluate stage to "
                              "choose between them")
@@ -213,7 +215,7 @@ class Measure:
         self.config, self.cache = config, cache
         self.groups, self.diseases = config.data.group_names, config.data.diseases
         shards = stages["prepare"] / "shards"
-        self.judge, info = load_judge(stages["judge"], stages["reference"])
+        self.judge, info = load_judge(stages["judge"], stages.get("reference"))
         model = self.judge if info.kind == "independent" else load_saved_classifier(stages["reference"] / "model")
         self.space = feature_space(model.eval(), c.image_size, g.inception_weights_path,
                                    kind="judge-classifier" if info.kind == "independent" else "reference-classifier")
@@ -303,9 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_overrides = ["diffusion.repeat_seeds=[0,1,2]", f"runtime.runs_root={root}"]
         config = build_config(preset, overrides=base_overrides)
         t0 = time.time()
-        outcome = run_pipeline(config, stages=["finetune", "judge"], echo=lambda s: None)
+        # the reference classifier is the judge only on real data (synthetic data has its own judge)
+        wanted = ["finetune", "judge"] + (["reference"] if config.data.source != "synthetic" else [])
+        outcome = run_pipeline(config, stages=wanted, echo=lambda s: None)
         pipeline_seconds = time.time() - t0
-        stages = {k: outcome.results[k].path for k in ("prepare", "reference", "judge", "finetune")}
+        stages = {k: outcome.results[k].path for k in ("prepare", "reference", "judge", "finetune")
+                  if k in outcome.results}
 
     reference_config = build_config(preset, yaml_path=yaml_path, overrides=base_overrides)
     g0 = reference_config.generation
