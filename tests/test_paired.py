@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from fairskin.metrics.paired import (TABLE_COLUMNS, holm, paired_difference, paired_table, repeat_counts,
-                                     repeat_values, t_interval)
+                                     repeat_values, t_interval, tost_paired)
 
 
 # ---------------------------------------------------------------- repeat_values
@@ -267,3 +267,74 @@ def test_paired_table_refuses_bad_input():
         paired_table(values, "nope", ["accuracy"], DIRECTIONS)
     with pytest.raises(ValueError, match="more than one row"):
         paired_table(pd.concat([values, values]), "vanilla", ["accuracy"], DIRECTIONS)
+
+
+# ---------------------------------------------------------------- tost_paired (equivalence)
+
+
+def _tost_by_hand(d, lower, upper):
+    """Schuirmann's two one-sided tests from the t distribution directly (no ttest_1samp)."""
+    n = len(d)
+    se = np.std(d, ddof=1) / np.sqrt(n)
+    p_lower = stats.t.sf((np.mean(d) + lower) / se, n - 1)   # H0: mean <= -lower
+    p_upper = stats.t.cdf((np.mean(d) - upper) / se, n - 1)  # H0: mean >= +upper
+    return p_lower, p_upper
+
+
+def test_tost_known_equivalent_by_hand():
+    rng = np.random.default_rng(21)
+    baseline = rng.normal(0.70, 0.05, size=12)          # shared per-unit level (12 generators)
+    treatment = baseline + rng.normal(0.003, 0.01, size=12)
+    keys = range(12)
+    got = tost_paired(dict(zip(keys, treatment)), dict(zip(keys, baseline)), margin=0.05)
+    d = treatment - baseline
+    p_lower, p_upper = _tost_by_hand(d, 0.05, 0.05)
+    assert (got.p_lower, got.p_upper) == pytest.approx((p_lower, p_upper), rel=1e-10)
+    assert got.p == pytest.approx(max(p_lower, p_upper), rel=1e-10)
+    assert got.p < 1e-6 and got.equivalent
+    low, high = stats.t.interval(0.90, 11, loc=d.mean(), scale=stats.sem(d))  # the dual 1 - 2 alpha interval
+    assert (got.mean, got.low, got.high) == pytest.approx((d.mean(), low, high), rel=1e-12)
+    assert -0.05 < got.low and got.high < 0.05
+    assert got.n == 12 and got.dropped == 0
+
+
+def test_tost_known_different_and_asymmetric_margins():
+    rng = np.random.default_rng(22)
+    baseline = rng.normal(60.0, 4.0, size=8)
+    treatment = baseline + 5.0 + rng.normal(0, 0.5, size=8)   # FID up by 5, margin 3: not equivalent
+    keys = range(8)
+    got = tost_paired(dict(zip(keys, treatment)), dict(zip(keys, baseline)), margin=3.0)
+    p_lower, p_upper = _tost_by_hand(treatment - baseline, 3.0, 3.0)
+    assert got.p_upper == pytest.approx(p_upper, rel=1e-10) and got.p_lower == pytest.approx(p_lower, rel=1e-10)
+    assert got.p_upper > 0.99 and not got.equivalent
+    # the same differences inside an asymmetric margin (-1, +8) are equivalent
+    wide = tost_paired(dict(zip(keys, treatment)), dict(zip(keys, baseline)), margin=1.0, upper_margin=8.0)
+    p_lower, p_upper = _tost_by_hand(treatment - baseline, 1.0, 8.0)
+    assert (wide.p_lower, wide.p_upper) == pytest.approx((p_lower, p_upper), rel=1e-10)
+    assert wide.equivalent and wide.low > -1.0 and wide.high < 8.0
+
+
+def test_tost_too_noisy_is_not_equivalent_and_agrees_with_the_interval():
+    rng = np.random.default_rng(23)
+    baseline = rng.normal(0.5, 0.1, size=3)
+    treatment = baseline + rng.normal(0.0, 0.06, size=3)   # mean near 0, but 3 noisy pairs
+    got = tost_paired(dict(enumerate(treatment)), dict(enumerate(baseline)), margin=0.05)
+    inside = -0.05 < got.low and got.high < 0.05
+    assert got.equivalent == inside
+    assert not got.equivalent
+
+
+def test_tost_degenerate_and_bad_input():
+    same = {r: 0.3 + r for r in range(4)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        identical = tost_paired(same, dict(same), margin=0.05)           # byte-identical pools
+        shifted = tost_paired({r: v + 0.1 for r, v in same.items()}, same, margin=0.05)
+    assert identical.p == 0.0 and identical.equivalent and identical.mean == 0.0
+    assert shifted.p_upper == 1.0 and not shifted.equivalent
+    one = tost_paired({0: 1.0, 1: 2.0}, {0: 1.0}, margin=0.1)
+    assert one.n == 1 and one.dropped == 1 and math.isnan(one.p) and not one.equivalent
+    with pytest.raises(ValueError, match="margins"):
+        tost_paired(same, same, margin=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        tost_paired(same, same, margin=0.1, alpha=0.5)

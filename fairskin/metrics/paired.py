@@ -19,6 +19,9 @@ Methods
   permutation test (``scipy.stats.permutation_test``; exact over all 2^n sign vectors for
   n <= 16, else 100 000 seeded Monte-Carlo flips).
 * :func:`holm`: Holm-Bonferroni step-down adjusted p-values.
+* :func:`tost_paired`: equivalence of two settings within a margin declared in advance (two
+  one-sided paired t-tests, TOST; Schuirmann 1987): equivalent at level alpha when both one-sided
+  tests reject, i.e. when the ``1 - 2 alpha`` t-interval of the mean difference lies inside the margins.
 * :func:`paired_table`: every non-baseline variant x metric against the baseline, Holm
   adjusted across the whole table, with a significant / better / worse verdict.
 
@@ -256,6 +259,85 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     stepped = np.minimum(np.maximum.accumulate(scaled), 1.0)
     adjusted[np.flatnonzero(tested)[order]] = stepped
     return adjusted
+
+
+# --------------------------------------------------------------------------- equivalence (TOST)
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """treatment - baseline over n paired units, tested for equivalence within (-lower_margin, +upper_margin).
+
+    mean, low, high: mean difference and its ``1 - 2 alpha`` t-interval (90 % for alpha 0.05; the
+    interval TOST is dual to); p_lower: one-sided p of H0 mean <= -lower_margin (against mean >
+    -lower_margin); p_upper: one-sided p of H0 mean >= upper_margin (against mean < upper_margin);
+    p: max(p_lower, p_upper), the TOST p-value; equivalent: p < alpha (False when n < 2 or p is NaN).
+    """
+
+    n: int
+    mean: float
+    low: float
+    high: float
+    lower_margin: float
+    upper_margin: float
+    p_lower: float
+    p_upper: float
+    p: float
+    alpha: float
+    equivalent: bool
+    keys: tuple
+    dropped: int
+
+
+def _one_sided_p(differences: np.ndarray, bound: float, alternative: str) -> float:
+    """One-sample t-test of mean(differences) against ``bound`` (alternative "greater" or "less")."""
+    if _is_constant(differences):  # no spread: the limit of the t-test
+        mean = float(np.mean(differences))
+        if mean == bound:
+            return 1.0
+        return 0.0 if (mean > bound) == (alternative == "greater") else 1.0
+    return float(stats.ttest_1samp(differences, bound, alternative=alternative).pvalue)
+
+
+def tost_paired(treatment: Mapping | pd.Series, baseline: Mapping | pd.Series, margin: float,
+                upper_margin: float | None = None, alpha: float = 0.05) -> Equivalence:
+    """Paired equivalence test (TOST) of treatment - baseline within (-margin, +upper_margin).
+
+    ``treatment`` and ``baseline`` map unit id -> value; units are paired by id as in
+    :func:`paired_difference` (ids on one side only, or with a non-finite value, are dropped).
+    ``margin`` (> 0, metric units) must be declared before the data are seen; ``upper_margin``
+    defaults to ``margin`` (symmetric). With d the n differences, mean m and standard error
+    s = sd(d, ddof 1) / sqrt(n), on n - 1 degrees of freedom:
+
+    * p_lower = P(T > (m + margin) / s) (H0: mean <= -margin), ``scipy.stats.ttest_1samp(d, -margin,
+      alternative="greater")``;
+    * p_upper = P(T < (m - upper_margin) / s) (H0: mean >= upper_margin), ``ttest_1samp(d,
+      upper_margin, alternative="less")``;
+    * equivalent when max(p_lower, p_upper) < alpha, which is the same as the ``1 - 2 alpha``
+      t-interval of m lying strictly inside (-margin, upper_margin).
+
+    Differences with no spread give the tests' limits (0 or 1). n < 2: NaN p-values, not equivalent.
+    """
+    upper = margin if upper_margin is None else upper_margin
+    if not (np.isfinite(margin) and np.isfinite(upper) and margin > 0 and upper > 0):
+        raise ValueError(f"equivalence margins must be finite and > 0, got -{margin} / +{upper}")
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha must lie in (0, 0.5), got {alpha}")
+    treatment, baseline = _as_series(treatment), _as_series(baseline)
+    keys = sorted(set(treatment.index) & set(baseline.index))
+    dropped = len(set(treatment.index) | set(baseline.index)) - len(keys)
+    differences = treatment.loc[keys].to_numpy() - baseline.loc[keys].to_numpy()
+    interval = t_interval(differences, 1 - 2 * alpha)
+    if len(keys) < 2:
+        p_lower = p_upper = p = np.nan
+    else:
+        p_lower = _one_sided_p(differences, -margin, "greater")
+        p_upper = _one_sided_p(differences, upper, "less")
+        p = max(p_lower, p_upper)
+    return Equivalence(n=len(keys), mean=interval.mean, low=interval.low, high=interval.high,
+                       lower_margin=float(margin), upper_margin=float(upper), p_lower=p_lower, p_upper=p_upper,
+                       p=p, alpha=alpha, equivalent=bool(np.isfinite(p) and p < alpha), keys=tuple(keys),
+                       dropped=dropped)
 
 
 # --------------------------------------------------------------------------- table
