@@ -17,8 +17,9 @@ If the round trip already loses most of the judge's accuracy, the VAE bounds dis
 the UNet is not the place to look; if it keeps it, the UNet (steps, width, conditioning) is.
 ``--train-vae 600,1500,3000``: instead of (besides) the base's VAE, train the base stage's tiny VAE
 from the same initial weights (``build_tiny_sd``, seed 0) on the prepared train split and measure the
-ceiling after each number of steps (``train_tiny_vae`` continued in increments, each increment with
-its own seed: the first equals the base stage's training when ``--vae-batch`` is its batch).
+ceiling after each number of steps (``train_tiny_vae`` afresh for each count, seed 0, the learning rate
+decaying over that count: each equals the base stage's training at ``runtime.seed=0`` when
+``--vae-batch`` and ``--vae-lr`` are its batch and rate).
 ``--quick``: at most 20 held-out images per subclass. The last line printed is one JSON object.
 """
 
@@ -127,12 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         from fairskin.diffusion.base import train_tiny_vae
         from fairskin.diffusion.models import build_tiny_sd
 
-        fresh = build_tiny_sd(image_size=train.pixels.shape[1], seed=0).vae
-        done = 0
-        for k, target in enumerate(int(n) for n in args.train_vae.split(",")):
+        for target in (int(n) for n in args.train_vae.split(",")):
+            # Fresh each time: the rate decays over the whole run, so a longer run is not a continued shorter one.
+            fresh = build_tiny_sd(image_size=train.pixels.shape[1], seed=0).vae
             tic = time.time()
-            train_tiny_vae(fresh, train, target - done, args.vae_batch, seed=k, lr=args.vae_lr)
-            done = target
+            train_tiny_vae(fresh, train, target, args.vae_batch, seed=0, lr=args.vae_lr)
             label = f"vae{target}"
             figures.update(ceiling(fresh, judge, image_size, diseases, held_pixels, held_meta, bands, groups, label))
             figures[f"{label}_train_s"] = round(time.time() - tic, 1)

@@ -455,12 +455,13 @@ def _demo() -> dict[str, Any]:
 def _study() -> dict[str, Any]:
     # The controls' preset (issue 13): pools recognisable enough to ask the paper's question, R = 3
     # generator repeats, the two controls beside vanilla and FairSkin-S, the classifier in mode random
-    # with S = 1 seed per repeat; about an hour on 2 cores (README). Starting point measured in issue 13: the demo
-    # with a longer-trained base (the VAE is the bottleneck), 200 fine-tune steps and 20 sampling steps.
+    # with S = 1 seed per repeat (README: its wall time). Starting point measured in issue 13: the demo
+    # with a longer-trained base, 200 fine-tune steps and 20 sampling steps. The VAE limits disease
+    # fidelity (benchmarks/fidelity_ceiling.py: its round trip caps the judge), so it trains 4,000 steps.
     demo = _demo()
     return {
         **demo,
-        "diffusion": {**demo["diffusion"], "base_vae_steps": 600, "base_unet_steps": 3000, "max_steps": 200,
+        "diffusion": {**demo["diffusion"], "base_vae_steps": 4000, "base_unet_steps": 3000, "max_steps": 200,
                       "variants": ["vanilla", "fairskin_s", "vanilla_twin", "control_drop_african"],
                       "repeat_seeds": [0, 1, 2]},
         "generation": {**demo["generation"], "inference_steps": 20, "judge_images_per_subclass": 300},

@@ -243,7 +243,7 @@ register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_vae_steps
                                     "diffusion.global_batch_size", "diffusion.learning_rate",
                                     "diffusion.prompt_template", "runtime.seed"),
                      inputs=("prepare",), body=_base_body, external=("diffusion.model",),
-                     # 2: the VAE is an autoencoder with a fixed posterior std and a fitted scaling factor
+                     # 2: the VAE is an autoencoder (cosine-decayed rate) with a fixed posterior std and a fitted scaling factor
                      version=2,
                      log=lambda run, result: run.log_metrics(result.summary)))
 

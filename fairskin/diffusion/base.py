@@ -41,10 +41,18 @@ POSTERIOR_LOG_STD = -10.0  # the stand-in VAE's fixed posterior log-std: std 4.5
 def train_tiny_vae(vae, train: DecodedSet, steps: int, batch_size: int, seed: int, lr: float = 1e-3,
                    progress: bool = False) -> list[float]:
     """Train ``vae`` as an autoencoder (MSE of the decoded posterior mean, pixels in [-1, 1]) for
-    ``steps`` steps of ``batch_size`` uniformly drawn training rows; then fix its posterior std and fit
-    its scaling factor to ``train``. Returns the loss per step."""
+    ``steps`` steps of ``batch_size`` uniformly drawn training rows, the learning rate decaying from
+    ``lr`` to 0 on a cosine; then fix its posterior std and fit its scaling factor to ``train``.
+    Returns the loss per step.
+
+    The cosine decay was measured to help within a fixed step budget (issue 13, the study's data,
+    round trips scored by the judge): at step 750 of a 1,500-step cosine run 0.397 against 0.361 for a
+    constant rate."""
+    from diffusers.optimization import get_scheduler
+
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
+    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=max(1, steps))
     losses = []
     vae.train()
     for _ in progress_bar(range(steps), total=steps, description="base: VAE", enabled=progress):
@@ -55,6 +63,7 @@ def train_tiny_vae(vae, train: DecodedSet, steps: int, batch_size: int, seed: in
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        lr_scheduler.step()
         losses.append(float(loss.detach()))
     vae.eval()
     fix_posterior_std(vae)
