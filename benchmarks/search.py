@@ -46,7 +46,7 @@ from fairskin.pipeline import run_pipeline  # noqa: E402
 from fairskin.runtime import init_ray  # noqa: E402
 from fairskin.tune.inputs import standin_pool  # noqa: E402
 from fairskin.tune.spaces import DefineByRun, Scheduler, load_space  # noqa: E402
-from fairskin.tune.study import check_study, max_concurrency, run_study  # noqa: E402
+from fairskin.tune.study import PHASES, check_study, max_concurrency, run_study  # noqa: E402
 from fairskin.tune.trainable import put_inputs, run_trial  # noqa: E402
 
 METRIC = "val_essp_fairseg"
@@ -161,15 +161,24 @@ def _measure(args, config, spec, pools, shards, resolved, points, groups, n_tune
     study = run_study(config, spec, pools, shards, variant=VARIANT, trials=n_tune,
                       name=f"bench-overhead-{int(time.time())}", echo=lambda *_: None)
     tune_seconds = time.perf_counter() - t0
+    phases = {k: round(float(study.timings.get(k, 0.0)), 2) for k in PHASES}
     same = [{"proportions": {g: float(r[f"proportions.{g}"]) for g in groups}, "mode": r["mode"],
              "variant": r["variant"], "seed": int(r["seed"])} for _, r in study.trials.iterrows()]
     t0 = time.perf_counter()
     inputs = put_inputs(shards, pools, resolved, config.classifier)
+    outside_decode = time.perf_counter() - t0
     run_outside(same, inputs, concurrency, cpus)
     outside_seconds = time.perf_counter() - t0
+    outside_trainings = outside_seconds - outside_decode
     ratio = tune_seconds / outside_seconds
     print(f"(b) {n_tune} trials: Tune {tune_seconds:.1f} s, outside Tune {outside_seconds:.1f} s, "
           f"ratio {ratio:.3f} (target <= 1.1)", flush=True)
+    print(f"    outside Tune: decode + put {outside_decode:.2f} s, trainings {outside_trainings:.2f} s", flush=True)
+    print(f"    Tune (run_study's phases; fit.trials = first trial start to last trial end): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+          + f"; unaccounted {tune_seconds - sum(phases.values()):.2f} s", flush=True)
+    print(f"    beyond the trainings: Tune {tune_seconds - phases['fit.trials']:.1f} s, "
+          f"outside {outside_decode:.1f} s", flush=True)
 
     # (a) the grid, trained once.
     configs = [{"proportions": dict(zip(groups, p)), "mode": resolved.fixed["mode"], "variant": VARIANT,
@@ -189,7 +198,10 @@ def _measure(args, config, spec, pools, shards, resolved, points, groups, n_tune
           f"({out / f'grid{suffix}.csv'})", flush=True)
     summary.update({"concurrency": concurrency, "cpus_per_trial": cpus, "tune_trials": n_tune,
                     "tune_seconds": round(tune_seconds, 2), "outside_seconds": round(outside_seconds, 2),
-                    "tune_overhead_ratio": round(ratio, 3), "grid_seconds": round(grid_seconds, 1)})
+                    "tune_overhead_ratio": round(ratio, 3), "grid_seconds": round(grid_seconds, 1),
+                    "outside_decode_seconds": round(outside_decode, 2),
+                    "outside_training_seconds": round(outside_trainings, 2),
+                    **{f"tune_{k.replace('.', '_')}_seconds": v for k, v in phases.items()}})
     return curves
 
 
