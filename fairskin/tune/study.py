@@ -28,6 +28,7 @@ import json
 import math
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -396,6 +397,7 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
          echo: Callable[[str], None], pool_fingerprints: Mapping[str, str], sources=None,
          timings: dict[str, float] | None = None):
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from fairskin.runtime import init_ray
     from fairskin.tune.progress import PhaseClock, StudyProgress, tune_verbosity
@@ -429,7 +431,9 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
         timings["fit.setup"] = time.time() - mark
         return _timed_fit(tuner, timings, None), inputs
     searcher, param_space = build_search(space, concurrency, verbose=bool(config.runtime.verbose))
-    callbacks = []
+    # Tune's CSV and JSON trial logs (progress.csv, result.json) by name; its TensorBoard logger is left
+    # out (see _without_tensorboard).
+    callbacks = [CSVLoggerCallback(), JsonLoggerCallback()]
     if tracker.client is not None:
         callbacks.append(StudyMLflowCallback(folder, tracker.tracking_uri, tracker.experiment_name, tags,
                                              base_params, pool_fingerprints))
@@ -450,7 +454,29 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
                                   verbose=tune_verbosity(config.runtime.progress, config.runtime.verbose)),
     )
     timings["fit.setup"] = time.time() - mark
-    return _timed_fit(tuner, timings, clock.key), inputs
+    with _without_tensorboard():
+        return _timed_fit(tuner, timings, clock.key), inputs
+
+
+@contextmanager
+def _without_tensorboard():
+    """Tune adds a CSV, a JSON and a TensorBoard logger unless ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``
+    (Ray's documented switch, read when ``Tuner.fit()`` builds its callbacks). A study passes the CSV and
+    JSON loggers itself and sets the switch for its fit: the TensorBoard logger imports tensorboardX, which
+    imports torch into the driver (5-6 s on a busy 2-core machine, before the first trial can start), for
+    event files nothing reads (a study is tracked in MLflow). The variable is put back afterwards."""
+    import os
+
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def _timed_fit(tuner, timings: dict[str, float], key: str | None):
