@@ -6,7 +6,11 @@
     (Tuner + OptunaSearch + the MLflow callback, data decoded once and put in the object
     store) against the same N trainings (the same proportions) as plain Ray tasks with the
     same resources and concurrency, outside Tune. Both timings include decoding the data.
-    Target: Tune / outside <= 1.1.
+    The study runs without confirmations (``tune.confirm_seeds=0``; the demo preset's 3 would
+    re-train the best and Pareto trials 3 times each, trainings the other side does not do).
+    Printed beside the ratio: the study's phases (``StudyResult.timings``: Ray join, decode,
+    Tune's start, until the first trial's actor is up, the trials, the tail, the report) and
+    the outside side's decode and trainings. Target: Tune / outside <= 1.1.
 (a) Search efficiency by replay: every point of a fixed grid over the ``ethnic_ratio``
     simplex (step 1/n, inside the pool's bounds) is trained once, deterministically
     (seed 0, one thread per training), recording its per-epoch validation curve. Then
@@ -46,7 +50,7 @@ from fairskin.pipeline import run_pipeline  # noqa: E402
 from fairskin.runtime import init_ray  # noqa: E402
 from fairskin.tune.inputs import standin_pool  # noqa: E402
 from fairskin.tune.spaces import DefineByRun, Scheduler, load_space  # noqa: E402
-from fairskin.tune.study import check_study, max_concurrency, run_study  # noqa: E402
+from fairskin.tune.study import PHASES, check_study, max_concurrency, run_study  # noqa: E402
 from fairskin.tune.trainable import put_inputs, run_trial  # noqa: E402
 
 METRIC = "val_essp_fairseg"
@@ -161,15 +165,25 @@ def _measure(args, config, spec, pools, shards, resolved, points, groups, n_tune
     study = run_study(config, spec, pools, shards, variant=VARIANT, trials=n_tune,
                       name=f"bench-overhead-{int(time.time())}", echo=lambda *_: None)
     tune_seconds = time.perf_counter() - t0
+    phases = {k: round(float(study.timings.get(k, 0.0)), 2) for k in PHASES}
     same = [{"proportions": {g: float(r[f"proportions.{g}"]) for g in groups}, "mode": r["mode"],
              "variant": r["variant"], "seed": int(r["seed"])} for _, r in study.trials.iterrows()]
     t0 = time.perf_counter()
     inputs = put_inputs(shards, pools, resolved, config.classifier)
+    outside_decode = time.perf_counter() - t0
     run_outside(same, inputs, concurrency, cpus)
     outside_seconds = time.perf_counter() - t0
+    outside_trainings = outside_seconds - outside_decode
     ratio = tune_seconds / outside_seconds
     print(f"(b) {n_tune} trials: Tune {tune_seconds:.1f} s, outside Tune {outside_seconds:.1f} s, "
           f"ratio {ratio:.3f} (target <= 1.1)", flush=True)
+    print(f"    outside Tune: decode + put {outside_decode:.2f} s, trainings {outside_trainings:.2f} s", flush=True)
+    print(f"    Tune (run_study's phases; fit.trials = first trial start to last trial end): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+          + f"; unaccounted {tune_seconds - sum(phases.values()):.2f} s", flush=True)
+    print(f"    Tune beyond its trials' span: {tune_seconds - phases['fit.trials']:.1f} s, of which until the first "
+          f"trial's actor is up {phases['fit.tune_start'] + phases['fit.to_first_trial']:.1f} s (the outside "
+          f"side's worker start-up falls inside its trainings)", flush=True)
 
     # (a) the grid, trained once.
     configs = [{"proportions": dict(zip(groups, p)), "mode": resolved.fixed["mode"], "variant": VARIANT,
@@ -189,7 +203,10 @@ def _measure(args, config, spec, pools, shards, resolved, points, groups, n_tune
           f"({out / f'grid{suffix}.csv'})", flush=True)
     summary.update({"concurrency": concurrency, "cpus_per_trial": cpus, "tune_trials": n_tune,
                     "tune_seconds": round(tune_seconds, 2), "outside_seconds": round(outside_seconds, 2),
-                    "tune_overhead_ratio": round(ratio, 3), "grid_seconds": round(grid_seconds, 1)})
+                    "tune_overhead_ratio": round(ratio, 3), "grid_seconds": round(grid_seconds, 1),
+                    "outside_decode_seconds": round(outside_decode, 2),
+                    "outside_training_seconds": round(outside_trainings, 2),
+                    **{f"tune_{k.replace('.', '_')}_seconds": v for k, v in phases.items()}})
     return curves
 
 
@@ -208,7 +225,9 @@ def main() -> None:
                                                        "(same --quick setting); skips (b) and the training")
     args = parser.parse_args()
 
-    overrides = [f"runtime.runs_root={Path(args.runs_root).resolve()}", "runtime.progress=false"]
+    # No confirmations: (b) compares N trials with N trainings (see the docstring).
+    overrides = [f"runtime.runs_root={Path(args.runs_root).resolve()}", "runtime.progress=false",
+                 "tune.confirm_seeds=0"]
     if args.quick:
         overrides += ["data.image_size=32", "data.synthetic_scale=0.25", "classifier.image_size=32",
                       "classifier.epochs=4", "classifier.bootstrap_samples=50"]

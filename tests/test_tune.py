@@ -184,6 +184,33 @@ def test_smoke_study_one_parent_three_children(ray_session, prepared_smoke, smok
     assert 1 <= len(result.pareto) <= 3 and result.best["trial_id"] in set(result.trials["trial_id"])
     runs_map = json.loads((result.path / "mlflow_runs.json").read_text())
     assert {v["run_id"] for v in runs_map.values()} == {c.info.run_id for c in children}
+    # Where the study's time went (issue 15): every phase timed, the parts adding up to the whole.
+    from fairskin.tune.study import PHASES
+
+    timings = result.timings
+    assert set(PHASES) <= set(timings) and all(timings[k] >= 0 for k in PHASES)
+    assert timings["fit.trials"] > 0 and timings["report.confirm"] > 0
+    for whole in ("fit", "report"):
+        parts = sum(v for k, v in timings.items() if k.startswith(f"{whole}."))
+        assert abs(parts - timings[whole]) < 0.5, (whole, parts, timings[whole])
+    assert abs(sum(timings[k] for k in PHASES) - result.seconds) < 1.0
+    # Tune's CSV and JSON trial logs are kept; its TensorBoard logger (which imports torch into the
+    # driver before the first trial) is not added, and the switch that leaves it out is put back.
+    trial_dirs = [d for d in (result.path / "trials").iterdir() if d.is_dir() and d.name.startswith("classifier")]
+    assert len(trial_dirs) == 3
+    assert all((d / "result.json").is_file() and (d / "progress.csv").is_file() for d in trial_dirs)
+    assert not list((result.path / "trials").rglob("events.out.tfevents*"))
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
+
+
+def test_a_trial_process_does_not_import_mlflow():
+    """A trial's actor unpickles fairskin.tune.trainable: the package must not pull in the study module and
+    MLflow with it (seconds of imports before each actor's first trial; issue 15)."""
+    code = ("import sys, fairskin.tune.trainable; "
+            "print(sorted(m for m in ('mlflow', 'fairskin.tune.study', 'torch') if m in sys.modules)); "
+            "from fairskin.tune import run_study, load_space; print(run_study.__module__, load_space.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "fairskin.tune.study fairskin.tune.spaces"], out.stdout
 
 
 @pytest.mark.ray

@@ -7,6 +7,7 @@ own bars. The engine shows this bar instead and leaves Tune's tables to ``runtim
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ray.tune import Callback
@@ -69,3 +70,46 @@ class StudyProgress(Callback):
             self._progress.update(self._task, completed=self.ended, state=f"{self.failed} failed" if self.failed else "")
             self._progress.stop()
             self._progress = None
+
+
+
+# PhaseClock's marks: key -> {"first_step": t, "start" / "first_result" / "end": {trial id: t}}.
+MARKS: dict[str, dict[str, Any]] = {}
+
+
+def _marks(key: str) -> dict[str, Any]:
+    return MARKS.setdefault(key, {"start": {}, "first_result": {}, "end": {}})
+
+
+class PhaseClock(Callback):
+    """Driver-side timestamps of a study (wall clock): Tune's first controller step, and when each trial
+    started (its actor is up), reported its first result and ended. :func:`fairskin.tune.study.run_study`
+    turns them into its ``timings``. Nothing is logged.
+
+    The marks live in the module-level :data:`MARKS` keyed by ``key``, so a copy of the callback (Tune
+    pickles its callbacks with the experiment state) still writes where the study reads.
+    """
+
+    def __init__(self, key: str):
+        self.key = key
+        _marks(key)
+
+    def _mark(self, kind: str, trial, once: bool = False) -> None:
+        marks = _marks(self.key)[kind]
+        if not (once and trial.trial_id in marks):
+            marks[trial.trial_id] = time.time()
+
+    def on_step_begin(self, iteration, trials, **info):
+        _marks(self.key).setdefault("first_step", time.time())
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._mark("start", trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._mark("first_result", trial, once=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._mark("end", trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._mark("end", trial)

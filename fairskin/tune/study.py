@@ -28,6 +28,7 @@ import json
 import math
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -47,6 +48,15 @@ STUDY_FILE = "study.json"
 TUNE_DIR = "trials"
 REPORT_DIR = "report"
 BEST_VARIANT_FILE = "best_variant.yaml"  # report/: the best generator trial's diffusion.custom_variants entry
+# The parts of a study's wall time in StudyResult.timings (seconds), in order. ``fit.*`` add up to ``fit``,
+# ``report.*`` to ``report``: Ray's start-up (or join), decoding the inputs and putting them in the object
+# store, building the searcher / callbacks / Tuner, Tuner.fit() until Tune's first controller step (its
+# callbacks' and searcher's setup: the MLflow callback's store), then until the first trial's actor started
+# (placement group, actor process, unpickling the trainable), the trials
+# (first start to last end), Tuner.fit()'s tail after the last trial; the trials table, the report files and
+# parent artifacts, the confirmations, and closing the parent run.
+PHASES = ("check", "tracking", "fit.ray_init", "fit.decode", "fit.setup", "fit.tune_start", "fit.to_first_trial",
+          "fit.trials", "fit.after_last_trial", "report.results", "report.summary", "report.confirm", "report.finish")
 
 
 class StudyError(RuntimeError):
@@ -91,7 +101,8 @@ class StudyResult:
     interrupted: bool
     seconds: float
     artifacts: list[Path] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: check, tracking, fit, report
+    # Seconds per phase (wall clock): check, tracking, fit, report, and their parts (PHASES).
+    timings: dict[str, float] = field(default_factory=dict)
     confirmed: pd.DataFrame = field(default_factory=pd.DataFrame)  # chosen points re-trained over new seeds
     # A generator study: report/best_variant.yaml, the best trial's variant as a config file for
     # ``--config`` (None for classifier studies, or when no trial completed).
@@ -339,7 +350,7 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
     timings["tracking"] = time.time() - started - timings["check"]
     try:
         result, inputs = _fit(config, resolved, folder, pools, real_shards, resume, tracker, tags, base_params, echo,
-                              pool_fps, sources)
+                              pool_fps, sources, timings)
     except KeyboardInterrupt:
         parent.end("KILLED")
         raise
@@ -347,8 +358,13 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
         parent.end("FAILED")
         raise
     timings["fit"] = time.time() - started - timings["check"] - timings["tracking"]
+    mark = time.time()
     trials_table = _trials_table(folder, result)
+    timings["report.results"] = time.time() - mark
+    mark = time.time()
     out = _summarise(config, name, folder, resolved, tracker, parent, trials_table, time.time() - started)
+    timings["report.summary"] = time.time() - mark
+    mark = time.time()
     finished = int((trials_table["state"] == "finished").sum()) if not trials_table.empty else 0
     if not out.interrupted and finished == 0:
         parent.log_metrics({"trials_finished": 0})
@@ -364,25 +380,34 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
         except KeyboardInterrupt:
             parent.end("KILLED")
             raise
-    timings["report"] = time.time() - started - sum(timings.values())
+    timings["report.confirm"] = time.time() - mark
+    mark = time.time()
     out.timings = timings
     out.seconds = time.time() - started
     parent.log_metrics({"study_seconds": out.seconds, "trials_finished": int((trials_table["state"] == "finished").sum())
                         if not trials_table.empty else 0})
     parent.end("KILLED" if out.interrupted else "FINISHED")
+    timings["report.finish"] = time.time() - mark
+    timings["report"] = time.time() - started - timings["check"] - timings["tracking"] - timings["fit"]
     return out
 
 
 def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapping[str, Path], real_shards: Path,
          resume: bool, tracker: Tracker, tags: Mapping[str, str], base_params: Mapping[str, Any],
-         echo: Callable[[str], None], pool_fingerprints: Mapping[str, str], sources=None):
+         echo: Callable[[str], None], pool_fingerprints: Mapping[str, str], sources=None,
+         timings: dict[str, float] | None = None):
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from fairskin.runtime import init_ray
-    from fairskin.tune.progress import StudyProgress, tune_verbosity
+    from fairskin.tune.progress import PhaseClock, StudyProgress, tune_verbosity
     from fairskin.tune.trainable import put_inputs
 
+    timings = {} if timings is None else timings
+    mark = time.time()
     cluster = init_ray(config)
+    timings["fit.ray_init"] = time.time() - mark
+    mark = time.time()
     concurrency = max_concurrency(config, cluster)
     generator = space.trainable == "generator"
     if generator:
@@ -393,6 +418,8 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
     else:
         inputs = put_inputs(real_shards, pools, space, config.classifier)
         scheduler = build_scheduler(space, config.classifier.epochs)
+    timings["fit.decode"] = time.time() - mark
+    mark = time.time()
     trainable = build_trainable(config, inputs, generator)
     exp_dir = folder / TUNE_DIR
     # Tune pickles the callback with a redacted URI (trials/tuner.pkl); a restored one takes the real URI from here.
@@ -401,14 +428,19 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
         echo(f"resuming from {exp_dir} (finished trials are kept, unfinished ones rerun)")
         # The callbacks and Tune's verbosity come back from the experiment state (the bar restarts itself).
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit(), inputs
+        timings["fit.setup"] = time.time() - mark
+        return _timed_fit(tuner, timings, None), inputs
     searcher, param_space = build_search(space, concurrency, verbose=bool(config.runtime.verbose))
-    callbacks = []
+    # Tune's CSV and JSON trial logs (progress.csv, result.json) by name; its TensorBoard logger is left
+    # out (see _without_tensorboard).
+    callbacks = [CSVLoggerCallback(), JsonLoggerCallback()]
     if tracker.client is not None:
         callbacks.append(StudyMLflowCallback(folder, tracker.tracking_uri, tracker.experiment_name, tags,
                                              base_params, pool_fingerprints))
     if config.runtime.progress:
         callbacks.append(StudyProgress(space.expected_trials, f"tune {folder.name}"))
+    clock = PhaseClock(f"{folder}@{time.time()}")
+    callbacks.append(clock)
     echo(f"{concurrency} trial(s) at once, {config.tune.cpus_per_trial} CPU each "
          f"(cluster: {cluster.get('CPU', 0):g} CPU)")
     tuner = tune.Tuner(
@@ -421,7 +453,52 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if generator else None,
                                   verbose=tune_verbosity(config.runtime.progress, config.runtime.verbose)),
     )
-    return tuner.fit(), inputs
+    timings["fit.setup"] = time.time() - mark
+    with _without_tensorboard():
+        return _timed_fit(tuner, timings, clock.key), inputs
+
+
+@contextmanager
+def _without_tensorboard():
+    """Tune adds a CSV, a JSON and a TensorBoard logger unless ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``
+    (Ray's documented switch, read when ``Tuner.fit()`` builds its callbacks). A study passes the CSV and
+    JSON loggers itself and sets the switch for its fit: the TensorBoard logger imports tensorboardX, which
+    imports torch into the driver (5-6 s on a busy 2-core machine, before the first trial can start), for
+    event files nothing reads (a study is tracked in MLflow). The variable is put back afterwards."""
+    import os
+
+    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def _timed_fit(tuner, timings: dict[str, float], key: str | None):
+    """``tuner.fit()``, its wall time split by :class:`PhaseClock`'s marks: until Tune's first step, until the
+    first trial started, the trials, and the tail after the last one (a restored study: all in ``fit.trials``)."""
+    from fairskin.tune.progress import MARKS
+
+    started = time.time()
+    result = tuner.fit()
+    ended = time.time()
+    marks = MARKS.pop(key, {}) if key else {}
+    starts, ends = list(marks.get("start", {}).values()), list(marks.get("end", {}).values())
+    if starts and ends:
+        first_step = min(marks.get("first_step", min(starts)), min(starts))
+        timings["fit.tune_start"] = first_step - started
+        timings["fit.to_first_trial"] = min(starts) - first_step
+        timings["fit.trials"] = max(ends) - min(starts)
+        timings["fit.after_last_trial"] = ended - max(ends)
+    else:
+        timings.update({"fit.tune_start": 0.0, "fit.to_first_trial": 0.0, "fit.trials": ended - started,
+                        "fit.after_last_trial": 0.0})
+    return result
 
 
 def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
