@@ -163,15 +163,24 @@ def _as_series(values: Mapping | pd.Series) -> pd.Series:
     return series[np.isfinite(series)]
 
 
-def _t_test_p(treatment: np.ndarray, baseline: np.ndarray, alternative: str) -> float:
-    differences = treatment - baseline
-    if _is_constant(differences):  # no spread: the limit of the t-test, without 0/0
+def _pairs(treatment: Mapping | pd.Series, baseline: Mapping | pd.Series) -> tuple[list, int, np.ndarray]:
+    """(ids on both sides with finite values, how many ids were on one side only, treatment - baseline)."""
+    treatment, baseline = _as_series(treatment), _as_series(baseline)
+    keys = sorted(set(treatment.index) & set(baseline.index))
+    dropped = len(set(treatment.index) | set(baseline.index)) - len(keys)
+    return keys, dropped, treatment.loc[keys].to_numpy() - baseline.loc[keys].to_numpy()
+
+
+def _t_test_p(differences: np.ndarray, alternative: str, bound: float = 0.0) -> float:
+    """One-sample t-test of mean(differences) against ``bound`` (against 0 it is the paired t-test,
+    ``scipy.stats.ttest_rel``); differences with no spread give the test's limit, without 0/0."""
+    if _is_constant(differences):
         mean = float(np.mean(differences))
-        if mean == 0:
+        if mean == bound:
             return 1.0
-        toward = alternative == "two-sided" or (mean > 0) == (alternative == "greater")
+        toward = alternative == "two-sided" or (mean > bound) == (alternative == "greater")
         return 0.0 if toward else 1.0
-    return float(stats.ttest_rel(treatment, baseline, alternative=alternative).pvalue)
+    return float(stats.ttest_1samp(differences, bound, alternative=alternative).pvalue)
 
 
 def _permutation_p(differences: np.ndarray, alternative: str) -> tuple[float, str]:
@@ -218,15 +227,11 @@ def paired_difference(treatment: Mapping | pd.Series, baseline: Mapping | pd.Ser
     """
     if alternative not in ALTERNATIVES:
         raise ValueError(f"alternative must be one of {ALTERNATIVES}, not {alternative!r}")
-    treatment, baseline = _as_series(treatment), _as_series(baseline)
-    keys = sorted(set(treatment.index) & set(baseline.index))
-    dropped = len(set(treatment.index) | set(baseline.index)) - len(keys)
-    t, b = treatment.loc[keys].to_numpy(), baseline.loc[keys].to_numpy()
-    differences = t - b
+    keys, dropped, differences = _pairs(treatment, baseline)
     n = len(keys)
 
     interval = t_interval(differences, level)
-    p_t = _t_test_p(t, b, alternative) if n >= MIN_N_TTEST else np.nan
+    p_t = _t_test_p(differences, alternative) if n >= MIN_N_TTEST else np.nan
     if n >= MIN_N_PERMUTATION:
         p_perm, permutation_note = _permutation_p(differences, alternative)
     else:
@@ -289,16 +294,6 @@ class Equivalence:
     dropped: int
 
 
-def _one_sided_p(differences: np.ndarray, bound: float, alternative: str) -> float:
-    """One-sample t-test of mean(differences) against ``bound`` (alternative "greater" or "less")."""
-    if _is_constant(differences):  # no spread: the limit of the t-test
-        mean = float(np.mean(differences))
-        if mean == bound:
-            return 1.0
-        return 0.0 if (mean > bound) == (alternative == "greater") else 1.0
-    return float(stats.ttest_1samp(differences, bound, alternative=alternative).pvalue)
-
-
 def tost_paired(treatment: Mapping | pd.Series, baseline: Mapping | pd.Series, margin: float,
                 upper_margin: float | None = None, alpha: float = 0.05) -> Equivalence:
     """Paired equivalence test (TOST) of treatment - baseline within (-margin, +upper_margin).
@@ -323,16 +318,13 @@ def tost_paired(treatment: Mapping | pd.Series, baseline: Mapping | pd.Series, m
         raise ValueError(f"equivalence margins must be finite and > 0, got -{margin} / +{upper}")
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha must lie in (0, 0.5), got {alpha}")
-    treatment, baseline = _as_series(treatment), _as_series(baseline)
-    keys = sorted(set(treatment.index) & set(baseline.index))
-    dropped = len(set(treatment.index) | set(baseline.index)) - len(keys)
-    differences = treatment.loc[keys].to_numpy() - baseline.loc[keys].to_numpy()
+    keys, dropped, differences = _pairs(treatment, baseline)
     interval = t_interval(differences, 1 - 2 * alpha)
     if len(keys) < 2:
         p_lower = p_upper = p = np.nan
     else:
-        p_lower = _one_sided_p(differences, -margin, "greater")
-        p_upper = _one_sided_p(differences, upper, "less")
+        p_lower = _t_test_p(differences, "greater", bound=-margin)
+        p_upper = _t_test_p(differences, "less", bound=upper)
         p = max(p_lower, p_upper)
     return Equivalence(n=len(keys), mean=interval.mean, low=interval.low, high=interval.high,
                        lower_margin=float(margin), upper_margin=float(upper), p_lower=p_lower, p_upper=p_upper,
