@@ -49,6 +49,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fairskin.io import atomic_write_text  # noqa: E402
 from fairskin.metrics.paired import tost_paired  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------
@@ -345,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timings[name] = {"seconds": seconds, "images": images["count"],
                                  "s_per_image": seconds / images["count"], "changes": changes,
                                  "load_avg": os.getloadavg()[0]}
-                timings_path.write_text(json.dumps(timings, indent=2))
+                atomic_write_text(timings_path, json.dumps(timings, indent=2))
             print(f"[{name}] {changes}: {images['count']} images in {seconds:.0f} s", flush=True)
     finally:
         if use_ray:
@@ -358,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [{"setting": name, "generator": gid, **measure(out / "pools" / name / gid)}
             for name in settings for gid in ids]
     frame = pd.DataFrame(rows)
-    frame.to_csv(out / "per_generator.csv", index=False)
+    atomic_write_text(out / "per_generator.csv", frame.to_csv(index=False))
     measure_seconds = time.time() - t0
     margins = resolve_margins(frame, measure.fid_floor)
     results = equivalence(frame, margins, args.candidates)
@@ -378,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "timings": timings, "pipeline_seconds": pipeline_seconds, "measure_seconds": measure_seconds,
                "wall_seconds": time.time() - started, "candidates": results,
                **{f"equivalent_{c}": results[c]["equivalent"] for c in args.candidates}}
-    (out / "equivalence.json").write_text(json.dumps(_clean(summary), indent=2))
+    atomic_write_text(out / "equivalence.json", json.dumps(_clean(summary), indent=2))
     print(json.dumps(_clean(summary)))
     return 0
 
