@@ -72,18 +72,17 @@ class StudyProgress(Callback):
             self._progress = None
 
 
-
-# PhaseClock's marks: key -> {"first_step": t, "start" / "first_result" / "end": {trial id: t}}.
+# PhaseClock's marks: key -> {"first_step": t, "start" / "end": {trial id: t}}.
 MARKS: dict[str, dict[str, Any]] = {}
 
 
 def _marks(key: str) -> dict[str, Any]:
-    return MARKS.setdefault(key, {"start": {}, "first_result": {}, "end": {}})
+    return MARKS.setdefault(key, {"start": {}, "end": {}})
 
 
 class PhaseClock(Callback):
     """Driver-side timestamps of a study (wall clock): Tune's first controller step, and when each trial
-    started (its actor is up), reported its first result and ended. :func:`fairskin.tune.study.run_study`
+    started (its actor is up) and ended. :func:`fairskin.tune.study.run_study`
     turns them into its ``timings``. Nothing is logged.
 
     The marks live in the module-level :data:`MARKS` keyed by ``key``, so a copy of the callback (Tune
@@ -94,19 +93,14 @@ class PhaseClock(Callback):
         self.key = key
         _marks(key)
 
-    def _mark(self, kind: str, trial, once: bool = False) -> None:
-        marks = _marks(self.key)[kind]
-        if not (once and trial.trial_id in marks):
-            marks[trial.trial_id] = time.time()
+    def _mark(self, kind: str, trial) -> None:
+        _marks(self.key)[kind][trial.trial_id] = time.time()
 
     def on_step_begin(self, iteration, trials, **info):
         _marks(self.key).setdefault("first_step", time.time())
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._mark("start", trial)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._mark("first_result", trial, once=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._mark("end", trial)

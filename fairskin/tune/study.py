@@ -28,7 +28,6 @@ import json
 import math
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -458,7 +457,6 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
         return _timed_fit(tuner, timings, clock.key), inputs
 
 
-@contextmanager
 def _without_tensorboard():
     """Tune adds a CSV, a JSON and a TensorBoard logger unless ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``
     (Ray's documented switch, read when ``Tuner.fit()`` builds its callbacks). A study passes the CSV and
@@ -466,17 +464,9 @@ def _without_tensorboard():
     imports torch into the driver (5-6 s on a busy 2-core machine, before the first trial can start), for
     event files nothing reads (a study is tracked in MLflow). The variable is put back afterwards."""
     import os
+    from unittest import mock
 
-    key = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
-    before = os.environ.get(key)
-    os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
+    return mock.patch.dict(os.environ, {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"})
 
 
 def _timed_fit(tuner, timings: dict[str, float], key: str | None):
