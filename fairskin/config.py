@@ -148,6 +148,9 @@ def control_drop_variant(name: str) -> VariantSpec:
                        drop_group=name.removeprefix(CONTROL_DROP_PREFIX))
 
 
+NO_ZERO_SNR_SAMPLERS = ("pndm",)  # generation.scheduler names whose diffusers class lacks rescale_betas_zero_snr
+
+
 class DiffusionConfig(_Section):
     """Level 2: the Stable Diffusion fine-tune."""
 
@@ -203,6 +206,14 @@ class DiffusionConfig(_Section):
     keep_checkpoints: bool = False
     base_vae_steps: int = Field(0, ge=0)
     base_unet_steps: int = Field(0, ge=0)
+    # The tiny base's noise schedule (model = tiny only): SD's scaled-linear betas leave a terminal SNR of
+    # 0.0047, so x_T still carries the image's mean colour (for 16 x 16 latents the mean of the noise has std
+    # 1/16, the signal's mean ~0.07: an SNR near 1 for the mean). The UNet then learns to read the skin tone
+    # from the noise instead of the prompt, and sampling from pure noise ignores the prompt's group. True:
+    # betas rescaled to zero terminal SNR with v-prediction and trailing timesteps (Lin et al. 2024, "Common
+    # Diffusion Noise Schedules and Sample Steps are Flawed"; diffusers' rescale_betas_zero_snr), saved in the
+    # base's scheduler config, so the fine-tune and every sampler inherit it.
+    zero_terminal_snr: bool = False
 
     @field_validator("repeat_seeds")
     @classmethod
@@ -210,6 +221,14 @@ class DiffusionConfig(_Section):
         if len(set(value)) != len(value) or min(value) < 0:
             raise ValueError(f"repeat seeds must be distinct and >= 0, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _zero_snr_needs_tiny(self) -> "DiffusionConfig":
+        if self.zero_terminal_snr and self.model != "tiny":
+            raise ValueError(f"diffusion.zero_terminal_snr = true trains the tiny base's noise schedule; with "
+                             f"diffusion.model = {self.model!r} the pretrained model's own schedule is used: "
+                             "set it to false")
+        return self
 
     @model_validator(mode="after")
     def _shards_need_cached_latents(self) -> "DiffusionConfig":
@@ -396,6 +415,14 @@ class FairSkinConfig(_Section):
                                  f"({self.data.group_names}); name it as {sorted(CONTROL_DROP_PREFIX + s for s in slugs)}")
         return self
 
+    @model_validator(mode="after")
+    def _sampler_handles_zero_snr(self) -> "FairSkinConfig":
+        # diffusers' PNDM has no rescale_betas_zero_snr: it would sample the rescaled model on SD's betas
+        if self.diffusion.zero_terminal_snr and self.generation.scheduler in NO_ZERO_SNR_SAMPLERS:
+            raise ValueError(f"generation.scheduler = {self.generation.scheduler!r} cannot sample a model trained "
+                             f"with diffusion.zero_terminal_snr = true; use ddim, ddpm, euler, euler_a, dpm or unipc")
+        return self
+
     def dropped_group(self, variant: str) -> str | None:
         """The data group (its configured name) variant ``variant`` never sees, or None."""
         dropped = self.diffusion.variant(variant).drop_group
@@ -462,6 +489,7 @@ def _study() -> dict[str, Any]:
     return {
         **demo,
         "diffusion": {**demo["diffusion"], "base_vae_steps": 4000, "base_unet_steps": 3000, "max_steps": 200,
+                      "zero_terminal_snr": True,
                       "variants": ["vanilla", "fairskin_s", "vanilla_twin", "control_drop_african"],
                       "repeat_seeds": [0, 1, 2]},
         "generation": {**demo["generation"], "inference_steps": 20, "judge_images_per_subclass": 300},

@@ -241,7 +241,7 @@ def base_pipeline_folder(result: StageResult) -> Path:
 
 register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_vae_steps", "diffusion.base_unet_steps",
                                     "diffusion.global_batch_size", "diffusion.learning_rate",
-                                    "diffusion.prompt_template", "runtime.seed"),
+                                    "diffusion.prompt_template", "diffusion.zero_terminal_snr", "runtime.seed"),
                      inputs=("prepare",), body=_base_body, external=("diffusion.model",),
                      # 2: the VAE is an autoencoder (cosine-decayed rate) with a fixed posterior std and a fitted scaling factor
                      version=2,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from fairskin.data.stream import DecodedSet
@@ -41,3 +42,45 @@ def test_the_stand_in_vae_has_a_point_posterior_and_unit_variance_scaled_latents
     assert loaded.vae.config.scaling_factor == parts.vae.config.scaling_factor
     with torch.no_grad():
         assert float(loaded.vae.encode(x).latent_dist.std.max()) < 1e-3
+
+
+def _terminal_signal(scheduler) -> float:
+    """How much of x_0 the last training timestep keeps: sqrt(alpha_bar_T)."""
+    return float(scheduler.alphas_cumprod[-1].sqrt())
+
+
+def test_zero_terminal_snr_base_hides_the_image_at_the_last_timestep_and_every_sampler_inherits_it(tmp_path):
+    """The fault (issue 13, the study base): SD's betas keep sqrt(alpha_bar_T) = 0.068 of x_0 at t = T, so
+    for 16 x 16 latents the noisy latent's mean still shows the image's mean colour (the noise's mean has
+    std 1/16) and the UNet learns the skin tone from the noise, not from the prompt. With
+    ``zero_terminal_snr`` x_T is pure noise, the UNet predicts v, and the samplers start at t = T."""
+    from fairskin.config import ConfigError, build_config
+    from fairskin.diffusion.losses import prediction_target
+    from fairskin.diffusion.sampler import make_scheduler
+
+    assert _terminal_signal(build_tiny_sd(image_size=32, seed=0).noise_scheduler) > 0.05  # SD's schedule
+    parts = build_tiny_sd(image_size=32, seed=0, zero_terminal_snr=True)
+    scheduler = parts.noise_scheduler
+    assert _terminal_signal(scheduler) < 1e-6
+    latents = torch.randn(2, 4, 8, 8) + torch.tensor([3.0, -3.0]).view(2, 1, 1, 1)  # two very different colours
+    noise = torch.randn_like(latents)
+    last = torch.full((2,), scheduler.config.num_train_timesteps - 1)
+    assert torch.allclose(scheduler.add_noise(latents, noise, last), noise, atol=1e-5)
+    t = torch.tensor([10, 500])
+    assert torch.allclose(prediction_target(scheduler, latents, noise, t), scheduler.get_velocity(latents, noise, t))
+
+    # The schedule travels in the saved base; the samplers built from it keep it and start at t = T.
+    save_sd(parts, tmp_path / "pipeline")
+    loaded = load_sd(str(tmp_path / "pipeline"))
+    for name in ("ddim", "dpm", "euler"):
+        sampler = make_scheduler(name, loaded.noise_scheduler.config)
+        assert sampler.config.prediction_type == "v_prediction" and sampler.config.rescale_betas_zero_snr
+        sampler.set_timesteps(20)
+        assert int(sampler.timesteps[0]) == 999
+    with pytest.raises(ValueError, match="generation.scheduler 'pndm' cannot sample a zero-terminal-SNR"):
+        make_scheduler("pndm", loaded.noise_scheduler.config)
+    with pytest.raises(ConfigError, match="generation.scheduler = 'pndm'"):
+        build_config("study", overrides=["generation.scheduler=pndm"])
+    with pytest.raises(ConfigError, match="diffusion.zero_terminal_snr"):
+        build_config("paper", overrides=["diffusion.zero_terminal_snr=true"])
+    assert build_config("study").diffusion.zero_terminal_snr and not build_config("demo").diffusion.zero_terminal_snr

@@ -126,7 +126,8 @@ def build_base(config: FairSkinConfig, train: DecodedSet, out: Path) -> dict[str
     """Train the tiny VAE, then the base UNet; write the pipeline folder ``out/pipeline``."""
     d = config.diffusion
     torch.manual_seed(config.runtime.seed)
-    parts = build_tiny_sd(image_size=train.pixels.shape[1], seed=config.runtime.seed)
+    parts = build_tiny_sd(image_size=train.pixels.shape[1], seed=config.runtime.seed,
+                          zero_terminal_snr=d.zero_terminal_snr)
     vae_losses = train_tiny_vae(parts.vae, train, d.base_vae_steps, d.global_batch_size, config.runtime.seed,
                                 progress=config.runtime.progress)
     prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)

@@ -99,8 +99,9 @@ def build_tiny_tokenizer():
         return CLIPTokenizer.from_pretrained(tmp, model_max_length=TOKENIZER_MAX_LENGTH)
 
 
-def build_tiny_sd(image_size: int = 64, seed: int = 0) -> SDParts:
-    """All parts of a tiny SD with random weights, deterministic by ``seed``."""
+def build_tiny_sd(image_size: int = 64, seed: int = 0, zero_terminal_snr: bool = False) -> SDParts:
+    """All parts of a tiny SD with random weights, deterministic by ``seed``. ``zero_terminal_snr``: SD's
+    betas rescaled to zero terminal SNR, v-prediction and trailing timesteps (``diffusion.zero_terminal_snr``)."""
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -118,9 +119,10 @@ def build_tiny_sd(image_size: int = 64, seed: int = 0) -> SDParts:
                         latent_channels=4, norm_num_groups=8, sample_size=image_size,
                         mid_block_add_attention=False)
     unet = build_tiny_unet(sample_size=image_size // LATENT_DOWNSAMPLE)
+    schedule = ({"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
+                if zero_terminal_snr else {"prediction_type": "epsilon"})
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, prediction_type="epsilon", clip_sample=False,
-                              steps_offset=1)
+                              beta_end=0.012, clip_sample=False, steps_offset=1, **schedule)
     return SDParts(unet, vae, text_encoder, tokenizer, scheduler)
 
 
