@@ -88,10 +88,21 @@ def drop_control(units: pd.DataFrame, control: str, groups: Sequence[str], basel
     group = next((g for g in groups if group_slug(g) == slug), None)
     if group is None:
         raise ValueError(f"{control!r} names no group of {list(groups)}")
-    out = _difference(units, control, baseline, f"skin_tone_agreement_{group}", "less", level)
+    column = f"skin_tone_agreement_{group}"
+    out = _difference(units, control, baseline, column, "less", level)
     detected = out["n"] >= 3 and np.isfinite(out["p"]) and out["p"] < alpha
+    baseline_mean = float(_values(units, baseline, column).mean())
+    chance = 1.0 / len(groups)
     why = "" if out["n"] >= 3 else f"R = {out['n']} paired repeats: no test (R >= 3 needed)"
-    return {"control": control, "group": group, "alpha": alpha, **out, "detected": bool(detected), "why": why}
+    if np.isfinite(baseline_mean) and baseline_mean <= chance:
+        # A baseline that already draws the group in another group's tone leaves nothing to drop: a miss
+        # then says the generator is too weak for the question, not that the engine is blind.
+        why = "; ".join(w for w in (why, f"{baseline}'s own {column} is {baseline_mean:.3f}, at or below chance "
+                                          f"(1/{len(groups)}): the control has nothing to drop, so it cannot "
+                                          "show the engine sees a drop") if w)
+    return {"control": control, "group": group, "alpha": alpha, **out, "baseline_mean": baseline_mean,
+            "uninformative": bool(np.isfinite(baseline_mean) and baseline_mean <= chance),
+            "detected": bool(detected), "why": why}
 
 
 def twin_control(units: pd.DataFrame, twin: str = "vanilla_twin", baseline: str = "vanilla",

@@ -38,6 +38,19 @@ def test_a_large_drop_is_detected_one_sided_and_a_rise_is_not():
     assert not risen["detected"] and risen["p"] > 0.5  # one-sided: better is not "detected"
 
 
+def test_a_baseline_already_at_chance_for_the_group_makes_the_drop_control_uninformative_and_says_so():
+    """Study run 2 (issue 13): vanilla's African pools agreed 0.076, the control's drop was -0.047 and
+    not detected; the report must say the generator left nothing to drop, not only 'not detected'."""
+    units = _units(3, drop_effect=0.02)
+    african = units["variant"].isin(["vanilla", "control_drop_african"])
+    units.loc[african, "skin_tone_agreement_African"] -= 0.72  # vanilla ~0.08
+    found = drop_control(units, "control_drop_african", GROUPS)
+    assert found["uninformative"] and found["baseline_mean"] < 1 / 3
+    assert "nothing to drop" in found["why"] and "0.0" in found["why"]
+    healthy = drop_control(_units(3, drop_effect=0.5), "control_drop_african", GROUPS)
+    assert not healthy["uninformative"] and healthy["why"] == "" and healthy["baseline_mean"] > 0.7
+
+
 def test_with_two_repeats_nothing_is_tested_and_the_reason_is_given():
     found = drop_control(_units(2, drop_effect=0.5), "control_drop_african", GROUPS)
     assert not found["detected"] and "R >= 3" in found["why"] and np.isnan(found["p"])
