@@ -24,18 +24,16 @@ SCHEDULERS = {
 def make_scheduler(name: str, base_config: Mapping[str, Any]):
     """A diffusers sampling scheduler by short name (``pndm``, ``ddim``, ``euler``, ``dpm``, ...),
     configured like the pipeline's own (``base_config`` = ``pipe.scheduler.config``)."""
-    import inspect
-
     import diffusers
+
+    from fairskin.config import NO_ZERO_SNR_SAMPLERS
 
     if name not in SCHEDULERS:
         raise ValueError(f"generation.scheduler {name!r} is unknown; expected one of {sorted(SCHEDULERS)}")
-    if base_config.get("rescale_betas_zero_snr") and "rescale_betas_zero_snr" not in inspect.signature(
-            getattr(diffusers, SCHEDULERS[name]).__init__).parameters:
-        zero_snr = sorted(n for n, cls in SCHEDULERS.items()
-                          if "rescale_betas_zero_snr" in inspect.signature(getattr(diffusers, cls).__init__).parameters)
+    if base_config.get("rescale_betas_zero_snr") and name in NO_ZERO_SNR_SAMPLERS:
+        usable = sorted(set(SCHEDULERS) - set(NO_ZERO_SNR_SAMPLERS))
         raise ValueError(f"generation.scheduler {name!r} cannot sample a zero-terminal-SNR model "
-                         f"(diffusion.zero_terminal_snr); expected one of {zero_snr}")
+                         f"(diffusion.zero_terminal_snr); expected one of {usable}")
     extra = {"skip_prk_steps": True} if name == "pndm" else {}  # as SD v1-4's own PNDM config
     return getattr(diffusers, SCHEDULERS[name]).from_config(base_config, **extra)
 
