@@ -20,6 +20,9 @@ from typing import Any, Callable, Iterable, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# Lives beside the samplers, which benchmarks/gpu.py imports on the device machine without pydantic.
+from fairskin.diffusion.sampler import NO_ZERO_SNR_SAMPLERS
+
 DEFAULT_DISEASES = (
     "allergic contact dermatitis",
     "basal cell carcinoma",
@@ -148,7 +151,6 @@ def control_drop_variant(name: str) -> VariantSpec:
                        drop_group=name.removeprefix(CONTROL_DROP_PREFIX))
 
 
-NO_ZERO_SNR_SAMPLERS = ("pndm",)  # generation.scheduler names whose diffusers class lacks rescale_betas_zero_snr
 
 
 class DiffusionConfig(_Section):

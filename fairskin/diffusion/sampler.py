@@ -19,14 +19,13 @@ SCHEDULERS = {
     "dpm": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
+NO_ZERO_SNR_SAMPLERS = ("pndm",)  # names whose diffusers class lacks rescale_betas_zero_snr (config refuses them too)
 
 
 def make_scheduler(name: str, base_config: Mapping[str, Any]):
     """A diffusers sampling scheduler by short name (``pndm``, ``ddim``, ``euler``, ``dpm``, ...),
     configured like the pipeline's own (``base_config`` = ``pipe.scheduler.config``)."""
     import diffusers
-
-    from fairskin.config import NO_ZERO_SNR_SAMPLERS
 
     if name not in SCHEDULERS:
         raise ValueError(f"generation.scheduler {name!r} is unknown; expected one of {sorted(SCHEDULERS)}")
