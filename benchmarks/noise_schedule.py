@@ -1,15 +1,18 @@
-"""Does the base follow the prompt's skin tone? SD's noise schedule against zero terminal SNR, side by side.
+"""Does the base follow the prompt? Noise schedules and loss weightings of the base UNet, side by side.
 
     python benchmarks/noise_schedule.py --runs-root RUNS [--base FOLDER] [--judge FOLDER] [--steps N]
-                                        [--pool P] [--quick]
+                                        [--pool P] [--candidates sd,zero_snr,...] [--quick]
 
 On a runs root where ``prepare``, ``base`` and ``judge`` are done (e.g. the ``study`` preset's), this
 keeps the base's trained VAE and text encoder and trains a fresh base UNet twice, from the same initial
-weights, on the same rows, noise and timesteps (the base stage's ``train_base_unet``, ``--steps`` steps):
+weights, on the same rows, noise and timesteps (the base stage's ``train_base_unet``, ``--steps`` steps),
+once per candidate (default ``sd,zero_snr``):
 
 - ``sd``: SD's scaled-linear betas, epsilon prediction (``diffusion.zero_terminal_snr = false``);
 - ``zero_snr``: the betas rescaled to zero terminal SNR, v-prediction, trailing timesteps
-  (``diffusion.zero_terminal_snr = true``; Lin et al. 2024).
+  (``diffusion.zero_terminal_snr = true``; Lin et al. 2024);
+- ``sd_min_snr5`` / ``zero_snr_min_snr5``: the same with Min-SNR-gamma loss weighting, gamma = 5
+  (``diffusion.base_snr_gamma = 5``; Hang et al. 2023).
 
 Each then samples a pool of P images per subclass (the pipeline's per-image seeds, the preset's sampler)
 scored with the evaluate stage's code: skin-tone agreement (the share of images whose healthy-skin ITA is
@@ -48,7 +51,9 @@ from fairskin.metrics.generation import disease_fidelity, judge_accuracy, judge_
 from fairskin.metrics.skin_tone import ReferenceBands, image_ita, skin_tone_report  # noqa: E402
 from fairskin.tune.generator import generate_pool  # noqa: E402
 
-SCHEDULES = {"sd": False, "zero_snr": True}
+# name -> (zero terminal SNR, Min-SNR gamma or None)
+CANDIDATES = {"sd": (False, None), "zero_snr": (True, None), "sd_min_snr5": (False, 5.0),
+              "zero_snr_min_snr5": (True, 5.0)}
 KEPT = ("skin_tone_agreement", "judge_accuracy_generated")
 
 
@@ -60,10 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge", help="a finished judge stage folder (default: the only one under the root)")
     parser.add_argument("--steps", type=int, default=1000, help="base UNet steps per schedule")
     parser.add_argument("--pool", type=int, default=8, help="images per subclass in each pool")
+    parser.add_argument("--candidates", default="sd,zero_snr",
+                        help=f"comma-separated, from {', '.join(CANDIDATES)} (default: sd,zero_snr)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     steps, per_subclass = (30, 2) if args.quick else (args.steps, args.pool)
+    chosen = [name.strip() for name in args.candidates.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(CANDIDATES))
+    if unknown or not chosen:
+        parser.error(f"--candidates: {unknown or 'none given'} not known; expected names from {sorted(CANDIDATES)}")
     torch.set_num_threads(args.threads)
 
     config = build_config(args.preset)
@@ -82,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)
 
     figures: dict[str, float] = {"steps": steps, "pool_per_subclass": per_subclass}
-    for label, zero_snr in SCHEDULES.items():
+    for label in chosen:
+        zero_snr, snr_gamma = CANDIDATES[label]
         fresh = build_tiny_sd(image_size=train.pixels.shape[1], seed=config.runtime.seed, zero_terminal_snr=zero_snr)
         parts = load_sd(str(base))  # the base's trained VAE (and its fitted scaling factor) and text encoder
         parts.unet, parts.noise_scheduler = fresh.unet, fresh.noise_scheduler
         start = time.perf_counter()
         train_base_unet(parts, train, prompts, steps, d.global_batch_size, config.runtime.seed, lr=d.learning_rate,
-                        progress=True)
+                        progress=True, snr_gamma=snr_gamma)
         figures[f"train_seconds_{label}"] = round(time.perf_counter() - start, 1)
         pixels, meta = generate_pool(parts, parts.unet, config, per_subclass, config.runtime.seed, "cpu")
         _, _, tone, _ = skin_tone_report(image_ita(pixels), meta["group"].to_numpy(), meta["disease"].to_numpy(),
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in {**tone, **fidelity}.items():
             if key.startswith(KEPT) and isinstance(value, (int, float, np.floating)) and not isinstance(value, bool):
                 figures[f"{key}_{label}"] = round(float(value), 4)
-        print(f"{label:>8}: skin-tone agreement {figures[f'skin_tone_agreement_{label}']:.3f} "
+        print(f"{label:>17}: skin-tone agreement {figures[f'skin_tone_agreement_{label}']:.3f} "
               f"(worst group {figures[f'skin_tone_agreement_worst_group_{label}']:.3f}), judge accuracy "
               f"{figures[f'judge_accuracy_generated_{label}']:.3f}, {steps} steps in "
               f"{figures[f'train_seconds_{label}']:.0f} s", flush=True)

@@ -216,6 +216,10 @@ class DiffusionConfig(_Section):
     # Diffusion Noise Schedules and Sample Steps are Flawed"; diffusers' rescale_betas_zero_snr), saved in the
     # base's scheduler config, so the fine-tune and every sampler inherit it.
     zero_terminal_snr: bool = False
+    # Min-SNR-gamma weighting of the tiny base UNet's loss (base and control bases; Hang et al. 2023, 5 in
+    # their paper and diffusers' scripts' --snr_gamma): min(SNR_t, gamma) on the x_0 error caps the nearly
+    # clean timesteps that dominate v-prediction's loss. None: unweighted. The fine-tune keeps the paper's loss.
+    base_snr_gamma: float | None = Field(None, gt=0)
 
     @field_validator("repeat_seeds")
     @classmethod
@@ -225,7 +229,10 @@ class DiffusionConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _zero_snr_needs_tiny(self) -> "DiffusionConfig":
+    def _base_training_needs_tiny(self) -> "DiffusionConfig":
+        if self.base_snr_gamma is not None and self.model != "tiny":
+            raise ValueError(f"diffusion.base_snr_gamma weighs the tiny base's training; with diffusion.model = "
+                             f"{self.model!r} there is no base to train: leave it unset")
         if self.zero_terminal_snr and self.model != "tiny":
             raise ValueError(f"diffusion.zero_terminal_snr = true trains the tiny base's noise schedule; with "
                              f"diffusion.model = {self.model!r} the pretrained model's own schedule is used: "

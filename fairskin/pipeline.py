@@ -243,6 +243,7 @@ register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_vae_steps
                                     "diffusion.global_batch_size", "diffusion.learning_rate",
                                     "diffusion.prompt_template", "diffusion.zero_terminal_snr", "runtime.seed"),
                      inputs=("prepare",), body=_base_body, external=("diffusion.model",),
+                     reads_unless=(("diffusion.base_snr_gamma", None),),
                      # 2: the VAE is an autoencoder (cosine-decayed rate) with a fixed posterior std and a fitted scaling factor
                      version=2,
                      log=lambda run, result: run.log_metrics(result.summary)))
@@ -298,7 +299,8 @@ def _dropped_groups_key(config: FairSkinConfig, cache) -> str | None:
 # nothing leaves the stage's key alone).
 EXTERNAL["diffusion.dropped_groups"] = _dropped_groups_key
 
-register_stage(Stage("control_base", reads=STAGES["base"].reads, inputs=("prepare", "base"),
+register_stage(Stage("control_base", reads=STAGES["base"].reads, reads_unless=STAGES["base"].reads_unless,
+                     inputs=("prepare", "base"),
                      body=_control_base_body, external=("diffusion.model", "diffusion.dropped_groups"),
                      log=lambda run, result: run.log_metrics(result.summary)))
 

@@ -84,3 +84,23 @@ def test_zero_terminal_snr_base_hides_the_image_at_the_last_timestep_and_every_s
     with pytest.raises(ConfigError, match="diffusion.zero_terminal_snr"):
         build_config("paper", overrides=["diffusion.zero_terminal_snr=true"])
     assert build_config("study").diffusion.zero_terminal_snr and not build_config("demo").diffusion.zero_terminal_snr
+
+
+def test_base_snr_gamma_keys_the_base_only_when_set_and_needs_the_tiny_model():
+    from fairskin.config import ConfigError, build_config
+    from fairskin.pipeline import STAGES
+    from fairskin.stages import stage_key
+
+    def keys(config):
+        return [stage_key(name, config, STAGES[name].reads_for(config)) for name in ("base", "control_base")]
+
+    study = build_config("study")
+    assert study.diffusion.base_snr_gamma is None
+    # Unset, the key is what it was before the field existed: existing runs roots keep their bases.
+    assert keys(study) == [stage_key(name, study, STAGES[name].reads) for name in ("base", "control_base")]
+    weighted = build_config("study", overrides=["diffusion.base_snr_gamma=5"])
+    assert all(a != b for a, b in zip(keys(study), keys(weighted)))
+    with pytest.raises(ConfigError, match="diffusion.base_snr_gamma"):
+        build_config("paper", overrides=["diffusion.base_snr_gamma=5"])
+    with pytest.raises(ConfigError, match="base_snr_gamma"):
+        build_config("study", overrides=["diffusion.base_snr_gamma=0"])

@@ -129,3 +129,31 @@ def test_other_subclass_option_excludes_y_and_covers_the_rest():
     assert not (other == 4).any()
     counts = torch.bincount(other, minlength=15)
     assert counts[4] == 0 and (counts[torch.arange(15) != 4] > 900).all()
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_min_snr_gamma_weighs_the_x0_error_by_min_snr_gamma_and_caps_the_clean_timesteps(kind):
+    from diffusers import DDPMScheduler
+
+    from fairskin.diffusion.losses import min_snr_weight
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=kind, rescale_betas_zero_snr=True)
+    t = torch.tensor([0, 10, 100, 500, 900, 999])
+    snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])
+    weight = min_snr_weight(scheduler, t, gamma=5.0)
+    assert torch.isfinite(weight).all() and (weight <= 1 + 1e-6).all()
+    # The x_0 error costs SNR_t (epsilon) or SNR_t + 1 (v) of the plain loss; weighted, min(SNR_t, 5) at every t.
+    per_x0 = weight * (snr if kind == "epsilon" else snr + 1)
+    finite = snr > 0
+    assert torch.allclose(per_x0[finite], snr[finite].clamp(max=5.0), rtol=1e-4)
+    assert weight[0] < 0.01  # t = 0 is nearly clean: capped hard
+    assert float(weight[-1]) == (1.0 if kind == "epsilon" else 0.0)  # zero terminal SNR: the 0/0 limit, no NaN
+
+    latents, cond, _, noise, _ = _batch(b=6)
+    plain = training_loss(ToyUNet(), scheduler, latents, cond, None, torch.ones(6), noise=noise, timesteps=t,
+                          use_cbdm=False)
+    weighted = training_loss(ToyUNet(), scheduler, latents, cond, None, torch.ones(6), noise=noise, timesteps=t,
+                             use_cbdm=False, snr_gamma=5.0)
+    h = ToyUNet()(scheduler.add_noise(latents, noise, t), t, cond).sample
+    expected = (per_sample_mse(h, prediction_target(scheduler, latents, noise, t)) * weight).sum() / 6
+    assert torch.isclose(weighted.loss, expected) and not torch.isclose(weighted.loss, plain.loss)

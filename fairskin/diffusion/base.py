@@ -95,8 +95,9 @@ def fit_scaling_factor(vae, pixels: np.ndarray, max_images: int = 1024, batch: i
 
 
 def train_base_unet(parts, train: DecodedSet, prompts: list[str], steps: int, batch_size: int, seed: int,
-                    lr: float, progress: bool = False) -> list[float]:
-    """Plain noise-prediction training on uniformly drawn training rows (no balancing)."""
+                    lr: float, progress: bool = False, snr_gamma: float | None = None) -> list[float]:
+    """Plain noise-prediction training on uniformly drawn training rows (no balancing); ``snr_gamma``:
+    Min-SNR-gamma loss weighting (:func:`fairskin.diffusion.losses.min_snr_weight`; None: unweighted)."""
     gen = torch.Generator().manual_seed(seed + 1)
     cond_table = encode_prompts(parts.tokenizer, parts.text_encoder, prompts + [""])
     subclass = torch.from_numpy(train.subclass_id)
@@ -112,7 +113,7 @@ def train_base_unet(parts, train: DecodedSet, prompts: list[str], steps: int, ba
                             noise=torch.randn(latents.shape, generator=gen),
                             timesteps=torch.randint(0, parts.noise_scheduler.config.num_train_timesteps,
                                                     (batch_size,), generator=gen),
-                            use_cbdm=False)
+                            use_cbdm=False, snr_gamma=snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(parts.unet.parameters(), 1.0)
@@ -132,7 +133,8 @@ def build_base(config: FairSkinConfig, train: DecodedSet, out: Path) -> dict[str
                                 progress=config.runtime.progress)
     prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)
     unet_losses = train_base_unet(parts, train, prompts, d.base_unet_steps, d.global_batch_size,
-                                  config.runtime.seed, lr=d.learning_rate, progress=config.runtime.progress)
+                                  config.runtime.seed, lr=d.learning_rate, progress=config.runtime.progress,
+                                  snr_gamma=d.base_snr_gamma)
     save_sd(parts, out / "pipeline")
     np.savetxt(out / "vae_loss.txt", vae_losses)
     np.savetxt(out / "unet_loss.txt", unet_losses)
@@ -162,7 +164,8 @@ def build_control_base(config: FairSkinConfig, base: Path, train: DecodedSet, gr
     without = train.without_group(group)
     prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)
     unet_losses = train_base_unet(parts, without, prompts, d.base_unet_steps, d.global_batch_size,
-                                  config.runtime.seed, lr=d.learning_rate, progress=config.runtime.progress)
+                                  config.runtime.seed, lr=d.learning_rate, progress=config.runtime.progress,
+                                  snr_gamma=d.base_snr_gamma)
     save_sd(parts, out / "pipeline")
     np.savetxt(out / "unet_loss.txt", unet_losses)
     tail = max(1, len(unet_losses) // 10)

@@ -13,6 +13,10 @@ paper's sum over Y; y' != y is an option), and w_t = tau * t / T:
     h'    = eps_theta(x_t, t, y')
     reg_b = w_t * mse_b(h, sg(h')) + gamma * w_t * mse_b(sg(h), h')
 
+With ``snr_gamma`` (Min-SNR-gamma, Hang et al. 2023, as diffusers' training scripts' ``--snr_gamma``)
+noise_b is first multiplied by min(SNR_t, gamma) / SNR_t (epsilon) or min(SNR_t, gamma) / (SNR_t + 1)
+(v): the x_0 error then weighs min(SNR_t, gamma) at every t, capping the nearly clean timesteps.
+
 The per-sample loss (noise_b + reg_b) is multiplied by the sample weight (level 1, ``apply=loss``;
 ones otherwise) and the batch loss is the sum divided by B (not by the sum of weights). When
 the prompt is dropped for the whole batch (classifier-free guidance), there is no regulariser.
@@ -40,6 +44,23 @@ def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, tim
         return noise
     if kind == "v_prediction":
         return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {kind!r}: expected epsilon or v_prediction")
+
+
+def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights (B,) of the noise term: min(SNR_t, gamma) / SNR_t for epsilon, / (SNR_t + 1) for v.
+
+    SNR_t = alpha_bar_t / (1 - alpha_bar_t) as diffusers' ``training_utils.compute_snr`` (not imported: that
+    module pulls accelerate in, 10 s, and the device machine's benchmark imports this one). At a zero
+    terminal SNR the epsilon weight's 0/0 is taken as 1 (its limit)."""
+    alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas_cumprod / (1.0 - alphas_cumprod).clamp_min(torch.finfo(torch.float32).tiny)
+    capped = snr.clamp(max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return torch.where(snr > 0, capped / snr.clamp_min(torch.finfo(torch.float32).tiny), torch.ones_like(snr))
+    if kind == "v_prediction":
+        return capped / (snr + 1.0)
     raise ValueError(f"unsupported prediction_type {kind!r}: expected epsilon or v_prediction")
 
 
@@ -76,12 +97,14 @@ class LossParts:
 
 def training_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, cond_other: torch.Tensor | None,
                   weights: torch.Tensor, *, noise: torch.Tensor, timesteps: torch.Tensor, use_cbdm: bool,
-                  tau: float = 1.0, gamma: float = 0.25, prompt_dropped: bool = False) -> LossParts:
+                  tau: float = 1.0, gamma: float = 0.25, prompt_dropped: bool = False,
+                  snr_gamma: float | None = None) -> LossParts:
     """One batch's loss.
 
     latents (B, C, h, w); cond/cond_other (B, L, D) text embeddings of y and y'; weights (B,);
     noise like latents; timesteps (B,) int. With ``prompt_dropped`` the caller has already
-    replaced ``cond`` by the empty prompt, and the regulariser is skipped.
+    replaced ``cond`` by the empty prompt, and the regulariser is skipped. ``snr_gamma``: Min-SNR-gamma
+    weighting of the noise term (None: unweighted).
     """
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = prediction_target(scheduler, latents, noise, timesteps)
@@ -97,6 +120,8 @@ def training_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, co
             with torch.no_grad():
                 h_other = unet(noisy, timesteps, encoder_hidden_states=cond_other).sample
     noise_term = per_sample_mse(h, target)
+    if snr_gamma is not None:
+        noise_term = noise_term * min_snr_weight(scheduler, timesteps, snr_gamma)
     reg_term = torch.zeros_like(noise_term)
     if with_reg:
         w_t = cbdm_time_weight(timesteps, scheduler.config.num_train_timesteps, tau)
