@@ -12,7 +12,9 @@ once per candidate (default ``sd,zero_snr``):
 - ``zero_snr``: the betas rescaled to zero terminal SNR, v-prediction, trailing timesteps
   (``diffusion.zero_terminal_snr = true``; Lin et al. 2024);
 - ``sd_min_snr5`` / ``zero_snr_min_snr5``: the same with Min-SNR-gamma loss weighting, gamma = 5
-  (``diffusion.base_snr_gamma = 5``; Hang et al. 2023).
+  (``diffusion.base_snr_gamma = 5``; Hang et al. 2023);
+- ``base``: the base's own UNet as it is, not trained again (the reference a candidate must beat, when
+  ``--steps`` is the base's own step count).
 
 Each then samples a pool of P images per subclass (the pipeline's per-image seeds, the preset's sampler)
 scored with the evaluate stage's code: skin-tone agreement (the share of images whose healthy-skin ITA is
@@ -52,7 +54,7 @@ from fairskin.metrics.skin_tone import ReferenceBands, image_ita, skin_tone_repo
 from fairskin.tune.generator import generate_pool  # noqa: E402
 
 # name -> (zero terminal SNR, Min-SNR gamma or None)
-CANDIDATES = {"sd": (False, None), "zero_snr": (True, None), "sd_min_snr5": (False, 5.0),
+CANDIDATES = {"base": (None, None), "sd": (False, None), "zero_snr": (True, None), "sd_min_snr5": (False, 5.0),
               "zero_snr_min_snr5": (True, 5.0)}
 KEPT = ("skin_tone_agreement", "judge_accuracy_generated")
 
@@ -94,13 +96,15 @@ def main(argv: list[str] | None = None) -> int:
 
     figures: dict[str, float] = {"steps": steps, "pool_per_subclass": per_subclass}
     for label in chosen:
-        zero_snr, snr_gamma = CANDIDATES[label]
-        fresh = build_tiny_sd(image_size=train.pixels.shape[1], seed=config.runtime.seed, zero_terminal_snr=zero_snr)
         parts = load_sd(str(base))  # the base's trained VAE (and its fitted scaling factor) and text encoder
-        parts.unet, parts.noise_scheduler = fresh.unet, fresh.noise_scheduler
         start = time.perf_counter()
-        train_base_unet(parts, train, prompts, steps, d.global_batch_size, config.runtime.seed, lr=d.learning_rate,
-                        progress=True, snr_gamma=snr_gamma)
+        if label != "base":
+            zero_snr, snr_gamma = CANDIDATES[label]
+            fresh = build_tiny_sd(image_size=train.pixels.shape[1], seed=config.runtime.seed,
+                                  zero_terminal_snr=zero_snr)
+            parts.unet, parts.noise_scheduler = fresh.unet, fresh.noise_scheduler
+            train_base_unet(parts, train, prompts, steps, d.global_batch_size, config.runtime.seed,
+                            lr=d.learning_rate, progress=True, snr_gamma=snr_gamma)
         figures[f"train_seconds_{label}"] = round(time.perf_counter() - start, 1)
         pixels, meta = generate_pool(parts, parts.unet, config, per_subclass, config.runtime.seed, "cpu")
         _, _, tone, _ = skin_tone_report(image_ita(pixels), meta["group"].to_numpy(), meta["disease"].to_numpy(),

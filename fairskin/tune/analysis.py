@@ -115,7 +115,10 @@ def plot_generator_tradeoff(trials: pd.DataFrame, groups: Sequence[str], path: P
                             x: str = "cbdm_tau") -> Path:
     """Generator studies: per group, skin-tone agreement and disease fidelity of each finished trial
     against ``x`` (the effective CBDM tau the trial reported; log axis when all are positive): the
-    trade-off curve. One line per group through the trials sorted by ``x``."""
+    trade-off curve. One marker per trial and group, joined faintly in ``x`` order (the trials differ in
+    their other settings too, so the joins guide the eye and are not a fitted curve)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
     from fairskin.metrics.plots import _pyplot
 
     plt = _pyplot()
@@ -127,11 +130,17 @@ def plot_generator_tradeoff(trials: pd.DataFrame, groups: Sequence[str], path: P
         for g in groups:
             col = f"{prefix}_{g}"
             if col in order:
-                ax.plot(xs, order[col].to_numpy(float), "o-", label=g)
+                line, = ax.plot(xs, order[col].to_numpy(float), "-", lw=1, alpha=0.35)
+                ax.plot(xs, order[col].to_numpy(float), "o", color=line.get_color(), label=g)
         if f"{prefix}_worst_group" in order:
             ax.plot(xs, order[f"{prefix}_worst_group"].to_numpy(float), "k--", lw=1, label="worst group")
         if len(xs) and np.all(xs > 0):
             ax.set_xscale("log")
+            # Ticks at 1 and 3 per decade, plainly written: over less than two decades matplotlib's default
+            # labels every minor tick in scientific notation and they run into each other.
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 3.0)))
+            ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"{x} (per trial)")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
