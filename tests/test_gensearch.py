@@ -454,3 +454,35 @@ def test_generator_confirmations_under_new_seeds_paired_with_vanilla_and_resumed
                                "and tags.`fairskin.kind` = 'confirm'")
     assert sorted(r.info.run_id for r in after) == sorted(r["run_id"] for r in records)
     pd.testing.assert_frame_equal(again.confirmed.reset_index(drop=True), first.confirmed.reset_index(drop=True))
+
+
+def test_generator_confirmation_p_values_are_holm_adjusted_over_the_points_per_objective():
+    """Each point's paired p-value against vanilla, Holm-adjusted over the confirmed points of the same
+    objective (a study confirms its best and its Pareto points: several comparisons with one vanilla)."""
+    import numpy as np
+    from scipy import stats
+
+    from fairskin.tune.confirm import generator_confirmation_table
+
+    metrics, modes = ("skin_tone_agreement_worst_group", "fid_var_group"), ("max", "min")
+    values = {"t1": {1: (0.50, 10.0), 2: (0.60, 12.0), 3: (0.55, 9.0)},
+              "t2": {1: (0.45, 30.0), 2: (0.40, 20.0), 3: (0.47, 26.0)},
+              "t3": {1: (0.30, 15.0), 2: (0.50, 15.5), 3: (0.42, 13.0)},
+              "vanilla": {1: (0.40, 14.0), 2: (0.42, 15.0), 3: (0.41, 13.5)}}
+    records = [{"trial_id": p, "role": "reference" if p == "vanilla" else "pareto", "seed": salt,
+                "figures": dict(zip(metrics, v))} for p, by in values.items() for salt, v in by.items()]
+    table = generator_confirmation_table(records, pd.DataFrame({"trial_id": []}), metrics, modes, {}, {})
+    for k, metric in enumerate(metrics):
+        rows = table[(table["metric"] == metric) & (table["point"] != "vanilla")].set_index("point")
+        raw = {p: stats.ttest_rel([values[p][s][k] for s in (1, 2, 3)],
+                                  [values["vanilla"][s][k] for s in (1, 2, 3)]).pvalue for p in ("t1", "t2", "t3")}
+        assert rows["p"].to_dict() == pytest.approx(raw)
+        ranked = sorted(raw, key=raw.get)  # Holm by hand: (m - i) p_(i), running maximum, capped at 1
+        expected, running = {}, 0.0
+        for i, p in enumerate(ranked):
+            running = max(running, min(1.0, (3 - i) * raw[p]))
+            expected[p] = running
+        assert rows["p_holm"].to_dict() == pytest.approx(expected)
+        smallest = min(raw, key=raw.get)
+        assert rows.loc[smallest, "p_holm"] == pytest.approx(min(1.0, 3 * raw[smallest]))
+    assert table.loc[table["point"] == "vanilla", "p_holm"].isna().all()

@@ -208,7 +208,8 @@ REFERENCE = "vanilla"                      # the generator every confirmed point
 CONFIRM_SALT_BASE = 1000                   # confirmation k (1, 2, ...) uses seed_salt CONFIRM_SALT_BASE + k
 
 GENERATOR_COLUMNS = ("point", "role", "settings", "metric", "mode", "search", "mean", "low", "high", "n",
-                     "diff_vs_vanilla", "diff_low", "diff_high", "p", "vs_vanilla", "salts", "generator_seeds")
+                     "diff_vs_vanilla", "diff_low", "diff_high", "p", "p_holm", "vs_vanilla", "salts",
+                     "generator_seeds")
 
 
 def confirm_salts(repeat_seeds: Sequence[int], count: int) -> list[int]:
@@ -278,8 +279,10 @@ def generator_confirmation_table(records: list[dict[str, Any]], trials: pd.DataF
     vanilla paired by salt (the same generator seed for both:
     :func:`~fairskin.metrics.paired.paired_difference`; p is the paired t-test's, NaN below 3 pairs) and
     vs_vanilla its reading (better / worse when the interval excludes 0 in the objective's direction,
-    else within noise). Vanilla's own rows have no difference (NaN, 'n/a')."""
-    from fairskin.metrics.paired import paired_difference
+    else within noise). p_holm: p Holm-adjusted over the confirmed points, per objective (the study picked
+    them from many trials, and each is compared with vanilla: the family is every point on that
+    objective). Vanilla's own rows have no difference (NaN, 'n/a')."""
+    from fairskin.metrics.paired import holm, paired_difference
 
     if not records:
         return pd.DataFrame(columns=list(GENERATOR_COLUMNS))
@@ -298,7 +301,8 @@ def generator_confirmation_table(records: list[dict[str, Any]], trials: pd.DataF
                    "metric": metric, "mode": mode,
                    "search": float(searched.loc[point, metric]) if point in searched.index and metric in searched
                    else np.nan, "mean": iv.mean, "low": iv.low, "high": iv.high, "n": iv.n,
-                   "diff_vs_vanilla": np.nan, "diff_low": np.nan, "diff_high": np.nan, "p": np.nan, "vs_vanilla": "n/a",
+                   "diff_vs_vanilla": np.nan, "diff_low": np.nan, "diff_high": np.nan, "p": np.nan,
+                   "p_holm": np.nan, "vs_vanilla": "n/a",
                    "salts": " ".join(map(str, part.index)),
                    "generator_seeds": " ".join(str(seed_of.get(int(s), "")) for s in part.index)}
             if point != REFERENCE and len(base) and metric in base:
@@ -306,7 +310,12 @@ def generator_confirmation_table(records: list[dict[str, Any]], trials: pd.DataF
                 row.update(diff_vs_vanilla=diff.mean, diff_low=diff.low, diff_high=diff.high, p=diff.p_t,
                            vs_vanilla=_verdict(diff.low, diff.high, mode))
             rows.append(row)
-    return pd.DataFrame(rows, columns=list(GENERATOR_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(GENERATOR_COLUMNS))
+    for metric in metrics:
+        family = (table["metric"] == metric) & (table["point"] != REFERENCE)
+        if family.any():
+            table.loc[family, "p_holm"] = holm(table.loc[family, "p"].to_numpy(float))
+    return table
 
 
 def _bar(mean: float, low: float, high: float) -> np.ndarray:

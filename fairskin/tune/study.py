@@ -631,6 +631,8 @@ def confirmed_lines(table: pd.DataFrame) -> list[str]:
             if pd.notna(row["diff_vs_vanilla"]):
                 text += (f", vs vanilla {row['diff_vs_vanilla']:+.3f} [{row['diff_low']:+.3f}, "
                          f"{row['diff_high']:+.3f}] {row['vs_vanilla']}")
+                if pd.notna(row["p_holm"]):
+                    text += f" (p {row['p']:.3g}, Holm over the points {row['p_holm']:.3g})"
             bits.append(text)
         lines.append(f"confirmed {point} ({first['role']}; {first['settings']}; n={int(part['n'].max())} "
                      f"generator seeds {first['generator_seeds']}): " + "; ".join(bits))
