@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                 figures[f"{key}_{label}"] = round(float(value), 4)
         print(f"{label:>17}: skin-tone agreement {figures[f'skin_tone_agreement_{label}']:.3f} "
               f"(worst group {figures[f'skin_tone_agreement_worst_group_{label}']:.3f}), judge accuracy "
-              f"{figures[f'judge_accuracy_generated_{label}']:.3f}, {steps} steps in "
-              f"{figures[f'train_seconds_{label}']:.0f} s", flush=True)
+              f"{figures[f'judge_accuracy_generated_{label}']:.3f}, "
+              + ("the base's own UNet, not retrained" if label == "base"
+                 else f"{steps} steps in {figures[f'train_seconds_{label}']:.0f} s"), flush=True)
     print(json.dumps(figures))
     return 0
 
