@@ -151,8 +151,6 @@ def control_drop_variant(name: str) -> VariantSpec:
                        drop_group=name.removeprefix(CONTROL_DROP_PREFIX))
 
 
-
-
 class DiffusionConfig(_Section):
     """Level 2: the Stable Diffusion fine-tune."""
 

@@ -94,14 +94,15 @@ def drop_control(units: pd.DataFrame, control: str, groups: Sequence[str], basel
     baseline_mean = float(_values(units, baseline, column).mean())
     chance = 1.0 / len(groups)
     why = "" if out["n"] >= 3 else f"R = {out['n']} paired repeats: no test (R >= 3 needed)"
-    if np.isfinite(baseline_mean) and baseline_mean <= chance:
+    uninformative = bool(np.isfinite(baseline_mean) and baseline_mean <= chance)
+    if uninformative:
         # A baseline that already draws the group in another group's tone leaves nothing to drop: a miss
         # then says the generator is too weak for the question, not that the engine is blind.
         why = "; ".join(w for w in (why, f"{baseline}'s own {column} is {baseline_mean:.3f}, at or below chance "
                                           f"(1/{len(groups)}): the control has nothing to drop, so it cannot "
                                           "show the engine sees a drop") if w)
     return {"control": control, "group": group, "alpha": alpha, **out, "baseline_mean": baseline_mean,
-            "uninformative": bool(np.isfinite(baseline_mean) and baseline_mean <= chance),
+            "uninformative": uninformative,
             "detected": bool(detected), "why": why}
 
 
