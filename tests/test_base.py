@@ -94,12 +94,13 @@ def test_base_snr_gamma_keys_the_base_only_when_set_and_needs_the_tiny_model():
     def keys(config):
         return [stage_key(name, config, STAGES[name].reads_for(config)) for name in ("base", "control_base")]
 
-    study = build_config("study")
-    assert study.diffusion.base_snr_gamma is None
+    unweighted = build_config("study", overrides=["diffusion.base_snr_gamma=null"])
+    assert unweighted.diffusion.base_snr_gamma is None
     # Unset, the key is what it was before the field existed: existing runs roots keep their bases.
-    assert keys(study) == [stage_key(name, study, STAGES[name].reads) for name in ("base", "control_base")]
-    weighted = build_config("study", overrides=["diffusion.base_snr_gamma=5"])
-    assert all(a != b for a, b in zip(keys(study), keys(weighted)))
+    assert keys(unweighted) == [stage_key(name, unweighted, STAGES[name].reads) for name in ("base", "control_base")]
+    study = build_config("study")
+    assert study.diffusion.base_snr_gamma == 5.0 and study.diffusion.base_unet_steps == 4000
+    assert all(a != b for a, b in zip(keys(unweighted), keys(study)))
     with pytest.raises(ConfigError, match="diffusion.base_snr_gamma"):
         build_config("paper", overrides=["diffusion.base_snr_gamma=5"])
     with pytest.raises(ConfigError, match="base_snr_gamma"):
