@@ -351,6 +351,9 @@ class TuneConfig(_Section):
     # extra classifier seeds, so the study reports each chosen point with its noise (0: off). A generator
     # study re-fine-tunes them (and vanilla) under this many new generator seeds (fairskin.tune.confirm).
     confirm_seeds: int = Field(3, ge=0)
+    # At most this many distinct settings are confirmed: the best trial, then the Pareto front's best point
+    # on each objective in turn (fairskin.tune.confirm.front_order); None: the best and the whole front.
+    confirm_max_points: int | None = Field(None, ge=1)
     # Generator studies (``trainable: generator``): P images per subclass in each trial's pool, made at
     # every checkpoint and scored (skin tone, disease fidelity, FID per group), and whether FID is computed.
     generator_pool_per_subclass: int = Field(4, ge=2)

@@ -832,10 +832,15 @@ register_stage(Stage("evaluate", reads=("generation.real_split", "generation.inc
 # --------------------------------------------------------------------------- tune
 
 def _tune_reads() -> tuple[str, ...]:
-    """Every tune field but ``max_failures`` (retries change how a study copes, not what it finds)."""
+    """Every tune field but ``max_failures`` (retries change how a study copes, not what it finds) and those
+    read only when set (``TUNE_READS_UNLESS``: unset, the key is what it was before they existed)."""
     from fairskin.config import TuneConfig
 
-    return tuple(f"tune.{f}" for f in TuneConfig.model_fields if f != "max_failures") + ("classifier", "runtime.seed")
+    skip = {"max_failures"} | {path.split(".", 1)[1] for path, _ in TUNE_READS_UNLESS}
+    return tuple(f"tune.{f}" for f in TuneConfig.model_fields if f not in skip) + ("classifier", "runtime.seed")
+
+
+TUNE_READS_UNLESS = (("tune.confirm_max_points", None),)
 
 
 TUNE_READS = _tune_reads()
@@ -893,7 +898,8 @@ def study_of(result: StageResult) -> str:
     return json.loads((result.path / "study.json").read_text())["study"]
 
 
-register_stage(Stage("tune", reads=TUNE_READS, inputs=("prepare", "generate"), body=_tune_body, needs_ray=True,
+register_stage(Stage("tune", reads=TUNE_READS, reads_unless=TUNE_READS_UNLESS, inputs=("prepare", "generate"),
+                     body=_tune_body, needs_ray=True,
                      external=("classifier.model", "tune.space_content"),
                      log=lambda run, result: run.log_metrics(result.summary)))
 

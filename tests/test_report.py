@@ -238,3 +238,33 @@ def test_confirmation_points_are_distinct_settings():
     front = pd.DataFrame({"trial_id": ["a", "b", "c"]})
     points = chosen_points({"trial_id": "b"}, front, configs)
     assert [(p["trial_id"], p["role"]) for p in points] == [("b", "best, pareto"), ("c", "pareto")]
+
+
+def test_a_confirmation_cap_keeps_the_best_and_each_objectives_end_of_the_front():
+    from fairskin.tune.confirm import chosen_points, front_order
+
+    # A front over skin tone (max) and FID variance (min): w is the tone end, z the variance end.
+    front = pd.DataFrame({"trial_id": ["x", "w", "y", "z"], "tone": [0.9, 1.0, 0.8, 0.7],
+                          "fid_var": [50.0, 90.0, 40.0, 10.0]})
+    assert front_order(front, ["tone", "fid_var"], ["max", "min"]) == ["w", "z", "x", "y"]
+    assert front_order(front) == ["x", "w", "y", "z"]  # no objectives: the front's own order
+    configs = {tid: {"tau": i, "seed": 0} for i, tid in enumerate("wxyz")}
+    capped = chosen_points({"trial_id": "y"}, front, configs, limit=3, metrics=["tone", "fid_var"],
+                           modes=["max", "min"])
+    assert [(p["trial_id"], p["role"]) for p in capped] == [("y", "best, pareto"), ("w", "pareto"), ("z", "pareto")]
+    assert len(chosen_points({"trial_id": "y"}, front, configs)) == 4  # no cap: the whole front
+
+
+def test_the_confirmation_cap_is_validated_and_keys_the_tune_stage_only_when_set():
+    from fairskin.config import ConfigError, build_config
+    from fairskin.pipeline import STAGES
+    from fairskin.stages import stage_key
+
+    config = build_config("smoke")
+    assert config.tune.confirm_max_points is None
+    assert "tune.confirm_max_points" not in STAGES["tune"].reads_for(config)
+    capped = build_config("smoke", overrides=["tune.confirm_max_points=3"])
+    assert stage_key("tune", capped, STAGES["tune"].reads_for(capped)) != stage_key(
+        "tune", config, STAGES["tune"].reads_for(config))
+    with pytest.raises(ConfigError, match="tune.confirm_max_points"):
+        build_config("smoke", overrides=["tune.confirm_max_points=0"])

@@ -38,12 +38,16 @@ CONFIRM_DIR = "confirm"
 RESULTS_FILE = "results.json"
 
 
-def chosen_points(best: Mapping[str, Any] | None, front: pd.DataFrame, configs: Mapping[str, dict]
+def chosen_points(best: Mapping[str, Any] | None, front: pd.DataFrame, configs: Mapping[str, dict], *,
+                  limit: int | None = None, metrics: Sequence[str] = (), modes: Sequence[str] = ()
                   ) -> list[dict[str, Any]]:
     """The points to confirm: the best trial, then the Pareto points, each distinct setting once
     (trials that tried the same setting, as a discrete space's TPE often does, are one point).
 
-    ``configs``: trial id -> the trial's config. Returns ``[{"trial_id", "role", "config"}]``."""
+    ``configs``: trial id -> the trial's config. Given ``metrics`` and ``modes`` (the study's objectives,
+    columns of ``front``), the Pareto points come in :func:`front_order`: each objective's best point
+    first, so that ``limit`` (at most this many distinct settings; None: all) keeps the front's ends.
+    Returns ``[{"trial_id", "role", "config"}]``."""
     points: dict[str, dict[str, Any]] = {}
     seen: dict[str, str] = {}  # setting (config without its seed) -> trial id chosen for it
 
@@ -58,10 +62,28 @@ def chosen_points(best: Mapping[str, Any] | None, front: pd.DataFrame, configs: 
 
     if best is not None and best.get("trial_id") in configs:
         add(best["trial_id"], "best")
-    for tid in front.get("trial_id", pd.Series(dtype=str)).tolist():
+    for tid in front_order(front, metrics, modes):
         if tid in configs:
             add(tid, "pareto")
-    return list(points.values())
+    chosen = list(points.values())
+    return chosen if limit is None else chosen[:limit]
+
+
+def front_order(front: pd.DataFrame, metrics: Sequence[str] = (), modes: Sequence[str] = ()) -> list[str]:
+    """The front's trial ids, ends first: each objective's best point (in the order of ``metrics``), then
+    each objective's second best not yet listed, and so on. Without objectives (or without their
+    columns in ``front``): the front's own row order."""
+    ids = front.get("trial_id", pd.Series(dtype=str)).tolist()
+    ranked = [front.sort_values(metric, ascending=mode == "min", kind="stable", na_position="last")["trial_id"]
+              .tolist() for metric, mode in zip(metrics, modes) if metric in front]
+    if not ranked:
+        return ids
+    order: list[str] = []
+    for depth in range(len(ids)):
+        for ranking in ranked:
+            if ranking[depth] not in order:
+                order.append(ranking[depth])
+    return order
 
 
 def confirm_seeds(search_seeds: Sequence[int], count: int) -> list[int]:

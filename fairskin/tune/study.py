@@ -539,7 +539,8 @@ def _confirm(config: FairSkinConfig, space: ResolvedSpace, folder: Path, results
                                        run_confirmations)
 
     configs = {_trial_id(res)[0]: dict(res.config or {}) for res in results}
-    points = chosen_points(study.best, study.pareto, configs)
+    points = chosen_points(study.best, study.pareto, configs, limit=config.tune.confirm_max_points,
+                           metrics=space.metrics, modes=space.modes)
     if not points:
         return pd.DataFrame()
     resources = {"CPU": config.tune.cpus_per_trial, "GPU": config.tune.gpus_per_trial}
@@ -580,7 +581,8 @@ def _confirm_generators(config: FairSkinConfig, space: ResolvedSpace, folder: Pa
     from fairskin.tune.generator import _settings_line, confirm_generator
 
     configs = {_trial_id(res)[0]: dict(res.config or {}) for res in results}
-    points = chosen_points(study.best, study.pareto, configs)
+    points = chosen_points(study.best, study.pareto, configs, limit=config.tune.confirm_max_points,
+                           metrics=space.metrics, modes=space.modes)
     if not points:
         return pd.DataFrame()
     tune_config, d = config.tune, config.diffusion
