@@ -35,28 +35,23 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fidelity_ceiling import _one  # noqa: E402
+from pool_scores import PoolScorer  # noqa: E402
 
-from fairskin.classify.judge import load_judge  # noqa: E402
 from fairskin.config import build_config  # noqa: E402
-from fairskin.data.shards import load_decoded  # noqa: E402
 from fairskin.data.stream import decode_local  # noqa: E402
 from fairskin.diffusion.base import subclass_prompts, train_base_unet  # noqa: E402
 from fairskin.diffusion.models import build_tiny_sd, load_sd  # noqa: E402
-from fairskin.metrics.generation import disease_fidelity, judge_accuracy, judge_predictions  # noqa: E402
-from fairskin.metrics.skin_tone import ReferenceBands, image_ita, skin_tone_report  # noqa: E402
 from fairskin.tune.generator import generate_pool  # noqa: E402
 
 # name -> (zero terminal SNR, Min-SNR gamma or None)
 CANDIDATES = {"base": (None, None), "sd": (False, None), "zero_snr": (True, None), "sd_min_snr5": (False, 5.0),
               "zero_snr_min_snr5": (True, 5.0)}
-KEPT = ("skin_tone_agreement", "judge_accuracy_generated")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,15 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     d = config.diffusion
     shards = _one(args.runs_root, "prepare-*", None, "--runs-root") / "shards"
     base = _one(args.runs_root, "base-*", args.base, "--base") / "pipeline"
-    judge, info = load_judge(_one(args.runs_root, "judge-*", args.judge, "--judge"), None)
-    groups, diseases = config.data.group_names, config.data.diseases
+    scorer = PoolScorer.from_runs_root(args.runs_root, config, args.judge)
     train = decode_local(shards, splits=["train"])
-    train_pixels, train_meta = load_decoded(shards, splits=["train"])
-    bands = ReferenceBands.from_real(image_ita(train_pixels), train_meta["group"].to_numpy())
-    held_pixels, held_meta = load_decoded(shards, splits=["val", "test"])
-    rows = held_meta["split"].isin(info.real_splits).to_numpy()
-    judge_real = judge_accuracy(judge_predictions(judge, held_pixels[rows], config.classifier.image_size, diseases),
-                                held_meta[rows], groups, diseases)
     prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)
 
     figures: dict[str, float] = {"steps": steps, "pool_per_subclass": per_subclass}
@@ -107,14 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                             lr=d.learning_rate, progress=True, snr_gamma=snr_gamma)
         figures[f"train_seconds_{label}"] = round(time.perf_counter() - start, 1)
         pixels, meta = generate_pool(parts, parts.unet, config, per_subclass, config.runtime.seed, "cpu")
-        _, _, tone, _ = skin_tone_report(image_ita(pixels), meta["group"].to_numpy(), meta["disease"].to_numpy(),
-                                         bands)
-        _, fidelity = disease_fidelity(judge_accuracy(judge_predictions(judge, pixels, config.classifier.image_size,
-                                                                        diseases), meta, groups, diseases),
-                                       judge_real, groups)
-        for key, value in {**tone, **fidelity}.items():
-            if key.startswith(KEPT) and isinstance(value, (int, float, np.floating)) and not isinstance(value, bool):
-                figures[f"{key}_{label}"] = round(float(value), 4)
+        for key, value in scorer.score(pixels, meta).items():
+            figures[f"{key}_{label}"] = value
         print(f"{label:>17}: skin-tone agreement {figures[f'skin_tone_agreement_{label}']:.3f} "
               f"(worst group {figures[f'skin_tone_agreement_worst_group_{label}']:.3f}), judge accuracy "
               f"{figures[f'judge_accuracy_generated_{label}']:.3f}, "
