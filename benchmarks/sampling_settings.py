@@ -15,8 +15,8 @@ the judge's disease accuracy, overall and per group.
 Why: issue 13's disease target (the judge's accuracy on vanilla's pools >= 0.5) missed by 0.02 in the
 study's run 4; guidance, steps and sampler are free at training time, so they are checked before the base.
 A pool's share has a standard error of about sqrt(0.25 / (15 P)) (0.03 at P = 16): these rank settings.
-``--quick``: P = 2 and two settings (a check that it runs, not a measurement). The last line printed is one
-JSON object.
+``--quick``: P = 2, the preset's sampling and the first two settings (a check that it runs, not a
+measurement). The last line printed is one JSON object.
 """
 
 from __future__ import annotations

@@ -831,16 +831,17 @@ register_stage(Stage("evaluate", reads=("generation.real_split", "generation.inc
 
 # --------------------------------------------------------------------------- tune
 
+# Tune fields in the stage's key only when set: unset, the key is what it was before they existed.
+TUNE_READS_UNLESS = (("tune.confirm_max_points", None),)
+
+
 def _tune_reads() -> tuple[str, ...]:
     """Every tune field but ``max_failures`` (retries change how a study copes, not what it finds) and those
-    read only when set (``TUNE_READS_UNLESS``: unset, the key is what it was before they existed)."""
+    in ``TUNE_READS_UNLESS``."""
     from fairskin.config import TuneConfig
 
     skip = {"max_failures"} | {path.split(".", 1)[1] for path, _ in TUNE_READS_UNLESS}
     return tuple(f"tune.{f}" for f in TuneConfig.model_fields if f not in skip) + ("classifier", "runtime.seed")
-
-
-TUNE_READS_UNLESS = (("tune.confirm_max_points", None),)
 
 
 TUNE_READS = _tune_reads()
