@@ -245,7 +245,8 @@ register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_vae_steps
                      inputs=("prepare",), body=_base_body, external=("diffusion.model",),
                      reads_unless=(("diffusion.base_snr_gamma", None),),
                      # 2: the VAE is an autoencoder (cosine-decayed rate) with a fixed posterior std and a fitted scaling factor
-                     version=2,
+                     # 3: the base UNet reads latents encoded once (same values up to float rounding of the batching)
+                     version=3,
                      log=lambda run, result: run.log_metrics(result.summary)))
 
 
@@ -301,6 +302,7 @@ EXTERNAL["diffusion.dropped_groups"] = _dropped_groups_key
 
 register_stage(Stage("control_base", reads=STAGES["base"].reads, reads_unless=STAGES["base"].reads_unless,
                      inputs=("prepare", "base"),
+                     version=2,  # 2: its UNet reads latents encoded once, as the base's does
                      body=_control_base_body, external=("diffusion.model", "diffusion.dropped_groups"),
                      log=lambda run, result: run.log_metrics(result.summary)))
 

@@ -9,7 +9,7 @@ import torch
 
 from fairskin.data.stream import DecodedSet
 from fairskin.data.synthetic import DISEASES, render_lesion_image
-from fairskin.diffusion.base import train_tiny_vae
+from fairskin.diffusion.base import encode_training_latents, subclass_prompts, train_base_unet, train_tiny_vae
 from fairskin.diffusion.models import build_tiny_sd, load_sd, save_sd
 from fairskin.diffusion.step import encode_latents, pixels_to_tensor
 
@@ -42,6 +42,37 @@ def test_the_stand_in_vae_has_a_point_posterior_and_unit_variance_scaled_latents
     assert loaded.vae.config.scaling_factor == parts.vae.config.scaling_factor
     with torch.no_grad():
         assert float(loaded.vae.encode(x).latent_dist.std.max()) < 1e-3
+
+
+def test_the_base_unet_reads_latents_encoded_once_and_leaves_the_vae_and_text_encoder_alone(monkeypatch):
+    from fairskin.config import build_config
+
+    train = _tiny_set()
+    parts = build_tiny_sd(image_size=32, seed=0, zero_terminal_snr=True)
+    train_tiny_vae(parts.vae, train, steps=2, batch_size=4, seed=0)
+    # The table holds each row's own latent, in row order (batching changes only float rounding).
+    table = encode_training_latents(parts.vae, train, batch_size=4)
+    with torch.no_grad():
+        one_by_one = torch.cat([encode_latents(parts.vae, pixels_to_tensor(train.pixels[i:i + 1]))
+                                for i in range(len(train))])
+    assert table.shape == (len(train), 4, 8, 8)
+    torch.testing.assert_close(table, one_by_one, atol=1e-4, rtol=1e-3)
+
+    encodes = []
+    real_encode = parts.vae.encode
+    monkeypatch.setattr(parts.vae, "encode", lambda x: encodes.append(len(x)) or real_encode(x))
+    parts.vae.zero_grad(set_to_none=True)  # the VAE's own training leaves its last step's gradients
+    frozen = [p.detach().clone() for p in [*parts.vae.parameters(), *parts.text_encoder.parameters()]]
+    unet_before = [p.detach().clone() for p in parts.unet.parameters()]
+    prompts = subclass_prompts(build_config("smoke").diffusion.prompt_template, train.groups, train.diseases)
+    losses = train_base_unet(parts, train, prompts, steps=3, batch_size=4, seed=0, lr=1e-3, snr_gamma=5.0)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    # One encoding pass over the rows, none per step; no gradient reaches the frozen parts.
+    assert encodes == [len(train)]
+    frozen_after = [*parts.vae.parameters(), *parts.text_encoder.parameters()]
+    assert all(p.grad is None for p in frozen_after)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, frozen_after))
+    assert any(not torch.equal(a, b) for a, b in zip(unet_before, parts.unet.parameters()))
 
 
 def _terminal_signal(scheduler) -> float:

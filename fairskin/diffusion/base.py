@@ -94,19 +94,38 @@ def fit_scaling_factor(vae, pixels: np.ndarray, max_images: int = 1024, batch: i
     return factor
 
 
+@torch.no_grad()
+def encode_training_latents(vae, train: DecodedSet, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """Scaled VAE posterior means (N, C, h, w) float32 of every row of ``train`` (uint8 N, H, W, 3), in
+    row order, encoded once in batches of ``batch_size``.
+
+    The base UNet's steps index this table instead of encoding their batch: the frozen encoder's
+    forward (and, with its weights still trainable after :func:`train_tiny_vae`, its backward) was
+    a third of a base UNet step on CPU, paid again at every one of the base's and each control
+    base's steps (issue 13: 4,000 steps, 777 s in run 4)."""
+    chunks = range(0, len(train), batch_size)
+    return torch.cat([encode_latents(vae, pixels_to_tensor(train.pixels[lo:lo + batch_size]))
+                      for lo in progress_bar(chunks, total=len(chunks), description="base: latents",
+                                             enabled=progress)])
+
+
 def train_base_unet(parts, train: DecodedSet, prompts: list[str], steps: int, batch_size: int, seed: int,
                     lr: float, progress: bool = False, snr_gamma: float | None = None) -> list[float]:
     """Plain noise-prediction training on uniformly drawn training rows (no balancing); ``snr_gamma``:
-    Min-SNR-gamma loss weighting (:func:`fairskin.diffusion.losses.min_snr_weight`; None: unweighted)."""
+    Min-SNR-gamma loss weighting (:func:`fairskin.diffusion.losses.min_snr_weight`; None: unweighted).
+    The VAE and text encoder stay frozen: the rows' latents and the prompts' embeddings are computed
+    once (:func:`encode_training_latents`)."""
     gen = torch.Generator().manual_seed(seed + 1)
-    cond_table = encode_prompts(parts.tokenizer, parts.text_encoder, prompts + [""])
+    with torch.no_grad():
+        cond_table = encode_prompts(parts.tokenizer, parts.text_encoder, prompts + [""])
+    latent_table = encode_training_latents(parts.vae, train, progress=progress)
     subclass = torch.from_numpy(train.subclass_id)
     optimizer = torch.optim.AdamW(parts.unet.parameters(), lr=lr)
     losses = []
     parts.unet.train()
     for _ in progress_bar(range(steps), total=steps, description="base: UNet", enabled=progress):
         rows = torch.randint(0, len(train), (batch_size,), generator=gen)
-        latents = encode_latents(parts.vae, pixels_to_tensor(train.pixels[rows.numpy()]))
+        latents = latent_table[rows]
         drop = torch.rand(1, generator=gen).item() < 0.1
         cond = cond_table[-1:].expand(batch_size, -1, -1) if drop else cond_table[subclass[rows]]
         out = training_loss(parts.unet, parts.noise_scheduler, latents, cond, None, torch.ones(batch_size),
