@@ -130,7 +130,7 @@ def test_base_snr_gamma_keys_the_base_only_when_set_and_needs_the_tiny_model():
     # Unset, the key is what it was before the field existed: existing runs roots keep their bases.
     assert keys(unweighted) == [stage_key(name, unweighted, STAGES[name].reads) for name in ("base", "control_base")]
     study = build_config("study")
-    assert study.diffusion.base_snr_gamma == 5.0 and study.diffusion.base_unet_steps == 4000
+    assert study.diffusion.base_snr_gamma == 5.0 and study.diffusion.base_unet_steps == 5000
     assert all(a != b for a, b in zip(keys(unweighted), keys(study)))
     with pytest.raises(ConfigError, match="diffusion.base_snr_gamma"):
         build_config("paper", overrides=["diffusion.base_snr_gamma=5"])
