@@ -8,6 +8,9 @@
     batch, threads), as interleaved repeats: median ratio with a 95 % t-interval; target >= 0.95;
 (c) encode-every-step step / cached-latent step (at 512 px the VAE encoder costs 1.12 TFLOP per
     image against 2.41 TFLOP for a UNet training step: limit (1.12 + 2.41) / 2.41 = 1.47x).
+(d) the tiny base UNet's step before base v3 / now: it encoded its batch every step with the VAE's
+    weights still trainable (so the encoder's backward ran too) / it reads the once-encoded latents
+    (``fairskin.diffusion.base.encode_training_latents``); the same as the cached step of (c).
 
 CPU: the tiny SD. SD v1-4 at 512 px on a GPU (images/s, FLOP counted per step, MFU, the same
 ratios) is ``benchmarks/gpu.py``, which times the engine's own step (``fairskin.diffusion.step``) with
@@ -100,12 +103,16 @@ def cpu_figures(steps: int, batch: int) -> dict:
              for k in ("vanilla", "cbdm", "cbdm_g0")}
     kinds["encoded"] = make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, "vanilla",
                                  encode=encode)
+    kinds["encoded_with_grad"] = make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, "vanilla",
+                                           encode=lambda: parts.vae.encode(pixels).latent_dist.mean
+                                           * parts.vae.config.scaling_factor)
     per = time_interleaved(kinds, steps)
     encoded = per["encoded"]
     return {"cpu_vanilla_step_s": per["vanilla"], "cpu_cbdm_step_s": per["cbdm"],
             "ratio_cbdm_vs_vanilla_gamma_pos": per["cbdm"] / per["vanilla"], "floor_cbdm_gamma_pos": 2.0,
             "ratio_cbdm_vs_vanilla_gamma0": per["cbdm_g0"] / per["vanilla"], "floor_cbdm_gamma0": 4 / 3,
             "ratio_encode_every_step_vs_cached": encoded / per["vanilla"],
+            "ratio_base_step_before_v3_vs_now": per["encoded_with_grad"] / per["vanilla"],
             "limit_encode_vs_cached_512px": (VAE_ENCODE_FLOP_512 + UNET_TRAIN_FLOP_512) / UNET_TRAIN_FLOP_512}
 
 
@@ -190,6 +197,8 @@ def main() -> None:
           f"gamma=0 {figures['ratio_cbdm_vs_vanilla_gamma0']:.2f} (floor 1.33)")
     print(f"(c) encode every step / cached latents: {figures['ratio_encode_every_step_vs_cached']:.2f} "
           f"(512 px FLOP limit {figures['limit_encode_vs_cached_512px']:.2f})")
+    print(f"(d) base UNet step before base v3 (encoder forward and backward) / now (latents encoded once): "
+          f"{figures['ratio_base_step_before_v3_vs_now']:.2f}")
     if not args.no_ray:
         repeats = args.repeats or (3 if args.quick else 5)
         figures.update(ray_vs_plain(max(8, steps * 2), args.batch, args.runs_root, repeats))

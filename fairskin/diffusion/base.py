@@ -113,19 +113,26 @@ def train_base_unet(parts, train: DecodedSet, prompts: list[str], steps: int, ba
                     lr: float, progress: bool = False, snr_gamma: float | None = None) -> list[float]:
     """Plain noise-prediction training on uniformly drawn training rows (no balancing); ``snr_gamma``:
     Min-SNR-gamma loss weighting (:func:`fairskin.diffusion.losses.min_snr_weight`; None: unweighted).
-    The VAE and text encoder stay frozen: the rows' latents and the prompts' embeddings are computed
-    once (:func:`encode_training_latents`)."""
+    The VAE and text encoder stay frozen (no gradient reaches them). When the steps draw at least as
+    many rows as ``train`` holds, every row's latent is encoded once up front
+    (:func:`encode_training_latents`); a shorter run (the demo's) encodes each step's batch, as that
+    is less encoding than the whole set."""
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         cond_table = encode_prompts(parts.tokenizer, parts.text_encoder, prompts + [""])
-    latent_table = encode_training_latents(parts.vae, train, progress=progress)
+    latent_table = (encode_training_latents(parts.vae, train, progress=progress)
+                    if steps * batch_size >= len(train) else None)
     subclass = torch.from_numpy(train.subclass_id)
     optimizer = torch.optim.AdamW(parts.unet.parameters(), lr=lr)
     losses = []
     parts.unet.train()
     for _ in progress_bar(range(steps), total=steps, description="base: UNet", enabled=progress):
         rows = torch.randint(0, len(train), (batch_size,), generator=gen)
-        latents = latent_table[rows]
+        if latent_table is not None:
+            latents = latent_table[rows]
+        else:
+            with torch.no_grad():
+                latents = encode_latents(parts.vae, pixels_to_tensor(train.pixels[rows.numpy()]))
         drop = torch.rand(1, generator=gen).item() < 0.1
         cond = cond_table[-1:].expand(batch_size, -1, -1) if drop else cond_table[subclass[rows]]
         out = training_loss(parts.unet, parts.noise_scheduler, latents, cond, None, torch.ones(batch_size),
