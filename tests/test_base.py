@@ -73,7 +73,7 @@ def test_the_base_unet_reads_latents_encoded_once_and_leaves_the_vae_and_text_en
     assert all(p.grad is None for p in frozen_after)
     assert all(torch.equal(a, b) for a, b in zip(frozen, frozen_after))
     assert any(not torch.equal(a, b) for a, b in zip(unet_before, parts.unet.parameters()))
-    # A run drawing fewer rows than the set holds (the demo's) encodes each step's batch instead, still frozen.
+    # A run drawing fewer rows than the set holds (smoke-sized) encodes each step's batch instead, still frozen.
     encodes.clear()
     train_base_unet(parts, train, prompts, steps=1, batch_size=4, seed=0, lr=1e-3)
     assert encodes == [4] and all(p.grad is None for p in frozen_after)

@@ -114,9 +114,9 @@ def train_base_unet(parts, train: DecodedSet, prompts: list[str], steps: int, ba
     """Plain noise-prediction training on uniformly drawn training rows (no balancing); ``snr_gamma``:
     Min-SNR-gamma loss weighting (:func:`fairskin.diffusion.losses.min_snr_weight`; None: unweighted).
     The VAE and text encoder stay frozen (no gradient reaches them). When the steps draw at least as
-    many rows as ``train`` holds, every row's latent is encoded once up front
-    (:func:`encode_training_latents`); a shorter run (the demo's) encodes each step's batch, as that
-    is less encoding than the whole set."""
+    many rows as ``train`` holds (study and demo alike: ~2,100 rows), every row's latent is encoded
+    once up front (:func:`encode_training_latents`); a shorter run (the smoke tests') encodes each
+    step's batch, as that is less encoding than the whole set."""
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         cond_table = encode_prompts(parts.tokenizer, parts.text_encoder, prompts + [""])
