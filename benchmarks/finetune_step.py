@@ -11,6 +11,10 @@
 (d) the tiny base UNet's step before base v3 / now: it encoded its batch every step with the VAE's
     weights still trainable (so the encoder's backward ran too) / it reads the once-encoded latents
     (``fairskin.diffusion.base.encode_training_latents``); the same as the cached step of (c).
+(e) the base and a control base UNet (the ``study`` preset's two, batch 16, 64 px) trained one after the
+    other on two threads (base v3, in-process) / side by side on one thread each (base v4: two processes,
+    as the stages' Ray tasks run them): the time of N steps of both. A tiny UNet's step barely uses a
+    second thread, so the ratio approaches 2 when the two processes do not slow each other.
 
 CPU: the tiny SD. SD v1-4 at 512 px on a GPU (images/s, FLOP counted per step, MFU, the same
 ratios) is ``benchmarks/gpu.py``, which times the engine's own step (``fairskin.diffusion.step``) with
@@ -177,6 +181,52 @@ def ray_vs_plain(steps: int, batch: int, runs_root: str, repeats: int) -> dict:
             "target_ray_vs_plain": 0.95}
 
 
+def _base_unet_seconds(steps: int, threads: int, seed: int = 0) -> float:
+    """Seconds for ``steps`` base UNet steps (``fairskin.diffusion.base.unet_training_steps``, batch 16, 64 px
+    tiny SD, zero-terminal-SNR with Min-SNR-5 as ``study``) on ``threads`` threads, after 3 warm-up steps."""
+    import dataclasses
+
+    from fairskin.diffusion.base import UnetJob, unet_training_steps
+    from fairskin.diffusion.models import build_tiny_sd, encode_prompts
+
+    torch.set_num_threads(threads)
+    parts = build_tiny_sd(image_size=64, seed=seed, zero_terminal_snr=True)
+    with torch.no_grad():
+        latents = parts.vae.encode(torch.rand(64, 3, 64, 64) * 2 - 1).latent_dist.mode()
+        cond = encode_prompts(parts.tokenizer, parts.text_encoder, [f"prompt {k}" for k in range(16)])
+    job = UnetJob(parts.unet, parts.noise_scheduler, latents, torch.arange(64) % 15, cond, 3, 16, seed, 1e-3, 5.0)
+    for _ in unet_training_steps(job):
+        pass
+    started = time.perf_counter()
+    for _ in unet_training_steps(dataclasses.replace(job, steps=steps)):
+        pass
+    return time.perf_counter() - started
+
+
+def _base_unet_worker(steps: int, seed: int, out) -> None:
+    out.put(_base_unet_seconds(steps, threads=1, seed=seed))
+
+
+def side_by_side_figures(steps: int) -> dict:
+    """(e): two base UNets' ``steps`` steps one after the other (two threads) and side by side (one each)."""
+    import multiprocessing
+
+    one_after_other = _base_unet_seconds(steps, threads=2, seed=0) + _base_unet_seconds(steps, threads=2, seed=1)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_base_unet_worker, args=(steps, seed, queue)) for seed in (0, 1)]
+    for proc in procs:
+        proc.start()
+    each = [queue.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    torch.set_num_threads(2)
+    side_by_side = max(each)
+    return {"base_unet_steps_timed": steps, "base_unets_one_after_other_s": one_after_other,
+            "base_unets_side_by_side_s": side_by_side,
+            "ratio_base_unets_one_after_other_vs_side_by_side": one_after_other / side_by_side}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -199,6 +249,11 @@ def main() -> None:
           f"(512 px FLOP limit {figures['limit_encode_vs_cached_512px']:.2f})")
     print(f"(d) base UNet step before base v3 (encoder forward and backward) / now (latents encoded once): "
           f"{figures['ratio_base_step_before_v3_vs_now']:.2f}")
+    figures.update(side_by_side_figures(30 if args.quick else 150))
+    print(f"(e) base + control base UNets, one after the other on 2 threads / side by side on 1 each: "
+          f"{figures['ratio_base_unets_one_after_other_vs_side_by_side']:.2f} "
+          f"({figures['base_unets_one_after_other_s']:.1f} s / {figures['base_unets_side_by_side_s']:.1f} s for "
+          f"{figures['base_unet_steps_timed']} steps of each)")
     if not args.no_ray:
         repeats = args.repeats or (3 if args.quick else 5)
         figures.update(ray_vs_plain(max(8, steps * 2), args.batch, args.runs_root, repeats))

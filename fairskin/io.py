@@ -12,9 +12,22 @@ import os
 import re
 import shutil
 import socket
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
+
+
+# Temporary folders this process is writing now (:func:`atomic_directory`): a stage running beside another
+# (a background stage) must not see the other's folder as stale although its PID is this process's.
+_writing: set[Path] = set()
+_writing_lock = threading.Lock()
+
+
+def writing_now() -> frozenset[Path]:
+    """The temporary folders :func:`atomic_directory` calls of this process are writing at this moment."""
+    with _writing_lock:
+        return frozenset(_writing)
 
 
 def host_tag() -> str:
@@ -65,11 +78,16 @@ def atomic_directory(final: Path, replace: bool = False) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(final, "partial")
     tmp.mkdir()
+    with _writing_lock:
+        _writing.add(tmp)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        with _writing_lock:
+            _writing.discard(tmp)
     if final.exists():
         if not replace:
             shutil.rmtree(tmp, ignore_errors=True)

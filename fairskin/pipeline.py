@@ -1,10 +1,12 @@
 """The pipeline: stages in order, each keyed, skipped when done, and tracked in MLflow.
 
-    prepare -> reference -> base -> control_base -> finetune -> generate -> judge -> evaluate -> tune -> report
+    prepare -> vae -> base | control_base | reference | judge -> finetune -> generate -> evaluate -> tune -> report
 
 A stage is a registry entry (:class:`Stage`): the config paths it reads, the stages it
 takes as inputs, and a body that writes its folder. One MLflow parent run per
-invocation, one child run per stage (also for skipped stages, tagged so).
+invocation, one child run per stage (also for skipped stages, tagged so). Stages run in this
+order, one at a time, except a ``background`` stage (``base``: its work is a Ray task), which
+runs while the runner goes on to the next stages that do not take it as input (``base | ...``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class Stage:
     # Settings added after keys were in use: (dotted path, the value that reproduces the older behaviour).
     # Each is part of the key only when set to another value, so existing runs roots keep their keys.
     reads_unless: tuple[tuple[str, Any], ...] = ()
+    # Its body mostly waits on Ray tasks: the runner starts it on a thread and goes on with the next stages
+    # that do not take it as input, so their work shares the cluster with its own (:func:`run_in_order`).
+    background: bool = False
 
     def reads_for(self, config: FairSkinConfig) -> tuple[str, ...]:
         """The config paths in this stage's key for ``config``: ``reads``, plus each ``reads_unless`` path
@@ -206,12 +211,40 @@ register_stage(Stage("reference", reads=("classifier", "runtime.seed"), inputs=(
                      body=_reference_body, log=_reference_log, external=("classifier.model",)))
 
 
+# --------------------------------------------------------------------------- vae
+
+
+def _vae_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
+              run: RunHandle) -> Mapping[str, Any]:
+    """tiny: train the stand-in VAE (:func:`fairskin.diffusion.base.build_vae`), the one part the base UNet
+    and every control base share. A pretrained pipeline brings its own VAE: nothing to do."""
+    if config.diffusion.model != "tiny":
+        return {"pretrained": 1}
+    from fairskin.data.stream import decode_local
+    from fairskin.diffusion.base import build_vae
+
+    return build_vae(config, decode_local(inputs["prepare"].path / "shards"), out)
+
+
+def vae_folder(result: StageResult) -> Path:
+    """The trained VAE the ``vae`` stage wrote (tiny model only)."""
+    from fairskin.diffusion.base import VAE_FOLDER
+
+    return result.path / VAE_FOLDER
+
+
+register_stage(Stage("vae", reads=("diffusion.model", "diffusion.base_vae_steps", "diffusion.global_batch_size",
+                                   "runtime.seed"),
+                     inputs=("prepare",), body=_vae_body,
+                     log=lambda run, result: run.log_metrics(result.summary)))
+
+
 # --------------------------------------------------------------------------- base
 
 
 def _base_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
                run: RunHandle) -> Mapping[str, Any]:
-    """demo/smoke: train the tiny VAE and a base UNet (stands in for pretrained SD).
+    """tiny: train a base UNet over the ``vae`` stage's VAE (stands in for pretrained SD).
     Otherwise: record the pretrained pipeline folder every variant starts from."""
     from fairskin.io import atomic_write_json
 
@@ -225,7 +258,7 @@ def _base_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResu
     from fairskin.diffusion.base import build_base
 
     train = decode_local(inputs["prepare"].path / "shards")
-    summary = build_base(config, train, out)
+    summary = build_base(config, train, vae_folder(inputs["vae"]), out)
     atomic_write_json(out / "base.json", {"pipeline": "pipeline"})  # relative: the folder is renamed
     return summary
 
@@ -239,14 +272,15 @@ def base_pipeline_folder(result: StageResult) -> Path:
     return own if own.is_dir() else Path(recorded)
 
 
-register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_vae_steps", "diffusion.base_unet_steps",
+register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_unet_steps",
                                     "diffusion.global_batch_size", "diffusion.learning_rate",
                                     "diffusion.prompt_template", "diffusion.zero_terminal_snr", "runtime.seed"),
-                     inputs=("prepare",), body=_base_body, external=("diffusion.model",),
+                     inputs=("prepare", "vae"), body=_base_body, external=("diffusion.model",),
                      reads_unless=(("diffusion.base_snr_gamma", None),),
                      # 2: the VAE is an autoencoder (cosine-decayed rate) with a fixed posterior std and a fitted scaling factor
                      # 3: the base UNet reads latents encoded once (same values up to float rounding of the batching)
-                     version=3,
+                     # 4: the VAE comes from the vae stage; the UNet trains in a Ray task on one thread
+                     version=4, needs_ray=True, background=True,
                      log=lambda run, result: run.log_metrics(result.summary)))
 
 
@@ -258,9 +292,9 @@ CONTROL_BASES_FILE = "control_bases.json"
 def _control_base_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
                        run: RunHandle) -> Mapping[str, Any]:
     """One base per group a ``control_drop_<group>`` variant drops (:meth:`FairSkinConfig.dropped_groups`),
-    trained without that group (:func:`fairskin.diffusion.base.build_control_base`); none when no
-    control is configured. A pretrained model cannot forget a group: there the control's base is
-    the pretrained pipeline and only its fine-tune drops the group (``base_knows_group`` = 1)."""
+    trained without that group (:func:`fairskin.diffusion.base.build_control_bases`), beside the base's
+    own UNet; none when no control is configured. A pretrained model cannot forget a group: there the
+    control's base is the pretrained pipeline and only its fine-tune drops the group (``base_knows_group`` = 1)."""
     from fairskin.config import group_slug
     from fairskin.io import atomic_write_json
 
@@ -269,16 +303,16 @@ def _control_base_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, S
     summary: dict[str, Any] = {"control_bases": len(dropped)}
     if dropped and config.diffusion.model == "tiny":
         from fairskin.data.stream import decode_local
-        from fairskin.diffusion.base import build_control_base
+        from fairskin.diffusion.base import build_control_bases
 
         train = decode_local(inputs["prepare"].path / "shards")
-        for group in dropped:
+        results = build_control_bases(config, train, vae_folder(inputs["vae"]), dropped, out)
+        for group, result in results.items():
             folder = f"without_{group_slug(group)}"
-            result = build_control_base(config, base_pipeline_folder(inputs["base"]), train, group, out / folder)
             summary.update({f"{folder}_{k}": v for k, v in result.items()})
             bases[group] = f"{folder}/pipeline"  # relative: the stage folder is renamed
     elif dropped:
-        bases = {group: str(base_pipeline_folder(inputs["base"])) for group in dropped}
+        bases = {group: str(config.diffusion.model) for group in dropped}
         summary["base_knows_group"] = 1
     atomic_write_json(out / CONTROL_BASES_FILE, bases)
     return summary
@@ -301,8 +335,10 @@ def _dropped_groups_key(config: FairSkinConfig, cache) -> str | None:
 EXTERNAL["diffusion.dropped_groups"] = _dropped_groups_key
 
 register_stage(Stage("control_base", reads=STAGES["base"].reads, reads_unless=STAGES["base"].reads_unless,
-                     inputs=("prepare", "base"),
-                     version=2,  # 2: its UNet reads latents encoded once, as the base's does
+                     inputs=("prepare", "vae"), needs_ray=True,
+                     # 2: its UNet reads latents encoded once, as the base's does
+                     # 3: from the vae stage's VAE, not the base's folder: it trains while the base's UNet does
+                     version=3,
                      body=_control_base_body, external=("diffusion.model", "diffusion.dropped_groups"),
                      log=lambda run, result: run.log_metrics(result.summary)))
 
@@ -938,6 +974,13 @@ def report_path(result: StageResult) -> Path:
 
 # --------------------------------------------------------------------------- running
 
+# The run order (each stage after its inputs). reference and judge need only prepare: they come after
+# base so that they run while base's UNet, a background Ray task of one CPU, trains beside them.
+RUN_ORDER = ("prepare", "vae", "base", "control_base", "reference", "judge", "finetune", "generate", "evaluate",
+             "tune", "report")
+assert set(RUN_ORDER) == set(STAGES), f"RUN_ORDER {RUN_ORDER} must name every stage {list(STAGES)}"
+STAGES = {name: STAGES[name] for name in RUN_ORDER}
+
 
 @dataclass
 class PipelineRun:
@@ -986,6 +1029,41 @@ def forced_stages(plan: Sequence[Stage], force: Sequence[str]) -> set[str]:
     return forced & {s.name for s in plan}
 
 
+def run_in_order(plan: Sequence[Stage], run_one: Callable[[Stage], None]) -> None:
+    """Call ``run_one(stage)`` for each stage of ``plan`` (pipeline order). A ``background`` stage runs on a
+    thread while the next stages go on; a stage that takes it as input waits for it first. When anything
+    fails, the stages still running are waited for (what they finish is kept, so a rerun skips it) and the
+    first error is raised. On an interrupt (Ctrl-C, SIGTERM) they are told to stop instead
+    (:data:`fairskin.runtime.background_stop`), and their unfinished work is dropped."""
+    from fairskin.runtime import background_stop
+
+    background_stop.clear()
+    running: dict[str, Any] = {}
+    with ThreadPoolExecutor(max_workers=max(1, sum(s.background for s in plan)),
+                            thread_name_prefix="fairskin-stage") as pool:
+        try:
+            for stage in plan:
+                for name in stage.inputs:
+                    if name in running:
+                        running.pop(name).result()
+                if stage.background:
+                    running[stage.name] = pool.submit(run_one, stage)
+                else:
+                    run_one(stage)
+        except (KeyboardInterrupt, SystemExit):
+            background_stop.set()
+            raise
+        finally:
+            errors = []
+            for future in running.values():
+                try:
+                    future.result()
+                except BaseException as exc:  # noqa: BLE001 - the main path's error, if any, comes first
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
 @holding_runs_root
 def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, force: Sequence[str] = (),
                  echo: Callable[[str], None] = print) -> PipelineRun:
@@ -1012,11 +1090,7 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
         parent.set_tags({TAG_PIPELINE: parent.run_id})
         parent.log_config(config)
         record_environment(parent)  # engine version, git commit, installed packages (reproducibility)
-        for stage in plan:
-            if stage.needs_ray:
-                from fairskin.runtime import init_ray
-
-                init_ray(config)
+        def run_one(stage: Stage) -> None:
             inputs = {name: outcome.results[name] for name in stage.inputs}
             external = external_fingerprints(stage, config)
             reads = stage.reads_for(config)
@@ -1052,4 +1126,11 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
                     later.check(config, result)
             state = "skipped (already done)" if result.skipped else f"done in {elapsed:.1f} s"
             echo(f"[{stage.name}] {state}: {result.path}")
+
+        if any(stage.needs_ray for stage in plan):
+            from fairskin.runtime import init_ray
+
+            init_ray(config)  # here, not in a background stage's thread
+        run_in_order(plan, run_one)
+        outcome.results = {stage.name: outcome.results[stage.name] for stage in plan}
     return outcome

@@ -181,6 +181,10 @@ def init_ray(config: FairSkinConfig | None = None, **kwargs: Any) -> dict[str, f
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 
+# Set when the pipeline is interrupted while a background stage runs: its waits on Ray check it, cancel
+# their tasks and raise (fairskin.pipeline.run_in_order).
+background_stop = threading.Event()
+
 RAY_MESSAGES_LOG = "fairskin-cluster-messages.log"
 _messages_lock = threading.Lock()
 _messages_seen = 0

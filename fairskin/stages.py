@@ -97,16 +97,18 @@ def clean_stale_partials(root: Path) -> list[Path]:
     """Remove temporary folders left by killed processes of this host (their PID no longer runs).
 
     A folder written by another host is kept: its PID says nothing here, and on shared cluster
-    storage its writer may be alive (delete such folders by hand once you know it has ended).
+    storage its writer may be alive (delete such folders by hand once you know it has ended). A folder
+    this process is still writing (a stage running beside this one) is kept too.
     """
-    from fairskin.io import host_tag
+    from fairskin.io import host_tag, writing_now
 
     removed = []
     if not root.is_dir():
         return removed
+    busy = writing_now()
     for child in root.iterdir():
         match = _PARTIAL.match(child.name)
-        if not match:
+        if not match or child in busy:
             continue
         if match.group("host") not in (None, host_tag()):
             continue

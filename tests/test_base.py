@@ -73,10 +73,45 @@ def test_the_base_unet_reads_latents_encoded_once_and_leaves_the_vae_and_text_en
     assert all(p.grad is None for p in frozen_after)
     assert all(torch.equal(a, b) for a, b in zip(frozen, frozen_after))
     assert any(not torch.equal(a, b) for a, b in zip(unet_before, parts.unet.parameters()))
-    # A run drawing fewer rows than the set holds (smoke-sized) encodes each step's batch instead, still frozen.
+    # A run drawing fewer rows than the set holds encodes them once too (no per-batch path left), still frozen.
     encodes.clear()
     train_base_unet(parts, train, prompts, steps=1, batch_size=4, seed=0, lr=1e-3)
-    assert encodes == [4] and all(p.grad is None for p in frozen_after)
+    assert encodes == [len(train)] and all(p.grad is None for p in frozen_after)
+
+
+def test_base_unets_train_side_by_side_on_ray_as_they_would_in_process(ray_session):
+    """The stages train the base's and each control base's UNet in Ray tasks of one CPU, all at once
+    (train_unets_on_ray): each comes back with the weights and losses of the same job run in this
+    process on one thread, and the jobs are not mixed up."""
+    import copy
+
+    from fairskin.config import build_config
+    from fairskin.diffusion.base import train_unets_on_ray, unet_job, unet_training_steps
+    from fairskin.runtime import set_thread_count
+
+    train = _tiny_set()
+    parts = build_tiny_sd(image_size=32, seed=0, zero_terminal_snr=True)
+    train_tiny_vae(parts.vae, train, steps=2, batch_size=4, seed=0)
+    prompts = subclass_prompts(build_config("smoke").diffusion.prompt_template, train.groups, train.diseases)
+    jobs = {"base": unet_job(parts, train, prompts, steps=7, batch_size=4, seed=0, lr=1e-3, snr_gamma=5.0),
+            "without_african": unet_job(copy.deepcopy(parts), train.without_group("African"), prompts, steps=7,
+                                        batch_size=4, seed=0, lr=1e-3, snr_gamma=5.0)}
+    expected = {name: copy.deepcopy(job) for name, job in jobs.items()}
+    threads = torch.get_num_threads()
+    set_thread_count(1)
+    try:
+        expected_losses = {name: list(unet_training_steps(job)) for name, job in expected.items()}
+    finally:
+        set_thread_count(threads)
+    losses = train_unets_on_ray(jobs, description="test")
+    for name in jobs:
+        assert len(losses[name]) == 7
+        np.testing.assert_allclose(losses[name], expected_losses[name], rtol=1e-4, atol=1e-6)
+        ours, theirs = jobs[name].unet.state_dict(), expected[name].unet.state_dict()
+        assert all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in ours)
+        assert not jobs[name].unet.training
+    # Different data, so different weights: the results went back to their own jobs.
+    assert losses["base"] != losses["without_african"]
 
 
 def _terminal_signal(scheduler) -> float:

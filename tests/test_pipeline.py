@@ -275,7 +275,7 @@ def test_ray_job_submit_runs_the_pipeline_against_the_session_head(smoke_job, ra
     logs = client.get_job_logs(submission)
     assert client.get_job_status(submission) == JobStatus.SUCCEEDED, out.stderr[-2000:] + logs[-3000:]
     # Every stage was already done by the earlier run under the same runs root: all skipped.
-    for stage in ("prepare", "reference", "base", "control_base", "finetune", "generate", "judge", "evaluate", "tune",
+    for stage in ("prepare", "reference", "vae", "base", "control_base", "finetune", "generate", "judge", "evaluate", "tune",
                   "report"):
         assert f"[{stage}] skipped (already done)" in logs
     assert "report.md" in logs and list((root / "stages").glob("report-*/report.md"))

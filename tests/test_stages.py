@@ -96,3 +96,72 @@ def test_generate_is_keyed_by_what_a_pools_bytes_depend_on_only(smoke_config):
     for changed in ("generation.inference_steps=3", "generation.scheduler=dpm", "generation.guidance_scale=1.5",
                     "generation.images_per_subclass=11", "generation.channels_last=true"):
         assert key(changed) != same, changed
+
+
+def test_a_stage_running_beside_another_keeps_its_temporary_folder(tmp_path):
+    """A background stage's temporary folder carries this process's PID; the stage starting beside it must
+    not take it for a killed run's leftover (clean_stale_partials once removed every folder of its own PID)."""
+    from fairskin.io import atomic_directory
+    from fairskin.stages import clean_stale_partials
+
+    root = tmp_path / "stages"
+    with atomic_directory(root / "base-abc") as writing:
+        (writing / "half.txt").write_text("still being written")
+        leftover = root / f".control_base-def.partial-{os.getpid()}-0123abcd"
+        leftover.mkdir()  # this PID's, but no atomic_directory call is writing it: a failed attempt's
+        assert clean_stale_partials(root) == [leftover]
+        assert (writing / "half.txt").is_file()
+    assert (root / "base-abc" / "half.txt").is_file()
+
+
+def test_a_background_stage_runs_while_the_next_stages_that_do_not_need_it_do():
+    """run_in_order: `base` (background) runs on a thread while `control_base` (not its input) runs; `finetune`
+    (its input) waits for it. Sequential code would block in `base` until its wait for `control_base` timed out."""
+    import threading
+
+    from fairskin.pipeline import Stage, run_in_order
+
+    started = {name: threading.Event() for name in ("base", "control_base")}
+    finished: list[str] = []
+
+    def body(name, waits_for=None):
+        def run(stage):
+            started[name].set() if name in started else None
+            if waits_for is not None:
+                assert started[waits_for].wait(timeout=20), f"{name} never ran beside {waits_for}"
+            finished.append(name)
+        return run
+
+    bodies = {"vae": body("vae"), "base": body("base", waits_for="control_base"),
+              "control_base": body("control_base", waits_for="base"), "finetune": body("finetune")}
+    plan = [Stage("vae", (), None), Stage("base", (), None, inputs=("vae",), background=True),
+            Stage("control_base", (), None, inputs=("vae",)),
+            Stage("finetune", (), None, inputs=("base", "control_base"))]
+    run_in_order(plan, lambda stage: bodies[stage.name](stage))
+    assert finished[0] == "vae" and finished[-1] == "finetune" and set(finished[1:3]) == {"base", "control_base"}
+
+    # A background stage's error reaches the caller, after the stages beside it have finished (kept).
+    def failing(stage):
+        if stage.name == "base":
+            raise RuntimeError("base failed")
+        finished.append(stage.name)
+
+    finished.clear()
+    with pytest.raises(RuntimeError, match="base failed"):
+        run_in_order(plan, failing)
+    assert finished == ["vae", "control_base"]
+
+    # An interrupt on the main path tells the background stage to stop (its Ray waits check the flag).
+    from fairskin.runtime import background_stop
+
+    seen_stop = threading.Event()
+
+    def interrupted(stage):
+        if stage.name == "base":
+            seen_stop.set() if background_stop.wait(timeout=20) else None
+        elif stage.name == "control_base":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_in_order(plan, interrupted)
+    assert seen_stop.is_set()

@@ -1,8 +1,10 @@
-"""The ``base`` stage (demo/smoke only): a stand-in for pretrained Stable Diffusion.
+"""The ``vae``, ``base`` and ``control_base`` stages (tiny model only): a stand-in for pretrained Stable Diffusion.
 
-A random VAE cannot reconstruct anything, so the tiny VAE is first trained briefly on the
-training images as a plain autoencoder, then a base UNet is trained on all training data without
-balancing. Every variant fine-tunes from this pipeline folder.
+A random VAE cannot reconstruct anything, so the tiny VAE is first trained on the training images as
+a plain autoencoder (the ``vae`` stage); then a base UNet is trained over it on all training data
+without balancing (``base``; every variant fine-tunes from its pipeline folder), and, for each
+``control_drop_<group>`` variant, a UNet on the data without that group (``control_base``). The
+UNets need only the VAE, so they train side by side, each in a Ray task of one CPU.
 
 Two things make the stand-in behave like SD's VAE, whose posterior is nearly a point and whose
 latents the ``scaling_factor`` brings to unit variance (issue 13, measured on the ``study`` base
@@ -16,8 +18,9 @@ the factor is fitted to the trained encoder (:func:`fit_scaling_factor`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -111,89 +114,210 @@ def encode_training_latents(vae, train: DecodedSet, batch_size: int = 64, progre
 
 def train_base_unet(parts, train: DecodedSet, prompts: list[str], steps: int, batch_size: int, seed: int,
                     lr: float, progress: bool = False, snr_gamma: float | None = None) -> list[float]:
-    """Plain noise-prediction training on uniformly drawn training rows (no balancing); ``snr_gamma``:
-    Min-SNR-gamma loss weighting (:func:`fairskin.diffusion.losses.min_snr_weight`; None: unweighted).
-    The VAE and text encoder stay frozen (no gradient reaches them). When the steps draw at least as
-    many rows as ``train`` holds (study and demo alike: ~2,100 rows), every row's latent is encoded
-    once up front (:func:`encode_training_latents`); a shorter run (the smoke tests') encodes each
-    step's batch, as that is less encoding than the whole set."""
-    gen = torch.Generator().manual_seed(seed + 1)
+    """Plain noise-prediction training of ``parts.unet`` on uniformly drawn rows of ``train`` (no balancing),
+    in this process; ``snr_gamma``: Min-SNR-gamma loss weighting
+    (:func:`fairskin.diffusion.losses.min_snr_weight`; None: unweighted). Every row's latent and every
+    prompt is encoded once up front (:func:`unet_job`); the VAE and text encoder stay frozen (no
+    gradient reaches them). Returns the loss per step. The stages train on Ray instead
+    (:func:`train_unets_on_ray`), with the same steps."""
+    job = unet_job(parts, train, prompts, steps, batch_size, seed, lr, snr_gamma)
+    return list(progress_bar(unet_training_steps(job), total=steps, description="base: UNet", enabled=progress))
+
+
+@dataclass
+class UnetJob:
+    """Everything one base UNet's training needs, and nothing that must stay on this machine (a Ray
+    task can take it to any node): the UNet to train, its noise scheduler, the encoded training set
+    (``latents`` float32 (N, C, h, w), scaled; ``subclass`` int64 (N,) indexing ``cond``) and the
+    prompt embeddings ``cond`` float32 (P + 1, 77, D), the last row the empty prompt."""
+
+    unet: Any
+    noise_scheduler: Any
+    latents: torch.Tensor
+    subclass: torch.Tensor
+    cond: torch.Tensor
+    steps: int
+    batch_size: int
+    seed: int
+    lr: float
+    snr_gamma: float | None = None
+
+
+def unet_job(parts, train: DecodedSet, prompts: list[str], steps: int, batch_size: int, seed: int, lr: float,
+             snr_gamma: float | None = None) -> UnetJob:
+    """Encode ``train``'s rows (:func:`encode_training_latents`) and ``prompts`` plus the empty prompt once,
+    under no_grad, into the :class:`UnetJob` that trains ``parts.unet``."""
     with torch.no_grad():
-        cond_table = encode_prompts(parts.tokenizer, parts.text_encoder, prompts + [""])
-    latent_table = (encode_training_latents(parts.vae, train, progress=progress)
-                    if steps * batch_size >= len(train) else None)
-    subclass = torch.from_numpy(train.subclass_id)
-    optimizer = torch.optim.AdamW(parts.unet.parameters(), lr=lr)
-    losses = []
-    parts.unet.train()
-    for _ in progress_bar(range(steps), total=steps, description="base: UNet", enabled=progress):
-        rows = torch.randint(0, len(train), (batch_size,), generator=gen)
-        if latent_table is not None:
-            latents = latent_table[rows]
-        else:
-            with torch.no_grad():
-                latents = encode_latents(parts.vae, pixels_to_tensor(train.pixels[rows.numpy()]))
+        cond = encode_prompts(parts.tokenizer, parts.text_encoder, prompts + [""])
+    return UnetJob(parts.unet, parts.noise_scheduler, encode_training_latents(parts.vae, train),
+                   torch.from_numpy(train.subclass_id).long(), cond, steps, batch_size, seed, lr, snr_gamma)
+
+
+def unet_training_steps(job: UnetJob) -> Iterator[float]:
+    """Train ``job.unet`` in place, yielding each step's loss: ``job.steps`` AdamW steps on batches of
+    ``job.batch_size`` rows drawn uniformly from the encoded set, the prompt dropped (empty) one step in
+    ten for classifier-free guidance, gradients clipped at norm 1. Rows, drops, noise and timesteps come
+    from one generator seeded ``job.seed + 1``: the run is a pure function of the job (and the thread count)."""
+    unet, scheduler, batch = job.unet, job.noise_scheduler, job.batch_size
+    gen = torch.Generator().manual_seed(job.seed + 1)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=job.lr)
+    unet.train()
+    for _ in range(job.steps):
+        rows = torch.randint(0, len(job.latents), (batch,), generator=gen)
+        latents = job.latents[rows]
         drop = torch.rand(1, generator=gen).item() < 0.1
-        cond = cond_table[-1:].expand(batch_size, -1, -1) if drop else cond_table[subclass[rows]]
-        out = training_loss(parts.unet, parts.noise_scheduler, latents, cond, None, torch.ones(batch_size),
+        cond = job.cond[-1:].expand(batch, -1, -1) if drop else job.cond[job.subclass[rows]]
+        out = training_loss(unet, scheduler, latents, cond, None, torch.ones(batch),
                             noise=torch.randn(latents.shape, generator=gen),
-                            timesteps=torch.randint(0, parts.noise_scheduler.config.num_train_timesteps,
-                                                    (batch_size,), generator=gen),
-                            use_cbdm=False, snr_gamma=snr_gamma)
+                            timesteps=torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen),
+                            use_cbdm=False, snr_gamma=job.snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(parts.unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(out.loss.detach()))
-    parts.unet.eval()
+        yield float(out.loss.detach())
+    unet.eval()
+
+
+UNET_REPORT_EVERY = 50  # steps between the progress reports a remote base UNet streams back
+
+
+def _stream_unet_training(job: UnetJob, report_every: int = UNET_REPORT_EVERY) -> Iterator[Any]:
+    """Ray generator task: train ``job`` on one thread, yielding the steps done every ``report_every``
+    steps, then ``(trained state_dict, loss per step)``."""
+    from fairskin.runtime import configure_worker
+
+    configure_worker()  # threads = the CPUs the task holds
+    losses = []
+    for loss in unet_training_steps(job):
+        losses.append(loss)
+        if len(losses) % report_every == 0:
+            yield len(losses)
+    yield {k: v.detach().cpu().contiguous() for k, v in job.unet.state_dict().items()}, losses
+
+
+def train_unets_on_ray(jobs: Mapping[str, UnetJob], progress: bool = False,
+                       description: str = "base: UNet") -> dict[str, list[float]]:
+    """Train every job's UNet at once, each in its own Ray task holding one CPU (one torch thread), and load
+    the trained weights into ``jobs[name].unet``. Returns name -> loss per step.
+
+    A tiny UNet's step barely uses a second thread (0.141 s a step on two threads, 0.152 on one, on this
+    2-core machine), so two base UNets side by side on one thread each (the base's and a control base's,
+    ~0.17 s a step each) take little more than one alone (``benchmarks/finetune_step.py`` (e)). The weights
+    come back through the object store, so on a cluster a task may run on any node."""
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=0)(_stream_unet_training)
+    streams = {remote.remote(job): name for name, job in jobs.items()}
+    total = sum(job.steps for job in jobs.values())
+    done = dict.fromkeys(jobs, 0)
+    losses: dict[str, list[float]] = {}
+    bar = iter(progress_bar(range(total), total=total, description=f"{description} ({len(jobs)} on Ray)",
+                            enabled=progress))
+    from fairskin.runtime import background_stop
+
+    while streams:
+        if background_stop.is_set():
+            for stream in streams:
+                ray.cancel(stream, force=True)
+            raise KeyboardInterrupt(f"{description}: stopped, the pipeline was interrupted")
+        ready, _ = ray.wait(list(streams), num_returns=1, timeout=2.0)
+        for stream in ready:
+            name = streams[stream]
+            try:
+                item = ray.get(next(stream))
+            except StopIteration:
+                del streams[stream]
+                continue
+            if isinstance(item, tuple):
+                jobs[name].unet.load_state_dict(item[0])
+                jobs[name].unet.eval()
+                losses[name] = list(item[1])
+                item = jobs[name].steps
+            for _ in range(item - done[name]):
+                next(bar, None)
+            done[name] = item
+    for _ in bar:  # ends the display
+        pass
     return losses
 
 
-def build_base(config: FairSkinConfig, train: DecodedSet, out: Path) -> dict[str, Any]:
-    """Train the tiny VAE, then the base UNet; write the pipeline folder ``out/pipeline``."""
+VAE_FOLDER = "vae"  # the vae stage's trained autoencoder (diffusers AutoencoderKL folder, safetensors)
+
+
+def build_vae(config: FairSkinConfig, train: DecodedSet, out: Path) -> dict[str, Any]:
+    """Train the tiny VAE (:func:`train_tiny_vae`) and write it to ``out/vae``; the ``vae`` stage."""
     d = config.diffusion
     torch.manual_seed(config.runtime.seed)
-    parts = build_tiny_sd(image_size=train.pixels.shape[1], seed=config.runtime.seed,
-                          zero_terminal_snr=d.zero_terminal_snr)
-    vae_losses = train_tiny_vae(parts.vae, train, d.base_vae_steps, d.global_batch_size, config.runtime.seed,
+    vae = build_tiny_sd(image_size=train.pixels.shape[1], seed=config.runtime.seed).vae
+    vae_losses = train_tiny_vae(vae, train, d.base_vae_steps, d.global_batch_size, config.runtime.seed,
                                 progress=config.runtime.progress)
-    prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)
-    unet_losses = train_base_unet(parts, train, prompts, d.base_unet_steps, d.global_batch_size,
-                                  config.runtime.seed, lr=d.learning_rate, progress=config.runtime.progress,
-                                  snr_gamma=d.base_snr_gamma)
-    save_sd(parts, out / "pipeline")
+    vae.save_pretrained(out / VAE_FOLDER, safe_serialization=True)
     np.savetxt(out / "vae_loss.txt", vae_losses)
-    np.savetxt(out / "unet_loss.txt", unet_losses)
-    tail = max(1, len(unet_losses) // 10)
+    tail = max(1, len(vae_losses) // 10)
     return {"vae_loss_first": vae_losses[0] if vae_losses else float("nan"),
             "vae_loss_last": float(np.mean(vae_losses[-tail:])) if vae_losses else float("nan"),
-            "unet_loss_first": unet_losses[0] if unet_losses else float("nan"),
-            "unet_loss_last": float(np.mean(unet_losses[-tail:])) if unet_losses else float("nan"),
-            "vae_scaling_factor": float(parts.vae.config.scaling_factor)}
+            "vae_scaling_factor": float(vae.config.scaling_factor)}
 
 
-def build_control_base(config: FairSkinConfig, base: Path, train: DecodedSet, group: str,
-                       out: Path) -> dict[str, Any]:
-    """A base that never saw ``group``: the base's trained VAE and text encoder, and a UNet from the
-    same initial weights trained exactly as the base's (steps, batch, seed) on ``train`` without the
-    group's rows. Writes ``out/pipeline``; the start of every ``control_drop_<group>`` generator.
+def _parts_with_vae(config: FairSkinConfig, image_size: int, vae_folder: Path):
+    """The tiny SD of ``runtime.seed`` (its initial UNet, text encoder, scheduler) with the trained VAE."""
+    from diffusers import AutoencoderKL
+
+    parts = build_tiny_sd(image_size=image_size, seed=config.runtime.seed,
+                          zero_terminal_snr=config.diffusion.zero_terminal_snr)
+    parts.vae = AutoencoderKL.from_pretrained(vae_folder, use_safetensors=True).eval()
+    return parts
+
+
+def _unet_summary(losses: list[float]) -> dict[str, float]:
+    tail = max(1, len(losses) // 10)
+    return {"unet_loss_first": losses[0] if losses else float("nan"),
+            "unet_loss_last": float(np.mean(losses[-tail:])) if losses else float("nan")}
+
+
+def build_base(config: FairSkinConfig, train: DecodedSet, vae_folder: Path, out: Path) -> dict[str, Any]:
+    """Train the base UNet (:func:`unet_training_steps`, on Ray) over the ``vae`` stage's VAE; write the
+    pipeline folder ``out/pipeline`` every variant starts from."""
+    d = config.diffusion
+    parts = _parts_with_vae(config, train.pixels.shape[1], vae_folder)
+    prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)
+    job = unet_job(parts, train, prompts, d.base_unet_steps, d.global_batch_size, config.runtime.seed,
+                   d.learning_rate, d.base_snr_gamma)
+    losses = train_unets_on_ray({"base": job}, progress=config.runtime.progress)["base"]
+    save_sd(parts, out / "pipeline")
+    np.savetxt(out / "unet_loss.txt", losses)
+    return {**_unet_summary(losses), "vae_scaling_factor": float(parts.vae.config.scaling_factor)}
+
+
+def build_control_bases(config: FairSkinConfig, train: DecodedSet, vae_folder: Path, groups: list[str],
+                        out: Path) -> dict[str, dict[str, Any]]:
+    """One base per group in ``groups``, each never having seen that group: the ``vae`` stage's VAE, and a
+    UNet from the same initial weights trained exactly as the base's (steps, batch, seed) on ``train``
+    without the group's rows; all trained at once on Ray, beside the base's own. Writes
+    ``out/without_<group>/pipeline``; returns group -> summary.
 
     The VAE is shared on purpose: it is an unconditional autoencoder (SD's own VAE is group-agnostic
     too), and keeping it fixed means the control differs from vanilla only in what the UNet learnt to
     draw for each prompt, which is the knowledge the control removes.
     """
-    from fairskin.diffusion.models import load_sd
+    from fairskin.config import group_slug
 
     d = config.diffusion
-    parts = load_sd(str(base))
-    parts.unet = build_tiny_sd(image_size=train.pixels.shape[1], seed=config.runtime.seed).unet
-    without = train.without_group(group)
     prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)
-    unet_losses = train_base_unet(parts, without, prompts, d.base_unet_steps, d.global_batch_size,
-                                  config.runtime.seed, lr=d.learning_rate, progress=config.runtime.progress,
-                                  snr_gamma=d.base_snr_gamma)
-    save_sd(parts, out / "pipeline")
-    np.savetxt(out / "unet_loss.txt", unet_losses)
-    tail = max(1, len(unet_losses) // 10)
-    return {"rows": len(without), "rows_dropped": len(train) - len(without),
-            "unet_loss_last": float(np.mean(unet_losses[-tail:])) if unet_losses else float("nan")}
+    parts, jobs, rows = {}, {}, {}
+    for group in groups:
+        without = train.without_group(group)
+        parts[group] = _parts_with_vae(config, train.pixels.shape[1], vae_folder)
+        jobs[group] = unet_job(parts[group], without, prompts, d.base_unet_steps, d.global_batch_size,
+                               config.runtime.seed, d.learning_rate, d.base_snr_gamma)
+        rows[group] = len(without)
+    losses = train_unets_on_ray(jobs, progress=config.runtime.progress, description="control bases: UNet")
+    summaries = {}
+    for group in groups:
+        folder = out / f"without_{group_slug(group)}"
+        save_sd(parts[group], folder / "pipeline")
+        np.savetxt(folder / "unet_loss.txt", losses[group])
+        summaries[group] = {"rows": rows[group], "rows_dropped": len(train) - rows[group],
+                            "unet_loss_last": _unet_summary(losses[group])["unet_loss_last"]}
+    return summaries
