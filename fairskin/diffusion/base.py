@@ -203,9 +203,11 @@ def train_unets_on_ray(jobs: Mapping[str, UnetJob], progress: bool = False,
 
     A tiny UNet's step barely uses a second thread (0.141 s a step on two threads, 0.152 on one, on this
     2-core machine), so two base UNets side by side on one thread each (the base's and a control base's,
-    ~0.17 s a step each) take little more than one alone (``benchmarks/finetune_step.py`` (e)). The weights
-    come back through the object store, so on a cluster a task may run on any node."""
+    0.161 s a step each in the study's run 6) take little more than one alone (``benchmarks/finetune_step.py``
+    (e)). The weights come back through the object store, so on a cluster a task may run on any node."""
     import ray
+
+    from fairskin.runtime import background_stop
 
     remote = ray.remote(num_cpus=1, max_retries=0)(_stream_unet_training)
     streams = {remote.remote(job): name for name, job in jobs.items()}
@@ -214,8 +216,6 @@ def train_unets_on_ray(jobs: Mapping[str, UnetJob], progress: bool = False,
     losses: dict[str, list[float]] = {}
     bar = iter(progress_bar(range(total), total=total, description=f"{description} ({len(jobs)} on Ray)",
                             enabled=progress))
-    from fairskin.runtime import background_stop
-
     while streams:
         if background_stop.is_set():
             for stream in streams:
