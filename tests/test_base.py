@@ -175,3 +175,53 @@ def test_base_snr_gamma_keys_the_base_only_when_set_and_needs_the_tiny_model():
         build_config("paper", overrides=["diffusion.base_snr_gamma=5"])
     with pytest.raises(ConfigError, match="base_snr_gamma"):
         build_config("study", overrides=["diffusion.base_snr_gamma=0"])
+
+
+def test_a_classifier_built_while_a_background_stage_loads_its_vae_gets_real_initialised_weights(tmp_path, monkeypatch):
+    """CI of stop 24: `base` (a background thread) loads the VAE with diffusers' ``from_pretrained``, which
+    patches ``nn.Module.register_parameter`` (meta device) and ``torch.nn.init`` (no init) for the whole
+    process while it builds the model; a classifier built at that moment by `reference` on the main thread
+    came out on the meta device (or would silently skip its initialisation). Every model build and load
+    now takes one process-wide lock. Here the VAE load is held inside diffusers' patched window while
+    another thread builds a classifier."""
+    import threading
+
+    from diffusers import AutoencoderKL
+    from fairskin.classify.models import build_classifier
+    from fairskin.config import build_config
+    from fairskin.diffusion.base import _parts_with_vae
+
+    build_tiny_sd(image_size=32, seed=0).vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    original_register = torch.nn.Module.register_parameter
+    original_from_config = AutoencoderKL.from_config.__func__
+    inside, release = threading.Event(), threading.Event()
+
+    def from_config_held_open(cls, *args, **kwargs):
+        if torch.nn.Module.register_parameter is not original_register:  # inside diffusers' empty-weights window
+            inside.set()
+            release.wait(timeout=10)
+        return original_from_config(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoencoderKL, "from_config", classmethod(from_config_held_open))
+    config = build_config("smoke")
+    loader = threading.Thread(target=_parts_with_vae, args=(config, 32, tmp_path / "vae"))
+    loader.start()
+    assert inside.wait(timeout=60), "the VAE load never entered diffusers' empty-weights window"
+    built = {}
+
+    def build():
+        torch.manual_seed(7)
+        built["model"] = build_classifier("tiny", ["a", "b"], 32)
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    builder.join(timeout=2.0)  # on the old code it finishes here, inside the window
+    release.set()
+    loader.join(timeout=60)
+    builder.join(timeout=60)
+    assert not loader.is_alive() and not builder.is_alive()
+    torch.manual_seed(7)
+    alone = build_classifier("tiny", ["a", "b"], 32)
+    for (name, p), q in zip(built["model"].named_parameters(), alone.parameters()):
+        assert p.device.type == "cpu", f"{name} was built on {p.device}"
+        assert torch.equal(p, q), f"{name} differs from the same classifier built alone"

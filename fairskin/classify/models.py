@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from fairskin.runtime import one_model_at_a_time
+
 TINY_VIT = dict(patch_size=8, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
@@ -13,6 +15,7 @@ class ModelNotFoundError(FileNotFoundError):
     """A model that is neither a local folder nor allowed to be downloaded."""
 
 
+@one_model_at_a_time
 def build_classifier(model: str, labels: Sequence[str], image_size: int, allow_download: bool = False):
     """A ``ViTForImageClassification`` with ``len(labels)`` outputs.
 
@@ -39,6 +42,7 @@ def build_classifier(model: str, labels: Sequence[str], image_size: int, allow_d
         local_files_only=not allow_download)
 
 
+@one_model_at_a_time
 def load_saved_classifier(folder: Path):
     """A classifier saved by :func:`save_classifier` (config.json + model.safetensors)."""
     from transformers import ViTForImageClassification

@@ -31,6 +31,7 @@ from fairskin.diffusion.losses import training_loss
 from fairskin.diffusion.models import build_tiny_sd, encode_prompts, prompt_for, save_sd
 from fairskin.diffusion.step import encode_latents, pixels_to_tensor
 from fairskin.progress import progress_bar
+from fairskin.runtime import one_model_at_a_time
 
 
 def subclass_prompts(template: str, groups, diseases) -> list[str]:
@@ -260,6 +261,7 @@ def build_vae(config: FairSkinConfig, train: DecodedSet, out: Path) -> dict[str,
             "vae_scaling_factor": float(vae.config.scaling_factor)}
 
 
+@one_model_at_a_time
 def _parts_with_vae(config: FairSkinConfig, image_size: int, vae_folder: Path):
     """The tiny SD of ``runtime.seed`` (its initial UNet, text encoder, scheduler) with the trained VAE."""
     from diffusers import AutoencoderKL

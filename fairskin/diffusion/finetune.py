@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from fairskin.diffusion.models import encode_prompts, load_sd, save_sd
 from fairskin.diffusion.feed import Prefetch, plan_read_rows, plan_steps
 from fairskin.diffusion.step import (autocast_dtype, draw_step_inputs, pixels_to_tensor, step_generator,
                                      step_latents, train_step)
+from fairskin.runtime import model_lock
 
 STATE_FILE = "state.json"
 STOP_FILE = "STOP"
@@ -125,17 +125,12 @@ def _worker_resources(config: FairSkinConfig) -> dict[str, float]:
     return {"CPU": d.cpus_per_worker, **({"GPU": 1.0} if d.use_gpu else {})}
 
 
-# transformers/diffusers `from_pretrained` is not thread-safe (two at once can leave weights on the
-# meta device); variants fine-tuned from driver threads load their parts one at a time.
-_LOAD_LOCK = threading.Lock()
-
-
 def cache_for(config: FairSkinConfig, base: Path | str, train: DecodedSet, shard_root: Path | None = None
               ) -> tuple[ArraySet | LatentShards, np.ndarray]:
     """The frozen parts' outputs for ``train`` (see :func:`cache_training_set`), from the ``base``
     pipeline; one cache serves every variant fine-tuned from that base. ``shard_root``: where the
     latents go as shards when ``diffusion.latent_feed`` is ``shards`` (ignored otherwise)."""
-    with _LOAD_LOCK:
+    with model_lock:
         parts = load_sd(str(base))
     prompts = subclass_prompts(config.diffusion.prompt_template, train.groups, train.diseases)
     if config.diffusion.latent_feed == "shards" and shard_root is None:
@@ -234,7 +229,7 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
                          f"{workers} workers (the batch size in config is global)")
     out.mkdir(parents=True, exist_ok=True)
     base = Path(base).resolve() if Path(base).is_dir() else base  # workers run in their own directories
-    with _LOAD_LOCK:
+    with model_lock:
         parts = load_sd(str(base))
     storage = Path(checkpoints or out.parent / f".ray-{out.name}").resolve()  # Ray Train wants it absolute
     rows, cond = cache if cache is not None else cache_for(config, base, train, shard_root=storage / "latents")
@@ -296,7 +291,7 @@ def _write_pipeline(parts, checkpoint, out: Path, state: dict, started: float, w
 
     with checkpoint.as_directory() as ckpt:
         weights = Path(ckpt) / ("ema" if (Path(ckpt) / "ema").is_dir() else "unet")
-        with _LOAD_LOCK:
+        with model_lock:
             parts.unet = UNet2DConditionModel.from_pretrained(weights, use_safetensors=True)
     save_sd(parts, out / "pipeline")
     return {"steps": state["step"], "seconds": time.time() - started, "workers": workers,

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import torch
 
+from fairskin.runtime import one_model_at_a_time
+
 TOKENIZER_MAX_LENGTH = 77
 TINY_TEXT_DIM = 32
 LATENT_DOWNSAMPLE = 4  # tiny VAE: image side / latent side
@@ -57,6 +59,7 @@ def tiny_unet_config(sample_size: int = 32, in_channels: int = 4, cross_attentio
                 norm_num_groups=min(8, block_out_channels[0]))
 
 
+@one_model_at_a_time
 def build_tiny_unet(**kwargs):
     """A tiny ``diffusers.UNet2DConditionModel`` from :func:`tiny_unet_config` (seed torch first)."""
     from diffusers import UNet2DConditionModel
@@ -99,6 +102,7 @@ def build_tiny_tokenizer():
         return CLIPTokenizer.from_pretrained(tmp, model_max_length=TOKENIZER_MAX_LENGTH)
 
 
+@one_model_at_a_time
 def build_tiny_sd(image_size: int = 64, seed: int = 0, zero_terminal_snr: bool = False) -> SDParts:
     """All parts of a tiny SD with random weights, deterministic by ``seed``. ``zero_terminal_snr``: SD's
     betas rescaled to zero terminal SNR, v-prediction and trailing timesteps (``diffusion.zero_terminal_snr``)."""
@@ -155,6 +159,7 @@ def sd_shaped_tiny_configs(image_size: int = 64, width: int = 8, text_dim: int =
     return configs
 
 
+@one_model_at_a_time
 def build_sd(configs: dict[str, dict], seed: int = 0, device: str | torch.device = "cpu") -> SDParts:
     """All parts of an SD pipeline with random weights from config dicts (:func:`sd14_configs` or
     :func:`sd_shaped_tiny_configs`), deterministic by ``seed``. The tokenizer is the character-level one
@@ -177,6 +182,7 @@ def build_sd(configs: dict[str, dict], seed: int = 0, device: str | torch.device
     return SDParts(unet, vae, text_encoder.eval(), tokenizer, scheduler)
 
 
+@one_model_at_a_time
 def load_sd(model: str, allow_download: bool = False) -> SDParts:
     """SD parts from a pipeline folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
     ``scheduler/``) or, with ``allow_download``, a hub id such as ``CompVis/stable-diffusion-v1-4``."""
@@ -207,6 +213,7 @@ def save_sd(parts: SDParts, folder: Path) -> Path:
     return Path(folder)
 
 
+@one_model_at_a_time
 def load_pipeline(folder: Path):
     """``StableDiffusionPipeline.from_pretrained(folder)`` without safety checker, offline."""
     from diffusers import StableDiffusionPipeline

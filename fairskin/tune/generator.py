@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from fairskin.config import FairSkinConfig, VariantSpec
+from fairskin.runtime import model_lock, one_model_at_a_time
 from fairskin.tune.spaces import ResolvedSpace, variant_from_trial
 
 GENERATORS_DIR = "generators"
@@ -197,6 +198,7 @@ def score_pool(pixels: np.ndarray, meta: pd.DataFrame, inputs: GeneratorInputs, 
 # --------------------------------------------------------------------------- the trial
 
 
+@one_model_at_a_time
 def _restore(folder: Path, unet_cls, d: Mapping[str, Any]):
     """(unet, ema or None, optimizer+scheduler state, state.json) of a trial checkpoint folder."""
     import torch
@@ -263,7 +265,8 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
         unet, ema, saved, state = _restore(Path(checkpoint_folder), UNet2DConditionModel, d)
         start = int(state["step"])
     else:
-        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+        with model_lock:
+            unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     unet, ema = prepare_unet(unet, ema, d)
     if ema is not None:
         ema.to(device)
