@@ -19,7 +19,6 @@ progress bars and INFO logs are off; ``runtime.verbose`` shows them all.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ import random
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -185,25 +184,6 @@ def init_ray(config: FairSkinConfig | None = None, **kwargs: Any) -> dict[str, f
 # Set when the pipeline is interrupted while a background stage runs: its waits on Ray check it, cancel
 # their tasks and raise (fairskin.pipeline.run_in_order).
 background_stop = threading.Event()
-
-# diffusers' and transformers' ``from_pretrained`` patch ``nn.Module.register_parameter`` (meta device) and
-# ``torch.nn.init`` (no initialisation) for the whole process while they build the model: a model built
-# on another thread at that moment comes out on the meta device, or silently uninitialised. Threads
-# build models here (a background stage beside the next ones, variants fine-tuned from driver threads),
-# so every build or load of a model holds this lock; re-entrant, since a loader may build.
-model_lock = threading.RLock()
-
-
-def one_model_at_a_time(build: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a function that builds or loads a model so that it holds :data:`model_lock`."""
-
-    @functools.wraps(build)
-    def holding_the_lock(*args: Any, **kwargs: Any) -> Any:
-        with model_lock:
-            return build(*args, **kwargs)
-
-    return holding_the_lock
-
 
 RAY_MESSAGES_LOG = "fairskin-cluster-messages.log"
 _messages_lock = threading.Lock()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from fairskin.runtime import one_model_at_a_time
+from fairskin.model_lock import one_model_at_a_time
 
 TINY_VIT = dict(patch_size=8, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

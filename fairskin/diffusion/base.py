@@ -30,8 +30,8 @@ from fairskin.data.stream import DecodedSet
 from fairskin.diffusion.losses import training_loss
 from fairskin.diffusion.models import build_tiny_sd, encode_prompts, prompt_for, save_sd
 from fairskin.diffusion.step import encode_latents, pixels_to_tensor
+from fairskin.model_lock import one_model_at_a_time
 from fairskin.progress import progress_bar
-from fairskin.runtime import one_model_at_a_time
 
 
 def subclass_prompts(template: str, groups, diseases) -> list[str]:

@@ -52,7 +52,7 @@ from fairskin.diffusion.models import encode_prompts, load_sd, save_sd
 from fairskin.diffusion.feed import Prefetch, plan_read_rows, plan_steps
 from fairskin.diffusion.step import (autocast_dtype, draw_step_inputs, pixels_to_tensor, step_generator,
                                      step_latents, train_step)
-from fairskin.runtime import model_lock
+from fairskin.model_lock import model_lock
 
 STATE_FILE = "state.json"
 STOP_FILE = "STOP"

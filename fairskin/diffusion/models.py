@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from fairskin.runtime import one_model_at_a_time
+from fairskin.model_lock import one_model_at_a_time
 
 TOKENIZER_MAX_LENGTH = 77
 TINY_TEXT_DIM = 32

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from fairskin.config import FairSkinConfig, VariantSpec
-from fairskin.runtime import model_lock, one_model_at_a_time
+from fairskin.model_lock import model_lock, one_model_at_a_time
 from fairskin.tune.spaces import ResolvedSpace, variant_from_trial
 
 GENERATORS_DIR = "generators"
