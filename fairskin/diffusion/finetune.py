@@ -130,8 +130,7 @@ def cache_for(config: FairSkinConfig, base: Path | str, train: DecodedSet, shard
     """The frozen parts' outputs for ``train`` (see :func:`cache_training_set`), from the ``base``
     pipeline; one cache serves every variant fine-tuned from that base. ``shard_root``: where the
     latents go as shards when ``diffusion.latent_feed`` is ``shards`` (ignored otherwise)."""
-    with model_lock:
-        parts = load_sd(str(base))
+    parts = load_sd(str(base))  # holds the model lock itself
     prompts = subclass_prompts(config.diffusion.prompt_template, train.groups, train.diseases)
     if config.diffusion.latent_feed == "shards" and shard_root is None:
         raise ValueError("diffusion.latent_feed = shards: cache_for needs a shard_root to write the latents to")
@@ -229,8 +228,7 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
                          f"{workers} workers (the batch size in config is global)")
     out.mkdir(parents=True, exist_ok=True)
     base = Path(base).resolve() if Path(base).is_dir() else base  # workers run in their own directories
-    with model_lock:
-        parts = load_sd(str(base))
+    parts = load_sd(str(base))
     storage = Path(checkpoints or out.parent / f".ray-{out.name}").resolve()  # Ray Train wants it absolute
     rows, cond = cache if cache is not None else cache_for(config, base, train, shard_root=storage / "latents")
     total = d.max_steps * d.global_batch_size
