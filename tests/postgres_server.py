@@ -8,7 +8,10 @@ The server programs come from, in order: ``$FAIRSKIN_PG_BIN`` (a folder holding 
 Python API is not (as root it adds a system user, and it listens on a Unix socket only).
 
 PostgreSQL refuses to run as root; as root the server runs as the ``postgres`` user when one
-exists, else ``nobody`` (its data folder is handed to that user).
+exists, else ``nobody`` (its data folder is handed to that user). That user must reach the server
+programs: a clone in a folder only root may enter (``mktemp -d``, ``/root``, a 0700 home) holds
+pgserver's binaries in its ``.venv`` out of its reach, so then the install tree (``bin``, ``lib``,
+``share``; ~45 MB) is copied to a temporary folder it can read, removed when the server stops.
 
 The password is never in the URI: it goes into a private ``PGPASSFILE`` (libpq's password file,
 which psycopg reads), so ``postgresql://fairskin@127.0.0.1:PORT/mlflow`` connects only with it.
@@ -60,7 +63,7 @@ def find_bin() -> Path | None:
 
 _TMP = "/tmp"
 _PREFIX = "fsk-pg-"
-_STALE = re.compile(rf"^{_PREFIX}(?:pass-)?(?P<pid>\d+)-")
+_STALE = re.compile(rf"^{_PREFIX}(?:pass-|bin-)?(?P<pid>\d+)-")
 
 
 def clean_stale_servers() -> list[Path]:
@@ -106,6 +109,63 @@ def _run_as() -> pwd.struct_passwd | None:
     raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL")
 
 
+def _as_user(who: pwd.struct_passwd) -> dict:
+    """subprocess keyword arguments that run a program as ``who`` (and only its own group)."""
+    return {"user": who.pw_uid, "group": who.pw_gid, "extra_groups": []}
+
+
+def reachable_by(who: pwd.struct_passwd, program: Path) -> bool:
+    """Whether ``who`` may run ``program``: every folder above it searchable and the file executable
+    for that user. Asked of the kernel (``test -x`` run as that user, from ``/``), not worked out
+    from permission bits, so ACLs and group membership count as the kernel counts them."""
+    check = subprocess.run(["/bin/sh", "-c", 'test -x "$1"', "sh", str(program)], cwd="/", timeout=10,
+                           capture_output=True, **_as_user(who))
+    return check.returncode == 0
+
+
+def copy_install_for(who: pwd.struct_passwd, bin_dir: Path) -> Path:
+    """Copy the PostgreSQL install tree above ``bin_dir`` (``bin``, ``lib``, ``share``) into a new
+    world-readable folder under /tmp, so that ``who`` can run it; returns the copy's root (the
+    caller removes it); the programs are then in ``<root>/<package>/<install>/bin``.
+
+    PostgreSQL finds its ``lib`` and ``share`` relative to its programs, and a wheel repaired by
+    auditwheel (pgserver's) finds its bundled shared libraries through an RPATH relative to them
+    (``$ORIGIN/../../../pgserver.libs``), so the copy keeps that layout: the install folder inside
+    its package folder, with every ``*.libs`` folder beside the package. Raises RuntimeError,
+    naming the folder and the cause, when the tree has no ``lib`` and ``share`` beside ``bin`` (a
+    system install split across /usr) or the copy is still out of the user's reach."""
+    install = bin_dir.parent
+    parts = [install / name for name in ("bin", "lib", "share")]
+    absent = [p.name for p in parts if not p.is_dir()]
+    if absent:
+        raise RuntimeError(f"the PostgreSQL programs in {bin_dir} cannot be run by the user {who.pw_name!r} "
+                           f"(a folder above them is closed to that user), and {install} has no {absent} "
+                           "beside bin/ to copy somewhere it can reach: set FAIRSKIN_PG_BIN to an install that user "
+                           "can enter, or run from a folder it can enter")
+    package, site = install.parent, install.parent.parent
+    root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}bin-{os.getpid()}-", dir=_TMP))
+    try:
+        for part in parts:
+            shutil.copytree(part, root / package.name / install.name / part.name, symlinks=True)
+        for libs in site.glob("*.libs"):
+            shutil.copytree(libs, root / libs.name, symlinks=True)
+        for folder, _, files in os.walk(root):
+            os.chmod(folder, 0o755)
+            for name in files:
+                path = Path(folder) / name
+                if not path.is_symlink():
+                    mode = path.stat().st_mode
+                    path.chmod(mode | 0o444 | (0o111 if mode & 0o100 else 0))
+        programs = root / package.name / install.name / "bin"
+        if not reachable_by(who, programs / "initdb"):
+            raise RuntimeError(f"copied the PostgreSQL install {install} to {root}, and the user {who.pw_name!r} "
+                               "still cannot run its initdb (is /tmp mounted noexec or closed to that user?)")
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return root
+
+
 class PostgresServer:
     """``with PostgresServer() as pg: pg.uri("mlflow")`` (``pg.passfile`` holds the password)."""
 
@@ -119,6 +179,7 @@ class PostgresServer:
         self.proc: subprocess.Popen | None = None
         self.folder: Path | None = None  # the server's (data, socket, log), owned by the server's user
         self.private: Path | None = None  # ours: the password file
+        self.programs: Path | None = None  # a copy of the install the server's user can reach, when one was needed
         self.password = secrets.token_urlsafe(16)
 
     # ------------------------------------------------------------------ paths and URIs
@@ -137,11 +198,23 @@ class PostgresServer:
     # ------------------------------------------------------------------ start / stop
     def _popen_kwargs(self) -> dict:
         who = _run_as()
-        return {} if who is None else {"user": who.pw_uid, "group": who.pw_gid, "extra_groups": []}
+        return {} if who is None else _as_user(who)
 
     def start(self, timeout: float = 60.0) -> "PostgresServer":
+        """Start the server and create ``databases``; on any failure, stop and remove what was made."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> "PostgresServer":
         who = _run_as()
         clean_stale_servers()
+        programs = self.bin_dir
+        if who is not None and not reachable_by(who, programs / "initdb"):
+            self.programs = copy_install_for(who, programs)
+            programs = self.programs / programs.parent.parent.name / programs.parent.name / "bin"
         # Short path: the Unix socket (also made, in the server's folder) has a ~107-byte limit. The names
         # carry this process's PID, so a later run can clean up after a test process that was killed.
         self.folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=_TMP))
@@ -153,7 +226,7 @@ class PostgresServer:
             for path in (self.folder, pwfile):
                 os.chown(path, who.pw_uid, who.pw_gid)
         log = self.folder / "server.log"
-        init = subprocess.run([str(self.bin_dir / "initdb"), "-D", str(self.folder / "data"), "-U", USER,
+        init = subprocess.run([str(programs / "initdb"), "-D", str(self.folder / "data"), "-U", USER,
                                f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--no-locale",
                                "--no-sync"], capture_output=True, text=True, timeout=120, cwd=self.folder,
                               **self._popen_kwargs())
@@ -164,7 +237,7 @@ class PostgresServer:
         # A test server: durability off (fsync, synchronous commit) for speed; loopback TCP only.
         with open(log, "ab") as fh:
             self.proc = subprocess.Popen(
-                [str(self.bin_dir / "postgres"), "-D", str(self.folder / "data"), "-h", "127.0.0.1",
+                [str(programs / "postgres"), "-D", str(self.folder / "data"), "-h", "127.0.0.1",
                  "-p", str(self.port), "-k", str(self.folder), "-c", "fsync=off", "-c", "synchronous_commit=off",
                  "-c", "full_page_writes=off", "-c", "max_connections=100"],
                 stdout=fh, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True,
@@ -210,9 +283,10 @@ class PostgresServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: the postmaster and its backends
                 self.proc.wait(10)
         self.proc = None
-        for folder in (self.folder, self.private):
+        for folder in (self.folder, self.private, self.programs):
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+        self.programs = None
 
     def __enter__(self) -> "PostgresServer":
         return self.start()

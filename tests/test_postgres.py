@@ -61,6 +61,46 @@ def test_the_password_comes_from_pgpassfile_not_the_uri(pg):
     psycopg.connect(uri, connect_timeout=5).close()  # libpq reads PGPASSFILE
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only as root does the server run as another user (postgres or "
+                                               "nobody), whose reach into a root-only folder is what this tests")
+def test_a_server_whose_programs_sit_in_a_root_only_folder_starts_and_leaves_nothing_behind(tmp_path):
+    """Issue 31: a clone in a 0700 folder owned by root (``mktemp -d``, /root) holds pgserver's
+    programs out of the server user's reach; the server must still start, take the password from
+    its password file only, and leave no temporary folder once stopped."""
+    import shutil
+
+    import psycopg
+
+    install = find_bin().parent  # pgserver's: site-packages/pgserver/pginstall/{bin,lib,share}
+    site = install.parent.parent
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    clone_site = private / "venv" / "site-packages"  # as a clone's .venv would hold it
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(install / part, clone_site / install.parent.name / install.name / part, symlinks=True)
+    for libs in site.glob("*.libs"):  # the wheel's bundled shared libraries, found through an RPATH
+        shutil.copytree(libs, clone_site / libs.name, symlinks=True)
+    private.chmod(0o700)
+    assert private.stat().st_uid == 0 and private.stat().st_mode & 0o777 == 0o700
+    before = set(Path("/tmp").glob("fsk-pg-*"))
+
+    server = PostgresServer(bin_dir=clone_site / install.parent.name / install.name / "bin", databases=("mlflow",))
+    server.start()
+    try:
+        made = {server.folder, server.private, server.programs}
+        assert server.programs is not None and private not in server.programs.parents  # ran from a reachable copy
+        with server.connect("mlflow") as conn:  # the password from the password file
+            assert conn.execute("select current_user").fetchone() == ("fairskin",)
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(server.uri("mlflow"), connect_timeout=5, passfile=os.devnull).close()
+    finally:
+        pid = server.pid
+        server.stop()
+    assert not Path(f"/proc/{pid}").exists()
+    assert not any(folder.exists() for folder in made)
+    assert set(Path("/tmp").glob("fsk-pg-*")) <= before
+
+
 @pytest.mark.ray
 def test_study_and_report_on_postgres(pg, ray_session, prepared_smoke, tmp_path):
     from mlflow import MlflowClient
