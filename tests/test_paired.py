@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from fairskin.metrics.paired import (TABLE_COLUMNS, holm, paired_difference, paired_table, repeat_counts,
                                      repeat_values, t_interval, tost_paired)
@@ -61,7 +62,22 @@ def test_t_interval_degenerate():
     empty = t_interval([])
     assert empty.n == 0 and math.isnan(empty.mean)
     constant = t_interval([2.0, 2.0, 2.0])
-    assert (constant.low, constant.high) == (2.0, 2.0)
+    assert constant.mean == 2.0 and math.isnan(constant.low) and math.isnan(constant.high)
+    assert constant.reason.startswith("no spread")
+
+
+def test_t_interval_resolution_is_in_the_metrics_units():
+    x = np.array([0.70, 0.71, 0.69, 0.70])            # sd = 0.00816 by hand: sqrt(0.0002 / 3)
+    assert np.std(x, ddof=1) == pytest.approx(math.sqrt(0.0002 / 3))
+    coarse = t_interval(x, resolution=0.01)            # a metric reported to 0.01 cannot show this spread
+    assert math.isnan(coarse.low) and math.isnan(coarse.high) and "resolution 0.01" in coarse.reason
+    fine = t_interval(x, resolution=0.001)
+    low, high = stats.t.interval(0.95, 3, loc=x.mean(), scale=stats.sem(x))
+    assert (fine.low, fine.high) == pytest.approx((low, high), rel=1e-12) and fine.reason == ""
+    # the same spread at 100 x the level is still testable: the tolerance is not relative to the values
+    assert t_interval(100 + x, resolution=0.001).reason == ""
+    with pytest.raises(ValueError, match="resolution"):
+        t_interval(x, resolution=-1.0)
 
 
 # ---------------------------------------------------------------- paired_difference
@@ -120,14 +136,31 @@ def test_exact_sign_flip_permutation_by_hand():
     assert "exact" in all_positive.method
 
 
-def test_monte_carlo_permutation_beyond_16_pairs_is_seeded():
-    treatment, baseline = _pairs(seed=2, n=20)
-    keys = range(20)
-    first = paired_difference(dict(zip(keys, treatment)), dict(zip(keys, baseline)))
-    second = paired_difference(dict(zip(keys, treatment)), dict(zip(keys, baseline)))
-    assert first.p_perm == second.p_perm
-    assert 0 < first.p_perm <= 1
-    assert "Monte-Carlo" in first.method
+def _exact_sign_flip_p(d, alternative):
+    """Brute force over all 2^n sign vectors (the observed one included), independent of scipy."""
+    n = len(d)
+    signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+    means = signs @ d / n
+    observed = d.mean()
+    if alternative == "two-sided":
+        return np.mean(np.abs(means) >= abs(observed) * (1 - 1e-12))
+    return np.mean(means >= observed - abs(observed) * 1e-12)
+
+
+@pytest.mark.parametrize("alternative", ["two-sided", "greater"])
+def test_monte_carlo_permutation_beyond_16_pairs_agrees_with_exact_enumeration(alternative):
+    n = 17
+    d = np.random.default_rng(2).normal(0.0, 1.0, size=n) + 0.35
+    exact = _exact_sign_flip_p(d, alternative)
+    assert 0.01 < exact < 0.5  # a p-value the Monte-Carlo error is small against
+    keys = range(n)
+    got = paired_difference(dict(zip(keys, d)), dict.fromkeys(keys, 0.0), alternative=alternative)
+    assert "Monte-Carlo" in got.method
+    flips = 100_000
+    se = math.sqrt(exact * (1 - exact) / flips)
+    assert abs(got.p_perm - exact) <= 4 * se + 2 / flips, (got.p_perm, exact, se)
+    again = paired_difference(dict(zip(keys, d)), dict.fromkeys(keys, 0.0), alternative=alternative)
+    assert again.p_perm == got.p_perm  # seeded
 
 
 def test_small_n_gives_interval_without_p():
@@ -143,14 +176,54 @@ def test_small_n_gives_interval_without_p():
     assert one.n == 1 and math.isnan(one.low) and math.isnan(one.p_t)
 
 
-def test_all_zero_differences_without_warnings():
+def test_constant_difference_is_untestable_not_p_zero():
+    # The issue's case: one test image per repeat, every repeat 0.01 lower. Not "significant, worse".
+    treatment = {0: 0.80, 1: 0.75, 2: 0.70}
+    baseline = {0: 0.81, 1: 0.76, 2: 0.71}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = paired_difference(treatment, baseline)
+    assert math.isnan(got.p_t), got.p_t
+    assert math.isnan(got.low) and math.isnan(got.high)
+    assert got.mean == pytest.approx(-0.01)
+    assert got.reason.startswith("no spread")
+    table = paired_table(pd.DataFrame([{"variant": v, "repeat": r, "accuracy": x}
+                                       for v, side in (("base", baseline), ("new", treatment))
+                                       for r, x in side.items()]), "base", ["accuracy"], {"accuracy": 1})
+    assert math.isnan(table["p_t"].iloc[0]) and not table["significant"].iloc[0] and table["better"].iloc[0] == 0
+    assert table["reason"].iloc[0].startswith("no spread")
+
+
+def test_zero_and_rounding_level_spread_are_untestable_without_warnings():
     same = {r: 0.3 + r for r in range(7)}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = paired_difference(same, dict(same))
-        constant = paired_difference({r: v + 0.1 for r, v in same.items()}, same)  # rounding-level spread
-    assert (got.mean, got.low, got.high, got.p_t, got.p_perm) == (0.0, 0.0, 0.0, 1.0, 1.0)
-    assert constant.p_t == 0.0 and constant.low == pytest.approx(0.1) and constant.high == pytest.approx(0.1)
+        shifted = {r: v + 0.1 for r, v in same.items()}
+        rounding = paired_difference(shifted, same)       # sd(d) about 2e-16: float rounding of values near 6
+    assert np.std(np.array(list(shifted.values())) - np.array(list(same.values())), ddof=1) > 0
+    for result in (got, rounding):
+        assert math.isnan(result.p_t) and math.isnan(result.p_perm)
+        assert math.isnan(result.low) and math.isnan(result.high)
+        assert result.reason.startswith("no spread") and "untestable" in result.method
+    assert got.mean == 0.0 and rounding.mean == pytest.approx(0.1)
+
+
+def test_resolution_decides_spread_in_metric_units():
+    rng = np.random.default_rng(4)
+    baseline = rng.normal(40.0, 3.0, size=6)                       # FID-like values
+    treatment = baseline - 2.0 + rng.normal(0, 0.05, size=6)       # sd(d) about 0.05 FID
+    sd = np.std(treatment - baseline, ddof=1)
+    keys = range(6)
+    below = paired_difference(dict(zip(keys, treatment)), dict(zip(keys, baseline)), resolution=2 * sd)
+    assert math.isnan(below.p_t) and math.isnan(below.p_perm) and math.isnan(below.low)
+    assert f"resolution {2 * sd:g}" in below.reason
+    above = paired_difference(dict(zip(keys, treatment)), dict(zip(keys, baseline)), resolution=sd / 2)
+    assert above.reason == ""
+    assert above.p_t == pytest.approx(stats.ttest_rel(treatment, baseline).pvalue, rel=1e-12)
+    assert above.p_perm == pytest.approx(2 / 64)  # all six differences negative
+    with pytest.raises(ValueError, match="resolution"):
+        paired_difference(dict(zip(keys, treatment)), dict(zip(keys, baseline)), resolution=np.nan)
 
 
 def test_bad_alternative_is_refused():
@@ -174,6 +247,17 @@ def test_holm_passes_nan_through_and_does_not_count_it():
     np.testing.assert_allclose(got[[0, 2, 3, 5]], [0.03, 0.06, 0.06, 0.02])
     assert np.isnan(holm([np.nan])).all()
     assert holm([]).shape == (0,)
+
+
+def test_holm_equals_statsmodels_multipletests():
+    rng = np.random.default_rng(6)
+    for size in (1, 2, 5, 30):
+        p = rng.uniform(0, 0.1, size=size) ** rng.uniform(0.5, 2, size=size)
+        np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=1e-12)
+    p = np.array([0.02, np.nan, 0.001, 0.04, np.nan, 0.3])
+    got = holm(p)
+    tested = ~np.isnan(p)
+    np.testing.assert_allclose(got[tested], multipletests(p[tested], method="holm")[1], rtol=1e-12)
 
 
 def test_holm_is_monotone_and_not_below_raw():
@@ -235,9 +319,24 @@ def test_paired_table_flags_the_real_effect_only():
         assert not row.loc[(variant, metric)]["significant"], (variant, metric)
         assert row.loc[(variant, metric)]["better"] == 0
 
-    # Holm over all eight tests of the table
-    np.testing.assert_allclose(table["p_holm"], holm(table["p_t"]))
+    # Holm over all eight tests of the table, checked against statsmodels
+    np.testing.assert_allclose(table["p_holm"], multipletests(table["p_t"], method="holm")[1], rtol=1e-12)
     assert (table["p_holm"] >= table["p_t"]).all()
+    assert (table["reason"] == "").all()
+
+
+def test_paired_table_resolution_per_metric_leaves_untestable_rows_out_of_holm():
+    values = _made_up_values()
+    metrics = ["accuracy", "worst_group_accuracy", "fid", "dp"]
+    # FID reported to 5 units: its differences (sd about 0.7) cannot be resolved; accuracy at 0 resolution can
+    table = paired_table(values, "vanilla", metrics, DIRECTIONS, resolution={"fid": 5.0})
+    fid = table["metric"] == "fid"
+    assert table.loc[fid, "p_t"].isna().all() and table.loc[fid, "low"].isna().all()
+    assert table.loc[fid, "reason"].str.contains("resolution 5").all()
+    assert not table.loc[fid, "significant"].any() and (table.loc[fid, "better"] == 0).all()
+    rest = table.loc[~fid, "p_t"].to_numpy()
+    assert len(rest) == 6 and not np.isnan(rest).any()
+    np.testing.assert_allclose(table.loc[~fid, "p_holm"], multipletests(rest, method="holm")[1], rtol=1e-12)
 
 
 def test_paired_table_worse_and_unpaired_repeats():
@@ -330,8 +429,16 @@ def test_tost_degenerate_and_bad_input():
         warnings.simplefilter("error")
         identical = tost_paired(same, dict(same), margin=0.05)           # byte-identical pools
         shifted = tost_paired({r: v + 0.1 for r, v in same.items()}, same, margin=0.05)
-    assert identical.p == 0.0 and identical.equivalent and identical.mean == 0.0
-    assert shifted.p_upper == 1.0 and not shifted.equivalent
+    for result in (identical, shifted):   # byte-identical pools are not "equivalent" by fiat
+        assert math.isnan(result.p) and math.isnan(result.p_lower) and math.isnan(result.p_upper)
+        assert math.isnan(result.low) and not result.equivalent and result.reason.startswith("no spread")
+    assert identical.mean == 0.0
+    rng = np.random.default_rng(24)
+    d = rng.normal(0.0, 0.002, size=5)
+    coarse = tost_paired(dict(enumerate(d)), dict.fromkeys(range(5), 0.0), margin=0.05, resolution=0.01)
+    assert math.isnan(coarse.p) and not coarse.equivalent and "resolution 0.01" in coarse.reason
+    fine = tost_paired(dict(enumerate(d)), dict.fromkeys(range(5), 0.0), margin=0.05, resolution=0.0001)
+    assert (fine.p_lower, fine.p_upper) == pytest.approx(_tost_by_hand(d, 0.05, 0.05), rel=1e-10)
     one = tost_paired({0: 1.0, 1: 2.0}, {0: 1.0}, margin=0.1)
     assert one.n == 1 and one.dropped == 1 and math.isnan(one.p) and not one.equivalent
     with pytest.raises(ValueError, match="margins"):
