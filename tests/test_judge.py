@@ -79,9 +79,11 @@ def test_disease_fidelity_is_near_one_for_real_like_images_and_low_for_shuffled_
                                   GROUPS)
     assert bad["disease_fidelity"] < 0.6 and bad["disease_fidelity"] < good["disease_fidelity"] - 0.3
     assert bad["disease_fidelity_worst_group"] == min(bad[f"disease_fidelity_{g}"] for g in GROUPS)
-    # Per subclass: generated accuracy / real accuracy.
-    row = good_table.iloc[0]
-    assert row["disease_fidelity"] == pytest.approx(row["judge_accuracy_generated"] / row["judge_accuracy_real"])
+    # Per subclass, from the judge's predictions counted here: generated hits / real hits, each over 30 images.
+    group, disease = good_table.iloc[0][["group", "disease"]]
+    hits = {name: int((judge.predict(px[(m["group"] == group).to_numpy() & (m["disease"] == disease).to_numpy()])
+                       == disease).sum()) for name, px, m in (("fresh", fresh, fresh_meta), ("held", held, held_meta))}
+    assert good_table.iloc[0]["disease_fidelity"] == pytest.approx(hits["fresh"] / hits["held"])
 
 
 def test_judge_predictions_name_the_judges_labels():
@@ -108,6 +110,34 @@ def test_disease_fidelity_by_hand():
     assert list(acc["correct"]) == [1, 0] and list(acc["n"]) == [2, 1]
 
 
+def test_judge_accuracy_and_fidelity_from_a_hand_worked_confusion():
+    # One group, three diseases; rows the true disease, columns the judge's prediction:
+    #            generated            held-out real
+    #            x  y  z   acc        x  y  z   acc
+    #   true x   3  1  0   3/4        4  0  0   1
+    #   true y   2  1  1   1/4        1  2  1   1/2
+    #   true z   0  0  2   1          1  0  1   1/2
+    # Fidelity per subclass 3/4, 1/2, 2; summary: mean accuracies 2/3 and 2/3, ratio 1 (a ratio of means,
+    # not the mean of ratios, 13/12).
+    def confusion(rows):
+        true, pred = [], []
+        for t, counts in rows.items():
+            for p, c in zip("xyz", counts):
+                true += [t] * c
+                pred += [p] * c
+        return np.array(pred, dtype=object), pd.DataFrame({"group": "a", "disease": true})
+
+    generated = gen.judge_accuracy(*confusion({"x": (3, 1, 0), "y": (2, 1, 1), "z": (0, 0, 2)}), ["a"], list("xyz"))
+    real = gen.judge_accuracy(*confusion({"x": (4, 0, 0), "y": (1, 2, 1), "z": (1, 0, 1)}), ["a"], list("xyz"))
+    assert generated[["n", "correct"]].values.tolist() == [[4, 3], [4, 1], [2, 2]]
+    assert generated["accuracy"].tolist() == pytest.approx([0.75, 0.25, 1.0])
+    assert real["accuracy"].tolist() == pytest.approx([1.0, 0.5, 0.5])
+    table, s = gen.disease_fidelity(generated, real, ["a"])
+    assert table["disease_fidelity"].tolist() == pytest.approx([0.75, 0.5, 2.0])
+    assert s["judge_accuracy_generated"] == pytest.approx(2 / 3) and s["judge_accuracy_real"] == pytest.approx(2 / 3)
+    assert s["disease_fidelity"] == pytest.approx(1.0) and s["disease_fidelity_worst_group"] == pytest.approx(1.0)
+
+
 def test_judge_stage_never_trains_on_the_prepare_stage_images(prepared_smoke):
     config, prepare = prepared_smoke
     outcome = run_pipeline(config, ["judge"], echo=lambda *_: None)
@@ -122,7 +152,12 @@ def test_judge_stage_never_trains_on_the_prepare_stage_images(prepared_smoke):
     assert set(real["split"]) == {"train", "val", "test"}
     assert not set(trained["id"]) & set(real["id"]) and not set(trained["sha256"]) & set(real["sha256"])
     assert result.summary["judge_overlap_ids"] == 0 and (result.path / "model" / "config.json").is_file()
-    assert 0 <= result.summary["judge_test_accuracy"] <= 1
+    # The reported accuracy, counted here from the judge's own per-image test predictions (real val + test).
+    pred = pd.read_csv(result.path / "test_predictions.csv")
+    assert len(pred) == result.summary["judge_real_test_images"]
+    hit = pred["y_true"] == pred["y_pred"]
+    assert result.summary["judge_test_accuracy"] == pytest.approx(hit.mean())
+    assert result.summary["judge_test_worst_group_accuracy"] == pytest.approx(hit.groupby(pred["group"]).mean().min())
     assert result.summary["judge_real_test_images"] == int(real["split"].isin(["val", "test"]).sum())
 
 

@@ -1,5 +1,6 @@
 """Skin-tone fidelity: ITA of flat colours, the healthy-skin rule on images with a known lesion,
-group separation on the procedural "real" images, and the report on made-up ITA values."""
+group separation on the procedural "real" images, the W1 ratio that a flat-patch pool fails,
+and the report on made-up ITA values."""
 
 from __future__ import annotations
 
@@ -9,18 +10,23 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import wasserstein_distance
+from skimage.color import lab2rgb
 
-from fairskin.data.synthetic import DISEASES, generate_samples, image_seed, render_layers
+from fairskin.data.prepare import reference_counts
+from fairskin.data.synthetic import DISEASES, generate_samples, image_seed, render_layers, scaled_counts
 from fairskin.metrics.skin_tone import (
     RULES,
     TOLERANCE_DEG,
     TOLERANCE_SHARE,
     ReferenceBands,
     healthy_skin_mask,
+    heldout_mix_subsample,
     image_ita,
     ita_degrees,
+    ita_distance_ratios,
     skin_tone_report,
     srgb_to_lab,
+    wasserstein_1d,
 )
 
 GROUP_FST = {"Caucasian": [1, 2], "Asian": [3, 4], "African": [5, 6]}
@@ -164,29 +170,153 @@ def test_image_ita_shapes_and_large_images():
 # --- the three groups of "real" procedural images --------------------------------------------
 
 
-def _ita_of(counts, namespace):
-    samples = list(generate_samples(counts, GROUP_FST, seed=3, size=64, namespace=namespace))
+REAL_SIZE = 32  # px: enough for one skin colour per image, and a quarter of 64 px's cost
+DRAWS = 4  # independent real draws, each the held-out split of one round and part of the others' fresh pool
+
+
+def _ita_of(counts, namespace, size=REAL_SIZE):
+    samples = list(generate_samples(counts, GROUP_FST, seed=3, size=size, namespace=namespace))
     return (image_ita(np.stack([s.image for s in samples])), np.array([s.group for s in samples]),
             np.array([s.disease for s in samples]))
 
 
-def test_real_groups_are_ordered_and_held_out_images_agree():
-    counts = {(g, d): 20 for g in GROUP_FST for d in DISEASES}
-    ref = ReferenceBands.from_real(*_ita_of(counts, "train")[:2])
+@pytest.fixture(scope="module")
+def procedural_real():
+    """ITAs ``(ita, group, disease)`` of procedural "real" images in the Fitzpatrick17k subclass mix.
+
+    A training reference (half the count table, 1,291 images) and ``DRAWS`` independent real draws
+    (a fifth of it, 514 images each: African 59, Asian 152, Caucasian 303), each from its own
+    namespace, i.e. other seeds of the generator. Round k: draw k is the held-out split, the
+    other draws together (1,542 images) a fresh real sample scored as if generated.
+    """
+    counts = reference_counts()
+    train = _ita_of(scaled_counts(counts, 0.5, minimum=1), "train")
+    draws = [_ita_of(scaled_counts(counts, 0.2, minimum=1), f"heldout-{k}") for k in range(DRAWS)]
+    return train, draws
+
+
+def _round(draws, k):
+    """(held-out, fresh real sample) of round k: draw k, and the other draws concatenated."""
+    others = [d for j, d in enumerate(draws) if j != k]
+    return draws[k], tuple(np.concatenate(parts) for parts in zip(*others))
+
+
+def _nearest_median(ita, ref):
+    """The group of nearest real median, by brute force (not ``ReferenceBands.assign``'s thresholds)."""
+    medians = np.array([ref.median[g] for g in ref.groups])
+    return np.asarray(ref.groups)[np.abs(np.asarray(ita)[:, None] - medians[None, :]).argmin(axis=1)]
+
+
+def test_real_groups_are_ordered_and_the_ceiling_matches_a_hand_count(procedural_real):
+    (t_ita, t_group, _), draws = procedural_real
+    ref = ReferenceBands.from_real(t_ita, t_group)
     assert ref.groups == ("African", "Asian", "Caucasian")
     assert ref.median["African"] < ref.median["Asian"] < ref.median["Caucasian"]
     for g in ref.groups:
         assert ref.p05[g] < ref.median[g] < ref.p95[g]
-    h_ita, h_group, h_disease = _ita_of(counts, "heldout")
-    _, per_group, summary, confusion = skin_tone_report(h_ita, h_group, h_disease, ref, h_ita, h_group)
-    # benchmarks/skin_tone.py (2,575 reference, 3,000 held-out images) measures the ceiling at
-    # 0.96 overall: African 0.985, Asian 0.91, Caucasian 0.98 (FST 3-4 borders both others).
-    assert summary["skin_tone_agreement"] == summary["skin_tone_agreement_ceiling"]
+    (h_ita, h_group, _), (f_ita, f_group, f_disease) = _round(draws, 0)
+    per_subclass, per_group, summary, confusion = skin_tone_report(f_ita, f_group, f_disease, ref, h_ita, h_group)
+
+    h_hit, f_assigned = _nearest_median(h_ita, ref) == h_group, _nearest_median(f_ita, ref)
+    for g in ref.groups:
+        assert summary[f"skin_tone_agreement_ceiling_{g}"] == pytest.approx(h_hit[h_group == g].mean())
+        assert summary[f"skin_tone_agreement_{g}"] == pytest.approx((f_assigned[f_group == g] == g).mean())
+        assert confusion.loc[g].tolist() == [int(((f_group == g) & (f_assigned == a)).sum()) for a in ref.groups]
+    assert summary["skin_tone_agreement_ceiling"] == pytest.approx(h_hit.mean())
+    # benchmarks/skin_tone.py (2,575 reference, 3,000 held-out images at 64 px) measures the ceiling
+    # at 0.96 overall: African 0.985, Asian 0.91, Caucasian 0.98 (FST 3-4 borders both others).
     assert summary["skin_tone_agreement_ceiling"] >= 0.9, summary
     for g in ref.groups:
         assert summary[f"skin_tone_agreement_ceiling_{g}"] >= 0.8, summary
+    # Two independent real samples: the fresh one's agreement lies within 3 binomial standard errors
+    # of the held-out ceiling (this could fail; it does not by construction).
+    for g in ref.groups:
+        p, c = summary[f"skin_tone_agreement_{g}"], summary[f"skin_tone_agreement_ceiling_{g}"]
+        n, m = int((f_group == g).sum()), int((h_group == g).sum())
+        assert abs(p - c) <= 3 * math.sqrt(p * (1 - p) / n + c * (1 - c) / m) + 1e-9, (g, p, c)
     assert confusion.loc["African", "Caucasian"] == 0 and confusion.loc["Caucasian", "African"] == 0
-    assert per_group["agreement"].tolist() == per_group["agreement_ceiling"].tolist()
+
+
+def flat_patch(ita_deg: float, size: int = 8) -> np.ndarray:
+    """A uniform uint8 ``(size, size, 3)`` patch whose ITA is ``ita_deg`` (to ~0.3 degrees).
+
+    CIELAB on the ray ``atan2(L* - 50, b*) = ita_deg`` at a* = 10, back to sRGB by scikit-image's
+    ``lab2rgb``; of the radii 15..45, the one whose 8-bit colour (ITA by ``hand_lab``) lands nearest.
+    """
+    best = None
+    theta = math.radians(ita_deg)
+    for r in np.linspace(15.0, 45.0, 31):
+        lab = np.array([[[50.0 + r * math.sin(theta), 10.0, r * math.cos(theta)]]])
+        rgb = tuple(int(v) for v in (np.clip(lab2rgb(lab), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)[0, 0])
+        L, _, b = hand_lab(rgb)
+        err = abs(math.degrees(math.atan2(L - 50.0, b)) - ita_deg)
+        if best is None or err < best[0]:
+            best = (err, rgb)
+    return np.full((size, size, 3), best[1], dtype=np.uint8)
+
+
+def test_a_flat_patch_pool_saturates_agreement_but_fails_the_w1_ratio(procedural_real):
+    (t_ita, t_group, _), draws = procedural_real
+    ref = ReferenceBands.from_real(t_ita, t_group)
+    patch = {g: flat_patch(ref.median[g]) for g in ref.groups}
+    for g in ref.groups:
+        assert image_ita(patch[g])[0] == pytest.approx(ref.median[g], abs=0.5)
+    fresh_ratios, flat_ratios = [], []
+    for k in range(DRAWS):
+        (h_ita, h_group, h_disease), (f_ita, f_group, f_disease) = _round(draws, k)
+        # The flat pool: one uniform colour per group, 6 images per subclass (the real mix does not matter
+        # to a pool of identical values), ITA measured on the images.
+        keys = [(g, d) for g in ref.groups for d in DISEASES for _ in range(6)]
+        flat_group, flat_disease = (np.array(c) for c in zip(*keys))
+        flat_ita = image_ita(np.stack([patch[g] for g in flat_group]))
+        _, flat_table, flat, _ = skin_tone_report(flat_ita, flat_group, flat_disease, ref, h_ita, h_group,
+                                                  heldout_disease=h_disease, seed=k)
+        _, real_table, real, _ = skin_tone_report(f_ita, f_group, f_disease, ref, h_ita, h_group,
+                                                  heldout_disease=h_disease, seed=k)
+        for g in ref.groups:
+            # The old endpoints saturate: perfect agreement and in-band share, at or above the real ceiling ...
+            assert flat[f"skin_tone_agreement_{g}"] == flat[f"ita_in_band_{g}"] == 1.0
+            assert flat[f"skin_tone_agreement_{g}"] >= flat[f"skin_tone_agreement_ceiling_{g}"]
+            # ... the W1 ratio does not: a flat pool sits at least 2 floors away (measured 3.4-17), zero spread.
+            assert flat[f"skin_tone_w1_ratio_{g}"] >= 2.0, (k, g, flat)
+            assert flat[f"skin_tone_spread_ratio_{g}"] == 0.0
+            assert flat[f"skin_tone_w1_ratio_{g}"] > real[f"skin_tone_w1_ratio_{g}"], (k, g)
+            assert 0.7 <= real[f"skin_tone_spread_ratio_{g}"] <= 1.4, (k, g, real)
+            assert flat[f"skin_tone_w1_floor_{g}"] == real[f"skin_tone_w1_floor_{g}"] > 0
+            fresh_ratios.append(real[f"skin_tone_w1_ratio_{g}"])
+            flat_ratios.append(flat[f"skin_tone_w1_ratio_{g}"])
+        assert flat["skin_tone_w1_ratio_worst_group"] == max(flat[f"skin_tone_w1_ratio_{g}"] for g in ref.groups)
+        assert flat["skin_tone_spread_ratio_worst_group"] == 0.0
+        # Asian's ceiling is ~0.91 (FST 3-4 borders both others): a flat pool's 1.0 lies well above it.
+        assert flat["skin_tone_agreement_above_ceiling_Asian"] == flat["skin_tone_agreement_above_ceiling"] == 1.0
+        assert flat_table["above_ceiling"].tolist() == [flat[f"skin_tone_agreement_above_ceiling_{g}"]
+                                                        for g in flat_table["group"]]
+        assert real_table[["w1_ratio", "w1_floor", "spread_ratio"]].notna().all().all()
+    # A real sample scores about 1 (measured 0.45-1.73 over these 4 rounds x 3 groups, median 1.08). One
+    # round's ratio is noisy, whatever N (the floor is one held-out draw: per group p90 ~1.9 and 15-25 %
+    # above 1.5 over 200 simulated rounds), so the check is on the median over rounds and groups.
+    assert np.median(fresh_ratios) <= 1.5, fresh_ratios
+    assert min(flat_ratios) >= 2.0 * np.median(fresh_ratios), (flat_ratios, fresh_ratios)
+
+
+def test_heldout_mix_subsample_follows_the_heldout_disease_counts(procedural_real):
+    _, draws = procedural_real
+    (_, h_group, h_disease), (_, f_group, f_disease) = _round(draws, 0)
+    rng = np.random.default_rng(5)
+    for g in GROUP_FST:
+        pool_d, held_d = f_disease[f_group == g], h_disease[h_group == g]
+        rows = heldout_mix_subsample(pool_d, held_d, rng)
+        assert pd.Series(pool_d[rows]).value_counts().to_dict() == pd.Series(held_d).value_counts().to_dict()
+        assert len(set(rows.tolist())) == len(rows)  # the pool has 3x the held-out count: no repeats
+    # By hand: x has enough rows (drawn without replacement), y has too few (with), w is missing from
+    # the pool (left out), z is missing from the held-out set (weight 0).
+    pool = np.array(["x"] * 10 + ["y"] * 2 + ["z"] * 5)
+    rows = heldout_mix_subsample(pool, ["y", "x", "w", "x", "y", "x", "w", "y", "x"], np.random.default_rng(0))
+    assert pd.Series(pool[rows]).value_counts().to_dict() == {"x": 4, "y": 3}
+    x_rows = rows[pool[rows] == "x"]
+    assert len(set(x_rows.tolist())) == 4 and set(rows[pool[rows] == "y"].tolist()) <= {10, 11}
+    again = heldout_mix_subsample(pool, ["y", "x", "w", "x", "y", "x", "w", "y", "x"], np.random.default_rng(0))
+    assert np.array_equal(rows, again)  # seeded
 
 
 # --- the reference bands and the report on made-up ITA values --------------------------------
@@ -308,3 +438,114 @@ def test_skin_tone_report_rejects_bad_input():
     with pytest.raises(ValueError, match="both"):
         skin_tone_report([1.0], ["Asian"], ["psoriasis"], ref, heldout_ita=[1.0])
     assert isinstance(skin_tone_report([1.0], ["Asian"], ["psoriasis"], ref)[0], pd.DataFrame)
+
+
+# --- W1 ratios, spread and the ceiling flag on hand-built ITA values -----------------------------
+
+
+def test_wasserstein_1d_matches_scipy_and_hand_worked_values():
+    # A shift by 5 moves every unit of mass 5 degrees.
+    assert wasserstein_1d([0, 1, 3], [5, 6, 8]) == pytest.approx(5.0)
+    # Quantile functions: u is 0 on (0, 2/3], 10 on (2/3, 1]; v is 2 on (0, 1/2], 8 on (1/2, 1]:
+    # W1 = 2 * 1/2 + 8 * 1/6 + 2 * 1/3 = 3.
+    assert wasserstein_1d([0, 10, 0], [8, 2]) == pytest.approx(3.0)
+    assert wasserstein_1d([80, 80], [50, 60, 70, 80]) == pytest.approx(15.0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        u, v = rng.normal(0, 20, rng.integers(1, 40)), rng.normal(5, 10, rng.integers(1, 40))
+        assert wasserstein_1d(u, v) == pytest.approx(wasserstein_distance(u, v), rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError, match="non-empty"):
+        wasserstein_1d([], [1.0])
+
+
+# Reference (training) ITAs, held-out real ITAs with their diseases, and a pool, per group:
+# A  reference 0 10 20 30 (IQR 22.5 - 7.5 = 15); held-out 5 15 (x) 25 35 (y): every value 5 off, floor 5.
+#    pool 0 10 (x) 20 60 (y) and 1000 (z, a disease without held-out images: weight 0 in W1, in the IQR).
+#    Subsample = the x and y rows (counts equal the held-out's): W1 to the reference = |60 - 30| / 4 = 7.5,
+#    ratio 1.5; IQR of 0 10 20 60 1000 = 60 - 10 = 50, spread 50 / 15.
+# B  reference 50 60 70 80 (IQR 15); held-out 55 65 (x): floor 5 / 4 + 5 / 4 + 5 / 4 + 15 / 4 = 7.5;
+#    pool 80 (x): one row for two held-out, drawn with replacement, 80 80: W1 = (30 + 20 + 10) / 4 = 15,
+#    ratio 2; IQR 0, spread 0.
+HAND = {
+    "reference": {"A": [0.0, 10.0, 20.0, 30.0], "B": [50.0, 60.0, 70.0, 80.0]},
+    "heldout": [("A", "x", 5.0), ("A", "x", 15.0), ("A", "y", 25.0), ("A", "y", 35.0),
+                ("B", "x", 55.0), ("B", "x", 65.0)],
+    "pool": [("A", "x", 0.0), ("A", "x", 10.0), ("A", "y", 20.0), ("A", "y", 60.0), ("A", "z", 1000.0),
+             ("B", "x", 80.0)],
+}
+
+
+def _hand_columns(rows):
+    group, disease, ita = (np.array(c) for c in zip(*rows))
+    return ita.astype(float), group, disease
+
+
+def test_ita_distance_ratios_by_hand():
+    p_ita, p_group, p_disease = _hand_columns(HAND["pool"])
+    h_ita, h_group, h_disease = _hand_columns(HAND["heldout"])
+    table = ita_distance_ratios(p_ita, p_group, p_disease, h_ita, h_group, h_disease, HAND["reference"], seed=1)
+    assert table["group"].tolist() == ["A", "B"]
+    assert table["n"].tolist() == [5, 1] and table["n_heldout"].tolist() == [4, 2]
+    assert table["n_subsample"].tolist() == [4, 2]
+    assert table["w1_floor"].tolist() == pytest.approx([5.0, 7.5])
+    assert table["w1_floor"].tolist() == pytest.approx([wasserstein_distance([5, 15, 25, 35], [0, 10, 20, 30]),
+                                                        wasserstein_distance([55, 65], [50, 60, 70, 80])])
+    assert table["w1_pool"].tolist() == pytest.approx([7.5, 15.0])
+    assert table["w1_ratio"].tolist() == pytest.approx([1.5, 2.0])
+    assert table["pool_iqr"].tolist() == pytest.approx([50.0, 0.0])
+    assert table["real_iqr"].tolist() == pytest.approx([15.0, 15.0])
+    assert table["spread_ratio"].tolist() == pytest.approx([50 / 15, 0.0])
+
+    # Through the report: the reference is the ReferenceBands' samples (medians A 15, B 65, threshold 40).
+    ref = ReferenceBands.from_real(np.concatenate(list(HAND["reference"].values())), np.repeat(["A", "B"], 4))
+    _, per_group, summary, _ = skin_tone_report(p_ita, p_group, p_disease, ref, h_ita, h_group,
+                                                heldout_disease=h_disease, seed=1)
+    assert [summary["skin_tone_w1_ratio_A"], summary["skin_tone_w1_ratio_B"]] == pytest.approx([1.5, 2.0])
+    assert summary["skin_tone_w1_ratio_worst_group"] == pytest.approx(2.0)
+    assert [summary["skin_tone_w1_floor_A"], summary["skin_tone_w1_floor_B"]] == pytest.approx([5.0, 7.5])
+    assert summary["skin_tone_spread_ratio_A"] == pytest.approx(50 / 15) and summary["skin_tone_spread_ratio_B"] == 0.0
+    assert summary["skin_tone_spread_ratio_worst_group"] == 0.0  # |log 0| beats |log 3.33|
+    # Ceiling 1.0 in both groups (every held-out ITA is nearest its own median); the pool's A agreement is 3/5.
+    assert summary["skin_tone_agreement_above_ceiling_A"] == summary["skin_tone_agreement_above_ceiling_B"] == 0.0
+    assert summary["skin_tone_agreement_above_ceiling"] == 0.0
+    np.testing.assert_allclose(per_group[["w1_ratio", "w1_floor", "spread_ratio", "above_ceiling"]].to_numpy(float),
+                               [[1.5, 5.0, 50 / 15, 0.0], [2.0, 7.5, 0.0, 0.0]])
+    assert all(isinstance(v, float) for v in summary.values())
+
+
+def test_above_ceiling_flag_by_hand():
+    ref = _made_up_reference()  # medians -50, 20, 60; thresholds -15, 40
+    # Held-out: African 8 of 10 assigned right (ceiling 0.8), Asian 9 of 10 (0.9), Caucasian 10 of 10 (1.0).
+    h_ita = [-50.0] * 8 + [0.0] * 2 + [20.0] * 9 + [50.0] + [60.0] * 10
+    h_group = ["African"] * 10 + ["Asian"] * 10 + ["Caucasian"] * 10
+    # Pool: African 20 of 20 (1.0), Asian 19 of 20 (0.95), Caucasian 20 of 20 (1.0).
+    g_ita = [-50.0] * 20 + [20.0] * 19 + [50.0] + [60.0] * 20
+    g_group = ["African"] * 20 + ["Asian"] * 20 + ["Caucasian"] * 20
+    _, per_group, summary, _ = skin_tone_report(g_ita, g_group, ["psoriasis"] * 60, ref, h_ita, h_group)
+    # African: 1.0 - 0.8 = 0.2 > sqrt(0 / 20 + 0.8 * 0.2 / 10) = 0.126 -> flagged.
+    # Asian: 0.95 - 0.9 = 0.05 < sqrt(0.95 * 0.05 / 20 + 0.9 * 0.1 / 10) = 0.107 -> not.
+    # Caucasian: 1.0 - 1.0 = 0 -> not.
+    assert [summary[f"skin_tone_agreement_above_ceiling_{g}"] for g in ref.groups] == [1.0, 0.0, 0.0]
+    assert summary["skin_tone_agreement_above_ceiling"] == 1.0
+    assert per_group["above_ceiling"].tolist() == [1.0, 0.0, 0.0]
+    assert not any(k.startswith(("skin_tone_w1", "skin_tone_spread")) for k in summary)  # no heldout_disease
+
+
+def test_ita_distance_ratios_reject_missing_groups_and_a_zero_floor():
+    p_ita, p_group, p_disease = _hand_columns(HAND["pool"])
+    h_ita, h_group, h_disease = _hand_columns(HAND["heldout"])
+    a_only = h_group == "A"
+    with pytest.raises(ValueError, match="'B' has no held-out"):
+        ita_distance_ratios(p_ita, p_group, p_disease, h_ita[a_only], h_group[a_only], h_disease[a_only],
+                            HAND["reference"])
+    with pytest.raises(ValueError, match="'B' has no reference"):
+        ita_distance_ratios(p_ita, p_group, p_disease, h_ita, h_group, h_disease, {"A": HAND["reference"]["A"]})
+    same = {"A": [5.0, 15.0, 25.0, 35.0], "B": HAND["reference"]["B"]}
+    with pytest.raises(ValueError, match="'A'.*floor is 0"):
+        ita_distance_ratios(p_ita, p_group, p_disease, h_ita, h_group, h_disease, same)
+    with pytest.raises(ValueError, match="'B'.*no pool image"):
+        ita_distance_ratios(p_ita, p_group, np.where(p_group == "B", "z", p_disease), h_ita, h_group, h_disease,
+                            HAND["reference"])
+    ref = _made_up_reference()
+    with pytest.raises(ValueError, match="heldout_disease needs"):
+        skin_tone_report([1.0], ["Asian"], ["psoriasis"], ref, heldout_disease=["psoriasis"])

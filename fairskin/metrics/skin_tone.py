@@ -69,13 +69,42 @@ Reference bands and agreement
     images assigned to the group they were prompted for, *in band* the share inside their own
     group's band. The same assignment applied to held-out real images gives the ceiling of
     agreement (groups overlap in skin tone: FST bins are not ITA bins).
+
+    Agreement and in-band share saturate: with the procedural set's medians (-55.8, 17.9, 62.1
+    degrees) an image must be 22-37 degrees off to count as wrong, so a pool of flat patches,
+    one colour per group at its median, scores 1.000 on both, above the held-out real ceiling
+    (~0.96). Agreement above its ceiling points to a tone range narrower than real, not to
+    better than real fidelity; the report flags it (``above_ceiling``: more than one standard
+    error of the difference above, so a real sample trips it by chance in ~1 group in 6).
+
+Distance to the real distribution (the primary skin-tone endpoint)
+    ``ita_distance_ratios``, per group ``g``: the reference is the real training images' ITAs of
+    ``g`` (``ReferenceBands.samples``), the floor ``W1(held-out real ITAs of g, reference)`` in
+    degrees (``W1``: 1-D Wasserstein-1 distance, the area between the two empirical CDFs). The
+    pool side is subsampled per (g, disease) subclass to the held-out split's count of that
+    subclass (without replacement where the pool has enough, else with), so it has the held-out
+    N and disease mix; its W1 to the reference is averaged over ``subsamples`` seeded draws.
+    ``w1_ratio = mean W1(pool subsample, reference) / floor``: 1 = as close to the reference as
+    held-out real images, larger = worse. W1 shrinks with N, so comparing at the held-out N
+    keeps the ratio free of the pool's size. A flat-patch pool lands at its group's mean
+    absolute deviation about the median (several floors), so it fails this endpoint.
+    ``spread_ratio = IQR(pool ITAs of g) / IQR(reference ITAs of g)``: < 1 a narrower tone
+    range than real (0 for flat patches), > 1 wider.
+
+    The floor is one held-out draw, so a real sample's ratio scatters about 1 whatever N (the
+    procedural groups mix two FSTs whose palettes differ, and W1 between samples is dominated by
+    the drawn mix): over 200 simulated rounds with the Fitzpatrick17k subclass mix, per group
+    median 1.05, 90th percentile ~1.9, 15-25 % above 1.5, while a flat-patch pool's ratio grows
+    as sqrt(N) (3.4-17 at 59-303 held-out images per group). Within one run every variant shares
+    the floor, so the floor's luck scales all variants of a group alike (it does move which group
+    is the worst).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -357,6 +386,131 @@ def _stats(ita: np.ndarray, groups: np.ndarray, ref: ReferenceBands, group: str)
     }
 
 
+SUBSAMPLES = 8  # pool subsamples averaged into the numerator of w1_ratio
+
+
+def wasserstein_1d(u: np.ndarray, v: np.ndarray) -> float:
+    """Wasserstein-1 distance between two 1-D samples ``(n,)`` and ``(m,)``, in their unit (degrees).
+
+    The area between the two empirical CDFs, ``integral |F_u(x) - F_v(x)| dx``, evaluated exactly
+    between consecutive pooled sample points. Equal-weight samples; both must be non-empty.
+    """
+    u = np.sort(np.asarray(u, dtype=np.float64).reshape(-1))
+    v = np.sort(np.asarray(v, dtype=np.float64).reshape(-1))
+    if len(u) == 0 or len(v) == 0:
+        raise ValueError(f"W1 needs two non-empty samples, got {len(u)} and {len(v)} values")
+    points = np.sort(np.concatenate([u, v]))
+    cdf_u = np.searchsorted(u, points[:-1], side="right") / len(u)
+    cdf_v = np.searchsorted(v, points[:-1], side="right") / len(v)
+    return float(np.sum(np.abs(cdf_u - cdf_v) * np.diff(points)))
+
+
+def _iqr(values: np.ndarray) -> float:
+    q25, q75 = np.percentile(values, [25, 75])
+    return float(q75 - q25)
+
+
+def heldout_mix_subsample(pool_disease: Sequence, heldout_disease: Sequence, rng: np.random.Generator) -> np.ndarray:
+    """Indices into one group's pool ``(n,)`` drawing, per disease, the held-out count of that disease.
+
+    ``pool_disease`` ``(n,)`` and ``heldout_disease`` ``(m,)`` are the disease labels of one
+    group's pool and held-out images. For each disease of the held-out set (sorted), ``k`` =
+    its held-out count rows are drawn from the pool's rows of that disease: without
+    replacement when the pool has at least ``k``, else with replacement. Diseases the pool
+    lacks are left out (the subsample is then smaller than ``m``); pool diseases absent from
+    the held-out set get weight 0. Returns int64 ``(<= m,)``, grouped by disease.
+    """
+    pool_disease = np.asarray(pool_disease, dtype=object).reshape(-1)
+    names, counts = np.unique(np.asarray(heldout_disease, dtype=object).reshape(-1), return_counts=True)
+    parts = []
+    for d, k in zip(names.tolist(), counts.tolist()):
+        rows = np.flatnonzero(pool_disease == d)
+        if len(rows):
+            parts.append(rng.choice(rows, size=k, replace=len(rows) < k))
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+def ita_distance_ratios(
+    gen_ita: np.ndarray,
+    gen_group: Sequence,
+    gen_disease: Sequence,
+    heldout_ita: np.ndarray,
+    heldout_group: Sequence,
+    heldout_disease: Sequence,
+    reference: Mapping[str, np.ndarray],
+    *,
+    seed: int = 0,
+    subsamples: int = SUBSAMPLES,
+) -> pd.DataFrame:
+    """Per group: the pool's W1 distance to the real ITAs in units of the real-vs-real floor, and its spread.
+
+    ``gen_ita`` ``(N,)`` degrees with ``gen_group``, ``gen_disease`` ``(N,)``: the pool;
+    ``heldout_ita`` ``(M,)`` degrees with ``heldout_group``, ``heldout_disease`` ``(M,)``: real
+    images outside the reference; ``reference``: group -> the real reference ITAs ``(R_g,)``
+    in degrees (the training split, e.g. ``ReferenceBands.samples``). One row per group
+    present in the pool, in ``reference``'s order (then any other, sorted), columns:
+
+    - ``n``, ``n_heldout``, ``n_subsample`` (pool images per subsample: ``n_heldout`` unless
+      the pool lacks one of the held-out diseases, see ``heldout_mix_subsample``);
+    - ``w1_floor``: ``W1(held-out ITAs of g, reference of g)``, degrees;
+    - ``w1_pool``: the mean over ``subsamples`` draws (``numpy.random.default_rng(seed)``, one
+      stream over the groups in row order) of ``W1(pool subsample, reference of g)``, degrees;
+    - ``w1_ratio``: ``w1_pool / w1_floor`` (1 = as close as held-out real, larger = worse);
+    - ``pool_iqr``, ``real_iqr``: inter-quartile ranges (degrees) of the whole pool's and the
+      reference's ITAs of g; ``spread_ratio = pool_iqr / real_iqr``.
+
+    Raises ``ValueError`` naming the group when a pool group has no held-out or no reference
+    images, none of its pool images has a held-out disease, or its floor or reference IQR is 0.
+    """
+    ita, groups = _check_pair(gen_ita, gen_group, "gen_ita", "gen_group")
+    diseases = np.asarray(gen_disease, dtype=object).reshape(-1)
+    h_ita, h_groups = _check_pair(heldout_ita, heldout_group, "heldout_ita", "heldout_group")
+    h_diseases = np.asarray(heldout_disease, dtype=object).reshape(-1)
+    if len(diseases) != len(ita):
+        raise ValueError(f"gen_ita and gen_disease differ in length: {len(ita)} and {len(diseases)}")
+    if len(h_diseases) != len(h_ita):
+        raise ValueError(f"heldout_ita and heldout_disease differ in length: {len(h_ita)} and {len(h_diseases)}")
+    if subsamples < 1:
+        raise ValueError(f"subsamples must be >= 1, got {subsamples}")
+    present = set(groups.tolist())
+    order = [g for g in reference if g in present] + sorted(present - set(reference))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in order:
+        real = np.asarray(reference.get(g, ()), dtype=np.float64).reshape(-1)
+        held = h_groups == g
+        if len(real) == 0:
+            raise ValueError(f"group {g!r} has no reference (training) ITA values")
+        if not held.any():
+            raise ValueError(f"group {g!r} has no held-out ITA values")
+        floor = wasserstein_1d(h_ita[held], real)
+        if floor <= 0:
+            raise ValueError(f"group {g!r}: the real-vs-real W1 floor is 0 (held-out and reference ITAs coincide)")
+        real_iqr = _iqr(real)
+        if real_iqr <= 0:
+            raise ValueError(f"group {g!r}: the reference ITAs have an inter-quartile range of 0")
+        mine = groups == g
+        pool_ita, pool_disease = ita[mine], diseases[mine]
+        draws = [heldout_mix_subsample(pool_disease, h_diseases[held], rng) for _ in range(subsamples)]
+        if len(draws[0]) == 0:
+            raise ValueError(f"group {g!r}: no pool image has one of the held-out diseases "
+                             f"{sorted(set(h_diseases[held].tolist()))}")
+        w1_pool = float(np.mean([wasserstein_1d(pool_ita[rows_], real) for rows_ in draws]))
+        pool_iqr = _iqr(pool_ita)
+        rows.append({"group": g, "n": int(mine.sum()), "n_heldout": int(held.sum()), "n_subsample": len(draws[0]),
+                     "w1_floor": floor, "w1_pool": w1_pool, "w1_ratio": w1_pool / floor,
+                     "pool_iqr": pool_iqr, "real_iqr": real_iqr, "spread_ratio": pool_iqr / real_iqr})
+    return pd.DataFrame(rows, columns=["group", "n", "n_heldout", "n_subsample", "w1_floor", "w1_pool", "w1_ratio",
+                                       "pool_iqr", "real_iqr", "spread_ratio"])
+
+
+def _above_ceiling(agreement: float, n: int, ceiling: float, n_heldout: int) -> float:
+    """1.0 when ``agreement`` (n images) exceeds ``ceiling`` (n_heldout images) by more than the
+    binomial standard error of their difference, ``sqrt(p (1 - p) / n + c (1 - c) / n_heldout)``."""
+    se = math.sqrt(agreement * (1 - agreement) / n + ceiling * (1 - ceiling) / n_heldout)
+    return float(agreement - ceiling > se)
+
+
 def skin_tone_report(
     gen_ita: np.ndarray,
     gen_group: Sequence,
@@ -364,12 +518,18 @@ def skin_tone_report(
     ref: ReferenceBands,
     heldout_ita: np.ndarray | None = None,
     heldout_group: Sequence | None = None,
+    *,
+    heldout_disease: Sequence | None = None,
+    seed: int = 0,
+    subsamples: int = SUBSAMPLES,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float], pd.DataFrame]:
     """Skin-tone fidelity of generated images against the real reference ``ref``.
 
     ``gen_ita`` ``(N,)`` degrees, ``gen_group`` ``(N,)`` the prompted group, ``gen_disease``
     ``(N,)``; optional held-out real images ``heldout_ita``, ``heldout_group`` ``(M,)`` give the
-    ceiling of agreement. Returns:
+    ceiling of agreement; with their diseases ``heldout_disease`` ``(M,)`` as well, the distance
+    ratios of ``ita_distance_ratios`` (reference: ``ref.samples``, the real training ITAs;
+    ``seed`` and ``subsamples`` are passed on). Returns:
 
     - per subclass, one row per (group, disease) present, sorted: ``group, disease, n,
       in_band, wasserstein, agreement, ita_median``. ``in_band``: share of generated ITAs inside
@@ -378,11 +538,19 @@ def skin_tone_report(
       assigned (nearest real median) to the prompted group;
     - per group, one row per group present, in ``ref.groups`` order (darkest first): the same
       columns without ``disease``, plus ``real_median, real_p05, real_p95`` and, with held-out
-      images, ``agreement_ceiling`` (NaN for a group without held-out images);
+      images, ``agreement_ceiling`` (NaN for a group without held-out images) and
+      ``above_ceiling`` (1.0 when the group's agreement exceeds its ceiling by more than the
+      binomial standard error of the difference, else 0.0; NaN without a ceiling), and with
+      ``heldout_disease`` also ``w1_ratio, w1_floor, spread_ratio``;
     - summary, flat floats: ``skin_tone_agreement`` (all images), ``skin_tone_agreement_<group>``,
       ``skin_tone_agreement_worst_group`` (the lowest), ``ita_in_band``, ``ita_in_band_<group>``,
       ``ita_wasserstein_<group>``, and with held-out images ``skin_tone_agreement_ceiling``,
-      ``skin_tone_agreement_ceiling_<group>``;
+      ``skin_tone_agreement_ceiling_<group>``, ``skin_tone_agreement_above_ceiling_<group>``
+      and ``skin_tone_agreement_above_ceiling`` (1.0 if any group is); with ``heldout_disease``
+      also ``skin_tone_w1_ratio_<group>``, ``skin_tone_w1_ratio_worst_group`` (the largest:
+      the primary skin-tone endpoint, lower is better, 1 = held-out real), ``skin_tone_w1_floor_<group>``
+      (degrees), ``skin_tone_spread_ratio_<group>`` and ``skin_tone_spread_ratio_worst_group``
+      (the ratio furthest from 1 in log terms);
     - confusion, counts (int): rows the prompted group (index name ``prompted``), columns the
       assigned group (``assigned``), both all of ``ref.groups`` in order.
     """
@@ -395,6 +563,8 @@ def skin_tone_report(
     ref._check_known(groups)
     if (heldout_ita is None) != (heldout_group is None):
         raise ValueError("give both heldout_ita and heldout_group, or neither")
+    if heldout_disease is not None and heldout_ita is None:
+        raise ValueError("heldout_disease needs heldout_ita and heldout_group")
 
     rows = []
     for g, d in sorted(set(zip(groups.tolist(), diseases.tolist()))):
@@ -411,6 +581,11 @@ def skin_tone_report(
         ref._check_known(h_groups)
         h_hit = ref.assign(h_ita) == h_groups
         ceiling = {g: float(h_hit[h_groups == g].mean()) for g in ref.groups if (h_groups == g).any()}
+        n_ceiling = {g: int((h_groups == g).sum()) for g in ceiling}
+    distance = None
+    if heldout_disease is not None:
+        distance = ita_distance_ratios(ita, groups, diseases, heldout_ita, heldout_group, heldout_disease,
+                                       ref.samples, seed=seed, subsamples=subsamples).set_index("group")
 
     rows = []
     for g in ref.groups:
@@ -421,6 +596,10 @@ def skin_tone_report(
                "real_median": ref.median[g], "real_p05": ref.p05[g], "real_p95": ref.p95[g]}
         if heldout_ita is not None:
             row["agreement_ceiling"] = ceiling.get(g, float("nan"))
+            row["above_ceiling"] = (_above_ceiling(row["agreement"], row["n"], ceiling[g], n_ceiling[g])
+                                    if g in ceiling else float("nan"))
+        if distance is not None:
+            row.update({k: float(distance.loc[g, k]) for k in ("w1_ratio", "w1_floor", "spread_ratio")})
         rows.append(row)
     per_group = pd.DataFrame(rows)
 
@@ -438,6 +617,23 @@ def skin_tone_report(
         summary["skin_tone_agreement_ceiling"] = float(h_hit.mean())
         for g, v in ceiling.items():
             summary[f"skin_tone_agreement_ceiling_{g}"] = v
+        flags = {row["group"]: row["above_ceiling"] for row in rows if row["group"] in ceiling}
+        for g, v in flags.items():
+            summary[f"skin_tone_agreement_above_ceiling_{g}"] = v
+        summary["skin_tone_agreement_above_ceiling"] = float(any(v == 1.0 for v in flags.values()))
+    if distance is not None:
+        for g in distance.index:
+            summary[f"skin_tone_w1_ratio_{g}"] = float(distance.loc[g, "w1_ratio"])
+        summary["skin_tone_w1_ratio_worst_group"] = float(distance["w1_ratio"].max())
+        for g in distance.index:
+            summary[f"skin_tone_w1_floor_{g}"] = float(distance.loc[g, "w1_floor"])
+        spread = distance["spread_ratio"]
+        for g in distance.index:
+            summary[f"skin_tone_spread_ratio_{g}"] = float(spread[g])
+        # log|ratio|: halving and doubling the spread are equally far from 1; a flat pool (0) is furthest.
+        with np.errstate(divide="ignore"):
+            worst = int(np.argmax(np.abs(np.log(spread.to_numpy()))))
+        summary["skin_tone_spread_ratio_worst_group"] = float(spread.iloc[worst])
 
     index = {g: i for i, g in enumerate(ref.groups)}
     counts = np.zeros((len(ref.groups), len(ref.groups)), dtype=np.int64)
