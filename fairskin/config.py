@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # Lives beside the samplers, which benchmarks/gpu.py imports on the device machine without pydantic.
 from fairskin.diffusion.sampler import NO_ZERO_SNR_SAMPLERS
+from fairskin.metrics.endpoints import (DEFAULT_MARGINS, DEFAULT_PRIMARY, DEFAULT_RESOLUTIONS, Declaration,
+                                        config_hash, endpoint_problems)
 
 DEFAULT_DISEASES = (
     "allergic contact dermatitis",
@@ -138,6 +140,23 @@ class VariantSpec(_Section):
 
 
 CONTROL_DROP_PREFIX = "control_drop_"  # control_drop_<group>: vanilla without that group's images
+# control_mix_<group>_<pct>: a pool, not a fine-tune (fairskin.diffusion.mix_pool): each of the group's images
+# from control_drop_<group>'s pool with probability pct / 100, else vanilla's. pct an integer (no '.' in names).
+CONTROL_MIX_PREFIX = "control_mix_"
+_MIX = re.compile(r"^control_mix_(?P<slug>[a-z0-9_]+?)_(?P<pct>[0-9]{1,2})$")
+
+
+def parse_mix_control(name: str) -> tuple[str, int]:
+    """``"control_mix_african_20"`` -> ``("african", 20)``; ValueError unless pct is an integer in 1..99."""
+    match = _MIX.match(name)
+    if match is None or not 1 <= int(match["pct"]) <= 99:
+        raise ValueError(f"{name!r} is not control_mix_<group>_<pct> with pct an integer from 1 to 99")
+    return match["slug"], int(match["pct"])
+
+
+def is_mix_control(name: str) -> bool:
+    """Whether variant ``name`` is a mixed pool (no fine-tune of its own)."""
+    return name.startswith(CONTROL_MIX_PREFIX)
 
 
 def group_slug(group: str) -> str:
@@ -257,8 +276,15 @@ class DiffusionConfig(_Section):
         dup = sorted({n for n in self.variants if self.variants.count(n) > 1})
         if dup:
             raise ValueError(f"variants {dup} appear more than once")
+        for name in self.variants:
+            if is_mix_control(name):
+                slug, _ = parse_mix_control(name)
+                missing = [v for v in ("vanilla", CONTROL_DROP_PREFIX + slug) if v not in self.variants]
+                if missing:
+                    raise ValueError(f"{name!r} mixes the pools of vanilla and {CONTROL_DROP_PREFIX + slug}: add "
+                                     f"{missing} to diffusion.variants")
         unknown = [n for n in self.variants if n not in VARIANTS and n not in custom
-                   and not n.startswith(CONTROL_DROP_PREFIX)]
+                   and not n.startswith((CONTROL_DROP_PREFIX, CONTROL_MIX_PREFIX))]
         if unknown:
             raise ValueError(f"unknown variant(s) {unknown}; registered: {sorted(VARIANTS)}"
                              + (f", custom: {custom}" if custom else "")
@@ -275,6 +301,8 @@ class DiffusionConfig(_Section):
                 return spec
         if name.startswith(CONTROL_DROP_PREFIX):
             return control_drop_variant(name)
+        if is_mix_control(name):  # no fine-tune: vanilla's spec, so its repeat seeds are vanilla's
+            return VariantSpec(name=name, weights="none", loss="dm")
         return get_variant(name)
 
     def for_variant(self, spec: VariantSpec) -> "DiffusionConfig":
@@ -363,11 +391,34 @@ class TuneConfig(_Section):
 
 
 class ReportConfig(_Section):
-    """The ablation report: paired differences against a baseline variant."""
+    """The ablation report: paired differences against a baseline variant, verdicts on declared endpoints.
+
+    ``primary`` (at most five report metric keys, :mod:`fairskin.metrics.endpoints`) are declared here,
+    before any data, each with an equivalence ``margins`` entry and optionally a ``resolutions`` entry
+    (both in the metric's own units). Each compared variant gets one Holm family over them; every
+    other metric is exploratory. The controls read the same declaration.
+    """
 
     baseline: str = "vanilla"
     level: float = Field(0.95, gt=0, lt=1)  # interval coverage
-    alpha: float = Field(0.05, gt=0, lt=1)  # Holm family-wise error rate
+    alpha: float = Field(0.05, gt=0, lt=1)  # family-wise error rate of each variant's primary family
+    power: float = Field(0.8, gt=0, lt=1)  # for the minimum detectable effect
+    primary: list[str] = Field(default_factory=lambda: list(DEFAULT_PRIMARY))
+    margins: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MARGINS))
+    resolutions: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RESOLUTIONS))
+    primary_mode: Literal["random", "resample", "reweight"] = "random"  # classifier endpoints read this mode
+
+    @model_validator(mode="after")
+    def _declaration(self) -> "ReportConfig":
+        problems = endpoint_problems(self.primary, self.margins, self.resolutions)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def declaration(self, config_hash: str = "") -> Declaration:
+        """The primary endpoints as :class:`fairskin.metrics.endpoints.Declaration`."""
+        return Declaration(primary=tuple(self.primary), margins=dict(self.margins), resolutions=dict(self.resolutions),
+                           mode=self.primary_mode, alpha=self.alpha, power=self.power, config_hash=config_hash)
 
 
 class TrackingConfig(_Section):
@@ -445,6 +496,12 @@ class FairSkinConfig(_Section):
         wanted = {self.dropped_group(v) for v in self.diffusion.variants} - {None}
         return [g for g in self.data.group_names if g in wanted]
 
+    def declaration(self) -> Declaration:
+        """The report's primary endpoints, stamped with the hash of this configuration (its runtime and
+        tracking sections left out: where a run writes does not change what it claims)."""
+        tree = self.model_dump(mode="json", exclude={"runtime", "tracking"})
+        return self.report.declaration(config_hash(tree))
+
     def tracking_uri(self) -> str:
         """MLflow tracking URI: the configured one, else a SQLite file under the runs root."""
         if self.tracking.tracking_uri:
@@ -505,7 +562,8 @@ def _study() -> dict[str, Any]:
         **demo,
         "diffusion": {**demo["diffusion"], "base_vae_steps": 4000, "base_unet_steps": 5000, "max_steps": 200,
                       "zero_terminal_snr": True, "base_snr_gamma": 5.0,
-                      "variants": ["vanilla", "fairskin_s", "vanilla_twin", "control_drop_african"],
+                      "variants": ["vanilla", "fairskin_s", "vanilla_twin", "control_drop_african",
+                                   "control_mix_african_50", "control_mix_african_20"],
                       "repeat_seeds": [0, 1, 2]},
         "generation": {**demo["generation"], "inference_steps": 20, "judge_images_per_subclass": 300},
         "tune": {**demo["tune"], "space": "ablation_random", "num_trials": None, "train_seeds": 1,

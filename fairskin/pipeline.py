@@ -381,7 +381,7 @@ def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     from fairskin.config import group_slug
     from fairskin.data.stream import decode_local
     from fairskin.diffusion.finetune import FitInterrupted, cache_for, finetune_variant, request_stop
-    from fairskin.diffusion.variants import generator_seed, generators
+    from fairskin.diffusion.variants import fine_tuned_generators, generator_seed
     from fairskin.io import atomic_write_json
     from fairskin.provenance import folder_fingerprint, split_generator_id
     from fairskin.stages import is_finished, stage_dir
@@ -393,7 +393,7 @@ def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
         shutil.rmtree(checkpoints, ignore_errors=True)
     train = decode_local(inputs["prepare"].path / "shards")
     base = base_pipeline_folder(inputs["base"])
-    names = generators(d)
+    names = fine_tuned_generators(d)  # a mixed-pool control has no fine-tune (generate mixes it)
     # What each generator starts from and trains on: the base and all of train, except the
     # control_drop_<group> generators (their group's base, train without the group).
     # With diffusion.latent_feed = shards the latents are written as shards beside the checkpoints (kept with
@@ -556,11 +556,11 @@ def _generate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
 
     key = pipeline_stage_key("generate", config, inputs)
     work = stages_root(config) / f"generate-{key}.work"
-    from fairskin.diffusion.variants import generators
+    from fairskin.diffusion.variants import fine_tuned_generators
     from fairskin.io import atomic_write_json
     from fairskin.provenance import shard_fingerprint
 
-    pipelines = {g: inputs["finetune"].path / g / "pipeline" for g in generators(config.diffusion)}
+    pipelines = {g: inputs["finetune"].path / g / "pipeline" for g in fine_tuned_generators(config.diffusion)}
     started = time.time()
     images = {"count": 0}
 
@@ -568,6 +568,7 @@ def _generate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
         images["count"] += entry["rows"]
 
     folders = generate_pools(config, pipelines, work, on_item=on_item)
+    folders.update(_mixed_pools(config, folders, work))
     seconds = time.time() - started
     for variant, folder in folders.items():
         os.replace(folder, out / variant)
@@ -578,6 +579,34 @@ def _generate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
                                               for g in folders})
     return {"images_generated": images["count"], "generate_seconds": seconds,
             "images_per_s": images["count"] / seconds if seconds > 0 else 0.0}
+
+
+def _mixed_pools(config: FairSkinConfig, folders: Mapping[str, Path], work: Path) -> dict[str, Path]:
+    """Each ``control_mix_<group>_<pct>`` generator's pool, mixed from the same repeat's vanilla and
+    ``control_drop_<group>`` pools (:func:`fairskin.diffusion.mix_pool.mix_pool`); kept when already made."""
+    import shutil
+
+    from fairskin.config import CONTROL_DROP_PREFIX, group_slug, is_mix_control, parse_mix_control
+    from fairskin.data.shards import INDEX_FILE, Vocabulary
+    from fairskin.diffusion.mix_pool import mix_pool
+    from fairskin.diffusion.variants import generator_seed, generators
+    from fairskin.provenance import generator_id, split_generator_id
+
+    out = {}
+    for name in generators(config.diffusion):
+        variant, repeat = split_generator_id(name)
+        if not is_mix_control(variant):
+            continue
+        slug, pct = parse_mix_control(variant)
+        folder = work / name
+        if not (folder / INDEX_FILE).is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            group = next(g for g in config.data.group_names if group_slug(g) == slug)
+            mix_pool(folders[generator_id("vanilla", repeat)], folders[generator_id(CONTROL_DROP_PREFIX + slug, repeat)],
+                     folder, generator=name, group=group, fraction=pct / 100, seed=generator_seed(config.diffusion, name),
+                     vocab=Vocabulary(tuple(config.data.group_names), tuple(config.data.diseases)))
+        out[name] = folder
+    return out
 
 
 def _pool_preview(config: FairSkinConfig, folder: Path, variant: str) -> None:
@@ -760,7 +789,8 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
         report.summary.update(judge=info.description, judge_saw_train_images=int(info.saw_train_images))
         tone_subclass, tone_group, tone_summary, confusion = skin_tone_report(
             image_ita(pool_pixels), pool_meta["group"].to_numpy(), pool_meta["disease"].to_numpy(), bands,
-            held_ita, held_meta["group"].to_numpy())
+            held_ita, held_meta["group"].to_numpy(), heldout_disease=held_meta["disease"].to_numpy(),
+            seed=config.runtime.seed)  # W1 ratios: the reference is bands.samples, the train split's ITAs
         report.summary.update(tone_summary)
         (out / variant).mkdir(parents=True, exist_ok=True)
         tone_subclass.to_csv(out / variant / "skin_tone_per_subclass.csv", index=False)
@@ -953,8 +983,11 @@ def _report_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageRe
 
     r = config.report
     report = build_report(config.tracking_uri(), out, config.data.group_names, study=study_of(inputs["tune"]),
-                          baseline=r.baseline, level=r.level, alpha=r.alpha)
-    return {"rows_table1": len(report.table1), "figures": len(report.figures), "figures_missing": len(report.missing)}
+                          baseline=r.baseline, level=r.level, declaration=config.declaration())
+    counts = report.verdicts["verdict"].value_counts() if len(report.verdicts) else {}
+    return {"rows_table1": len(report.table1), "figures": len(report.figures), "figures_missing": len(report.missing),
+            **{f"verdicts_{v}": int(counts.get(v, 0)) for v in ("better", "worse", "equivalent", "inconclusive",
+                                                               "untestable")}}
 
 
 def _report_log(run: RunHandle, result: StageResult) -> None:

@@ -16,17 +16,21 @@ R and S. With R = 1 there is no interval.
 
 **Paired differences.** Repeat r of every variant shares repeat r's seed (and its pool noise),
 so variants are compared *paired by repeat* against a baseline variant (default ``vanilla``):
-the R within-repeat differences, their t-interval, the paired t-test p-value (R >= 3), an
-exact sign-flip permutation p-value (R >= 6), and Holm's adjustment across every test of
-the method's variants (:mod:`fairskin.metrics.paired`); each control variant (``vanilla_twin``,
-``control_drop_<group>``: they test the engine) is its own Holm family. A Table 1 cell is marked ``▲`` (better) or ``▼``
-(worse) only where its Holm-adjusted paired difference says so; no other "best" is claimed.
+the R within-repeat differences, their t-interval, the paired t-test p-value (R >= 3) and an
+exact sign-flip permutation p-value (R >= 6) (:mod:`fairskin.metrics.paired`). These are
+exploratory. **Verdicts** are given on the primary endpoints declared in the configuration
+(``report.primary``, :mod:`fairskin.metrics.endpoints`) only: one Holm family per compared
+variant over them (controls included, each its own family), better / worse / equivalent (TOST
+within the declared margin) / inconclusive (with the minimum detectable effect) / untestable
+(:mod:`fairskin.metrics.verdicts`). A Table 1 cell is marked ``▲`` (better) or ``▼`` (worse) only
+where a primary verdict says so; no other "best" is claimed.
 Demographic parity is not ranked: a classifier that always answers one disease has DP = 0,
 and a perfect one has DP = its oracle floor, which is shown beside it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,41 +40,15 @@ import numpy as np
 import pandas as pd
 
 from fairskin.io import atomic_write_text
-from fairskin.metrics.paired import holm, paired_table, repeat_values, t_interval
+# (column, MLflow metric, direction) of every report metric: +1 higher is better, -1 lower, 0 not ranked.
+from fairskin.metrics.endpoints import CLASSIFIER_COLUMNS, CLASSIFIER_KEYS, GENERATION_COLUMNS, LABELS, MODES, Declaration
+from fairskin.metrics.endpoints import DIRECTIONS as DIRECTIONS_OF
+from fairskin.metrics.paired import paired_table, repeat_values, t_interval
+from fairskin.metrics.verdicts import VERDICT_COLUMNS, family_verdicts
 from fairskin.provenance import TAG_POOL, TAG_REAL, TAG_REPEAT, TAG_STAGE_KEY, TAG_VARIANT
 
-# (column, MLflow metric, direction): +1 higher is better, -1 lower is better, 0 not ranked.
-CLASSIFIER_COLUMNS = (
-    ("accuracy", "test_accuracy", +1),
-    ("worst_group_accuracy", "test_worst_group_accuracy", +1),
-    ("dp", "test_dp", 0),
-    ("essp", "test_essp", +1),
-    ("essp_fairseg", "test_essp_fairseg", +1),
-)
-GENERATION_COLUMNS = (
-    ("fid", "fid_mean", -1),
-    ("fid_var_subclass", "fid_var_subclass", -1),
-    ("fid_var_group", "fid_var_group", -1),
-    ("kid", "kid_mean", -1),
-    ("is", "is_mean", +1),
-    ("skin_tone", "skin_tone_agreement", +1),
-    ("skin_tone_worst", "skin_tone_agreement_worst_group", +1),
-    ("disease_fidelity", "disease_fidelity", +1),
-    ("disease_fidelity_worst", "disease_fidelity_worst_group", +1),
-    ("fid_pooled", "fid_pooled_overall", -1),
-    ("kid_floor", "kid_floor_mean", 0),
-    ("fid_var_subclass_floor_corrected", "fid_var_subclass_floor_corrected", -1),
-)
-LABELS = {"accuracy": "accuracy", "worst_group_accuracy": "worst-group acc.", "dp": "DP (oracle floor)",
-          "essp": "ESSP (paper)", "essp_fairseg": "ESSP (FairSeg)", "fid": "FID", "fid_var_subclass":
-          "FID var (subclass)", "fid_var_group": "FID var (group)", "kid": "KID", "is": "IS",
-          "skin_tone": "skin-tone agreement", "skin_tone_worst": "skin-tone agr. (worst group)",
-          "disease_fidelity": "disease fidelity", "disease_fidelity_worst": "disease fid. (worst group)",
-          "fid_pooled": "FID pooled (real mix)", "kid_floor": "KID floor (real vs real)",
-          "fid_var_subclass_floor_corrected": "FID var (subclass, floor-corr.)"}
-MODES = ("random", "resample", "reweight")
 PER_GROUP_PREFIXES = ("metrics.fid_", "metrics.skin_tone_agreement_", "metrics.ita_in_band_",
-                      "metrics.disease_fidelity_")
+                      "metrics.disease_fidelity_", "metrics.skin_tone_w1_ratio_", "metrics.skin_tone_spread_ratio_")
 GENERATION_BLOCK = "generation"
 
 
@@ -87,6 +65,8 @@ class Report:
     table2: pd.DataFrame
     paired: pd.DataFrame = field(default_factory=pd.DataFrame)
     units: pd.DataFrame = field(default_factory=pd.DataFrame)
+    verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    declaration: Declaration = field(default_factory=Declaration)
     figures: dict[str, Path] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
@@ -280,15 +260,20 @@ def table1(units: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_differences(units: pd.DataFrame, baseline: str, level: float = 0.95, alpha: float = 0.05) -> pd.DataFrame:
+def paired_differences(units: pd.DataFrame, baseline: str, level: float = 0.95,
+                       declaration: Declaration | None = None) -> pd.DataFrame:
     """Every variant against ``baseline``, paired by repeat: classifier metrics within each mode
     (block = the mode), generation metrics once per variant (block ``generation``).
 
-    Columns: ``block`` and those of :func:`fairskin.metrics.paired.paired_table`; ``p_holm``,
-    ``significant`` and ``better`` are recomputed with Holm's adjustment across every test of
-    the method's variants (all blocks together), and separately within each control variant
-    (``family``: ``variants`` or the control's name). Empty when the baseline has no rows.
+    Columns: ``block``, those of :func:`fairskin.metrics.paired.paired_table`, ``primary`` and
+    ``verdict``. These are exploratory differences: only the declared primary endpoints (in the
+    declaration's mode for classifier endpoints) carry a Holm-adjusted p (``p_holm``, from
+    :func:`primary_verdicts`: one family per variant over its primary endpoints), and only their
+    ``better`` / ``worse`` verdicts set ``significant`` and ``better`` (+1 / -1). Every other row has
+    ``p_holm`` NaN, ``significant`` False, ``better`` 0 and ``verdict`` "exploratory". Empty when
+    the baseline has no rows.
     """
+    declaration = declaration or Declaration()
     if not len(units) or baseline not in set(units["variant"]):
         return pd.DataFrame()
     blocks = []
@@ -296,30 +281,75 @@ def paired_differences(units: pd.DataFrame, baseline: str, level: float = 0.95, 
     for mode, part in units.groupby("mode", sort=True):
         if baseline in set(part["variant"]) and part["variant"].nunique() > 1 and classifier:
             table = paired_table(part[["variant", "repeat", *[c for c, _ in classifier]]], baseline,
-                                 [c for c, _ in classifier], dict(classifier), level=level, alpha=alpha)
+                                 [c for c, _ in classifier], dict(classifier), level=level,
+                                 resolution={c: declaration.resolution(c) for c, _ in classifier})
             blocks.append(table.assign(block=mode))
     generation = [(c, d) for c, _, d in GENERATION_COLUMNS if c in units and units[c].notna().any()]
     if generation:
         per_generator = units.drop_duplicates(["variant", "repeat"])[["variant", "repeat", *[c for c, _ in generation]]]
         if per_generator["variant"].nunique() > 1:
             table = paired_table(per_generator, baseline, [c for c, _ in generation], dict(generation),
-                                 level=level, alpha=alpha)
+                                 level=level, resolution={c: declaration.resolution(c) for c, _ in generation})
             blocks.append(table.assign(block=GENERATION_BLOCK))
     if not blocks:
         return pd.DataFrame()
     out = pd.concat(blocks, ignore_index=True)
-    # Holm per family: the method's variants together; each control (which tests the engine, not the
-    # method) alone, so adding controls neither dilutes nor inflates the method's comparisons.
-    from fairskin.diffusion.variants import is_control
-
-    out["family"] = [v if is_control(v) else "variants" for v in out["variant"]]
-    out["p_holm"] = np.nan
-    for _, index in out.groupby("family").groups.items():
-        out.loc[index, "p_holm"] = holm(out.loc[index, "p_t"].to_numpy(float))
-    out["significant"] = out["p_holm"] < alpha
-    sign = np.sign(out["mean_diff"].to_numpy(float)) * out["direction"].to_numpy(int)
-    out["better"] = np.where(out["significant"] & (out["direction"] != 0), sign, 0).astype(int)
+    out["family"] = out["variant"]
+    own_block = np.where(out["metric"].isin(CLASSIFIER_KEYS), declaration.mode, GENERATION_BLOCK)
+    out["primary"] = out["metric"].isin(declaration.primary) & (out["block"] == own_block)
+    verdicts = primary_verdicts(units, baseline, declaration, level)
+    lookup = {(r.variant, r.endpoint): r for r in verdicts.itertuples()} if len(verdicts) else {}
+    found = [lookup.get((v, m)) if p else None for v, m, p in zip(out["variant"], out["metric"], out["primary"])]
+    out["p_holm"] = [r.p_holm if r is not None else np.nan for r in found]
+    out["verdict"] = [r.verdict if r is not None else "exploratory" for r in found]
+    out["significant"] = out["verdict"].isin(["better", "worse"])
+    out["better"] = np.select([out["verdict"] == "better", out["verdict"] == "worse"], [1, -1], 0).astype(int)
     return out[["block", *[c for c in out.columns if c != "block"]]]
+
+
+def primary_values(units: pd.DataFrame, variant: str, endpoint: str, mode: str) -> pd.Series:
+    """repeat -> the value of ``endpoint`` for ``variant``: classifier endpoints from downstream
+    ``mode`` (averaged over the repeat's seeds already), generation endpoints once per generator."""
+    part = units[units["variant"] == variant]
+    if endpoint in CLASSIFIER_KEYS and "mode" in part:
+        part = part[part["mode"] == mode]
+    if endpoint not in part or not len(part):
+        return pd.Series(dtype=float)
+    values = pd.to_numeric(part[endpoint], errors="coerce")
+    return values.groupby(part["repeat"]).first().dropna()
+
+
+def primary_verdicts(units: pd.DataFrame, baseline: str, declaration: Declaration,
+                     level: float = 0.95) -> pd.DataFrame:
+    """The verdict of every declared primary endpoint of every variant against ``baseline``.
+
+    One family per compared variant (controls included, each its own family): its primary
+    endpoints, paired by repeat (:func:`fairskin.metrics.verdicts.family_verdicts`: better / worse
+    by Holm-adjusted paired t, else equivalent by Holm-adjusted TOST within the declared margin,
+    else inconclusive, with the minimum detectable effect; untestable without spread). An endpoint
+    this run did not measure (e.g. classifier endpoints without a tune stage) is ``untestable``
+    with that reason and does not count in the family's m. Columns: ``variant`` then
+    ``VERDICT_COLUMNS``; empty when the baseline has no rows.
+    """
+    if not len(units) or baseline not in set(units["variant"]):
+        return pd.DataFrame(columns=["variant", *VERDICT_COLUMNS])
+    frames = []
+    for variant in [v for v in dict.fromkeys(units["variant"]) if v != baseline]:
+        differences, unmeasured = {}, []
+        for endpoint in declaration.primary:
+            treated = primary_values(units, variant, endpoint, declaration.mode)
+            base = primary_values(units, baseline, endpoint, declaration.mode)
+            keys = sorted(set(treated.index) & set(base.index))
+            if not keys:
+                unmeasured.append(endpoint)
+            differences[endpoint] = (treated.loc[keys] - base.loc[keys]).to_numpy(float)
+        frame = family_verdicts(differences, {e: DIRECTIONS_OF[e] for e in declaration.primary},
+                                declaration.margins, {e: declaration.resolution(e) for e in declaration.primary},
+                                alpha=declaration.alpha, power=declaration.power, level=level)
+        frame.loc[frame["endpoint"].isin(unmeasured), "reason"] = "not measured by this run"
+        frames.append(frame.assign(variant=variant))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["variant", *VERDICT_COLUMNS]]
 
 
 def marks(t1: pd.DataFrame, paired: pd.DataFrame) -> dict[tuple[str, str, str], str]:
@@ -404,10 +434,9 @@ def paired_markdown(paired: pd.DataFrame, baseline: str, repeats: int, level: fl
     head += ["p (t)", "p (Holm)", "p (sign-flip)", "verdict"] if show_p else ["verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, p in paired.iterrows():
-        verdict = {1: "better ▲", -1: "worse ▼"}.get(int(p["better"]), "not ranked" if p["direction"] == 0
-                                                     and p["significant"] else "inside the noise")
-        if not show_p:
-            verdict = "interval only (R < 3)"
+        verdict = p.get("verdict", "exploratory")
+        verdict = {"better": "better ▲ (primary)", "worse": "worse ▼ (primary)"}.get(
+            verdict, verdict if verdict == "exploratory" else f"{verdict} (primary)")
         cells = [p["block"], p["variant"], LABELS.get(p["metric"], p["metric"]), str(int(p["n"])),
                  _fmt(p["mean_diff"], p["low"], p["high"])]
         if show_p:
@@ -415,6 +444,24 @@ def paired_markdown(paired: pd.DataFrame, baseline: str, repeats: int, level: fl
         cells.append(verdict)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def verdicts_markdown(verdicts: pd.DataFrame, baseline: str, level: float) -> str:
+    """The primary verdicts as a table: one row per (variant, endpoint), with the MDE it could detect."""
+    if not len(verdicts):
+        return f"\n_no verdicts: the baseline `{baseline}` has no rows, or it is the only variant_\n"
+    head = ["variant", "endpoint", "n", f"difference [{level:.0%} CI]", "p (Holm)", "TOST p (Holm)", "verdict",
+            "MDE (80 % power)", "MDE at sd's 80 % upper bound", "R for MDE <= margin"]
+    lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in verdicts.itertuples():
+        reach = "—" if pd.isna(r.repeats_for_margin) else str(int(r.repeats_for_margin))
+        verdict = r.verdict + (f" ({r.reason})" if r.reason else "")
+        lines.append("| " + " | ".join([r.variant, LABELS.get(r.endpoint, r.endpoint), str(int(r.n)),
+                                         _fmt(r.mean_diff, r.low, r.high), _p(r.p_holm), _p(r.p_tost_holm), verdict,
+                                         _fmt(r.mde), _fmt(r.mde_sd_upper80), reach]) + " |")
+    return "\n".join(lines) + ("\n\nMDE: the smallest true difference the family's paired t-test (two-sided, "
+                               "alpha / m, n = R) detects with 80 % power at the measured sd of the differences; "
+                               "R for MDE <= margin: the repeats that would make the margin detectable.\n")
 
 
 def _p(value: float) -> str:
@@ -596,13 +643,15 @@ def figure_5(runs: pd.DataFrame, groups: Sequence[str], path: Path) -> Path | No
 
 def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str | None = None,
                  seeds: int | None = None, baseline: str = "vanilla", level: float = 0.95,
-                 alpha: float = 0.05) -> Report:
+                 declaration: Declaration | None = None) -> Report:
     """Rebuild Table 1, the paired differences, Table 2 and Figures 3a-6 from MLflow into ``out``.
 
     ``study``: the ablation study whose trials fill Table 1 (default: the latest ``ablation``
     study); ``seeds``: use at most the first N classifier seeds of each repeat; ``baseline``:
-    the variant every other is paired against; ``level``: interval coverage; ``alpha``: Holm's
-    family-wise error rate.
+    the variant every other is paired against; ``level``: interval coverage; ``declaration``: the
+    primary endpoints, margins and alpha (:class:`fairskin.metrics.endpoints.Declaration`, default
+    the built-in one): one Holm family per compared variant over them, everything else exploratory.
+    Writes ``verdicts.csv`` and ``declaration.json`` beside the tables.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -617,12 +666,15 @@ def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str
     ref = reference_run(tracking_uri, real, keys.get("reference"))
     units = unit_frame(trials, evaluated, seeds)
     t1 = table1(units, level)
-    paired = paired_differences(units, baseline, level, alpha)
+    declaration = declaration or Declaration()
+    paired = paired_differences(units, baseline, level, declaration)
+    verdicts = primary_verdicts(units, baseline, declaration, level)
     t2 = table2(units, groups, level)
     for frame, name in ((t1, "table1.csv"), (paired, f"delta_vs_{baseline}.csv"), (t2, "table2_fid_per_group.csv"),
-                        (units, "repeats.csv")):
+                        (units, "repeats.csv"), (verdicts, "verdicts.csv")):
         frame.to_csv(out / name, index=False)
-    report = Report(out, t1, t2, paired, units)
+    atomic_write_text(out / "declaration.json", json.dumps(declaration.as_dict(), indent=2))
+    report = Report(out, t1, t2, paired, units, verdicts=verdicts, declaration=declaration)
     if len(evaluated):
         report.judge = "; ".join(sorted(set(_tag(evaluated, "fairskin.judge")) - {""}))
     if len(units):
@@ -657,13 +709,12 @@ def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str
     studies = {"aug_count": sorted(set(aug["study"])) if len(aug) else [],
                "ethnic_ratio": sorted(set(ratio["study"])) if len(ratio) else []}
     report.markdown = out / "report.md"
-    atomic_write_text(report.markdown, _markdown(report, study, pipeline_run, ref, groups, baseline, level, alpha,
-                                                 studies))
+    atomic_write_text(report.markdown, _markdown(report, study, pipeline_run, ref, groups, baseline, level, studies))
     return report
 
 
 def _markdown(report: Report, study: str | None, pipeline_run: str, ref: pd.Series | None, groups: Sequence[str],
-              baseline: str, level: float, alpha: float, studies: dict[str, list[str]]) -> str:
+              baseline: str, level: float, studies: dict[str, list[str]]) -> str:
     t1 = report.table1
     repeats = int(t1["R"].min()) if len(t1) else 0
     lines = ["# FairSkin ablation report", "",
@@ -676,12 +727,17 @@ def _markdown(report: Report, study: str | None, pipeline_run: str, ref: pd.Seri
     elif repeats == 2:
         lines += ["**R = 2: intervals only.** With two generator repeats the paired differences show their "
                   "intervals but no p-value; no difference is called significant.", ""]
+    decl = report.declaration
     lines += [f"How to read it: each cell is the mean over R generator repeats (the S classifier seeds of a repeat "
-              f"averaged first), with its {level:.0%} t-interval over the R repeat values. `▲` / `▼` mark a cell "
-              f"whose paired difference against `{baseline}` is significant after Holm's adjustment "
-              f"(family-wise alpha {alpha}) and better / worse; nothing else is ranked. DP is not ranked "
-              "(a constant classifier has DP = 0); its oracle floor, what a perfect classifier scores, is in "
-              "brackets.", ""]
+              f"averaged first), with its {level:.0%} t-interval over the R repeat values. `▲` / `▼` mark a "
+              f"declared primary endpoint whose verdict against `{baseline}` is better / worse (Holm over the "
+              f"variant's primary endpoints, family-wise alpha {decl.alpha}); every other cell is exploratory and "
+              "never marked. DP is not ranked (a constant classifier has DP = 0); its oracle floor, what a perfect "
+              "classifier scores, is in brackets.", ""]
+    lines += ["## Primary endpoints and verdicts", "",
+              "Declared in the configuration before any data (`report.primary`, `report.margins`, "
+              "`report.resolutions`):", "", decl.markdown(),
+              verdicts_markdown(report.verdicts, baseline, level)]
     if ref is not None:
         base = _baseline_row(ref, groups)
         lines += [f"Baseline (real data only, reference classifier, one seed): accuracy {_fmt(base['accuracy'])}, "
@@ -696,10 +752,10 @@ def _markdown(report: Report, study: str | None, pipeline_run: str, ref: pd.Seri
               "",
               f"## Paired differences: `delta_vs_{baseline}`", "",
               f"Within-repeat differences (variant - {baseline}), paired by generator repeat; classifier metrics "
-              "within each downstream mode, generation metrics once per variant. p (t): paired t-test; p (Holm): "
-              "Holm-adjusted across every test of the method's variants (each control variant, `vanilla_twin` or "
-              "`control_drop_<group>`, is its own family: controls test the engine, not the method); p (sign-flip): exact sign-flip permutation test "
-              "(R >= 6), not adjusted.", "",
+              "within each downstream mode, generation metrics once per variant. Exploratory: an interval, with "
+              "the unadjusted paired t p and the sign-flip p (R >= 6) for orientation, never a verdict; only the "
+              "primary endpoints above carry one (their rows say so). A difference with no spread above the "
+              "metric's resolution has no p (a tie, not a precise effect).", "",
               paired_markdown(report.paired, baseline, repeats, level),
               "## Table 2: FID per group", "",
               "Columns named by a group: the mean of the group's subclass FIDs weighted by their real counts; "
@@ -711,8 +767,9 @@ def _markdown(report: Report, study: str | None, pipeline_run: str, ref: pd.Seri
               "- It compares the variants as run: one base model, these seeds, this data. Generator variance is "
               "measured only over the R repeats listed; R = 1 measures none.",
               "- Test figures never steered a search; studies chose on validation figures only.",
-              "- A difference inside its interval is not evidence of no difference: it is an experiment too small "
-              "to tell.", "",
+              "- No absence of an effect: where a primary endpoint is `inconclusive`, the experiment could only have "
+              "detected the MDE shown beside it (80 % power); `equivalent` means inside the declared margin by "
+              "TOST, nothing stronger. Exploratory differences decide nothing.", "",
               "## Provenance", ""]
     lines += [f"- {name}: `{fp}`" for name, fp in report.fingerprints.items()] or ["- no fingerprints found"]
     for space, names in studies.items():

@@ -60,7 +60,7 @@ def _report(args: argparse.Namespace, config) -> int:
     out = args.out or config.runtime.runs_root / "report" / study
     r = config.report
     report = build_report(uri, out, config.data.group_names, study=study, seeds=args.seeds, baseline=r.baseline,
-                          level=r.level, alpha=r.alpha)
+                          level=r.level, declaration=config.declaration())
     tracker = Tracker.from_config(config)
     with tracker.run(f"report-{study}", tags={"fairskin.kind": "report", "fairskin.study": study}) as run:
         for path in sorted(out.iterdir()):

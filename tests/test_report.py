@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fairskin.metrics.paired import repeat_values, t_interval
+from scipy import stats
+
+from fairskin.metrics.endpoints import Declaration
+from fairskin.metrics.paired import repeat_values
 from fairskin.provenance import TAG_PIPELINE, TAG_POOL, TAG_REAL, TAG_STAGE_KEY, generator_id, generator_tags
 from fairskin.report import build_report, latest_study, marks, paired_differences, table1, table1_markdown
 from fairskin.tracking import Tracker
@@ -138,31 +141,70 @@ def test_rows_state_repeats_and_take_intervals_over_repeat_means(store, report):
     assert (t1["R"] == R).all() and (t1["S"] == str(SEEDS)).all()
     for variant in EFFECT:
         per_repeat = [np.mean([store["expected"][(variant, r, s)] for s in range(SEEDS)]) for r in range(R)]
-        iv = t_interval(per_repeat)
+        low, high = stats.t.interval(0.95, R - 1, loc=np.mean(per_repeat), scale=stats.sem(per_repeat))
         row = t1.loc[(variant, "random")]
-        assert row["accuracy"] == pytest.approx(iv.mean)
-        assert (row["accuracy_low"], row["accuracy_high"]) == pytest.approx((iv.low, iv.high))
+        assert row["accuracy"] == pytest.approx(np.mean(per_repeat))
+        assert (row["accuracy_low"], row["accuracy_high"]) == pytest.approx((low, high))
         # generation figures: one per repeat, from the pipeline's own evaluate runs (not the decoys)
-        fid = t_interval([store["fids"][(variant, r)] for r in range(R)])
-        assert row["fid"] == pytest.approx(fid.mean) and row["fid_high"] == pytest.approx(fid.high)
+        fids = [store["fids"][(variant, r)] for r in range(R)]
+        half = stats.t.ppf(0.975, R - 1) * np.std(fids, ddof=1) / np.sqrt(R)  # by hand
+        assert row["fid"] == pytest.approx(np.mean(fids)) and row["fid_high"] == pytest.approx(np.mean(fids) + half)
     md = report.markdown.read_text()
     assert "| vanilla (baseline) | random | 6 x 2 |" in md
 
 
-def test_paired_differences_flag_the_real_effect_and_not_the_null(report):
+def test_only_primary_endpoints_get_verdicts_and_marks(report):
+    """The declared primaries (worst-group accuracy and ESSP here; the store logs no W1, worst-group
+    disease fidelity or floor-corrected FID variance) carry the verdicts; accuracy and FID, whose
+    intervals also exclude 0, are exploratory: never marked, no Holm p."""
     p = report.paired.set_index(["block", "variant", "metric"])
-    real = p.loc[("random", "fairskin_s", "accuracy")]
-    assert real["significant"] and real["better"] == 1 and real["low"] > 0 and real["n"] == R
-    assert p.loc[("generation", "fairskin_s", "fid"), "better"] == 1  # lower FID is better
-    assert not p.loc[("random", "cbdm", "accuracy"), "significant"]
-    assert p.loc[("random", "cbdm", "accuracy"), "low"] < 0 < p.loc[("random", "cbdm", "accuracy"), "high"]
+    real = p.loc[("random", "fairskin_s", "worst_group_accuracy")]
+    assert real["primary"] and real["verdict"] == "better" and real["better"] == 1 and real["low"] > 0
+    assert p.loc[("random", "fairskin_s", "essp"), "verdict"] == "better"
+    explored = p.loc[("random", "fairskin_s", "accuracy")]
+    assert explored["low"] > 0 and explored["verdict"] == "exploratory" and explored["better"] == 0
+    assert np.isnan(explored["p_holm"]) and p.loc[("generation", "fairskin_s", "fid"), "better"] == 0
+    assert p.loc[("random", "cbdm", "worst_group_accuracy"), "verdict"] in ("equivalent", "inconclusive")
     assert (p.xs("dp", level="metric")["better"] == 0).all()  # DP is never ranked
+    v = report.verdicts.set_index(["variant", "endpoint"])
+    assert v.loc[("fairskin_s", "skin_tone_w1_worst"), "verdict"] == "untestable"
+    assert v.loc[("fairskin_s", "skin_tone_w1_worst"), "reason"] == "not measured by this run"
+    assert (v["m"] == 2).all()  # two testable endpoints per family: the unmeasured ones do not count
     md = report.markdown.read_text()
-    assert "## Paired differences: `delta_vs_vanilla`" in md and "better ▲" in md
+    assert "## Primary endpoints and verdicts" in md and "better ▲" in md and report.declaration.config_hash == ""
     header = next(x for x in md.splitlines() if x.startswith("| variant | mode |")).split(" | ")
-    line = next(x for x in md.splitlines() if x.startswith("| fairskin_s | random |"))
-    assert "▲" in line.split(" | ")[header.index("accuracy")]
+    line = next(x for x in md.splitlines() if x.startswith("| fairskin_s | random |")).split(" | ")
+    assert "▲" in line[header.index("worst-group acc.")] and "▲" not in line[header.index("accuracy")]
     assert "▲" not in next(x for x in md.splitlines() if x.startswith("| cbdm | random |"))
+
+
+def test_holms_family_holds_the_declared_primary_endpoints_only():
+    """Twelve exploratory metrics with tiny p beside two primaries: each primary's Holm p is its own
+    paired t p times at most 2 (by hand), not times 14 as in one family over every test."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for r in range(5):
+        shared = rng.normal(0, 0.05)
+        for variant, shift in (("vanilla", 0.0), ("a", 0.04)):
+            row = {"variant": variant, "mode": "random", "repeat": r, "pool": f"{variant}{r}", "seeds": 1, "trials": 1,
+                   "worst_group_accuracy": 0.4 + shared + shift + rng.normal(0, 0.02),
+                   "essp": 0.5 + shared + rng.normal(0, 0.02), "accuracy": 0.6 + shared + 5 * shift}
+            row.update({c: 10 + shared + (50 * shift) + rng.normal(0, 0.01) for c in
+                        ("fid", "kid", "fid_var_group", "fid_var_subclass", "is", "fid_pooled")})
+            rows.append(row)
+    units = pd.DataFrame(rows)
+    declaration = Declaration(primary=("worst_group_accuracy", "essp"), margins={"worst_group_accuracy": 0.05,
+                                                                                 "essp": 0.05})
+    paired = paired_differences(units, "vanilla", declaration=declaration)
+    primary = paired[paired["primary"]].set_index("metric")
+    assert sorted(primary.index) == ["essp", "worst_group_accuracy"]
+    d = {m: (units[units.variant == "a"][m].to_numpy() - units[units.variant == "vanilla"][m].to_numpy())
+         for m in primary.index}
+    p = {m: stats.ttest_1samp(d[m], 0).pvalue for m in d}
+    low, high = sorted(p, key=p.get)
+    assert primary.loc[low, "p_holm"] == pytest.approx(min(1, 2 * p[low]))
+    assert primary.loc[high, "p_holm"] == pytest.approx(max(min(1, 2 * p[low]), p[high]))
+    assert paired.loc[~paired["primary"], "p_holm"].isna().all()
 
 
 def test_report_joins_by_provenance_not_by_latest(store, report):
@@ -189,7 +231,7 @@ def _units(values: dict[str, list[float]], dp: dict[str, list[float]] | None = N
     for variant, accs in values.items():
         for r, acc in enumerate(accs):
             rows.append({"variant": variant, "mode": "random", "repeat": r, "pool": f"{variant}{r}", "seeds": 1,
-                         "trials": 1, "accuracy": acc, "dp": (dp or {}).get(variant, [0.3] * len(accs))[r],
+                         "trials": 1, "worst_group_accuracy": acc, "dp": (dp or {}).get(variant, [0.3] * len(accs))[r],
                          "dp_oracle_floor": 0.2})
     return pd.DataFrame(rows)
 
@@ -202,7 +244,7 @@ def test_tied_rows_get_the_same_mark_and_dp_is_never_marked_best():
     paired = paired_differences(units, "vanilla")
     t1 = table1(units)
     m = marks(t1, paired)
-    assert m[("a", "random", "accuracy")] == m[("b", "random", "accuracy")] == "▲"
+    assert m[("a", "random", "worst_group_accuracy")] == m[("b", "random", "worst_group_accuracy")] == "▲"
     assert not any(col == "dp" for (_, _, col) in m)
     md = table1_markdown(t1, paired, "vanilla")
     assert md.count("▲") == 2

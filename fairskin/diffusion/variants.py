@@ -60,10 +60,19 @@ def generators(diffusion: DiffusionConfig) -> list[str]:
 
 
 def is_control(variant: str) -> bool:
-    """Whether ``variant`` exists to test the engine (``vanilla_twin``, ``control_drop_<group>``)."""
-    from fairskin.config import CONTROL_DROP_PREFIX
+    """Whether ``variant`` exists to test the engine (``vanilla_twin``, ``control_drop_<group>``,
+    ``control_mix_<group>_<pct>``)."""
+    from fairskin.config import CONTROL_DROP_PREFIX, CONTROL_MIX_PREFIX
 
-    return variant == "vanilla_twin" or variant.startswith(CONTROL_DROP_PREFIX)
+    return variant == "vanilla_twin" or variant.startswith((CONTROL_DROP_PREFIX, CONTROL_MIX_PREFIX))
+
+
+def fine_tuned_generators(diffusion: DiffusionConfig) -> list[str]:
+    """The generator ids that are fine-tuned: :func:`generators` less the mixed-pool controls."""
+    from fairskin.config import is_mix_control
+    from fairskin.provenance import split_generator_id
+
+    return [g for g in generators(diffusion) if not is_mix_control(split_generator_id(g)[0])]
 
 
 def get_variant(name: str, apply: str | None = None) -> VariantSpec:
