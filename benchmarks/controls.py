@@ -148,10 +148,22 @@ def main() -> None:
                                                 report["twin"]["false_positive_rate"]["high"]] if report["twin"] else None),
                "declaration": declaration.as_dict()}
     print(json.dumps(_clean(figures), default=str))
-    if report["twin"] is not None and (not twin_pools_differ or report["twin"]["all_zero"]):
-        print("the twin passes by accident: its pools equal vanilla's or every primary difference is exactly 0",
-              file=sys.stderr)
+    problem = twin_passes_by_accident(report["twin"], twin_pools_differ)
+    if problem:
+        print(f"the twin passes by accident: {problem}", file=sys.stderr)
         sys.exit(1)
+
+
+def twin_passes_by_accident(twin: dict | None, pools_differ: bool | None) -> str:
+    """Why the twin's pass means nothing ("" when it means something): its pools are vanilla's in
+    some repeat, or every per-repeat difference on every primary endpoint is exactly 0."""
+    if twin is None:
+        return ""
+    if pools_differ is False:
+        return "its pool fingerprints equal vanilla's (a cache collision or an ignored seed salt)"
+    if twin["all_zero"]:
+        return "every per-repeat difference on every primary endpoint is exactly 0"
+    return ""
 
 
 def twin_pools_differ_from(pools: dict, twin: str, baseline: str) -> bool | None:

@@ -685,6 +685,12 @@ def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str
             report.notes.append(f"no evaluate run measured the pool of {missing_eval}: their generation columns are empty")
     if real:
         report.fingerprints["real shards"] = real
+    if len(units) and "skin_tone_agreement_above_ceiling" in units:
+        above = sorted({f"{r.variant} repeat {r.repeat}" for r in units.itertuples()
+                        if getattr(r, "skin_tone_agreement_above_ceiling", 0) == 1})
+        if above:
+            report.notes.append(f"skin-tone agreement above its held-out real ceiling in {above}: a pool narrower "
+                                "in tone than real data scores so; read the W1 ratio, not the agreement")
     aug, ratio = scoped_studies(tracking_uri, "aug_count", pools), scoped_studies(tracking_uri, "ethnic_ratio", pools)
     drawers = {
         "figure3a_baseline_vs_variants": lambda p: figure_3a(t1, ref, p),

@@ -173,3 +173,7 @@ def test_the_benchmark_compares_the_twins_pools_with_vanillas_repeat_by_repeat()
     pools["vanilla_twin-r1"] = {"pool": "b"}  # one repeat's twin pool is vanilla's: a cache collision
     assert bench.twin_pools_differ_from(pools, "vanilla_twin", "vanilla") is False
     assert bench.twin_pools_differ_from({"vanilla": {"pool": "a"}}, "vanilla_twin", "vanilla") is None
+    twin = twin_control(_units(3, twin_identical=True), Declaration(primary=PRIMARY))
+    assert "exactly 0" in bench.twin_passes_by_accident(twin, True)
+    assert "fingerprints" in bench.twin_passes_by_accident(twin_control(_units(3), Declaration(primary=PRIMARY)), False)
+    assert bench.twin_passes_by_accident(twin_control(_units(3), Declaration(primary=PRIMARY)), True) == ""
