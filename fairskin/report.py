@@ -671,7 +671,8 @@ def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str
     verdicts = primary_verdicts(units, baseline, declaration, level)
     t2 = table2(units, groups, level)
     for frame, name in ((t1, "table1.csv"), (paired, f"delta_vs_{baseline}.csv"), (t2, "table2_fid_per_group.csv"),
-                        (units, "repeats.csv"), (verdicts, "verdicts.csv")):
+                        (units, "repeats.csv"), (verdicts, "verdicts.csv"),
+                        (difference_components(trials, units, baseline, declaration, level), "variance_components.csv")):
         frame.to_csv(out / name, index=False)
     atomic_write_text(out / "declaration.json", json.dumps(declaration.as_dict(), indent=2))
     report = Report(out, t1, t2, paired, units, verdicts=verdicts, declaration=declaration)
@@ -717,6 +718,47 @@ def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str
     report.markdown = out / "report.md"
     atomic_write_text(report.markdown, _markdown(report, study, pipeline_run, ref, groups, baseline, level, studies))
     return report
+
+
+def difference_components(trials: pd.DataFrame, units: pd.DataFrame, baseline: str,
+                          declaration: Declaration, level: float = 0.95) -> pd.DataFrame:
+    """Variance components of each variant's paired difference on each primary endpoint
+    (:func:`fairskin.metrics.components.variance_components`, moments and MLS intervals).
+
+    Classifier endpoints: one difference per (repeat, pool, classifier seed), the trials of the
+    declared mode paired with the baseline's of the same repeat and seed; generation endpoints: one
+    per (repeat, pool). Today every generator has one pool (K = 1), so the fine-tune component
+    holds the pool's too (the ``notes`` say so), and S = 1 merges the classifier's likewise.
+    Columns: ``variant``, ``endpoint`` and those of ``Components.as_row()``; a family the data
+    cannot estimate (fewer than 2 paired repeats) is left out.
+    """
+    from fairskin.metrics.components import variance_components
+    from fairskin.metrics.endpoints import CLASSIFIER_COLUMNS as _COLUMNS
+
+    metric_of = {c: m for c, m, _ in _COLUMNS}
+    rows = []
+    for variant in [v for v in dict.fromkeys(units["variant"]) if v != baseline] if len(units) else []:
+        for endpoint in declaration.primary:
+            if endpoint in CLASSIFIER_KEYS:
+                column = f"metrics.{metric_of[endpoint]}"
+                if not len(trials) or column not in trials:
+                    continue
+                part = trials[trials["mode"] == declaration.mode]
+                frame = {v: part[part["variant"] == v].groupby(["repeat", "seed"])[column].mean() for v in (variant, baseline)}
+                d = (frame[variant] - frame[baseline]).dropna().rename("d").reset_index().assign(pool=0)
+                seed = "seed"
+            else:
+                a, b = primary_values(units, variant, endpoint, ""), primary_values(units, baseline, endpoint, "")
+                d = (a - b).dropna().rename("d").rename_axis("repeat").reset_index().assign(pool=0)
+                seed = None
+            if d["repeat"].nunique() < 2:
+                continue
+            try:
+                comp = variance_components(d, "d", "repeat", "pool", seed, method="moments", level=level)
+            except ValueError:  # unbalanced seeds (a failed trial): no moments, and the planner needs balance
+                continue
+            rows.append({"variant": variant, "endpoint": endpoint, **comp.as_row()})
+    return pd.DataFrame(rows)
 
 
 def _markdown(report: Report, study: str | None, pipeline_run: str, ref: pd.Series | None, groups: Sequence[str],

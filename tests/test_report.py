@@ -310,3 +310,21 @@ def test_the_confirmation_cap_is_validated_and_keys_the_tune_stage_only_when_set
         "tune", config, STAGES["tune"].reads_for(config))
     with pytest.raises(ConfigError, match="tune.confirm_max_points"):
         build_config("smoke", overrides=["tune.confirm_max_points=0"])
+
+
+def test_variance_components_of_the_primary_differences_match_a_hand_worked_nested_anova(store, report):
+    """worst-group accuracy = accuracy - 0.05 in the store, so its paired differences are the accuracy
+    differences of the same (repeat, seed): the classifier component is the within-repeat mean square,
+    the fine-tune one (pool merged into it, K = 1) the between-repeat excess over it divided by S."""
+    comp = pd.read_csv(report.folder / "variance_components.csv").set_index(["variant", "endpoint"])
+    row = comp.loc[("fairskin_s", "worst_group_accuracy")]
+    assert (row["R"], row["K"], row["S"]) == (R, 1, SEEDS) and "K = 1" in row["notes"]
+    d = np.array([[store["expected"][("fairskin_s", r, s)] - store["expected"][("vanilla", r, s)]
+                   for s in range(SEEDS)] for r in range(R)])
+    ms_within = ((d - d.mean(axis=1, keepdims=True)) ** 2).sum() / (R * (SEEDS - 1))
+    ms_between = SEEDS * ((d.mean(axis=1) - d.mean()) ** 2).sum() / (R - 1)
+    assert row["sigma2_cls"] == pytest.approx(ms_within, rel=1e-6)
+    assert row["sigma2_ft"] == pytest.approx(max(0.0, (ms_between - ms_within) / SEEDS), rel=1e-6, abs=1e-12)
+    assert row["sigma2_ft_low"] <= row["sigma2_ft"] <= row["sigma2_ft_high"]
+    generation = comp.loc[("fairskin_s", "skin_tone_w1_worst")] if ("fairskin_s", "skin_tone_w1_worst") in comp.index else None
+    assert generation is None  # not measured by the store: no row invented
