@@ -6,6 +6,8 @@
         [--binning B] [--min-count N] [--no-progress] [--json] [--debug]   # images from the CSV's URLs
     python -m fairskin config [--preset P] [--config FILE] [key=value ...]   # print the resolved config
     python -m fairskin runs [--preset P] [--config FILE] [key=value ...] [--remove-unused [--dry-run]] [--json]
+    python -m fairskin plan [--preset P] [--config FILE] [key=value ...] --endpoint E --mde M [--power 0.8]
+        [--budget-hours H] [--gpus N] [--gpu-figures FILE] [--method t|normal] [--json]   # (R, K, S) for an MDE
 
 Input errors end in one paragraph and exit code 2; ``--debug`` shows their traceback.
 """
@@ -249,6 +251,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                              "remove nothing")
     runs.add_argument("--json", action="store_true", help="machine-readable output")
     runs.set_defaults(fn=_runs)
+    from fairskin import plan as plan_cli
+
+    plan = sub.add_parser("plan", help="the (R, K, S) and compute a claim needs, from measured variance components "
+                                       "and stage times",
+                          description="Least-cost repeats R, pools K and classifier seeds S reaching --mde at the "
+                                      "given power; see fairskin/plan.py.")
+    plan_cli.add_arguments(plan)
+    plan.set_defaults(fn=plan_cli.run)
     args = parser.parse_args(argv)
     if getattr(args, "dry_run", False) and not args.remove_unused:
         parser.error("--dry-run goes with --remove-unused")
