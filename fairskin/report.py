@@ -348,6 +348,8 @@ def primary_verdicts(units: pd.DataFrame, baseline: str, declaration: Declaratio
                                 alpha=declaration.alpha, power=declaration.power, level=level)
         frame.loc[frame["endpoint"].isin(unmeasured), "reason"] = "not measured by this run"
         frames.append(frame.assign(variant=variant))
+    if not frames:  # the baseline is the only variant
+        return pd.DataFrame(columns=["variant", *VERDICT_COLUMNS])
     out = pd.concat(frames, ignore_index=True)
     return out[["variant", *VERDICT_COLUMNS]]
 

@@ -162,7 +162,10 @@ def test_smoke_study_one_parent_three_children(ray_session, prepared_smoke, smok
     table = result.confirmed.set_index("trial_id")
     assert set(table.index) == points and (table["seeds"] == 2).all()
     for metric in ("val_accuracy", "test_accuracy"):
-        assert (table[f"{metric}_low"] <= table[metric]).all() and (table[metric] <= table[f"{metric}_high"]).all()
+        # an interval wherever the two seeds differ; equal values (a tiny test split) have none, and say so
+        tied = table[f"{metric}_note"].fillna("").str.startswith("no spread")
+        inside = (table[f"{metric}_low"] <= table[metric]) & (table[metric] <= table[f"{metric}_high"])
+        assert (inside | tied).all() and (tied == table[f"{metric}_low"].isna()).all()
     searched = result.trials.set_index("trial_id")
     assert table["val_accuracy_search"].to_dict() == {t: searched.loc[t, "val_accuracy"] for t in points}
     assert len(children) == 3 and {c.data.tags[PARENT_TAG] for c in children} == {result.parent_run_id}

@@ -55,9 +55,19 @@ def _float_fields(model: type, prefix: str = "") -> list[str]:
         section = next((a for a in args if isinstance(a, type) and hasattr(a, "model_fields")), None)
         if section is not None and typing.get_origin(annotation) is not list:
             out += _float_fields(section, f"{prefix}{name}.")
+        elif typing.get_origin(annotation) is dict:
+            continue  # a mapping of floats (report.margins): its entries are checked below
         elif float in args:
             out.append(f"{prefix}{name}")
     return out
+
+
+@pytest.mark.parametrize("field", ["report.margins.essp", "report.resolutions.essp"])
+def test_declared_margins_and_resolutions_refuse_infinity_and_nonsense(field):
+    with pytest.raises(ConfigError, match=rf"{field} = Infinity: Input should be a finite number"):
+        build_config("smoke", overrides=[f"{field}=.inf"])
+    with pytest.raises(ConfigError, match="must be"):
+        build_config("smoke", overrides=[f"{field}=-1"])
 
 
 def test_every_float_field_of_the_config_refuses_infinity():

@@ -193,6 +193,7 @@ def confirmation_table(records: list[dict[str, Any]], trials: pd.DataFrame, metr
             for key in (metric, test):
                 iv = t_interval(part[key].to_numpy(float) if key in part else np.array([]), level)
                 row[key], row[f"{key}_low"], row[f"{key}_high"] = iv.mean, iv.low, iv.high
+                row[f"{key}_note"] = iv.reason  # why there is no interval: no spread over the seeds, or n < 2
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -231,7 +232,7 @@ CONFIRM_SALT_BASE = 1000                   # confirmation k (1, 2, ...) uses see
 
 GENERATOR_COLUMNS = ("point", "role", "settings", "metric", "mode", "search", "mean", "low", "high", "n",
                      "diff_vs_vanilla", "diff_low", "diff_high", "p", "p_holm", "vs_vanilla", "salts",
-                     "generator_seeds")
+                     "generator_seeds", "note")  # note: why an interval or p is missing (no spread, too few seeds)
 
 
 def confirm_salts(repeat_seeds: Sequence[int], count: int) -> list[int]:
@@ -326,11 +327,13 @@ def generator_confirmation_table(records: list[dict[str, Any]], trials: pd.DataF
                    "diff_vs_vanilla": np.nan, "diff_low": np.nan, "diff_high": np.nan, "p": np.nan,
                    "p_holm": np.nan, "vs_vanilla": "n/a",
                    "salts": " ".join(map(str, part.index)),
-                   "generator_seeds": " ".join(str(seed_of.get(int(s), "")) for s in part.index)}
+                   "generator_seeds": " ".join(str(seed_of.get(int(s), "")) for s in part.index),
+                   "note": iv.reason}
             if point != REFERENCE and len(base) and metric in base:
                 diff = paired_difference(values, base[metric], level)
                 row.update(diff_vs_vanilla=diff.mean, diff_low=diff.low, diff_high=diff.high, p=diff.p_t,
-                           vs_vanilla=_verdict(diff.low, diff.high, mode))
+                           vs_vanilla=_verdict(diff.low, diff.high, mode),
+                           note="; ".join(r for r in (iv.reason, diff.reason and f"difference: {diff.reason}") if r))
             rows.append(row)
     table = pd.DataFrame(rows, columns=list(GENERATOR_COLUMNS))
     for metric in metrics:
