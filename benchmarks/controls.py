@@ -202,7 +202,7 @@ def plot_sensitivity(curve: list, path: Path) -> Path:
             ax.legend(fontsize=7)
         ax.axhline(0, color="black", lw=0.5)
         ax.set_xlabel("fraction of the group's images from the drop control")
-        ax.set_ylabel(f"{endpoint}: control - vanilla")
+        ax.set_ylabel("control - vanilla (endpoint units)")
         ax.set_title(endpoint, fontsize=8)
     fig.suptitle("Sensitivity: measured effect [95 % CI] vs mixed fraction (filled = detected)", fontsize=9)
     fig.tight_layout()
