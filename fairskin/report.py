@@ -261,7 +261,7 @@ def table1(units: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 
 
 def paired_differences(units: pd.DataFrame, baseline: str, level: float = 0.95,
-                       declaration: Declaration | None = None) -> pd.DataFrame:
+                       declaration: Declaration | None = None, verdicts: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every variant against ``baseline``, paired by repeat: classifier metrics within each mode
     (block = the mode), generation metrics once per variant (block ``generation``).
 
@@ -271,7 +271,8 @@ def paired_differences(units: pd.DataFrame, baseline: str, level: float = 0.95,
     :func:`primary_verdicts`: one family per variant over its primary endpoints), and only their
     ``better`` / ``worse`` verdicts set ``significant`` and ``better`` (+1 / -1). Every other row has
     ``p_holm`` NaN, ``significant`` False, ``better`` 0 and ``verdict`` "exploratory". Empty when
-    the baseline has no rows.
+    the baseline has no rows. ``verdicts``: :func:`primary_verdicts` of the same units when the caller
+    has them already (computed here otherwise).
     """
     declaration = declaration or Declaration()
     if not len(units) or baseline not in set(units["variant"]):
@@ -297,7 +298,8 @@ def paired_differences(units: pd.DataFrame, baseline: str, level: float = 0.95,
     out["family"] = out["variant"]
     own_block = np.where(out["metric"].isin(CLASSIFIER_KEYS), declaration.mode, GENERATION_BLOCK)
     out["primary"] = out["metric"].isin(declaration.primary) & (out["block"] == own_block)
-    verdicts = primary_verdicts(units, baseline, declaration, level)
+    if verdicts is None:
+        verdicts = primary_verdicts(units, baseline, declaration, level)
     lookup = {(r.variant, r.endpoint): r for r in verdicts.itertuples()} if len(verdicts) else {}
     found = [lookup.get((v, m)) if p else None for v, m, p in zip(out["variant"], out["metric"], out["primary"])]
     out["p_holm"] = [r.p_holm if r is not None else np.nan for r in found]
@@ -669,8 +671,8 @@ def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str
     units = unit_frame(trials, evaluated, seeds)
     t1 = table1(units, level)
     declaration = declaration or Declaration()
-    paired = paired_differences(units, baseline, level, declaration)
     verdicts = primary_verdicts(units, baseline, declaration, level)
+    paired = paired_differences(units, baseline, level, declaration, verdicts)
     t2 = table2(units, groups, level)
     for frame, name in ((t1, "table1.csv"), (paired, f"delta_vs_{baseline}.csv"), (t2, "table2_fid_per_group.csv"),
                         (units, "repeats.csv"), (verdicts, "verdicts.csv"),
@@ -735,9 +737,8 @@ def difference_components(trials: pd.DataFrame, units: pd.DataFrame, baseline: s
     cannot estimate (fewer than 2 paired repeats) is left out.
     """
     from fairskin.metrics.components import variance_components
-    from fairskin.metrics.endpoints import CLASSIFIER_COLUMNS as _COLUMNS
 
-    metric_of = {c: m for c, m, _ in _COLUMNS}
+    metric_of = {c: m for c, m, _ in CLASSIFIER_COLUMNS}
     rows = []
     for variant in [v for v in dict.fromkeys(units["variant"]) if v != baseline] if len(units) else []:
         for endpoint in declaration.primary:
