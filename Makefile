@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.fairskin-installed
 PIP    := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install demo test bench gpu-wheels bench-gpu clean-runs
+.PHONY: install lint demo test bench gpu-wheels bench-gpu clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python jobs/full_pipeline.py --preset demo
 
-test: install
+# Lint and format checks first (seconds), then the suite.
+test: install lint
 	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: install
 	$(BIN)/python benchmarks/stream.py --quick

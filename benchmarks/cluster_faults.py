@@ -95,12 +95,22 @@ def _pool_fingerprints(root: Path) -> dict[str, str]:
 def generate_scenario(cluster: Cluster, root: Path, pipeline: list[str], log: Path) -> dict:
     node_b = cluster.nodes["node_b"]
     env = cluster.driver_env()
-    proc = _start([*pipeline, "generation.cpus_per_actor=1", "--stages", "generate"],
-                  {**env, ITEM_PAUSE_ENV: "1.0"}, log)  # a second per item: the loss lands mid-pool
+    proc = _start(
+        [*pipeline, "generation.cpus_per_actor=1", "--stages", "generate"], {**env, ITEM_PAUSE_ENV: "1.0"}, log
+    )  # a second per item: the loss lands mid-pool
     try:
         # Both nodes hold a pool actor, and node_b's has had time to write items.
-        wait_for(lambda: cluster.nodes["node_a"].actor_pids("ItemGenerator") and node_b.actor_pids("ItemGenerator")
-                  and len(_shards(root)) >= 4, 900, proc, "pool actors on both nodes", log)
+        wait_for(
+            lambda: (
+                cluster.nodes["node_a"].actor_pids("ItemGenerator")
+                and node_b.actor_pids("ItemGenerator")
+                and len(_shards(root)) >= 4
+            ),
+            900,
+            proc,
+            "pool actors on both nodes",
+            log,
+        )
         before = len(_shards(root))
         node_b.kill()
         cluster.wait_for_nodes(timeout=30)
@@ -120,10 +130,13 @@ def generate_scenario(cluster: Cluster, root: Path, pipeline: list[str], log: Pa
     _run([*pipeline, "generation.cpus_per_actor=1", "--stages", "generate", "--force", "generate"], env, log)
     one_node, one_node_fp = _shards(root), _pool_fingerprints(root)
     cluster.replace("node_b")
-    return {"items": len(two_node), "items_before_loss": before,
-            "identical_files": sum(one_node.get(k) == v for k, v in two_node.items()),
-            "pools_equal": two_node == one_node and two_node_fp == one_node_fp,
-            "pool_fingerprints": two_node_fp}
+    return {
+        "items": len(two_node),
+        "items_before_loss": before,
+        "identical_files": sum(one_node.get(k) == v for k, v in two_node.items()),
+        "pools_equal": two_node == one_node and two_node_fp == one_node_fp,
+        "pool_fingerprints": two_node_fp,
+    }
 
 
 def _trial_pids(node) -> list[int]:
@@ -135,12 +148,22 @@ def study_scenario(cluster: Cluster, root: Path, common: list[str], log: Path) -
 
     node_b = cluster.nodes["node_b"]
     out = root.parent / "study.json"
-    cmd = [sys.executable, "-m", "fairskin.tune", "--space", "ethnic_ratio", "--json", *common,
-           "tune.max_failures=2", "tune.cpus_per_trial=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairskin.tune",
+        "--space",
+        "ethnic_ratio",
+        "--json",
+        *common,
+        "tune.max_failures=2",
+        "tune.cpus_per_trial=1",
+    ]
     with open(log, "ab") as fh, open(out, "wb") as stdout:
         fh.write(f"\n$ {' '.join(cmd)}\n".encode())
-        proc = subprocess.Popen(cmd, cwd=REPO, env=cluster.driver_env(), stdout=stdout, stderr=fh,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=cluster.driver_env(), stdout=stdout, stderr=fh, start_new_session=True
+        )
     try:
         wait_for(lambda: _trial_pids(node_b), 900, proc, "a trial on node_b", log)
         time.sleep(3)  # mid-trial
@@ -157,16 +180,23 @@ def study_scenario(cluster: Cluster, root: Path, common: list[str], log: Path) -
     summary = json.loads(out.read_text().strip().splitlines()[-1])
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     parent = client.get_run(summary["parent_run_id"])
-    children = client.search_runs([summary["experiment_id"]],
-                                  filter_string=f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
+    children = client.search_runs(
+        [summary["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'"
+    )
     planned = json.loads((Path(summary["path"]) / "study.json").read_text()).get("trials")
     # Tune's own record: each trial's failure count (a retried trial keeps its id).
     failures = 0
     for state in (Path(summary["path"]) / "trials").glob("experiment_state*.json"):
         failures += sum(int(n) for n in re.findall(r'num_failures\\?"?:\s*(\d+)', state.read_text()))
-    return {"planned_trials": planned, "trials": summary["trials"], "child_runs": len(children),
-            "child_statuses": sorted(r.info.status for r in children), "parent_status": parent.info.status,
-            "trial_failures_recorded": failures, "trials_on_lost_node": on_b}
+    return {
+        "planned_trials": planned,
+        "trials": summary["trials"],
+        "child_runs": len(children),
+        "child_statuses": sorted(r.info.status for r in children),
+        "parent_status": parent.info.status,
+        "trial_failures_recorded": failures,
+        "trials_on_lost_node": on_b,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,10 +228,15 @@ def main(argv: list[str] | None = None) -> int:
             result["study"] = study_scenario(cluster, root, common, log)
             _log(f"study: {result['study']}")
         g, s = result["generate"], result["study"]
-        result["ok"] = bool(g["pools_equal"] and g["identical_files"] == g["items"] and g["items_before_loss"] < g["items"]
-                            and s["child_runs"] == s["planned_trials"] == s["trials"]
-                            and set(s["child_statuses"]) == {"FINISHED"} and s["parent_status"] == "FINISHED"
-                            and s["trial_failures_recorded"] >= 1)
+        result["ok"] = bool(
+            g["pools_equal"]
+            and g["identical_files"] == g["items"]
+            and g["items_before_loss"] < g["items"]
+            and s["child_runs"] == s["planned_trials"] == s["trials"]
+            and set(s["child_statuses"]) == {"FINISHED"}
+            and s["parent_status"] == "FINISHED"
+            and s["trial_failures_recorded"] >= 1
+        )
     except Exception as exc:  # noqa: BLE001 - reported in the JSON line
         result.update(ok=False, error=f"{type(exc).__name__}: {str(exc)[-1500:]}")
     finally:

@@ -46,8 +46,10 @@ from fairskin.report import primary_verdicts  # noqa: E402
 from fairskin.runtime import quiet_console  # noqa: E402
 
 TARGETS = {"judge_accuracy_generated": 0.5, "skin_tone_agreement": 0.7}  # on the vanilla pools, issue 13
-QUICK = ["diffusion.variants=[vanilla,vanilla_twin,control_drop_african,control_mix_african_50,control_mix_african_20]",
-         "diffusion.repeat_seeds=[0,1,2]"]
+QUICK = [
+    "diffusion.variants=[vanilla,vanilla_twin,control_drop_african,control_mix_african_50,control_mix_african_20]",
+    "diffusion.repeat_seeds=[0,1,2]",
+]
 
 
 def _clean(value):
@@ -61,8 +63,9 @@ def _clean(value):
 
 
 def _fmt(row: dict) -> str:
-    return (f"{row['mean_diff']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}] n={row['n']} "
-            f"p={row['p']:.3g}" + (f" p_holm={row['p_holm']:.3g}" if "p_holm" in row else ""))
+    return f"{row['mean_diff']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}] n={row['n']} p={row['p']:.3g}" + (
+        f" p_holm={row['p_holm']:.3g}" if "p_holm" in row else ""
+    )
 
 
 def main() -> None:
@@ -94,59 +97,94 @@ def main() -> None:
     declaration = config.declaration()
     baseline = config.report.baseline
     report = controls_report(units, config.data.group_names, baseline=baseline, declaration=declaration)
-    verdicts = (pd.read_csv(results["report"].path / "verdicts.csv") if "report" in results
-                else primary_verdicts(units, baseline, declaration, config.report.level))
+    verdicts = (
+        pd.read_csv(results["report"].path / "verdicts.csv")
+        if "report" in results
+        else primary_verdicts(units, baseline, declaration, config.report.level)
+    )
     pools = pool_provenance(results["generate"])
     twin_pools_differ = twin_pools_differ_from(pools, "vanilla_twin", baseline)
 
     vanilla = generation[generation["variant"] == config.report.baseline]
     fidelity = {k: float(vanilla[k].mean()) for k in TARGETS if k in vanilla}
-    fidelity.update({f"{k}_{g}": float(vanilla[f"{k}_{g}"].mean()) for k in ("skin_tone_agreement",)
-                     for g in config.data.group_names if f"{k}_{g}" in vanilla})
+    fidelity.update(
+        {
+            f"{k}_{g}": float(vanilla[f"{k}_{g}"].mean())
+            for k in ("skin_tone_agreement",)
+            for g in config.data.group_names
+            if f"{k}_{g}" in vanilla
+        }
+    )
     targets_met = all(fidelity.get(k, -1.0) >= v for k, v in TARGETS.items())
 
-    print(f"\npipeline ({preset}, runs root {root}): {pipeline_seconds:.0f} s "
-          f"({sum(r.skipped for r in results.values())} of {len(results)} stages already done)")
-    print(f"vanilla pools, mean over {len(vanilla)} repeat(s): " + ", ".join(f"{k} {v:.3f}" for k, v in fidelity.items())
-          + f"  (targets: {TARGETS}; met: {targets_met})")
+    print(
+        f"\npipeline ({preset}, runs root {root}): {pipeline_seconds:.0f} s "
+        f"({sum(r.skipped for r in results.values())} of {len(results)} stages already done)"
+    )
+    print(
+        f"vanilla pools, mean over {len(vanilla)} repeat(s): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in fidelity.items())
+        + f"  (targets: {TARGETS}; met: {targets_met})"
+    )
     print(f"declared primary endpoints (config hash {declaration.config_hash}): {list(declaration.primary)}")
     for row in verdicts.to_dict("records"):
-        print(f"{row['variant']:>24} {row['endpoint']:<34} {row['verdict']:<12} {row['mean_diff']:+.4g} "
-              f"[{row['low']:+.4g}, {row['high']:+.4g}] MDE {row['mde']:.4g} (sd upper 80 %: "
-              f"{row['mde_sd_upper80']:.4g}) {row['reason'] if isinstance(row['reason'], str) else ''}")
+        print(
+            f"{row['variant']:>24} {row['endpoint']:<34} {row['verdict']:<12} {row['mean_diff']:+.4g} "
+            f"[{row['low']:+.4g}, {row['high']:+.4g}] MDE {row['mde']:.4g} (sd upper 80 %: "
+            f"{row['mde_sd_upper80']:.4g}) {row['reason'] if isinstance(row['reason'], str) else ''}"
+        )
     for row in report["sensitivity"]:
-        print(f"sensitivity {row['control']:<24} fraction {row['fraction']:.2f} {row['endpoint']:<30} effect "
-              f"{row['effect']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}] expected {row['expected']:+.3f} "
-              f"detected {row['detected']}")
+        print(
+            f"sensitivity {row['control']:<24} fraction {row['fraction']:.2f} {row['endpoint']:<30} effect "
+            f"{row['effect']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}] expected {row['expected']:+.3f} "
+            f"detected {row['detected']}"
+        )
     print(f"stated sensitivity: smallest detected fraction {report['stated_sensitivity']}")
     if report["sensitivity"]:
         plot_sensitivity(report["sensitivity"], root / "sensitivity.png")
         print(f"sensitivity curve: {root / 'sensitivity.png'}")
     for drop in report["drop"]:
-        print(f"{drop['control']}: {drop['metric']} vs {report['baseline']} {_fmt(drop)} "
-              f"(one-sided, alpha {declaration.alpha}) -> detected: {drop['detected']} {drop['why']}")
+        print(
+            f"{drop['control']}: {drop['metric']} vs {report['baseline']} {_fmt(drop)} "
+            f"(one-sided, alpha {declaration.alpha}) -> detected: {drop['detected']} {drop['why']}"
+        )
     if report["twin"]:
         fpr = report["twin"]["false_positive_rate"]
-        print(f"vanilla_twin flagged: {report['twin']['flagged']} (not measured: {report['twin']['missing']}); "
-              f"pools differ from vanilla's: {twin_pools_differ}; every primary difference exactly 0: "
-              f"{report['twin']['all_zero']}; simulated family-wise false-positive rate {fpr['rate']:.3f} "
-              f"[{fpr['low']:.3f}, {fpr['high']:.3f}] ({fpr['n_studies']} studies at R = {fpr['n']})")
+        print(
+            f"vanilla_twin flagged: {report['twin']['flagged']} (not measured: {report['twin']['missing']}); "
+            f"pools differ from vanilla's: {twin_pools_differ}; every primary difference exactly 0: "
+            f"{report['twin']['all_zero']}; simulated family-wise false-positive rate {fpr['rate']:.3f} "
+            f"[{fpr['low']:.3f}, {fpr['high']:.3f}] ({fpr['n_studies']} studies at R = {fpr['n']})"
+        )
     finding = [r for r in verdicts.to_dict("records") if r["variant"] == "fairskin_s"]
-    figures = {"preset": preset, "repeats": report["repeats"], "pipeline_seconds": round(pipeline_seconds, 1),
-               "targets_met": targets_met, "vanilla_fidelity": fidelity,
-               "drop": report["drop"], "twin": report["twin"], "fairskin_s_vs_vanilla": finding,
-               "drop_detected": report["drop_detected"], "twin_not_flagged": report["twin_not_flagged"],
-               "verdicts": {f"{r['variant']}:{r['endpoint']}": r["verdict"] for r in verdicts.to_dict("records")},
-               "mde": {f"{r['variant']}:{r['endpoint']}": r["mde"] for r in verdicts.to_dict("records")},
-               "sensitivity": [{k: r[k] for k in ("control", "fraction", "endpoint", "effect", "low", "high", "detected",
-                                                  "expected")} for r in report["sensitivity"]],
-               "stated_sensitivity": report["stated_sensitivity"],
-               "twin_pools_differ": twin_pools_differ,
-               "twin_all_zero": bool(report["twin"]["all_zero"]) if report["twin"] else None,
-               "twin_false_positive_rate": report["twin"]["false_positive_rate"]["rate"] if report["twin"] else None,
-               "twin_false_positive_rate_ci": ([report["twin"]["false_positive_rate"]["low"],
-                                                report["twin"]["false_positive_rate"]["high"]] if report["twin"] else None),
-               "declaration": declaration.as_dict()}
+    figures = {
+        "preset": preset,
+        "repeats": report["repeats"],
+        "pipeline_seconds": round(pipeline_seconds, 1),
+        "targets_met": targets_met,
+        "vanilla_fidelity": fidelity,
+        "drop": report["drop"],
+        "twin": report["twin"],
+        "fairskin_s_vs_vanilla": finding,
+        "drop_detected": report["drop_detected"],
+        "twin_not_flagged": report["twin_not_flagged"],
+        "verdicts": {f"{r['variant']}:{r['endpoint']}": r["verdict"] for r in verdicts.to_dict("records")},
+        "mde": {f"{r['variant']}:{r['endpoint']}": r["mde"] for r in verdicts.to_dict("records")},
+        "sensitivity": [
+            {k: r[k] for k in ("control", "fraction", "endpoint", "effect", "low", "high", "detected", "expected")}
+            for r in report["sensitivity"]
+        ],
+        "stated_sensitivity": report["stated_sensitivity"],
+        "twin_pools_differ": twin_pools_differ,
+        "twin_all_zero": bool(report["twin"]["all_zero"]) if report["twin"] else None,
+        "twin_false_positive_rate": report["twin"]["false_positive_rate"]["rate"] if report["twin"] else None,
+        "twin_false_positive_rate_ci": (
+            [report["twin"]["false_positive_rate"]["low"], report["twin"]["false_positive_rate"]["high"]]
+            if report["twin"]
+            else None
+        ),
+        "declaration": declaration.as_dict(),
+    }
     print(json.dumps(_clean(figures), default=str))
     problem = twin_passes_by_accident(report["twin"], twin_pools_differ)
     if problem:
@@ -197,8 +235,13 @@ def plot_sensitivity(curve: list, path: Path) -> Path:
             ax.plot(r["fraction"], r["effect"], "o", color="C0", mfc="C0" if r["detected"] else "white")
         expected = [(r["fraction"], r["expected"]) for r in rows if math.isfinite(r["expected"])]
         if expected:
-            ax.plot([0] + [e[0] for e in expected], [0] + [e[1] for e in expected], "--", color="C1",
-                    label="expected (fraction x drop)")
+            ax.plot(
+                [0] + [e[0] for e in expected],
+                [0] + [e[1] for e in expected],
+                "--",
+                color="C1",
+                label="expected (fraction x drop)",
+            )
             ax.legend(fontsize=7)
         ax.axhline(0, color="black", lw=0.5)
         ax.set_xlabel("fraction of the group's images from the drop control")

@@ -49,8 +49,10 @@ def _one(root: Path, pattern: str, given: str | None, flag: str) -> Path:
         return Path(given)
     found = sorted(p for p in (root / "stages").glob(pattern) if (p / "_stage.json").is_file())
     if len(found) != 1:
-        raise SystemExit(f"{root / 'stages'}: expected one finished {pattern} folder, found "
-                         f"{[p.name for p in found]}; name one with {flag}")
+        raise SystemExit(
+            f"{root / 'stages'}: expected one finished {pattern} folder, found "
+            f"{[p.name for p in found]}; name one with {flag}"
+        )
     return found[0]
 
 
@@ -59,21 +61,24 @@ def vae_round_trip(vae, pixels: np.ndarray, batch: int = 64) -> np.ndarray:
     """uint8 (N, H, W, 3) -> the VAE's decode of its posterior mean, uint8 (N, H, W, 3)."""
     out = []
     for lo in range(0, len(pixels), batch):
-        x = pixels_to_tensor(pixels[lo:lo + batch])
+        x = pixels_to_tensor(pixels[lo : lo + batch])
         y = vae.decode(vae.encode(x).latent_dist.mean).sample
         out.append(((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)
 
 
-def ceiling(vae, judge, image_size: int, diseases, held_pixels, held_meta, bands, groups, label: str
-            ) -> dict[str, float]:
+def ceiling(
+    vae, judge, image_size: int, diseases, held_pixels, held_meta, bands, groups, label: str
+) -> dict[str, float]:
     """Judge accuracy (mean over subclasses) and skin-tone agreement of ``vae``'s round trip of the held-out
     images (or of the images themselves when ``vae`` is None), overall and per group, keyed ``*_<label>``."""
     pixels = held_pixels if vae is None else vae_round_trip(vae, held_pixels)
     accuracy = judge_accuracy(judge_predictions(judge, pixels, image_size, diseases), held_meta, groups, diseases)
     own = bands.assign(image_ita(pixels)) == held_meta["group"].to_numpy()
-    out = {f"judge_accuracy_{label}": round(subclass_mean(accuracy), 4),
-           f"skin_tone_agreement_{label}": round(float(own.mean()), 4)}
+    out = {
+        f"judge_accuracy_{label}": round(subclass_mean(accuracy), 4),
+        f"skin_tone_agreement_{label}": round(float(own.mean()), 4),
+    }
     for g in groups:
         rows = held_meta["group"].to_numpy() == g
         out[f"judge_accuracy_{label}_{g}"] = round(subclass_mean(accuracy[accuracy["group"] == g]), 4)
@@ -91,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default=None, help="a base stage folder (default: the runs root's only one)")
     parser.add_argument("--judge", default=None, help="a judge stage folder (default: the runs root's only one)")
     parser.add_argument("--prepare", default=None, help="a prepare stage folder (default: the runs root's only one)")
-    parser.add_argument("--reference", default=None,
-                        help="a reference stage folder (default: the runs root's only one; the judge may reuse it)")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="a reference stage folder (default: the runs root's only one; the judge may reuse it)",
+    )
     parser.add_argument("--quick", action="store_true", help="at most 20 held-out images per subclass")
     parser.add_argument("--train-vae", default="", help="comma-separated step counts: train a fresh tiny VAE")
     parser.add_argument("--vae-batch", type=int, default=16, help="batch of --train-vae (the demo/study base's)")
@@ -119,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         held_pixels, held_meta = held_pixels[keep], held_meta.loc[keep].reset_index(drop=True)
     groups = sorted(held_meta["group"].unique())
     bands = ReferenceBands.from_real(image_ita(train.pixels), train.meta["group"].to_numpy())
-    figures: dict[str, float | int | str] = {"base": base.name, "judge": judge_folder.name,
-                                             "heldout_images": int(len(held_pixels))}
+    figures: dict[str, float | int | str] = {
+        "base": base.name,
+        "judge": judge_folder.name,
+        "heldout_images": int(len(held_pixels)),
+    }
     measured = ["real", "vae_roundtrip"]
     figures.update(ceiling(None, judge, image_size, diseases, held_pixels, held_meta, bands, groups, "real"))
     figures.update(ceiling(vae, judge, image_size, diseases, held_pixels, held_meta, bands, groups, "vae_roundtrip"))
@@ -143,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     for label in measured:
         per_group = ", ".join(f"{g} {figures[f'judge_accuracy_{label}_{g}']:.3f}" for g in groups)
         tone = ", ".join(f"{g} {figures[f'skin_tone_agreement_{label}_{g}']:.3f}" for g in groups)
-        print(f"{label:>14}: judge accuracy {figures[f'judge_accuracy_{label}']:.3f} ({per_group}); "
-              f"skin-tone agreement {figures[f'skin_tone_agreement_{label}']:.3f} ({tone})")
+        print(
+            f"{label:>14}: judge accuracy {figures[f'judge_accuracy_{label}']:.3f} ({per_group}); "
+            f"skin-tone agreement {figures[f'skin_tone_agreement_{label}']:.3f} ({tone})"
+        )
     print(f"the base's VAE keeps {figures['judge_kept_by_vae']:.0%} of the judge's accuracy on real images")
     print(json.dumps(figures))
     return 0

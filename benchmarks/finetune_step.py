@@ -82,10 +82,27 @@ def make_step(unet, scheduler, latents, cond, cond_other, kind: str, encode=None
 
     def step():
         x = encode() if encode is not None else latents
-        draws = StepDraws(False, cond, cond_other if use_cbdm else None, torch.randn(x.shape, generator=g).to(x.device),
-                          torch.randint(0, 1000, (b,), generator=g).to(x.device))
-        train_step(unet, optimizer, None, scheduler, x, draws, torch.ones(b, device=x.device), use_cbdm=use_cbdm,
-                   tau=1.0, gamma=0.0 if kind == "cbdm_g0" else 0.25, autocast=None, max_grad_norm=1.0)
+        draws = StepDraws(
+            False,
+            cond,
+            cond_other if use_cbdm else None,
+            torch.randn(x.shape, generator=g).to(x.device),
+            torch.randint(0, 1000, (b,), generator=g).to(x.device),
+        )
+        train_step(
+            unet,
+            optimizer,
+            None,
+            scheduler,
+            x,
+            draws,
+            torch.ones(b, device=x.device),
+            use_cbdm=use_cbdm,
+            tau=1.0,
+            gamma=0.0 if kind == "cbdm_g0" else 0.25,
+            autocast=None,
+            max_grad_norm=1.0,
+        )
 
     return step
 
@@ -99,25 +116,38 @@ def cpu_figures(steps: int, batch: int) -> dict:
     pixels = torch.rand(batch, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         latents = parts.vae.encode(pixels).latent_dist.mean * parts.vae.config.scaling_factor
+
     def encode():
         with torch.no_grad():
             return parts.vae.encode(pixels).latent_dist.mean * parts.vae.config.scaling_factor
 
-    kinds = {k: make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, k)
-             for k in ("vanilla", "cbdm", "cbdm_g0")}
-    kinds["encoded"] = make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, "vanilla",
-                                 encode=encode)
-    kinds["encoded_with_grad"] = make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, "vanilla",
-                                           encode=lambda: parts.vae.encode(pixels).latent_dist.mean
-                                           * parts.vae.config.scaling_factor)
+    kinds = {
+        k: make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, k)
+        for k in ("vanilla", "cbdm", "cbdm_g0")
+    }
+    kinds["encoded"] = make_step(parts.unet, parts.noise_scheduler, latents, cond, cond_other, "vanilla", encode=encode)
+    kinds["encoded_with_grad"] = make_step(
+        parts.unet,
+        parts.noise_scheduler,
+        latents,
+        cond,
+        cond_other,
+        "vanilla",
+        encode=lambda: parts.vae.encode(pixels).latent_dist.mean * parts.vae.config.scaling_factor,
+    )
     per = time_interleaved(kinds, steps)
     encoded = per["encoded"]
-    return {"cpu_vanilla_step_s": per["vanilla"], "cpu_cbdm_step_s": per["cbdm"],
-            "ratio_cbdm_vs_vanilla_gamma_pos": per["cbdm"] / per["vanilla"], "floor_cbdm_gamma_pos": 2.0,
-            "ratio_cbdm_vs_vanilla_gamma0": per["cbdm_g0"] / per["vanilla"], "floor_cbdm_gamma0": 4 / 3,
-            "ratio_encode_every_step_vs_cached": encoded / per["vanilla"],
-            "ratio_base_step_before_v3_vs_now": per["encoded_with_grad"] / per["vanilla"],
-            "limit_encode_vs_cached_512px": (VAE_ENCODE_FLOP_512 + UNET_TRAIN_FLOP_512) / UNET_TRAIN_FLOP_512}
+    return {
+        "cpu_vanilla_step_s": per["vanilla"],
+        "cpu_cbdm_step_s": per["cbdm"],
+        "ratio_cbdm_vs_vanilla_gamma_pos": per["cbdm"] / per["vanilla"],
+        "floor_cbdm_gamma_pos": 2.0,
+        "ratio_cbdm_vs_vanilla_gamma0": per["cbdm_g0"] / per["vanilla"],
+        "floor_cbdm_gamma0": 4 / 3,
+        "ratio_encode_every_step_vs_cached": encoded / per["vanilla"],
+        "ratio_base_step_before_v3_vs_now": per["encoded_with_grad"] / per["vanilla"],
+        "limit_encode_vs_cached_512px": (VAE_ENCODE_FLOP_512 + UNET_TRAIN_FLOP_512) / UNET_TRAIN_FLOP_512,
+    }
 
 
 def ray_vs_plain(steps: int, batch: int, runs_root: str, repeats: int) -> dict:
@@ -137,10 +167,17 @@ def ray_vs_plain(steps: int, batch: int, runs_root: str, repeats: int) -> dict:
     from fairskin.pipeline import run_pipeline
     from fairskin.runtime import init_ray, set_thread_count
 
-    config = build_config("smoke", overrides=[f"runtime.runs_root={runs_root}", f"diffusion.max_steps={steps}",
-                                              f"diffusion.checkpoint_every={max(1, steps // 2)}",
-                                              f"diffusion.global_batch_size={batch}", "diffusion.cpus_per_worker=1",
-                                              "data.image_size=64"])
+    config = build_config(
+        "smoke",
+        overrides=[
+            f"runtime.runs_root={runs_root}",
+            f"diffusion.max_steps={steps}",
+            f"diffusion.checkpoint_every={max(1, steps // 2)}",
+            f"diffusion.global_batch_size={batch}",
+            "diffusion.cpus_per_worker=1",
+            "data.image_size=64",
+        ],
+    )
     shards = run_pipeline(config, ["prepare"], echo=lambda *_: None).results["prepare"].path / "shards"
     train = decode_local(shards)
     base = Path(runs_root) / "bench-base"
@@ -149,8 +186,9 @@ def ray_vs_plain(steps: int, batch: int, runs_root: str, repeats: int) -> dict:
     init_ray(config)
     out = Path(runs_root) / "bench-ft"
     parts = load_sd(str(base))
-    rows, cond = cache_training_set(parts, train, subclass_prompts(config.diffusion.prompt_template, train.groups,
-                                                                   train.diseases))
+    rows, cond = cache_training_set(
+        parts, train, subclass_prompts(config.diffusion.prompt_template, train.groups, train.diseases)
+    )
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, len(train), (batch,), generator=g).numpy()
     latents = torch.from_numpy(rows.columns["latents"][idx, 0])
@@ -169,16 +207,23 @@ def ray_vs_plain(steps: int, batch: int, runs_root: str, repeats: int) -> dict:
     ray_rate(), plain_rate()  # warm-up pair, not counted (the first fit pays for cold caches and imports)
     ray_rates, plain_rates = [], []
     for r in range(repeats):
-        for kind in (("ray", "plain") if r % 2 == 0 else ("plain", "ray")):
+        for kind in ("ray", "plain") if r % 2 == 0 else ("plain", "ray"):
             (ray_rates if kind == "ray" else plain_rates).append(ray_rate() if kind == "ray" else plain_rate())
-        print(f"  repeat {r + 1}/{repeats}: Ray Train {ray_rates[-1]:.1f} img/s, plain {plain_rates[-1]:.1f} img/s",
-              flush=True)
+        print(
+            f"  repeat {r + 1}/{repeats}: Ray Train {ray_rates[-1]:.1f} img/s, plain {plain_rates[-1]:.1f} img/s",
+            flush=True,
+        )
     ratios = np.asarray(ray_rates) / np.asarray(plain_rates)
     iv = t_interval(ratios, 0.95)
-    return {"ray_train_images_per_s": float(np.median(ray_rates)), "plain_loop_images_per_s": float(np.median(plain_rates)),
-            "ratio_ray_train_vs_plain": float(np.median(ratios)), "ratio_ray_train_vs_plain_low": float(iv.low),
-            "ratio_ray_train_vs_plain_high": float(iv.high), "ray_vs_plain_repeats": repeats,
-            "target_ray_vs_plain": 0.95}
+    return {
+        "ray_train_images_per_s": float(np.median(ray_rates)),
+        "plain_loop_images_per_s": float(np.median(plain_rates)),
+        "ratio_ray_train_vs_plain": float(np.median(ratios)),
+        "ratio_ray_train_vs_plain_low": float(iv.low),
+        "ratio_ray_train_vs_plain_high": float(iv.high),
+        "ray_vs_plain_repeats": repeats,
+        "target_ray_vs_plain": 0.95,
+    }
 
 
 def _base_unet_seconds(steps: int, threads: int, seed: int = 0) -> float:
@@ -222,9 +267,12 @@ def side_by_side_figures(steps: int) -> dict:
         proc.join()
     torch.set_num_threads(2)
     side_by_side = max(each)
-    return {"base_unet_steps_timed": steps, "base_unets_one_after_other_s": one_after_other,
-            "base_unets_side_by_side_s": side_by_side,
-            "ratio_base_unets_one_after_other_vs_side_by_side": one_after_other / side_by_side}
+    return {
+        "base_unet_steps_timed": steps,
+        "base_unets_one_after_other_s": one_after_other,
+        "base_unets_side_by_side_s": side_by_side,
+        "ratio_base_unets_one_after_other_vs_side_by_side": one_after_other / side_by_side,
+    }
 
 
 def main() -> None:
@@ -243,23 +291,33 @@ def main() -> None:
     torch.set_num_threads(2)
     figures: dict = {"batch": args.batch, "steps_timed": steps}
     figures.update(cpu_figures(steps, args.batch))
-    print(f"(a) CBDM/vanilla: gamma>0 {figures['ratio_cbdm_vs_vanilla_gamma_pos']:.2f} (floor 2.00), "
-          f"gamma=0 {figures['ratio_cbdm_vs_vanilla_gamma0']:.2f} (floor 1.33)")
-    print(f"(c) encode every step / cached latents: {figures['ratio_encode_every_step_vs_cached']:.2f} "
-          f"(512 px FLOP limit {figures['limit_encode_vs_cached_512px']:.2f})")
-    print(f"(d) base UNet step before base v3 (encoder forward and backward) / now (latents encoded once): "
-          f"{figures['ratio_base_step_before_v3_vs_now']:.2f}")
+    print(
+        f"(a) CBDM/vanilla: gamma>0 {figures['ratio_cbdm_vs_vanilla_gamma_pos']:.2f} (floor 2.00), "
+        f"gamma=0 {figures['ratio_cbdm_vs_vanilla_gamma0']:.2f} (floor 1.33)"
+    )
+    print(
+        f"(c) encode every step / cached latents: {figures['ratio_encode_every_step_vs_cached']:.2f} "
+        f"(512 px FLOP limit {figures['limit_encode_vs_cached_512px']:.2f})"
+    )
+    print(
+        f"(d) base UNet step before base v3 (encoder forward and backward) / now (latents encoded once): "
+        f"{figures['ratio_base_step_before_v3_vs_now']:.2f}"
+    )
     figures.update(side_by_side_figures(30 if args.quick else 150))
-    print(f"(e) base + control base UNets, one after the other on 2 threads / side by side on 1 each: "
-          f"{figures['ratio_base_unets_one_after_other_vs_side_by_side']:.2f} "
-          f"({figures['base_unets_one_after_other_s']:.1f} s / {figures['base_unets_side_by_side_s']:.1f} s for "
-          f"{figures['base_unet_steps_timed']} steps of each)")
+    print(
+        f"(e) base + control base UNets, one after the other on 2 threads / side by side on 1 each: "
+        f"{figures['ratio_base_unets_one_after_other_vs_side_by_side']:.2f} "
+        f"({figures['base_unets_one_after_other_s']:.1f} s / {figures['base_unets_side_by_side_s']:.1f} s for "
+        f"{figures['base_unet_steps_timed']} steps of each)"
+    )
     if not args.no_ray:
         repeats = args.repeats or (3 if args.quick else 5)
         figures.update(ray_vs_plain(max(8, steps * 2), args.batch, args.runs_root, repeats))
-        print(f"(b) Ray Train / plain loop: median {figures['ratio_ray_train_vs_plain']:.3f} "
-              f"[{figures['ratio_ray_train_vs_plain_low']:.3f}, {figures['ratio_ray_train_vs_plain_high']:.3f}] over "
-              f"{repeats} interleaved pairs (target >= 0.95)")
+        print(
+            f"(b) Ray Train / plain loop: median {figures['ratio_ray_train_vs_plain']:.3f} "
+            f"[{figures['ratio_ray_train_vs_plain_low']:.3f}, {figures['ratio_ray_train_vs_plain_high']:.3f}] over "
+            f"{repeats} interleaved pairs (target >= 0.95)"
+        )
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
 
 

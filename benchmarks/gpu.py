@@ -84,7 +84,8 @@ def _wheel_fits(wheel: Path) -> bool:
     tags = wheel.stem.split("-")[-3:]
     py = f"cp{sys.version_info.major}{sys.version_info.minor}"
     return tags[0] in ("py3", f"py{sys.version_info.major}{sys.version_info.minor}", py) and (
-        tags[1] in ("none", "abi3", py))
+        tags[1] in ("none", "abi3", py)
+    )
 
 
 def import_diffusers() -> str:
@@ -100,8 +101,10 @@ def import_diffusers() -> str:
         del sys.modules[name]
     wheels = sorted(w for w in WHEELS.glob("*.whl") if _wheel_fits(w))
     if not any(w.name.startswith("diffusers-") for w in wheels):
-        raise SystemExit(f"diffusers cannot be imported ({first}) and {WHEELS} holds no diffusers wheel: "
-                         "run `make gpu-wheels` where pip reaches PyPI and carry benchmarks/wheels/ along")
+        raise SystemExit(
+            f"diffusers cannot be imported ({first}) and {WHEELS} holds no diffusers wheel: "
+            "run `make gpu-wheels` where pip reaches PyPI and carry benchmarks/wheels/ along"
+        )
     target = Path(tempfile.mkdtemp(prefix="fairskin-wheels-"))
     atexit.register(shutil.rmtree, target, True)
     used = []
@@ -169,10 +172,30 @@ class Budget:
 
 def sizes(tiny: bool) -> SimpleNamespace:
     if tiny:
-        return SimpleNamespace(image=64, batch=4, rows=8, warmup=0, rounds=3, sample_batch=2, sample_steps=(50, 25),
-                               fid_images=64, fid_batch=32, vit_image=32)
-    return SimpleNamespace(image=512, batch=8, rows=32, warmup=3, rounds=10, sample_batch=8, sample_steps=(50, 25),
-                           fid_images=1024, fid_batch=256, vit_image=224)
+        return SimpleNamespace(
+            image=64,
+            batch=4,
+            rows=8,
+            warmup=0,
+            rounds=3,
+            sample_batch=2,
+            sample_steps=(50, 25),
+            fid_images=64,
+            fid_batch=32,
+            vit_image=32,
+        )
+    return SimpleNamespace(
+        image=512,
+        batch=8,
+        rows=32,
+        warmup=3,
+        rounds=10,
+        sample_batch=8,
+        sample_steps=(50, 25),
+        fid_images=1024,
+        fid_batch=256,
+        vit_image=224,
+    )
 
 
 def build_parts(tiny: bool, image: int, device):
@@ -198,8 +221,9 @@ def train_section(parts, sz, device, peak, budget: Budget) -> dict:
     unet = parts.unet.to(device).train()
     vae = parts.vae.to(device).eval().requires_grad_(False)
     text_encoder = parts.text_encoder.to(device)
-    cond_table = encode_prompts(parts.tokenizer, text_encoder, [f"group{g} people disease{d}" for g in range(3)
-                                                               for d in range(5)] + [""])
+    cond_table = encode_prompts(
+        parts.tokenizer, text_encoder, [f"group{g} people disease{d}" for g in range(3) for d in range(5)] + [""]
+    )
     optimizer = torch.optim.AdamW(unet.parameters(), lr=3e-7)  # the paper's lr; constant schedule
     autocast = autocast_dtype("bf16")
     rng = np.random.default_rng(0)
@@ -210,15 +234,19 @@ def train_section(parts, sz, device, peak, budget: Budget) -> dict:
 
         chunks = []
         for i in range(0, sz.rows, sz.batch):
-            x = pixels_to_tensor(pixels[i:i + sz.batch]).to(device)
+            x = pixels_to_tensor(pixels[i : i + sz.batch]).to(device)
             z = encode_latents(vae, torch.stack([x, x.flip(-1)], 1).flatten(0, 1))
             chunks.append(z.unflatten(0, (len(x), 2)).float().cpu().numpy())
     cached = {"latents": np.concatenate(chunks)}
     raw = {"pixels": pixels}
     subclass_of_row = torch.from_numpy(rng.integers(0, 15, sz.rows))
     weights = torch.ones(sz.batch, device=device)
-    kinds = {"vanilla": (cached, False, 0.25), "cbdm": (cached, True, 0.25), "cbdm_g0": (cached, True, 0.0),
-             "encode": (raw, False, 0.25)}
+    kinds = {
+        "vanilla": (cached, False, 0.25),
+        "cbdm": (cached, True, 0.25),
+        "cbdm_g0": (cached, True, 0.0),
+        "encode": (raw, False, 0.25),
+    }
     counter = {"step": 0}
 
     def step(kind: str):
@@ -227,18 +255,40 @@ def train_section(parts, sz, device, peak, budget: Budget) -> dict:
         rows = rng.integers(0, sz.rows, sz.batch)
         flips = rng.integers(0, 2, sz.batch)
         latents = gather_latents(arrays, rows, flips, vae if arrays is raw else None, device)
-        draws = draw_step_inputs(cond_table, subclass_of_row[rows], latents.shape,
-                                 shared=step_generator(0, counter["step"]), local=step_generator(0, counter["step"], 0),
-                                 prompt_drop_prob=0.0,  # a dropped prompt skips the regulariser: time CBDM itself
-                                 use_cbdm=use_cbdm, include_self=True,
-                                 num_train_timesteps=scheduler.config.num_train_timesteps, device=device)
-        out, _, _ = train_step(unet, optimizer, None, scheduler, latents, draws, weights, use_cbdm=use_cbdm, tau=1.0,
-                               gamma=gamma, autocast=autocast, max_grad_norm=1.0)
+        draws = draw_step_inputs(
+            cond_table,
+            subclass_of_row[rows],
+            latents.shape,
+            shared=step_generator(0, counter["step"]),
+            local=step_generator(0, counter["step"], 0),
+            prompt_drop_prob=0.0,  # a dropped prompt skips the regulariser: time CBDM itself
+            use_cbdm=use_cbdm,
+            include_self=True,
+            num_train_timesteps=scheduler.config.num_train_timesteps,
+            device=device,
+        )
+        out, _, _ = train_step(
+            unet,
+            optimizer,
+            None,
+            scheduler,
+            latents,
+            draws,
+            weights,
+            use_cbdm=use_cbdm,
+            tau=1.0,
+            gamma=gamma,
+            autocast=autocast,
+            max_grad_norm=1.0,
+        )
         if not math.isfinite(out.noise):
             raise FloatingPointError(f"{kind}: non-finite loss")
 
-    figures: dict = {"train_batch": sz.batch, "train_image_size": sz.image,
-                     "train_setup": "fp32 weights, bf16 autocast, AdamW, clip 1.0, no EMA, no grad checkpointing"}
+    figures: dict = {
+        "train_batch": sz.batch,
+        "train_image_size": sz.image,
+        "train_setup": "fp32 weights, bf16 autocast, AdamW, clip 1.0, no EMA, no grad checkpointing",
+    }
     flops = {}
     for kind in kinds:
         step(kind)  # warm-up (kernels, allocator), then one counted step
@@ -277,7 +327,7 @@ def train_section(parts, sz, device, peak, budget: Budget) -> dict:
     figures["goal_mfu"], figures["goal_cbdm_gap"] = GOAL_MFU, GOAL_CBDM_GAP
     if device.type == "cuda":
         figures["train_peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-    del optimizer
+    optimizer.state.clear()  # free the Adam moments before the sampling section (step() still closes over it)
     unet.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -323,8 +373,11 @@ def sample_section(parts, sz, device, peak, budget: Budget) -> dict:
             figures[f"sample_images_per_s_{key}"] = sz.sample_batch / seconds
             figures[f"sample_blank_images_{key}"] = int(sum(float(im.std()) == 0.0 for im in images))
             if peak and "sample_tflop_per_image_step" in figures:
-                flop = sz.sample_batch * (steps * figures["sample_tflop_per_image_step"]
-                                          + figures["sample_tflop_per_image_fixed"]) * 1e12
+                flop = (
+                    sz.sample_batch
+                    * (steps * figures["sample_tflop_per_image_step"] + figures["sample_tflop_per_image_fixed"])
+                    * 1e12
+                )
                 figures[f"sample_mfu_vs_bf16_peak_{key}"] = flop / seconds / peak
     pipe.to(device=device, dtype=torch.float32)
     return {k: _round(v) for k, v in figures.items()}
@@ -348,10 +401,15 @@ def fid_section(sz, device, budget: Budget) -> dict:
     with torch.device(device):
         model = ViTForImageClassification(config)
     model.eval()
-    figures: dict = {"fid_model": f"ViT {config.hidden_size}x{config.num_hidden_layers} at {sz.vit_image} px",
-                     "fid_input_px": sz.image, "fid_batch": sz.fid_batch}
-    batches = [torch.randint(0, 256, (sz.fid_batch, 3, sz.image, sz.image), dtype=torch.uint8)
-               for _ in range(max(1, sz.fid_images // sz.fid_batch))]
+    figures: dict = {
+        "fid_model": f"ViT {config.hidden_size}x{config.num_hidden_layers} at {sz.vit_image} px",
+        "fid_input_px": sz.image,
+        "fid_batch": sz.fid_batch,
+    }
+    batches = [
+        torch.randint(0, 256, (sz.fid_batch, 3, sz.image, sz.image), dtype=torch.uint8)
+        for _ in range(max(1, sz.fid_images // sz.fid_batch))
+    ]
     if device.type == "cuda":
         batches = [b.pin_memory() for b in batches]
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -375,15 +433,24 @@ def fid_section(sz, device, budget: Budget) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", "--quick", action="store_true", dest="tiny",
-                        help="tiny sizes on any device (implied without CUDA)")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help="seconds for the whole run (default 200 on a GPU, 300 tiny); measurements that would "
-                             "not fit are skipped and named")
+    parser.add_argument(
+        "--tiny", "--quick", action="store_true", dest="tiny", help="tiny sizes on any device (implied without CUDA)"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="seconds for the whole run (default 200 on a GPU, 300 tiny); measurements that would "
+        "not fit are skipped and named",
+    )
     parser.add_argument("--sections", default="train,sample,fid")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (default: 1 without CUDA, where the tiny model's small ops gain nothing "
-                             "from more and a shared machine's load makes several threads slow; else torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: 1 without CUDA, where the tiny model's small ops gain nothing "
+        "from more and a shared machine's load makes several threads slow; else torch's)",
+    )
     args = parser.parse_args()
     wanted = [s for s in args.sections.split(",") if s]
     unknown = set(wanted) - {"train", "sample", "fid"}
@@ -409,10 +476,17 @@ def main() -> None:
         budget = Budget(args.budget_s or (300 if tiny else 200))  # tiny: nothing to cut, only a guard
         name, peak = peak_flops(device)
         sz = sizes(tiny)
-        env.update({"mode": ("tiny " if tiny else "") + ("cuda" if cuda else "cpu"), "device": name,
-                    "note": None if cuda else "no CUDA device: the tiny CPU version of every section (same functions, "
-                                              "dtypes)",
-                    "peak_bf16_flops": peak, "threads": torch.get_num_threads()})
+        env.update(
+            {
+                "mode": ("tiny " if tiny else "") + ("cuda" if cuda else "cpu"),
+                "device": name,
+                "note": None
+                if cuda
+                else "no CUDA device: the tiny CPU version of every section (same functions, dtypes)",
+                "peak_bf16_flops": peak,
+                "threads": torch.get_num_threads(),
+            }
+        )
         parts = build_parts(tiny, sz.image, device)
         env["unet_parameters_m"] = round(sum(p.numel() for p in parts.unet.parameters()) / 1e6, 2)
     except (Exception, SystemExit) as exc:
@@ -423,9 +497,11 @@ def main() -> None:
         sys.exit(1)
     env["forbidden_modules_imported"] = [m for m in FORBIDDEN if m in sys.modules]
     emit("env", env)
-    sections = {"train": lambda: train_section(parts, sz, device, peak, budget),
-                "sample": lambda: sample_section(parts, sz, device, peak, budget),
-                "fid": lambda: fid_section(sz, device, budget)}
+    sections = {
+        "train": lambda: train_section(parts, sz, device, peak, budget),
+        "sample": lambda: sample_section(parts, sz, device, peak, budget),
+        "fid": lambda: fid_section(sz, device, budget),
+    }
     for section in wanted:
         if budget.left() < 20:
             emit(section, {f"{section}_skipped": "budget"})

@@ -58,7 +58,7 @@ def write_set(root: Path, rows: int, seed: int) -> None:
     with LatentShardWriter(root, SHAPE) as writer:
         for lo in range(0, rows, 128):
             n = min(128, rows - lo)
-            writer.add(order[lo:lo + n], subclass[lo:lo + n], rng.standard_normal((n, *SHAPE), dtype=np.float32))
+            writer.add(order[lo : lo + n], subclass[lo : lo + n], rng.standard_normal((n, *SHAPE), dtype=np.float32))
 
 
 def _status_kb(field: str) -> int:
@@ -72,14 +72,20 @@ def child(root: str, budget_mb: float, batch: int, scheme: str, seed: int, defau
     """Stream one epoch of the set at ``root`` within ``budget_mb``; the figures (runs in its own process)."""
     import torch
 
-    from fairskin.data.latent_shards import (LatentStream, batch_mixing_pvalue, budget_bytes, limit_allocator_slack,
-                                             subclass_frequency_pvalue)
+    from fairskin.data.latent_shards import (
+        LatentStream,
+        batch_mixing_pvalue,
+        budget_bytes,
+        limit_allocator_slack,
+        subclass_frequency_pvalue,
+    )
     from fairskin.diffusion.feed import Prefetch
 
     torch.set_num_threads(1)
     allocator = {"arrow_pool": "default"} if default_allocator else limit_allocator_slack()
-    stream = LatentStream(root, scheme=scheme, apply="sampler", seed=seed, global_batch=batch,
-                          budget_bytes=budget_bytes(budget_mb))
+    stream = LatentStream(
+        root, scheme=scheme, apply="sampler", seed=seed, global_batch=batch, budget_bytes=budget_bytes(budget_mb)
+    )
     steps = stream.epoch_steps
     with open("/proc/self/clear_refs", "w") as fh:  # "5": reset the peak RSS to the current RSS
         fh.write("5")
@@ -96,18 +102,31 @@ def child(root: str, budget_mb: float, batch: int, scheme: str, seed: int, defau
     probs = stream.plan.subclass_probabilities
     # Resume by position: half-way through the epoch, a new stream gives the full run's batches.
     k = steps // 2
-    full = [b["row"] for b in LatentStream(root, scheme=scheme, seed=seed, global_batch=batch,
-                                           budget_bytes=budget_bytes(budget_mb)).batches(k, k + 5)]
+    full = [
+        b["row"]
+        for b in LatentStream(
+            root, scheme=scheme, seed=seed, global_batch=batch, budget_bytes=budget_bytes(budget_mb)
+        ).batches(k, k + 5)
+    ]
     resumed = [b["row"] for b in stream.batches(k, k + 5)]
     return {
-        "large_rows": stream.shards.rows, "large_set_mb": stream.shards.nbytes / 2**20, "large_budget_mb": budget_mb,
-        "large_rows_per_group": stream.shards.rows_per_group, "large_shards": len(stream.shards.files),
-        "large_window_steps": stream.window_steps, "large_batch_size": batch, "large_scheme": scheme,
-        "large_steps": steps, "large_seconds": seconds, "large_images_per_s": steps * batch / seconds,
-        "large_baseline_rss_mb": baseline_kb / 1024, "large_peak_rss_mb": (peak_kb - baseline_kb) / 1024,
+        "large_rows": stream.shards.rows,
+        "large_set_mb": stream.shards.nbytes / 2**20,
+        "large_budget_mb": budget_mb,
+        "large_rows_per_group": stream.shards.rows_per_group,
+        "large_shards": len(stream.shards.files),
+        "large_window_steps": stream.window_steps,
+        "large_batch_size": batch,
+        "large_scheme": scheme,
+        "large_steps": steps,
+        "large_seconds": seconds,
+        "large_images_per_s": steps * batch / seconds,
+        "large_baseline_rss_mb": baseline_kb / 1024,
+        "large_peak_rss_mb": (peak_kb - baseline_kb) / 1024,
         "large_peak_held_mb": stream.reader.peak_held_bytes / 2**20,
         "large_cache_mb": stream.reader.cache_bytes / 2**20,
-        "large_read_mb": stream.reader.bytes_read / 2**20, "large_groups_read": stream.reader.groups_read,
+        "large_read_mb": stream.reader.bytes_read / 2**20,
+        "large_groups_read": stream.reader.groups_read,
         "large_chi2_p": subclass_frequency_pvalue(counts.sum(0), probs),
         "large_mixing_p": batch_mixing_pvalue(counts, probs),
         "large_allocator": ",".join(f"{k}={v}" for k, v in allocator.items()),
@@ -139,10 +158,26 @@ def main(argv: list[str] | None = None) -> dict:
         written_s = time.perf_counter() - started
 
         def stream(*extra: str) -> dict:
-            out = subprocess.run([sys.executable, __file__, "--child", str(root), "--budget-mb", str(budget),
-                                  "--batch-size", str(args.batch_size), "--scheme", args.scheme, "--seed",
-                                  str(args.seed), *extra],
-                                 capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(root),
+                    "--budget-mb",
+                    str(budget),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--scheme",
+                    args.scheme,
+                    "--seed",
+                    str(args.seed),
+                    *extra,
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
             if out.returncode:
                 sys.exit(f"stream child failed:\n{out.stderr}")
             return json.loads(out.stdout.strip().splitlines()[-1])
@@ -152,20 +187,28 @@ def main(argv: list[str] | None = None) -> dict:
         figures["large_peak_rss_mb_default_allocator"] = stream("--default-allocator")["large_peak_rss_mb"]
     figures["large_within_budget"] = figures["large_peak_rss_mb"] <= budget
     f = figures
-    print(f"set: {f['large_rows']} rows x {SHAPE} float32 = {f['large_set_mb']:.0f} MB "
-          f"({f['large_set_mb'] / budget:.1f}x the {budget:.0f} MB budget), {f['large_shards']} shards, "
-          f"row groups of {f['large_rows_per_group']} rows; written in {written_s:.1f} s")
-    print(f"one weighted epoch ({args.scheme}, batch {f['large_batch_size']}): {f['large_steps']} steps in "
-          f"{f['large_seconds']:.1f} s = {f['large_images_per_s']:.0f} images/s; windows of {f['large_window_steps']} "
-          f"steps; {f['large_read_mb']:.0f} MB decoded from {f['large_groups_read']} row-group reads")
-    print(f"peak RSS growth over the baseline ({f['large_baseline_rss_mb']:.0f} MB after imports): "
-          f"{f['large_peak_rss_mb']:.1f} MB (budget {budget:.0f} MB: "
-          f"{'within' if f['large_within_budget'] else 'OVER'}); decoded latents held at once (the module's "
-          f"count): {f['large_peak_held_mb']:.1f} MB of a {f['large_cache_mb']:.1f} MB cache; allocator "
-          f"{f['large_allocator']} (pyarrow's default allocator instead: {f['large_peak_rss_mb_default_allocator']:.1f} MB)")
-    print(f"subclass frequencies vs weights: chi-square p = {f['large_chi2_p']:.3g} (pass > 0.001); batches mixed "
-          f"(per-batch dispersion vs independent draws): p = {f['large_mixing_p']:.3g}; resumed mid-epoch equals "
-          f"the full run: {f['large_resume_equal']}")
+    print(
+        f"set: {f['large_rows']} rows x {SHAPE} float32 = {f['large_set_mb']:.0f} MB "
+        f"({f['large_set_mb'] / budget:.1f}x the {budget:.0f} MB budget), {f['large_shards']} shards, "
+        f"row groups of {f['large_rows_per_group']} rows; written in {written_s:.1f} s"
+    )
+    print(
+        f"one weighted epoch ({args.scheme}, batch {f['large_batch_size']}): {f['large_steps']} steps in "
+        f"{f['large_seconds']:.1f} s = {f['large_images_per_s']:.0f} images/s; windows of {f['large_window_steps']} "
+        f"steps; {f['large_read_mb']:.0f} MB decoded from {f['large_groups_read']} row-group reads"
+    )
+    print(
+        f"peak RSS growth over the baseline ({f['large_baseline_rss_mb']:.0f} MB after imports): "
+        f"{f['large_peak_rss_mb']:.1f} MB (budget {budget:.0f} MB: "
+        f"{'within' if f['large_within_budget'] else 'OVER'}); decoded latents held at once (the module's "
+        f"count): {f['large_peak_held_mb']:.1f} MB of a {f['large_cache_mb']:.1f} MB cache; allocator "
+        f"{f['large_allocator']} (pyarrow's default allocator instead: {f['large_peak_rss_mb_default_allocator']:.1f} MB)"
+    )
+    print(
+        f"subclass frequencies vs weights: chi-square p = {f['large_chi2_p']:.3g} (pass > 0.001); batches mixed "
+        f"(per-batch dispersion vs independent draws): p = {f['large_mixing_p']:.3g}; resumed mid-epoch equals "
+        f"the full run: {f['large_resume_equal']}"
+    )
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
     return figures
 

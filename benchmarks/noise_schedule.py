@@ -50,8 +50,13 @@ from fairskin.diffusion.models import build_tiny_sd, load_sd  # noqa: E402
 from fairskin.tune.generator import generate_pool  # noqa: E402
 
 # name -> (zero terminal SNR, Min-SNR gamma or None)
-CANDIDATES = {"base": (None, None), "sd": (False, None), "zero_snr": (True, None), "sd_min_snr5": (False, 5.0),
-              "zero_snr_min_snr5": (True, 5.0)}
+CANDIDATES = {
+    "base": (None, None),
+    "sd": (False, None),
+    "zero_snr": (True, None),
+    "sd_min_snr5": (False, 5.0),
+    "zero_snr_min_snr5": (True, 5.0),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge", help="a finished judge stage folder (default: the only one under the root)")
     parser.add_argument("--steps", type=int, default=1000, help="base UNet steps per schedule")
     parser.add_argument("--pool", type=int, default=8, help="images per subclass in each pool")
-    parser.add_argument("--candidates", default="sd,zero_snr",
-                        help=f"comma-separated, from {', '.join(CANDIDATES)} (default: sd,zero_snr)")
+    parser.add_argument(
+        "--candidates",
+        default="sd,zero_snr",
+        help=f"comma-separated, from {', '.join(CANDIDATES)} (default: sd,zero_snr)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
@@ -88,20 +96,36 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if label != "base":
             zero_snr, snr_gamma = CANDIDATES[label]
-            fresh = build_tiny_sd(image_size=train.pixels.shape[1], seed=config.runtime.seed,
-                                  zero_terminal_snr=zero_snr)
+            fresh = build_tiny_sd(
+                image_size=train.pixels.shape[1], seed=config.runtime.seed, zero_terminal_snr=zero_snr
+            )
             parts.unet, parts.noise_scheduler = fresh.unet, fresh.noise_scheduler
-            train_base_unet(parts, train, prompts, steps, d.global_batch_size, config.runtime.seed,
-                            lr=d.learning_rate, progress=True, snr_gamma=snr_gamma)
+            train_base_unet(
+                parts,
+                train,
+                prompts,
+                steps,
+                d.global_batch_size,
+                config.runtime.seed,
+                lr=d.learning_rate,
+                progress=True,
+                snr_gamma=snr_gamma,
+            )
         figures[f"train_seconds_{label}"] = round(time.perf_counter() - start, 1)
         pixels, meta = generate_pool(parts, parts.unet, config, per_subclass, config.runtime.seed, "cpu")
         for key, value in scorer.score(pixels, meta).items():
             figures[f"{key}_{label}"] = value
-        print(f"{label:>17}: skin-tone agreement {figures[f'skin_tone_agreement_{label}']:.3f} "
-              f"(worst group {figures[f'skin_tone_agreement_worst_group_{label}']:.3f}), judge accuracy "
-              f"{figures[f'judge_accuracy_generated_{label}']:.3f}, "
-              + ("the base's own UNet, not retrained" if label == "base"
-                 else f"{steps} steps in {figures[f'train_seconds_{label}']:.0f} s"), flush=True)
+        print(
+            f"{label:>17}: skin-tone agreement {figures[f'skin_tone_agreement_{label}']:.3f} "
+            f"(worst group {figures[f'skin_tone_agreement_worst_group_{label}']:.3f}), judge accuracy "
+            f"{figures[f'judge_accuracy_generated_{label}']:.3f}, "
+            + (
+                "the base's own UNet, not retrained"
+                if label == "base"
+                else f"{steps} steps in {figures[f'train_seconds_{label}']:.0f} s"
+            ),
+            flush=True,
+        )
     print(json.dumps(figures))
     return 0
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from fidelity_ceiling import _one
 
 from fairskin.classify.judge import load_judge
@@ -34,7 +33,7 @@ class PoolScorer:
     judge_real: pd.DataFrame
 
     @classmethod
-    def from_runs_root(cls, root: Path, config, judge_folder: str | None = None) -> "PoolScorer":
+    def from_runs_root(cls, root: Path, config, judge_folder: str | None = None) -> PoolScorer:
         """The runs root's ``prepare`` shards and ``judge`` stage (``judge_folder``: one named explicitly)."""
         shards = _one(root, "prepare-*", None, "--runs-root") / "shards"
         judge, info = load_judge(_one(root, "judge-*", judge_folder, "--judge"), None)
@@ -44,17 +43,26 @@ class PoolScorer:
         held_pixels, held_meta = load_decoded(shards, splits=["val", "test"])
         rows = held_meta["split"].isin(info.real_splits).to_numpy()
         size = config.classifier.image_size
-        judge_real = judge_accuracy(judge_predictions(judge, held_pixels[rows], size, diseases), held_meta[rows],
-                                    groups, diseases)
+        judge_real = judge_accuracy(
+            judge_predictions(judge, held_pixels[rows], size, diseases), held_meta[rows], groups, diseases
+        )
         return cls(judge, size, groups, diseases, bands, judge_real)
 
     def score(self, pixels: np.ndarray, meta: pd.DataFrame) -> dict[str, float]:
         """uint8 (N, H, W, 3) images with ``group`` / ``disease`` columns -> skin-tone agreement and judge
         accuracy, overall and per group (shares in [0, 1]), rounded to 4 digits."""
-        _, _, tone, _ = skin_tone_report(image_ita(pixels), meta["group"].to_numpy(), meta["disease"].to_numpy(),
-                                         self.bands)
-        _, fidelity = disease_fidelity(judge_accuracy(judge_predictions(self.judge, pixels, self.image_size,
-                                                                        self.diseases), meta, self.groups,
-                                                      self.diseases), self.judge_real, self.groups)
-        return {k: round(float(v), 4) for k, v in {**tone, **fidelity}.items()
-                if k.startswith(KEPT) and isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+        _, _, tone, _ = skin_tone_report(
+            image_ita(pixels), meta["group"].to_numpy(), meta["disease"].to_numpy(), self.bands
+        )
+        _, fidelity = disease_fidelity(
+            judge_accuracy(
+                judge_predictions(self.judge, pixels, self.image_size, self.diseases), meta, self.groups, self.diseases
+            ),
+            self.judge_real,
+            self.groups,
+        )
+        return {
+            k: round(float(v), 4)
+            for k, v in {**tone, **fidelity}.items()
+            if k.startswith(KEPT) and isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
+        }

@@ -41,8 +41,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -86,8 +87,9 @@ DEFAULT_CANDIDATES = ("dpm_half", "channels_last")
 # ----------------------------------------------------------------------------------------------------------
 
 
-def resolve_margins(rows: pd.DataFrame, floor: float, margins: Mapping[str, tuple[str, float]] = MARGINS,
-                    reference: str = REFERENCE) -> dict[str, float]:
+def resolve_margins(
+    rows: pd.DataFrame, floor: float, margins: Mapping[str, tuple[str, float]] = MARGINS, reference: str = REFERENCE
+) -> dict[str, float]:
     """Each metric's margin in its own units: from ``margins`` (declared), the real-vs-real FID ``floor``
     and, for "relative" margins, the reference setting's mean over generators in ``rows``."""
     ref = rows[rows["setting"] == reference]
@@ -104,8 +106,13 @@ def resolve_margins(rows: pd.DataFrame, floor: float, margins: Mapping[str, tupl
     return out
 
 
-def equivalence(rows: pd.DataFrame, margins: Mapping[str, float], candidates: Sequence[str],
-                reference: str = REFERENCE, alpha: float = ALPHA) -> dict[str, dict[str, Any]]:
+def equivalence(
+    rows: pd.DataFrame,
+    margins: Mapping[str, float],
+    candidates: Sequence[str],
+    reference: str = REFERENCE,
+    alpha: float = ALPHA,
+) -> dict[str, dict[str, Any]]:
     """TOST of every candidate against ``reference``, paired by generator.
 
     ``rows``: one row per (setting, generator) with the metric columns. Returns candidate -> {metric ->
@@ -124,10 +131,19 @@ def equivalence(rows: pd.DataFrame, margins: Mapping[str, float], candidates: Se
         figures: dict[str, Any] = {}
         for metric, margin in margins.items():
             test = tost_paired(by_setting[candidate][metric], by_setting[reference][metric], margin, alpha=alpha)
-            figures[metric] = {"n": test.n, "dropped": test.dropped, "mean_diff": test.mean, "low90": test.low,
-                               "high90": test.high, "margin": margin, "p_lower": test.p_lower,
-                               "p_upper": test.p_upper, "p_tost": test.p, "equivalent": test.equivalent,
-                               "reference_mean": float(by_setting[reference][metric].loc[list(test.keys)].mean())}
+            figures[metric] = {
+                "n": test.n,
+                "dropped": test.dropped,
+                "mean_diff": test.mean,
+                "low90": test.low,
+                "high90": test.high,
+                "margin": margin,
+                "p_lower": test.p_lower,
+                "p_upper": test.p_upper,
+                "p_tost": test.p,
+                "equivalent": test.equivalent,
+                "reference_mean": float(by_setting[reference][metric].loc[list(test.keys)].mean()),
+            }
         figures["equivalent"] = all(figures[m]["equivalent"] for m in margins)
         figures["n"] = min(figures[m]["n"] for m in margins)
         results[candidate] = figures
@@ -149,16 +165,22 @@ def _clean(value):
 
 
 def format_table(results: Mapping[str, Mapping[str, Any]], margins: Mapping[str, float]) -> str:
-    lines = [f"{'candidate':<14} {'metric':<26} {'ref mean':>9} {'diff':>9} {'90% interval':>22} {'margin':>9} "
-             f"{'p_TOST':>8}  equivalent"]
+    lines = [
+        f"{'candidate':<14} {'metric':<26} {'ref mean':>9} {'diff':>9} {'90% interval':>22} {'margin':>9} "
+        f"{'p_TOST':>8}  equivalent"
+    ]
     for candidate, figures in results.items():
         for metric in margins:
             f = figures[metric]
-            lines.append(f"{candidate:<14} {metric:<26} {f['reference_mean']:9.4g} {f['mean_diff']:+9.4f} "
-                         f"[{f['low90']:+9.4f}, {f['high90']:+9.4f}] {f['margin']:9.4g} {f['p_tost']:8.3g}  "
-                         f"{f['equivalent']}")
-        lines.append(f"{candidate:<14} {'ALL (intersection-union)':<26} {'':>9} {'':>9} {'':>22} {'':>9} {'':>8}  "
-                     f"{figures['equivalent']}  (n = {figures['n']} generators)")
+            lines.append(
+                f"{candidate:<14} {metric:<26} {f['reference_mean']:9.4g} {f['mean_diff']:+9.4f} "
+                f"[{f['low90']:+9.4f}, {f['high90']:+9.4f}] {f['margin']:9.4g} {f['p_tost']:8.3g}  "
+                f"{f['equivalent']}"
+            )
+        lines.append(
+            f"{candidate:<14} {'ALL (intersection-union)':<26} {'':>9} {'':>9} {'':>22} {'':>9} {'':>8}  "
+            f"{figures['equivalent']}  (n = {figures['n']} generators)"
+        )
     return "\n".join(lines)
 
 
@@ -190,8 +212,9 @@ def resolve_stages(root: Path) -> dict[str, Path]:
         if name == "reference" and not done:
             continue  # synthetic data: the judge is its own model
         if len(done) != 1:
-            raise SystemExit(f"{stages}: {len(done)} finished {name} stage(s) and no finished evaluate stage to "
-                             "choose between them")
+            raise SystemExit(
+                f"{stages}: {len(done)} finished {name} stage(s) and no finished evaluate stage to choose between them"
+            )
         found[name] = done[0]
     return found
 
@@ -218,40 +241,70 @@ class Measure:
         shards = stages["prepare"] / "shards"
         self.judge, info = load_judge(stages["judge"], stages.get("reference"))
         model = self.judge if info.kind == "independent" else load_saved_classifier(stages["reference"] / "model")
-        self.space = feature_space(model.eval(), c.image_size, g.inception_weights_path,
-                                   kind="judge-classifier" if info.kind == "independent" else "reference-classifier")
+        self.space = feature_space(
+            model.eval(),
+            c.image_size,
+            g.inception_weights_path,
+            kind="judge-classifier" if info.kind == "independent" else "reference-classifier",
+        )
         train_pixels, train_meta = load_decoded(shards, splits=["train"])
-        self.real = ((train_pixels, train_meta) if g.real_split == "train"
-                     else load_decoded(shards, splits=[g.real_split]))
+        self.real = (
+            (train_pixels, train_meta) if g.real_split == "train" else load_decoded(shards, splits=[g.real_split])
+        )
         held_pixels, held_meta = load_decoded(shards, splits=["val", "test"])
         floor_rows = held_meta["split"].isin([s for s in ("val", "test") if s != g.real_split]).to_numpy()
         self.floor = (held_pixels[floor_rows], held_meta[floor_rows].reset_index(drop=True))
         judge_rows = held_meta["split"].isin(info.real_splits).to_numpy()
-        self.judge_real = judge_accuracy(judge_predictions(self.judge, held_pixels[judge_rows], c.image_size,
-                                                           self.diseases), held_meta[judge_rows], self.groups,
-                                         self.diseases)
+        self.judge_real = judge_accuracy(
+            judge_predictions(self.judge, held_pixels[judge_rows], c.image_size, self.diseases),
+            held_meta[judge_rows],
+            self.groups,
+            self.diseases,
+        )
         self.bands = ReferenceBands.from_real(image_ita(train_pixels), train_meta["group"].to_numpy())
         self.held_ita, self.held_group = image_ita(held_pixels), held_meta["group"].to_numpy()
         self.fid_floor: float | None = None
 
     def __call__(self, folder: Path) -> dict[str, float]:
         from fairskin.data.shards import load_decoded
-        from fairskin.metrics.generation import (disease_fidelity, generation_report, judge_accuracy,
-                                                 judge_predictions)
+        from fairskin.metrics.generation import disease_fidelity, generation_report, judge_accuracy, judge_predictions
         from fairskin.metrics.skin_tone import image_ita, skin_tone_report
 
         pixels, meta = load_decoded(folder)
         floor = {} if self.fid_floor is not None else {"floor_pixels": self.floor[0], "floor_meta": self.floor[1]}
-        report = generation_report(pixels, meta, *self.real, self.groups, self.diseases, self.space,
-                                   cache_root=self.cache, isc=False, pooled=False, seed=self.config.runtime.seed,
-                                   **floor)
+        report = generation_report(
+            pixels,
+            meta,
+            *self.real,
+            self.groups,
+            self.diseases,
+            self.space,
+            cache_root=self.cache,
+            isc=False,
+            pooled=False,
+            seed=self.config.runtime.seed,
+            **floor,
+        )
         if self.fid_floor is None:  # the same for every pool of this size: measured once
             self.fid_floor = float(report.summary["fid_floor_mean"])
-        _, fidelity = disease_fidelity(judge_accuracy(judge_predictions(
-            self.judge, pixels, self.config.classifier.image_size, self.diseases), meta, self.groups, self.diseases),
-            self.judge_real, self.groups)
-        _, _, tone, _ = skin_tone_report(image_ita(pixels), meta["group"].to_numpy(), meta["disease"].to_numpy(),
-                                         self.bands, self.held_ita, self.held_group)
+        _, fidelity = disease_fidelity(
+            judge_accuracy(
+                judge_predictions(self.judge, pixels, self.config.classifier.image_size, self.diseases),
+                meta,
+                self.groups,
+                self.diseases,
+            ),
+            self.judge_real,
+            self.groups,
+        )
+        _, _, tone, _ = skin_tone_report(
+            image_ita(pixels),
+            meta["group"].to_numpy(),
+            meta["disease"].to_numpy(),
+            self.bands,
+            self.held_ita,
+            self.held_group,
+        )
         figures = {**report.summary, **fidelity, **tone}
         return {m: float(figures[m]) for m in (*MARGINS, *REPORTED)}
 
@@ -266,11 +319,16 @@ def setting_config(base_preset: str, yaml_path: Path | None, overrides: Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs-root", default=None, help="a finished runs root (read only); default: run demo")
-    parser.add_argument("--out", default=None, help="where pools, caches and tables go (default ./runs-sampler-equiv"
-                                                     "[-quick])")
+    parser.add_argument(
+        "--out", default=None, help="where pools, caches and tables go (default ./runs-sampler-equiv[-quick])"
+    )
     parser.add_argument("--candidates", nargs="+", default=list(DEFAULT_CANDIDATES), choices=sorted(CANDIDATES))
-    parser.add_argument("--images-per-subclass", type=int, default=None,
-                        help="P per subclass in every pool (default 8; --quick 2); images 0..P-1 of each subclass")
+    parser.add_argument(
+        "--images-per-subclass",
+        type=int,
+        default=None,
+        help="P per subclass in every pool (default 8; --quick 2); images 0..P-1 of each subclass",
+    )
     parser.add_argument("--generators", type=int, default=None, help="use only the first N generators")
     parser.add_argument("--local", action="store_true", help="generate in this process (no Ray)")
     parser.add_argument("--quick", action="store_true", help="smoke preset, 2 images per subclass: a script check")
@@ -310,8 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         wanted = ["finetune", "judge"] + (["reference"] if config.data.source != "synthetic" else [])
         outcome = run_pipeline(config, stages=wanted, echo=lambda s: None)
         pipeline_seconds = time.time() - t0
-        stages = {k: outcome.results[k].path for k in ("prepare", "reference", "judge", "finetune")
-                  if k in outcome.results}
+        stages = {
+            k: outcome.results[k].path for k in ("prepare", "reference", "judge", "finetune") if k in outcome.results
+        }
 
     reference_config = build_config(preset, yaml_path=yaml_path, overrides=base_overrides)
     g0 = reference_config.generation
@@ -321,10 +380,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fairskin.diffusion.variants import generators
 
     ids = [gid for gid in generators(reference_config.diffusion) if (stages["finetune"] / gid / "pipeline").is_dir()]
-    ids = ids[:args.generators] if args.generators else ids
+    ids = ids[: args.generators] if args.generators else ids
     pipelines = {gid: stages["finetune"] / gid / "pipeline" for gid in ids}
-    print(f"runs root {root} ({preset}); {len(ids)} generators; P = {per_subclass} images per subclass, batch "
-          f"{batch}; reference {g0.scheduler} x {g0.inference_steps} steps fp32; out {out}", flush=True)
+    print(
+        f"runs root {root} ({preset}); {len(ids)} generators; P = {per_subclass} images per subclass, batch "
+        f"{batch}; reference {g0.scheduler} x {g0.inference_steps} steps fp32; out {out}",
+        flush=True,
+    )
 
     use_ray = not args.local
     if use_ray:
@@ -335,17 +397,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     try:
         for name, changes in settings.items():
-            cfg = setting_config(preset, yaml_path, base_overrides, {**changes, "images_per_subclass": per_subclass,
-                                                                      "batch_size": batch})
+            cfg = setting_config(
+                preset, yaml_path, base_overrides, {**changes, "images_per_subclass": per_subclass, "batch_size": batch}
+            )
             images = {"count": 0}
             t0 = time.time()
-            generate_pools(cfg, pipelines, out / "pools" / name, local=not use_ray,
-                           on_item=lambda e: images.__setitem__("count", images["count"] + e["rows"]))
+            generate_pools(
+                cfg,
+                pipelines,
+                out / "pools" / name,
+                local=not use_ray,
+                on_item=lambda e: images.__setitem__("count", images["count"] + e["rows"]),
+            )
             seconds = time.time() - t0
             if images["count"]:
-                timings[name] = {"seconds": seconds, "images": images["count"],
-                                 "s_per_image": seconds / images["count"], "changes": changes,
-                                 "load_avg": os.getloadavg()[0]}
+                timings[name] = {
+                    "seconds": seconds,
+                    "images": images["count"],
+                    "s_per_image": seconds / images["count"],
+                    "changes": changes,
+                    "load_avg": os.getloadavg()[0],
+                }
                 atomic_write_text(timings_path, json.dumps(timings, indent=2))
             print(f"[{name}] {changes}: {images['count']} images in {seconds:.0f} s", flush=True)
     finally:
@@ -356,8 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.time()
     measure = Measure(reference_config, stages, out / "cache")
-    rows = [{"setting": name, "generator": gid, **measure(out / "pools" / name / gid)}
-            for name in settings for gid in ids]
+    rows = [
+        {"setting": name, "generator": gid, **measure(out / "pools" / name / gid)} for name in settings for gid in ids
+    ]
     frame = pd.DataFrame(rows)
     atomic_write_text(out / "per_generator.csv", frame.to_csv(index=False))
     measure_seconds = time.time() - t0
@@ -370,15 +443,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         t = timings.get(name)
         if t:
             ratio = f", {t['s_per_image'] / ref_cost:.2f} x the reference's time per image" if ref_cost else ""
-            print(f"time [{name}]: {t['seconds']:.0f} s for {t['images']} images ({t['s_per_image']:.3f} s/image"
-                  f"{ratio}; load average {t['load_avg']:.1f})")
-    summary = {"runs_root": str(root), "preset": preset, "unit": "generator", "n_generators": len(ids),
-               "images_per_subclass": per_subclass, "alpha": ALPHA, "margins_declared": MARGINS,
-               "margins": margins, "fid_floor_mean": measure.fid_floor,
-               "reference": {"scheduler": g0.scheduler, "inference_steps": g0.inference_steps, "dtype": "fp32"},
-               "timings": timings, "pipeline_seconds": pipeline_seconds, "measure_seconds": measure_seconds,
-               "wall_seconds": time.time() - started, "candidates": results,
-               **{f"equivalent_{c}": results[c]["equivalent"] for c in args.candidates}}
+            print(
+                f"time [{name}]: {t['seconds']:.0f} s for {t['images']} images ({t['s_per_image']:.3f} s/image"
+                f"{ratio}; load average {t['load_avg']:.1f})"
+            )
+    summary = {
+        "runs_root": str(root),
+        "preset": preset,
+        "unit": "generator",
+        "n_generators": len(ids),
+        "images_per_subclass": per_subclass,
+        "alpha": ALPHA,
+        "margins_declared": MARGINS,
+        "margins": margins,
+        "fid_floor_mean": measure.fid_floor,
+        "reference": {"scheduler": g0.scheduler, "inference_steps": g0.inference_steps, "dtype": "fp32"},
+        "timings": timings,
+        "pipeline_seconds": pipeline_seconds,
+        "measure_seconds": measure_seconds,
+        "wall_seconds": time.time() - started,
+        "candidates": results,
+        **{f"equivalent_{c}": results[c]["equivalent"] for c in args.candidates},
+    }
     atomic_write_text(out / "equivalence.json", json.dumps(_clean(summary), indent=2))
     print(json.dumps(_clean(summary)))
     return 0

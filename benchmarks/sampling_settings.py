@@ -39,9 +39,14 @@ from fairskin.config import build_config  # noqa: E402
 from fairskin.diffusion.models import load_sd  # noqa: E402
 from fairskin.tune.generator import generate_pool  # noqa: E402
 
-DEFAULT_SETTINGS = ("generation.guidance_scale=5", "generation.guidance_scale=7.5",
-                    "generation.inference_steps=40", "generation.scheduler=dpm",
-                    "generation.scheduler=dpm generation.inference_steps=40", "generation.scheduler=euler")
+DEFAULT_SETTINGS = (
+    "generation.guidance_scale=5",
+    "generation.guidance_scale=7.5",
+    "generation.inference_steps=40",
+    "generation.scheduler=dpm",
+    "generation.scheduler=dpm generation.inference_steps=40",
+    "generation.scheduler=euler",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge", help="a finished judge stage folder (default: the only one under the root)")
     parser.add_argument("--generator", default="vanilla", help="a generator folder in the finetune stage")
     parser.add_argument("--pool", type=int, default=16, help="images per subclass in each pool")
-    parser.add_argument("--settings", default=";".join(DEFAULT_SETTINGS),
-                        help="';'-separated settings, each space-separated generation.* overrides")
+    parser.add_argument(
+        "--settings",
+        default=";".join(DEFAULT_SETTINGS),
+        help="';'-separated settings, each space-separated generation.* overrides",
+    )
     parser.add_argument("--seed", type=int, default=1234, help="the pools' seed (the same for every setting)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
@@ -83,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         kept = scorer.score(pixels, meta)
         figures[label] = {**kept, "seconds": round(seconds, 1)}
         per_group = " / ".join(f"{kept.get(f'judge_accuracy_generated_{g}', float('nan')):.3f}" for g in scorer.groups)
-        print(f"{label:>55}: judge accuracy {kept['judge_accuracy_generated']:.3f} ({per_group}), skin-tone "
-              f"agreement {kept['skin_tone_agreement']:.3f}, {seconds:.0f} s", flush=True)
+        print(
+            f"{label:>55}: judge accuracy {kept['judge_accuracy_generated']:.3f} ({per_group}), skin-tone "
+            f"agreement {kept['skin_tone_agreement']:.3f}, {seconds:.0f} s",
+            flush=True,
+        )
     print(json.dumps(figures))
     return 0
 

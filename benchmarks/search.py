@@ -107,8 +107,17 @@ def simplex_grid(n: int, lows, highs) -> list[tuple[float, ...]]:
     return points
 
 
-def replay(curves: np.ndarray, points: np.ndarray, groups, space, arm: str, seed: int, epochs: int,
-           max_trials: int, target: float) -> dict:
+def replay(
+    curves: np.ndarray,
+    points: np.ndarray,
+    groups,
+    space,
+    arm: str,
+    seed: int,
+    epochs: int,
+    max_trials: int,
+    target: float,
+) -> dict:
     """Drive OptunaSearch (+ ASHA) against the table; trial-epochs until a full trial reaches ``target``."""
     import optuna
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -123,9 +132,14 @@ def replay(curves: np.ndarray, points: np.ndarray, groups, space, arm: str, seed
     searcher = OptunaSearch(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler)
     scheduler = None
     if use_asha:
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max", max_t=epochs,
-                                  grace_period=space.scheduler.grace_period,
-                                  reduction_factor=space.scheduler.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric=METRIC,
+            mode="max",
+            max_t=epochs,
+            grace_period=space.scheduler.grace_period,
+            reduction_factor=space.scheduler.reduction_factor,
+        )
     used = 0
     for t in range(max_trials):
         tid = f"t{t:05d}"
@@ -157,17 +171,35 @@ def _measure(args, config, spec, pools, shards, resolved, points, groups, n_tune
     cluster = init_ray(config)
     concurrency = max_concurrency(config, cluster)
     cpus = config.tune.cpus_per_trial
-    print(f"demo{' (quick)' if args.quick else ''}: {epochs} epochs, concurrency {concurrency} x {cpus} CPU, "
-          f"ethnic_ratio total {resolved.dim('proportions').total}", flush=True)
+    print(
+        f"demo{' (quick)' if args.quick else ''}: {epochs} epochs, concurrency {concurrency} x {cpus} CPU, "
+        f"ethnic_ratio total {resolved.dim('proportions').total}",
+        flush=True,
+    )
 
     # (b) N trials through Tune vs the same N trainings outside Tune.
     t0 = time.perf_counter()
-    study = run_study(config, spec, pools, shards, variant=VARIANT, trials=n_tune,
-                      name=f"bench-overhead-{int(time.time())}", echo=lambda *_: None)
+    study = run_study(
+        config,
+        spec,
+        pools,
+        shards,
+        variant=VARIANT,
+        trials=n_tune,
+        name=f"bench-overhead-{int(time.time())}",
+        echo=lambda *_: None,
+    )
     tune_seconds = time.perf_counter() - t0
     phases = {k: round(float(study.timings.get(k, 0.0)), 2) for k in PHASES}
-    same = [{"proportions": {g: float(r[f"proportions.{g}"]) for g in groups}, "mode": r["mode"],
-             "variant": r["variant"], "seed": int(r["seed"])} for _, r in study.trials.iterrows()]
+    same = [
+        {
+            "proportions": {g: float(r[f"proportions.{g}"]) for g in groups},
+            "mode": r["mode"],
+            "variant": r["variant"],
+            "seed": int(r["seed"]),
+        }
+        for _, r in study.trials.iterrows()
+    ]
     t0 = time.perf_counter()
     inputs = put_inputs(shards, pools, resolved, config.classifier)
     outside_decode = time.perf_counter() - t0
@@ -175,40 +207,76 @@ def _measure(args, config, spec, pools, shards, resolved, points, groups, n_tune
     outside_seconds = time.perf_counter() - t0
     outside_trainings = outside_seconds - outside_decode
     ratio = tune_seconds / outside_seconds
-    print(f"(b) {n_tune} trials: Tune {tune_seconds:.1f} s, outside Tune {outside_seconds:.1f} s, "
-          f"ratio {ratio:.3f} (target <= 1.1)", flush=True)
+    print(
+        f"(b) {n_tune} trials: Tune {tune_seconds:.1f} s, outside Tune {outside_seconds:.1f} s, "
+        f"ratio {ratio:.3f} (target <= 1.1)",
+        flush=True,
+    )
     print(f"    outside Tune: decode + put {outside_decode:.2f} s, trainings {outside_trainings:.2f} s", flush=True)
-    print(f"    Tune (run_study's phases; fit.trials = first trial start to last trial end): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
-          + f"; unaccounted {tune_seconds - sum(phases.values()):.2f} s", flush=True)
-    print(f"    Tune beyond its trials' span: {tune_seconds - phases['fit.trials']:.1f} s, of which until the first "
-          f"trial's actor is up {phases['fit.tune_start'] + phases['fit.to_first_trial']:.1f} s (the outside "
-          f"side's worker start-up falls inside its trainings)", flush=True)
+    print(
+        "    Tune (run_study's phases; fit.trials = first trial start to last trial end): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+        + f"; unaccounted {tune_seconds - sum(phases.values()):.2f} s",
+        flush=True,
+    )
+    print(
+        f"    Tune beyond its trials' span: {tune_seconds - phases['fit.trials']:.1f} s, of which until the first "
+        f"trial's actor is up {phases['fit.tune_start'] + phases['fit.to_first_trial']:.1f} s (the outside "
+        f"side's worker start-up falls inside its trainings)",
+        flush=True,
+    )
 
     # (a) the grid, trained once.
-    configs = [{"proportions": dict(zip(groups, p)), "mode": resolved.fixed["mode"], "variant": VARIANT,
-                "seed": resolved.fixed["seed"]} for p in points]
+    configs = [
+        {
+            "proportions": dict(zip(groups, p)),
+            "mode": resolved.fixed["mode"],
+            "variant": VARIANT,
+            "seed": resolved.fixed["seed"],
+        }
+        for p in points
+    ]
     t0 = time.perf_counter()
     histories = run_outside(configs, inputs, concurrency, cpus)
     grid_seconds = time.perf_counter() - t0
     curves = np.array([[h[METRIC] for h in hist] for hist in histories])  # (G, epochs)
-    table = pd.DataFrame([{"point": i, **{f"p_{g}": x for g, x in zip(groups, p)}, "epoch": e + 1,
-                           METRIC: curves[i, e], "val_accuracy": histories[i][e]["val_accuracy"]}
-                          for i, p in enumerate(points) for e in range(epochs)])
+    table = pd.DataFrame(
+        [
+            {
+                "point": i,
+                **{f"p_{g}": x for g, x in zip(groups, p)},
+                "epoch": e + 1,
+                METRIC: curves[i, e],
+                "val_accuracy": histories[i][e]["val_accuracy"],
+            }
+            for i, p in enumerate(points)
+            for e in range(epochs)
+        ]
+    )
     out = Path(config.runtime.runs_root) / "bench"
     out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
     table.to_csv(out / f"grid{suffix}.csv", index=False)
-    print(f"(a) grid of {len(points)} points x {epochs} epochs trained in {grid_seconds:.1f} s "
-          f"({out / f'grid{suffix}.csv'})", flush=True)
-    summary.update({"concurrency": concurrency, "cpus_per_trial": cpus, "tune_trials": n_tune,
-                    "tune_seconds": round(tune_seconds, 2), "outside_seconds": round(outside_seconds, 2),
-                    "tune_overhead_ratio": round(ratio, 3), "grid_seconds": round(grid_seconds, 1),
-                    "outside_decode_seconds": round(outside_decode, 2),
-                    "outside_training_seconds": round(outside_trainings, 2),
-                    **{f"tune_{k.replace('.', '_')}_seconds": v for k, v in phases.items()}})
+    print(
+        f"(a) grid of {len(points)} points x {epochs} epochs trained in {grid_seconds:.1f} s "
+        f"({out / f'grid{suffix}.csv'})",
+        flush=True,
+    )
+    summary.update(
+        {
+            "concurrency": concurrency,
+            "cpus_per_trial": cpus,
+            "tune_trials": n_tune,
+            "tune_seconds": round(tune_seconds, 2),
+            "outside_seconds": round(outside_seconds, 2),
+            "tune_overhead_ratio": round(ratio, 3),
+            "grid_seconds": round(grid_seconds, 1),
+            "outside_decode_seconds": round(outside_decode, 2),
+            "outside_training_seconds": round(outside_trainings, 2),
+            **{f"tune_{k.replace('.', '_')}_seconds": v for k, v in phases.items()},
+        }
+    )
     return curves
-
 
 
 # --------------------------------------------------------------------------- main
@@ -221,16 +289,28 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=None, help="grid step 1/n (default 8; quick 5)")
     parser.add_argument("--tune-trials", type=int, default=None, help="N for (b) (default 6; quick 4)")
     parser.add_argument("--runs-root", default="runs/bench-search")
-    parser.add_argument("--table", default=None, help="replay only, against a grid CSV written by an earlier run "
-                                                       "(same --quick setting); skips (b) and the training")
+    parser.add_argument(
+        "--table",
+        default=None,
+        help="replay only, against a grid CSV written by an earlier run "
+        "(same --quick setting); skips (b) and the training",
+    )
     args = parser.parse_args()
 
     # No confirmations: (b) compares N trials with N trainings (see the docstring).
-    overrides = [f"runtime.runs_root={Path(args.runs_root).resolve()}", "runtime.progress=false",
-                 "tune.confirm_seeds=0"]
+    overrides = [
+        f"runtime.runs_root={Path(args.runs_root).resolve()}",
+        "runtime.progress=false",
+        "tune.confirm_seeds=0",
+    ]
     if args.quick:
-        overrides += ["data.image_size=32", "data.synthetic_scale=0.25", "classifier.image_size=32",
-                      "classifier.epochs=4", "classifier.bootstrap_samples=50"]
+        overrides += [
+            "data.image_size=32",
+            "data.synthetic_scale=0.25",
+            "classifier.image_size=32",
+            "classifier.epochs=4",
+            "classifier.bootstrap_samples=50",
+        ]
     config = build_config("demo", overrides=overrides)
     n_grid = args.grid or (5 if args.quick else 8)
     n_tune = args.tune_trials or (4 if args.quick else 6)
@@ -248,8 +328,7 @@ def main() -> None:
     if args.table:
         table = pd.read_csv(args.table)
         curves = table.pivot(index="point", columns="epoch", values=METRIC).sort_index().to_numpy()
-        points = [tuple(r) for r in table.groupby("point")[[f"p_{g}" for g in groups]].first().sort_index()
-                  .to_numpy()]
+        points = [tuple(r) for r in table.groupby("point")[[f"p_{g}" for g in groups]].first().sort_index().to_numpy()]
         print(f"replaying {args.table}: {len(points)} points x {curves.shape[1]} epochs", flush=True)
     else:
         curves = _measure(args, config, spec, pools, shards, resolved, points, groups, n_tune, summary)
@@ -258,29 +337,41 @@ def main() -> None:
     best = float(curves[:, -1].max())
     total = len(points) * epochs
     grace = max(1, epochs // 4)
-    space = replace(resolved, metrics=(METRIC,), modes=("max",),
-                    scheduler=Scheduler(kind="asha", grace_period=grace, reduction_factor=3))
+    space = replace(
+        resolved,
+        metrics=(METRIC,),
+        modes=("max",),
+        scheduler=Scheduler(kind="asha", grace_period=grace, reduction_factor=3),
+    )
     pts = np.array(points)
-    summary.update({"grid_points": len(points), "grid_trial_epochs": total, "grid_best": round(best, 4),
-                    "seeds": args.seeds})
+    summary.update(
+        {"grid_points": len(points), "grid_trial_epochs": total, "grid_best": round(best, 4), "seeds": args.seeds}
+    )
     for tol in (0.01, 0.10):  # 1% is the target's criterion; 10% for context
         target = best * (1 - tol)
         near = int((curves[:, -1] >= target).sum())
         # A blind walk through the grid without replacement, every trial to the end: E (G + 1) / (K + 1).
         perm = epochs * (len(points) + 1) / (near + 1) / total
-        print(f"(a) within {tol:.0%} of the best final {METRIC} ({best:.4f}): {near} of {len(points)} grid points; "
-              f"a blind walk through the grid needs {perm:.3f} of it", flush=True)
+        print(
+            f"(a) within {tol:.0%} of the best final {METRIC} ({best:.4f}): {near} of {len(points)} grid points; "
+            f"a blind walk through the grid needs {perm:.3f} of it",
+            flush=True,
+        )
         tag = f"{round(tol * 100)}pct"
         summary[f"grid_points_within_{tag}"] = near
         summary[f"grid_permutation_fraction_{tag}"] = round(perm, 3)
         for arm in ("tpe+asha", "tpe", "random"):
-            runs = [replay(curves, pts, groups, space, arm, seed, epochs, 3 * len(points), target)
-                    for seed in range(args.seeds)]
+            runs = [
+                replay(curves, pts, groups, space, arm, seed, epochs, 3 * len(points), target)
+                for seed in range(args.seeds)
+            ]
             used = [r["trial_epochs"] for r in runs]
             reached = sum(r["reached"] for r in runs)
-            print(f"    {arm:9s}: mean {np.mean(used):6.1f} trial-epochs = {np.mean(used) / total:.3f} of the grid "
-                  f"(reached in {reached}/{args.seeds} seeds, else stopped at 3x the grid; per seed {used})",
-                  flush=True)
+            print(
+                f"    {arm:9s}: mean {np.mean(used):6.1f} trial-epochs = {np.mean(used) / total:.3f} of the grid "
+                f"(reached in {reached}/{args.seeds} seeds, else stopped at 3x the grid; per seed {used})",
+                flush=True,
+            )
             key = arm.replace("+", "_")
             summary[f"{key}_fraction_{tag}"] = round(float(np.mean(used) / total), 3)
             summary[f"{key}_reached_{tag}"] = reached

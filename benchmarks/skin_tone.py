@@ -79,12 +79,19 @@ def rule_error(seeds: int, size: int, base: int) -> dict:
         by_d = {d: float(err[disease == d].max()) for d in DISEASES}
         by_f = {f: float(err[fst == f].max()) for f in range(1, 7)}
         within = float((err <= TOLERANCE_DEG).mean())
-        print(f"  {rule:5s} median {q[0]:.2f}  p95 {q[1]:.2f}  p99 {q[2]:.2f}  max {err.max():.2f}"
-              f"  within {TOLERANCE_DEG:g} deg: {100 * within:.2f} %")
+        print(
+            f"  {rule:5s} median {q[0]:.2f}  p95 {q[1]:.2f}  p99 {q[2]:.2f}  max {err.max():.2f}"
+            f"  within {TOLERANCE_DEG:g} deg: {100 * within:.2f} %"
+        )
         print("        max by disease " + ", ".join(f"{d}: {v:.1f}" for d, v in by_d.items()))
         print("        max by FST     " + ", ".join(f"{f}: {v:.1f}" for f, v in by_f.items()))
-        out[rule] = {"median": float(q[0]), "p95": float(q[1]), "p99": float(q[2]), "max": float(err.max()),
-                     "within_tolerance": within}
+        out[rule] = {
+            "median": float(q[0]),
+            "p95": float(q[1]),
+            "p99": float(q[2]),
+            "max": float(err.max()),
+            "within_tolerance": within,
+        }
     return out
 
 
@@ -95,8 +102,11 @@ def read_counts(path: Path) -> dict[tuple[str, str], int]:
 
 def _ita_of(samples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     samples = list(samples)
-    return (image_ita(np.stack([s.image for s in samples])), np.array([s.group for s in samples]),
-            np.array([s.disease for s in samples]))
+    return (
+        image_ita(np.stack([s.image for s in samples])),
+        np.array([s.group for s in samples]),
+        np.array([s.disease for s in samples]),
+    )
 
 
 def reference(heldout: int, size: int) -> dict:
@@ -109,9 +119,13 @@ def reference(heldout: int, size: int) -> dict:
     print(f"\n(b) real reference from {len(real_ita)} training images; {len(h_ita)} held-out ({heldout} per subclass)")
     print(per_group.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(confusion.to_string())
-    return {"real_median": ref.median, "real_p05": ref.p05, "real_p95": ref.p95,
-            "thresholds": [float(t) for t in ref.thresholds],
-            **{k: v for k, v in summary.items() if k.startswith(("skin_tone_agreement_ceiling", "ita_in_band"))}}
+    return {
+        "real_median": ref.median,
+        "real_p05": ref.p05,
+        "real_p95": ref.p95,
+        "thresholds": [float(t) for t in ref.thresholds],
+        **{k: v for k, v in summary.items() if k.startswith(("skin_tone_agreement_ceiling", "ita_in_band"))},
+    }
 
 
 def speed(size: int) -> dict:
@@ -124,7 +138,7 @@ def speed(size: int) -> dict:
         out[f"seconds_per_1000_{rule}"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
     for i in range(0, len(images), CHUNK):  # in image_ita's chunks
-        srgb_to_lab(images[i:i + CHUNK])
+        srgb_to_lab(images[i : i + CHUNK])
     out["seconds_per_1000_lab_only"] = round(time.perf_counter() - t, 3)
     print(f"\n(c) 1,000 images of {size} px, one thread: " + ", ".join(f"{k} {v:.2f} s" for k, v in out.items()))
     return out
@@ -133,18 +147,23 @@ def speed(size: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="20 seeds, 40 held-out per subclass")
-    ap.add_argument("--seeds", type=int, default=None,
-                    help="seeds per (disease, FST) for (a) (default 200, quick 20)")
-    ap.add_argument("--heldout", type=int, default=None,
-                    help="held-out images per subclass for (b) (default 200, quick 40)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per (disease, FST) for (a) (default 200, quick 20)")
+    ap.add_argument(
+        "--heldout", type=int, default=None, help="held-out images per subclass for (b) (default 200, quick 40)"
+    )
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--seed-base", type=int, default=7_000_000,
-                    help="(a) renders seed = base + 1e6 x disease index + 1e5 x FST + i")
+    ap.add_argument(
+        "--seed-base", type=int, default=7_000_000, help="(a) renders seed = base + 1e6 x disease index + 1e5 x FST + i"
+    )
     args = ap.parse_args(argv)
     seeds = args.seeds or (20 if args.quick else 200)
     heldout = args.heldout or (40 if args.quick else 200)
-    line = {"size": args.size, "rule_error": rule_error(seeds, args.size, args.seed_base),
-            **reference(heldout, args.size), **speed(args.size)}
+    line = {
+        "size": args.size,
+        "rule_error": rule_error(seeds, args.size, args.seed_base),
+        **reference(heldout, args.size),
+        **speed(args.size),
+    }
     print(json.dumps(line))
     return 0
 

@@ -58,24 +58,36 @@ def cached_rows(shards: Path, seed: int):
 
     train = decode_local(shards)
     parts = build_tiny_sd(image_size=train.pixels.shape[1], seed=seed)
-    rows, cond = cache_training_set(parts, train, subclass_prompts("{group} people {disease}", train.groups,
-                                                                    train.diseases))
+    rows, cond = cache_training_set(
+        parts, train, subclass_prompts("{group} people {disease}", train.groups, train.diseases)
+    )
     return rows, torch.from_numpy(cond), parts
 
 
 def drawer(cond, seed: int, use_cbdm: bool):
     def draw(inputs):
-        return draw_step_inputs(cond, inputs.subclass, tuple(inputs.latents.shape), shared=step_generator(seed, inputs.step),
-                                local=step_generator(seed, inputs.step, 0), prompt_drop_prob=0.1, use_cbdm=use_cbdm,
-                                include_self=True, num_train_timesteps=1000, device="cpu")
+        return draw_step_inputs(
+            cond,
+            inputs.subclass,
+            tuple(inputs.latents.shape),
+            shared=step_generator(seed, inputs.step),
+            local=step_generator(seed, inputs.step, 0),
+            prompt_drop_prob=0.1,
+            use_cbdm=use_cbdm,
+            include_self=True,
+            num_train_timesteps=1000,
+            device="cpu",
+        )
+
     return draw
 
 
 def engine_feed(rows, scheme: str, seed: int, batch: int, steps: int, draw):
     """The fine-tune's feed (one rank of one): Ray Data plan -> plan_steps -> draws -> Prefetch."""
     stream = WeightedStream(rows, scheme, "sampler", seed=seed)
-    plan = stream.plan_dataset(0, steps * batch).iter_batches(batch_size=plan_read_rows(batch), batch_format="numpy",
-                                                               prefetch_batches=2)
+    plan = stream.plan_dataset(0, steps * batch).iter_batches(
+        batch_size=plan_read_rows(batch), batch_format="numpy", prefetch_batches=2
+    )
 
     def with_draws(source):
         for inputs in source:
@@ -90,13 +102,18 @@ def dataloader_feed(rows, scheme: str, seed: int, batch: int, steps: int, draw):
     from torch.utils.data import DataLoader, WeightedRandomSampler
 
     weights = WeightedSampler(rows.subclass_id, scheme, "sampler", seed).weights
-    sampler = WeightedRandomSampler(torch.as_tensor(weights), steps * batch, replacement=True,
-                                    generator=torch.Generator().manual_seed(seed))
-    loader = DataLoader(range(len(rows)), batch_size=batch, sampler=sampler, num_workers=0,
-                        collate_fn=lambda picked: np.asarray(picked))
+    sampler = WeightedRandomSampler(
+        torch.as_tensor(weights), steps * batch, replacement=True, generator=torch.Generator().manual_seed(seed)
+    )
+    loader = DataLoader(
+        range(len(rows)), batch_size=batch, sampler=sampler, num_workers=0, collate_fn=lambda picked: np.asarray(picked)
+    )
     for step, picked in enumerate(loader):
-        plan = {"position": np.arange(step * batch, step * batch + len(picked)), "row": picked,
-                "weight": np.ones(len(picked), np.float32)}
+        plan = {
+            "position": np.arange(step * batch, step * batch + len(picked)),
+            "row": picked,
+            "weight": np.ones(len(picked), np.float32),
+        }
         inputs = step_inputs(plan, rows.columns, rank=0, world=1, seed=seed, global_batch=batch)
         inputs.draws = draw(inputs)
         yield inputs
@@ -109,8 +126,20 @@ def tiny_step(parts, use_cbdm: bool):
 
     def step(inputs):
         latents = step_latents(inputs, None, "cpu")
-        train_step(unet, optimizer, None, parts.noise_scheduler, latents, inputs.draws, inputs.weights,
-                   use_cbdm=use_cbdm, tau=1.0, gamma=0.25, autocast=None, max_grad_norm=1.0)
+        train_step(
+            unet,
+            optimizer,
+            None,
+            parts.noise_scheduler,
+            latents,
+            inputs.draws,
+            inputs.weights,
+            use_cbdm=use_cbdm,
+            tau=1.0,
+            gamma=0.25,
+            autocast=None,
+            max_grad_norm=1.0,
+        )
 
     return step
 
@@ -166,12 +195,16 @@ def main() -> None:
     rows, cond, parts = cached_rows(shards, seed)
     draw = drawer(cond, seed, args.cbdm)
     latent = tuple(rows.columns["latents"].shape[2:])
-    print(f"{preset}: {len(rows)} training rows, latents {latent}, batch {bs}, weights {args.scheme}, "
-          f"torch threads {threads}, {repeats} interleaved repeats x {steps} steps")
+    print(
+        f"{preset}: {len(rows)} training rows, latents {latent}, batch {bs}, weights {args.scheme}, "
+        f"torch threads {threads}, {repeats} interleaved repeats x {steps} steps"
+    )
 
-    feeds = {"engine": lambda n: engine_feed(rows, args.scheme, seed, bs, n, draw),
-             "dataloader": lambda n: dataloader_feed(rows, args.scheme, seed, bs, n, draw)}
-    models = {"null": lambda: (lambda inputs: None), "train": lambda: tiny_step(parts, args.cbdm)}
+    feeds = {
+        "engine": lambda n: engine_feed(rows, args.scheme, seed, bs, n, draw),
+        "dataloader": lambda n: dataloader_feed(rows, args.scheme, seed, bs, n, draw),
+    }
+    models = {"null": lambda: lambda inputs: None, "train": lambda: tiny_step(parts, args.cbdm)}
     rates: dict[tuple[str, str], list[float]] = {}
     for model in ("null", "train"):
         for r in range(repeats):
@@ -181,28 +214,42 @@ def main() -> None:
                 rates.setdefault((model, name), []).append(rate)
         for name in ("engine", "dataloader"):
             values = rates[(model, name)]
-            print(f"({'a' if model == 'null' else 'b'}) {model:<5} {name:<10} median {np.median(values):8.1f} steps/s "
-                  f"({1000 / np.median(values):6.2f} ms/step) over {len(values)} repeats")
+            print(
+                f"({'a' if model == 'null' else 'b'}) {model:<5} {name:<10} median {np.median(values):8.1f} steps/s "
+                f"({1000 / np.median(values):6.2f} ms/step) over {len(values)} repeats"
+            )
 
     null_ratio = interval([e / d for e, d in zip(rates[("null", "engine")], rates[("null", "dataloader")])])
     train_ratio = interval([e / d for e, d in zip(rates[("train", "engine")], rates[("train", "dataloader")])])
     host_ms = 1000.0 / float(np.median(rates[("null", "engine")]))
     print(f"host ms per step outside the model (engine feed, null model): {host_ms:.3f} (gate <= {HOST_MS_GATE})")
-    print(f"training steps/s, engine feed / DataLoader: median {train_ratio[0]:.3f} "
-          f"[{train_ratio[1]:.3f}, {train_ratio[2]:.3f}] (target >= {TARGET})")
+    print(
+        f"training steps/s, engine feed / DataLoader: median {train_ratio[0]:.3f} "
+        f"[{train_ratio[1]:.3f}, {train_ratio[2]:.3f}] (target >= {TARGET})"
+    )
     figures = {
-        "preset": preset, "rows": len(rows), "batch_size": bs, "scheme": args.scheme, "cbdm": args.cbdm,
-        "repeats": repeats, "steps_per_repeat": steps, "torch_threads": threads,
+        "preset": preset,
+        "rows": len(rows),
+        "batch_size": bs,
+        "scheme": args.scheme,
+        "cbdm": args.cbdm,
+        "repeats": repeats,
+        "steps_per_repeat": steps,
+        "torch_threads": threads,
         "host_ms_per_step": host_ms,
         "host_ms_per_step_dataloader": 1000.0 / float(np.median(rates[("null", "dataloader")])),
         "ratio_null_model_stream_vs_dataloader": null_ratio[0],
-        "ratio_null_model_low": null_ratio[1], "ratio_null_model_high": null_ratio[2],
+        "ratio_null_model_low": null_ratio[1],
+        "ratio_null_model_high": null_ratio[2],
         "ratio_train_steps_stream_vs_dataloader": train_ratio[0],
-        "ratio_train_steps_low": train_ratio[1], "ratio_train_steps_high": train_ratio[2],
+        "ratio_train_steps_low": train_ratio[1],
+        "ratio_train_steps_high": train_ratio[2],
         "train_steps_per_s_stream": float(np.median(rates[("train", "engine")])),
         "train_steps_per_s_dataloader": float(np.median(rates[("train", "dataloader")])),
-        "target_train_ratio": TARGET, "host_ms_gate": HOST_MS_GATE,
-        "host_ms_gate_met": host_ms <= HOST_MS_GATE, "train_ratio_target_met": train_ratio[0] >= TARGET,
+        "target_train_ratio": TARGET,
+        "host_ms_gate": HOST_MS_GATE,
+        "host_ms_gate_met": host_ms <= HOST_MS_GATE,
+        "train_ratio_target_met": train_ratio[0] >= TARGET,
     }
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
 

@@ -83,10 +83,20 @@ def load(counts, *, seed, size, namespace, keep=None):
 
 def make_cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, len(DISEASES)),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, len(DISEASES)),
     )
 
 
@@ -153,13 +163,18 @@ def main(argv=None) -> int:
     for seed in range(seeds):
         t = time.perf_counter()
         runs.append(run_seed(counts, seed=seed, size=args.size, heldout=heldout, epochs=epochs))
-        print(f"seed {seed}: accuracy {runs[-1]['accuracy']:.3f}, {runs[-1]['n_train']} train images, "
-              f"{time.perf_counter() - t:.0f} s", flush=True)
+        print(
+            f"seed {seed}: accuracy {runs[-1]['accuracy']:.3f}, {runs[-1]['n_train']} train images, "
+            f"{time.perf_counter() - t:.0f} s",
+            flush=True,
+        )
     mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
 
     print(f"\n{'group':<10} {'all':>6} " + " ".join(f"{d[:10]:>10}" for d in DISEASES))
     for group in GROUP_FST:
-        print(f"{group:<10} {mean[f'accuracy_{group}']:6.3f} " + " ".join(f"{mean[(group, d)]:10.3f}" for d in DISEASES))
+        print(
+            f"{group:<10} {mean[f'accuracy_{group}']:6.3f} " + " ".join(f"{mean[(group, d)]:10.3f}" for d in DISEASES)
+        )
     print("by FST:   " + "  ".join(f"{f}: {mean[f'fst{f}']:.3f}" for f in range(1, 7)))
     print(f"overall accuracy {mean['accuracy']:.3f} over {seeds} seed(s), {time.perf_counter() - start:.0f} s\n")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 from fairskin.config import PRESETS, FairSkinConfig, build_config
 
@@ -71,23 +71,37 @@ def input_errors(debug: bool = False, extra: tuple[type[BaseException], ...] = (
 
 
 def add_debug_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true",
-                        help="on an input error, show the full traceback instead of the one-paragraph message")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an input error, show the full traceback instead of the one-paragraph message",
+    )
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="demo", choices=sorted(PRESETS),
-                        help="named configuration (default: demo, the embedded CPU demo)")
+    parser.add_argument(
+        "--preset",
+        default="demo",
+        choices=sorted(PRESETS),
+        help="named configuration (default: demo, the embedded CPU demo)",
+    )
     parser.add_argument("--config", dest="config_file", default=None, help="YAML file applied over the preset")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="overrides applied last, e.g. runtime.seed=3 data.image_size=32")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.sub=value",
+        help="overrides applied last, e.g. runtime.seed=3 data.image_size=32",
+    )
     add_debug_argument(parser)
 
 
 def add_lock_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--break-lock", action="store_true",
-                        help="take the runs root's lock even if another host's process holds it (only when you "
-                             "know that process has ended; a dead holder on this host is taken over anyway)")
+    parser.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take the runs root's lock even if another host's process holds it (only when you "
+        "know that process has ended; a dead holder on this host is taken over anyway)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> FairSkinConfig:

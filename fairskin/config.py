@@ -14,16 +14,23 @@ import copy
 import json
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Lives beside the samplers, which benchmarks/gpu.py imports on the device machine without pydantic.
 from fairskin.diffusion.sampler import NO_ZERO_SNR_SAMPLERS
-from fairskin.metrics.endpoints import (DEFAULT_MARGINS, DEFAULT_PRIMARY, DEFAULT_RESOLUTIONS, Declaration,
-                                        config_hash, endpoint_problems)
+from fairskin.metrics.endpoints import (
+    DEFAULT_MARGINS,
+    DEFAULT_PRIMARY,
+    DEFAULT_RESOLUTIONS,
+    Declaration,
+    config_hash,
+    endpoint_problems,
+)
 
 DEFAULT_DISEASES = (
     "allergic contact dermatitis",
@@ -85,7 +92,7 @@ class DataConfig(_Section):
     shard_rows: int = Field(256, ge=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "DataConfig":
+    def _check(self) -> DataConfig:
         names = [g.name for g in self.groups]
         if len(set(names)) != len(names):
             raise ValueError(f"group names must be unique, got {names}")
@@ -166,8 +173,9 @@ def group_slug(group: str) -> str:
 
 def control_drop_variant(name: str) -> VariantSpec:
     """The spec of ``control_drop_<group>``: vanilla whose fine-tune and base never see the group."""
-    return VariantSpec(name=name, weights="none", apply="sampler", loss="dm",
-                       drop_group=name.removeprefix(CONTROL_DROP_PREFIX))
+    return VariantSpec(
+        name=name, weights="none", apply="sampler", loss="dm", drop_group=name.removeprefix(CONTROL_DROP_PREFIX)
+    )
 
 
 class DiffusionConfig(_Section):
@@ -246,33 +254,40 @@ class DiffusionConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _base_training_needs_tiny(self) -> "DiffusionConfig":
+    def _base_training_needs_tiny(self) -> DiffusionConfig:
         if self.base_snr_gamma is not None and self.model != "tiny":
-            raise ValueError(f"diffusion.base_snr_gamma weighs the tiny base's training; with diffusion.model = "
-                             f"{self.model!r} there is no base to train: leave it unset")
+            raise ValueError(
+                f"diffusion.base_snr_gamma weighs the tiny base's training; with diffusion.model = "
+                f"{self.model!r} there is no base to train: leave it unset"
+            )
         if self.zero_terminal_snr and self.model != "tiny":
-            raise ValueError(f"diffusion.zero_terminal_snr = true trains the tiny base's noise schedule; with "
-                             f"diffusion.model = {self.model!r} the pretrained model's own schedule is used: "
-                             "set it to false")
+            raise ValueError(
+                f"diffusion.zero_terminal_snr = true trains the tiny base's noise schedule; with "
+                f"diffusion.model = {self.model!r} the pretrained model's own schedule is used: "
+                "set it to false"
+            )
         return self
 
     @model_validator(mode="after")
-    def _shards_need_cached_latents(self) -> "DiffusionConfig":
+    def _shards_need_cached_latents(self) -> DiffusionConfig:
         if self.latent_feed == "shards" and not self.cache_latents:
-            raise ValueError("diffusion.latent_feed = shards streams cached latents: it needs "
-                             "diffusion.cache_latents = true (without cached latents the workers encode "
-                             "pixels every step, held in memory)")
+            raise ValueError(
+                "diffusion.latent_feed = shards streams cached latents: it needs "
+                "diffusion.cache_latents = true (without cached latents the workers encode "
+                "pixels every step, held in memory)"
+            )
         return self
 
     @model_validator(mode="after")
-    def _known_variants(self) -> "DiffusionConfig":
+    def _known_variants(self) -> DiffusionConfig:
         from fairskin.diffusion.variants import VARIANTS
 
         custom = [v.name for v in self.custom_variants]
         clash = sorted({n for n in custom if custom.count(n) > 1 or n in VARIANTS})
         if clash:
-            raise ValueError(f"custom_variants {clash}: a name is defined twice or is already registered "
-                             f"({sorted(VARIANTS)})")
+            raise ValueError(
+                f"custom_variants {clash}: a name is defined twice or is already registered ({sorted(VARIANTS)})"
+            )
         dup = sorted({n for n in self.variants if self.variants.count(n) > 1})
         if dup:
             raise ValueError(f"variants {dup} appear more than once")
@@ -281,15 +296,22 @@ class DiffusionConfig(_Section):
                 slug, _ = parse_mix_control(name)
                 missing = [v for v in ("vanilla", CONTROL_DROP_PREFIX + slug) if v not in self.variants]
                 if missing:
-                    raise ValueError(f"{name!r} mixes the pools of vanilla and {CONTROL_DROP_PREFIX + slug}: add "
-                                     f"{missing} to diffusion.variants")
-        unknown = [n for n in self.variants if n not in VARIANTS and n not in custom
-                   and not n.startswith((CONTROL_DROP_PREFIX, CONTROL_MIX_PREFIX))]
+                    raise ValueError(
+                        f"{name!r} mixes the pools of vanilla and {CONTROL_DROP_PREFIX + slug}: add "
+                        f"{missing} to diffusion.variants"
+                    )
+        unknown = [
+            n
+            for n in self.variants
+            if n not in VARIANTS and n not in custom and not n.startswith((CONTROL_DROP_PREFIX, CONTROL_MIX_PREFIX))
+        ]
         if unknown:
-            raise ValueError(f"unknown variant(s) {unknown}; registered: {sorted(VARIANTS)}"
-                             + (f", custom: {custom}" if custom else "")
-                             + f" or {CONTROL_DROP_PREFIX}<group>"
-                             + " (define one under diffusion.custom_variants)")
+            raise ValueError(
+                f"unknown variant(s) {unknown}; registered: {sorted(VARIANTS)}"
+                + (f", custom: {custom}" if custom else "")
+                + f" or {CONTROL_DROP_PREFIX}<group>"
+                + " (define one under diffusion.custom_variants)"
+            )
         return self
 
     def variant(self, name: str) -> VariantSpec:
@@ -305,7 +327,7 @@ class DiffusionConfig(_Section):
             return VariantSpec(name=name, weights="none", loss="dm")
         return get_variant(name)
 
-    def for_variant(self, spec: VariantSpec) -> "DiffusionConfig":
+    def for_variant(self, spec: VariantSpec) -> DiffusionConfig:
         """These settings with the variant's own ``learning_rate`` / ``max_steps`` where it sets them."""
         update = {k: getattr(spec, k) for k in ("learning_rate", "max_steps") if getattr(spec, k) is not None}
         return self.model_copy(update=update) if update else self
@@ -340,10 +362,12 @@ class GenerationConfig(_Section):
     judge_batch_size: int = Field(16, ge=1)  # small batches: enough steps on a small set (else classifier.*)
 
     @model_validator(mode="after")
-    def _fp16_needs_a_gpu(self) -> "GenerationConfig":
+    def _fp16_needs_a_gpu(self) -> GenerationConfig:
         if self.dtype == "fp16" and not self.use_gpu:
-            raise ValueError("generation.dtype fp16 needs generation.use_gpu (CPU kernels are slow or missing "
-                             "for fp16); use bf16 on CPU")
+            raise ValueError(
+                "generation.dtype fp16 needs generation.use_gpu (CPU kernels are slow or missing "
+                "for fp16); use bf16 on CPU"
+            )
         return self
 
 
@@ -409,7 +433,7 @@ class ReportConfig(_Section):
     primary_mode: Literal["random", "resample", "reweight"] = "random"  # classifier endpoints read this mode
 
     @model_validator(mode="after")
-    def _declaration(self) -> "ReportConfig":
+    def _declaration(self) -> ReportConfig:
         problems = endpoint_problems(self.primary, self.margins, self.resolutions)
         if problems:
             raise ValueError("; ".join(problems))
@@ -417,8 +441,15 @@ class ReportConfig(_Section):
 
     def declaration(self, config_hash: str = "") -> Declaration:
         """The primary endpoints as :class:`fairskin.metrics.endpoints.Declaration`."""
-        return Declaration(primary=tuple(self.primary), margins=dict(self.margins), resolutions=dict(self.resolutions),
-                           mode=self.primary_mode, alpha=self.alpha, power=self.power, config_hash=config_hash)
+        return Declaration(
+            primary=tuple(self.primary),
+            margins=dict(self.margins),
+            resolutions=dict(self.resolutions),
+            mode=self.primary_mode,
+            alpha=self.alpha,
+            power=self.power,
+            config_hash=config_hash,
+        )
 
 
 class TrackingConfig(_Section):
@@ -467,21 +498,25 @@ class FairSkinConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _drop_groups_exist(self) -> "FairSkinConfig":
+    def _drop_groups_exist(self) -> FairSkinConfig:
         slugs = {group_slug(g): g for g in self.data.group_names}
         for name in self.diffusion.variants:
             dropped = self.diffusion.variant(name).drop_group
             if dropped is not None and group_slug(dropped) not in slugs:
-                raise ValueError(f"variant {name!r} drops group {dropped!r}, which is not one of data.groups "
-                                 f"({self.data.group_names}); name it as {sorted(CONTROL_DROP_PREFIX + s for s in slugs)}")
+                raise ValueError(
+                    f"variant {name!r} drops group {dropped!r}, which is not one of data.groups "
+                    f"({self.data.group_names}); name it as {sorted(CONTROL_DROP_PREFIX + s for s in slugs)}"
+                )
         return self
 
     @model_validator(mode="after")
-    def _sampler_handles_zero_snr(self) -> "FairSkinConfig":
+    def _sampler_handles_zero_snr(self) -> FairSkinConfig:
         # diffusers' PNDM has no rescale_betas_zero_snr: it would sample the rescaled model on SD's betas
         if self.diffusion.zero_terminal_snr and self.generation.scheduler in NO_ZERO_SNR_SAMPLERS:
-            raise ValueError(f"generation.scheduler = {self.generation.scheduler!r} cannot sample a model trained "
-                             f"with diffusion.zero_terminal_snr = true; use ddim, ddpm, euler, euler_a, dpm or unipc")
+            raise ValueError(
+                f"generation.scheduler = {self.generation.scheduler!r} cannot sample a model trained "
+                f"with diffusion.zero_terminal_snr = true; use ddim, ddpm, euler, euler_a, dpm or unipc"
+            )
         return self
 
     def dropped_group(self, variant: str) -> str | None:
@@ -532,15 +567,35 @@ def _demo() -> dict[str, Any]:
     # so every space fits a 45-image pool (aug_count asks up to 900 x 0.05 = 45 per subclass).
     return {
         "data": {"source": "synthetic", "image_size": 64, "synthetic_scale": 1.0},
-        "diffusion": {"model": "tiny", "global_batch_size": 16, "learning_rate": 1e-3, "max_steps": 100,
-                      "checkpoint_every": 50, "base_vae_steps": 100, "base_unet_steps": 200,
-                      # both variants at once, one single-threaded worker each: most of a tiny CPU
-                      # fit is Ray Train start-up, which then overlaps; half a CPU stays for Ray Data
-                      "parallel_variants": 2, "cpus_per_worker": 0.5},
-        "generation": {"images_per_subclass": 45, "inference_steps": 8, "scheduler": "ddim", "guidance_scale": 3.0,
-                       "batch_size": 16, "judge_images_per_subclass": 100},
-        "classifier": {"model": "tiny", "image_size": 64, "epochs": 8, "learning_rate": 1e-3, "batch_size": 64,
-                       "bootstrap_samples": 200},
+        "diffusion": {
+            "model": "tiny",
+            "global_batch_size": 16,
+            "learning_rate": 1e-3,
+            "max_steps": 100,
+            "checkpoint_every": 50,
+            "base_vae_steps": 100,
+            "base_unet_steps": 200,
+            # both variants at once, one single-threaded worker each: most of a tiny CPU
+            # fit is Ray Train start-up, which then overlaps; half a CPU stays for Ray Data
+            "parallel_variants": 2,
+            "cpus_per_worker": 0.5,
+        },
+        "generation": {
+            "images_per_subclass": 45,
+            "inference_steps": 8,
+            "scheduler": "ddim",
+            "guidance_scale": 3.0,
+            "batch_size": 16,
+            "judge_images_per_subclass": 100,
+        },
+        "classifier": {
+            "model": "tiny",
+            "image_size": 64,
+            "epochs": 8,
+            "learning_rate": 1e-3,
+            "batch_size": 64,
+            "bootstrap_samples": 200,
+        },
         "tune": {"num_trials": 6, "count_scale": 0.05, "train_seeds": 1},
     }
 
@@ -560,14 +615,25 @@ def _study() -> dict[str, Any]:
     demo = _demo()
     return {
         **demo,
-        "diffusion": {**demo["diffusion"], "base_vae_steps": 4000, "base_unet_steps": 5000, "max_steps": 200,
-                      "zero_terminal_snr": True, "base_snr_gamma": 5.0,
-                      "variants": ["vanilla", "fairskin_s", "vanilla_twin", "control_drop_african",
-                                   "control_mix_african_50", "control_mix_african_20"],
-                      "repeat_seeds": [0, 1, 2]},
+        "diffusion": {
+            **demo["diffusion"],
+            "base_vae_steps": 4000,
+            "base_unet_steps": 5000,
+            "max_steps": 200,
+            "zero_terminal_snr": True,
+            "base_snr_gamma": 5.0,
+            "variants": [
+                "vanilla",
+                "fairskin_s",
+                "vanilla_twin",
+                "control_drop_african",
+                "control_mix_african_50",
+                "control_mix_african_20",
+            ],
+            "repeat_seeds": [0, 1, 2],
+        },
         "generation": {**demo["generation"], "inference_steps": 20, "judge_images_per_subclass": 300},
-        "tune": {**demo["tune"], "space": "ablation_random", "num_trials": None, "train_seeds": 1,
-                 "confirm_seeds": 0},
+        "tune": {**demo["tune"], "space": "ablation_random", "num_trials": None, "train_seeds": 1, "confirm_seeds": 0},
     }
 
 
@@ -576,13 +642,32 @@ def _smoke() -> dict[str, Any]:
     # Tests: the smallest sizes that still exercise every path.
     return {
         "data": {"source": "synthetic", "image_size": 32, "synthetic_scale": 0.1, "shard_rows": 64},
-        "diffusion": {"model": "tiny", "global_batch_size": 4, "learning_rate": 1e-3, "max_steps": 6,
-                      "checkpoint_every": 3, "base_vae_steps": 4, "base_unet_steps": 4,
-                      "parallel_variants": 2, "cpus_per_worker": 0.5},
-        "generation": {"images_per_subclass": 10, "inference_steps": 2, "guidance_scale": 2.0, "batch_size": 5,
-                       "judge_images_per_subclass": 6},
-        "classifier": {"model": "tiny", "image_size": 32, "epochs": 2, "learning_rate": 1e-3, "batch_size": 32,
-                       "bootstrap_samples": 50},
+        "diffusion": {
+            "model": "tiny",
+            "global_batch_size": 4,
+            "learning_rate": 1e-3,
+            "max_steps": 6,
+            "checkpoint_every": 3,
+            "base_vae_steps": 4,
+            "base_unet_steps": 4,
+            "parallel_variants": 2,
+            "cpus_per_worker": 0.5,
+        },
+        "generation": {
+            "images_per_subclass": 10,
+            "inference_steps": 2,
+            "guidance_scale": 2.0,
+            "batch_size": 5,
+            "judge_images_per_subclass": 6,
+        },
+        "classifier": {
+            "model": "tiny",
+            "image_size": 32,
+            "epochs": 2,
+            "learning_rate": 1e-3,
+            "batch_size": 32,
+            "bootstrap_samples": 50,
+        },
         "tune": {"num_trials": 3, "count_scale": 0.01, "train_seeds": 1, "confirm_seeds": 0},
         "runtime": {"progress": False},
     }
@@ -593,16 +678,33 @@ def _paper() -> dict[str, Any]:
     # FairSkin paper, section 4.2: SD v1-4 at 512 px, batch 8, lr 3e-7, 12k steps, 1,000 images per subclass;
     # ViT-B/16 at 224 px, lr 1e-4, 10 epochs.
     return {
-        "data": {"source": "fitzpatrick17k", "csv_path": "fitzpatrick17k.csv", "image_root": "images",
-                 "image_size": 512},
-        "diffusion": {"model": "CompVis/stable-diffusion-v1-4", "global_batch_size": 8, "learning_rate": 3e-7,
-                      "max_steps": 12_000, "use_gpu": True, "mixed_precision": "bf16",
-                      "variants": ["vanilla", "cbrs", "sqrs", "cbdm", "fairskin_c", "fairskin_s"],
-                      # R = 3 generator repeats (x S = 3 classifier seeds in the ablation space)
-                      "repeat_seeds": [0, 1, 2], "max_failures": 2},
+        "data": {
+            "source": "fitzpatrick17k",
+            "csv_path": "fitzpatrick17k.csv",
+            "image_root": "images",
+            "image_size": 512,
+        },
+        "diffusion": {
+            "model": "CompVis/stable-diffusion-v1-4",
+            "global_batch_size": 8,
+            "learning_rate": 3e-7,
+            "max_steps": 12_000,
+            "use_gpu": True,
+            "mixed_precision": "bf16",
+            "variants": ["vanilla", "cbrs", "sqrs", "cbdm", "fairskin_c", "fairskin_s"],
+            # R = 3 generator repeats (x S = 3 classifier seeds in the ablation space)
+            "repeat_seeds": [0, 1, 2],
+            "max_failures": 2,
+        },
         "generation": {"images_per_subclass": 1000, "inference_steps": 50, "guidance_scale": 7.5, "use_gpu": True},
-        "classifier": {"model": "google/vit-base-patch16-224", "image_size": 224, "epochs": 10,
-                       "learning_rate": 1e-4, "batch_size": 32, "use_gpu": True},
+        "classifier": {
+            "model": "google/vit-base-patch16-224",
+            "image_size": 224,
+            "epochs": 10,
+            "learning_rate": 1e-4,
+            "batch_size": 32,
+            "use_gpu": True,
+        },
         "tune": {"count_scale": 1.0, "gpus_per_trial": 1.0, "cpus_per_trial": 4.0},
     }
 
@@ -651,14 +753,17 @@ def _format_validation_error(exc: ValidationError, origin: str) -> str:
         value = err.get("input")
         shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {field} = {shown}: unknown field (check the spelling; print the valid fields with `python -m fairskin config`)")
+            lines.append(
+                f"  {field} = {shown}: unknown field (check the spelling; print the valid fields with `python -m fairskin config`)"
+            )
         else:
             lines.append(f"  {field} = {shown}: {err['msg']}")
     return "\n".join(lines)
 
 
-def build_config(preset: str = "demo", yaml_path: str | Path | None = None,
-                 overrides: Iterable[str] = ()) -> FairSkinConfig:
+def build_config(
+    preset: str = "demo", yaml_path: str | Path | None = None, overrides: Iterable[str] = ()
+) -> FairSkinConfig:
     """Resolve defaults <- preset <- YAML file <- ``key.sub=value`` overrides into a validated config."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")

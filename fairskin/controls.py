@@ -27,7 +27,8 @@ per downstream ``mode`` when present), as the report's ``repeats.csv`` or the ev
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -64,12 +65,22 @@ def _values(units: pd.DataFrame, variant: str, column: str) -> pd.Series:
     return primary_values(units, variant, column, "random")
 
 
-def _difference(units: pd.DataFrame, variant: str, baseline: str, column: str, alternative: str,
-                level: float) -> dict[str, Any]:
-    d = paired_difference(_values(units, variant, column), _values(units, baseline, column), level=level,
-                          alternative=alternative)
-    return {"metric": column, "n": d.n, "mean_diff": d.mean, "low": d.low, "high": d.high, "p": d.p_t,
-            "alternative": alternative, "method": d.method}
+def _difference(
+    units: pd.DataFrame, variant: str, baseline: str, column: str, alternative: str, level: float
+) -> dict[str, Any]:
+    d = paired_difference(
+        _values(units, variant, column), _values(units, baseline, column), level=level, alternative=alternative
+    )
+    return {
+        "metric": column,
+        "n": d.n,
+        "mean_diff": d.mean,
+        "low": d.low,
+        "high": d.high,
+        "p": d.p_t,
+        "alternative": alternative,
+        "method": d.method,
+    }
 
 
 def _group_of(slug: str, groups: Sequence[str], control: str) -> str:
@@ -79,8 +90,14 @@ def _group_of(slug: str, groups: Sequence[str], control: str) -> str:
     return group
 
 
-def drop_control(units: pd.DataFrame, control: str, groups: Sequence[str], baseline: str = "vanilla",
-                 alpha: float = ALPHA, level: float = 0.95) -> dict[str, Any]:
+def drop_control(
+    units: pd.DataFrame,
+    control: str,
+    groups: Sequence[str],
+    baseline: str = "vanilla",
+    alpha: float = ALPHA,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """The declared test of ``control_drop_<group>``: its group's skin-tone agreement minus the
     baseline's, paired by repeat, one-sided (less); ``detected`` when n >= 3 and p < ``alpha``."""
     group = _group_of(control.removeprefix(CONTROL_DROP_PREFIX), groups, control)
@@ -94,15 +111,29 @@ def drop_control(units: pd.DataFrame, control: str, groups: Sequence[str], basel
     if uninformative:
         # A baseline that already draws the group in another group's tone leaves nothing to drop: a miss
         # then says the generator is too weak for the question, not that the engine is blind.
-        why = "; ".join(w for w in (why, f"{baseline}'s own {column} is {baseline_mean:.3f}, at or below chance "
-                                          f"(1/{len(groups)}): the control has nothing to drop, so it cannot "
-                                          "show the engine sees a drop") if w)
-    return {"control": control, "group": group, "alpha": alpha, **out, "baseline_mean": baseline_mean,
-            "uninformative": uninformative, "detected": bool(detected), "why": why}
+        why = "; ".join(
+            w
+            for w in (
+                why,
+                f"{baseline}'s own {column} is {baseline_mean:.3f}, at or below chance "
+                f"(1/{len(groups)}): the control has nothing to drop, so it cannot "
+                "show the engine sees a drop",
+            )
+            if w
+        )
+    return {
+        "control": control,
+        "group": group,
+        "alpha": alpha,
+        **out,
+        "baseline_mean": baseline_mean,
+        "uninformative": uninformative,
+        "detected": bool(detected),
+        "why": why,
+    }
 
 
-def _twin_differences(units: pd.DataFrame, declaration: Declaration, twin: str,
-                      baseline: str) -> dict[str, np.ndarray]:
+def _twin_differences(units: pd.DataFrame, declaration: Declaration, twin: str, baseline: str) -> dict[str, np.ndarray]:
     out = {}
     for endpoint in declaration.primary:
         a = primary_values(units, twin, endpoint, declaration.mode)
@@ -112,8 +143,13 @@ def _twin_differences(units: pd.DataFrame, declaration: Declaration, twin: str,
     return out
 
 
-def twin_control(units: pd.DataFrame, declaration: Declaration | None = None, twin: str = TWIN,
-                 baseline: str = "vanilla", level: float = 0.95) -> dict[str, Any]:
+def twin_control(
+    units: pd.DataFrame,
+    declaration: Declaration | None = None,
+    twin: str = TWIN,
+    baseline: str = "vanilla",
+    level: float = 0.95,
+) -> dict[str, Any]:
     """The declared tests of the twin: the primary endpoints' verdicts against ``baseline`` (one
     Holm family). ``flagged`` when any is better or worse; ``tested``: endpoints with a verdict
     other than untestable; ``missing``: endpoints this run did not measure; ``all_zero``: every
@@ -125,14 +161,25 @@ def twin_control(units: pd.DataFrame, declaration: Declaration | None = None, tw
     missing = [r["endpoint"] for r in rows if r["reason"] == "not measured by this run"]
     differences = [d for d in _twin_differences(units, declaration, twin, baseline).values() if len(d)]
     all_zero = bool(differences) and all(np.all(d == 0) for d in differences)
-    return {"control": twin, "alpha": declaration.alpha, "tests": rows, "missing": missing,
-            "tested": sum(r["verdict"] != "untestable" for r in rows),
-            "flagged": any(r["verdict"] in ("better", "worse") for r in rows), "all_zero": all_zero}
+    return {
+        "control": twin,
+        "alpha": declaration.alpha,
+        "tests": rows,
+        "missing": missing,
+        "tested": sum(r["verdict"] != "untestable" for r in rows),
+        "flagged": any(r["verdict"] in ("better", "worse") for r in rows),
+        "all_zero": all_zero,
+    }
 
 
-def twin_false_positive_rate(units: pd.DataFrame, declaration: Declaration | None = None, twin: str = TWIN,
-                             baseline: str = "vanilla", n_studies: int = FALSE_POSITIVE_STUDIES,
-                             seed: int = 0) -> dict[str, Any]:
+def twin_false_positive_rate(
+    units: pd.DataFrame,
+    declaration: Declaration | None = None,
+    twin: str = TWIN,
+    baseline: str = "vanilla",
+    n_studies: int = FALSE_POSITIVE_STUDIES,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The twin's family-wise rate of a false better / worse, by simulation: ``n_studies`` studies
     at the study's R, each endpoint's paired differences Normal(0, the twin's measured sd(d)),
     verdicts as the report takes them (:func:`fairskin.metrics.verdicts.simulate_family_error`).
@@ -140,22 +187,39 @@ def twin_false_positive_rate(units: pd.DataFrame, declaration: Declaration | Non
     when fewer than 3 repeats or no endpoint has spread."""
     declaration = declaration or Declaration(alpha=ALPHA)
     differences = _twin_differences(units, declaration, twin, baseline)
-    usable = {e: d for e, d in differences.items()
-              if len(d) >= 3 and not spread_reason(d, declaration.resolution(e))}
+    usable = {e: d for e, d in differences.items() if len(d) >= 3 and not spread_reason(d, declaration.resolution(e))}
     n = min((len(d) for d in usable.values()), default=0)
     if not usable or n < 3:
-        return {"rate": float("nan"), "low": float("nan"), "high": float("nan"), "count": 0, "n_studies": 0,
-                "n": n, "endpoints": [], "sds": []}
+        return {
+            "rate": float("nan"),
+            "low": float("nan"),
+            "high": float("nan"),
+            "count": 0,
+            "n_studies": 0,
+            "n": n,
+            "endpoints": [],
+            "sds": [],
+        }
     sds = [float(np.std(d, ddof=1)) for d in usable.values()]
-    sim = simulate_family_error(sds, n, [declaration.margins[e] for e in usable], alpha=declaration.alpha,
-                                n_studies=n_studies, seed=seed)
+    sim = simulate_family_error(
+        sds, n, [declaration.margins[e] for e in usable], alpha=declaration.alpha, n_studies=n_studies, seed=seed
+    )
     fp = sim["false_positive"]
-    return {"rate": fp["rate"], "low": fp["low"], "high": fp["high"], "count": fp["count"], "n_studies": n_studies,
-            "n": n, "endpoints": list(usable), "sds": sds}
+    return {
+        "rate": fp["rate"],
+        "low": fp["low"],
+        "high": fp["high"],
+        "count": fp["count"],
+        "n_studies": n_studies,
+        "n": n,
+        "endpoints": list(usable),
+        "sds": sds,
+    }
 
 
-def sensitivity(units: pd.DataFrame, groups: Sequence[str], baseline: str = "vanilla", alpha: float = ALPHA,
-                level: float = 0.95) -> list[dict[str, Any]]:
+def sensitivity(
+    units: pd.DataFrame, groups: Sequence[str], baseline: str = "vanilla", alpha: float = ALPHA, level: float = 0.95
+) -> list[dict[str, Any]]:
     """The sensitivity curve: for every ``control_drop_<group>`` (fraction 1.0) and
     ``control_mix_<group>_<pct>`` (fraction pct / 100) in ``units``, the paired effect against
     ``baseline`` on the group's share-type endpoint (skin-tone agreement, one-sided less) and its
@@ -165,29 +229,47 @@ def sensitivity(units: pd.DataFrame, groups: Sequence[str], baseline: str = "van
     variants = list(dict.fromkeys(units["variant"]))
     rows = []
     drop_effect: dict[str, float] = {}
-    controls = [(v, 1.0, _group_of(v.removeprefix(CONTROL_DROP_PREFIX), groups, v))
-                for v in variants if v.startswith(CONTROL_DROP_PREFIX)]
+    controls = [
+        (v, 1.0, _group_of(v.removeprefix(CONTROL_DROP_PREFIX), groups, v))
+        for v in variants
+        if v.startswith(CONTROL_DROP_PREFIX)
+    ]
     for v in variants:
         if v.startswith(CONTROL_MIX_PREFIX):
             slug, pct = parse_mix_control(v)
             controls.append((v, pct / 100.0, _group_of(slug, groups, v)))
     for control, fraction, group in controls:
-        for kind, column, alternative in (("share", f"skin_tone_agreement_{group}", "less"),
-                                          ("distance", f"skin_tone_w1_ratio_{group}", "greater")):
+        for kind, column, alternative in (
+            ("share", f"skin_tone_agreement_{group}", "less"),
+            ("distance", f"skin_tone_w1_ratio_{group}", "greater"),
+        ):
             if column not in units or _values(units, control, column).empty:
                 continue
             interval = _difference(units, control, baseline, column, "two-sided", level)
             one_sided = _difference(units, control, baseline, column, alternative, level)
             if fraction == 1.0:
                 drop_effect[column] = interval["mean_diff"]
-            rows.append({"control": control, "group": group, "fraction": fraction, "endpoint": column, "kind": kind,
-                         "n": interval["n"], "effect": interval["mean_diff"], "low": interval["low"],
-                         "high": interval["high"], "p": one_sided["p"],
-                         "detected": bool(one_sided["n"] >= 3 and np.isfinite(one_sided["p"])
-                                          and one_sided["p"] < alpha)})
+            rows.append(
+                {
+                    "control": control,
+                    "group": group,
+                    "fraction": fraction,
+                    "endpoint": column,
+                    "kind": kind,
+                    "n": interval["n"],
+                    "effect": interval["mean_diff"],
+                    "low": interval["low"],
+                    "high": interval["high"],
+                    "p": one_sided["p"],
+                    "detected": bool(one_sided["n"] >= 3 and np.isfinite(one_sided["p"]) and one_sided["p"] < alpha),
+                }
+            )
     for row in rows:
-        row["expected"] = (row["fraction"] * drop_effect[row["endpoint"]]
-                           if row["kind"] == "share" and row["endpoint"] in drop_effect else float("nan"))
+        row["expected"] = (
+            row["fraction"] * drop_effect[row["endpoint"]]
+            if row["kind"] == "share" and row["endpoint"] in drop_effect
+            else float("nan")
+        )
     return sorted(rows, key=lambda r: (r["group"], r["endpoint"], r["fraction"]))
 
 
@@ -197,21 +279,35 @@ def stated_sensitivity(curve: Sequence[dict[str, Any]]) -> float | None:
     return min(detected) if detected else None
 
 
-def controls_report(units: pd.DataFrame, groups: Sequence[str], baseline: str = "vanilla",
-                    declaration: Declaration | None = None, level: float = 0.95) -> dict[str, Any]:
+def controls_report(
+    units: pd.DataFrame,
+    groups: Sequence[str],
+    baseline: str = "vanilla",
+    declaration: Declaration | None = None,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """Every control present in ``units``: ``drop`` (one entry per dropped group), ``twin`` (with its
     simulated ``false_positive_rate``), the ``sensitivity`` curve and the stated sensitivity."""
     declaration = declaration or Declaration(alpha=ALPHA)
     alpha = declaration.alpha
     variants = set(units["variant"])
-    drops = [drop_control(units, v, groups, baseline, alpha, level)
-             for v in sorted(variants) if v.startswith(CONTROL_DROP_PREFIX)]
+    drops = [
+        drop_control(units, v, groups, baseline, alpha, level)
+        for v in sorted(variants)
+        if v.startswith(CONTROL_DROP_PREFIX)
+    ]
     twin = twin_control(units, declaration, TWIN, baseline, level) if TWIN in variants else None
     if twin is not None:
         twin["false_positive_rate"] = twin_false_positive_rate(units, declaration, TWIN, baseline)
     curve = sensitivity(units, groups, baseline, alpha, level)
-    return {"baseline": baseline, "repeats": int(units.loc[units["variant"] == baseline, "repeat"].nunique()),
-            "declaration": declaration.as_dict(), "drop": drops, "twin": twin, "sensitivity": curve,
-            "stated_sensitivity": stated_sensitivity(curve),
-            "drop_detected": bool(drops) and all(d["detected"] for d in drops),
-            "twin_not_flagged": twin is not None and twin["tested"] > 0 and not twin["flagged"]}
+    return {
+        "baseline": baseline,
+        "repeats": int(units.loc[units["variant"] == baseline, "repeat"].nunique()),
+        "declaration": declaration.as_dict(),
+        "drop": drops,
+        "twin": twin,
+        "sensitivity": curve,
+        "stated_sensitivity": stated_sensitivity(curve),
+        "drop_detected": bool(drops) and all(d["detected"] for d in drops),
+        "twin_not_flagged": twin is not None and twin["tested"] > 0 and not twin["flagged"],
+    }

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from fairskin.io import atomic_write_json
 
@@ -53,7 +53,7 @@ class FingerprintCache:
                 self.entries = {}  # a damaged cache only costs a re-hash
 
     @classmethod
-    def for_runs_root(cls, runs_root: Path) -> "FingerprintCache":
+    def for_runs_root(cls, runs_root: Path) -> FingerprintCache:
         return cls(Path(runs_root) / CACHE_FILE)
 
     def lookup(self, key: str, signature: str, compute: Callable[[], str]) -> str:
@@ -85,8 +85,13 @@ def _folder_files(folder: Path, suffixes: Iterable[str] | None, recursive: bool)
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def content_fingerprint(path: str | os.PathLike, cache: FingerprintCache | None = None, *,
-                        suffixes: Iterable[str] | None = None, recursive: bool = True) -> str:
+def content_fingerprint(
+    path: str | os.PathLike,
+    cache: FingerprintCache | None = None,
+    *,
+    suffixes: Iterable[str] | None = None,
+    recursive: bool = True,
+) -> str:
     """16 hex digits over the content of a file, or of a folder's files (relative path, size and
     bytes of each; ``suffixes`` limits which, hidden files are skipped). Missing: ``"missing"``."""
     path = resolve_path(path)

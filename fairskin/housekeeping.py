@@ -34,9 +34,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from fairskin.config import FairSkinConfig
 
@@ -110,8 +110,14 @@ def current_keys(config: FairSkinConfig) -> tuple[dict[str, str], dict[str, str]
             continue
         try:
             external = external_fingerprints(stage, config, cache)
-            key = stage_key(stage.name, config, stage.reads_for(config), {n: results[n] for n in stage.inputs},
-                            stage.version, external)
+            key = stage_key(
+                stage.name,
+                config,
+                stage.reads_for(config),
+                {n: results[n] for n in stage.inputs},
+                stage.version,
+                external,
+            )
         except Exception as exc:  # an unreadable external input: keep everything of this stage and later
             unknown[stage.name] = f"{type(exc).__name__}: {exc}"
             continue
@@ -279,8 +285,9 @@ def scan(config: FairSkinConfig) -> Inventory:
 # --------------------------------------------------------------------------- removal
 
 
-def remove_unused(config: FairSkinConfig, dry_run: bool = False, break_lock: bool = False,
-                  echo: Callable[[str], None] = print) -> tuple[Inventory, list[Entry]]:
+def remove_unused(
+    config: FairSkinConfig, dry_run: bool = False, break_lock: bool = False, echo: Callable[[str], None] = print
+) -> tuple[Inventory, list[Entry]]:
     """Scan and remove the unused entries, holding the runs-root lock (:class:`fairskin.lock.RunsRootLocked`
     when another process holds it). ``dry_run``: scan and return what would go, remove nothing
     (no lock taken; a held lock is only reported)."""
@@ -351,19 +358,33 @@ def render(inv: Inventory, marked: Iterable[Entry] = (), title: str | None = Non
     marked_paths = {e.path for e in marked}
     now = time.time()
     table = Table(title=title or f"runs root {inv.root}")
-    for col, justify in (("kind", "left"), ("path", "left"), ("size", "right"), ("age", "right"),
-                         ("status", "left"), ("why", "left")):
+    for col, justify in (
+        ("kind", "left"),
+        ("path", "left"),
+        ("size", "right"),
+        ("age", "right"),
+        ("status", "left"),
+        ("why", "left"),
+    ):
         table.add_column(col, justify=justify, overflow="fold")
     for e in inv.entries:
         rel = e.path.relative_to(inv.root).as_posix() if e.path.is_relative_to(inv.root) else str(e.path)
         status = f"[{_STYLE[e.status]}]{e.status}[/]" + (" [bold red](removed)[/]" if e.path in marked_paths else "")
         size = human_size(e.size) if e.part_of is None else f"({human_size(e.size)})"
-        table.add_row(e.kind, ("  " if e.part_of else "") + rel, size, human_age(now - e.modified) if e.modified
-                      else "-", status, e.why)
+        table.add_row(
+            e.kind,
+            ("  " if e.part_of else "") + rel,
+            size,
+            human_age(now - e.modified) if e.modified else "-",
+            status,
+            e.why,
+        )
     console.print(table)
-    console.print(f"{len([e for e in inv.entries if e.part_of is None])} item(s), {human_size(inv.total())}: "
-                  f"in use {human_size(inv.total(IN_USE))}, unused {human_size(inv.total(UNUSED))}, "
-                  f"kept {human_size(inv.total(KEPT))}, unknown {human_size(inv.total(UNKNOWN))}")
+    console.print(
+        f"{len([e for e in inv.entries if e.part_of is None])} item(s), {human_size(inv.total())}: "
+        f"in use {human_size(inv.total(IN_USE))}, unused {human_size(inv.total(UNUSED))}, "
+        f"kept {human_size(inv.total(KEPT))}, unknown {human_size(inv.total(UNKNOWN))}"
+    )
     if inv.unknown:
         shown = {k: v for k, v in inv.unknown.items() if not v.startswith("not run by preset")}
         if shown:
@@ -372,8 +393,23 @@ def render(inv: Inventory, marked: Iterable[Entry] = (), title: str | None = Non
 
 def as_json(inv: Inventory, removed: Iterable[Entry] = ()) -> dict:
     gone = {e.path for e in removed}
-    return {"runs_root": str(inv.root), "keys": inv.keys, "study": inv.study,
-            "entries": [{"kind": e.kind, "path": str(e.path), "status": e.status, "why": e.why, "size": e.size,
-                         "modified": e.modified, "part_of": str(e.part_of) if e.part_of else None,
-                         "removed": e.path in gone} for e in inv.entries],
-            "total": inv.total(), "unused": inv.total(UNUSED)}
+    return {
+        "runs_root": str(inv.root),
+        "keys": inv.keys,
+        "study": inv.study,
+        "entries": [
+            {
+                "kind": e.kind,
+                "path": str(e.path),
+                "status": e.status,
+                "why": e.why,
+                "size": e.size,
+                "modified": e.modified,
+                "part_of": str(e.part_of) if e.part_of else None,
+                "removed": e.path in gone,
+            }
+            for e in inv.entries
+        ],
+        "total": inv.total(),
+        "unused": inv.total(UNUSED),
+    }

@@ -14,9 +14,9 @@ import shutil
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
-
+from typing import Any
 
 # Temporary folders this process is writing now (:func:`atomic_directory`): a stage running beside another
 # (a background stage) must not see the other's folder as stale although its PID is this process's.

@@ -29,8 +29,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 LOCK_FILE = ".fairskin.lock"
 _GUARD_SUFFIX = ".takeover"
@@ -66,7 +67,7 @@ def _proc_start(pid: int) -> str:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
-    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
     return fields[19] if len(fields) > 19 else ""
 
 
@@ -83,8 +84,10 @@ def pid_alive(pid: int) -> bool:
 def describe_holder(holder: dict[str, Any]) -> str:
     if not holder:
         return "held by an unknown process (the lock file is unreadable)"
-    return (f"held by {holder.get('command', '?')!r} on host {holder.get('host', '?')}, "
-            f"PID {holder.get('pid', '?')}, since {holder.get('since', '?')}")
+    return (
+        f"held by {holder.get('command', '?')!r} on host {holder.get('host', '?')}, "
+        f"PID {holder.get('pid', '?')}, since {holder.get('since', '?')}"
+    )
 
 
 def holder_alive(holder: dict[str, Any] | None) -> bool | None:
@@ -114,10 +117,15 @@ def read_holder(path: Path) -> dict[str, Any] | None:
 
 def _body(command: str | None) -> dict[str, Any]:
     pid = os.getpid()
-    return {"host": this_host(), "pid": pid, "pid_start": _proc_start(pid), "boot_id": _boot_id(),
-            "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "since": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "token": uuid.uuid4().hex}
+    return {
+        "host": this_host(),
+        "pid": pid,
+        "pid_start": _proc_start(pid),
+        "boot_id": _boot_id(),
+        "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "since": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "token": uuid.uuid4().hex,
+    }
 
 
 def _create(path: Path, body: dict[str, Any]) -> bool:
@@ -176,8 +184,9 @@ def _takeover_guard(path: Path) -> Iterator[bool]:
     yield False
 
 
-def acquire(root: Path, command: str | None = None, break_lock: bool = False,
-            echo=lambda msg: print(msg, file=sys.stderr)) -> dict[str, Any]:
+def acquire(
+    root: Path, command: str | None = None, break_lock: bool = False, echo=lambda msg: print(msg, file=sys.stderr)
+) -> dict[str, Any]:
     """Take the lock of ``root`` (re-entrant in this process); returns the lock's body.
 
     Raises :class:`RunsRootLocked` when another live process holds it, or one whose liveness
@@ -212,8 +221,9 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def _acquire(root: Path, path: Path, body: dict[str, Any], created: list[Path], break_lock: bool,
-             echo) -> dict[str, Any]:
+def _acquire(
+    root: Path, path: Path, body: dict[str, Any], created: list[Path], break_lock: bool, echo
+) -> dict[str, Any]:
     for _ in range(20):
         if _create(path, body):
             _HELD[root] = {"count": 1, "body": body, "created": created}
@@ -229,12 +239,15 @@ def _acquire(root: Path, path: Path, body: dict[str, Any], created: list[Path], 
                 continue
         alive = holder_alive(holder)
         if alive is True and not break_lock:
-            raise RunsRootLocked(root, holder, "Wait for it to end or use another runs root "
-                                 "(runtime.runs_root=...).")
+            raise RunsRootLocked(root, holder, "Wait for it to end or use another runs root (runtime.runs_root=...).")
         if alive is None and not break_lock:
             where = "on another host" if holder else "of unknown origin"
-            raise RunsRootLocked(root, holder, f"The lock is {where}, so whether its holder still runs cannot "
-                                 "be told from here; if you know it has ended, rerun with --break-lock.")
+            raise RunsRootLocked(
+                root,
+                holder,
+                f"The lock is {where}, so whether its holder still runs cannot "
+                "be told from here; if you know it has ended, rerun with --break-lock.",
+            )
         with _takeover_guard(path) as mine:
             if not mine:
                 time.sleep(0.2)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-SAFE_NAME_RULE = ("one path component of at most 100 characters: letters, digits, '.', '_' and '-', "
-                  "starting with a letter or digit, without '..'")
+SAFE_NAME_RULE = (
+    "one path component of at most 100 characters: letters, digits, '.', '_' and '-', "
+    "starting with a letter or digit, without '..'"
+)
 
 
 def name_problem(value: object) -> str | None:

@@ -12,10 +12,11 @@ runs while the runner goes on to the next stages that do not take it as input (`
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from fairskin.config import ConfigError, FairSkinConfig, dump_config, flatten
 from fairskin.lock import holding_runs_root
@@ -125,20 +126,21 @@ def external_fingerprints(stage: Stage, config: FairSkinConfig, cache=None) -> d
     return out
 
 
-def pipeline_stage_key(name: str, config: FairSkinConfig, inputs: Mapping[str, StageResult],
-                       cache=None) -> str:
+def pipeline_stage_key(name: str, config: FairSkinConfig, inputs: Mapping[str, StageResult], cache=None) -> str:
     """The key of stage ``name`` in this pipeline: its config slice, code version, inputs' keys and
     the contents of its external inputs."""
     stage = STAGES[name]
-    return stage_key(name, config, stage.reads_for(config), inputs, stage.version,
-                     external_fingerprints(stage, config, cache))
+    return stage_key(
+        name, config, stage.reads_for(config), inputs, stage.version, external_fingerprints(stage, config, cache)
+    )
 
 
 # --------------------------------------------------------------------------- prepare
 
 
-def _prepare_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
-                  run: RunHandle) -> Mapping[str, Any]:
+def _prepare_body(
+    config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult], run: RunHandle
+) -> Mapping[str, Any]:
     from fairskin.data.prepare import COUNTS_FILE, prepare_dataset
     from fairskin.metrics.plots import plot_subclass_counts, save_image_grid
 
@@ -146,8 +148,9 @@ def _prepare_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageR
     import pandas as pd
 
     table = pd.read_csv(out / COUNTS_FILE)
-    plot_subclass_counts(table, out / "subclass_counts.png",
-                         title=f"{config.data.source}: images per subclass (train / val / test)")
+    plot_subclass_counts(
+        table, out / "subclass_counts.png", title=f"{config.data.source}: images per subclass (train / val / test)"
+    )
     _preview(out, config, save_image_grid)
     return summary
 
@@ -173,25 +176,35 @@ def _prepare_log(run: RunHandle, result: StageResult) -> None:
             run.log_artifact(result.path / name, "prepare")
 
 
-register_stage(Stage("prepare", reads=("data", "runtime.seed"), body=_prepare_body, log=_prepare_log,
-                     external=("data.csv_path", "data.image_root")))
+register_stage(
+    Stage(
+        "prepare",
+        reads=("data", "runtime.seed"),
+        body=_prepare_body,
+        log=_prepare_log,
+        external=("data.csv_path", "data.image_root"),
+    )
+)
 
 
 # --------------------------------------------------------------------------- reference
 
 
-def _reference_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
-                    run: RunHandle) -> Mapping[str, Any]:
+def _reference_body(
+    config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult], run: RunHandle
+) -> Mapping[str, Any]:
     """The no-augmentation classifier (the paper's Figure 3a baseline), kept as the feature
     extractor for IS and t-SNE."""
     from fairskin.classify.train import load_classifier_data, train_classifier
     from fairskin.metrics.plots import plot_group_accuracy
 
     data = load_classifier_data(inputs["prepare"].path / "shards")
-    result = train_classifier(data, config.classifier, mode="random", seed=config.runtime.seed, out_dir=out,
-                              progress=config.runtime.progress)
-    plot_group_accuracy(result.test, data.groups, out / "group_accuracy.png",
-                        title="Reference classifier (real data only)")
+    result = train_classifier(
+        data, config.classifier, mode="random", seed=config.runtime.seed, out_dir=out, progress=config.runtime.progress
+    )
+    plot_group_accuracy(
+        result.test, data.groups, out / "group_accuracy.png", title="Reference classifier (real data only)"
+    )
     return {f"test_{k}": v for k, v in result.test.items() if not k.endswith("_ci")}
 
 
@@ -200,22 +213,31 @@ def _reference_log(run: RunHandle, result: StageResult) -> None:
 
     run.log_metrics(result.summary)
     if not result.skipped and (result.path / "history.csv").exists():
-        for i, row in pd.read_csv(result.path / "history.csv").iterrows():
+        for _, row in pd.read_csv(result.path / "history.csv").iterrows():
             run.log_metrics(row.to_dict(), step=int(row["epoch"]))
     for name in ("group_accuracy.png", "test_report.json", "history.csv"):
         if (result.path / name).exists():
             run.log_artifact(result.path / name, "reference")
 
 
-register_stage(Stage("reference", reads=("classifier", "runtime.seed"), inputs=("prepare",),
-                     body=_reference_body, log=_reference_log, external=("classifier.model",)))
+register_stage(
+    Stage(
+        "reference",
+        reads=("classifier", "runtime.seed"),
+        inputs=("prepare",),
+        body=_reference_body,
+        log=_reference_log,
+        external=("classifier.model",),
+    )
+)
 
 
 # --------------------------------------------------------------------------- vae
 
 
-def _vae_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
-              run: RunHandle) -> Mapping[str, Any]:
+def _vae_body(
+    config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult], run: RunHandle
+) -> Mapping[str, Any]:
     """tiny: train the stand-in VAE (:func:`fairskin.diffusion.base.build_vae`), the one part the base UNet
     and every control base share. A pretrained pipeline brings its own VAE: nothing to do."""
     if config.diffusion.model != "tiny":
@@ -233,17 +255,23 @@ def vae_folder(result: StageResult) -> Path:
     return result.path / VAE_FOLDER
 
 
-register_stage(Stage("vae", reads=("diffusion.model", "diffusion.base_vae_steps", "diffusion.global_batch_size",
-                                   "runtime.seed"),
-                     inputs=("prepare",), body=_vae_body,
-                     log=lambda run, result: run.log_metrics(result.summary)))
+register_stage(
+    Stage(
+        "vae",
+        reads=("diffusion.model", "diffusion.base_vae_steps", "diffusion.global_batch_size", "runtime.seed"),
+        inputs=("prepare",),
+        body=_vae_body,
+        log=lambda run, result: run.log_metrics(result.summary),
+    )
+)
 
 
 # --------------------------------------------------------------------------- base
 
 
-def _base_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
-               run: RunHandle) -> Mapping[str, Any]:
+def _base_body(
+    config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult], run: RunHandle
+) -> Mapping[str, Any]:
     """tiny: train a base UNet over the ``vae`` stage's VAE (stands in for pretrained SD).
     Otherwise: record the pretrained pipeline folder every variant starts from."""
     from fairskin.io import atomic_write_json
@@ -272,16 +300,31 @@ def base_pipeline_folder(result: StageResult) -> Path:
     return own if own.is_dir() else Path(recorded)
 
 
-register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_unet_steps",
-                                    "diffusion.global_batch_size", "diffusion.learning_rate",
-                                    "diffusion.prompt_template", "diffusion.zero_terminal_snr", "runtime.seed"),
-                     inputs=("prepare", "vae"), body=_base_body, external=("diffusion.model",),
-                     reads_unless=(("diffusion.base_snr_gamma", None),),
-                     # 2: the VAE is an autoencoder (cosine-decayed rate) with a fixed posterior std and a fitted scaling factor
-                     # 3: the base UNet reads latents encoded once (same values up to float rounding of the batching)
-                     # 4: the VAE comes from the vae stage; the UNet trains in a Ray task on one thread
-                     version=4, needs_ray=True, background=True,
-                     log=lambda run, result: run.log_metrics(result.summary)))
+register_stage(
+    Stage(
+        "base",
+        reads=(
+            "diffusion.model",
+            "diffusion.base_unet_steps",
+            "diffusion.global_batch_size",
+            "diffusion.learning_rate",
+            "diffusion.prompt_template",
+            "diffusion.zero_terminal_snr",
+            "runtime.seed",
+        ),
+        inputs=("prepare", "vae"),
+        body=_base_body,
+        external=("diffusion.model",),
+        reads_unless=(("diffusion.base_snr_gamma", None),),
+        # 2: the VAE is an autoencoder (cosine-decayed rate) with a fixed posterior std and a fitted scaling factor
+        # 3: the base UNet reads latents encoded once (same values up to float rounding of the batching)
+        # 4: the VAE comes from the vae stage; the UNet trains in a Ray task on one thread
+        version=4,
+        needs_ray=True,
+        background=True,
+        log=lambda run, result: run.log_metrics(result.summary),
+    )
+)
 
 
 # --------------------------------------------------------------------------- control_base
@@ -289,8 +332,9 @@ register_stage(Stage("base", reads=("diffusion.model", "diffusion.base_unet_step
 CONTROL_BASES_FILE = "control_bases.json"
 
 
-def _control_base_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
-                       run: RunHandle) -> Mapping[str, Any]:
+def _control_base_body(
+    config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult], run: RunHandle
+) -> Mapping[str, Any]:
     """One base per group a ``control_drop_<group>`` variant drops (:meth:`FairSkinConfig.dropped_groups`),
     trained without that group (:func:`fairskin.diffusion.base.build_control_bases`), beside the base's
     own UNet; none when no control is configured. A pretrained model cannot forget a group: there the
@@ -334,13 +378,21 @@ def _dropped_groups_key(config: FairSkinConfig, cache) -> str | None:
 # nothing leaves the stage's key alone).
 EXTERNAL["diffusion.dropped_groups"] = _dropped_groups_key
 
-register_stage(Stage("control_base", reads=STAGES["base"].reads, reads_unless=STAGES["base"].reads_unless,
-                     inputs=("prepare", "vae"), needs_ray=True,
-                     # 2: its UNet reads latents encoded once, as the base's does
-                     # 3: from the vae stage's VAE, not the base's folder: it trains while the base's UNet does
-                     version=3,
-                     body=_control_base_body, external=("diffusion.model", "diffusion.dropped_groups"),
-                     log=lambda run, result: run.log_metrics(result.summary)))
+register_stage(
+    Stage(
+        "control_base",
+        reads=STAGES["base"].reads,
+        reads_unless=STAGES["base"].reads_unless,
+        inputs=("prepare", "vae"),
+        needs_ray=True,
+        # 2: its UNet reads latents encoded once, as the base's does
+        # 3: from the vae stage's VAE, not the base's folder: it trains while the base's UNet does
+        version=3,
+        body=_control_base_body,
+        external=("diffusion.model", "diffusion.dropped_groups"),
+        log=lambda run, result: run.log_metrics(result.summary),
+    )
+)
 
 
 # --------------------------------------------------------------------------- finetune
@@ -349,8 +401,14 @@ register_stage(Stage("control_base", reads=STAGES["base"].reads, reads_unless=ST
 # What the fine-tune's result depends on: every diffusion field but these, so a rerun with more
 # retries, another concurrency, another placement or kept checkpoints resumes the same checkpoints (same key).
 # feed_memory_budget_mb sizes the shard feed's reads, not its draws; latent_feed is in the key when not "memory".
-_FINETUNE_IGNORES = ("max_failures", "parallel_variants", "keep_checkpoints", "placement_strategy",
-                     "feed_memory_budget_mb", "latent_feed")
+_FINETUNE_IGNORES = (
+    "max_failures",
+    "parallel_variants",
+    "keep_checkpoints",
+    "placement_strategy",
+    "feed_memory_budget_mb",
+    "latent_feed",
+)
 
 
 def _finetune_reads() -> tuple[str, ...]:
@@ -365,8 +423,9 @@ def finetune_checkpoints(config: FairSkinConfig, key: str) -> Path:
     return config.runtime.runs_root / "checkpoints" / f"finetune-{key}"
 
 
-def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
-                   run: RunHandle) -> Mapping[str, Any]:
+def _finetune_body(
+    config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult], run: RunHandle
+) -> Mapping[str, Any]:
     """Fine-tune every generator (variant x repeat, ``diffusion.variants`` x ``diffusion.repeat_seeds``)
     from the base on Ray Train, each a child run; writes ``<generator>/pipeline`` and
     ``fingerprints.json`` (generator -> fingerprint of its fine-tuned UNet).
@@ -401,8 +460,11 @@ def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     starts = {None: (base, train, cache_for(config, base, train, shard_root=checkpoints / "latents" / "all"))}
     for group, folder in control_base_folders(inputs["control_base"]).items():
         without = train.without_group(group)
-        starts[group] = (folder, without, cache_for(config, folder, without,
-                                                    shard_root=checkpoints / "latents" / f"without-{group_slug(group)}"))
+        starts[group] = (
+            folder,
+            without,
+            cache_for(config, folder, without, shard_root=checkpoints / "latents" / f"without-{group_slug(group)}"),
+        )
     children = {name: _finetune_child(run, name, checkpoints / name, config) for name in names}
     stop = threading.Event()
 
@@ -414,14 +476,27 @@ def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
                 raise FitInterrupted(f"fine-tune of {name} not started")
             variant = split_generator_id(name)[0]
             start, rows, cache = starts[config.dropped_group(variant)]
-            result = finetune_variant(config, d.variant(variant), start, rows, out / name,
-                                      tracking=tracking, cache=cache, seed=generator_seed(d, name),
-                                      checkpoints=checkpoints / name)
+            result = finetune_variant(
+                config,
+                d.variant(variant),
+                start,
+                rows,
+                out / name,
+                tracking=tracking,
+                cache=cache,
+                seed=generator_seed(d, name),
+                checkpoints=checkpoints / name,
+            )
         except BaseException as exc:
             child.end("KILLED" if stop.is_set() or isinstance(exc, FitInterrupted) else "FAILED")
             raise
-        child.log_metrics({"fit_seconds": result["seconds"], "attempts": result["attempts"],
-                           "resumed_from_step": result["resumed_from_step"]})
+        child.log_metrics(
+            {
+                "fit_seconds": result["seconds"],
+                "attempts": result["attempts"],
+                "resumed_from_step": result["resumed_from_step"],
+            }
+        )
         child.end()
         return result
 
@@ -442,15 +517,17 @@ def _finetune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
         pool.shutdown(wait=True, cancel_futures=True)
     for name, result in results.items():
         summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-    atomic_write_json(out / "fingerprints.json",
-                      {name: folder_fingerprint(out / name / "pipeline" / "unet") for name in names})
+    atomic_write_json(
+        out / "fingerprints.json", {name: folder_fingerprint(out / name / "pipeline" / "unet") for name in names}
+    )
     # Removed by _finetune_log once the stage folder is in place (kept with diffusion.keep_checkpoints).
     summary["checkpoints"] = "" if d.keep_checkpoints else str(checkpoints)
     return summary
 
 
-def _abort_fits(futures: Mapping[str, Any], folders: Sequence[Path], stop, request_stop,
-                timeout_s: float = 45.0) -> None:
+def _abort_fits(
+    futures: Mapping[str, Any], folders: Sequence[Path], stop, request_stop, timeout_s: float = 45.0
+) -> None:
     """Ctrl-C: Ray Train's own handler exists only for a fit() on the main thread, so stop ours: no
     new fit starts, the running ones are aborted through their stop files; if one has not returned
     within ``timeout_s``, disconnecting from Ray ends its wait."""
@@ -492,8 +569,12 @@ def _finetune_child(run: RunHandle, name: str, folder: Path, config: FairSkinCon
             return child
     spec = config.diffusion.variant(split_generator_id(name)[0])
     child = run.child(f"finetune-{name}", tags=tags)
-    child.log_params({**{f"variant.{k}": v for k, v in spec.model_dump().items()},
-                      "generator.seed": generator_seed(config.diffusion, name)})
+    child.log_params(
+        {
+            **{f"variant.{k}": v for k, v in spec.model_dump().items()},
+            "generator.seed": generator_seed(config.diffusion, name),
+        }
+    )
     if child.run_id:
         atomic_write_json(record, {"run_id": child.run_id})
     return child
@@ -523,23 +604,51 @@ def parallel_fits(config: FairSkinConfig, n_variants: int) -> int:
     return parallel
 
 
-register_stage(Stage("finetune", reads=_finetune_reads(), inputs=("prepare", "base", "control_base"), version=2,
-                     reads_unless=(("diffusion.latent_feed", "memory"),),
-                     body=_finetune_body, needs_ray=True, log=_finetune_log))
+register_stage(
+    Stage(
+        "finetune",
+        reads=_finetune_reads(),
+        inputs=("prepare", "base", "control_base"),
+        version=2,
+        reads_unless=(("diffusion.latent_feed", "memory"),),
+        body=_finetune_body,
+        needs_ray=True,
+        log=_finetune_log,
+    )
+)
 
 
 # --------------------------------------------------------------------------- generate
 
 # The settings a pool's bytes depend on (cpus_per_actor sets each item's thread count); not the judge's,
 # FID's or the actor count, which a changed value must not make the pools be generated again for.
-GENERATE_READS = tuple(f"generation.{field}" for field in (
-    "images_per_subclass", "guidance_scale", "inference_steps", "scheduler", "batch_size", "dtype",
-    "channels_last", "use_gpu", "cpus_per_actor")) + ("diffusion.variants", "diffusion.custom_variants", "diffusion.repeat_seeds",
-                  "diffusion.prompt_template", "data.image_size", "data.groups", "data.diseases")
+GENERATE_READS = tuple(
+    f"generation.{field}"
+    for field in (
+        "images_per_subclass",
+        "guidance_scale",
+        "inference_steps",
+        "scheduler",
+        "batch_size",
+        "dtype",
+        "channels_last",
+        "use_gpu",
+        "cpus_per_actor",
+    )
+) + (
+    "diffusion.variants",
+    "diffusion.custom_variants",
+    "diffusion.repeat_seeds",
+    "diffusion.prompt_template",
+    "data.image_size",
+    "data.groups",
+    "data.diseases",
+)
 
 
-def _generate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
-                   run: RunHandle) -> Mapping[str, Any]:
+def _generate_body(
+    config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult], run: RunHandle
+) -> Mapping[str, Any]:
     """Each generator's pool (P images per subclass) on a Ray actor pool; ``provenance.json`` holds
     each pool's content fingerprint beside its fine-tune's.
 
@@ -575,10 +684,15 @@ def _generate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
         _pool_preview(config, out / variant, variant)
     shutil.rmtree(work, ignore_errors=True)
     finetuned = json.loads((inputs["finetune"].path / "fingerprints.json").read_text())
-    atomic_write_json(out / PROVENANCE_FILE, {g: {"pool": shard_fingerprint(out / g), "finetune": finetuned.get(g, "")}
-                                              for g in folders})
-    return {"images_generated": images["count"], "generate_seconds": seconds,
-            "images_per_s": images["count"] / seconds if seconds > 0 else 0.0}
+    atomic_write_json(
+        out / PROVENANCE_FILE,
+        {g: {"pool": shard_fingerprint(out / g), "finetune": finetuned.get(g, "")} for g in folders},
+    )
+    return {
+        "images_generated": images["count"],
+        "generate_seconds": seconds,
+        "images_per_s": images["count"] / seconds if seconds > 0 else 0.0,
+    }
 
 
 def _mixed_pools(config: FairSkinConfig, folders: Mapping[str, Path], work: Path) -> dict[str, Path]:
@@ -602,9 +716,16 @@ def _mixed_pools(config: FairSkinConfig, folders: Mapping[str, Path], work: Path
         if not (folder / INDEX_FILE).is_file():
             shutil.rmtree(folder, ignore_errors=True)
             group = next(g for g in config.data.group_names if group_slug(g) == slug)
-            mix_pool(folders[generator_id("vanilla", repeat)], folders[generator_id(CONTROL_DROP_PREFIX + slug, repeat)],
-                     folder, generator=name, group=group, fraction=pct / 100, seed=generator_seed(config.diffusion, name),
-                     vocab=Vocabulary(tuple(config.data.group_names), tuple(config.data.diseases)))
+            mix_pool(
+                folders[generator_id("vanilla", repeat)],
+                folders[generator_id(CONTROL_DROP_PREFIX + slug, repeat)],
+                folder,
+                generator=name,
+                group=group,
+                fraction=pct / 100,
+                seed=generator_seed(config.diffusion, name),
+                vocab=Vocabulary(tuple(config.data.group_names), tuple(config.data.diseases)),
+            )
         out[name] = folder
     return out
 
@@ -619,7 +740,9 @@ def _pool_preview(config: FairSkinConfig, folder: Path, variant: str) -> None:
     first = meta.groupby(["group", "disease"]).head(1)
     lookup = {(r.group, r.disease): i for i, r in zip(first.index, first.itertuples())}
     images = [pixels[lookup[(g, d)]] for g in groups for d in diseases]
-    save_image_grid(images, groups, diseases, folder / "preview.png", title=f"pool of {variant}: one image per subclass")
+    save_image_grid(
+        images, groups, diseases, folder / "preview.png", title=f"pool of {variant}: one image per subclass"
+    )
 
 
 def _generate_log(run: RunHandle, result: StageResult) -> None:
@@ -667,24 +790,41 @@ def check_pool_size(config: FairSkinConfig, real_shards: Path) -> None:
     try:
         resolve_space(space, config, pools, train_counts(real_shards))
     except SpaceError as exc:
-        raise ConfigError(f"generation.images_per_subclass = {per_subclass} is too small for the tune stage's "
-                          f"space {space.name!r}: {exc}") from None
+        raise ConfigError(
+            f"generation.images_per_subclass = {per_subclass} is too small for the tune stage's "
+            f"space {space.name!r}: {exc}"
+        ) from None
 
 
-register_stage(Stage("generate", reads=GENERATE_READS, inputs=("finetune",), body=_generate_body, needs_ray=True,
-                     version=2,
-                     log=_generate_log, check=lambda config, prepare: check_pool_size(config, prepare.path / "shards"),
-                     check_after="prepare"))
+register_stage(
+    Stage(
+        "generate",
+        reads=GENERATE_READS,
+        inputs=("finetune",),
+        body=_generate_body,
+        needs_ray=True,
+        version=2,
+        log=_generate_log,
+        check=lambda config, prepare: check_pool_size(config, prepare.path / "shards"),
+        check_after="prepare",
+    )
+)
 
 
 # --------------------------------------------------------------------------- judge
 
-JUDGE_READS = ("data", "classifier", "generation.judge_images_per_subclass", "generation.judge_batch_size",
-               "runtime.seed")
+JUDGE_READS = (
+    "data",
+    "classifier",
+    "generation.judge_images_per_subclass",
+    "generation.judge_batch_size",
+    "runtime.seed",
+)
 
 
-def _judge_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
-                run: RunHandle) -> Mapping[str, Any]:
+def _judge_body(
+    config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult], run: RunHandle
+) -> Mapping[str, Any]:
     """The disease-fidelity judge, a classifier that never saw the FID reference images
     (:mod:`fairskin.classify.judge`). synthetic: trained on a fresh balanced procedural set (seed
     namespace ``judge``), tested on the prepare stage's val + test images; it also gives the
@@ -715,8 +855,9 @@ register_stage(Stage("judge", reads=JUDGE_READS, inputs=("prepare",), body=_judg
 # --------------------------------------------------------------------------- evaluate
 
 
-def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
-                   run: RunHandle) -> Mapping[str, Any]:
+def _evaluate_body(
+    config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult], run: RunHandle
+) -> Mapping[str, Any]:
     """Per variant: FID/KID per subclass and group with their real-vs-real floors, pooled FIDs, FID
     variance, IS, memorisation, disease fidelity (the judge), skin tone, t-SNE, heatmaps.
 
@@ -735,8 +876,14 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     from fairskin.classify.models import load_saved_classifier
     from fairskin.classify.train import classifier_device
     from fairskin.data.shards import load_decoded
-    from fairskin.metrics.generation import (classifier_features, disease_fidelity, feature_space,
-                                             generation_report, judge_accuracy, judge_predictions)
+    from fairskin.metrics.generation import (
+        classifier_features,
+        disease_fidelity,
+        feature_space,
+        generation_report,
+        judge_accuracy,
+        judge_predictions,
+    )
     from fairskin.metrics.plots import plot_fid_heatmap, plot_tsne
     from fairskin.metrics.skin_tone import ReferenceBands, image_ita, skin_tone_report
     from fairskin.progress import progress_bar
@@ -749,11 +896,16 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     model = load_saved_classifier(inputs["reference"].path / "model").to(device).eval()
     judge, info = load_judge(inputs["judge"].path, inputs["reference"].path)
     judge = judge.to(device)
-    space = feature_space(judge if info.kind == "independent" else model, c.image_size, g.inception_weights_path,
-                          kind="judge-classifier" if info.kind == "independent" else "reference-classifier")
+    space = feature_space(
+        judge if info.kind == "independent" else model,
+        c.image_size,
+        g.inception_weights_path,
+        kind="judge-classifier" if info.kind == "independent" else "reference-classifier",
+    )
     train_pixels, train_meta = load_decoded(shards, splits=["train"])
-    real_pixels, real_meta = ((train_pixels, train_meta) if g.real_split == "train"
-                              else load_decoded(shards, splits=[g.real_split]))
+    real_pixels, real_meta = (
+        (train_pixels, train_meta) if g.real_split == "train" else load_decoded(shards, splits=[g.real_split])
+    )
     held_pixels, held_meta = load_decoded(shards, splits=["val", "test"])
     # Floors: real images outside the FID reference (and outside the generators' training split).
     floor_splits = [s for s in ("val", "test") if s != g.real_split]
@@ -761,8 +913,12 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     floor_pixels, floor_meta = held_pixels[floor_rows], held_meta[floor_rows].reset_index(drop=True)
     # Disease fidelity: the judge on its real baseline, once.
     judge_rows = held_meta["split"].isin(info.real_splits).to_numpy()
-    judge_real = judge_accuracy(judge_predictions(judge, held_pixels[judge_rows], c.image_size, diseases),
-                                held_meta[judge_rows], groups, diseases)
+    judge_real = judge_accuracy(
+        judge_predictions(judge, held_pixels[judge_rows], c.image_size, diseases),
+        held_meta[judge_rows],
+        groups,
+        diseases,
+    )
     judge_real.to_csv(out / "judge_real_accuracy.csv", index=False)
     cache = config.runtime.runs_root / "cache" / "fidelity"  # real features, keyed by image checksums
 
@@ -774,65 +930,126 @@ def _evaluate_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, Stage
     pools = pool_folders(inputs["generate"])
     provenance = pool_provenance(inputs["generate"])
     real_fingerprint = shard_fingerprint(shards)
-    for variant, folder in progress_bar(pools.items(), total=len(pools), enabled=config.runtime.progress,
-                                        description="evaluate: FID/KID/IS, floors, fidelity, t-SNE per generator"):
+    for variant, folder in progress_bar(
+        pools.items(),
+        total=len(pools),
+        enabled=config.runtime.progress,
+        description="evaluate: FID/KID/IS, floors, fidelity, t-SNE per generator",
+    ):
         pool_pixels, pool_meta = load_decoded(folder)
-        report = generation_report(pool_pixels, pool_meta, real_pixels, real_meta, groups, diseases, space,
-                                   cache_root=cache, heldout_pixels=held_pixels, heldout_meta=held_meta,
-                                   train_pixels=train_pixels, train_meta=train_meta, floor_pixels=floor_pixels,
-                                   floor_meta=floor_meta, seed=config.runtime.seed)
+        report = generation_report(
+            pool_pixels,
+            pool_meta,
+            real_pixels,
+            real_meta,
+            groups,
+            diseases,
+            space,
+            cache_root=cache,
+            heldout_pixels=held_pixels,
+            heldout_meta=held_meta,
+            train_pixels=train_pixels,
+            train_meta=train_meta,
+            floor_pixels=floor_pixels,
+            floor_meta=floor_meta,
+            seed=config.runtime.seed,
+        )
         fidelity, fidelity_summary = disease_fidelity(
             judge_accuracy(judge_predictions(judge, pool_pixels, c.image_size, diseases), pool_meta, groups, diseases),
-            judge_real, groups)
+            judge_real,
+            groups,
+        )
         report.per_subclass = report.per_subclass.merge(fidelity, on=["group", "disease"], how="left")
         report.summary.update(fidelity_summary)
         report.summary.update(judge=info.description, judge_saw_train_images=int(info.saw_train_images))
         tone_subclass, tone_group, tone_summary, confusion = skin_tone_report(
-            image_ita(pool_pixels), pool_meta["group"].to_numpy(), pool_meta["disease"].to_numpy(), bands,
-            held_ita, held_meta["group"].to_numpy(), heldout_disease=held_meta["disease"].to_numpy(),
-            seed=config.runtime.seed)  # W1 ratios: the reference is bands.samples, the train split's ITAs
+            image_ita(pool_pixels),
+            pool_meta["group"].to_numpy(),
+            pool_meta["disease"].to_numpy(),
+            bands,
+            held_ita,
+            held_meta["group"].to_numpy(),
+            heldout_disease=held_meta["disease"].to_numpy(),
+            seed=config.runtime.seed,
+        )  # W1 ratios: the reference is bands.samples, the train split's ITAs
         report.summary.update(tone_summary)
         (out / variant).mkdir(parents=True, exist_ok=True)
         tone_subclass.to_csv(out / variant / "skin_tone_per_subclass.csv", index=False)
         tone_group.to_csv(out / variant / "skin_tone_per_group.csv", index=False)
         confusion.to_csv(out / variant / "skin_tone_confusion.csv")
-        plot_fid_heatmap(tone_subclass, out / variant / "skin_tone_heatmap.png", value="agreement",
-                         title=f"{variant}: skin-tone agreement per subclass (share assigned to the prompted group)")
+        plot_fid_heatmap(
+            tone_subclass,
+            out / variant / "skin_tone_heatmap.png",
+            value="agreement",
+            title=f"{variant}: skin-tone agreement per subclass (share assigned to the prompted group)",
+        )
         report.per_subclass.to_csv(out / variant / "per_subclass.csv", index=False)
         (out / variant / "summary.json").write_text(json.dumps(report.summary, indent=2, default=str))
-        plot_fid_heatmap(report.per_subclass, out / variant / "fid_heatmap.png",
-                         title=f"{variant}: FID per subclass ({space.kind} features)")
-        plot_fid_heatmap(report.per_subclass, out / variant / "disease_fidelity_heatmap.png", value="disease_fidelity",
-                         title=f"{variant}: disease fidelity per subclass (judge accuracy, generated / held-out real)"
-                               + ("; judge saw the train images" if info.saw_train_images else ""))
+        plot_fid_heatmap(
+            report.per_subclass,
+            out / variant / "fid_heatmap.png",
+            title=f"{variant}: FID per subclass ({space.kind} features)",
+        )
+        plot_fid_heatmap(
+            report.per_subclass,
+            out / variant / "disease_fidelity_heatmap.png",
+            value="disease_fidelity",
+            title=f"{variant}: disease fidelity per subclass (judge accuracy, generated / held-out real)"
+            + ("; judge saw the train images" if info.saw_train_images else ""),
+        )
         features = classifier_features(model, pool_pixels, c.image_size)
-        plot_tsne(features, pool_meta["group"].to_numpy(), pool_meta["disease"].to_numpy(),
-                  out / variant / "tsne.png", title=f"{variant}: t-SNE of reference-classifier features",
-                  seed=config.runtime.seed)
+        plot_tsne(
+            features,
+            pool_meta["group"].to_numpy(),
+            pool_meta["disease"].to_numpy(),
+            out / variant / "tsne.png",
+            title=f"{variant}: t-SNE of reference-classifier features",
+            seed=config.runtime.seed,
+        )
         rows.append({"variant": variant, **report.summary})
         tables.append(report.per_subclass.assign(variant=variant))
-        _log_variant_evaluation(run, variant, report.summary, out / variant,
-                                {TAG_POOL: provenance[variant]["pool"], TAG_FINETUNE: provenance[variant]["finetune"],
-                                 TAG_REAL: real_fingerprint})
+        _log_variant_evaluation(
+            run,
+            variant,
+            report.summary,
+            out / variant,
+            {
+                TAG_POOL: provenance[variant]["pool"],
+                TAG_FINETUNE: provenance[variant]["finetune"],
+                TAG_REAL: real_fingerprint,
+            },
+        )
     table = pd.DataFrame(rows)
     table.to_csv(out / "generation_table.csv", index=False)
     pd.concat(tables, ignore_index=True).to_csv(out / "per_subclass.csv", index=False)
     (out / "generation_table.md").write_text(_generation_markdown(table, pd.concat(tables), config))
-    numeric = {f"{r['variant']}_{k}": float(v) for r in rows for k, v in r.items()
-               if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+    numeric = {
+        f"{r['variant']}_{k}": float(v)
+        for r in rows
+        for k, v in r.items()
+        if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
+    }
     return numeric
 
 
-def _log_variant_evaluation(run: RunHandle, generator: str, summary: Mapping[str, Any], folder: Path,
-                            fingerprints: Mapping[str, str]) -> None:
+def _log_variant_evaluation(
+    run: RunHandle, generator: str, summary: Mapping[str, Any], folder: Path, fingerprints: Mapping[str, str]
+) -> None:
     from fairskin.provenance import generator_tags
 
-    child = run.child(f"evaluate-{generator}", tags={"fairskin.stage": "evaluate", **generator_tags(generator),
-                                                     "fairskin.feature_extractor": summary["feature_extractor"],
-                                                     "fairskin.judge": summary.get("judge", ""),
-                                                     **fingerprints})
-    child.log_metrics({k: float(v) for k, v in summary.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    child = run.child(
+        f"evaluate-{generator}",
+        tags={
+            "fairskin.stage": "evaluate",
+            **generator_tags(generator),
+            "fairskin.feature_extractor": summary["feature_extractor"],
+            "fairskin.judge": summary.get("judge", ""),
+            **fingerprints,
+        },
+    )
+    child.log_metrics(
+        {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    )
     for path in sorted(folder.iterdir()):
         child.log_artifact(path, "evaluate")
     child.end()
@@ -855,30 +1072,73 @@ def _generation_markdown(table, per_subclass, config: FairSkinConfig) -> str:
     def grid(cols: list[str], frame, head: list[str] | None = None, spec: str = ".4g") -> list[str]:
         out = ["| " + " | ".join(head or cols) + " |", "|" + "---|" * len(cols)]
         for _, r in frame.iterrows():
-            out.append("| " + " | ".join(str(r.get(c, "")) if c in ("variant", "group", "disease", "floor_method")
-                                         else fmt(r.get(c, float("nan")), spec) for c in cols) + " |")
+            out.append(
+                "| "
+                + " | ".join(
+                    str(r.get(c, ""))
+                    if c in ("variant", "group", "disease", "floor_method")
+                    else fmt(r.get(c, float("nan")), spec)
+                    for c in cols
+                )
+                + " |"
+            )
         return out
 
-    cols = ["variant", "fid_mean", "fid_floor_mean", "fid_var_subclass", "fid_var_subclass_floor_corrected",
-            "fid_var_group", "kid_mean", "kid_floor_mean", "is_mean", "memorised_fraction", "disease_fidelity",
-            "disease_fidelity_worst_group", "judge_accuracy_generated", "judge_accuracy_real"]
-    lines = ["# Generation metrics", "", f"{space} {judge} FID variance is the sample variance (ddof=1) over the "
-             "subclasses and over the groups; `_floor` figures are the real-vs-real floor (held-out real images "
-             "against the same reference at the same N: what a perfect generator would score; FID is biased upwards "
-             "at small N, KID is not); `floor_corrected` subtracts each subclass's floor first. Disease fidelity = "
-             "the judge's accuracy on generated images / on held-out real images (mean over subclasses).", ""]
+    cols = [
+        "variant",
+        "fid_mean",
+        "fid_floor_mean",
+        "fid_var_subclass",
+        "fid_var_subclass_floor_corrected",
+        "fid_var_group",
+        "kid_mean",
+        "kid_floor_mean",
+        "is_mean",
+        "memorised_fraction",
+        "disease_fidelity",
+        "disease_fidelity_worst_group",
+        "judge_accuracy_generated",
+        "judge_accuracy_real",
+    ]
+    lines = [
+        "# Generation metrics",
+        "",
+        f"{space} {judge} FID variance is the sample variance (ddof=1) over the "
+        "subclasses and over the groups; `_floor` figures are the real-vs-real floor (held-out real images "
+        "against the same reference at the same N: what a perfect generator would score; FID is biased upwards "
+        "at small N, KID is not); `floor_corrected` subtracts each subclass's floor first. Disease fidelity = "
+        "the judge's accuracy on generated images / on held-out real images (mean over subclasses).",
+        "",
+    ]
     lines += grid(cols, table)
-    pooled = ["variant", *[f"fid_pooled_{g}" for g in groups], "fid_pooled_overall",
-              *[f"fid_{g}" for g in groups]]
-    lines += ["", "## Table 2: FID per group", "",
-              f"{space} {judge} `fid_pooled_<group>`: the group's generated images pooled over diseases (subsampled, "
-              "seeded, to the real disease mix of the group) against all its real images; `fid_pooled_overall`: every "
-              "image, no subcategory distinction, (group, disease) mix matched; `fid_<group>`: the count-weighted "
-              "mean of the group's subclass FIDs.", ""]
+    pooled = ["variant", *[f"fid_pooled_{g}" for g in groups], "fid_pooled_overall", *[f"fid_{g}" for g in groups]]
+    lines += [
+        "",
+        "## Table 2: FID per group",
+        "",
+        f"{space} {judge} `fid_pooled_<group>`: the group's generated images pooled over diseases (subsampled, "
+        "seeded, to the real disease mix of the group) against all its real images; `fid_pooled_overall`: every "
+        "image, no subcategory distinction, (group, disease) mix matched; `fid_<group>`: the count-weighted "
+        "mean of the group's subclass FIDs.",
+        "",
+    ]
     lines += grid(pooled, table)
-    sub = ["variant", "group", "disease", "fid", "fid_floor", "kid_mean", "kid_floor", "floor_method",
-           "disease_fidelity", "judge_accuracy_generated", "judge_accuracy_real", "n_generated", "n_real",
-           "n_judge_real"]
+    sub = [
+        "variant",
+        "group",
+        "disease",
+        "fid",
+        "fid_floor",
+        "kid_mean",
+        "kid_floor",
+        "floor_method",
+        "disease_fidelity",
+        "judge_accuracy_generated",
+        "judge_accuracy_real",
+        "n_generated",
+        "n_real",
+        "n_judge_real",
+    ]
     lines += ["", "## Per subclass", "", f"{space} {judge}", ""]
     lines += grid(sub, per_subclass, spec=".4g")
     return "\n".join(lines) + "\n"
@@ -891,10 +1151,17 @@ def _evaluate_log(run: RunHandle, result: StageResult) -> None:
             run.log_artifact(result.path / name, "evaluate")
 
 
-register_stage(Stage("evaluate", reads=("generation.real_split", "generation.inception_weights_path",
-                                        "classifier.image_size", "runtime.seed"), version=3,
-                     inputs=("prepare", "reference", "generate", "judge"), body=_evaluate_body, log=_evaluate_log,
-                     external=("generation.inception_weights_path",)))
+register_stage(
+    Stage(
+        "evaluate",
+        reads=("generation.real_split", "generation.inception_weights_path", "classifier.image_size", "runtime.seed"),
+        version=3,
+        inputs=("prepare", "reference", "generate", "judge"),
+        body=_evaluate_body,
+        log=_evaluate_log,
+        external=("generation.inception_weights_path",),
+    )
+)
 
 
 # --------------------------------------------------------------------------- tune
@@ -927,8 +1194,9 @@ def pipeline_space(config: FairSkinConfig):
     return space
 
 
-def _tune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
-               run: RunHandle) -> Mapping[str, Any]:
+def _tune_body(
+    config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult], run: RunHandle
+) -> Mapping[str, Any]:
     """One study of ``tune.space`` over every variant's pool (Ray Tune + Optuna, MLflow parent + children).
 
     The study folder lives under ``<runs root>/tune/`` and is named by the stage key, so a
@@ -943,18 +1211,31 @@ def _tune_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResu
     key = pipeline_stage_key("tune", config, inputs)
     name = f"{space.name}-{config.preset}-{key}"
     resume = (study_dir(config, name) / STUDY_FILE).exists()
-    result = run_study(config, space, pool_folders(inputs["generate"]), inputs["prepare"].path / "shards",
-                       name=name, resume=resume, echo=print,
-                       tags={TAG_PIPELINE: run.inherit.get(TAG_PIPELINE, "")})
+    result = run_study(
+        config,
+        space,
+        pool_folders(inputs["generate"]),
+        inputs["prepare"].path / "shards",
+        name=name,
+        resume=resume,
+        echo=print,
+        tags={TAG_PIPELINE: run.inherit.get(TAG_PIPELINE, "")},
+    )
     if result.interrupted:
         raise RuntimeError(f"study {name} was interrupted; rerun the pipeline to resume it")
     report = result.path / "report"
     if report.is_dir():
         shutil.copytree(report, out / "study_report")
     result.trials.to_csv(out / "trials.csv", index=False)
-    atomic_write_json(out / "study.json", {"study": name, "path": str(result.path),
-                                           "experiment_id": result.experiment_id,
-                                           "parent_run_id": result.parent_run_id})
+    atomic_write_json(
+        out / "study.json",
+        {
+            "study": name,
+            "path": str(result.path),
+            "experiment_id": result.experiment_id,
+            "parent_run_id": result.parent_run_id,
+        },
+    )
     run.set_tags({"fairskin.study": name, "fairskin.study_parent_run": result.parent_run_id})
     finished = result.trials[result.trials["state"] == "finished"] if "state" in result.trials else result.trials
     return {"trials": len(result.trials), "trials_finished": len(finished), "study_seconds": result.seconds}
@@ -967,27 +1248,49 @@ def study_of(result: StageResult) -> str:
     return json.loads((result.path / "study.json").read_text())["study"]
 
 
-register_stage(Stage("tune", reads=TUNE_READS, reads_unless=TUNE_READS_UNLESS, inputs=("prepare", "generate"),
-                     body=_tune_body, needs_ray=True,
-                     external=("classifier.model", "tune.space_content"),
-                     log=lambda run, result: run.log_metrics(result.summary)))
+register_stage(
+    Stage(
+        "tune",
+        reads=TUNE_READS,
+        reads_unless=TUNE_READS_UNLESS,
+        inputs=("prepare", "generate"),
+        body=_tune_body,
+        needs_ray=True,
+        external=("classifier.model", "tune.space_content"),
+        log=lambda run, result: run.log_metrics(result.summary),
+    )
+)
 
 
 # --------------------------------------------------------------------------- report
 
 
-def _report_body(config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult],
-                 run: RunHandle) -> Mapping[str, Any]:
+def _report_body(
+    config: FairSkinConfig, out: Path, inputs: Mapping[str, StageResult], run: RunHandle
+) -> Mapping[str, Any]:
     """Table 1, Table 2 and the figures, rebuilt from MLflow for the pipeline's study."""
     from fairskin.report import build_report
 
     r = config.report
-    report = build_report(config.tracking_uri(), out, config.data.group_names, study=study_of(inputs["tune"]),
-                          baseline=r.baseline, level=r.level, declaration=config.declaration())
+    report = build_report(
+        config.tracking_uri(),
+        out,
+        config.data.group_names,
+        study=study_of(inputs["tune"]),
+        baseline=r.baseline,
+        level=r.level,
+        declaration=config.declaration(),
+    )
     counts = report.verdicts["verdict"].value_counts() if len(report.verdicts) else {}
-    return {"rows_table1": len(report.table1), "figures": len(report.figures), "figures_missing": len(report.missing),
-            **{f"verdicts_{v}": int(counts.get(v, 0)) for v in ("better", "worse", "equivalent", "inconclusive",
-                                                               "untestable")}}
+    return {
+        "rows_table1": len(report.table1),
+        "figures": len(report.figures),
+        "figures_missing": len(report.missing),
+        **{
+            f"verdicts_{v}": int(counts.get(v, 0))
+            for v in ("better", "worse", "equivalent", "inconclusive", "untestable")
+        },
+    }
 
 
 def _report_log(run: RunHandle, result: StageResult) -> None:
@@ -997,8 +1300,16 @@ def _report_log(run: RunHandle, result: StageResult) -> None:
             run.log_artifact(path, "report")
 
 
-register_stage(Stage("report", reads=("data.groups", "report"), inputs=("reference", "evaluate", "tune"), version=2,
-                     body=_report_body, log=_report_log))
+register_stage(
+    Stage(
+        "report",
+        reads=("data.groups", "report"),
+        inputs=("reference", "evaluate", "tune"),
+        version=2,
+        body=_report_body,
+        log=_report_log,
+    )
+)
 
 
 def report_path(result: StageResult) -> Path:
@@ -1009,8 +1320,19 @@ def report_path(result: StageResult) -> Path:
 
 # The run order (each stage after its inputs). reference and judge need only prepare: they come after
 # base so that they run while base's UNet, a background Ray task of one CPU, trains beside them.
-RUN_ORDER = ("prepare", "vae", "base", "control_base", "reference", "judge", "finetune", "generate", "evaluate",
-             "tune", "report")
+RUN_ORDER = (
+    "prepare",
+    "vae",
+    "base",
+    "control_base",
+    "reference",
+    "judge",
+    "finetune",
+    "generate",
+    "evaluate",
+    "tune",
+    "report",
+)
 assert set(RUN_ORDER) == set(STAGES), f"RUN_ORDER {RUN_ORDER} must name every stage {list(STAGES)}"
 STAGES = {name: STAGES[name] for name in RUN_ORDER}
 
@@ -1072,8 +1394,9 @@ def run_in_order(plan: Sequence[Stage], run_one: Callable[[Stage], None]) -> Non
 
     background_stop.clear()
     running: dict[str, Any] = {}
-    with ThreadPoolExecutor(max_workers=max(1, sum(s.background for s in plan)),
-                            thread_name_prefix="fairskin-stage") as pool:
+    with ThreadPoolExecutor(
+        max_workers=max(1, sum(s.background for s in plan)), thread_name_prefix="fairskin-stage"
+    ) as pool:
         try:
             for stage in plan:
                 for name in stage.inputs:
@@ -1098,8 +1421,12 @@ def run_in_order(plan: Sequence[Stage], run_one: Callable[[Stage], None]) -> Non
 
 
 @holding_runs_root
-def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, force: Sequence[str] = (),
-                 echo: Callable[[str], None] = print) -> PipelineRun:
+def run_pipeline(
+    config: FairSkinConfig,
+    stages: Sequence[str] | None = None,
+    force: Sequence[str] = (),
+    echo: Callable[[str], None] = print,
+) -> PipelineRun:
     """Run the chosen stages (default: all) and the stages they need; ``force`` names stages to redo,
     and every stage of this run downstream of one is redone too (``force=["all"]``: every stage).
 
@@ -1123,6 +1450,7 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
         parent.set_tags({TAG_PIPELINE: parent.run_id})
         parent.log_config(config)
         record_environment(parent)  # engine version, git commit, installed packages (reproducibility)
+
         def run_one(stage: Stage) -> None:
             inputs = {name: outcome.results[name] for name in stage.inputs}
             external = external_fingerprints(stage, config)
@@ -1130,19 +1458,30 @@ def run_pipeline(config: FairSkinConfig, stages: Sequence[str] | None = None, fo
             key = stage_key(stage.name, config, reads, inputs, stage.version, external)
             parent.set_tags({f"fairskin.key.{stage.name}": key})
             echo(f"[{stage.name}] ...")
-            with tracker.run(stage.name, parent=parent, tags={"fairskin.stage": stage.name, TAG_STAGE_KEY: key,
-                                                              **tags}) as child:
+            with tracker.run(
+                stage.name, parent=parent, tags={"fairskin.stage": stage.name, TAG_STAGE_KEY: key, **tags}
+            ) as child:
                 child.inherit[TAG_STAGE_KEY] = key
                 started = time.time()
-                result = run_stage(config, stage.name, reads,
-                                   lambda out, s=stage, i=inputs, r=child: s.body(config, out, i, r),
-                                   inputs=inputs, force=stage.name in force_set,
-                                   version=stage.version, external=external)
+                result = run_stage(
+                    config,
+                    stage.name,
+                    reads,
+                    lambda out, s=stage, i=inputs, r=child: s.body(config, out, i, r),
+                    inputs=inputs,
+                    force=stage.name in force_set,
+                    version=stage.version,
+                    external=external,
+                )
                 elapsed = time.time() - started
-                child.log_params({"stage.key": result.key, "stage.path": str(result.path),
-                                  **{f"external.{k}": v for k, v in external.items()},
-                                  **{f"reads.{k}": v for k, v in flatten(
-                                      {p: config.section(p) for p in reads}).items()}})
+                child.log_params(
+                    {
+                        "stage.key": result.key,
+                        "stage.path": str(result.path),
+                        **{f"external.{k}": v for k, v in external.items()},
+                        **{f"reads.{k}": v for k, v in flatten({p: config.section(p) for p in reads}).items()},
+                    }
+                )
                 child.set_tags({"fairskin.skipped": result.skipped})
                 child.log_metrics({"stage_seconds": elapsed})
                 if stage.name == "prepare":

@@ -88,13 +88,14 @@ import json
 import math
 import shlex
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
-MIN_R = 3                    # fewest repeats with a paired t-test (fairskin.metrics.paired.MIN_N_TTEST)
-MAX_R = 1000                 # most repeats the plan considers (verdicts.repeats_for's default bound)
-MAX_LEVEL = 1000             # most pools per repeat, or seeds per pool, the plan considers
+MIN_R = 3  # fewest repeats with a paired t-test (fairskin.metrics.paired.MIN_N_TTEST)
+MAX_R = 1000  # most repeats the plan considers (verdicts.repeats_for's default bound)
+MAX_LEVEL = 1000  # most pools per repeat, or seeds per pool, the plan considers
 STAGE_RECORD = "_stage.json"  # fairskin.stages.STAGE_RECORD (not imported: that module pulls in the engine)
 COMPONENTS_FILE = "variance_components.csv"
 GPU_FIGURES_FILE = "gpu_figures.jsonl"  # benchmarks/gpu.py's output saved under the runs root
@@ -105,15 +106,26 @@ Method = Literal["t", "normal"]
 # sampled pools of 45 x 15 images x 20 steps (the 6 mixed pools cost next to nothing); evaluate 155 s for
 # 18 pools of 675 images; tune 289 s for 18 trials of 8 epochs at count scale 0.05), all at 64 px.
 HERE_MODEL = {
-    "finetune_s": 559 / 12, "finetune_work": 200 * 16,
-    "generate_s": 670 / 12, "generate_work": 675 * 20,
-    "evaluate_s": 155 / 18, "evaluate_work": 675,
-    "trial_s": 289 / 18, "trial_work": 8 * 0.05,
-    "image_size": 64, "source": "README run 6 (study preset, 2 CPU cores)",
+    "finetune_s": 559 / 12,
+    "finetune_work": 200 * 16,
+    "generate_s": 670 / 12,
+    "generate_work": 675 * 20,
+    "evaluate_s": 155 / 18,
+    "evaluate_work": 675,
+    "trial_s": 289 / 18,
+    "trial_work": 8 * 0.05,
+    "image_size": 64,
+    "source": "README run 6 (study preset, 2 CPU cores)",
 }
 # Paper-scale FLOP cost model (README, "Paper scale: cost and running on a GPU cluster").
-PAPER_FLOP = {"train_per_image": 2.41e12, "sample_per_image_step": 2 * 0.80e12, "vit_forward": 35e9,
-              "classifier_images": 9_600, "peak": 989e12, "mfu": 0.40}
+PAPER_FLOP = {
+    "train_per_image": 2.41e12,
+    "sample_per_image_step": 2 * 0.80e12,
+    "vit_forward": 35e9,
+    "classifier_images": 9_600,
+    "peak": 989e12,
+    "mfu": 0.40,
+}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -137,7 +149,7 @@ class Components:
     S: int | None = None
     source: str = ""
 
-    def clean(self) -> "Components":
+    def clean(self) -> Components:
         """The same with NaN and negative components set to 0."""
         fix = {k: (0.0 if not (v >= 0) else float(v)) for k, v in self.parts().items()}
         return Components(**fix, R=self.R, K=self.K, S=self.S, source=self.source)
@@ -215,8 +227,9 @@ def target_variance(mde: float, alpha: float, power: float) -> float:
     return (mde / z_sum(alpha, power)) ** 2
 
 
-def design_mde(components: Components, R: int, K: int, S: int, alpha: float, power: float,
-               method: Method = "t") -> float:
+def design_mde(
+    components: Components, R: int, K: int, S: int, alpha: float, power: float, method: Method = "t"
+) -> float:
     """MDE (endpoint units) of the design: ``verdicts.mde(sd_per_repeat(K, S), R, alpha, power)`` for
     ``method="t"`` (two-sided paired t over R repeats), sd / sqrt(R) x z-sum for ``"normal"``."""
     sd = components.sd_per_repeat(K, S)
@@ -227,8 +240,17 @@ def design_mde(components: Components, R: int, K: int, S: int, alpha: float, pow
     return mde(sd, R, alpha, power)
 
 
-def repeats_needed(components: Components, K: int, S: int, mde: float, alpha: float, power: float,
-                   method: Method = "t", r_min: int = MIN_R, max_R: int = MAX_R) -> int | None:
+def repeats_needed(
+    components: Components,
+    K: int,
+    S: int,
+    mde: float,
+    alpha: float,
+    power: float,
+    method: Method = "t",
+    r_min: int = MIN_R,
+    max_R: int = MAX_R,
+) -> int | None:
     """Smallest R in [r_min, max_R] whose design (R, K, S) reaches ``mde`` (endpoint units); None if none.
 
     ``"t"``: ``verdicts.repeats_for`` (smallest n with the paired t-test's MDE <= mde); ``"normal"``:
@@ -249,13 +271,14 @@ def repeats_needed(components: Components, K: int, S: int, mde: float, alpha: fl
 
 def _least_product(a: float, b: float, c: float, A: float, B: float, C: float) -> tuple[float, float]:
     """(K, K S) minimising (a + b K + c KS)(A + B / K + C / KS) over 1 <= K <= KS (A > 0)."""
+
     def product(u: float, w: float) -> float:
         return (a + b * u + c * w) * (A + B / u + C / w)
 
     candidates = [(1.0, 1.0)]
     if B > 0 and C > 0:
         candidates.append((math.sqrt(a * B / (b * A)), math.sqrt(a * C / (c * A))))
-    u = max(1.0, math.sqrt(a * (B + C) / ((b + c) * A)))                # face S = 1
+    u = max(1.0, math.sqrt(a * (B + C) / ((b + c) * A)))  # face S = 1
     candidates.append((u, u))
     candidates.append((1.0, max(1.0, math.sqrt((a + b) * C / (c * (A + B))))))  # face K = 1
     feasible = [(u, w) for u, w in candidates if u >= 1 - 1e-12 and w >= u * (1 - 1e-12)]
@@ -268,18 +291,20 @@ def _least_cost_at_r(b: float, c: float, B: float, C: float, T: float) -> tuple[
     if B > 0 and C > 0:
         lam = (math.sqrt(B * b) + math.sqrt(C * c)) / T
         candidates.append((lam * math.sqrt(B / b), lam * math.sqrt(C / c)))
-    u = max(1.0, (B + C) / T)                                             # face S = 1
+    u = max(1.0, (B + C) / T)  # face S = 1
     candidates.append((u, u))
-    if T > B:                                                             # face K = 1
+    if T > B:  # face K = 1
         candidates.append((1.0, max(1.0, C / (T - B))))
     candidates.append((1.0, 1.0))
-    feasible = [(u, w) for u, w in candidates
-                if u >= 1 - 1e-12 and w >= u * (1 - 1e-12) and B / u + C / w <= T * (1 + 1e-9)]
+    feasible = [
+        (u, w) for u, w in candidates if u >= 1 - 1e-12 and w >= u * (1 - 1e-12) and B / u + C / w <= T * (1 + 1e-9)
+    ]
     return min(feasible, key=lambda p: b * p[0] + c * p[1])
 
 
-def closed_form(components: Components, costs: UnitCosts, mde: float, alpha: float, power: float,
-                r_min: int = MIN_R) -> tuple[float, float, float]:
+def closed_form(
+    components: Components, costs: UnitCosts, mde: float, alpha: float, power: float, r_min: int = MIN_R
+) -> tuple[float, float, float]:
     """The continuous least-cost (R, K, S) of the nested design, normal approximation (floats).
 
     ``components``: endpoint units squared (NaN / negative count as 0); ``costs``: seconds per level
@@ -299,7 +324,7 @@ def closed_form(components: Components, costs: UnitCosts, mde: float, alpha: flo
         R = (A + B / u + C / w) / V0
         if R >= r_min:
             return R, u, w / u
-    T = r_min * V0 - A          # what the pools and seeds may contribute at R = r_min (> 0 here)
+    T = r_min * V0 - A  # what the pools and seeds may contribute at R = r_min (> 0 here)
     if B == 0 and C == 0:
         return float(r_min), 1.0, 1.0
     u, w = _least_cost_at_r(b, c, B, C, T)
@@ -309,8 +334,18 @@ def closed_form(components: Components, costs: UnitCosts, mde: float, alpha: flo
 # --------------------------------------------------------------------------- integer searches
 
 
-def _cell(components: Components, costs: UnitCosts, K: int, S: int, mde: float, alpha: float, power: float,
-          method: Method, r_min: int, max_R: int) -> Design | None:
+def _cell(
+    components: Components,
+    costs: UnitCosts,
+    K: int,
+    S: int,
+    mde: float,
+    alpha: float,
+    power: float,
+    method: Method,
+    r_min: int,
+    max_R: int,
+) -> Design | None:
     R = repeats_needed(components, K, S, mde, alpha, power, method, r_min, max_R)
     if R is None:
         return None
@@ -323,9 +358,18 @@ def _cheapest(designs: Iterable[Design | None]) -> Design | None:
     return min(found, key=lambda d: (round(d.cost_seconds, 9), d.mde, d.R)) if found else None
 
 
-def brute_force(components: Components, costs: UnitCosts, mde: float, alpha: float, power: float,
-                max_R: int = 200, max_K: int = 20, max_S: int = 20, method: Method = "t",
-                r_min: int = MIN_R) -> Design | None:
+def brute_force(
+    components: Components,
+    costs: UnitCosts,
+    mde: float,
+    alpha: float,
+    power: float,
+    max_R: int = 200,
+    max_K: int = 20,
+    max_S: int = 20,
+    method: Method = "t",
+    r_min: int = MIN_R,
+) -> Design | None:
     """Least-cost integer design over K in 1..max_K, S in 1..max_S, R in r_min..max_R.
 
     For each (K, S) the smallest R whose design reaches ``mde`` (endpoint units): ``"t"``, the paired
@@ -334,8 +378,11 @@ def brute_force(components: Components, costs: UnitCosts, mde: float, alpha: flo
     reaches ``mde`` within max_R.
     """
     comp = components.clean()
-    return _cheapest(_cell(comp, costs, K, S, mde, alpha, power, method, r_min, max_R)
-                     for K in range(1, max_K + 1) for S in range(1, max_S + 1))
+    return _cheapest(
+        _cell(comp, costs, K, S, mde, alpha, power, method, r_min, max_R)
+        for K in range(1, max_K + 1)
+        for S in range(1, max_S + 1)
+    )
 
 
 def _neighbours(x: float, limit: int) -> range:
@@ -344,9 +391,18 @@ def _neighbours(x: float, limit: int) -> range:
     return range(low, max(low, min(limit, math.ceil(x) + 1)) + 1)
 
 
-def smallest_mde(components: Components, costs: UnitCosts, budget_seconds: float, alpha: float, power: float,
-                 method: Method = "t", r_min: int = MIN_R, max_R: int = MAX_R, max_K: int = 20,
-                 max_S: int = 20) -> Design | None:
+def smallest_mde(
+    components: Components,
+    costs: UnitCosts,
+    budget_seconds: float,
+    alpha: float,
+    power: float,
+    method: Method = "t",
+    r_min: int = MIN_R,
+    max_R: int = MAX_R,
+    max_K: int = 20,
+    max_S: int = 20,
+) -> Design | None:
     """The design with the smallest MDE (endpoint units) whose cost (units of ``costs``) fits
     ``budget_seconds``: for each K <= max_K, S <= max_S the most repeats the budget pays for (at most
     max_R). None when not even (r_min, 1, 1) fits."""
@@ -396,10 +452,22 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-def plan(components: Components, costs: UnitCosts, mde: float, alpha: float, power: float,
-         budget_seconds: float | None = None, gpu_costs: UnitCosts | None = None, *, method: Method = "t",
-         classifier_level: bool = True, budget_costs: UnitCosts | None = None, budget_on: str = "wall hours here",
-         r_min: int = MIN_R, max_R: int = MAX_R) -> Plan:
+def plan(
+    components: Components,
+    costs: UnitCosts,
+    mde: float,
+    alpha: float,
+    power: float,
+    budget_seconds: float | None = None,
+    gpu_costs: UnitCosts | None = None,
+    *,
+    method: Method = "t",
+    classifier_level: bool = True,
+    budget_costs: UnitCosts | None = None,
+    budget_on: str = "wall hours here",
+    r_min: int = MIN_R,
+    max_R: int = MAX_R,
+) -> Plan:
     """The least-cost (R, K, S) reaching ``mde`` (endpoint units) at ``power`` and two-sided ``alpha``.
 
     ``components``: endpoint units squared; ``costs``: wall seconds per level unit on this machine;
@@ -419,8 +487,10 @@ def plan(components: Components, costs: UnitCosts, mde: float, alpha: float, pow
             notes.append("generation endpoint: no classifier level, sigma2_cls ignored (S = 1)")
         comp = Components(comp.sigma2_ft, comp.sigma2_pool, 0.0, comp.R, comp.K, comp.S, comp.source)
     if comp.per_repeat(1, 1) == 0:
-        notes.append("every variance component is 0: no spread, so the verdict would be untestable; "
-                     "measure the components with more repeats, pools or seeds")
+        notes.append(
+            "every variance component is 0: no spread, so the verdict would be untestable; "
+            "measure the components with more repeats, pools or seeds"
+        )
     R_cf, K_cf, S_cf = closed_form(comp, costs, mde, alpha, power, r_min)
     if method == "normal":
         K_range, S_range = _neighbours(K_cf, MAX_LEVEL), _neighbours(S_cf, MAX_LEVEL)
@@ -428,35 +498,83 @@ def plan(components: Components, costs: UnitCosts, mde: float, alpha: float, pow
         # the t-test's price of few repeats moves the optimum off the normal closed form where R is small
         # (up to ~20 % dearer at R < 15 among its neighbours), so every K, S up to twice it is tried
         # (at most 200 each, plus the neighbours: a 200 x 200 grid takes seconds)
-        K_range, S_range = (sorted(set(range(1, min(200, max(20, 2 * math.ceil(x) + 2)) + 1))
-                                   | set(_neighbours(x, MAX_LEVEL))) for x in (K_cf, S_cf))
+        K_range, S_range = (
+            sorted(set(range(1, min(200, max(20, 2 * math.ceil(x) + 2)) + 1)) | set(_neighbours(x, MAX_LEVEL)))
+            for x in (K_cf, S_cf)
+        )
     if not classifier_level:
         S_range = range(1, 2)
-    best = _cheapest(_cell(comp, costs, K, S, mde, alpha, power, method, r_min, max_R)
-                     for K in K_range for S in S_range)
+    best = _cheapest(
+        _cell(comp, costs, K, S, mde, alpha, power, method, r_min, max_R) for K in K_range for S in S_range
+    )
     if best is None:
         notes.append(f"no design with R <= {max_R} repeats reaches MDE {mde:g} (closed form: R = {R_cf:.0f})")
     budget = None
     if budget_seconds is not None:
         on = budget_costs or costs
-        found = smallest_mde(comp, on, budget_seconds, alpha, power, method, r_min, max_R,
-                             max_K=max(20, 2 * math.ceil(K_cf)),
-                             max_S=(max(20, 2 * math.ceil(S_cf)) if classifier_level else 1))
+        found = smallest_mde(
+            comp,
+            on,
+            budget_seconds,
+            alpha,
+            power,
+            method,
+            r_min,
+            max_R,
+            max_K=max(20, 2 * math.ceil(K_cf)),
+            max_S=(max(20, 2 * math.ceil(S_cf)) if classifier_level else 1),
+        )
         if found is None:
-            notes.append(f"the budget pays for less than R = {r_min}, K = S = 1: "
-                         f"{on.total(r_min, 1, 1) / 3600:.3g} {budget_on}")
+            notes.append(
+                f"the budget pays for less than R = {r_min}, K = S = 1: {on.total(r_min, 1, 1) / 3600:.3g} {budget_on}"
+            )
         else:
-            budget = {"mde": found.mde, "R": found.R, "K": found.K, "S": found.S,
-                      "cost_hours": found.cost_seconds / 3600, "on": budget_on}
+            budget = {
+                "mde": found.mde,
+                "R": found.R,
+                "K": found.K,
+                "S": found.S,
+                "cost_hours": found.cost_seconds / 3600,
+                "on": budget_on,
+            }
             if best is not None and on.total(best.R, best.K, best.S) > budget_seconds:
-                notes.append(f"the target needs {on.total(best.R, best.K, best.S) / 3600:.3g} {budget_on}, over the "
-                             f"budget of {budget_seconds / 3600:.3g}; within it the smallest MDE is {found.mde:.4g}")
+                notes.append(
+                    f"the target needs {on.total(best.R, best.K, best.S) / 3600:.3g} {budget_on}, over the "
+                    f"budget of {budget_seconds / 3600:.3g}; within it the smallest MDE is {found.mde:.4g}"
+                )
     if best is None:
-        return Plan(None, None, None, mde, None, power, alpha, method, None, None, None,
-                    closed_form={"R": R_cf, "K": K_cf, "S": S_cf}, budget_mde=budget, notes=notes)
-    return Plan(best.R, best.K, best.S, mde, best.mde, power, alpha, method, best.cost_seconds,
-                best.cost_seconds / 3600, gpu_costs.total(best.R, best.K, best.S) / 3600 if gpu_costs else None,
-                closed_form={"R": R_cf, "K": K_cf, "S": S_cf}, budget_mde=budget, notes=notes)
+        return Plan(
+            None,
+            None,
+            None,
+            mde,
+            None,
+            power,
+            alpha,
+            method,
+            None,
+            None,
+            None,
+            closed_form={"R": R_cf, "K": K_cf, "S": S_cf},
+            budget_mde=budget,
+            notes=notes,
+        )
+    return Plan(
+        best.R,
+        best.K,
+        best.S,
+        mde,
+        best.mde,
+        power,
+        alpha,
+        method,
+        best.cost_seconds,
+        best.cost_seconds / 3600,
+        gpu_costs.total(best.R, best.K, best.S) / 3600 if gpu_costs else None,
+        closed_form={"R": R_cf, "K": K_cf, "S": S_cf},
+        budget_mde=budget,
+        notes=notes,
+    )
 
 
 # --------------------------------------------------------------------------- measured inputs
@@ -531,8 +649,12 @@ def level_counts(config) -> dict[str, int]:
 
     variants = list(config.diffusion.variants)
     sampled = [v for v in variants if not is_mix_control(v)]
-    return {"finetunes": len(sampled), "pools": len(variants), "sampled_pools": len(sampled),
-            "trials": len(variants) * _modes(config)}
+    return {
+        "finetunes": len(sampled),
+        "pools": len(variants),
+        "sampled_pools": len(sampled),
+        "trials": len(variants) * _modes(config),
+    }
 
 
 def _n_pools(folder: Path) -> int:
@@ -548,8 +670,12 @@ def _model_seconds(config, model: str, work: float, pixels: int) -> float:
 MAX_SCALE = 4.0  # a record whose unit did 4x more or less work than this config's is not used
 
 
-def _pick(records: Sequence[tuple[Path, dict]], config, keys: Sequence[tuple[str, int]],
-          reads_of=lambda folder, rec: rec.get("reads") or {}) -> tuple[Path, dict, float] | str:
+def _pick(
+    records: Sequence[tuple[Path, dict]],
+    config,
+    keys: Sequence[tuple[str, int]],
+    reads_of=lambda folder, rec: rec.get("reads") or {},
+) -> tuple[Path, dict, float] | str:
     """The latest record made with this config's settings (work ratio 1), else the latest within
     ``MAX_SCALE`` of them, as (folder, record, work ratio); else why none is usable."""
     rated = [(folder, rec, _work_ratio(reads_of(folder, rec), config, keys)) for folder, rec in records]
@@ -558,8 +684,10 @@ def _pick(records: Sequence[tuple[Path, dict]], config, keys: Sequence[tuple[str
     if same or near:
         return (same or near)[0]
     if rated:
-        return (f"its latest record's units did {1 / rated[0][2]:.3g} x this config's work each "
-                f"(more than {MAX_SCALE:g} x off: start-up overhead does not scale)")
+        return (
+            f"its latest record's units did {1 / rated[0][2]:.3g} x this config's work each "
+            f"(more than {MAX_SCALE:g} x off: start-up overhead does not scale)"
+        )
     return "no record"
 
 
@@ -591,29 +719,36 @@ def measured_costs(runs_root: Path | str, config, notes: list[str] | None = None
     # fine-tune
     d = config.diffusion
     ft_model = _model_seconds(config, "finetune", d.max_steps * d.global_batch_size, config.data.image_size)
-    finetunes = [(f, r) for f, r in stage_records(root, "finetune")
-                 if any(k.endswith("_seconds") for k in r.get("summary") or {})]
+    finetunes = [
+        (f, r)
+        for f, r in stage_records(root, "finetune")
+        if any(k.endswith("_seconds") for k in r.get("summary") or {})
+    ]
     picked = _pick(finetunes, config, FT_WORK)
     if isinstance(picked, str):
         measured["c_ft"] = f"assumed: finetune: {picked} under {stages}; {model}"
         c_ft = ft_model * counts["finetunes"]
     else:
         folder, rec, ratio = picked
-        per = [float(v) for k, v in rec["summary"].items()
-               if k.endswith("_seconds") and isinstance(v, (int, float))]
+        per = [float(v) for k, v in rec["summary"].items() if k.endswith("_seconds") and isinstance(v, (int, float))]
         wall = float(rec["seconds"]) / len(per)
         c_ft = wall * ratio * counts["finetunes"]
         measured["c_ft"] = "measured"
-        notes.append(f"fine-tune: {folder.name}, {rec['seconds']:.0f} s for {len(per)} fine-tunes at concurrency "
-                     f"{sum(per) / float(rec['seconds']):.2f}: {wall:.1f} s each{scaled(ratio, 'steps x batch')}, "
-                     f"x {counts['finetunes']} per repeat")
+        notes.append(
+            f"fine-tune: {folder.name}, {rec['seconds']:.0f} s for {len(per)} fine-tunes at concurrency "
+            f"{sum(per) / float(rec['seconds']):.2f}: {wall:.1f} s each{scaled(ratio, 'steps x batch')}, "
+            f"x {counts['finetunes']} per repeat"
+        )
 
     # pool: generate + evaluate, per pool of the records, times the config's pools per (repeat, pool seed)
     g = config.generation
     images = g.images_per_subclass * len(config.data.groups) * len(config.data.diseases)
     # mixed pools are made from two sampled ones: the model charges only the sampled share
-    gen_model = (_model_seconds(config, "generate", images * g.inference_steps, config.data.image_size)
-                 * counts["sampled_pools"] / counts["pools"])
+    gen_model = (
+        _model_seconds(config, "generate", images * g.inference_steps, config.data.image_size)
+        * counts["sampled_pools"]
+        / counts["pools"]
+    )
     eval_model = _model_seconds(config, "evaluate", images, config.data.image_size)
     generates = [(f, r) for f, r in stage_records(root, "generate") if _n_pools(f)]
     parts, why = {}, {}
@@ -624,8 +759,10 @@ def measured_costs(runs_root: Path | str, config, notes: list[str] | None = None
         folder, rec, ratio = picked
         n = _n_pools(folder)
         parts["generate"] = float(rec["seconds"]) / n * ratio
-        notes.append(f"pools: {folder.name}, {rec['seconds']:.0f} s for {n} pools: {rec['seconds'] / n:.1f} s each"
-                     f"{scaled(ratio, 'images x steps')}")
+        notes.append(
+            f"pools: {folder.name}, {rec['seconds']:.0f} s for {n} pools: {rec['seconds'] / n:.1f} s each"
+            f"{scaled(ratio, 'images x steps')}"
+        )
 
     def evaluated(folder: Path, rec: dict) -> tuple[Path, dict] | None:
         """The generate stage an evaluate record read (by its path), else None."""
@@ -641,13 +778,20 @@ def measured_costs(runs_root: Path | str, config, notes: list[str] | None = None
         folder, rec, ratio = picked
         n = _n_pools(evaluated(folder, rec)[0])
         parts["evaluate"] = float(rec["seconds"]) / n * ratio
-        notes.append(f"evaluation: {folder.name}, {rec['seconds']:.0f} s for {n} pools: {rec['seconds'] / n:.1f} s "
-                     f"each{scaled(ratio, 'images')}")
+        notes.append(
+            f"evaluation: {folder.name}, {rec['seconds']:.0f} s for {n} pools: {rec['seconds'] / n:.1f} s "
+            f"each{scaled(ratio, 'images')}"
+        )
     if not why:
         measured["c_pool"] = "measured"
     else:
-        measured["c_pool"] = ("assumed: " + "; ".join(f"{k}: {v}" for k, v in why.items()) + f" under {stages}; "
-                              + model + ("; the other part measured" if parts else ""))
+        measured["c_pool"] = (
+            "assumed: "
+            + "; ".join(f"{k}: {v}" for k, v in why.items())
+            + f" under {stages}; "
+            + model
+            + ("; the other part measured" if parts else "")
+        )
     c_pool = (parts.get("generate", gen_model) + parts.get("evaluate", eval_model)) * counts["pools"]
 
     # classifier trials
@@ -664,8 +808,10 @@ def measured_costs(runs_root: Path | str, config, notes: list[str] | None = None
         seconds = float(rec["summary"].get("study_seconds") or rec["seconds"])
         c_cls = seconds / trials * ratio * counts["trials"]
         measured["c_cls"] = "measured"
-        notes.append(f"classifier: {folder.name}, study {seconds:.0f} s for {trials} trials: {seconds / trials:.1f} s "
-                     f"each{scaled(ratio, 'epochs x count scale')}, x {counts['trials']} per (repeat, pool, seed)")
+        notes.append(
+            f"classifier: {folder.name}, study {seconds:.0f} s for {trials} trials: {seconds / trials:.1f} s "
+            f"each{scaled(ratio, 'epochs x count scale')}, x {counts['trials']} per (repeat, pool, seed)"
+        )
     return UnitCosts(c_ft, c_pool, c_cls), measured
 
 
@@ -697,11 +843,21 @@ def measured_components(runs_root: Path | str, endpoint: str) -> Components | No
 
     if not rows:
         return None
-    row = max(rows, key=lambda r: sum(v for v in (number(r, k) for k in ("sigma2_ft", "sigma2_pool", "sigma2_cls"))
-                                      if math.isfinite(v)))
-    return Components(number(row, "sigma2_ft"), number(row, "sigma2_pool"), number(row, "sigma2_cls"),
-                      R=count(row, "R"), K=count(row, "K"), S=count(row, "S"),
-                      source=str(newest) + (f" (of {len(rows)} rows, the largest)" if len(rows) > 1 else ""))
+    row = max(
+        rows,
+        key=lambda r: sum(
+            v for v in (number(r, k) for k in ("sigma2_ft", "sigma2_pool", "sigma2_cls")) if math.isfinite(v)
+        ),
+    )
+    return Components(
+        number(row, "sigma2_ft"),
+        number(row, "sigma2_pool"),
+        number(row, "sigma2_cls"),
+        R=count(row, "R"),
+        K=count(row, "K"),
+        S=count(row, "S"),
+        source=str(newest) + (f" (of {len(rows)} rows, the largest)" if len(rows) > 1 else ""),
+    )
 
 
 def components_status(components: Components, classifier_level: bool = True) -> dict[str, str]:
@@ -712,8 +868,10 @@ def components_status(components: Components, classifier_level: bool = True) -> 
         if name == "sigma2_cls" and not classifier_level:
             out[name] = "assumed: 0 (generation endpoint: no classifier level)"
         elif math.isnan(value) and name in above:
-            out[name] = (f"assumed: 0, not separable: counted in {above[name]}, so planning more "
-                         f"{'pools' if name == 'sigma2_pool' else 'seeds'} is conservative")
+            out[name] = (
+                f"assumed: 0, not separable: counted in {above[name]}, so planning more "
+                f"{'pools' if name == 'sigma2_pool' else 'seeds'} is conservative"
+            )
         elif not math.isfinite(value):
             out[name] = f"assumed: 0 (not finite in {components.source})"
         elif value < 0:
@@ -792,22 +950,32 @@ def gpu_costs(config, figures: Mapping[str, Any] | None) -> tuple[UnitCosts, str
         if is_mix_control(name):
             continue
         cbdm = config.diffusion.variant(name).loss == "cbdm"
-        c_ft += images_ft * figure("train_images_per_s_cbdm" if cbdm else "train_images_per_s_vanilla",
-                                   PAPER_FLOP["train_per_image"] * (2 if cbdm else 1))
+        c_ft += images_ft * figure(
+            "train_images_per_s_cbdm" if cbdm else "train_images_per_s_vanilla",
+            PAPER_FLOP["train_per_image"] * (2 if cbdm else 1),
+        )
     images = g["images_per_subclass"] * len(config.data.groups) * len(config.data.diseases)
-    sample = figure(f"sample_images_per_s_fp32_{g['inference_steps']}",
-                    PAPER_FLOP["sample_per_image_step"] * g["inference_steps"])
+    sample = figure(
+        f"sample_images_per_s_fp32_{g['inference_steps']}", PAPER_FLOP["sample_per_image_step"] * g["inference_steps"]
+    )
     fid = figure("fid_images_per_s_fp32", PAPER_FLOP["vit_forward"])
     c_pool = images * (sample * counts["sampled_pools"] + fid * counts["pools"])
     c_cls = counts["trials"] * c["epochs"] * PAPER_FLOP["classifier_images"] * 3 * fid
     if why is None and modelled:
         why = f"benchmarks/gpu.py figures lack {sorted(set(modelled))}"
-    status = "measured" if why is None else (
-        f"assumed: {why}; FLOP cost model (README 'Paper scale') at {PAPER_FLOP['mfu']:.0%} MFU of "
-        f"{PAPER_FLOP['peak'] / 1e12:.0f} TFLOP/s bf16" + (f", measured {sorted(set(used))}" if used else ""))
+    status = (
+        "measured"
+        if why is None
+        else (
+            f"assumed: {why}; FLOP cost model (README 'Paper scale') at {PAPER_FLOP['mfu']:.0%} MFU of "
+            f"{PAPER_FLOP['peak'] / 1e12:.0f} TFLOP/s bf16" + (f", measured {sorted(set(used))}" if used else "")
+        )
+    )
     if figures and not why:
-        notes.append(f"GPU-hours from benchmarks/gpu.py on {usable.get('device', 'an unnamed GPU')}; a classifier "
-                     "trial as 3 x the ViT-B/16 forward of its fid section per training image")
+        notes.append(
+            f"GPU-hours from benchmarks/gpu.py on {usable.get('device', 'an unnamed GPU')}; a classifier "
+            "trial as 3 x the ViT-B/16 forward of its fid section per training image"
+        )
     return UnitCosts(c_ft, c_pool, c_cls), status, notes
 
 
@@ -820,6 +988,7 @@ def _positive(kind):
         if not value > 0:
             raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
         return value
+
     return parse
 
 
@@ -828,23 +997,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fairskin.cli import add_config_arguments
 
     add_config_arguments(parser)
-    parser.add_argument("--endpoint", required=True, help="the report metric key to plan for, e.g. "
-                                                          "worst_group_accuracy")
-    parser.add_argument("--mde", required=True, type=_positive(float),
-                        help="the effect to detect, in the endpoint's units")
+    parser.add_argument(
+        "--endpoint", required=True, help="the report metric key to plan for, e.g. worst_group_accuracy"
+    )
+    parser.add_argument(
+        "--mde", required=True, type=_positive(float), help="the effect to detect, in the endpoint's units"
+    )
     parser.add_argument("--power", type=float, default=None, help="power at the MDE (default: report.power)")
-    parser.add_argument("--budget-hours", type=_positive(float), default=None,
-                        help="also the smallest MDE within this many wall hours on this machine (with --gpus: wall "
-                             "hours on that many GPUs at paper scale)")
-    parser.add_argument("--gpus", type=_positive(int), default=None,
-                        help="GPUs for the paper-scale wall time (GPU-hours / N, perfect scaling assumed)")
-    parser.add_argument("--gpu-figures", default=None,
-                        help=f"a file of benchmarks/gpu.py's output (default <runs root>/{GPU_FIGURES_FILE})")
-    parser.add_argument("--method", choices=["t", "normal"], default="t",
-                        help="t: exact paired t-test over R repeats (default); normal: the z approximation")
-    parser.add_argument("--json", action="store_true",
-                        help="end with one JSON line (keys R, K, S, mde, power, cost_hours_here, cost_gpu_hours, "
-                             "measured, ...); the text goes to stderr")
+    parser.add_argument(
+        "--budget-hours",
+        type=_positive(float),
+        default=None,
+        help="also the smallest MDE within this many wall hours on this machine (with --gpus: wall "
+        "hours on that many GPUs at paper scale)",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=_positive(int),
+        default=None,
+        help="GPUs for the paper-scale wall time (GPU-hours / N, perfect scaling assumed)",
+    )
+    parser.add_argument(
+        "--gpu-figures",
+        default=None,
+        help=f"a file of benchmarks/gpu.py's output (default <runs root>/{GPU_FIGURES_FILE})",
+    )
+    parser.add_argument(
+        "--method",
+        choices=["t", "normal"],
+        default="t",
+        help="t: exact paired t-test over R repeats (default); normal: the z approximation",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="end with one JSON line (keys R, K, S, mde, power, cost_hours_here, cost_gpu_hours, "
+        "measured, ...); the text goes to stderr",
+    )
 
 
 def first_run_command(args: argparse.Namespace) -> str:
@@ -868,8 +1057,11 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json else sys.stdout
     endpoint = args.endpoint
     if endpoint not in DIRECTIONS or DIRECTIONS[endpoint] == 0:
-        print(f"error: --endpoint {endpoint!r} is no ranked report metric; choose from "
-              f"{sorted(k for k, v in DIRECTIONS.items() if v)}", file=sys.stderr)
+        print(
+            f"error: --endpoint {endpoint!r} is no ranked report metric; choose from "
+            f"{sorted(k for k, v in DIRECTIONS.items() if v)}",
+            file=sys.stderr,
+        )
         return 2
     power = config.report.power if args.power is None else args.power
     m = len(config.report.primary)
@@ -880,23 +1072,35 @@ def run(args: argparse.Namespace) -> int:
     root = config.runtime.runs_root
     components = measured_components(root, endpoint)
     if components is not None and not (math.isfinite(components.sigma2_ft) and components.sigma2_ft >= 0):
-        print(f"error: {components.source} has no usable sigma2_ft for {endpoint} ({components.sigma2_ft}): "
-              "too few repeats to separate the fine-tune level", file=sys.stderr)
+        print(
+            f"error: {components.source} has no usable sigma2_ft for {endpoint} ({components.sigma2_ft}): "
+            "too few repeats to separate the fine-tune level",
+            file=sys.stderr,
+        )
         components = None
     if components is None:
-        print(f"error: no measured variance components of {endpoint} under {root} (no {COMPONENTS_FILE} with a "
-              f"row for it): the plan needs them. Make the run that measures them first (S = 2 classifier "
-              f"seeds per repeat; one pool per generator in this version, so the plan keeps K = 1):\n  {first_run_command(args)}\nthen plan again with the same "
-              "runs root.", file=sys.stderr)
+        print(
+            f"error: no measured variance components of {endpoint} under {root} (no {COMPONENTS_FILE} with a "
+            f"row for it): the plan needs them. Make the run that measures them first (S = 2 classifier "
+            f"seeds per repeat; one pool per generator in this version, so the plan keeps K = 1):\n  {first_run_command(args)}\nthen plan again with the same "
+            "runs root.",
+            file=sys.stderr,
+        )
         return 2
     classifier_level = endpoint in CLASSIFIER_KEYS  # generation endpoints have no classifier seed level
-    notes = [f"alpha {alpha:.4g} = report.alpha {config.report.alpha:g} / m = {m} primary endpoints (the family's "
-             "first Holm level)"]
+    notes = [
+        f"alpha {alpha:.4g} = report.alpha {config.report.alpha:g} / m = {m} primary endpoints (the family's "
+        "first Holm level)"
+    ]
     if endpoint not in config.report.primary:
-        notes.append(f"{endpoint} is not a declared primary endpoint (report.primary): exploratory metrics get no "
-                     "verdict; planned at the family's level anyway")
-    notes.append(f"components from {components.source}" + (f", measured at R = {components.R}, K = {components.K}, "
-                                                           f"S = {components.S}" if components.R else ""))
+        notes.append(
+            f"{endpoint} is not a declared primary endpoint (report.primary): exploratory metrics get no "
+            "verdict; planned at the family's level anyway"
+        )
+    notes.append(
+        f"components from {components.source}"
+        + (f", measured at R = {components.R}, K = {components.K}, S = {components.S}" if components.R else "")
+    )
     measured = components_status(components, classifier_level)
     costs, cost_status = measured_costs(root, config, notes)
     measured.update(cost_status)
@@ -915,12 +1119,30 @@ def run(args: argparse.Namespace) -> int:
         budget_seconds = args.budget_hours * 3600 * (args.gpus or 1)
         budget_costs = gpu if args.gpus else costs
         budget_on = "GPU-hours at paper scale" if args.gpus else budget_on
-    result = plan(components, costs, args.mde, alpha, power, budget_seconds, gpu, method=args.method,
-                  classifier_level=classifier_level, budget_costs=budget_costs, budget_on=budget_on)
+    result = plan(
+        components,
+        costs,
+        args.mde,
+        alpha,
+        power,
+        budget_seconds,
+        gpu,
+        method=args.method,
+        classifier_level=classifier_level,
+        budget_costs=budget_costs,
+        budget_on=budget_on,
+    )
     result.measured = measured
     result.notes = notes + result.notes
-    payload = plan_json(result, endpoint, components, costs, gpus=args.gpus, budget_hours=args.budget_hours,
-                        family={"alpha": config.report.alpha, "m": m})
+    payload = plan_json(
+        result,
+        endpoint,
+        components,
+        costs,
+        gpus=args.gpus,
+        budget_hours=args.budget_hours,
+        family={"alpha": config.report.alpha, "m": m},
+    )
     for line in plan_lines(result, endpoint, args.gpus):
         print(line, file=out)
     if args.json:
@@ -938,22 +1160,47 @@ def _finite(value):
     return value
 
 
-def plan_json(result: Plan, endpoint: str, components: Components, costs: UnitCosts, *, gpus: int | None = None,
-              budget_hours: float | None = None, family: Mapping[str, Any] | None = None) -> dict:
+def plan_json(
+    result: Plan,
+    endpoint: str,
+    components: Components,
+    costs: UnitCosts,
+    *,
+    gpus: int | None = None,
+    budget_hours: float | None = None,
+    family: Mapping[str, Any] | None = None,
+) -> dict:
     """The JSON object of a plan: R, K, S, mde (reached, endpoint units), power, cost_hours_here,
     cost_gpu_hours, measured, then endpoint, mde_target, alpha, family, method, cost_gpu_wall_hours (on
     ``gpus`` GPUs), closed_form, budget_hours, budget_mde, components, unit_costs_seconds, notes. Non-finite
     floats become null."""
-    return _finite({
-        "R": result.R, "K": result.K, "S": result.S, "mde": result.mde_achieved, "power": result.power,
-        "cost_hours_here": result.cost_hours_here, "cost_gpu_hours": result.cost_gpu_hours,
-        "measured": result.measured, "endpoint": endpoint, "mde_target": result.mde_target, "alpha": result.alpha,
-        "family": dict(family or {}), "method": result.method, "gpus": gpus,
-        "cost_gpu_wall_hours": (result.cost_gpu_hours / gpus if gpus and result.cost_gpu_hours is not None
-                                else None),
-        "closed_form": result.closed_form, "budget_hours": budget_hours, "budget_mde": result.budget_mde,
-        "components": {k: v for k, v in asdict(components).items()}, "unit_costs_seconds": asdict(costs),
-        "notes": list(result.notes)})
+    return _finite(
+        {
+            "R": result.R,
+            "K": result.K,
+            "S": result.S,
+            "mde": result.mde_achieved,
+            "power": result.power,
+            "cost_hours_here": result.cost_hours_here,
+            "cost_gpu_hours": result.cost_gpu_hours,
+            "measured": result.measured,
+            "endpoint": endpoint,
+            "mde_target": result.mde_target,
+            "alpha": result.alpha,
+            "family": dict(family or {}),
+            "method": result.method,
+            "gpus": gpus,
+            "cost_gpu_wall_hours": (
+                result.cost_gpu_hours / gpus if gpus and result.cost_gpu_hours is not None else None
+            ),
+            "closed_form": result.closed_form,
+            "budget_hours": budget_hours,
+            "budget_mde": result.budget_mde,
+            "components": {k: v for k, v in asdict(components).items()},
+            "unit_costs_seconds": asdict(costs),
+            "notes": list(result.notes),
+        }
+    )
 
 
 def plan_lines(result: Plan, endpoint: str, gpus: int | None = None) -> list[str]:
@@ -961,20 +1208,30 @@ def plan_lines(result: Plan, endpoint: str, gpus: int | None = None) -> list[str
     cf = result.closed_form
     lines = []
     if result.R is None:
-        lines.append(f"{endpoint}: no design reaches MDE {result.mde_target:g} (power {result.power:g}, "
-                     f"alpha {result.alpha:.4g})")
+        lines.append(
+            f"{endpoint}: no design reaches MDE {result.mde_target:g} (power {result.power:g}, "
+            f"alpha {result.alpha:.4g})"
+        )
     else:
-        gpu = ("" if result.cost_gpu_hours is None else f"; at paper scale {result.cost_gpu_hours:.3g} GPU-hours"
-               + (f" ({result.cost_gpu_hours / gpus:.3g} h on {gpus} GPUs)" if gpus else ""))
-        lines.append(f"{endpoint}: R = {result.R} repeats x K = {result.K} pools x S = {result.S} seeds reaches MDE "
-                     f"{result.mde_achieved:.4g} (target {result.mde_target:g}, power {result.power:g}, alpha "
-                     f"{result.alpha:.4g}, {'paired t' if result.method == 't' else 'normal approximation'}); "
-                     f"{result.cost_hours_here:.3g} h here{gpu}")
+        gpu = (
+            ""
+            if result.cost_gpu_hours is None
+            else f"; at paper scale {result.cost_gpu_hours:.3g} GPU-hours"
+            + (f" ({result.cost_gpu_hours / gpus:.3g} h on {gpus} GPUs)" if gpus else "")
+        )
+        lines.append(
+            f"{endpoint}: R = {result.R} repeats x K = {result.K} pools x S = {result.S} seeds reaches MDE "
+            f"{result.mde_achieved:.4g} (target {result.mde_target:g}, power {result.power:g}, alpha "
+            f"{result.alpha:.4g}, {'paired t' if result.method == 't' else 'normal approximation'}); "
+            f"{result.cost_hours_here:.3g} h here{gpu}"
+        )
     lines.append(f"closed form (normal approximation): R = {cf['R']:.2f}, K = {cf['K']:.2f}, S = {cf['S']:.2f}")
     if result.budget_mde:
         b = result.budget_mde
-        lines.append(f"within the budget: MDE {b['mde']:.4g} with R = {b['R']}, K = {b['K']}, S = {b['S']} "
-                     f"({b['cost_hours']:.3g} {b['on']})")
+        lines.append(
+            f"within the budget: MDE {b['mde']:.4g} with R = {b['R']}, K = {b['K']}, S = {b['S']} "
+            f"({b['cost_hours']:.3g} {b['on']})"
+        )
     lines += [f"{name}: {status}" for name, status in result.measured.items()]
     lines += [f"note: {n}" for n in result.notes]
     return lines
@@ -982,8 +1239,11 @@ def plan_lines(result: Plan, endpoint: str, gpus: int | None = None) -> list[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fairskin.plan``: see the module docstring; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m fairskin plan", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m fairskin plan",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -51,7 +51,7 @@ def generator_tags(generator: str) -> dict[str, str]:
     return {TAG_VARIANT: variant, TAG_REPEAT: str(repeat), TAG_GENERATOR: generator}
 
 
-def _digest(hasher: "hashlib._Hash") -> str:
+def _digest(hasher: hashlib._Hash) -> str:
     return hasher.hexdigest()[:16]
 
 

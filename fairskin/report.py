@@ -32,23 +32,38 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fairskin.io import atomic_write_text
+
 # (column, MLflow metric, direction) of every report metric: +1 higher is better, -1 lower, 0 not ranked.
-from fairskin.metrics.endpoints import CLASSIFIER_COLUMNS, CLASSIFIER_KEYS, GENERATION_COLUMNS, LABELS, MODES, Declaration
+from fairskin.metrics.endpoints import (
+    CLASSIFIER_COLUMNS,
+    CLASSIFIER_KEYS,
+    GENERATION_COLUMNS,
+    LABELS,
+    MODES,
+    Declaration,
+)
 from fairskin.metrics.endpoints import DIRECTIONS as DIRECTIONS_OF
 from fairskin.metrics.paired import paired_table, repeat_values, t_interval
 from fairskin.metrics.verdicts import VERDICT_COLUMNS, family_verdicts
 from fairskin.provenance import TAG_POOL, TAG_REAL, TAG_REPEAT, TAG_STAGE_KEY, TAG_VARIANT
 
-PER_GROUP_PREFIXES = ("metrics.fid_", "metrics.skin_tone_agreement_", "metrics.ita_in_band_",
-                      "metrics.disease_fidelity_", "metrics.skin_tone_w1_ratio_", "metrics.skin_tone_spread_ratio_")
+PER_GROUP_PREFIXES = (
+    "metrics.fid_",
+    "metrics.skin_tone_agreement_",
+    "metrics.ita_in_band_",
+    "metrics.disease_fidelity_",
+    "metrics.skin_tone_w1_ratio_",
+    "metrics.skin_tone_spread_ratio_",
+)
 GENERATION_BLOCK = "generation"
 
 
@@ -119,8 +134,14 @@ def _with_units(runs: pd.DataFrame) -> pd.DataFrame:
     variant = _tag(runs, TAG_VARIANT)
     repeat = pd.to_numeric(_tag(runs, TAG_REPEAT, "0"), errors="coerce").fillna(0).astype(int)
     seed = pd.to_numeric(runs.get("params.trial.seed", pd.Series(0, index=runs.index)), errors="coerce")
-    return runs.assign(variant=variant, repeat=repeat, generator=_tag(runs, "fairskin.generator"),
-                       mode=_tag(runs, "fairskin.mode"), seed=seed, pool=_tag(runs, TAG_POOL))
+    return runs.assign(
+        variant=variant,
+        repeat=repeat,
+        generator=_tag(runs, "fairskin.generator"),
+        mode=_tag(runs, "fairskin.mode"),
+        seed=seed,
+        pool=_tag(runs, TAG_POOL),
+    )
 
 
 def trial_runs(tracking_uri: str, study: str) -> pd.DataFrame:
@@ -213,18 +234,29 @@ def unit_frame(trials: pd.DataFrame, evaluated: pd.DataFrame, seeds: int | None 
     mixed = trials.groupby(["variant", "repeat"])["pool"].nunique()
     if (mixed > 1).any():
         bad = [f"{v} repeat {r}" for (v, r) in mixed[mixed > 1].index]
-        raise ReportError(f"the trials of {bad} drew from more than one pool (fingerprints differ); "
-                          "a row must hold one pool: rerun the study on the current pools")
+        raise ReportError(
+            f"the trials of {bad} drew from more than one pool (fingerprints differ); "
+            "a row must hold one pool: rerun the study on the current pools"
+        )
     rows = []
     for (variant, mode), part in trials.groupby(["variant", "mode"], sort=True):
         values = {c: repeat_values(part, f"metrics.{m}") for c, m, _ in CLASSIFIER_COLUMNS if f"metrics.{m}" in part}
         floor = repeat_values(part, "metrics.test_dp_oracle_floor") if "metrics.test_dp_oracle_floor" in part else None
-        groups = [c.removeprefix("metrics.") for c in part.columns if c.startswith("metrics.test_accuracy_")
-                  and not c.endswith(("_low", "_high"))]
+        groups = [
+            c.removeprefix("metrics.")
+            for c in part.columns
+            if c.startswith("metrics.test_accuracy_") and not c.endswith(("_low", "_high"))
+        ]
         for repeat, rpart in part.groupby("repeat", sort=True):
             pool = rpart["pool"].iloc[0]
-            row: dict[str, Any] = {"variant": variant, "mode": mode, "repeat": int(repeat), "pool": pool,
-                                   "seeds": int(rpart["seed"].nunique()), "trials": len(rpart)}
+            row: dict[str, Any] = {
+                "variant": variant,
+                "mode": mode,
+                "repeat": int(repeat),
+                "pool": pool,
+                "seeds": int(rpart["seed"].nunique()),
+                "trials": len(rpart),
+            }
             for column, series in values.items():
                 row[column] = float(series.get(repeat, math.nan))
             row["dp_oracle_floor"] = float(floor.get(repeat, math.nan)) if floor is not None else math.nan
@@ -235,8 +267,13 @@ def unit_frame(trials: pd.DataFrame, evaluated: pd.DataFrame, seeds: int | None 
                 key = f"metrics.{metric}"
                 row[column] = float(ev[key]) if ev is not None and key in ev and pd.notna(ev[key]) else math.nan
             if ev is not None:  # per-group figures too (a control's declared metric is one group's)
-                row.update({k.removeprefix("metrics."): float(v) for k, v in ev.items()
-                            if str(k).startswith(PER_GROUP_PREFIXES) and pd.notna(v)})
+                row.update(
+                    {
+                        k.removeprefix("metrics."): float(v)
+                        for k, v in ev.items()
+                        if str(k).startswith(PER_GROUP_PREFIXES) and pd.notna(v)
+                    }
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -249,8 +286,13 @@ def table1(units: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     rows = []
     for (variant, mode), part in units.groupby(["variant", "mode"], sort=True):
         s_min, s_max = int(part["seeds"].min()), int(part["seeds"].max())
-        row: dict[str, Any] = {"variant": variant, "mode": mode, "R": int(part["repeat"].nunique()),
-                               "S": str(s_min) if s_min == s_max else f"{s_min}-{s_max}", "trials": int(part["trials"].sum())}
+        row: dict[str, Any] = {
+            "variant": variant,
+            "mode": mode,
+            "R": int(part["repeat"].nunique()),
+            "S": str(s_min) if s_min == s_max else f"{s_min}-{s_max}",
+            "trials": int(part["trials"].sum()),
+        }
         for column, _, _ in CLASSIFIER_COLUMNS + GENERATION_COLUMNS:
             values = part[column] if column in part else pd.Series(dtype=float)
             iv = t_interval(values.to_numpy(float), level)
@@ -260,8 +302,13 @@ def table1(units: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_differences(units: pd.DataFrame, baseline: str, level: float = 0.95,
-                       declaration: Declaration | None = None, verdicts: pd.DataFrame | None = None) -> pd.DataFrame:
+def paired_differences(
+    units: pd.DataFrame,
+    baseline: str,
+    level: float = 0.95,
+    declaration: Declaration | None = None,
+    verdicts: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Every variant against ``baseline``, paired by repeat: classifier metrics within each mode
     (block = the mode), generation metrics once per variant (block ``generation``).
 
@@ -281,16 +328,27 @@ def paired_differences(units: pd.DataFrame, baseline: str, level: float = 0.95,
     classifier = [(c, d) for c, _, d in CLASSIFIER_COLUMNS if c in units and units[c].notna().any()]
     for mode, part in units.groupby("mode", sort=True):
         if baseline in set(part["variant"]) and part["variant"].nunique() > 1 and classifier:
-            table = paired_table(part[["variant", "repeat", *[c for c, _ in classifier]]], baseline,
-                                 [c for c, _ in classifier], dict(classifier), level=level,
-                                 resolution={c: declaration.resolution(c) for c, _ in classifier})
+            table = paired_table(
+                part[["variant", "repeat", *[c for c, _ in classifier]]],
+                baseline,
+                [c for c, _ in classifier],
+                dict(classifier),
+                level=level,
+                resolution={c: declaration.resolution(c) for c, _ in classifier},
+            )
             blocks.append(table.assign(block=mode))
     generation = [(c, d) for c, _, d in GENERATION_COLUMNS if c in units and units[c].notna().any()]
     if generation:
         per_generator = units.drop_duplicates(["variant", "repeat"])[["variant", "repeat", *[c for c, _ in generation]]]
         if per_generator["variant"].nunique() > 1:
-            table = paired_table(per_generator, baseline, [c for c, _ in generation], dict(generation),
-                                 level=level, resolution={c: declaration.resolution(c) for c, _ in generation})
+            table = paired_table(
+                per_generator,
+                baseline,
+                [c for c, _ in generation],
+                dict(generation),
+                level=level,
+                resolution={c: declaration.resolution(c) for c, _ in generation},
+            )
             blocks.append(table.assign(block=GENERATION_BLOCK))
     if not blocks:
         return pd.DataFrame()
@@ -321,8 +379,7 @@ def primary_values(units: pd.DataFrame, variant: str, endpoint: str, mode: str) 
     return values.groupby(part["repeat"]).first().dropna()
 
 
-def primary_verdicts(units: pd.DataFrame, baseline: str, declaration: Declaration,
-                     level: float = 0.95) -> pd.DataFrame:
+def primary_verdicts(units: pd.DataFrame, baseline: str, declaration: Declaration, level: float = 0.95) -> pd.DataFrame:
     """The verdict of every declared primary endpoint of every variant against ``baseline``.
 
     One family per compared variant (controls included, each its own family): its primary
@@ -345,9 +402,15 @@ def primary_verdicts(units: pd.DataFrame, baseline: str, declaration: Declaratio
             if not keys:
                 unmeasured.append(endpoint)
             differences[endpoint] = (treated.loc[keys] - base.loc[keys]).to_numpy(float)
-        frame = family_verdicts(differences, {e: DIRECTIONS_OF[e] for e in declaration.primary},
-                                declaration.margins, {e: declaration.resolution(e) for e in declaration.primary},
-                                alpha=declaration.alpha, power=declaration.power, level=level)
+        frame = family_verdicts(
+            differences,
+            {e: DIRECTIONS_OF[e] for e in declaration.primary},
+            declaration.margins,
+            {e: declaration.resolution(e) for e in declaration.primary},
+            alpha=declaration.alpha,
+            power=declaration.power,
+            level=level,
+        )
         frame.loc[frame["endpoint"].isin(unmeasured), "reason"] = "not measured by this run"
         frames.append(frame.assign(variant=variant))
     if not frames:  # the baseline is the only variant
@@ -432,7 +495,7 @@ def table1_markdown(t1: pd.DataFrame, paired: pd.DataFrame, baseline: str) -> st
 
 def paired_markdown(paired: pd.DataFrame, baseline: str, repeats: int, level: float) -> str:
     if not len(paired):
-        return (f"_no paired differences: the baseline `{baseline}` has no rows, or it is the only variant_\n")
+        return f"_no paired differences: the baseline `{baseline}` has no rows, or it is the only variant_\n"
     show_p = repeats >= 3
     head = ["block", "variant", "metric", "n", f"difference [{level:.0%} CI]"]
     head += ["p (t)", "p (Holm)", "p (sign-flip)", "verdict"] if show_p else ["verdict"]
@@ -440,9 +503,15 @@ def paired_markdown(paired: pd.DataFrame, baseline: str, repeats: int, level: fl
     for _, p in paired.iterrows():
         verdict = p.get("verdict", "exploratory")
         verdict = {"better": "better ▲ (primary)", "worse": "worse ▼ (primary)"}.get(
-            verdict, verdict if verdict == "exploratory" else f"{verdict} (primary)")
-        cells = [p["block"], p["variant"], LABELS.get(p["metric"], p["metric"]), str(int(p["n"])),
-                 _fmt(p["mean_diff"], p["low"], p["high"])]
+            verdict, verdict if verdict == "exploratory" else f"{verdict} (primary)"
+        )
+        cells = [
+            p["block"],
+            p["variant"],
+            LABELS.get(p["metric"], p["metric"]),
+            str(int(p["n"])),
+            _fmt(p["mean_diff"], p["low"], p["high"]),
+        ]
         if show_p:
             cells += [_p(p["p_t"]), _p(p["p_holm"]), _p(p["p_perm"])]
         cells.append(verdict)
@@ -454,18 +523,45 @@ def verdicts_markdown(verdicts: pd.DataFrame, baseline: str, level: float) -> st
     """The primary verdicts as a table: one row per (variant, endpoint), with the MDE it could detect."""
     if not len(verdicts):
         return f"\n_no verdicts: the baseline `{baseline}` has no rows, or it is the only variant_\n"
-    head = ["variant", "endpoint", "n", f"difference [{level:.0%} CI]", "p (Holm)", "TOST p (Holm)", "verdict",
-            "MDE (80 % power)", "MDE at sd's 80 % upper bound", "R for MDE <= margin"]
+    head = [
+        "variant",
+        "endpoint",
+        "n",
+        f"difference [{level:.0%} CI]",
+        "p (Holm)",
+        "TOST p (Holm)",
+        "verdict",
+        "MDE (80 % power)",
+        "MDE at sd's 80 % upper bound",
+        "R for MDE <= margin",
+    ]
     lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in verdicts.itertuples():
         reach = "—" if pd.isna(r.repeats_for_margin) else str(int(r.repeats_for_margin))
         verdict = r.verdict + (f" ({r.reason})" if r.reason else "")
-        lines.append("| " + " | ".join([r.variant, LABELS.get(r.endpoint, r.endpoint), str(int(r.n)),
-                                         _fmt(r.mean_diff, r.low, r.high), _p(r.p_holm), _p(r.p_tost_holm), verdict,
-                                         _fmt(r.mde), _fmt(r.mde_sd_upper80), reach]) + " |")
-    return "\n".join(lines) + ("\n\nMDE: the smallest true difference the family's paired t-test (two-sided, "
-                               "alpha / m, n = R) detects with 80 % power at the measured sd of the differences; "
-                               "R for MDE <= margin: the repeats that would make the margin detectable.\n")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r.variant,
+                    LABELS.get(r.endpoint, r.endpoint),
+                    str(int(r.n)),
+                    _fmt(r.mean_diff, r.low, r.high),
+                    _p(r.p_holm),
+                    _p(r.p_tost_holm),
+                    verdict,
+                    _fmt(r.mde),
+                    _fmt(r.mde_sd_upper80),
+                    reach,
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines) + (
+        "\n\nMDE: the smallest true difference the family's paired t-test (two-sided, "
+        "alpha / m, n = R) detects with 80 % power at the measured sd of the differences; "
+        "R for MDE <= margin: the repeats that would make the margin detectable.\n"
+    )
 
 
 def _p(value: float) -> str:
@@ -526,16 +622,20 @@ def figure_3a(t1: pd.DataFrame, ref: pd.Series | None, path: Path) -> Path | Non
     fig, ax = plt.subplots(figsize=(7, 3.6))
     series = {}
     for key, name in (("accuracy", "accuracy"), ("essp_fairseg", "ESSP (FairSeg)")):
-        series[name] = ([base[key]] + fixed[key].tolist(), [math.nan] + fixed[f"{key}_low"].tolist(),
-                        [math.nan] + fixed[f"{key}_high"].tolist())
+        series[name] = (
+            [base[key]] + fixed[key].tolist(),
+            [math.nan] + fixed[f"{key}_low"].tolist(),
+            [math.nan] + fixed[f"{key}_high"].tolist(),
+        )
     _bars(ax, labels, series, "test figure")
     ax.set_title("Figure 3a: baseline vs variants (fixed proportions); bars: 95% CI over generator repeats", fontsize=9)
     fig.tight_layout()
     return _save(fig, path, plt)
 
 
-def figure_4(units: pd.DataFrame, ref: pd.Series | None, groups: Sequence[str], path: Path,
-             level: float = 0.95) -> Path | None:
+def figure_4(
+    units: pd.DataFrame, ref: pd.Series | None, groups: Sequence[str], path: Path, level: float = 0.95
+) -> Path | None:
     """Accuracy per group: baseline and each variant (mode ``random``), mean and interval over repeats."""
     from fairskin.metrics.plots import _pyplot
 
@@ -547,12 +647,18 @@ def figure_4(units: pd.DataFrame, ref: pd.Series | None, groups: Sequence[str], 
     series: dict[str, tuple[list, list, list]] = {}
     if ref is not None:
         base = _baseline_row(ref, groups)
-        series["baseline (real only)"] = ([base[f"accuracy_{g}"] for g in groups], [math.nan] * len(groups),
-                                          [math.nan] * len(groups))
+        series["baseline (real only)"] = (
+            [base[f"accuracy_{g}"] for g in groups],
+            [math.nan] * len(groups),
+            [math.nan] * len(groups),
+        )
     for variant, part in fixed.groupby("variant"):
         ivs = [t_interval(part[k].to_numpy(float), level) for k in keys]
-        series[f"{variant} (R={part['repeat'].nunique()})"] = ([i.mean for i in ivs], [i.low for i in ivs],
-                                                               [i.high for i in ivs])
+        series[f"{variant} (R={part['repeat'].nunique()})"] = (
+            [i.mean for i in ivs],
+            [i.low for i in ivs],
+            [i.high for i in ivs],
+        )
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     _bars(ax, list(groups), series, "test accuracy")
     ax.set_title("Figure 4: accuracy per group", fontsize=9)
@@ -593,9 +699,15 @@ def figure_3b(runs: pd.DataFrame, path: Path) -> Path | None:
     runs = runs.assign(count=pd.to_numeric(runs[column], errors="coerce")).dropna(subset=["count"])
     if not len(runs):
         return None
-    data = pd.DataFrame({"study": runs["study"], "variant": runs["variant"], "count": runs["count"],
-                         "test_accuracy": runs["metrics.test_accuracy"],
-                         "test_essp_fairseg": runs.get("metrics.test_essp_fairseg", math.nan)})
+    data = pd.DataFrame(
+        {
+            "study": runs["study"],
+            "variant": runs["variant"],
+            "count": runs["count"],
+            "test_accuracy": runs["metrics.test_accuracy"],
+            "test_essp_fairseg": runs.get("metrics.test_essp_fairseg", math.nan),
+        }
+    )
     data.sort_values(["study", "count"]).to_csv(path.with_suffix(".csv"), index=False)  # what is plotted
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -620,13 +732,17 @@ def figure_5(runs: pd.DataFrame, groups: Sequence[str], path: Path) -> Path | No
     from fairskin.metrics.plots import _pyplot
 
     share_cols = {g: f"params.trial.proportions.{g}" for g in groups}
-    if (not len(runs) or any(c not in runs for c in share_cols.values())
-            or "metrics.test_essp_fairseg" not in runs):
+    if not len(runs) or any(c not in runs for c in share_cols.values()) or "metrics.test_essp_fairseg" not in runs:
         return None
-    data = pd.DataFrame({"study": runs["study"], "variant": runs["variant"],
-                         **{g: pd.to_numeric(runs[c], errors="coerce") for g, c in share_cols.items()},
-                         "test_essp_fairseg": runs["metrics.test_essp_fairseg"],
-                         "test_accuracy": runs.get("metrics.test_accuracy", math.nan)})
+    data = pd.DataFrame(
+        {
+            "study": runs["study"],
+            "variant": runs["variant"],
+            **{g: pd.to_numeric(runs[c], errors="coerce") for g, c in share_cols.items()},
+            "test_essp_fairseg": runs["metrics.test_essp_fairseg"],
+            "test_accuracy": runs.get("metrics.test_accuracy", math.nan),
+        }
+    )
     data.to_csv(path.with_suffix(".csv"), index=False)  # what is plotted
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), sharey=True)
@@ -637,17 +753,27 @@ def figure_5(runs: pd.DataFrame, groups: Sequence[str], path: Path) -> Path | No
         ax.set_xlabel(f"share of synthetic images: {g}")
     np.atleast_1d(axes)[0].set_ylabel("test ESSP (FairSeg)")
     fig.colorbar(points, ax=list(np.atleast_1d(axes)), label="test accuracy")
-    fig.suptitle(f"Figure 5: group proportions of the synthetic images ({runs['study'].nunique()} study(ies), "
-                 f"{len(runs)} trials)", fontsize=9)
+    fig.suptitle(
+        f"Figure 5: group proportions of the synthetic images ({runs['study'].nunique()} study(ies), "
+        f"{len(runs)} trials)",
+        fontsize=9,
+    )
     return _save(fig, path, plt)
 
 
 # --------------------------------------------------------------------------- the whole report
 
 
-def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str | None = None,
-                 seeds: int | None = None, baseline: str = "vanilla", level: float = 0.95,
-                 declaration: Declaration | None = None) -> Report:
+def build_report(
+    tracking_uri: str,
+    out: Path,
+    groups: Sequence[str],
+    study: str | None = None,
+    seeds: int | None = None,
+    baseline: str = "vanilla",
+    level: float = 0.95,
+    declaration: Declaration | None = None,
+) -> Report:
     """Rebuild Table 1, the paired differences, Table 2 and Figures 3a-6 from MLflow into ``out``.
 
     ``study``: the ablation study whose trials fill Table 1 (default: the latest ``ablation``
@@ -662,7 +788,7 @@ def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str
     study = study or latest_study(tracking_uri)
     trials = trial_runs(tracking_uri, study) if study else pd.DataFrame()
     parent = study_parent(tracking_uri, study) if study else None
-    pipeline_run = str(parent.get(f"tags.fairskin.pipeline_run", "") or "") if parent is not None else ""
+    pipeline_run = str(parent.get("tags.fairskin.pipeline_run", "") or "") if parent is not None else ""
     keys = pipeline_stage_keys(tracking_uri, pipeline_run)
     real = str(parent.get(f"tags.{TAG_REAL}", "") or "") if parent is not None else ""
     pools = set(trials["pool"]) - {""} if len(trials) else set()
@@ -674,28 +800,43 @@ def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str
     verdicts = primary_verdicts(units, baseline, declaration, level)
     paired = paired_differences(units, baseline, level, declaration, verdicts)
     t2 = table2(units, groups, level)
-    for frame, name in ((t1, "table1.csv"), (paired, f"delta_vs_{baseline}.csv"), (t2, "table2_fid_per_group.csv"),
-                        (units, "repeats.csv"), (verdicts, "verdicts.csv"),
-                        (difference_components(trials, units, baseline, declaration, level), "variance_components.csv")):
+    for frame, name in (
+        (t1, "table1.csv"),
+        (paired, f"delta_vs_{baseline}.csv"),
+        (t2, "table2_fid_per_group.csv"),
+        (units, "repeats.csv"),
+        (verdicts, "verdicts.csv"),
+        (difference_components(trials, units, baseline, declaration, level), "variance_components.csv"),
+    ):
         frame.to_csv(out / name, index=False)
     atomic_write_text(out / "declaration.json", json.dumps(declaration.as_dict(), indent=2))
     report = Report(out, t1, t2, paired, units, verdicts=verdicts, declaration=declaration)
     if len(evaluated):
         report.judge = "; ".join(sorted(set(_tag(evaluated, "fairskin.judge")) - {""}))
     if len(units):
-        report.fingerprints = {f"{r.variant} repeat {r.repeat}": r.pool
-                               for r in units.drop_duplicates(["variant", "repeat"]).itertuples()}
+        report.fingerprints = {
+            f"{r.variant} repeat {r.repeat}": r.pool for r in units.drop_duplicates(["variant", "repeat"]).itertuples()
+        }
         missing_eval = sorted({f"{r.variant} repeat {r.repeat}" for r in units.itertuples() if not np.isfinite(r.fid)})
         if missing_eval:
-            report.notes.append(f"no evaluate run measured the pool of {missing_eval}: their generation columns are empty")
+            report.notes.append(
+                f"no evaluate run measured the pool of {missing_eval}: their generation columns are empty"
+            )
     if real:
         report.fingerprints["real shards"] = real
     if len(units) and "skin_tone_agreement_above_ceiling" in units:
-        above = sorted({f"{r.variant} repeat {r.repeat}" for r in units.itertuples()
-                        if getattr(r, "skin_tone_agreement_above_ceiling", 0) == 1})
+        above = sorted(
+            {
+                f"{r.variant} repeat {r.repeat}"
+                for r in units.itertuples()
+                if getattr(r, "skin_tone_agreement_above_ceiling", 0) == 1
+            }
+        )
         if above:
-            report.notes.append(f"skin-tone agreement above its held-out real ceiling in {above}: a pool narrower "
-                                "in tone than real data scores so; read the W1 ratio, not the agreement")
+            report.notes.append(
+                f"skin-tone agreement above its held-out real ceiling in {above}: a pool narrower "
+                "in tone than real data scores so; read the W1 ratio, not the agreement"
+            )
     aug, ratio = scoped_studies(tracking_uri, "aug_count", pools), scoped_studies(tracking_uri, "ethnic_ratio", pools)
     drawers = {
         "figure3a_baseline_vs_variants": lambda p: figure_3a(t1, ref, p),
@@ -704,28 +845,33 @@ def build_report(tracking_uri: str, out: Path, groups: Sequence[str], study: str
         "figure5_proportion_search": lambda p: figure_5(ratio, groups, p),
         "figure6_downstream_modes": lambda p: figure_6(t1, p),
     }
-    why = {"figure3a_baseline_vs_variants": "needs the pipeline's reference run and trials with mode 'random'",
-           "figure3b_augmentation_count": "no finished trials of an `aug_count` study on this report's pools "
-                                          "(python -m fairskin.tune --space aug_count, same preset and runs root)",
-           "figure4_group_accuracy": "needs trials with mode 'random'",
-           "figure5_proportion_search": "no finished trials of an `ethnic_ratio` study on this report's pools "
-                                       "(python -m fairskin.tune --space ethnic_ratio, same preset and runs root)",
-           "figure6_downstream_modes": "needs trials of at least two downstream modes"}
+    why = {
+        "figure3a_baseline_vs_variants": "needs the pipeline's reference run and trials with mode 'random'",
+        "figure3b_augmentation_count": "no finished trials of an `aug_count` study on this report's pools "
+        "(python -m fairskin.tune --space aug_count, same preset and runs root)",
+        "figure4_group_accuracy": "needs trials with mode 'random'",
+        "figure5_proportion_search": "no finished trials of an `ethnic_ratio` study on this report's pools "
+        "(python -m fairskin.tune --space ethnic_ratio, same preset and runs root)",
+        "figure6_downstream_modes": "needs trials of at least two downstream modes",
+    }
     for name, draw in drawers.items():
         path = draw(out / f"{name}.png")
         if path is None:
             report.missing[name] = why[name]
         else:
             report.figures[name] = path
-    studies = {"aug_count": sorted(set(aug["study"])) if len(aug) else [],
-               "ethnic_ratio": sorted(set(ratio["study"])) if len(ratio) else []}
+    studies = {
+        "aug_count": sorted(set(aug["study"])) if len(aug) else [],
+        "ethnic_ratio": sorted(set(ratio["study"])) if len(ratio) else [],
+    }
     report.markdown = out / "report.md"
     atomic_write_text(report.markdown, _markdown(report, study, pipeline_run, ref, groups, baseline, level, studies))
     return report
 
 
-def difference_components(trials: pd.DataFrame, units: pd.DataFrame, baseline: str,
-                          declaration: Declaration, level: float = 0.95) -> pd.DataFrame:
+def difference_components(
+    trials: pd.DataFrame, units: pd.DataFrame, baseline: str, declaration: Declaration, level: float = 0.95
+) -> pd.DataFrame:
     """Variance components of each variant's paired difference on each primary endpoint
     (:func:`fairskin.metrics.components.variance_components`, moments and MLS intervals).
 
@@ -747,7 +893,10 @@ def difference_components(trials: pd.DataFrame, units: pd.DataFrame, baseline: s
                 if not len(trials) or column not in trials:
                     continue
                 part = trials[trials["mode"] == declaration.mode]
-                frame = {v: part[part["variant"] == v].groupby(["repeat", "seed"])[column].mean() for v in (variant, baseline)}
+                frame = {
+                    v: part[part["variant"] == v].groupby(["repeat", "seed"])[column].mean()
+                    for v in (variant, baseline)
+                }
                 d = (frame[variant] - frame[baseline]).dropna().rename("d").reset_index().assign(pool=0)
                 seed = "seed"
             else:
@@ -764,64 +913,103 @@ def difference_components(trials: pd.DataFrame, units: pd.DataFrame, baseline: s
     return pd.DataFrame(rows)
 
 
-def _markdown(report: Report, study: str | None, pipeline_run: str, ref: pd.Series | None, groups: Sequence[str],
-              baseline: str, level: float, studies: dict[str, list[str]]) -> str:
+def _markdown(
+    report: Report,
+    study: str | None,
+    pipeline_run: str,
+    ref: pd.Series | None,
+    groups: Sequence[str],
+    baseline: str,
+    level: float,
+    studies: dict[str, list[str]],
+) -> str:
     t1 = report.table1
     repeats = int(t1["R"].min()) if len(t1) else 0
-    lines = ["# FairSkin ablation report", "",
-             f"Study: `{study or 'none found'}`" + (f", made by pipeline run `{pipeline_run}`" if pipeline_run else "")
-             + ". Rebuilt from MLflow runs joined by their provenance tags (pool, real-shard and stage fingerprints).", ""]
+    lines = [
+        "# FairSkin ablation report",
+        "",
+        f"Study: `{study or 'none found'}`"
+        + (f", made by pipeline run `{pipeline_run}`" if pipeline_run else "")
+        + ". Rebuilt from MLflow runs joined by their provenance tags (pool, real-shard and stage fingerprints).",
+        "",
+    ]
     if repeats == 1:
-        lines += ["**1 repeat: no interval.** Each variant has one fine-tune and one pool (R = 1), so nothing below "
-                  "measures generator variance and no difference between variants is claimed. Set "
-                  "`diffusion.repeat_seeds` to R >= 3 seeds (the `paper` preset has 3) for intervals and tests.", ""]
+        lines += [
+            "**1 repeat: no interval.** Each variant has one fine-tune and one pool (R = 1), so nothing below "
+            "measures generator variance and no difference between variants is claimed. Set "
+            "`diffusion.repeat_seeds` to R >= 3 seeds (the `paper` preset has 3) for intervals and tests.",
+            "",
+        ]
     elif repeats == 2:
-        lines += ["**R = 2: intervals only.** With two generator repeats the paired differences show their "
-                  "intervals but no p-value; no difference is called significant.", ""]
+        lines += [
+            "**R = 2: intervals only.** With two generator repeats the paired differences show their "
+            "intervals but no p-value; no difference is called significant.",
+            "",
+        ]
     decl = report.declaration
-    lines += [f"How to read it: each cell is the mean over R generator repeats (the S classifier seeds of a repeat "
-              f"averaged first), with its {level:.0%} t-interval over the R repeat values. `▲` / `▼` mark a "
-              f"declared primary endpoint whose verdict against `{baseline}` is better / worse (Holm over the "
-              f"variant's primary endpoints, family-wise alpha {decl.alpha}); every other cell is exploratory and "
-              "never marked. DP is not ranked (a constant classifier has DP = 0); its oracle floor, what a perfect "
-              "classifier scores, is in brackets.", ""]
-    lines += ["## Primary endpoints and verdicts", "",
-              "Declared in the configuration before any data (`report.primary`, `report.margins`, "
-              "`report.resolutions`):", "", decl.markdown(),
-              verdicts_markdown(report.verdicts, baseline, level)]
+    lines += [
+        f"How to read it: each cell is the mean over R generator repeats (the S classifier seeds of a repeat "
+        f"averaged first), with its {level:.0%} t-interval over the R repeat values. `▲` / `▼` mark a "
+        f"declared primary endpoint whose verdict against `{baseline}` is better / worse (Holm over the "
+        f"variant's primary endpoints, family-wise alpha {decl.alpha}); every other cell is exploratory and "
+        "never marked. DP is not ranked (a constant classifier has DP = 0); its oracle floor, what a perfect "
+        "classifier scores, is in brackets.",
+        "",
+    ]
+    lines += [
+        "## Primary endpoints and verdicts",
+        "",
+        "Declared in the configuration before any data (`report.primary`, `report.margins`, `report.resolutions`):",
+        "",
+        decl.markdown(),
+        verdicts_markdown(report.verdicts, baseline, level),
+    ]
     if ref is not None:
         base = _baseline_row(ref, groups)
-        lines += [f"Baseline (real data only, reference classifier, one seed): accuracy {_fmt(base['accuracy'])}, "
-                  f"DP {_fmt(base['dp'])}, ESSP (FairSeg) {_fmt(base['essp_fairseg'])}.", ""]
-    lines += ["## Table 1: variants x downstream modes (test split)", "",
-              table1_markdown(t1, report.paired, baseline),
-              "FID / KID / IS are computed in the feature space named by the evaluate runs "
-              "(`fairskin.feature_extractor` tag); FID variance is the sample variance (ddof=1). Disease fidelity: "
-              "the judge's accuracy on generated images / on held-out real images; "
-              f"{report.judge or 'judge not recorded'}. KID floor: held-out real vs the real reference at the same N "
-              "(what a perfect generator scores); floor-corrected FID variance subtracts each subclass's FID floor.",
-              "",
-              f"## Paired differences: `delta_vs_{baseline}`", "",
-              f"Within-repeat differences (variant - {baseline}), paired by generator repeat; classifier metrics "
-              "within each downstream mode, generation metrics once per variant. Exploratory: an interval, with "
-              "the unadjusted paired t p and the sign-flip p (R >= 6) for orientation, never a verdict; only the "
-              "primary endpoints above carry one (their rows say so). A difference with no spread above the "
-              "metric's resolution has no p (a tie, not a precise effect).", "",
-              paired_markdown(report.paired, baseline, repeats, level),
-              "## Table 2: FID per group", "",
-              "Columns named by a group: the mean of the group's subclass FIDs weighted by their real counts; "
-              "`pooled`: the group's (or every) generated image pooled over diseases, the pool subsampled (seeded) to "
-              "the real disease (subclass) mix, against all the group's (every) real image. Feature space and judge "
-              f"as in Table 1 ({report.judge or 'judge not recorded'}).", "",
-              frame_markdown(report.table2, [c for c in table2_columns(groups) if c in report.table2]),
-              "## What this report does not claim", "",
-              "- It compares the variants as run: one base model, these seeds, this data. Generator variance is "
-              "measured only over the R repeats listed; R = 1 measures none.",
-              "- Test figures never steered a search; studies chose on validation figures only.",
-              "- No absence of an effect: where a primary endpoint is `inconclusive`, the experiment could only have "
-              "detected the MDE shown beside it (80 % power); `equivalent` means inside the declared margin by "
-              "TOST, nothing stronger. Exploratory differences decide nothing.", "",
-              "## Provenance", ""]
+        lines += [
+            f"Baseline (real data only, reference classifier, one seed): accuracy {_fmt(base['accuracy'])}, "
+            f"DP {_fmt(base['dp'])}, ESSP (FairSeg) {_fmt(base['essp_fairseg'])}.",
+            "",
+        ]
+    lines += [
+        "## Table 1: variants x downstream modes (test split)",
+        "",
+        table1_markdown(t1, report.paired, baseline),
+        "FID / KID / IS are computed in the feature space named by the evaluate runs "
+        "(`fairskin.feature_extractor` tag); FID variance is the sample variance (ddof=1). Disease fidelity: "
+        "the judge's accuracy on generated images / on held-out real images; "
+        f"{report.judge or 'judge not recorded'}. KID floor: held-out real vs the real reference at the same N "
+        "(what a perfect generator scores); floor-corrected FID variance subtracts each subclass's FID floor.",
+        "",
+        f"## Paired differences: `delta_vs_{baseline}`",
+        "",
+        f"Within-repeat differences (variant - {baseline}), paired by generator repeat; classifier metrics "
+        "within each downstream mode, generation metrics once per variant. Exploratory: an interval, with "
+        "the unadjusted paired t p and the sign-flip p (R >= 6) for orientation, never a verdict; only the "
+        "primary endpoints above carry one (their rows say so). A difference with no spread above the "
+        "metric's resolution has no p (a tie, not a precise effect).",
+        "",
+        paired_markdown(report.paired, baseline, repeats, level),
+        "## Table 2: FID per group",
+        "",
+        "Columns named by a group: the mean of the group's subclass FIDs weighted by their real counts; "
+        "`pooled`: the group's (or every) generated image pooled over diseases, the pool subsampled (seeded) to "
+        "the real disease (subclass) mix, against all the group's (every) real image. Feature space and judge "
+        f"as in Table 1 ({report.judge or 'judge not recorded'}).",
+        "",
+        frame_markdown(report.table2, [c for c in table2_columns(groups) if c in report.table2]),
+        "## What this report does not claim",
+        "",
+        "- It compares the variants as run: one base model, these seeds, this data. Generator variance is "
+        "measured only over the R repeats listed; R = 1 measures none.",
+        "- Test figures never steered a search; studies chose on validation figures only.",
+        "- No absence of an effect: where a primary endpoint is `inconclusive`, the experiment could only have "
+        "detected the MDE shown beside it (80 % power); `equivalent` means inside the declared margin by "
+        "TOST, nothing stronger. Exploratory differences decide nothing.",
+        "",
+        "## Provenance",
+        "",
+    ]
     lines += [f"- {name}: `{fp}`" for name, fp in report.fingerprints.items()] or ["- no fingerprints found"]
     for space, names in studies.items():
         lines.append(f"- `{space}` studies on these pools: {', '.join(f'`{n}`' for n in names) or 'none'}")

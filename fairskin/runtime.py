@@ -26,7 +26,8 @@ import random
 import socket
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -158,8 +159,11 @@ def init_ray(config: FairSkinConfig | None = None, **kwargs: Any) -> dict[str, f
     verbose = _verbose(config)
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        common = {"log_to_driver": verbose, "configure_logging": True,
-                  "logging_level": "INFO" if verbose else "WARNING"}
+        common = {
+            "log_to_driver": verbose,
+            "configure_logging": True,
+            "logging_level": "INFO" if verbose else "WARNING",
+        }
         common.update(kwargs)
         if address:
             # Under `ray job submit` RAY_ADDRESS is set; ray.init() with no address joins it.
@@ -173,8 +177,9 @@ def init_ray(config: FairSkinConfig | None = None, **kwargs: Any) -> dict[str, f
             num_cpus = (config.runtime.num_cpus if config is not None else None) or os.cpu_count() or 1
             # The dashboard also serves the state API that Ray Train's controller polls.
             with _local_cluster_address():
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                         **common)
+                ray.init(
+                    address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **common
+                )
     if not verbose:
         _cluster_messages_to_log()
     _quiet_ray_data(config)

@@ -69,9 +69,13 @@ def http_credentials(uri: str) -> tuple[str, dict[str, str]]:
     if parts.scheme not in ("http", "https") or not parts.username or not parts.password:
         return uri, {}  # MLflow sends basic auth only for a user and a password both set
     host = parts.netloc.rsplit("@", 1)[1]
-    return (urlunsplit(parts._replace(netloc=host)),
-            {"MLFLOW_TRACKING_USERNAME": unquote(parts.username or ""),
-             "MLFLOW_TRACKING_PASSWORD": unquote(parts.password)})
+    return (
+        urlunsplit(parts._replace(netloc=host)),
+        {
+            "MLFLOW_TRACKING_USERNAME": unquote(parts.username or ""),
+            "MLFLOW_TRACKING_PASSWORD": unquote(parts.password),
+        },
+    )
 
 
 def has_secret(text: Any) -> bool:

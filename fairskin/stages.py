@@ -16,9 +16,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from fairskin.config import FairSkinConfig
 from fairskin.io import atomic_directory, atomic_write_json
@@ -41,9 +42,14 @@ class StageResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def stage_key(name: str, config: FairSkinConfig, reads: Iterable[str],
-              inputs: Mapping[str, StageResult] | None = None, version: int = 1,
-              external: Mapping[str, str] | None = None) -> str:
+def stage_key(
+    name: str,
+    config: FairSkinConfig,
+    reads: Iterable[str],
+    inputs: Mapping[str, StageResult] | None = None,
+    version: int = 1,
+    external: Mapping[str, str] | None = None,
+) -> str:
     """12-hex-digit hash of (stage name, its code version, the dotted config paths it reads, its inputs' keys,
     and the content fingerprints of the external files and folders it reads).
 
@@ -72,7 +78,7 @@ def _reads(config: FairSkinConfig, reads: Iterable[str], external: Mapping[str, 
             if dotted == path:
                 out[path] = {"content": fingerprint}
             elif dotted.startswith(path + "."):
-                node, parts = out[path], dotted[len(path) + 1:].split(".")
+                node, parts = out[path], dotted[len(path) + 1 :].split(".")
                 for part in parts[:-1]:
                     node = node.get(part) if isinstance(node, dict) else None
                 if isinstance(node, dict) and parts[-1] in node:
@@ -120,12 +126,17 @@ def clean_stale_partials(root: Path) -> list[Path]:
     return removed
 
 
-
-
-def run_stage(config: FairSkinConfig, name: str, reads: Iterable[str],
-              body: Callable[[Path], Mapping[str, Any] | None], *,
-              inputs: Mapping[str, StageResult] | None = None, force: bool = False, version: int = 1,
-              external: Mapping[str, str] | None = None) -> StageResult:
+def run_stage(
+    config: FairSkinConfig,
+    name: str,
+    reads: Iterable[str],
+    body: Callable[[Path], Mapping[str, Any] | None],
+    *,
+    inputs: Mapping[str, StageResult] | None = None,
+    force: bool = False,
+    version: int = 1,
+    external: Mapping[str, str] | None = None,
+) -> StageResult:
     """Run ``body(tmp_dir)`` unless a finished folder for this key exists.
 
     ``body`` writes everything into the folder it is given (use relative paths inside it)
@@ -144,15 +155,18 @@ def run_stage(config: FairSkinConfig, name: str, reads: Iterable[str],
     with atomic_directory(final, replace=True) as tmp:
         summary = dict(body(tmp) or {})
         seconds = time.time() - started
-        atomic_write_json(tmp / STAGE_RECORD, {
-            "stage": name,
-            "key": key,
-            "version": version,
-            "reads": {path: config.section(path) for path in sorted(reads)},
-            "external": dict(external or {}),
-            "inputs": {k: {"key": v.key, "path": str(v.path)} for k, v in (inputs or {}).items()},
-            "started": started,
-            "seconds": seconds,
-            "summary": summary,
-        })
+        atomic_write_json(
+            tmp / STAGE_RECORD,
+            {
+                "stage": name,
+                "key": key,
+                "version": version,
+                "reads": {path: config.section(path) for path in sorted(reads)},
+                "external": dict(external or {}),
+                "inputs": {k: {"key": v.key, "path": str(v.path)} for k, v in (inputs or {}).items()},
+                "started": started,
+                "seconds": seconds,
+                "summary": summary,
+            },
+        )
     return StageResult(name, key, final, False, seconds, summary)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from fairskin.config import FairSkinConfig, flatten
 from fairskin.secrets import redact, redact_tree
@@ -47,7 +48,7 @@ class RunHandle:
 
         items = [Param(str(k), _param_value(v)) for k, v in params.items()]
         for start in range(0, len(items), _PARAMS_PER_CALL):
-            self.client.log_batch(self.run_id, params=items[start:start + _PARAMS_PER_CALL])
+            self.client.log_batch(self.run_id, params=items[start : start + _PARAMS_PER_CALL])
 
     def log_config(self, config: FairSkinConfig) -> None:
         """Log the whole resolved configuration as flattened ``section.field`` params (credentials redacted)."""
@@ -64,7 +65,7 @@ class RunHandle:
         finite, bad = split_finite(metrics)
         items = [Metric(k, v, now, int(step or 0)) for k, v in finite.items()]
         for start in range(0, len(items), _METRICS_PER_CALL):
-            self.client.log_batch(self.run_id, metrics=items[start:start + _METRICS_PER_CALL])
+            self.client.log_batch(self.run_id, metrics=items[start : start + _METRICS_PER_CALL])
         if bad:
             record_nonfinite(self.client, self.run_id, bad, step)
 
@@ -74,7 +75,7 @@ class RunHandle:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
-    def child(self, name: str, tags: Mapping[str, Any] | None = None) -> "RunHandle":
+    def child(self, name: str, tags: Mapping[str, Any] | None = None) -> RunHandle:
         """Start a run nested under this one (same experiment)."""
         if self.client is None:
             return RunHandle(None, "", "")
@@ -131,8 +132,9 @@ def record_nonfinite(client: Any, run_id: str, values: Mapping[str, float], step
     for key, value in values.items():
         if f"{TAG_NONFINITE}.{key}" not in tags:
             client.set_tag(run_id, f"{TAG_NONFINITE}.{key}", f"{value} at step {int(step or 0)}")
-    logging.getLogger("fairskin").warning("run %s: non-finite metric(s) %s at step %s (tagged %s)", run_id,
-                                          dict(values), int(step or 0), TAG_NONFINITE)
+    logging.getLogger("fairskin").warning(
+        "run %s: non-finite metric(s) %s at step %s (tagged %s)", run_id, dict(values), int(step or 0), TAG_NONFINITE
+    )
 
 
 def _param_value(value: Any) -> str:
@@ -198,7 +200,7 @@ class Tracker:
             artifact_location = None
             if tracking_uri.startswith("sqlite:///"):
                 # Keep artifacts beside the database, not in ./mlruns of whatever folder we run from.
-                db_dir = Path(tracking_uri[len("sqlite:///"):]).parent
+                db_dir = Path(tracking_uri[len("sqlite:///") :]).parent
                 db_dir.mkdir(parents=True, exist_ok=True)
                 artifact_location = (db_dir / "mlartifacts").as_uri()
             elif runs_root is not None and is_database_uri(tracking_uri):
@@ -225,12 +227,17 @@ class Tracker:
             return found.experiment_id
 
     @classmethod
-    def from_config(cls, config: FairSkinConfig, experiment: str | None = None) -> "Tracker":
-        return cls(config.tracking_uri(), experiment or config.tracking.experiment, config.tracking.enabled,
-                   config.runtime.runs_root)
+    def from_config(cls, config: FairSkinConfig, experiment: str | None = None) -> Tracker:
+        return cls(
+            config.tracking_uri(),
+            experiment or config.tracking.experiment,
+            config.tracking.enabled,
+            config.runtime.runs_root,
+        )
 
-    def start(self, name: str, parent: RunHandle | str | None = None,
-              tags: Mapping[str, Any] | None = None) -> RunHandle:
+    def start(
+        self, name: str, parent: RunHandle | str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> RunHandle:
         """Create a run (nested under ``parent`` when given) and return its handle."""
         if self.client is None:
             return RunHandle(None, "", "")
@@ -254,8 +261,9 @@ class Tracker:
             self.client.set_terminated(handle.run_id, status=status)
 
     @contextlib.contextmanager
-    def run(self, name: str, parent: RunHandle | str | None = None,
-            tags: Mapping[str, Any] | None = None) -> Iterator[RunHandle]:
+    def run(
+        self, name: str, parent: RunHandle | str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> Iterator[RunHandle]:
         """Context manager: FINISHED on success, KILLED on Ctrl-C, FAILED on any other error."""
         handle = self.start(name, parent, tags)
         try:
@@ -275,5 +283,7 @@ class Tracker:
     def ui_command(self, port: int = 5000) -> str:
         """The command that serves the MLflow UI on this tracking URI (loopback only); credentials in the
         URI are shown as ``***`` (put them in ``~/.pgpass`` or the MLflow environment variables instead)."""
-        return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri "
-                f"{self.display_uri} --host 127.0.0.1 --port {port} --workers 1")
+        return (
+            f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri "
+            f"{self.display_uri} --host 127.0.0.1 --port {port} --workers 1"
+        )

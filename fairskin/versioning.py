@@ -30,8 +30,20 @@ from typing import Any
 COMMIT_ENV = "FAIRSKIN_GIT_COMMIT"
 UNKNOWN = "unknown"
 # Packages whose versions can change a figure: shown as tags (every installed one is in the artifact).
-KEY_PACKAGES = ("ray", "torch", "torchvision", "diffusers", "transformers", "torch-fidelity", "optuna", "mlflow",
-                "numpy", "pandas", "pydantic", "scikit-learn")
+KEY_PACKAGES = (
+    "ray",
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "torch-fidelity",
+    "optuna",
+    "mlflow",
+    "numpy",
+    "pandas",
+    "pydantic",
+    "scikit-learn",
+)
 TAG_VERSION = "fairskin.version"
 TAG_COMMIT = "fairskin.git_commit"
 ARTIFACT = "environment.txt"
@@ -97,8 +109,14 @@ def package_versions() -> dict[str, str]:
 
 def environment() -> dict[str, Any]:
     """The engine's version and commit, the interpreter, the platform and the installed packages."""
-    return {"fairskin": engine_version(), "git_commit": git_commit(), "python": platform.python_version(),
-            "executable": sys.executable, "platform": platform.platform(), "packages": package_versions()}
+    return {
+        "fairskin": engine_version(),
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "packages": package_versions(),
+    }
 
 
 def environment_text(env: dict[str, Any] | None = None) -> str:

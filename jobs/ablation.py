@@ -28,8 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser)
     add_lock_argument(parser)
     parser.add_argument("--study", default=None, help="study name (default: the latest `ablation` study)")
-    parser.add_argument("--seeds", type=int, default=None, metavar="N",
-                        help="use the first N training seeds of each row (default: all found)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use the first N training seeds of each row (default: all found)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     args = parser.parse_args(argv)
     if args.study is not None and name_problem(args.study):  # it names <runs root>/report/<study>
@@ -51,16 +56,27 @@ def _report(args: argparse.Namespace, config) -> int:
     uri = config.tracking_uri()
     study = args.study or latest_study(uri)
     if study is None:
-        print(f"error: no `ablation` study with trial runs in {redact(uri)}; run the pipeline "
-              f"(python jobs/full_pipeline.py) or name one with --study", file=sys.stderr)
+        print(
+            f"error: no `ablation` study with trial runs in {redact(uri)}; run the pipeline "
+            f"(python jobs/full_pipeline.py) or name one with --study",
+            file=sys.stderr,
+        )
         return 2
     if name_problem(study):  # a tag read back from the tracking store
         print(f"error: study {name_problem(study)}; name a study with --study", file=sys.stderr)
         return 2
     out = args.out or config.runtime.runs_root / "report" / study
     r = config.report
-    report = build_report(uri, out, config.data.group_names, study=study, seeds=args.seeds, baseline=r.baseline,
-                          level=r.level, declaration=config.declaration())
+    report = build_report(
+        uri,
+        out,
+        config.data.group_names,
+        study=study,
+        seeds=args.seeds,
+        baseline=r.baseline,
+        level=r.level,
+        declaration=config.declaration(),
+    )
     tracker = Tracker.from_config(config)
     with tracker.run(f"report-{study}", tags={"fairskin.kind": "report", "fairskin.study": study}) as run:
         for path in sorted(out.iterdir()):

@@ -25,7 +25,6 @@ from fairskin.lock import runs_root_lock  # noqa: E402
 from fairskin.pipeline import STAGES, report_path, run_pipeline  # noqa: E402
 from fairskin.runtime import RAY_MESSAGES_LOG, quiet_console, ray_logs_dir, ray_messages_count  # noqa: E402
 
-
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
@@ -33,14 +32,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     add_lock_argument(parser)
-    parser.add_argument("--force", action="append", default=[], metavar="STAGE",
-                        help=f"redo a stage, and every later stage of this run that depends on it, even if done "
-                             f"(repeatable; 'all' for every stage): {', '.join(STAGES)}")
-    parser.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
-                        help="run only these stages (and the ones they need)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="also show Ray's worker logs, Ray Data's and the libraries' progress bars "
-                             "(runtime.verbose=true; otherwise they are only in the Ray session's log files)")
+    parser.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help=f"redo a stage, and every later stage of this run that depends on it, even if done "
+        f"(repeatable; 'all' for every stage): {', '.join(STAGES)}",
+    )
+    parser.add_argument(
+        "--stages", nargs="+", default=None, metavar="STAGE", help="run only these stages (and the ones they need)"
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's worker logs, Ray Data's and the libraries' progress bars "
+        "(runtime.verbose=true; otherwise they are only in the Ray session's log files)",
+    )
     args = parser.parse_args(argv)
     if args.verbose:
         args.overrides = list(args.overrides) + ["runtime.verbose=true"]

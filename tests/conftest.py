@@ -34,7 +34,6 @@ FITZPATRICK_CSV = SHARED / "data" / "fitzpatrick17k" / "fitzpatrick17k.csv"
 REFERENCE_COUNTS = SHARED / "data" / "fitzpatrick17k" / "subclass_counts_reference.csv"
 
 
-
 def _session_auth_token() -> Path:
     """A fresh token for this test session, in a private temp dir removed at exit."""
     folder = Path(tempfile.mkdtemp(prefix="fsk-auth-"))
@@ -77,11 +76,23 @@ def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="fsk-ray-", dir="/tmp")
     gcs, dashboard = _free_port(), _free_port()
     ray_bin = Path(sys.executable).with_name("ray")
-    cmd = [str(ray_bin), "start", "--head", f"--temp-dir={temp_dir}", f"--port={gcs}",
-           "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=true",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
-           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-           f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+    cmd = [
+        str(ray_bin),
+        "start",
+        "--head",
+        f"--temp-dir={temp_dir}",
+        f"--port={gcs}",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--disable-usage-stats",
+        f"--ray-client-server-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+    ]
     address = f"127.0.0.1:{gcs}"
     # Token auth is on (module top). RAY_ADDRESS in the head's environment reaches every worker: Ray Train's
     # PlacementGroupCleaner looks its controller up with no address, which on a machine running other Ray
@@ -90,8 +101,12 @@ def ray_head():
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180)
     os.environ["RAY_ADDRESS"] = address
     try:
-        yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}", "temp_dir": temp_dir,
-               "token_path": AUTH_TOKEN_PATH}
+        yield {
+            "address": address,
+            "dashboard": f"http://127.0.0.1:{dashboard}",
+            "temp_dir": temp_dir,
+            "token_path": AUTH_TOKEN_PATH,
+        }
     finally:
         import ray
 

@@ -118,8 +118,9 @@ def reachable_by(who: pwd.struct_passwd, program: Path) -> bool:
     """Whether ``who`` may run ``program``: every folder above it searchable and the file executable
     for that user. Asked of the kernel (``test -x`` run as that user, from ``/``), not worked out
     from permission bits, so ACLs and group membership count as the kernel counts them."""
-    check = subprocess.run(["/bin/sh", "-c", 'test -x "$1"', "sh", str(program)], cwd="/", timeout=10,
-                           capture_output=True, **_as_user(who))
+    check = subprocess.run(
+        ["/bin/sh", "-c", 'test -x "$1"', "sh", str(program)], cwd="/", timeout=10, capture_output=True, **_as_user(who)
+    )
     return check.returncode == 0
 
 
@@ -138,10 +139,12 @@ def copy_install_for(who: pwd.struct_passwd, bin_dir: Path) -> Path:
     parts = [install / name for name in ("bin", "lib", "share")]
     absent = [p.name for p in parts if not p.is_dir()]
     if absent:
-        raise RuntimeError(f"the PostgreSQL programs in {bin_dir} cannot be run by the user {who.pw_name!r} "
-                           f"(a folder above them is closed to that user), and {install} has no {absent} "
-                           "beside bin/ to copy somewhere it can reach: set FAIRSKIN_PG_BIN to an install that user "
-                           "can enter, or run from a folder it can enter")
+        raise RuntimeError(
+            f"the PostgreSQL programs in {bin_dir} cannot be run by the user {who.pw_name!r} "
+            f"(a folder above them is closed to that user), and {install} has no {absent} "
+            "beside bin/ to copy somewhere it can reach: set FAIRSKIN_PG_BIN to an install that user "
+            "can enter, or run from a folder it can enter"
+        )
     package, site = install.parent, install.parent.parent
     root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}bin-{os.getpid()}-", dir=_TMP))
     try:
@@ -158,8 +161,10 @@ def copy_install_for(who: pwd.struct_passwd, bin_dir: Path) -> Path:
                     path.chmod(mode | 0o444 | (0o111 if mode & 0o100 else 0))
         programs = root / package.name / install.name / "bin"
         if not reachable_by(who, programs / "initdb"):
-            raise RuntimeError(f"copied the PostgreSQL install {install} to {root}, and the user {who.pw_name!r} "
-                               "still cannot run its initdb (is /tmp mounted noexec or closed to that user?)")
+            raise RuntimeError(
+                f"copied the PostgreSQL install {install} to {root}, and the user {who.pw_name!r} "
+                "still cannot run its initdb (is /tmp mounted noexec or closed to that user?)"
+            )
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
@@ -172,8 +177,10 @@ class PostgresServer:
     def __init__(self, bin_dir: Path | None = None, databases: tuple[str, ...] = ("mlflow",)):
         self.bin_dir = bin_dir or find_bin()
         if self.bin_dir is None:
-            raise RuntimeError("no PostgreSQL server programs found: pip install -e '.[dev]' (pgserver), "
-                               "install the system's PostgreSQL, or set FAIRSKIN_PG_BIN")
+            raise RuntimeError(
+                "no PostgreSQL server programs found: pip install -e '.[dev]' (pgserver), "
+                "install the system's PostgreSQL, or set FAIRSKIN_PG_BIN"
+            )
         self.databases = databases
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -200,7 +207,7 @@ class PostgresServer:
         who = _run_as()
         return {} if who is None else _as_user(who)
 
-    def start(self, timeout: float = 60.0) -> "PostgresServer":
+    def start(self, timeout: float = 60.0) -> PostgresServer:
         """Start the server and create ``databases``; on any failure, stop and remove what was made."""
         try:
             return self._start(timeout)
@@ -208,7 +215,7 @@ class PostgresServer:
             self.stop()
             raise
 
-    def _start(self, timeout: float) -> "PostgresServer":
+    def _start(self, timeout: float) -> PostgresServer:
         who = _run_as()
         clean_stale_servers()
         programs = self.bin_dir
@@ -226,10 +233,26 @@ class PostgresServer:
             for path in (self.folder, pwfile):
                 os.chown(path, who.pw_uid, who.pw_gid)
         log = self.folder / "server.log"
-        init = subprocess.run([str(programs / "initdb"), "-D", str(self.folder / "data"), "-U", USER,
-                               f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--no-locale",
-                               "--no-sync"], capture_output=True, text=True, timeout=120, cwd=self.folder,
-                              **self._popen_kwargs())
+        init = subprocess.run(
+            [
+                str(programs / "initdb"),
+                "-D",
+                str(self.folder / "data"),
+                "-U",
+                USER,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.folder,
+            **self._popen_kwargs(),
+        )
         pwfile.unlink()
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed ({init.returncode}):\n{init.stdout}\n{init.stderr}")
@@ -237,11 +260,31 @@ class PostgresServer:
         # A test server: durability off (fsync, synchronous commit) for speed; loopback TCP only.
         with open(log, "ab") as fh:
             self.proc = subprocess.Popen(
-                [str(programs / "postgres"), "-D", str(self.folder / "data"), "-h", "127.0.0.1",
-                 "-p", str(self.port), "-k", str(self.folder), "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "max_connections=100"],
-                stdout=fh, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True,
-                **self._popen_kwargs())
+                [
+                    str(programs / "postgres"),
+                    "-D",
+                    str(self.folder / "data"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.folder),
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=100",
+                ],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                cwd=self.folder,
+                start_new_session=True,
+                **self._popen_kwargs(),
+            )
         self.passfile.write_text(f"127.0.0.1:{self.port}:*:{USER}:{self.password}\n")
         self.passfile.chmod(0o600)  # libpq ignores a password file others can read
         self._wait_ready(timeout, log)
@@ -288,7 +331,7 @@ class PostgresServer:
                 shutil.rmtree(folder, ignore_errors=True)
         self.programs = None
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -53,8 +53,9 @@ def test_the_base_unet_reads_latents_encoded_once_and_leaves_the_vae_and_text_en
     # The table holds each row's own latent, in row order (batching changes only float rounding).
     table = encode_training_latents(parts.vae, train, batch_size=4)
     with torch.no_grad():
-        one_by_one = torch.cat([encode_latents(parts.vae, pixels_to_tensor(train.pixels[i:i + 1]))
-                                for i in range(len(train))])
+        one_by_one = torch.cat(
+            [encode_latents(parts.vae, pixels_to_tensor(train.pixels[i : i + 1])) for i in range(len(train))]
+        )
     assert table.shape == (len(train), 4, 8, 8)
     torch.testing.assert_close(table, one_by_one, atol=1e-4, rtol=1e-3)
 
@@ -93,9 +94,19 @@ def test_base_unets_train_side_by_side_on_ray_as_they_would_in_process(ray_sessi
     parts = build_tiny_sd(image_size=32, seed=0, zero_terminal_snr=True)
     train_tiny_vae(parts.vae, train, steps=2, batch_size=4, seed=0)
     prompts = subclass_prompts(build_config("smoke").diffusion.prompt_template, train.groups, train.diseases)
-    jobs = {"base": unet_job(parts, train, prompts, steps=7, batch_size=4, seed=0, lr=1e-3, snr_gamma=5.0),
-            "without_african": unet_job(copy.deepcopy(parts), train.without_group("African"), prompts, steps=7,
-                                        batch_size=4, seed=0, lr=1e-3, snr_gamma=5.0)}
+    jobs = {
+        "base": unet_job(parts, train, prompts, steps=7, batch_size=4, seed=0, lr=1e-3, snr_gamma=5.0),
+        "without_african": unet_job(
+            copy.deepcopy(parts),
+            train.without_group("African"),
+            prompts,
+            steps=7,
+            batch_size=4,
+            seed=0,
+            lr=1e-3,
+            snr_gamma=5.0,
+        ),
+    }
     expected = {name: copy.deepcopy(job) for name, job in jobs.items()}
     threads = torch.get_num_threads()
     set_thread_count(1)
@@ -187,6 +198,7 @@ def test_a_classifier_built_while_a_background_stage_loads_its_vae_gets_real_ini
     import threading
 
     from diffusers import AutoencoderKL
+
     from fairskin.classify.models import build_classifier
     from fairskin.config import build_config
     from fairskin.diffusion.base import _parts_with_vae

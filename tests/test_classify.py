@@ -21,21 +21,26 @@ def test_balance_to_and_per_subclass_counts():
 
 
 def test_group_proportions_split_equally_over_diseases():
-    plan = AugmentPlan(kind="group_proportions", total=7500,
-                       proportions={"African": 0.3, "Asian": 0.2, "Caucasian": 0.5})
+    plan = AugmentPlan(
+        kind="group_proportions", total=7500, proportions={"African": 0.3, "Asian": 0.2, "Caucasian": 0.5}
+    )
     counts = plan_counts(plan, TRAIN, GROUPS, DISEASES)
     # The paper's example: 2,250 : 1,500 : 3,750, equal over the five diseases.
     assert {counts[(g, "d1")] for g in GROUPS} == {450, 300, 750}
-    odd = plan_counts(AugmentPlan(kind="group_proportions", total=7, proportions={g: 1 / 3 for g in GROUPS}),
-                      TRAIN, GROUPS, DISEASES)
+    odd = plan_counts(
+        AugmentPlan(kind="group_proportions", total=7, proportions={g: 1 / 3 for g in GROUPS}), TRAIN, GROUPS, DISEASES
+    )
     assert sum(odd.values()) == 7
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"kind": "group_proportions", "total": 10, "proportions": {"African": -0.1, "Asian": 1.1}}, "non-negative"),
-    ({"kind": "group_proportions", "total": 10, "proportions": {"African": 0.5, "Asian": 0.4}}, "sum to 1"),
-    ({"kind": "balance_to"}, r"needs \['balance_to'\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"kind": "group_proportions", "total": 10, "proportions": {"African": -0.1, "Asian": 1.1}}, "non-negative"),
+        ({"kind": "group_proportions", "total": 10, "proportions": {"African": 0.5, "Asian": 0.4}}, "sum to 1"),
+        ({"kind": "balance_to"}, r"needs \['balance_to'\]"),
+    ],
+)
 def test_invalid_plans(kwargs, message):
     with pytest.raises(ValidationError, match=message):
         AugmentPlan(**kwargs)
@@ -43,11 +48,15 @@ def test_invalid_plans(kwargs, message):
 
 def test_plan_exceeding_the_pool_names_the_largest_valid_proportion():
     pool = {(g, d): 100 for g in GROUPS for d in DISEASES}
-    plan = AugmentPlan(kind="group_proportions", total=1000, proportions={"African": 0.6, "Asian": 0.2,
-                                                                           "Caucasian": 0.2})
+    plan = AugmentPlan(
+        kind="group_proportions", total=1000, proportions={"African": 0.6, "Asian": 0.2, "Caucasian": 0.2}
+    )
     counts = plan_counts(plan, TRAIN, GROUPS, DISEASES)
-    with pytest.raises(PlanError, match=r"\(African, d1\) asks 120 images but the pool holds 100: with total 1000, "
-                                        r"the largest valid proportion for African is 0.5000"):
+    with pytest.raises(
+        PlanError,
+        match=r"\(African, d1\) asks 120 images but the pool holds 100: with total 1000, "
+        r"the largest valid proportion for African is 0.5000",
+    ):
         check_against_pool(plan, counts, pool, DISEASES)
     per = AugmentPlan(kind="per_subclass", per_subclass=101)
     with pytest.raises(PlanError, match="largest valid per_subclass is 100"):
@@ -58,8 +67,7 @@ def test_plan_exceeding_the_pool_names_the_largest_valid_proportion():
 
 
 def _pool_meta(n=20):
-    rows = [{"id": f"p-{g}-{d}-{i:03d}", "group": g, "disease": d} for g in GROUPS for d in DISEASES
-            for i in range(n)]
+    rows = [{"id": f"p-{g}-{d}-{i:03d}", "group": g, "disease": d} for g in GROUPS for d in DISEASES for i in range(n)]
     return pd.DataFrame(rows)
 
 
@@ -95,7 +103,8 @@ def test_resample_caps_groups_at_the_pool_and_spreads_the_excess():
     assert r.proportions(base, {g: 1000 for g in GROUPS}, 100) == base  # no validation yet
     r.update({"African": 0.25, "Asian": 0.5, "Caucasian": 1.0})
     assert r.proportions(base, {g: 1000 for g in GROUPS}, 100) == pytest.approx(
-        {"African": 4 / 7, "Asian": 2 / 7, "Caucasian": 1 / 7})
+        {"African": 4 / 7, "Asian": 2 / 7, "Caucasian": 1 / 7}
+    )
     fixed = Rebalancer("random", GROUPS)
     fixed.update({"African": 0.25, "Asian": 0.5, "Caucasian": 1.0})
     assert fixed.proportions(base, {}, 100) == base and np.all(fixed.loss_weights(np.array([0, 1])) == 1)

@@ -16,18 +16,25 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from mlflow import MlflowClient
 
-from conftest import REPO
 from fairskin.diffusion.finetune import STEP_PAUSE_ENV, latest_state
 from fairskin.testing.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.ray
 
 STEPS = 8
-SETTINGS = ["diffusion.variants=[vanilla]", f"diffusion.max_steps={STEPS}", "diffusion.checkpoint_every=2",
-            "diffusion.num_workers=2", "diffusion.cpus_per_worker=0.5", "diffusion.placement_strategy=STRICT_SPREAD",
-            "diffusion.max_failures=1", "diffusion.keep_checkpoints=true"]
+SETTINGS = [
+    "diffusion.variants=[vanilla]",
+    f"diffusion.max_steps={STEPS}",
+    "diffusion.checkpoint_every=2",
+    "diffusion.num_workers=2",
+    "diffusion.cpus_per_worker=0.5",
+    "diffusion.placement_strategy=STRICT_SPREAD",
+    "diffusion.max_failures=1",
+    "diffusion.keep_checkpoints=true",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +55,34 @@ def _recorded_step(folder: Path) -> int:
 def test_fine_tune_across_two_nodes_survives_losing_one(two_nodes, tmp_path):
     cluster = two_nodes
     root, log = tmp_path / "runs", tmp_path / "pipeline.log"
-    cmd = [sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", "--stages", "finetune",
-           f"runtime.runs_root={root}", *SETTINGS]
+    cmd = [
+        sys.executable,
+        "jobs/full_pipeline.py",
+        "--preset",
+        "smoke",
+        "--stages",
+        "finetune",
+        f"runtime.runs_root={root}",
+        *SETTINGS,
+    ]
     with open(log, "ab") as fh:  # a driver on the two-node cluster (RAY_ADDRESS), its own process group
-        proc = subprocess.Popen(cmd, cwd=REPO, env=cluster.driver_env(**{STEP_PAUSE_ENV: "0.5"}), stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=cluster.driver_env(**{STEP_PAUSE_ENV: "0.5"}),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         folder_of = lambda: next((root / "checkpoints").glob("finetune-*/vanilla"), None)  # noqa: E731
-        folder = wait_for(lambda: (f := folder_of()) is not None and _recorded_step(f) >= 2 and f,
-                           400, proc, "a checkpoint recorded by Ray Train", log)
+        folder = wait_for(
+            lambda: (f := folder_of()) is not None and _recorded_step(f) >= 2 and f,
+            400,
+            proc,
+            "a checkpoint recorded by Ray Train",
+            log,
+        )
         # One Ray Train worker on each node (STRICT_SPREAD).
         node_a, node_b = cluster.nodes["node_a"], cluster.nodes["node_b"]
         assert len(node_a.actor_pids("RayTrainWorker")) == 1 and len(node_b.actor_pids("RayTrainWorker")) == 1
@@ -68,8 +94,13 @@ def test_fine_tune_across_two_nodes_survives_losing_one(two_nodes, tmp_path):
         fresh = cluster.replace("node_b")  # as an autoscaler would
 
         # The restarted worker group is spread again, over node_a and the fresh node.
-        wait_for(lambda: fresh.actor_pids("RayTrainWorker") and node_a.actor_pids("RayTrainWorker"),
-                  300, proc, "Ray Train workers on both nodes again", log)
+        wait_for(
+            lambda: fresh.actor_pids("RayTrainWorker") and node_a.actor_pids("RayTrainWorker"),
+            300,
+            proc,
+            "Ray Train workers on both nodes again",
+            log,
+        )
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
@@ -78,8 +109,10 @@ def test_fine_tune_across_two_nodes_survives_losing_one(two_nodes, tmp_path):
     # Resumed from the checkpoint recorded when the node was lost: its next step first, by step numbers.
     state = latest_state(folder)[1]
     assert state["step"] == STEPS
-    assert state["starts"] == [{"attempt": 1, "from_step": 0, "first_step": 1},
-                               {"attempt": 2, "from_step": killed_at, "first_step": killed_at + 1}]
+    assert state["starts"] == [
+        {"attempt": 1, "from_step": 0, "first_step": 1},
+        {"attempt": 2, "from_step": killed_at, "first_step": killed_at + 1},
+    ]
     stage = next((root / "stages").glob("finetune-*"))
     assert json.loads((stage / "_stage.json").read_text())["summary"]["vanilla_attempts"] == 2
     # Every step in MLflow exactly once, in the generator's one run, which finished.

@@ -21,11 +21,24 @@ from fairskin.metrics.components import Components, sd_per_repeat, var_of_mean, 
 TRUTH = {"sigma2_ft": 1.0, "sigma2_pool": 0.5, "sigma2_cls": 0.25}
 
 
-def simulate(n: int, R: int, K: int, S: int, rng: np.random.Generator, mu: float = 0.3,
-             ft: float = 1.0, pool: float = 0.5, cls: float = 0.25) -> np.ndarray:
+def simulate(
+    n: int,
+    R: int,
+    K: int,
+    S: int,
+    rng: np.random.Generator,
+    mu: float = 0.3,
+    ft: float = 1.0,
+    pool: float = 0.5,
+    cls: float = 0.25,
+) -> np.ndarray:
     """n data sets of the nested model, shape (n, R, K, S)."""
-    return (mu + rng.normal(0, math.sqrt(ft), (n, R, 1, 1)) + rng.normal(0, math.sqrt(pool), (n, R, K, 1))
-            + rng.normal(0, math.sqrt(cls), (n, R, K, S)))
+    return (
+        mu
+        + rng.normal(0, math.sqrt(ft), (n, R, 1, 1))
+        + rng.normal(0, math.sqrt(pool), (n, R, K, 1))
+        + rng.normal(0, math.sqrt(cls), (n, R, K, S))
+    )
 
 
 def frame_of(y: np.ndarray) -> pd.DataFrame:
@@ -37,7 +50,7 @@ def frame_of(y: np.ndarray) -> pd.DataFrame:
 def dense_reml_loglik(frame: pd.DataFrame, ft: float, pool: float, cls: float) -> float:
     """REML log-likelihood (up to a constant) of d ~ 1 from the dense covariance matrix V."""
     y = frame["d"].to_numpy()
-    same_repeat = (frame["repeat"].to_numpy()[:, None] == frame["repeat"].to_numpy()[None, :])
+    same_repeat = frame["repeat"].to_numpy()[:, None] == frame["repeat"].to_numpy()[None, :]
     same_pool = same_repeat & (frame["pool"].to_numpy()[:, None] == frame["pool"].to_numpy()[None, :])
     V = ft * same_repeat + pool * same_pool + cls * np.eye(len(y))
     Vi = np.linalg.inv(V)
@@ -52,8 +65,12 @@ def dense_reml_optimum(frame: pd.DataFrame) -> float:
     total = float(frame["d"].var())
     best = -math.inf
     for start in ([total / 3] * 3, [total / 10, total / 10, total * 0.8], [total * 0.8, total / 10, total / 10]):
-        fit = optimize.minimize(lambda p: -dense_reml_loglik(frame, *p), start, method="L-BFGS-B",
-                                bounds=[(0, None), (0, None), (1e-8 * total, None)])
+        fit = optimize.minimize(
+            lambda p: -dense_reml_loglik(frame, *p),
+            start,
+            method="L-BFGS-B",
+            bounds=[(0, None), (0, None), (1e-8 * total, None)],
+        )
         best = max(best, -fit.fun)
     return best
 
@@ -83,8 +100,10 @@ def test_fine_tune_interval_covers_a_small_component_next_to_a_large_pool_compon
     rng = np.random.default_rng(20240602)
     data = simulate(200, 5, 3, 3, rng, ft=0.05, pool=1.0, cls=0.25)
     fits = [variance_components(frame_of(y), method="moments") for y in data]
-    coverage = {"ft": np.mean([c.ci_ft[0] <= 0.05 <= c.ci_ft[1] for c in fits]),
-                "pool": np.mean([c.ci_pool[0] <= 1.0 <= c.ci_pool[1] for c in fits])}
+    coverage = {
+        "ft": np.mean([c.ci_ft[0] <= 0.05 <= c.ci_ft[1] for c in fits]),
+        "pool": np.mean([c.ci_pool[0] <= 1.0 <= c.ci_pool[1] for c in fits]),
+    }
     # a Satterthwaite interval for sigma2_ft covers about 25 % of the time here
     assert all(0.90 <= rate < 0.995 for rate in coverage.values()), coverage
 
@@ -100,8 +119,8 @@ def test_moments_match_hand_worked_mean_squares():
     assert dict(c.df) == {"repeat": 1, "pool": 2, "seed": 4}
     assert dict(c.mean_squares) == pytest.approx({"repeat": 60.5, "pool": 6.5, "seed": 3.5})
     assert c.sigma2_cls == pytest.approx(3.5)
-    assert c.sigma2_pool == pytest.approx((6.5 - 3.5) / 2)          # 1.5
-    assert c.sigma2_ft == pytest.approx((60.5 - 6.5) / 4)           # 13.5
+    assert c.sigma2_pool == pytest.approx((6.5 - 3.5) / 2)  # 1.5
+    assert c.sigma2_ft == pytest.approx((60.5 - 6.5) / 4)  # 13.5
     # chi-square table, df 4: 0.484419 (2.5 %), 11.1433 (97.5 %)
     assert c.ci_cls == pytest.approx((14 / 11.1433, 14 / 0.484419), rel=1e-4)
     assert (c.R, c.K, c.S, c.method, c.notes) == (2, 2, 2, "moments", ())
@@ -134,14 +153,15 @@ def test_negative_moment_estimate_truncated_at_zero_and_noted():
 # ---------------------------------------------------------------- REML
 
 
-@pytest.mark.parametrize("R, K, S, seed", [(20, 3, 3, 0), (20, 3, 3, 1), (20, 3, 3, 2), (8, 2, 4, 3),
-                                           (12, 4, 1, 4), (10, 1, 3, 5)])
+@pytest.mark.parametrize(
+    "R, K, S, seed", [(20, 3, 3, 0), (20, 3, 3, 1), (20, 3, 3, 2), (8, 2, 4, 3), (12, 4, 1, 4), (10, 1, 3, 5)]
+)
 def test_reml_matches_moments_on_balanced_data(R, K, S, seed):
     frame = frame_of(simulate(1, R, K, S, np.random.default_rng(seed))[0])
     moments = variance_components(frame, method="moments")
-    assert not any("truncated" in n for n in moments.notes)      # REML = moments only when all are > 0
+    assert not any("truncated" in n for n in moments.notes)  # REML = moments only when all are > 0
     reml = variance_components(frame, method="reml")
-    assert not any("fell short" in n for n in reml.notes)         # MixedLM's own fit, not the closed form
+    assert not any("fell short" in n for n in reml.notes)  # MixedLM's own fit, not the closed form
     assert reml.mean == pytest.approx(moments.mean, abs=1e-8)
     for name in ("sigma2_ft", "sigma2_pool", "sigma2_cls"):
         a, b = getattr(reml, name), getattr(moments, name)
@@ -160,8 +180,8 @@ def test_reml_reaches_the_dense_reml_optimum_near_the_boundary(seed):
 
 def test_reml_on_unbalanced_data_has_no_intervals_and_reaches_the_optimum():
     frame = frame_of(simulate(1, 6, 2, 3, np.random.default_rng(7))[0])
-    frame.loc[[0, 7], "d"] = np.nan          # two classifier seeds missing
-    frame = frame.drop(index=[10])           # and one row gone
+    frame.loc[[0, 7], "d"] = np.nan  # two classifier seeds missing
+    frame = frame.drop(index=[10])  # and one row gone
     with pytest.raises(ValueError, match="balanced"):
         variance_components(frame, method="moments")
     c = variance_components(frame, method="reml")
@@ -186,8 +206,10 @@ def test_S1_merges_the_classifier_component_into_the_pool_level():
     for method in ("moments", "reml"):
         c = variance_components(one_seed, method=method)
         assert c.S == 1 and math.isnan(c.sigma2_cls) and all(math.isnan(x) for x in c.ci_cls)
-        assert any(n.startswith("S = 1: the classifier component is confounded with the residual (pool) level")
-                   for n in c.notes)
+        assert any(
+            n.startswith("S = 1: the classifier component is confounded with the residual (pool) level")
+            for n in c.notes
+        )
         assert c.sigma2_pool == pytest.approx(ms_pool, rel=2e-3)
     # a generation endpoint: no seed column at all
     c = variance_components(one_seed.drop(columns="seed"), seed=None, method="moments")
@@ -199,14 +221,19 @@ def test_K1_merges_the_pool_component_into_the_fine_tune_level():
     y = simulate(1, 10, 3, 3, np.random.default_rng(22))[0]
     frame = frame_of(y)
     one_pool = frame[frame["pool"] == 0]
-    values = y[:, 0, :]                                   # (R, S)
+    values = y[:, 0, :]  # (R, S)
     ms_repeat = 3 * np.var(values.mean(axis=1), ddof=1)
     ms_seed = np.sum((values - values.mean(axis=1, keepdims=True)) ** 2) / (10 * 2)
     for method in ("moments", "reml"):
         c = variance_components(one_pool, method=method)
         assert c.K == 1 and math.isnan(c.sigma2_pool) and all(math.isnan(x) for x in c.ci_pool)
-        assert any(n.startswith("K = 1: the pool component is confounded with the fine-tune (repeat) level; "
-                                "sigma2_ft estimates sigma2_ft + sigma2_pool and") for n in c.notes)
+        assert any(
+            n.startswith(
+                "K = 1: the pool component is confounded with the fine-tune (repeat) level; "
+                "sigma2_ft estimates sigma2_ft + sigma2_pool and"
+            )
+            for n in c.notes
+        )
         assert c.sigma2_ft == pytest.approx((ms_repeat - ms_seed) / 3, rel=2e-3)
         assert c.sigma2_cls == pytest.approx(ms_seed, rel=2e-3)
 
@@ -227,21 +254,31 @@ def test_K1_S1_leaves_only_the_variance_between_repeats():
 def test_var_of_mean_and_sd_per_repeat_match_simulation():
     R, K, S, n = 4, 2, 3, 20_000
     data = simulate(n, R, K, S, np.random.default_rng(31))
-    truth = Components(mean=0.3, ci_ft=(0, 0), ci_pool=(0, 0), ci_cls=(0, 0), R=R, K=K, S=S, method="truth",
-                       interval_method="", **TRUTH)
+    truth = Components(
+        mean=0.3,
+        ci_ft=(0, 0),
+        ci_pool=(0, 0),
+        ci_cls=(0, 0),
+        R=R,
+        K=K,
+        S=S,
+        method="truth",
+        interval_method="",
+        **TRUTH,
+    )
     expected = var_of_mean(truth, R, K, S)
     assert expected == pytest.approx(1.0 / 4 + 0.5 / 8 + 0.25 / 24)
     # the variance of a sample variance of n normal values is 2 sigma^4 / (n - 1): allow 4 of its sd
     mc_sd = math.sqrt(2 / (n - 1))
     assert np.var(data.mean(axis=(1, 2, 3)), ddof=1) == pytest.approx(expected, rel=4 * mc_sd)
     sd = sd_per_repeat(truth, K, S)
-    assert np.var(data.mean(axis=(2, 3))[:, 0], ddof=1) == pytest.approx(sd ** 2, rel=4 * mc_sd)
-    assert var_of_mean(truth, R, K, S) == pytest.approx(sd ** 2 / R)
+    assert np.var(data.mean(axis=(2, 3))[:, 0], ddof=1) == pytest.approx(sd**2, rel=4 * mc_sd)
+    assert var_of_mean(truth, R, K, S) == pytest.approx(sd**2 / R)
 
 
 def test_merged_components_count_once_in_var_of_mean():
     y = simulate(1, 10, 1, 3, np.random.default_rng(32))[0]
-    c = variance_components(frame_of(y), method="moments")      # K = 1: sigma2_pool NaN, inside sigma2_ft
+    c = variance_components(frame_of(y), method="moments")  # K = 1: sigma2_pool NaN, inside sigma2_ft
     assert var_of_mean(c, 10, 1, 3) == pytest.approx(c.sigma2_ft / 10 + c.sigma2_cls / 30)
     # with K = S = 1 the variance of the mean is the squared standard error of the repeat values
     flat = variance_components(frame_of(y[:, :, :1]), method="moments")

@@ -16,7 +16,10 @@ def test_every_preset_validates(preset):
 def test_presets_differ_where_the_paper_says():
     paper, demo = build_config("paper"), build_config("demo")
     assert (paper.diffusion.global_batch_size, paper.diffusion.learning_rate, paper.diffusion.max_steps) == (
-        8, 3e-7, 12_000)
+        8,
+        3e-7,
+        12_000,
+    )
     assert paper.generation.images_per_subclass == 1000
     assert (paper.classifier.learning_rate, paper.classifier.epochs, paper.classifier.image_size) == (1e-4, 10, 224)
     assert demo.data.source == "synthetic" and demo.diffusion.model == "tiny"
@@ -25,10 +28,17 @@ def test_presets_differ_where_the_paper_says():
 def test_overrides_are_typed_and_applied_last(tmp_path):
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("data:\n  image_size: 48\nruntime:\n  seed: 5\n")
-    config = build_config("smoke", yaml_file, ["runtime.seed=7", "diffusion.cbdm_tau=0.5", "data.groups="
-                          "[{name: Dark, fst: [4,5,6]}, {name: Light, fst: [1,2,3]}]"])
-    assert config.data.image_size == 48          # from YAML
-    assert config.runtime.seed == 7              # override beats YAML
+    config = build_config(
+        "smoke",
+        yaml_file,
+        [
+            "runtime.seed=7",
+            "diffusion.cbdm_tau=0.5",
+            "data.groups=[{name: Dark, fst: [4,5,6]}, {name: Light, fst: [1,2,3]}]",
+        ],
+    )
+    assert config.data.image_size == 48  # from YAML
+    assert config.runtime.seed == 7  # override beats YAML
     assert config.diffusion.cbdm_tau == 0.5
     assert config.data.group_names == ["Dark", "Light"]
 
@@ -48,15 +58,20 @@ def test_weights_belong_to_variants_and_loss_weighting_reaches_the_finetune():
 
     with pytest.raises(ConfigError, match="sampling"):
         build_config("smoke", overrides=["sampling.apply=loss"])
-    literal = build_config("smoke", overrides=[
-        "diffusion.custom_variants=[{name: sqrs_loss, weights: sqrs, apply: loss}]",
-        "diffusion.variants=[vanilla, sqrs_loss]"])
+    literal = build_config(
+        "smoke",
+        overrides=[
+            "diffusion.custom_variants=[{name: sqrs_loss, weights: sqrs, apply: loss}]",
+            "diffusion.variants=[vanilla, sqrs_loss]",
+        ],
+    )
     plain = build_config("smoke", overrides=["diffusion.variants=[vanilla, sqrs]"])
     spec = literal.diffusion.variant("sqrs_loss")
     assert (spec.weights, spec.apply, spec.loss) == ("sqrs", "loss", "dm")
     finetune = STAGES["finetune"]
-    assert stage_key("finetune", literal, finetune.reads, version=finetune.version) != \
-        stage_key("finetune", plain, finetune.reads, version=finetune.version)
+    assert stage_key("finetune", literal, finetune.reads, version=finetune.version) != stage_key(
+        "finetune", plain, finetune.reads, version=finetune.version
+    )
     # the fine-tune's stream applies the spec: loss weights on a plain shuffle, not a weighted draw
     subclass = np.repeat(np.arange(3), [50, 10, 5])
     rows = ArraySet(subclass, {"subclass": subclass})

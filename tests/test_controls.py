@@ -14,24 +14,52 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 from scipy import stats
 
-from conftest import REPO
-from fairskin.controls import (controls_report, drop_control, generation_units, sensitivity, stated_sensitivity,
-                               twin_control, twin_false_positive_rate)
+from fairskin.controls import (
+    controls_report,
+    drop_control,
+    generation_units,
+    sensitivity,
+    stated_sensitivity,
+    twin_control,
+    twin_false_positive_rate,
+)
 from fairskin.metrics.endpoints import Declaration
 
 GROUPS = ["African", "Asian", "Caucasian"]
-PRIMARY = ("skin_tone_w1_worst", "disease_fidelity_worst", "fid_var_subclass_floor_corrected",
-           "worst_group_accuracy", "essp")
-SD = {"skin_tone_w1_worst": 0.3, "disease_fidelity_worst": 0.08, "fid_var_subclass_floor_corrected": 150.0,
-      "worst_group_accuracy": 0.05, "essp": 0.05}
-MEAN = {"skin_tone_w1_worst": 2.0, "disease_fidelity_worst": 0.5, "fid_var_subclass_floor_corrected": 900.0,
-        "worst_group_accuracy": 0.4, "essp": 0.5}
+PRIMARY = (
+    "skin_tone_w1_worst",
+    "disease_fidelity_worst",
+    "fid_var_subclass_floor_corrected",
+    "worst_group_accuracy",
+    "essp",
+)
+SD = {
+    "skin_tone_w1_worst": 0.3,
+    "disease_fidelity_worst": 0.08,
+    "fid_var_subclass_floor_corrected": 150.0,
+    "worst_group_accuracy": 0.05,
+    "essp": 0.05,
+}
+MEAN = {
+    "skin_tone_w1_worst": 2.0,
+    "disease_fidelity_worst": 0.5,
+    "fid_var_subclass_floor_corrected": 900.0,
+    "worst_group_accuracy": 0.4,
+    "essp": 0.5,
+}
 
 
-def _units(repeats: int, drop_effect: float = 0.3, twin_shift: float = 0.0, seed: int = 0,
-           twin_identical: bool = False, mixes: tuple[int, ...] = ()) -> pd.DataFrame:
+def _units(
+    repeats: int,
+    drop_effect: float = 0.3,
+    twin_shift: float = 0.0,
+    seed: int = 0,
+    twin_identical: bool = False,
+    mixes: tuple[int, ...] = (),
+) -> pd.DataFrame:
     """Per-repeat units of vanilla, the twin, control_drop_african and control_mix_african_<pct>."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -39,24 +67,48 @@ def _units(repeats: int, drop_effect: float = 0.3, twin_shift: float = 0.0, seed
         shared = {k: rng.normal(0, s) for k, s in SD.items()}
         agreement = 0.8 + rng.normal(0, 0.05)
         w1 = 1.5 + rng.normal(0, 0.2)
-        vanilla = {"variant": "vanilla", "mode": "random", "repeat": r, **{k: MEAN[k] + shared[k] for k in SD},
-                   "skin_tone_agreement_African": agreement, "skin_tone_w1_ratio_African": w1}
+        vanilla = {
+            "variant": "vanilla",
+            "mode": "random",
+            "repeat": r,
+            **{k: MEAN[k] + shared[k] for k in SD},
+            "skin_tone_agreement_African": agreement,
+            "skin_tone_w1_ratio_African": w1,
+        }
         rows.append(vanilla)
-        twin = dict(vanilla) if twin_identical else {
-            "variant": "vanilla_twin", "mode": "random", "repeat": r,
-            **{k: MEAN[k] + rng.normal(0, s) + (twin_shift * s) for k, s in SD.items()},
-            "skin_tone_agreement_African": 0.8 + rng.normal(0, 0.05), "skin_tone_w1_ratio_African": 1.5 + rng.normal(0, 0.2)}
+        twin = (
+            dict(vanilla)
+            if twin_identical
+            else {
+                "variant": "vanilla_twin",
+                "mode": "random",
+                "repeat": r,
+                **{k: MEAN[k] + rng.normal(0, s) + (twin_shift * s) for k, s in SD.items()},
+                "skin_tone_agreement_African": 0.8 + rng.normal(0, 0.05),
+                "skin_tone_w1_ratio_African": 1.5 + rng.normal(0, 0.2),
+            }
+        )
         twin["variant"] = "vanilla_twin"
         rows.append(twin)
         drop_noise = rng.normal(0, 0.03)
-        rows.append({**vanilla, "variant": "control_drop_african",
-                     "skin_tone_agreement_African": agreement - drop_effect + drop_noise,
-                     "skin_tone_w1_ratio_African": w1 + 10 * drop_effect + rng.normal(0, 0.1)})
+        rows.append(
+            {
+                **vanilla,
+                "variant": "control_drop_african",
+                "skin_tone_agreement_African": agreement - drop_effect + drop_noise,
+                "skin_tone_w1_ratio_African": w1 + 10 * drop_effect + rng.normal(0, 0.1),
+            }
+        )
         for pct in mixes:  # a mixture of the two pools: a share-type endpoint moves by pct/100 of the drop
             f = pct / 100
-            rows.append({**vanilla, "variant": f"control_mix_african_{pct}",
-                         "skin_tone_agreement_African": agreement - f * drop_effect + f * drop_noise + rng.normal(0, 0.01),
-                         "skin_tone_w1_ratio_African": w1 + 10 * drop_effect * f + rng.normal(0, 0.1)})
+            rows.append(
+                {
+                    **vanilla,
+                    "variant": f"control_mix_african_{pct}",
+                    "skin_tone_agreement_African": agreement - f * drop_effect + f * drop_noise + rng.normal(0, 0.01),
+                    "skin_tone_w1_ratio_African": w1 + 10 * drop_effect * f + rng.normal(0, 0.1),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -106,8 +158,14 @@ def test_the_simulated_false_positive_rate_agrees_with_studies_drawn_from_the_sa
         rows = []
         for r in range(3):
             rows.append({"variant": "vanilla", "mode": "random", "repeat": r, **{k: 0.0 for k in sds}})
-            rows.append({"variant": "vanilla_twin", "mode": "random", "repeat": r,
-                         **{k: rng.normal(0, s) for k, s in sds.items()}})
+            rows.append(
+                {
+                    "variant": "vanilla_twin",
+                    "mode": "random",
+                    "repeat": r,
+                    **{k: rng.normal(0, s) for k, s in sds.items()},
+                }
+            )
         flagged += twin_control(pd.DataFrame(rows), declaration)["flagged"]
     direct = flagged / studies
     se = math.sqrt(max(estimate["rate"], 0.01) * (1 - estimate["rate"]) / studies)
@@ -140,7 +198,9 @@ def test_the_sensitivity_curve_expects_the_fraction_of_the_drop_and_states_the_s
     p = stats.ttest_rel(m.sort_index(), v.sort_index(), alternative="less").pvalue
     assert share[0.05]["detected"] == (p < 0.05)
     distance = [r for r in curve if r["endpoint"] == "skin_tone_w1_ratio_African"]
-    assert [r["fraction"] for r in distance] == [0.05, 0.2, 0.5, 1.0] and all(math.isnan(r["expected"]) for r in distance)
+    assert [r["fraction"] for r in distance] == [0.05, 0.2, 0.5, 1.0] and all(
+        math.isnan(r["expected"]) for r in distance
+    )
     assert stated_sensitivity(curve) == min(r["fraction"] for r in curve if r["detected"])
 
 
@@ -167,8 +227,12 @@ def _controls_benchmark():
 
 def test_the_benchmark_compares_the_twins_pools_with_vanillas_repeat_by_repeat():
     bench = _controls_benchmark()
-    pools = {"vanilla": {"pool": "a"}, "vanilla-r1": {"pool": "b"}, "vanilla_twin": {"pool": "c"},
-             "vanilla_twin-r1": {"pool": "d"}}
+    pools = {
+        "vanilla": {"pool": "a"},
+        "vanilla-r1": {"pool": "b"},
+        "vanilla_twin": {"pool": "c"},
+        "vanilla_twin-r1": {"pool": "d"},
+    }
     assert bench.twin_pools_differ_from(pools, "vanilla_twin", "vanilla") is True
     pools["vanilla_twin-r1"] = {"pool": "b"}  # one repeat's twin pool is vanilla's: a cache collision
     assert bench.twin_pools_differ_from(pools, "vanilla_twin", "vanilla") is False

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from fairskin.config import build_config
 
 LOCK_FILE = ".fairskin.lock"  # fairskin.lock.LOCK_FILE (imported inside tests, so each fails alone on older code)
@@ -24,8 +24,16 @@ PIPELINE = [sys.executable, str(REPO / "jobs" / "full_pipeline.py")]
 
 def _write_lock(root: Path, **fields) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    body = {"host": socket.gethostname(), "pid": 1, "pid_start": "", "boot_id": "", "command": "someone else's job",
-            "since": "2026-01-01 00:00:00 UTC", "token": "t0", **fields}
+    body = {
+        "host": socket.gethostname(),
+        "pid": 1,
+        "pid_start": "",
+        "boot_id": "",
+        "command": "someone else's job",
+        "since": "2026-01-01 00:00:00 UTC",
+        "token": "t0",
+        **fields,
+    }
     (root / LOCK_FILE).write_text(json.dumps(body))
     return root / LOCK_FILE
 
@@ -57,7 +65,9 @@ def test_a_dead_holder_on_this_host_is_taken_over_and_another_host_is_refused(tm
         assert not (root / LOCK_FILE).exists()
     # Another host's lock: its holder may be alive there; refused unless broken on purpose.
     _write_lock(root, host="gpu-node-7", pid=os.getpid())
-    with pytest.raises(RunsRootLocked, match=r"someone else's job.*gpu-node-7.*PID \d+.*since 2026-01-01.*--break-lock"):
+    with pytest.raises(
+        RunsRootLocked, match=r"someone else's job.*gpu-node-7.*PID \d+.*since 2026-01-01.*--break-lock"
+    ):
         acquire(root)
     assert json.loads((root / LOCK_FILE).read_text())["host"] == "gpu-node-7"
     acquire(root, break_lock=True, echo=lambda *_: None)
@@ -76,8 +86,14 @@ def test_a_live_holder_refuses_a_pipeline_at_once_with_exit_2_naming_it(tmp_path
     try:
         _write_lock(root, pid=holder.pid, pid_start="", command="python jobs/full_pipeline.py --preset demo")
         started = time.time()
-        out = subprocess.run([*PIPELINE, "--preset", "smoke", "--stages", "prepare", f"runtime.runs_root={root}"],
-                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [*PIPELINE, "--preset", "smoke", "--stages", "prepare", f"runtime.runs_root={root}"],
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 2, out.stderr
         assert f"PID {holder.pid}" in out.stderr and socket.gethostname() in out.stderr
         assert "full_pipeline.py --preset demo" in out.stderr and "Traceback" not in out.stderr
@@ -92,8 +108,10 @@ def test_two_pipelines_started_at_once_do_not_corrupt_the_runs_root(tmp_path):
     """Both started together: one runs, the other is refused at once (exit 2, naming the holder)."""
     root = tmp_path / "runs"
     cmd = [*PIPELINE, "--preset", "smoke", "--stages", "prepare", f"runtime.runs_root={root}"]
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 2], [o[1][-2000:] for o in outs]
@@ -170,7 +188,10 @@ def test_editing_the_search_space_yaml_changes_the_tune_key(tmp_path, monkeypatc
     spaces = tmp_path / "spaces"
     shutil.copytree(REPO / "tune_spaces", spaces)
     config = build_config("smoke", overrides=[f"runtime.runs_root={tmp_path / 'runs'}"])
-    inputs = {"prepare": _stage_result("prepare", "p" * 12, tmp_path), "generate": _stage_result("generate", "g" * 12, tmp_path)}
+    inputs = {
+        "prepare": _stage_result("prepare", "p" * 12, tmp_path),
+        "generate": _stage_result("generate", "g" * 12, tmp_path),
+    }
     original = pipeline_stage_key("tune", config, inputs)
     monkeypatch.setenv("FAIRSKIN_TUNE_SPACES", str(spaces))
     assert pipeline_stage_key("tune", config, inputs) == original  # a copy: same contents, same key
@@ -179,8 +200,14 @@ def test_editing_the_search_space_yaml_changes_the_tune_key(tmp_path, monkeypatc
     assert pipeline_stage_key("tune", config, inputs) != original
     (spaces / "ablation.yaml").write_text(text + "\n# a comment only\n")
     assert pipeline_stage_key("tune", config, inputs) == original  # the resolved space, not the bytes
-    assert pipeline_stage_key("report", config, {"reference": inputs["prepare"], "evaluate": inputs["prepare"],
-                                                 "tune": inputs["generate"]}) is not None
+    assert (
+        pipeline_stage_key(
+            "report",
+            config,
+            {"reference": inputs["prepare"], "evaluate": inputs["prepare"], "tune": inputs["generate"]},
+        )
+        is not None
+    )
 
 
 def test_editing_the_csv_or_an_image_changes_the_prepare_key_but_copying_or_touching_does_not(tmp_path, monkeypatch):
@@ -194,8 +221,15 @@ def test_editing_the_csv_or_an_image_changes_the_prepare_key_but_copying_or_touc
     def key(csv, images, cwd=None):
         if cwd is not None:
             monkeypatch.chdir(cwd)
-        config = build_config("smoke", overrides=[f"runtime.runs_root={tmp_path / 'runs'}", "data.source=fitzpatrick17k",
-                                                  f"data.csv_path={csv}", f"data.image_root={images}"])
+        config = build_config(
+            "smoke",
+            overrides=[
+                f"runtime.runs_root={tmp_path / 'runs'}",
+                "data.source=fitzpatrick17k",
+                f"data.csv_path={csv}",
+                f"data.image_root={images}",
+            ],
+        )
         return pipeline_stage_key("prepare", config, {})
 
     original = key(data / "meta.csv", data / "images")
@@ -263,8 +297,9 @@ parameters:
 """
 
 
-def test_an_invalid_classifier_value_in_a_space_fails_before_ray_naming_the_field(tmp_path, monkeypatch, capsys,
-                                                                                prepared_smoke):
+def test_an_invalid_classifier_value_in_a_space_fails_before_ray_naming_the_field(
+    tmp_path, monkeypatch, capsys, prepared_smoke
+):
     import fairskin.runtime
     from fairskin.data.prepare import write_synthetic_pool
     from fairskin.tune.__main__ import main
@@ -273,21 +308,36 @@ def test_an_invalid_classifier_value_in_a_space_fails_before_ray_naming_the_fiel
         raise AssertionError("Ray was started")
 
     monkeypatch.setattr(fairskin.runtime, "init_ray", no_ray)
-    (tmp_path / "bad.yaml").write_text(_FAILING_SPACE.replace(
-        "- {name: classifier.model, kind: choice, values: [/nonexistent/vit-folder]}",
-        "- {name: classifier.batch_size, kind: int, low: 0, high: 8}"))
+    (tmp_path / "bad.yaml").write_text(
+        _FAILING_SPACE.replace(
+            "- {name: classifier.model, kind: choice, values: [/nonexistent/vit-folder]}",
+            "- {name: classifier.batch_size, kind: int, low: 0, high: 8}",
+        )
+    )
     config, prepare = prepared_smoke
     pool = write_synthetic_pool(config, tmp_path / "pool", per_subclass=5)
     with pytest.raises(SystemExit) as exc:
-        main(["--space", str(tmp_path / "bad.yaml"), "--preset", "smoke", "--pool", f"vanilla={pool}",
-              "--real-shards", str(prepare.path / "shards"), f"runtime.runs_root={tmp_path / 'runs'}"])
+        main(
+            [
+                "--space",
+                str(tmp_path / "bad.yaml"),
+                "--preset",
+                "smoke",
+                "--pool",
+                f"vanilla={pool}",
+                "--real-shards",
+                str(prepare.path / "shards"),
+                f"runtime.runs_root={tmp_path / 'runs'}",
+            ]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "classifier.batch_size" in err and "greater than or equal to 1" in err
 
 
 @pytest.mark.ray
-def test_a_study_whose_every_trial_fails_fails_and_is_not_recorded_as_done(ray_session, prepared_smoke, tmp_path,
-                                                                          monkeypatch, capsys):
+def test_a_study_whose_every_trial_fails_fails_and_is_not_recorded_as_done(
+    ray_session, prepared_smoke, tmp_path, monkeypatch, capsys
+):
     from fairskin.data.prepare import write_synthetic_pool
     from fairskin.pipeline import STAGES, external_fingerprints, pipeline_stage_key
     from fairskin.stages import is_finished, run_stage, stage_dir
@@ -300,8 +350,13 @@ def test_a_study_whose_every_trial_fails_fails_and_is_not_recorded_as_done(ray_s
     (spaces / "failing.yaml").write_text(_FAILING_SPACE)
     monkeypatch.setenv("FAIRSKIN_TUNE_SPACES", str(spaces))
     _, prepare = prepared_smoke
-    overrides = [f"runtime.runs_root={tmp_path / 'runs'}", "tune.space=failing", "tune.num_trials=2",
-                 "classifier.epochs=1", "tune.train_seeds=1"]
+    overrides = [
+        f"runtime.runs_root={tmp_path / 'runs'}",
+        "tune.space=failing",
+        "tune.num_trials=2",
+        "classifier.epochs=1",
+        "tune.train_seeds=1",
+    ]
     config = build_config("smoke", overrides=overrides)
     generate = tmp_path / "generate"
     write_synthetic_pool(config, generate / "vanilla", per_subclass=5)
@@ -309,15 +364,33 @@ def test_a_study_whose_every_trial_fails_fails_and_is_not_recorded_as_done(ray_s
     inputs = {"prepare": prepare, "generate": _stage_result("generate", "g" * 12, generate)}
     stage = STAGES["tune"]
     with pytest.raises(StudyFailed, match=r"none of its 2 trial\(s\) finished(.|\n)*vit-folder") as failed:
-        run_stage(config, "tune", stage.reads, lambda out: stage.body(config, out, inputs, RunHandle(None, "", "")),
-                  inputs=inputs, version=stage.version, external=external_fingerprints(stage, config))
+        run_stage(
+            config,
+            "tune",
+            stage.reads,
+            lambda out: stage.body(config, out, inputs, RunHandle(None, "", "")),
+            inputs=inputs,
+            version=stage.version,
+            external=external_fingerprints(stage, config),
+        )
     assert isinstance(failed.value, StudyError)
     assert not is_finished(stage_dir(config, "tune", pipeline_stage_key("tune", config, inputs)))
     assert not [p for p in (tmp_path / "runs" / "stages").iterdir() if p.name.startswith(("tune-", ".tune-"))]
     # The command line: exit code 1, quoting the trials' errors.
     with pytest.raises(SystemExit) as exc:
-        main(["--space", "failing", "--preset", "smoke", "--pool", f"vanilla={generate / 'vanilla'}",
-              "--real-shards", str(prepare.path / "shards"), *overrides])
+        main(
+            [
+                "--space",
+                "failing",
+                "--preset",
+                "smoke",
+                "--pool",
+                f"vanilla={generate / 'vanilla'}",
+                "--real-shards",
+                str(prepare.path / "shards"),
+                *overrides,
+            ]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 1 and "none of its 2 trial(s) finished" in err and "vit-folder" in err
 

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from fairskin.metrics.fairness import fairness_report
 
 # Group A: y=[0,0,1,1], y_hat=[0,1,1,1] -> A_A = 3/4.  Group B: y=[0,0,0,1], y_hat=[0,0,1,0] -> A_B = 2/4.
@@ -80,32 +80,43 @@ def test_bad_inputs():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "fairskin.metrics", "fairness", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fairskin.metrics", "fairness", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_on_a_csv_written_here(tmp_path):
     path = tmp_path / "pred.csv"
-    path.write_text("id,y_true,y_pred,group\n" + "".join(
-        f"{i},{t},{p},{g}\n" for i, (t, p, g) in enumerate(zip(Y_TRUE, Y_PRED, GROUP))))
+    path.write_text(
+        "id,y_true,y_pred,group\n"
+        + "".join(f"{i},{t},{p},{g}\n" for i, (t, p, g) in enumerate(zip(Y_TRUE, Y_PRED, GROUP)))
+    )
     out = _cli(path, "--json", "--bootstrap", "50")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["accuracy"] == pytest.approx(5 / 8) and report["dp"] == pytest.approx(0.5)
     assert report["dp_oracle_floor"] == pytest.approx(0.25) and len(report["essp_ci"]) == 2
-    assert {"accuracy_A", "accuracy_B", "worst_group_accuracy", "dp_maxmin", "essp", "essp_fairseg",
-            "eo_gap"} <= set(report)
+    assert {"accuracy_A", "accuracy_B", "worst_group_accuracy", "dp_maxmin", "essp", "essp_fairseg", "eo_gap"} <= set(
+        report
+    )
     text = _cli(path, "--bootstrap", "20")
     assert text.returncode == 0 and "essp_fairseg" in text.stdout and "[" in text.stdout
 
 
-@pytest.mark.parametrize("content,message", [
-    ("y_true,y_pred\n1,0\n", "line 1: missing column(s) ['group']"),
-    ("y_true,y_pred,group\n1,0,A\n1,0\n", "line 3: 2 fields, expected 3"),
-    ("y_true,y_pred,group\n1,0,A\n1,,B\n", "line 3, column y_pred: empty value"),
-    ("", "empty file"),
-    ("y_true,y_pred,group\n", "no data rows"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("y_true,y_pred\n1,0\n", "line 1: missing column(s) ['group']"),
+        ("y_true,y_pred,group\n1,0,A\n1,0\n", "line 3: 2 fields, expected 3"),
+        ("y_true,y_pred,group\n1,0,A\n1,,B\n", "line 3, column y_pred: empty value"),
+        ("", "empty file"),
+        ("y_true,y_pred,group\n", "no data rows"),
+    ],
+)
 def test_cli_names_the_line_and_column_of_a_malformed_file(tmp_path, content, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)

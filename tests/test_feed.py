@@ -14,7 +14,10 @@ N, C, H = 12, 4, 2
 
 
 def _arrays():
-    return {"subclass": np.arange(N) % 5, "latents": np.arange(N * 2 * C * H * H, dtype=np.float32).reshape(N, 2, C, H, H)}
+    return {
+        "subclass": np.arange(N) % 5,
+        "latents": np.arange(N * 2 * C * H * H, dtype=np.float32).reshape(N, 2, C, H, H),
+    }
 
 
 def _plan(steps: int, batch: int):
@@ -64,13 +67,15 @@ def test_plan_rows_read_many_steps_at_a_time_split_into_the_same_steps():
     arrays, batch = _arrays(), 4
     assert plan_read_rows(batch) % batch == 0 and plan_read_rows(batch) > batch
     one = list(_plan(7, batch))
-    blocks = [{k: np.concatenate([b[k] for b in one[i:i + 3]]) for k in one[0]} for i in range(0, 7, 3)]  # 3, 3, 1
+    blocks = [{k: np.concatenate([b[k] for b in one[i : i + 3]]) for k in one[0]} for i in range(0, 7, 3)]  # 3, 3, 1
     for start in (0, 4):
         single = list(plan_steps(iter(one), arrays, rank=1, world=2, seed=3, global_batch=batch, start_step=start))
         split = list(plan_steps(iter(blocks), arrays, rank=1, world=2, seed=3, global_batch=batch, start_step=start))
         assert [s.step for s in split] == [s.step for s in single] == list(range(start, 7))
-        assert all(np.array_equal(a.rows, b.rows) and torch.equal(a.latents, b.latents)
-                   and torch.equal(a.weights, b.weights) for a, b in zip(split, single))
+        assert all(
+            np.array_equal(a.rows, b.rows) and torch.equal(a.latents, b.latents) and torch.equal(a.weights, b.weights)
+            for a, b in zip(split, single)
+        )
     ragged = {k: v[:6] for k, v in blocks[0].items()}
     with pytest.raises(ValueError, match="6 rows .* global batches of 4"):
         list(plan_steps(iter([ragged]), arrays, rank=0, world=1, seed=3, global_batch=batch))
@@ -84,7 +89,9 @@ def test_an_error_in_the_feed_reaches_the_training_loop_and_close_stops_the_thre
     feed = Prefetch(broken(), "cpu", background=True)
     with pytest.raises(ValueError, match="shard 3"):
         list(feed)
-    endless = Prefetch(iter(lambda: StepInputs(0, np.zeros(1), torch.ones(1), torch.zeros(1), np.zeros(1)), None), background=True)
+    endless = Prefetch(
+        iter(lambda: StepInputs(0, np.zeros(1), torch.ones(1), torch.zeros(1), np.zeros(1)), None), background=True
+    )
     next(iter(endless))
     endless.close()
     assert not endless._thread.is_alive()

@@ -33,13 +33,23 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FITZPATRICK_CSV, REFERENCE_COUNTS, REPO
 from PIL import Image
 
-from conftest import FITZPATRICK_CSV, REFERENCE_COUNTS, REPO
 from fairskin.__main__ import main
 from fairskin.config import build_config
-from fairskin.data.fetch import (LEDGER_FILE, LOCK_FILE, MISMATCH_DIR, TABLE_FILE, backoff_delay, fetch_images,
-                                 parse_retry_after, read_fetch_rows, read_ledger, subclass_fetch_table)
+from fairskin.data.fetch import (
+    LEDGER_FILE,
+    LOCK_FILE,
+    MISMATCH_DIR,
+    TABLE_FILE,
+    backoff_delay,
+    fetch_images,
+    parse_retry_after,
+    read_fetch_rows,
+    read_ledger,
+    subclass_fetch_table,
+)
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +145,9 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(0.01)
         return True
 
-    def _reply(self, status: int, body: bytes = b"", headers: dict | None = None, length: bool = True,
-               cut: int | None = None) -> None:
+    def _reply(
+        self, status: int, body: bytes = b"", headers: dict | None = None, length: bool = True, cut: int | None = None
+    ) -> None:
         self._leave()
         self.send_response(status)
         for k, v in (headers or {}).items():
@@ -230,9 +241,17 @@ def md5(data: bytes) -> str:
 
 def csv_row(md5hash: str, url: str, label: str, fst: int) -> dict:
     """A row with the real Fitzpatrick17k CSV's columns."""
-    return {"md5hash": md5hash, "fitzpatrick_scale": fst, "fitzpatrick_centaur": fst, "label": label,
-            "nine_partition_label": "inflammatory", "three_partition_label": "non-neoplastic", "qc": "",
-            "url": url, "url_alphanum": url.replace("/", "").replace(":", "").replace(".", "")}
+    return {
+        "md5hash": md5hash,
+        "fitzpatrick_scale": fst,
+        "fitzpatrick_centaur": fst,
+        "label": label,
+        "nine_partition_label": "inflammatory",
+        "three_partition_label": "non-neoplastic",
+        "qc": "",
+        "url": url,
+        "url_alphanum": url.replace("/", "").replace(":", "").replace(".", ""),
+    }
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -246,20 +265,40 @@ MIN_COUNT = 4
 
 
 def data_config():
-    return build_config("demo", overrides=[f"data.diseases=[{', '.join(DISEASES)}]",
-                                           f"data.min_subclass_count={MIN_COUNT}"]).data
+    return build_config(
+        "demo", overrides=[f"data.diseases=[{', '.join(DISEASES)}]", f"data.min_subclass_count={MIN_COUNT}"]
+    ).data
 
 
-FAST = dict(workers=4, per_host=2, rate=0, timeout=0.4, retries=3, max_bytes=100_000, max_redirects=3,
-            backoff_base=0.05, backoff_cap=0.2, progress=False, seed=0)
+FAST = dict(
+    workers=4,
+    per_host=2,
+    rate=0,
+    timeout=0.4,
+    retries=3,
+    max_bytes=100_000,
+    max_redirects=3,
+    backoff_base=0.05,
+    backoff_cap=0.2,
+    progress=False,
+    seed=0,
+)
 
 # African / lichen planus gets every troublesome row: (kind, expected status, expected reason).
-TROUBLE = [("flaky", "verified", "md5 matches"), ("busy", "verified", "md5 matches"),
-           ("e404", "failed", "http_404"), ("slow", "failed", "timeout"), ("cut", "failed", "truncated"),
-           ("html", "failed", "not_image"), ("loop", "failed", "too_many_redirects"),
-           ("big", "failed", "too_large"), ("bigcl", "failed", "too_large"),
-           ("badredir", "failed", "bad_redirect"), ("mismatch", "md5_mismatch", "md5 differs"),
-           ("nourl", "no_url", "no_url")]
+TROUBLE = [
+    ("flaky", "verified", "md5 matches"),
+    ("busy", "verified", "md5 matches"),
+    ("e404", "failed", "http_404"),
+    ("slow", "failed", "timeout"),
+    ("cut", "failed", "truncated"),
+    ("html", "failed", "not_image"),
+    ("loop", "failed", "too_many_redirects"),
+    ("big", "failed", "too_large"),
+    ("bigcl", "failed", "too_large"),
+    ("badredir", "failed", "bad_redirect"),
+    ("mismatch", "md5_mismatch", "md5 differs"),
+    ("nourl", "no_url", "no_url"),
+]
 
 
 def build_scenario(state: ServerState, base: str, folder: Path) -> dict:
@@ -323,8 +362,14 @@ def scenario(tmp_path_factory):
         out = folder / "images"
         started = time.monotonic()
         summary = fetch_images(sc["csv"], out, data=data_config(), **FAST)
-        sc.update(server=server, base=base, out=out, summary=summary, wall=time.monotonic() - started,
-                  log_len=len(server.state.log))
+        sc.update(
+            server=server,
+            base=base,
+            out=out,
+            summary=summary,
+            wall=time.monotonic() - started,
+            log_len=len(server.state.log),
+        )
         yield sc
 
 
@@ -367,7 +412,7 @@ def test_only_real_verified_images_are_in_the_folder(scenario):
 
 def test_retries_backoff_and_redirects_seen_by_the_server(scenario):
     state, trouble = scenario["server"].state, scenario["trouble"]
-    hits = Counter(scenario["server"].state.paths()[:scenario["log_len"]])
+    hits = Counter(scenario["server"].state.paths()[: scenario["log_len"]])
     retries = FAST["retries"]
 
     def n(kind: str) -> int:
@@ -399,8 +444,16 @@ def test_politeness_per_host_limit_user_agent_and_connection_reuse(scenario):
 
 def test_summary_counts_and_missing_table(scenario):
     s = scenario["summary"]
-    failed = {"http_404": 1, "timeout": 1, "truncated": 1, "not_image": 1, "too_many_redirects": 1,
-              "too_large": 2, "bad_redirect": 1, "no_url": 1}
+    failed = {
+        "http_404": 1,
+        "timeout": 1,
+        "truncated": 1,
+        "not_image": 1,
+        "too_many_redirects": 1,
+        "too_large": 2,
+        "bad_redirect": 1,
+        "no_url": 1,
+    }
     assert (s.listed, s.fetched, s.verified, s.md5_mismatch, s.skipped_existing) == (35, 25, 25, 1, 0)
     assert s.failed == failed and s.listed == s.verified + s.md5_mismatch + sum(s.failed.values())
     assert s.below_minimum == [("African", "lichen planus", 2)]
@@ -422,18 +475,29 @@ def test_summary_counts_and_missing_table(scenario):
 def test_fetched_folder_feeds_prepare_at_smoke_size(scenario, tmp_path):
     from fairskin.data.prepare import MANIFEST_FILE, prepare_dataset
 
-    config = build_config("smoke", overrides=[
-        "data.source=fitzpatrick17k", f"data.csv_path={scenario['csv']}", f"data.image_root={scenario['out']}",
-        f"data.diseases=[{', '.join(DISEASES)}]", f"data.min_subclass_count={MIN_COUNT}", "data.on_bad_image=skip",
-        f"runtime.runs_root={tmp_path / 'runs'}"])
+    config = build_config(
+        "smoke",
+        overrides=[
+            "data.source=fitzpatrick17k",
+            f"data.csv_path={scenario['csv']}",
+            f"data.image_root={scenario['out']}",
+            f"data.diseases=[{', '.join(DISEASES)}]",
+            f"data.min_subclass_count={MIN_COUNT}",
+            "data.on_bad_image=skip",
+            f"runtime.runs_root={tmp_path / 'runs'}",
+        ],
+    )
     out = tmp_path / "prepared"
     out.mkdir()
     summary = prepare_dataset(config, out)
     manifest = pd.read_parquet(out / MANIFEST_FILE)
     # The 21 good rows of the five full subclasses; African / lichen planus (2 verified) is dropped.
     subset = {r["md5hash"] for r in scenario["rows"] if r["label"] in DISEASES and r["fitzpatrick_scale"] > 0}
-    want = {k for k, (status, _, _) in scenario["expect"].items() if status == "verified" and k in subset
-            and k not in (scenario["trouble"]["flaky"], scenario["trouble"]["busy"])}
+    want = {
+        k
+        for k, (status, _, _) in scenario["expect"].items()
+        if status == "verified" and k in subset and k not in (scenario["trouble"]["flaky"], scenario["trouble"]["busy"])
+    }
     assert len(want) == 21 and set(manifest["id"]) == want
     assert summary["report"]["subclasses_below_minimum"] == [["African", "lichen planus", 2]]
     assert (out / "shards").is_dir() and summary["rows"] == 21
@@ -467,7 +531,7 @@ def test_rerun_skips_done_rows_and_retries_only_transient_failures(scenario, tmp
     # One new line per row that needed one (the adopted image, the refetched one, the two retried),
     # none for rows skipped; the torn half line is gone.
     after = (out / LEDGER_FILE).read_text().splitlines()
-    assert len(after) == len(kept) + 4 and after[:len(kept)] == kept
+    assert len(after) == len(kept) + 4 and after[: len(kept)] == kept
 
 
 # --------------------------------------------------------------------------- kill and rerun
@@ -482,14 +546,39 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
             state.bodies[md5(body)] = body
             rows.append(csv_row(md5(body), f"{base}/img/{md5(body)}?d=0.15", "psoriasis", 1 + i % 6))
         state.bodies["mm"] = image_bytes(999, "PNG")
-        rows += [csv_row(md5(b"m"), f"{base}/img/mm", "psoriasis", 2),
-                 csv_row(md5(b"404"), f"{base}/e404/x", "psoriasis", 3),
-                 csv_row(md5(b"html"), f"{base}/html/x", "psoriasis", 4), csv_row(md5(b"none"), "", "psoriasis", 5)]
+        rows += [
+            csv_row(md5(b"m"), f"{base}/img/mm", "psoriasis", 2),
+            csv_row(md5(b"404"), f"{base}/e404/x", "psoriasis", 3),
+            csv_row(md5(b"html"), f"{base}/html/x", "psoriasis", 4),
+            csv_row(md5(b"none"), "", "psoriasis", 5),
+        ]
         csv = write_csv(tmp_path / "meta.csv", rows)
         killed = tmp_path / "killed"
-        cmd = [sys.executable, "-m", "fairskin", "data", "fetch", "--csv", str(csv), "--out", str(killed),
-               "--workers", "2", "--per-host", "2", "--rate", "0", "--timeout", "2", "--retries", "1",
-               "--min-count", "1", "--no-progress", "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fairskin",
+            "data",
+            "fetch",
+            "--csv",
+            str(csv),
+            "--out",
+            str(killed),
+            "--workers",
+            "2",
+            "--per-host",
+            "2",
+            "--rate",
+            "0",
+            "--timeout",
+            "2",
+            "--retries",
+            "1",
+            "--min-count",
+            "1",
+            "--no-progress",
+            "--json",
+        ]
         env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -517,8 +606,17 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
         assert summary["skipped_existing"] >= len(finished) and summary["fetched"] + summary["skipped_existing"] == 16
         assert isinstance(summary["seconds"], float) and summary["seconds"] > 0
         whole = tmp_path / "whole"
-        fetch_images(csv, whole, workers=2, per_host=2, rate=0, timeout=2, retries=1, progress=False,
-                     data=build_config("demo", overrides=["data.min_subclass_count=1"]).data)
+        fetch_images(
+            csv,
+            whole,
+            workers=2,
+            per_host=2,
+            rate=0,
+            timeout=2,
+            retries=1,
+            progress=False,
+            data=build_config("demo", overrides=["data.min_subclass_count=1"]).data,
+        )
 
     def state_of(folder):
         files = {k: v for k, v in folder_files(folder).items() if k != LEDGER_FILE}
@@ -562,12 +660,18 @@ def test_bad_input_is_refused_before_any_request(case, tmp_path, capsys):
     with serving() as (server, base):
         body = image_bytes(1, "PNG")
         server.state.bodies[md5(body)] = body
-        rows = [csv_row(md5(body), f"{base}/img/{md5(body)}", "psoriasis", 1),
-                csv_row(md5(b"2"), f"{base}/img/{md5(body)}", "psoriasis", 1)]
+        rows = [
+            csv_row(md5(body), f"{base}/img/{md5(body)}", "psoriasis", 1),
+            csv_row(md5(b"2"), f"{base}/img/{md5(body)}", "psoriasis", 1),
+        ]
         out = tmp_path / "out"
-        expect = {"no_url_column": r"missing column(s) ['url']", "no_md5_column": "missing column(s) ['md5hash']",
-                  "short_md5": "line 3, column md5hash: got 'abc123'", "path_md5": "line 3, column md5hash: got '../x'",
-                  "out_is_a_file": f"{out}: exists and is not a folder"}[case]
+        expect = {
+            "no_url_column": r"missing column(s) ['url']",
+            "no_md5_column": "missing column(s) ['md5hash']",
+            "short_md5": "line 3, column md5hash: got 'abc123'",
+            "path_md5": "line 3, column md5hash: got '../x'",
+            "out_is_a_file": f"{out}: exists and is not a folder",
+        }[case]
         if case == "no_url_column":
             rows = [{k: v for k, v in r.items() if k != "url"} for r in rows]
         elif case == "no_md5_column":
@@ -599,14 +703,34 @@ def test_cli_prints_the_table_the_warnings_and_the_next_command(tmp_path, capsys
             rows.append(csv_row(md5(body), f"{base}/img/{md5(body)}", "psoriasis", 1))
         rows.append(csv_row(md5(b"gone"), f"{base}/e404/gone", "psoriasis", 1))
         csv = write_csv(tmp_path / "meta.csv", rows)
-        assert main(["data", "fetch", "--csv", str(csv), "--out", str(tmp_path / "img"), "--min-count", "4",
-                     "--rate", "0", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "data",
+                    "fetch",
+                    "--csv",
+                    str(csv),
+                    "--out",
+                    str(tmp_path / "img"),
+                    "--min-count",
+                    "4",
+                    "--rate",
+                    "0",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     out = capsys.readouterr().out
     assert "4 rows: 3 verified (3 fetched now, 0 already there), 0 md5 mismatch" in out and "http_404 1" in out
-    assert "warning: Caucasian / psoriasis: 3 verified image(s) of 4 listed (paper: 412), under " \
-           "data.min_subclass_count=4" in out
-    assert (f"next: python jobs/full_pipeline.py --preset paper data.source=fitzpatrick17k data.csv_path={csv} "
-            f"data.image_root={tmp_path / 'img'} data.on_bad_image=skip") in out
+    assert (
+        "warning: Caucasian / psoriasis: 3 verified image(s) of 4 listed (paper: 412), under "
+        "data.min_subclass_count=4" in out
+    )
+    assert (
+        f"next: python jobs/full_pipeline.py --preset paper data.source=fitzpatrick17k data.csv_path={csv} "
+        f"data.image_root={tmp_path / 'img'} data.on_bad_image=skip"
+    ) in out
 
 
 def test_real_csv_lists_the_paper_table_and_41_rows_without_url():

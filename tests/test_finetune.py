@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from mlflow import MlflowClient
 
-from conftest import REPO
 from fairskin.config import build_config
 from fairskin.data.stream import decode_local
 from fairskin.diffusion.base import subclass_prompts
@@ -34,8 +34,9 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def smoke_base(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("ft") / "runs"
-    config = build_config("smoke", overrides=[f"runtime.runs_root={root}", "diffusion.cpus_per_worker=0.5",
-                                              "diffusion.max_failures=1"])
+    config = build_config(
+        "smoke", overrides=[f"runtime.runs_root={root}", "diffusion.cpus_per_worker=0.5", "diffusion.max_failures=1"]
+    )
     results = run_pipeline(config, stages=["base"], echo=lambda *_: None).results
     train = decode_local(results["prepare"].path / "shards")
     return config, base_pipeline_folder(results["base"]), train
@@ -67,15 +68,24 @@ def _fixed_batch_loss(unet_folder, base, train, config):
     parts = load_sd(str(base))
     if unet_folder is not None:
         parts = load_sd(str(unet_folder))
-    rows, cond = cache_training_set(parts, train, subclass_prompts(config.diffusion.prompt_template, train.groups,
-                                                                   train.diseases))
+    rows, cond = cache_training_set(
+        parts, train, subclass_prompts(config.diffusion.prompt_template, train.groups, train.diseases)
+    )
     g = torch.Generator().manual_seed(123)
     idx = torch.randint(0, len(train), (32,), generator=g).numpy()
     latents = torch.from_numpy(rows.columns["latents"][idx, 0])
     with torch.no_grad():
-        out = training_loss(parts.unet, parts.noise_scheduler, latents, torch.from_numpy(cond)[train.subclass_id[idx]],
-                            None, torch.ones(32), noise=torch.randn(latents.shape, generator=g),
-                            timesteps=torch.randint(100, 900, (32,), generator=g), use_cbdm=False)
+        out = training_loss(
+            parts.unet,
+            parts.noise_scheduler,
+            latents,
+            torch.from_numpy(cond)[train.subclass_id[idx]],
+            None,
+            torch.ones(32),
+            noise=torch.randn(latents.shape, generator=g),
+            timesteps=torch.randint(100, 900, (32,), generator=g),
+            use_cbdm=False,
+        )
     return float(out.loss)
 
 
@@ -83,12 +93,24 @@ def test_two_workers_recover_from_a_failure_and_log_each_step_once(smoke_base, t
     from diffusers import StableDiffusionPipeline
 
     config, base, train = smoke_base
-    config = config.model_copy(update={"diffusion": config.diffusion.model_copy(update={
-        "max_steps": 12, "checkpoint_every": 4, "num_workers": 2, "learning_rate": 3e-3})})
+    config = config.model_copy(
+        update={
+            "diffusion": config.diffusion.model_copy(
+                update={"max_steps": 12, "checkpoint_every": 4, "num_workers": 2, "learning_rate": 3e-3}
+            )
+        }
+    )
     tracker = Tracker.from_config(config, experiment="finetune-test")
     run = tracker.start("fairskin_s")
-    summary = finetune_variant(config, get_variant("fairskin_s"), base, train, tmp_path / "fairskin_s",
-                               tracking={"uri": tracker.tracking_uri, "run_id": run.run_id}, fail_at_step=6)
+    summary = finetune_variant(
+        config,
+        get_variant("fairskin_s"),
+        base,
+        train,
+        tmp_path / "fairskin_s",
+        tracking={"uri": tracker.tracking_uri, "run_id": run.run_id},
+        fail_at_step=6,
+    )
     assert summary["steps"] == 12 and summary["workers"] == 2 and summary["attempts"] == 2
     assert np.isfinite(summary["final_loss"])
     history = MlflowClient(tracker.tracking_uri).get_metric_history(run.run_id, "loss")
@@ -100,15 +122,27 @@ def test_two_workers_recover_from_a_failure_and_log_each_step_once(smoke_base, t
     after = _fixed_batch_loss(folder, base, train, config)
     assert np.isfinite(after) and after < before
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
-    images = pipe(["African people psoriasis"], num_inference_steps=2, height=32, width=32,
-                  generator=torch.Generator().manual_seed(0), output_type="np").images
+    images = pipe(
+        ["African people psoriasis"],
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(smoke_base, straight, tmp_path):
     config, base, train = smoke_base
-    resumed = finetune_variant(_with(config, **STRAIGHT), get_variant("fairskin_s", apply="sampler"), base, train,
-                               tmp_path / "resumed", fail_at_step=4)
+    resumed = finetune_variant(
+        _with(config, **STRAIGHT),
+        get_variant("fairskin_s", apply="sampler"),
+        base,
+        train,
+        tmp_path / "resumed",
+        fail_at_step=4,
+    )
     assert resumed["attempts"] == 2
     assert _same_weights(straight, load_sd(str(tmp_path / "resumed" / "pipeline")).unet.state_dict())
     assert not _same_weights(straight, load_sd(str(base)).unet.state_dict())  # it did train
@@ -120,13 +154,18 @@ def test_variants_fine_tuned_at_once_end_as_when_fine_tuned_alone(smoke_base, tm
     from fairskin.diffusion.finetune import cache_for
 
     config, base, train = smoke_base
-    config = config.model_copy(update={"diffusion": config.diffusion.model_copy(update={
-        "max_steps": 4, "checkpoint_every": 4, "num_workers": 1})})
+    config = config.model_copy(
+        update={
+            "diffusion": config.diffusion.model_copy(update={"max_steps": 4, "checkpoint_every": 4, "num_workers": 1})
+        }
+    )
     alone = finetune_variant(config, get_variant("fairskin_s"), base, train, tmp_path / "alone")
     cache = cache_for(config, base, train)
     with ThreadPoolExecutor(max_workers=2) as pool:  # as the finetune stage runs diffusion.parallel_variants
-        jobs = {name: pool.submit(finetune_variant, config, get_variant(name), base, train, tmp_path / name,
-                                  cache=cache) for name in ("fairskin_s", "vanilla")}
+        jobs = {
+            name: pool.submit(finetune_variant, config, get_variant(name), base, train, tmp_path / name, cache=cache)
+            for name in ("fairskin_s", "vanilla")
+        }
         results = {name: job.result() for name, job in jobs.items()}
     assert results["fairskin_s"]["steps"] == alone["steps"] == 4 and results["vanilla"]["steps"] == 4
     a = load_sd(str(tmp_path / "alone" / "pipeline")).unet.state_dict()
@@ -139,8 +178,12 @@ def test_variants_fine_tuned_at_once_end_as_when_fine_tuned_alone(smoke_base, tm
 # --------------------------------------------------------------------------- kills
 
 # The pipeline's command line for the same fine-tune as `straight` (checkpoints every 2 steps).
-KILL_SETTINGS = ["diffusion.max_steps=8", "diffusion.checkpoint_every=2", "diffusion.num_workers=1",
-                 "diffusion.variants=[fairskin_s]"]
+KILL_SETTINGS = [
+    "diffusion.max_steps=8",
+    "diffusion.checkpoint_every=2",
+    "diffusion.num_workers=1",
+    "diffusion.variants=[fairskin_s]",
+]
 
 
 def _checkpoint_steps(folder: Path) -> list[int]:
@@ -176,8 +219,16 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, w
 
 
 def _start_pipeline(root: Path, log: Path, pause: float) -> subprocess.Popen:
-    cmd = [sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", "--stages", "finetune",
-           f"runtime.runs_root={root}", *KILL_SETTINGS]
+    cmd = [
+        sys.executable,
+        "jobs/full_pipeline.py",
+        "--preset",
+        "smoke",
+        "--stages",
+        "finetune",
+        f"runtime.runs_root={root}",
+        *KILL_SETTINGS,
+    ]
     env = {**os.environ, STEP_PAUSE_ENV: str(pause)}
     with open(log, "ab") as fh:  # its own process group: the signals reach it and its children, not pytest
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
@@ -197,8 +248,9 @@ def test_pipeline_killed_then_interrupted_resumes_with_the_same_weights(smoke_ba
     # 1. SIGKILL of the pipeline's process group once Ray Train has recorded a second checkpoint (a
     # checkpoint on disk enters Ray's snapshot a moment later: killing in between resumes from the first).
     proc = _start_pipeline(root, log, pause=0.5)
-    folder = _wait_for(lambda: (f := folder_of()) is not None and _recorded_step(f) >= 2 and f,
-                       300, proc, "two recorded checkpoints")
+    folder = _wait_for(
+        lambda: (f := folder_of()) is not None and _recorded_step(f) >= 2 and f, 300, proc, "two recorded checkpoints"
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     killed_at = _recorded_step(folder)
@@ -244,8 +296,9 @@ def _train_worker_pids() -> list[int]:
     return [a.pid for a in actors if "RayTrainWorker" in a.class_name]
 
 
-def test_killed_train_worker_process_is_replaced_and_ends_with_the_same_weights(smoke_base, straight, tmp_path,
-                                                                                monkeypatch):
+def test_killed_train_worker_process_is_replaced_and_ends_with_the_same_weights(
+    smoke_base, straight, tmp_path, monkeypatch
+):
     config, base, train = smoke_base  # max_failures=1
     config = _with(config, **{**STRAIGHT, "checkpoint_every": 2})
     tracker = Tracker.from_config(config, experiment="worker-kill")
@@ -255,9 +308,15 @@ def test_killed_train_worker_process_is_replaced_and_ends_with_the_same_weights(
 
     def fit():
         try:
-            outcome["summary"] = finetune_variant(config, get_variant("fairskin_s"), base, train,
-                                                  tmp_path / "fairskin_s", checkpoints=storage,
-                                                  tracking={"uri": tracker.tracking_uri, "run_id": run.run_id})
+            outcome["summary"] = finetune_variant(
+                config,
+                get_variant("fairskin_s"),
+                base,
+                train,
+                tmp_path / "fairskin_s",
+                checkpoints=storage,
+                tracking={"uri": tracker.tracking_uri, "run_id": run.run_id},
+            )
         except BaseException as exc:  # noqa: BLE001 - asserted below
             outcome["error"] = exc
 
@@ -314,9 +373,15 @@ def test_the_drop_control_never_sees_its_group_in_base_or_fine_tune(smoke_base):
 
     config, base, train = smoke_base
     short = "{name: short, weights: sqrs, max_steps: 3, learning_rate: 0.0005}"
-    config = build_config("smoke", overrides=[f"runtime.runs_root={config.runtime.runs_root}",
-                                              "diffusion.cpus_per_worker=0.5", f"diffusion.custom_variants=[{short}]",
-                                              "diffusion.variants=[short,control_drop_african]"])
+    config = build_config(
+        "smoke",
+        overrides=[
+            f"runtime.runs_root={config.runtime.runs_root}",
+            "diffusion.cpus_per_worker=0.5",
+            f"diffusion.custom_variants=[{short}]",
+            "diffusion.variants=[short,control_drop_african]",
+        ],
+    )
     results = run_pipeline(config, stages=["finetune"], echo=lambda *_: None).results
     assert results["base"].skipped  # the base is the shared one: the controls do not change its key
     control = results["control_base"].path
@@ -348,10 +413,13 @@ def test_control_variants_are_resolved_checked_and_seeded_apart():
     assert config.dropped_groups() == ["Caucasian"] and config.dropped_group("vanilla_twin") is None
     twin = config.diffusion.variant("vanilla_twin")
     assert (twin.weights, twin.loss) == ("none", "dm")  # vanilla's settings ...
-    assert generator_seed(config.diffusion, "vanilla_twin") != generator_seed(config.diffusion, "vanilla")  # ... own seeds
+    assert generator_seed(config.diffusion, "vanilla_twin") != generator_seed(
+        config.diffusion, "vanilla"
+    )  # ... own seeds
     assert is_control("vanilla_twin") and is_control("control_drop_caucasian") and not is_control("vanilla")
     with pytest.raises(ConfigError, match="control_drop_martian.*control_drop_african"):
         build_config("smoke", overrides=["diffusion.variants=[vanilla,control_drop_martian]"])
+
 
 @pytest.fixture()
 def mlflow_http(tmp_path_factory):
@@ -366,13 +434,18 @@ def mlflow_http(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = ("import os, sys; os.environ['_MLFLOW_SERVER_FILE_STORE'] = sys.argv[1]; "
-            "os.environ['_MLFLOW_SERVER_ARTIFACT_ROOT'] = sys.argv[2]; "
-            "from mlflow.server import app; from werkzeug.serving import make_server; "
-            "make_server('127.0.0.1', int(sys.argv[3]), app, threaded=True).serve_forever()")
-    proc = subprocess.Popen([sys.executable, "-c", code, f"sqlite:///{folder / 'mlflow.db'}", str(folder / "art"),
-                             str(port)], start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=open(folder / "server.log", "w"))
+    code = (
+        "import os, sys; os.environ['_MLFLOW_SERVER_FILE_STORE'] = sys.argv[1]; "
+        "os.environ['_MLFLOW_SERVER_ARTIFACT_ROOT'] = sys.argv[2]; "
+        "from mlflow.server import app; from werkzeug.serving import make_server; "
+        "make_server('127.0.0.1', int(sys.argv[3]), app, threaded=True).serve_forever()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, f"sqlite:///{folder / 'mlflow.db'}", str(folder / "art"), str(port)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=open(folder / "server.log", "w"),
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -389,7 +462,8 @@ def mlflow_http(tmp_path_factory):
 
 
 def test_a_tracking_uri_with_credentials_reaches_rank_0_but_nothing_ray_records_or_writes(
-        smoke_base, mlflow_http, tmp_path, ray_session, monkeypatch):
+    smoke_base, mlflow_http, tmp_path, ray_session, monkeypatch
+):
     """Issue 14 (secrets): a ``user:secret@`` tracking URI. Rank 0 logs every step through it, yet Ray
     Train's record of the run (its state actor: the dashboard's Train page, export events) holds only the
     redacted URI, and no file under the fit's folders or the Ray session's temp dir holds the secret."""
@@ -404,13 +478,20 @@ def test_a_tracking_uri_with_credentials_reaches_rank_0_but_nothing_ray_records_
     monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # what the dashboard's Train page needs
     tracker = Tracker(uri, "secret-uri")
     run = tracker.start("fairskin_s")
-    summary = finetune_variant(_with(config, max_steps=4, checkpoint_every=2, num_workers=1), get_variant("vanilla"),
-                               base, train, tmp_path / "vanilla", checkpoints=tmp_path / "checkpoints",
-                               tracking={"uri": uri, "run_id": run.run_id})
+    summary = finetune_variant(
+        _with(config, max_steps=4, checkpoint_every=2, num_workers=1),
+        get_variant("vanilla"),
+        base,
+        train,
+        tmp_path / "vanilla",
+        checkpoints=tmp_path / "checkpoints",
+        tracking={"uri": uri, "run_id": run.run_id},
+    )
     assert summary["steps"] == 4
     assert sorted(m.step for m in MlflowClient(uri).get_metric_history(run.run_id, "loss")) == [1, 2, 3, 4]
-    recorded = json.dumps([r.model_dump(mode="json") for r in
-                           ray.get(get_state_actor().get_train_runs.remote()).values()], default=str)
+    recorded = json.dumps(
+        [r.model_dump(mode="json") for r in ray.get(get_state_actor().get_train_runs.remote()).values()], default=str
+    )
     assert secret not in recorded
     assert f"***:***@127.0.0.1:{mlflow_http}" in recorded  # the fit's settings are there, redacted
     for folder in (tmp_path, Path(ray_session["temp_dir"])):
@@ -452,10 +533,19 @@ def test_in_process_steps_of_a_generator_trial_end_with_the_ray_train_weights(sm
         for step in range(d.max_steps):
             positions = np.arange(step * d.global_batch_size, (step + 1) * d.global_batch_size)
             picked, weights = plan.lookup(positions)
-            _, _, flag = local_step(unet, optimizer, lr_scheduler, scheduler, arrays, torch.from_numpy(cond),
-                                    {"position": positions, "row": picked, "weight": weights},
-                                    d=d.model_dump(mode="json"), variant=variant.model_dump(), seed=seed,
-                                    first_bad=flag)
+            _, _, flag = local_step(
+                unet,
+                optimizer,
+                lr_scheduler,
+                scheduler,
+                arrays,
+                torch.from_numpy(cond),
+                {"position": positions, "row": picked, "weight": weights},
+                d=d.model_dump(mode="json"),
+                variant=variant.model_dump(),
+                seed=seed,
+                first_bad=flag,
+            )
     finally:
         torch.set_num_threads(threads)
     got = unet.state_dict()
@@ -479,14 +569,17 @@ def test_the_shard_feed_fine_tunes_from_shards_and_resumes_by_position(smoke_bas
     shards = LatentShards(tmp_path / "ck1" / "latents")
     assert shards.nbytes > 0 and len(shards) == len(train)
     stored = pq.ParquetDataset(shards.files).read()
-    memory, _ = cache_training_set(load_sd(str(base)), train, subclass_prompts(
-        config.diffusion.prompt_template, train.groups, train.diseases))
+    memory, _ = cache_training_set(
+        load_sd(str(base)), train, subclass_prompts(config.diffusion.prompt_template, train.groups, train.diseases)
+    )
     ids = stored.column("row_id").to_numpy()
-    assert np.allclose(stored.column("latents").combine_chunks().to_numpy_ndarray(), memory.columns["latents"][ids],
-                       atol=1e-6)
+    assert np.allclose(
+        stored.column("latents").combine_chunks().to_numpy_ndarray(), memory.columns["latents"][ids], atol=1e-6
+    )
     assert np.array_equal(stored.column("subclass").to_numpy(), train.subclass_id[ids])
-    resumed = finetune_variant(config, variant, base, train, tmp_path / "resumed", fail_at_step=4,
-                               checkpoints=tmp_path / "ck2")
+    resumed = finetune_variant(
+        config, variant, base, train, tmp_path / "resumed", fail_at_step=4, checkpoints=tmp_path / "ck2"
+    )
     assert resumed["attempts"] == 2
     a = load_sd(str(tmp_path / "straight" / "pipeline")).unet.state_dict()
     assert _same_weights(a, load_sd(str(tmp_path / "resumed" / "pipeline")).unet.state_dict())

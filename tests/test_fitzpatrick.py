@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FITZPATRICK_CSV, REFERENCE_COUNTS, REPO
 from PIL import Image
 
-from conftest import FITZPATRICK_CSV, REFERENCE_COUNTS, REPO
 from fairskin.config import build_config
 from fairskin.data import DataError
 from fairskin.data.fitzpatrick import build_manifest, split_sizes, subclass_table
@@ -52,8 +52,11 @@ def test_splits_follow_the_rule_and_the_seed():
         assert (row.train, row.val, row.test) == split_sizes(row.count)
     key = ["id", "split"]
     assert a.sort_values("id")[key].equals(b.sort_values("id")[key])
-    assert not a.sort_values("id")["split"].reset_index(drop=True).equals(
-        c.sort_values("id")["split"].reset_index(drop=True))
+    assert (
+        not a.sort_values("id")["split"]
+        .reset_index(drop=True)
+        .equals(c.sort_values("id")["split"].reset_index(drop=True))
+    )
     # Row order of the CSV does not matter: the split is a function of the ids.
     assert split_sizes(12) == (10, 1, 1) and split_sizes(412) == (330, 41, 41)
 
@@ -84,8 +87,13 @@ def _write_csv(path, rows):
 
 
 def _row(i, label="psoriasis", scale=2, centaur=2, qc=""):
-    return {"md5hash": hashlib.md5(str(i).encode()).hexdigest(), "fitzpatrick_scale": scale,
-            "fitzpatrick_centaur": centaur, "label": label, "qc": qc}
+    return {
+        "md5hash": hashlib.md5(str(i).encode()).hexdigest(),
+        "fitzpatrick_scale": scale,
+        "fitzpatrick_centaur": centaur,
+        "label": label,
+        "qc": qc,
+    }
 
 
 def test_bad_fst_value_names_line_and_column(tmp_path):
@@ -135,8 +143,9 @@ def image_dataset(tmp_path):
 
 
 def _image_config(csv, root, *extra):
-    return build_config("demo", overrides=["data.source=fitzpatrick17k", f"data.csv_path={csv}",
-                                           f"data.image_root={root}", *extra]).data
+    return build_config(
+        "demo", overrides=["data.source=fitzpatrick17k", f"data.csv_path={csv}", f"data.image_root={root}", *extra]
+    ).data
 
 
 def test_images_are_found_by_md5_with_any_extension(image_dataset):
@@ -186,17 +195,31 @@ def test_near_duplicates_stay_in_one_split(image_dataset):
 
 
 def test_counts_cli_prints_the_table(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "fairskin", "data", "counts", "--csv", str(FITZPATRICK_CSV),
-                          "--json"], capture_output=True, text=True, check=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "fairskin", "data", "counts", "--csv", str(FITZPATRICK_CSV), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     rows = json.loads(out.stdout)["subclasses"]
     assert len(rows) == 15
     counts = {(r["group"], r["disease"]): r["count"] for r in rows}
     assert min(counts.values()) == 12 and max(counts.values()) == 412
     assert counts[("African", "basal cell carcinoma")] == 12 and counts[("Caucasian", "psoriasis")] == 412
     assert all(r["train"] + r["val"] + r["test"] == r["count"] for r in rows)
-    text = subprocess.run([sys.executable, "-m", "fairskin", "data", "counts", "--csv", str(FITZPATRICK_CSV),
-                           "--binning", "scale"], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "fairskin", "data", "counts", "--csv", str(FITZPATRICK_CSV), "--binning", "scale"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
     assert "scale binning" in text and "psoriasis" in text
-    bad = subprocess.run([sys.executable, "-m", "fairskin", "data", "counts", "--csv", str(tmp_path / "no.csv")],
-                         capture_output=True, text=True, cwd=REPO)
+    bad = subprocess.run(
+        [sys.executable, "-m", "fairskin", "data", "counts", "--csv", str(tmp_path / "no.csv")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert bad.returncode == 2 and "no.csv: file not found" in bad.stderr

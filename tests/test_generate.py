@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from fairskin.data.shards import load_decoded, read_index, read_metadata
-from fairskin.diffusion.generate import (ItemGenerator, WorkItem, generate_pools, image_seed, plan_pools,
-                                         work_items)
+from fairskin.diffusion.generate import ItemGenerator, WorkItem, generate_pools, image_seed, plan_pools, work_items
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +21,27 @@ def tiny_pipeline(tmp_path_factory):
 def gen_config(smoke_config):
     from fairskin.config import build_config
 
-    return build_config("smoke", overrides=[f"runtime.runs_root={smoke_config.runtime.runs_root}",
-                                            "generation.images_per_subclass=3", "generation.batch_size=2"])
+    return build_config(
+        "smoke",
+        overrides=[
+            f"runtime.runs_root={smoke_config.runtime.runs_root}",
+            "generation.images_per_subclass=3",
+            "generation.batch_size=2",
+        ],
+    )
 
 
 def _generator(config, pipelines):
     d = config.data
-    return ItemGenerator({k: str(v) for k, v in pipelines.items()}, config.generation.model_dump(mode="json"),
-                         config.diffusion.prompt_template, config.runtime.seed, d.image_size,
-                         (tuple(d.group_names), tuple(d.diseases)), threads=1)
+    return ItemGenerator(
+        {k: str(v) for k, v in pipelines.items()},
+        config.generation.model_dump(mode="json"),
+        config.diffusion.prompt_template,
+        config.runtime.seed,
+        d.image_size,
+        (tuple(d.group_names), tuple(d.diseases)),
+        threads=1,
+    )
 
 
 def test_work_items_cover_every_subclass_once():
@@ -45,8 +56,12 @@ def test_work_items_cover_every_subclass_once():
 
 def test_image_seed_is_a_pure_function_of_its_inputs():
     assert image_seed(0, "Asian", "psoriasis", 4) == image_seed(0, "Asian", "psoriasis", 4)
-    others = {image_seed(1, "Asian", "psoriasis", 4), image_seed(0, "African", "psoriasis", 4),
-              image_seed(0, "Asian", "psoriasis", 5), image_seed(0, "Asian", "lichen planus", 4)}
+    others = {
+        image_seed(1, "Asian", "psoriasis", 4),
+        image_seed(0, "African", "psoriasis", 4),
+        image_seed(0, "Asian", "psoriasis", 5),
+        image_seed(0, "Asian", "lichen planus", 4),
+    }
     assert image_seed(0, "Asian", "psoriasis", 4) not in others and len(others) == 4
 
 
@@ -55,9 +70,14 @@ def test_generator_seeds_pair_variants_by_repeat():
     from fairskin.config import build_config
     from fairskin.diffusion.variants import generator_seed, generators
 
-    config = build_config("smoke", overrides=["diffusion.repeat_seeds=[5, 9]",
-                                              "diffusion.custom_variants=[{name: twin, seed_salt: 1}]",
-                                              "diffusion.variants=[vanilla, fairskin_s, twin]"])
+    config = build_config(
+        "smoke",
+        overrides=[
+            "diffusion.repeat_seeds=[5, 9]",
+            "diffusion.custom_variants=[{name: twin, seed_salt: 1}]",
+            "diffusion.variants=[vanilla, fairskin_s, twin]",
+        ],
+    )
     d = config.diffusion
     assert generators(d) == ["vanilla", "vanilla-r1", "fairskin_s", "fairskin_s-r1", "twin", "twin-r1"]
     assert generator_seed(d, "vanilla") == generator_seed(d, "fairskin_s") == 5
@@ -107,10 +127,17 @@ def test_restart_writes_only_missing_items(gen_config, tiny_pipeline, tmp_path):
 def test_ray_actor_pool_matches_in_process_bytes(ray_session, gen_config, tiny_pipeline, tmp_path):
     from fairskin.config import build_config
 
-    config = build_config("smoke", overrides=[f"runtime.runs_root={gen_config.runtime.runs_root}",
-                                              "generation.images_per_subclass=2", "generation.batch_size=2",
-                                              "generation.cpus_per_actor=0.5", "generation.num_actors=2",
-                                              "diffusion.repeat_seeds=[0, 1]"])
+    config = build_config(
+        "smoke",
+        overrides=[
+            f"runtime.runs_root={gen_config.runtime.runs_root}",
+            "generation.images_per_subclass=2",
+            "generation.batch_size=2",
+            "generation.cpus_per_actor=0.5",
+            "generation.num_actors=2",
+            "diffusion.repeat_seeds=[0, 1]",
+        ],
+    )
     pipelines = {"vanilla": tiny_pipeline, "cbdm": tiny_pipeline, "vanilla-r1": tiny_pipeline}
     on_ray = generate_pools(config, pipelines, tmp_path / "ray")
     local = generate_pools(config, pipelines, tmp_path / "local", local=True)
@@ -131,8 +158,9 @@ def test_sampling_dtype_and_memory_format_are_applied_and_stay_deterministic(gen
 
     item = WorkItem("vanilla", "African", gen_config.data.diseases[0], 0, 2)
     fp32 = _generator(gen_config, {"vanilla": tiny_pipeline})
-    bf16_config = gen_config.model_copy(update={"generation": gen_config.generation.model_copy(
-        update={"dtype": "bf16", "channels_last": True})})
+    bf16_config = gen_config.model_copy(
+        update={"generation": gen_config.generation.model_copy(update={"dtype": "bf16", "channels_last": True})}
+    )
     bf16 = _generator(bf16_config, {"vanilla": tiny_pipeline})
     first, _ = bf16.images(item)
     again, _ = _generator(bf16_config, {"vanilla": tiny_pipeline}).images(item)

@@ -137,13 +137,15 @@ def test_real_feature_cache_is_reused(tmp_path, space, lesions):
 
 
 def test_summary_weights_groups_by_real_counts_by_hand():
-    table = pd.DataFrame({
-        "group": ["a", "a", "b", "b", "b"],
-        "disease": ["x", "y", "x", "y", "z"],
-        "fid": [10.0, 40.0, 20.0, 20.0, np.nan],  # the NaN row was not evaluated
-        "kid_mean": [1.0, 3.0, 2.0, 4.0, np.nan],
-        "n_real": [30, 10, 5, 5, 1],
-    })
+    table = pd.DataFrame(
+        {
+            "group": ["a", "a", "b", "b", "b"],
+            "disease": ["x", "y", "x", "y", "z"],
+            "fid": [10.0, 40.0, 20.0, 20.0, np.nan],  # the NaN row was not evaluated
+            "kid_mean": [1.0, 3.0, 2.0, 4.0, np.nan],
+            "n_real": [30, 10, 5, 5, 1],
+        }
+    )
     s = gen.summarise_subclasses(table, ["a", "b"])
     assert s["fid_a"] == pytest.approx((30 * 10 + 10 * 40) / 40)  # 17.5
     assert s["fid_b"] == pytest.approx(20.0)
@@ -155,12 +157,21 @@ def test_summary_weights_groups_by_real_counts_by_hand():
 
 
 def test_memorisation_flags_copies_of_training_images(model):
-    train = {"copied": images(2, DISEASES[0], 20), "fresh": images(6, DISEASES[1], 20),
-             "few": images(4, DISEASES[0], 20)}
-    heldout = {"copied": images(2, DISEASES[0], 10, start=100), "fresh": images(6, DISEASES[1], 10, start=100),
-               "few": images(4, DISEASES[0], 1, start=100)}
-    generated = {"copied": train["copied"][:10], "fresh": images(6, DISEASES[1], 10, start=200),
-                 "few": images(4, DISEASES[0], 5, start=200)}
+    train = {
+        "copied": images(2, DISEASES[0], 20),
+        "fresh": images(6, DISEASES[1], 20),
+        "few": images(4, DISEASES[0], 20),
+    }
+    heldout = {
+        "copied": images(2, DISEASES[0], 10, start=100),
+        "fresh": images(6, DISEASES[1], 10, start=100),
+        "few": images(4, DISEASES[0], 1, start=100),
+    }
+    generated = {
+        "copied": train["copied"][:10],
+        "fresh": images(6, DISEASES[1], 10, start=200),
+        "few": images(4, DISEASES[0], 5, start=200),
+    }
 
     def stack(parts):
         feats = np.concatenate([gen.classifier_features(model, parts[k], SIZE) for k in parts])
@@ -197,9 +208,18 @@ def report(space, tmp_path_factory):
                 pixels.append(part)
                 meta.extend([{"group": group, "disease": disease}] * len(part))
     cache = tmp_path_factory.mktemp("fidelity-cache")
-    out = gen.generation_report(np.concatenate(pool), pd.DataFrame(pool_meta), np.concatenate(real),
-                                pd.DataFrame(real_meta), list(GROUPS), TWO_DISEASES, space, cache_root=cache,
-                                heldout_pixels=np.concatenate(held), heldout_meta=pd.DataFrame(held_meta))
+    out = gen.generation_report(
+        np.concatenate(pool),
+        pd.DataFrame(pool_meta),
+        np.concatenate(real),
+        pd.DataFrame(real_meta),
+        list(GROUPS),
+        TWO_DISEASES,
+        space,
+        cache_root=cache,
+        heldout_pixels=np.concatenate(held),
+        heldout_meta=pd.DataFrame(held_meta),
+    )
     return out, cache
 
 
@@ -235,8 +255,10 @@ def test_plots_write_pngs(tmp_path, model, report, lesions):
     feats = gen.classifier_features(model, lesions, SIZE)
     groups = np.array(["light", "dark"] * 20)
     diseases = np.array([DISEASES[0]] * 25 + [DISEASES[1]] * 15)
-    for path in (plot_tsne(feats, groups, diseases, tmp_path / "tsne.png", "t-SNE"),
-                 plot_fid_heatmap(report[0].per_subclass, tmp_path / "fid.png", "FID")):
+    for path in (
+        plot_tsne(feats, groups, diseases, tmp_path / "tsne.png", "t-SNE"),
+        plot_fid_heatmap(report[0].per_subclass, tmp_path / "fid.png", "FID"),
+    ):
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
@@ -298,18 +320,32 @@ def test_pooled_fid_subsampled_to_the_real_mix_equals_plain_pooled_fid_when_the_
 def test_report_floors_and_pooled_figures(space):
     real, real_meta, pool, pool_meta, held, held_meta = [], [], [], [], [], []
     for group, fst in (("light", 2), ("dark", 6)):
-        for di, disease in enumerate(TWO_DISEASES):
+        for disease in TWO_DISEASES:
             n_real, n_held = (24, 14) if group == "light" else (16, 4)
-            for store, meta, part in ((real, real_meta, images(fst, disease, n_real)),
-                                      (pool, pool_meta, images(fst, disease, 12, 400)),
-                                      (held, held_meta, images(fst, disease, n_held, 800))):
+            for store, meta, part in (
+                (real, real_meta, images(fst, disease, n_real)),
+                (pool, pool_meta, images(fst, disease, 12, 400)),
+                (held, held_meta, images(fst, disease, n_held, 800)),
+            ):
                 store.append(part)
                 meta.extend([{"group": group, "disease": disease}] * len(part))
-    out = gen.generation_report(np.concatenate(pool), pd.DataFrame(pool_meta), np.concatenate(real),
-                                pd.DataFrame(real_meta), ["light", "dark"], TWO_DISEASES, space, isc=False,
-                                floor_pixels=np.concatenate(held), floor_meta=pd.DataFrame(held_meta), seed=0)
+    out = gen.generation_report(
+        np.concatenate(pool),
+        pd.DataFrame(pool_meta),
+        np.concatenate(real),
+        pd.DataFrame(real_meta),
+        ["light", "dark"],
+        TWO_DISEASES,
+        space,
+        isc=False,
+        floor_pixels=np.concatenate(held),
+        floor_meta=pd.DataFrame(held_meta),
+        seed=0,
+    )
     table, s = out.per_subclass.set_index(["group", "disease"]), out.summary
-    assert (table.loc["light", "floor_method"] == "heldout").all() and (table.loc["dark", "floor_method"] == "split-half").all()
+    assert (table.loc["light", "floor_method"] == "heldout").all() and (
+        table.loc["dark", "floor_method"] == "split-half"
+    ).all()
     assert (table.loc["light", "floor_n_query"] == 12).all() and (table.loc["dark", "floor_n_query"] == 8).all()
     assert s["fid_floor_mean"] == pytest.approx(table["fid_floor"].mean())
     corrected = table["fid"] - table["fid_floor"]

@@ -14,9 +14,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from mlflow import MlflowClient
-
 from conftest import REPO
+from mlflow import MlflowClient
 
 from fairskin.config import DiffusionConfig, VariantSpec, build_config
 from fairskin.tracking import PARENT_TAG
@@ -32,11 +31,14 @@ def _space(**changes) -> dict:
 # --------------------------------------------------------------------------- no Ray
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"name": "diffusion.cbdm_tau", "kind": "float", "low": -0.5, "high": 1.0}, "diffusion.cbdm_tau"),
-    ({"name": "variant.weights", "kind": "choice", "values": ["none", "inverse"]}, "variant.weights"),
-    ({"name": "diffusion.learning_rate", "kind": "float", "low": 0.0, "high": 1e-3}, "diffusion.learning_rate"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"name": "diffusion.cbdm_tau", "kind": "float", "low": -0.5, "high": 1.0}, "diffusion.cbdm_tau"),
+        ({"name": "variant.weights", "kind": "choice", "values": ["none", "inverse"]}, "variant.weights"),
+        ({"name": "diffusion.learning_rate", "kind": "float", "low": 0.0, "high": 1e-3}, "diffusion.learning_rate"),
+    ],
+)
 def test_invalid_generator_value_fails_before_any_trial_naming_the_field(change, field):
     data = _space()
     data["parameters"] = [change if p["name"] == change["name"] else p for p in data["parameters"]]
@@ -55,13 +57,21 @@ def test_generator_space_shape_is_checked():
 
 
 def test_trial_settings_become_a_valid_custom_variant():
-    trial = {"diffusion.cbdm_tau": 0.05, "diffusion.cbdm_gamma": 0.1, "variant.weights": "sqrs",
-             "diffusion.learning_rate": 3e-4, "diffusion.max_steps": 5, "seed": 0}
+    trial = {
+        "diffusion.cbdm_tau": 0.05,
+        "diffusion.cbdm_gamma": 0.1,
+        "variant.weights": "sqrs",
+        "diffusion.learning_rate": 3e-4,
+        "diffusion.max_steps": 5,
+        "seed": 0,
+    }
     spec = variant_from_trial(trial, "cbdm_tau_005", {"loss": "cbdm", "apply": "sampler"})
     entry = spec.model_dump(exclude_none=True)
     assert VariantSpec.model_validate(entry) == spec
-    diffusion = build_config("smoke", overrides=[
-        f"diffusion.custom_variants={json.dumps([entry])}", "diffusion.variants=[vanilla, cbdm_tau_005]"]).diffusion
+    diffusion = build_config(
+        "smoke",
+        overrides=[f"diffusion.custom_variants={json.dumps([entry])}", "diffusion.variants=[vanilla, cbdm_tau_005]"],
+    ).diffusion
     got = diffusion.for_variant(diffusion.variant("cbdm_tau_005"))
     assert (got.learning_rate, got.max_steps, diffusion.variant("cbdm_tau_005").cbdm_tau) == (3e-4, 5, 0.05)
     assert isinstance(got, DiffusionConfig)
@@ -88,13 +98,19 @@ def test_generator_confirmation_table_pairs_each_point_with_vanilla_by_seed(tmp_
     from fairskin.tune.confirm import generator_confirmation_table, plot_generator_confirmations
 
     metrics, modes = ("skin_tone_agreement_worst_group", "disease_fidelity_worst_group"), ("max", "max")
-    values = {"t1": {1001: (0.50, 0.30), 1002: (0.60, 0.35), 1003: (0.55, 0.40)},
-              "vanilla": {1001: (0.40, 0.31), 1002: (0.42, 0.30), 1003: (0.41, 0.29), 1004: (0.9, 0.9)}}
-    records = [{"trial_id": p, "role": "best" if p == "t1" else "reference", "seed": salt,
-                "figures": dict(zip(metrics, v))} for p, by in values.items() for salt, v in by.items()]
+    values = {
+        "t1": {1001: (0.50, 0.30), 1002: (0.60, 0.35), 1003: (0.55, 0.40)},
+        "vanilla": {1001: (0.40, 0.31), 1002: (0.42, 0.30), 1003: (0.41, 0.29), 1004: (0.9, 0.9)},
+    }
+    records = [
+        {"trial_id": p, "role": "best" if p == "t1" else "reference", "seed": salt, "figures": dict(zip(metrics, v))}
+        for p, by in values.items()
+        for salt, v in by.items()
+    ]
     trials = pd.DataFrame({"trial_id": ["t1", "t2"], metrics[0]: [0.7, 0.1], metrics[1]: [0.5, 0.1]})
-    table = generator_confirmation_table(records, trials, metrics, modes, {"t1": "tau=0.1"},
-                                         {1001: 11, 1002: 12, 1003: 13, 1004: 14})
+    table = generator_confirmation_table(
+        records, trials, metrics, modes, {"t1": "tau=0.1"}, {1001: 11, 1002: 12, 1003: 13, 1004: 14}
+    )
     assert list(table["point"]) == ["t1", "t1", "vanilla", "vanilla"]
     row = table[(table["point"] == "t1") & (table["metric"] == metrics[0])].iloc[0]
     x = np.array([0.50, 0.60, 0.55])
@@ -197,8 +213,15 @@ def test_generator_trial_failing_after_a_checkpoint_restarts_from_it(generator_s
     from fairskin.tune.study import TUNE_DIR, run_study
 
     config0, sources = generator_stages
-    config = build_config("smoke", overrides=[f"runtime.runs_root={config0.runtime.runs_root}", *SMOKE_STUDY,
-                                              "tune.num_trials=1", "tune.max_failures=1"])
+    config = build_config(
+        "smoke",
+        overrides=[
+            f"runtime.runs_root={config0.runtime.runs_root}",
+            *SMOKE_STUDY,
+            "tune.num_trials=1",
+            "tune.max_failures=1",
+        ],
+    )
     data = _space()
     data["preset_parameters"] = {"smoke": [{"name": "diffusion.max_steps", "kind": "choice", "values": [6]}]}
     put = gen.put_generator_inputs
@@ -209,8 +232,9 @@ def test_generator_trial_failing_after_a_checkpoint_restarts_from_it(generator_s
         return shared["inputs"]
 
     monkeypatch.setattr(gen, "put_generator_inputs", put_failing)
-    result = run_study(config, parse_space(data), {}, sources.shards, sources=sources, name="gen-restart",
-                       echo=lambda *_: None)
+    result = run_study(
+        config, parse_space(data), {}, sources.shards, sources=sources, name="gen-restart", echo=lambda *_: None
+    )
     assert not result.interrupted and len(result.trials) == 1
     trial = result.trials.iloc[0]
     assert trial["state"] == "finished", trial.get("error")
@@ -228,9 +252,13 @@ def test_generator_trial_failing_after_a_checkpoint_restarts_from_it(generator_s
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        gen.run_generator_trial(read_run_map(result.path)[tid]["config"],
-                                dataclasses.replace(shared["inputs"], fail_after_step=None), name,
-                                lambda metrics, _: straight.append(metrics), out=tmp_path / "straight")
+        gen.run_generator_trial(
+            read_run_map(result.path)[tid]["config"],
+            dataclasses.replace(shared["inputs"], fail_after_step=None),
+            name,
+            lambda metrics, _: straight.append(metrics),
+            out=tmp_path / "straight",
+        )
     finally:
         torch.set_num_threads(threads)
     assert [m["step"] for m in straight] == [3, 6]
@@ -258,9 +286,22 @@ def test_generator_study_sigint_then_resume_keeps_finished_trials(generator_root
     and each checkpoint's metrics logged once."""
     config, _ = generator_root
     root, study, planned = config.runtime.runs_root, "gen-sigint", 3
-    cmd = [sys.executable, "-m", "fairskin.tune", "--space", "cbdm_strength", "--preset", "smoke", "--trials",
-           str(planned), "--study", study, f"runtime.runs_root={root}", *SMOKE_STUDY,
-           "tune.max_concurrent_trials=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairskin.tune",
+        "--space",
+        "cbdm_strength",
+        "--preset",
+        "smoke",
+        "--trials",
+        str(planned),
+        "--study",
+        study,
+        f"runtime.runs_root={root}",
+        *SMOKE_STUDY,
+        "tune.max_concurrent_trials=1",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     folder = root / "tune" / study
     runs_file = folder / "mlflow_runs.json"
@@ -289,12 +330,19 @@ def test_generator_study_sigint_then_resume_keeps_finished_trials(generator_root
     # A finished trial's outputs, as the interrupted run left them (a rerun would write them again).
     from fairskin.tune.generator import trial_variant_name
 
-    outputs = {t: {p.name: p.stat().st_mtime_ns for p in (folder / "generators" / trial_variant_name(t)).iterdir()
-                   if p.is_file()} for t in done_first}
+    outputs = {
+        t: {
+            p.name: p.stat().st_mtime_ns
+            for p in (folder / "generators" / trial_variant_name(t)).iterdir()
+            if p.is_file()
+        }
+        for t in done_first
+    }
     assert all({"pool.npz", "variant.yaml", "preview.png"} <= set(o) for o in outputs.values()), outputs
 
-    resumed = subprocess.run([*cmd, "--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=400)
+    resumed = subprocess.run(
+        [*cmd, "--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert summary["trials"] == planned and not summary["interrupted"]
@@ -303,8 +351,11 @@ def test_generator_study_sigint_then_resume_keeps_finished_trials(generator_root
     for tid, entry in first_map.items():  # every trial started before the interrupt kept its run
         assert final_map[tid]["run_id"] == entry["run_id"]
     for tid, files in outputs.items():  # finished trials were not run again
-        now = {p.name: p.stat().st_mtime_ns for p in (folder / "generators" / trial_variant_name(tid)).iterdir()
-               if p.is_file()}
+        now = {
+            p.name: p.stat().st_mtime_ns
+            for p in (folder / "generators" / trial_variant_name(tid)).iterdir()
+            if p.is_file()
+        }
         assert now == files, tid
     assert sorted(p.name for p in (folder / "generators").iterdir()) == sorted(map(trial_variant_name, final_map))
     client = MlflowClient(config.tracking_uri())
@@ -334,9 +385,23 @@ def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_t
     root = config.runtime.runs_root
     name = f"trial_{result.best['trial_id']}"
     entry = yaml.safe_load(result.best_variant.read_text())["diffusion"]["custom_variants"][0]
-    out = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", "--config",
-                          str(result.best_variant), f"diffusion.variants=[vanilla, {name}]", f"runtime.runs_root={root}"],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "jobs/full_pipeline.py",
+            "--preset",
+            "smoke",
+            "--config",
+            str(result.best_variant),
+            f"diffusion.variants=[vanilla, {name}]",
+            f"runtime.runs_root={root}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-4000:]
     for stage in ("prepare", "reference", "base", "judge"):
         assert f"[{stage}] skipped (already done)" in out.stdout, stage
@@ -345,8 +410,10 @@ def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_t
     assert sorted(p.name for p in finetune.iterdir() if (p / "pipeline").is_dir()) == sorted(["vanilla", name])
     assert json.loads((finetune / "_stage.json").read_text())["summary"][f"{name}_steps"] == entry["max_steps"]
     client = MlflowClient(config.tracking_uri())
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                f"tags.`fairskin.stage` = 'finetune' and tags.`fairskin.variant` = '{name}'")
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        f"tags.`fairskin.stage` = 'finetune' and tags.`fairskin.variant` = '{name}'",
+    )
     for field in ("cbdm_tau", "cbdm_gamma", "learning_rate", "max_steps", "weights", "loss", "apply"):
         assert run.data.params[f"variant.{field}"] == str(entry[field]), field
     # The same settings, seed (repeat_seeds[0], no salt) and step code: the pipeline's Ray Train fine-tune of the
@@ -386,11 +453,11 @@ def test_generator_confirmations_under_new_seeds_paired_with_vanilla_and_resumed
 
     config0, result = generator_root
     root = config0.runtime.runs_root
-    config = build_config("smoke", overrides=[f"runtime.runs_root={root}", *SMOKE_STUDY, "tune.num_trials=3",
-                                              "tune.confirm_seeds=2"])
+    config = build_config(
+        "smoke", overrides=[f"runtime.runs_root={root}", *SMOKE_STUDY, "tune.num_trials=3", "tune.confirm_seeds=2"]
+    )
     sources = generator_sources(config, echo=lambda *_: None)  # stages skipped: done by the fixture
-    first = run_study(config, "cbdm_strength", {}, sources.shards, sources=sources, resume=True,
-                      echo=lambda *_: None)
+    first = run_study(config, "cbdm_strength", {}, sources.shards, sources=sources, resume=True, echo=lambda *_: None)
     assert not first.interrupted and first.parent_run_id == result.parent_run_id
     folder = result.path / "confirm"
     table = pd.read_csv(folder / "confirmed.csv")
@@ -425,21 +492,25 @@ def test_generator_confirmations_under_new_seeds_paired_with_vanilla_and_resumed
     assert row["diff_vs_vanilla"] == pytest.approx(np.mean([by[tid, s] - by["vanilla", s] for s in salts]))
     # the seeds really changed: the confirmation pools of the best trial differ from its search pool and each other
     trial_pool = np.load(result.path / "generators" / trial_variant_name(tid) / "pool.npz")["pixels"]
-    pools = [np.load(folder / "generators" / f"{trial_variant_name(tid)}_salt{s}" / "pool.npz")["pixels"]
-             for s in salts]
+    pools = [
+        np.load(folder / "generators" / f"{trial_variant_name(tid)}_salt{s}" / "pool.npz")["pixels"] for s in salts
+    ]
     assert all(p.shape == trial_pool.shape for p in pools)  # same P as the search (2 per subclass)
     assert not np.array_equal(pools[0], trial_pool) and not np.array_equal(pools[1], trial_pool)
     assert not np.array_equal(pools[0], pools[1])
-    entry = yaml.safe_load((folder / "generators" / f"{trial_variant_name(tid)}_salt{salts[0]}" / "variant.yaml"
-                            ).read_text())["diffusion"]["custom_variants"][0]
+    entry = yaml.safe_load(
+        (folder / "generators" / f"{trial_variant_name(tid)}_salt{salts[0]}" / "variant.yaml").read_text()
+    )["diffusion"]["custom_variants"][0]
     assert entry["seed_salt"] == salts[0] and entry["loss"] == "cbdm"  # the pipeline would train it under that seed
-    vanilla_entry = yaml.safe_load((folder / "generators" / f"vanilla_salt{salts[0]}" / "variant.yaml"
-                                    ).read_text())["diffusion"]["custom_variants"][0]
+    vanilla_entry = yaml.safe_load((folder / "generators" / f"vanilla_salt{salts[0]}" / "variant.yaml").read_text())[
+        "diffusion"
+    ]["custom_variants"][0]
     assert (vanilla_entry["loss"], vanilla_entry["weights"]) == ("dm", "none")
 
     client = MlflowClient(config.tracking_uri())
-    confirm_runs = client.search_runs([result.experiment_id], f"tags.{PARENT_TAG} = '{result.parent_run_id}' "
-                                      "and tags.`fairskin.kind` = 'confirm'")
+    confirm_runs = client.search_runs(
+        [result.experiment_id], f"tags.{PARENT_TAG} = '{result.parent_run_id}' and tags.`fairskin.kind` = 'confirm'"
+    )
     assert sorted(r.info.run_id for r in confirm_runs) == sorted(r["run_id"] for r in records)
     assert {r.info.status for r in confirm_runs} == {"FINISHED"}
     for run in confirm_runs:
@@ -449,14 +520,17 @@ def test_generator_confirmations_under_new_seeds_paired_with_vanilla_and_resumed
     assert {"confirm/confirmed.csv", "confirm/confirmed_tradeoff.png"} <= parent
 
     # resume: nothing is re-fine-tuned or logged again
-    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.suffix != ".csv"
-              and p.name != "confirmed_tradeoff.png"}
-    again = run_study(config, "cbdm_strength", {}, sources.shards, sources=sources, resume=True,
-                      echo=lambda *_: None)
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix != ".csv" and p.name != "confirmed_tradeoff.png"
+    }
+    again = run_study(config, "cbdm_strength", {}, sources.shards, sources=sources, resume=True, echo=lambda *_: None)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert json.loads((folder / "results.json").read_text()) == records
-    after = client.search_runs([result.experiment_id], f"tags.{PARENT_TAG} = '{result.parent_run_id}' "
-                               "and tags.`fairskin.kind` = 'confirm'")
+    after = client.search_runs(
+        [result.experiment_id], f"tags.{PARENT_TAG} = '{result.parent_run_id}' and tags.`fairskin.kind` = 'confirm'"
+    )
     assert sorted(r.info.run_id for r in after) == sorted(r["run_id"] for r in records)
     pd.testing.assert_frame_equal(again.confirmed.reset_index(drop=True), first.confirmed.reset_index(drop=True))
 
@@ -464,23 +538,36 @@ def test_generator_confirmations_under_new_seeds_paired_with_vanilla_and_resumed
 def test_generator_confirmation_p_values_are_holm_adjusted_over_the_points_per_objective():
     """Each point's paired p-value against vanilla, Holm-adjusted over the confirmed points of the same
     objective (a study confirms its best and its Pareto points: several comparisons with one vanilla)."""
-    import numpy as np
     from scipy import stats
 
     from fairskin.tune.confirm import generator_confirmation_table
 
     metrics, modes = ("skin_tone_agreement_worst_group", "fid_var_group"), ("max", "min")
-    values = {"t1": {1: (0.50, 10.0), 2: (0.60, 12.0), 3: (0.55, 9.0)},
-              "t2": {1: (0.45, 30.0), 2: (0.40, 20.0), 3: (0.47, 26.0)},
-              "t3": {1: (0.30, 15.0), 2: (0.50, 15.5), 3: (0.42, 13.0)},
-              "vanilla": {1: (0.40, 14.0), 2: (0.42, 15.0), 3: (0.41, 13.5)}}
-    records = [{"trial_id": p, "role": "reference" if p == "vanilla" else "pareto", "seed": salt,
-                "figures": dict(zip(metrics, v))} for p, by in values.items() for salt, v in by.items()]
+    values = {
+        "t1": {1: (0.50, 10.0), 2: (0.60, 12.0), 3: (0.55, 9.0)},
+        "t2": {1: (0.45, 30.0), 2: (0.40, 20.0), 3: (0.47, 26.0)},
+        "t3": {1: (0.30, 15.0), 2: (0.50, 15.5), 3: (0.42, 13.0)},
+        "vanilla": {1: (0.40, 14.0), 2: (0.42, 15.0), 3: (0.41, 13.5)},
+    }
+    records = [
+        {
+            "trial_id": p,
+            "role": "reference" if p == "vanilla" else "pareto",
+            "seed": salt,
+            "figures": dict(zip(metrics, v)),
+        }
+        for p, by in values.items()
+        for salt, v in by.items()
+    ]
     table = generator_confirmation_table(records, pd.DataFrame({"trial_id": []}), metrics, modes, {}, {})
     for k, metric in enumerate(metrics):
         rows = table[(table["metric"] == metric) & (table["point"] != "vanilla")].set_index("point")
-        raw = {p: stats.ttest_rel([values[p][s][k] for s in (1, 2, 3)],
-                                  [values["vanilla"][s][k] for s in (1, 2, 3)]).pvalue for p in ("t1", "t2", "t3")}
+        raw = {
+            p: stats.ttest_rel(
+                [values[p][s][k] for s in (1, 2, 3)], [values["vanilla"][s][k] for s in (1, 2, 3)]
+            ).pvalue
+            for p in ("t1", "t2", "t3")
+        }
         assert rows["p"].to_dict() == pytest.approx(raw)
         ranked = sorted(raw, key=raw.get)  # Holm by hand: (m - i) p_(i), running maximum, capped at 1
         expected, running = {}, 0.0

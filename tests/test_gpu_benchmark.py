@@ -37,12 +37,26 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 EXPECTED = (
     ["mode", "device", "diffusers_source", "forbidden_modules_imported", "peak_bf16_flops"]
-    + [f"train_{what}_{kind}" for what in ("images_per_s", "step_s", "tflop_per_step", "mfu")
-       for kind in ("vanilla", "cbdm", "cbdm_g0", "encode")]
-    + ["ratio_cbdm_vs_vanilla_gamma_pos", "floor_cbdm_gamma_pos", "flop_ratio_cbdm_vs_vanilla_gamma_pos",
-       "gap_cbdm_gamma_pos_vs_floor", "ratio_cbdm_vs_vanilla_gamma0", "floor_cbdm_gamma0",
-       "flop_ratio_cbdm_vs_vanilla_gamma0", "gap_cbdm_gamma0_vs_floor", "ratio_encode_vs_cached",
-       "flop_ratio_encode_vs_cached", "goal_mfu", "goal_cbdm_gap", "sample_tflop_per_image_step"]
+    + [
+        f"train_{what}_{kind}"
+        for what in ("images_per_s", "step_s", "tflop_per_step", "mfu")
+        for kind in ("vanilla", "cbdm", "cbdm_g0", "encode")
+    ]
+    + [
+        "ratio_cbdm_vs_vanilla_gamma_pos",
+        "floor_cbdm_gamma_pos",
+        "flop_ratio_cbdm_vs_vanilla_gamma_pos",
+        "gap_cbdm_gamma_pos_vs_floor",
+        "ratio_cbdm_vs_vanilla_gamma0",
+        "floor_cbdm_gamma0",
+        "flop_ratio_cbdm_vs_vanilla_gamma0",
+        "gap_cbdm_gamma0_vs_floor",
+        "ratio_encode_vs_cached",
+        "flop_ratio_encode_vs_cached",
+        "goal_mfu",
+        "goal_cbdm_gap",
+        "sample_tflop_per_image_step",
+    ]
     + [f"sample_images_per_s_{dtype}_{steps}" for dtype in ("fp32", "bf16", "fp16") for steps in (50, 25)]
     + ["fid_images_per_s_fp32", "fid_images_per_s_bf16"]
 )
@@ -51,10 +65,9 @@ EXPECTED = (
 def test_gpu_benchmark_tiny_mode_reports_every_section_as_json():
     vendored = any(WHEELS.glob("diffusers-*.whl"))
     script = str(REPO / "benchmarks" / "gpu.py")
-    cmd = ([sys.executable, "-c", HIDE_DIFFUSERS, script] if vendored else [sys.executable, script])
+    cmd = [sys.executable, "-c", HIDE_DIFFUSERS, script] if vendored else [sys.executable, script]
     # --budget-s: a loaded shared machine must not skip measurements (the default tiny budget is 300 s)
-    proc = subprocess.run(cmd + ["--quick", "--budget-s", "900"], cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(cmd + ["--quick", "--budget-s", "900"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [line["section"] for line in lines] == ["env", "train", "sample", "fid", "all"]
@@ -84,13 +97,22 @@ def test_wheel_list_pins_the_constrained_diffusers():
 
 
 def test_step_sampling_and_feature_modules_import_and_run_without_ray_mlflow_pydantic():
-    modules = ("fairskin", "fairskin.diffusion.losses", "fairskin.diffusion.step", "fairskin.diffusion.models",
-               "fairskin.diffusion.sampler", "fairskin.metrics.features", "fairskin.classify.models")
+    modules = (
+        "fairskin",
+        "fairskin.diffusion.losses",
+        "fairskin.diffusion.step",
+        "fairskin.diffusion.models",
+        "fairskin.diffusion.sampler",
+        "fairskin.metrics.features",
+        "fairskin.classify.models",
+    )
     absent = ("ray", "mlflow", "pydantic", "optuna", "torch_fidelity", "pandas")
     # make_scheduler is called too: a lazy import inside it (e.g. of fairskin.config) reaches the device
     # machine as well, and only the slow tiny-mode benchmark test would see it otherwise.
-    use = ("from fairskin.diffusion.sampler import make_scheduler; "
-           "make_scheduler('ddim', {'rescale_betas_zero_snr': True, 'prediction_type': 'v_prediction'})")
+    use = (
+        "from fairskin.diffusion.sampler import make_scheduler; "
+        "make_scheduler('ddim', {'rescale_betas_zero_snr': True, 'prediction_type': 'v_prediction'})"
+    )
     code = f"import sys, {', '.join(modules)}; {use}; print([m for m in {absent!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

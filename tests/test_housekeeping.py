@@ -48,11 +48,17 @@ def runs_root(tmp_path):
         study = current_study(config, keys)
         made[label] = {
             "prepare": _folder(root / "stages" / f"prepare-{keys['prepare']}", "_stage.json", "shards/a.parquet"),
-            "generate": _folder(root / "stages" / f"generate-{keys['generate']}", "_stage.json",
-                                "vanilla/index.json", "vanilla/part-0.parquet", "fairskin_s/index.json"),
+            "generate": _folder(
+                root / "stages" / f"generate-{keys['generate']}",
+                "_stage.json",
+                "vanilla/index.json",
+                "vanilla/part-0.parquet",
+                "fairskin_s/index.json",
+            ),
             "work": _folder(root / "stages" / f"generate-{keys['generate']}.work", "vanilla/item-0.parquet"),
-            "checkpoints": _folder(root / "checkpoints" / f"finetune-{keys['finetune']}", "vanilla/ckpt.pt",
-                                   size=50_000),
+            "checkpoints": _folder(
+                root / "checkpoints" / f"finetune-{keys['finetune']}", "vanilla/ckpt.pt", size=50_000
+            ),
             "study": _folder(root / "tune" / study, "study.json"),
             "standin": _folder(root / "tune" / "standin-pools" / standin_key(config), "shards/index.json"),
         }
@@ -85,7 +91,9 @@ def test_listing_tells_what_the_current_configuration_uses(runs_root):
     pools = [e for e in inv.entries if e.kind == "pool"]
     assert {(p.path.name, p.part_of, p.status) for p in pools} == {
         (v, made[label]["generate"], IN_USE if label == "current" else UNUSED)
-        for label in ("current", "old") for v in ("vanilla", "fairskin_s")}
+        for label in ("current", "old")
+        for v in ("vanilla", "fairskin_s")
+    }
     assert not any(p.removable for p in pools)
     for kept in ("by_hand", "cache", "running", "elsewhere"):
         assert status[made[kept]] == KEPT, kept
@@ -136,9 +144,19 @@ def test_remove_unused_dry_run_then_refused_while_locked_then_removes(runs_root)
     # Another live process holds the runs root: nothing is removed (exit 2, naming it).
     holder = subprocess.Popen(["sleep", "60"])
     try:
-        (root / ".fairskin.lock").write_text(json.dumps({
-            "host": socket.gethostname(), "pid": holder.pid, "pid_start": "", "boot_id": "",
-            "command": "python jobs/full_pipeline.py --preset smoke", "since": "now", "token": "t"}))
+        (root / ".fairskin.lock").write_text(
+            json.dumps(
+                {
+                    "host": socket.gethostname(),
+                    "pid": holder.pid,
+                    "pid_start": "",
+                    "boot_id": "",
+                    "command": "python jobs/full_pipeline.py --preset smoke",
+                    "since": "now",
+                    "token": "t",
+                }
+            )
+        )
         code, _ = _cli(*args, "--remove-unused")
         assert code == 2
         assert all(p.exists() for p in unused)

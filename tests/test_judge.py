@@ -69,20 +69,26 @@ def test_disease_fidelity_is_near_one_for_real_like_images_and_low_for_shuffled_
     fresh, fresh_meta = labelled(30, 2000)  # a "generator" that draws from the real distribution
     real = gen.judge_accuracy(judge.predict(held), held_meta, GROUPS, JUDGED)
     assert (real["n"] == 30).all() and real["accuracy"].mean() > 1.5 / len(JUDGED), real  # well above chance
-    good_table, good = gen.disease_fidelity(gen.judge_accuracy(judge.predict(fresh), fresh_meta, GROUPS, JUDGED),
-                                            real, GROUPS)
+    good_table, good = gen.disease_fidelity(
+        gen.judge_accuracy(judge.predict(fresh), fresh_meta, GROUPS, JUDGED), real, GROUPS
+    )
     assert 0.75 < good["disease_fidelity"] < 1.25
     # Shuffled labels: every image carries another disease's label, as if the generator drew the wrong lesion.
     other = {d: JUDGED[(i + 1) % len(JUDGED)] for i, d in enumerate(JUDGED)}
     shuffled_meta = fresh_meta.assign(disease=fresh_meta["disease"].map(other))
-    _, bad = gen.disease_fidelity(gen.judge_accuracy(judge.predict(fresh), shuffled_meta, GROUPS, JUDGED), real,
-                                  GROUPS)
+    _, bad = gen.disease_fidelity(gen.judge_accuracy(judge.predict(fresh), shuffled_meta, GROUPS, JUDGED), real, GROUPS)
     assert bad["disease_fidelity"] < 0.6 and bad["disease_fidelity"] < good["disease_fidelity"] - 0.3
     assert bad["disease_fidelity_worst_group"] == min(bad[f"disease_fidelity_{g}"] for g in GROUPS)
     # Per subclass, from the judge's predictions counted here: generated hits / real hits, each over 30 images.
     group, disease = good_table.iloc[0][["group", "disease"]]
-    hits = {name: int((judge.predict(px[(m["group"] == group).to_numpy() & (m["disease"] == disease).to_numpy()])
-                       == disease).sum()) for name, px, m in (("fresh", fresh, fresh_meta), ("held", held, held_meta))}
+    hits = {
+        name: int(
+            (
+                judge.predict(px[(m["group"] == group).to_numpy() & (m["disease"] == disease).to_numpy()]) == disease
+            ).sum()
+        )
+        for name, px, m in (("fresh", fresh, fresh_meta), ("held", held, held_meta))
+    }
     assert good_table.iloc[0]["disease_fidelity"] == pytest.approx(hits["fresh"] / hits["held"])
 
 
@@ -95,18 +101,35 @@ def test_judge_predictions_name_the_judges_labels():
 
 
 def test_disease_fidelity_by_hand():
-    generated = pd.DataFrame({"group": ["a", "a", "b", "b"], "disease": ["x", "y", "x", "y"], "n": [10, 10, 10, 10],
-                              "accuracy": [0.9, 0.5, 0.4, 0.2]})
-    real = pd.DataFrame({"group": ["a", "a", "b", "b"], "disease": ["x", "y", "x", "y"], "n": [4, 2, 3, 0],
-                         "accuracy": [1.0, 0.5, 0.8, math.nan]})
+    generated = pd.DataFrame(
+        {
+            "group": ["a", "a", "b", "b"],
+            "disease": ["x", "y", "x", "y"],
+            "n": [10, 10, 10, 10],
+            "accuracy": [0.9, 0.5, 0.4, 0.2],
+        }
+    )
+    real = pd.DataFrame(
+        {
+            "group": ["a", "a", "b", "b"],
+            "disease": ["x", "y", "x", "y"],
+            "n": [4, 2, 3, 0],
+            "accuracy": [1.0, 0.5, 0.8, math.nan],
+        }
+    )
     table, s = gen.disease_fidelity(generated, real, ["a", "b"])
-    assert list(table["disease_fidelity"].iloc[:3]) == pytest.approx([0.9, 1.0, 0.5]) and math.isnan(table["disease_fidelity"].iloc[3])
-    assert s["judge_accuracy_generated"] == pytest.approx(1.8 / 3) and s["judge_accuracy_real"] == pytest.approx(2.3 / 3)
+    assert list(table["disease_fidelity"].iloc[:3]) == pytest.approx([0.9, 1.0, 0.5]) and math.isnan(
+        table["disease_fidelity"].iloc[3]
+    )
+    assert s["judge_accuracy_generated"] == pytest.approx(1.8 / 3) and s["judge_accuracy_real"] == pytest.approx(
+        2.3 / 3
+    )
     assert s["disease_fidelity"] == pytest.approx(1.8 / 2.3)
     assert s["disease_fidelity_a"] == pytest.approx(0.7 / 0.75) and s["disease_fidelity_b"] == pytest.approx(0.5)
     assert s["disease_fidelity_worst_group"] == pytest.approx(0.5)
-    acc = gen.judge_accuracy(np.array(["x", "y", "x"]), pd.DataFrame({"group": ["a"] * 3, "disease": ["x", "x", "y"]}),
-                             ["a"], ["x", "y"])
+    acc = gen.judge_accuracy(
+        np.array(["x", "y", "x"]), pd.DataFrame({"group": ["a"] * 3, "disease": ["x", "x", "y"]}), ["a"], ["x", "y"]
+    )
     assert list(acc["correct"]) == [1, 0] and list(acc["n"]) == [2, 1]
 
 

@@ -13,12 +13,20 @@ import pytest
 import torch
 
 from fairskin.data import DataError
-from fairskin.data.latent_shards import (INDEX_FILE, LatentShards, LatentShardWriter, LatentStream, ShardPlan,
-                                         batch_mixing_pvalue, subclass_frequency_pvalue, write_latent_shards)
+from fairskin.data.latent_shards import (
+    INDEX_FILE,
+    LatentShards,
+    LatentShardWriter,
+    LatentStream,
+    ShardPlan,
+    batch_mixing_pvalue,
+    subclass_frequency_pvalue,
+    write_latent_shards,
+)
 from fairskin.data.sampling import WeightedSampler
 from fairskin.diffusion.feed import Prefetch, StepInputs, flips_of
 
-SHAPE = (2, 4, 16, 16)          # 8 KB a row
+SHAPE = (2, 4, 16, 16)  # 8 KB a row
 ROW_BYTES = int(np.prod(SHAPE)) * 4
 COUNTS = np.array([600, 220, 90, 30, 8])  # skewed, like the skin-tone subclasses
 
@@ -98,8 +106,9 @@ def test_ranks_split_each_global_batch(shard_set):
 def test_any_pyarrow_filesystem(tmp_path):
     ids, subclass, latents = _source(1)
     fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
-    write_latent_shards((fs, "remote/set"), ids[:100], subclass[:100], latents[:100], rows_per_shard=32,
-                        rows_per_group=4)
+    write_latent_shards(
+        (fs, "remote/set"), ids[:100], subclass[:100], latents[:100], rows_per_shard=32, rows_per_group=4
+    )
     via_fs = list(_stream((fs, "remote/set")).batches(0, 3))
     via_uri = list(_stream(f"file://{tmp_path}/remote/set").batches(0, 3))
     assert all(np.array_equal(a["latents"], b["latents"]) for a, b in zip(via_fs, via_uri))
@@ -144,8 +153,9 @@ def test_batches_are_mixed_independent_weighted_draws(shard_set):
     assert batch_mixing_pvalue(_counts([{"subclass": row} for row in runs]), probs) < 0.001
     # Pure multinomial batches pass: the statistic is calibrated, not merely permissive.
     rng = np.random.default_rng(5)
-    passes = [batch_mixing_pvalue(rng.multinomial(8, probs, size=len(batches)), probs, seed=s) > 0.001
-              for s in range(5)]
+    passes = [
+        batch_mixing_pvalue(rng.multinomial(8, probs, size=len(batches)), probs, seed=s) > 0.001 for s in range(5)
+    ]
     assert all(passes)
 
 
@@ -167,8 +177,10 @@ def test_a_resumed_stream_gives_the_full_runs_later_batches(shard_set):
     for k in (1, 37, stream.epoch_steps - 1, stream.epoch_steps + 3):
         tail = list(_stream(shards, seed=4).batches(k, 2 * stream.epoch_steps))
         assert [t["step"] for t in tail] == list(range(k, 2 * stream.epoch_steps))
-        assert all(np.array_equal(t["row"], f["row"]) and np.array_equal(t["latents"], f["latents"])
-                   for t, f in zip(tail, full[k:]))
+        assert all(
+            np.array_equal(t["row"], f["row"]) and np.array_equal(t["latents"], f["latents"])
+            for t, f in zip(tail, full[k:])
+        )
 
 
 def test_loss_mode_is_a_permutation_per_epoch_with_loss_weights(shard_set):
@@ -201,8 +213,11 @@ def test_decoded_bytes_held_never_exceed_the_budget_on_a_set_many_times_larger(s
 
 
 def test_a_budget_below_one_step_is_refused_with_the_numbers(shard_set):
-    with pytest.raises(ValueError, match=r"memory budget 0.5 MB is too small for one step: 8 rows per step each "
-                                         r"read in a row group of 4 rows .*need at least 1.\d MB"):
+    with pytest.raises(
+        ValueError,
+        match=r"memory budget 0.5 MB is too small for one step: 8 rows per step each "
+        r"read in a row group of 4 rows .*need at least 1.\d MB",
+    ):
         _stream(shard_set[0], budget=512 * 1024)
 
 
@@ -218,16 +233,22 @@ def test_a_shard_with_wrong_columns_or_shape_names_the_file_and_what_was_expecte
     shards = _small_set(tmp_path / "a")
     bad = shards.files[1]
     pq.write_table(pq.read_table(bad).rename_columns(["row_id", "label", "latents"]), bad)
-    with pytest.raises(DataError, match=rf"{bad}: no column 'subclass'; expected columns \['row_id', 'subclass', "
-                                        r"'latents'\]"):
+    with pytest.raises(
+        DataError,
+        match=rf"{bad}: no column 'subclass'; expected columns \['row_id', 'subclass', "
+        r"'latents'\]",
+    ):
         LatentShards(tmp_path / "a")
     shards = _small_set(tmp_path / "b")
     bad = shards.files[0]
     table = pq.read_table(bad)
     flat = table.column("latents").combine_chunks().to_numpy_ndarray().reshape(len(table), 2, 4, 32, 8)
     pq.write_table(table.set_column(2, "latents", pa.FixedShapeTensorArray.from_numpy_ndarray(flat)), bad)
-    with pytest.raises(DataError, match=rf"{bad}: column 'latents' is .*shape=\[2,4,32,8\].*expected .*"
-                                        r"shape=\[2,4,16,16\].*latent shape \[2, 4, 16, 16\]"):
+    with pytest.raises(
+        DataError,
+        match=rf"{bad}: column 'latents' is .*shape=\[2,4,32,8\].*expected .*"
+        r"shape=\[2,4,16,16\].*latent shape \[2, 4, 16, 16\]",
+    ):
         LatentShards(tmp_path / "b")
 
 
@@ -235,8 +256,11 @@ def test_a_shard_with_other_row_groups_or_rows_than_the_index_is_refused(tmp_pat
     shards = _small_set(tmp_path / "a")
     bad = shards.files[0]
     pq.write_table(pq.read_table(bad), bad, row_group_size=16)
-    with pytest.raises(DataError, match=rf"{bad}: 16 rows in row groups of \[16\]; {INDEX_FILE} expects 16 rows "
-                                        r"in groups of 4"):
+    with pytest.raises(
+        DataError,
+        match=rf"{bad}: 16 rows in row groups of \[16\]; {INDEX_FILE} expects 16 rows "
+        r"in groups of 4",
+    ):
         LatentShards(tmp_path / "a")
     shards = _small_set(tmp_path / "b")
     (tmp_path / "b" / "latents-00001.parquet").unlink()
@@ -253,8 +277,11 @@ def test_rows_out_of_subclass_order_are_caught_when_written_and_when_read(tmp_pa
     # A shard whose rows span two subclasses, rewritten with its subclass column reversed.
     path = next(f for f in shards.files if len(set(pq.read_table(f).column("subclass").to_pylist())) > 1)
     table = pq.read_table(path)
-    pq.write_table(table.set_column(1, "subclass", pa.array(table.column("subclass").to_numpy()[::-1].copy())),
-                   path, row_group_size=4)
+    pq.write_table(
+        table.set_column(1, "subclass", pa.array(table.column("subclass").to_numpy()[::-1].copy())),
+        path,
+        row_group_size=4,
+    )
     stream = _stream(tmp_path / "r", batch=4)
     with pytest.raises(DataError, match=rf"{path}, row group \d: subclass ids .* do not match"):
         list(stream.batches(0, stream.epoch_steps))

@@ -5,8 +5,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fairskin.diffusion.losses import (cbdm_regulariser, cbdm_time_weight, other_subclasses, per_sample_mse,
-                                       prediction_target, training_loss)
+from fairskin.diffusion.losses import (
+    cbdm_regulariser,
+    cbdm_time_weight,
+    other_subclasses,
+    per_sample_mse,
+    prediction_target,
+    training_loss,
+)
 
 
 class ToyUNet(torch.nn.Module):
@@ -31,17 +37,24 @@ def _scheduler(kind="epsilon"):
 
 def _batch(b=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, 4, 8, 8, generator=g), torch.randn(b, 3, 5, generator=g), torch.randn(b, 3, 5, generator=g),
-            torch.randn(b, 4, 8, 8, generator=g), torch.randint(1, 1000, (b,), generator=g))
+    return (
+        torch.randn(b, 4, 8, 8, generator=g),
+        torch.randn(b, 3, 5, generator=g),
+        torch.randn(b, 3, 5, generator=g),
+        torch.randn(b, 4, 8, 8, generator=g),
+        torch.randint(1, 1000, (b,), generator=g),
+    )
 
 
 def test_regulariser_is_zero_when_the_other_label_is_the_same():
     latents, cond, _, noise, t = _batch()
-    out = training_loss(ToyUNet(), _scheduler(), latents, cond, cond.clone(), torch.ones(4), noise=noise,
-                        timesteps=t, use_cbdm=True)
+    out = training_loss(
+        ToyUNet(), _scheduler(), latents, cond, cond.clone(), torch.ones(4), noise=noise, timesteps=t, use_cbdm=True
+    )
     assert out.regulariser == pytest.approx(0.0, abs=1e-12)
-    different = training_loss(ToyUNet(), _scheduler(), latents, cond, cond + 1, torch.ones(4), noise=noise,
-                              timesteps=t, use_cbdm=True)
+    different = training_loss(
+        ToyUNet(), _scheduler(), latents, cond, cond + 1, torch.ones(4), noise=noise, timesteps=t, use_cbdm=True
+    )
     assert different.regulariser > 0
 
 
@@ -70,8 +83,9 @@ def test_gradients_flow_only_where_the_stop_gradients_allow(gamma):
     # And the same through training_loss (one batched call when gamma > 0, two calls otherwise).
     unet = ToyUNet()
     c1, c2 = cond.detach().clone().requires_grad_(True), cond_other.detach().clone().requires_grad_(True)
-    out = training_loss(unet, _scheduler(), latents, c1, c2, torch.ones(4), noise=noise, timesteps=t,
-                        use_cbdm=True, gamma=gamma)
+    out = training_loss(
+        unet, _scheduler(), latents, c1, c2, torch.ones(4), noise=noise, timesteps=t, use_cbdm=True, gamma=gamma
+    )
     out.loss.backward()
     assert unet.calls == (1 if gamma > 0 else 2)
     if gamma > 0:
@@ -94,8 +108,17 @@ def test_per_sample_weights_scale_the_loss_and_the_batch_divides_by_its_size():
     latents, cond, cond_other, noise, t = _batch()
     args = dict(noise=noise, timesteps=t, use_cbdm=True)
     ones = training_loss(ToyUNet(), _scheduler(), latents, cond, cond_other, torch.ones(4), **args)
-    only_first = training_loss(ToyUNet(), _scheduler(), latents[:1], cond[:1], cond_other[:1], torch.ones(1),
-                               noise=noise[:1], timesteps=t[:1], use_cbdm=True)
+    only_first = training_loss(
+        ToyUNet(),
+        _scheduler(),
+        latents[:1],
+        cond[:1],
+        cond_other[:1],
+        torch.ones(1),
+        noise=noise[:1],
+        timesteps=t[:1],
+        use_cbdm=True,
+    )
     weighted = training_loss(ToyUNet(), _scheduler(), latents, cond, cond_other, torch.tensor([3.0, 0, 0, 0]), **args)
     assert float(weighted.loss) == pytest.approx(3.0 * float(only_first.loss) / 4, rel=1e-5)
     assert float(ones.loss) != pytest.approx(float(weighted.loss))
@@ -104,8 +127,18 @@ def test_per_sample_weights_scale_the_loss_and_the_batch_divides_by_its_size():
 def test_dropped_prompt_skips_the_regulariser_and_v_prediction_targets_velocity():
     latents, cond, cond_other, noise, t = _batch()
     unet = ToyUNet()
-    out = training_loss(unet, _scheduler(), latents, cond, cond_other, torch.ones(4), noise=noise, timesteps=t,
-                        use_cbdm=True, prompt_dropped=True)
+    out = training_loss(
+        unet,
+        _scheduler(),
+        latents,
+        cond,
+        cond_other,
+        torch.ones(4),
+        noise=noise,
+        timesteps=t,
+        use_cbdm=True,
+        prompt_dropped=True,
+    )
     assert out.regulariser == 0.0 and unet.calls == 1
     v = _scheduler("v_prediction")
     assert torch.allclose(prediction_target(v, latents, noise, t), v.get_velocity(latents, noise, t))
@@ -150,10 +183,21 @@ def test_min_snr_gamma_weighs_the_x0_error_by_min_snr_gamma_and_caps_the_clean_t
     assert float(weight[-1]) == (1.0 if kind == "epsilon" else 0.0)  # zero terminal SNR: the 0/0 limit, no NaN
 
     latents, cond, _, noise, _ = _batch(b=6)
-    plain = training_loss(ToyUNet(), scheduler, latents, cond, None, torch.ones(6), noise=noise, timesteps=t,
-                          use_cbdm=False)
-    weighted = training_loss(ToyUNet(), scheduler, latents, cond, None, torch.ones(6), noise=noise, timesteps=t,
-                             use_cbdm=False, snr_gamma=5.0)
+    plain = training_loss(
+        ToyUNet(), scheduler, latents, cond, None, torch.ones(6), noise=noise, timesteps=t, use_cbdm=False
+    )
+    weighted = training_loss(
+        ToyUNet(),
+        scheduler,
+        latents,
+        cond,
+        None,
+        torch.ones(6),
+        noise=noise,
+        timesteps=t,
+        use_cbdm=False,
+        snr_gamma=5.0,
+    )
     h = ToyUNet()(scheduler.add_noise(latents, noise, t), t, cond).sample
     expected = (per_sample_mse(h, prediction_target(scheduler, latents, noise, t)) * weight).sum() / 6
     assert torch.isclose(weighted.loss, expected) and not torch.isclose(weighted.loss, plain.loss)

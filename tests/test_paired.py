@@ -11,19 +11,28 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from fairskin.metrics.paired import (TABLE_COLUMNS, holm, paired_difference, paired_table, repeat_counts,
-                                     repeat_values, t_interval, tost_paired)
-
+from fairskin.metrics.paired import (
+    TABLE_COLUMNS,
+    holm,
+    paired_difference,
+    paired_table,
+    repeat_counts,
+    repeat_values,
+    t_interval,
+    tost_paired,
+)
 
 # ---------------------------------------------------------------- repeat_values
 
 
 def test_repeat_values_average_seeds_within_a_repeat():
-    frame = pd.DataFrame({
-        "repeat": [1, 1, 1, 0, 0, 0, 2, 2],
-        "seed": [0, 1, 2, 0, 1, 2, 0, 1],
-        "accuracy": [0.8, 0.9, 1.0, 0.6, np.nan, 0.7, np.nan, np.inf],
-    })
+    frame = pd.DataFrame(
+        {
+            "repeat": [1, 1, 1, 0, 0, 0, 2, 2],
+            "seed": [0, 1, 2, 0, 1, 2, 0, 1],
+            "accuracy": [0.8, 0.9, 1.0, 0.6, np.nan, 0.7, np.nan, np.inf],
+        }
+    )
     values = repeat_values(frame, "accuracy")
     assert values.index.tolist() == [0, 1]  # sorted; repeat 2 has no finite value and is dropped
     assert values.loc[0] == pytest.approx(0.65)  # the NaN seed is ignored
@@ -67,9 +76,9 @@ def test_t_interval_degenerate():
 
 
 def test_t_interval_resolution_is_in_the_metrics_units():
-    x = np.array([0.70, 0.71, 0.69, 0.70])            # sd = 0.00816 by hand: sqrt(0.0002 / 3)
+    x = np.array([0.70, 0.71, 0.69, 0.70])  # sd = 0.00816 by hand: sqrt(0.0002 / 3)
     assert np.std(x, ddof=1) == pytest.approx(math.sqrt(0.0002 / 3))
-    coarse = t_interval(x, resolution=0.01)            # a metric reported to 0.01 cannot show this spread
+    coarse = t_interval(x, resolution=0.01)  # a metric reported to 0.01 cannot show this spread
     assert math.isnan(coarse.low) and math.isnan(coarse.high) and "resolution 0.01" in coarse.reason
     fine = t_interval(x, resolution=0.001)
     low, high = stats.t.interval(0.95, 3, loc=x.mean(), scale=stats.sem(x))
@@ -105,8 +114,8 @@ def test_paired_t_equals_scipy_ttest_rel(alternative):
 
 def test_pairs_only_on_shared_keys():
     treatment, baseline = _pairs(seed=1, n=9)
-    t = pd.Series(treatment[:7], index=[0, 1, 2, 3, 4, 5, 6])          # repeats 0..6
-    b = pd.Series(baseline[2:], index=[6, 5, 4, 3, 2, 7, 8])            # repeats 2..8, shuffled order
+    t = pd.Series(treatment[:7], index=[0, 1, 2, 3, 4, 5, 6])  # repeats 0..6
+    b = pd.Series(baseline[2:], index=[6, 5, 4, 3, 2, 7, 8])  # repeats 2..8, shuffled order
     got = paired_difference(t, b)
     assert got.keys == (2, 3, 4, 5, 6)
     assert got.n == 5
@@ -126,7 +135,9 @@ def test_exact_sign_flip_permutation_by_hand():
     # six positive differences: only the observed signs and all flipped reach |mean| -> 2 / 64
     all_positive = paired_difference({r: r + 1.0 for r in range(6)}, base)
     assert all_positive.p_perm == pytest.approx(2 / 64)
-    assert paired_difference({r: r + 1.0 for r in range(6)}, base, alternative="greater").p_perm == pytest.approx(1 / 64)
+    assert paired_difference({r: r + 1.0 for r in range(6)}, base, alternative="greater").p_perm == pytest.approx(
+        1 / 64
+    )
     assert paired_difference({r: r + 1.0 for r in range(6)}, base, alternative="less").p_perm == pytest.approx(1.0)
     # |d| = 1, 2, 3, 4, 5, 0.5 with the 0.5 negative: sum 14.5 of at most 15.5; only flipping
     # nothing or the 0.5 keeps sum >= 14.5, mirrored for <= -14.5 -> 4 / 64 two-sided, 2 / 64 greater
@@ -139,7 +150,7 @@ def test_exact_sign_flip_permutation_by_hand():
 def _exact_sign_flip_p(d, alternative):
     """Brute force over all 2^n sign vectors (the observed one included), independent of scipy."""
     n = len(d)
-    signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+    signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
     means = signs @ d / n
     observed = d.mean()
     if alternative == "two-sided":
@@ -187,9 +198,18 @@ def test_constant_difference_is_untestable_not_p_zero():
     assert math.isnan(got.low) and math.isnan(got.high)
     assert got.mean == pytest.approx(-0.01)
     assert got.reason.startswith("no spread")
-    table = paired_table(pd.DataFrame([{"variant": v, "repeat": r, "accuracy": x}
-                                       for v, side in (("base", baseline), ("new", treatment))
-                                       for r, x in side.items()]), "base", ["accuracy"], {"accuracy": 1})
+    table = paired_table(
+        pd.DataFrame(
+            [
+                {"variant": v, "repeat": r, "accuracy": x}
+                for v, side in (("base", baseline), ("new", treatment))
+                for r, x in side.items()
+            ]
+        ),
+        "base",
+        ["accuracy"],
+        {"accuracy": 1},
+    )
     assert math.isnan(table["p_t"].iloc[0]) and not table["significant"].iloc[0] and table["better"].iloc[0] == 0
     assert table["reason"].iloc[0].startswith("no spread")
 
@@ -200,7 +220,7 @@ def test_zero_and_rounding_level_spread_are_untestable_without_warnings():
         warnings.simplefilter("error")
         got = paired_difference(same, dict(same))
         shifted = {r: v + 0.1 for r, v in same.items()}
-        rounding = paired_difference(shifted, same)       # sd(d) about 2e-16: float rounding of values near 6
+        rounding = paired_difference(shifted, same)  # sd(d) about 2e-16: float rounding of values near 6
     assert np.std(np.array(list(shifted.values())) - np.array(list(same.values())), ddof=1) > 0
     for result in (got, rounding):
         assert math.isnan(result.p_t) and math.isnan(result.p_perm)
@@ -211,8 +231,8 @@ def test_zero_and_rounding_level_spread_are_untestable_without_warnings():
 
 def test_resolution_decides_spread_in_metric_units():
     rng = np.random.default_rng(4)
-    baseline = rng.normal(40.0, 3.0, size=6)                       # FID-like values
-    treatment = baseline - 2.0 + rng.normal(0, 0.05, size=6)       # sd(d) about 0.05 FID
+    baseline = rng.normal(40.0, 3.0, size=6)  # FID-like values
+    treatment = baseline - 2.0 + rng.normal(0, 0.05, size=6)  # sd(d) about 0.05 FID
     sd = np.std(treatment - baseline, ddof=1)
     keys = range(6)
     below = paired_difference(dict(zip(keys, treatment)), dict(zip(keys, baseline)), resolution=2 * sd)
@@ -274,19 +294,22 @@ def test_holm_is_monotone_and_not_below_raw():
 def _made_up_values(repeats=6, seed=11):
     """Baseline + two variants over R repeats: a shared per-repeat level, then the variant's effect."""
     rng = np.random.default_rng(seed)
-    level = rng.normal(0.70, 0.05, size=repeats)   # the repeat's generator seed moves every variant
+    level = rng.normal(0.70, 0.05, size=repeats)  # the repeat's generator seed moves every variant
     fid = rng.normal(40.0, 3.0, size=repeats)
     dp = rng.normal(0.10, 0.02, size=repeats)
     rows = []
     for variant, effect in (("vanilla", 0.0), ("fairskin_s", 1.0), ("fairskin_none", 0.0)):
         for r in range(repeats):
-            rows.append({
-                "variant": variant, "repeat": r,
-                "accuracy": level[r] + 0.1 * effect + rng.normal(0, 0.01),   # real effect: +0.1
-                "worst_group_accuracy": level[r] + rng.normal(0, 0.03),      # null: same distribution
-                "fid": fid[r] - 8.0 * effect + rng.normal(0, 0.5),          # lower is better: -8
-                "dp": dp[r] + 0.05 * effect + rng.normal(0, 0.002),         # not ranked
-            })
+            rows.append(
+                {
+                    "variant": variant,
+                    "repeat": r,
+                    "accuracy": level[r] + 0.1 * effect + rng.normal(0, 0.01),  # real effect: +0.1
+                    "worst_group_accuracy": level[r] + rng.normal(0, 0.03),  # null: same distribution
+                    "fid": fid[r] - 8.0 * effect + rng.normal(0, 0.5),  # lower is better: -8
+                    "dp": dp[r] + 0.05 * effect + rng.normal(0, 0.002),  # not ranked
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -313,9 +336,13 @@ def test_paired_table_flags_the_real_effect_only():
     assert dp["significant"] and dp["better"] == 0  # a clear effect, but dp is not ranked
     assert (table.loc[table["metric"] == "dp", "better"] == 0).all()
 
-    for variant, metric in [("fairskin_s", "worst_group_accuracy"), ("fairskin_none", "accuracy"),
-                            ("fairskin_none", "worst_group_accuracy"), ("fairskin_none", "fid"),
-                            ("fairskin_none", "dp")]:
+    for variant, metric in [
+        ("fairskin_s", "worst_group_accuracy"),
+        ("fairskin_none", "accuracy"),
+        ("fairskin_none", "worst_group_accuracy"),
+        ("fairskin_none", "fid"),
+        ("fairskin_none", "dp"),
+    ]:
         assert not row.loc[(variant, metric)]["significant"], (variant, metric)
         assert row.loc[(variant, metric)]["better"] == 0
 
@@ -341,8 +368,9 @@ def test_paired_table_resolution_per_metric_leaves_untestable_rows_out_of_holm()
 
 def test_paired_table_worse_and_unpaired_repeats():
     values = _made_up_values()
-    worse = values.assign(accuracy=np.where(values["variant"] == "fairskin_s", values["accuracy"] - 0.2,
-                                            values["accuracy"]))
+    worse = values.assign(
+        accuracy=np.where(values["variant"] == "fairskin_s", values["accuracy"] - 0.2, values["accuracy"])
+    )
     worse = worse[~((worse["variant"] == "fairskin_s") & (worse["repeat"] == 5))]  # one repeat missing
     table = paired_table(worse, "vanilla", ["accuracy"], DIRECTIONS).set_index(["variant", "metric"])
     row = table.loc[("fairskin_s", "accuracy")]
@@ -375,14 +403,14 @@ def _tost_by_hand(d, lower, upper):
     """Schuirmann's two one-sided tests from the t distribution directly (no ttest_1samp)."""
     n = len(d)
     se = np.std(d, ddof=1) / np.sqrt(n)
-    p_lower = stats.t.sf((np.mean(d) + lower) / se, n - 1)   # H0: mean <= -lower
+    p_lower = stats.t.sf((np.mean(d) + lower) / se, n - 1)  # H0: mean <= -lower
     p_upper = stats.t.cdf((np.mean(d) - upper) / se, n - 1)  # H0: mean >= +upper
     return p_lower, p_upper
 
 
 def test_tost_known_equivalent_by_hand():
     rng = np.random.default_rng(21)
-    baseline = rng.normal(0.70, 0.05, size=12)          # shared per-unit level (12 generators)
+    baseline = rng.normal(0.70, 0.05, size=12)  # shared per-unit level (12 generators)
     treatment = baseline + rng.normal(0.003, 0.01, size=12)
     keys = range(12)
     got = tost_paired(dict(zip(keys, treatment)), dict(zip(keys, baseline)), margin=0.05)
@@ -400,7 +428,7 @@ def test_tost_known_equivalent_by_hand():
 def test_tost_known_different_and_asymmetric_margins():
     rng = np.random.default_rng(22)
     baseline = rng.normal(60.0, 4.0, size=8)
-    treatment = baseline + 5.0 + rng.normal(0, 0.5, size=8)   # FID up by 5, margin 3: not equivalent
+    treatment = baseline + 5.0 + rng.normal(0, 0.5, size=8)  # FID up by 5, margin 3: not equivalent
     keys = range(8)
     got = tost_paired(dict(zip(keys, treatment)), dict(zip(keys, baseline)), margin=3.0)
     p_lower, p_upper = _tost_by_hand(treatment - baseline, 3.0, 3.0)
@@ -416,7 +444,7 @@ def test_tost_known_different_and_asymmetric_margins():
 def test_tost_too_noisy_is_not_equivalent_and_agrees_with_the_interval():
     rng = np.random.default_rng(23)
     baseline = rng.normal(0.5, 0.1, size=3)
-    treatment = baseline + rng.normal(0.0, 0.06, size=3)   # mean near 0, but 3 noisy pairs
+    treatment = baseline + rng.normal(0.0, 0.06, size=3)  # mean near 0, but 3 noisy pairs
     got = tost_paired(dict(enumerate(treatment)), dict(enumerate(baseline)), margin=0.05)
     inside = -0.05 < got.low and got.high < 0.05
     assert got.equivalent == inside
@@ -427,9 +455,9 @@ def test_tost_degenerate_and_bad_input():
     same = {r: 0.3 + r for r in range(4)}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        identical = tost_paired(same, dict(same), margin=0.05)           # byte-identical pools
+        identical = tost_paired(same, dict(same), margin=0.05)  # byte-identical pools
         shifted = tost_paired({r: v + 0.1 for r, v in same.items()}, same, margin=0.05)
-    for result in (identical, shifted):   # byte-identical pools are not "equivalent" by fiat
+    for result in (identical, shifted):  # byte-identical pools are not "equivalent" by fiat
         assert math.isnan(result.p) and math.isnan(result.p_lower) and math.isnan(result.p_upper)
         assert math.isnan(result.low) and not result.equivalent and result.reason.startswith("no spread")
     assert identical.mean == 0.0

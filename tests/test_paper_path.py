@@ -73,14 +73,37 @@ def test_step_function_under_bf16_autocast_keeps_float32_weights(tiny_sd, kind):
     latents = encode_latents(tiny_sd.vae, pixels)
     assert latents.dtype == torch.float32 and latents.shape == (2, 4, IMAGE // 8, IMAGE // 8)
     g = torch.Generator().manual_seed(0)
-    draws = draw_step_inputs(cond_table, torch.tensor([0, 2]), latents.shape, shared=g, local=g,
-                             prompt_drop_prob=0.0, use_cbdm=kind != "vanilla", include_self=False,
-                             num_train_timesteps=1000, device="cpu")
+    draws = draw_step_inputs(
+        cond_table,
+        torch.tensor([0, 2]),
+        latents.shape,
+        shared=g,
+        local=g,
+        prompt_drop_prob=0.0,
+        use_cbdm=kind != "vanilla",
+        include_self=False,
+        num_train_timesteps=1000,
+        device="cpu",
+    )
     flag = torch.zeros((), dtype=torch.long)
-    out, grad_norm, flag = train_step(unet, optimizer, None, scheduler, latents, draws, torch.ones(2),
-                                      use_cbdm=kind != "vanilla", tau=1.0, gamma=0.0 if kind == "cbdm_g0" else 0.25,
-                                      autocast=autocast_dtype("bf16"), max_grad_norm=1.0, ema=ema, ema_decay=0.9,
-                                      first_bad=flag, step=1)
+    out, grad_norm, flag = train_step(
+        unet,
+        optimizer,
+        None,
+        scheduler,
+        latents,
+        draws,
+        torch.ones(2),
+        use_cbdm=kind != "vanilla",
+        tau=1.0,
+        gamma=0.0 if kind == "cbdm_g0" else 0.25,
+        autocast=autocast_dtype("bf16"),
+        max_grad_norm=1.0,
+        ema=ema,
+        ema_decay=0.9,
+        first_bad=flag,
+        step=1,
+    )
     assert torch.isfinite(out.loss) and out.loss.dtype == torch.float32 and int(flag) == 0
     assert torch.isfinite(grad_norm) and float(grad_norm) > 0
     assert (out.regulariser > 0) == (kind != "vanilla")
@@ -99,11 +122,33 @@ def test_bf16_weights_without_autocast_fail_on_cpu_too(tiny_sd):
     latents = torch.randn(1, 4, IMAGE // 8, IMAGE // 8, dtype=torch.bfloat16)
     g = torch.Generator().manual_seed(0)
     cond_table = torch.randn(2, 77, unet.config.cross_attention_dim, dtype=torch.bfloat16)
-    draws = draw_step_inputs(cond_table, torch.tensor([0]), latents.shape, shared=g, local=g, prompt_drop_prob=0.0,
-                             use_cbdm=False, include_self=True, num_train_timesteps=1000, device="cpu")
+    draws = draw_step_inputs(
+        cond_table,
+        torch.tensor([0]),
+        latents.shape,
+        shared=g,
+        local=g,
+        prompt_drop_prob=0.0,
+        use_cbdm=False,
+        include_self=True,
+        num_train_timesteps=1000,
+        device="cpu",
+    )
     with pytest.raises(RuntimeError, match="(?i)dtype|type"):
-        train_step(unet, torch.optim.AdamW(unet.parameters()), None, DDPMScheduler(), latents, draws, torch.ones(1),
-                   use_cbdm=False, tau=1.0, gamma=0.25, autocast=None, max_grad_norm=1.0)
+        train_step(
+            unet,
+            torch.optim.AdamW(unet.parameters()),
+            None,
+            DDPMScheduler(),
+            latents,
+            draws,
+            torch.ones(1),
+            use_cbdm=False,
+            tau=1.0,
+            gamma=0.25,
+            autocast=None,
+            max_grad_norm=1.0,
+        )
 
 
 @pytest.mark.ray
@@ -121,14 +166,28 @@ def test_paper_path_fine_tunes_and_samples_at_tiny_size(ray_session, tiny_sd, tm
     assert list((folder / "unet").glob("*.safetensors")) and not list(folder.rglob("*.bin"))
     assert (folder / "scheduler" / "scheduler_config.json").read_text().count("PNDMScheduler") == 1
     d = PAPER["diffusion"]
-    config = build_config("smoke", overrides=[
-        f"runtime.runs_root={tmp_path / 'runs'}", f"data.image_size={IMAGE}",
-        f"diffusion.model={folder}", f"diffusion.mixed_precision={d['mixed_precision']}", "diffusion.ema_decay=0.999",
-        "diffusion.gradient_checkpointing=true", "diffusion.cache_latents=false", "diffusion.max_steps=4",
-        "diffusion.checkpoint_every=2", "diffusion.num_workers=2", "diffusion.cpus_per_worker=0.5",
-        "diffusion.variants=[fairskin_s]", "diffusion.prompt_drop_prob=0.1",
-        "generation.scheduler=pndm", f"generation.guidance_scale={PAPER['generation']['guidance_scale']}",
-        "generation.inference_steps=3", "generation.batch_size=2"])
+    config = build_config(
+        "smoke",
+        overrides=[
+            f"runtime.runs_root={tmp_path / 'runs'}",
+            f"data.image_size={IMAGE}",
+            f"diffusion.model={folder}",
+            f"diffusion.mixed_precision={d['mixed_precision']}",
+            "diffusion.ema_decay=0.999",
+            "diffusion.gradient_checkpointing=true",
+            "diffusion.cache_latents=false",
+            "diffusion.max_steps=4",
+            "diffusion.checkpoint_every=2",
+            "diffusion.num_workers=2",
+            "diffusion.cpus_per_worker=0.5",
+            "diffusion.variants=[fairskin_s]",
+            "diffusion.prompt_drop_prob=0.1",
+            "generation.scheduler=pndm",
+            f"generation.guidance_scale={PAPER['generation']['guidance_scale']}",
+            "generation.inference_steps=3",
+            "generation.batch_size=2",
+        ],
+    )
     results = run_pipeline(config, stages=["base"], echo=lambda *_: None).results  # prepare, and base's pointer
     base = base_pipeline_folder(results["base"])
     assert base.resolve() == folder.resolve()
@@ -156,9 +215,15 @@ def test_paper_path_fine_tunes_and_samples_at_tiny_size(ray_session, tiny_sd, tm
     assert 0 < moved < 0.05 * raw_moved
 
     g = config.generation
-    worker = ItemGenerator({"fairskin_s": str(out / "pipeline")}, g.model_dump(mode="json"),
-                           config.diffusion.prompt_template, 0, IMAGE,
-                           (tuple(config.data.group_names), tuple(config.data.diseases)), threads=1)
+    worker = ItemGenerator(
+        {"fairskin_s": str(out / "pipeline")},
+        g.model_dump(mode="json"),
+        config.diffusion.prompt_template,
+        0,
+        IMAGE,
+        (tuple(config.data.group_names), tuple(config.data.diseases)),
+        threads=1,
+    )
     item = WorkItem("fairskin_s", config.data.group_names[0], config.data.diseases[0], 0, 2)
     images, seeds = worker.images(item)
     assert type(worker._pipe("fairskin_s").scheduler).__name__ == "PNDMScheduler"

@@ -9,18 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import numpy as np
 import pandas as pd
+import pytest
+from conftest import REPO
 from mlflow import MlflowClient
 
-from conftest import REPO
-from fairskin.config import build_config
+from fairskin.config import ConfigError, build_config
+from fairskin.data.prepare import reference_counts
 from fairskin.data.shards import load_decoded, read_index
 from fairskin.data.synthetic import scaled_counts
-from fairskin.data.prepare import reference_counts
-from fairskin.config import ConfigError
 from fairskin.pipeline import check_pool_size, run_pipeline
 from fairskin.tracking import PARENT_TAG
 
@@ -40,10 +38,14 @@ def test_prepare_writes_manifest_shards_and_counts(prepared_smoke):
 
 def test_same_config_same_data_other_seed_other_data(prepared_smoke, tmp_path):
     config, prepare = prepared_smoke
-    again = run_pipeline(build_config("smoke", overrides=[f"runtime.runs_root={tmp_path}/a"]), ["prepare"],
-                         echo=lambda *_: None).results["prepare"]
-    other = run_pipeline(build_config("smoke", overrides=[f"runtime.runs_root={tmp_path}/b", "runtime.seed=1"]),
-                         ["prepare"], echo=lambda *_: None).results["prepare"]
+    again = run_pipeline(
+        build_config("smoke", overrides=[f"runtime.runs_root={tmp_path}/a"]), ["prepare"], echo=lambda *_: None
+    ).results["prepare"]
+    other = run_pipeline(
+        build_config("smoke", overrides=[f"runtime.runs_root={tmp_path}/b", "runtime.seed=1"]),
+        ["prepare"],
+        echo=lambda *_: None,
+    ).results["prepare"]
     m0, m1, m2 = (pd.read_parquet(r.path / "manifest.parquet") for r in (prepare, again, other))
     assert again.key == prepare.key and m0.equals(m1)  # same split, same pixels (sha256), same ids
     assert other.key != prepare.key and not np.array_equal(m0["sha256"], m2["sha256"])
@@ -57,8 +59,7 @@ def test_pipeline_logs_parent_and_child_runs_and_skips_when_done(smoke_config):
     assert not forced.results["prepare"].skipped and forced.results["prepare"].path == first.results["prepare"].path
     client = MlflowClient(first.tracker.tracking_uri)
     for outcome, skipped in ((first, "False"), (second, "True")):
-        children = client.search_runs([outcome.tracker.experiment_id],
-                                      f"tags.{PARENT_TAG} = '{outcome.parent_run_id}'")
+        children = client.search_runs([outcome.tracker.experiment_id], f"tags.{PARENT_TAG} = '{outcome.parent_run_id}'")
         assert [c.info.run_name for c in children] == ["prepare"]
         assert children[0].data.tags["fairskin.skipped"] == skipped
     child = client.search_runs([first.tracker.experiment_id], f"tags.{PARENT_TAG} = '{first.parent_run_id}'")[0]
@@ -85,14 +86,31 @@ def test_pool_size_is_checked_against_the_tune_space_before_generating(prepared_
 
 
 def test_job_stages_option_takes_overrides_after_it_and_refuses_unknown_stages(tmp_path):
-    ok = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", "--stages", "prepare",
-                         f"runtime.runs_root={tmp_path / 'runs'}"], cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "jobs/full_pipeline.py",
+            "--preset",
+            "smoke",
+            "--stages",
+            "prepare",
+            f"runtime.runs_root={tmp_path / 'runs'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert list((tmp_path / "runs" / "stages").glob("prepare-*/manifest.parquet"))
     assert "reference" not in ok.stdout
-    bad = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--stages", "evalute"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "jobs/full_pipeline.py", "--stages", "evalute"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown stage 'evalute'" in bad.stderr and "evaluate" in bad.stderr
 
 
@@ -100,8 +118,9 @@ def test_job_stages_option_takes_overrides_after_it_and_refuses_unknown_stages(t
 def test_job_run_by_an_interpreter_without_the_engine_says_which_and_how_to_fix_it(script):
     """Issue 16.4: `ray job submit ... -- python jobs/...` on a head started without the venv active ran the system
     python and died in an import (`No module named 'mlflow'`). `-S` hides the venv's site-packages the same way."""
-    out = subprocess.run([sys.executable, "-S", script, "--preset", "smoke"], cwd=REPO, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-S", script, "--preset", "smoke"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     message = " ".join(out.stderr.split())
     assert "Traceback" not in message and message.startswith("error: ")
@@ -116,8 +135,14 @@ def smoke_job(tmp_path_factory, ray_head):
     Returns the runs root and the console output as a user sees it (stdout and stderr in one stream, in order).
     """
     root = tmp_path_factory.mktemp("job") / "runs"
-    out = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", f"runtime.runs_root={root}"],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", f"runtime.runs_root={root}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-6000:]
     return root, out.stdout
 
@@ -129,14 +154,22 @@ def console_problems(output: str) -> list[str]:
     """What keeps a job's console from being quiet: Ray worker lines, Ray's `E` log lines, Ray Data's and the
     libraries' progress bars, anything after the summary (which must come last)."""
     lines = output.rstrip("\n").splitlines()
-    problems = [f"Ray/library noise: {line[:160]}" for line in lines
-                if re.search(r"\(\w+ pid=\d+\)|core_worker\.cc| E \d+ \d+\]|progress UI|Progress bars disabled"
-                             r"|Loading weights|Writing model shards|it/s\]|INFO mlflow", line)]
+    problems = [
+        f"Ray/library noise: {line[:160]}"
+        for line in lines
+        if re.search(
+            r"\(\w+ pid=\d+\)|core_worker\.cc| E \d+ \d+\]|progress UI|Progress bars disabled"
+            r"|Loading weights|Writing model shards|it/s\]|INFO mlflow",
+            line,
+        )
+    ]
     starts = [i for i, line in enumerate(lines) if line.startswith("runs root      :")]
     if not starts:
         return problems + ["no summary"]
-    tail = lines[starts[-1]:]
-    problems += [f"not a summary line after the summary began: {line[:160]}" for line in tail if not SUMMARY.match(line)]
+    tail = lines[starts[-1] :]
+    problems += [
+        f"not a summary line after the summary began: {line[:160]}" for line in tail if not SUMMARY.match(line)
+    ]
     if len(tail) < 8 or not tail[-1].startswith("runs           :"):
         problems.append(f"the summary is not last: {tail[-3:]}")
     return problems
@@ -175,16 +208,29 @@ def test_job_entry_point_runs_every_stage_and_reports_where_things_are(smoke_job
     (prepare,) = stages.glob("prepare-*")
     assert len(trained) == 15 * config.generation.judge_images_per_subclass
     assert not set(trained["id"]) & set(pd.read_parquet(prepare / "manifest.parquet")["id"])
-    keys = ["disease_fidelity", "judge_accuracy_generated", "judge_accuracy_real", "disease_fidelity_worst_group",
-            "kid_floor_mean", "fid_floor_mean", "fid_var_subclass_floor_corrected", "fid_pooled_overall",
-            *[f"disease_fidelity_{g}" for g in config.data.group_names],
-            *[f"fid_pooled_{g}" for g in config.data.group_names]]
+    keys = [
+        "disease_fidelity",
+        "judge_accuracy_generated",
+        "judge_accuracy_real",
+        "disease_fidelity_worst_group",
+        "kid_floor_mean",
+        "fid_floor_mean",
+        "fid_var_subclass_floor_corrected",
+        "fid_pooled_overall",
+        *[f"disease_fidelity_{g}" for g in config.data.group_names],
+        *[f"fid_pooled_{g}" for g in config.data.group_names],
+    ]
     assert np.isfinite(table[keys].to_numpy(float)).all(), table[keys]
     assert (table["judge_saw_train_images"] == 0).all() and table["feature_extractor"].str.contains("judge").all()
     assert {"fid_floor", "kid_floor", "floor_method", "disease_fidelity"} <= set(per_subclass.columns)
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    runs = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                          "tags.`fairskin.stage` = 'evaluate'") if "fairskin.variant" in r.data.tags]
+    runs = [
+        r
+        for r in client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], "tags.`fairskin.stage` = 'evaluate'"
+        )
+        if "fairskin.variant" in r.data.tags
+    ]
     assert runs and all(k in r.data.metrics for r in runs for k in keys)
     assert all("never saw the real images" in r.data.tags["fairskin.judge"] for r in runs)
     # The ablation grid: variants x 3 downstream modes, one training seed at smoke.
@@ -195,14 +241,20 @@ def test_job_entry_point_runs_every_stage_and_reports_where_things_are(smoke_job
     table1 = pd.read_csv(report / "table1.csv")
     assert len(table1) == len(trials) and table1["accuracy"].between(0, 1).all()
     assert sorted(table1.groupby("variant")["mode"].apply(sorted).to_dict().items()) == [
-        (variant, ["random", "resample", "reweight"]) for variant in sorted(config.diffusion.variants)]
+        (variant, ["random", "resample", "reweight"]) for variant in sorted(config.diffusion.variants)
+    ]
     markdown = (report / "report.md").read_text()
     assert "## Table 1" in markdown and "## Table 2: FID per group" in markdown
     assert "disease fidelity" in markdown and "pooled overall" in markdown and "never saw the real images" in markdown
     assert "missing: no finished trials of an `aug_count` study" in markdown  # reported missing, not filled in
 
-    bad = subprocess.run([sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", "data.image_size=tiny"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", "data.image_size=tiny"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "data.image_size" in bad.stderr and '"tiny"' in bad.stderr
 
 
@@ -219,8 +271,13 @@ def test_ablation_report_regenerates_from_mlflow_alone(smoke_job, tmp_path):
     only_store = tmp_path / "runs"
     only_store.mkdir()
     shutil.copy(root / "mlflow.db", only_store / "mlflow.db")  # no stage folders, no Tune folders
-    out = subprocess.run([sys.executable, "jobs/ablation.py", "--preset", "smoke", f"runtime.runs_root={only_store}"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "jobs/ablation.py", "--preset", "smoke", f"runtime.runs_root={only_store}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     (study_dir,) = (only_store / "report").iterdir()
     rebuilt = pd.read_csv(study_dir / "table1.csv")
@@ -229,12 +286,32 @@ def test_ablation_report_regenerates_from_mlflow_alone(smoke_job, tmp_path):
     assert "missing figure3b_augmentation_count" in out.stdout
 
 
-def _submit(ray_head, env: dict, submission: str, runtime_env: dict, *entrypoint: str,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+def _submit(
+    ray_head, env: dict, submission: str, runtime_env: dict, *entrypoint: str, timeout: float = 600
+) -> subprocess.CompletedProcess:
     ray_bin = Path(sys.executable).with_name("ray")
-    return subprocess.run([str(ray_bin), "job", "submit", "--address", ray_head["dashboard"], "--submission-id",
-                           submission, "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
-                           "--", *entrypoint], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            str(ray_bin),
+            "job",
+            "submit",
+            "--address",
+            ray_head["dashboard"],
+            "--submission-id",
+            submission,
+            "--working-dir",
+            str(REPO),
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            *entrypoint,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _without_token(tmp_path: Path, **extra: str) -> dict:
@@ -248,11 +325,14 @@ def test_session_head_keeps_token_authentication_on(ray_head, tmp_path):
     one) is refused before it starts."""
     excludes = {"excludes": [".venv", "runs", ".git", "*.db", "tests"]}
     entry = (sys.executable, "-c", "print('ran')")
-    for name, env in (("none", _without_token(tmp_path)),
-                      ("wrong", _without_token(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64))):
+    for name, env in (
+        ("none", _without_token(tmp_path)),
+        ("wrong", _without_token(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64)),
+    ):
         refused = _submit(ray_head, env, f"fairskin-refused-{name}-{os.getpid()}", excludes, *entry, timeout=120)
         assert refused.returncode != 0 and "Authentication" in refused.stdout + refused.stderr, (
-            refused.stdout[-1000:] + refused.stderr[-1000:])
+            refused.stdout[-1000:] + refused.stderr[-1000:]
+        )
     from ray.job_submission import JobSubmissionClient
 
     submitted = [j.submission_id for j in JobSubmissionClient(ray_head["dashboard"]).list_jobs()]  # with the token
@@ -267,19 +347,40 @@ def test_ray_job_submit_runs_the_pipeline_against_the_session_head(smoke_job, ra
     submission = f"fairskin-test-{os.getpid()}"
     commit = f"test-commit-{os.getpid()}"
     runtime_env = {"env_vars": {"FAIRSKIN_GIT_COMMIT": commit}, "excludes": [".venv", "runs", ".git", "*.db"]}
-    out = _submit(ray_head, dict(os.environ), submission, runtime_env,
-                  sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", f"runtime.runs_root={root}")
+    out = _submit(
+        ray_head,
+        dict(os.environ),
+        submission,
+        runtime_env,
+        sys.executable,
+        "jobs/full_pipeline.py",
+        "--preset",
+        "smoke",
+        f"runtime.runs_root={root}",
+    )
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(ray_head["dashboard"])
     logs = client.get_job_logs(submission)
     assert client.get_job_status(submission) == JobStatus.SUCCEEDED, out.stderr[-2000:] + logs[-3000:]
     # Every stage was already done by the earlier run under the same runs root: all skipped.
-    for stage in ("prepare", "reference", "vae", "base", "control_base", "finetune", "generate", "judge", "evaluate", "tune",
-                  "report"):
+    for stage in (
+        "prepare",
+        "reference",
+        "vae",
+        "base",
+        "control_base",
+        "finetune",
+        "generate",
+        "judge",
+        "evaluate",
+        "tune",
+        "report",
+    ):
         assert f"[{stage}] skipped (already done)" in logs
     assert "report.md" in logs and list((root / "stages").glob("report-*/report.md"))
     tracking = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    runs = tracking.search_runs([e.experiment_id for e in tracking.search_experiments()],
-                                f"tags.`fairskin.git_commit` = '{commit}'")
+    runs = tracking.search_runs(
+        [e.experiment_id for e in tracking.search_experiments()], f"tags.`fairskin.git_commit` = '{commit}'"
+    )
     assert [r.data.tags["fairskin.kind"] for r in runs] == ["pipeline"]

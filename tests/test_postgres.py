@@ -14,15 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 pytest.importorskip("psycopg", reason="the postgres extra's driver: pip install -e '.[postgres]'")
 from postgres_server import PostgresServer, find_bin  # noqa: E402
 
 if find_bin() is None:
-    pytest.skip("no PostgreSQL server programs (pip install -e '.[dev]' installs pgserver's)",
-                allow_module_level=True)
+    pytest.skip("no PostgreSQL server programs (pip install -e '.[dev]' installs pgserver's)", allow_module_level=True)
 
 GROUPS = ("African", "Asian", "Caucasian")
 
@@ -61,8 +59,11 @@ def test_the_password_comes_from_pgpassfile_not_the_uri(pg):
     psycopg.connect(uri, connect_timeout=5).close()  # libpq reads PGPASSFILE
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only as root does the server run as another user (postgres or "
-                                               "nobody), whose reach into a root-only folder is what this tests")
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="only as root does the server run as another user (postgres or "
+    "nobody), whose reach into a root-only folder is what this tests",
+)
 def test_a_server_whose_programs_sit_in_a_root_only_folder_starts_and_leaves_nothing_behind(tmp_path):
     """Issue 31: a clone in a 0700 folder owned by root (``mktemp -d``, /root) holds pgserver's
     programs out of the server user's reach; the server must still start, take the password from
@@ -112,11 +113,13 @@ def test_study_and_report_on_postgres(pg, ray_session, prepared_smoke, tmp_path)
     from fairskin.tune import run_study
     from fairskin.tune.study import experiment_name
 
-    config = build_config("smoke", overrides=[f"runtime.runs_root={tmp_path / 'runs'}",
-                                              f"tracking.tracking_uri={pg.uri('mlflow')}"])
+    config = build_config(
+        "smoke", overrides=[f"runtime.runs_root={tmp_path / 'runs'}", f"tracking.tracking_uri={pg.uri('mlflow')}"]
+    )
     pool = write_synthetic_pool(config, tmp_path / "pool", per_subclass=20)
-    result = run_study(config, "ethnic_ratio", {"vanilla": pool}, prepared_smoke[1].path / "shards",
-                       trials=3, echo=lambda *_: None)
+    result = run_study(
+        config, "ethnic_ratio", {"vanilla": pool}, prepared_smoke[1].path / "shards", trials=3, echo=lambda *_: None
+    )
     assert not result.interrupted and set(result.trials["state"]) == {"finished"}
     assert not (config.runtime.runs_root / "mlflow.db").exists()  # nothing went to the SQLite default
 
@@ -129,8 +132,7 @@ def test_study_and_report_on_postgres(pg, ray_session, prepared_smoke, tmp_path)
     assert [p.info.run_id for p in parents] == [result.parent_run_id]
     assert len(children) == 3 and {c.data.tags[PARENT_TAG] for c in children} == {result.parent_run_id}
     assert all(c.info.status == "FINISHED" and c.data.tags["fairskin.kind"] == "tune" for c in children)
-    assert all([m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")] == [1, 2]
-               for c in children)
+    assert all([m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")] == [1, 2] for c in children)
     assert all(pg.password not in str(c.data.params) for c in runs)
 
     report = build_report(pg.uri("mlflow"), tmp_path / "report", GROUPS, study=result.name)
@@ -151,11 +153,26 @@ def test_two_pipelines_at_once_on_two_runs_roots_share_one_postgres_store(pg, tm
     roots = [tmp_path / "runs-a", tmp_path / "runs-b"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PYTHONPATH=str(REPO), PGPASSFILE=str(pg.passfile))
-    procs = [subprocess.Popen([sys.executable, str(REPO / "jobs" / "full_pipeline.py"), "--preset", "smoke",
-                               "--stages", "prepare", f"runtime.runs_root={root}",
-                               f"tracking.tracking_uri={uri}"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for root in roots]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "jobs" / "full_pipeline.py"),
+                "--preset",
+                "smoke",
+                "--stages",
+                "prepare",
+                f"runtime.runs_root={root}",
+                f"tracking.tracking_uri={uri}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for root in roots
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outs]
 

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
 from scipy import stats
 
 from fairskin.metrics.endpoints import Declaration
@@ -29,16 +28,24 @@ def _pool(variant: str, repeat: int) -> str:
 
 
 def _classifier(acc: float, dp: float = 0.3) -> dict[str, float]:
-    out = {"test_accuracy": acc, "test_worst_group_accuracy": acc - 0.05, "test_dp": dp,
-           "test_dp_oracle_floor": 0.17, "test_essp": acc / (1 + dp), "test_essp_fairseg": acc - 0.1}
+    out = {
+        "test_accuracy": acc,
+        "test_worst_group_accuracy": acc - 0.05,
+        "test_dp": dp,
+        "test_dp_oracle_floor": 0.17,
+        "test_essp": acc / (1 + dp),
+        "test_essp_fairseg": acc - 0.1,
+    }
     out.update({f"test_accuracy_{g}": acc - 0.01 * i for i, g in enumerate(GROUPS)})
     return out
 
 
 def _trial(parent, tags, variant, repeat, seed, mode, metrics, params=None):
     gen = generator_id(variant, repeat)
-    child = parent.child(f"trial-{gen}-{mode}-{seed}", tags={**tags, **generator_tags(gen), "fairskin.mode": mode,
-                                                             TAG_POOL: _pool(variant, repeat)})
+    child = parent.child(
+        f"trial-{gen}-{mode}-{seed}",
+        tags={**tags, **generator_tags(gen), "fairskin.mode": mode, TAG_POOL: _pool(variant, repeat)},
+    )
     child.log_params({"trial.seed": seed, "trial.variant": gen, "trial.mode": mode, **(params or {})})
     child.log_metrics(metrics)
     child.end()
@@ -55,11 +62,18 @@ def store(tmp_path_factory):
     fids: dict[tuple[str, int], float] = {}
     pipe = Tracker(uri, "fairskin")
     with pipe.run("pipeline", tags={"fairskin.kind": "pipeline"}) as parent:
-        parent.set_tags({TAG_PIPELINE: parent.run_id, "fairskin.key.reference": "ref-key",
-                         "fairskin.key.evaluate": "eval-key", TAG_REAL: "real-1"})
+        parent.set_tags(
+            {
+                TAG_PIPELINE: parent.run_id,
+                "fairskin.key.reference": "ref-key",
+                "fairskin.key.evaluate": "eval-key",
+                TAG_REAL: "real-1",
+            }
+        )
         pipeline_run = parent.run_id
-        ref = parent.child("reference", tags={"fairskin.stage": "reference", TAG_STAGE_KEY: "ref-key",
-                                              TAG_REAL: "real-1"})
+        ref = parent.child(
+            "reference", tags={"fairskin.stage": "reference", TAG_STAGE_KEY: "ref-key", TAG_REAL: "real-1"}
+        )
         ref.log_metrics(_classifier(0.70))
         ref.end()
         for variant, (_, dfid) in EFFECT.items():
@@ -67,30 +81,65 @@ def store(tmp_path_factory):
                 fid = 80.0 + dfid + rng.normal(0, 1.0)
                 fids[(variant, r)] = fid
                 gen = generator_id(variant, r)
-                child = parent.child(f"evaluate-{gen}", tags={"fairskin.stage": "evaluate", **generator_tags(gen),
-                                                              TAG_POOL: _pool(variant, r), TAG_STAGE_KEY: "eval-key"})
-                child.log_metrics({"fid_mean": fid, "fid_var_subclass": 10.0, "fid_var_group": 2.0, "kid_mean": 0.01,
-                                   "is_mean": 1.5, **{f"fid_{g}": fid + i for i, g in enumerate(GROUPS)}})
+                child = parent.child(
+                    f"evaluate-{gen}",
+                    tags={
+                        "fairskin.stage": "evaluate",
+                        **generator_tags(gen),
+                        TAG_POOL: _pool(variant, r),
+                        TAG_STAGE_KEY: "eval-key",
+                    },
+                )
+                child.log_metrics(
+                    {
+                        "fid_mean": fid,
+                        "fid_var_subclass": 10.0,
+                        "fid_var_group": 2.0,
+                        "kid_mean": 0.01,
+                        "is_mean": 1.5,
+                        **{f"fid_{g}": fid + i for i, g in enumerate(GROUPS)},
+                    }
+                )
                 child.end()
     # Decoys, written later (the old report took "the latest"): another pipeline's evaluate run of
     # vanilla's repeat-0 pool under another evaluate key, a foreign pool, another reference run.
     with pipe.run("other-pipeline") as other:
-        decoy = other.child("evaluate-vanilla", tags={"fairskin.stage": "evaluate", **generator_tags("vanilla"),
-                                                      TAG_POOL: _pool("vanilla", 0), TAG_STAGE_KEY: "other-key"})
+        decoy = other.child(
+            "evaluate-vanilla",
+            tags={
+                "fairskin.stage": "evaluate",
+                **generator_tags("vanilla"),
+                TAG_POOL: _pool("vanilla", 0),
+                TAG_STAGE_KEY: "other-key",
+            },
+        )
         decoy.log_metrics({"fid_mean": 999.0})
         decoy.end()
-        foreign = other.child("evaluate-vanilla", tags={"fairskin.stage": "evaluate", **generator_tags("vanilla"),
-                                                        TAG_POOL: "pool-foreign", TAG_STAGE_KEY: "eval-key"})
+        foreign = other.child(
+            "evaluate-vanilla",
+            tags={
+                "fairskin.stage": "evaluate",
+                **generator_tags("vanilla"),
+                TAG_POOL: "pool-foreign",
+                TAG_STAGE_KEY: "eval-key",
+            },
+        )
         foreign.log_metrics({"fid_mean": 555.0})
         foreign.end()
-        wrong_ref = other.child("reference", tags={"fairskin.stage": "reference", TAG_STAGE_KEY: "other-ref",
-                                                   TAG_REAL: "real-2"})
+        wrong_ref = other.child(
+            "reference", tags={"fairskin.stage": "reference", TAG_STAGE_KEY: "other-ref", TAG_REAL: "real-2"}
+        )
         wrong_ref.log_metrics(_classifier(0.11))
         wrong_ref.end()
 
     study = Tracker(uri, "fairskin-tune-ablation-x")
-    tags = {"fairskin.kind": "tune", "fairskin.study": "ablation-x", "fairskin.space": "ablation",
-            TAG_PIPELINE: pipeline_run, TAG_REAL: "real-1"}
+    tags = {
+        "fairskin.kind": "tune",
+        "fairskin.study": "ablation-x",
+        "fairskin.space": "ablation",
+        TAG_PIPELINE: pipeline_run,
+        TAG_REAL: "real-1",
+    }
     with study.run("ablation-x", tags=tags) as parent:
         for variant, (dacc, _) in EFFECT.items():
             for r in range(R):
@@ -112,8 +161,10 @@ def store(tmp_path_factory):
                 acc = 0.5 + 0.05 * i
                 metrics = {**_classifier(acc), "test_essp_fairseg": acc - 0.2}
                 pool = _pool(pool_variant, 0) if pool_variant != "foreign" else "pool-foreign"
-                child = p.child(f"{name}-{i}", tags={**stags, **generator_tags("fairskin_s"), "fairskin.mode": "random",
-                                                      TAG_POOL: pool})
+                child = p.child(
+                    f"{name}-{i}",
+                    tags={**stags, **generator_tags("fairskin_s"), "fairskin.mode": "random", TAG_POOL: pool},
+                )
                 child.log_params({"trial.seed": 0, **params})
                 child.log_metrics(metrics)
                 child.end()
@@ -123,8 +174,12 @@ def store(tmp_path_factory):
     aug = side_study("aug_count", "aug-own", "fairskin_s", lambda i: {"trial.per_subclass": 25 + 5 * i})
     side_study("aug_count", "aug-foreign", "foreign", lambda i: {"trial.per_subclass": 100 + i})
     shares = [(0.2, 0.3, 0.5), (0.5, 0.2, 0.3), (0.33, 0.33, 0.34), (0.6, 0.1, 0.3)]
-    ratio = side_study("ethnic_ratio", "ratio-own", "fairskin_s",
-                       lambda i: {f"trial.proportions.{g}": s for g, s in zip(GROUPS, shares[i])})
+    ratio = side_study(
+        "ethnic_ratio",
+        "ratio-own",
+        "fairskin_s",
+        lambda i: {f"trial.proportions.{g}": s for g, s in zip(GROUPS, shares[i])},
+    )
     return {"uri": uri, "expected": expected, "fids": fids, "aug": aug, "ratio": ratio}
 
 
@@ -136,8 +191,12 @@ def report(store, tmp_path_factory):
 def test_rows_state_repeats_and_take_intervals_over_repeat_means(store, report):
     assert latest_study(store["uri"]) == "ablation-x"
     t1 = report.table1.set_index(["variant", "mode"])
-    assert set(t1.index) == {("vanilla", "random"), ("fairskin_s", "random"), ("cbdm", "random"),
-                             ("fairskin_s", "reweight")}
+    assert set(t1.index) == {
+        ("vanilla", "random"),
+        ("fairskin_s", "random"),
+        ("cbdm", "random"),
+        ("fairskin_s", "reweight"),
+    }
     assert (t1["R"] == R).all() and (t1["S"] == str(SEEDS)).all()
     for variant in EFFECT:
         per_repeat = [np.mean([store["expected"][(variant, r, s)] for s in range(SEEDS)]) for r in range(R)]
@@ -186,20 +245,35 @@ def test_holms_family_holds_the_declared_primary_endpoints_only():
     for r in range(5):
         shared = rng.normal(0, 0.05)
         for variant, shift in (("vanilla", 0.0), ("a", 0.04)):
-            row = {"variant": variant, "mode": "random", "repeat": r, "pool": f"{variant}{r}", "seeds": 1, "trials": 1,
-                   "worst_group_accuracy": 0.4 + shared + shift + rng.normal(0, 0.02),
-                   "essp": 0.5 + shared + rng.normal(0, 0.02), "accuracy": 0.6 + shared + 5 * shift}
-            row.update({c: 10 + shared + (50 * shift) + rng.normal(0, 0.01) for c in
-                        ("fid", "kid", "fid_var_group", "fid_var_subclass", "is", "fid_pooled")})
+            row = {
+                "variant": variant,
+                "mode": "random",
+                "repeat": r,
+                "pool": f"{variant}{r}",
+                "seeds": 1,
+                "trials": 1,
+                "worst_group_accuracy": 0.4 + shared + shift + rng.normal(0, 0.02),
+                "essp": 0.5 + shared + rng.normal(0, 0.02),
+                "accuracy": 0.6 + shared + 5 * shift,
+            }
+            row.update(
+                {
+                    c: 10 + shared + (50 * shift) + rng.normal(0, 0.01)
+                    for c in ("fid", "kid", "fid_var_group", "fid_var_subclass", "is", "fid_pooled")
+                }
+            )
             rows.append(row)
     units = pd.DataFrame(rows)
-    declaration = Declaration(primary=("worst_group_accuracy", "essp"), margins={"worst_group_accuracy": 0.05,
-                                                                                 "essp": 0.05})
+    declaration = Declaration(
+        primary=("worst_group_accuracy", "essp"), margins={"worst_group_accuracy": 0.05, "essp": 0.05}
+    )
     paired = paired_differences(units, "vanilla", declaration=declaration)
     primary = paired[paired["primary"]].set_index("metric")
     assert sorted(primary.index) == ["essp", "worst_group_accuracy"]
-    d = {m: (units[units.variant == "a"][m].to_numpy() - units[units.variant == "vanilla"][m].to_numpy())
-         for m in primary.index}
+    d = {
+        m: (units[units.variant == "a"][m].to_numpy() - units[units.variant == "vanilla"][m].to_numpy())
+        for m in primary.index
+    }
     p = {m: stats.ttest_1samp(d[m], 0).pvalue for m in d}
     low, high = sorted(p, key=p.get)
     assert primary.loc[low, "p_holm"] == pytest.approx(min(1, 2 * p[low]))
@@ -214,8 +288,13 @@ def test_report_joins_by_provenance_not_by_latest(store, report):
 
 
 def test_figures_3b_and_5_are_drawn_from_the_studies_on_the_reports_pools(store, report):
-    assert set(report.figures) == {"figure3a_baseline_vs_variants", "figure3b_augmentation_count",
-                                   "figure4_group_accuracy", "figure5_proportion_search", "figure6_downstream_modes"}
+    assert set(report.figures) == {
+        "figure3a_baseline_vs_variants",
+        "figure3b_augmentation_count",
+        "figure4_group_accuracy",
+        "figure5_proportion_search",
+        "figure6_downstream_modes",
+    }
     assert not report.missing
     plotted = pd.read_csv(report.folder / "figure3b_augmentation_count.csv")
     assert set(plotted["study"]) == {"aug-own"}  # the study on a foreign pool is left out
@@ -230,17 +309,28 @@ def _units(values: dict[str, list[float]], dp: dict[str, list[float]] | None = N
     rows = []
     for variant, accs in values.items():
         for r, acc in enumerate(accs):
-            rows.append({"variant": variant, "mode": "random", "repeat": r, "pool": f"{variant}{r}", "seeds": 1,
-                         "trials": 1, "worst_group_accuracy": acc, "dp": (dp or {}).get(variant, [0.3] * len(accs))[r],
-                         "dp_oracle_floor": 0.2})
+            rows.append(
+                {
+                    "variant": variant,
+                    "mode": "random",
+                    "repeat": r,
+                    "pool": f"{variant}{r}",
+                    "seeds": 1,
+                    "trials": 1,
+                    "worst_group_accuracy": acc,
+                    "dp": (dp or {}).get(variant, [0.3] * len(accs))[r],
+                    "dp_oracle_floor": 0.2,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def test_tied_rows_get_the_same_mark_and_dp_is_never_marked_best():
     base = [0.60, 0.62, 0.61, 0.63, 0.60, 0.62]
     better = [v + 0.1 + 0.001 * i for i, v in enumerate(base)]
-    units = _units({"vanilla": base, "a": better, "b": list(better)},
-                   dp={"vanilla": [0.3] * 6, "a": [0.3] * 6, "b": [0.0] * 6})  # b: a constant classifier's DP
+    units = _units(
+        {"vanilla": base, "a": better, "b": list(better)}, dp={"vanilla": [0.3] * 6, "a": [0.3] * 6, "b": [0.0] * 6}
+    )  # b: a constant classifier's DP
     paired = paired_differences(units, "vanilla")
     t1 = table1(units)
     m = marks(t1, paired)
@@ -275,8 +365,11 @@ def test_repeat_values_average_seeds_before_the_interval():
 def test_confirmation_points_are_distinct_settings():
     from fairskin.tune.confirm import chosen_points
 
-    configs = {"a": {"per_subclass": 30, "seed": 0}, "b": {"per_subclass": 30, "seed": 0},
-               "c": {"per_subclass": 40, "seed": 0}}
+    configs = {
+        "a": {"per_subclass": 30, "seed": 0},
+        "b": {"per_subclass": 30, "seed": 0},
+        "c": {"per_subclass": 40, "seed": 0},
+    }
     front = pd.DataFrame({"trial_id": ["a", "b", "c"]})
     points = chosen_points({"trial_id": "b"}, front, configs)
     assert [(p["trial_id"], p["role"]) for p in points] == [("b", "best, pareto"), ("c", "pareto")]
@@ -286,13 +379,15 @@ def test_a_confirmation_cap_keeps_the_best_and_each_objectives_end_of_the_front(
     from fairskin.tune.confirm import chosen_points, front_order
 
     # A front over skin tone (max) and FID variance (min): w is the tone end, z the variance end.
-    front = pd.DataFrame({"trial_id": ["x", "w", "y", "z"], "tone": [0.9, 1.0, 0.8, 0.7],
-                          "fid_var": [50.0, 90.0, 40.0, 10.0]})
+    front = pd.DataFrame(
+        {"trial_id": ["x", "w", "y", "z"], "tone": [0.9, 1.0, 0.8, 0.7], "fid_var": [50.0, 90.0, 40.0, 10.0]}
+    )
     assert front_order(front, ["tone", "fid_var"], ["max", "min"]) == ["w", "z", "x", "y"]
     assert front_order(front) == ["x", "w", "y", "z"]  # no objectives: the front's own order
     configs = {tid: {"tau": i, "seed": 0} for i, tid in enumerate("wxyz")}
-    capped = chosen_points({"trial_id": "y"}, front, configs, limit=3, metrics=["tone", "fid_var"],
-                           modes=["max", "min"])
+    capped = chosen_points(
+        {"trial_id": "y"}, front, configs, limit=3, metrics=["tone", "fid_var"], modes=["max", "min"]
+    )
     assert [(p["trial_id"], p["role"]) for p in capped] == [("y", "best, pareto"), ("w", "pareto"), ("z", "pareto")]
     assert len(chosen_points({"trial_id": "y"}, front, configs)) == 4  # no cap: the whole front
 
@@ -307,7 +402,8 @@ def test_the_confirmation_cap_is_validated_and_keys_the_tune_stage_only_when_set
     assert "tune.confirm_max_points" not in STAGES["tune"].reads_for(config)
     capped = build_config("smoke", overrides=["tune.confirm_max_points=3"])
     assert stage_key("tune", capped, STAGES["tune"].reads_for(capped)) != stage_key(
-        "tune", config, STAGES["tune"].reads_for(config))
+        "tune", config, STAGES["tune"].reads_for(config)
+    )
     with pytest.raises(ConfigError, match="tune.confirm_max_points"):
         build_config("smoke", overrides=["tune.confirm_max_points=0"])
 
@@ -319,12 +415,18 @@ def test_variance_components_of_the_primary_differences_match_a_hand_worked_nest
     comp = pd.read_csv(report.folder / "variance_components.csv").set_index(["variant", "endpoint"])
     row = comp.loc[("fairskin_s", "worst_group_accuracy")]
     assert (row["R"], row["K"], row["S"]) == (R, 1, SEEDS) and "K = 1" in row["notes"]
-    d = np.array([[store["expected"][("fairskin_s", r, s)] - store["expected"][("vanilla", r, s)]
-                   for s in range(SEEDS)] for r in range(R)])
+    d = np.array(
+        [
+            [store["expected"][("fairskin_s", r, s)] - store["expected"][("vanilla", r, s)] for s in range(SEEDS)]
+            for r in range(R)
+        ]
+    )
     ms_within = ((d - d.mean(axis=1, keepdims=True)) ** 2).sum() / (R * (SEEDS - 1))
     ms_between = SEEDS * ((d.mean(axis=1) - d.mean()) ** 2).sum() / (R - 1)
     assert row["sigma2_cls"] == pytest.approx(ms_within, rel=1e-6)
     assert row["sigma2_ft"] == pytest.approx(max(0.0, (ms_between - ms_within) / SEEDS), rel=1e-6, abs=1e-12)
     assert row["sigma2_ft_low"] <= row["sigma2_ft"] <= row["sigma2_ft_high"]
-    generation = comp.loc[("fairskin_s", "skin_tone_w1_worst")] if ("fairskin_s", "skin_tone_w1_worst") in comp.index else None
+    generation = (
+        comp.loc[("fairskin_s", "skin_tone_w1_worst")] if ("fairskin_s", "skin_tone_w1_worst") in comp.index else None
+    )
     assert generation is None  # not measured by the store: no row invented

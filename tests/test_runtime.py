@@ -3,8 +3,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from fairskin.runtime import configure_worker, init_ray, seed_everything
 
 pytestmark = pytest.mark.ray
@@ -43,18 +43,18 @@ def test_without_ray_address_a_private_local_cluster_is_started(ray_session, tmp
         "print('GCS', ray.get_runtime_context().gcs_address, 'CPU', res['CPU'])\n"
         "seen = ray.get(ray.remote(lambda: __import__('os').environ.get('RAY_ADDRESS')).options(num_cpus=0).remote())\n"
         "print('WORKER_RAY_ADDRESS', seen)\n"
-        "ray.shutdown()\n")
+        "ray.shutdown()\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=180)
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
-    line = [l for l in out.stdout.splitlines() if l.startswith("GCS")][0]
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("GCS")][0]
     assert ray_session["address"].split(":")[1] not in line.split()[1]  # not the session's head
     assert line.endswith("CPU 1.0")
     # Its workers know their own cluster (Ray Train's PlacementGroupCleaner looks its controller up with no address:
     # with several clusters on a machine it failed, or asked another cluster and removed the fit's placement group).
     port = line.split()[1].rsplit(":", 1)[1]
-    worker = [l for l in out.stdout.splitlines() if l.startswith("WORKER_RAY_ADDRESS")][0]
+    worker = [ln for ln in out.stdout.splitlines() if ln.startswith("WORKER_RAY_ADDRESS")][0]
     assert worker == f"WORKER_RAY_ADDRESS 127.0.0.1:{port}"
 
 
@@ -83,9 +83,16 @@ def _driver_seeing_a_raylet_warning(verbose: bool) -> subprocess.CompletedProces
         "publish_error_to_driver('worker_pool_large', 'WARNING: 12 PYTHON worker processes (test)', gcs)\n"
         "time.sleep(3)\n"
         "print('LAST LINE', ray_messages_log())\n"
-        "ray.shutdown()\n")
-    return subprocess.run([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=180)
+        "ray.shutdown()\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_a_quiet_driver_writes_the_clusters_warnings_to_a_log_not_the_console(ray_session):

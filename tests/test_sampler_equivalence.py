@@ -7,7 +7,6 @@ import importlib.util
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO
 
 _spec = importlib.util.spec_from_file_location("sampler_equivalence", REPO / "benchmarks" / "sampler_equivalence.py")
@@ -18,18 +17,30 @@ _spec.loader.exec_module(se)
 def _rows(shift: dict[str, dict[str, float]], generators=12, seed=0) -> pd.DataFrame:
     """A reference pool per generator and candidates whose metrics move by ``shift`` plus small noise."""
     rng = np.random.default_rng(seed)
-    level = {"judge_accuracy_generated": rng.normal(0.25, 0.03, generators),
-             "skin_tone_agreement": rng.normal(0.65, 0.1, generators),
-             "fid_mean": rng.normal(65.0, 5.0, generators), "fid_var_subclass": rng.normal(1200, 250, generators),
-             "disease_fidelity": rng.normal(0.3, 0.03, generators), "kid_mean": rng.normal(5.5, 0.5, generators)}
-    noise = {"judge_accuracy_generated": 0.005, "skin_tone_agreement": 0.005, "fid_mean": 0.3,
-             "fid_var_subclass": 10.0, "disease_fidelity": 0.005, "kid_mean": 0.05}
+    level = {
+        "judge_accuracy_generated": rng.normal(0.25, 0.03, generators),
+        "skin_tone_agreement": rng.normal(0.65, 0.1, generators),
+        "fid_mean": rng.normal(65.0, 5.0, generators),
+        "fid_var_subclass": rng.normal(1200, 250, generators),
+        "disease_fidelity": rng.normal(0.3, 0.03, generators),
+        "kid_mean": rng.normal(5.5, 0.5, generators),
+    }
+    noise = {
+        "judge_accuracy_generated": 0.005,
+        "skin_tone_agreement": 0.005,
+        "fid_mean": 0.3,
+        "fid_var_subclass": 10.0,
+        "disease_fidelity": 0.005,
+        "kid_mean": 0.05,
+    }
     rows = []
     for setting in [se.REFERENCE, *shift]:
         for i in range(generators):
             row = {"setting": setting, "generator": f"vanilla-r{i}"}
             for metric, values in level.items():
-                extra = 0.0 if setting == se.REFERENCE else shift[setting].get(metric, 0.0) + rng.normal(0, noise[metric])
+                extra = (
+                    0.0 if setting == se.REFERENCE else shift[setting].get(metric, 0.0) + rng.normal(0, noise[metric])
+                )
                 row[metric] = values[i] + extra
             rows.append(row)
     return pd.DataFrame(rows).sample(frac=1.0, random_state=1)  # order must not matter: pairing is by generator
@@ -52,7 +63,7 @@ def test_equivalent_candidate_passes_and_a_shifted_one_fails():
     assert results["same"]["equivalent"] and results["same"]["n"] == 12
     assert all(results["same"][m]["equivalent"] for m in se.MARGINS)
     assert not results["worse_fid"]["equivalent"] and not results["worse_fid"]["fid_mean"]["equivalent"]
-    assert results["worse_fid"]["judge_accuracy_generated"]["equivalent"]   # the other metrics still are
+    assert results["worse_fid"]["judge_accuracy_generated"]["equivalent"]  # the other metrics still are
     assert results["worse_fid"]["fid_mean"]["mean_diff"] == pytest.approx(8.0, abs=0.5)
     assert not results["worse_tone"]["equivalent"]
     # the differences are paired by generator: the shared per-generator level cancels

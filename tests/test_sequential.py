@@ -15,9 +15,16 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from fairskin.metrics.sequential import (SEQUENTIAL_COLUMNS, _sequential_outcome, efficacy_boundaries,
-                                         equivalence_boundaries, looks, obf_spending, sequential_verdicts,
-                                         simulate_sequential)
+from fairskin.metrics.sequential import (
+    SEQUENTIAL_COLUMNS,
+    _sequential_outcome,
+    efficacy_boundaries,
+    equivalence_boundaries,
+    looks,
+    obf_spending,
+    sequential_verdicts,
+    simulate_sequential,
+)
 from fairskin.metrics.verdicts import family_verdicts, mde
 
 ALPHA = 0.05
@@ -112,7 +119,7 @@ def brute_force(differences, directions, margins, plan, alpha):
     for name, d in differences.items():
         d = np.asarray(d, dtype=float)
         verdict, decided_at = None, None
-        for j, n in enumerate(plan[:plan.index(len(d)) + 1]):
+        for j, n in enumerate(plan[: plan.index(len(d)) + 1]):
             x = d[:n]
             if np.any(np.isnan(x)) or np.all(x == x[0]):
                 continue
@@ -135,12 +142,12 @@ def brute_force(differences, directions, margins, plan, alpha):
 def hand_built():
     noise = np.array([0.3, -0.5, 0.1, 0.6, -0.2, -0.4, 0.1])
     return {
-        "fid": -1.0 + 0.01 * noise,                         # lower is better, far below 0: better at n = 5
-        "accuracy": 0.002 * noise,                          # tiny spread within a wide margin: equivalent
-        "auroc": -0.3 + 0.01 * noise,                       # higher is better, far below: worse
-        "ece": 0.02 * noise + 0.01,                         # inconclusive with a tight margin
+        "fid": -1.0 + 0.01 * noise,  # lower is better, far below 0: better at n = 5
+        "accuracy": 0.002 * noise,  # tiny spread within a wide margin: equivalent
+        "auroc": -0.3 + 0.01 * noise,  # higher is better, far below: worse
+        "ece": 0.02 * noise + 0.01,  # inconclusive with a tight margin
         "gap": np.r_[1.0, 1.01, 0.99, 1.0, 1.005, -3.0, -3.0],  # better at n = 5, wiped out by n = 7
-        "flat": np.full(7, 0.25),                           # no spread: untestable
+        "flat": np.full(7, 0.25),  # no spread: untestable
         "broken": np.r_[0.01, 0.02, 0.015, np.nan, 0.0, 0.01, 0.02],  # a failed repeat: untestable
     }
 
@@ -159,8 +166,14 @@ def test_sequential_verdicts_agree_with_brute_force():
         assert (pd.isna(by.loc[name, "decided_at"]) and decided_at is None) or by.loc[name, "decided_at"] == decided_at
     # the hand-built cases cover every verdict, the kept one included
     assert {n: v for n, (v, _) in expected.items()} == {
-        "fid": "better", "accuracy": "equivalent", "auroc": "worse", "ece": "inconclusive", "gap": "better",
-        "flat": "untestable", "broken": "untestable"}
+        "fid": "better",
+        "accuracy": "equivalent",
+        "auroc": "worse",
+        "ece": "inconclusive",
+        "gap": "better",
+        "flat": "untestable",
+        "broken": "untestable",
+    }
     assert expected["fid"][1] == 5 and expected["gap"][1] == 5
     # current-look statistics against scipy; the kept verdict's current t no longer crosses
     c = efficacy_boundaries(plan, ALPHA / 7)[2]
@@ -168,10 +181,12 @@ def test_sequential_verdicts_agree_with_brute_force():
         assert by.loc[name, "t"] == pytest.approx(stats.ttest_1samp(data[name], 0.0).statistic, rel=1e-10)
         se = stats.sem(data[name])
         assert by.loc[name, ["low", "high"]].tolist() == pytest.approx(
-            [data[name].mean() - c * se, data[name].mean() + c * se], rel=1e-10)
+            [data[name].mean() - c * se, data[name].mean() + c * se], rel=1e-10
+        )
     assert abs(by.loc["gap", "t"]) < by.loc["gap", "boundary"] == pytest.approx(c)
     assert by.loc["accuracy", "t_tost"] == pytest.approx(
-        min(stats.ttest_1samp(data["accuracy"], -0.05).statistic, -stats.ttest_1samp(data["accuracy"], 0.05).statistic))
+        min(stats.ttest_1samp(data["accuracy"], -0.05).statistic, -stats.ttest_1samp(data["accuracy"], 0.05).statistic)
+    )
     assert by.loc["flat", "reason"].startswith("no spread") and "non-finite" in by.loc["broken", "reason"]
     assert (frame["look"] == 3).all() and (frame["m"] == 7).all() and (frame["n"] == 7).all()
 
@@ -183,14 +198,16 @@ def test_stop_rule():
     both = {"fid": data["fid"], "accuracy": data["accuracy"]}
     assert sequential_verdicts(both, directions, margins, alpha=ALPHA, n_max=N_MAX, looks=plan)[1]
     open_ = {"fid": data["fid"], "accuracy": data["ece"]}
-    frame, stop = sequential_verdicts(open_, directions, {"fid": 0.1, "accuracy": 0.001}, alpha=ALPHA,
-                                      n_max=N_MAX, looks=plan)
+    frame, stop = sequential_verdicts(
+        open_, directions, {"fid": 0.1, "accuracy": 0.001}, alpha=ALPHA, n_max=N_MAX, looks=plan
+    )
     assert not stop and frame["verdict"].tolist() == ["better", "inconclusive"]
     # at the cap the study stops whatever is open
     rng = np.random.default_rng(3)
     last = {"fid": rng.normal(0, 1, N_MAX), "accuracy": rng.normal(0, 1, N_MAX)}
-    frame, stop = sequential_verdicts(last, directions, {"fid": 0.01, "accuracy": 0.01}, alpha=ALPHA, n_max=N_MAX,
-                                      looks=plan)
+    frame, stop = sequential_verdicts(
+        last, directions, {"fid": 0.01, "accuracy": 0.01}, alpha=ALPHA, n_max=N_MAX, looks=plan
+    )
     assert stop and (frame["look"] == len(plan)).all()
     with pytest.raises(ValueError):  # 6 is not a look
         sequential_verdicts({"fid": np.ones(6)}, directions, margins, alpha=ALPHA, n_max=N_MAX, looks=plan)
@@ -232,8 +249,9 @@ def test_vectorised_simulation_decides_as_sequential_verdicts():
         d = true[:, None] + sds[:, None] * z[s]
         for n in plan:
             data = {k: d[i, :n] for i, k in enumerate(endpoints)}
-            frame, stop = sequential_verdicts(data, dict.fromkeys(endpoints, 1), dict(zip(endpoints, margins)),
-                                              alpha=ALPHA, n_max=N_MAX, looks=plan)
+            frame, stop = sequential_verdicts(
+                data, dict.fromkeys(endpoints, 1), dict(zip(endpoints, margins)), alpha=ALPHA, n_max=N_MAX, looks=plan
+            )
             if stop:
                 break
         assert n == used[s]

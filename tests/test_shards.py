@@ -5,8 +5,16 @@ import pytest
 
 from fairskin.data import DataError
 from fairskin.data.images import encode_png
-from fairskin.data.shards import (INDEX_FILE, Vocabulary, load_decoded, read_index, read_metadata, read_shard,
-                                  shard_paths, write_shards)
+from fairskin.data.shards import (
+    INDEX_FILE,
+    Vocabulary,
+    load_decoded,
+    read_index,
+    read_metadata,
+    read_shard,
+    shard_paths,
+    write_shards,
+)
 
 VOCAB = Vocabulary(("African", "Asian", "Caucasian"), ("lichen planus", "psoriasis"))
 
@@ -14,9 +22,17 @@ VOCAB = Vocabulary(("African", "Asian", "Caucasian"), ("lichen planus", "psorias
 def _records(n, size=8):
     rng = np.random.default_rng(0)
     for i in range(n):
-        yield {"id": f"img-{i:03d}", "image": encode_png(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)),
-               "group": VOCAB.groups[i % 3], "disease": VOCAB.diseases[i % 2], "split": "train", "fst": 1 + i % 6,
-               "source": "synthetic", "seed": 1000 + i, "variant": "procedural-v1"}
+        yield {
+            "id": f"img-{i:03d}",
+            "image": encode_png(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)),
+            "group": VOCAB.groups[i % 3],
+            "disease": VOCAB.diseases[i % 2],
+            "split": "train",
+            "fst": 1 + i % 6,
+            "source": "synthetic",
+            "seed": 1000 + i,
+            "variant": "procedural-v1",
+        }
 
 
 def test_round_trip_keeps_pixels_labels_and_order(tmp_path):
@@ -28,19 +44,21 @@ def test_round_trip_keeps_pixels_labels_and_order(tmp_path):
     assert pixels.shape == (10, 8, 8, 3) and pixels.dtype == np.uint8
     assert list(meta["id"]) == [r["id"] for r in records]
     assert list(meta["seed"]) == [r["seed"] for r in records]
-    first = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
-        __import__("io").BytesIO(records[0]["image"])))
+    first = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(__import__("io").BytesIO(records[0]["image"])))
     assert np.array_equal(pixels[0], first)
     assert list(read_metadata(tmp_path)["group"]) == [r["group"] for r in records]
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("group", "Martian", "group 'Martian' is unknown; expected one of ['African', 'Asian', 'Caucasian']"),
-    ("disease", "acne", "disease 'acne' is unknown"),
-    ("fst", -1, "fst -1 is not a Fitzpatrick type 1..6"),
-    ("split", "holdout", "split 'holdout' is unknown"),
-    ("image", b"\x89PNG broken", "undecodable image"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("group", "Martian", "group 'Martian' is unknown; expected one of ['African', 'Asian', 'Caucasian']"),
+        ("disease", "acne", "disease 'acne' is unknown"),
+        ("fst", -1, "fst -1 is not a Fitzpatrick type 1..6"),
+        ("split", "holdout", "split 'holdout' is unknown"),
+        ("image", b"\x89PNG broken", "undecodable image"),
+    ],
+)
 def test_bad_rows_are_refused_on_write_naming_shard_and_row(tmp_path, field, value, message):
     records = list(_records(6))
     records[5][field] = value

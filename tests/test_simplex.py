@@ -94,13 +94,18 @@ def test_first_coordinate_is_its_exact_quantile(k):
             assert abs(float(_exact_first_cdf(p[0] - lows[0], lows, highs)) - u[0]) < 1e-9, (lows, highs, u)
 
 
-BOUNDS = [DEMO, ASYMMETRIC, K4, K2,
-          ([0.0] * 3, [0.2, 0.3, 0.5]),  # highs sum exactly to 1: the single point
-          ([0.2, 0.3, 0.5], [1.0] * 3),  # lows sum exactly to 1: the single point
-          ([0.0, 0.25, 0.0], [1.0, 0.25, 1.0]),  # one group fixed (low == high)
-          ([0.4, 0.0], [0.4, 1.0]),  # K = 2, a point
-          ([0.0] * 6, [0.17] * 6),  # K = 6, tight caps
-          ([0.0] * 10, [0.12] * 10)]  # K = 10: 512 subsets
+BOUNDS = [
+    DEMO,
+    ASYMMETRIC,
+    K4,
+    K2,
+    ([0.0] * 3, [0.2, 0.3, 0.5]),  # highs sum exactly to 1: the single point
+    ([0.2, 0.3, 0.5], [1.0] * 3),  # lows sum exactly to 1: the single point
+    ([0.0, 0.25, 0.0], [1.0, 0.25, 1.0]),  # one group fixed (low == high)
+    ([0.4, 0.0], [0.4, 1.0]),  # K = 2, a point
+    ([0.0] * 6, [0.17] * 6),  # K = 6, tight caps
+    ([0.0] * 10, [0.12] * 10),
+]  # K = 10: 512 subsets
 
 
 @pytest.mark.parametrize("lows,highs", BOUNDS)
@@ -136,15 +141,18 @@ def test_deterministic_and_monotone():
     assert p_1[0] == 0.0 and p_1[-1] == 0.6 and np.all(np.diff(p_1) > 0)
 
 
-@pytest.mark.parametrize("u,lows,highs,message", [
-    ([0.5], [0.5, 0.2], [0.4, 1.0], r"low > high for group\(s\) \[0\]"),
-    ([0.5, 0.5], [0.5, 0.3, 0.3], [1.0] * 3, r"lows sum to 1\.1 > 1"),
-    ([0.5, 0.5], [0.0] * 3, [0.3] * 3, r"highs sum to 0\.9 < 1"),
-    ([0.5] * 10, [0.0] * 11, [1.0] * 11, r"at most 10"),
-    ([0.5], [0.0] * 3, [1.0] * 3, r"need 2 uniforms for 3 groups, got 1"),
-    ([0.5, 0.5], [0.0] * 3, [1.0] * 2, r"3 lows but 2 highs"),
-    ([math.nan, 0.5], [0.0] * 3, [1.0] * 3, r"finite"),
-])
+@pytest.mark.parametrize(
+    "u,lows,highs,message",
+    [
+        ([0.5], [0.5, 0.2], [0.4, 1.0], r"low > high for group\(s\) \[0\]"),
+        ([0.5, 0.5], [0.5, 0.3, 0.3], [1.0] * 3, r"lows sum to 1\.1 > 1"),
+        ([0.5, 0.5], [0.0] * 3, [0.3] * 3, r"highs sum to 0\.9 < 1"),
+        ([0.5] * 10, [0.0] * 11, [1.0] * 11, r"at most 10"),
+        ([0.5], [0.0] * 3, [1.0] * 3, r"need 2 uniforms for 3 groups, got 1"),
+        ([0.5, 0.5], [0.0] * 3, [1.0] * 2, r"3 lows but 2 highs"),
+        ([math.nan, 0.5], [0.0] * 3, [1.0] * 3, r"finite"),
+    ],
+)
 def test_infeasible_bounds_raise(u, lows, highs, message):
     with pytest.raises(ValueError, match=message):
         sample_simplex(u, lows, highs)

@@ -35,11 +35,13 @@ GROUP_FST = {"Caucasian": [1, 2], "Asian": [3, 4], "African": [5, 6]}
 # --- ITA of flat colours, against CIELAB written out here ------------------------------------
 
 D65_WHITE = (0.95047, 1.0, 1.08883)  # XYZ of the D65 white, 2 degree observer, Y = 1
-SRGB_TO_XYZ = np.array([  # IEC 61966-2-1, linear sRGB -> XYZ (D65)
-    [0.4124564, 0.3575761, 0.1804375],
-    [0.2126729, 0.7151522, 0.0721750],
-    [0.0193339, 0.1191920, 0.9503041],
-])
+SRGB_TO_XYZ = np.array(
+    [  # IEC 61966-2-1, linear sRGB -> XYZ (D65)
+        [0.4124564, 0.3575761, 0.1804375],
+        [0.2126729, 0.7151522, 0.0721750],
+        [0.0193339, 0.1191920, 0.9503041],
+    ]
+)
 
 
 def hand_lab(rgb8: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -128,9 +130,11 @@ def test_healthy_skin_rule_finds_the_ita_of_the_pixels_without_lesion(known_lesi
     truth = _true_ita(images, alphas)
     err = np.abs(image_ita(images) - truth)
     worst = int(np.argmax(err))
-    msg = (f"over {len(err)} images: median {np.median(err):.2f}, p99 {np.percentile(err, 99):.2f}, "
-           f"max {err.max():.2f} deg ({disease[worst]}, FST {fst[worst]}); "
-           f"within {TOLERANCE_DEG} deg: {100 * (err <= TOLERANCE_DEG).mean():.2f} %")
+    msg = (
+        f"over {len(err)} images: median {np.median(err):.2f}, p99 {np.percentile(err, 99):.2f}, "
+        f"max {err.max():.2f} deg ({disease[worst]}, FST {fst[worst]}); "
+        f"within {TOLERANCE_DEG} deg: {100 * (err <= TOLERANCE_DEG).mean():.2f} %"
+    )
     assert np.median(err) <= 0.5, msg
     assert (err <= TOLERANCE_DEG).mean() >= TOLERANCE_SHARE, msg
     # A regression bound for this fixed set (its max is 4.6), not a guarantee: over 12,000
@@ -176,8 +180,11 @@ DRAWS = 4  # independent real draws, each the held-out split of one round and pa
 
 def _ita_of(counts, namespace, size=REAL_SIZE):
     samples = list(generate_samples(counts, GROUP_FST, seed=3, size=size, namespace=namespace))
-    return (image_ita(np.stack([s.image for s in samples])), np.array([s.group for s in samples]),
-            np.array([s.disease for s in samples]))
+    return (
+        image_ita(np.stack([s.image for s in samples])),
+        np.array([s.group for s in samples]),
+        np.array([s.disease for s in samples]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -269,10 +276,12 @@ def test_a_flat_patch_pool_saturates_agreement_but_fails_the_w1_ratio(procedural
         keys = [(g, d) for g in ref.groups for d in DISEASES for _ in range(6)]
         flat_group, flat_disease = (np.array(c) for c in zip(*keys))
         flat_ita = image_ita(np.stack([patch[g] for g in flat_group]))
-        _, flat_table, flat, _ = skin_tone_report(flat_ita, flat_group, flat_disease, ref, h_ita, h_group,
-                                                  heldout_disease=h_disease, seed=k)
-        _, real_table, real, _ = skin_tone_report(f_ita, f_group, f_disease, ref, h_ita, h_group,
-                                                  heldout_disease=h_disease, seed=k)
+        _, flat_table, flat, _ = skin_tone_report(
+            flat_ita, flat_group, flat_disease, ref, h_ita, h_group, heldout_disease=h_disease, seed=k
+        )
+        _, real_table, real, _ = skin_tone_report(
+            f_ita, f_group, f_disease, ref, h_ita, h_group, heldout_disease=h_disease, seed=k
+        )
         for g in ref.groups:
             # The old endpoints saturate: perfect agreement and in-band share, at or above the real ceiling ...
             assert flat[f"skin_tone_agreement_{g}"] == flat[f"ita_in_band_{g}"] == 1.0
@@ -289,8 +298,9 @@ def test_a_flat_patch_pool_saturates_agreement_but_fails_the_w1_ratio(procedural
         assert flat["skin_tone_spread_ratio_worst_group"] == 0.0
         # Asian's ceiling is ~0.91 (FST 3-4 borders both others): a flat pool's 1.0 lies well above it.
         assert flat["skin_tone_agreement_above_ceiling_Asian"] == flat["skin_tone_agreement_above_ceiling"] == 1.0
-        assert flat_table["above_ceiling"].tolist() == [flat[f"skin_tone_agreement_above_ceiling_{g}"]
-                                                        for g in flat_table["group"]]
+        assert flat_table["above_ceiling"].tolist() == [
+            flat[f"skin_tone_agreement_above_ceiling_{g}"] for g in flat_table["group"]
+        ]
         assert real_table[["w1_ratio", "w1_floor", "spread_ratio"]].notna().all().all()
     # A real sample scores about 1 (measured 0.45-1.73 over these 4 rounds x 3 groups, median 1.08). One
     # round's ratio is noisy, whatever N (the floor is one held-out draw: per group p90 ~1.9 and 15-25 %
@@ -323,7 +333,11 @@ def test_heldout_mix_subsample_follows_the_heldout_disease_counts(procedural_rea
 
 
 def _made_up_reference() -> ReferenceBands:
-    real = {"African": np.linspace(-70, -30, 101), "Asian": np.linspace(5, 35, 101), "Caucasian": np.linspace(45, 75, 101)}
+    real = {
+        "African": np.linspace(-70, -30, 101),
+        "Asian": np.linspace(5, 35, 101),
+        "Caucasian": np.linspace(45, 75, 101),
+    }
     ita = np.concatenate(list(real.values()))
     groups = np.repeat(list(real), 101)
     order = np.random.default_rng(0).permutation(len(ita))  # order of the input must not matter
@@ -338,9 +352,16 @@ def test_reference_bands_medians_bands_and_thresholds():
     assert ref.p95 == pytest.approx({"African": -32.0, "Asian": 33.5, "Caucasian": 73.5})
     assert np.allclose(ref.thresholds, [-15.0, 40.0])
     assert ref.assign([-100, -15.01, -14.99, 39.99, 40.01, 200]).tolist() == [
-        "African", "African", "Asian", "Asian", "Caucasian", "Caucasian"]
-    assert ref.in_band([-68.1, -67.9, -31.9, 6.6, 73.6], ["African", "African", "African", "Asian", "Caucasian"]).tolist() == [
-        False, True, False, True, False]
+        "African",
+        "African",
+        "Asian",
+        "Asian",
+        "Caucasian",
+        "Caucasian",
+    ]
+    assert ref.in_band(
+        [-68.1, -67.9, -31.9, 6.6, 73.6], ["African", "African", "African", "Asian", "Caucasian"]
+    ).tolist() == [False, True, False, True, False]
     with pytest.raises(ValueError, match="length"):
         ReferenceBands.from_real([1.0, 2.0], ["a"])
 
@@ -369,11 +390,17 @@ def test_skin_tone_report_matches_hand_counts():
     per_subclass, per_group, summary, confusion = skin_tone_report(ita.astype(float), group, disease, ref)
 
     assert per_subclass[["group", "disease"]].values.tolist() == [
-        ["African", "lichen planus"], ["African", "psoriasis"], ["Asian", "psoriasis"], ["Caucasian", "lichen planus"]]
+        ["African", "lichen planus"],
+        ["African", "psoriasis"],
+        ["Asian", "psoriasis"],
+        ["Caucasian", "lichen planus"],
+    ]
     assert per_subclass["n"].tolist() == [2, 3, 5, 4]
     assert per_subclass["in_band"].tolist() == pytest.approx([0.0, 2 / 3, 2 / 5, 3 / 4])
     assert per_subclass["agreement"].tolist() == pytest.approx([0.0, 1.0, 3 / 5, 1.0])
-    assert per_subclass["wasserstein"].iloc[1] == pytest.approx(wasserstein_distance([-50, -60, -20], ref.samples["African"]))
+    assert per_subclass["wasserstein"].iloc[1] == pytest.approx(
+        wasserstein_distance([-50, -60, -20], ref.samples["African"])
+    )
 
     assert per_group["group"].tolist() == ["African", "Asian", "Caucasian"]
     assert per_group["n"].tolist() == [5, 5, 4]
@@ -395,7 +422,8 @@ def test_skin_tone_report_matches_hand_counts():
     }
     assert {k: v for k, v in summary.items() if not k.startswith("ita_wasserstein")} == pytest.approx(expected)
     assert summary["ita_wasserstein_Asian"] == pytest.approx(
-        wasserstein_distance([20, 30, 39.9, 41, -16], ref.samples["Asian"]))
+        wasserstein_distance([20, 30, 39.9, 41, -16], ref.samples["Asian"])
+    )
     assert set(summary) == set(expected) | {f"ita_wasserstein_{g}" for g in ref.groups}
     assert all(isinstance(v, float) for v in summary.values())
 
@@ -411,7 +439,8 @@ def test_a_group_shifted_by_40_degrees_loses_its_agreement():
     real_group = np.repeat(ref.groups, 101)
     gen_ita = real_ita + np.where(real_group == "Asian", 40.0, 0.0)  # the Asian pool comes out 40 deg too light
     _, per_group, summary, confusion = skin_tone_report(
-        gen_ita, real_group, np.full(len(gen_ita), "psoriasis"), ref, heldout_ita=real_ita, heldout_group=real_group)
+        gen_ita, real_group, np.full(len(gen_ita), "psoriasis"), ref, heldout_ita=real_ita, heldout_group=real_group
+    )
     assert summary["skin_tone_agreement_Asian"] == 0.0
     assert summary["skin_tone_agreement_African"] == summary["skin_tone_agreement_Caucasian"] == 1.0
     assert summary["skin_tone_agreement_worst_group"] == 0.0
@@ -468,10 +497,22 @@ def test_wasserstein_1d_matches_scipy_and_hand_worked_values():
 #    ratio 2; IQR 0, spread 0.
 HAND = {
     "reference": {"A": [0.0, 10.0, 20.0, 30.0], "B": [50.0, 60.0, 70.0, 80.0]},
-    "heldout": [("A", "x", 5.0), ("A", "x", 15.0), ("A", "y", 25.0), ("A", "y", 35.0),
-                ("B", "x", 55.0), ("B", "x", 65.0)],
-    "pool": [("A", "x", 0.0), ("A", "x", 10.0), ("A", "y", 20.0), ("A", "y", 60.0), ("A", "z", 1000.0),
-             ("B", "x", 80.0)],
+    "heldout": [
+        ("A", "x", 5.0),
+        ("A", "x", 15.0),
+        ("A", "y", 25.0),
+        ("A", "y", 35.0),
+        ("B", "x", 55.0),
+        ("B", "x", 65.0),
+    ],
+    "pool": [
+        ("A", "x", 0.0),
+        ("A", "x", 10.0),
+        ("A", "y", 20.0),
+        ("A", "y", 60.0),
+        ("A", "z", 1000.0),
+        ("B", "x", 80.0),
+    ],
 }
 
 
@@ -488,8 +529,9 @@ def test_ita_distance_ratios_by_hand():
     assert table["n"].tolist() == [5, 1] and table["n_heldout"].tolist() == [4, 2]
     assert table["n_subsample"].tolist() == [4, 2]
     assert table["w1_floor"].tolist() == pytest.approx([5.0, 7.5])
-    assert table["w1_floor"].tolist() == pytest.approx([wasserstein_distance([5, 15, 25, 35], [0, 10, 20, 30]),
-                                                        wasserstein_distance([55, 65], [50, 60, 70, 80])])
+    assert table["w1_floor"].tolist() == pytest.approx(
+        [wasserstein_distance([5, 15, 25, 35], [0, 10, 20, 30]), wasserstein_distance([55, 65], [50, 60, 70, 80])]
+    )
     assert table["w1_pool"].tolist() == pytest.approx([7.5, 15.0])
     assert table["w1_ratio"].tolist() == pytest.approx([1.5, 2.0])
     assert table["pool_iqr"].tolist() == pytest.approx([50.0, 0.0])
@@ -498,8 +540,9 @@ def test_ita_distance_ratios_by_hand():
 
     # Through the report: the reference is the ReferenceBands' samples (medians A 15, B 65, threshold 40).
     ref = ReferenceBands.from_real(np.concatenate(list(HAND["reference"].values())), np.repeat(["A", "B"], 4))
-    _, per_group, summary, _ = skin_tone_report(p_ita, p_group, p_disease, ref, h_ita, h_group,
-                                                heldout_disease=h_disease, seed=1)
+    _, per_group, summary, _ = skin_tone_report(
+        p_ita, p_group, p_disease, ref, h_ita, h_group, heldout_disease=h_disease, seed=1
+    )
     assert [summary["skin_tone_w1_ratio_A"], summary["skin_tone_w1_ratio_B"]] == pytest.approx([1.5, 2.0])
     assert summary["skin_tone_w1_ratio_worst_group"] == pytest.approx(2.0)
     assert [summary["skin_tone_w1_floor_A"], summary["skin_tone_w1_floor_B"]] == pytest.approx([5.0, 7.5])
@@ -508,8 +551,10 @@ def test_ita_distance_ratios_by_hand():
     # Ceiling 1.0 in both groups (every held-out ITA is nearest its own median); the pool's A agreement is 3/5.
     assert summary["skin_tone_agreement_above_ceiling_A"] == summary["skin_tone_agreement_above_ceiling_B"] == 0.0
     assert summary["skin_tone_agreement_above_ceiling"] == 0.0
-    np.testing.assert_allclose(per_group[["w1_ratio", "w1_floor", "spread_ratio", "above_ceiling"]].to_numpy(float),
-                               [[1.5, 5.0, 50 / 15, 0.0], [2.0, 7.5, 0.0, 0.0]])
+    np.testing.assert_allclose(
+        per_group[["w1_ratio", "w1_floor", "spread_ratio", "above_ceiling"]].to_numpy(float),
+        [[1.5, 5.0, 50 / 15, 0.0], [2.0, 7.5, 0.0, 0.0]],
+    )
     assert all(isinstance(v, float) for v in summary.values())
 
 
@@ -536,16 +581,18 @@ def test_ita_distance_ratios_reject_missing_groups_and_a_zero_floor():
     h_ita, h_group, h_disease = _hand_columns(HAND["heldout"])
     a_only = h_group == "A"
     with pytest.raises(ValueError, match="'B' has no held-out"):
-        ita_distance_ratios(p_ita, p_group, p_disease, h_ita[a_only], h_group[a_only], h_disease[a_only],
-                            HAND["reference"])
+        ita_distance_ratios(
+            p_ita, p_group, p_disease, h_ita[a_only], h_group[a_only], h_disease[a_only], HAND["reference"]
+        )
     with pytest.raises(ValueError, match="'B' has no reference"):
         ita_distance_ratios(p_ita, p_group, p_disease, h_ita, h_group, h_disease, {"A": HAND["reference"]["A"]})
     same = {"A": [5.0, 15.0, 25.0, 35.0], "B": HAND["reference"]["B"]}
     with pytest.raises(ValueError, match="'A'.*floor is 0"):
         ita_distance_ratios(p_ita, p_group, p_disease, h_ita, h_group, h_disease, same)
     with pytest.raises(ValueError, match="'B'.*no pool image"):
-        ita_distance_ratios(p_ita, p_group, np.where(p_group == "B", "z", p_disease), h_ita, h_group, h_disease,
-                            HAND["reference"])
+        ita_distance_ratios(
+            p_ita, p_group, np.where(p_group == "B", "z", p_disease), h_ita, h_group, h_disease, HAND["reference"]
+        )
     ref = _made_up_reference()
     with pytest.raises(ValueError, match="heldout_disease needs"):
         skin_tone_report([1.0], ["Asian"], ["psoriasis"], ref, heldout_disease=["psoriasis"])

@@ -6,8 +6,8 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import REPO
+
 from fairskin.config import build_config
 from fairskin.stages import STAGE_RECORD, is_finished, run_stage, stage_dir, stage_key
 
@@ -16,6 +16,7 @@ def _body(marker):
     def body(out):
         (out / "result.txt").write_text(marker)
         return {"marker": marker}
+
     return body
 
 
@@ -23,7 +24,8 @@ def test_key_depends_on_the_slice_read_and_on_inputs(smoke_config):
     other_seed = smoke_config.model_copy(update={"runtime": smoke_config.runtime.model_copy(update={"seed": 9})})
     assert stage_key("prepare", smoke_config, ["data"]) == stage_key("prepare", other_seed, ["data"])
     assert stage_key("prepare", smoke_config, ["data", "runtime.seed"]) != stage_key(
-        "prepare", other_seed, ["data", "runtime.seed"])
+        "prepare", other_seed, ["data", "runtime.seed"]
+    )
     first = run_stage(smoke_config, "a", ["data"], _body("1"))
     assert stage_key("b", smoke_config, [], {"a": first}) != stage_key("b", smoke_config, [])
 
@@ -82,7 +84,6 @@ def test_killed_stage_leaves_no_folder_that_looks_finished(smoke_config, tmp_pat
 
 
 def test_generate_is_keyed_by_what_a_pools_bytes_depend_on_only(smoke_config):
-    from fairskin.config import build_config
     from fairskin.pipeline import pipeline_stage_key
 
     def key(*overrides):
@@ -91,10 +92,22 @@ def test_generate_is_keyed_by_what_a_pools_bytes_depend_on_only(smoke_config):
 
     same = key()
     # The judge, the FID reference split and the actor count do not change a single pool byte.
-    assert key("generation.judge_images_per_subclass=7", "generation.judge_batch_size=3",
-               "generation.real_split=test", "generation.num_actors=1") == same
-    for changed in ("generation.inference_steps=3", "generation.scheduler=dpm", "generation.guidance_scale=1.5",
-                    "generation.images_per_subclass=11", "generation.channels_last=true"):
+    assert (
+        key(
+            "generation.judge_images_per_subclass=7",
+            "generation.judge_batch_size=3",
+            "generation.real_split=test",
+            "generation.num_actors=1",
+        )
+        == same
+    )
+    for changed in (
+        "generation.inference_steps=3",
+        "generation.scheduler=dpm",
+        "generation.guidance_scale=1.5",
+        "generation.images_per_subclass=11",
+        "generation.channels_last=true",
+    ):
         assert key(changed) != same, changed
 
 
@@ -130,13 +143,21 @@ def test_a_background_stage_runs_while_the_next_stages_that_do_not_need_it_do():
             if waits_for is not None:
                 assert started[waits_for].wait(timeout=20), f"{name} never ran beside {waits_for}"
             finished.append(name)
+
         return run
 
-    bodies = {"vae": body("vae"), "base": body("base", waits_for="control_base"),
-              "control_base": body("control_base", waits_for="base"), "finetune": body("finetune")}
-    plan = [Stage("vae", (), None), Stage("base", (), None, inputs=("vae",), background=True),
-            Stage("control_base", (), None, inputs=("vae",)),
-            Stage("finetune", (), None, inputs=("base", "control_base"))]
+    bodies = {
+        "vae": body("vae"),
+        "base": body("base", waits_for="control_base"),
+        "control_base": body("control_base", waits_for="base"),
+        "finetune": body("finetune"),
+    }
+    plan = [
+        Stage("vae", (), None),
+        Stage("base", (), None, inputs=("vae",), background=True),
+        Stage("control_base", (), None, inputs=("vae",)),
+        Stage("finetune", (), None, inputs=("base", "control_base")),
+    ]
     run_in_order(plan, lambda stage: bodies[stage.name](stage))
     assert finished[0] == "vae" and finished[-1] == "finetune" and set(finished[1:3]) == {"base", "control_base"}
 

@@ -86,7 +86,12 @@ def test_image_seed_is_stable_and_63_bit():
     assert s not in others and len(others) == 5
 
 
-COUNTS = {("African", "basal cell carcinoma"): 3, ("Caucasian", "psoriasis"): 5, ("Asian", "lichen planus"): 4, ("African", "psoriasis"): 0}
+COUNTS = {
+    ("African", "basal cell carcinoma"): 3,
+    ("Caucasian", "psoriasis"): 5,
+    ("Asian", "lichen planus"): 4,
+    ("African", "psoriasis"): 0,
+}
 
 
 def test_generate_samples_respects_counts_order_and_labels():

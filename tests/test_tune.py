@@ -17,8 +17,7 @@ from mlflow import MlflowClient
 from fairskin.classify.augment import check_against_pool, plan_counts
 from fairskin.config import build_config
 from fairskin.tracking import PARENT_TAG
-from fairskin.tune.spaces import (SpaceError, available_spaces, load_space, parse_space, resolve_space,
-                                  sample_simplex)
+from fairskin.tune.spaces import SpaceError, available_spaces, load_space, parse_space, resolve_space, sample_simplex
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ("African", "Asian", "Caucasian")
@@ -51,10 +50,12 @@ def test_every_space_file_loads_and_resolves_at_smoke_scale():
     pools = {"vanilla": _pool(20), "fairskin_s": _pool(20)}
     for name in available_spaces():
         space = load_space(name)
-        resolved = resolve_space(space, config, pools, _pool(5), variant=None if space.parameter("variant")
-                                 else "vanilla")
-        assert resolved.metrics and (space.trainable == "generator" or all(m.startswith("val_")
-                                                                           for m in resolved.metrics))
+        resolved = resolve_space(
+            space, config, pools, _pool(5), variant=None if space.parameter("variant") else "vanilla"
+        )
+        assert resolved.metrics and (
+            space.trainable == "generator" or all(m.startswith("val_") for m in resolved.metrics)
+        )
     scale = config.tune.count_scale
     aug = resolve_space(load_space("aug_count"), config, pools, {}, variant="vanilla")
     d = aug.dim("per_subclass")  # 500..900 step 100 in paper units, times tune.count_scale
@@ -82,22 +83,41 @@ def test_simplex_points_are_all_valid_for_the_pool():
     assert np.allclose(points.mean(0), 1 / 3, atol=0.02)
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"parameters": [{"name": "per_subclass", "kind": "int", "low": 900, "high": 500}]},
-     r"parameters\.0: parameter 'per_subclass': low \(900\.0\) is above high \(500\.0\)"),
-    ({"parameters": [{"name": "proportions", "kind": "simplex", "total": 10, "low": 0.5}]},
-     r"parameter 'proportions': no proportions over 3 groups sum to 1 within \[0\.5, 1\.0\]"),
-    ({"parameters": [{"name": "proportions", "kind": "simplex", "total": 10}], "fixed": {"mode": "resample"}},
-     r"parameter 'proportions': downstream mode 'resample'"),
-    ({"parameters": [{"name": "learning_rate", "kind": "float", "low": 1, "high": 2}]},
-     r"parameter 'learning_rate': unknown target"),
-    ({"objectives": [{"metric": "test_accuracy"}]}, r"test figures never steer"),
-    ({"objectives": [{"metric": "val_accuracy"}, {"metric": "val_dp", "mode": "min"}],
-      "scheduler": {"kind": "asha"}}, r"'asha' stops trials on one metric"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            {"parameters": [{"name": "per_subclass", "kind": "int", "low": 900, "high": 500}]},
+            r"parameters\.0: parameter 'per_subclass': low \(900\.0\) is above high \(500\.0\)",
+        ),
+        (
+            {"parameters": [{"name": "proportions", "kind": "simplex", "total": 10, "low": 0.5}]},
+            r"parameter 'proportions': no proportions over 3 groups sum to 1 within \[0\.5, 1\.0\]",
+        ),
+        (
+            {"parameters": [{"name": "proportions", "kind": "simplex", "total": 10}], "fixed": {"mode": "resample"}},
+            r"parameter 'proportions': downstream mode 'resample'",
+        ),
+        (
+            {"parameters": [{"name": "learning_rate", "kind": "float", "low": 1, "high": 2}]},
+            r"parameter 'learning_rate': unknown target",
+        ),
+        ({"objectives": [{"metric": "test_accuracy"}]}, r"test figures never steer"),
+        (
+            {
+                "objectives": [{"metric": "val_accuracy"}, {"metric": "val_dp", "mode": "min"}],
+                "scheduler": {"kind": "asha"},
+            },
+            r"'asha' stops trials on one metric",
+        ),
+    ],
+)
 def test_invalid_spaces_name_the_field(change, message):
-    base = {"name": "t", "objectives": [{"metric": "val_accuracy"}],
-            "parameters": [{"name": "per_subclass", "kind": "int", "low": 1, "high": 2}]}
+    base = {
+        "name": "t",
+        "objectives": [{"metric": "val_accuracy"}],
+        "parameters": [{"name": "per_subclass", "kind": "int", "low": 1, "high": 2}],
+    }
     with pytest.raises(SpaceError, match=message):
         space = parse_space({**base, **change})
         resolve_space(space, build_config("smoke"), {"vanilla": _pool(20)}, {}, variant="vanilla")
@@ -116,12 +136,18 @@ def test_spaces_that_exceed_the_pool_fail_before_any_trial(tmp_path, prepared_sm
     shards = prepared_smoke[1].path / "shards"
     # ethnic_ratio: 7,500 x scale images, but `per` x 5 diseases per group (15 x per in all).
     largest = 15 * per
-    with pytest.raises(SpaceError, match=rf"parameter 'proportions': total 7500 \(scaled to {total} .*"
-                                         rf"The largest valid total is {int(largest / scale + 1e-9)} "
-                                         rf"\(scaled {largest}\)"):
+    with pytest.raises(
+        SpaceError,
+        match=rf"parameter 'proportions': total 7500 \(scaled to {total} .*"
+        rf"The largest valid total is {int(largest / scale + 1e-9)} "
+        rf"\(scaled {largest}\)",
+    ):
         run_study(config, "ethnic_ratio", {"vanilla": small}, shards)
-    with pytest.raises(SpaceError, match=rf"parameter 'per_subclass': high 900 \(scaled to {high} .*"
-                                         rf"the largest valid value is {int(per / scale + 1e-9)} \(scaled {per}\)"):
+    with pytest.raises(
+        SpaceError,
+        match=rf"parameter 'per_subclass': high 900 \(scaled to {high} .*"
+        rf"the largest valid value is {int(per / scale + 1e-9)} \(scaled {per}\)",
+    ):
         run_study(config, "aug_count", {"vanilla": small}, shards)
     assert not (config.runtime.runs_root / "tune").exists()  # no study folder, no trial, no run
 
@@ -145,8 +171,14 @@ def test_smoke_study_one_parent_three_children(ray_session, prepared_smoke, smok
     from fairskin.tune import run_study
 
     config = _config(tmp_path, "tune.confirm_seeds=2")
-    result = run_study(config, "ethnic_ratio", {"vanilla": smoke_pool}, prepared_smoke[1].path / "shards",
-                       trials=3, echo=lambda *_: None)
+    result = run_study(
+        config,
+        "ethnic_ratio",
+        {"vanilla": smoke_pool},
+        prepared_smoke[1].path / "shards",
+        trials=3,
+        echo=lambda *_: None,
+    )
     assert not result.interrupted and len(result.trials) == 3
     assert set(result.trials["state"]) == {"finished"}
     client, parents, children = _runs(config, result.name)
@@ -156,8 +188,9 @@ def test_smoke_study_one_parent_three_children(ray_session, prepared_smoke, smok
     confirms = [c for c in children if c.data.tags.get("fairskin.kind") == "confirm"]
     children = [c for c in children if c.data.tags.get("fairskin.kind") == "tune"]
     points = {result.best["trial_id"], *result.pareto["trial_id"]}
-    assert sorted((c.data.tags["fairskin.confirms"], c.data.params["trial.seed"]) for c in confirms) == \
-        sorted((t, s) for t in points for s in ("1", "2"))
+    assert sorted((c.data.tags["fairskin.confirms"], c.data.params["trial.seed"]) for c in confirms) == sorted(
+        (t, s) for t in points for s in ("1", "2")
+    )
     assert all(c.info.status == "FINISHED" and "test_accuracy" in c.data.metrics for c in confirms)
     table = result.confirmed.set_index("trial_id")
     assert set(table.index) == points and (table["seeds"] == 2).all()
@@ -182,8 +215,14 @@ def test_smoke_study_one_parent_three_children(ray_session, prepared_smoke, smok
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["fairskin.study"] == result.name
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "study")}
-    assert {"study/best_trial.json", "study/pareto_front.csv", "study/objective_by_trial.png",
-            "study/proportions_ternary.png", "study/confirmed.csv", "study/confirmed.png"} <= artifacts
+    assert {
+        "study/best_trial.json",
+        "study/pareto_front.csv",
+        "study/objective_by_trial.png",
+        "study/proportions_ternary.png",
+        "study/confirmed.csv",
+        "study/confirmed.png",
+    } <= artifacts
     assert 1 <= len(result.pareto) <= 3 and result.best["trial_id"] in set(result.trials["trial_id"])
     runs_map = json.loads((result.path / "mlflow_runs.json").read_text())
     assert {v["run_id"] for v in runs_map.values()} == {c.info.run_id for c in children}
@@ -209,9 +248,11 @@ def test_smoke_study_one_parent_three_children(ray_session, prepared_smoke, smok
 def test_a_trial_process_does_not_import_mlflow():
     """A trial's actor unpickles fairskin.tune.trainable: the package must not pull in the study module and
     MLflow with it (seconds of imports before each actor's first trial; issue 15)."""
-    code = ("import sys, fairskin.tune.trainable; "
-            "print(sorted(m for m in ('mlflow', 'fairskin.tune.study', 'torch') if m in sys.modules)); "
-            "from fairskin.tune import run_study, load_space; print(run_study.__module__, load_space.__module__)")
+    code = (
+        "import sys, fairskin.tune.trainable; "
+        "print(sorted(m for m in ('mlflow', 'fairskin.tune.study', 'torch') if m in sys.modules)); "
+        "from fairskin.tune import run_study, load_space; print(run_study.__module__, load_space.__module__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["[]", "fairskin.tune.study fairskin.tune.spaces"], out.stdout
 
@@ -220,10 +261,26 @@ def test_a_trial_process_does_not_import_mlflow():
 def test_sigint_then_resume_runs_every_trial_once(ray_session, prepared_smoke, smoke_pool, tmp_path):
     config = _config(tmp_path)
     study = "sigint"
-    cmd = [sys.executable, "-m", "fairskin.tune", "--space", "ethnic_ratio", "--preset", "smoke", "--trials", "3",
-           "--study", study, "--pool", f"vanilla={smoke_pool}", "--real-shards",
-           str(prepared_smoke[1].path / "shards"), f"runtime.runs_root={config.runtime.runs_root}",
-           "classifier.epochs=5", "tune.max_concurrent_trials=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairskin.tune",
+        "--space",
+        "ethnic_ratio",
+        "--preset",
+        "smoke",
+        "--trials",
+        "3",
+        "--study",
+        study,
+        "--pool",
+        f"vanilla={smoke_pool}",
+        "--real-shards",
+        str(prepared_smoke[1].path / "shards"),
+        f"runtime.runs_root={config.runtime.runs_root}",
+        "classifier.epochs=5",
+        "tune.max_concurrent_trials=1",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     runs_file = config.runtime.runs_root / "tune" / study / "mlflow_runs.json"
     log = tmp_path / "first.log"
@@ -246,8 +303,9 @@ def test_sigint_then_resume_runs_every_trial_once(ray_session, prepared_smoke, s
     first_map = json.loads(runs_file.read_text())
     assert code == 130, log.read_text()[-3000:]
     assert 1 <= sum(e["state"] == "finished" for e in first_map.values()) < 3
-    resumed = subprocess.run(cmd + ["--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run(
+        cmd + ["--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     final_map = json.loads(runs_file.read_text())
@@ -271,8 +329,9 @@ def test_grid_space_runs_every_mode_once(ray_session, prepared_smoke, smoke_pool
     from fairskin.tune import run_study
 
     config = _config(tmp_path)
-    result = run_study(config, "downstream", {"vanilla": smoke_pool}, prepared_smoke[1].path / "shards",
-                       echo=lambda *_: None)
+    result = run_study(
+        config, "downstream", {"vanilla": smoke_pool}, prepared_smoke[1].path / "shards", echo=lambda *_: None
+    )
     assert not result.interrupted and len(result.trials) == 3  # 1 variant x 3 modes x 1 seed
     _, parents, children = _runs(config, result.name)
     assert len(parents) == 1 and parents[0].data.tags["fairskin.mode"] == "searched"
@@ -310,18 +369,35 @@ def test_each_trial_draws_from_the_pool_it_is_tagged_with(ray_session, prepared_
 
 
 @pytest.mark.ray
-def test_sigkill_after_two_trials_then_resume_leaves_exactly_the_planned_runs(ray_session, prepared_smoke,
-                                                                               smoke_pool, tmp_path):
+def test_sigkill_after_two_trials_then_resume_leaves_exactly_the_planned_runs(
+    ray_session, prepared_smoke, smoke_pool, tmp_path
+):
     """Issue 14's acceptance: a study SIGKILLed once two trials have finished, then ``--resume``: exactly the
     planned child runs, each FINISHED, each epoch logged once, no run left RUNNING (deleted ones included)."""
     from mlflow.entities import ViewType
 
     config = _config(tmp_path)
     study, planned, epochs = "sigkill", 4, 3
-    cmd = [sys.executable, "-m", "fairskin.tune", "--space", "ethnic_ratio", "--preset", "smoke", "--trials",
-           str(planned), "--study", study, "--pool", f"vanilla={smoke_pool}", "--real-shards",
-           str(prepared_smoke[1].path / "shards"), f"runtime.runs_root={config.runtime.runs_root}",
-           f"classifier.epochs={epochs}", "tune.max_concurrent_trials=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairskin.tune",
+        "--space",
+        "ethnic_ratio",
+        "--preset",
+        "smoke",
+        "--trials",
+        str(planned),
+        "--study",
+        study,
+        "--pool",
+        f"vanilla={smoke_pool}",
+        "--real-shards",
+        str(prepared_smoke[1].path / "shards"),
+        f"runtime.runs_root={config.runtime.runs_root}",
+        f"classifier.epochs={epochs}",
+        "tune.max_concurrent_trials=1",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     runs_file = config.runtime.runs_root / "tune" / study / "mlflow_runs.json"
     log = tmp_path / "first.log"
@@ -346,8 +422,9 @@ def test_sigkill_after_two_trials_then_resume_leaves_exactly_the_planned_runs(ra
     first_map = json.loads(runs_file.read_text())
     assert sum(e["state"] == "finished" for e in first_map.values()) < planned, "the study ended before the kill"
 
-    resumed = subprocess.run(cmd + ["--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run(
+        cmd + ["--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert summary["trials"] == planned and not summary["interrupted"]
@@ -363,8 +440,7 @@ def test_sigkill_after_two_trials_then_resume_leaves_exactly_the_planned_runs(ra
         for key in c.data.metrics:
             steps = [m.step for m in client.get_metric_history(c.info.run_id, key)]
             assert len(steps) == len(set(steps)), (c.data.tags["fairskin.trial_id"], key, steps)
-        assert [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")] == \
-            list(range(1, epochs + 1))
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")] == list(range(1, epochs + 1))
         assert "test_accuracy" in c.data.metrics
     every = client.search_runs([parents[0].info.experiment_id], run_view_type=ViewType.ALL, max_results=100)
     assert not [r.info.run_id for r in every if r.info.status == "RUNNING"]

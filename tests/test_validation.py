@@ -26,8 +26,7 @@ REDACTED_URI = "postgresql+psycopg://***:***@db.example:5432/mlflow?sslmode=requ
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _files_under(root: Path) -> list[Path]:
@@ -72,15 +71,25 @@ def test_declared_margins_and_resolutions_refuse_infinity_and_nonsense(field):
 
 def test_every_float_field_of_the_config_refuses_infinity():
     fields = _float_fields(FairSkinConfig)
-    assert {"diffusion.learning_rate", "tune.count_scale", "generation.guidance_scale", "data.synthetic_scale",
-            "runtime.num_cpus"} <= set(fields)
+    assert {
+        "diffusion.learning_rate",
+        "tune.count_scale",
+        "generation.guidance_scale",
+        "data.synthetic_scale",
+        "runtime.num_cpus",
+    } <= set(fields)
     for field in fields:
         with pytest.raises(ConfigError, match=rf"{field} = Infinity: Input should be a finite number"):
             build_config("smoke", overrides=[f"{field}=.inf"])
 
 
-@pytest.mark.parametrize("proportions", [{"African": float("nan"), "Asian": 0.5, "Caucasian": 0.5},
-                                         {"African": float("inf"), "Asian": 0.0, "Caucasian": 0.0}])
+@pytest.mark.parametrize(
+    "proportions",
+    [
+        {"African": float("nan"), "Asian": 0.5, "Caucasian": 0.5},
+        {"African": float("inf"), "Asian": 0.0, "Caucasian": 0.0},
+    ],
+)
 def test_augment_plan_refuses_non_finite_proportions(proportions):
     from pydantic import ValidationError
 
@@ -96,8 +105,10 @@ def test_a_search_space_refuses_an_infinite_bound(tmp_path):
     from fairskin.tune.spaces import SpaceError, load_space
 
     path = tmp_path / "space.yaml"
-    path.write_text("search: random\ntrials: 2\nobjectives: [{metric: val_accuracy}]\n"
-                    "parameters: [{name: classifier.learning_rate, kind: float, low: 1.0e-5, high: .inf}]\n")
+    path.write_text(
+        "search: random\ntrials: 2\nobjectives: [{metric: val_accuracy}]\n"
+        "parameters: [{name: classifier.learning_rate, kind: float, low: 1.0e-5, high: .inf}]\n"
+    )
     with pytest.raises(SpaceError, match=r"parameters\.0\.high: Input should be a finite number"):
         load_space(path)
 
@@ -105,8 +116,17 @@ def test_a_search_space_refuses_an_infinite_bound(tmp_path):
 def test_tune_cli_refuses_trials_below_one_before_any_stage(tmp_path):
     for trials in ("-1", "0"):
         started = time.time()
-        out = _cli("-m", "fairskin.tune", "--space", "ethnic_ratio", "--preset", "smoke", "--trials", trials,
-                   f"runtime.runs_root={tmp_path / 'runs'}")
+        out = _cli(
+            "-m",
+            "fairskin.tune",
+            "--space",
+            "ethnic_ratio",
+            "--preset",
+            "smoke",
+            "--trials",
+            trials,
+            f"runtime.runs_root={tmp_path / 'runs'}",
+        )
         assert out.returncode == 2, out.stderr
         assert "--trials" in out.stderr and "Traceback" not in out.stderr
         assert time.time() - started < 60
@@ -132,8 +152,17 @@ def test_safe_names_pass(name):
 
 def test_tune_cli_refuses_an_unsafe_study_name_and_writes_nothing(tmp_path):
     root = tmp_path / "deep" / "runs"
-    out = _cli("-m", "fairskin.tune", "--space", "ethnic_ratio", "--preset", "smoke", "--study", "../../x",
-               f"runtime.runs_root={root}")
+    out = _cli(
+        "-m",
+        "fairskin.tune",
+        "--space",
+        "ethnic_ratio",
+        "--preset",
+        "smoke",
+        "--study",
+        "../../x",
+        f"runtime.runs_root={root}",
+    )
     assert out.returncode == 2, out.stderr
     assert "--study" in out.stderr and "Traceback" not in out.stderr
     assert _files_under(tmp_path) == []
@@ -143,12 +172,15 @@ def test_a_space_named_outside_the_runs_root_is_refused(tmp_path):
     from fairskin.tune.spaces import SpaceError, load_space
 
     path = tmp_path / "evil.yaml"
-    path.write_text("name: ../evil\nsearch: random\ntrials: 2\nobjectives: [{metric: val_accuracy}]\n"
-                    "parameters: [{name: per_subclass, kind: int, low: 0, high: 100}]\n")
+    path.write_text(
+        "name: ../evil\nsearch: random\ntrials: 2\nobjectives: [{metric: val_accuracy}]\n"
+        "parameters: [{name: per_subclass, kind: int, low: 0, high: 100}]\n"
+    )
     with pytest.raises(SpaceError, match=r"name: '\.\./evil' is not a safe name"):
         load_space(path)
-    out = _cli("-m", "fairskin.tune", "--space", str(path), "--preset", "smoke",
-               f"runtime.runs_root={tmp_path / 'runs'}")
+    out = _cli(
+        "-m", "fairskin.tune", "--space", str(path), "--preset", "smoke", f"runtime.runs_root={tmp_path / 'runs'}"
+    )
     assert out.returncode == 2 and "../evil" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "evil").exists()
 
@@ -229,26 +261,40 @@ def test_debug_flag_shows_the_traceback():
 # --------------------------------------------------------------------------- 7. secrets
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("postgresql+psycopg://fairskin:s3cr%40t@db:5432/mlflow", "postgresql+psycopg://***:***@db:5432/mlflow"),
-    ("postgresql://u:pa/ss?w#rd@db/mlflow", "postgresql://***:***@db/mlflow"),
-    ("mysql://root:toor@127.0.0.1:3306/mlflow", "mysql://***:***@127.0.0.1:3306/mlflow"),
-    ("mysql+pymysql://root:toor@db/mlflow?charset=utf8", "mysql+pymysql://***:***@db/mlflow?charset=utf8"),
-    ("https://alice:tok3n@mlflow.example.org/api", "https://***:***@mlflow.example.org/api"),
-    ("http://bob:@host:5000", "http://***:***@host:5000"),
-    ("postgresql://db/mlflow?user=u&password=s3cret&sslmode=require",
-     "postgresql://db/mlflow?user=u&password=***&sslmode=require"),
-    ("host=db user=u password=s3cret dbname=mlflow", "host=db user=u password=*** dbname=mlflow"),
-    ("see 'postgresql://u:p@db/x' and http://a:b@h", "see 'postgresql://***:***@db/x' and http://***:***@h"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("postgresql+psycopg://fairskin:s3cr%40t@db:5432/mlflow", "postgresql+psycopg://***:***@db:5432/mlflow"),
+        ("postgresql://u:pa/ss?w#rd@db/mlflow", "postgresql://***:***@db/mlflow"),
+        ("mysql://root:toor@127.0.0.1:3306/mlflow", "mysql://***:***@127.0.0.1:3306/mlflow"),
+        ("mysql+pymysql://root:toor@db/mlflow?charset=utf8", "mysql+pymysql://***:***@db/mlflow?charset=utf8"),
+        ("https://alice:tok3n@mlflow.example.org/api", "https://***:***@mlflow.example.org/api"),
+        ("http://bob:@host:5000", "http://***:***@host:5000"),
+        (
+            "postgresql://db/mlflow?user=u&password=s3cret&sslmode=require",
+            "postgresql://db/mlflow?user=u&password=***&sslmode=require",
+        ),
+        ("host=db user=u password=s3cret dbname=mlflow", "host=db user=u password=*** dbname=mlflow"),
+        ("see 'postgresql://u:p@db/x' and http://a:b@h", "see 'postgresql://***:***@db/x' and http://***:***@h"),
+    ],
+)
 def test_redact_blanks_passwords_and_users(text, expected):
     from fairskin.secrets import redact
 
     assert redact(text) == expected
 
 
-@pytest.mark.parametrize("text", ["sqlite:////tmp/runs/mlflow.db", "http://127.0.0.1:5000/#/experiments/1/runs",
-                                  "postgresql://user@db/mlflow", "file:///tmp/x", "plain words: a=b", None])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sqlite:////tmp/runs/mlflow.db",
+        "http://127.0.0.1:5000/#/experiments/1/runs",
+        "postgresql://user@db/mlflow",
+        "file:///tmp/x",
+        "plain words: a=b",
+        None,
+    ],
+)
 def test_redact_leaves_credential_free_text_alone(text):
     from fairskin.secrets import redact
 
@@ -256,8 +302,9 @@ def test_redact_leaves_credential_free_text_alone(text):
 
 
 def _secret_config(tmp_path) -> FairSkinConfig:
-    return build_config("smoke", overrides=[f"runtime.runs_root={tmp_path / 'runs'}",
-                                            f"tracking.tracking_uri={SECRET_URI}"])
+    return build_config(
+        "smoke", overrides=[f"runtime.runs_root={tmp_path / 'runs'}", f"tracking.tracking_uri={SECRET_URI}"]
+    )
 
 
 def test_dumped_config_and_its_file_hold_no_secret(tmp_path):
@@ -312,8 +359,9 @@ def test_mlflow_parent_json_holds_no_secret(tmp_path, monkeypatch):
     config = build_config("smoke", overrides=[f"runtime.runs_root={tmp_path / 'runs'}"])
     folder = tmp_path / "study"
     folder.mkdir()
-    _, parent = study._parent_run(config, "s1", folder, {"fairskin.kind": "tune"}, False,
-                                  {"tracking.tracking_uri": REDACTED_URI})
+    _, parent = study._parent_run(
+        config, "s1", folder, {"fairskin.kind": "tune"}, False, {"tracking.tracking_uri": REDACTED_URI}
+    )
     text = (folder / "mlflow_parent.json").read_text()
     assert SECRET not in text and json.loads(text)["tracking_uri"] == REDACTED_URI
     assert json.loads(text)["run_id"] == parent.run_id
@@ -326,8 +374,9 @@ def test_study_callback_pickles_without_the_secret_and_resumes_with_the_configs_
 
     folder = tmp_path / "study"
     folder.mkdir()
-    callback = StudyMLflowCallback(folder, SECRET_URI, "exp", {"fairskin.kind": "tune"},
-                                   {"tracking.tracking_uri": SECRET_URI, "runtime.seed": 0})
+    callback = StudyMLflowCallback(
+        folder, SECRET_URI, "exp", {"fairskin.kind": "tune"}, {"tracking.tracking_uri": SECRET_URI, "runtime.seed": 0}
+    )
     assert SECRET not in json.dumps(callback.base_params)
     blob = cloudpickle.dumps(callback)  # what Tune writes to trials/tuner.pkl
     assert SECRET.encode() not in blob

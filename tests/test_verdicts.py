@@ -16,8 +16,15 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from fairskin.metrics.paired import tost_paired
-from fairskin.metrics.verdicts import (VERDICT_COLUMNS, _simulated_differences, family_verdicts, mde, repeats_for,
-                                       sd_upper, simulate_family_error)
+from fairskin.metrics.verdicts import (
+    VERDICT_COLUMNS,
+    _simulated_differences,
+    family_verdicts,
+    mde,
+    repeats_for,
+    sd_upper,
+    simulate_family_error,
+)
 
 POWER = TTestPower()
 
@@ -95,7 +102,7 @@ def test_repeats_for_by_statsmodels_power_and_textbook_value():
 def _family(n=6, seed=10):
     rng = np.random.default_rng(seed)
     return {
-        "accuracy": rng.normal(0.10, 0.01, size=n),          # strong effect
+        "accuracy": rng.normal(0.10, 0.01, size=n),  # strong effect
         "worst_group_accuracy": rng.normal(0.0, 0.03, size=n),
         "fid_var_subclass": rng.normal(0.0, 40.0, size=n),
         "skin_tone": rng.normal(0.0, 0.02, size=n),
@@ -103,10 +110,24 @@ def _family(n=6, seed=10):
     }
 
 
-DIRECTIONS = {"accuracy": 1, "worst_group_accuracy": 1, "fid_var_subclass": -1, "skin_tone": 1,
-              "disease_fidelity": 1, "extra": 1, "constant": 1}
-MARGINS = {"accuracy": 0.02, "worst_group_accuracy": 0.02, "fid_var_subclass": 50.0, "skin_tone": 0.02,
-           "disease_fidelity": 0.02, "extra": 0.02, "constant": 0.02}
+DIRECTIONS = {
+    "accuracy": 1,
+    "worst_group_accuracy": 1,
+    "fid_var_subclass": -1,
+    "skin_tone": 1,
+    "disease_fidelity": 1,
+    "extra": 1,
+    "constant": 1,
+}
+MARGINS = {
+    "accuracy": 0.02,
+    "worst_group_accuracy": 0.02,
+    "fid_var_subclass": 50.0,
+    "skin_tone": 0.02,
+    "disease_fidelity": 0.02,
+    "extra": 0.02,
+    "constant": 0.02,
+}
 
 
 def test_holm_family_is_the_endpoints_passed():
@@ -143,15 +164,15 @@ def test_holm_family_is_the_endpoints_passed():
 
 def test_precedence_of_verdicts():
     rng = np.random.default_rng(12)
-    large = rng.normal(0.10, 0.005, size=5)     # large effect, small spread
-    tiny = rng.normal(0.0, 0.002, size=8)       # tiny effect, small spread, wide margin
-    noisy = rng.normal(0.0, 0.05, size=3)       # small n, big spread
+    large = rng.normal(0.10, 0.005, size=5)  # large effect, small spread
+    tiny = rng.normal(0.0, 0.002, size=8)  # tiny effect, small spread, wide margin
+    noisy = rng.normal(0.0, 0.05, size=3)  # small n, big spread
     diffs = {"up": large, "down": large, "tiny": tiny, "noisy": noisy, "flat": [0.02] * 5, "pair": [0.1, 0.3]}
     directions = {"up": 1, "down": -1, "tiny": 1, "noisy": 1, "flat": 1, "pair": 1}
     margins = {"up": 0.01, "down": 0.01, "tiny": 0.02, "noisy": 0.02, "flat": 0.01, "pair": 0.01}
     table = family_verdicts(diffs, directions, margins).set_index("endpoint")
     assert table.loc["up", "verdict"] == "better"
-    assert table.loc["down", "verdict"] == "worse"      # higher is worse for this endpoint
+    assert table.loc["down", "verdict"] == "worse"  # higher is worse for this endpoint
     assert table.loc["tiny", "verdict"] == "equivalent"
     assert table.loc["noisy", "verdict"] == "inconclusive"
     assert table.loc["noisy", "repeats_for_margin"] > 3
@@ -191,8 +212,9 @@ def _loop_verdicts(d):
     """family_verdicts itself on each simulated study of d (studies, m, n)."""
     directions = dict.fromkeys(NAMES, 1)
     margins = dict(zip(NAMES, SIM_MARGINS))
-    return np.array([family_verdicts(dict(zip(NAMES, study)), directions, margins)["verdict"].to_numpy()
-                     for study in d])
+    return np.array(
+        [family_verdicts(dict(zip(NAMES, study)), directions, margins)["verdict"].to_numpy() for study in d]
+    )
 
 
 def _clopper_pearson(k, total):
@@ -228,4 +250,5 @@ def test_family_wise_error_is_at_most_alpha(n, truth):
             assert rate == pytest.approx(np.mean(verdicts[:, j] == v), abs=1e-12)
     k = sim["equivalent_rate"]["count"]
     assert (sim["equivalent_rate"]["low"], sim["equivalent_rate"]["high"]) == pytest.approx(
-        _clopper_pearson(k, STUDIES), rel=1e-6, abs=1e-12)
+        _clopper_pearson(k, STUDIES), rel=1e-6, abs=1e-12
+    )

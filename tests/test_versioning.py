@@ -7,9 +7,9 @@ import subprocess
 from importlib import metadata
 
 import pytest
+from conftest import REPO
 from mlflow import MlflowClient
 
-from conftest import REPO
 from fairskin.pipeline import run_pipeline
 from fairskin.tracking import Tracker
 from fairskin.versioning import COMMIT_ENV, git_commit

@@ -15,7 +15,8 @@ are drawn from the pool without replacement, deterministically by (seed, subclas
 from __future__ import annotations
 
 import math
-from typing import Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -42,9 +43,13 @@ class AugmentPlan(BaseModel):
     proportions: dict[str, float] | None = None
 
     @model_validator(mode="after")
-    def _fields_for_kind(self) -> "AugmentPlan":
-        need = {"balance_to": ["balance_to"], "per_subclass": ["per_subclass"],
-                "group_proportions": ["total", "proportions"], "none": []}[self.kind]
+    def _fields_for_kind(self) -> AugmentPlan:
+        need = {
+            "balance_to": ["balance_to"],
+            "per_subclass": ["per_subclass"],
+            "group_proportions": ["total", "proportions"],
+            "none": [],
+        }[self.kind]
         missing = [f for f in need if getattr(self, f) is None]
         if missing:
             raise ValueError(f"plan kind {self.kind!r} needs {missing}")
@@ -72,8 +77,9 @@ def _largest_remainder(total: int, shares: Sequence[float]) -> list[int]:
     return counts.tolist()
 
 
-def plan_counts(plan: AugmentPlan, train_counts: Mapping[Subclass, int], groups: Sequence[str],
-                diseases: Sequence[str]) -> dict[Subclass, int]:
+def plan_counts(
+    plan: AugmentPlan, train_counts: Mapping[Subclass, int], groups: Sequence[str], diseases: Sequence[str]
+) -> dict[Subclass, int]:
     """m_rd for every (group, disease) in ``groups`` x ``diseases``."""
     subclasses = [(g, d) for g in groups for d in diseases]
     if plan.kind == "none":
@@ -98,8 +104,13 @@ def pool_counts(pool_meta: pd.DataFrame) -> dict[Subclass, int]:
     return {k: int(v) for k, v in pool_meta.groupby(["group", "disease"]).size().items()}
 
 
-def check_against_pool(plan: AugmentPlan, counts: Mapping[Subclass, int], pool: Mapping[Subclass, int],
-                       diseases: Sequence[str], train_counts: Mapping[Subclass, int] | None = None) -> None:
+def check_against_pool(
+    plan: AugmentPlan,
+    counts: Mapping[Subclass, int],
+    pool: Mapping[Subclass, int],
+    diseases: Sequence[str],
+    train_counts: Mapping[Subclass, int] | None = None,
+) -> None:
     """Raise PlanError naming the first subclass that asks more than the pool holds, and the
     largest valid value of the plan's parameter."""
     for (g, d), m in sorted(counts.items()):
@@ -110,8 +121,10 @@ def check_against_pool(plan: AugmentPlan, counts: Mapping[Subclass, int], pool: 
         if plan.kind == "group_proportions":
             capacity = min(pool.get((g, dd), 0) for dd in diseases) * len(diseases)
             largest = capacity / plan.total if plan.total else 0.0
-            raise PlanError(f"{head}: with total {plan.total}, the largest valid proportion for {g} is "
-                            f"{largest:.4f} (got {plan.proportions.get(g, 0.0)})")
+            raise PlanError(
+                f"{head}: with total {plan.total}, the largest valid proportion for {g} is "
+                f"{largest:.4f} (got {plan.proportions.get(g, 0.0)})"
+            )
         if plan.kind == "per_subclass":
             raise PlanError(f"{head}: the largest valid per_subclass is {min(pool.get(s, 0) for s in counts)}")
         train = train_counts or {}
@@ -119,8 +132,9 @@ def check_against_pool(plan: AugmentPlan, counts: Mapping[Subclass, int], pool: 
         raise PlanError(f"{head}: the largest valid balance_to is {largest}")
 
 
-def draw_from_pool(counts: Mapping[Subclass, int], pool_meta: pd.DataFrame, seed: int,
-                   epoch: int | None = None) -> np.ndarray:
+def draw_from_pool(
+    counts: Mapping[Subclass, int], pool_meta: pd.DataFrame, seed: int, epoch: int | None = None
+) -> np.ndarray:
     """Pool row indices (int64) for the plan: m_rd rows of each subclass, without replacement.
 
     Deterministic by (seed, subclass[, epoch]); rows are taken from the pool sorted by id, so

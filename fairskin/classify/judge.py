@@ -55,7 +55,7 @@ class JudgeInfo:
     description: str
 
     @classmethod
-    def read(cls, folder: Path) -> "JudgeInfo":
+    def read(cls, folder: Path) -> JudgeInfo:
         raw = json.loads((Path(folder) / JUDGE_FILE).read_text())
         return cls(**{**raw, "real_splits": tuple(raw["real_splits"])})
 
@@ -65,10 +65,14 @@ class JudgeInfo:
         atomic_write_json(Path(folder) / JUDGE_FILE, asdict(self))
 
 
-INDEPENDENT = ("independent judge: a classifier trained on a fresh, balanced procedural set (seed namespace "
-               "'judge'); it never saw the real images")
-REUSED = ("judge = the reference classifier, which DID see the train images (the FID reference): no independent "
-          "real set exists for this source; its real baseline is the test split")
+INDEPENDENT = (
+    "independent judge: a classifier trained on a fresh, balanced procedural set (seed namespace "
+    "'judge'); it never saw the real images"
+)
+REUSED = (
+    "judge = the reference classifier, which DID see the train images (the FID reference): no independent "
+    "real set exists for this source; its real baseline is the test split"
+)
 
 
 def judge_info(source: str) -> JudgeInfo:
@@ -85,8 +89,7 @@ def judge_seed(seed: int) -> int:
 def _subset(decoded, mask: np.ndarray):
     from fairskin.data.stream import DecodedSet
 
-    return DecodedSet(decoded.pixels[mask], decoded.meta[mask].reset_index(drop=True), decoded.groups,
-                      decoded.diseases)
+    return DecodedSet(decoded.pixels[mask], decoded.meta[mask].reset_index(drop=True), decoded.groups, decoded.diseases)
 
 
 def train_judge(config: FairSkinConfig, out: Path, real_shards: Path) -> dict[str, Any]:
@@ -108,8 +111,9 @@ def train_judge(config: FairSkinConfig, out: Path, real_shards: Path) -> dict[st
     if info.kind != "independent":
         raise ValueError(f"an independent judge needs data.source=synthetic, got {config.data.source!r}")
     out = Path(out)
-    shards = write_synthetic_pool(config, out / "shards", config.generation.judge_images_per_subclass,
-                                  namespace=JUDGE_NAMESPACE)
+    shards = write_synthetic_pool(
+        config, out / "shards", config.generation.judge_images_per_subclass, namespace=JUDGE_NAMESPACE
+    )
     images = decode_local(shards, splits=["pool"])
     position = images.meta.groupby(["group", "disease"]).cumcount().to_numpy()
     is_val = position % VAL_EVERY == VAL_EVERY - 1
@@ -118,24 +122,33 @@ def train_judge(config: FairSkinConfig, out: Path, real_shards: Path) -> dict[st
     overlap_ids = int(ids["id"].isin(set(real["id"])).sum())
     overlap_sha = int(ids["sha256"].isin(set(real["sha256"])).sum())
     if overlap_ids or overlap_sha:
-        raise RuntimeError(f"the judge's images share {overlap_ids} ids and {overlap_sha} checksums with the "
-                           "prepare stage's images: it must never see them")
+        raise RuntimeError(
+            f"the judge's images share {overlap_ids} ids and {overlap_sha} checksums with the "
+            "prepare stage's images: it must never see them"
+        )
     test = decode_local(real_shards, splits=list(info.real_splits))
     data = ClassifierData(train=_subset(images, ~is_val), val=_subset(images, is_val), test=test)
     cfg = config.classifier.model_copy(update={"batch_size": config.generation.judge_batch_size})
-    result = train_classifier(data, cfg, mode="random", seed=judge_seed(config.runtime.seed),
-                              out_dir=out, progress=config.runtime.progress)
+    result = train_classifier(
+        data, cfg, mode="random", seed=judge_seed(config.runtime.seed), out_dir=out, progress=config.runtime.progress
+    )
     ids.to_csv(out / IDS_FILE, index=False)
     pred = result.test_predictions["y_pred"].to_numpy(dtype=object)
     judge_accuracy(pred, test.meta, images.groups, images.diseases).to_csv(out / REAL_ACCURACY_FILE, index=False)
     info.write(out)
     last = result.history[-1] if result.history else {}
-    return {"judge_images": len(ids), "judge_train_images": int((~is_val).sum()),
-            "judge_val_images": int(is_val.sum()), "judge_real_test_images": len(test),
-            "judge_test_accuracy": float(result.test["accuracy"]),
-            "judge_test_worst_group_accuracy": float(result.test["worst_group_accuracy"]),
-            "judge_val_accuracy": float(last.get("val_accuracy", float("nan"))),
-            "judge_overlap_ids": overlap_ids, "judge_overlap_sha256": overlap_sha, "judge_saw_train_images": 0}
+    return {
+        "judge_images": len(ids),
+        "judge_train_images": int((~is_val).sum()),
+        "judge_val_images": int(is_val.sum()),
+        "judge_real_test_images": len(test),
+        "judge_test_accuracy": float(result.test["accuracy"]),
+        "judge_test_worst_group_accuracy": float(result.test["worst_group_accuracy"]),
+        "judge_val_accuracy": float(last.get("val_accuracy", float("nan"))),
+        "judge_overlap_ids": overlap_ids,
+        "judge_overlap_sha256": overlap_sha,
+        "judge_saw_train_images": 0,
+    }
 
 
 def load_judge(judge_folder: Path, reference_folder: Path):

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from fairskin.model_lock import one_model_at_a_time
 
-TINY_VIT = dict(patch_size=8, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
-                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY_VIT = dict(
+    patch_size=8,
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=128,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -29,17 +36,24 @@ def build_classifier(model: str, labels: Sequence[str], image_size: int, allow_d
     id2label = dict(enumerate(labels))
     label2id = {v: k for k, v in id2label.items()}
     if model == "tiny":
-        config = ViTConfig(image_size=image_size, num_labels=len(labels), id2label=id2label, label2id=label2id,
-                           **TINY_VIT)
+        config = ViTConfig(
+            image_size=image_size, num_labels=len(labels), id2label=id2label, label2id=label2id, **TINY_VIT
+        )
         return ViTForImageClassification(config)
     if not Path(model).is_dir() and not allow_download:
         raise ModelNotFoundError(
             f"classifier.model {model!r} is not a local folder and downloads are off. Download it once "
             f"(e.g. `huggingface-cli download {model} --local-dir /models/vit`) and set "
-            f"classifier.model=/models/vit, or set classifier.allow_download=true")
+            f"classifier.model=/models/vit, or set classifier.allow_download=true"
+        )
     return ViTForImageClassification.from_pretrained(
-        model, num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True,
-        local_files_only=not allow_download)
+        model,
+        num_labels=len(labels),
+        id2label=id2label,
+        label2id=label2id,
+        ignore_mismatched_sizes=True,
+        local_files_only=not allow_download,
+    )
 
 
 @one_model_at_a_time

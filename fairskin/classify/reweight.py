@@ -14,8 +14,9 @@ Before the first validation (epoch 0) every mode behaves like ``random``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -31,8 +32,9 @@ def inverse_accuracy(accuracy: Mapping[str, float], groups: Sequence[str], floor
     return np.asarray(values, float)
 
 
-def group_loss_weights(accuracy: Mapping[str, float], groups: Sequence[str], row_groups: np.ndarray,
-                       floor: float) -> np.ndarray:
+def group_loss_weights(
+    accuracy: Mapping[str, float], groups: Sequence[str], row_groups: np.ndarray, floor: float
+) -> np.ndarray:
     """Per-group loss weights (float64, (G,)), normalised so the mean over ``row_groups`` (group ids) is 1."""
     raw = inverse_accuracy(accuracy, groups, floor)
     mean = raw[np.asarray(row_groups, int)].mean() if len(row_groups) else 1.0

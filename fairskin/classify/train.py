@@ -12,9 +12,10 @@ logging, and by Ray Tune (``report`` = a function that calls ``ray.tune.report``
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,8 +79,10 @@ def classifier_device(cfg: ClassifierConfig) -> torch.device:
     if not cfg.use_gpu:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ConfigError("classifier.use_gpu = true but torch sees no CUDA device here (on a Ray cluster, give "
-                          "the job a GPU: ray job submit --entrypoint-num-gpus 1; trials: tune.gpus_per_trial)")
+        raise ConfigError(
+            "classifier.use_gpu = true but torch sees no CUDA device here (on a Ray cluster, give "
+            "the job a GPU: ray job submit --entrypoint-num-gpus 1; trials: tune.gpus_per_trial)"
+        )
     return torch.device("cuda")
 
 
@@ -90,14 +93,21 @@ def predict(model, data: DecodedSet, size: int, batch_size: int = 256) -> np.nda
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(data), batch_size):
-        x = _to_input(data.pixels[i:i + batch_size], size).to(device)
+        x = _to_input(data.pixels[i : i + batch_size], size).to(device)
         out.append(model(pixel_values=x).logits.argmax(-1).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 
 
 def _report(data: DecodedSet, pred: np.ndarray, bootstrap: int, seed: int) -> dict[str, Any]:
-    return fairness_report(data.disease_id, pred, data.meta["group"].to_numpy(), classes=range(len(data.diseases)),
-                           groups=data.groups, bootstrap=bootstrap, seed=seed)
+    return fairness_report(
+        data.disease_id,
+        pred,
+        data.meta["group"].to_numpy(),
+        classes=range(len(data.diseases)),
+        groups=data.groups,
+        bootstrap=bootstrap,
+        seed=seed,
+    )
 
 
 class _Composer:
@@ -114,8 +124,9 @@ class _Composer:
         if self.total:
             check_against_pool(plan, self.counts, self.pool, data.diseases, train_counts)
         n_d = len(data.diseases)
-        self.base = {g: sum(self.counts[(g, d)] for d in data.diseases) / self.total if self.total else 0.0
-                     for g in data.groups}
+        self.base = {
+            g: sum(self.counts[(g, d)] for d in data.diseases) / self.total if self.total else 0.0 for g in data.groups
+        }
         self.capacity = {g: n_d * min(self.pool.get((g, d), 0) for d in data.diseases) for g in data.groups}
         self._fixed = draw_from_pool(self.counts, data.pool.meta, seed) if self.total else np.zeros(0, np.int64)
 
@@ -126,8 +137,7 @@ class _Composer:
         proportions = self.rebalancer.proportions(self.base, self.capacity, self.total)
         if self.rebalancer.mode != "resample" or not self.rebalancer.accuracy:
             return self._fixed, proportions
-        plan = AugmentPlan(kind="group_proportions", total=self.total,
-                           proportions=_normalised(proportions))
+        plan = AugmentPlan(kind="group_proportions", total=self.total, proportions=_normalised(proportions))
         counts = plan_counts(plan, {}, self.data.groups, self.data.diseases)
         return draw_from_pool(counts, self.data.pool.meta, self.seed, epoch=epoch), proportions
 
@@ -137,10 +147,19 @@ def _normalised(p: Mapping[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in p.items()}
 
 
-def train_classifier(data: ClassifierData, cfg: ClassifierConfig, *, plan: AugmentPlan | None = None,
-                     mode: str | None = None, seed: int = 0, report: Report | None = None, run=None,
-                     out_dir: Path | None = None, progress: bool = False, evaluate_test: bool = True
-                     ) -> ClassifierResult:
+def train_classifier(
+    data: ClassifierData,
+    cfg: ClassifierConfig,
+    *,
+    plan: AugmentPlan | None = None,
+    mode: str | None = None,
+    seed: int = 0,
+    report: Report | None = None,
+    run=None,
+    out_dir: Path | None = None,
+    progress: bool = False,
+    evaluate_test: bool = True,
+) -> ClassifierResult:
     """Train and validate for ``cfg.epochs``; test once at the end.
 
     ``report(metrics)`` receives each epoch's ``val_*`` figures (Ray Tune's ``tune.report``).
@@ -171,7 +190,7 @@ def train_classifier(data: ClassifierData, cfg: ClassifierConfig, *, plan: Augme
         model.train()
         losses = []
         for b in range(0, len(order), cfg.batch_size):
-            sel = order[b:b + cfg.batch_size]
+            sel = order[b : b + cfg.batch_size]
             pixels = np.empty((len(sel), *real.pixels.shape[1:]), np.uint8)
             from_real = source[sel] == 0
             pixels[from_real] = real.pixels[index[sel][from_real]]
@@ -187,14 +206,21 @@ def train_classifier(data: ClassifierData, cfg: ClassifierConfig, *, plan: Augme
         val = _report(data.val, predict(model, data.val, cfg.image_size), 0, seed)
         rebalancer.update({g: val[f"accuracy_{g}"] for g in data.groups})
         metrics = {f"val_{k}": float(v) for k, v in val.items()}
-        metrics.update(epoch=epoch + 1, train_loss=float(np.mean(losses)), train_rows=len(index),
-                       synthetic_rows=len(pool_rows), epoch_seconds=time.perf_counter() - started)
+        metrics.update(
+            epoch=epoch + 1,
+            train_loss=float(np.mean(losses)),
+            train_rows=len(index),
+            synthetic_rows=len(pool_rows),
+            epoch_seconds=time.perf_counter() - started,
+        )
         metrics.update({f"weight_{g}": float(w) for g, w in zip(data.groups, group_weight)})
         metrics.update({f"proportion_{g}": float(p) for g, p in proportions.items()})
         result.history.append(metrics)
         if progress:
-            print(f"  epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.3f}, "
-                  f"val accuracy {metrics['val_accuracy']:.3f}, val ESSP(FairSeg) {metrics['val_essp_fairseg']:.3f}")
+            print(
+                f"  epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.3f}, "
+                f"val accuracy {metrics['val_accuracy']:.3f}, val ESSP(FairSeg) {metrics['val_essp_fairseg']:.3f}"
+            )
         if run is not None:
             run.log_metrics(metrics, step=epoch + 1)
         if report is not None:
@@ -203,9 +229,14 @@ def train_classifier(data: ClassifierData, cfg: ClassifierConfig, *, plan: Augme
     if evaluate_test:
         pred = predict(model, data.test, cfg.image_size)
         result.test = _report(data.test, pred, cfg.bootstrap_samples, seed)
-        result.test_predictions = pd.DataFrame({
-            "id": data.test.meta["id"], "y_true": data.test.meta["disease"],
-            "y_pred": [data.diseases[i] for i in pred], "group": data.test.meta["group"]})
+        result.test_predictions = pd.DataFrame(
+            {
+                "id": data.test.meta["id"],
+                "y_true": data.test.meta["disease"],
+                "y_pred": [data.diseases[i] for i in pred],
+                "group": data.test.meta["group"],
+            }
+        )
         if run is not None:
             run.log_metrics({f"test_{k}": v for k, v in result.test.items() if not k.endswith("_ci")})
     if out_dir is not None:

@@ -39,12 +39,13 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from fairskin.config import DataConfig
@@ -70,8 +71,15 @@ VERIFIED, MD5_MISMATCH, FAILED, NO_URL = "verified", "md5_mismatch", "failed", "
 # Failure reasons worth another try, in this run (with backoff) and on a rerun; so is every http_5xx.
 TRANSIENT = frozenset({"timeout", "connection", "truncated", "http_408", "http_429"})
 # Pillow format -> file extension; only formats `prepare` reads back (fairskin.data.images.IMAGE_EXTENSIONS).
-FORMAT_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp",
-                     "BMP": ".bmp", "TIFF": ".tif"}
+FORMAT_EXTENSIONS = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "GIF": ".gif",
+    "WEBP": ".webp",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+}
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 64 * 1024
 _DRAIN_LIMIT = 64 * 1024  # an error page up to this size is read so its connection can be reused
@@ -129,8 +137,9 @@ class FetchRow:
     line: int
 
 
-def read_fetch_rows(csv_path: Path, data: DataConfig,
-                    only_paper_subset: bool = False) -> tuple[list[FetchRow], pd.DataFrame]:
+def read_fetch_rows(
+    csv_path: Path, data: DataConfig, only_paper_subset: bool = False
+) -> tuple[list[FetchRow], pd.DataFrame]:
     """Read and check the CSV; returns (rows to fetch, the paper subset's ``id, group, disease`` frame).
 
     Checks, before anything is requested: the ``md5hash`` and ``url`` columns exist, every md5hash is 32
@@ -152,14 +161,20 @@ def read_fetch_rows(csv_path: Path, data: DataConfig,
         raise DataError(f"{csv_path}: not a readable CSV ({exc})") from None
     missing = [c for c in ("md5hash", "url") if c not in raw.columns]
     if missing:
-        raise DataError(f"{csv_path}: missing column(s) {missing}; the fetch needs md5hash (the file name and "
-                        f"the expected MD5) and url")
+        raise DataError(
+            f"{csv_path}: missing column(s) {missing}; the fetch needs md5hash (the file name and "
+            f"the expected MD5) and url"
+        )
     for i, value in enumerate(raw["md5hash"]):
         if not _MD5.match(value.strip().lower()):
-            hint = " (a path is not allowed: it names a file in the output folder)" \
-                if any(ch in value for ch in "/\\") or ".." in value else ""
-            raise DataError(f"{csv_path}: line {i + 2}, column md5hash: got {value!r}; expected 32 hexadecimal "
-                            f"digits{hint}")
+            hint = (
+                " (a path is not allowed: it names a file in the output folder)"
+                if any(ch in value for ch in "/\\") or ".." in value
+                else ""
+            )
+            raise DataError(
+                f"{csv_path}: line {i + 2}, column md5hash: got {value!r}; expected 32 hexadecimal digits{hint}"
+            )
     df = read_fitzpatrick_csv(csv_path)  # the other columns' checks; same row order, ids lower-cased
     df["url"] = raw["url"].str.strip().values
     subset = select_rows(df, data, ManifestReport())[["id", "group", "disease"]]
@@ -303,20 +318,25 @@ def _read_body(resp, opts: _Options, deadline: float) -> _Response:
     announced = int(announced) if announced and announced.isdigit() else None
     if announced is not None and announced > opts.max_bytes:
         resp.close()
-        return _Response(reason="too_large", detail=f"Content-Length {announced} > {opts.max_bytes} bytes",
-                         http_status=resp.status_code)
+        return _Response(
+            reason="too_large",
+            detail=f"Content-Length {announced} > {opts.max_bytes} bytes",
+            http_status=resp.status_code,
+        )
     body = bytearray()
     try:
         for chunk in resp.iter_content(_CHUNK):
             body += chunk
             if len(body) > opts.max_bytes:
                 resp.close()
-                return _Response(reason="too_large", detail=f"over {opts.max_bytes} bytes",
-                                 http_status=resp.status_code)
+                return _Response(
+                    reason="too_large", detail=f"over {opts.max_bytes} bytes", http_status=resp.status_code
+                )
             if time.monotonic() > deadline:
                 resp.close()
-                return _Response(reason="timeout", detail=f"over the total of {opts.total_timeout} s",
-                                 http_status=resp.status_code)
+                return _Response(
+                    reason="timeout", detail=f"over the total of {opts.total_timeout} s", http_status=resp.status_code
+                )
     except requests.exceptions.ChunkedEncodingError as exc:
         return _Response(reason="truncated", detail=f"after {len(body)} bytes ({exc})", http_status=200)
     except requests.exceptions.ContentDecodingError as exc:
@@ -344,22 +364,29 @@ def _request(session, url: str, opts: _Options, hosts: HostLimiter) -> _Response
                     _drain(resp)
                     target = urljoin(url, resp.headers["Location"])
                     if not _http_url(target):
-                        return _Response(reason="bad_redirect", detail=f"to {target[:200]!r}",
-                                         http_status=resp.status_code)
+                        return _Response(
+                            reason="bad_redirect", detail=f"to {target[:200]!r}", http_status=resp.status_code
+                        )
                     url = target
                     continue
                 if resp.status_code != 200:
                     _drain(resp)
-                    return _Response(reason=f"http_{resp.status_code}", http_status=resp.status_code,
-                                     retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+                    return _Response(
+                        reason=f"http_{resp.status_code}",
+                        http_status=resp.status_code,
+                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                    )
                 with resp:
                     return _read_body(resp, opts, deadline)
         except requests.exceptions.Timeout as exc:
             return _Response(reason="timeout", detail=str(exc))
         except requests.exceptions.SSLError as exc:
             return _Response(reason="tls", detail=str(exc))
-        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-                requests.exceptions.MissingSchema) as exc:
+        except (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.MissingSchema,
+        ) as exc:
             return _Response(reason="bad_url", detail=str(exc))
         except (requests.exceptions.RequestException, OSError) as exc:
             return _Response(reason="connection", detail=f"{type(exc).__name__}: {exc}")
@@ -421,8 +448,9 @@ def _record(ledger: _Ledger, out_dir: Path, old: dict[str, Any] | None, new: dic
     ledger.append(new)
 
 
-def _fetch_row(session, row: FetchRow, out_dir: Path, opts: _Options, hosts: HostLimiter,
-               stop: threading.Event, rng: random.Random) -> dict[str, Any]:
+def _fetch_row(
+    session, row: FetchRow, out_dir: Path, opts: _Options, hosts: HostLimiter, stop: threading.Event, rng: random.Random
+) -> dict[str, Any]:
     """Fetch, verify and store one row; returns its ledger entry."""
     started = time.monotonic()
     attempts = 0
@@ -440,8 +468,19 @@ def _fetch_row(session, row: FetchRow, out_dir: Path, opts: _Options, hosts: Hos
             wait_s = max(wait_s, res.retry_after)
         if stop.wait(wait_s):
             break
-    entry = {"id": row.id, "line": row.line, "url": row.url, "attempts": attempts, "http_status": res.http_status,
-             "bytes": 0, "md5": "", "file": "", "status": FAILED, "reason": res.reason, "detail": res.detail}
+    entry = {
+        "id": row.id,
+        "line": row.line,
+        "url": row.url,
+        "attempts": attempts,
+        "http_status": res.http_status,
+        "bytes": 0,
+        "md5": "",
+        "file": "",
+        "status": FAILED,
+        "reason": res.reason,
+        "detail": res.detail,
+    }
     if res.body is not None:
         body = res.body
         md5 = hashlib.md5(body).hexdigest()
@@ -543,12 +582,21 @@ class FetchSummary:
 
     def as_json(self) -> dict[str, Any]:
         """Flat JSON-ready dict: the counts, ``seconds``, the paths and ``below_minimum``."""
-        return {"listed": self.listed, "fetched": self.fetched, "verified": self.verified,
-                "md5_mismatch": self.md5_mismatch, "failed": dict(sorted(self.failed.items())),
-                "skipped_existing": self.skipped_existing, "requested_rows": self.requested_rows,
-                "seconds": round(self.seconds, 3), "out": str(self.out_dir), "ledger": str(self.ledger),
-                "table": str(self.table_path), "min_subclass_count": self.min_subclass_count,
-                "below_minimum": [list(x) for x in self.below_minimum]}
+        return {
+            "listed": self.listed,
+            "fetched": self.fetched,
+            "verified": self.verified,
+            "md5_mismatch": self.md5_mismatch,
+            "failed": dict(sorted(self.failed.items())),
+            "skipped_existing": self.skipped_existing,
+            "requested_rows": self.requested_rows,
+            "seconds": round(self.seconds, 3),
+            "out": str(self.out_dir),
+            "ledger": str(self.ledger),
+            "table": str(self.table_path),
+            "min_subclass_count": self.min_subclass_count,
+            "below_minimum": [list(x) for x in self.below_minimum],
+        }
 
 
 def subclass_fetch_table(subset: pd.DataFrame, final: dict[str, dict[str, Any]], data: DataConfig) -> pd.DataFrame:
@@ -571,12 +619,20 @@ def subclass_fetch_table(subset: pd.DataFrame, final: dict[str, dict[str, Any]],
             part = frame[(frame["group"] == group) & (frame["disease"] == disease)]
             failed = part[part["status"].isin([FAILED, NO_URL])]
             verified = int((part["status"] == VERIFIED).sum())
-            records.append({
-                "group": group, "disease": disease, "paper": paper.get((group, disease)),
-                "listed": len(part), "verified": verified, "md5_mismatch": int((part["status"] == MD5_MISMATCH).sum()),
-                "failed": len(failed), **{r: int((failed["reason"] == r).sum()) for r in reasons},
-                "missing": len(part) - verified, "below_minimum": verified < data.min_subclass_count,
-            })
+            records.append(
+                {
+                    "group": group,
+                    "disease": disease,
+                    "paper": paper.get((group, disease)),
+                    "listed": len(part),
+                    "verified": verified,
+                    "md5_mismatch": int((part["status"] == MD5_MISMATCH).sum()),
+                    "failed": len(failed),
+                    **{r: int((failed["reason"] == r).sum()) for r in reasons},
+                    "missing": len(part) - verified,
+                    "below_minimum": verified < data.min_subclass_count,
+                }
+            )
     table = pd.DataFrame.from_records(records)
     table["paper"] = table["paper"].astype("Int64")
     return table
@@ -585,12 +641,27 @@ def subclass_fetch_table(subset: pd.DataFrame, final: dict[str, dict[str, Any]],
 # --------------------------------------------------------------------------- the entry point
 
 
-def fetch_images(csv_path: Path | str, out_dir: Path | str, *, workers: int = 8, per_host: int = 2,
-                 rate: float = 2.0, timeout: float = 30.0, total_timeout: float = 300.0, retries: int = 4,
-                 max_bytes: int = 20 * 1024 * 1024, max_redirects: int = 5, backoff_base: float = 1.0,
-                 backoff_cap: float = 60.0, max_retry_after: float = 600.0, only_paper_subset: bool = False,
-                 data: DataConfig | None = None, progress: bool = True, seed: int | None = None,
-                 session=None) -> FetchSummary:
+def fetch_images(
+    csv_path: Path | str,
+    out_dir: Path | str,
+    *,
+    workers: int = 8,
+    per_host: int = 2,
+    rate: float = 2.0,
+    timeout: float = 30.0,
+    total_timeout: float = 300.0,
+    retries: int = 4,
+    max_bytes: int = 20 * 1024 * 1024,
+    max_redirects: int = 5,
+    backoff_base: float = 1.0,
+    backoff_cap: float = 60.0,
+    max_retry_after: float = 600.0,
+    only_paper_subset: bool = False,
+    data: DataConfig | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+    session=None,
+) -> FetchSummary:
     """Download every CSV row's ``url`` to ``out_dir/<md5hash>.<ext>``, verified; resumable (module doc).
 
     Units: ``workers`` threads; ``per_host`` requests in flight per host; ``rate`` request starts per
@@ -608,12 +679,21 @@ def fetch_images(csv_path: Path | str, out_dir: Path | str, *, workers: int = 8,
     Raises DataError, before any request, for a bad CSV or an ``out_dir`` that is not a folder.
     Writes the ledger and ``.fetch_subclasses.csv`` (the table) into ``out_dir``.
     """
-    for name, value, low in (("workers", workers, 1), ("per_host", per_host, 1), ("retries", retries, 0),
-                             ("max_bytes", max_bytes, 1), ("max_redirects", max_redirects, 0)):
+    for name, value, low in (
+        ("workers", workers, 1),
+        ("per_host", per_host, 1),
+        ("retries", retries, 0),
+        ("max_bytes", max_bytes, 1),
+        ("max_redirects", max_redirects, 0),
+    ):
         if int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    for name, value in (("rate", rate), ("backoff_base", backoff_base), ("backoff_cap", backoff_cap),
-                        ("max_retry_after", max_retry_after)):
+    for name, value in (
+        ("rate", rate),
+        ("backoff_base", backoff_base),
+        ("backoff_cap", backoff_cap),
+        ("max_retry_after", max_retry_after),
+    ):
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
     for name, value in (("timeout", timeout), ("total_timeout", total_timeout)):
@@ -626,9 +706,16 @@ def fetch_images(csv_path: Path | str, out_dir: Path | str, *, workers: int = 8,
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a folder (--out names the folder the images go to)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    opts = _Options(timeout=timeout, total_timeout=total_timeout, retries=retries, max_bytes=max_bytes,
-                    max_redirects=max_redirects, backoff_base=backoff_base, backoff_cap=backoff_cap,
-                    max_retry_after=max_retry_after)
+    opts = _Options(
+        timeout=timeout,
+        total_timeout=total_timeout,
+        retries=retries,
+        max_bytes=max_bytes,
+        max_redirects=max_redirects,
+        backoff_base=backoff_base,
+        backoff_cap=backoff_cap,
+        max_retry_after=max_retry_after,
+    )
     lock = _lock_folder(out_dir)
     try:
         _clean_temporaries(out_dir)
@@ -637,9 +724,19 @@ def fetch_images(csv_path: Path | str, out_dir: Path | str, *, workers: int = 8,
         ledger = _Ledger(ledger_path)
         try:
             final, todo, skipped = _plan(rows, previous, out_dir, ledger)
-            fetched = _run(todo, out_dir, opts, ledger, previous, final, workers=workers,
-                           hosts=HostLimiter(per_host, rate),
-                           rng=random.Random(seed), progress=progress, session=session)
+            fetched = _run(
+                todo,
+                out_dir,
+                opts,
+                ledger,
+                previous,
+                final,
+                workers=workers,
+                hosts=HostLimiter(per_host, rate),
+                rng=random.Random(seed),
+                progress=progress,
+                session=session,
+            )
         finally:
             ledger.close()
         listed_ids = [r.id for r in rows]
@@ -657,14 +754,29 @@ def fetch_images(csv_path: Path | str, out_dir: Path | str, *, workers: int = 8,
         lock.close()
     small = table[table["below_minimum"]]
     below = [(r.group, r.disease, int(r.verified)) for r in small.itertuples()]
-    warnings = [f"{r.group} / {r.disease}: {r.verified} verified image(s) of {r.listed} listed (paper: "
-                f"{_paper_text(r.paper)}), under data.min_subclass_count={data.min_subclass_count}; prepare drops "
-                f"this subclass" for r in small.itertuples()]
-    return FetchSummary(listed=len(rows), fetched=fetched, verified=statuses.count(VERIFIED),
-                        md5_mismatch=statuses.count(MD5_MISMATCH), failed=failed, skipped_existing=skipped,
-                        requested_rows=len(todo), seconds=time.monotonic() - started, out_dir=out_dir,
-                        ledger=ledger_path, table_path=table_path, min_subclass_count=data.min_subclass_count,
-                        table=table, below_minimum=below, warnings=warnings)
+    warnings = [
+        f"{r.group} / {r.disease}: {r.verified} verified image(s) of {r.listed} listed (paper: "
+        f"{_paper_text(r.paper)}), under data.min_subclass_count={data.min_subclass_count}; prepare drops "
+        f"this subclass"
+        for r in small.itertuples()
+    ]
+    return FetchSummary(
+        listed=len(rows),
+        fetched=fetched,
+        verified=statuses.count(VERIFIED),
+        md5_mismatch=statuses.count(MD5_MISMATCH),
+        failed=failed,
+        skipped_existing=skipped,
+        requested_rows=len(todo),
+        seconds=time.monotonic() - started,
+        out_dir=out_dir,
+        ledger=ledger_path,
+        table_path=table_path,
+        min_subclass_count=data.min_subclass_count,
+        table=table,
+        below_minimum=below,
+        warnings=warnings,
+    )
 
 
 def _paper_text(value) -> str:
@@ -673,8 +785,9 @@ def _paper_text(value) -> str:
     return "-" if pd.isna(value) else str(int(value))
 
 
-def _plan(rows: list[FetchRow], previous: dict[str, dict[str, Any]], out_dir: Path,
-          ledger: _Ledger) -> tuple[dict[str, dict[str, Any]], list[FetchRow], int]:
+def _plan(
+    rows: list[FetchRow], previous: dict[str, dict[str, Any]], out_dir: Path, ledger: _Ledger
+) -> tuple[dict[str, dict[str, Any]], list[FetchRow], int]:
     """Decide per row from the ledger and the folder: done, kept, recorded without a request, or to fetch.
 
     Returns (final entries so far, rows to fetch, verified rows not requested again).
@@ -697,13 +810,30 @@ def _plan(rows: list[FetchRow], previous: dict[str, dict[str, Any]], out_dir: Pa
             final[row.id] = entry
             continue
         new: dict[str, Any] | None = None
-        base = {"id": row.id, "line": row.line, "url": row.url, "attempts": 0, "http_status": None,
-                "bytes": 0, "md5": "", "file": "", "detail": "", "seconds": 0.0}
+        base = {
+            "id": row.id,
+            "line": row.line,
+            "url": row.url,
+            "attempts": 0,
+            "http_status": None,
+            "bytes": 0,
+            "md5": "",
+            "file": "",
+            "detail": "",
+            "seconds": 0.0,
+        }
         on_disk = _image_on_disk(out_dir, row.id)
         if on_disk is not None:
             path, body = on_disk
-            new = {**base, "status": VERIFIED, "reason": "md5 matches", "detail": "found on disk",
-                   "bytes": len(body), "md5": row.id, "file": path.name}
+            new = {
+                **base,
+                "status": VERIFIED,
+                "reason": "md5 matches",
+                "detail": "found on disk",
+                "bytes": len(body),
+                "md5": row.id,
+                "file": path.name,
+            }
             skipped += 1
         elif not row.url:
             new = {**base, "status": NO_URL, "reason": NO_URL}
@@ -744,9 +874,20 @@ def make_session(pool_size: int):
     return session
 
 
-def _run(todo: list[FetchRow], out_dir: Path, opts: _Options, ledger: _Ledger, previous: dict[str, dict[str, Any]],
-         final: dict[str, dict[str, Any]], *,
-         workers: int, hosts: HostLimiter, rng: random.Random, progress: bool, session) -> int:
+def _run(
+    todo: list[FetchRow],
+    out_dir: Path,
+    opts: _Options,
+    ledger: _Ledger,
+    previous: dict[str, dict[str, Any]],
+    final: dict[str, dict[str, Any]],
+    *,
+    workers: int,
+    hosts: HostLimiter,
+    rng: random.Random,
+    progress: bool,
+    session,
+) -> int:
     """Fetch ``todo`` on a thread pool; each finished row's ledger line is written here, in one thread."""
     if not todo:
         return 0
@@ -767,8 +908,9 @@ def _run(todo: list[FetchRow], out_dir: Path, opts: _Options, ledger: _Ledger, p
                 if row is None:
                     break
                 # Each row its own jitter stream: threads never share one Random.
-                pending.add(pool.submit(_fetch_row, session, row, out_dir, opts, hosts, stop,
-                                        random.Random(rng.random())))
+                pending.add(
+                    pool.submit(_fetch_row, session, row, out_dir, opts, hosts, stop, random.Random(rng.random()))
+                )
             if not pending:
                 break
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -799,11 +941,23 @@ class _Progress:
         if not enabled:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self._progress = Progress(TextColumn("[bold]fetch[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+        self._progress = Progress(
+            TextColumn("[bold]fetch[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
         self._progress.start()
         self._task = self._progress.add_task("", total=total)
 
@@ -816,4 +970,3 @@ class _Progress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-

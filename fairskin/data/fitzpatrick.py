@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,15 +80,18 @@ def read_fitzpatrick_csv(csv_path: Path) -> pd.DataFrame:
         bad = values.isna() | ~values.isin([-1, 1, 2, 3, 4, 5, 6])
         if bad.any():
             row = df[bad].iloc[0]
-            raise DataError(f"{csv_path}: line {row['line']}, column {col}: got {row[col]!r}; "
-                            f"expected -1 (unknown) or a Fitzpatrick type 1..6 ({int(bad.sum())} such rows)")
+            raise DataError(
+                f"{csv_path}: line {row['line']}, column {col}: got {row[col]!r}; "
+                f"expected -1 (unknown) or a Fitzpatrick type 1..6 ({int(bad.sum())} such rows)"
+            )
         df[col] = values.astype(int)
     df["md5hash"] = df["md5hash"].str.strip().str.lower()
     bad_id = ~df["md5hash"].str.match(_MD5)
     if bad_id.any():
         row = df[bad_id].iloc[0]
-        raise DataError(f"{csv_path}: line {row['line']}, column md5hash: got {row['md5hash']!r}; "
-                        f"expected 32 hexadecimal digits")
+        raise DataError(
+            f"{csv_path}: line {row['line']}, column md5hash: got {row['md5hash']!r}; expected 32 hexadecimal digits"
+        )
     dup = df["md5hash"].duplicated()
     if dup.any():
         row = df[dup].iloc[0]
@@ -127,13 +130,15 @@ def select_rows(df: pd.DataFrame, cfg: DataConfig, report: ManifestReport) -> pd
     fst = derive_fst(df, cfg.binning)
     group = fst_to_group(fst, cfg.group_fst())
     report.rows_unknown_fst = int(group.isna().sum())
-    out = pd.DataFrame({
-        "id": df["md5hash"].values,
-        "group": group.values,
-        "disease": df["label"].values,
-        "fst": fst.values.astype(int),
-        "line": df["line"].values,
-    })
+    out = pd.DataFrame(
+        {
+            "id": df["md5hash"].values,
+            "group": group.values,
+            "disease": df["label"].values,
+            "fst": fst.values.astype(int),
+            "line": df["line"].values,
+        }
+    )
     return out[out["group"].notna()].reset_index(drop=True)
 
 
@@ -162,8 +167,9 @@ def split_sizes(n: int) -> tuple[int, int, int]:
     return n - 2 * held, held, held
 
 
-def split_subclass(ids: Sequence[str], seed: int, group: str, disease: str,
-                   clusters: Sequence[int] | None = None) -> list[str]:
+def split_subclass(
+    ids: Sequence[str], seed: int, group: str, disease: str, clusters: Sequence[int] | None = None
+) -> list[str]:
     """Split labels for one subclass, aligned with ``ids``.
 
     Without ``clusters`` this is a seeded permutation of the ids sorted by value. With
@@ -178,8 +184,8 @@ def split_subclass(ids: Sequence[str], seed: int, group: str, disease: str,
         perm = order[rng.permutation(n)]
         labels = np.empty(n, dtype=object)
         labels[perm[:n_test]] = "test"
-        labels[perm[n_test:n_test + n_val]] = "val"
-        labels[perm[n_test + n_val:]] = "train"
+        labels[perm[n_test : n_test + n_val]] = "val"
+        labels[perm[n_test + n_val :]] = "train"
         return list(labels)
     clusters = np.asarray(clusters)
     # Clusters ordered by their smallest member id, then permuted.
@@ -215,8 +221,12 @@ def assign_splits(rows: pd.DataFrame, seed: int, clusters: pd.Series | None = No
 
 def subclass_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """Counts per (group, disease): count, train, val, test; rows sorted by group then disease."""
-    table = (manifest.groupby(["group", "disease", "split"]).size().unstack("split", fill_value=0)
-             .reindex(columns=list(SPLITS), fill_value=0))
+    table = (
+        manifest.groupby(["group", "disease", "split"])
+        .size()
+        .unstack("split", fill_value=0)
+        .reindex(columns=list(SPLITS), fill_value=0)
+    )
     table.insert(0, "count", table.sum(axis=1))
     table = table.reset_index().sort_values(["group", "disease"]).reset_index(drop=True)
     table = table[["group", "disease", "count", *SPLITS]].astype({c: int for c in ("count", *SPLITS)})
@@ -285,11 +295,13 @@ def attach_images(rows: pd.DataFrame, cfg: DataConfig, report: ManifestReport) -
     if report.missing_images:
         problems.append(f"{len(report.missing_images)} missing (e.g. {', '.join(report.missing_images[:5])})")
     if report.unreadable_images:
-        problems.append(f"{len(report.unreadable_images)} unreadable "
-                        f"(e.g. {', '.join(report.unreadable_images[:5])})")
+        problems.append(f"{len(report.unreadable_images)} unreadable (e.g. {', '.join(report.unreadable_images[:5])})")
     if problems and cfg.on_bad_image == "fail":
-        raise DataError(f"images under {cfg.image_root}: " + "; ".join(problems)
-                        + ". Files are named <md5hash>.<ext>; set data.on_bad_image=skip to leave them out.")
+        raise DataError(
+            f"images under {cfg.image_root}: "
+            + "; ".join(problems)
+            + ". Files are named <md5hash>.<ext>; set data.on_bad_image=skip to leave them out."
+        )
     return rows[rows["path"].notna()].reset_index(drop=True)
 
 
@@ -316,7 +328,7 @@ def near_duplicate_clusters(rows: pd.DataFrame, max_distance: int) -> pd.Series:
         pos = np.asarray([rows.index.get_loc(i) for i in idx])
         h = hashes[pos]
         for a in range(len(pos)):
-            xor = np.bitwise_xor(h[a], h[a + 1:])
+            xor = np.bitwise_xor(h[a], h[a + 1 :])
             dist = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
             for b in np.flatnonzero(dist <= max_distance):
                 ra, rb = find(pos[a]), find(pos[a + 1 + b])

@@ -47,8 +47,9 @@ import json
 import os
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -66,14 +67,14 @@ SHARD_PREFIX = "latents"
 # groups are small; 512 px latents (128 KB a row, both flips) get groups of 2 rows.
 GROUP_BYTES = 256 * 1024
 SHARD_BYTES = 64 * MB
-PLAN_BLOCK = 8192          # positions per plan block: block k's draws come from SeedSequence([seed, k, ...])
-OPEN_FILES = 8            # shards kept open, each holding its parsed parquet footer
+PLAN_BLOCK = 8192  # positions per plan block: block k's draws come from SeedSequence([seed, k, ...])
+OPEN_FILES = 8  # shards kept open, each holding its parsed parquet footer
 FOOTER_GROUP_BYTES = 3072  # memory of a parsed footer per row group (measured: 0.7 MB for 256 groups of 3 columns)
 # The decoded cache, the read buffers and the steps in flight get this share of the budget; the rest is
 # headroom for what the module cannot count (allocator slack, arrow's reader state, library pages first
 # touched): ~8 MB here with limit_allocator_slack(), see benchmarks/latent_stream.py.
 CACHE_FRACTION = 0.6
-STEPS_IN_FLIGHT = 4        # gathered steps the budget reserves for: Prefetch's queue (2), one being built, one used
+STEPS_IN_FLIGHT = 4  # gathered steps the budget reserves for: Prefetch's queue (2), one being built, one used
 
 
 # --------------------------------------------------------------------------- where shards live
@@ -97,8 +98,13 @@ def _describe(fs: pafs.FileSystem, path: str) -> str:
 
 
 def _schema(shape: tuple[int, ...]) -> pa.Schema:
-    return pa.schema([("row_id", pa.int64()), ("subclass", pa.int64()),
-                      ("latents", pa.fixed_shape_tensor(pa.float32(), list(shape)))])
+    return pa.schema(
+        [
+            ("row_id", pa.int64()),
+            ("subclass", pa.int64()),
+            ("latents", pa.fixed_shape_tensor(pa.float32(), list(shape))),
+        ]
+    )
 
 
 def _move_into_place(fs: pafs.FileSystem, tmp: str, final: str) -> None:
@@ -125,14 +131,22 @@ class LatentShardWriter:
     or call :meth:`close` (which writes the index; without it the set stays incomplete and is refused).
     """
 
-    def __init__(self, root: Any, shape: tuple[int, ...], *, rows_per_shard: int | None = None,
-                 rows_per_group: int | None = None, overwrite: bool = False):
+    def __init__(
+        self,
+        root: Any,
+        shape: tuple[int, ...],
+        *,
+        rows_per_shard: int | None = None,
+        rows_per_group: int | None = None,
+        overwrite: bool = False,
+    ):
         row_bytes = int(np.prod(shape)) * 4
         rows_per_group = rows_per_group or max(1, GROUP_BYTES // row_bytes)
         rows_per_shard = rows_per_shard or max(1, SHARD_BYTES // (rows_per_group * row_bytes)) * rows_per_group
         if rows_per_group < 1 or rows_per_shard < rows_per_group or rows_per_shard % rows_per_group:
-            raise ValueError(f"rows_per_shard {rows_per_shard} must be a positive multiple of rows_per_group "
-                             f"{rows_per_group}")
+            raise ValueError(
+                f"rows_per_shard {rows_per_shard} must be a positive multiple of rows_per_group {rows_per_group}"
+            )
         if len(shape) != 4 or shape[0] != 2:
             raise ValueError(f"latent shape {shape}: expected (2, C, h, w), both flips of each image")
         self.fs, self.base = resolve_root(root)
@@ -161,14 +175,18 @@ class LatentShardWriter:
         row_ids, subclass = np.asarray(row_ids, np.int64), np.asarray(subclass, np.int64)
         latents = np.ascontiguousarray(latents, dtype=np.float32)
         if latents.shape[1:] != self.shape or len(latents) != len(row_ids) or len(subclass) != len(row_ids):
-            raise ValueError(f"rows of shape {latents.shape} with {len(row_ids)} ids and {len(subclass)} subclasses: "
-                             f"expected (n, {', '.join(map(str, self.shape))}) and n of each")
+            raise ValueError(
+                f"rows of shape {latents.shape} with {len(row_ids)} ids and {len(subclass)} subclasses: "
+                f"expected (n, {', '.join(map(str, self.shape))}) and n of each"
+            )
         if len(subclass) == 0:
             return
         order = np.concatenate([[self._last_subclass if self._last_subclass is not None else subclass[0]], subclass])
         if np.any(np.diff(order) < 0) or subclass[0] < 0:
-            raise ValueError("rows must come in non-decreasing subclass order (ids >= 0): the plan reads subclass s "
-                             "as one contiguous range of rows; write_latent_shards sorts for you")
+            raise ValueError(
+                "rows must come in non-decreasing subclass order (ids >= 0): the plan reads subclass s "
+                "as one contiguous range of rows; write_latent_shards sorts for you"
+            )
         self._last_subclass = int(subclass[-1])
         ids, counts = np.unique(subclass, return_counts=True)
         for s, n in zip(ids.tolist(), counts.tolist()):
@@ -206,8 +224,10 @@ class LatentShardWriter:
             # Latents barely compress; no compression keeps reads a copy, not a decode.
             self._writer = pq.ParquetWriter(self._stream, self._schema, compression="none")
             self._shards.append({"file": name, "rows": 0})
-        table = pa.table({"row_id": ids, "subclass": sub,
-                          "latents": pa.FixedShapeTensorArray.from_numpy_ndarray(lat)}, schema=self._schema)
+        table = pa.table(
+            {"row_id": ids, "subclass": sub, "latents": pa.FixedShapeTensorArray.from_numpy_ndarray(lat)},
+            schema=self._schema,
+        )
         self._writer.write_table(table, row_group_size=n)
         self._shard_rows += n
         self._shards[-1]["rows"] = self._shard_rows
@@ -220,7 +240,7 @@ class LatentShardWriter:
         _move_into_place(self.fs, self._tmp, self._final)
         self._writer, self._stream, self._shard_rows = None, None, 0
 
-    def close(self) -> "LatentShards":
+    def close(self) -> LatentShards:
         """Write the last group and shard, then ``latents.json``; returns the set, opened."""
         while self._pending_rows:
             self._write_group(min(self._pending_rows, self._group_rows_now()))
@@ -228,14 +248,20 @@ class LatentShardWriter:
             self._close_shard()
         if not self._shards:
             raise ValueError("no rows were written")
-        index = {"schema_version": SCHEMA_VERSION, "shape": list(self.shape), "dtype": "float32",
-                 "rows": sum(s["rows"] for s in self._shards), "rows_per_group": self.rows_per_group,
-                 "rows_per_shard": self.rows_per_shard, "shards": self._shards,
-                 "subclasses": [[s, n] for s, n in sorted(self._counts.items())]}
+        index = {
+            "schema_version": SCHEMA_VERSION,
+            "shape": list(self.shape),
+            "dtype": "float32",
+            "rows": sum(s["rows"] for s in self._shards),
+            "rows_per_group": self.rows_per_group,
+            "rows_per_shard": self.rows_per_shard,
+            "shards": self._shards,
+            "subclasses": [[s, n] for s, n in sorted(self._counts.items())],
+        }
         _write_bytes(self.fs, f"{self.base}/{INDEX_FILE}", (json.dumps(index, indent=2) + "\n").encode())
         return LatentShards((self.fs, self.base))
 
-    def __enter__(self) -> "LatentShardWriter":
+    def __enter__(self) -> LatentShardWriter:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -247,17 +273,29 @@ class LatentShardWriter:
             self.fs.delete_file(self._tmp)
 
 
-def write_latent_shards(root: Any, row_ids: np.ndarray, subclass: np.ndarray, latents: np.ndarray, *,
-                        rows_per_shard: int | None = None, rows_per_group: int | None = None, overwrite: bool = False
-                        ) -> "LatentShards":
+def write_latent_shards(
+    root: Any,
+    row_ids: np.ndarray,
+    subclass: np.ndarray,
+    latents: np.ndarray,
+    *,
+    rows_per_shard: int | None = None,
+    rows_per_group: int | None = None,
+    overwrite: bool = False,
+) -> LatentShards:
     """Write in-memory latents (``latents`` float32 (n, 2, C, h, w), ``row_ids`` / ``subclass`` int (n,)) as a
     shard set, rows sorted by subclass (stable); for sets that fit in memory. Larger sets: feed a
     :class:`LatentShardWriter` chunk by chunk in subclass order."""
     order = np.argsort(np.asarray(subclass), kind="stable")
-    with LatentShardWriter(root, tuple(np.shape(latents)[1:]), rows_per_shard=rows_per_shard,
-                           rows_per_group=rows_per_group, overwrite=overwrite) as writer:
+    with LatentShardWriter(
+        root,
+        tuple(np.shape(latents)[1:]),
+        rows_per_shard=rows_per_shard,
+        rows_per_group=rows_per_group,
+        overwrite=overwrite,
+    ) as writer:
         for lo in range(0, len(order), writer.rows_per_group * 64):
-            take = order[lo:lo + writer.rows_per_group * 64]
+            take = order[lo : lo + writer.rows_per_group * 64]
             writer.add(np.asarray(row_ids)[take], np.asarray(subclass)[take], np.asarray(latents)[take])
     return LatentShards((writer.fs, writer.base))
 
@@ -294,8 +332,10 @@ class LatentShards:
         self.subclass_ids, self.subclass_counts = pairs[:, 0], pairs[:, 1]
         self.subclass_start = np.concatenate([[0], np.cumsum(self.subclass_counts)])
         if self.shard_start[-1] != self.rows or self.subclass_start[-1] != self.rows:
-            raise DataError(f"{where}: rows {self.rows}, but the shards hold {self.shard_start[-1]} and the "
-                            f"subclass counts sum to {self.subclass_start[-1]}")
+            raise DataError(
+                f"{where}: rows {self.rows}, but the shards hold {self.shard_start[-1]} and the "
+                f"subclass counts sum to {self.subclass_start[-1]}"
+            )
         self.max_groups = 0  # row groups of the largest shard (its parsed footer's size)
         for path, rows in zip(self.files, shard_rows):
             self._check_footer(path, int(rows))
@@ -329,18 +369,25 @@ class LatentShards:
         schema = meta.schema.to_arrow_schema()
         for field in expected:
             if field.name not in schema.names:
-                raise DataError(f"{where}: no column {field.name!r}; expected columns {expected.names} "
-                                f"({', '.join(f'{f.name}: {f.type}' for f in expected)}), found {schema.names}")
+                raise DataError(
+                    f"{where}: no column {field.name!r}; expected columns {expected.names} "
+                    f"({', '.join(f'{f.name}: {f.type}' for f in expected)}), found {schema.names}"
+                )
             if not schema.field(field.name).type.equals(field.type):
-                raise DataError(f"{where}: column {field.name!r} is {schema.field(field.name).type}; expected "
-                                f"{field.type} (latent shape {list(self.shape)} from {INDEX_FILE})")
+                raise DataError(
+                    f"{where}: column {field.name!r} is {schema.field(field.name).type}; expected "
+                    f"{field.type} (latent shape {list(self.shape)} from {INDEX_FILE})"
+                )
         self.max_groups = max(self.max_groups, meta.num_row_groups)
         groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        full = [self.rows_per_group] * (rows // self.rows_per_group) + ([rows % self.rows_per_group]
-                                                                        if rows % self.rows_per_group else [])
+        full = [self.rows_per_group] * (rows // self.rows_per_group) + (
+            [rows % self.rows_per_group] if rows % self.rows_per_group else []
+        )
         if meta.num_rows != rows or groups != full:
-            raise DataError(f"{where}: {meta.num_rows} rows in row groups of {sorted(set(groups))}; {INDEX_FILE} "
-                            f"expects {rows} rows in groups of {self.rows_per_group}")
+            raise DataError(
+                f"{where}: {meta.num_rows} rows in row groups of {sorted(set(groups))}; {INDEX_FILE} "
+                f"expects {rows} rows in groups of {self.rows_per_group}"
+            )
 
     def locate(self, cache_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(shard, row group, row within group) of each cache row (int64 (n,) each)."""
@@ -398,15 +445,20 @@ class BudgetedReader:
         pf = self._file(shard)
         for g in groups:
             table = pf.read_row_group(g, use_threads=False)
-            decoded = DecodedGroup(table.column("row_id").to_numpy(), table.column("subclass").to_numpy(),
-                                   table.column("latents").combine_chunks().to_numpy_ndarray())
+            decoded = DecodedGroup(
+                table.column("row_id").to_numpy(),
+                table.column("subclass").to_numpy(),
+                table.column("latents").combine_chunks().to_numpy_ndarray(),
+            )
             del table
             first = int(self.shards.shard_start[shard]) + g * self.shards.rows_per_group
             expected = self.shards.subclass_of(np.arange(first, first + len(decoded.row_id)))
             if not np.array_equal(decoded.subclass, expected):
-                raise DataError(f"{self.shards.describe(self.shards.files[shard])}, row group {g}: subclass ids "
-                                f"{np.unique(decoded.subclass).tolist()} do not match {INDEX_FILE}'s ranges "
-                                f"({np.unique(expected).tolist()}); rows must be stored sorted by subclass")
+                raise DataError(
+                    f"{self.shards.describe(self.shards.files[shard])}, row group {g}: subclass ids "
+                    f"{np.unique(decoded.subclass).tolist()} do not match {INDEX_FILE}'s ranges "
+                    f"({np.unique(expected).tolist()}); rows must be stored sorted by subclass"
+                )
             self._cache[(shard, g)] = decoded
             self.held_bytes += decoded.nbytes
             self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
@@ -419,8 +471,10 @@ class BudgetedReader:
         shard, group, _ = self.shards.locate(np.asarray(cache_rows, np.int64))
         needed = sorted(set(zip(shard.tolist(), group.tolist())))
         if len(needed) * self.group_bytes > self.cache_bytes:
-            raise ValueError(f"{len(needed)} row groups of {self.group_bytes / MB:.2f} MB do not fit the cache's "
-                             f"{self.cache_bytes / MB:.2f} MB; read fewer rows at once")
+            raise ValueError(
+                f"{len(needed)} row groups of {self.group_bytes / MB:.2f} MB do not fit the cache's "
+                f"{self.cache_bytes / MB:.2f} MB; read fewer rows at once"
+            )
         for key in needed:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -469,7 +523,7 @@ class ShardPlan:
         self.start = np.concatenate([[0], np.cumsum(self.counts)])
         self.rows = int(self.start[-1])
         self.scheme, self.apply, self.seed = scheme, apply, int(seed)
-        w = subclass_weight(self.counts, scheme)                        # per-sample weight of each subclass
+        w = subclass_weight(self.counts, scheme)  # per-sample weight of each subclass
         self.sample_weight = w * (self.rows / float((w * self.counts).sum()))  # mean 1 over the rows
         mass = w * self.counts
         self.cdf = np.cumsum(mass / mass.sum())
@@ -530,8 +584,18 @@ class LatentStream:
     the same as numpy dicts.
     """
 
-    def __init__(self, shards: LatentShards | Any, *, scheme: str = "none", apply: str = "sampler", seed: int = 0,
-                 global_batch: int, budget_bytes: int, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        shards: LatentShards | Any,
+        *,
+        scheme: str = "none",
+        apply: str = "sampler",
+        seed: int = 0,
+        global_batch: int,
+        budget_bytes: int,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.shards = shards if isinstance(shards, LatentShards) else LatentShards(shards)
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by {world} ranks")
@@ -552,7 +616,8 @@ class LatentStream:
                 f"each read in a row group of {self.shards.rows_per_group} rows ({probe.group_bytes / MB:.2f} MB), "
                 f"plus {reserve / MB:.2f} MB of read buffers, steps in flight and open files' footers, within {CACHE_FRACTION:.0%} of the "
                 f"budget; need at least {(reserve + per_step * probe.group_bytes) / CACHE_FRACTION / MB:.1f} MB "
-                f"(or write smaller row groups)")
+                f"(or write smaller row groups)"
+            )
         self.reader = BudgetedReader(self.shards, self.window_steps * per_step * probe.group_bytes)
 
     @property
@@ -562,8 +627,9 @@ class LatentStream:
 
     def positions(self, step: int) -> np.ndarray:
         """This rank's global positions of ``step`` (int64 (global_batch / world,))."""
-        return np.arange(step * self.global_batch + self.rank, (step + 1) * self.global_batch, self.world,
-                         dtype=np.int64)
+        return np.arange(
+            step * self.global_batch + self.rank, (step + 1) * self.global_batch, self.world, dtype=np.int64
+        )
 
     def batches(self, start_step: int = 0, stop_step: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Steps ``start_step`` .. ``stop_step - 1`` (default: one epoch) as dicts: ``step`` int, ``position``
@@ -580,8 +646,15 @@ class LatentStream:
             for step, pos, (rows, weights) in zip(window, positions, planned):
                 flips = flips_of(pos, self.seed)
                 latents, row_id, subclass = self.reader.gather(rows, flips)
-                yield {"step": step, "position": pos, "row": row_id, "subclass": subclass, "flip": flips,
-                       "weight": weights, "latents": latents}
+                yield {
+                    "step": step,
+                    "position": pos,
+                    "row": row_id,
+                    "subclass": subclass,
+                    "flip": flips,
+                    "weight": weights,
+                    "latents": latents,
+                }
 
     def steps(self, start_step: int = 0, stop_step: int | None = None):
         """:meth:`batches` as :class:`fairskin.diffusion.feed.StepInputs` (``latents`` a torch tensor), what
@@ -591,9 +664,14 @@ class LatentStream:
         from fairskin.diffusion.feed import StepInputs
 
         for b in self.batches(start_step, stop_step):
-            yield StepInputs(step=b["step"], rows=b["row"], weights=torch.from_numpy(b["weight"]),
-                             subclass=torch.from_numpy(b["subclass"]), flips=b["flip"],
-                             latents=torch.from_numpy(b["latents"]))
+            yield StepInputs(
+                step=b["step"],
+                rows=b["row"],
+                weights=torch.from_numpy(b["weight"]),
+                subclass=torch.from_numpy(b["subclass"]),
+                flips=b["flip"],
+                latents=torch.from_numpy(b["latents"]),
+            )
 
 
 def budget_bytes(megabytes: float) -> int:
@@ -616,8 +694,9 @@ def subclass_frequency_pvalue(counts: np.ndarray, probabilities: np.ndarray) -> 
     return float(chisquare(counts[keep], counts.sum() * probabilities[keep]).pvalue)
 
 
-def batch_mixing_pvalue(batch_counts: np.ndarray, probabilities: np.ndarray, *, simulations: int = 2000,
-                        seed: int = 0) -> float:
+def batch_mixing_pvalue(
+    batch_counts: np.ndarray, probabilities: np.ndarray, *, simulations: int = 2000, seed: int = 0
+) -> float:
     """Are the batches independent weighted draws? ``batch_counts``: int (batches, S), each row one batch's
     subclass counts (all batches the same size b).
 
@@ -640,8 +719,9 @@ def batch_mixing_pvalue(batch_counts: np.ndarray, probabilities: np.ndarray, *, 
         return (((counts[..., keep] - expected) ** 2) / expected).sum(-1).mean(-1)
 
     rng = np.random.default_rng(seed)
-    null = np.concatenate([mean_x2(rng.multinomial(b, p / p.sum(), size=(100, len(batch_counts))))
-                           for _ in range(-(-simulations // 100))])[:simulations]
+    null = np.concatenate(
+        [mean_x2(rng.multinomial(b, p / p.sum(), size=(100, len(batch_counts)))) for _ in range(-(-simulations // 100))]
+    )[:simulations]
     observed = mean_x2(batch_counts)
     upper = (1 + np.sum(null >= observed)) / (1 + simulations)
     lower = (1 + np.sum(null <= observed)) / (1 + simulations)

@@ -15,8 +15,9 @@ An epoch's draw is a pure function of (seed, epoch), made on the driver.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -52,10 +53,10 @@ class EpochPlan:
     """One epoch: row positions into the training set, in order, and each row's loss weight."""
 
     epoch: int
-    rows: np.ndarray         # int64 (N,), indices into the training set
+    rows: np.ndarray  # int64 (N,), indices into the training set
     loss_weights: np.ndarray  # float32 (N,)
 
-    def slice(self, start: int = 0, rank: int = 0, world: int = 1) -> "EpochPlan":
+    def slice(self, start: int = 0, rank: int = 0, world: int = 1) -> EpochPlan:
         """The part of the epoch a worker reads: positions start.. then every world-th from rank."""
         rows = self.rows[start:][rank::world]
         weights = self.loss_weights[start:][rank::world]
@@ -69,8 +70,14 @@ class WeightedSampler:
     ``epoch_size``: rows per epoch (default N).
     """
 
-    def __init__(self, subclass_ids: Sequence[int] | np.ndarray, scheme: WeightScheme = "none",
-                 apply: ApplyMode = "sampler", seed: int = 0, epoch_size: int | None = None):
+    def __init__(
+        self,
+        subclass_ids: Sequence[int] | np.ndarray,
+        scheme: WeightScheme = "none",
+        apply: ApplyMode = "sampler",
+        seed: int = 0,
+        epoch_size: int | None = None,
+    ):
         if apply not in ("sampler", "loss"):
             raise ValueError(f"apply {apply!r}: expected sampler or loss")
         self.subclass_ids = np.asarray(subclass_ids, dtype=np.int64)

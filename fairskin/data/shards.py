@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,18 +32,20 @@ from fairskin.io import atomic_write_bytes, atomic_write_json
 SCHEMA_VERSION = 1
 INDEX_FILE = "index.json"
 SPLITS = ("train", "val", "test", "pool")
-SHARD_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("image", pa.binary()),
-    ("group", pa.string()),
-    ("disease", pa.string()),
-    ("split", pa.string()),
-    ("fst", pa.int8()),
-    ("sha256", pa.string()),
-    ("source", pa.string()),
-    ("seed", pa.int64()),
-    ("variant", pa.string()),
-])
+SHARD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.binary()),
+        ("group", pa.string()),
+        ("disease", pa.string()),
+        ("split", pa.string()),
+        ("fst", pa.int8()),
+        ("sha256", pa.string()),
+        ("source", pa.string()),
+        ("seed", pa.int64()),
+        ("variant", pa.string()),
+    ]
+)
 METADATA_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name != "image"]
 
 
@@ -57,14 +60,17 @@ class Vocabulary:
         if row.get("group") not in self.groups:
             raise DataError(f"{where}: group {row.get('group')!r} is unknown; expected one of {list(self.groups)}")
         if row.get("disease") not in self.diseases:
-            raise DataError(f"{where}: disease {row.get('disease')!r} is unknown; "
-                            f"expected one of {list(self.diseases)}")
+            raise DataError(
+                f"{where}: disease {row.get('disease')!r} is unknown; expected one of {list(self.diseases)}"
+            )
         if row.get("split") not in SPLITS:
             raise DataError(f"{where}: split {row.get('split')!r} is unknown; expected one of {list(SPLITS)}")
         fst = row.get("fst")
         if fst is not None and not (isinstance(fst, (int, np.integer)) and 1 <= int(fst) <= 6):
-            raise DataError(f"{where}: fst {fst!r} is not a Fitzpatrick type 1..6 "
-                            f"(unknown skin types, -1, must be dropped before sharding)")
+            raise DataError(
+                f"{where}: fst {fst!r} is not a Fitzpatrick type 1..6 "
+                f"(unknown skin types, -1, must be dropped before sharding)"
+            )
         if not row.get("id"):
             raise DataError(f"{where}: empty id")
 
@@ -116,21 +122,33 @@ def write_shard_file(records: Iterable[Mapping[str, Any]], path: Path, vocab: Vo
     return len(rows)
 
 
-def write_index(out_dir: Path, entries: Sequence[Mapping[str, Any]], vocab: Vocabulary,
-                extra_index: Mapping[str, Any] | None = None) -> Path:
+def write_index(
+    out_dir: Path, entries: Sequence[Mapping[str, Any]], vocab: Vocabulary, extra_index: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``index.json`` (last: its presence marks the folder complete). ``entries`` are
     ``{"file": name, "rows": n}`` in shard order."""
-    index = {"schema_version": SCHEMA_VERSION, "shards": [dict(e) for e in entries],
-             "rows": sum(int(e["rows"]) for e in entries),
-             "groups": list(vocab.groups), "diseases": list(vocab.diseases), **(extra_index or {})}
+    index = {
+        "schema_version": SCHEMA_VERSION,
+        "shards": [dict(e) for e in entries],
+        "rows": sum(int(e["rows"]) for e in entries),
+        "groups": list(vocab.groups),
+        "diseases": list(vocab.diseases),
+        **(extra_index or {}),
+    }
     path = Path(out_dir) / INDEX_FILE
     atomic_write_json(path, index)
     return path
 
 
-def write_shards(records: Iterable[Mapping[str, Any]], out_dir: Path, vocab: Vocabulary, *,
-                 rows_per_shard: int = 256, prefix: str = "shard", extra_index: Mapping[str, Any] | None = None
-                 ) -> list[Path]:
+def write_shards(
+    records: Iterable[Mapping[str, Any]],
+    out_dir: Path,
+    vocab: Vocabulary,
+    *,
+    rows_per_shard: int = 256,
+    prefix: str = "shard",
+    extra_index: Mapping[str, Any] | None = None,
+) -> list[Path]:
     """Validate and write ``records`` (dicts with the schema's columns; ``image`` = PNG bytes).
 
     Returns the shard paths in order. ``index.json`` is written after the last shard.
@@ -250,8 +268,9 @@ def decode_images(images: Sequence[bytes], where: str = "images", ids: Sequence[
     return np.stack(arrays) if arrays else np.zeros((0, 0, 0, 3), np.uint8)
 
 
-def load_decoded(shard_dir: Path, verify: bool = True, splits: Sequence[str] | None = None
-                 ) -> tuple[np.ndarray, pd.DataFrame]:
+def load_decoded(
+    shard_dir: Path, verify: bool = True, splits: Sequence[str] | None = None
+) -> tuple[np.ndarray, pd.DataFrame]:
     """Decode a whole shard folder once: (pixels uint8 (N, H, W, 3), metadata frame of N rows)."""
     pixels, metas = [], []
     vocab = vocabulary_of(shard_dir)

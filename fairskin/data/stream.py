@@ -24,9 +24,10 @@ and seed give the same batches in the same order.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ class DecodedSet:
     def __len__(self) -> int:
         return len(self.meta)
 
-    def without_group(self, group: str) -> "DecodedSet":
+    def without_group(self, group: str) -> DecodedSet:
         """The rows of every group but ``group`` (same ``groups`` / ``diseases``, so subclass ids
         and prompts keep their meaning); for the ``control_drop_<group>`` generators."""
         keep = (self.meta["group"] != group).to_numpy()
@@ -76,8 +77,7 @@ class DecodedSet:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The per-row arrays a gather needs."""
-        return {"pixels": self.pixels, "group": self.group_id, "disease": self.disease_id,
-                "subclass": self.subclass_id}
+        return {"pixels": self.pixels, "group": self.group_id, "disease": self.disease_id, "subclass": self.subclass_id}
 
 
 @dataclass
@@ -104,8 +104,9 @@ def _decode_batch(batch: dict[str, np.ndarray], splits: Sequence[str]) -> dict[s
     return out
 
 
-def decode_with_ray(shard_dir: Path, splits: Sequence[str] = ("train",), *, num_cpus: float = 0.5,
-                    verify: bool = True) -> DecodedSet:
+def decode_with_ray(
+    shard_dir: Path, splits: Sequence[str] = ("train",), *, num_cpus: float = 0.5, verify: bool = True
+) -> DecodedSet:
     """Read and decode a shard folder with Ray Data; rows come back in shard order.
 
     Labels and checksums are verified on the driver first (cheap: no decoding), so a bad
@@ -123,7 +124,8 @@ def decode_with_ray(shard_dir: Path, splits: Sequence[str] = ("train",), *, num_
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ds = ray.data.read_parquet([str(p) for p in paths]).map_batches(
-        _decode_batch, fn_kwargs={"splits": list(splits)}, batch_size=64, num_cpus=num_cpus, batch_format="numpy")
+        _decode_batch, fn_kwargs={"splits": list(splits)}, batch_size=64, num_cpus=num_cpus, batch_format="numpy"
+    )
     pixels, metas = [], []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         if len(batch["id"]) == 0:
@@ -239,8 +241,16 @@ class WeightedStream:
     [start, stop) read by worker ``rank``; ``iter_batches`` wraps it into torch batches.
     """
 
-    def __init__(self, decoded: DecodedSet | ArraySet, scheme: str = "none", apply: str = "sampler", seed: int = 0,
-                 *, gather_cpus: float = 0.25, plan_block_rows: int = PLAN_BLOCK_ROWS):
+    def __init__(
+        self,
+        decoded: DecodedSet | ArraySet,
+        scheme: str = "none",
+        apply: str = "sampler",
+        seed: int = 0,
+        *,
+        gather_cpus: float = 0.25,
+        plan_block_rows: int = PLAN_BLOCK_ROWS,
+    ):
         import ray
 
         self.decoded = decoded
@@ -266,8 +276,10 @@ class WeightedStream:
         table = self.plan_table(start, stop, rank, world)
         if table.empty:
             raise ValueError(f"no positions in [{start}, {stop}) for rank {rank} of {world}")
-        return [pa.Table.from_pandas(table.iloc[i:i + self.plan_block_rows], preserve_index=False)
-                for i in range(0, len(table), self.plan_block_rows)]
+        return [
+            pa.Table.from_pandas(table.iloc[i : i + self.plan_block_rows], preserve_index=False)
+            for i in range(0, len(table), self.plan_block_rows)
+        ]
 
     def plan_dataset(self, start: int, stop: int):
         """Ray Dataset of the run's plan only (position, row, weight: ints and floats), in order.
@@ -294,11 +306,22 @@ class WeightedStream:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         return ray.data.from_arrow(blocks).map_batches(
-            _gather_rows, fn_kwargs={"arrays_ref": [self._arrays_ref]}, batch_size=None,
-            num_cpus=self.gather_cpus, batch_format="numpy")
+            _gather_rows,
+            fn_kwargs={"arrays_ref": [self._arrays_ref]},
+            batch_size=None,
+            num_cpus=self.gather_cpus,
+            batch_format="numpy",
+        )
 
-    def iter_batches(self, batch_size: int, start: int = 0, stop: int | None = None, rank: int = 0,
-                     world: int = 1, prefetch_batches: int = 4) -> Iterator[dict[str, Any]]:
+    def iter_batches(
+        self,
+        batch_size: int,
+        start: int = 0,
+        stop: int | None = None,
+        rank: int = 0,
+        world: int = 1,
+        prefetch_batches: int = 4,
+    ) -> Iterator[dict[str, Any]]:
         """Torch batches of ``batch_size`` rows for worker ``rank`` (default: one epoch from ``start``).
 
         Ray Data streams the plan; the rows are gathered in this process (what a Train worker does).
@@ -308,16 +331,20 @@ class WeightedStream:
         stop = start + self.epoch_size if stop is None else stop
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         ds = ray.data.from_arrow(self._plan_blocks(start, stop, rank, world))
-        yield from ds.iter_torch_batches(batch_size=batch_size, collate_fn=_gather_collate(self._arrays_ref),
-                                         prefetch_batches=prefetch_batches)
+        yield from ds.iter_torch_batches(
+            batch_size=batch_size, collate_fn=_gather_collate(self._arrays_ref), prefetch_batches=prefetch_batches
+        )
 
 
 def iter_local_batches(decoded: DecodedSet, plan: EpochPlan, batch_size: int) -> Iterator[dict[str, Any]]:
     """The same batches as the stream, gathered in this process (no Ray): for single-process use."""
     arrays = decoded.arrays()
     for i in range(0, len(plan.rows), batch_size):
-        rows = plan.rows[i:i + batch_size]
+        rows = plan.rows[i : i + batch_size]
         batch = {name: values[rows] for name, values in arrays.items()}
-        batch.update(row=rows, weight=plan.loss_weights[i:i + batch_size],
-                     position=np.arange(i, i + len(rows)) + plan.epoch * len(plan.rows))
+        batch.update(
+            row=rows,
+            weight=plan.loss_weights[i : i + batch_size],
+            position=np.arange(i, i + len(rows)) + plan.epoch * len(plan.rows),
+        )
         yield to_model_batch(batch)

@@ -33,9 +33,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -327,7 +327,9 @@ def _segments(xx: np.ndarray, yy: np.ndarray, a: np.ndarray, b: np.ndarray, widt
     return np.exp(d2 * np.float32(-1.0 / (width * width)))
 
 
-def _polylines(rng: np.random.Generator, starts: np.ndarray, steps: int, step_len: float, wiggle: float) -> tuple[np.ndarray, np.ndarray]:
+def _polylines(
+    rng: np.random.Generator, starts: np.ndarray, steps: int, step_len: float, wiggle: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Random-walk polylines from ``starts`` ``(n, 2)``: their segment endpoints ``(n*steps, 2)`` twice."""
     n = len(starts)
     heading = rng.uniform(0.0, 2 * np.pi, size=n)
@@ -443,7 +445,9 @@ def _centre(rng: np.random.Generator, spread: float = 0.32) -> tuple[float, floa
     return float(np.clip(c[0], -0.95, 0.95)), float(np.clip(c[1], -0.95, 0.95))
 
 
-def _texture(rng: np.random.Generator, size: int, cells: int, threshold: float, sharpness: float = 3.0, fine: float = 0.5) -> np.ndarray:
+def _texture(
+    rng: np.random.Generator, size: int, cells: int, threshold: float, sharpness: float = 3.0, fine: float = 0.5
+) -> np.ndarray:
     """Thresholded noise texture in ``[0, 1]``, ``(size, size)``: flakes, crust, lacy striae.
 
     Smooth noise with about ``cells`` features across plus ``fine`` x pixel noise, thresholded.
@@ -466,7 +470,9 @@ def _psoriasis(rng, img, skin_colour, fst, xx, yy, zoom):
     for i in range(n):
         c = centre if i == 0 else (centre[0] + rng.normal(0, 0.45), centre[1] + rng.normal(0, 0.45))
         r = rng.uniform(0.25, 0.5) * zoom / math.sqrt(n)
-        cov, _ = _blob(rng, xx, yy, c, r, irregularity=rng.uniform(0.2, 0.6), softness=0.04, aspect=rng.uniform(0.8, 1.3))
+        cov, _ = _blob(
+            rng, xx, yy, c, r, irregularity=rng.uniform(0.2, 0.6), softness=0.04, aspect=rng.uniform(0.8, 1.3)
+        )
         plaque = np.maximum(plaque, cov)
     _tint(img, plaque * rng.uniform(0.75, 1.0), _hue((1.0, 0.62, 0.64), fst))
     scale_amount = rng.uniform(0.5, 0.9) if rng.random() > 0.15 else rng.uniform(0.0, 0.2)  # 15%: barely scaly
@@ -479,7 +485,9 @@ def _allergic_contact_dermatitis(rng, img, skin_colour, fst, xx, yy, zoom):
     """An ill-defined, patchy red patch with scattered small vesicles."""
     size = xx.shape[0]
     c = _centre(rng, 0.25)
-    patch, _ = _blob(rng, xx, yy, c, rng.uniform(0.35, 0.7) * zoom, irregularity=0.8, softness=0.35, aspect=rng.uniform(0.7, 1.5))
+    patch, _ = _blob(
+        rng, xx, yy, c, rng.uniform(0.35, 0.7) * zoom, irregularity=0.8, softness=0.35, aspect=rng.uniform(0.7, 1.5)
+    )
     patch = patch * np.clip(0.65 + 0.5 * _smooth_noise(rng, size, 5), 0.0, 1.0)
     _tint(img, patch * rng.uniform(0.6, 0.95), _hue((1.0, 0.70, 0.70), fst))
     n = int(rng.integers(0, 4)) if rng.random() < 0.15 else int(rng.integers(6, 26))  # 15%: few vesicles
@@ -513,7 +521,9 @@ def _lichen_planus(rng, img, skin_colour, fst, xx, yy, zoom):
     sector = 2 * np.pi / sides
     polygon = radius * np.cos(np.pi / sides) / np.cos(np.mod(theta + phase, sector) - sector / 2)
     gap = rng.uniform(0.012, 0.03) if rng.random() > 0.15 else 0.0  # 15%: papules coalesce into a plaque
-    papules = (_smoothstep((two[1] - two[0] - gap) / 0.02) * _smoothstep((polygon - two[0]) / 0.02 + 0.5)).astype(np.float32)
+    papules = (_smoothstep((two[1] - two[0] - gap) / 0.02) * _smoothstep((polygon - two[0]) / 0.02 + 0.5)).astype(
+        np.float32
+    )
     _tint(img, papules * rng.uniform(0.75, 1.0), _hue((0.80, 0.60, 0.84), fst))
     if rng.random() < 0.6:  # Wickham striae
         striae = _texture(rng, size, max(4, round(size / 6)), threshold=0.9, sharpness=2.0)
@@ -535,7 +545,9 @@ def _basal_cell_carcinoma(rng, img, skin_colour, fst, xx, yy, zoom):
     _mix(img, shine * nodule * 0.35, _surface((1.0, 1.0, 1.0), skin_colour, fst))
     if rng.random() < _PIGMENTED_BCC[fst]:  # pigmented BCC, common in skin of colour: brown globules
         k = int(rng.integers(3, 9))
-        globules = _dots(xx, yy, np.asarray(c) + rng.normal(0.0, 0.45 * r, size=(k, 2)), rng.uniform(0.15, 0.3, size=k) * r)
+        globules = _dots(
+            xx, yy, np.asarray(c) + rng.normal(0.0, 0.45 * r, size=(k, 2)), rng.uniform(0.15, 0.3, size=k) * r
+        )
         _tint(img, globules * nodule * 0.55, np.array([0.55, 0.5, 0.5], dtype=np.float32))
     n = int(rng.integers(2, 6)) if rng.random() > 0.15 else 0  # 15%: no visible vessels
     starts = np.asarray(c) + rng.uniform(-0.7, 0.7, size=(n, 2)) * r

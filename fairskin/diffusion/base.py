@@ -18,9 +18,10 @@ the factor is fitted to the trained encoder (:func:`fit_scaling_factor`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +43,9 @@ def subclass_prompts(template: str, groups, diseases) -> list[str]:
 POSTERIOR_LOG_STD = -10.0  # the stand-in VAE's fixed posterior log-std: std 4.5e-5, far below its latents' spread
 
 
-def train_tiny_vae(vae, train: DecodedSet, steps: int, batch_size: int, seed: int, lr: float = 1e-3,
-                   progress: bool = False) -> list[float]:
+def train_tiny_vae(
+    vae, train: DecodedSet, steps: int, batch_size: int, seed: int, lr: float = 1e-3, progress: bool = False
+) -> list[float]:
     """Train ``vae`` as an autoencoder (MSE of the decoded posterior mean, pixels in [-1, 1]) for
     ``steps`` steps of ``batch_size`` uniformly drawn training rows, the learning rate decaying from
     ``lr`` to 0 on a cosine; then fix its posterior std and fit its scaling factor to ``train``.
@@ -91,8 +93,12 @@ def fit_scaling_factor(vae, pixels: np.ndarray, max_images: int = 1024, batch: i
     ``pixels`` (uint8 (N, H, W, 3), evenly spaced rows), as SD's factor does for its own VAE, so the
     latents the UNet sees have unit variance. Returns the factor."""
     rows = np.linspace(0, len(pixels) - 1, num=min(max_images, len(pixels))).round().astype(int)
-    means = torch.cat([vae.encode(pixels_to_tensor(pixels[rows[lo:lo + batch]])).latent_dist.mean
-                       for lo in range(0, len(rows), batch)])
+    means = torch.cat(
+        [
+            vae.encode(pixels_to_tensor(pixels[rows[lo : lo + batch]])).latent_dist.mean
+            for lo in range(0, len(rows), batch)
+        ]
+    )
     factor = float(1.0 / means.std().clamp_min(1e-6))
     vae.register_to_config(scaling_factor=factor)
     return factor
@@ -108,13 +114,25 @@ def encode_training_latents(vae, train: DecodedSet, batch_size: int = 64, progre
     a third of a base UNet step on CPU, paid again at every one of the base's and each control
     base's steps (issue 13: 4,000 steps, 777 s in run 4)."""
     chunks = range(0, len(train), batch_size)
-    return torch.cat([encode_latents(vae, pixels_to_tensor(train.pixels[lo:lo + batch_size]))
-                      for lo in progress_bar(chunks, total=len(chunks), description="base: latents",
-                                             enabled=progress)])
+    return torch.cat(
+        [
+            encode_latents(vae, pixels_to_tensor(train.pixels[lo : lo + batch_size]))
+            for lo in progress_bar(chunks, total=len(chunks), description="base: latents", enabled=progress)
+        ]
+    )
 
 
-def train_base_unet(parts, train: DecodedSet, prompts: list[str], steps: int, batch_size: int, seed: int,
-                    lr: float, progress: bool = False, snr_gamma: float | None = None) -> list[float]:
+def train_base_unet(
+    parts,
+    train: DecodedSet,
+    prompts: list[str],
+    steps: int,
+    batch_size: int,
+    seed: int,
+    lr: float,
+    progress: bool = False,
+    snr_gamma: float | None = None,
+) -> list[float]:
     """Plain noise-prediction training of ``parts.unet`` on uniformly drawn rows of ``train`` (no balancing),
     in this process; ``snr_gamma``: Min-SNR-gamma loss weighting
     (:func:`fairskin.diffusion.losses.min_snr_weight`; None: unweighted). Every row's latent and every
@@ -144,14 +162,32 @@ class UnetJob:
     snr_gamma: float | None = None
 
 
-def unet_job(parts, train: DecodedSet, prompts: list[str], steps: int, batch_size: int, seed: int, lr: float,
-             snr_gamma: float | None = None) -> UnetJob:
+def unet_job(
+    parts,
+    train: DecodedSet,
+    prompts: list[str],
+    steps: int,
+    batch_size: int,
+    seed: int,
+    lr: float,
+    snr_gamma: float | None = None,
+) -> UnetJob:
     """Encode ``train``'s rows (:func:`encode_training_latents`) and ``prompts`` plus the empty prompt once,
     under no_grad, into the :class:`UnetJob` that trains ``parts.unet``."""
     with torch.no_grad():
         cond = encode_prompts(parts.tokenizer, parts.text_encoder, prompts + [""])
-    return UnetJob(parts.unet, parts.noise_scheduler, encode_training_latents(parts.vae, train),
-                   torch.from_numpy(train.subclass_id).long(), cond, steps, batch_size, seed, lr, snr_gamma)
+    return UnetJob(
+        parts.unet,
+        parts.noise_scheduler,
+        encode_training_latents(parts.vae, train),
+        torch.from_numpy(train.subclass_id).long(),
+        cond,
+        steps,
+        batch_size,
+        seed,
+        lr,
+        snr_gamma,
+    )
 
 
 def unet_training_steps(job: UnetJob) -> Iterator[float]:
@@ -168,10 +204,18 @@ def unet_training_steps(job: UnetJob) -> Iterator[float]:
         latents = job.latents[rows]
         drop = torch.rand(1, generator=gen).item() < 0.1
         cond = job.cond[-1:].expand(batch, -1, -1) if drop else job.cond[job.subclass[rows]]
-        out = training_loss(unet, scheduler, latents, cond, None, torch.ones(batch),
-                            noise=torch.randn(latents.shape, generator=gen),
-                            timesteps=torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen),
-                            use_cbdm=False, snr_gamma=job.snr_gamma)
+        out = training_loss(
+            unet,
+            scheduler,
+            latents,
+            cond,
+            None,
+            torch.ones(batch),
+            noise=torch.randn(latents.shape, generator=gen),
+            timesteps=torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen),
+            use_cbdm=False,
+            snr_gamma=job.snr_gamma,
+        )
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -197,8 +241,9 @@ def _stream_unet_training(job: UnetJob, report_every: int = UNET_REPORT_EVERY) -
     yield {k: v.detach().cpu().contiguous() for k, v in job.unet.state_dict().items()}, losses
 
 
-def train_unets_on_ray(jobs: Mapping[str, UnetJob], progress: bool = False,
-                       description: str = "base: UNet") -> dict[str, list[float]]:
+def train_unets_on_ray(
+    jobs: Mapping[str, UnetJob], progress: bool = False, description: str = "base: UNet"
+) -> dict[str, list[float]]:
     """Train every job's UNet at once, each in its own Ray task holding one CPU (one torch thread), and load
     the trained weights into ``jobs[name].unet``. Returns name -> loss per step.
 
@@ -215,8 +260,9 @@ def train_unets_on_ray(jobs: Mapping[str, UnetJob], progress: bool = False,
     total = sum(job.steps for job in jobs.values())
     done = dict.fromkeys(jobs, 0)
     losses: dict[str, list[float]] = {}
-    bar = iter(progress_bar(range(total), total=total, description=f"{description} ({len(jobs)} on Ray)",
-                            enabled=progress))
+    bar = iter(
+        progress_bar(range(total), total=total, description=f"{description} ({len(jobs)} on Ray)", enabled=progress)
+    )
     while streams:
         if background_stop.is_set():
             for stream in streams:
@@ -251,14 +297,17 @@ def build_vae(config: FairSkinConfig, train: DecodedSet, out: Path) -> dict[str,
     d = config.diffusion
     torch.manual_seed(config.runtime.seed)
     vae = build_tiny_sd(image_size=train.pixels.shape[1], seed=config.runtime.seed).vae
-    vae_losses = train_tiny_vae(vae, train, d.base_vae_steps, d.global_batch_size, config.runtime.seed,
-                                progress=config.runtime.progress)
+    vae_losses = train_tiny_vae(
+        vae, train, d.base_vae_steps, d.global_batch_size, config.runtime.seed, progress=config.runtime.progress
+    )
     vae.save_pretrained(out / VAE_FOLDER, safe_serialization=True)
     np.savetxt(out / "vae_loss.txt", vae_losses)
     tail = max(1, len(vae_losses) // 10)
-    return {"vae_loss_first": vae_losses[0] if vae_losses else float("nan"),
-            "vae_loss_last": float(np.mean(vae_losses[-tail:])) if vae_losses else float("nan"),
-            "vae_scaling_factor": float(vae.config.scaling_factor)}
+    return {
+        "vae_loss_first": vae_losses[0] if vae_losses else float("nan"),
+        "vae_loss_last": float(np.mean(vae_losses[-tail:])) if vae_losses else float("nan"),
+        "vae_scaling_factor": float(vae.config.scaling_factor),
+    }
 
 
 @one_model_at_a_time
@@ -266,16 +315,19 @@ def _parts_with_vae(config: FairSkinConfig, image_size: int, vae_folder: Path):
     """The tiny SD of ``runtime.seed`` (its initial UNet, text encoder, scheduler) with the trained VAE."""
     from diffusers import AutoencoderKL
 
-    parts = build_tiny_sd(image_size=image_size, seed=config.runtime.seed,
-                          zero_terminal_snr=config.diffusion.zero_terminal_snr)
+    parts = build_tiny_sd(
+        image_size=image_size, seed=config.runtime.seed, zero_terminal_snr=config.diffusion.zero_terminal_snr
+    )
     parts.vae = AutoencoderKL.from_pretrained(vae_folder, use_safetensors=True).eval()
     return parts
 
 
 def _unet_summary(losses: list[float]) -> dict[str, float]:
     tail = max(1, len(losses) // 10)
-    return {"unet_loss_first": losses[0] if losses else float("nan"),
-            "unet_loss_last": float(np.mean(losses[-tail:])) if losses else float("nan")}
+    return {
+        "unet_loss_first": losses[0] if losses else float("nan"),
+        "unet_loss_last": float(np.mean(losses[-tail:])) if losses else float("nan"),
+    }
 
 
 def build_base(config: FairSkinConfig, train: DecodedSet, vae_folder: Path, out: Path) -> dict[str, Any]:
@@ -284,16 +336,25 @@ def build_base(config: FairSkinConfig, train: DecodedSet, vae_folder: Path, out:
     d = config.diffusion
     parts = _parts_with_vae(config, train.pixels.shape[1], vae_folder)
     prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)
-    job = unet_job(parts, train, prompts, d.base_unet_steps, d.global_batch_size, config.runtime.seed,
-                   d.learning_rate, d.base_snr_gamma)
+    job = unet_job(
+        parts,
+        train,
+        prompts,
+        d.base_unet_steps,
+        d.global_batch_size,
+        config.runtime.seed,
+        d.learning_rate,
+        d.base_snr_gamma,
+    )
     losses = train_unets_on_ray({"base": job}, progress=config.runtime.progress)["base"]
     save_sd(parts, out / "pipeline")
     np.savetxt(out / "unet_loss.txt", losses)
     return {**_unet_summary(losses), "vae_scaling_factor": float(parts.vae.config.scaling_factor)}
 
 
-def build_control_bases(config: FairSkinConfig, train: DecodedSet, vae_folder: Path, groups: list[str],
-                        out: Path) -> dict[str, dict[str, Any]]:
+def build_control_bases(
+    config: FairSkinConfig, train: DecodedSet, vae_folder: Path, groups: list[str], out: Path
+) -> dict[str, dict[str, Any]]:
     """One base per group in ``groups``, each never having seen that group: the ``vae`` stage's VAE, and a
     UNet from the same initial weights trained exactly as the base's (steps, batch, seed) on ``train``
     without the group's rows; all trained at once on Ray, beside the base's own. Writes
@@ -311,8 +372,16 @@ def build_control_bases(config: FairSkinConfig, train: DecodedSet, vae_folder: P
     for group in groups:
         without = train.without_group(group)
         parts[group] = _parts_with_vae(config, train.pixels.shape[1], vae_folder)
-        jobs[group] = unet_job(parts[group], without, prompts, d.base_unet_steps, d.global_batch_size,
-                               config.runtime.seed, d.learning_rate, d.base_snr_gamma)
+        jobs[group] = unet_job(
+            parts[group],
+            without,
+            prompts,
+            d.base_unet_steps,
+            d.global_batch_size,
+            config.runtime.seed,
+            d.learning_rate,
+            d.base_snr_gamma,
+        )
         rows[group] = len(without)
     losses = train_unets_on_ray(jobs, progress=config.runtime.progress, description="control bases: UNet")
     summaries = {}
@@ -320,6 +389,9 @@ def build_control_bases(config: FairSkinConfig, train: DecodedSet, vae_folder: P
         folder = out / f"without_{group_slug(group)}"
         save_sd(parts[group], folder / "pipeline")
         np.savetxt(folder / "unet_loss.txt", losses[group])
-        summaries[group] = {"rows": rows[group], "rows_dropped": len(train) - rows[group],
-                            "unet_loss_last": _unet_summary(losses[group])["unet_loss_last"]}
+        summaries[group] = {
+            "rows": rows[group],
+            "rows_dropped": len(train) - rows[group],
+            "unet_loss_last": _unet_summary(losses[group])["unet_loss_last"],
+        }
     return summaries

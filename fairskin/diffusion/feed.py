@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,37 +49,63 @@ class StepInputs:
     pixels: torch.Tensor | None = None
     draws: Any = None  # the step's random inputs (fairskin.diffusion.step.StepDraws), when drawn ahead
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "StepInputs":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> StepInputs:
         """The same inputs with every tensor on ``device``."""
-        move = (lambda t: None if t is None else t.to(device, non_blocking=non_blocking))
-        return StepInputs(self.step, self.rows, move(self.weights), move(self.subclass), self.flips,
-                          move(self.latents), move(self.pixels), self.draws)
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)
+        return StepInputs(
+            self.step,
+            self.rows,
+            move(self.weights),
+            move(self.subclass),
+            self.flips,
+            move(self.latents),
+            move(self.pixels),
+            self.draws,
+        )
 
-    def pin(self) -> "StepInputs":
+    def pin(self) -> StepInputs:
         """The same inputs in page-locked host memory (for asynchronous copies to a CUDA device)."""
-        pin = (lambda t: None if t is None else t.pin_memory())
-        return StepInputs(self.step, self.rows, pin(self.weights), pin(self.subclass), self.flips,
-                          pin(self.latents), pin(self.pixels), self.draws)
+        pin = lambda t: None if t is None else t.pin_memory()
+        return StepInputs(
+            self.step,
+            self.rows,
+            pin(self.weights),
+            pin(self.subclass),
+            self.flips,
+            pin(self.latents),
+            pin(self.pixels),
+            self.draws,
+        )
 
 
 def flips_of(positions: np.ndarray, seed: int) -> np.ndarray:
     """0/1 per global plan position: which horizontal flip of its image the step sees (a pure function
     of (seed, position), so every rank and every resumed run agrees)."""
-    return (np.random.default_rng(np.random.SeedSequence([seed, 99])).integers(0, 2**31, size=1)[0]
-            ^ positions) & 1
+    return (np.random.default_rng(np.random.SeedSequence([seed, 99])).integers(0, 2**31, size=1)[0] ^ positions) & 1
 
 
-def step_inputs(batch: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray], *, rank: int, world: int,
-                seed: int, global_batch: int) -> StepInputs:
+def step_inputs(
+    batch: Mapping[str, np.ndarray],
+    arrays: Mapping[str, np.ndarray],
+    *,
+    rank: int,
+    world: int,
+    seed: int,
+    global_batch: int,
+) -> StepInputs:
     """This rank's :class:`StepInputs` of one global plan batch (columns ``position``, ``row``,
     ``weight``: (B,) each, B = ``global_batch``); rank r takes the positions p with p % world == r."""
     positions = np.asarray(batch["position"])
     mine = positions % world == rank
     rows = np.asarray(batch["row"])[mine]
     flips = flips_of(positions[mine], seed)
-    inputs = StepInputs(step=int(positions[0]) // global_batch, rows=rows,
-                        weights=torch.from_numpy(np.array(batch["weight"][mine], np.float32)),
-                        subclass=torch.from_numpy(np.array(arrays["subclass"][rows])), flips=flips)
+    inputs = StepInputs(
+        step=int(positions[0]) // global_batch,
+        rows=rows,
+        weights=torch.from_numpy(np.array(batch["weight"][mine], np.float32)),
+        subclass=torch.from_numpy(np.array(arrays["subclass"][rows])),
+        flips=flips,
+    )
     if "latents" in arrays:
         inputs.latents = torch.from_numpy(np.array(arrays["latents"][rows, flips]))
     else:
@@ -97,8 +124,16 @@ def plan_read_rows(global_batch: int) -> int:
     return global_batch * PLAN_READ_STEPS
 
 
-def plan_steps(batches: Iterable[Mapping[str, np.ndarray]], arrays: Mapping[str, np.ndarray], *, rank: int,
-               world: int, seed: int, global_batch: int, start_step: int = 0) -> Iterator[StepInputs]:
+def plan_steps(
+    batches: Iterable[Mapping[str, np.ndarray]],
+    arrays: Mapping[str, np.ndarray],
+    *,
+    rank: int,
+    world: int,
+    seed: int,
+    global_batch: int,
+    start_step: int = 0,
+) -> Iterator[StepInputs]:
     """:func:`step_inputs` of every global batch from ``start_step`` on (earlier ones were trained before
     the checkpoint a run resumed from).
 
@@ -108,12 +143,14 @@ def plan_steps(batches: Iterable[Mapping[str, np.ndarray]], arrays: Mapping[str,
     for block in batches:
         positions = np.asarray(block["position"])
         if len(positions) % global_batch:
-            raise ValueError(f"plan batch of {len(positions)} rows (positions {positions[0]}..{positions[-1]}) is not "
-                             f"whole global batches of {global_batch}")
+            raise ValueError(
+                f"plan batch of {len(positions)} rows (positions {positions[0]}..{positions[-1]}) is not "
+                f"whole global batches of {global_batch}"
+            )
         for lo in range(0, len(positions), global_batch):
             if int(positions[lo]) < start_step * global_batch:
                 continue
-            batch = {k: np.asarray(v)[lo:lo + global_batch] for k, v in block.items()}
+            batch = {k: np.asarray(v)[lo : lo + global_batch] for k, v in block.items()}
             yield step_inputs(batch, arrays, rank=rank, world=world, seed=seed, global_batch=global_batch)
 
 
@@ -131,8 +168,13 @@ class Prefetch:
 
     _END = object()
 
-    def __init__(self, source: Iterable[StepInputs], device: torch.device | str = "cpu", depth: int = 2,
-                 background: bool | None = None):
+    def __init__(
+        self,
+        source: Iterable[StepInputs],
+        device: torch.device | str = "cpu",
+        depth: int = 2,
+        background: bool | None = None,
+    ):
         self.device = torch.device(device)
         self.background = self.device.type != "cpu" if background is None else background
         self._source = iter(source)
@@ -140,8 +182,7 @@ class Prefetch:
         self._stop = threading.Event()
         self._thread = None
         if self.background:
-            self._thread = threading.Thread(target=self._fill, args=(self._source,), daemon=True,
-                                            name="feed-prefetch")
+            self._thread = threading.Thread(target=self._fill, args=(self._source,), daemon=True, name="feed-prefetch")
             self._thread.start()
 
     def _put(self, item: Any) -> bool:
@@ -187,7 +228,7 @@ class Prefetch:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "Prefetch":
+    def __enter__(self) -> Prefetch:
         return self
 
     def __exit__(self, *exc) -> None:

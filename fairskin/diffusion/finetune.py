@@ -47,11 +47,17 @@ from fairskin.data import DataError
 from fairskin.data.latent_shards import LatentShards, LatentShardWriter, LatentStream, budget_bytes
 from fairskin.data.stream import ArraySet, DecodedSet, WeightedStream
 from fairskin.diffusion.base import subclass_prompts
+from fairskin.diffusion.feed import Prefetch, plan_read_rows, plan_steps
 from fairskin.diffusion.losses import check_finite_loss
 from fairskin.diffusion.models import encode_prompts, load_sd, save_sd
-from fairskin.diffusion.feed import Prefetch, plan_read_rows, plan_steps
-from fairskin.diffusion.step import (autocast_dtype, draw_step_inputs, pixels_to_tensor, step_generator,
-                                     step_latents, train_step)
+from fairskin.diffusion.step import (
+    autocast_dtype,
+    draw_step_inputs,
+    pixels_to_tensor,
+    step_generator,
+    step_latents,
+    train_step,
+)
 from fairskin.model_lock import model_lock
 
 STATE_FILE = "state.json"
@@ -69,9 +75,14 @@ class FitInterrupted(Exception):
 
 
 @torch.no_grad()
-def cache_training_set(parts, train: DecodedSet, prompts: list[str], cache_latents: bool = True,
-                       batch_size: int = 64, shard_root: Path | str | None = None
-                       ) -> tuple[ArraySet | LatentShards, np.ndarray]:
+def cache_training_set(
+    parts,
+    train: DecodedSet,
+    prompts: list[str],
+    cache_latents: bool = True,
+    batch_size: int = 64,
+    shard_root: Path | str | None = None,
+) -> tuple[ArraySet | LatentShards, np.ndarray]:
     """(rows to stream, prompt embeddings (S + 1, L, D) with the empty prompt last).
 
     With ``cache_latents`` the rows hold ``latents`` float32 (N, 2, C, h, w): the scaled VAE
@@ -89,7 +100,7 @@ def cache_training_set(parts, train: DecodedSet, prompts: list[str], cache_laten
         scale = parts.vae.config.scaling_factor
         chunks = []
         for i in range(0, len(train), batch_size):
-            x = pixels_to_tensor(train.pixels[i:i + batch_size])
+            x = pixels_to_tensor(train.pixels[i : i + batch_size])
             both = torch.stack([x, x.flip(-1)], dim=1).flatten(0, 1)
             z = parts.vae.encode(both).latent_dist.mean * scale
             chunks.append(z.unflatten(0, (len(x), 2)).numpy())
@@ -110,7 +121,7 @@ def _cache_latent_shards(parts, train: DecodedSet, root: Path | str, batch_size:
     order = np.argsort(train.subclass_id, kind="stable")  # the shard plan reads each subclass as one range
     writer = None
     for i in range(0, len(order), batch_size):
-        rows = order[i:i + batch_size]
+        rows = order[i : i + batch_size]
         x = pixels_to_tensor(train.pixels[rows])
         z = parts.vae.encode(torch.stack([x, x.flip(-1)], dim=1).flatten(0, 1)).latent_dist.mean * scale
         z = z.unflatten(0, (len(x), 2)).numpy().astype(np.float32)
@@ -125,8 +136,9 @@ def _worker_resources(config: FairSkinConfig) -> dict[str, float]:
     return {"CPU": d.cpus_per_worker, **({"GPU": 1.0} if d.use_gpu else {})}
 
 
-def cache_for(config: FairSkinConfig, base: Path | str, train: DecodedSet, shard_root: Path | None = None
-              ) -> tuple[ArraySet | LatentShards, np.ndarray]:
+def cache_for(
+    config: FairSkinConfig, base: Path | str, train: DecodedSet, shard_root: Path | None = None
+) -> tuple[ArraySet | LatentShards, np.ndarray]:
     """The frozen parts' outputs for ``train`` (see :func:`cache_training_set`), from the ``base``
     pipeline; one cache serves every variant fine-tuned from that base. ``shard_root``: where the
     latents go as shards when ``diffusion.latent_feed`` is ``shards`` (ignored otherwise)."""
@@ -134,8 +146,13 @@ def cache_for(config: FairSkinConfig, base: Path | str, train: DecodedSet, shard
     prompts = subclass_prompts(config.diffusion.prompt_template, train.groups, train.diseases)
     if config.diffusion.latent_feed == "shards" and shard_root is None:
         raise ValueError("diffusion.latent_feed = shards: cache_for needs a shard_root to write the latents to")
-    return cache_training_set(parts, train, prompts, config.diffusion.cache_latents,
-                              shard_root=shard_root if config.diffusion.latent_feed == "shards" else None)
+    return cache_training_set(
+        parts,
+        train,
+        prompts,
+        config.diffusion.cache_latents,
+        shard_root=shard_root if config.diffusion.latent_feed == "shards" else None,
+    )
 
 
 def request_stop(checkpoints: Path) -> None:
@@ -191,10 +208,20 @@ def _abort_callback(stop_file: Path):
     return AbortOnStopFile(str(stop_file))
 
 
-def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, train: DecodedSet, out: Path, *,
-                     tracking: dict[str, str] | None = None, fail_at_step: int | None = None,
-                     num_workers: int | None = None, cache: tuple[ArraySet | LatentShards, np.ndarray] | None = None,
-                     seed: int | None = None, checkpoints: Path | None = None) -> dict[str, Any]:
+def finetune_variant(
+    config: FairSkinConfig,
+    variant: VariantSpec,
+    base: Path,
+    train: DecodedSet,
+    out: Path,
+    *,
+    tracking: dict[str, str] | None = None,
+    fail_at_step: int | None = None,
+    num_workers: int | None = None,
+    cache: tuple[ArraySet | LatentShards, np.ndarray] | None = None,
+    seed: int | None = None,
+    checkpoints: Path | None = None,
+) -> dict[str, Any]:
     """Fine-tune ``variant`` from the pipeline folder ``base``; writes ``out/pipeline``.
 
     ``tracking`` = {"uri", "run_id"} makes rank 0 log step metrics to that MLflow run.
@@ -220,12 +247,17 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
 
     d = config.diffusion.for_variant(variant)
     if seed is None:
-        seed = generator_seed(d, variant.name) if variant.name in d.variants or any(
-            v.name == variant.name for v in d.custom_variants) else d.repeat_seeds[0]
+        seed = (
+            generator_seed(d, variant.name)
+            if variant.name in d.variants or any(v.name == variant.name for v in d.custom_variants)
+            else d.repeat_seeds[0]
+        )
     workers = num_workers if num_workers is not None else d.num_workers
     if d.global_batch_size % max(1, workers):
-        raise ValueError(f"diffusion.global_batch_size {d.global_batch_size} is not divisible by "
-                         f"{workers} workers (the batch size in config is global)")
+        raise ValueError(
+            f"diffusion.global_batch_size {d.global_batch_size} is not divisible by "
+            f"{workers} workers (the batch size in config is global)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     base = Path(base).resolve() if Path(base).is_dir() else base  # workers run in their own directories
     parts = load_sd(str(base))
@@ -240,9 +272,15 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
         feed = {"latent_shards": None, "arrays_ref": [stream.arrays_ref]}
         datasets = {"train": stream.plan_dataset(0, total)}
     loop_config = {
-        "base": str(base), **feed, "cond_ref": [ray.put(cond)],
-        "variant": variant.model_dump(), "diffusion": d.model_dump(mode="json"), "seed": seed,
-        "tracking": worker_tracking(tracking), "fail_at_step": fail_at_step, "fail_marker": str(out / ".failed_once"),
+        "base": str(base),
+        **feed,
+        "cond_ref": [ray.put(cond)],
+        "variant": variant.model_dump(),
+        "diffusion": d.model_dump(mode="json"),
+        "seed": seed,
+        "tracking": worker_tracking(tracking),
+        "fail_at_step": fail_at_step,
+        "fail_marker": str(out / ".failed_once"),
     }
     (storage / STOP_FILE).unlink(missing_ok=True)  # a stop request of an earlier run is not for this one
     prior = latest_state(storage)
@@ -250,21 +288,29 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
     if prior and resumed_from >= d.max_steps:  # finished before a kill: only the pipeline folder is missing
         logger = _mlflow_logger(tracking)
         _log_steps(logger, prior[1].get("window", []), _last_logged_step(logger))
-        return {**_write_pipeline(parts, prior[0], out, prior[1], time.time(), workers, resumed_from),
-                "train_rows": len(rows)}
+        return {
+            **_write_pipeline(parts, prior[0], out, prior[1], time.time(), workers, resumed_from),
+            "train_rows": len(rows),
+        }
     loop_config["step_pause_s"] = float(os.environ.get(STEP_PAUSE_ENV, 0))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=d.use_gpu,
-                                     resources_per_worker=_worker_resources(config),
-                                     placement_strategy=d.placement_strategy),
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=d.use_gpu,
+            resources_per_worker=_worker_resources(config),
+            placement_strategy=d.placement_strategy,
+        ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
-        run_config=RunConfig(name=RUN_NAME, storage_path=str(storage),
-                             failure_config=FailureConfig(max_failures=d.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             callbacks=[_abort_callback(storage / STOP_FILE)]),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=d.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[_abort_callback(storage / STOP_FILE)],
+        ),
     )
     started = time.time()
     try:
@@ -278,12 +324,15 @@ def finetune_variant(config: FairSkinConfig, variant: VariantSpec, base: Path, t
     state = _read_state(result.checkpoint)
     if state["step"] < d.max_steps:  # aborted between two polls of the controller
         raise FitInterrupted(f"fine-tune of {variant.name} stopped at step {state['step']}; checkpoints kept")
-    return {**_write_pipeline(parts, result.checkpoint, out, state, started, workers, resumed_from),
-            "train_rows": len(rows)}
+    return {
+        **_write_pipeline(parts, result.checkpoint, out, state, started, workers, resumed_from),
+        "train_rows": len(rows),
+    }
 
 
-def _write_pipeline(parts, checkpoint, out: Path, state: dict, started: float, workers: int,
-                    resumed_from: int) -> dict[str, Any]:
+def _write_pipeline(
+    parts, checkpoint, out: Path, state: dict, started: float, workers: int, resumed_from: int
+) -> dict[str, Any]:
     """Save ``parts`` with the checkpoint's UNet (its EMA when kept) as ``out/pipeline``; the fit's summary."""
     from diffusers import UNet2DConditionModel
 
@@ -292,10 +341,16 @@ def _write_pipeline(parts, checkpoint, out: Path, state: dict, started: float, w
         with model_lock:
             parts.unet = UNet2DConditionModel.from_pretrained(weights, use_safetensors=True)
     save_sd(parts, out / "pipeline")
-    return {"steps": state["step"], "seconds": time.time() - started, "workers": workers,
-            "window_images_per_s": state["window_images_per_s"], "resumed_from_step": resumed_from,
-            "final_loss": state.get("loss", float("nan")), "attempts": state.get("attempt", 1),
-            "starts": state.get("starts", [])}
+    return {
+        "steps": state["step"],
+        "seconds": time.time() - started,
+        "workers": workers,
+        "window_images_per_s": state["window_images_per_s"],
+        "resumed_from_step": resumed_from,
+        "final_loss": state.get("loss", float("nan")),
+        "attempts": state.get("attempt", 1),
+        "starts": state.get("starts", []),
+    }
 
 
 # --------------------------------------------------------------------------- worker side
@@ -305,8 +360,9 @@ def _save_checkpoint(folder: Path, unet, ema, optimizer, lr_scheduler, state: di
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     if ema is not None:
         ema.save_pretrained(folder / "ema", safe_serialization=True)
-    torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()},
-               folder / "optimizer.pt")
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, folder / "optimizer.pt"
+    )
     (folder / STATE_FILE).write_text(json.dumps(state))
 
 
@@ -363,10 +419,12 @@ def _log_steps(logger, window: list, after: int) -> int:
     new = [(s, m) for s, m in window if s > after]
     per_call = max(1, 900 // max([len(m) for _, m in new] + [1]))
     for i in range(0, len(new), per_call):
-        chunk = new[i:i + per_call]
+        chunk = new[i : i + per_call]
         now = int(time.time() * 1000)
-        logger.client.log_batch(logger.run_id, metrics=[
-            Metric(k, float(v), now, s) for s, m in chunk for k, v in m.items() if np.isfinite(v)])
+        logger.client.log_batch(
+            logger.run_id,
+            metrics=[Metric(k, float(v), now, s) for s, m in chunk for k, v in m.items() if np.isfinite(v)],
+        )
     return max([after] + [s for s, _ in new])
 
 
@@ -374,13 +432,31 @@ def _to_floats(window: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict
     """A window's per-step metrics as floats (device tensors are read here, once per window)."""
     tensors = [v for _, m in window for v in m.values() if isinstance(v, torch.Tensor)]
     values = iter(torch.stack([t.float().reshape(()) for t in tensors]).cpu().tolist() if tensors else [])
-    return [(s, {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in m.items()})
-            for s, m in window]
+    return [
+        (s, {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in m.items()}) for s, m in window
+    ]
 
 
-def local_step(model, optimizer, lr_scheduler, scheduler, arrays, cond_table: torch.Tensor, batch, *, d: dict,
-               variant: dict, seed: int, ema=None, trained=None, first_bad: torch.Tensor | None = None, vae=None,
-               rank: int = 0, world: int = 1, device="cpu"):
+def local_step(
+    model,
+    optimizer,
+    lr_scheduler,
+    scheduler,
+    arrays,
+    cond_table: torch.Tensor,
+    batch,
+    *,
+    d: dict,
+    variant: dict,
+    seed: int,
+    ema=None,
+    trained=None,
+    first_bad: torch.Tensor | None = None,
+    vae=None,
+    rank: int = 0,
+    world: int = 1,
+    device="cpu",
+):
     """One fine-tune step in this process, taken exactly as a Ray Train worker takes it: this rank's share of
     the global plan ``batch`` (:func:`fairskin.diffusion.feed.step_inputs`), the step's draws from its
     per-step generators, :func:`fairskin.diffusion.step.train_step`. ``d`` / ``variant``: the diffusion
@@ -393,14 +469,37 @@ def local_step(model, optimizer, lr_scheduler, scheduler, arrays, cond_table: to
     tau = d["cbdm_tau"] if variant.get("cbdm_tau") is None else variant["cbdm_tau"]
     gamma = d["cbdm_gamma"] if variant.get("cbdm_gamma") is None else variant["cbdm_gamma"]
     latents = step_latents(inputs, vae, device)
-    draws = draw_step_inputs(cond_table, inputs.subclass, tuple(latents.shape), shared=step_generator(seed, inputs.step),
-                             local=step_generator(seed, inputs.step, rank), prompt_drop_prob=d["prompt_drop_prob"],
-                             use_cbdm=use_cbdm, include_self=d["cbdm_other"] == "all",
-                             num_train_timesteps=scheduler.config.num_train_timesteps, device=device)
-    return train_step(model, optimizer, lr_scheduler, scheduler, latents, draws, inputs.weights.to(device),
-                      use_cbdm=use_cbdm, tau=tau, gamma=gamma, autocast=autocast_dtype(d["mixed_precision"]),
-                      max_grad_norm=d["max_grad_norm"], ema=ema, ema_decay=d["ema_decay"], trained=trained or model,
-                      first_bad=first_bad, step=inputs.step + 1)
+    draws = draw_step_inputs(
+        cond_table,
+        inputs.subclass,
+        tuple(latents.shape),
+        shared=step_generator(seed, inputs.step),
+        local=step_generator(seed, inputs.step, rank),
+        prompt_drop_prob=d["prompt_drop_prob"],
+        use_cbdm=use_cbdm,
+        include_self=d["cbdm_other"] == "all",
+        num_train_timesteps=scheduler.config.num_train_timesteps,
+        device=device,
+    )
+    return train_step(
+        model,
+        optimizer,
+        lr_scheduler,
+        scheduler,
+        latents,
+        draws,
+        inputs.weights.to(device),
+        use_cbdm=use_cbdm,
+        tau=tau,
+        gamma=gamma,
+        autocast=autocast_dtype(d["mixed_precision"]),
+        max_grad_norm=d["max_grad_norm"],
+        ema=ema,
+        ema_decay=d["ema_decay"],
+        trained=trained or model,
+        first_bad=first_bad,
+        step=inputs.step + 1,
+    )
 
 
 def prepare_unet(unet, ema, d: dict) -> tuple[Any, Any]:
@@ -477,7 +576,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     # Where each attempt that reached a checkpoint started: [{"attempt", "from_step", "first_step"}]
     # (first_step: the first step it trained, from_step + 1 when it resumed exactly from its checkpoint).
     starts = (list(resumed.get("starts", [])) if checkpoint is not None else []) + [
-        {"attempt": attempt, "from_step": start_step, "first_step": None}]
+        {"attempt": attempt, "from_step": start_step, "first_step": None}
+    ]
     unet, ema = prepare_unet(unet, ema, d)
     unet.train()
     model = ray.train.torch.prepare_model(unet)
@@ -501,15 +601,28 @@ def train_loop_per_worker(cfg: dict) -> None:
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # divergence flag, read once per window
     # The plan's rows become this rank's tensors on the device (two steps ahead in a thread on a GPU worker).
     if shards is not None:
-        stream = LatentStream(shards, scheme=variant["weights"], apply=variant["apply"], seed=seed,
-                              global_batch=global_batch, budget_bytes=budget_bytes(d["feed_memory_budget_mb"]),
-                              rank=rank, world=world)
+        stream = LatentStream(
+            shards,
+            scheme=variant["weights"],
+            apply=variant["apply"],
+            seed=seed,
+            global_batch=global_batch,
+            budget_bytes=budget_bytes(d["feed_memory_budget_mb"]),
+            rank=rank,
+            world=world,
+        )
         plan = stream.steps(start_step, d["max_steps"])
     else:
         shard = ray.train.get_dataset_shard("train")
-        plan = plan_steps(shard.iter_batches(batch_size=plan_read_rows(global_batch), batch_format="numpy",
-                                             prefetch_batches=2),
-                          arrays, rank=rank, world=world, seed=seed, global_batch=global_batch, start_step=start_step)
+        plan = plan_steps(
+            shard.iter_batches(batch_size=plan_read_rows(global_batch), batch_format="numpy", prefetch_batches=2),
+            arrays,
+            rank=rank,
+            world=world,
+            seed=seed,
+            global_batch=global_batch,
+            start_step=start_step,
+        )
     if shards is not None:
         latent_chw = tuple(shards.shape[1:])
     elif "latents" in arrays:
@@ -521,11 +634,17 @@ def train_loop_per_worker(cfg: dict) -> None:
     def with_draws(source):
         for ahead in source:
             ahead.draws = draw_step_inputs(
-                cond_table, ahead.subclass, (len(ahead.rows), *latent_chw),
-                shared=step_generator(seed, ahead.step),         # same on every rank: the prompt drop
-                local=step_generator(seed, ahead.step, rank),    # per rank: y', noise, timesteps
-                prompt_drop_prob=d["prompt_drop_prob"], use_cbdm=use_cbdm, include_self=include_self,
-                num_train_timesteps=scheduler.config.num_train_timesteps, device=device)
+                cond_table,
+                ahead.subclass,
+                (len(ahead.rows), *latent_chw),
+                shared=step_generator(seed, ahead.step),  # same on every rank: the prompt drop
+                local=step_generator(seed, ahead.step, rank),  # per rank: y', noise, timesteps
+                prompt_drop_prob=d["prompt_drop_prob"],
+                use_cbdm=use_cbdm,
+                include_self=include_self,
+                num_train_timesteps=scheduler.config.num_train_timesteps,
+                device=device,
+            )
             yield ahead
 
     feed = Prefetch(with_draws(plan), device, depth=2)
@@ -533,8 +652,12 @@ def train_loop_per_worker(cfg: dict) -> None:
         step = inputs.step
         if starts[-1]["first_step"] is None:
             starts[-1]["first_step"] = step + 1
-        if (rank == 0 and cfg["fail_at_step"] is not None and step == cfg["fail_at_step"]
-                and not os.path.exists(cfg["fail_marker"])):
+        if (
+            rank == 0
+            and cfg["fail_at_step"] is not None
+            and step == cfg["fail_at_step"]
+            and not os.path.exists(cfg["fail_marker"])
+        ):
             Path(cfg["fail_marker"]).write_text(f"failed at step {step}")
             raise RuntimeError(f"injected failure at step {step}")
         if cfg.get("step_pause_s"):
@@ -542,18 +665,42 @@ def train_loop_per_worker(cfg: dict) -> None:
         latents, draws = step_latents(inputs, vae, device), inputs.draws
         dropped = draws.dropped
         out, grad_norm, first_bad = train_step(
-            model, optimizer, lr_scheduler, scheduler, latents, draws, inputs.weights.to(device), use_cbdm=use_cbdm,
-            tau=tau, gamma=gamma, autocast=autocast, max_grad_norm=d["max_grad_norm"], ema=ema,
-            ema_decay=d["ema_decay"], trained=raw_unet, first_bad=first_bad, step=step + 1)
+            model,
+            optimizer,
+            lr_scheduler,
+            scheduler,
+            latents,
+            draws,
+            inputs.weights.to(device),
+            use_cbdm=use_cbdm,
+            tau=tau,
+            gamma=gamma,
+            autocast=autocast,
+            max_grad_norm=d["max_grad_norm"],
+            ema=ema,
+            ema_decay=d["ema_decay"],
+            trained=raw_unet,
+            first_bad=first_bad,
+            step=step + 1,
+        )
         now = time.perf_counter()
         done = step + 1
         # No host sync per step: the loss parts and the gradient norm stay device tensors until the window
         # ends (images_per_s is the host's pace; on a GPU the window's median is the device's).
-        pending.append((done, {"loss": out.loss.detach(), "noise_loss": out.noise_part,
-                               "regulariser": out.regulariser_part, "lr": lr_scheduler.get_last_lr()[0],
-                               "grad_norm": grad_norm.detach(),
-                               "images_per_s": global_batch / max(now - last_time, 1e-9),
-                               "prompt_dropped": float(dropped)}))
+        pending.append(
+            (
+                done,
+                {
+                    "loss": out.loss.detach(),
+                    "noise_loss": out.noise_part,
+                    "regulariser": out.regulariser_part,
+                    "lr": lr_scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm.detach(),
+                    "images_per_s": global_batch / max(now - last_time, 1e-9),
+                    "prompt_dropped": float(dropped),
+                },
+            )
+        )
         last_time = now
         if done % d["checkpoint_every"] == 0 or done == d["max_steps"]:
             check_finite_loss(first_bad, f"fine-tune of {variant['name']} (rank {rank})")
@@ -561,9 +708,16 @@ def train_loop_per_worker(cfg: dict) -> None:
             loss_value = pending[-1][1]["loss"]
             # Steady-state throughput of this window (its first step pays the iterator's start-up).
             rates = [m["images_per_s"] for _, m in pending[1:]] or [pending[-1][1]["images_per_s"]]
-            state = {"step": done, "position": done * global_batch, "loss": loss_value, "attempt": attempt,
-                     "window_images_per_s": float(np.median(rates)), "window": pending, "starts": starts,
-                     "rng": "per-step generators seeded by (seed, step[, rank])"}
+            state = {
+                "step": done,
+                "position": done * global_batch,
+                "loss": loss_value,
+                "attempt": attempt,
+                "window_images_per_s": float(np.median(rates)),
+                "window": pending,
+                "starts": starts,
+                "rng": "per-step generators seeded by (seed, step[, rank])",
+            }
             metrics = {"step": done, "loss": loss_value}
             if rank == 0:
                 with tempfile.TemporaryDirectory() as tmp:

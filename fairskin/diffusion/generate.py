@@ -22,15 +22,17 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from fairskin.config import FairSkinConfig, GenerationConfig
 from fairskin.data.shards import INDEX_FILE, Vocabulary, write_index, write_shard_file
 from fairskin.diffusion.sampler import SCHEDULERS, generate_images, make_scheduler  # noqa: F401 (re-exported)
+
 
 @dataclass(frozen=True)
 class WorkItem:
@@ -70,21 +72,36 @@ def image_id(variant: str, group: str, disease: str, index: int) -> str:
     return f"gen-{variant}-{slug}-{index:05d}"
 
 
-def work_items(variant: str, groups: Sequence[str], diseases: Sequence[str], per_subclass: int,
-               batch_size: int) -> list[WorkItem]:
+def work_items(
+    variant: str, groups: Sequence[str], diseases: Sequence[str], per_subclass: int, batch_size: int
+) -> list[WorkItem]:
     """All items of one variant's pool: every subclass cut into ranges of ``batch_size``."""
-    return [WorkItem(variant, g, d, start, min(start + batch_size, per_subclass))
-            for g in groups for d in diseases for start in range(0, per_subclass, batch_size)]
+    return [
+        WorkItem(variant, g, d, start, min(start + batch_size, per_subclass))
+        for g in groups
+        for d in diseases
+        for start in range(0, per_subclass, batch_size)
+    ]
 
 
 def item_records(item: WorkItem, images: np.ndarray, seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Shard rows (split ``pool``, source ``generated``) for one item's images."""
     from fairskin.data.images import encode_png
 
-    return [{"id": image_id(item.variant, item.group, item.disease, item.start + i), "image": encode_png(img),
-             "group": item.group, "disease": item.disease, "split": "pool", "fst": None,
-             "source": "generated", "seed": int(seed), "variant": item.variant}
-            for i, (img, seed) in enumerate(zip(images, seeds))]
+    return [
+        {
+            "id": image_id(item.variant, item.group, item.disease, item.start + i),
+            "image": encode_png(img),
+            "group": item.group,
+            "disease": item.disease,
+            "split": "pool",
+            "fst": None,
+            "source": "generated",
+            "seed": int(seed),
+            "variant": item.variant,
+        }
+        for i, (img, seed) in enumerate(zip(images, seeds))
+    ]
 
 
 def _dtype(name: str):
@@ -106,9 +123,18 @@ class ItemGenerator:
     The same object runs in-process (tests, ``num_actors=0``) or inside a Ray actor.
     """
 
-    def __init__(self, pipelines: Mapping[str, str], cfg: dict, prompt_template: str, seeds: Mapping[str, int] | int,
-                 image_size: int, vocab: tuple[tuple[str, ...], tuple[str, ...]], threads: int | None = None,
-                 device: str = "cpu", pause_s: float = 0.0):
+    def __init__(
+        self,
+        pipelines: Mapping[str, str],
+        cfg: dict,
+        prompt_template: str,
+        seeds: Mapping[str, int] | int,
+        image_size: int,
+        vocab: tuple[tuple[str, ...], tuple[str, ...]],
+        threads: int | None = None,
+        device: str = "cpu",
+        pause_s: float = 0.0,
+    ):
         import diffusers.utils.logging
         import transformers.utils.logging
 
@@ -147,11 +173,13 @@ class ItemGenerator:
         """The item's images uint8 (n, H, W, 3) and their seeds, without writing anything."""
         from fairskin.diffusion.models import prompt_for
 
-        seeds = [image_seed(self.seeds[item.variant], item.group, item.disease, i)
-                 for i in range(item.start, item.stop)]
+        seeds = [
+            image_seed(self.seeds[item.variant], item.group, item.disease, i) for i in range(item.start, item.stop)
+        ]
         prompt = prompt_for(self.template, item.group, item.disease)
-        return generate_images(self._pipe(item.variant), prompt, seeds, self.cfg, self.image_size,
-                               self.image_size), seeds
+        return generate_images(
+            self._pipe(item.variant), prompt, seeds, self.cfg, self.image_size, self.image_size
+        ), seeds
 
     def run(self, item: WorkItem, folder: str) -> dict[str, Any]:
         """Generate one item and write it as ``folder/<item.file_name>``; returns its entry."""
@@ -160,8 +188,7 @@ class ItemGenerator:
             time.sleep(self.pause_s)
         images, seeds = self.images(item)
         rows = write_shard_file(item_records(item, images, seeds), Path(folder) / item.file_name, self.vocab)
-        return {"file": item.file_name, "rows": rows, "seconds": time.perf_counter() - started,
-                "item": asdict(item)}
+        return {"file": item.file_name, "rows": rows, "seconds": time.perf_counter() - started, "item": asdict(item)}
 
 
 @dataclass
@@ -179,8 +206,9 @@ def plan_pools(config: FairSkinConfig, work_root: Path, variants: Sequence[str])
     """Items of every variant's pool; each variant's items go to ``work_root/<variant>``."""
     g, d = config.generation, config.data
     folders = {v: Path(work_root) / v for v in variants}
-    items = [it for v in variants
-             for it in work_items(v, d.group_names, d.diseases, g.images_per_subclass, g.batch_size)]
+    items = [
+        it for v in variants for it in work_items(v, d.group_names, d.diseases, g.images_per_subclass, g.batch_size)
+    ]
     return PoolPlan(items, folders)
 
 
@@ -202,9 +230,13 @@ def _actor_count(config: FairSkinConfig, missing: int) -> tuple[int, dict[str, f
     return max(1, min(wanted, fits, missing)), per_actor
 
 
-def generate_pools(config: FairSkinConfig, pipelines: Mapping[str, Path], work_root: Path,
-                   on_item: Callable[[dict[str, Any]], None] | None = None, local: bool = False
-                   ) -> dict[str, Path]:
+def generate_pools(
+    config: FairSkinConfig,
+    pipelines: Mapping[str, Path],
+    work_root: Path,
+    on_item: Callable[[dict[str, Any]], None] | None = None,
+    local: bool = False,
+) -> dict[str, Path]:
     """Generate (or finish) every generator's pool under ``work_root/<generator id>``; returns the folders.
 
     ``pipelines``: generator id (``vanilla``, ``vanilla-r1``, ...) -> its pipeline folder; each
@@ -227,12 +259,24 @@ def generate_pools(config: FairSkinConfig, pipelines: Mapping[str, Path], work_r
     from fairskin.diffusion.variants import generator_seed
 
     seeds = {v: generator_seed(config.diffusion, v) for v in pipelines}
-    args = ({v: str(p) for v, p in pipelines.items()}, g.model_dump(mode="json"), config.diffusion.prompt_template,
-            seeds, d.image_size, (tuple(d.group_names), tuple(d.diseases)), threads,
-            "cuda" if g.use_gpu else "cpu", float(os.environ.get(ITEM_PAUSE_ENV, 0)))
+    args = (
+        {v: str(p) for v, p in pipelines.items()},
+        g.model_dump(mode="json"),
+        config.diffusion.prompt_template,
+        seeds,
+        d.image_size,
+        (tuple(d.group_names), tuple(d.diseases)),
+        threads,
+        "cuda" if g.use_gpu else "cpu",
+        float(os.environ.get(ITEM_PAUSE_ENV, 0)),
+    )
     total = sum(it.size for it in missing)
-    bar = progress_bar(_run_items(missing, plan, args, config, local), total=len(missing),
-                       description=f"generate: {total} images in {len(missing)} items", enabled=config.runtime.progress)
+    bar = progress_bar(
+        _run_items(missing, plan, args, config, local),
+        total=len(missing),
+        description=f"generate: {total} images in {len(missing)} items",
+        enabled=config.runtime.progress,
+    )
     for entry in bar:
         if on_item is not None:
             on_item(entry)
@@ -241,8 +285,9 @@ def generate_pools(config: FairSkinConfig, pipelines: Mapping[str, Path], work_r
     return dict(plan.folders)
 
 
-def _run_items(missing: list[WorkItem], plan: PoolPlan, args: tuple, config: FairSkinConfig,
-               local: bool) -> Iterable[dict[str, Any]]:
+def _run_items(
+    missing: list[WorkItem], plan: PoolPlan, args: tuple, config: FairSkinConfig, local: bool
+) -> Iterable[dict[str, Any]]:
     if not missing:
         return
     if local:
@@ -315,13 +360,22 @@ def _finish_pool(folder: Path, items: list[WorkItem], config: FairSkinConfig, va
     absent = [it.file_name for it in items if not (folder / it.file_name).is_file()]
     if absent:
         raise RuntimeError(f"{folder}: {len(absent)} work item(s) missing after generation, e.g. {absent[:3]}")
-    entries = [{"file": it.file_name, "rows": pq.ParquetFile(folder / it.file_name).metadata.num_rows}
-               for it in items]
+    entries = [{"file": it.file_name, "rows": pq.ParquetFile(folder / it.file_name).metadata.num_rows} for it in items]
     g = config.generation
-    write_index(folder, entries, Vocabulary(tuple(config.data.group_names), tuple(config.data.diseases)),
-                {"source": "generated", "variant": variant, "image_size": config.data.image_size,
-                 "images_per_subclass": g.images_per_subclass, "generation": g.model_dump(mode="json"),
-                 "prompt_template": config.diffusion.prompt_template, "seed": seed})
+    write_index(
+        folder,
+        entries,
+        Vocabulary(tuple(config.data.group_names), tuple(config.data.diseases)),
+        {
+            "source": "generated",
+            "variant": variant,
+            "image_size": config.data.image_size,
+            "images_per_subclass": g.images_per_subclass,
+            "generation": g.model_dump(mode="json"),
+            "prompt_template": config.diffusion.prompt_template,
+            "seed": seed,
+        },
+    )
 
 
 def pool_is_complete(folder: Path) -> bool:

@@ -95,10 +95,22 @@ class LossParts:
         return float(self.regulariser_part)
 
 
-def training_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, cond_other: torch.Tensor | None,
-                  weights: torch.Tensor, *, noise: torch.Tensor, timesteps: torch.Tensor, use_cbdm: bool,
-                  tau: float = 1.0, gamma: float = 0.25, prompt_dropped: bool = False,
-                  snr_gamma: float | None = None) -> LossParts:
+def training_loss(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    cond_other: torch.Tensor | None,
+    weights: torch.Tensor,
+    *,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    use_cbdm: bool,
+    tau: float = 1.0,
+    gamma: float = 0.25,
+    prompt_dropped: bool = False,
+    snr_gamma: float | None = None,
+) -> LossParts:
     """One batch's loss.
 
     latents (B, C, h, w); cond/cond_other (B, L, D) text embeddings of y and y'; weights (B,);
@@ -110,8 +122,11 @@ def training_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, co
     target = prediction_target(scheduler, latents, noise, timesteps)
     with_reg = use_cbdm and not prompt_dropped and cond_other is not None
     if with_reg and gamma > 0:
-        both = unet(torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]),
-                    encoder_hidden_states=torch.cat([cond, cond_other])).sample
+        both = unet(
+            torch.cat([noisy, noisy]),
+            torch.cat([timesteps, timesteps]),
+            encoder_hidden_states=torch.cat([cond, cond_other]),
+        ).sample
         h, h_other = both.chunk(2)
     else:
         h = unet(noisy, timesteps, encoder_hidden_states=cond).sample
@@ -130,8 +145,9 @@ def training_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, co
     return LossParts(loss, noise_term.mean().detach(), torch.as_tensor(reg_term).mean().detach())
 
 
-def other_subclasses(subclass: torch.Tensor, num_subclasses: int, generator: torch.Generator,
-                     include_self: bool = True) -> torch.Tensor:
+def other_subclasses(
+    subclass: torch.Tensor, num_subclasses: int, generator: torch.Generator, include_self: bool = True
+) -> torch.Tensor:
     """One y' per sample (B,) int64: uniform over all ``num_subclasses`` subclasses, y included
     (``include_self``, the official CBDM fine-tune draw), or uniform over the others (y' != y)."""
     if include_self:
@@ -159,5 +175,7 @@ def check_finite_loss(first_bad: torch.Tensor, what: str = "training") -> None:
     checkpoint, so a diverged state is never saved) and stop with an error naming the step."""
     step = int(first_bad.item())
     if step:
-        raise NonFiniteLossError(f"{what}: the loss is not finite (NaN or inf) from step {step} on; stopped before "
-                                 "the next checkpoint. Lower diffusion.learning_rate, or check the inputs of that step")
+        raise NonFiniteLossError(
+            f"{what}: the loss is not finite (NaN or inf) from step {step} on; stopped before "
+            "the next checkpoint. Lower diffusion.learning_rate, or check the inputs of that step"
+        )

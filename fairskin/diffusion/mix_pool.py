@@ -27,8 +27,18 @@ def _rows(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def mix_pool(vanilla: Path, drop: Path, out: Path, *, generator: str, group: str, fraction: float, seed: int,
-             vocab: Vocabulary, rows_per_shard: int = 256) -> dict[str, int]:
+def mix_pool(
+    vanilla: Path,
+    drop: Path,
+    out: Path,
+    *,
+    generator: str,
+    group: str,
+    fraction: float,
+    seed: int,
+    vocab: Vocabulary,
+    rows_per_shard: int = 256,
+) -> dict[str, int]:
     """Write the mixed pool of ``generator`` to ``out`` (a shard folder, ``index.json`` last).
 
     ``vanilla`` / ``drop``: the two pools of the same repeat (same subclasses and sizes, read in
@@ -65,8 +75,23 @@ def mix_pool(vanilla: Path, drop: Path, out: Path, *, generator: str, group: str
             if coin:
                 source, from_drop = by_place[place], from_drop + 1
         records.append({**source, "id": image_id(generator, place[0], place[1], place[2]), "variant": generator})
-    write_shards(records, out, vocab, rows_per_shard=rows_per_shard,
-                 extra_index={"source": "mixed", "variant": generator, "mix": {
-                     "group": group, "fraction": fraction, "seed": int(seed), "from_drop": from_drop,
-                     "group_images": group_images, "vanilla": vanilla.name, "drop": drop.name}})
+    write_shards(
+        records,
+        out,
+        vocab,
+        rows_per_shard=rows_per_shard,
+        extra_index={
+            "source": "mixed",
+            "variant": generator,
+            "mix": {
+                "group": group,
+                "fraction": fraction,
+                "seed": int(seed),
+                "from_drop": from_drop,
+                "group_images": group_images,
+                "vanilla": vanilla.name,
+                "drop": drop.name,
+            },
+        },
+    )
     return {"from_drop": from_drop, "group_images": group_images, "rows": len(records)}

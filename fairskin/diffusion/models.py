@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -42,21 +43,38 @@ class SDParts:
         """A ``StableDiffusionPipeline`` over these parts (no safety checker)."""
         from diffusers import StableDiffusionPipeline
 
-        return StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                       unet=self.unet, scheduler=scheduler or self.noise_scheduler,
-                                       safety_checker=None, feature_extractor=None, image_encoder=None,
-                                       requires_safety_checker=False)
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=scheduler or self.noise_scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            image_encoder=None,
+            requires_safety_checker=False,
+        )
 
 
-def tiny_unet_config(sample_size: int = 32, in_channels: int = 4, cross_attention_dim: int = TINY_TEXT_DIM,
-                     block_out_channels: tuple[int, ...] = (16, 32)) -> dict:
+def tiny_unet_config(
+    sample_size: int = 32,
+    in_channels: int = 4,
+    cross_attention_dim: int = TINY_TEXT_DIM,
+    block_out_channels: tuple[int, ...] = (16, 32),
+) -> dict:
     """Keyword arguments of a tiny ``UNet2DConditionModel`` (random weights, CPU-friendly)."""
-    return dict(block_out_channels=block_out_channels, layers_per_block=1, sample_size=sample_size,
-                in_channels=in_channels, out_channels=in_channels,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                cross_attention_dim=cross_attention_dim, attention_head_dim=8,
-                norm_num_groups=min(8, block_out_channels[0]))
+    return dict(
+        block_out_channels=block_out_channels,
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=min(8, block_out_channels[0]),
+    )
 
 
 @one_model_at_a_time
@@ -69,8 +87,9 @@ def build_tiny_unet(**kwargs):
 
 def _byte_level_chars() -> list[str]:
     """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2 / CLIP)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = [], 0
     for b in range(256):
         if b in printable:
@@ -111,22 +130,47 @@ def build_tiny_sd(image_size: int = 64, seed: int = 0, zero_terminal_snr: bool =
 
     torch.manual_seed(seed)
     tokenizer = build_tiny_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        hidden_size=TINY_TEXT_DIM, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
-        vocab_size=len(tokenizer), max_position_embeddings=TOKENIZER_MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=TINY_TEXT_DIM,
+            intermediate_size=64,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=TOKENIZER_MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     # Three encoder blocks (two down-samplings, 64 px -> 16 x 16 latents) and no mid-block
     # attention: a 32 x 32 attention map made the VAE 4.5x slower per step for no visible gain.
-    vae = AutoencoderKL(block_out_channels=[16, 32, 32], in_channels=3, out_channels=3,
-                        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
-                        latent_channels=4, norm_num_groups=8, sample_size=image_size,
-                        mid_block_add_attention=False)
+    vae = AutoencoderKL(
+        block_out_channels=[16, 32, 32],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=image_size,
+        mid_block_add_attention=False,
+    )
     unet = build_tiny_unet(sample_size=image_size // LATENT_DOWNSAMPLE)
-    schedule = ({"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
-                if zero_terminal_snr else {"prediction_type": "epsilon"})
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, clip_sample=False, steps_offset=1, **schedule)
+    schedule = (
+        {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
+        if zero_terminal_snr
+        else {"prediction_type": "epsilon"}
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        steps_offset=1,
+        **schedule,
+    )
     return SDParts(unet, vae, text_encoder, tokenizer, scheduler)
 
 
@@ -140,8 +184,9 @@ def sd14_configs() -> dict[str, dict]:
     return {part: json.loads((SD14_CONFIG_DIR / f"{part}_config.json").read_text()) for part in SD14_PARTS}
 
 
-def sd_shaped_tiny_configs(image_size: int = 64, width: int = 8, text_dim: int = TINY_TEXT_DIM,
-                           text_layers: int = 2) -> dict[str, dict]:
+def sd_shaped_tiny_configs(
+    image_size: int = 64, width: int = 8, text_dim: int = TINY_TEXT_DIM, text_layers: int = 2
+) -> dict[str, dict]:
     """SD v1-4's configs at a few channels: every block type, block depth, attention layout, the
     8x VAE and SD's PNDM scheduler are kept; channels are ``width`` x SD's multipliers (1, 2, 4, 4)
     for the UNet and the VAE, and the text encoder is ``text_layers`` x ``text_dim``.
@@ -150,12 +195,23 @@ def sd_shaped_tiny_configs(image_size: int = 64, width: int = 8, text_dim: int =
         raise ValueError(f"image_size {image_size}: an SD-shaped model needs a multiple of 64 (8x8 latents or more)")
     configs = sd14_configs()
     groups = max(1, width // 2)
-    configs["unet"].update(block_out_channels=[width * m for m in (1, 2, 4, 4)], norm_num_groups=groups,
-                           cross_attention_dim=text_dim, sample_size=image_size // 8)
-    configs["vae"].update(block_out_channels=[width * m for m in (1, 2, 4, 4)], norm_num_groups=groups,
-                          sample_size=image_size)
-    configs["text_encoder"].update(hidden_size=text_dim, intermediate_size=4 * text_dim, num_hidden_layers=text_layers,
-                                   num_attention_heads=2, projection_dim=text_dim, vocab_size=None)
+    configs["unet"].update(
+        block_out_channels=[width * m for m in (1, 2, 4, 4)],
+        norm_num_groups=groups,
+        cross_attention_dim=text_dim,
+        sample_size=image_size // 8,
+    )
+    configs["vae"].update(
+        block_out_channels=[width * m for m in (1, 2, 4, 4)], norm_num_groups=groups, sample_size=image_size
+    )
+    configs["text_encoder"].update(
+        hidden_size=text_dim,
+        intermediate_size=4 * text_dim,
+        num_hidden_layers=text_layers,
+        num_attention_heads=2,
+        projection_dim=text_dim,
+        vocab_size=None,
+    )
     return configs
 
 
@@ -172,8 +228,12 @@ def build_sd(configs: dict[str, dict], seed: int = 0, device: str | torch.device
     torch.manual_seed(seed)
     tokenizer = build_tiny_tokenizer()
     text = dict(configs["text_encoder"])
-    text.update(vocab_size=text.get("vocab_size") or len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    text.update(
+        vocab_size=text.get("vocab_size") or len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     with torch.device(device):
         text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(text))
         vae = AutoencoderKL.from_config(configs["vae"])
@@ -193,11 +253,13 @@ def load_sd(model: str, allow_download: bool = False) -> SDParts:
         raise ModelNotFoundError(
             f"diffusion.model {model!r} is not a local folder and downloads are off. Download the pipeline once "
             f"(e.g. `huggingface-cli download {model} --local-dir /models/sd-v1-4`) and set "
-            f"diffusion.model=/models/sd-v1-4, or set diffusion.allow_download=true")
+            f"diffusion.model=/models/sd-v1-4, or set diffusion.allow_download=true"
+        )
     common = {"local_files_only": not allow_download}
     weights = {**common, "use_safetensors": True}  # never unpickle a .bin
-    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", model_max_length=TOKENIZER_MAX_LENGTH,
-                                              **common)
+    tokenizer = CLIPTokenizer.from_pretrained(
+        model, subfolder="tokenizer", model_max_length=TOKENIZER_MAX_LENGTH, **common
+    )
     return SDParts(
         unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", **weights),
         vae=AutoencoderKL.from_pretrained(model, subfolder="vae", **weights),
@@ -218,8 +280,9 @@ def load_pipeline(folder: Path):
     """``StableDiffusionPipeline.from_pretrained(folder)`` without safety checker, offline."""
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
-                                                   local_files_only=True, use_safetensors=True)
+    return StableDiffusionPipeline.from_pretrained(
+        folder, safety_checker=None, requires_safety_checker=False, local_files_only=True, use_safetensors=True
+    )
 
 
 def prompt_for(template: str, group: str, disease: str) -> str:
@@ -230,6 +293,7 @@ def prompt_for(template: str, group: str, disease: str) -> str:
 @torch.no_grad()
 def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Tensor:
     """Text embeddings (len(prompts), 77, hidden) as the UNet's ``encoder_hidden_states``, on the encoder's device."""
-    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     return text_encoder(ids.to(text_encoder.device))[0]

@@ -6,7 +6,8 @@ module imports only numpy, torch and diffusers (no ray, mlflow or pydantic).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +32,10 @@ def make_scheduler(name: str, base_config: Mapping[str, Any]):
         raise ValueError(f"generation.scheduler {name!r} is unknown; expected one of {sorted(SCHEDULERS)}")
     if base_config.get("rescale_betas_zero_snr") and name in NO_ZERO_SNR_SAMPLERS:
         usable = sorted(set(SCHEDULERS) - set(NO_ZERO_SNR_SAMPLERS))
-        raise ValueError(f"generation.scheduler {name!r} cannot sample a zero-terminal-SNR model "
-                         f"(diffusion.zero_terminal_snr); expected one of {usable}")
+        raise ValueError(
+            f"generation.scheduler {name!r} cannot sample a zero-terminal-SNR model "
+            f"(diffusion.zero_terminal_snr); expected one of {usable}"
+        )
     extra = {"skip_prk_steps": True} if name == "pndm" else {}  # as SD v1-4's own PNDM config
     return getattr(diffusers, SCHEDULERS[name]).from_config(base_config, **extra)
 
@@ -47,6 +50,13 @@ def generate_images(pipe, prompt: str, seeds: Sequence[int], cfg, height: int, w
 
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     with torch.no_grad():
-        out = pipe(prompt=[prompt] * len(seeds), generator=generators, num_inference_steps=cfg.inference_steps,
-                   guidance_scale=cfg.guidance_scale, height=height, width=width, output_type="np")
+        out = pipe(
+            prompt=[prompt] * len(seeds),
+            generator=generators,
+            num_inference_steps=cfg.inference_steps,
+            guidance_scale=cfg.guidance_scale,
+            height=height,
+            width=width,
+            output_type="np",
+        )
     return np.clip(np.rint(out.images * 255.0), 0, 255).astype(np.uint8)

@@ -79,16 +79,26 @@ def step_generator(seed: int, step: int, rank: int | None = None) -> torch.Gener
 class StepDraws:
     """The random inputs of one step (on the training device)."""
 
-    dropped: bool                       # the whole batch's prompt replaced by the empty one
-    cond: torch.Tensor                  # (B, L, D) text embeddings of y (or of "")
-    cond_other: torch.Tensor | None     # (B, L, D) of y' (CBDM, prompt kept), else None
-    noise: torch.Tensor                 # like the latents, float32
-    timesteps: torch.Tensor             # (B,) int64
+    dropped: bool  # the whole batch's prompt replaced by the empty one
+    cond: torch.Tensor  # (B, L, D) text embeddings of y (or of "")
+    cond_other: torch.Tensor | None  # (B, L, D) of y' (CBDM, prompt kept), else None
+    noise: torch.Tensor  # like the latents, float32
+    timesteps: torch.Tensor  # (B,) int64
 
 
-def draw_step_inputs(cond_table: torch.Tensor, subclass: torch.Tensor, latent_shape, *, shared: torch.Generator,
-                     local: torch.Generator, prompt_drop_prob: float, use_cbdm: bool, include_self: bool,
-                     num_train_timesteps: int, device: torch.device | str) -> StepDraws:
+def draw_step_inputs(
+    cond_table: torch.Tensor,
+    subclass: torch.Tensor,
+    latent_shape,
+    *,
+    shared: torch.Generator,
+    local: torch.Generator,
+    prompt_drop_prob: float,
+    use_cbdm: bool,
+    include_self: bool,
+    num_train_timesteps: int,
+    device: torch.device | str,
+) -> StepDraws:
     """Draw one step's prompt drop (from ``shared``: the same on every rank), y', noise and timesteps
     (from ``local``), in this order, on CPU generators; then move them to ``device``.
 
@@ -107,19 +117,56 @@ def draw_step_inputs(cond_table: torch.Tensor, subclass: torch.Tensor, latent_sh
     return StepDraws(dropped, cond, cond_other, noise, timesteps)
 
 
-def loss_under_autocast(model, scheduler, latents: torch.Tensor, draws: StepDraws, weights: torch.Tensor, *,
-                        use_cbdm: bool, tau: float, gamma: float, autocast: torch.dtype | None) -> LossParts:
+def loss_under_autocast(
+    model,
+    scheduler,
+    latents: torch.Tensor,
+    draws: StepDraws,
+    weights: torch.Tensor,
+    *,
+    use_cbdm: bool,
+    tau: float,
+    gamma: float,
+    autocast: torch.dtype | None,
+) -> LossParts:
     """The batch loss, the forward pass under ``torch.autocast(latents.device.type, autocast)``."""
     with torch.autocast(latents.device.type, dtype=autocast, enabled=autocast is not None):
-        return training_loss(model, scheduler, latents, draws.cond, draws.cond_other, weights, noise=draws.noise,
-                             timesteps=draws.timesteps, use_cbdm=use_cbdm, tau=tau, gamma=gamma,
-                             prompt_dropped=draws.dropped)
+        return training_loss(
+            model,
+            scheduler,
+            latents,
+            draws.cond,
+            draws.cond_other,
+            weights,
+            noise=draws.noise,
+            timesteps=draws.timesteps,
+            use_cbdm=use_cbdm,
+            tau=tau,
+            gamma=gamma,
+            prompt_dropped=draws.dropped,
+        )
 
 
-def train_step(model, optimizer, lr_scheduler, scheduler, latents: torch.Tensor, draws: StepDraws,
-               weights: torch.Tensor, *, use_cbdm: bool, tau: float, gamma: float, autocast: torch.dtype | None,
-               max_grad_norm: float, ema=None, ema_decay: float | None = None, trained=None,
-               first_bad: torch.Tensor | None = None, step: int = 0):
+def train_step(
+    model,
+    optimizer,
+    lr_scheduler,
+    scheduler,
+    latents: torch.Tensor,
+    draws: StepDraws,
+    weights: torch.Tensor,
+    *,
+    use_cbdm: bool,
+    tau: float,
+    gamma: float,
+    autocast: torch.dtype | None,
+    max_grad_norm: float,
+    ema=None,
+    ema_decay: float | None = None,
+    trained=None,
+    first_bad: torch.Tensor | None = None,
+    step: int = 0,
+):
     """One optimizer step: loss (autocast forward), backward, gradient clip, AdamW, LR schedule, EMA.
 
     ``model``: the (DDP-wrapped) UNet whose forward is called; ``trained``: the module whose parameters
@@ -128,8 +175,9 @@ def train_step(model, optimizer, lr_scheduler, scheduler, latents: torch.Tensor,
     :func:`~fairskin.diffusion.losses.note_nonfinite`, updated for ``step`` (1-based) without a sync.
     Returns (loss parts, gradient norm tensor, first_bad).
     """
-    out = loss_under_autocast(model, scheduler, latents, draws, weights, use_cbdm=use_cbdm, tau=tau, gamma=gamma,
-                              autocast=autocast)
+    out = loss_under_autocast(
+        model, scheduler, latents, draws, weights, use_cbdm=use_cbdm, tau=tau, gamma=gamma, autocast=autocast
+    )
     if first_bad is not None:
         first_bad = note_nonfinite(first_bad, out.loss, step)
     optimizer.zero_grad(set_to_none=True)

@@ -37,8 +37,10 @@ def generator_seed(diffusion: DiffusionConfig, generator: str) -> int:
 
     variant, repeat = split_generator_id(generator)
     if repeat >= len(diffusion.repeat_seeds):
-        raise ValueError(f"generator {generator!r}: repeat {repeat} but diffusion.repeat_seeds has "
-                         f"{len(diffusion.repeat_seeds)} seed(s)")
+        raise ValueError(
+            f"generator {generator!r}: repeat {repeat} but diffusion.repeat_seeds has "
+            f"{len(diffusion.repeat_seeds)} seed(s)"
+        )
     return salted_seed(diffusion.repeat_seeds[repeat], diffusion.variant(variant).seed_salt)
 
 

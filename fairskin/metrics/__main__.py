@@ -13,8 +13,8 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from fairskin.cli import add_debug_argument, input_errors
 
@@ -47,8 +47,9 @@ def read_predictions(path: Path) -> tuple[list, list, list]:
             if not row or all(not v.strip() for v in row):
                 continue
             if len(row) != len(header):
-                raise PredictionsFileError(f"{path}: line {line}: {len(row)} fields, expected {len(header)} "
-                                           f"({','.join(header)})")
+                raise PredictionsFileError(
+                    f"{path}: line {line}: {len(row)} fields, expected {len(header)} ({','.join(header)})"
+                )
             for c, i in cols.items():
                 v = row[i].strip()
                 if not v:
@@ -78,15 +79,18 @@ def _fairness(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{len(y_true)} predictions, {len(set(group))} groups; 95% bootstrap intervals "
-              f"({args.bootstrap} resamples within groups, seed {args.seed})")
+        print(
+            f"{len(y_true)} predictions, {len(set(group))} groups; 95% bootstrap intervals "
+            f"({args.bootstrap} resamples within groups, seed {args.seed})"
+        )
         print(format_report(report))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fairskin.metrics", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m fairskin.metrics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     fair = sub.add_parser("fairness", help="accuracy per group, DP, ESSP, equalised odds, with intervals")
     fair.add_argument("predictions", help="CSV with columns y_true,y_pred,group")

@@ -91,20 +91,22 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 METHODS = ("reml", "moments")
-LEVELS = ("repeat", "pool", "seed")      # top to bottom
+LEVELS = ("repeat", "pool", "seed")  # top to bottom
 COMPONENT = {"repeat": "sigma2_ft", "pool": "sigma2_pool", "seed": "sigma2_cls"}
 # REML log-likelihood (nats) MixedLM may lose to the exact balanced optimum and still be reported
 REML_LOGLIK_TOL = 1e-3
-MLS_METHOD = ("nested-ANOVA mean squares: chi-square interval for the bottom level, "
-              "modified large-sample (MLS; Ting et al. 1990) for differences of mean squares")
+MLS_METHOD = (
+    "nested-ANOVA mean squares: chi-square interval for the bottom level, "
+    "modified large-sample (MLS; Ting et al. 1990) for differences of mean squares"
+)
 
 
 @dataclass(frozen=True)
@@ -150,8 +152,16 @@ class Components:
         for short in ("ft", "pool", "cls"):
             row[f"sigma2_{short}"] = getattr(self, f"sigma2_{short}")
             row[f"sigma2_{short}_low"], row[f"sigma2_{short}_high"] = getattr(self, f"ci_{short}")
-        row.update(R=self.R, K=self.K, S=self.S, method=self.method, interval_method=self.interval_method,
-                   level=self.level, balanced=self.balanced, notes="; ".join(self.notes))
+        row.update(
+            R=self.R,
+            K=self.K,
+            S=self.S,
+            method=self.method,
+            interval_method=self.interval_method,
+            level=self.level,
+            balanced=self.balanced,
+            notes="; ".join(self.notes),
+        )
         return row
 
 
@@ -164,18 +174,17 @@ def _chi2_interval(ms: float, df: int, level: float) -> tuple[float, float]:
     return float(df * ms / stats.chi2.ppf(1 - a, df)), float(df * ms / stats.chi2.ppf(a, df))
 
 
-def _mls_interval(ms1: float, df1: int, ms2: float, df2: int, c: float,
-                  level: float) -> tuple[float, float]:
+def _mls_interval(ms1: float, df1: int, ms2: float, df2: int, c: float, level: float) -> tuple[float, float]:
     """MLS interval of c (E[MS_1] - E[MS_2]) for independent scaled chi-square mean squares, clipped at 0."""
     a = (1 - level) / 2
     g1, g2 = 1 - df1 / stats.chi2.ppf(1 - a, df1), 1 - df2 / stats.chi2.ppf(1 - a, df2)
     h1, h2 = df1 / stats.chi2.ppf(a, df1) - 1, df2 / stats.chi2.ppf(a, df2) - 1
     f_hi, f_lo = stats.f.ppf(1 - a, df1, df2), stats.f.ppf(a, df1, df2)
-    g12 = ((f_hi - 1) ** 2 - g1 ** 2 * f_hi ** 2 - h2 ** 2) / f_hi
-    h12 = ((1 - f_lo) ** 2 - h1 ** 2 * f_lo ** 2 - g2 ** 2) / f_lo
-    v_low = g1 ** 2 * ms1 ** 2 + h2 ** 2 * ms2 ** 2 + g12 * ms1 * ms2
-    v_high = h1 ** 2 * ms1 ** 2 + g2 ** 2 * ms2 ** 2 + h12 * ms1 * ms2
-    est = ms1 - ms2     # untruncated: the bounds are built on the unbiased estimate
+    g12 = ((f_hi - 1) ** 2 - g1**2 * f_hi**2 - h2**2) / f_hi
+    h12 = ((1 - f_lo) ** 2 - h1**2 * f_lo**2 - g2**2) / f_lo
+    v_low = g1**2 * ms1**2 + h2**2 * ms2**2 + g12 * ms1 * ms2
+    v_high = h1**2 * ms1**2 + g2**2 * ms2**2 + h12 * ms1 * ms2
+    est = ms1 - ms2  # untruncated: the bounds are built on the unbiased estimate
     low = c * (est - math.sqrt(max(v_low, 0.0)))
     high = c * (est + math.sqrt(max(v_high, 0.0)))
     return max(low, 0.0), max(high, 0.0)
@@ -186,12 +195,12 @@ def _mls_interval(ms1: float, df1: int, ms2: float, df2: int, c: float,
 
 @dataclass(frozen=True)
 class _Design:
-    data: pd.DataFrame            # columns d, repeat, pool (codes unique across repeats), seed; sorted
+    data: pd.DataFrame  # columns d, repeat, pool (codes unique across repeats), seed; sorted
     R: int
     K: int
     S: int
     balanced: bool
-    df: dict[str, int]            # by level, all three (0 = level absent / confounded)
+    df: dict[str, int]  # by level, all three (0 = level absent / confounded)
     has_seed: bool
     notes: tuple[str, ...]
 
@@ -206,17 +215,24 @@ def _design(frame: pd.DataFrame, value: str, repeat: str, pool: str, seed: str |
     notes = []
     if not finite.all():
         notes.append(f"{int((~finite).sum())} non-finite value(s) of {value!r} dropped")
-    data = pd.DataFrame({"d": values[finite].to_numpy(), "repeat": frame[repeat].to_numpy()[finite],
-                         "pool": frame[pool].to_numpy()[finite],
-                         "seed": frame[seed].to_numpy()[finite] if seed is not None else 0})
+    data = pd.DataFrame(
+        {
+            "d": values[finite].to_numpy(),
+            "repeat": frame[repeat].to_numpy()[finite],
+            "pool": frame[pool].to_numpy()[finite],
+            "seed": frame[seed].to_numpy()[finite] if seed is not None else 0,
+        }
+    )
     if data.empty:
         raise ValueError(f"variance_components: no finite {value!r} values")
     duplicated = data.duplicated(["repeat", "pool", "seed"])
     if duplicated.any():
         first = data.loc[duplicated, ["repeat", "pool", "seed"]].iloc[0].tolist()
-        raise ValueError(f"variance_components: {int(duplicated.sum())} duplicate (repeat, pool"
-                         f"{', seed' if seed is not None else ''}) row(s), e.g. {first[:len(columns)]}; "
-                         "one row per cell is expected")
+        raise ValueError(
+            f"variance_components: {int(duplicated.sum())} duplicate (repeat, pool"
+            f"{', seed' if seed is not None else ''}) row(s), e.g. {first[: len(columns)]}; "
+            "one row per cell is expected"
+        )
     data = data.sort_values(["repeat", "pool", "seed"], kind="stable").reset_index(drop=True)
     # pool labels may repeat across repeats (k = 1..K in each): the pool is nested in its repeat
     data["pool"] = data.groupby(["repeat", "pool"], sort=False).ngroup()
@@ -228,21 +244,29 @@ def _design(frame: pd.DataFrame, value: str, repeat: str, pool: str, seed: str |
     K, S = int(pools_per_repeat.max()), int(seeds_per_pool.max())
     balanced = pools_per_repeat.nunique() == 1 and seeds_per_pool.nunique() == 1
     if not balanced:
+
         def span(counts: pd.Series) -> str:
             return f"{counts.min()}..{counts.max()}" if counts.nunique() > 1 else f"{counts.max()}"
-        notes.append(f"unbalanced: {span(pools_per_repeat)} pools per repeat, {span(seeds_per_pool)} "
-                     "seeds per pool (K, S are the largest counts)")
+
+        notes.append(
+            f"unbalanced: {span(pools_per_repeat)} pools per repeat, {span(seeds_per_pool)} "
+            "seeds per pool (K, S are the largest counts)"
+        )
     df = {"repeat": R - 1, "pool": n_pools - R, "seed": n - n_pools}
     if seed is None:
         notes.append("no seed level (seed=None): no classifier component, sigma2_cls is NaN")
     elif df["seed"] == 0:
-        notes.append("S = 1: the classifier component is confounded with the residual (pool) level; "
-                     + ("sigma2_pool estimates sigma2_pool + sigma2_cls and " if df["pool"] > 0 else "")
-                     + "sigma2_cls is NaN")
+        notes.append(
+            "S = 1: the classifier component is confounded with the residual (pool) level; "
+            + ("sigma2_pool estimates sigma2_pool + sigma2_cls and " if df["pool"] > 0 else "")
+            + "sigma2_cls is NaN"
+        )
     if df["pool"] == 0:
         merged = "sigma2_ft + sigma2_pool" + (" + sigma2_cls" if df["seed"] == 0 and seed is not None else "")
-        notes.append(f"K = 1: the pool component is confounded with the fine-tune (repeat) level; "
-                     f"sigma2_ft estimates {merged} and sigma2_pool is NaN")
+        notes.append(
+            f"K = 1: the pool component is confounded with the fine-tune (repeat) level; "
+            f"sigma2_ft estimates {merged} and sigma2_pool is NaN"
+        )
     return _Design(data, R, K, S, balanced, df, seed is not None, tuple(notes))
 
 
@@ -255,9 +279,11 @@ def _mean_squares(design: _Design) -> tuple[dict[str, float], dict[str, int]]:
     y = design.data["d"].to_numpy().reshape(R, K, S)
     pool_means = y.mean(axis=2)
     repeat_means = pool_means.mean(axis=1)
-    ss = {"repeat": K * S * float(np.sum((repeat_means - repeat_means.mean()) ** 2)),
-          "pool": S * float(np.sum((pool_means - repeat_means[:, None]) ** 2)),
-          "seed": float(np.sum((y - pool_means[:, :, None]) ** 2))}
+    ss = {
+        "repeat": K * S * float(np.sum((repeat_means - repeat_means.mean()) ** 2)),
+        "pool": S * float(np.sum((pool_means - repeat_means[:, None]) ** 2)),
+        "seed": float(np.sum((y - pool_means[:, :, None]) ** 2)),
+    }
     present = [lvl for lvl in LEVELS if design.df[lvl] > 0]
     return ({lvl: ss[lvl] / design.df[lvl] for lvl in present}, {lvl: design.df[lvl] for lvl in present})
 
@@ -280,8 +306,9 @@ def _moments(design: _Design, ms: Mapping[str, float]) -> tuple[dict[str, float]
     return estimates, notes
 
 
-def _intervals(design: _Design, ms: Mapping[str, float], df: Mapping[str, int],
-               level: float) -> dict[str, tuple[float, float]]:
+def _intervals(
+    design: _Design, ms: Mapping[str, float], df: Mapping[str, int], level: float
+) -> dict[str, tuple[float, float]]:
     present, units = list(ms), _units(design)
     out = {}
     for i, lvl in enumerate(present):
@@ -317,7 +344,7 @@ def _reml_balanced(design: _Design, ms: Mapping[str, float], df: Mapping[str, in
     of the mean squares (pool-adjacent violators; Robertson, Wright & Dykstra 1988, ch. 1).
     """
     present = list(ms)
-    blocks: list[list] = []      # [weighted mean, weight, levels], bottom level first
+    blocks: list[list] = []  # [weighted mean, weight, levels], bottom level first
     for lvl in reversed(present):
         blocks.append([ms[lvl], df[lvl], [lvl]])
         while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
@@ -326,8 +353,10 @@ def _reml_balanced(design: _Design, ms: Mapping[str, float], df: Mapping[str, in
             blocks.append([(top[0] * top[1] + low[0] * low[1]) / weight, weight, low[2] + top[2]])
     lam = {lvl: value for value, _, lvls in blocks for lvl in lvls}
     units = _units(design)
-    return {lvl: (lam[lvl] - (lam[present[i + 1]] if i + 1 < len(present) else 0.0)) / units[lvl]
-            for i, lvl in enumerate(present)}
+    return {
+        lvl: (lam[lvl] - (lam[present[i + 1]] if i + 1 < len(present) else 0.0)) / units[lvl]
+        for i, lvl in enumerate(present)
+    }
 
 
 def _reml(design: _Design) -> tuple[float, dict[str, float], list[str]]:
@@ -353,7 +382,7 @@ def _reml(design: _Design) -> tuple[float, dict[str, float], list[str]]:
     exog_vc = None
     if has_vc:
         mats, names = [], []
-        for _, rows in data.groupby("repeat", sort=True):      # VCSpec wants the groups in sorted order
+        for _, rows in data.groupby("repeat", sort=True):  # VCSpec wants the groups in sorted order
             pools = np.unique(rows["pool"])
             mats.append((rows["pool"].to_numpy()[:, None] == pools[None, :]).astype(float))
             names.append([f"pool[{p}]" for p in pools])
@@ -375,16 +404,24 @@ def _reml(design: _Design) -> tuple[float, dict[str, float], list[str]]:
                 best_notes.append(f"MixedLM ({optimiser}): the REML optimiser did not converge")
     if best is None:
         raise ValueError("; ".join(best_notes))
-    estimates = {"repeat": max(float(best.cov_re[0, 0] if isinstance(best.cov_re, np.ndarray)
-                                     else best.cov_re.iloc[0, 0]), 0.0)}
+    estimates = {
+        "repeat": max(float(best.cov_re[0, 0] if isinstance(best.cov_re, np.ndarray) else best.cov_re.iloc[0, 0]), 0.0)
+    }
     if has_vc:
         estimates["pool"] = max(float(best.vcomp[0]), 0.0)
     estimates[present[-1]] = float(best.scale)
     return float(np.asarray(best.fe_params)[0]), estimates, best_notes
 
 
-def variance_components(frame: pd.DataFrame, value: str = "d", repeat: str = "repeat", pool: str = "pool",
-                        seed: str | None = "seed", method: str = "reml", level: float = 0.95) -> Components:
+def variance_components(
+    frame: pd.DataFrame,
+    value: str = "d",
+    repeat: str = "repeat",
+    pool: str = "pool",
+    seed: str | None = "seed",
+    method: str = "reml",
+    level: float = 0.95,
+) -> Components:
     """Estimate sigma2_ft, sigma2_pool and sigma2_cls of the paired difference ``value``.
 
     ``frame``: one row per (repeat, pool, seed) cell, R K S rows when balanced (per (repeat, pool)
@@ -412,8 +449,10 @@ def variance_components(frame: pd.DataFrame, value: str = "d", repeat: str = "re
     design = _design(frame, value, repeat, pool, seed)
     notes = list(design.notes)
     if not design.balanced and method == "moments":
-        raise ValueError("variance_components: the moment estimator needs a balanced design "
-                         f"({design.notes[-1] if design.notes else 'unbalanced'}); use method='reml'")
+        raise ValueError(
+            "variance_components: the moment estimator needs a balanced design "
+            f"({design.notes[-1] if design.notes else 'unbalanced'}); use method='reml'"
+        )
     ms, dfs, intervals = {}, {}, {}
     if design.balanced:
         ms, dfs = _mean_squares(design)
@@ -433,8 +472,10 @@ def variance_components(frame: pd.DataFrame, value: str = "d", repeat: str = "re
             extra = ["no spread: every value is equal, all components 0"]
         elif exact is not None and not math.isfinite(best):
             estimates = exact
-            extra = ["a mean square is 0, so the REML likelihood is unbounded and MixedLM cannot fit; the "
-                     "exact balanced REML (isotonic regression of the mean squares) is reported"]
+            extra = [
+                "a mean square is 0, so the REML likelihood is unbounded and MixedLM cannot fit; the "
+                "exact balanced REML (isotonic regression of the mean squares) is reported"
+            ]
         else:
             try:
                 mean, estimates, extra = _reml(design)
@@ -447,21 +488,33 @@ def variance_components(frame: pd.DataFrame, value: str = "d", repeat: str = "re
                 # the balanced REML has a closed form to check them against
                 got = -math.inf if estimates is None else _reml_loglik(_lambdas(design, estimates), ms, dfs)
                 if not best - got <= REML_LOGLIK_TOL:
-                    extra.append(f"MixedLM fell short of the REML optimum (log-likelihood {got:.6g} < "
-                                 f"{best:.6g}); the exact balanced REML (isotonic regression of the mean "
-                                 "squares) is reported")
+                    extra.append(
+                        f"MixedLM fell short of the REML optimum (log-likelihood {got:.6g} < "
+                        f"{best:.6g}); the exact balanced REML (isotonic regression of the mean "
+                        "squares) is reported"
+                    )
                     estimates, mean = exact, float(design.data["d"].mean())
     notes += extra
     nan2 = (math.nan, math.nan)
     return Components(
         mean=mean,
-        sigma2_ft=estimates.get("repeat", math.nan), sigma2_pool=estimates.get("pool", math.nan),
+        sigma2_ft=estimates.get("repeat", math.nan),
+        sigma2_pool=estimates.get("pool", math.nan),
         sigma2_cls=estimates.get("seed", math.nan) if design.has_seed else math.nan,
-        ci_ft=intervals.get("repeat", nan2), ci_pool=intervals.get("pool", nan2),
+        ci_ft=intervals.get("repeat", nan2),
+        ci_pool=intervals.get("pool", nan2),
         ci_cls=intervals.get("seed", nan2) if design.has_seed else nan2,
-        R=design.R, K=design.K, S=design.S, method=method,
+        R=design.R,
+        K=design.K,
+        S=design.S,
+        method=method,
         interval_method=MLS_METHOD if design.balanced else "none (unbalanced design)",
-        level=level, balanced=design.balanced, mean_squares=ms, df=dfs, notes=tuple(notes))
+        level=level,
+        balanced=design.balanced,
+        mean_squares=ms,
+        df=dfs,
+        notes=tuple(notes),
+    )
 
 
 # --------------------------------------------------------------------------- design planning

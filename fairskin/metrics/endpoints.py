@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 # (column, MLflow metric, direction)
 CLASSIFIER_COLUMNS = (
@@ -44,14 +45,26 @@ GENERATION_COLUMNS = (
     ("kid_floor", "kid_floor_mean", 0),
     ("fid_var_subclass_floor_corrected", "fid_var_subclass_floor_corrected", -1),
 )
-LABELS = {"accuracy": "accuracy", "worst_group_accuracy": "worst-group acc.", "dp": "DP (oracle floor)",
-          "essp": "ESSP (paper)", "essp_fairseg": "ESSP (FairSeg)", "fid": "FID", "fid_var_subclass":
-          "FID var (subclass)", "fid_var_group": "FID var (group)", "kid": "KID", "is": "IS",
-          "skin_tone": "skin-tone agreement", "skin_tone_worst": "skin-tone agr. (worst group)",
-          "skin_tone_w1_worst": "skin-tone W1 / real (worst group)",
-          "disease_fidelity": "disease fidelity", "disease_fidelity_worst": "disease fid. (worst group)",
-          "fid_pooled": "FID pooled (real mix)", "kid_floor": "KID floor (real vs real)",
-          "fid_var_subclass_floor_corrected": "FID var (subclass, floor-corr.)"}
+LABELS = {
+    "accuracy": "accuracy",
+    "worst_group_accuracy": "worst-group acc.",
+    "dp": "DP (oracle floor)",
+    "essp": "ESSP (paper)",
+    "essp_fairseg": "ESSP (FairSeg)",
+    "fid": "FID",
+    "fid_var_subclass": "FID var (subclass)",
+    "fid_var_group": "FID var (group)",
+    "kid": "KID",
+    "is": "IS",
+    "skin_tone": "skin-tone agreement",
+    "skin_tone_worst": "skin-tone agr. (worst group)",
+    "skin_tone_w1_worst": "skin-tone W1 / real (worst group)",
+    "disease_fidelity": "disease fidelity",
+    "disease_fidelity_worst": "disease fid. (worst group)",
+    "fid_pooled": "FID pooled (real mix)",
+    "kid_floor": "KID floor (real vs real)",
+    "fid_var_subclass_floor_corrected": "FID var (subclass, floor-corr.)",
+}
 DIRECTIONS = {c: d for c, _, d in CLASSIFIER_COLUMNS + GENERATION_COLUMNS}
 CLASSIFIER_KEYS = frozenset(c for c, _, _ in CLASSIFIER_COLUMNS)
 GENERATION_KEYS = frozenset(c for c, _, _ in GENERATION_COLUMNS)
@@ -65,18 +78,34 @@ MODES = ("random", "resample", "reweight")
 # smallest difference that would matter, in each metric's units; resolutions: the spread of paired
 # differences below which a difference is a tie in those units (a test image, a rounding), not a
 # precisely measured effect (then the endpoint is untestable, never p = 0).
-DEFAULT_PRIMARY = ("skin_tone_w1_worst", "disease_fidelity_worst", "fid_var_subclass_floor_corrected",
-                   "worst_group_accuracy", "essp")
-DEFAULT_MARGINS = {"skin_tone_w1_worst": 0.5, "disease_fidelity_worst": 0.10,
-                   "fid_var_subclass_floor_corrected": 300.0, "worst_group_accuracy": 0.05, "essp": 0.05}
-DEFAULT_RESOLUTIONS = {"skin_tone_w1_worst": 0.01, "disease_fidelity_worst": 0.001,
-                       "fid_var_subclass_floor_corrected": 1.0, "worst_group_accuracy": 0.001, "essp": 0.001}
+DEFAULT_PRIMARY = (
+    "skin_tone_w1_worst",
+    "disease_fidelity_worst",
+    "fid_var_subclass_floor_corrected",
+    "worst_group_accuracy",
+    "essp",
+)
+DEFAULT_MARGINS = {
+    "skin_tone_w1_worst": 0.5,
+    "disease_fidelity_worst": 0.10,
+    "fid_var_subclass_floor_corrected": 300.0,
+    "worst_group_accuracy": 0.05,
+    "essp": 0.05,
+}
+DEFAULT_RESOLUTIONS = {
+    "skin_tone_w1_worst": 0.01,
+    "disease_fidelity_worst": 0.001,
+    "fid_var_subclass_floor_corrected": 1.0,
+    "worst_group_accuracy": 0.001,
+    "essp": 0.001,
+}
 DEFAULT_RESOLUTION = 1e-9  # any other metric: floating-point rounding, in its own units
 MAX_PRIMARY = 5
 
 
-def endpoint_problems(primary: list[str] | tuple[str, ...], margins: Mapping[str, float],
-                      resolutions: Mapping[str, float]) -> list[str]:
+def endpoint_problems(
+    primary: list[str] | tuple[str, ...], margins: Mapping[str, float], resolutions: Mapping[str, float]
+) -> list[str]:
     """What is wrong with a declaration, one sentence each (empty when it is valid)."""
     known = sorted(DIRECTIONS)
     problems = []
@@ -88,8 +117,10 @@ def endpoint_problems(primary: list[str] | tuple[str, ...], margins: Mapping[str
         if name not in DIRECTIONS:
             problems.append(f"report.primary: {name!r} is no report metric; choose from {known}")
         elif DIRECTIONS[name] == 0 or name in CONSTANT_BY_CONSTRUCTION:
-            problems.append(f"report.primary: {name!r} is not ranked or constant by construction, so no verdict "
-                            "can be better or worse on it")
+            problems.append(
+                f"report.primary: {name!r} is not ranked or constant by construction, so no verdict "
+                "can be better or worse on it"
+            )
         elif name not in margins:
             problems.append(f"report.margins has no margin for the primary endpoint {name!r}")
     for section, values in (("margins", margins), ("resolutions", resolutions)):
@@ -97,8 +128,11 @@ def endpoint_problems(primary: list[str] | tuple[str, ...], margins: Mapping[str
             if name not in DIRECTIONS:
                 problems.append(f"report.{section}: {name!r} is no report metric; choose from {known}")
             elif not (value >= 0 if section == "resolutions" else value > 0):
-                problems.append(f"report.{section}.{name} = {value}: must be "
-                                + (">= 0" if section == "resolutions" else "> 0") + " (in the metric's units)")
+                problems.append(
+                    f"report.{section}.{name} = {value}: must be "
+                    + (">= 0" if section == "resolutions" else "> 0")
+                    + " (in the metric's units)"
+                )
     return problems
 
 
@@ -125,19 +159,29 @@ class Declaration:
         return float(self.resolutions.get(key, DEFAULT_RESOLUTION))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"primary": list(self.primary), "margins": {k: self.margins[k] for k in self.primary},
-                "resolutions": {k: self.resolution(k) for k in self.primary}, "mode": self.mode,
-                "alpha": self.alpha, "power": self.power, "config_hash": self.config_hash}
+        return {
+            "primary": list(self.primary),
+            "margins": {k: self.margins[k] for k in self.primary},
+            "resolutions": {k: self.resolution(k) for k in self.primary},
+            "mode": self.mode,
+            "alpha": self.alpha,
+            "power": self.power,
+            "config_hash": self.config_hash,
+        }
 
     def markdown(self) -> str:
         """One line per endpoint: key, label, direction, margin and resolution; then the family's terms."""
         lines = ["| endpoint | metric | better | margin | resolution |", "|---|---|---|---|---|"]
         for key in self.primary:
-            lines.append(f"| `{key}` | {LABELS.get(key, key)} | {'higher' if DIRECTIONS[key] > 0 else 'lower'} | "
-                         f"±{self.margins[key]:g} | {self.resolution(key):g} |")
-        return "\n".join(lines) + (f"\n\nClassifier endpoints read downstream mode `{self.mode}`; alpha {self.alpha} "
-                                   f"per variant's family (Holm); MDE at power {self.power}. Declared by the "
-                                   f"configuration with hash `{self.config_hash or 'not recorded'}`.\n")
+            lines.append(
+                f"| `{key}` | {LABELS.get(key, key)} | {'higher' if DIRECTIONS[key] > 0 else 'lower'} | "
+                f"±{self.margins[key]:g} | {self.resolution(key):g} |"
+            )
+        return "\n".join(lines) + (
+            f"\n\nClassifier endpoints read downstream mode `{self.mode}`; alpha {self.alpha} "
+            f"per variant's family (Holm); MDE at power {self.power}. Declared by the "
+            f"configuration with hash `{self.config_hash or 'not recorded'}`.\n"
+        )
 
 
 def config_hash(tree: Mapping[str, Any]) -> str:

@@ -21,13 +21,21 @@ sizes are fixed), seeded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
-SCALAR_KEYS = ("accuracy", "worst_group_accuracy", "dp", "dp_maxmin", "dp_oracle_floor", "essp",
-               "essp_fairseg", "eo_gap")
+SCALAR_KEYS = (
+    "accuracy",
+    "worst_group_accuracy",
+    "dp",
+    "dp_maxmin",
+    "dp_oracle_floor",
+    "essp",
+    "essp_fairseg",
+    "eo_gap",
+)
 
 
 @dataclass(frozen=True)
@@ -41,8 +49,9 @@ class Encoded:
     groups: tuple
 
 
-def encode(y_true: Sequence, y_pred: Sequence, group: Sequence, classes: Sequence | None = None,
-           groups: Sequence | None = None) -> Encoded:
+def encode(
+    y_true: Sequence, y_pred: Sequence, group: Sequence, classes: Sequence | None = None, groups: Sequence | None = None
+) -> Encoded:
     """Map labels (strings or ints) to codes; raises ValueError on length mismatch or unknown labels."""
     y_true, y_pred, group = np.asarray(y_true), np.asarray(y_pred), np.asarray(group)
     if not (len(y_true) == len(y_pred) == len(group)):
@@ -53,8 +62,11 @@ def encode(y_true: Sequence, y_pred: Sequence, group: Sequence, classes: Sequenc
     groups = tuple(groups) if groups is not None else tuple(sorted(set(group.tolist())))
     c_index, g_index = {c: i for i, c in enumerate(classes)}, {g: i for i, g in enumerate(groups)}
     try:
-        codes = (np.array([c_index[v] for v in y_true.tolist()]), np.array([c_index[v] for v in y_pred.tolist()]),
-                 np.array([g_index[v] for v in group.tolist()]))
+        codes = (
+            np.array([c_index[v] for v in y_true.tolist()]),
+            np.array([c_index[v] for v in y_pred.tolist()]),
+            np.array([g_index[v] for v in group.tolist()]),
+        )
     except KeyError as exc:
         raise ValueError(f"label {exc.args[0]!r} is not among the classes/groups given") from None
     return Encoded(*codes, classes, groups)
@@ -80,8 +92,7 @@ def demographic_parity(pred: np.ndarray, group: np.ndarray, n_classes: int, n_gr
     return float(paper), float(maxmin)
 
 
-def equalised_odds_gap(y_true: np.ndarray, pred: np.ndarray, group: np.ndarray, n_classes: int,
-                       n_groups: int) -> float:
+def equalised_odds_gap(y_true: np.ndarray, pred: np.ndarray, group: np.ndarray, n_classes: int, n_groups: int) -> float:
     """Mean over classes of max(TPR spread, FPR spread) across groups (one-vs-rest)."""
     gaps = []
     for c in range(n_classes):
@@ -124,9 +135,17 @@ def _point(e: Encoded) -> dict[str, float]:
     return out
 
 
-def fairness_report(y_true: Sequence, y_pred: Sequence, group: Sequence, *, classes: Sequence | None = None,
-                    groups: Sequence | None = None, bootstrap: int = 1000, seed: int = 0,
-                    level: float = 0.95) -> dict[str, float | list[float]]:
+def fairness_report(
+    y_true: Sequence,
+    y_pred: Sequence,
+    group: Sequence,
+    *,
+    classes: Sequence | None = None,
+    groups: Sequence | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float | list[float]]:
     """Every figure above under DESIGN.md's flat keys, with ``<key>_ci`` = [low, high] when ``bootstrap`` > 0.
 
     Inputs: three sequences of N labels (strings or ints). Figures are fractions in [0, 1]

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from fairskin.metrics.features import classifier_forward as _classifier_forward
 
@@ -150,8 +150,10 @@ class FeatureSpace:
         if self.kind == "inception-v3":
             return "inception-v3 (torch-fidelity inception-v3-compat, local weights)"
         if self.kind == "judge-classifier":
-            return ("independent judge classifier trained on a fresh procedural set (ViT CLS token after the "
-                    "final layernorm), not Inception")
+            return (
+                "independent judge classifier trained on a fresh procedural set (ViT CLS token after the "
+                "final layernorm), not Inception"
+            )
         return "reference classifier (ViT CLS token after the final layernorm), not Inception"
 
 
@@ -173,13 +175,17 @@ def inception_space(weights_path: Path, cuda: bool | None = None) -> FeatureSpac
     path = Path(weights_path)
     if not path.is_file():
         raise FileNotFoundError(f"Inception weights not found at {path} (downloads are not attempted)")
-    return FeatureSpace(name=INCEPTION, kind="inception-v3",
-                        fidelity_kwargs={"feature_extractor": INCEPTION, "feature_extractor_weights_path": str(path)},
-                        cuda=torch.cuda.is_available() if cuda is None else cuda)
+    return FeatureSpace(
+        name=INCEPTION,
+        kind="inception-v3",
+        fidelity_kwargs={"feature_extractor": INCEPTION, "feature_extractor_weights_path": str(path)},
+        cuda=torch.cuda.is_available() if cuda is None else cuda,
+    )
 
 
-def feature_space(model, image_size: int, inception_weights_path: Path | None = None,
-                  kind: str = "reference-classifier") -> FeatureSpace:
+def feature_space(
+    model, image_size: int, inception_weights_path: Path | None = None, kind: str = "reference-classifier"
+) -> FeatureSpace:
     """Inception when a local weights path is given, else the classifier ``model`` (of ``kind``:
     the reference classifier, or on synthetic data the independent judge)."""
     if inception_weights_path is not None:
@@ -217,8 +223,9 @@ def _fidelity_kwargs(space: FeatureSpace, batch_size: int) -> dict:
     return dict(space.fidelity_kwargs, cuda=space.cuda, batch_size=batch_size, save_cpu_ram=True, verbose=False)
 
 
-def space_features(space: FeatureSpace, pixels: np.ndarray, layer: str | None = None,
-                   batch_size: int = 256) -> np.ndarray:
+def space_features(
+    space: FeatureSpace, pixels: np.ndarray, layer: str | None = None, batch_size: int = 256
+) -> np.ndarray:
     """Features (N, D) float32 of uint8 (N, H, W, 3) pixels in ``space``; ``layer`` defaults to FID's.
 
     Runs torch-fidelity's own extractor and batching loop, so these are the features FID sees.
@@ -229,8 +236,9 @@ def space_features(space: FeatureSpace, pixels: np.ndarray, layer: str | None = 
         raise ValueError("no images to extract features from")
     layer = layer or _fid_layer(space)
     extractor = create_feature_extractor(space.name, [layer], **_fidelity_kwargs(space, batch_size))
-    out = get_featuresdict_from_dataset(UInt8Images(pixels), extractor, batch_size, space.cuda,
-                                        save_cpu_ram=True, verbose=False)
+    out = get_featuresdict_from_dataset(
+        UInt8Images(pixels), extractor, batch_size, space.cuda, save_cpu_ram=True, verbose=False
+    )
     return out[layer].numpy()
 
 
@@ -240,8 +248,9 @@ def _fid_layer(space: FeatureSpace) -> str:
     return FEATURE_EXTRACTORS_REGISTRY[space.name].get_default_feature_layer_for_metric("fid")
 
 
-def classifier_features(model, pixels: np.ndarray, image_size: int, batch_size: int = 256,
-                        layer: str = "pre_logits") -> np.ndarray:
+def classifier_features(
+    model, pixels: np.ndarray, image_size: int, batch_size: int = 256, layer: str = "pre_logits"
+) -> np.ndarray:
     """Classifier features of uint8 (N, H, W, 3) pixels, float32.
 
     ``layer="pre_logits"``: the CLS token after the final layernorm, (N, hidden);
@@ -307,9 +316,17 @@ def isc_splits_for(n: int) -> int:
     return max(1, min(10, n // 2))
 
 
-def subclass_metrics(generated: np.ndarray, real: np.ndarray, extractor: FeatureSpace, *,
-                     cache_name: str | None = None, cache_root: Path | None = None,
-                     kid_subset_size: int | None = None, isc: bool = False, batch_size: int = 128) -> dict:
+def subclass_metrics(
+    generated: np.ndarray,
+    real: np.ndarray,
+    extractor: FeatureSpace,
+    *,
+    cache_name: str | None = None,
+    cache_root: Path | None = None,
+    kid_subset_size: int | None = None,
+    isc: bool = False,
+    batch_size: int = 128,
+) -> dict:
     """FID and KID of one subclass's generated images against its real images.
 
     ``generated``: uint8 (N, H, W, 3); ``real``: uint8 (M, H, W, 3); both need >= 2 images
@@ -333,14 +350,26 @@ def subclass_metrics(generated: np.ndarray, real: np.ndarray, extractor: Feature
     kwargs = _fidelity_kwargs(extractor, batch_size)
     subset = kid_subset_size_for(n_gen, n_real, kid_subset_size)
     result = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(generated), input2=UInt8Images(real), fid=True, kid=True, isc=isc,
-        kid_subset_size=subset, isc_splits=isc_splits_for(n_gen),
-        cache=cache_name is not None, input2_cache_name=cache_name,
-        cache_root=None if cache_root is None else str(cache_root), **kwargs)
-    out = {"fid": result[torch_fidelity.KEY_METRIC_FID],
-           "kid_mean": result[torch_fidelity.KEY_METRIC_KID_MEAN],
-           "kid_std": result[torch_fidelity.KEY_METRIC_KID_STD],
-           "kid_subset_size": subset, "n_generated": n_gen, "n_real": n_real}
+        input1=UInt8Images(generated),
+        input2=UInt8Images(real),
+        fid=True,
+        kid=True,
+        isc=isc,
+        kid_subset_size=subset,
+        isc_splits=isc_splits_for(n_gen),
+        cache=cache_name is not None,
+        input2_cache_name=cache_name,
+        cache_root=None if cache_root is None else str(cache_root),
+        **kwargs,
+    )
+    out = {
+        "fid": result[torch_fidelity.KEY_METRIC_FID],
+        "kid_mean": result[torch_fidelity.KEY_METRIC_KID_MEAN],
+        "kid_std": result[torch_fidelity.KEY_METRIC_KID_STD],
+        "kid_subset_size": subset,
+        "n_generated": n_gen,
+        "n_real": n_real,
+    }
     if isc:
         out["is_mean"] = result[torch_fidelity.KEY_METRIC_ISC_MEAN]
         out["is_std"] = result[torch_fidelity.KEY_METRIC_ISC_STD]
@@ -359,8 +388,12 @@ def inception_score(pixels: np.ndarray, extractor: FeatureSpace, batch_size: int
     if len(pixels) == 0:
         return {"is_mean": math.nan, "is_std": math.nan}
     result = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(pixels), isc=True, isc_splits=isc_splits_for(len(pixels)), cache=False,
-        **_fidelity_kwargs(extractor, batch_size))
+        input1=UInt8Images(pixels),
+        isc=True,
+        isc_splits=isc_splits_for(len(pixels)),
+        cache=False,
+        **_fidelity_kwargs(extractor, batch_size),
+    )
     return {"is_mean": result[torch_fidelity.KEY_METRIC_ISC_MEAN], "is_std": result[torch_fidelity.KEY_METRIC_ISC_STD]}
 
 
@@ -379,8 +412,10 @@ def nearest_distances(queries: np.ndarray, references: np.ndarray, chunk: int = 
     if len(references) == 0:
         return np.full(len(queries), np.nan)
     ref = torch.as_tensor(np.asarray(references, np.float64))
-    out = [torch.cdist(torch.as_tensor(np.asarray(queries[i:i + chunk], np.float64)), ref).min(dim=1).values
-           for i in range(0, len(queries), chunk)]
+    out = [
+        torch.cdist(torch.as_tensor(np.asarray(queries[i : i + chunk], np.float64)), ref).min(dim=1).values
+        for i in range(0, len(queries), chunk)
+    ]
     return torch.cat(out).numpy()
 
 
@@ -391,9 +426,16 @@ def _fraction_within(distances: np.ndarray, threshold: float) -> float:
     return float(np.mean(distances <= threshold))
 
 
-def memorisation(gen_features: np.ndarray, gen_subclass: np.ndarray, train_features: np.ndarray,
-                 train_subclass: np.ndarray, heldout_features: np.ndarray, heldout_subclass: np.ndarray,
-                 *, quantile: float = 0.05) -> pd.DataFrame:
+def memorisation(
+    gen_features: np.ndarray,
+    gen_subclass: np.ndarray,
+    train_features: np.ndarray,
+    train_subclass: np.ndarray,
+    heldout_features: np.ndarray,
+    heldout_subclass: np.ndarray,
+    *,
+    quantile: float = 0.05,
+) -> pd.DataFrame:
     """Per subclass, the share of generated images closer to a training image than real images are.
 
     Features: (G, D), (T, D), (H, D); subclass labels: (G,), (T,), (H,) of any hashable kind.
@@ -410,11 +452,14 @@ def memorisation(gen_features: np.ndarray, gen_subclass: np.ndarray, train_featu
     a subclass has no training images).
     """
     gen_subclass, train_subclass, heldout_subclass = map(np.asarray, (gen_subclass, train_subclass, heldout_subclass))
-    gen_features, train_features, heldout_features = (np.asarray(f, np.float64)
-                                                      for f in (gen_features, train_features, heldout_features))
+    gen_features, train_features, heldout_features = (
+        np.asarray(f, np.float64) for f in (gen_features, train_features, heldout_features)
+    )
     labels = list(pd.unique(gen_subclass))
-    heldout_d = {s: nearest_distances(heldout_features[heldout_subclass == s], train_features[train_subclass == s])
-                 for s in pd.unique(heldout_subclass)}
+    heldout_d = {
+        s: nearest_distances(heldout_features[heldout_subclass == s], train_features[train_subclass == s])
+        for s in pd.unique(heldout_subclass)
+    }
     pooled = np.concatenate([d for d in heldout_d.values()]) if heldout_d else np.zeros(0)
     pooled = pooled[np.isfinite(pooled)]
     global_threshold = float(np.quantile(pooled, quantile)) if len(pooled) else math.nan
@@ -424,12 +469,19 @@ def memorisation(gen_features: np.ndarray, gen_subclass: np.ndarray, train_featu
         held = heldout_d.get(s, np.zeros(0))
         own = len(held) >= 2 and np.isfinite(held).all()
         threshold = float(np.quantile(held, quantile)) if own else global_threshold
-        rows.append({
-            "subclass": s, "n_generated": len(gen_d), "n_train": int((train_subclass == s).sum()),
-            "n_heldout": len(held), "threshold": threshold, "threshold_source": "subclass" if own else "global",
-            "memorised_fraction": _fraction_within(gen_d, threshold),
-            "median_gen_to_train": float(np.median(gen_d)),
-            "median_heldout_to_train": float(np.median(held)) if len(held) else math.nan})
+        rows.append(
+            {
+                "subclass": s,
+                "n_generated": len(gen_d),
+                "n_train": int((train_subclass == s).sum()),
+                "n_heldout": len(held),
+                "threshold": threshold,
+                "threshold_source": "subclass" if own else "global",
+                "memorised_fraction": _fraction_within(gen_d, threshold),
+                "median_gen_to_train": float(np.median(gen_d)),
+                "median_heldout_to_train": float(np.median(held)) if len(held) else math.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -494,22 +546,47 @@ def _image_checksums(pixels: np.ndarray, meta: pd.DataFrame, rows: np.ndarray) -
     return [hashlib.sha256(np.ascontiguousarray(pixels[i]).tobytes()).hexdigest() for i in rows]
 
 
-def _per_subclass(pool_pixels, pool_meta, real_pixels, real_meta, groups, diseases, extractor,
-                  cache_root, real_checksums, kid_subset_size) -> pd.DataFrame:
+def _per_subclass(
+    pool_pixels,
+    pool_meta,
+    real_pixels,
+    real_meta,
+    groups,
+    diseases,
+    extractor,
+    cache_root,
+    real_checksums,
+    kid_subset_size,
+) -> pd.DataFrame:
     rows = []
     for g in groups:
         for d in diseases:
             gen_rows, real_rows = _subclass_rows(pool_meta, g, d), _subclass_rows(real_meta, g, d)
-            row = {"group": g, "disease": d, "fid": math.nan, "kid_mean": math.nan, "kid_std": math.nan,
-                   "kid_subset_size": 0, "n_generated": len(gen_rows), "n_real": len(real_rows)}
+            row = {
+                "group": g,
+                "disease": d,
+                "fid": math.nan,
+                "kid_mean": math.nan,
+                "kid_std": math.nan,
+                "kid_subset_size": 0,
+                "n_generated": len(gen_rows),
+                "n_real": len(real_rows),
+            }
             if len(gen_rows) >= 2 and len(real_rows) >= 2:  # else left NaN: not evaluated
                 cache_name = None
                 if cache_root is not None:
                     sums = _image_checksums(real_pixels, real_meta, real_rows) + list(real_checksums or [])
                     cache_name = real_cache_name(extractor.name, sums, (g, d))
-                row.update(subclass_metrics(pool_pixels[gen_rows], real_pixels[real_rows], extractor,
-                                            cache_name=cache_name, cache_root=cache_root,
-                                            kid_subset_size=kid_subset_size))
+                row.update(
+                    subclass_metrics(
+                        pool_pixels[gen_rows],
+                        real_pixels[real_rows],
+                        extractor,
+                        cache_name=cache_name,
+                        cache_root=cache_root,
+                        kid_subset_size=kid_subset_size,
+                    )
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -527,11 +604,18 @@ class _Features:
         return self._done[key][1]
 
 
-def _memorisation_columns(per_subclass, pool_pixels, pool_meta, train_pixels, train_meta, heldout_pixels,
-                          heldout_meta, features) -> tuple[pd.DataFrame, dict[str, float]]:
+def _memorisation_columns(
+    per_subclass, pool_pixels, pool_meta, train_pixels, train_meta, heldout_pixels, heldout_meta, features
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """Join memorisation per subclass onto the table; summary share over all generated images, per group."""
-    table = memorisation(features(pool_pixels), _codes(pool_meta), features(train_pixels), _codes(train_meta),
-                         features(heldout_pixels), _codes(heldout_meta))
+    table = memorisation(
+        features(pool_pixels),
+        _codes(pool_meta),
+        features(train_pixels),
+        _codes(train_meta),
+        features(heldout_pixels),
+        _codes(heldout_meta),
+    )
     table[["group", "disease"]] = table["subclass"].str.split("\x1f", expand=True)
     table = table.drop(columns=["subclass", "n_generated"])
     merged = per_subclass.merge(table, on=["group", "disease"], how="left")
@@ -542,15 +626,28 @@ def _memorisation_columns(per_subclass, pool_pixels, pool_meta, train_pixels, tr
     return merged, summary
 
 
-def generation_report(pool_pixels: np.ndarray, pool_meta: pd.DataFrame, real_pixels: np.ndarray,
-                      real_meta: pd.DataFrame, groups: Sequence[str], diseases: Sequence[str],
-                      extractor: FeatureSpace, *, cache_root: Path | None = None,
-                      real_checksums: Sequence[str] | None = None, heldout_pixels: np.ndarray | None = None,
-                      heldout_meta: pd.DataFrame | None = None, train_pixels: np.ndarray | None = None,
-                      train_meta: pd.DataFrame | None = None, kid_subset_size: int | None = None,
-                      isc: bool = True, floor_pixels: np.ndarray | None = None,
-                      floor_meta: pd.DataFrame | None = None, pooled: bool = True, seed: int = 0
-                      ) -> GenerationReport:
+def generation_report(
+    pool_pixels: np.ndarray,
+    pool_meta: pd.DataFrame,
+    real_pixels: np.ndarray,
+    real_meta: pd.DataFrame,
+    groups: Sequence[str],
+    diseases: Sequence[str],
+    extractor: FeatureSpace,
+    *,
+    cache_root: Path | None = None,
+    real_checksums: Sequence[str] | None = None,
+    heldout_pixels: np.ndarray | None = None,
+    heldout_meta: pd.DataFrame | None = None,
+    train_pixels: np.ndarray | None = None,
+    train_meta: pd.DataFrame | None = None,
+    kid_subset_size: int | None = None,
+    isc: bool = True,
+    floor_pixels: np.ndarray | None = None,
+    floor_meta: pd.DataFrame | None = None,
+    pooled: bool = True,
+    seed: int = 0,
+) -> GenerationReport:
     """FID, KID, IS and memorisation of a synthetic pool, per subclass, per group and overall.
 
     Inputs: ``pool_pixels`` uint8 (N, H, W, 3) with ``pool_meta`` (N rows: group, disease);
@@ -590,8 +687,18 @@ def generation_report(pool_pixels: np.ndarray, pool_meta: pd.DataFrame, real_pix
     :func:`real_cache_name` of the extractor, the subclass and its images' ``sha256`` (hashed
     from the pixels when the column is missing) plus ``real_checksums`` (e.g. shard checksums).
     """
-    per_subclass = _per_subclass(pool_pixels, pool_meta, real_pixels, real_meta, groups, diseases, extractor,
-                                 cache_root, real_checksums, kid_subset_size)
+    per_subclass = _per_subclass(
+        pool_pixels,
+        pool_meta,
+        real_pixels,
+        real_meta,
+        groups,
+        diseases,
+        extractor,
+        cache_root,
+        real_checksums,
+        kid_subset_size,
+    )
     summary: dict[str, Any] = summarise_subclasses(per_subclass, groups)
     if isc:
         summary.update(inception_score(pool_pixels, extractor))
@@ -602,20 +709,36 @@ def generation_report(pool_pixels: np.ndarray, pool_meta: pd.DataFrame, real_pix
     if heldout_pixels is not None and heldout_meta is not None and len(heldout_pixels):
         train_pixels = real_pixels if train_pixels is None else train_pixels
         train_meta = real_meta if train_meta is None else train_meta
-        per_subclass, mem = _memorisation_columns(per_subclass, pool_pixels, pool_meta, train_pixels, train_meta,
-                                                  heldout_pixels, heldout_meta, features)
+        per_subclass, mem = _memorisation_columns(
+            per_subclass, pool_pixels, pool_meta, train_pixels, train_meta, heldout_pixels, heldout_meta, features
+        )
         summary.update(mem)
     if floor_pixels is not None and floor_meta is not None:
         floor_features = features(floor_pixels) if len(floor_pixels) else np.zeros((0, 1), np.float32)
-        floors = floor_table(features(real_pixels), real_meta, floor_features, floor_meta,
-                             per_subclass[["group", "disease", "n_generated"]], seed=seed,
-                             kid_subset_size=kid_subset_size)
+        floors = floor_table(
+            features(real_pixels),
+            real_meta,
+            floor_features,
+            floor_meta,
+            per_subclass[["group", "disease", "n_generated"]],
+            seed=seed,
+            kid_subset_size=kid_subset_size,
+        )
         per_subclass = per_subclass.merge(floors, on=["group", "disease"], how="left")
         per_subclass["fid_floor_corrected"] = per_subclass["fid"] - per_subclass["fid_floor"]
         summary.update(summarise_floors(per_subclass, groups))
     if pooled:
-        summary.update(pooled_summary(features(pool_pixels), pool_meta, features(real_pixels), real_meta, groups,
-                                      seed=seed, kid_subset_size=kid_subset_size))
+        summary.update(
+            pooled_summary(
+                features(pool_pixels),
+                pool_meta,
+                features(real_pixels),
+                real_meta,
+                groups,
+                seed=seed,
+                kid_subset_size=kid_subset_size,
+            )
+        )
     summary["feature_extractor"] = extractor.description
     summary["feature_extractor_name"] = extractor.name
     return GenerationReport(per_subclass=per_subclass, summary=summary)
@@ -626,8 +749,9 @@ def generation_report(pool_pixels: np.ndarray, pool_meta: pd.DataFrame, real_pix
 # ----------------------------------------------------------------------------------------------
 
 
-def features_metrics(query: np.ndarray, reference: np.ndarray, kid_subset_size: int | None = None,
-                     rng_seed: int = 2020) -> dict[str, float]:
+def features_metrics(
+    query: np.ndarray, reference: np.ndarray, kid_subset_size: int | None = None, rng_seed: int = 2020
+) -> dict[str, float]:
     """FID and KID of two feature sets (N, D) and (M, D), with torch-fidelity's own maths.
 
     The same figures as :func:`subclass_metrics` gives for the images these features came from
@@ -643,13 +767,19 @@ def features_metrics(query: np.ndarray, reference: np.ndarray, kid_subset_size: 
     subset = kid_subset_size_for(len(q), len(r), kid_subset_size)
     fid = fid_statistics_to_metric(fid_features_to_statistics(q), fid_features_to_statistics(r), verbose=False)
     kid = kid_features_to_metric(q, r, kid_subset_size=subset, verbose=False, rng_seed=rng_seed)
-    return {"fid": float(fid[KEY_METRIC_FID]), "kid_mean": float(kid[KEY_METRIC_KID_MEAN]),
-            "kid_std": float(kid[KEY_METRIC_KID_STD]), "kid_subset_size": subset,
-            "n_generated": len(q), "n_real": len(r)}
+    return {
+        "fid": float(fid[KEY_METRIC_FID]),
+        "kid_mean": float(kid[KEY_METRIC_KID_MEAN]),
+        "kid_std": float(kid[KEY_METRIC_KID_STD]),
+        "kid_subset_size": subset,
+        "n_generated": len(q),
+        "n_real": len(r),
+    }
 
 
-def real_floor(reference: np.ndarray, heldout: np.ndarray, n: int, *, seed: int = 0,
-               kid_subset_size: int | None = None) -> dict[str, Any]:
+def real_floor(
+    reference: np.ndarray, heldout: np.ndarray, n: int, *, seed: int = 0, kid_subset_size: int | None = None
+) -> dict[str, Any]:
     """The real-vs-real floor of one subclass: what a perfect generator of ``n`` images would score.
 
     ``reference`` (M, D): features of the real images the generated ones are compared with;
@@ -673,10 +803,19 @@ def real_floor(reference: np.ndarray, heldout: np.ndarray, n: int, *, seed: int 
     else:
         order = rng.permutation(len(reference))
         half = len(reference) // 2
-        query, ref, method = reference[np.sort(order[:min(half, max(n, 0))])], reference[np.sort(order[half:])], \
-            "split-half"
-    out: dict[str, Any] = {"fid_floor": math.nan, "kid_floor": math.nan, "kid_floor_std": math.nan,
-                           "floor_method": method, "floor_n_query": len(query), "floor_n_reference": len(ref)}
+        query, ref, method = (
+            reference[np.sort(order[: min(half, max(n, 0))])],
+            reference[np.sort(order[half:])],
+            "split-half",
+        )
+    out: dict[str, Any] = {
+        "fid_floor": math.nan,
+        "kid_floor": math.nan,
+        "kid_floor_std": math.nan,
+        "floor_method": method,
+        "floor_n_query": len(query),
+        "floor_n_reference": len(ref),
+    }
     if len(query) >= 2 and len(ref) >= 2:
         m = features_metrics(query, ref, kid_subset_size)
         out.update(fid_floor=m["fid"], kid_floor=m["kid_mean"], kid_floor_std=m["kid_std"])
@@ -704,16 +843,23 @@ def mix_subsample(pool_keys: Sequence, real_keys: Sequence, seed: int = 0) -> np
     size = min(p[k] * total // r[k] for k in keys)  # floor(pool_k / p_k), in integers
     exact = {k: size * r[k] / total for k in keys}
     target = {k: min(p[k], int(math.floor(exact[k]))) for k in keys}
-    for k in sorted(keys, key=lambda k: (-(exact[k] - math.floor(exact[k])), str(k)))[:size - sum(target.values())]:
+    for k in sorted(keys, key=lambda k: (-(exact[k] - math.floor(exact[k])), str(k)))[: size - sum(target.values())]:
         target[k] = min(p[k], target[k] + 1)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x9001ED]))
     rows = [rng.choice(np.flatnonzero(pool_keys == k), target[k], replace=False) for k in sorted(keys, key=str)]
     return np.sort(np.concatenate(rows).astype(np.int64))
 
 
-def pooled_metrics(pool_features: np.ndarray, pool_keys: Sequence, real_features: np.ndarray,
-                   real_keys: Sequence, *, match_mix: bool = True, seed: int = 0,
-                   kid_subset_size: int | None = None) -> dict[str, Any]:
+def pooled_metrics(
+    pool_features: np.ndarray,
+    pool_keys: Sequence,
+    real_features: np.ndarray,
+    real_keys: Sequence,
+    *,
+    match_mix: bool = True,
+    seed: int = 0,
+    kid_subset_size: int | None = None,
+) -> dict[str, Any]:
     """FID/KID of a whole pool (no subcategory distinction) against all the real images.
 
     With ``match_mix`` (the default) the pool is first subsampled to the real set's key mix
@@ -724,8 +870,13 @@ def pooled_metrics(pool_features: np.ndarray, pool_keys: Sequence, real_features
     """
     rows = mix_subsample(pool_keys, real_keys, seed) if match_mix else np.arange(len(pool_features))
     if len(rows) < 2 or len(real_features) < 2:
-        return {"fid": math.nan, "kid_mean": math.nan, "kid_std": math.nan, "n_generated": len(rows),
-                "n_real": len(real_features)}
+        return {
+            "fid": math.nan,
+            "kid_mean": math.nan,
+            "kid_std": math.nan,
+            "n_generated": len(rows),
+            "n_real": len(real_features),
+        }
     out = features_metrics(np.asarray(pool_features)[rows], real_features, kid_subset_size)
     out.pop("kid_subset_size")
     return out
@@ -735,9 +886,16 @@ def _codes(meta: pd.DataFrame) -> np.ndarray:
     return (meta["group"].astype(str) + "\x1f" + meta["disease"].astype(str)).to_numpy()
 
 
-def pooled_summary(pool_features: np.ndarray, pool_meta: pd.DataFrame, real_features: np.ndarray,
-                   real_meta: pd.DataFrame, groups: Sequence[str], *, seed: int = 0,
-                   kid_subset_size: int | None = None) -> dict[str, float]:
+def pooled_summary(
+    pool_features: np.ndarray,
+    pool_meta: pd.DataFrame,
+    real_features: np.ndarray,
+    real_meta: pd.DataFrame,
+    groups: Sequence[str],
+    *,
+    seed: int = 0,
+    kid_subset_size: int | None = None,
+) -> dict[str, float]:
     """The paper's Table 2 pooled figures, each pool subsampled to the real mix (seeded).
 
     ``fid_pooled_<group>`` / ``kid_pooled_<group>``: the group's generated images (disease mix
@@ -749,19 +907,36 @@ def pooled_summary(pool_features: np.ndarray, pool_meta: pd.DataFrame, real_feat
     pool_group, real_group = pool_meta["group"].to_numpy(), real_meta["group"].to_numpy()
     for g in groups:
         p, r = pool_group == g, real_group == g
-        m = pooled_metrics(pool_features[p], pool_meta["disease"].to_numpy()[p], real_features[r],
-                           real_meta["disease"].to_numpy()[r], seed=seed, kid_subset_size=kid_subset_size)
+        m = pooled_metrics(
+            pool_features[p],
+            pool_meta["disease"].to_numpy()[p],
+            real_features[r],
+            real_meta["disease"].to_numpy()[r],
+            seed=seed,
+            kid_subset_size=kid_subset_size,
+        )
         out[f"fid_pooled_{g}"], out[f"kid_pooled_{g}"], out[f"n_pooled_{g}"] = m["fid"], m["kid_mean"], m["n_generated"]
-    m = pooled_metrics(pool_features, _codes(pool_meta), real_features, _codes(real_meta), seed=seed,
-                       kid_subset_size=kid_subset_size)
-    out["fid_pooled_overall"], out["kid_pooled_overall"], out["n_pooled_overall"] = m["fid"], m["kid_mean"], \
-        m["n_generated"]
+    m = pooled_metrics(
+        pool_features, _codes(pool_meta), real_features, _codes(real_meta), seed=seed, kid_subset_size=kid_subset_size
+    )
+    out["fid_pooled_overall"], out["kid_pooled_overall"], out["n_pooled_overall"] = (
+        m["fid"],
+        m["kid_mean"],
+        m["n_generated"],
+    )
     return out
 
 
-def floor_table(real_features: np.ndarray, real_meta: pd.DataFrame, heldout_features: np.ndarray,
-                heldout_meta: pd.DataFrame, n_generated: pd.DataFrame, *, seed: int = 0,
-                kid_subset_size: int | None = None) -> pd.DataFrame:
+def floor_table(
+    real_features: np.ndarray,
+    real_meta: pd.DataFrame,
+    heldout_features: np.ndarray,
+    heldout_meta: pd.DataFrame,
+    n_generated: pd.DataFrame,
+    *,
+    seed: int = 0,
+    kid_subset_size: int | None = None,
+) -> pd.DataFrame:
     """:func:`real_floor` for every row of ``n_generated`` (columns group, disease, n_generated).
 
     Each subclass gets its own seed (``seed``, row number), so floors do not share draws.
@@ -770,8 +945,13 @@ def floor_table(real_features: np.ndarray, real_meta: pd.DataFrame, heldout_feat
     rows = []
     for i, r in enumerate(n_generated.itertuples(index=False)):
         code = f"{r.group}\x1f{r.disease}"
-        floor = real_floor(real_features[real_codes == code], heldout_features[held_codes == code],
-                           int(r.n_generated), seed=int(seed) * 1000 + i, kid_subset_size=kid_subset_size)
+        floor = real_floor(
+            real_features[real_codes == code],
+            heldout_features[held_codes == code],
+            int(r.n_generated),
+            seed=int(seed) * 1000 + i,
+            kid_subset_size=kid_subset_size,
+        )
         rows.append({"group": r.group, "disease": r.disease, **floor})
     return pd.DataFrame(rows)
 
@@ -804,8 +984,9 @@ def summarise_floors(per_subclass: pd.DataFrame, groups: Sequence[str]) -> dict[
 # ----------------------------------------------------------------------------------------------
 
 
-def judge_predictions(model, pixels: np.ndarray, image_size: int, diseases: Sequence[str],
-                      batch_size: int = 256) -> np.ndarray:
+def judge_predictions(
+    model, pixels: np.ndarray, image_size: int, diseases: Sequence[str], batch_size: int = 256
+) -> np.ndarray:
     """The judge's predicted disease names (N,) for uint8 (N, H, W, 3) pixels (argmax of its logits).
 
     ``diseases`` are the judge's labels in output order (``model.config.id2label``).
@@ -816,8 +997,9 @@ def judge_predictions(model, pixels: np.ndarray, image_size: int, diseases: Sequ
     return np.asarray(list(diseases), dtype=object)[logits.argmax(1)]
 
 
-def judge_accuracy(predicted: Sequence[str], meta: pd.DataFrame, groups: Sequence[str],
-                   diseases: Sequence[str]) -> pd.DataFrame:
+def judge_accuracy(
+    predicted: Sequence[str], meta: pd.DataFrame, groups: Sequence[str], diseases: Sequence[str]
+) -> pd.DataFrame:
     """Per (group, disease): ``n`` images, ``correct`` (predicted == the prompted / true disease), ``accuracy``
     (NaN with no images). One row per subclass of ``groups`` x ``diseases``, in that order."""
     predicted = np.asarray(predicted, dtype=object)
@@ -827,8 +1009,9 @@ def judge_accuracy(predicted: Sequence[str], meta: pd.DataFrame, groups: Sequenc
         for d in diseases:
             hit = (group == g) & (disease == d)
             n, correct = int(hit.sum()), int((predicted[hit] == d).sum())
-            rows.append({"group": g, "disease": d, "n": n, "correct": correct,
-                         "accuracy": correct / n if n else math.nan})
+            rows.append(
+                {"group": g, "disease": d, "n": n, "correct": correct, "accuracy": correct / n if n else math.nan}
+            )
     return pd.DataFrame(rows)
 
 
@@ -836,8 +1019,9 @@ def _ratio(num: float, den: float) -> float:
     return num / den if np.isfinite(num) and np.isfinite(den) and den > 0 else math.nan
 
 
-def disease_fidelity(generated: pd.DataFrame, real: pd.DataFrame, groups: Sequence[str]
-                     ) -> tuple[pd.DataFrame, dict[str, float]]:
+def disease_fidelity(
+    generated: pd.DataFrame, real: pd.DataFrame, groups: Sequence[str]
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """Disease fidelity from two :func:`judge_accuracy` tables (generated pool, held-out real).
 
     Per subclass: ``judge_accuracy_generated``, ``judge_accuracy_real``, ``n_judge_generated``,
@@ -853,13 +1037,20 @@ def disease_fidelity(generated: pd.DataFrame, real: pd.DataFrame, groups: Sequen
     A ratio of means, not a mean of ratios: a subclass with few held-out images and a near-zero
     real accuracy cannot blow it up.
     """
-    table = generated[["group", "disease", "n", "accuracy"]].rename(
-        columns={"n": "n_judge_generated", "accuracy": "judge_accuracy_generated"}).merge(
-        real[["group", "disease", "n", "accuracy"]].rename(columns={"n": "n_judge_real",
-                                                                     "accuracy": "judge_accuracy_real"}),
-        on=["group", "disease"], how="left")
-    table["disease_fidelity"] = [_ratio(a, b) for a, b in zip(table["judge_accuracy_generated"],
-                                                             table["judge_accuracy_real"])]
+    table = (
+        generated[["group", "disease", "n", "accuracy"]]
+        .rename(columns={"n": "n_judge_generated", "accuracy": "judge_accuracy_generated"})
+        .merge(
+            real[["group", "disease", "n", "accuracy"]].rename(
+                columns={"n": "n_judge_real", "accuracy": "judge_accuracy_real"}
+            ),
+            on=["group", "disease"],
+            how="left",
+        )
+    )
+    table["disease_fidelity"] = [
+        _ratio(a, b) for a, b in zip(table["judge_accuracy_generated"], table["judge_accuracy_real"])
+    ]
     both = table[table["judge_accuracy_generated"].notna() & table["judge_accuracy_real"].notna()]
 
     def means(rows: pd.DataFrame) -> tuple[float, float]:
@@ -869,8 +1060,9 @@ def disease_fidelity(generated: pd.DataFrame, real: pd.DataFrame, groups: Sequen
 
     summary: dict[str, float] = {}
     gen_acc, real_acc = means(both)
-    summary.update(judge_accuracy_generated=gen_acc, judge_accuracy_real=real_acc,
-                   disease_fidelity=_ratio(gen_acc, real_acc))
+    summary.update(
+        judge_accuracy_generated=gen_acc, judge_accuracy_real=real_acc, disease_fidelity=_ratio(gen_acc, real_acc)
+    )
     per_group = []
     for g in groups:
         gen_g, real_g = means(both[both["group"] == g])

@@ -42,16 +42,16 @@ same ``reason`` field saying so.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 ALTERNATIVES = ("two-sided", "greater", "less")
-MIN_N_TTEST = 3          # fewer pairs: interval only, no p-value
-MIN_N_PERMUTATION = 6    # fewer pairs: the smallest two-sided sign-flip p is 2/2^n > 0.05
+MIN_N_TTEST = 3  # fewer pairs: interval only, no p-value
+MIN_N_PERMUTATION = 6  # fewer pairs: the smallest two-sided sign-flip p is 2/2^n > 0.05
 EXACT_PERMUTATION_MAX_N = 16
 MONTE_CARLO_FLIPS = 100_000
 PERMUTATION_SEED = 0
@@ -75,8 +75,7 @@ def _seed_means(frame: pd.DataFrame, metric: str, repeat: str, seed: str | None)
     return finite.groupby([repeat, seed], sort=True)[metric].mean()
 
 
-def repeat_values(frame: pd.DataFrame, metric: str, repeat: str = "repeat",
-                  seed: str | None = "seed") -> pd.Series:
+def repeat_values(frame: pd.DataFrame, metric: str, repeat: str = "repeat", seed: str | None = "seed") -> pd.Series:
     """One value per generator repeat: the mean over classifier seeds within the repeat.
 
     ``frame`` has one row per (repeat, seed) run with columns ``repeat``, ``seed`` and
@@ -92,8 +91,7 @@ def repeat_values(frame: pd.DataFrame, metric: str, repeat: str = "repeat",
     return means.groupby(level=0, sort=True).mean().rename(metric).rename_axis(repeat)
 
 
-def repeat_counts(frame: pd.DataFrame, metric: str, repeat: str = "repeat",
-                  seed: str | None = "seed") -> pd.Series:
+def repeat_counts(frame: pd.DataFrame, metric: str, repeat: str = "repeat", seed: str | None = "seed") -> pd.Series:
     """Number of classifier seeds with a finite ``metric`` behind each :func:`repeat_values` entry.
 
     Same index as :func:`repeat_values` (repeat ids, sorted); int values. With R repeats the
@@ -128,8 +126,7 @@ def _check_resolution(resolution: float) -> float:
     return resolution
 
 
-def spread_reason(values: Sequence[float] | np.ndarray, resolution: float = 0.0,
-                  scale: float | None = None) -> str:
+def spread_reason(values: Sequence[float] | np.ndarray, resolution: float = 0.0, scale: float | None = None) -> str:
     """Why ``values`` (1-D, finite, n >= 2; differences or one sample, metric units) have no spread, or "".
 
     No spread when sd(values) (ddof 1) <= ``resolution`` (>= 0, the metric's units), when all
@@ -148,8 +145,10 @@ def spread_reason(values: Sequence[float] | np.ndarray, resolution: float = 0.0,
         return f"no spread: sd(d) = {sd:.3g} <= resolution {resolution:g} (metric units)"
     floor = ROUNDING_ULPS * np.finfo(float).eps * float(np.max(np.abs(x)) if scale is None else scale)
     if sd <= floor:
-        return (f"no spread: sd(d) = {sd:.3g} <= resolution {floor:.3g} "
-                f"(float64 rounding: {ROUNDING_ULPS} eps x {floor / (ROUNDING_ULPS * np.finfo(float).eps):.3g})")
+        return (
+            f"no spread: sd(d) = {sd:.3g} <= resolution {floor:.3g} "
+            f"(float64 rounding: {ROUNDING_ULPS} eps x {floor / (ROUNDING_ULPS * np.finfo(float).eps):.3g})"
+        )
     return ""
 
 
@@ -167,8 +166,7 @@ def _interval(x: np.ndarray, level: float, reason: str) -> Interval:
     return Interval(mean, float(low), float(high), n)
 
 
-def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95, *,
-               resolution: float = 0.0) -> Interval:
+def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95, *, resolution: float = 0.0) -> Interval:
     """Student-t interval of the mean of ``values`` (1-D; non-finite values are dropped).
 
     Equals ``scipy.stats.t.interval(level, n - 1, loc=mean, scale=scipy.stats.sem(values))``.
@@ -237,8 +235,7 @@ def _t_test_p(differences: np.ndarray, alternative: str, bound: float = 0.0) -> 
     return float(stats.ttest_1samp(differences, bound, alternative=alternative).pvalue)
 
 
-def _spread_or_count_reason(n: int, differences: np.ndarray, resolution: float, scale: float,
-                            min_n: int) -> str:
+def _spread_or_count_reason(n: int, differences: np.ndarray, resolution: float, scale: float, min_n: int) -> str:
     """Why no test can be made on ``differences`` ("" when one can): too few pairs, else no spread."""
     if n >= 2:
         reason = spread_reason(differences, resolution, scale)
@@ -252,25 +249,42 @@ def _permutation_p(differences: np.ndarray, alternative: str) -> tuple[float, st
     n = len(differences)
     exact = n <= EXACT_PERMUTATION_MAX_N
     if alternative == "two-sided":
+
         def statistic(x, axis):
             return np.abs(np.mean(x, axis=axis))
+
         tail = "greater"
     else:
+
         def statistic(x, axis):
             return np.mean(x, axis=axis)
+
         tail = alternative
     result = stats.permutation_test(
-        (differences,), statistic, permutation_type="samples", vectorized=True,
-        n_resamples=np.inf if exact else MONTE_CARLO_FLIPS, alternative=tail,
-        rng=np.random.default_rng(PERMUTATION_SEED))
-    note = (f"exact sign-flip over 2^{n} = {2 ** n} sign vectors" if exact
-            else f"Monte-Carlo sign-flip, {MONTE_CARLO_FLIPS} flips (seed {PERMUTATION_SEED})")
+        (differences,),
+        statistic,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=np.inf if exact else MONTE_CARLO_FLIPS,
+        alternative=tail,
+        rng=np.random.default_rng(PERMUTATION_SEED),
+    )
+    note = (
+        f"exact sign-flip over 2^{n} = {2**n} sign vectors"
+        if exact
+        else f"Monte-Carlo sign-flip, {MONTE_CARLO_FLIPS} flips (seed {PERMUTATION_SEED})"
+    )
     return float(result.pvalue), note
 
 
-def paired_difference(treatment: Mapping | pd.Series, baseline: Mapping | pd.Series,
-                      level: float = 0.95, alternative: str = "two-sided", *,
-                      resolution: float = 0.0) -> PairedDifference:
+def paired_difference(
+    treatment: Mapping | pd.Series,
+    baseline: Mapping | pd.Series,
+    level: float = 0.95,
+    alternative: str = "two-sided",
+    *,
+    resolution: float = 0.0,
+) -> PairedDifference:
     """Paired comparison of two variants over generator repeats.
 
     ``treatment`` and ``baseline`` map repeat id -> one value per repeat (see
@@ -308,12 +322,28 @@ def paired_difference(treatment: Mapping | pd.Series, baseline: Mapping | pd.Ser
         p_perm, permutation_note = _permutation_p(differences, alternative)
     else:
         p_perm, permutation_note = np.nan, f"no permutation test (n < {MIN_N_PERMUTATION})"
-    t_note = (f"paired t ({alternative})" if not reason
-              else "untestable, no spread" if no_spread else f"interval only, no test (n < {MIN_N_TTEST})")
+    t_note = (
+        f"paired t ({alternative})"
+        if not reason
+        else "untestable, no spread"
+        if no_spread
+        else f"interval only, no test (n < {MIN_N_TTEST})"
+    )
     method = f"n = {n} paired repeats ({dropped} unpaired dropped); {t_note}; {permutation_note}"
-    return PairedDifference(n=n, mean=interval.mean, low=interval.low, high=interval.high, p_t=p_t,
-                            p_perm=p_perm, alternative=alternative, level=level, keys=tuple(keys),
-                            dropped=dropped, method=method, reason=reason)
+    return PairedDifference(
+        n=n,
+        mean=interval.mean,
+        low=interval.low,
+        high=interval.high,
+        p_t=p_t,
+        p_perm=p_perm,
+        alternative=alternative,
+        level=level,
+        keys=tuple(keys),
+        dropped=dropped,
+        method=method,
+        reason=reason,
+    )
 
 
 # --------------------------------------------------------------------------- multiple tests
@@ -369,9 +399,15 @@ class Equivalence:
     reason: str = ""
 
 
-def tost_paired(treatment: Mapping | pd.Series, baseline: Mapping | pd.Series, margin: float,
-                upper_margin: float | None = None, alpha: float = 0.05, *,
-                resolution: float = 0.0) -> Equivalence:
+def tost_paired(
+    treatment: Mapping | pd.Series,
+    baseline: Mapping | pd.Series,
+    margin: float,
+    upper_margin: float | None = None,
+    alpha: float = 0.05,
+    *,
+    resolution: float = 0.0,
+) -> Equivalence:
     """Paired equivalence test (TOST) of treatment - baseline within (-margin, +upper_margin).
 
     ``treatment`` and ``baseline`` map unit id -> value; units are paired by id as in
@@ -407,21 +443,54 @@ def tost_paired(treatment: Mapping | pd.Series, baseline: Mapping | pd.Series, m
         p_lower = _t_test_p(differences, "greater", bound=-margin)
         p_upper = _t_test_p(differences, "less", bound=upper)
         p = max(p_lower, p_upper)
-    return Equivalence(n=len(keys), mean=interval.mean, low=interval.low, high=interval.high,
-                       lower_margin=float(margin), upper_margin=float(upper), p_lower=p_lower, p_upper=p_upper,
-                       p=p, alpha=alpha, equivalent=bool(np.isfinite(p) and p < alpha), keys=tuple(keys),
-                       dropped=dropped, reason=reason)
+    return Equivalence(
+        n=len(keys),
+        mean=interval.mean,
+        low=interval.low,
+        high=interval.high,
+        lower_margin=float(margin),
+        upper_margin=float(upper),
+        p_lower=p_lower,
+        p_upper=p_upper,
+        p=p,
+        alpha=alpha,
+        equivalent=bool(np.isfinite(p) and p < alpha),
+        keys=tuple(keys),
+        dropped=dropped,
+        reason=reason,
+    )
 
 
 # --------------------------------------------------------------------------- table
 
-TABLE_COLUMNS = ("variant", "metric", "direction", "n", "dropped", "mean_diff", "low", "high", "p_t",
-                 "p_perm", "p_holm", "significant", "better", "reason")
+TABLE_COLUMNS = (
+    "variant",
+    "metric",
+    "direction",
+    "n",
+    "dropped",
+    "mean_diff",
+    "low",
+    "high",
+    "p_t",
+    "p_perm",
+    "p_holm",
+    "significant",
+    "better",
+    "reason",
+)
 
 
-def paired_table(values: pd.DataFrame, baseline: str, metrics: Sequence[str],
-                 directions: Mapping[str, int], level: float = 0.95, alpha: float = 0.05, *,
-                 resolution: float | Mapping[str, float] = 0.0) -> pd.DataFrame:
+def paired_table(
+    values: pd.DataFrame,
+    baseline: str,
+    metrics: Sequence[str],
+    directions: Mapping[str, int],
+    level: float = 0.95,
+    alpha: float = 0.05,
+    *,
+    resolution: float | Mapping[str, float] = 0.0,
+) -> pd.DataFrame:
     """Every non-baseline variant x metric against ``baseline``, paired by repeat.
 
     ``values`` has columns ``variant``, ``repeat`` and one column per metric, with one row
@@ -454,8 +523,11 @@ def paired_table(values: pd.DataFrame, baseline: str, metrics: Sequence[str],
     bad = {m: directions[m] for m in metrics if directions[m] not in (-1, 0, 1)}
     if bad:
         raise ValueError(f"directions must be +1, -1 or 0: {bad}")
-    resolutions = ({m: float(resolution.get(m, 0.0)) for m in metrics} if isinstance(resolution, Mapping)
-                   else dict.fromkeys(metrics, float(resolution)))
+    resolutions = (
+        {m: float(resolution.get(m, 0.0)) for m in metrics}
+        if isinstance(resolution, Mapping)
+        else dict.fromkeys(metrics, float(resolution))
+    )
     absent = [c for c in ("variant", "repeat", *metrics) if c not in values.columns]
     if absent:
         raise ValueError(f"values lacks columns {absent}")
@@ -469,12 +541,24 @@ def paired_table(values: pd.DataFrame, baseline: str, metrics: Sequence[str],
     rows = []
     for variant in (v for v in variants if v != baseline):
         for metric in metrics:
-            result = paired_difference(by_variant[variant][metric], by_variant[baseline][metric], level,
-                                       resolution=resolutions[metric])
-            rows.append({"variant": variant, "metric": metric, "direction": int(directions[metric]),
-                         "n": result.n, "dropped": result.dropped, "mean_diff": result.mean,
-                         "low": result.low, "high": result.high, "p_t": result.p_t, "p_perm": result.p_perm,
-                         "reason": result.reason})
+            result = paired_difference(
+                by_variant[variant][metric], by_variant[baseline][metric], level, resolution=resolutions[metric]
+            )
+            rows.append(
+                {
+                    "variant": variant,
+                    "metric": metric,
+                    "direction": int(directions[metric]),
+                    "n": result.n,
+                    "dropped": result.dropped,
+                    "mean_diff": result.mean,
+                    "low": result.low,
+                    "high": result.high,
+                    "p_t": result.p_t,
+                    "p_perm": result.p_perm,
+                    "reason": result.reason,
+                }
+            )
     table = pd.DataFrame(rows, columns=[*TABLE_COLUMNS[:10], "reason"])
     table["p_holm"] = holm(table["p_t"].to_numpy(dtype=float))
     table["significant"] = (table["p_holm"] < alpha).to_numpy(dtype=bool)

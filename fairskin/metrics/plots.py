@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,8 +31,15 @@ def plot_subclass_counts(table: pd.DataFrame, path: Path, title: str = "Images p
         bottom = np.zeros(len(diseases))
         for split, alpha in (("train", 1.0), ("val", 0.6), ("test", 0.35)):
             values = sub[split].to_numpy(float)
-            ax.bar(x + i * width, values, width, bottom=bottom, color=f"C{i}", alpha=alpha,
-                   label=f"{group} ({split})" if split == "train" else None)
+            ax.bar(
+                x + i * width,
+                values,
+                width,
+                bottom=bottom,
+                color=f"C{i}",
+                alpha=alpha,
+                label=f"{group} ({split})" if split == "train" else None,
+            )
             bottom += values
         for xi, total in zip(x + i * width, sub["count"].to_numpy(int)):
             ax.text(xi, total, str(total), ha="center", va="bottom", fontsize=7)
@@ -47,8 +54,9 @@ def plot_subclass_counts(table: pd.DataFrame, path: Path, title: str = "Images p
     return Path(path)
 
 
-def save_image_grid(images: Sequence[np.ndarray], row_labels: Sequence[str], col_labels: Sequence[str],
-                    path: Path, title: str = "") -> Path:
+def save_image_grid(
+    images: Sequence[np.ndarray], row_labels: Sequence[str], col_labels: Sequence[str], path: Path, title: str = ""
+) -> Path:
     """Grid of uint8 (H, W, 3) images, ``len(row_labels)`` x ``len(col_labels)``, row-major."""
     plt = _pyplot()
     rows, cols = len(row_labels), len(col_labels)
@@ -87,8 +95,11 @@ def plot_group_accuracy(report: dict, groups: Sequence[str], path: Path, title: 
         ax.text(x, v / 2, f"{v:.2f}", ha="center", color="white", fontsize=9)
     ax.set_ylim(0, 1)
     ax.set_ylabel("test accuracy (95% bootstrap interval)")
-    ax.set_title(f"{title}\nDP {report['dp']:.3f} (oracle floor {report['dp_oracle_floor']:.3f}), "
-                 f"ESSP {report['essp']:.3f}, ESSP-FairSeg {report['essp_fairseg']:.3f}", fontsize=9)
+    ax.set_title(
+        f"{title}\nDP {report['dp']:.3f} (oracle floor {report['dp_oracle_floor']:.3f}), "
+        f"ESSP {report['essp']:.3f}, ESSP-FairSeg {report['essp_fairseg']:.3f}",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -124,8 +135,14 @@ def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
         return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
 
 
-def plot_tsne(features: np.ndarray, groups: np.ndarray, diseases: np.ndarray, path: Path,
-              title: str = "t-SNE of image features", seed: int = 0) -> Path:
+def plot_tsne(
+    features: np.ndarray,
+    groups: np.ndarray,
+    diseases: np.ndarray,
+    path: Path,
+    title: str = "t-SNE of image features",
+    seed: int = 0,
+) -> Path:
     """t-SNE of features (N, D) in two panels, coloured by group (N,) and by disease (N,) (the paper's Table 3)."""
     plt = _pyplot()
     points = tsne_embedding(features, seed)
@@ -139,8 +156,9 @@ def plot_tsne(features: np.ndarray, groups: np.ndarray, diseases: np.ndarray, pa
     return Path(path)
 
 
-def plot_fid_heatmap(per_subclass: pd.DataFrame, path: Path, title: str = "FID per subclass",
-                     value: str = "fid") -> Path:
+def plot_fid_heatmap(
+    per_subclass: pd.DataFrame, path: Path, title: str = "FID per subclass", value: str = "fid"
+) -> Path:
     """Group x disease heatmap of ``value`` (columns group, disease, value), numbers written in the cells."""
     plt = _pyplot()
     table = per_subclass.set_index(["group", "disease"])[value].unstack("disease")
@@ -153,8 +171,15 @@ def plot_fid_heatmap(per_subclass: pd.DataFrame, path: Path, title: str = "FID p
     spec = ".2f" if len(finite) and np.abs(finite).max() < 10 else ".1f"  # ratios and shares need two decimals
     for (i, j), v in np.ndenumerate(values):
         text = format(v, spec) if np.isfinite(v) else "n/a"
-        ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                color="black" if np.isfinite(v) and v > middle else "white" if np.isfinite(v) else "0.4")
+        ax.text(
+            j,
+            i,
+            text,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="black" if np.isfinite(v) and v > middle else "white" if np.isfinite(v) else "0.4",
+        )
     ax.set_xticks(range(values.shape[1]))
     ax.set_xticklabels([str(d).replace(" ", "\n", 1) for d in table.columns], fontsize=8)
     ax.set_yticks(range(values.shape[0]))

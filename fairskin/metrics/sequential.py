@@ -57,8 +57,8 @@ number of repeats by simulating whole sequential studies.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -71,9 +71,29 @@ CALIBRATION_DRAWS = 200_000
 CALIBRATION_SEED = 0
 _CHUNK = 50_000  # simulated studies per block, to bound memory at large n_max
 
-SEQUENTIAL_COLUMNS = ("endpoint", "direction", "n", "look", "mean_diff", "low", "high", "sd", "t", "boundary",
-                      "t_tost", "equivalence_boundary", "verdict", "decided_at", "margin", "resolution", "m", "mde",
-                      "mde_sd_upper80", "repeats_for_margin", "reason")
+SEQUENTIAL_COLUMNS = (
+    "endpoint",
+    "direction",
+    "n",
+    "look",
+    "mean_diff",
+    "low",
+    "high",
+    "sd",
+    "t",
+    "boundary",
+    "t_tost",
+    "equivalence_boundary",
+    "verdict",
+    "decided_at",
+    "margin",
+    "resolution",
+    "m",
+    "mde",
+    "mde_sd_upper80",
+    "repeats_for_margin",
+    "reason",
+)
 _CODES = {0: "inconclusive", 1: "better", -1: "worse", 2: "equivalent"}
 
 
@@ -133,8 +153,9 @@ def _calibration_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(0,)))
 
 
-def _look_stats(rng: np.random.Generator, shape: tuple[int, ...],
-                looks_: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _look_stats(
+    rng: np.random.Generator, shape: tuple[int, ...], looks_: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sd (ddof 1) of the first n_j of n_max iid N(0, 1) draws: two arrays ``shape + (J,)``."""
     n = np.asarray(looks_, dtype=float)
     z = rng.standard_normal((*shape, looks_[-1]))
@@ -183,9 +204,11 @@ def _calibrate(paths: np.ndarray, looks_: tuple[int, ...], increments: np.ndarra
         if j == 0 or len(rejected) == 0 or rejected[-1] <= marginal:
             out[j] = marginal  # no rejected path above it: the first crossings are all the crossings
         else:
+
             def excess(b: float) -> float:
                 overlap = (len(rejected) - np.searchsorted(rejected, b, side="right")) / total
                 return stats.t.sf(b, n - 1) / tail - overlap - increment
+
             # excess(marginal) = -overlap < 0; at low every rejected path may overlap, excess >= 0
             low = stats.t.isf(min((increment + len(rejected) / total) * tail, 0.5), n - 1)
             out[j] = optimize.brentq(excess, low, marginal, xtol=1e-12)
@@ -194,8 +217,9 @@ def _calibrate(paths: np.ndarray, looks_: tuple[int, ...], increments: np.ndarra
 
 
 @lru_cache(maxsize=64)
-def _boundaries(looks_: tuple[int, ...], alpha: float, n_sim: int,
-                seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _boundaries(
+    looks_: tuple[int, ...], alpha: float, n_sim: int, seed: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(efficacy, equivalence) boundaries for one design; cached, deterministic given the seed."""
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha per endpoint must lie in (0, 0.5), got {alpha}")
@@ -209,8 +233,9 @@ def _boundaries(looks_: tuple[int, ...], alpha: float, n_sim: int,
     return tuple(efficacy.tolist()), tuple(equivalence.tolist())
 
 
-def efficacy_boundaries(looks: Sequence[int], alpha_per_endpoint: float, n_sim: int = CALIBRATION_DRAWS,
-                        seed: int = CALIBRATION_SEED) -> np.ndarray:
+def efficacy_boundaries(
+    looks: Sequence[int], alpha_per_endpoint: float, n_sim: int = CALIBRATION_DRAWS, seed: int = CALIBRATION_SEED
+) -> np.ndarray:
     """Critical values c_j for |t| at each look of a two-sided paired t-test on one endpoint.
 
     ``looks``: repeat counts n_1 < ... < n_J (n_1 >= 3; n_J is taken as n_max for the information
@@ -234,8 +259,9 @@ def efficacy_boundaries(looks: Sequence[int], alpha_per_endpoint: float, n_sim: 
     return np.array(_boundaries(_check_looks(looks), float(alpha_per_endpoint), int(n_sim), int(seed))[0])
 
 
-def equivalence_boundaries(looks: Sequence[int], alpha_per_endpoint: float, n_sim: int = CALIBRATION_DRAWS,
-                           seed: int = CALIBRATION_SEED) -> np.ndarray:
+def equivalence_boundaries(
+    looks: Sequence[int], alpha_per_endpoint: float, n_sim: int = CALIBRATION_DRAWS, seed: int = CALIBRATION_SEED
+) -> np.ndarray:
     """Boundaries e_j for the two one-sided tests (TOST) of equivalence within +-margin, per look.
 
     ``looks``, ``n_sim``, ``seed``: as :func:`efficacy_boundaries` (the same simulated studies);
@@ -276,31 +302,64 @@ def _look_verdict(d: np.ndarray, sign: int, margin: float, resolution: float, c:
     n = len(d)
     finite = np.isfinite(d)
     if not finite.all():
-        return {"mean_diff": math.nan, "sd": math.nan, "t": math.nan, "t_tost": math.nan, "low": math.nan,
-                "high": math.nan, "verdict": "untestable",
-                "reason": (f"{int((~finite).sum())} non-finite paired differences at repeats "
-                           f"{np.flatnonzero(~finite).tolist()}: re-run them (the boundaries hold for n "
-                           f"differences, none dropped)")}
+        return {
+            "mean_diff": math.nan,
+            "sd": math.nan,
+            "t": math.nan,
+            "t_tost": math.nan,
+            "low": math.nan,
+            "high": math.nan,
+            "verdict": "untestable",
+            "reason": (
+                f"{int((~finite).sum())} non-finite paired differences at repeats "
+                f"{np.flatnonzero(~finite).tolist()}: re-run them (the boundaries hold for n "
+                f"differences, none dropped)"
+            ),
+        }
     mean, sd = float(np.mean(d)), float(np.std(d, ddof=1))
     reason = spread_reason(d, resolution)
     if reason:
-        return {"mean_diff": mean, "sd": sd, "t": math.nan, "t_tost": math.nan, "low": math.nan, "high": math.nan,
-                "verdict": "untestable", "reason": reason}
+        return {
+            "mean_diff": mean,
+            "sd": sd,
+            "t": math.nan,
+            "t_tost": math.nan,
+            "low": math.nan,
+            "high": math.nan,
+            "verdict": "untestable",
+            "reason": reason,
+        }
     se = sd / math.sqrt(n)
     t, t_tost = mean / se, (margin - abs(mean)) / se
     if abs(t) > c:
         verdict = "better" if mean * sign > 0 else "worse"
     else:
         verdict = "equivalent" if t_tost > e else "inconclusive"
-    return {"mean_diff": mean, "sd": sd, "t": t, "t_tost": t_tost, "low": mean - c * se, "high": mean + c * se,
-            "verdict": verdict, "reason": ""}
+    return {
+        "mean_diff": mean,
+        "sd": sd,
+        "t": t,
+        "t_tost": t_tost,
+        "low": mean - c * se,
+        "high": mean + c * se,
+        "verdict": verdict,
+        "reason": "",
+    }
 
 
-def sequential_verdicts(differences: Mapping[str, Sequence[float] | np.ndarray], directions: Mapping[str, int],
-                        margins: Mapping[str, float], resolutions: Mapping[str, float] | None = None,
-                        alpha: float = 0.05, n_max: int | None = None, looks: Sequence[int] | None = None, *,
-                        power: float = POWER, n_sim: int = CALIBRATION_DRAWS,
-                        seed: int = CALIBRATION_SEED) -> tuple[pd.DataFrame, bool]:
+def sequential_verdicts(
+    differences: Mapping[str, Sequence[float] | np.ndarray],
+    directions: Mapping[str, int],
+    margins: Mapping[str, float],
+    resolutions: Mapping[str, float] | None = None,
+    alpha: float = 0.05,
+    n_max: int | None = None,
+    looks: Sequence[int] | None = None,
+    *,
+    power: float = POWER,
+    n_sim: int = CALIBRATION_DRAWS,
+    seed: int = CALIBRATION_SEED,
+) -> tuple[pd.DataFrame, bool]:
     """Verdicts of a family of primary endpoints at the current look of a sequential study, and whether to stop.
 
     ``differences``: endpoint -> the n paired differences so far (1-D, metric units, one per
@@ -360,18 +419,30 @@ def sequential_verdicts(differences: Mapping[str, Sequence[float] | np.ndarray],
         current = _look_verdict(d, sign, mar, res, float(c[j]), float(e[j]))
         decided_at = None
         for i in range(j + 1):
-            earlier = current if i == j else _look_verdict(d[:looks_[i]], sign, mar, res, float(c[i]), float(e[i]))
+            earlier = current if i == j else _look_verdict(d[: looks_[i]], sign, mar, res, float(c[i]), float(e[i]))
             if earlier["verdict"] in ("better", "worse", "equivalent"):
                 current["verdict"], decided_at = earlier["verdict"], looks_[i]
                 break
         tested = np.isfinite(current["t"])
         sd = current["sd"]
-        rows.append({**current, "endpoint": name, "direction": sign, "n": n, "look": j + 1, "boundary": float(c[j]),
-                     "equivalence_boundary": float(e[j]), "decided_at": decided_at, "margin": mar,
-                     "resolution": res, "m": m,
-                     "mde": mde(sd, n, level, power) if tested else math.nan,
-                     "mde_sd_upper80": mde(sd_upper(sd, n), n, level, power) if tested else math.nan,
-                     "repeats_for_margin": repeats_for(sd, mar, level, power) if tested else None})
+        rows.append(
+            {
+                **current,
+                "endpoint": name,
+                "direction": sign,
+                "n": n,
+                "look": j + 1,
+                "boundary": float(c[j]),
+                "equivalence_boundary": float(e[j]),
+                "decided_at": decided_at,
+                "margin": mar,
+                "resolution": res,
+                "m": m,
+                "mde": mde(sd, n, level, power) if tested else math.nan,
+                "mde_sd_upper80": mde(sd_upper(sd, n), n, level, power) if tested else math.nan,
+                "repeats_for_margin": repeats_for(sd, mar, level, power) if tested else None,
+            }
+        )
     frame = pd.DataFrame(rows, columns=list(SEQUENTIAL_COLUMNS))
     for column in ("decided_at", "repeats_for_margin"):
         frame[column] = frame[column].astype("Int64")
@@ -382,9 +453,15 @@ def sequential_verdicts(differences: Mapping[str, Sequence[float] | np.ndarray],
 # --------------------------------------------------------------------------- simulation
 
 
-def _sequential_outcome(mean_z: np.ndarray, sd_z: np.ndarray, shift: np.ndarray, margin: np.ndarray,
-                        looks_: Sequence[int], efficacy: np.ndarray,
-                        equivalence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sequential_outcome(
+    mean_z: np.ndarray,
+    sd_z: np.ndarray,
+    shift: np.ndarray,
+    margin: np.ndarray,
+    looks_: Sequence[int],
+    efficacy: np.ndarray,
+    equivalence: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Final verdicts and repeats used of simulated sequential studies (direction +1, resolution 0).
 
     ``mean_z``, ``sd_z``: (studies, m, J) mean and sd (ddof 1) of the first n_j standard normal
@@ -413,11 +490,21 @@ def _sequential_outcome(mean_z: np.ndarray, sd_z: np.ndarray, shift: np.ndarray,
     return final, used
 
 
-def simulate_sequential(sds: Sequence[float], margins: Sequence[float] | float,
-                        true_diffs: Sequence[float] | None = None, alpha: float = 0.05, n_start: int = 3,
-                        batch: int = 2, n_max: int = 12, n_studies: int = 10_000, seed: int = 1, *,
-                        power: float = POWER, n_sim: int = CALIBRATION_DRAWS,
-                        calibration_seed: int = CALIBRATION_SEED) -> dict:
+def simulate_sequential(
+    sds: Sequence[float],
+    margins: Sequence[float] | float,
+    true_diffs: Sequence[float] | None = None,
+    alpha: float = 0.05,
+    n_start: int = 3,
+    batch: int = 2,
+    n_max: int = 12,
+    n_studies: int = 10_000,
+    seed: int = 1,
+    *,
+    power: float = POWER,
+    n_sim: int = CALIBRATION_DRAWS,
+    calibration_seed: int = CALIBRATION_SEED,
+) -> dict:
     """Error rates, power and repeats used of the sequential rule, by simulating whole studies.
 
     ``sds``: per endpoint, the true sd of the paired differences (metric units, > 0); ``margins``:
@@ -454,8 +541,9 @@ def simulate_sequential(sds: Sequence[float], margins: Sequence[float] | float,
     if len(margin) != m or len(true) != m:
         raise ValueError(f"sds, margins and true_diffs need one entry per endpoint ({m})")
     if np.any(~np.isfinite(margin)) or np.any(margin <= 0) or np.any(~np.isfinite(true)):
-        raise ValueError(f"margins must be finite and > 0 and true_diffs finite, got {margin.tolist()}, "
-                         f"{true.tolist()}")
+        raise ValueError(
+            f"margins must be finite and > 0 and true_diffs finite, got {margin.tolist()}, {true.tolist()}"
+        )
     if n_studies < 1:
         raise ValueError(f"n_studies must be >= 1, got {n_studies}")
     design = tuple(looks(n_start, batch, n_max))
@@ -481,15 +569,28 @@ def simulate_sequential(sds: Sequence[float], margins: Sequence[float] | float,
     spread = float(n_used.std(ddof=1)) if n_studies > 1 else math.nan
     half = 1.959963984540054 * spread / math.sqrt(n_studies)
     return {
-        "n_studies": int(n_studies), "alpha": alpha, "m": m, "sds": sd.tolist(), "margins": margin.tolist(),
-        "true_diffs": true.tolist(), "seed": seed, "calibration_seed": calibration_seed, "n_sim": n_sim,
-        "looks": list(design), "boundary": c.tolist(), "equivalence_boundary": e.tolist(),
+        "n_studies": int(n_studies),
+        "alpha": alpha,
+        "m": m,
+        "sds": sd.tolist(),
+        "margins": margin.tolist(),
+        "true_diffs": true.tolist(),
+        "seed": seed,
+        "calibration_seed": calibration_seed,
+        "n_sim": n_sim,
+        "looks": list(design),
+        "boundary": c.tolist(),
+        "equivalence_boundary": e.tolist(),
         "false_better_worse": _rate(int(false_claim.any(axis=1).sum()), n_studies),
         "false_equivalent": _rate(int(((code == 2) & beyond[None, :]).any(axis=1).sum()), n_studies),
         "power": [_rate(int(right[:, k].sum()), n_studies) if effect[k] else None for k in range(m)],
         "power_all": _rate(int(right[:, effect].all(axis=1).sum()), n_studies) if effect.any() else None,
-        "expected_repeats": {"mean": float(n_used.mean()), "sd": spread, "low": float(n_used.mean()) - half,
-                             "high": float(n_used.mean()) + half},
+        "expected_repeats": {
+            "mean": float(n_used.mean()),
+            "sd": spread,
+            "low": float(n_used.mean()) - half,
+            "high": float(n_used.mean()) + half,
+        },
         "stop_share": {int(n): float(np.mean(n_used == n)) for n in design},
         "verdict_rates": [{v: float(np.mean(code[:, k] == key)) for key, v in _CODES.items()} for k in range(m)],
         "mde_fixed": [mde(float(s), int(n_max), level, power) for s in sd],

@@ -103,8 +103,8 @@ Distance to the real distribution (the primary skin-tone endpoint)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -248,7 +248,7 @@ def _chunks(images: np.ndarray, max_pixels: int):
     outer = _outer(len(range(0, h, s)), len(range(0, w, s)))
     wts = _weights()
     for i in range(0, n, CHUNK):
-        lab = srgb_to_lab(images[i:i + CHUNK])
+        lab = srgb_to_lab(images[i : i + CHUNK])
         sub = lab[:, ::s, ::s].reshape(len(lab), -1, 3) * wts
         yield i, lab, _skin_mode(sub, outer) / wts
 
@@ -271,7 +271,7 @@ def healthy_skin_mask(image: np.ndarray, *, max_pixels: int = MAX_PIXELS) -> np.
     images, single = _as_batch(image)
     masks = np.empty(images.shape[:3], dtype=bool)
     for i, lab, modes in _chunks(images, max_pixels):
-        masks[i:i + len(lab)] = _masks(lab, modes)
+        masks[i : i + len(lab)] = _masks(lab, modes)
     return masks[0] if single else masks
 
 
@@ -290,12 +290,12 @@ def image_ita(images: np.ndarray, rule: str = "mode", *, max_pixels: int = MAX_P
     out = np.empty(n)
     if rule == "all":
         for i in range(0, n, CHUNK):
-            lab = srgb_to_lab(images[i:i + CHUNK]).reshape(-1, h * w, 3)
-            out[i:i + len(lab)] = _ita(np.median(lab[..., 0], axis=1), np.median(lab[..., 2], axis=1))
+            lab = srgb_to_lab(images[i : i + CHUNK]).reshape(-1, h * w, 3)
+            out[i : i + len(lab)] = _ita(np.median(lab[..., 0], axis=1), np.median(lab[..., 2], axis=1))
         return out
     for i, lab, modes in _chunks(images, max_pixels):
         if rule == "mode":
-            out[i:i + len(lab)] = _ita(modes[:, 0], modes[:, 2])
+            out[i : i + len(lab)] = _ita(modes[:, 0], modes[:, 2])
             continue
         for j, (pixels, mask) in enumerate(zip(lab, _masks(lab, modes))):
             skin = pixels[mask]
@@ -327,7 +327,7 @@ class ReferenceBands:
     samples: dict[str, np.ndarray] = field(repr=False)
 
     @classmethod
-    def from_real(cls, ita: np.ndarray, groups: np.ndarray) -> "ReferenceBands":
+    def from_real(cls, ita: np.ndarray, groups: np.ndarray) -> ReferenceBands:
         """From real images' ITA ``(N,)`` in degrees and their group labels ``(N,)``."""
         ita, groups = _check_pair(ita, groups, "ita", "groups")
         if len(ita) == 0:
@@ -493,15 +493,40 @@ def ita_distance_ratios(
         pool_ita, pool_disease = ita[mine], diseases[mine]
         draws = [heldout_mix_subsample(pool_disease, h_diseases[held], rng) for _ in range(subsamples)]
         if len(draws[0]) == 0:
-            raise ValueError(f"group {g!r}: no pool image has one of the held-out diseases "
-                             f"{sorted(set(h_diseases[held].tolist()))}")
+            raise ValueError(
+                f"group {g!r}: no pool image has one of the held-out diseases {sorted(set(h_diseases[held].tolist()))}"
+            )
         w1_pool = float(np.mean([wasserstein_1d(pool_ita[rows_], real) for rows_ in draws]))
         pool_iqr = _iqr(pool_ita)
-        rows.append({"group": g, "n": int(mine.sum()), "n_heldout": int(held.sum()), "n_subsample": len(draws[0]),
-                     "w1_floor": floor, "w1_pool": w1_pool, "w1_ratio": w1_pool / floor,
-                     "pool_iqr": pool_iqr, "real_iqr": real_iqr, "spread_ratio": pool_iqr / real_iqr})
-    return pd.DataFrame(rows, columns=["group", "n", "n_heldout", "n_subsample", "w1_floor", "w1_pool", "w1_ratio",
-                                       "pool_iqr", "real_iqr", "spread_ratio"])
+        rows.append(
+            {
+                "group": g,
+                "n": int(mine.sum()),
+                "n_heldout": int(held.sum()),
+                "n_subsample": len(draws[0]),
+                "w1_floor": floor,
+                "w1_pool": w1_pool,
+                "w1_ratio": w1_pool / floor,
+                "pool_iqr": pool_iqr,
+                "real_iqr": real_iqr,
+                "spread_ratio": pool_iqr / real_iqr,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "group",
+            "n",
+            "n_heldout",
+            "n_subsample",
+            "w1_floor",
+            "w1_pool",
+            "w1_ratio",
+            "pool_iqr",
+            "real_iqr",
+            "spread_ratio",
+        ],
+    )
 
 
 def _above_ceiling(agreement: float, n: int, ceiling: float, n_heldout: int) -> float:
@@ -570,7 +595,9 @@ def skin_tone_report(
     for g, d in sorted(set(zip(groups.tolist(), diseases.tolist()))):
         m = (groups == g) & (diseases == d)
         rows.append({"group": g, "disease": d, **_stats(ita[m], groups[m], ref, g)})
-    per_subclass = pd.DataFrame(rows, columns=["group", "disease", "n", "in_band", "wasserstein", "agreement", "ita_median"])
+    per_subclass = pd.DataFrame(
+        rows, columns=["group", "disease", "n", "in_band", "wasserstein", "agreement", "ita_median"]
+    )
 
     ceiling: dict[str, float] = {}
     summary: dict[str, float] = {}
@@ -584,20 +611,35 @@ def skin_tone_report(
         n_ceiling = {g: int((h_groups == g).sum()) for g in ceiling}
     distance = None
     if heldout_disease is not None:
-        distance = ita_distance_ratios(ita, groups, diseases, heldout_ita, heldout_group, heldout_disease,
-                                       ref.samples, seed=seed, subsamples=subsamples).set_index("group")
+        distance = ita_distance_ratios(
+            ita,
+            groups,
+            diseases,
+            heldout_ita,
+            heldout_group,
+            heldout_disease,
+            ref.samples,
+            seed=seed,
+            subsamples=subsamples,
+        ).set_index("group")
 
     rows = []
     for g in ref.groups:
         m = groups == g
         if not m.any():
             continue
-        row = {"group": g, **_stats(ita[m], groups[m], ref, g),
-               "real_median": ref.median[g], "real_p05": ref.p05[g], "real_p95": ref.p95[g]}
+        row = {
+            "group": g,
+            **_stats(ita[m], groups[m], ref, g),
+            "real_median": ref.median[g],
+            "real_p05": ref.p05[g],
+            "real_p95": ref.p95[g],
+        }
         if heldout_ita is not None:
             row["agreement_ceiling"] = ceiling.get(g, float("nan"))
-            row["above_ceiling"] = (_above_ceiling(row["agreement"], row["n"], ceiling[g], n_ceiling[g])
-                                    if g in ceiling else float("nan"))
+            row["above_ceiling"] = (
+                _above_ceiling(row["agreement"], row["n"], ceiling[g], n_ceiling[g]) if g in ceiling else float("nan")
+            )
         if distance is not None:
             row.update({k: float(distance.loc[g, k]) for k in ("w1_ratio", "w1_floor", "spread_ratio")})
         rows.append(row)
@@ -638,6 +680,7 @@ def skin_tone_report(
     index = {g: i for i, g in enumerate(ref.groups)}
     counts = np.zeros((len(ref.groups), len(ref.groups)), dtype=np.int64)
     np.add.at(counts, ([index[g] for g in groups.tolist()], [index[g] for g in assigned.tolist()]), 1)
-    confusion = pd.DataFrame(counts, index=pd.Index(ref.groups, name="prompted"),
-                             columns=pd.Index(ref.groups, name="assigned"))
+    confusion = pd.DataFrame(
+        counts, index=pd.Index(ref.groups, name="prompted"), columns=pd.Index(ref.groups, name="assigned")
+    )
     return per_subclass, per_group, summary, confusion

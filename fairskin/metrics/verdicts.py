@@ -33,9 +33,9 @@ false-positive rate), with Clopper-Pearson intervals.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,9 +44,27 @@ from scipy import optimize, special, stats
 from fairskin.metrics.paired import MIN_N_TTEST, ROUNDING_ULPS, holm, spread_reason
 
 VERDICTS = ("better", "worse", "equivalent", "inconclusive", "untestable")
-VERDICT_COLUMNS = ("endpoint", "direction", "n", "mean_diff", "low", "high", "sd", "p_t", "p_holm", "p_tost",
-                   "p_tost_holm", "verdict", "margin", "resolution", "m", "mde", "mde_sd_upper80",
-                   "repeats_for_margin", "reason")
+VERDICT_COLUMNS = (
+    "endpoint",
+    "direction",
+    "n",
+    "mean_diff",
+    "low",
+    "high",
+    "sd",
+    "p_t",
+    "p_holm",
+    "p_tost",
+    "p_tost_holm",
+    "verdict",
+    "margin",
+    "resolution",
+    "m",
+    "mde",
+    "mde_sd_upper80",
+    "repeats_for_margin",
+    "reason",
+)
 POWER = 0.8
 SD_UPPER_LEVEL = 0.8
 
@@ -152,11 +170,17 @@ def _tests(d: np.ndarray, margin: float, level: float) -> dict[str, np.ndarray]:
     df = n - 1
     with np.errstate(divide="ignore", invalid="ignore"):
         p_t = 2 * special.stdtr(df, -np.abs(mean / se))
-        p_lower = special.stdtr(df, -(mean + margin) / se)   # P(T > (mean + margin) / se)
-        p_upper = special.stdtr(df, (mean - margin) / se)    # P(T < (mean - margin) / se)
+        p_lower = special.stdtr(df, -(mean + margin) / se)  # P(T > (mean + margin) / se)
+        p_upper = special.stdtr(df, (mean - margin) / se)  # P(T < (mean - margin) / se)
         half = special.stdtrit(df, 0.5 + level / 2) * se
-    return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "p_t": p_t,
-            "p_tost": np.maximum(p_lower, p_upper)}
+    return {
+        "mean": mean,
+        "sd": sd,
+        "low": mean - half,
+        "high": mean + half,
+        "p_t": p_t,
+        "p_tost": np.maximum(p_lower, p_upper),
+    }
 
 
 def _holm_rows(p: np.ndarray) -> np.ndarray:
@@ -173,15 +197,19 @@ def _holm_rows(p: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-def _classify(mean: np.ndarray, p_holm: np.ndarray, p_tost_holm: np.ndarray, direction: np.ndarray,
-              alpha: float) -> np.ndarray:
+def _classify(
+    mean: np.ndarray, p_holm: np.ndarray, p_tost_holm: np.ndarray, direction: np.ndarray, alpha: float
+) -> np.ndarray:
     """Verdict strings (same shape as the inputs) by the module's precedence; NaN p_holm = untestable."""
     tested = np.isfinite(p_holm)
     significant = tested & (p_holm < alpha)
     toward = np.sign(mean) * direction
     equivalent = tested & ~significant & (p_tost_holm < alpha)
-    return np.select([~tested, significant & (toward > 0), significant & (toward < 0), equivalent],
-                     ["untestable", "better", "worse", "equivalent"], default="inconclusive").astype(object)
+    return np.select(
+        [~tested, significant & (toward > 0), significant & (toward < 0), equivalent],
+        ["untestable", "better", "worse", "equivalent"],
+        default="inconclusive",
+    ).astype(object)
 
 
 # --------------------------------------------------------------------------- family
@@ -222,8 +250,12 @@ class Verdict:
     reason: str
 
 
-def _declared(endpoints: Sequence[str], directions: Mapping[str, int], margins: Mapping[str, float],
-              resolutions: Mapping[str, float] | None) -> tuple[list[int], list[float], list[float]]:
+def _declared(
+    endpoints: Sequence[str],
+    directions: Mapping[str, int],
+    margins: Mapping[str, float],
+    resolutions: Mapping[str, float] | None,
+) -> tuple[list[int], list[float], list[float]]:
     out_d, out_m, out_r = [], [], []
     for e in endpoints:
         if e not in directions or directions[e] not in (-1, 1):
@@ -240,9 +272,16 @@ def _declared(endpoints: Sequence[str], directions: Mapping[str, int], margins: 
     return out_d, out_m, out_r
 
 
-def family_verdicts(differences: Mapping[str, Sequence[float] | np.ndarray], directions: Mapping[str, int],
-                    margins: Mapping[str, float], resolutions: Mapping[str, float] | None = None,
-                    alpha: float = 0.05, power: float = POWER, *, level: float = 0.95) -> pd.DataFrame:
+def family_verdicts(
+    differences: Mapping[str, Sequence[float] | np.ndarray],
+    directions: Mapping[str, int],
+    margins: Mapping[str, float],
+    resolutions: Mapping[str, float] | None = None,
+    alpha: float = 0.05,
+    power: float = POWER,
+    *,
+    level: float = 0.95,
+) -> pd.DataFrame:
     """Verdicts for one family of primary endpoints (one compared variant against its baseline).
 
     ``differences``: endpoint -> the R paired differences d_r (1-D, metric units; non-finite
@@ -293,16 +332,32 @@ def family_verdicts(differences: Mapping[str, Sequence[float] | np.ndarray], dir
     for i, (e, row) in enumerate(zip(endpoints, rows)):
         tested = np.isfinite(p_holm[i])
         level_m = alpha / max(m, 1)
-        out.append(Verdict(
-            endpoint=e, direction=direction[i], n=row["n"], mean_diff=row["mean"], low=row["low"], high=row["high"],
-            sd=row["sd"], p_t=row["p_t"], p_holm=float(p_holm[i]), p_tost=row["p_tost"],
-            p_tost_holm=float(p_tost_holm[i]), verdict=str(verdicts[i]), margin=margin[i], resolution=resolution[i],
-            m=m, mde=mde(row["sd"], row["n"], level_m, power) if tested else math.nan,
-            mde_sd_upper80=mde(sd_upper(row["sd"], row["n"]), row["n"], level_m, power) if tested else math.nan,
-            repeats_for_margin=repeats_for(row["sd"], margin[i], level_m, power) if tested else None,
-            reason=row["reason"]))
-    frame = pd.DataFrame({f.name: [getattr(v, f.name) for v in out] for f in fields(Verdict)},
-                         columns=list(VERDICT_COLUMNS))
+        out.append(
+            Verdict(
+                endpoint=e,
+                direction=direction[i],
+                n=row["n"],
+                mean_diff=row["mean"],
+                low=row["low"],
+                high=row["high"],
+                sd=row["sd"],
+                p_t=row["p_t"],
+                p_holm=float(p_holm[i]),
+                p_tost=row["p_tost"],
+                p_tost_holm=float(p_tost_holm[i]),
+                verdict=str(verdicts[i]),
+                margin=margin[i],
+                resolution=resolution[i],
+                m=m,
+                mde=mde(row["sd"], row["n"], level_m, power) if tested else math.nan,
+                mde_sd_upper80=mde(sd_upper(row["sd"], row["n"]), row["n"], level_m, power) if tested else math.nan,
+                repeats_for_margin=repeats_for(row["sd"], margin[i], level_m, power) if tested else None,
+                reason=row["reason"],
+            )
+        )
+    frame = pd.DataFrame(
+        {f.name: [getattr(v, f.name) for v in out] for f in fields(Verdict)}, columns=list(VERDICT_COLUMNS)
+    )
     frame["repeats_for_margin"] = frame["repeats_for_margin"].astype("Int64")
     return frame
 
@@ -310,8 +365,9 @@ def family_verdicts(differences: Mapping[str, Sequence[float] | np.ndarray], dir
 # --------------------------------------------------------------------------- simulation
 
 
-def _simulated_differences(sds: Sequence[float], n: int, true_diffs: Sequence[float] | None, n_studies: int,
-                           seed: int) -> np.ndarray:
+def _simulated_differences(
+    sds: Sequence[float], n: int, true_diffs: Sequence[float] | None, n_studies: int, seed: int
+) -> np.ndarray:
     """(n_studies, m, n) paired differences, d ~ Normal(true_diffs[j], sds[j]) independently."""
     sds = np.asarray(sds, dtype=float)
     true = np.zeros_like(sds) if true_diffs is None else np.asarray(true_diffs, dtype=float)
@@ -341,9 +397,15 @@ def _rate(k: int, total: int) -> dict[str, float]:
     return {"count": int(k), "rate": k / total, "low": float(ci.low), "high": float(ci.high)}
 
 
-def simulate_family_error(sds: Sequence[float], n: int, margins: Sequence[float] | float, alpha: float = 0.05,
-                          n_studies: int = 2000, true_diffs: Sequence[float] | None = None,
-                          seed: int = 0) -> dict:
+def simulate_family_error(
+    sds: Sequence[float],
+    n: int,
+    margins: Sequence[float] | float,
+    alpha: float = 0.05,
+    n_studies: int = 2000,
+    true_diffs: Sequence[float] | None = None,
+    seed: int = 0,
+) -> dict:
     """Family-wise error rates of :func:`family_verdicts` by simulation from given spreads.
 
     ``sds``: per endpoint, the sd of the paired differences (metric units; the measured sd(d),
@@ -379,7 +441,12 @@ def simulate_family_error(sds: Sequence[float], n: int, margins: Sequence[float]
     claimed = (verdicts == "better") | (verdicts == "worse")
     equivalent = verdicts == "equivalent"
     return {
-        "n_studies": int(n_studies), "n": int(n), "alpha": alpha, "sds": sds, "margins": margin, "true_diffs": true,
+        "n_studies": int(n_studies),
+        "n": int(n),
+        "alpha": alpha,
+        "sds": sds,
+        "margins": margin,
+        "true_diffs": true,
         "seed": seed,
         "false_positive": _rate(int((claimed & null).any(axis=1).sum()), n_studies),
         "false_equivalent": _rate(int((equivalent & beyond).any(axis=1).sum()), n_studies),

@@ -162,7 +162,7 @@ class Cluster:
     dashboard: str = ""
     retired: list[RayNode] = field(default_factory=list)  # lost nodes, ended at stop()
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         try:
             self.start()
         except BaseException:
@@ -192,11 +192,20 @@ class Cluster:
         temp_dir = Path(tempfile.mkdtemp(prefix=f"fsk-{name[-1]}-", dir="/tmp"))
         node = RayNode(name=name, temp_dir=temp_dir, head=head, num_cpus=self.num_cpus)
         ray_bin = Path(sys.executable).with_name("ray")
-        cmd = [str(ray_bin), "start", f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
-               f"--num-cpus={self.num_cpus:g}", f"--resources={json.dumps({name: 1})}",
-               f"--object-store-memory={self.object_store_mb * 1024 * 1024}", "--disable-usage-stats",
-               f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-               f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+        cmd = [
+            str(ray_bin),
+            "start",
+            f"--temp-dir={temp_dir}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={self.num_cpus:g}",
+            f"--resources={json.dumps({name: 1})}",
+            f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
+            "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+        ]
         if head:
             gcs, dashboard = free_port(), free_port()
             self.address = f"127.0.0.1:{gcs}"
@@ -272,6 +281,9 @@ class Cluster:
 
     def stop(self) -> None:
         """End every node this cluster started (workers first, the head last), by their own PIDs."""
-        for node in [*self.retired, *[n for n in self.nodes.values() if not n.head],
-                     *[n for n in self.nodes.values() if n.head]]:
+        for node in [
+            *self.retired,
+            *[n for n in self.nodes.values() if not n.head],
+            *[n for n in self.nodes.values() if n.head],
+        ]:
             node.stop()

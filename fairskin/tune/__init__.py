@@ -8,7 +8,6 @@
 * :mod:`fairskin.tune.inputs`: the pipeline stages a CLI study needs when no pools are given.
 """
 
-
 from __future__ import annotations
 
 import importlib
@@ -17,10 +16,28 @@ from typing import TYPE_CHECKING, Any
 # Names are imported on first use (PEP 562), not with the package: a trial's process unpickles
 # fairskin.tune.trainable, and importing the package eagerly pulled in study -> mlflow_callback ->
 # mlflow (about 2.5 s idle, 4 s on a busy 2-core machine) into every trial actor and Ray task.
-_EXPORTS = {"SearchSpace": "spaces", "SpaceError": "spaces", "load_space": "spaces", "resolve_space": "spaces",
-            "StudyError": "study", "StudyResult": "study", "run_study": "study", "study_name": "study"}
+_EXPORTS = {
+    "SearchSpace": "spaces",
+    "SpaceError": "spaces",
+    "load_space": "spaces",
+    "resolve_space": "spaces",
+    "StudyError": "study",
+    "StudyResult": "study",
+    "run_study": "study",
+    "study_name": "study",
+}
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "SearchSpace",
+    "SpaceError",
+    "StudyError",
+    "StudyResult",
+    "load_space",
+    "resolve_space",
+    "run_study",
+    "study_name",
+]
+assert sorted(__all__) == sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from fairskin.tune.spaces import SearchSpace, SpaceError, load_space, resolve_space

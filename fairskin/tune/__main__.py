@@ -48,12 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fairskin.tune", description=__doc__.splitlines()[0])
     parser.add_argument("--space", required=True, help="search space: tune_spaces/NAME.yaml or a YAML path")
     parser.add_argument("--variant", default=None, help="the pool's variant, when the space does not search it")
-    parser.add_argument("--trials", type=int, default=None, help="number of trials (default: tune.num_trials, "
-                                                                  "else the space's; a grid runs its grid)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="number of trials (default: tune.num_trials, else the space's; a grid runs its grid)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study")
     parser.add_argument("--study", default=None, help="study name (default: SPACE-VARIANT|all-PRESET)")
-    parser.add_argument("--pool", action="append", default=[], metavar="VARIANT=PATH",
-                        help="a pool shard folder per variant (repeatable)")
+    parser.add_argument(
+        "--pool",
+        action="append",
+        default=[],
+        metavar="VARIANT=PATH",
+        help="a pool shard folder per variant (repeatable)",
+    )
     parser.add_argument("--real-shards", default=None, help="the prepare stage's shard folder")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_config_arguments(parser)
@@ -95,8 +104,9 @@ def _study(args: argparse.Namespace, config) -> int:
         # One pool per study when the space does not search the variant: the space's, else the
         # last configured variant (the paper's method, fairskin_s, in the presets).
         args.variant = space.fixed.variant or config.diffusion.variants[-1]
-    result = run_study(config, space, pools, real, variant=args.variant, trials=args.trials,
-                       resume=args.resume, name=args.study)
+    result = run_study(
+        config, space, pools, real, variant=args.variant, trials=args.trials, resume=args.resume, name=args.study
+    )
     return _print_summary(args, result)
 
 
@@ -111,24 +121,33 @@ def _generator_study(args: argparse.Namespace, config, space) -> int:
         raise ValueError(f"space {space.name!r} trains generators: --pool, --real-shards and --variant do not apply")
     resolve_generator_space(space, config, trials=args.trials)  # fail before any stage runs
     sources = generator_sources(config)
-    result = run_study(config, space, {}, sources.shards, trials=args.trials, resume=args.resume, name=args.study,
-                       sources=sources)
+    result = run_study(
+        config, space, {}, sources.shards, trials=args.trials, resume=args.resume, name=args.study, sources=sources
+    )
     return _print_summary(args, result)
 
 
 def _print_summary(args: argparse.Namespace, result) -> int:
-    summary = {"study": result.name, "path": str(result.path), "experiment_id": result.experiment_id,
-               "parent_run_id": result.parent_run_id, "trials": len(result.trials),
-               "interrupted": result.interrupted, "seconds": round(result.seconds, 1),
-               "best": {k: result.best.get(k) for k in ("trial_id", "run_id", *result.space.metrics)}
-               if result.best else None, "pareto_size": len(result.pareto),
-               "confirmed": json.loads(result.confirmed.to_json(orient="records")) if len(result.confirmed) else [],
-               "best_variant": str(result.best_variant) if result.best_variant else None}
+    summary = {
+        "study": result.name,
+        "path": str(result.path),
+        "experiment_id": result.experiment_id,
+        "parent_run_id": result.parent_run_id,
+        "trials": len(result.trials),
+        "interrupted": result.interrupted,
+        "seconds": round(result.seconds, 1),
+        "best": {k: result.best.get(k) for k in ("trial_id", "run_id", *result.space.metrics)} if result.best else None,
+        "pareto_size": len(result.pareto),
+        "confirmed": json.loads(result.confirmed.to_json(orient="records")) if len(result.confirmed) else [],
+        "best_variant": str(result.best_variant) if result.best_variant else None,
+    }
     if args.json:
         print(json.dumps(summary, default=str))
     else:
-        print(f"study {result.name}: {summary['trials']} trial(s) in {summary['seconds']} s; "
-              f"best {summary['best']}; Pareto front of {summary['pareto_size']}; report in {result.path / 'report'}")
+        print(
+            f"study {result.name}: {summary['trials']} trial(s) in {summary['seconds']} s; "
+            f"best {summary['best']}; Pareto front of {summary['pareto_size']}; report in {result.path / 'report'}"
+        )
         if len(result.confirmed) and "metric" in result.confirmed:  # a generator study's confirmations
             from fairskin.tune.study import confirmed_lines
 
@@ -136,11 +155,16 @@ def _print_summary(args: argparse.Namespace, result) -> int:
                 print(line)
         if result.best_variant:
             name = _variant_name(result.best_variant)
-            print(f"best generator as a variant: {result.best_variant}\n  python jobs/full_pipeline.py --preset "
-                  f"{args.preset} --config {result.best_variant} \"diffusion.variants=[vanilla, fairskin_s, {name}]\"")
+            print(
+                f"best generator as a variant: {result.best_variant}\n  python jobs/full_pipeline.py --preset "
+                f'{args.preset} --config {result.best_variant} "diffusion.variants=[vanilla, fairskin_s, {name}]"'
+            )
     if result.interrupted:
-        print(f"interrupted: continue with `python -m fairskin.tune --space {args.space} --preset {args.preset} "
-              f"--study {result.name} --resume ...`", file=sys.stderr)
+        print(
+            f"interrupted: continue with `python -m fairskin.tune --space {args.space} --preset {args.preset} "
+            f"--study {result.name} --resume ...`",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

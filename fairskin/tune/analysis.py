@@ -7,8 +7,8 @@ did not reach the same point).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,8 +49,9 @@ def best_trial(trials: pd.DataFrame, metrics: Sequence[str], modes: Sequence[str
     return ok.sort_values(list(metrics), ascending=[m == "min" for m in modes]).iloc[0]
 
 
-def plot_objectives_by_trial(trials: pd.DataFrame, metrics: Sequence[str], modes: Sequence[str],
-                             path: Path, title: str) -> Path:
+def plot_objectives_by_trial(
+    trials: pd.DataFrame, metrics: Sequence[str], modes: Sequence[str], path: Path, title: str
+) -> Path:
     """Each objective per trial (in start order) with its running best."""
     from fairskin.metrics.plots import _pyplot
 
@@ -111,8 +112,9 @@ def plot_ternary(trials: pd.DataFrame, groups: Sequence[str], metric: str, path:
     return path
 
 
-def plot_generator_tradeoff(trials: pd.DataFrame, groups: Sequence[str], path: Path, title: str,
-                            x: str = "cbdm_tau") -> Path:
+def plot_generator_tradeoff(
+    trials: pd.DataFrame, groups: Sequence[str], path: Path, title: str, x: str = "cbdm_tau"
+) -> Path:
     """Generator studies: per group, skin-tone agreement and disease fidelity of each finished trial
     against ``x`` (the effective CBDM tau the trial reported; log axis when all are positive): the
     trade-off curve. One marker per trial and group, joined faintly in ``x`` order (the trials differ in
@@ -130,7 +132,7 @@ def plot_generator_tradeoff(trials: pd.DataFrame, groups: Sequence[str], path: P
         for g in groups:
             col = f"{prefix}_{g}"
             if col in order:
-                line, = ax.plot(xs, order[col].to_numpy(float), "-", lw=1, alpha=0.35)
+                (line,) = ax.plot(xs, order[col].to_numpy(float), "-", lw=1, alpha=0.35)
                 ax.plot(xs, order[col].to_numpy(float), "o", color=line.get_color(), label=g)
         if f"{prefix}_worst_group" in order:
             ax.plot(xs, order[f"{prefix}_worst_group"].to_numpy(float), "k--", lw=1, label="worst group")
@@ -152,8 +154,9 @@ def plot_generator_tradeoff(trials: pd.DataFrame, groups: Sequence[str], path: P
     return path
 
 
-def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, metrics: Sequence[str], modes: Sequence[str],
-                path: Path, title: str) -> Path:
+def plot_pareto(
+    trials: pd.DataFrame, front: pd.DataFrame, metrics: Sequence[str], modes: Sequence[str], path: Path, title: str
+) -> Path:
     """The first two objectives of every finished trial, the Pareto front marked (a third objective,
     if any, colours the points)."""
     from fairskin.metrics.plots import _pyplot

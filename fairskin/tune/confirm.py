@@ -25,8 +25,9 @@ vanilla by seed (:func:`generator_confirmation_table`, :func:`plot_generator_con
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,9 +39,15 @@ CONFIRM_DIR = "confirm"
 RESULTS_FILE = "results.json"
 
 
-def chosen_points(best: Mapping[str, Any] | None, front: pd.DataFrame, configs: Mapping[str, dict], *,
-                  limit: int | None = None, metrics: Sequence[str] = (), modes: Sequence[str] = ()
-                  ) -> list[dict[str, Any]]:
+def chosen_points(
+    best: Mapping[str, Any] | None,
+    front: pd.DataFrame,
+    configs: Mapping[str, dict],
+    *,
+    limit: int | None = None,
+    metrics: Sequence[str] = (),
+    modes: Sequence[str] = (),
+) -> list[dict[str, Any]]:
     """The points to confirm: the best trial, then the Pareto points, each distinct setting once
     (trials that tried the same setting, as a discrete space's TPE often does, are one point).
 
@@ -74,8 +81,11 @@ def front_order(front: pd.DataFrame, metrics: Sequence[str] = (), modes: Sequenc
     each objective's second best not yet listed, and so on. Without objectives (or without their
     columns in ``front``): the front's own row order."""
     ids = front.get("trial_id", pd.Series(dtype=str)).tolist()
-    ranked = [front.sort_values(metric, ascending=mode == "min", kind="stable", na_position="last")["trial_id"]
-              .tolist() for metric, mode in zip(metrics, modes) if metric in front]
+    ranked = [
+        front.sort_values(metric, ascending=mode == "min", kind="stable", na_position="last")["trial_id"].tolist()
+        for metric, mode in zip(metrics, modes)
+        if metric in front
+    ]
     if not ranked:
         return ids
     order: list[str] = []
@@ -106,13 +116,22 @@ def _train(config: dict[str, Any], inputs) -> list[dict[str, float]]:
     return reports
 
 
-def run_confirmations(folder: Path, points: list[dict[str, Any]], seeds: Sequence[int], inputs, *,
-                      resources: Mapping[str, float], parent, tags: Mapping[str, str],
-                      pool_fingerprints: Mapping[str, str], echo: Callable[[str], None] = print,
-                      train: Callable[[dict[str, Any], Any], list[dict[str, Any]]] | None = None,
-                      seed_key: str = "seed", unit: str = "classifier seed",
-                      extra_params: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
-                      ) -> list[dict[str, Any]]:
+def run_confirmations(
+    folder: Path,
+    points: list[dict[str, Any]],
+    seeds: Sequence[int],
+    inputs,
+    *,
+    resources: Mapping[str, float],
+    parent,
+    tags: Mapping[str, str],
+    pool_fingerprints: Mapping[str, str],
+    echo: Callable[[str], None] = print,
+    train: Callable[[dict[str, Any], Any], list[dict[str, Any]]] | None = None,
+    seed_key: str = "seed",
+    unit: str = "classifier seed",
+    extra_params: Callable[[dict[str, Any], int], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """Run every (point, seed) not yet recorded in ``folder/confirm/results.json``; returns all records.
 
     ``parent``: the study's parent :class:`~fairskin.tracking.RunHandle` (confirmation runs are
@@ -140,8 +159,10 @@ def run_confirmations(folder: Path, points: list[dict[str, Any]], seeds: Sequenc
     todo = [(p, s) for p in points for s in seeds if (p["trial_id"], s) not in have]
     if not todo:
         return done
-    echo(f"confirming {len(points)} point(s) with {len(seeds)} new {unit}(s) each: {len(todo)} job(s) "
-         f"({len(points) * len(seeds) - len(todo)} already done)")
+    echo(
+        f"confirming {len(points)} point(s) with {len(seeds)} new {unit}(s) each: {len(todo)} job(s) "
+        f"({len(points) * len(seeds) - len(todo)} already done)"
+    )
     task = ray.remote(num_cpus=resources.get("CPU", 1.0), num_gpus=resources.get("GPU", 0.0))(train or _train)
     pending = {task.remote({**p["config"], seed_key: s}, inputs): (p, s) for p, s in todo}
     label = "seed" if seed_key == "seed" else seed_key
@@ -150,20 +171,37 @@ def run_confirmations(folder: Path, points: list[dict[str, Any]], seeds: Sequenc
         point, seed = pending.pop(ready[0])
         reports = ray.get(ready[0])
         extra = dict(extra_params(point, seed)) if extra_params else {}
-        run = parent.child(f"confirm-{point['trial_id']}-{label}{seed}", tags={
-            **tags, "fairskin.kind": "confirm", "fairskin.confirms": point["trial_id"], "fairskin.role": point["role"],
-            "fairskin.mode": str(point["config"].get("mode", "")),
-            **trial_provenance(point["config"], pool_fingerprints, tags)})
-        run.log_params({**flatten_trial_config(point["config"]), f"trial.{seed_key}": seed,
-                        **{f"confirm.{k}": v for k, v in extra.items()}})
+        run = parent.child(
+            f"confirm-{point['trial_id']}-{label}{seed}",
+            tags={
+                **tags,
+                "fairskin.kind": "confirm",
+                "fairskin.confirms": point["trial_id"],
+                "fairskin.role": point["role"],
+                "fairskin.mode": str(point["config"].get("mode", "")),
+                **trial_provenance(point["config"], pool_fingerprints, tags),
+            },
+        )
+        run.log_params(
+            {
+                **flatten_trial_config(point["config"]),
+                f"trial.{seed_key}": seed,
+                **{f"confirm.{k}": v for k, v in extra.items()},
+            }
+        )
         for epoch, figures in enumerate(reports, start=1):
             run.log_metrics({k: v for k, v in figures.items() if isinstance(v, (int, float))}, step=epoch)
         for key, artifact_dir in (("preview", "pool"), ("variant_file", "generator")):
             if reports and isinstance(reports[-1].get(key), str) and Path(reports[-1][key]).is_file():
                 run.log_artifact(Path(reports[-1][key]), artifact_dir)
         run.end()
-        record = {"trial_id": point["trial_id"], "role": point["role"], "seed": seed, "run_id": run.run_id,
-                  "figures": {k: float(v) for k, v in reports[-1].items() if isinstance(v, (int, float))}}
+        record = {
+            "trial_id": point["trial_id"],
+            "role": point["role"],
+            "seed": seed,
+            "run_id": run.run_id,
+            "figures": {k: float(v) for k, v in reports[-1].items() if isinstance(v, (int, float))},
+        }
         if extra:
             record["params"] = extra
         done.append(record)
@@ -171,8 +209,9 @@ def run_confirmations(folder: Path, points: list[dict[str, Any]], seeds: Sequenc
     return done
 
 
-def confirmation_table(records: list[dict[str, Any]], trials: pd.DataFrame, metrics: Sequence[str],
-                       level: float = 0.95) -> pd.DataFrame:
+def confirmation_table(
+    records: list[dict[str, Any]], trials: pd.DataFrame, metrics: Sequence[str], level: float = 0.95
+) -> pd.DataFrame:
     """One row per confirmed point: its search-time value of each objective, and the confirmed
     validation and test figures (mean, low, high over the confirmation seeds).
 
@@ -180,16 +219,18 @@ def confirmation_table(records: list[dict[str, Any]], trials: pd.DataFrame, metr
     (validation), and the same for ``test_<metric without val_>``."""
     if not records:
         return pd.DataFrame()
-    frame = pd.DataFrame([{"trial_id": r["trial_id"], "role": r["role"], "seed": r["seed"], **r["figures"]}
-                          for r in records])
+    frame = pd.DataFrame(
+        [{"trial_id": r["trial_id"], "role": r["role"], "seed": r["seed"], **r["figures"]} for r in records]
+    )
     searched = trials.set_index("trial_id") if "trial_id" in trials else pd.DataFrame()
     rows = []
     for tid, part in frame.groupby("trial_id", sort=False):
         row: dict[str, Any] = {"trial_id": tid, "role": part["role"].iloc[0], "seeds": int(part["seed"].nunique())}
         for metric in metrics:
             test = "test_" + metric.removeprefix("val_")
-            row[f"{metric}_search"] = float(searched.loc[tid, metric]) if tid in searched.index and metric in searched \
-                else np.nan
+            row[f"{metric}_search"] = (
+                float(searched.loc[tid, metric]) if tid in searched.index and metric in searched else np.nan
+            )
             for key in (metric, test):
                 iv = t_interval(part[key].to_numpy(float) if key in part else np.array([]), level)
                 row[key], row[f"{key}_low"], row[f"{key}_high"] = iv.mean, iv.low, iv.high
@@ -225,14 +266,32 @@ def plot_confirmations(table: pd.DataFrame, metrics: Sequence[str], path: Path, 
 
 # --------------------------------------------------------------------------- generator studies
 
-CONFIRMED_CSV = "confirmed.csv"            # confirm/: one row per (point, objective) of a generator study
+CONFIRMED_CSV = "confirmed.csv"  # confirm/: one row per (point, objective) of a generator study
 CONFIRMED_PLOT = "confirmed_tradeoff.png"  # confirm/: worst-group skin tone vs disease fidelity, vanilla's band
-REFERENCE = "vanilla"                      # the generator every confirmed point is paired with
-CONFIRM_SALT_BASE = 1000                   # confirmation k (1, 2, ...) uses seed_salt CONFIRM_SALT_BASE + k
+REFERENCE = "vanilla"  # the generator every confirmed point is paired with
+CONFIRM_SALT_BASE = 1000  # confirmation k (1, 2, ...) uses seed_salt CONFIRM_SALT_BASE + k
 
-GENERATOR_COLUMNS = ("point", "role", "settings", "metric", "mode", "search", "mean", "low", "high", "n",
-                     "diff_vs_vanilla", "diff_low", "diff_high", "p", "p_holm", "vs_vanilla", "salts",
-                     "generator_seeds", "note")  # note: why an interval or p is missing (no spread, too few seeds)
+GENERATOR_COLUMNS = (
+    "point",
+    "role",
+    "settings",
+    "metric",
+    "mode",
+    "search",
+    "mean",
+    "low",
+    "high",
+    "n",
+    "diff_vs_vanilla",
+    "diff_low",
+    "diff_high",
+    "p",
+    "p_holm",
+    "vs_vanilla",
+    "salts",
+    "generator_seeds",
+    "note",
+)  # note: why an interval or p is missing (no spread, too few seeds)
 
 
 def confirm_salts(repeat_seeds: Sequence[int], count: int) -> list[int]:
@@ -253,8 +312,9 @@ def confirm_salts(repeat_seeds: Sequence[int], count: int) -> list[int]:
     return salts
 
 
-def generator_points(points: list[dict[str, Any]], fixed: Mapping[str, Any], vanilla: Mapping[str, Any],
-                     seed: int) -> list[dict[str, Any]]:
+def generator_points(
+    points: list[dict[str, Any]], fixed: Mapping[str, Any], vanilla: Mapping[str, Any], seed: int
+) -> list[dict[str, Any]]:
     """Chosen trial points (:func:`chosen_points`) as confirmation jobs of a generator study, then the
     reference ``vanilla`` (role ``reference``). Each job's config is ``{"seed": worker seed, "generator":
     VariantSpec fields}``: the trial's generator (:func:`fairskin.tune.spaces.variant_from_trial` over the
@@ -267,9 +327,16 @@ def generator_points(points: list[dict[str, Any]], fixed: Mapping[str, Any], van
     jobs = []
     for p in points:
         spec = variant_from_trial(p["config"], trial_variant_name(p["trial_id"]), fixed)
-        jobs.append({"trial_id": p["trial_id"], "role": p["role"],
-                     "config": {"seed": int(p["config"].get("seed", seed)),
-                                "generator": spec.model_dump(mode="json", exclude_none=True)}})
+        jobs.append(
+            {
+                "trial_id": p["trial_id"],
+                "role": p["role"],
+                "config": {
+                    "seed": int(p["config"].get("seed", seed)),
+                    "generator": spec.model_dump(mode="json", exclude_none=True),
+                },
+            }
+        )
     spec = {**dict(vanilla), "name": REFERENCE}
     jobs.append({"trial_id": REFERENCE, "role": "reference", "config": {"seed": int(seed), "generator": spec}})
     return jobs
@@ -286,9 +353,15 @@ def _verdict(low: float, high: float, mode: str) -> str:
     return "within noise"
 
 
-def generator_confirmation_table(records: list[dict[str, Any]], trials: pd.DataFrame, metrics: Sequence[str],
-                                 modes: Sequence[str], settings: Mapping[str, str], seed_of: Mapping[int, int],
-                                 level: float = 0.95) -> pd.DataFrame:
+def generator_confirmation_table(
+    records: list[dict[str, Any]],
+    trials: pd.DataFrame,
+    metrics: Sequence[str],
+    modes: Sequence[str],
+    settings: Mapping[str, str],
+    seed_of: Mapping[int, int],
+    level: float = 0.95,
+) -> pd.DataFrame:
     """One row per (confirmed point, objective) of a generator study (columns ``GENERATOR_COLUMNS``).
 
     ``records``: :func:`run_confirmations` records (``seed`` = the salt), vanilla's under ``trial_id``
@@ -309,8 +382,9 @@ def generator_confirmation_table(records: list[dict[str, Any]], trials: pd.DataF
 
     if not records:
         return pd.DataFrame(columns=list(GENERATOR_COLUMNS))
-    frame = pd.DataFrame([{"point": r["trial_id"], "role": r["role"], "salt": int(r["seed"]), **r["figures"]}
-                          for r in records])
+    frame = pd.DataFrame(
+        [{"point": r["trial_id"], "role": r["role"], "salt": int(r["seed"]), **r["figures"]} for r in records]
+    )
     searched = trials.set_index("trial_id") if "trial_id" in trials else pd.DataFrame()
     base = frame[frame["point"] == REFERENCE].set_index("salt")
     order = [p for p in dict.fromkeys(frame["point"]) if p != REFERENCE] + ([REFERENCE] if len(base) else [])
@@ -320,20 +394,39 @@ def generator_confirmation_table(records: list[dict[str, Any]], trials: pd.DataF
         for metric, mode in zip(metrics, modes):
             values = part[metric] if metric in part else pd.Series(np.nan, index=part.index)
             iv = t_interval(values.to_numpy(float), level)
-            row = {"point": point, "role": part["role"].iloc[0], "settings": settings.get(point, ""),
-                   "metric": metric, "mode": mode,
-                   "search": float(searched.loc[point, metric]) if point in searched.index and metric in searched
-                   else np.nan, "mean": iv.mean, "low": iv.low, "high": iv.high, "n": iv.n,
-                   "diff_vs_vanilla": np.nan, "diff_low": np.nan, "diff_high": np.nan, "p": np.nan,
-                   "p_holm": np.nan, "vs_vanilla": "n/a",
-                   "salts": " ".join(map(str, part.index)),
-                   "generator_seeds": " ".join(str(seed_of.get(int(s), "")) for s in part.index),
-                   "note": iv.reason}
+            row = {
+                "point": point,
+                "role": part["role"].iloc[0],
+                "settings": settings.get(point, ""),
+                "metric": metric,
+                "mode": mode,
+                "search": float(searched.loc[point, metric])
+                if point in searched.index and metric in searched
+                else np.nan,
+                "mean": iv.mean,
+                "low": iv.low,
+                "high": iv.high,
+                "n": iv.n,
+                "diff_vs_vanilla": np.nan,
+                "diff_low": np.nan,
+                "diff_high": np.nan,
+                "p": np.nan,
+                "p_holm": np.nan,
+                "vs_vanilla": "n/a",
+                "salts": " ".join(map(str, part.index)),
+                "generator_seeds": " ".join(str(seed_of.get(int(s), "")) for s in part.index),
+                "note": iv.reason,
+            }
             if point != REFERENCE and len(base) and metric in base:
                 diff = paired_difference(values, base[metric], level)
-                row.update(diff_vs_vanilla=diff.mean, diff_low=diff.low, diff_high=diff.high, p=diff.p_t,
-                           vs_vanilla=_verdict(diff.low, diff.high, mode),
-                           note="; ".join(r for r in (iv.reason, diff.reason and f"difference: {diff.reason}") if r))
+                row.update(
+                    diff_vs_vanilla=diff.mean,
+                    diff_low=diff.low,
+                    diff_high=diff.high,
+                    p=diff.p_t,
+                    vs_vanilla=_verdict(diff.low, diff.high, mode),
+                    note="; ".join(r for r in (iv.reason, diff.reason and f"difference: {diff.reason}") if r),
+                )
             rows.append(row)
     table = pd.DataFrame(rows, columns=list(GENERATOR_COLUMNS))
     for metric in metrics:
@@ -348,9 +441,13 @@ def _bar(mean: float, low: float, high: float) -> np.ndarray:
     return np.maximum(np.nan_to_num([[mean - low], [high - mean]]), 0.0)
 
 
-def plot_generator_confirmations(table: pd.DataFrame, path: Path, title: str,
-                                 x_metric: str = "skin_tone_agreement_worst_group",
-                                 y_metric: str = "disease_fidelity_worst_group") -> Path:
+def plot_generator_confirmations(
+    table: pd.DataFrame,
+    path: Path,
+    title: str,
+    x_metric: str = "skin_tone_agreement_worst_group",
+    y_metric: str = "disease_fidelity_worst_group",
+) -> Path:
     """Left: each confirmed point's worst-group skin-tone agreement (x) and disease fidelity (y), confirmed
     means with their intervals as error bars, the search-time value as a cross, vanilla's intervals as
     shaded bands. Right, one axis per objective (their units differ): each point minus vanilla, paired by
@@ -367,18 +464,30 @@ def plot_generator_confirmations(table: pd.DataFrame, path: Path, title: str,
     colors = {p: "k" if p == REFERENCE else f"C{i}" for i, p in enumerate(dict.fromkeys(table["point"]))}
     if x_metric in wide and y_metric in wide:
         xs, ys = wide[x_metric], wide[y_metric]
-        if REFERENCE in xs.index and np.isfinite(xs.loc[REFERENCE, ["low", "high"]].to_numpy(float)).all() \
-                and np.isfinite(ys.loc[REFERENCE, ["low", "high"]].to_numpy(float)).all():
-            ax.axvspan(xs.loc[REFERENCE, "low"], xs.loc[REFERENCE, "high"], color="0.85", zorder=0,
-                       label="vanilla's interval")
+        if (
+            REFERENCE in xs.index
+            and np.isfinite(xs.loc[REFERENCE, ["low", "high"]].to_numpy(float)).all()
+            and np.isfinite(ys.loc[REFERENCE, ["low", "high"]].to_numpy(float)).all()
+        ):
+            ax.axvspan(
+                xs.loc[REFERENCE, "low"], xs.loc[REFERENCE, "high"], color="0.85", zorder=0, label="vanilla's interval"
+            )
             ax.axhspan(ys.loc[REFERENCE, "low"], ys.loc[REFERENCE, "high"], color="0.85", zorder=0)
         for point in xs.index:
             x, y = xs.loc[point], ys.loc[point]
             xerr = _bar(x["mean"], x["low"], x["high"])
             yerr = _bar(y["mean"], y["low"], y["high"])
             color = colors[point]
-            ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, fmt="s" if point == REFERENCE else "o",
-                        capsize=3, color=color, label=f"{point} ({x['role']}), n={int(x['n'])}")
+            ax.errorbar(
+                x["mean"],
+                y["mean"],
+                xerr=xerr,
+                yerr=yerr,
+                fmt="s" if point == REFERENCE else "o",
+                capsize=3,
+                color=color,
+                label=f"{point} ({x['role']}), n={int(x['n'])}",
+            )
             if np.isfinite(x["search"]) and np.isfinite(y["search"]):
                 ax.plot(x["search"], y["search"], "x", color=color)
         ax.plot([], [], "x", color="0.3", label="search-time value (seed repeat_seeds[0])")

@@ -37,9 +37,10 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -89,12 +90,17 @@ def generator_sources(config: FairSkinConfig, echo: Callable[[str], None] = prin
 
     outcome = run_pipeline(config, stages=["prepare", "base", "judge", "reference"], echo=echo)
     r = outcome.results
-    return GeneratorSources(shards=r["prepare"].path / "shards", base=base_pipeline_folder(r["base"]),
-                            judge=r["judge"].path, reference=r["reference"].path)
+    return GeneratorSources(
+        shards=r["prepare"].path / "shards",
+        base=base_pipeline_folder(r["base"]),
+        judge=r["judge"].path,
+        reference=r["reference"].path,
+    )
 
 
-def put_generator_inputs(config: FairSkinConfig, space: ResolvedSpace, sources: GeneratorSources,
-                         study_dir: Path) -> GeneratorInputs:
+def put_generator_inputs(
+    config: FairSkinConfig, space: ResolvedSpace, sources: GeneratorSources, study_dir: Path
+) -> GeneratorInputs:
     """On the driver, once: the latent cache (object store), the real skin-tone bands, the judge's
     real baseline and, for FID, the real images (object store)."""
     import ray
@@ -115,14 +121,26 @@ def put_generator_inputs(config: FairSkinConfig, space: ResolvedSpace, sources: 
     held_pixels, held_meta = load_decoded(sources.shards, splits=["val", "test"])
     judge, info = load_judge(sources.judge, sources.reference)
     judge_rows = held_meta["split"].isin(info.real_splits).to_numpy()
-    judge_real = judge_accuracy(judge_predictions(judge, held_pixels[judge_rows], config.classifier.image_size,
-                                                  diseases), held_meta[judge_rows], groups, diseases)
+    judge_real = judge_accuracy(
+        judge_predictions(judge, held_pixels[judge_rows], config.classifier.image_size, diseases),
+        held_meta[judge_rows],
+        groups,
+        diseases,
+    )
     real = None
     if config.tune.generator_fid:
         split = config.generation.real_split
         real = ray.put((train_pixels, train_meta) if split == "train" else load_decoded(sources.shards, splits=[split]))
-    return GeneratorInputs(config=config, space=space, sources=sources, study_dir=Path(study_dir), cache=cache,
-                           bands=bands, judge_real=judge_real, real=real)
+    return GeneratorInputs(
+        config=config,
+        space=space,
+        sources=sources,
+        study_dir=Path(study_dir),
+        cache=cache,
+        bands=bands,
+        judge_real=judge_real,
+        real=real,
+    )
 
 
 def trial_variant_name(trial_id: str) -> str:
@@ -138,8 +156,9 @@ def checkpoint_steps(max_steps: int, every: int) -> list[int]:
 # --------------------------------------------------------------------------- scoring a pool
 
 
-def generate_pool(parts, unet, config: FairSkinConfig, per_subclass: int, seed: int, device) -> tuple[np.ndarray,
-                                                                                                       pd.DataFrame]:
+def generate_pool(
+    parts, unet, config: FairSkinConfig, per_subclass: int, seed: int, device
+) -> tuple[np.ndarray, pd.DataFrame]:
     """P images per (group, disease) from ``unet`` on ``parts``, each from the seed the pipeline's pool
     would give it (:func:`fairskin.diffusion.generate.image_seed`): uint8 (15 P, H, W, 3) and its meta."""
     import torch
@@ -160,16 +179,25 @@ def generate_pool(parts, unet, config: FairSkinConfig, per_subclass: int, seed: 
             for g in config.data.group_names:
                 for d in config.data.diseases:
                     seeds = [image_seed(seed, g, d, i) for i in range(per_subclass)]
-                    images.append(generate_images(pipe, prompt_for(config.diffusion.prompt_template, g, d), seeds,
-                                                  config.generation, size, size))
+                    images.append(
+                        generate_images(
+                            pipe,
+                            prompt_for(config.diffusion.prompt_template, g, d),
+                            seeds,
+                            config.generation,
+                            size,
+                            size,
+                        )
+                    )
                     rows += [{"group": g, "disease": d, "index": i, "seed": s} for i, s in enumerate(seeds)]
     finally:
         unet.train(was_training)
     return np.concatenate(images), pd.DataFrame(rows)
 
 
-def score_pool(pixels: np.ndarray, meta: pd.DataFrame, inputs: GeneratorInputs, judge, info, fid_space
-               ) -> dict[str, float]:
+def score_pool(
+    pixels: np.ndarray, meta: pd.DataFrame, inputs: GeneratorInputs, judge, info, fid_space
+) -> dict[str, float]:
     """The evaluate stage's fidelity figures of one pool, as flat floats (the same functions:
     :func:`~fairskin.metrics.skin_tone.skin_tone_report`, :func:`~fairskin.metrics.generation.disease_fidelity`
     and, with FID on, :func:`~fairskin.metrics.generation.generation_report` without IS / floors / pooled)."""
@@ -180,17 +208,32 @@ def score_pool(pixels: np.ndarray, meta: pd.DataFrame, inputs: GeneratorInputs, 
 
     config = inputs.config
     groups, diseases = config.data.group_names, config.data.diseases
-    _, _, tone, _ = skin_tone_report(image_ita(pixels), meta["group"].to_numpy(), meta["disease"].to_numpy(),
-                                     inputs.bands)
-    _, fidelity = disease_fidelity(judge_accuracy(judge_predictions(judge, pixels, config.classifier.image_size,
-                                                                    diseases), meta, groups, diseases),
-                                   inputs.judge_real, groups)
+    _, _, tone, _ = skin_tone_report(
+        image_ita(pixels), meta["group"].to_numpy(), meta["disease"].to_numpy(), inputs.bands
+    )
+    _, fidelity = disease_fidelity(
+        judge_accuracy(
+            judge_predictions(judge, pixels, config.classifier.image_size, diseases), meta, groups, diseases
+        ),
+        inputs.judge_real,
+        groups,
+    )
     out = {**tone, **fidelity}
     if fid_space is not None and inputs.real is not None:
         real_pixels, real_meta = ray.get(inputs.real)
-        report = generation_report(pixels, meta, real_pixels, real_meta, groups, diseases, fid_space,
-                                   cache_root=config.runtime.runs_root / "cache" / "fidelity", isc=False,
-                                   pooled=False, seed=config.runtime.seed)
+        report = generation_report(
+            pixels,
+            meta,
+            real_pixels,
+            real_meta,
+            groups,
+            diseases,
+            fid_space,
+            cache_root=config.runtime.runs_root / "cache" / "fidelity",
+            isc=False,
+            pooled=False,
+            seed=config.runtime.seed,
+        )
         out.update({k: v for k, v in report.summary.items() if k.startswith("fid_")})
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
 
@@ -214,10 +257,19 @@ def _restore(folder: Path, unet_cls, d: Mapping[str, Any]):
     return unet, ema, saved, state
 
 
-def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs, name: str,
-                        report: Callable[[dict[str, Any], str | None], None], checkpoint_folder: Path | None = None,
-                        device: str = "cpu", *, variant: VariantSpec | None = None, out: Path | None = None,
-                        checkpoints: bool = True, pool_per_subclass: int | None = None) -> Path:
+def run_generator_trial(
+    trial_config: Mapping[str, Any],
+    inputs: GeneratorInputs,
+    name: str,
+    report: Callable[[dict[str, Any], str | None], None],
+    checkpoint_folder: Path | None = None,
+    device: str = "cpu",
+    *,
+    variant: VariantSpec | None = None,
+    out: Path | None = None,
+    checkpoints: bool = True,
+    pool_per_subclass: int | None = None,
+) -> Path:
     """Fine-tune one trial's generator and score its pool at every checkpoint.
 
     ``report(metrics, checkpoint_dir)`` is called once per checkpoint (the folder is only valid during
@@ -239,10 +291,9 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
     from fairskin.data.stream import RunPlan
     from fairskin.diffusion.finetune import _save_checkpoint, build_optimizer, local_step, prepare_unet
     from fairskin.diffusion.models import load_sd, save_sd
+    from fairskin.diffusion.variants import salted_seed
     from fairskin.metrics.generation import feature_space
     from fairskin.metrics.plots import save_image_grid
-
-    from fairskin.diffusion.variants import salted_seed
 
     config, sources = inputs.config, inputs.sources
     if variant is None:
@@ -286,8 +337,12 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
             from fairskin.classify.models import load_saved_classifier
 
             model = load_saved_classifier(Path(sources.reference) / "model").to(device).eval()
-        fid_space = feature_space(model, config.classifier.image_size, config.generation.inception_weights_path,
-                                  kind="judge-classifier" if info.kind == "independent" else "reference-classifier")
+        fid_space = feature_space(
+            model,
+            config.classifier.image_size,
+            config.generation.inception_weights_path,
+            kind="judge-classifier" if info.kind == "independent" else "reference-classifier",
+        )
 
     batch_size = d["global_batch_size"]
     reports = checkpoint_steps(d["max_steps"], d["checkpoint_every"]) if checkpoints else [d["max_steps"]]
@@ -296,9 +351,21 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
     for step in range(start, d["max_steps"]):
         positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
         rows, weights = plan.lookup(positions)
-        loss, _, first_bad = local_step(unet, optimizer, lr_scheduler, scheduler, arrays, cond_table,
-                                        {"position": positions, "row": rows, "weight": weights}, d=d, variant=spec,
-                                        seed=seed, ema=ema, first_bad=first_bad, device=device)
+        loss, _, first_bad = local_step(
+            unet,
+            optimizer,
+            lr_scheduler,
+            scheduler,
+            arrays,
+            cond_table,
+            {"position": positions, "row": rows, "weight": weights},
+            d=d,
+            variant=spec,
+            seed=seed,
+            ema=ema,
+            first_bad=first_bad,
+            device=device,
+        )
         window.append(float(loss.loss.detach()))
         done = step + 1
         if done not in reports:
@@ -308,18 +375,28 @@ def run_generator_trial(trial_config: Mapping[str, Any], inputs: GeneratorInputs
         check_finite_loss(first_bad, f"generator trial {name}")
         sampler_unet = ema if ema is not None else unet
         pixels, meta = generate_pool(parts, sampler_unet, config, per_subclass, seed, device)
-        metrics = {"step": done, "loss": float(np.mean(window)), "cbdm_tau": float(tau),
-                   "cbdm_gamma": float(gamma), "learning_rate": float(d["learning_rate"]),
-                   "complete": float(done == d["max_steps"]),
-                   **score_pool(pixels, meta, inputs, judge, info, fid_space)}
+        metrics = {
+            "step": done,
+            "loss": float(np.mean(window)),
+            "cbdm_tau": float(tau),
+            "cbdm_gamma": float(gamma),
+            "learning_rate": float(d["learning_rate"]),
+            "complete": float(done == d["max_steps"]),
+            **score_pool(pixels, meta, inputs, judge, info, fid_space),
+        }
         window.clear()
         final = done == d["max_steps"]
         if final:
             np.savez_compressed(out / "pool.npz", pixels=pixels)
             meta.to_csv(out / "pool_meta.csv", index=False)
             first = meta.groupby(["group", "disease"], sort=False).head(1).index.to_numpy()
-            save_image_grid(list(pixels[first]), config.data.group_names, config.data.diseases, out / "preview.png",
-                            title=f"{name}: {_settings_line(variant)}")
+            save_image_grid(
+                list(pixels[first]),
+                config.data.group_names,
+                config.data.diseases,
+                out / "preview.png",
+                title=f"{name}: {_settings_line(variant)}",
+            )
             if checkpoints:
                 parts.unet = sampler_unet
                 save_sd(parts, out / "pipeline")
@@ -353,10 +430,12 @@ def variant_yaml(variant: VariantSpec) -> str:
 
     # seed_salt only when set (a confirmation's generator): a trial's entry stays free of it.
     entry = variant.model_dump(mode="json", exclude_none=True, exclude=None if variant.seed_salt else {"seed_salt"})
-    return (f"# the diffusion.custom_variants entry of generator {variant.name}; to take it into the ablation:\n"
-            f"#   python jobs/full_pipeline.py --preset PRESET --config THIS_FILE "
-            f"\"diffusion.variants=[vanilla, fairskin_s, {variant.name}]\"\n"
-            + yaml.safe_dump({"diffusion": {"custom_variants": [entry]}}, sort_keys=False))
+    return (
+        f"# the diffusion.custom_variants entry of generator {variant.name}; to take it into the ablation:\n"
+        f"#   python jobs/full_pipeline.py --preset PRESET --config THIS_FILE "
+        f'"diffusion.variants=[vanilla, fairskin_s, {variant.name}]"\n'
+        + yaml.safe_dump({"diffusion": {"custom_variants": [entry]}}, sort_keys=False)
+    )
 
 
 def generator_trial(config: dict[str, Any], inputs: GeneratorInputs) -> None:
@@ -411,8 +490,16 @@ def confirm_generator(config: dict[str, Any], inputs: GeneratorInputs) -> list[d
     device = "cuda" if inputs.config.tune.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
     tune = inputs.config.tune
     reports: list[dict[str, Any]] = []
-    run_generator_trial(config, inputs, spec.name, lambda metrics, _: reports.append(metrics), None, device,
-                        variant=spec, out=inputs.study_dir / "confirm" / GENERATORS_DIR / spec.name,
-                        checkpoints=False,
-                        pool_per_subclass=tune.confirm_pool_per_subclass or tune.generator_pool_per_subclass)
+    run_generator_trial(
+        config,
+        inputs,
+        spec.name,
+        lambda metrics, _: reports.append(metrics),
+        None,
+        device,
+        variant=spec,
+        out=inputs.study_dir / "confirm" / GENERATORS_DIR / spec.name,
+        checkpoints=False,
+        pool_per_subclass=tune.confirm_pool_per_subclass or tune.generator_pool_per_subclass,
+    )
     return reports

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from fairskin.config import FairSkinConfig
 from fairskin.tune.study import StudyError
 
 
-def pipeline_inputs(config: FairSkinConfig, variants: Sequence[str],
-                    echo: Callable[[str], None] = print) -> tuple[Path, dict[str, Path]]:
+def pipeline_inputs(
+    config: FairSkinConfig, variants: Sequence[str], echo: Callable[[str], None] = print
+) -> tuple[Path, dict[str, Path]]:
     """(real shard folder, variant -> pool shard folder), running the stages that are missing."""
     from fairskin.pipeline import STAGES, run_pipeline
 
@@ -32,8 +33,10 @@ def pipeline_inputs(config: FairSkinConfig, variants: Sequence[str],
         folders = pool_folders(outcome.results["generate"])
         missing = [v for v in variants if v not in folders]
         if missing:
-            raise StudyError(f"the generate stage wrote no pool for variant(s) {missing} (it has {sorted(folders)}); "
-                             "add them to diffusion.variants")
+            raise StudyError(
+                f"the generate stage wrote no pool for variant(s) {missing} (it has {sorted(folders)}); "
+                "add them to diffusion.variants"
+            )
         return outcome.results["prepare"].path / "shards", {v: folders[v] for v in variants}
     outcome = run_pipeline(config, stages=["prepare"], echo=echo)
     pool = standin_pool(config, echo)
@@ -46,8 +49,10 @@ STANDIN_POOLS = "standin-pools"
 
 def standin_key(config: FairSkinConfig) -> str:
     """The stand-in pool's key: the data config, the seed and the pool size."""
-    key_src = json.dumps({"data": config.section("data"), "seed": config.runtime.seed,
-                          "per": config.generation.images_per_subclass}, sort_keys=True)
+    key_src = json.dumps(
+        {"data": config.section("data"), "seed": config.runtime.seed, "per": config.generation.images_per_subclass},
+        sort_keys=True,
+    )
     return hashlib.sha256(key_src.encode()).hexdigest()[:12]
 
 

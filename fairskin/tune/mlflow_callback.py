@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -40,8 +41,19 @@ from fairskin.tracking import PARENT_TAG
 PARENT_FILE = "mlflow_parent.json"
 RUNS_FILE = "mlflow_runs.json"
 # Tune's bookkeeping keys that are not figures of the trial.
-_SKIP_METRICS = {"trial_id", "date", "hostname", "node_ip", "pid", "timestamp", "done", "config",
-                 "should_checkpoint", "checkpoint_dir_name", "experiment_tag"}
+_SKIP_METRICS = {
+    "trial_id",
+    "date",
+    "hostname",
+    "node_ip",
+    "pid",
+    "timestamp",
+    "done",
+    "config",
+    "should_checkpoint",
+    "checkpoint_dir_name",
+    "experiment_tag",
+}
 # study dir -> the real tracking URI, in this process only. Tune pickles the callback into
 # trials/tuner.pkl (with the URI redacted, see __getstate__); a callback restored from there
 # on --resume takes the real URI from here, i.e. from the configuration, in setup().
@@ -75,8 +87,9 @@ def flatten_trial_config(config: Mapping[str, Any], prefix: str = "trial.") -> d
     return out
 
 
-def trial_provenance(trial_config: Mapping[str, Any], pool_fingerprints: Mapping[str, str],
-                     study_tags: Mapping[str, str]) -> dict[str, str]:
+def trial_provenance(
+    trial_config: Mapping[str, Any], pool_fingerprints: Mapping[str, str], study_tags: Mapping[str, str]
+) -> dict[str, str]:
     """A trial run's variant / repeat / generator tags and the fingerprint of the pool it draws from."""
     from fairskin.provenance import TAG_POOL, TAG_VARIANT, generator_tags
 
@@ -97,9 +110,15 @@ class StudyMLflowCallback(MLflowLoggerCallback):
     settings are added as ``trial.*``). ``tags``: the study's ``fairskin.*`` tags.
     """
 
-    def __init__(self, study_dir: str | Path, tracking_uri: str, experiment_name: str,
-                 tags: Mapping[str, str], base_params: Mapping[str, Any],
-                 pool_fingerprints: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        study_dir: str | Path,
+        tracking_uri: str,
+        experiment_name: str,
+        tags: Mapping[str, str],
+        base_params: Mapping[str, Any],
+        pool_fingerprints: Mapping[str, str] | None = None,
+    ):
         super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name, tags=dict(tags))
         self.study_dir = str(study_dir)
         remember_tracking_uri(self.study_dir, tracking_uri)
@@ -169,8 +188,9 @@ class StudyMLflowCallback(MLflowLoggerCallback):
             trial = known[tid]
             if entry.get("state") != "running" or trial.status == trial.RUNNING:
                 continue
-            status, state = {trial.TERMINATED: ("FINISHED", "finished"),
-                             trial.ERROR: ("FAILED", "failed")}.get(trial.status, ("KILLED", "interrupted"))
+            status, state = {trial.TERMINATED: ("FINISHED", "finished"), trial.ERROR: ("FAILED", "failed")}.get(
+                trial.status, ("KILLED", "interrupted")
+            )
             if entry.get("run_id"):
                 self._client.set_terminated(entry["run_id"], status=status)
             entry["state"] = state
@@ -197,8 +217,12 @@ class StudyMLflowCallback(MLflowLoggerCallback):
             self._client.update_run(run_id, status="RUNNING")
             self._last_step[tid] = self._logged_steps(run_id)
         else:
-            tags = {**self.tags, "trial_name": str(trial), "fairskin.trial_id": tid,
-                    "fairskin.mode": str(trial.config.get("mode", self.tags.get("fairskin.mode", "")))}
+            tags = {
+                **self.tags,
+                "trial_name": str(trial),
+                "fairskin.trial_id": tid,
+                "fairskin.mode": str(trial.config.get("mode", self.tags.get("fairskin.mode", ""))),
+            }
             tags.update(trial_provenance(trial.config, self.pool_fingerprints, self.tags))
             if self.parent_run_id:
                 tags[PARENT_TAG] = self.parent_run_id
@@ -206,14 +230,18 @@ class StudyMLflowCallback(MLflowLoggerCallback):
             run_id = run.info.run_id
             self._last_step[tid] = 0
         self._trial_runs[trial] = run_id
-        self._map[tid] = {"run_id": run_id, "trial_name": str(trial), "state": "running",
-                          "config": json.loads(json.dumps(trial.config, default=str))}
+        self._map[tid] = {
+            "run_id": run_id,
+            "trial_name": str(trial),
+            "state": "running",
+            "config": json.loads(json.dumps(trial.config, default=str)),
+        }
         self._save_map()
         params = {**self.base_params, **{k: redact(v) for k, v in flatten_trial_config(trial.config).items()}}
         items = [Param(k, v[:6000]) for k, v in params.items()]
         try:
             for i in range(0, len(items), 100):
-                self._client.log_batch(run_id, params=items[i:i + 100])
+                self._client.log_batch(run_id, params=items[i : i + 100])
         except Exception:  # a resumed run already holds these params (MLflow params are write-once)
             pass
 
@@ -228,12 +256,17 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         now = int(time.time() * 1000)
         from fairskin.tracking import record_nonfinite, split_finite
 
-        finite, bad = split_finite({k: v for k, v in result.items() if k not in _SKIP_METRICS
-                                    and isinstance(v, (int, float)) and not isinstance(v, bool)})
+        finite, bad = split_finite(
+            {
+                k: v
+                for k, v in result.items()
+                if k not in _SKIP_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        )
         items = [Metric(k, v, now, step) for k, v in finite.items()]
         run_id = self._trial_runs[trial]
         for i in range(0, len(items), 1000):
-            self._client.log_batch(run_id, metrics=items[i:i + 1000])
+            self._client.log_batch(run_id, metrics=items[i : i + 1000])
         if bad:  # a diverged trial: tagged, not silently dropped
             record_nonfinite(self._client, run_id, bad, step)
         for key, folder in (("preview", "pool"), ("variant_file", "generator")):  # generator trials' files

@@ -45,8 +45,14 @@ class StudyProgress(Callback):
     def _start(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[state]}"), TimeElapsedColumn(), transient=False)
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[state]}"),
+            TimeElapsedColumn(),
+            transient=False,
+        )
         self._progress.start()
         self._task = self._progress.add_task(self.description, total=self.total, state="")
 
@@ -67,7 +73,9 @@ class StudyProgress(Callback):
     def on_experiment_end(self, trials, **info) -> None:
         self.count(trials)
         if self._progress is not None:
-            self._progress.update(self._task, completed=self.ended, state=f"{self.failed} failed" if self.failed else "")
+            self._progress.update(
+                self._task, completed=self.ended, state=f"{self.failed} failed" if self.failed else ""
+            )
             self._progress.stop()
             self._progress = None
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -62,8 +63,9 @@ class Objective(_Model):
     @classmethod
     def _not_test(cls, value: str) -> str:
         if value.startswith("test_"):
-            raise ValueError(f"objective {value!r}: objectives are validation figures (val_*); "
-                             "test figures never steer a search")
+            raise ValueError(
+                f"objective {value!r}: objectives are validation figures (val_*); test figures never steer a search"
+            )
         return value
 
 
@@ -100,22 +102,34 @@ class Parameter(_Model):
     total: int | None = Field(None, ge=1)  # simplex: M in paper units
 
     @model_validator(mode="after")
-    def _check(self) -> "Parameter":
+    def _check(self) -> Parameter:
         n = self.name
-        if n not in ("proportions", "mode", "variant", *COUNT_TARGETS) and not n.startswith("classifier.") \
-                and not is_generator_parameter(n):
-            raise ValueError(f"parameter {n!r}: unknown target; use proportions, per_subclass, balance_to, mode, "
-                             "variant or classifier.<field> (classifier studies), or diffusion.<field> / "
-                             f"variant.<field> with a field of {list(GENERATOR_FIELDS)} (generator studies)")
+        if (
+            n not in ("proportions", "mode", "variant", *COUNT_TARGETS)
+            and not n.startswith("classifier.")
+            and not is_generator_parameter(n)
+        ):
+            raise ValueError(
+                f"parameter {n!r}: unknown target; use proportions, per_subclass, balance_to, mode, "
+                "variant or classifier.<field> (classifier studies), or diffusion.<field> / "
+                f"variant.<field> with a field of {list(GENERATOR_FIELDS)} (generator studies)"
+            )
         if is_generator_parameter(n) and self.kind == "simplex":
             raise ValueError(f"parameter {n!r}: kind must be int, float or choice")
         if n.startswith("classifier."):
             fld = n.split(".", 1)[1]
             if fld not in ClassifierConfig.model_fields or fld == "downstream_mode":
-                raise ValueError(f"parameter {n!r}: {fld!r} is not a searchable classifier field "
-                                 "(use `mode` for the downstream mode)")
-        expected = {"proportions": "simplex", "mode": "choice", "variant": "choice",
-                    "per_subclass": "int", "balance_to": "int"}.get(n)
+                raise ValueError(
+                    f"parameter {n!r}: {fld!r} is not a searchable classifier field "
+                    "(use `mode` for the downstream mode)"
+                )
+        expected = {
+            "proportions": "simplex",
+            "mode": "choice",
+            "variant": "choice",
+            "per_subclass": "int",
+            "balance_to": "int",
+        }.get(n)
         if expected and self.kind != expected:
             raise ValueError(f"parameter {n!r}: kind must be {expected!r}, got {self.kind!r}")
         if self.kind == "choice":
@@ -134,8 +148,9 @@ class Parameter(_Model):
             low = 0.0 if self.low is None else self.low
             high = 1.0 if self.high is None else self.high
             if not 0.0 <= low <= high <= 1.0:
-                raise ValueError(f"parameter {n!r}: bounds must satisfy 0 <= low <= high <= 1, "
-                                 f"got low={low}, high={high}")
+                raise ValueError(
+                    f"parameter {n!r}: bounds must satisfy 0 <= low <= high <= 1, got low={low}, high={high}"
+                )
             return self
         if self.low is None or self.high is None:
             raise ValueError(f"parameter {n!r}: kind {self.kind!r} needs `low` and `high`")
@@ -204,7 +219,7 @@ class SearchSpace(_Model):
         return value
 
     @model_validator(mode="after")
-    def _check(self) -> "SearchSpace":
+    def _check(self) -> SearchSpace:
         names = [p.name for p in self.parameters]
         if self.trainable == "generator":
             return self._check_generator(names)
@@ -215,8 +230,10 @@ class SearchSpace(_Model):
             raise ValueError("fixed.generator is for generator studies (`trainable: generator`)")
         for o in self.objectives:
             if not o.metric.startswith("val_"):
-                raise ValueError(f"objective {o.metric!r}: objectives are validation figures (val_*); "
-                                 "test figures never steer a search")
+                raise ValueError(
+                    f"objective {o.metric!r}: objectives are validation figures (val_*); "
+                    "test figures never steer a search"
+                )
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"parameter(s) {dup} appear more than once")
@@ -232,15 +249,19 @@ class SearchSpace(_Model):
                 raise ValueError(f"fixed.plan: {exc.errors()[0]['msg']}") from None
         modes = self.modes()
         if "proportions" in names and "resample" in modes:
-            raise ValueError("parameter 'proportions': downstream mode 'resample' re-draws the proportions each "
-                             "epoch and would overwrite the searched ones; fix mode to random or reweight")
+            raise ValueError(
+                "parameter 'proportions': downstream mode 'resample' re-draws the proportions each "
+                "epoch and would overwrite the searched ones; fix mode to random or reweight"
+            )
         if "mode" in names and self.fixed.mode is not None:
             raise ValueError("parameter 'mode' is searched and fixed.mode is set: keep one")
         if "variant" in names and self.fixed.variant is not None:
             raise ValueError("parameter 'variant' is searched and fixed.variant is set: keep one")
         if self.scheduler.kind == "asha" and len(self.objectives) > 1:
-            raise ValueError(f"scheduler 'asha' stops trials on one metric; this space has "
-                             f"{len(self.objectives)} objectives ({[o.metric for o in self.objectives]})")
+            raise ValueError(
+                f"scheduler 'asha' stops trials on one metric; this space has "
+                f"{len(self.objectives)} objectives ({[o.metric for o in self.objectives]})"
+            )
         if self.search == "grid":
             bad = [p.name for p in self.parameters if p.kind != "choice"]
             if bad:
@@ -249,20 +270,25 @@ class SearchSpace(_Model):
             if not self.parameters:
                 raise ValueError(f"search {self.search!r} needs at least one parameter")
             if len(self.seeds.train) > 1:
-                raise ValueError(f"seeds.train = {self.seeds.train}: a {self.search} search trains one seed per "
-                                 "trial; repeats over seeds are for grid spaces")
+                raise ValueError(
+                    f"seeds.train = {self.seeds.train}: a {self.search} search trains one seed per "
+                    "trial; repeats over seeds are for grid spaces"
+                )
         return self
 
-    def _check_generator(self, names: list[str]) -> "SearchSpace":
+    def _check_generator(self, names: list[str]) -> SearchSpace:
         dup = sorted({n for n in names if names.count(n) > 1})
         fields = [generator_field(n) for n in names if is_generator_parameter(n)]
         if dup or len(set(fields)) != len(fields):
-            raise ValueError(f"parameter(s) {dup or fields} appear more than once (diffusion.X and variant.X "
-                             "set the same field)")
+            raise ValueError(
+                f"parameter(s) {dup or fields} appear more than once (diffusion.X and variant.X set the same field)"
+            )
         bad = [n for n in names if not is_generator_parameter(n)]
         if bad:
-            raise ValueError(f"parameter(s) {bad}: a generator study searches diffusion.<field> / variant.<field> "
-                             f"with a field of {list(GENERATOR_FIELDS)}")
+            raise ValueError(
+                f"parameter(s) {bad}: a generator study searches diffusion.<field> / variant.<field> "
+                f"with a field of {list(GENERATOR_FIELDS)}"
+            )
         if self.fixed.mode or self.fixed.variant or self.fixed.plan:
             raise ValueError("a generator study takes fixed.generator only (no mode, variant or plan)")
         unknown = sorted(set(self.fixed.generator or {}) - set(GENERATOR_FIELDS))
@@ -272,8 +298,10 @@ class SearchSpace(_Model):
         if both:
             raise ValueError(f"fixed.generator sets {both}, which the space also searches: keep one")
         if self.scheduler.kind == "asha" and len(self.objectives) > 1:
-            raise ValueError(f"scheduler 'asha' stops trials on one metric; this space has "
-                             f"{len(self.objectives)} objectives ({[o.metric for o in self.objectives]})")
+            raise ValueError(
+                f"scheduler 'asha' stops trials on one metric; this space has "
+                f"{len(self.objectives)} objectives ({[o.metric for o in self.objectives]})"
+            )
         if self.search == "grid":
             bad = [p.name for p in self.parameters if p.kind != "choice"]
             if bad:
@@ -281,11 +309,10 @@ class SearchSpace(_Model):
         elif not self.parameters:
             raise ValueError(f"search {self.search!r} needs at least one parameter")
         if len(self.seeds.train) > 1:
-            raise ValueError("seeds.train: a generator study fine-tunes with diffusion.repeat_seeds[0]; "
-                             "one seed only")
+            raise ValueError("seeds.train: a generator study fine-tunes with diffusion.repeat_seeds[0]; one seed only")
         return self
 
-    def for_preset(self, preset: str) -> "SearchSpace":
+    def for_preset(self, preset: str) -> SearchSpace:
         """This space with ``preset_parameters[preset]`` replacing the parameters of the same name."""
         extra = self.preset_parameters.get(preset)
         if not extra:
@@ -342,8 +369,7 @@ def load_space(name: str | Path) -> SearchSpace:
     """Read and validate ``tune_spaces/NAME.yaml`` (or a YAML path)."""
     path = space_path(name)
     if not path.exists():
-        raise SpaceError(f"no search space {str(name)!r} ({path} does not exist); "
-                         f"available: {available_spaces()}")
+        raise SpaceError(f"no search space {str(name)!r} ({path} does not exist); available: {available_spaces()}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -421,8 +447,11 @@ class ResolvedSpace:
         """The augmentation plan of a trial config (scaled counts)."""
         if "proportions" in trial_config:
             d = self.dim("proportions")
-            return AugmentPlan(kind="group_proportions", total=d.total,
-                               proportions=_exact_simplex(trial_config["proportions"], d.groups))
+            return AugmentPlan(
+                kind="group_proportions",
+                total=d.total,
+                proportions=_exact_simplex(trial_config["proportions"], d.groups),
+            )
         for key in COUNT_TARGETS:
             if key in trial_config:
                 return AugmentPlan(kind=key, **{key: int(trial_config[key])})
@@ -433,16 +462,23 @@ class ResolvedSpace:
 
     def describe(self) -> dict[str, Any]:
         """Flat, loggable summary (MLflow params of the parent run)."""
-        out: dict[str, Any] = {"space.name": self.name, "space.trainable": self.trainable,
-                               "space.search": self.search, "space.trials": self.trials,
-                               "space.objectives": ",".join(f"{m}:{d}" for m, d in zip(self.metrics, self.modes)),
-                               "space.scheduler": self.scheduler.kind, "space.seed": self.search_seed,
-                               "space.train_seeds": ",".join(map(str, self.train_seeds)),
-                               "space.count_scale": self.count_scale, "space.variants": ",".join(self.variants)}
+        out: dict[str, Any] = {
+            "space.name": self.name,
+            "space.trainable": self.trainable,
+            "space.search": self.search,
+            "space.trials": self.trials,
+            "space.objectives": ",".join(f"{m}:{d}" for m, d in zip(self.metrics, self.modes)),
+            "space.scheduler": self.scheduler.kind,
+            "space.seed": self.search_seed,
+            "space.train_seeds": ",".join(map(str, self.train_seeds)),
+            "space.count_scale": self.count_scale,
+            "space.variants": ",".join(self.variants),
+        }
         for d in self.dims:
             if d.kind == "simplex":
-                out[f"space.{d.name}"] = (f"simplex total={d.total} " + " ".join(
-                    f"{g}:[{lo:.4f},{hi:.4f}]" for g, lo, hi in zip(d.groups, d.lows, d.highs)))
+                out[f"space.{d.name}"] = f"simplex total={d.total} " + " ".join(
+                    f"{g}:[{lo:.4f},{hi:.4f}]" for g, lo, hi in zip(d.groups, d.lows, d.highs)
+                )
             elif d.kind == "choice":
                 out[f"space.{d.name}"] = "choice " + ",".join(map(str, d.values))
             else:
@@ -461,11 +497,11 @@ def _exact_simplex(p: Mapping[str, float], groups: Sequence[str]) -> dict[str, f
     return {g: v / total for g, v in zip(groups, values)}
 
 
-def _group_capacity(pools: Mapping[str, Mapping[Subclass, int]], groups: Sequence[str],
-                    diseases: Sequence[str]) -> dict[str, int]:
+def _group_capacity(
+    pools: Mapping[str, Mapping[Subclass, int]], groups: Sequence[str], diseases: Sequence[str]
+) -> dict[str, int]:
     """Images a group can give to a group_proportions plan: n_diseases x its smallest subclass pool (min over pools)."""
-    return {g: len(diseases) * min(pool.get((g, d), 0) for pool in pools.values() for d in diseases)
-            for g in groups}
+    return {g: len(diseases) * min(pool.get((g, d), 0) for pool in pools.values() for d in diseases) for g in groups}
 
 
 def _largest_total(caps: Mapping[str, int], high: float, lows: Sequence[float], total: int) -> int:
@@ -477,9 +513,15 @@ def _largest_total(caps: Mapping[str, int], high: float, lows: Sequence[float], 
     return 0
 
 
-def resolve_space(space: SearchSpace, config: FairSkinConfig, pools: Mapping[str, Mapping[Subclass, int]],
-                  train_counts: Mapping[Subclass, int], *, variant: str | None = None,
-                  trials: int | None = None) -> ResolvedSpace:
+def resolve_space(
+    space: SearchSpace,
+    config: FairSkinConfig,
+    pools: Mapping[str, Mapping[Subclass, int]],
+    train_counts: Mapping[Subclass, int],
+    *,
+    variant: str | None = None,
+    trials: int | None = None,
+) -> ResolvedSpace:
     """Scale the space to ``config`` and check it against every pool it can draw from.
 
     ``pools``: variant -> images per (group, disease) in its pool. ``train_counts``: real
@@ -503,8 +545,10 @@ def resolve_space(space: SearchSpace, config: FairSkinConfig, pools: Mapping[str
     else:
         chosen = variant or space.fixed.variant or (next(iter(pools)) if len(pools) == 1 else None)
         if chosen is None:
-            raise SpaceError(f"space {space.name!r} does not search `variant` and {len(pools)} pools were given "
-                             f"({sorted(pools)}): pass --variant")
+            raise SpaceError(
+                f"space {space.name!r} does not search `variant` and {len(pools)} pools were given "
+                f"({sorted(pools)}): pass --variant"
+            )
         wanted = [chosen]
     missing = [v for v in wanted if v not in pools]
     if missing:
@@ -539,18 +583,22 @@ def resolve_space(space: SearchSpace, config: FairSkinConfig, pools: Mapping[str
         fixed_plan = AugmentPlan(**raw)
         for v, pool in used.items():
             try:
-                check_against_pool(fixed_plan, plan_counts(fixed_plan, train_counts, groups, diseases), pool,
-                                   diseases, train_counts)
+                check_against_pool(
+                    fixed_plan, plan_counts(fixed_plan, train_counts, groups, diseases), pool, diseases, train_counts
+                )
             except PlanError as exc:
-                raise SpaceError(f"fixed.plan (counts scaled by tune.count_scale={scale}), pool of {v!r}: {exc}") \
-                    from None
+                raise SpaceError(
+                    f"fixed.plan (counts scaled by tune.count_scale={scale}), pool of {v!r}: {exc}"
+                ) from None
 
     fixed: dict[str, Any] = {}
     if space.parameter("mode") is None:
         fixed["mode"] = space.fixed.mode or config.classifier.downstream_mode
         if fixed["mode"] == "resample" and space.parameter("proportions") is not None:
-            raise SpaceError("parameter 'proportions': classifier.downstream_mode is 'resample', which would "
-                             "overwrite the searched proportions; fix the space's mode to random or reweight")
+            raise SpaceError(
+                "parameter 'proportions': classifier.downstream_mode is 'resample', which would "
+                "overwrite the searched proportions; fix the space's mode to random or reweight"
+            )
     if vparam is None:
         fixed["variant"] = wanted[0]
     if space.search != "grid" or len(space.seeds.train) == 1:
@@ -559,14 +607,26 @@ def resolve_space(space: SearchSpace, config: FairSkinConfig, pools: Mapping[str
     if space.search == "grid":
         n_trials = 1  # Tune's num_samples: one pass over the grid
     return ResolvedSpace(
-        name=space.name, search=space.search, trials=n_trials, startup_trials=space.startup_trials,
-        metrics=tuple(o.metric for o in space.objectives), modes=tuple(o.mode for o in space.objectives),
-        scheduler=space.scheduler, search_seed=space.seeds.search, train_seeds=tuple(space.seeds.train),
-        dims=tuple(dims), fixed=fixed, fixed_plan=fixed_plan, variants=tuple(wanted), count_scale=scale)
+        name=space.name,
+        search=space.search,
+        trials=n_trials,
+        startup_trials=space.startup_trials,
+        metrics=tuple(o.metric for o in space.objectives),
+        modes=tuple(o.mode for o in space.objectives),
+        scheduler=space.scheduler,
+        search_seed=space.seeds.search,
+        train_seeds=tuple(space.seeds.train),
+        dims=tuple(dims),
+        fixed=fixed,
+        fixed_plan=fixed_plan,
+        variants=tuple(wanted),
+        count_scale=scale,
+    )
 
 
-def variant_from_trial(trial_config: Mapping[str, Any], name: str, fixed: Mapping[str, Any] | None = None
-                       ) -> VariantSpec:
+def variant_from_trial(
+    trial_config: Mapping[str, Any], name: str, fixed: Mapping[str, Any] | None = None
+) -> VariantSpec:
     """A generator trial's settings as a ``diffusion.custom_variants`` entry (validated): the fixed
     settings, then each ``diffusion.<field>`` / ``variant.<field>`` of the trial config. Put the
     result's ``model_dump(exclude_none=True)`` under ``diffusion.custom_variants`` (and its name in
@@ -581,8 +641,10 @@ def variant_from_trial(trial_config: Mapping[str, Any], name: str, fixed: Mappin
 
 
 def _value_error(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                     if e["loc"] else e["msg"] for e in exc.errors())
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" if e["loc"] else e["msg"]
+        for e in exc.errors()
+    )
 
 
 def check_generator_values(space: SearchSpace, config: FairSkinConfig) -> None:
@@ -597,21 +659,25 @@ def check_generator_values(space: SearchSpace, config: FairSkinConfig) -> None:
     except ValidationError as exc:
         raise SpaceError(f"fixed.generator: {_value_error(exc)}") from None
     for p in space.parameters:
-        values = list(p.values) if p.kind == "choice" else (  # type: ignore[arg-type]
-            [int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high])
+        values = (
+            list(p.values)
+            if p.kind == "choice"
+            # type: ignore[arg-type]
+            else ([int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high])
+        )
         for value in values:
             try:
                 spec = variant_from_trial({p.name: value}, "check", fixed)
                 DiffusionConfig.model_validate(config.diffusion.for_variant(spec).model_dump())
             except ValidationError as exc:
-                raise SpaceError(f"parameter {p.name!r}: value {value!r} is not a valid {p.name}: "
-                                 f"{_value_error(exc)}") from None
+                raise SpaceError(
+                    f"parameter {p.name!r}: value {value!r} is not a valid {p.name}: {_value_error(exc)}"
+                ) from None
             except (TypeError, ValueError) as exc:
                 raise SpaceError(f"parameter {p.name!r}: value {value!r} is not a valid {p.name}: {exc}") from None
 
 
-def resolve_generator_space(space: SearchSpace, config: FairSkinConfig, *, trials: int | None = None
-                            ) -> ResolvedSpace:
+def resolve_generator_space(space: SearchSpace, config: FairSkinConfig, *, trials: int | None = None) -> ResolvedSpace:
     """A generator study's space for ``config``: values checked through the typed config (no pools)."""
     if space.trainable != "generator":
         raise SpaceError(f"space {space.name!r} trains the classifier; it needs pools (resolve_space)")
@@ -626,11 +692,22 @@ def resolve_generator_space(space: SearchSpace, config: FairSkinConfig, *, trial
             dims.append(Dim(p.name, p.kind, low=p.low, high=p.high, step=step, log=p.log))
     n_trials = 1 if space.search == "grid" else (trials or space.trials)
     return ResolvedSpace(
-        name=space.name, search=space.search, trials=n_trials, startup_trials=space.startup_trials,
-        metrics=tuple(o.metric for o in space.objectives), modes=tuple(o.mode for o in space.objectives),
-        scheduler=space.scheduler, search_seed=space.seeds.search, train_seeds=tuple(space.seeds.train),
-        dims=tuple(dims), fixed={"seed": space.seeds.train[0]}, variants=(), count_scale=config.tune.count_scale,
-        trainable="generator", fixed_generator=dict(space.fixed.generator or {}))
+        name=space.name,
+        search=space.search,
+        trials=n_trials,
+        startup_trials=space.startup_trials,
+        metrics=tuple(o.metric for o in space.objectives),
+        modes=tuple(o.mode for o in space.objectives),
+        scheduler=space.scheduler,
+        search_seed=space.seeds.search,
+        train_seeds=tuple(space.seeds.train),
+        dims=tuple(dims),
+        fixed={"seed": space.seeds.train[0]},
+        variants=(),
+        count_scale=config.tune.count_scale,
+        trainable="generator",
+        fixed_generator=dict(space.fixed.generator or {}),
+    )
 
 
 def check_classifier_values(space: SearchSpace, classifier: ClassifierConfig) -> None:
@@ -656,14 +733,20 @@ def check_classifier_values(space: SearchSpace, classifier: ClassifierConfig) ->
                 raise SpaceError(f"parameter {p.name!r}: value {value!r} is not a valid {p.name}: {msg}") from None
 
 
-def _resolve_simplex(p: Parameter, scale: float, pools: Mapping[str, Mapping[Subclass, int]],
-                     groups: Sequence[str], diseases: Sequence[str]) -> Dim:
+def _resolve_simplex(
+    p: Parameter,
+    scale: float,
+    pools: Mapping[str, Mapping[Subclass, int]],
+    groups: Sequence[str],
+    diseases: Sequence[str],
+) -> Dim:
     total = scale_count(p.total, scale)  # type: ignore[arg-type]
     low = 0.0 if p.low is None else p.low
     high = 1.0 if p.high is None else p.high
     if len(groups) * low > 1.0 + 1e-12 or len(groups) * high < 1.0 - 1e-12:
-        raise SpaceError(f"parameter {p.name!r}: no proportions over {len(groups)} groups sum to 1 within "
-                         f"[{low}, {high}]")
+        raise SpaceError(
+            f"parameter {p.name!r}: no proportions over {len(groups)} groups sum to 1 within [{low}, {high}]"
+        )
     caps = _group_capacity(pools, groups, diseases)
     # p_g * M <= cap_g guarantees ceil(p_g * M) <= cap_g, hence no subclass asks more than its pool.
     highs = [min(high, caps[g] / total * (1 - 1e-9)) for g in groups]
@@ -676,12 +759,19 @@ def _resolve_simplex(p: Parameter, scale: float, pools: Mapping[str, Mapping[Sub
             f"parameter {p.name!r}: total {p.total} (scaled to {total} by tune.count_scale={scale}) cannot be "
             f"placed within [{low}, {high}] per group: the pools hold at most {held} images per group "
             f"(n_diseases x smallest subclass pool). The largest valid total is "
-            f"{math.floor(largest / scale + 1e-9)} (scaled {largest}); or generate a larger pool")
+            f"{math.floor(largest / scale + 1e-9)} (scaled {largest}); or generate a larger pool"
+        )
     return Dim(p.name, "simplex", total=total, groups=tuple(groups), lows=tuple(lows), highs=tuple(highs))
 
 
-def _resolve_count(p: Parameter, scale: float, pools: Mapping[str, Mapping[Subclass, int]],
-                   train_counts: Mapping[Subclass, int], groups: Sequence[str], diseases: Sequence[str]) -> Dim:
+def _resolve_count(
+    p: Parameter,
+    scale: float,
+    pools: Mapping[str, Mapping[Subclass, int]],
+    train_counts: Mapping[Subclass, int],
+    groups: Sequence[str],
+    diseases: Sequence[str],
+) -> Dim:
     low, high = scale_count(p.low, scale), scale_count(p.high, scale)  # type: ignore[arg-type]
     step = max(1, int(round((p.step or 1) * scale))) if p.step else 1
     subclasses = [(g, d) for g in groups for d in diseases]
@@ -692,7 +782,8 @@ def _resolve_count(p: Parameter, scale: float, pools: Mapping[str, Mapping[Subcl
     if high > largest:
         raise SpaceError(
             f"parameter {p.name!r}: high {p.high:g} (scaled to {high} by tune.count_scale={scale}) asks more than "
-            f"the pools hold; the largest valid value is {math.floor(largest / scale + 1e-9)} (scaled {largest})")
+            f"the pools hold; the largest valid value is {math.floor(largest / scale + 1e-9)} (scaled {largest})"
+        )
     # Keep the grid of values on the scaled step, ending at or below high.
     high = low + (high - low) // step * step
     return Dim(p.name, "int", low=low, high=high, step=step)
@@ -770,7 +861,7 @@ def _conditional_inverse(u: float, t: float, c: Sequence[float]) -> float:
         value = slope = 0.0
         for sign, x in terms:
             d = max(x - v, 0.0)
-            value += sign * d ** m
+            value += sign * d**m
             slope -= sign * m * d ** (m - 1)
         return value, slope
 

@@ -28,9 +28,10 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -38,9 +39,14 @@ from fairskin.config import FairSkinConfig
 from fairskin.io import atomic_write_json
 from fairskin.lock import holding_runs_root
 from fairskin.tracking import RunHandle, Tracker, loggable_params
-from fairskin.tune.mlflow_callback import (PARENT_FILE, StudyMLflowCallback, read_json, read_run_map,
-                                           remember_tracking_uri)
-from fairskin.tune.spaces import ResolvedSpace, SearchSpace, SpaceError, load_space, resolve_space
+from fairskin.tune.mlflow_callback import (
+    PARENT_FILE,
+    StudyMLflowCallback,
+    read_json,
+    read_run_map,
+    remember_tracking_uri,
+)
+from fairskin.tune.spaces import ResolvedSpace, SearchSpace, load_space, resolve_space
 from fairskin.versioning import record_environment
 
 STUDY_FILE = "study.json"
@@ -54,8 +60,21 @@ BEST_VARIANT_FILE = "best_variant.yaml"  # report/: the best generator trial's d
 # (placement group, actor process, unpickling the trainable), the trials
 # (first start to last end), Tuner.fit()'s tail after the last trial; the trials table, the report files and
 # parent artifacts, the confirmations, and closing the parent run.
-PHASES = ("check", "tracking", "fit.ray_init", "fit.decode", "fit.setup", "fit.tune_start", "fit.to_first_trial",
-          "fit.trials", "fit.after_last_trial", "report.results", "report.summary", "report.confirm", "report.finish")
+PHASES = (
+    "check",
+    "tracking",
+    "fit.ray_init",
+    "fit.decode",
+    "fit.setup",
+    "fit.tune_start",
+    "fit.to_first_trial",
+    "fit.trials",
+    "fit.after_last_trial",
+    "report.results",
+    "report.summary",
+    "report.confirm",
+    "report.finish",
+)
 
 
 class StudyError(RuntimeError):
@@ -78,11 +97,17 @@ def _error_line(text: str, limit: int = 300) -> str:
 
 def failed_study_message(name: str, trials: pd.DataFrame, folder: Path, shown: int = 3) -> str:
     errors = trials["error"].fillna("").astype(str) if "error" in trials else pd.Series([""] * len(trials))
-    quoted = [f"  trial {row.get('trial_id', '?')}: {_error_line(err)}"
-              for (_, row), err in list(zip(trials.iterrows(), errors))[:shown]]
+    quoted = [
+        f"  trial {row.get('trial_id', '?')}: {_error_line(err)}"
+        for (_, row), err in list(zip(trials.iterrows(), errors))[:shown]
+    ]
     more = f"\n  ... and {len(trials) - shown} more" if len(trials) > shown else ""
-    return (f"study {name}: none of its {len(trials)} trial(s) finished; first errors:\n" + "\n".join(quoted)
-            + more + f"\n(each trial's log is under {folder / TUNE_DIR})")
+    return (
+        f"study {name}: none of its {len(trials)} trial(s) finished; first errors:\n"
+        + "\n".join(quoted)
+        + more
+        + f"\n(each trial's log is under {folder / TUNE_DIR})"
+    )
 
 
 @dataclass
@@ -155,11 +180,16 @@ def train_counts(real_shards: Path) -> dict[tuple[str, str], int]:
     return pool_counts(meta[meta["split"] == "train"])
 
 
-def check_study(config: FairSkinConfig, space: SearchSpace, pools: Mapping[str, Path], real_shards: Path,
-                variant: str | None = None, trials: int | None = None) -> ResolvedSpace:
+def check_study(
+    config: FairSkinConfig,
+    space: SearchSpace,
+    pools: Mapping[str, Path],
+    real_shards: Path,
+    variant: str | None = None,
+    trials: int | None = None,
+) -> ResolvedSpace:
     """Resolve the space for this preset and check it against every pool: no Ray, no training."""
-    return resolve_space(space, config, _pool_counts(pools), train_counts(real_shards), variant=variant,
-                         trials=trials)
+    return resolve_space(space, config, _pool_counts(pools), train_counts(real_shards), variant=variant, trials=trials)
 
 
 # --------------------------------------------------------------------------- Tune pieces
@@ -199,8 +229,9 @@ def build_search(space: ResolvedSpace, concurrency: int, verbose: bool = False):
         sampler = optuna.samplers.RandomSampler(seed=space.search_seed)
     else:
         kwargs = {"n_startup_trials": space.startup_trials} if space.startup_trials else {}
-        sampler = optuna.samplers.TPESampler(seed=space.search_seed, multivariate=True,
-                                             constant_liar=concurrency > 1, **kwargs)
+        sampler = optuna.samplers.TPESampler(
+            seed=space.search_seed, multivariate=True, constant_liar=concurrency > 1, **kwargs
+        )
     metric = list(space.metrics) if space.multi_objective else space.metrics[0]
     mode = list(space.modes) if space.multi_objective else space.modes[0]
     searcher = OptunaSearch(space=DefineByRun(space), metric=metric, mode=mode, sampler=sampler)
@@ -212,9 +243,14 @@ def build_scheduler(space: ResolvedSpace, epochs: int):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", metric=space.metrics[0], mode=space.modes[0],
-                         max_t=epochs, grace_period=min(space.scheduler.grace_period, epochs),
-                         reduction_factor=space.scheduler.reduction_factor)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=space.metrics[0],
+        mode=space.modes[0],
+        max_t=epochs,
+        grace_period=min(space.scheduler.grace_period, epochs),
+        reduction_factor=space.scheduler.reduction_factor,
+    )
 
 
 def build_trainable(config: FairSkinConfig, inputs, generator: bool = False):
@@ -247,9 +283,14 @@ def generator_reports(config: FairSkinConfig, space: ResolvedSpace) -> int:
 
 
 def _study_tags(name: str, space: ResolvedSpace, config: FairSkinConfig, variant: str | None) -> dict[str, str]:
-    return {"fairskin.kind": "tune", "fairskin.study": name, "fairskin.space": space.name,
-            "fairskin.variant": variant or (space.variants[0] if len(space.variants) == 1 else "all"),
-            "fairskin.mode": str(space.fixed.get("mode", "searched")), "fairskin.preset": config.preset}
+    return {
+        "fairskin.kind": "tune",
+        "fairskin.study": name,
+        "fairskin.space": space.name,
+        "fairskin.variant": variant or (space.variants[0] if len(space.variants) == 1 else "all"),
+        "fairskin.mode": str(space.fixed.get("mode", "searched")),
+        "fairskin.preset": config.preset,
+    }
 
 
 def input_fingerprints(pools: Mapping[str, Path], real_shards: Path) -> tuple[dict[str, str], str]:
@@ -260,10 +301,15 @@ def input_fingerprints(pools: Mapping[str, Path], real_shards: Path) -> tuple[di
     return {k: shard_fingerprint(Path(v)) for k, v in pools.items()}, shard_fingerprint(Path(real_shards))
 
 
-def _parent_run(config: FairSkinConfig, name: str, folder: Path, tags: Mapping[str, str], resume: bool,
-                params: Mapping[str, Any]) -> tuple[Tracker, RunHandle]:
-    tracker = Tracker(config.tracking_uri(), experiment_name(config, name), config.tracking.enabled,
-                      runs_root=config.runtime.runs_root)
+def _parent_run(
+    config: FairSkinConfig, name: str, folder: Path, tags: Mapping[str, str], resume: bool, params: Mapping[str, Any]
+) -> tuple[Tracker, RunHandle]:
+    tracker = Tracker(
+        config.tracking_uri(),
+        experiment_name(config, name),
+        config.tracking.enabled,
+        runs_root=config.runtime.runs_root,
+    )
     stored = read_json(folder / PARENT_FILE, {})
     if resume and stored.get("run_id"):
         resumed = tracker.resume(stored["run_id"])
@@ -272,17 +318,34 @@ def _parent_run(config: FairSkinConfig, name: str, folder: Path, tags: Mapping[s
     parent = tracker.start(name, tags=tags)
     record_environment(parent)  # engine version, git commit, installed packages (reproducibility)
     # Credentials redacted: nothing reads the URI back from this file (a resumed study takes it from the config).
-    atomic_write_json(folder / PARENT_FILE, {"tracking_uri": tracker.display_uri, "experiment": tracker.experiment_name,
-                                             "experiment_id": tracker.experiment_id, "run_id": parent.run_id})
+    atomic_write_json(
+        folder / PARENT_FILE,
+        {
+            "tracking_uri": tracker.display_uri,
+            "experiment": tracker.experiment_name,
+            "experiment_id": tracker.experiment_id,
+            "run_id": parent.run_id,
+        },
+    )
     parent.log_params(params)
     return tracker, parent
 
 
 @holding_runs_root
-def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Mapping[str, Path],
-              real_shards: Path, *, variant: str | None = None, trials: int | None = None, resume: bool = False,
-              name: str | None = None, echo: Callable[[str], None] = print,
-              tags: Mapping[str, str] | None = None, sources=None) -> StudyResult:
+def run_study(
+    config: FairSkinConfig,
+    space: str | Path | SearchSpace,
+    pools: Mapping[str, Path],
+    real_shards: Path,
+    *,
+    variant: str | None = None,
+    trials: int | None = None,
+    resume: bool = False,
+    name: str | None = None,
+    echo: Callable[[str], None] = print,
+    tags: Mapping[str, str] | None = None,
+    sources=None,
+) -> StudyResult:
     """Run (or ``resume``) one study of ``space`` over the classifier.
 
     ``pools``: variant -> pool shard folder (split ``pool``); ``real_shards``: the prepare
@@ -309,26 +372,38 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
         if before.get("space") != spec.name:
             raise StudyError(f"study {name!r} searched space {before.get('space')!r}, not {spec.name!r}")
         if trials is not None and spec.search != "grid" and trials != before.get("trials"):
-            raise StudyError(f"study {name!r} was started with {before.get('trials')} trials; a resumed study "
-                             f"keeps its trial count (got --trials {trials})")
+            raise StudyError(
+                f"study {name!r} was started with {before.get('trials')} trials; a resumed study "
+                f"keeps its trial count (got --trials {trials})"
+            )
         trials = before.get("trials") if spec.search != "grid" else None
     elif before is not None:
-        raise StudyError(f"study {name!r} already exists at {folder}: pass --resume to continue it, "
-                         "or --study NAME for a new one")
+        raise StudyError(
+            f"study {name!r} already exists at {folder}: pass --resume to continue it, or --study NAME for a new one"
+        )
     generator = spec.trainable == "generator"
     if generator:
         from fairskin.tune.spaces import resolve_generator_space
 
         if sources is None:
-            raise StudyError(f"space {spec.name!r} trains generators: pass the pipeline's sources "
-                             "(fairskin.tune.generator.generator_sources)")
+            raise StudyError(
+                f"space {spec.name!r} trains generators: pass the pipeline's sources "
+                "(fairskin.tune.generator.generator_sources)"
+            )
         resolved = resolve_generator_space(spec, config, trials=trials or config.tune.num_trials)
         pools, real_shards = {}, Path(sources.shards)
     else:
         resolved = check_study(config, spec, pools, real_shards, variant, trials or config.tune.num_trials)
-    record = {"study": name, "space": spec.name, "preset": config.preset, "variant": variant,
-              "trials": resolved.expected_trials, "pools": {k: str(v) for k, v in pools.items()},
-              "real_shards": str(real_shards), "space_definition": spec.model_dump(mode="json")}
+    record = {
+        "study": name,
+        "space": spec.name,
+        "preset": config.preset,
+        "variant": variant,
+        "trials": resolved.expected_trials,
+        "pools": {k: str(v) for k, v in pools.items()},
+        "real_shards": str(real_shards),
+        "space_definition": spec.model_dump(mode="json"),
+    }
     if generator:
         record["sources"] = {k: str(v) for k, v in vars(sources).items()}
     folder.mkdir(parents=True, exist_ok=True)
@@ -342,14 +417,29 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
     tags = {**_study_tags(name, resolved, config, variant), TAG_REAL: real_fp, **dict(tags or {})}
     base_params = loggable_params(config)  # credentials in URIs redacted
     tracker, parent = _parent_run(config, name, folder, tags, resume, {**base_params, **resolved.describe()})
-    echo(f"study {name}: {resolved.search} over {[d.name for d in resolved.dims]}, objectives "
-         f"{list(zip(resolved.metrics, resolved.modes))}, {resolved.expected_trials} trial(s); folder {folder}")
+    echo(
+        f"study {name}: {resolved.search} over {[d.name for d in resolved.dims]}, objectives "
+        f"{list(zip(resolved.metrics, resolved.modes))}, {resolved.expected_trials} trial(s); folder {folder}"
+    )
     if tracker.client is not None:
         echo(f"MLflow: {tracker.ui_command()}\n  then open {tracker.runs_url()}")
     timings["tracking"] = time.time() - started - timings["check"]
     try:
-        result, inputs = _fit(config, resolved, folder, pools, real_shards, resume, tracker, tags, base_params, echo,
-                              pool_fps, sources, timings)
+        result, inputs = _fit(
+            config,
+            resolved,
+            folder,
+            pools,
+            real_shards,
+            resume,
+            tracker,
+            tags,
+            base_params,
+            echo,
+            pool_fps,
+            sources,
+            timings,
+        )
     except KeyboardInterrupt:
         parent.end("KILLED")
         raise
@@ -383,18 +473,33 @@ def run_study(config: FairSkinConfig, space: str | Path | SearchSpace, pools: Ma
     mark = time.time()
     out.timings = timings
     out.seconds = time.time() - started
-    parent.log_metrics({"study_seconds": out.seconds, "trials_finished": int((trials_table["state"] == "finished").sum())
-                        if not trials_table.empty else 0})
+    parent.log_metrics(
+        {
+            "study_seconds": out.seconds,
+            "trials_finished": int((trials_table["state"] == "finished").sum()) if not trials_table.empty else 0,
+        }
+    )
     parent.end("KILLED" if out.interrupted else "FINISHED")
     timings["report.finish"] = time.time() - mark
     timings["report"] = time.time() - started - timings["check"] - timings["tracking"] - timings["fit"]
     return out
 
 
-def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapping[str, Path], real_shards: Path,
-         resume: bool, tracker: Tracker, tags: Mapping[str, str], base_params: Mapping[str, Any],
-         echo: Callable[[str], None], pool_fingerprints: Mapping[str, str], sources=None,
-         timings: dict[str, float] | None = None):
+def _fit(
+    config: FairSkinConfig,
+    space: ResolvedSpace,
+    folder: Path,
+    pools: Mapping[str, Path],
+    real_shards: Path,
+    resume: bool,
+    tracker: Tracker,
+    tags: Mapping[str, str],
+    base_params: Mapping[str, Any],
+    echo: Callable[[str], None],
+    pool_fingerprints: Mapping[str, str],
+    sources=None,
+    timings: dict[str, float] | None = None,
+):
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -434,23 +539,37 @@ def _fit(config: FairSkinConfig, space: ResolvedSpace, folder: Path, pools: Mapp
     # out (see _without_tensorboard).
     callbacks = [CSVLoggerCallback(), JsonLoggerCallback()]
     if tracker.client is not None:
-        callbacks.append(StudyMLflowCallback(folder, tracker.tracking_uri, tracker.experiment_name, tags,
-                                             base_params, pool_fingerprints))
+        callbacks.append(
+            StudyMLflowCallback(
+                folder, tracker.tracking_uri, tracker.experiment_name, tags, base_params, pool_fingerprints
+            )
+        )
     if config.runtime.progress:
         callbacks.append(StudyProgress(space.expected_trials, f"tune {folder.name}"))
     clock = PhaseClock(f"{folder}@{time.time()}")
     callbacks.append(clock)
-    echo(f"{concurrency} trial(s) at once, {config.tune.cpus_per_trial} CPU each "
-         f"(cluster: {cluster.get('CPU', 0):g} CPU)")
+    echo(
+        f"{concurrency} trial(s) at once, {config.tune.cpus_per_trial} CPU each "
+        f"(cluster: {cluster.get('CPU', 0):g} CPU)"
+    )
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                    num_samples=space.trials, max_concurrent_trials=concurrency, reuse_actors=True),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(folder), callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if generator else None,
-                                  verbose=tune_verbosity(config.runtime.progress, config.runtime.verbose)),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=space.trials,
+            max_concurrent_trials=concurrency,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(folder),
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if generator else None,
+            verbose=tune_verbosity(config.runtime.progress, config.runtime.verbose),
+        ),
     )
     timings["fit.setup"] = time.time() - mark
     with _without_tensorboard():
@@ -486,8 +605,14 @@ def _timed_fit(tuner, timings: dict[str, float], key: str | None):
         timings["fit.trials"] = max(ends) - min(starts)
         timings["fit.after_last_trial"] = ended - max(ends)
     else:
-        timings.update({"fit.tune_start": 0.0, "fit.to_first_trial": 0.0, "fit.trials": ended - started,
-                        "fit.after_last_trial": 0.0})
+        timings.update(
+            {
+                "fit.tune_start": 0.0,
+                "fit.to_first_trial": 0.0,
+                "fit.trials": ended - started,
+                "fit.after_last_trial": 0.0,
+            }
+        )
     return result
 
 
@@ -516,13 +641,21 @@ def _trials_table(folder: Path, results) -> pd.DataFrame:
         metrics = dict(res.metrics or {})
         tid, found = _trial_id(res)
         entry = runs.get(tid, {})
-        row = {"trial": int(found.group(2)) if found else len(rows) + 1, "trial_id": tid,
-               "run_id": entry.get("run_id", ""),
-               "state": entry.get("state", "error" if res.error else ("finished" if metrics else "pending")),
-               "error": str(res.error) if res.error else ""}
+        row = {
+            "trial": int(found.group(2)) if found else len(rows) + 1,
+            "trial_id": tid,
+            "run_id": entry.get("run_id", ""),
+            "state": entry.get("state", "error" if res.error else ("finished" if metrics else "pending")),
+            "error": str(res.error) if res.error else "",
+        }
         row.update(_flat(res.config or {}))
-        row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and k != "config"})
+        row.update(
+            {
+                k: v
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "config"
+            }
+        )
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
@@ -530,59 +663,117 @@ def _trials_table(folder: Path, results) -> pd.DataFrame:
     return table
 
 
-def _confirm(config: FairSkinConfig, space: ResolvedSpace, folder: Path, results, inputs, study: StudyResult,
-             parent: RunHandle, tags: Mapping[str, str], pool_fps: Mapping[str, str],
-             echo: Callable[[str], None]) -> pd.DataFrame:
+def _confirm(
+    config: FairSkinConfig,
+    space: ResolvedSpace,
+    folder: Path,
+    results,
+    inputs,
+    study: StudyResult,
+    parent: RunHandle,
+    tags: Mapping[str, str],
+    pool_fps: Mapping[str, str],
+    echo: Callable[[str], None],
+) -> pd.DataFrame:
     """Re-train the best trial and the Pareto points with ``tune.confirm_seeds`` new classifier seeds;
     write ``report/confirmed.csv`` and ``report/confirmed.png`` (also parent-run artifacts)."""
-    from fairskin.tune.confirm import (chosen_points, confirm_seeds, confirmation_table, plot_confirmations,
-                                       run_confirmations)
+    from fairskin.tune.confirm import (
+        chosen_points,
+        confirm_seeds,
+        confirmation_table,
+        plot_confirmations,
+        run_confirmations,
+    )
 
     configs = {_trial_id(res)[0]: dict(res.config or {}) for res in results}
-    points = chosen_points(study.best, study.pareto, configs, limit=config.tune.confirm_max_points,
-                           metrics=space.metrics, modes=space.modes)
+    points = chosen_points(
+        study.best,
+        study.pareto,
+        configs,
+        limit=config.tune.confirm_max_points,
+        metrics=space.metrics,
+        modes=space.modes,
+    )
     if not points:
         return pd.DataFrame()
     resources = {"CPU": config.tune.cpus_per_trial, "GPU": config.tune.gpus_per_trial}
     seeds = confirm_seeds(space.train_seeds, config.tune.confirm_seeds)
-    records = run_confirmations(folder, points, seeds, inputs, resources=resources, parent=parent, tags=tags,
-                                pool_fingerprints=pool_fps, echo=echo)
+    records = run_confirmations(
+        folder,
+        points,
+        seeds,
+        inputs,
+        resources=resources,
+        parent=parent,
+        tags=tags,
+        pool_fingerprints=pool_fps,
+        echo=echo,
+    )
     table = confirmation_table(records, study.trials, space.metrics)
     report = folder / REPORT_DIR
     table.to_csv(report / "confirmed.csv", index=False)
-    plot = plot_confirmations(table, space.metrics, report / "confirmed.png",
-                              f"{study.name}: chosen points re-trained with {len(seeds)} new seed(s) "
-                              "(95% CI over those seeds)")
+    plot = plot_confirmations(
+        table,
+        space.metrics,
+        report / "confirmed.png",
+        f"{study.name}: chosen points re-trained with {len(seeds)} new seed(s) (95% CI over those seeds)",
+    )
     for path in (report / "confirmed.csv", plot):
         parent.log_artifact(path, "study")
         study.artifacts.append(path)
     for _, row in table.iterrows():
         for metric in space.metrics:
-            echo(f"  {row['role']} {row['trial_id']}: {metric} at search {row[f'{metric}_search']:.3f}; confirmed "
-                 f"over {row['seeds']} seeds {row[metric]:.3f} [{row[f'{metric}_low']:.3f}, "
-                 f"{row[f'{metric}_high']:.3f}]")
+            echo(
+                f"  {row['role']} {row['trial_id']}: {metric} at search {row[f'{metric}_search']:.3f}; confirmed "
+                f"over {row['seeds']} seeds {row[metric]:.3f} [{row[f'{metric}_low']:.3f}, "
+                f"{row[f'{metric}_high']:.3f}]"
+            )
     return table
 
 
-def _confirm_generators(config: FairSkinConfig, space: ResolvedSpace, folder: Path, results, inputs,
-                        study: StudyResult, parent: RunHandle, tags: Mapping[str, str], pool_fps: Mapping[str, str],
-                        echo: Callable[[str], None]) -> pd.DataFrame:
+def _confirm_generators(
+    config: FairSkinConfig,
+    space: ResolvedSpace,
+    folder: Path,
+    results,
+    inputs,
+    study: StudyResult,
+    parent: RunHandle,
+    tags: Mapping[str, str],
+    pool_fps: Mapping[str, str],
+    echo: Callable[[str], None],
+) -> pd.DataFrame:
     """Re-fine-tune the best trial, the Pareto points and vanilla under ``tune.confirm_seeds`` new generator
     seeds (salts, :func:`fairskin.tune.confirm.confirm_salts`), score each on a pool of
     ``tune.confirm_pool_per_subclass`` images per subclass; write ``confirm/confirmed.csv`` and
     ``confirm/confirmed_tradeoff.png`` (also parent-run artifacts under ``confirm/``) and return the table
     (:func:`fairskin.tune.confirm.generator_confirmation_table`)."""
-    from fairskin.io import atomic_write_text
-    from fairskin.tune.confirm import (CONFIRM_DIR, CONFIRMED_CSV, CONFIRMED_PLOT, RESULTS_FILE, chosen_points,
-                                       confirm_salts, generator_confirmation_table, generator_points,
-                                       plot_generator_confirmations, run_confirmations)
     from fairskin.config import VariantSpec
     from fairskin.diffusion.variants import salted_seed
+    from fairskin.io import atomic_write_text
+    from fairskin.tune.confirm import (
+        CONFIRM_DIR,
+        CONFIRMED_CSV,
+        CONFIRMED_PLOT,
+        RESULTS_FILE,
+        chosen_points,
+        confirm_salts,
+        generator_confirmation_table,
+        generator_points,
+        plot_generator_confirmations,
+        run_confirmations,
+    )
     from fairskin.tune.generator import _settings_line, confirm_generator
 
     configs = {_trial_id(res)[0]: dict(res.config or {}) for res in results}
-    points = chosen_points(study.best, study.pareto, configs, limit=config.tune.confirm_max_points,
-                           metrics=space.metrics, modes=space.modes)
+    points = chosen_points(
+        study.best,
+        study.pareto,
+        configs,
+        limit=config.tune.confirm_max_points,
+        metrics=space.metrics,
+        modes=space.modes,
+    )
     if not points:
         return pd.DataFrame()
     tune_config, d = config.tune, config.diffusion
@@ -591,27 +782,46 @@ def _confirm_generators(config: FairSkinConfig, space: ResolvedSpace, folder: Pa
     earlier = read_json(out_dir / RESULTS_FILE, [])
     other = sorted({r.get("params", {}).get("pool_per_subclass") for r in earlier} - {per_subclass})
     if other:
-        raise StudyError(f"tune.confirm_pool_per_subclass: this run scores confirmation pools of {per_subclass} "
-                         f"images per subclass, but {out_dir / RESULTS_FILE} holds confirmations at {other}; "
-                         f"set tune.confirm_pool_per_subclass={other[0]}, or move that file away to redo them")
+        raise StudyError(
+            f"tune.confirm_pool_per_subclass: this run scores confirmation pools of {per_subclass} "
+            f"images per subclass, but {out_dir / RESULTS_FILE} holds confirmations at {other}; "
+            f"set tune.confirm_pool_per_subclass={other[0]}, or move that file away to redo them"
+        )
     vanilla = d.variant("vanilla").model_dump(mode="json", exclude_none=True)
     jobs = generator_points(points, space.fixed_generator, vanilla, int(space.fixed.get("seed", 0)))
     salts = confirm_salts(d.repeat_seeds, tune_config.confirm_seeds)
     seed_of = {s: salted_seed(d.repeat_seeds[0], s) for s in salts}
     resources = {"CPU": tune_config.cpus_per_trial, "GPU": tune_config.gpus_per_trial}
     records = run_confirmations(
-        folder, jobs, salts, inputs, resources=resources, parent=parent, tags=tags, pool_fingerprints=pool_fps,
-        echo=echo, train=confirm_generator, seed_key="seed_salt", unit="generator seed",
-        extra_params=lambda job, salt: {"generator_seed": seed_of[salt], "search_seed": d.repeat_seeds[0],
-                                        "pool_per_subclass": per_subclass})
+        folder,
+        jobs,
+        salts,
+        inputs,
+        resources=resources,
+        parent=parent,
+        tags=tags,
+        pool_fingerprints=pool_fps,
+        echo=echo,
+        train=confirm_generator,
+        seed_key="seed_salt",
+        unit="generator seed",
+        extra_params=lambda job, salt: {
+            "generator_seed": seed_of[salt],
+            "search_seed": d.repeat_seeds[0],
+            "pool_per_subclass": per_subclass,
+        },
+    )
     wanted = {j["trial_id"] for j in jobs}
     records = [r for r in records if r["trial_id"] in wanted and r["seed"] in seed_of]  # this run's points, salts
     settings = {j["trial_id"]: _settings_line(VariantSpec.model_validate(j["config"]["generator"])) for j in jobs}
     table = generator_confirmation_table(records, study.trials, space.metrics, space.modes, settings, seed_of)
     atomic_write_text(out_dir / CONFIRMED_CSV, table.to_csv(index=False))
     plot = plot_generator_confirmations(
-        table, out_dir / CONFIRMED_PLOT, f"{study.name}: chosen generators and vanilla re-fine-tuned under "
-        f"{len(salts)} new generator seed(s), pools of {per_subclass} per subclass (95% CI over those seeds)")
+        table,
+        out_dir / CONFIRMED_PLOT,
+        f"{study.name}: chosen generators and vanilla re-fine-tuned under "
+        f"{len(salts)} new generator seed(s), pools of {per_subclass} per subclass (95% CI over those seeds)",
+    )
     for path in (out_dir / CONFIRMED_CSV, plot):
         parent.log_artifact(path, "confirm")
         study.artifacts.append(path)
@@ -631,20 +841,31 @@ def confirmed_lines(table: pd.DataFrame) -> list[str]:
             if pd.notna(row["search"]):
                 text += f" (search {row['search']:.3f})"
             if pd.notna(row["diff_vs_vanilla"]):
-                text += (f", vs vanilla {row['diff_vs_vanilla']:+.3f} [{row['diff_low']:+.3f}, "
-                         f"{row['diff_high']:+.3f}] {row['vs_vanilla']}")
+                text += (
+                    f", vs vanilla {row['diff_vs_vanilla']:+.3f} [{row['diff_low']:+.3f}, "
+                    f"{row['diff_high']:+.3f}] {row['vs_vanilla']}"
+                )
                 if pd.notna(row["p_holm"]):
                     text += f" (p {row['p']:.3g}, Holm over the points {row['p_holm']:.3g})"
             bits.append(text)
-        lines.append(f"confirmed {point} ({first['role']}; {first['settings']}; n={int(part['n'].max())} "
-                     f"generator seeds {first['generator_seeds']}): " + "; ".join(bits))
+        lines.append(
+            f"confirmed {point} ({first['role']}; {first['settings']}; n={int(part['n'].max())} "
+            f"generator seeds {first['generator_seeds']}): " + "; ".join(bits)
+        )
     return lines
 
 
-def _summarise(config: FairSkinConfig, name: str, folder: Path, space: ResolvedSpace, tracker: Tracker,
-               parent: RunHandle, trials: pd.DataFrame, seconds: float) -> StudyResult:
-    from fairskin.tune.analysis import (best_trial, complete_trials, pareto_front, plot_objectives_by_trial,
-                                        plot_ternary)
+def _summarise(
+    config: FairSkinConfig,
+    name: str,
+    folder: Path,
+    space: ResolvedSpace,
+    tracker: Tracker,
+    parent: RunHandle,
+    trials: pd.DataFrame,
+    seconds: float,
+) -> StudyResult:
+    from fairskin.tune.analysis import best_trial, complete_trials, pareto_front, plot_objectives_by_trial, plot_ternary
 
     report = folder / REPORT_DIR
     report.mkdir(parents=True, exist_ok=True)
@@ -666,27 +887,46 @@ def _summarise(config: FairSkinConfig, name: str, folder: Path, space: ResolvedS
     front.to_csv(report / "pareto_front.csv", index=False)
     paths.append(report / "pareto_front.csv")
     best_dict = None if best is None else json.loads(best.to_json())
-    atomic_write_json(report / "best_trial.json", {"objectives": dict(zip(metrics, modes)), "best": best_dict,
-                                                   "pareto_front": json.loads(front.to_json(orient="records"))})
+    atomic_write_json(
+        report / "best_trial.json",
+        {
+            "objectives": dict(zip(metrics, modes)),
+            "best": best_dict,
+            "pareto_front": json.loads(front.to_json(orient="records")),
+        },
+    )
     paths.append(report / "best_trial.json")
     atomic_write_json(report / "space.json", {"resolved": space.describe()})
     paths.append(report / "space.json")
     if not trials.empty and all(m in trials for m in metrics):
-        paths.append(plot_objectives_by_trial(trials, metrics, modes, report / "objective_by_trial.png",
-                                              title=f"{name}: objectives by trial"))
+        paths.append(
+            plot_objectives_by_trial(
+                trials, metrics, modes, report / "objective_by_trial.png", title=f"{name}: objectives by trial"
+            )
+        )
     simplex = space.dim("proportions")
     if simplex is not None and len(simplex.groups) == 3 and not done.empty:
         key = "val_essp_fairseg" if "val_essp_fairseg" in done else metrics[0]
-        paths.append(plot_ternary(done, simplex.groups, key, report / "proportions_ternary.png",
-                                  title=f"{name}: proportions vs {key}"))
+        paths.append(
+            plot_ternary(
+                done, simplex.groups, key, report / "proportions_ternary.png", title=f"{name}: proportions vs {key}"
+            )
+        )
     if space.trainable == "generator" and not done.empty:
         from fairskin.tune.analysis import plot_generator_tradeoff, plot_pareto
 
-        paths.append(plot_generator_tradeoff(done, config.data.group_names, report / "tradeoff_by_tau.png",
-                                             title=f"{name}: per-group fidelity against CBDM tau"))
+        paths.append(
+            plot_generator_tradeoff(
+                done,
+                config.data.group_names,
+                report / "tradeoff_by_tau.png",
+                title=f"{name}: per-group fidelity against CBDM tau",
+            )
+        )
         if len(metrics) >= 2:
-            paths.append(plot_pareto(done, front, metrics, modes, report / "pareto_front.png",
-                                     title=f"{name}: Pareto front"))
+            paths.append(
+                plot_pareto(done, front, metrics, modes, report / "pareto_front.png", title=f"{name}: Pareto front")
+            )
     best_variant = None
     if space.trainable == "generator" and best is not None:
         best_variant = copy_best_variant(folder, str(best["trial_id"]))
@@ -698,9 +938,20 @@ def _summarise(config: FairSkinConfig, name: str, folder: Path, space: ResolvedS
         parent.log_metrics({f"best_{m}": float(best[m]) for m in metrics})
         parent.set_tags({"fairskin.best_trial": best["trial_id"], "fairskin.best_run": best.get("run_id", "")})
     parent.log_metrics({"pareto_size": len(front)})
-    return StudyResult(name=name, path=folder, space=space, experiment_id=tracker.experiment_id,
-                       parent_run_id=parent.run_id, trials=trials, best=best_dict, pareto=front,
-                       interrupted=interrupted, seconds=seconds, artifacts=paths, best_variant=best_variant)
+    return StudyResult(
+        name=name,
+        path=folder,
+        space=space,
+        experiment_id=tracker.experiment_id,
+        parent_run_id=parent.run_id,
+        trials=trials,
+        best=best_dict,
+        pareto=front,
+        interrupted=interrupted,
+        seconds=seconds,
+        artifacts=paths,
+        best_variant=best_variant,
+    )
 
 
 def copy_best_variant(folder: Path, trial_id: str) -> Path | None:

@@ -9,8 +9,9 @@ are logged with the trial but never steer the search (the searcher and ASHA read
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from fairskin.config import ClassifierConfig
 from fairskin.tune.spaces import ResolvedSpace
@@ -30,8 +31,9 @@ class TrialInputs:
     classifier: ClassifierConfig
 
 
-def put_inputs(real_shards, pools: Mapping[str, Any], space: ResolvedSpace, classifier: ClassifierConfig
-               ) -> TrialInputs:
+def put_inputs(
+    real_shards, pools: Mapping[str, Any], space: ResolvedSpace, classifier: ClassifierConfig
+) -> TrialInputs:
     """Decode the real shards and the pools the space uses (once, here) and ``ray.put`` them."""
     import ray
 
@@ -55,8 +57,13 @@ def flat_test_figures(test: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def run_trial(config: Mapping[str, Any], data, space: ResolvedSpace, classifier: ClassifierConfig,
-              report: Callable[[dict[str, float]], None]) -> None:
+def run_trial(
+    config: Mapping[str, Any],
+    data,
+    space: ResolvedSpace,
+    classifier: ClassifierConfig,
+    report: Callable[[dict[str, float]], None],
+) -> None:
     """Train one classifier for a trial config; ``report`` gets each epoch's figures, the last one
     with the test figures (computed once, after training). ``data``: a ``ClassifierData``."""
     from fairskin.classify.train import train_classifier
@@ -73,8 +80,9 @@ def run_trial(config: Mapping[str, Any], data, space: ResolvedSpace, classifier:
         else:
             held.append(metrics)
 
-    result = train_classifier(data, cfg, plan=plan, mode=config["mode"], seed=int(config["seed"]),
-                              report=per_epoch, evaluate_test=True)
+    result = train_classifier(
+        data, cfg, plan=plan, mode=config["mode"], seed=int(config["seed"]), report=per_epoch, evaluate_test=True
+    )
     last = held[-1] if held else dict(result.history[-1])
     report({**last, **plan_rows, **flat_test_figures(result.test)})
 
