@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fairskin.config import build_config  # noqa: E402
 from fairskin.controls import controls_report, generation_units  # noqa: E402
-from fairskin.pipeline import pool_provenance, run_pipeline  # noqa: E402
+from fairskin.pipeline import run_pipeline  # noqa: E402
+from fairskin.pipeline.stages.generate import pool_provenance  # noqa: E402
 from fairskin.provenance import split_generator_id  # noqa: E402
 from fairskin.report import primary_verdicts  # noqa: E402
 from fairskin.runtime import quiet_console  # noqa: E402

@@ -162,7 +162,7 @@ def ray_vs_plain(steps: int, batch: int, runs_root: str, repeats: int) -> dict:
     from fairskin.diffusion.base import subclass_prompts
     from fairskin.diffusion.finetune import cache_training_set, finetune_variant
     from fairskin.diffusion.models import build_tiny_sd, load_sd, save_sd
-    from fairskin.diffusion.variants import get_variant
+    from fairskin.methods import method_spec as get_variant
     from fairskin.metrics.paired import t_interval
     from fairskin.pipeline import run_pipeline
     from fairskin.runtime import init_ray, set_thread_count

@@ -198,7 +198,7 @@ def resolve_stages(root: Path) -> dict[str, Path]:
 
     The newest finished ``evaluate`` stage names them (through its ``generate`` input); without one, each
     must be the only finished stage of its name."""
-    from fairskin.stages import is_finished
+    from fairskin.pipeline.keyed import is_finished
 
     stages = Path(root) / "stages"
     evaluates = sorted((p for p in stages.glob("evaluate-*") if is_finished(p)), key=lambda p: p.stat().st_mtime)

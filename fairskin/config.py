@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # Lives beside the samplers, which benchmarks/gpu.py imports on the device machine without pydantic.
 from fairskin.diffusion.sampler import NO_ZERO_SNR_SAMPLERS
+from fairskin.methods import Method, find_method, method_names
+from fairskin.methods import spec as _methods_spec
 from fairskin.metrics.endpoints import (
     DEFAULT_MARGINS,
     DEFAULT_PRIMARY,
@@ -116,66 +117,14 @@ class DataConfig(_Section):
         return {g.name: list(g.fst) for g in self.groups}
 
 
-VARIANT_NAME = r"^[a-z][a-z0-9_]{0,63}$"  # no '-': generator ids are "<variant>-r<repeat>"
-
-
-class VariantSpec(_Section):
-    """One diffusion fine-tune configuration (see ``fairskin.diffusion.variants``).
-
-    ``weights``: level-1 subclass weights; ``apply``: how they are applied, exactly one way
-    (``sampler``: a weighted draw per epoch; ``loss``: per-sample loss weights on a plain
-    shuffle); ``loss``: ``dm`` or ``cbdm``. ``cbdm_tau`` / ``cbdm_gamma``: this variant's CBDM
-    strength (None: ``diffusion.cbdm_tau`` / ``cbdm_gamma``). ``seed_salt``: mixed into every
-    generator seed of the variant, so a twin of another variant (same settings, own salt)
-    is trained and sampled under its own randomness.
-    """
-
-    name: str = Field(pattern=VARIANT_NAME)
-    weights: Literal["none", "cbrs", "sqrs"] = "none"
-    apply: Literal["sampler", "loss"] = "sampler"
-    loss: Literal["dm", "cbdm"] = "dm"
-    cbdm_tau: float | None = Field(None, ge=0)
-    cbdm_gamma: float | None = Field(None, ge=0)
-    seed_salt: int = Field(0, ge=0)
-    # This variant's learning rate and fine-tune steps (None: diffusion.learning_rate / max_steps), so a
-    # generator study's trial (issue 17) can enter the ablation as a variant with all its settings.
-    learning_rate: float | None = Field(None, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    # A control: the group (its name, any case; spaces as "_") whose training images this variant's
-    # fine-tune and the base it starts from never see, so the generator is known to be worse for it.
-    drop_group: str | None = Field(None, min_length=1)
-
-
-CONTROL_DROP_PREFIX = "control_drop_"  # control_drop_<group>: vanilla without that group's images
-# control_mix_<group>_<pct>: a pool, not a fine-tune (fairskin.diffusion.mix_pool): each of the group's images
-# from control_drop_<group>'s pool with probability pct / 100, else vanilla's. pct an integer (no '.' in names).
-CONTROL_MIX_PREFIX = "control_mix_"
-_MIX = re.compile(r"^control_mix_(?P<slug>[a-z0-9_]+?)_(?P<pct>[0-9]{1,2})$")
-
-
-def parse_mix_control(name: str) -> tuple[str, int]:
-    """``"control_mix_african_20"`` -> ``("african", 20)``; ValueError unless pct is an integer in 1..99."""
-    match = _MIX.match(name)
-    if match is None or not 1 <= int(match["pct"]) <= 99:
-        raise ValueError(f"{name!r} is not control_mix_<group>_<pct> with pct an integer from 1 to 99")
-    return match["slug"], int(match["pct"])
-
-
-def is_mix_control(name: str) -> bool:
-    """Whether variant ``name`` is a mixed pool (no fine-tune of its own)."""
-    return name.startswith(CONTROL_MIX_PREFIX)
-
-
-def group_slug(group: str) -> str:
-    """A group name as it appears in a variant name: ``"African"`` -> ``"african"``."""
-    return re.sub(r"[^a-z0-9]+", "_", group.lower()).strip("_")
-
-
-def control_drop_variant(name: str) -> VariantSpec:
-    """The spec of ``control_drop_<group>``: vanilla whose fine-tune and base never see the group."""
-    return VariantSpec(
-        name=name, weights="none", apply="sampler", loss="dm", drop_group=name.removeprefix(CONTROL_DROP_PREFIX)
-    )
+# A variant's schema lives with the methods (fairskin.methods.spec); the configuration names variants and checks
+# them against the method registry (fairskin.methods), one way: the methods never import the configuration.
+VariantSpec = _methods_spec.VariantSpec
+CONTROL_DROP_PREFIX = _methods_spec.CONTROL_DROP_PREFIX
+CONTROL_MIX_PREFIX = _methods_spec.CONTROL_MIX_PREFIX
+parse_mix_control = _methods_spec.parse_mix_control
+is_mix_control = _methods_spec.is_mix_control
+group_slug = _methods_spec.group_slug
 
 
 class DiffusionConfig(_Section):
@@ -280,13 +229,11 @@ class DiffusionConfig(_Section):
 
     @model_validator(mode="after")
     def _known_variants(self) -> DiffusionConfig:
-        from fairskin.diffusion.variants import VARIANTS
-
         custom = [v.name for v in self.custom_variants]
-        clash = sorted({n for n in custom if custom.count(n) > 1 or n in VARIANTS})
+        clash = sorted({n for n in custom if custom.count(n) > 1 or find_method(n) is not None})
         if clash:
             raise ValueError(
-                f"custom_variants {clash}: a name is defined twice or is already registered ({sorted(VARIANTS)})"
+                f"custom_variants {clash}: a name is defined twice or is already registered as a method ({method_names()})"
             )
         dup = sorted({n for n in self.variants if self.variants.count(n) > 1})
         if dup:
@@ -300,32 +247,33 @@ class DiffusionConfig(_Section):
                         f"{name!r} mixes the pools of vanilla and {CONTROL_DROP_PREFIX + slug}: add "
                         f"{missing} to diffusion.variants"
                     )
-        unknown = [
-            n
-            for n in self.variants
-            if n not in VARIANTS and n not in custom and not n.startswith((CONTROL_DROP_PREFIX, CONTROL_MIX_PREFIX))
-        ]
+        unknown = [n for n in self.variants if n not in custom and find_method(n) is None]
         if unknown:
             raise ValueError(
-                f"unknown variant(s) {unknown}; registered: {sorted(VARIANTS)}"
+                f"unknown variant(s) {unknown}; methods: {method_names()}"
                 + (f", custom: {custom}" if custom else "")
                 + f" or {CONTROL_DROP_PREFIX}<group>"
-                + " (define one under diffusion.custom_variants)"
+                + " (define one under diffusion.custom_variants, or install a package that registers it "
+                "under the fairskin.methods entry point)"
             )
         return self
 
     def variant(self, name: str) -> VariantSpec:
-        """The spec of variant ``name``: a custom one from this config, else the registered one."""
-        from fairskin.diffusion.variants import get_variant
-
+        """The spec of variant ``name``: a custom one from this config, else the method's."""
         for spec in self.custom_variants:
             if spec.name == name:
                 return spec
-        if name.startswith(CONTROL_DROP_PREFIX):
-            return control_drop_variant(name)
-        if is_mix_control(name):  # no fine-tune: vanilla's spec, so its repeat seeds are vanilla's
-            return VariantSpec(name=name, weights="none", loss="dm")
-        return get_variant(name)
+        return self.method(name).spec
+
+    def method(self, name: str) -> Method:
+        """Variant ``name`` as a method: its spec, module and version (a custom variant: module ``config``)."""
+        for spec in self.custom_variants:
+            if spec.name == name:
+                return Method(spec, "config", 0)
+        method = find_method(name)
+        if method is None:
+            raise KeyError(f"unknown variant {name!r}; methods: {method_names()}")
+        return method
 
     def for_variant(self, spec: VariantSpec) -> DiffusionConfig:
         """These settings with the variant's own ``learning_rate`` / ``max_steps`` where it sets them."""

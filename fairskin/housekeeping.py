@@ -97,8 +97,10 @@ class _ReadOnlyCache:
 def current_keys(config: FairSkinConfig) -> tuple[dict[str, str], dict[str, str]]:
     """(stage -> key the current configuration computes, stage -> why it could not be computed), for
     every stage a full pipeline run of this preset would run, along the inputs chain."""
-    from fairskin.pipeline import STAGES, _ordered, _with_inputs, external_fingerprints
-    from fairskin.stages import StageResult, stage_dir, stage_key
+    from fairskin.pipeline import STAGES
+    from fairskin.pipeline.keyed import StageResult, stage_dir, stage_key
+    from fairskin.pipeline.runner import _ordered, _with_inputs
+    from fairskin.pipeline.stage import external_fingerprints
 
     cache = _ReadOnlyCache(config.runtime.runs_root)
     results: dict[str, StageResult] = {}
@@ -132,7 +134,7 @@ def current_study(config: FairSkinConfig, keys: dict[str, str]) -> str | None:
     """The study the pipeline's tune stage runs with this configuration (None: no tune key)."""
     if "tune" not in keys:
         return None
-    from fairskin.pipeline import pipeline_space
+    from fairskin.tune.spaces import pipeline_space
 
     try:
         return f"{pipeline_space(config).name}-{config.preset}-{keys['tune']}"
@@ -168,7 +170,7 @@ def _partial_status(path: Path) -> tuple[str, str] | None:
     """(status, why) of a temporary folder, or None when ``path`` is not one."""
     from fairskin.io import host_tag
     from fairskin.lock import pid_alive
-    from fairskin.stages import _PARTIAL
+    from fairskin.pipeline.keyed import _PARTIAL
 
     match = _PARTIAL.match(path.name)
     if not match:

@@ -37,7 +37,7 @@ def host_tag() -> str:
 
 def _temp_sibling(path: Path, tag: str = "tmp") -> Path:
     """``.<name>.<tag>-<pid>-<8 hex>@<host>``: the PID and host tell whether its writer may still run
-    (see :func:`fairskin.stages.clean_stale_partials`; a PID means nothing on another host)."""
+    (see :func:`fairskin.pipeline.keyed.clean_stale_partials`; a PID means nothing on another host)."""
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}@{host_tag()}")
 
 

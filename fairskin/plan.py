@@ -96,7 +96,7 @@ from typing import Any, Literal
 MIN_R = 3  # fewest repeats with a paired t-test (fairskin.metrics.paired.MIN_N_TTEST)
 MAX_R = 1000  # most repeats the plan considers (verdicts.repeats_for's default bound)
 MAX_LEVEL = 1000  # most pools per repeat, or seeds per pool, the plan considers
-STAGE_RECORD = "_stage.json"  # fairskin.stages.STAGE_RECORD (not imported: that module pulls in the engine)
+STAGE_RECORD = "_stage.json"  # fairskin.pipeline.keyed.STAGE_RECORD (not imported: that module pulls in the engine)
 COMPONENTS_FILE = "variance_components.csv"
 GPU_FIGURES_FILE = "gpu_figures.jsonl"  # benchmarks/gpu.py's output saved under the runs root
 Method = Literal["t", "normal"]

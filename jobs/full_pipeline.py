@@ -22,7 +22,8 @@ require_engine_interpreter("jobs/full_pipeline.py")  # before the engine's impor
 
 from fairskin.cli import add_config_arguments, add_lock_argument, config_from_args, input_errors  # noqa: E402
 from fairskin.lock import runs_root_lock  # noqa: E402
-from fairskin.pipeline import STAGES, report_path, run_pipeline  # noqa: E402
+from fairskin.pipeline import STAGES, run_pipeline  # noqa: E402
+from fairskin.pipeline.stages.report import report_path  # noqa: E402
 from fairskin.runtime import RAY_MESSAGES_LOG, quiet_console, ray_logs_dir, ray_messages_count  # noqa: E402
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C

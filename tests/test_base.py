@@ -170,7 +170,7 @@ def test_zero_terminal_snr_base_hides_the_image_at_the_last_timestep_and_every_s
 def test_base_snr_gamma_keys_the_base_only_when_set_and_needs_the_tiny_model():
     from fairskin.config import ConfigError, build_config
     from fairskin.pipeline import STAGES
-    from fairskin.stages import stage_key
+    from fairskin.pipeline.keyed import stage_key
 
     def keys(config):
         return [stage_key(name, config, STAGES[name].reads_for(config)) for name in ("base", "control_base")]

@@ -54,7 +54,7 @@ def test_weights_belong_to_variants_and_loss_weighting_reaches_the_finetune():
     """`sampling.*` did nothing; a variant (registered or custom) now carries weights and apply."""
     from fairskin.data.stream import ArraySet, WeightedStream
     from fairskin.pipeline import STAGES
-    from fairskin.stages import stage_key
+    from fairskin.pipeline.keyed import stage_key
 
     with pytest.raises(ConfigError, match="sampling"):
         build_config("smoke", overrides=["sampling.apply=loss"])

@@ -128,7 +128,7 @@ def test_two_pipelines_started_at_once_do_not_corrupt_the_runs_root(tmp_path):
 
 def test_stale_partials_of_another_host_are_kept(tmp_path):
     from fairskin.io import host_tag
-    from fairskin.stages import clean_stale_partials
+    from fairskin.pipeline.keyed import clean_stale_partials
 
     dead = _dead_pid()
     mine = tmp_path / f".prepare-abc.partial-{dead}-0123abcd@{host_tag()}"
@@ -177,7 +177,7 @@ def test_the_tune_command_is_refused_on_a_runs_root_in_use(tmp_path, capsys):
 
 
 def _stage_result(name: str, key: str, path: Path):
-    from fairskin.stages import StageResult
+    from fairskin.pipeline.keyed import StageResult
 
     return StageResult(name, key, path, True, 0.0)
 
@@ -264,7 +264,8 @@ def test_a_local_model_folder_is_keyed_by_its_weights(tmp_path):
 def test_every_external_input_is_declared_and_loggable():
     from mlflow.utils.validation import _validate_param_name
 
-    from fairskin.pipeline import EXTERNAL, STAGES
+    from fairskin.pipeline import STAGES
+    from fairskin.pipeline.stage import EXTERNAL
 
     for stage in STAGES.values():
         assert set(stage.external) <= set(EXTERNAL), stage.name
@@ -339,8 +340,9 @@ def test_a_study_whose_every_trial_fails_fails_and_is_not_recorded_as_done(
     ray_session, prepared_smoke, tmp_path, monkeypatch, capsys
 ):
     from fairskin.data.prepare import write_synthetic_pool
-    from fairskin.pipeline import STAGES, external_fingerprints, pipeline_stage_key
-    from fairskin.stages import is_finished, run_stage, stage_dir
+    from fairskin.pipeline import STAGES, pipeline_stage_key
+    from fairskin.pipeline.keyed import is_finished, run_stage, stage_dir
+    from fairskin.pipeline.stage import StageContext, external_fingerprints
     from fairskin.tracking import RunHandle
     from fairskin.tune.__main__ import main
     from fairskin.tune.study import StudyError, StudyFailed
@@ -368,7 +370,9 @@ def test_a_study_whose_every_trial_fails_fails_and_is_not_recorded_as_done(
             config,
             "tune",
             stage.reads,
-            lambda out: stage.body(config, out, inputs, RunHandle(None, "", "")),
+            lambda out: stage.body(
+                StageContext(config, out, inputs, RunHandle(None, "", ""), pipeline_stage_key("tune", config, inputs))
+            ),
             inputs=inputs,
             version=stage.version,
             external=external_fingerprints(stage, config),

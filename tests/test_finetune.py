@@ -24,8 +24,9 @@ from fairskin.diffusion.base import subclass_prompts
 from fairskin.diffusion.finetune import STATE_FILE, STEP_PAUSE_ENV, cache_training_set, finetune_variant, latest_state
 from fairskin.diffusion.losses import training_loss
 from fairskin.diffusion.models import load_sd
-from fairskin.diffusion.variants import get_variant
-from fairskin.pipeline import base_pipeline_folder, run_pipeline
+from fairskin.methods import method_spec as get_variant
+from fairskin.pipeline import run_pipeline
+from fairskin.pipeline.stages.base import base_pipeline_folder
 from fairskin.tracking import Tracker
 
 pytestmark = pytest.mark.ray

@@ -160,7 +160,8 @@ def test_paper_path_fine_tunes_and_samples_at_tiny_size(ray_session, tiny_sd, tm
     from fairskin.diffusion.finetune import finetune_variant, latest_state
     from fairskin.diffusion.generate import ItemGenerator, WorkItem
     from fairskin.diffusion.models import load_sd
-    from fairskin.pipeline import base_pipeline_folder, run_pipeline
+    from fairskin.pipeline import run_pipeline
+    from fairskin.pipeline.stages.base import base_pipeline_folder
 
     folder = save_sd(tiny_sd, tmp_path / "sd-shaped")
     assert list((folder / "unet").glob("*.safetensors")) and not list(folder.rglob("*.bin"))

@@ -19,7 +19,8 @@ from fairskin.config import ConfigError, build_config
 from fairskin.data.prepare import reference_counts
 from fairskin.data.shards import load_decoded, read_index
 from fairskin.data.synthetic import scaled_counts
-from fairskin.pipeline import check_pool_size, run_pipeline
+from fairskin.pipeline import run_pipeline
+from fairskin.pipeline.stages.generate import check_pool_size
 from fairskin.tracking import PARENT_TAG
 
 

@@ -395,7 +395,7 @@ def test_a_confirmation_cap_keeps_the_best_and_each_objectives_end_of_the_front(
 def test_the_confirmation_cap_is_validated_and_keys_the_tune_stage_only_when_set():
     from fairskin.config import ConfigError, build_config
     from fairskin.pipeline import STAGES
-    from fairskin.stages import stage_key
+    from fairskin.pipeline.keyed import stage_key
 
     config = build_config("smoke")
     assert config.tune.confirm_max_points is None

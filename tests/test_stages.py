@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 from fairskin.config import build_config
-from fairskin.stages import STAGE_RECORD, is_finished, run_stage, stage_dir, stage_key
+from fairskin.pipeline.keyed import STAGE_RECORD, is_finished, run_stage, stage_dir, stage_key
 
 
 def _body(marker):
@@ -56,7 +56,7 @@ def test_killed_stage_leaves_no_folder_that_looks_finished(smoke_config, tmp_pat
     script = textwrap.dedent(f"""
         import time
         from fairskin.config import build_config
-        from fairskin.stages import run_stage
+        from fairskin.pipeline.keyed import run_stage
         config = build_config("smoke", overrides=["runtime.runs_root={smoke_config.runtime.runs_root}"])
         def body(out):
             (out / "part-1.txt").write_text("written before the kill")
@@ -115,7 +115,7 @@ def test_a_stage_running_beside_another_keeps_its_temporary_folder(tmp_path):
     """A background stage's temporary folder carries this process's PID; the stage starting beside it must
     not take it for a killed run's leftover (clean_stale_partials once removed every folder of its own PID)."""
     from fairskin.io import atomic_directory
-    from fairskin.stages import clean_stale_partials
+    from fairskin.pipeline.keyed import clean_stale_partials
 
     root = tmp_path / "stages"
     with atomic_directory(root / "base-abc") as writing:

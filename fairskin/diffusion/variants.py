@@ -1,32 +1,9 @@
-"""The diffusion fine-tune variants of the paper, as a registry (adding one is adding an entry).
-
-weights: level-1 subclass weights; apply: how they are applied (exactly one way); loss: dm or cbdm.
-"""
+"""Generator ids and their seeds: a generator is a variant (a method under a name, :mod:`fairskin.methods`)
+fine-tuned and sampled under one repeat's seed, named ``<variant>`` for repeat 0 and ``<variant>-r<k>`` after."""
 
 from __future__ import annotations
 
-from fairskin.config import DiffusionConfig, VariantSpec
-
-VARIANTS: dict[str, VariantSpec] = {}
-
-
-def register_variant(spec: VariantSpec) -> VariantSpec:
-    VARIANTS[spec.name] = spec
-    return spec
-
-
-for _spec in (
-    VariantSpec(name="vanilla", weights="none", loss="dm"),
-    VariantSpec(name="cbrs", weights="cbrs", loss="dm"),
-    VariantSpec(name="sqrs", weights="sqrs", loss="dm"),
-    VariantSpec(name="cbdm", weights="none", loss="cbdm"),
-    VariantSpec(name="fairskin_c", weights="cbrs", loss="cbdm"),
-    VariantSpec(name="fairskin_s", weights="sqrs", loss="cbdm"),
-    # A negative control: vanilla under its own generator seeds, known to be equivalent to vanilla.
-    # (The positive control, control_drop_<group>, is resolved by name: DiffusionConfig.variant.)
-    VariantSpec(name="vanilla_twin", weights="none", loss="dm", seed_salt=1),
-):
-    register_variant(_spec)
+from fairskin.config import DiffusionConfig
 
 
 def generator_seed(diffusion: DiffusionConfig, generator: str) -> int:
@@ -62,11 +39,10 @@ def generators(diffusion: DiffusionConfig) -> list[str]:
 
 
 def is_control(variant: str) -> bool:
-    """Whether ``variant`` exists to test the engine (``vanilla_twin``, ``control_drop_<group>``,
-    ``control_mix_<group>_<pct>``)."""
-    from fairskin.config import CONTROL_DROP_PREFIX, CONTROL_MIX_PREFIX
+    """Whether ``variant`` exists to test the engine (see :mod:`fairskin.methods.controls`)."""
+    from fairskin.methods.controls import is_control as control
 
-    return variant == "vanilla_twin" or variant.startswith((CONTROL_DROP_PREFIX, CONTROL_MIX_PREFIX))
+    return control(variant)
 
 
 def fine_tuned_generators(diffusion: DiffusionConfig) -> list[str]:
@@ -75,11 +51,3 @@ def fine_tuned_generators(diffusion: DiffusionConfig) -> list[str]:
     from fairskin.provenance import split_generator_id
 
     return [g for g in generators(diffusion) if not is_mix_control(split_generator_id(g)[0])]
-
-
-def get_variant(name: str, apply: str | None = None) -> VariantSpec:
-    """The registered variant ``name`` (optionally with another weight-application mode)."""
-    if name not in VARIANTS:
-        raise KeyError(f"unknown variant {name!r}; registered: {sorted(VARIANTS)}")
-    spec = VARIANTS[name]
-    return spec if apply is None else spec.model_copy(update={"apply": apply})

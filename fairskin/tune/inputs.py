@@ -2,7 +2,7 @@
 
 :func:`pipeline_inputs` is the one place that knows the stage layout. With a ``generate``
 stage registered, it runs the pipeline up to it (prepare, base, finetune, generate: each
-skipped when already done) and takes each variant's pool (``fairskin.pipeline.pool_folders``).
+skipped when already done) and takes each variant's pool (``fairskin.pipeline.stages.generate.pool_folders``).
 Without one (older trees) it runs ``prepare`` and writes a **procedural stand-in pool**
 (:func:`fairskin.data.prepare.write_synthetic_pool`, ``generation.images_per_subclass``
 images per subclass), shared by every variant: it exercises the whole tuning path, but its
@@ -27,7 +27,7 @@ def pipeline_inputs(
     from fairskin.pipeline import STAGES, run_pipeline
 
     if "generate" in STAGES:
-        from fairskin.pipeline import pool_folders
+        from fairskin.pipeline.stages.generate import pool_folders
 
         outcome = run_pipeline(config, stages=["generate"], echo=echo)
         folders = pool_folders(outcome.results["generate"])

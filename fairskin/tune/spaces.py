@@ -900,3 +900,13 @@ class DefineByRun:
             else:
                 out[d.name] = trial.suggest_float(d.name, d.low, d.high, step=d.step, log=d.log)
         return out
+
+
+def pipeline_space(config):
+    """The space the ``tune`` stage runs (``tune.space``, default ``ablation``), with
+    ``tune.train_seeds`` (when set) replacing its training seeds by 0 .. N-1."""
+    space = load_space(config.tune.space)
+    if config.tune.train_seeds is not None:
+        seeds = space.seeds.model_copy(update={"train": list(range(config.tune.train_seeds))})
+        space = space.model_copy(update={"seeds": seeds})
+    return space

@@ -1,0 +1,243 @@
+"""The ``finetune`` stage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from fairskin.config import FairSkinConfig
+from fairskin.pipeline.keyed import StageResult
+from fairskin.pipeline.stage import EXTERNAL, Stage, StageContext, register_stage
+from fairskin.pipeline.stages.base import base_pipeline_folder
+from fairskin.pipeline.stages.control_base import control_base_folders
+from fairskin.tracking import RunHandle
+
+# What the fine-tune's result depends on: every diffusion field but these, so a rerun with more
+# retries, another concurrency, another placement or kept checkpoints resumes the same checkpoints (same key).
+# feed_memory_budget_mb sizes the shard feed's reads, not its draws; latent_feed is in the key when not "memory".
+_FINETUNE_IGNORES = (
+    "max_failures",
+    "parallel_variants",
+    "keep_checkpoints",
+    "placement_strategy",
+    "feed_memory_budget_mb",
+    "latent_feed",
+)
+
+
+def _finetune_reads() -> tuple[str, ...]:
+    from fairskin.config import DiffusionConfig
+
+    return tuple(f"diffusion.{f}" for f in DiffusionConfig.model_fields if f not in _FINETUNE_IGNORES)
+
+
+def finetune_checkpoints(config: FairSkinConfig, key: str) -> Path:
+    """``<runs root>/checkpoints/finetune-<key>``: one folder per generator, outside the stage's
+    temporary folder, so a killed or interrupted stage resumes from them."""
+    return config.runtime.runs_root / "checkpoints" / f"finetune-{key}"
+
+
+def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
+    """Fine-tune every generator (variant x repeat, ``diffusion.variants`` x ``diffusion.repeat_seeds``)
+    from the base on Ray Train, each a child run; writes ``<generator>/pipeline`` and
+    ``fingerprints.json`` (generator -> fingerprint of its fine-tuned UNet).
+
+    Each generator checkpoints into ``finetune_checkpoints(config, key) / <generator>`` and keeps its
+    MLflow child run id there: a rerun after a kill continues both. On Ctrl-C the running fits are
+    aborted (their runs marked KILLED, their checkpoints kept) and KeyboardInterrupt propagates.
+    """
+    config, out, inputs, run = ctx.config, ctx.out, ctx.inputs, ctx.run
+    import shutil
+    import threading
+
+    from fairskin.config import group_slug
+    from fairskin.data.stream import decode_local
+    from fairskin.diffusion.finetune import FitInterrupted, cache_for, finetune_variant, request_stop
+    from fairskin.diffusion.variants import fine_tuned_generators, generator_seed
+    from fairskin.io import atomic_write_json
+    from fairskin.provenance import folder_fingerprint, split_generator_id
+
+    d = config.diffusion
+    checkpoints = ctx.resume
+    if ctx.redo:  # --force over a finished stage: redo, not resume
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    train = decode_local(inputs["prepare"].path / "shards")
+    base = base_pipeline_folder(inputs["base"])
+    names = fine_tuned_generators(d)  # a mixed-pool control has no fine-tune (generate mixes it)
+    # What each generator starts from and trains on: the base and all of train, except the
+    # control_drop_<group> generators (their group's base, train without the group).
+    # With diffusion.latent_feed = shards the latents are written as shards beside the checkpoints (kept with
+    # them on a kill, so a rerun reuses them; removed with them when the stage is done).
+    starts = {None: (base, train, cache_for(config, base, train, shard_root=checkpoints / "latents" / "all"))}
+    for group, folder in control_base_folders(inputs["control_base"]).items():
+        without = train.without_group(group)
+        starts[group] = (
+            folder,
+            without,
+            cache_for(config, folder, without, shard_root=checkpoints / "latents" / f"without-{group_slug(group)}"),
+        )
+    children = {name: _finetune_child(run, name, checkpoints / name, config) for name in names}
+    stop = threading.Event()
+
+    def fit(name: str) -> dict[str, Any]:
+        child = children[name]
+        tracking = {"uri": config.tracking_uri(), "run_id": child.run_id} if child.run_id else None
+        try:
+            if stop.is_set():
+                raise FitInterrupted(f"fine-tune of {name} not started")
+            variant = split_generator_id(name)[0]
+            start, rows, cache = starts[config.dropped_group(variant)]
+            result = finetune_variant(
+                config,
+                d.variant(variant),
+                start,
+                rows,
+                out / name,
+                tracking=tracking,
+                cache=cache,
+                seed=generator_seed(d, name),
+                checkpoints=checkpoints / name,
+            )
+        except BaseException as exc:
+            child.end("KILLED" if stop.is_set() or isinstance(exc, FitInterrupted) else "FAILED")
+            raise
+        child.log_metrics(
+            {
+                "fit_seconds": result["seconds"],
+                "attempts": result["attempts"],
+                "resumed_from_step": result["resumed_from_step"],
+            }
+        )
+        child.end()
+        return result
+
+    parallel = parallel_fits(config, len(names))
+    summary: dict[str, Any] = {"parallel_variants": parallel, "generators": len(names), "repeats": d.repeats}
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="finetune")
+    futures: dict[str, Any] = {}
+    try:
+        futures = {name: pool.submit(fit, name) for name in names}
+        results = {name: future.result() for name, future in futures.items()}  # re-raises the first failure
+    except KeyboardInterrupt:
+        _abort_fits(futures, [checkpoints / name for name in names], stop, request_stop)
+        for name, future in futures.items():
+            if future.cancelled():
+                children[name].end("KILLED")
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for name, result in results.items():
+        summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+    atomic_write_json(
+        out / "fingerprints.json", {name: folder_fingerprint(out / name / "pipeline" / "unet") for name in names}
+    )
+    # Removed by _finetune_log once the stage folder is in place (kept with diffusion.keep_checkpoints).
+    summary["checkpoints"] = "" if d.keep_checkpoints else str(checkpoints)
+    return summary
+
+
+def _abort_fits(
+    futures: Mapping[str, Any], folders: Sequence[Path], stop, request_stop, timeout_s: float = 45.0
+) -> None:
+    """Ctrl-C: Ray Train's own handler exists only for a fit() on the main thread, so stop ours: no
+    new fit starts, the running ones are aborted through their stop files; if one has not returned
+    within ``timeout_s``, disconnecting from Ray ends its wait."""
+    import concurrent.futures
+
+    stop.set()
+    for future in futures.values():
+        future.cancel()
+    for folder in folders:
+        request_stop(folder)
+    _, running = concurrent.futures.wait(list(futures.values()), timeout=timeout_s)
+    if running:
+        import ray
+
+        ray.shutdown()
+
+
+def _finetune_child(run: RunHandle, name: str, folder: Path, config: FairSkinConfig) -> RunHandle:
+    """The generator's MLflow child run: the one its checkpoints were logged to, when a rerun finds
+    its id beside them (moved under this invocation's stage run), else a new one."""
+    import json
+
+    from fairskin.diffusion.variants import generator_seed
+    from fairskin.io import atomic_write_json
+    from fairskin.provenance import generator_tags, split_generator_id
+    from fairskin.tracking import PARENT_TAG
+
+    tags = {"fairskin.stage": "finetune", **generator_tags(name)}
+    record = folder / "mlflow_run.json"
+    if run.client is not None and record.is_file():
+        run_id = json.loads(record.read_text())["run_id"]
+        try:
+            run.client.update_run(run_id, status="RUNNING")
+        except Exception:  # another tracking store, or the run was deleted: start a new one
+            pass
+        else:
+            child = RunHandle(run.client, run_id, run.experiment_id, dict(run.inherit))
+            child.set_tags({**run.inherit, **tags, PARENT_TAG: run.run_id, "fairskin.resumed": "true"})
+            return child
+    spec = config.diffusion.variant(split_generator_id(name)[0])
+    child = run.child(f"finetune-{name}", tags=tags)
+    child.log_params(
+        {
+            **{f"variant.{k}": v for k, v in spec.model_dump().items()},
+            "generator.seed": generator_seed(config.diffusion, name),
+        }
+    )
+    if child.run_id:
+        atomic_write_json(record, {"run_id": child.run_id})
+    return child
+
+
+def _finetune_log(run: RunHandle, result: StageResult) -> None:
+    """Log the summary; then, the stage folder being complete, delete the checkpoints it no longer needs
+    (run here, after the rename, so a kill never loses checkpoints of an unfinished stage)."""
+    import shutil
+
+    run.log_metrics({k: v for k, v in result.summary.items() if isinstance(v, (int, float))})
+    if result.summary.get("checkpoints"):
+        shutil.rmtree(result.summary["checkpoints"], ignore_errors=True)
+
+
+def parallel_fits(config: FairSkinConfig, n_variants: int) -> int:
+    """How many variants to fine-tune at once: ``diffusion.parallel_variants``, lowered until their
+    workers leave half a CPU free, since Ray Data tasks feeding the workers need one (FIELD-NOTES)."""
+    import ray
+
+    d = config.diffusion
+    per_fit = max(1, d.num_workers) * d.cpus_per_worker
+    free = float(ray.cluster_resources().get("CPU", 1.0)) - 0.5
+    parallel = min(d.parallel_variants, n_variants)
+    while parallel > 1 and parallel * per_fit > free:
+        parallel -= 1
+    return parallel
+
+
+def _methods_key(config: FairSkinConfig, cache) -> str:
+    """The resolved spec, module and module version of every variant's method: editing a method (or bumping
+    its module's VERSION) re-keys the fine-tunes it made, and everything downstream."""
+    from fairskin.methods import methods_fingerprint
+
+    return methods_fingerprint(config.diffusion.method(name) for name in config.diffusion.variants)
+
+
+EXTERNAL["diffusion.methods"] = _methods_key
+
+register_stage(
+    Stage(
+        "finetune",
+        reads=_finetune_reads(),
+        inputs=("prepare", "base", "control_base"),
+        version=2,
+        reads_unless=(("diffusion.latent_feed", "memory"),),
+        body=_finetune_body,
+        needs_ray=True,
+        log=_finetune_log,
+        external=("diffusion.methods",),
+        resume_dir=finetune_checkpoints,
+    )
+)

@@ -1,0 +1,202 @@
+"""The ``generate`` stage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fairskin.config import ConfigError, FairSkinConfig
+from fairskin.pipeline.keyed import StageResult, stages_root
+from fairskin.pipeline.stage import Stage, StageContext, register_stage
+from fairskin.tracking import RunHandle
+from fairskin.tune.spaces import pipeline_space
+
+# The settings a pool's bytes depend on (cpus_per_actor sets each item's thread count); not the judge's,
+# FID's or the actor count, which a changed value must not make the pools be generated again for.
+GENERATE_READS = tuple(
+    f"generation.{field}"
+    for field in (
+        "images_per_subclass",
+        "guidance_scale",
+        "inference_steps",
+        "scheduler",
+        "batch_size",
+        "dtype",
+        "channels_last",
+        "use_gpu",
+        "cpus_per_actor",
+    )
+) + (
+    "diffusion.variants",
+    "diffusion.custom_variants",
+    "diffusion.repeat_seeds",
+    "diffusion.prompt_template",
+    "data.image_size",
+    "data.groups",
+    "data.diseases",
+)
+
+
+def _generate_body(ctx: StageContext) -> Mapping[str, Any]:
+    """Each generator's pool (P images per subclass) on a Ray actor pool; ``provenance.json`` holds
+    each pool's content fingerprint beside its fine-tune's.
+
+    Items are written to a work folder named by the stage key, outside the stage's temporary
+    folder, so a killed run resumes with the items it had finished; complete pools are then
+    moved into the stage folder.
+    """
+    config, out, inputs = ctx.config, ctx.out, ctx.inputs
+    import json
+    import os
+    import shutil
+
+    from fairskin.diffusion.generate import generate_pools
+
+    work = ctx.resume
+    from fairskin.diffusion.variants import fine_tuned_generators
+    from fairskin.io import atomic_write_json
+    from fairskin.provenance import shard_fingerprint
+
+    pipelines = {g: inputs["finetune"].path / g / "pipeline" for g in fine_tuned_generators(config.diffusion)}
+    started = time.time()
+    images = {"count": 0}
+
+    def on_item(entry: Mapping[str, Any]) -> None:
+        images["count"] += entry["rows"]
+
+    folders = generate_pools(config, pipelines, work, on_item=on_item)
+    folders.update(_mixed_pools(config, folders, work))
+    seconds = time.time() - started
+    for variant, folder in folders.items():
+        os.replace(folder, out / variant)
+        _pool_preview(config, out / variant, variant)
+    shutil.rmtree(work, ignore_errors=True)
+    finetuned = json.loads((inputs["finetune"].path / "fingerprints.json").read_text())
+    atomic_write_json(
+        out / PROVENANCE_FILE,
+        {g: {"pool": shard_fingerprint(out / g), "finetune": finetuned.get(g, "")} for g in folders},
+    )
+    return {
+        "images_generated": images["count"],
+        "generate_seconds": seconds,
+        "images_per_s": images["count"] / seconds if seconds > 0 else 0.0,
+    }
+
+
+def _mixed_pools(config: FairSkinConfig, folders: Mapping[str, Path], work: Path) -> dict[str, Path]:
+    """Each ``control_mix_<group>_<pct>`` generator's pool, mixed from the same repeat's vanilla and
+    ``control_drop_<group>`` pools (:func:`fairskin.diffusion.mix_pool.mix_pool`); kept when already made."""
+    import shutil
+
+    from fairskin.config import CONTROL_DROP_PREFIX, group_slug, is_mix_control, parse_mix_control
+    from fairskin.data.shards import INDEX_FILE, Vocabulary
+    from fairskin.diffusion.mix_pool import mix_pool
+    from fairskin.diffusion.variants import generator_seed, generators
+    from fairskin.provenance import generator_id, split_generator_id
+
+    out = {}
+    for name in generators(config.diffusion):
+        variant, repeat = split_generator_id(name)
+        if not is_mix_control(variant):
+            continue
+        slug, pct = parse_mix_control(variant)
+        folder = work / name
+        if not (folder / INDEX_FILE).is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            group = next(g for g in config.data.group_names if group_slug(g) == slug)
+            mix_pool(
+                folders[generator_id("vanilla", repeat)],
+                folders[generator_id(CONTROL_DROP_PREFIX + slug, repeat)],
+                folder,
+                generator=name,
+                group=group,
+                fraction=pct / 100,
+                seed=generator_seed(config.diffusion, name),
+                vocab=Vocabulary(tuple(config.data.group_names), tuple(config.data.diseases)),
+            )
+        out[name] = folder
+    return out
+
+
+def _pool_preview(config: FairSkinConfig, folder: Path, variant: str) -> None:
+    """The first pool image of every subclass as a grid PNG (``preview.png`` beside the shards)."""
+    from fairskin.data.shards import load_decoded
+    from fairskin.metrics.plots import save_image_grid
+
+    pixels, meta = load_decoded(folder, verify=False)
+    groups, diseases = config.data.group_names, config.data.diseases
+    first = meta.groupby(["group", "disease"]).head(1)
+    lookup = {(r.group, r.disease): i for i, r in zip(first.index, first.itertuples())}
+    images = [pixels[lookup[(g, d)]] for g in groups for d in diseases]
+    save_image_grid(
+        images, groups, diseases, folder / "preview.png", title=f"pool of {variant}: one image per subclass"
+    )
+
+
+def _generate_log(run: RunHandle, result: StageResult) -> None:
+    run.log_metrics(result.summary)
+    for preview in sorted(result.path.glob("*/preview.png")):
+        run.log_artifact(preview, f"generate/{preview.parent.name}")
+
+
+PROVENANCE_FILE = "provenance.json"
+
+
+def pool_folders(result: StageResult) -> dict[str, Path]:
+    """generator id (``vanilla``, ``vanilla-r1``, ...) -> pool shard folder of a finished ``generate`` stage."""
+    return {p.parent.name: p.parent for p in sorted(result.path.glob("*/index.json"))}
+
+
+def pool_provenance(result: StageResult) -> dict[str, dict[str, str]]:
+    """generator id -> {"pool": fingerprint, "finetune": fingerprint} of a finished ``generate`` stage."""
+    import json
+
+    path = result.path / PROVENANCE_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    from fairskin.provenance import shard_fingerprint
+
+    return {g: {"pool": shard_fingerprint(folder), "finetune": ""} for g, folder in pool_folders(result).items()}
+
+
+def check_pool_size(config: FairSkinConfig, real_shards: Path) -> None:
+    """Refuse a pool size P (``generation.images_per_subclass``) that the pipeline's search space
+    (``tune.space``, counts scaled by ``tune.count_scale``) would ask more of, before generating.
+
+    Raises :class:`ConfigError` naming the field, P and the space's own message (which names the
+    parameter and its largest valid value).
+    """
+    from fairskin.tune.spaces import SpaceError, resolve_space
+    from fairskin.tune.study import train_counts
+
+    per_subclass = config.generation.images_per_subclass
+    subclasses = [(g, d) for g in config.data.group_names for d in config.data.diseases]
+    from fairskin.diffusion.variants import generators
+
+    pools = {v: dict.fromkeys(subclasses, per_subclass) for v in generators(config.diffusion)}
+    space = pipeline_space(config)
+    try:
+        resolve_space(space, config, pools, train_counts(real_shards))
+    except SpaceError as exc:
+        raise ConfigError(
+            f"generation.images_per_subclass = {per_subclass} is too small for the tune stage's "
+            f"space {space.name!r}: {exc}"
+        ) from None
+
+
+register_stage(
+    Stage(
+        "generate",
+        reads=GENERATE_READS,
+        inputs=("finetune",),
+        body=_generate_body,
+        needs_ray=True,
+        version=2,
+        log=_generate_log,
+        check=lambda config, prepare: check_pool_size(config, prepare.path / "shards"),
+        check_after="prepare",
+        resume_dir=lambda config, key: stages_root(config) / f"generate-{key}.work",
+    )
+)

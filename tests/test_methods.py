@@ -1,0 +1,171 @@
+"""Generator methods as plug-ins (issue 28): the registry, stage keys that follow a method's spec and version,
+and a method from an installed package (a ``fairskin.methods`` entry point) run through the whole pipeline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fairskin.config import ConfigError, build_config
+from fairskin.methods import ENTRY_POINT_GROUP, Method, MethodError, _Registry, get_method, method_names
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_VARIANTS = {"vanilla", "cbrs", "sqrs", "cbdm", "fairskin_c", "fairskin_s"}
+
+
+def test_the_paper_variants_are_methods_with_the_papers_settings():
+    assert PAPER_VARIANTS | {"vanilla_twin"} == set(method_names())
+    # The paper's table: level-1 weights and loss of each variant (FairSkin-C = CBRS + CBDM, FairSkin-S = SQRS + CBDM).
+    expected = {
+        "vanilla": ("none", "dm"),
+        "cbrs": ("cbrs", "dm"),
+        "sqrs": ("sqrs", "dm"),
+        "cbdm": ("none", "cbdm"),
+        "fairskin_c": ("cbrs", "cbdm"),
+        "fairskin_s": ("sqrs", "cbdm"),
+    }
+    assert {n: (get_method(n).spec.weights, get_method(n).spec.loss) for n in expected} == expected
+    assert get_method("fairskin_s").module == "fairskin.methods.fairskin"
+    drop = get_method("control_drop_african")  # a family member, resolved by the controls module
+    assert (drop.spec.drop_group, drop.module) == ("african", "fairskin.methods.controls")
+    with pytest.raises(KeyError, match="unknown method 'nope'"):
+        get_method("nope")
+
+
+def _keys(config) -> dict[str, str]:
+    from fairskin.housekeeping import current_keys
+
+    keys, unknown = current_keys(config)
+    assert "finetune" in keys and "generate" in keys, unknown
+    return keys
+
+
+def test_editing_a_methods_spec_or_its_version_rekeys_its_finetune_and_generate(tmp_path, monkeypatch):
+    from fairskin import methods
+
+    config = build_config("smoke", overrides=[f"runtime.runs_root={tmp_path}"])
+    before = _keys(config)
+    assert _keys(build_config("smoke", overrides=[f"runtime.runs_root={tmp_path}"])) == before  # stable
+    registry = methods._REGISTRY
+    registry.load()
+    original = registry.methods["fairskin_s"]
+    edited = Method(original.spec.model_copy(update={"cbdm_gamma": 0.5}), original.module, original.version)
+    monkeypatch.setitem(registry.methods, "fairskin_s", edited)
+    after_edit = _keys(config)
+    monkeypatch.setitem(registry.methods, "fairskin_s", Method(original.spec, original.module, original.version + 1))
+    after_bump = _keys(config)
+    for changed in (after_edit, after_bump):
+        assert changed["finetune"] != before["finetune"] and changed["generate"] != before["generate"]
+        assert changed["prepare"] == before["prepare"] and changed["base"] == before["base"]  # upstream untouched
+    assert after_edit["finetune"] != after_bump["finetune"]
+    monkeypatch.setitem(registry.methods, "fairskin_s", original)
+    assert _keys(config) == before
+
+
+def _write_plugin(root: Path, name: str = "fskplug") -> Path:
+    """A tiny out-of-tree package that registers a method through the ``fairskin.methods`` entry point."""
+    package = root / name
+    (package / name).mkdir(parents=True)
+    (package / name / "__init__.py").write_text("")
+    (package / name / "sqrs_in_loss.py").write_text(
+        textwrap.dedent(
+            '''
+            """The paper's literal level 1: square-root weights applied in the loss, not by the sampler."""
+            from fairskin.methods.spec import VariantSpec
+
+            VERSION = 1
+            METHODS = [VariantSpec(name="sqrs_in_loss", weights="sqrs", apply="loss", loss="dm")]
+            '''
+        )
+    )
+    (package / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [build-system]
+            requires = ["setuptools>=68"]
+            build-backend = "setuptools.build_meta"
+
+            [project]
+            name = "{name}"
+            version = "0.1.0"
+
+            [project.entry-points."{ENTRY_POINT_GROUP}"]
+            sqrs_in_loss = "{name}.sqrs_in_loss"
+
+            [tool.setuptools]
+            packages = ["{name}"]
+            """
+        )
+    )
+    return package
+
+
+def _install(package: Path, target: Path) -> dict[str, str]:
+    """``pip install --no-deps`` into ``target``; the environment that sees it (entry points included)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(package),
+        ],
+        check=True,
+        timeout=300,
+    )
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(REPO)])}
+
+
+def test_a_broken_plugin_module_is_named_in_the_error(tmp_path):
+    registry = _Registry()
+    bad = type(sys)("bad_plugin")
+    bad.VERSION = "1"
+    with pytest.raises(MethodError, match="bad_plugin: VERSION must be an int"):
+        registry.add_module(bad)
+    bad.VERSION, bad.METHODS = 1, ["vanilla"]
+    with pytest.raises(MethodError, match="bad_plugin: METHODS holds 'vanilla', not a VariantSpec"):
+        registry.add_module(bad)
+
+
+@pytest.mark.ray
+def test_an_installed_packages_method_runs_through_the_pipeline_to_the_report(tmp_path, ray_head):
+    with pytest.raises(ConfigError, match="unknown variant"):  # not installed in this process
+        build_config("smoke", overrides=["diffusion.variants=[vanilla,sqrs_in_loss]"])
+    env = _install(_write_plugin(tmp_path / "src"), tmp_path / "site")
+    root = tmp_path / "runs"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "jobs/full_pipeline.py",
+            "--preset",
+            "smoke",
+            f"runtime.runs_root={root}",
+            "diffusion.variants=[vanilla,sqrs_in_loss]",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-6000:]
+    (report,) = (root / "stages").glob("report-*")
+    table1 = pd.read_csv(report / "table1.csv")
+    assert "sqrs_in_loss" in set(table1["variant"])
+    paired = pd.read_csv(report / "delta_vs_vanilla.csv")
+    assert "sqrs_in_loss" in set(paired["variant"]) and len(paired[paired["variant"] == "sqrs_in_loss"]) > 0
+    # It was fine-tuned as a generator of its own (its pipeline folder beside vanilla's).
+    (finetune,) = (root / "stages").glob("finetune-*")
+    assert (finetune / "sqrs_in_loss" / "pipeline" / "unet").is_dir()
