@@ -157,7 +157,7 @@ def generator_root(generator_stages):
     """The module's stages and one finished 3-trial study (in process, on the session's head). The module's
     other tests reuse the stages (skipped, same keys) under other study names; the pipeline test reuses the
     study's best trial."""
-    from fairskin.tune.study import run_study
+    from fairskin.tune.generator_study import run_study
 
     config, sources = generator_stages
     result = run_study(config, "cbdm_strength", {}, sources.shards, sources=sources, echo=lambda *_: None)
@@ -209,8 +209,9 @@ def test_generator_trial_failing_after_a_checkpoint_restarts_from_it(generator_s
     from safetensors.torch import load_file
 
     from fairskin.tune import generator as gen
+    from fairskin.tune.generator_study import run_study
     from fairskin.tune.mlflow_callback import read_run_map
-    from fairskin.tune.study import TUNE_DIR, run_study
+    from fairskin.tune.study import TUNE_DIR
 
     config0, sources = generator_stages
     config = build_config(
@@ -449,7 +450,7 @@ def test_generator_confirmations_under_new_seeds_paired_with_vanilla_and_resumed
     import numpy as np
 
     from fairskin.tune.generator import generator_sources, trial_variant_name
-    from fairskin.tune.study import run_study
+    from fairskin.tune.generator_study import run_study
 
     config0, result = generator_root
     root = config0.runtime.runs_root

@@ -3,9 +3,18 @@
 * :mod:`fairskin.tune.spaces`: search spaces (YAML in ``tune_spaces/``), scaling, pool checks, simplex sampling;
 * :mod:`fairskin.tune.trainable`: the trial function (reports to Tune only);
 * :mod:`fairskin.tune.mlflow_callback`: child runs nested under the study's parent, stable across resume;
-* :mod:`fairskin.tune.study`: :func:`run_study` -> :class:`StudyResult`;
+* :mod:`fairskin.tune.study`: :func:`run_study` -> :class:`StudyResult`, shared by the trial kinds
+  (:mod:`fairskin.tune.kinds`); :mod:`fairskin.tune.tuner`: its Ray Tune pieces;
+* :mod:`fairskin.tune.classifier`: the classifier study's kind (the default; the pipeline's ``tune`` stage);
+* :mod:`fairskin.tune.confirm`: confirmations of the chosen points under new seeds;
 * :mod:`fairskin.tune.analysis`: best trial, Pareto front, plots;
+* :mod:`fairskin.tune.generator`, :mod:`fairskin.tune.generator_study`: the generator study's trainable and
+  kind (``trainable: generator``; above the pipeline, whose stages are its inputs);
 * :mod:`fairskin.tune.inputs`: the pipeline stages a CLI study needs when no pools are given.
+
+Layers: ``study``, ``classifier``, ``kinds``, ``tuner``, ``confirm`` and ``trainable`` sit below
+:mod:`fairskin.pipeline` (which runs the classifier study) and never import it or the generator modules;
+``generator``, ``generator_study``, ``inputs`` and the CLI (``__main__``) sit above it.
 """
 
 from __future__ import annotations

@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _study(args: argparse.Namespace, config) -> int:
+    """The study of ``--space``, of the kind its ``trainable`` names: the classifier study (here) or a
+    generator study (:func:`_generator_study`)."""
     from fairskin.tune.spaces import load_space
     from fairskin.tune.study import run_study
 
@@ -112,8 +114,9 @@ def _study(args: argparse.Namespace, config) -> int:
 
 def _generator_study(args: argparse.Namespace, config, space) -> int:
     """A generator study: check the space through the typed config, run (or skip) the stages it reads
-    (prepare, base, judge, reference), then the study."""
+    (prepare, base, judge, reference), then the study with the generator kind over them."""
     from fairskin.tune.generator import generator_sources
+    from fairskin.tune.generator_study import GeneratorKind
     from fairskin.tune.spaces import resolve_generator_space
     from fairskin.tune.study import run_study
 
@@ -122,7 +125,14 @@ def _generator_study(args: argparse.Namespace, config, space) -> int:
     resolve_generator_space(space, config, trials=args.trials)  # fail before any stage runs
     sources = generator_sources(config)
     result = run_study(
-        config, space, {}, sources.shards, trials=args.trials, resume=args.resume, name=args.study, sources=sources
+        config,
+        space,
+        {},
+        sources.shards,
+        trials=args.trials,
+        resume=args.resume,
+        name=args.study,
+        kind=GeneratorKind(sources),
     )
     return _print_summary(args, result)
 
@@ -149,7 +159,7 @@ def _print_summary(args: argparse.Namespace, result) -> int:
             f"best {summary['best']}; Pareto front of {summary['pareto_size']}; report in {result.path / 'report'}"
         )
         if len(result.confirmed) and "metric" in result.confirmed:  # a generator study's confirmations
-            from fairskin.tune.study import confirmed_lines
+            from fairskin.tune.generator_study import confirmed_lines
 
             for line in confirmed_lines(result.confirmed):
                 print(line)

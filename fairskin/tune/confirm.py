@@ -20,6 +20,10 @@ on a pool of ``tune.confirm_pool_per_subclass`` images per subclass, and each po
 vanilla by seed (:func:`generator_confirmation_table`, :func:`plot_generator_confirmations`):
 ``confirm/confirmed.csv`` and ``confirm/confirmed_tradeoff.png``. Any search kind, grids included
 (every trial of a generator study ran on one generator seed).
+
+Below the pipeline: the classifier study (:func:`fairskin.tune.classifier.confirm_classifier`) uses this
+module, and nothing here imports the generator trainable; a generator study's confirmations
+(:func:`fairskin.tune.generator_study.confirm_generators`) pass it in (``train``, ``variant_name``).
 """
 
 from __future__ import annotations
@@ -313,20 +317,24 @@ def confirm_salts(repeat_seeds: Sequence[int], count: int) -> list[int]:
 
 
 def generator_points(
-    points: list[dict[str, Any]], fixed: Mapping[str, Any], vanilla: Mapping[str, Any], seed: int
+    points: list[dict[str, Any]],
+    fixed: Mapping[str, Any],
+    vanilla: Mapping[str, Any],
+    seed: int,
+    variant_name: Callable[[str], str],
 ) -> list[dict[str, Any]]:
     """Chosen trial points (:func:`chosen_points`) as confirmation jobs of a generator study, then the
     reference ``vanilla`` (role ``reference``). Each job's config is ``{"seed": worker seed, "generator":
     VariantSpec fields}``: the trial's generator (:func:`fairskin.tune.spaces.variant_from_trial` over the
-    space's ``fixed`` settings; named ``trial_<id>``) or vanilla's own fields (``vanilla``: the registered
+    space's ``fixed`` settings; named ``variant_name(trial id)``, the study's
+    :func:`fairskin.tune.generator.trial_variant_name`) or vanilla's own fields (``vanilla``: the registered
     spec as the config resolves it, with ``diffusion.learning_rate`` / ``max_steps``, as the pipeline
     trains it; the space's fixed settings do not apply to it)."""
-    from fairskin.tune.generator import trial_variant_name
     from fairskin.tune.spaces import variant_from_trial
 
     jobs = []
     for p in points:
-        spec = variant_from_trial(p["config"], trial_variant_name(p["trial_id"]), fixed)
+        spec = variant_from_trial(p["config"], variant_name(p["trial_id"]), fixed)
         jobs.append(
             {
                 "trial_id": p["trial_id"],

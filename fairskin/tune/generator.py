@@ -86,7 +86,8 @@ class GeneratorInputs:
 def generator_sources(config: FairSkinConfig, echo: Callable[[str], None] = print) -> GeneratorSources:
     """Run (or skip, when done) the pipeline stages a generator study needs, as keyed stages:
     ``prepare``, ``base``, ``judge``, ``reference``."""
-    from fairskin.pipeline import base_pipeline_folder, run_pipeline
+    from fairskin.pipeline import run_pipeline
+    from fairskin.pipeline.stages.base import base_pipeline_folder
 
     outcome = run_pipeline(config, stages=["prepare", "base", "judge", "reference"], echo=echo)
     r = outcome.results
@@ -395,7 +396,7 @@ def run_generator_trial(
                 config.data.group_names,
                 config.data.diseases,
                 out / "preview.png",
-                title=f"{name}: {_settings_line(variant)}",
+                title=f"{name}: {settings_line(variant)}",
             )
             if checkpoints:
                 parts.unet = sampler_unet
@@ -415,7 +416,8 @@ def run_generator_trial(
     return out
 
 
-def _settings_line(variant: VariantSpec) -> str:
+def settings_line(variant: VariantSpec) -> str:
+    """A generator's settings on one line (``k=v, ...``, floats to 3 significant digits; no name, no salt)."""
     keep = variant.model_dump(exclude_none=True, exclude={"name", "seed_salt"})
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items())
 
