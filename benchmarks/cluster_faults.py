@@ -2,7 +2,7 @@
 
     python benchmarks/cluster_faults.py [--quick] [--runs-root DIR] [--keep]
 
-On one machine, a private cluster (``fairskin.testing.cluster``, the same code as tests/test_cluster.py):
+On one machine, a private cluster (``tests/cluster.py``, the same code as tests/test_cluster.py):
 a head {"node_a": 1} and a node {"node_b": 1}, 1 CPU each, separate ``ray start`` processes with their
 own temp dirs and ports, Ray's token authentication on (a fresh token unless RAY_AUTH_TOKEN_PATH /
 RAY_AUTH_TOKEN is set). Every engine command runs as a subprocess driver on that cluster; the runs
@@ -40,10 +40,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the private cluster and the fault launcher live with the tests
 
-from fairskin.diffusion.generate import ITEM_PAUSE_ENV  # noqa: E402
+from cluster import Cluster, wait_for  # noqa: E402  (tests/cluster.py)
+
 from fairskin.provenance import shard_fingerprint  # noqa: E402
-from fairskin.testing.cluster import Cluster, wait_for  # noqa: E402
 
 
 def _log(msg: str) -> None:
@@ -95,9 +96,9 @@ def _pool_fingerprints(root: Path) -> dict[str, str]:
 def generate_scenario(cluster: Cluster, root: Path, pipeline: list[str], log: Path) -> dict:
     node_b = cluster.nodes["node_b"]
     env = cluster.driver_env()
-    proc = _start(
-        [*pipeline, "generation.cpus_per_actor=1", "--stages", "generate"], {**env, ITEM_PAUSE_ENV: "1.0"}, log
-    )  # a second per item: the loss lands mid-pool
+    # A second before each item (tests/with_faults.py registers the pause): the loss lands mid-pool.
+    paused = [pipeline[0], str(REPO / "tests" / "with_faults.py"), "--item-pause", "1.0", "--", *pipeline[1:]]
+    proc = _start([*paused, "generation.cpus_per_actor=1", "--stages", "generate"], env, log)
     try:
         # Both nodes hold a pool actor, and node_b's has had time to write items.
         wait_for(

@@ -12,7 +12,8 @@ sources (under ``ray job submit`` the job inherits the head's).
 
 The console is quiet by default (:func:`quiet_console`): the engine's own progress and
 summary only. Ray's worker logs stay in the Ray session's log files (:func:`ray_logs_dir`)
-instead of being forwarded to the driver, Ray Data's progress bars are off, and library
+instead of being forwarded to the driver, the messages the cluster pushes to the driver and Tune's
+driver warnings go to :func:`ray_messages_log`, Ray Data's progress bars are off, and library
 progress bars and INFO logs are off; ``runtime.verbose`` shows them all.
 """
 
@@ -182,6 +183,7 @@ def init_ray(config: FairSkinConfig | None = None, **kwargs: Any) -> dict[str, f
                 )
     if not verbose:
         _cluster_messages_to_log()
+    tune_warnings_to_log(not verbose)
     _quiet_ray_data(config)
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
@@ -232,6 +234,48 @@ def _cluster_messages_to_log() -> None:
 
     print_to_stdstream.__wrapped__ = original  # type: ignore[attr-defined]
     ray_worker.print_to_stdstream = print_to_stdstream
+
+
+TUNE_LOGGER = "ray.tune"
+
+
+class _TuneWarningsToLog(logging.Handler):
+    """Tune's driver records below ERROR (``The `callbacks.on_trial_result` operation took 0.748 s, which may
+    be a performance bottleneck`` and the like) into :func:`ray_messages_log`; ERROR and above, and every
+    record while no Ray session is up, go on to the ``ray`` logger's handlers (the console) as before."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        global _messages_seen
+        path = ray_messages_log()
+        if record.levelno >= logging.ERROR or path is None:
+            logging.getLogger("ray").handle(record)
+            return
+        try:
+            text = record.getMessage()
+            with _messages_lock, open(path, "a", encoding="utf-8") as log:
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {record.levelname} {record.name}: {text}\n")
+                _messages_seen += 1
+        except Exception:  # never fail the driver over a log line
+            self.handleError(record)
+
+
+def tune_warnings_to_log(enabled: bool = True) -> None:
+    """Route the ``ray.tune`` logger's records below ERROR to :func:`ray_messages_log` (``enabled``), or give
+    them back to the console (not ``enabled``: ``runtime.verbose``).
+
+    The driver's Tune controller warns through ``ray.tune`` loggers, whose records propagate to the ``ray``
+    logger's console handler (Ray's ``logging_level`` of WARNING lets them through). A quiet driver gives
+    ``ray.tune`` a handler of its own that writes them to the file and no longer propagates: the closing
+    summary names the file and counts them with the cluster's messages. Idempotent."""
+    logger = logging.getLogger(TUNE_LOGGER)
+    ours = [h for h in logger.handlers if isinstance(h, _TuneWarningsToLog)]
+    if enabled and not ours:
+        logger.addHandler(_TuneWarningsToLog())
+        logger.propagate = False
+    elif not enabled and ours:
+        for handler in ours:
+            logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def ray_logs_dir() -> str | None:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total          : {time.time() - started:.1f} s")
     if ray_logs_dir():
         messages = ray_messages_count()
-        held = f"; {messages} cluster message(s) in {RAY_MESSAGES_LOG}" if messages else ""
+        held = f"; {messages} cluster and Tune message(s) in {RAY_MESSAGES_LOG}" if messages else ""
         print(f"Ray logs       : {ray_logs_dir()}  (worker output{held}; --verbose shows it here)")
     if "report" in outcome.results:
         print(f"report         : {report_path(outcome.results['report'])}")

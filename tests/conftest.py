@@ -61,7 +61,7 @@ def _free_port() -> int:
 def _pids_of_head(temp_dir: str) -> list[int]:
     """PIDs of our head's processes (marked ``FAIRSKIN_TEST_RAY=<temp dir name>`` or holding files under
     its private temp dir): the same rule as the two-node cluster's nodes."""
-    from fairskin.testing.cluster import node_pids
+    from cluster import node_pids
 
     return node_pids(temp_dir)
 

@@ -2,7 +2,7 @@
 second node lost (SIGKILL of its processes) after a checkpoint, a fresh node started in its place,
 and the fit ending from the last checkpoint with every step logged once.
 
-The cluster (``fairskin.testing.cluster``) is this module's own: a head {"node_a": 1} and a node
+The cluster (``tests/cluster.py``) is this module's own: a head {"node_a": 1} and a node
 {"node_b": 1}, 1 CPU each, separate ``ray start`` processes with their own temp dirs and ports, ended
 by their own PIDs. The pipeline runs as a subprocess driver whose ``RAY_ADDRESS`` is that cluster's,
 so the session's head and this process's ``RAY_ADDRESS`` stay untouched. The runs root (stage
@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cluster import Cluster, wait_for
 from conftest import REPO
 from mlflow import MlflowClient
 
-from fairskin.diffusion.finetune import STEP_PAUSE_ENV, latest_state
-from fairskin.testing.cluster import Cluster, wait_for
+from fairskin.diffusion.finetune import latest_state
 
 pytestmark = pytest.mark.ray
 
@@ -57,6 +57,10 @@ def test_fine_tune_across_two_nodes_survives_losing_one(two_nodes, tmp_path):
     root, log = tmp_path / "runs", tmp_path / "pipeline.log"
     cmd = [
         sys.executable,
+        "tests/with_faults.py",
+        "--step-pause",
+        "0.5",
+        "--",
         "jobs/full_pipeline.py",
         "--preset",
         "smoke",
@@ -69,7 +73,7 @@ def test_fine_tune_across_two_nodes_survives_losing_one(two_nodes, tmp_path):
         proc = subprocess.Popen(
             cmd,
             cwd=REPO,
-            env=cluster.driver_env(**{STEP_PAUSE_ENV: "0.5"}),
+            env=cluster.driver_env(),
             stdout=fh,
             stderr=subprocess.STDOUT,
             start_new_session=True,

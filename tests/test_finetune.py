@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from faults import FailOnceAt, StepPause
 from mlflow import MlflowClient
 
 from fairskin.config import build_config
 from fairskin.data.stream import decode_local
+from fairskin.diffusion import finetune
 from fairskin.diffusion.base import subclass_prompts
-from fairskin.diffusion.finetune import STATE_FILE, STEP_PAUSE_ENV, cache_training_set, finetune_variant, latest_state
+from fairskin.diffusion.finetune import STATE_FILE, cache_training_set, finetune_variant, latest_state
 from fairskin.diffusion.losses import training_loss
 from fairskin.diffusion.models import load_sd
 from fairskin.methods import method_spec as get_variant
@@ -110,7 +112,7 @@ def test_two_workers_recover_from_a_failure_and_log_each_step_once(smoke_base, t
         train,
         tmp_path / "fairskin_s",
         tracking={"uri": tracker.tracking_uri, "run_id": run.run_id},
-        fail_at_step=6,
+        step_hooks=[FailOnceAt(6, str(tmp_path / "failed_once"))],
     )
     assert summary["steps"] == 12 and summary["workers"] == 2 and summary["attempts"] == 2
     assert np.isfinite(summary["final_loss"])
@@ -142,7 +144,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(smoke_base, stra
         base,
         train,
         tmp_path / "resumed",
-        fail_at_step=4,
+        step_hooks=[FailOnceAt(4, str(tmp_path / "failed_once"))],
     )
     assert resumed["attempts"] == 2
     assert _same_weights(straight, load_sd(str(tmp_path / "resumed" / "pipeline")).unet.state_dict())
@@ -222,6 +224,10 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, w
 def _start_pipeline(root: Path, log: Path, pause: float) -> subprocess.Popen:
     cmd = [
         sys.executable,
+        "tests/with_faults.py",
+        "--step-pause",
+        str(pause),
+        "--",
         "jobs/full_pipeline.py",
         "--preset",
         "smoke",
@@ -230,7 +236,7 @@ def _start_pipeline(root: Path, log: Path, pause: float) -> subprocess.Popen:
         f"runtime.runs_root={root}",
         *KILL_SETTINGS,
     ]
-    env = {**os.environ, STEP_PAUSE_ENV: str(pause)}
+    env = dict(os.environ)
     with open(log, "ab") as fh:  # its own process group: the signals reach it and its children, not pytest
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -304,7 +310,7 @@ def test_killed_train_worker_process_is_replaced_and_ends_with_the_same_weights(
     config = _with(config, **{**STRAIGHT, "checkpoint_every": 2})
     tracker = Tracker.from_config(config, experiment="worker-kill")
     run = tracker.start("fairskin_s")
-    monkeypatch.setenv(STEP_PAUSE_ENV, "0.8")
+    monkeypatch.setattr(finetune, "STEP_HOOKS", [StepPause(0.8)])
     storage, outcome = tmp_path / "checkpoints", {}
 
     def fit():
@@ -506,14 +512,15 @@ def test_a_tracking_uri_with_credentials_reaches_rank_0_but_nothing_ray_records_
 
 
 def test_in_process_steps_of_a_generator_trial_end_with_the_ray_train_weights(smoke_base, straight):
-    """A generator study's trial fine-tunes in its own process with the Train workers' step code
-    (``local_step`` over the same level-1 plan): one worker's weights, bit for bit."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from diffusers.optimization import get_scheduler
+    """A generator study's trial fine-tunes in its own process with the Train workers' loop
+    (:func:`fairskin.diffusion.loop.fine_tune` over the same level-1 plan): one worker's weights, bit for bit."""
+    from diffusers import DDPMScheduler
 
     from fairskin.data.sampling import WeightedSampler
     from fairskin.data.stream import RunPlan
-    from fairskin.diffusion.finetune import cache_for, local_step
+    from fairskin.diffusion.feed import step_inputs
+    from fairskin.diffusion.finetune import cache_for
+    from fairskin.diffusion.loop import fine_tune, load_trainee, loss_settings, with_draws
     from fairskin.diffusion.variants import generator_seed
 
     config, base, train = smoke_base
@@ -522,34 +529,38 @@ def test_in_process_steps_of_a_generator_trial_end_with_the_ray_train_weights(sm
     seed = generator_seed(d, "fairskin_s")
     rows, cond = cache_for(config, base, train)
     arrays = rows.arrays()
-    unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet").train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=d.learning_rate)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=d.warmup_steps)
+    dump = d.model_dump(mode="json")
+    trainee, _ = load_trainee(str(base), None, dump, "cpu")
     scheduler = DDPMScheduler.from_pretrained(str(base), subfolder="scheduler")
     plan = RunPlan(WeightedSampler(arrays["subclass"], variant.weights, variant.apply, seed))
-    flag = torch.zeros((), dtype=torch.long)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the half-CPU Train worker runs (float sums depend on the thread count)
-    try:
+    loss = loss_settings(variant.model_dump(), dump)
+
+    def steps():
         for step in range(d.max_steps):
             positions = np.arange(step * d.global_batch_size, (step + 1) * d.global_batch_size)
             picked, weights = plan.lookup(positions)
-            _, _, flag = local_step(
-                unet,
-                optimizer,
-                lr_scheduler,
-                scheduler,
-                arrays,
-                torch.from_numpy(cond),
-                {"position": positions, "row": picked, "weight": weights},
-                d=d.model_dump(mode="json"),
-                variant=variant.model_dump(),
-                seed=seed,
-                first_bad=flag,
-            )
+            batch = {"position": positions, "row": picked, "weight": weights}
+            yield step_inputs(batch, arrays, rank=0, world=1, seed=seed, global_batch=d.global_batch_size)
+
+    feed = with_draws(
+        steps(),
+        torch.from_numpy(cond),
+        tuple(arrays["latents"].shape[2:]),
+        seed=seed,
+        rank=0,
+        d=dump,
+        loss=loss,
+        num_train_timesteps=scheduler.config.num_train_timesteps,
+        device="cpu",
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the half-CPU Train worker runs (float sums depend on the thread count)
+    try:
+        done = [n for n, _, _ in fine_tune(trainee, scheduler, feed, d=dump, loss=loss)]
     finally:
         torch.set_num_threads(threads)
-    got = unet.state_dict()
+    assert done == list(range(1, d.max_steps + 1))
+    got = trainee.unet.state_dict()
     assert all(torch.allclose(straight[k], got[k], rtol=1e-4, atol=1e-6) for k in straight)
     assert _same_weights(straight, got)
 
@@ -579,7 +590,13 @@ def test_the_shard_feed_fine_tunes_from_shards_and_resumes_by_position(smoke_bas
     )
     assert np.array_equal(stored.column("subclass").to_numpy(), train.subclass_id[ids])
     resumed = finetune_variant(
-        config, variant, base, train, tmp_path / "resumed", fail_at_step=4, checkpoints=tmp_path / "ck2"
+        config,
+        variant,
+        base,
+        train,
+        tmp_path / "resumed",
+        step_hooks=[FailOnceAt(4, str(tmp_path / "failed_once"))],
+        checkpoints=tmp_path / "ck2",
     )
     assert resumed["attempts"] == 2
     a = load_sd(str(tmp_path / "straight" / "pipeline")).unet.state_dict()

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
+from faults import FailOnceAt
 from mlflow import MlflowClient
 
 from fairskin.config import DiffusionConfig, VariantSpec, build_config
@@ -199,7 +200,7 @@ def test_smoke_generator_study_three_trials_tracked(generator_root):
 @pytest.mark.ray
 def test_generator_trial_failing_after_a_checkpoint_restarts_from_it(generator_stages, tmp_path, monkeypatch):
     """Issue 17: a trial that fails right after its first checkpoint (step 3 of 6; ``tune.max_failures=1``,
-    the trainable's test-only ``fail_after_step``) is retried by Tune from that checkpoint, not from step 0.
+    a test-side step hook, tests/faults.py) is retried by Tune from that checkpoint, not from step 0.
     It ends FINISHED; its reports (Tune's result log and its MLflow child run) are the checkpoints at
     steps 3 and 6 once each, with the loss and pool figures of an uninterrupted run of the same trial
     config and seed (a restart from scratch would report step 3 twice, and the step-6 loss would average
@@ -229,7 +230,8 @@ def test_generator_trial_failing_after_a_checkpoint_restarts_from_it(generator_s
     shared = {}
 
     def put_failing(*args, **kwargs):  # the study's inputs, with the fault armed
-        shared["inputs"] = dataclasses.replace(put(*args, **kwargs), fail_after_step=3)
+        marker = str(tmp_path / "failed_once")
+        shared["inputs"] = dataclasses.replace(put(*args, **kwargs), step_hooks=(FailOnceAt(3, marker),))
         return shared["inputs"]
 
     monkeypatch.setattr(gen, "put_generator_inputs", put_failing)
@@ -241,7 +243,7 @@ def test_generator_trial_failing_after_a_checkpoint_restarts_from_it(generator_s
     assert trial["state"] == "finished", trial.get("error")
     tid, name = trial["trial_id"], gen.trial_variant_name(trial["trial_id"])
     out = result.path / gen.GENERATORS_DIR / name
-    assert (out / ".failed_once").read_text() == "failed after step 3"  # the first attempt did fail
+    assert (tmp_path / "failed_once").read_text() == "failed at step 3"  # the first attempt did fail
 
     # Tune's result log of the trial: one row per checkpoint, the retry's first report is step 6
     (trial_dir,) = [p for p in (result.path / TUNE_DIR).iterdir() if p.is_dir() and tid in p.name]
@@ -255,7 +257,7 @@ def test_generator_trial_failing_after_a_checkpoint_restarts_from_it(generator_s
     try:
         gen.run_generator_trial(
             read_run_map(result.path)[tid]["config"],
-            dataclasses.replace(shared["inputs"], fail_after_step=None),
+            dataclasses.replace(shared["inputs"], step_hooks=()),
             name,
             lambda metrics, _: straight.append(metrics),
             out=tmp_path / "straight",

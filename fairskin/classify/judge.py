@@ -27,12 +27,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from fairskin.config import FairSkinConfig
+
+if TYPE_CHECKING:
+    from fairskin.progress import StepProgress
 
 JUDGE_NAMESPACE = "judge"
 JUDGE_FILE = "judge.json"
@@ -92,14 +95,19 @@ def _subset(decoded, mask: np.ndarray):
     return DecodedSet(decoded.pixels[mask], decoded.meta[mask].reset_index(drop=True), decoded.groups, decoded.diseases)
 
 
-def train_judge(config: FairSkinConfig, out: Path, real_shards: Path) -> dict[str, Any]:
+def train_judge(
+    config: FairSkinConfig, out: Path, real_shards: Path, reporter: StepProgress | None = None
+) -> dict[str, Any]:
     """Write and train the independent judge of a synthetic source into ``out`` (see module docstring).
 
     ``real_shards``: the ``prepare`` stage's shard folder; its ids and checksums must be disjoint
     from the judge's images (raises ``RuntimeError`` otherwise), and its ``judge_info(...).real_splits``
     are the judge's test set. Returns the stage summary: image counts, ``judge_test_accuracy``
     (on held-out real images) with its worst group, the last validation accuracy, and the overlap
-    counts (0).
+    counts (0). ``reporter``: the training's progress (``batch_loss`` per batch over
+    ``classifier.epochs`` epochs of ``generation.judge_batch_size`` rows; see
+    :func:`fairskin.classify.train.train_classifier`), begun when the training starts (after the judge's
+    images are drawn).
     """
     from fairskin.classify.train import ClassifierData, train_classifier
     from fairskin.data.prepare import write_synthetic_pool
@@ -130,7 +138,13 @@ def train_judge(config: FairSkinConfig, out: Path, real_shards: Path) -> dict[st
     data = ClassifierData(train=_subset(images, ~is_val), val=_subset(images, is_val), test=test)
     cfg = config.classifier.model_copy(update={"batch_size": config.generation.judge_batch_size})
     result = train_classifier(
-        data, cfg, mode="random", seed=judge_seed(config.runtime.seed), out_dir=out, progress=config.runtime.progress
+        data,
+        cfg,
+        mode="random",
+        seed=judge_seed(config.runtime.seed),
+        out_dir=out,
+        progress=config.runtime.progress,
+        reporter=reporter,
     )
     ids.to_csv(out / IDS_FILE, index=False)
     pred = result.test_predictions["y_pred"].to_numpy(dtype=object)

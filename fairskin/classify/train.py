@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,9 @@ from fairskin.classify.reweight import Rebalancer
 from fairskin.config import ClassifierConfig, ConfigError
 from fairskin.data.stream import DecodedSet, decode_local
 from fairskin.metrics.fairness import fairness_report
+
+if TYPE_CHECKING:
+    from fairskin.progress import StepProgress
 
 Report = Callable[[dict[str, float]], None]
 
@@ -159,12 +162,18 @@ def train_classifier(
     out_dir: Path | None = None,
     progress: bool = False,
     evaluate_test: bool = True,
+    reporter: StepProgress | None = None,
 ) -> ClassifierResult:
     """Train and validate for ``cfg.epochs``; test once at the end.
 
     ``report(metrics)`` receives each epoch's ``val_*`` figures (Ray Tune's ``tune.report``).
     ``run`` (a tracking RunHandle) gets the same per epoch plus the test figures. With
     ``out_dir`` the model (safetensors), test predictions and the report are written there.
+
+    ``reporter``: the training's progress in optimizer steps (batches) over all epochs: begun here with
+    ``total`` = ``cfg.epochs * ceil(rows / cfg.batch_size)`` (re-estimated at each epoch from that epoch's
+    rows), ``update(step, batch_loss=loss)`` after each batch (MLflow step: the batch's number counted
+    from the first epoch, 1-based), closed after the last epoch. It changes no number.
     """
     plan = plan or AugmentPlan()
     mode = mode or cfg.downstream_mode
@@ -176,55 +185,68 @@ def train_classifier(
     composer = _Composer(data, plan, rebalancer, seed)
     real, pool = data.train, data.pool
     result = ClassifierResult()
-    for epoch in range(cfg.epochs):
-        started = time.perf_counter()
-        pool_rows, proportions = composer.pool_rows(epoch)
-        # Row table: source 0 = real training split, 1 = pool.
-        source = np.concatenate([np.zeros(len(real), np.int64), np.ones(len(pool_rows), np.int64)])
-        index = np.concatenate([np.arange(len(real)), pool_rows])
-        empty = np.zeros(0, np.int64)
-        groups = np.concatenate([real.group_id, pool.group_id[pool_rows] if len(pool_rows) else empty])
-        labels = np.concatenate([real.disease_id, pool.disease_id[pool_rows] if len(pool_rows) else empty])
-        group_weight = rebalancer.loss_weights(groups)
-        order = np.random.default_rng(np.random.SeedSequence([seed, epoch, 7])).permutation(len(index))
-        model.train()
-        losses = []
-        for b in range(0, len(order), cfg.batch_size):
-            sel = order[b : b + cfg.batch_size]
-            pixels = np.empty((len(sel), *real.pixels.shape[1:]), np.uint8)
-            from_real = source[sel] == 0
-            pixels[from_real] = real.pixels[index[sel][from_real]]
-            if (~from_real).any():
-                pixels[~from_real] = pool.pixels[index[sel][~from_real]]
-            logits = model(pixel_values=_to_input(pixels, cfg.image_size).to(device)).logits
-            per_sample = F.cross_entropy(logits, torch.from_numpy(labels[sel]).to(device), reduction="none")
-            loss = (per_sample * torch.from_numpy(group_weight[groups[sel]]).float().to(device)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        val = _report(data.val, predict(model, data.val, cfg.image_size), 0, seed)
-        rebalancer.update({g: val[f"accuracy_{g}"] for g in data.groups})
-        metrics = {f"val_{k}": float(v) for k, v in val.items()}
-        metrics.update(
-            epoch=epoch + 1,
-            train_loss=float(np.mean(losses)),
-            train_rows=len(index),
-            synthetic_rows=len(pool_rows),
-            epoch_seconds=time.perf_counter() - started,
-        )
-        metrics.update({f"weight_{g}": float(w) for g, w in zip(data.groups, group_weight)})
-        metrics.update({f"proportion_{g}": float(p) for g, p in proportions.items()})
-        result.history.append(metrics)
-        if progress:
-            print(
-                f"  epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.3f}, "
-                f"val accuracy {metrics['val_accuracy']:.3f}, val ESSP(FairSeg) {metrics['val_essp_fairseg']:.3f}"
+    batches_done = 0  # optimizer steps over all epochs (the reporter's steps)
+    if reporter is not None:
+        reporter.begin()
+    try:
+        for epoch in range(cfg.epochs):
+            started = time.perf_counter()
+            pool_rows, proportions = composer.pool_rows(epoch)
+            # Row table: source 0 = real training split, 1 = pool.
+            source = np.concatenate([np.zeros(len(real), np.int64), np.ones(len(pool_rows), np.int64)])
+            index = np.concatenate([np.arange(len(real)), pool_rows])
+            empty = np.zeros(0, np.int64)
+            groups = np.concatenate([real.group_id, pool.group_id[pool_rows] if len(pool_rows) else empty])
+            labels = np.concatenate([real.disease_id, pool.disease_id[pool_rows] if len(pool_rows) else empty])
+            group_weight = rebalancer.loss_weights(groups)
+            if reporter is not None:  # the steps left, at this epoch's rows per epoch
+                per_epoch = -(-len(index) // cfg.batch_size)
+                reporter.total = batches_done + (cfg.epochs - epoch) * per_epoch
+            order = np.random.default_rng(np.random.SeedSequence([seed, epoch, 7])).permutation(len(index))
+            model.train()
+            losses = []
+            for b in range(0, len(order), cfg.batch_size):
+                sel = order[b : b + cfg.batch_size]
+                pixels = np.empty((len(sel), *real.pixels.shape[1:]), np.uint8)
+                from_real = source[sel] == 0
+                pixels[from_real] = real.pixels[index[sel][from_real]]
+                if (~from_real).any():
+                    pixels[~from_real] = pool.pixels[index[sel][~from_real]]
+                logits = model(pixel_values=_to_input(pixels, cfg.image_size).to(device)).logits
+                per_sample = F.cross_entropy(logits, torch.from_numpy(labels[sel]).to(device), reduction="none")
+                loss = (per_sample * torch.from_numpy(group_weight[groups[sel]]).float().to(device)).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                batches_done += 1
+                if reporter is not None:
+                    reporter.update(batches_done, batch_loss=losses[-1])
+            val = _report(data.val, predict(model, data.val, cfg.image_size), 0, seed)
+            rebalancer.update({g: val[f"accuracy_{g}"] for g in data.groups})
+            metrics = {f"val_{k}": float(v) for k, v in val.items()}
+            metrics.update(
+                epoch=epoch + 1,
+                train_loss=float(np.mean(losses)),
+                train_rows=len(index),
+                synthetic_rows=len(pool_rows),
+                epoch_seconds=time.perf_counter() - started,
             )
-        if run is not None:
-            run.log_metrics(metrics, step=epoch + 1)
-        if report is not None:
-            report(metrics)
+            metrics.update({f"weight_{g}": float(w) for g, w in zip(data.groups, group_weight)})
+            metrics.update({f"proportion_{g}": float(p) for g, p in proportions.items()})
+            result.history.append(metrics)
+            if progress:
+                print(
+                    f"  epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.3f}, "
+                    f"val accuracy {metrics['val_accuracy']:.3f}, val ESSP(FairSeg) {metrics['val_essp_fairseg']:.3f}"
+                )
+            if run is not None:
+                run.log_metrics(metrics, step=epoch + 1)
+            if report is not None:
+                report(metrics)
+    finally:
+        if reporter is not None:
+            reporter.close()
     result.model = model
     if evaluate_test:
         pred = predict(model, data.test, cfg.image_size)

@@ -18,10 +18,11 @@ the factor is fitted to the trained encoder (:func:`fit_scaling_factor`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from fairskin.diffusion.step import encode_latents, pixels_to_tensor
 from fairskin.model_lock import one_model_at_a_time
 from fairskin.progress import progress_bar
 
+if TYPE_CHECKING:
+    from fairskin.progress import StepProgress
+
 
 def subclass_prompts(template: str, groups, diseases) -> list[str]:
     """Prompts in subclass-id order (group-major), as the stream's ``subclass`` ids index them."""
@@ -44,12 +48,22 @@ POSTERIOR_LOG_STD = -10.0  # the stand-in VAE's fixed posterior log-std: std 4.5
 
 
 def train_tiny_vae(
-    vae, train: DecodedSet, steps: int, batch_size: int, seed: int, lr: float = 1e-3, progress: bool = False
+    vae,
+    train: DecodedSet,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    lr: float = 1e-3,
+    progress: bool = False,
+    reporter: StepProgress | None = None,
 ) -> list[float]:
     """Train ``vae`` as an autoencoder (MSE of the decoded posterior mean, pixels in [-1, 1]) for
     ``steps`` steps of ``batch_size`` uniformly drawn training rows, the learning rate decaying from
     ``lr`` to 0 on a cosine; then fix its posterior std and fit its scaling factor to ``train``.
     Returns the loss per step.
+
+    ``reporter``: gets ``update(step, vae_loss=loss)`` after each step (``total`` = ``steps``; begun and
+    closed here) and replaces the rich bar of ``progress``; it changes no number.
 
     The cosine decay was measured to help within a fixed step budget (issue 13, the study's data,
     round trips scored by the judge): at step 750 of a 1,500-step cosine run 0.397 against 0.361 for a
@@ -61,16 +75,25 @@ def train_tiny_vae(
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=max(1, steps))
     losses = []
     vae.train()
-    for _ in progress_bar(range(steps), total=steps, description="base: VAE", enabled=progress):
-        rows = torch.randint(0, len(train), (batch_size,), generator=gen).numpy()
-        x = pixels_to_tensor(train.pixels[rows])
-        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        loss = torch.nn.functional.mse_loss(recon, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr_scheduler.step()
-        losses.append(float(loss.detach()))
+    if reporter is not None:
+        reporter.begin(total=steps)
+    try:
+        bar = progress_bar(range(steps), total=steps, description="base: VAE", enabled=progress and reporter is None)
+        for _ in bar:
+            rows = torch.randint(0, len(train), (batch_size,), generator=gen).numpy()
+            x = pixels_to_tensor(train.pixels[rows])
+            recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
+            loss = torch.nn.functional.mse_loss(recon, x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr_scheduler.step()
+            losses.append(float(loss.detach()))
+            if reporter is not None:
+                reporter.update(len(losses), vae_loss=losses[-1])
+    finally:
+        if reporter is not None:
+            reporter.close()
     vae.eval()
     fix_posterior_std(vae)
     fit_scaling_factor(vae, train.pixels)
@@ -132,15 +155,29 @@ def train_base_unet(
     lr: float,
     progress: bool = False,
     snr_gamma: float | None = None,
+    reporter: StepProgress | None = None,
 ) -> list[float]:
     """Plain noise-prediction training of ``parts.unet`` on uniformly drawn rows of ``train`` (no balancing),
     in this process; ``snr_gamma``: Min-SNR-gamma loss weighting
     (:func:`fairskin.diffusion.losses.min_snr_weight`; None: unweighted). Every row's latent and every
     prompt is encoded once up front (:func:`unet_job`); the VAE and text encoder stay frozen (no
     gradient reaches them). Returns the loss per step. The stages train on Ray instead
-    (:func:`train_unets_on_ray`), with the same steps."""
+    (:func:`train_unets_on_ray`), with the same steps.
+
+    ``reporter``: gets ``update(step, unet_loss=loss)`` after each step (``total`` = ``steps``; begun when
+    the training starts, after the encoding, and closed here) and replaces the rich bar of ``progress``."""
     job = unet_job(parts, train, prompts, steps, batch_size, seed, lr, snr_gamma)
-    return list(progress_bar(unet_training_steps(job), total=steps, description="base: UNet", enabled=progress))
+    if reporter is None:
+        return list(progress_bar(unet_training_steps(job), total=steps, description="base: UNet", enabled=progress))
+    losses: list[float] = []
+    reporter.begin(total=steps)
+    try:
+        for loss in unet_training_steps(job):
+            losses.append(loss)
+            reporter.update(len(losses), unet_loss=loss)
+    finally:
+        reporter.close()
+    return losses
 
 
 @dataclass
@@ -227,9 +264,18 @@ def unet_training_steps(job: UnetJob) -> Iterator[float]:
 UNET_REPORT_EVERY = 50  # steps between the progress reports a remote base UNet streams back
 
 
+@dataclass
+class UnetProgress:
+    """A remote base UNet's progress report: ``steps`` done so far and the losses of the steps since its
+    previous report (``losses[-1]`` is step ``steps``'s)."""
+
+    steps: int
+    losses: list[float] = field(default_factory=list)
+
+
 def _stream_unet_training(job: UnetJob, report_every: int = UNET_REPORT_EVERY) -> Iterator[Any]:
-    """Ray generator task: train ``job`` on one thread, yielding the steps done every ``report_every``
-    steps, then ``(trained state_dict, loss per step)``."""
+    """Ray generator task: train ``job`` on one thread, yielding a :class:`UnetProgress` every
+    ``report_every`` steps, then ``(trained state_dict, loss per step)``."""
     from fairskin.runtime import configure_worker
 
     configure_worker()  # threads = the CPUs the task holds
@@ -237,15 +283,43 @@ def _stream_unet_training(job: UnetJob, report_every: int = UNET_REPORT_EVERY) -
     for loss in unet_training_steps(job):
         losses.append(loss)
         if len(losses) % report_every == 0:
-            yield len(losses)
+            yield UnetProgress(len(losses), losses[-report_every:])
     yield {k: v.detach().cpu().contiguous() for k, v in job.unet.state_dict().items()}, losses
 
 
+def unet_metric_name(metric: str, name: str, jobs: int) -> str:
+    """The MLflow metric a job's loss goes to: ``metric`` for a single job, else ``<metric>_<name>`` with
+    ``name`` lower-cased and anything but letters, digits, ``.``, ``-`` made ``_`` (``"unet_loss_african"``)."""
+    if jobs == 1:
+        return metric
+    return f"{metric}_{re.sub(r'[^a-z0-9.-]+', '_', name.lower()).strip('_')}"
+
+
+def report_unet_losses(reporter: StepProgress, key: str, new: list[float], job_step: int, done_before: int) -> None:
+    """Feed ``new`` losses of one job to ``reporter``: the job's steps ``job_step + 1 ...`` (MLflow steps of
+    ``key``), counted on the console as steps ``done_before + 1 ...`` of all the jobs together; one burst,
+    so at most one line and one MLflow flush for it."""
+    for i, loss in enumerate(new, start=1):
+        (reporter.update if i == len(new) else reporter.record)(
+            done_before + i, metric_step=job_step + i, **{key: loss}
+        )
+
+
 def train_unets_on_ray(
-    jobs: Mapping[str, UnetJob], progress: bool = False, description: str = "base: UNet"
+    jobs: Mapping[str, UnetJob],
+    progress: bool = False,
+    description: str = "base: UNet",
+    reporter: StepProgress | None = None,
+    metric: str = "unet_loss",
 ) -> dict[str, list[float]]:
     """Train every job's UNet at once, each in its own Ray task holding one CPU (one torch thread), and load
     the trained weights into ``jobs[name].unet``. Returns name -> loss per step.
+
+    ``reporter`` (in this process: the tasks' own output does not reach a quiet console): ``total`` = the
+    steps of all jobs together, begun here and closed at the end; every
+    :data:`UNET_REPORT_EVERY` steps a task sends its losses back and each becomes an ``update`` with the
+    job's loss as ``metric`` (one job) or ``<metric>_<job name>`` (:func:`unet_metric_name`), filed in
+    MLflow at the job's own step. It replaces the rich bar of ``progress`` and changes no number.
 
     A tiny UNet's step barely uses a second thread (0.141 s a step on two threads, 0.152 on one, on this
     2-core machine), so two base UNets side by side on one thread each (the base's and a control base's,
@@ -261,29 +335,46 @@ def train_unets_on_ray(
     done = dict.fromkeys(jobs, 0)
     losses: dict[str, list[float]] = {}
     bar = iter(
-        progress_bar(range(total), total=total, description=f"{description} ({len(jobs)} on Ray)", enabled=progress)
+        progress_bar(
+            range(total),
+            total=total,
+            description=f"{description} ({len(jobs)} on Ray)",
+            enabled=progress and reporter is None,
+        )
     )
-    while streams:
-        if background_stop.is_set():
-            for stream in streams:
-                ray.cancel(stream, force=True)
-            raise KeyboardInterrupt(f"{description}: stopped, the pipeline was interrupted")
-        ready, _ = ray.wait(list(streams), num_returns=1, timeout=2.0)
-        for stream in ready:
-            name = streams[stream]
-            try:
-                item = ray.get(next(stream))
-            except StopIteration:
-                del streams[stream]
-                continue
-            if isinstance(item, tuple):
-                jobs[name].unet.load_state_dict(item[0])
-                jobs[name].unet.eval()
-                losses[name] = list(item[1])
-                item = jobs[name].steps
-            for _ in range(item - done[name]):
-                next(bar, None)
-            done[name] = item
+    if reporter is not None:
+        reporter.begin(total=total)
+    try:
+        while streams:
+            if background_stop.is_set():
+                for stream in streams:
+                    ray.cancel(stream, force=True)
+                raise KeyboardInterrupt(f"{description}: stopped, the pipeline was interrupted")
+            ready, _ = ray.wait(list(streams), num_returns=1, timeout=2.0)
+            for stream in ready:
+                name = streams[stream]
+                try:
+                    item = ray.get(next(stream))
+                except StopIteration:
+                    del streams[stream]
+                    continue
+                if isinstance(item, tuple):
+                    jobs[name].unet.load_state_dict(item[0])
+                    jobs[name].unet.eval()
+                    losses[name] = list(item[1])
+                    steps, new = jobs[name].steps, losses[name][done[name] :]
+                else:
+                    fresh = max(0, item.steps - done[name])  # the report's last `fresh` losses are new
+                    steps, new = item.steps, list(item.losses)[len(item.losses) - fresh :] if fresh else []
+                if reporter is not None and new:
+                    key = unet_metric_name(metric, name, len(jobs))
+                    report_unet_losses(reporter, key, new, done[name], sum(done.values()))
+                for _ in range(steps - done[name]):
+                    next(bar, None)
+                done[name] = steps
+    finally:
+        if reporter is not None:
+            reporter.close()
     for _ in bar:  # ends the display
         pass
     return losses
@@ -292,13 +383,22 @@ def train_unets_on_ray(
 VAE_FOLDER = "vae"  # the vae stage's trained autoencoder (diffusers AutoencoderKL folder, safetensors)
 
 
-def build_vae(config: FairSkinConfig, train: DecodedSet, out: Path) -> dict[str, Any]:
-    """Train the tiny VAE (:func:`train_tiny_vae`) and write it to ``out/vae``; the ``vae`` stage."""
+def build_vae(
+    config: FairSkinConfig, train: DecodedSet, out: Path, reporter: StepProgress | None = None
+) -> dict[str, Any]:
+    """Train the tiny VAE (:func:`train_tiny_vae`) and write it to ``out/vae``; the ``vae`` stage.
+    ``reporter``: the training's progress (``vae_loss`` per step, ``diffusion.base_vae_steps`` steps)."""
     d = config.diffusion
     torch.manual_seed(config.runtime.seed)
     vae = build_tiny_sd(image_size=train.pixels.shape[1], seed=config.runtime.seed).vae
     vae_losses = train_tiny_vae(
-        vae, train, d.base_vae_steps, d.global_batch_size, config.runtime.seed, progress=config.runtime.progress
+        vae,
+        train,
+        d.base_vae_steps,
+        d.global_batch_size,
+        config.runtime.seed,
+        progress=config.runtime.progress,
+        reporter=reporter,
     )
     vae.save_pretrained(out / VAE_FOLDER, safe_serialization=True)
     np.savetxt(out / "vae_loss.txt", vae_losses)
@@ -330,9 +430,12 @@ def _unet_summary(losses: list[float]) -> dict[str, float]:
     }
 
 
-def build_base(config: FairSkinConfig, train: DecodedSet, vae_folder: Path, out: Path) -> dict[str, Any]:
+def build_base(
+    config: FairSkinConfig, train: DecodedSet, vae_folder: Path, out: Path, reporter: StepProgress | None = None
+) -> dict[str, Any]:
     """Train the base UNet (:func:`unet_training_steps`, on Ray) over the ``vae`` stage's VAE; write the
-    pipeline folder ``out/pipeline`` every variant starts from."""
+    pipeline folder ``out/pipeline`` every variant starts from. ``reporter``: the training's progress
+    (``unet_loss`` per step, ``diffusion.base_unet_steps`` steps; see :func:`train_unets_on_ray`)."""
     d = config.diffusion
     parts = _parts_with_vae(config, train.pixels.shape[1], vae_folder)
     prompts = subclass_prompts(d.prompt_template, train.groups, train.diseases)
@@ -346,19 +449,26 @@ def build_base(config: FairSkinConfig, train: DecodedSet, vae_folder: Path, out:
         d.learning_rate,
         d.base_snr_gamma,
     )
-    losses = train_unets_on_ray({"base": job}, progress=config.runtime.progress)["base"]
+    losses = train_unets_on_ray({"base": job}, progress=config.runtime.progress, reporter=reporter)["base"]
     save_sd(parts, out / "pipeline")
     np.savetxt(out / "unet_loss.txt", losses)
     return {**_unet_summary(losses), "vae_scaling_factor": float(parts.vae.config.scaling_factor)}
 
 
 def build_control_bases(
-    config: FairSkinConfig, train: DecodedSet, vae_folder: Path, groups: list[str], out: Path
+    config: FairSkinConfig,
+    train: DecodedSet,
+    vae_folder: Path,
+    groups: list[str],
+    out: Path,
+    reporter: StepProgress | None = None,
 ) -> dict[str, dict[str, Any]]:
     """One base per group in ``groups``, each never having seen that group: the ``vae`` stage's VAE, and a
     UNet from the same initial weights trained exactly as the base's (steps, batch, seed) on ``train``
     without the group's rows; all trained at once on Ray, beside the base's own. Writes
-    ``out/without_<group>/pipeline``; returns group -> summary.
+    ``out/without_<group>/pipeline``; returns group -> summary. ``reporter``: the training's progress
+    (``len(groups) * diffusion.base_unet_steps`` steps together; ``unet_loss_<group>`` per group's step, or
+    ``unet_loss`` with one group; see :func:`train_unets_on_ray`).
 
     The VAE is shared on purpose: it is an unconditional autoencoder (SD's own VAE is group-agnostic
     too), and keeping it fixed means the control differs from vanilla only in what the UNet learnt to
@@ -383,7 +493,9 @@ def build_control_bases(
             d.base_snr_gamma,
         )
         rows[group] = len(without)
-    losses = train_unets_on_ray(jobs, progress=config.runtime.progress, description="control bases: UNet")
+    losses = train_unets_on_ray(
+        jobs, progress=config.runtime.progress, description="control bases: UNet", reporter=reporter
+    )
     summaries = {}
     for group in groups:
         folder = out / f"without_{group_slug(group)}"

@@ -36,6 +36,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +49,25 @@ from fairskin.data.latent_shards import LatentShards, LatentShardWriter, LatentS
 from fairskin.data.stream import ArraySet, DecodedSet, WeightedStream
 from fairskin.diffusion.base import subclass_prompts
 from fairskin.diffusion.feed import Prefetch, plan_read_rows, plan_steps
+from fairskin.diffusion.loop import (
+    STATE_FILE,
+    StepHook,
+    fine_tune,
+    load_trainee,
+    loss_settings,
+    save_checkpoint,
+    with_draws,
+)
 from fairskin.diffusion.losses import check_finite_loss
 from fairskin.diffusion.models import encode_prompts, load_sd, save_sd
-from fairskin.diffusion.step import (
-    autocast_dtype,
-    draw_step_inputs,
-    pixels_to_tensor,
-    step_generator,
-    step_latents,
-    train_step,
-)
+from fairskin.diffusion.step import pixels_to_tensor
 from fairskin.model_lock import model_lock
 
-STATE_FILE = "state.json"
 STOP_FILE = "STOP"
 RUN_NAME = "fit"  # Ray Train's run folder under the checkpoints folder; fixed, so a rerun finds it
-# Tests: seconds each step sleeps (read on the driver, passed to the workers), so a kill lands mid-fit.
-STEP_PAUSE_ENV = "FAIRSKIN_TEST_STEP_PAUSE"
+# Hooks ``hook(step, rank)`` every fine-tune's workers run before each step, beside those a call passes
+# (:func:`fairskin.diffusion.loop.fine_tune`): a profiler, or a test's fault injection, which the tests register.
+STEP_HOOKS: list[StepHook] = []
 
 
 class FitInterrupted(Exception):
@@ -216,7 +219,7 @@ def finetune_variant(
     out: Path,
     *,
     tracking: dict[str, str] | None = None,
-    fail_at_step: int | None = None,
+    step_hooks: Sequence[StepHook] = (),
     num_workers: int | None = None,
     cache: tuple[ArraySet | LatentShards, np.ndarray] | None = None,
     seed: int | None = None,
@@ -225,7 +228,8 @@ def finetune_variant(
     """Fine-tune ``variant`` from the pipeline folder ``base``; writes ``out/pipeline``.
 
     ``tracking`` = {"uri", "run_id"} makes rank 0 log step metrics to that MLflow run.
-    ``fail_at_step`` (tests) raises once in the first attempt at that step. ``cache``: the
+    ``step_hooks``: run before each step in every worker, after :data:`STEP_HOOKS` (they travel to the workers
+    in the loop's config, so they must pickle). ``cache``: the
     result of :func:`cache_for` for this base and ``train`` (computed here when absent; with
     ``diffusion.latent_feed = shards`` the latents go to ``<checkpoints>/latents``). Shards in the
     cache: the workers stream them within ``diffusion.feed_memory_budget_mb`` each
@@ -279,8 +283,7 @@ def finetune_variant(
         "diffusion": d.model_dump(mode="json"),
         "seed": seed,
         "tracking": worker_tracking(tracking),
-        "fail_at_step": fail_at_step,
-        "fail_marker": str(out / ".failed_once"),
+        "step_hooks": [*STEP_HOOKS, *step_hooks],
     }
     (storage / STOP_FILE).unlink(missing_ok=True)  # a stop request of an earlier run is not for this one
     prior = latest_state(storage)
@@ -292,7 +295,6 @@ def finetune_variant(
             **_write_pipeline(parts, prior[0], out, prior[1], time.time(), workers, resumed_from),
             "train_rows": len(rows),
         }
-    loop_config["step_pause_s"] = float(os.environ.get(STEP_PAUSE_ENV, 0))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -354,16 +356,6 @@ def _write_pipeline(
 
 
 # --------------------------------------------------------------------------- worker side
-
-
-def _save_checkpoint(folder: Path, unet, ema, optimizer, lr_scheduler, state: dict) -> None:
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
-    if ema is not None:
-        ema.save_pretrained(folder / "ema", safe_serialization=True)
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, folder / "optimizer.pt"
-    )
-    (folder / STATE_FILE).write_text(json.dumps(state))
 
 
 def worker_tracking(tracking: dict[str, str] | None) -> dict[str, Any] | None:
@@ -437,103 +429,13 @@ def _to_floats(window: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict
     ]
 
 
-def local_step(
-    model,
-    optimizer,
-    lr_scheduler,
-    scheduler,
-    arrays,
-    cond_table: torch.Tensor,
-    batch,
-    *,
-    d: dict,
-    variant: dict,
-    seed: int,
-    ema=None,
-    trained=None,
-    first_bad: torch.Tensor | None = None,
-    vae=None,
-    rank: int = 0,
-    world: int = 1,
-    device="cpu",
-):
-    """One fine-tune step in this process, taken exactly as a Ray Train worker takes it: this rank's share of
-    the global plan ``batch`` (:func:`fairskin.diffusion.feed.step_inputs`), the step's draws from its
-    per-step generators, :func:`fairskin.diffusion.step.train_step`. ``d`` / ``variant``: the diffusion
-    settings and the variant as dicts (``model_dump``). Returns (loss parts, grad norm, first_bad).
-    A generator study's trial fine-tunes with it (no nested Ray Train fit)."""
-    from fairskin.diffusion.feed import step_inputs
-
-    inputs = step_inputs(batch, arrays, rank=rank, world=world, seed=seed, global_batch=d["global_batch_size"])
-    use_cbdm = variant["loss"] == "cbdm"
-    tau = d["cbdm_tau"] if variant.get("cbdm_tau") is None else variant["cbdm_tau"]
-    gamma = d["cbdm_gamma"] if variant.get("cbdm_gamma") is None else variant["cbdm_gamma"]
-    latents = step_latents(inputs, vae, device)
-    draws = draw_step_inputs(
-        cond_table,
-        inputs.subclass,
-        tuple(latents.shape),
-        shared=step_generator(seed, inputs.step),
-        local=step_generator(seed, inputs.step, rank),
-        prompt_drop_prob=d["prompt_drop_prob"],
-        use_cbdm=use_cbdm,
-        include_self=d["cbdm_other"] == "all",
-        num_train_timesteps=scheduler.config.num_train_timesteps,
-        device=device,
-    )
-    return train_step(
-        model,
-        optimizer,
-        lr_scheduler,
-        scheduler,
-        latents,
-        draws,
-        inputs.weights.to(device),
-        use_cbdm=use_cbdm,
-        tau=tau,
-        gamma=gamma,
-        autocast=autocast_dtype(d["mixed_precision"]),
-        max_grad_norm=d["max_grad_norm"],
-        ema=ema,
-        ema_decay=d["ema_decay"],
-        trained=trained or model,
-        first_bad=first_bad,
-        step=inputs.step + 1,
-    )
-
-
-def prepare_unet(unet, ema, d: dict) -> tuple[Any, Any]:
-    """Gradient checkpointing and the EMA copy as ``d`` (a ``diffusion`` config dump) asks: returns
-    (``unet``, ``ema`` or None); a restored ``ema`` is kept, else a frozen copy of ``unet`` is made."""
-    if d["gradient_checkpointing"]:
-        unet.enable_gradient_checkpointing()
-    if d["ema_decay"] and ema is None:
-        ema = type(unet).from_config(unet.config)
-        ema.load_state_dict(unet.state_dict())
-    if ema is not None:
-        ema.requires_grad_(False)
-    return unet, ema
-
-
-def build_optimizer(parameters, d: dict, saved: dict | None = None) -> tuple[Any, Any]:
-    """AdamW at ``d["learning_rate"]`` with diffusers' constant-with-warm-up schedule; ``saved`` (a
-    checkpoint's ``optimizer.pt``) restores both states. Returns (optimizer, lr_scheduler)."""
-    from diffusers.optimization import get_scheduler
-
-    optimizer = torch.optim.AdamW(parameters, lr=d["learning_rate"])
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=d["warmup_steps"])
-    if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        lr_scheduler.load_state_dict(saved["lr_scheduler"])
-    return optimizer, lr_scheduler
-
-
 def train_loop_per_worker(cfg: dict) -> None:
-    """One Ray Train worker of the fine-tune (see the module docstring)."""
+    """One Ray Train worker of the fine-tune (see the module docstring): the loop of :mod:`fairskin.diffusion.loop`
+    over this rank's share of the plan, a checkpoint and a report every ``checkpoint_every`` steps."""
     import ray
     import ray.train
     import ray.train.torch
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
 
     from fairskin.runtime import configure_worker
 
@@ -560,45 +462,27 @@ def train_loop_per_worker(cfg: dict) -> None:
         vae = AutoencoderKL.from_pretrained(cfg["base"], subfolder="vae", use_safetensors=True)
         vae = vae.to(device).eval().requires_grad_(False)
 
-    unet = UNet2DConditionModel.from_pretrained(cfg["base"], subfolder="unet", use_safetensors=True)
-    ema = None
     checkpoint = ray.train.get_checkpoint()
-    start_step, attempt = 0, 1
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            folder = Path(folder)
-            unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True)
-            if d["ema_decay"] and (folder / "ema").is_dir():
-                ema = UNet2DConditionModel.from_pretrained(folder / "ema", use_safetensors=True)
-            saved = torch.load(folder / "optimizer.pt", weights_only=True)
-            resumed = json.loads((folder / STATE_FILE).read_text())
-            start_step, attempt = resumed["step"], resumed.get("attempt", 1) + 1
+            trainee, resumed = load_trainee(cfg["base"], Path(folder), d, device, ray.train.torch.prepare_model)
+    else:
+        trainee, resumed = load_trainee(cfg["base"], None, d, device, ray.train.torch.prepare_model)
+    start_step = resumed["step"] if resumed else 0
+    attempt = resumed.get("attempt", 1) + 1 if resumed else 1
     # Where each attempt that reached a checkpoint started: [{"attempt", "from_step", "first_step"}]
     # (first_step: the first step it trained, from_step + 1 when it resumed exactly from its checkpoint).
-    starts = (list(resumed.get("starts", [])) if checkpoint is not None else []) + [
-        {"attempt": attempt, "from_step": start_step, "first_step": None}
-    ]
-    unet, ema = prepare_unet(unet, ema, d)
-    unet.train()
-    model = ray.train.torch.prepare_model(unet)
-    raw_unet = model.module if hasattr(model, "module") else model
-    optimizer, lr_scheduler = build_optimizer(model.parameters(), d, saved if checkpoint is not None else None)
+    starts = list(resumed.get("starts", [])) if resumed else []
+    starts.append({"attempt": attempt, "from_step": start_step, "first_step": None})
 
     global_batch = d["global_batch_size"]
-    use_cbdm = variant["loss"] == "cbdm"
-    tau = d["cbdm_tau"] if variant.get("cbdm_tau") is None else variant["cbdm_tau"]
-    gamma = d["cbdm_gamma"] if variant.get("cbdm_gamma") is None else variant["cbdm_gamma"]
-    include_self = d["cbdm_other"] == "all"
-    autocast = autocast_dtype(d["mixed_precision"])
+    loss = loss_settings(variant, d)
     logger = _mlflow_logger(cfg["tracking"]) if rank == 0 else None
     # Each step reaches MLflow once: log only steps after the run's last one, starting with the
     # resumed checkpoint's window (a kill may have fallen between its checkpoint and its logging).
     logged = _last_logged_step(logger)
-    if checkpoint is not None:
+    if resumed:
         logged = _log_steps(logger, resumed.get("window", []), logged)
-    pending: list[tuple[int, dict[str, Any]]] = []  # per step: device tensors until the window ends
-    step, last_time, loss_value = start_step, time.perf_counter(), float("nan")
-    first_bad = torch.zeros((), dtype=torch.long, device=device)  # divergence flag, read once per window
     # The plan's rows become this rank's tensors on the device (two steps ahead in a thread on a GPU worker).
     if shards is not None:
         stream = LatentStream(
@@ -612,6 +496,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             world=world,
         )
         plan = stream.steps(start_step, d["max_steps"])
+        latent_chw = tuple(shards.shape[1:])
     else:
         shard = ray.train.get_dataset_shard("train")
         plan = plan_steps(
@@ -623,108 +508,55 @@ def train_loop_per_worker(cfg: dict) -> None:
             global_batch=global_batch,
             start_step=start_step,
         )
-    if shards is not None:
-        latent_chw = tuple(shards.shape[1:])
-    elif "latents" in arrays:
-        latent_chw = tuple(arrays["latents"].shape[2:])
-    else:
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        latent_chw = (vae.config.latent_channels, *(n // factor for n in arrays["pixels"].shape[1:3]))
-
-    def with_draws(source):
-        for ahead in source:
-            ahead.draws = draw_step_inputs(
-                cond_table,
-                ahead.subclass,
-                (len(ahead.rows), *latent_chw),
-                shared=step_generator(seed, ahead.step),  # same on every rank: the prompt drop
-                local=step_generator(seed, ahead.step, rank),  # per rank: y', noise, timesteps
-                prompt_drop_prob=d["prompt_drop_prob"],
-                use_cbdm=use_cbdm,
-                include_self=include_self,
-                num_train_timesteps=scheduler.config.num_train_timesteps,
-                device=device,
-            )
-            yield ahead
-
-    feed = Prefetch(with_draws(plan), device, depth=2)
-    for inputs in feed:
-        step = inputs.step
+        if "latents" in arrays:
+            latent_chw = tuple(arrays["latents"].shape[2:])
+        else:
+            factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            latent_chw = (vae.config.latent_channels, *(n // factor for n in arrays["pixels"].shape[1:3]))
+    drawn = with_draws(
+        plan,
+        cond_table,
+        latent_chw,
+        seed=seed,
+        rank=rank,
+        d=d,
+        loss=loss,
+        num_train_timesteps=scheduler.config.num_train_timesteps,
+        device=device,
+    )
+    feed = Prefetch(drawn, device, depth=2)
+    pending: list[tuple[int, dict[str, Any]]] = []  # per step: device tensors until the window ends
+    steps = fine_tune(
+        trainee, scheduler, feed, d=d, loss=loss, vae=vae, device=device, rank=rank, step_hooks=cfg["step_hooks"]
+    )
+    for done, metrics, first_bad in steps:
         if starts[-1]["first_step"] is None:
-            starts[-1]["first_step"] = step + 1
-        if (
-            rank == 0
-            and cfg["fail_at_step"] is not None
-            and step == cfg["fail_at_step"]
-            and not os.path.exists(cfg["fail_marker"])
-        ):
-            Path(cfg["fail_marker"]).write_text(f"failed at step {step}")
-            raise RuntimeError(f"injected failure at step {step}")
-        if cfg.get("step_pause_s"):
-            time.sleep(cfg["step_pause_s"])  # tests: room to kill a process mid-fit
-        latents, draws = step_latents(inputs, vae, device), inputs.draws
-        dropped = draws.dropped
-        out, grad_norm, first_bad = train_step(
-            model,
-            optimizer,
-            lr_scheduler,
-            scheduler,
-            latents,
-            draws,
-            inputs.weights.to(device),
-            use_cbdm=use_cbdm,
-            tau=tau,
-            gamma=gamma,
-            autocast=autocast,
-            max_grad_norm=d["max_grad_norm"],
-            ema=ema,
-            ema_decay=d["ema_decay"],
-            trained=raw_unet,
-            first_bad=first_bad,
-            step=step + 1,
-        )
-        now = time.perf_counter()
-        done = step + 1
-        # No host sync per step: the loss parts and the gradient norm stay device tensors until the window
-        # ends (images_per_s is the host's pace; on a GPU the window's median is the device's).
-        pending.append(
-            (
-                done,
-                {
-                    "loss": out.loss.detach(),
-                    "noise_loss": out.noise_part,
-                    "regulariser": out.regulariser_part,
-                    "lr": lr_scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm.detach(),
-                    "images_per_s": global_batch / max(now - last_time, 1e-9),
-                    "prompt_dropped": float(dropped),
-                },
-            )
-        )
-        last_time = now
-        if done % d["checkpoint_every"] == 0 or done == d["max_steps"]:
-            check_finite_loss(first_bad, f"fine-tune of {variant['name']} (rank {rank})")
-            pending = _to_floats(pending)  # the window's one host sync
-            loss_value = pending[-1][1]["loss"]
-            # Steady-state throughput of this window (its first step pays the iterator's start-up).
-            rates = [m["images_per_s"] for _, m in pending[1:]] or [pending[-1][1]["images_per_s"]]
-            state = {
-                "step": done,
-                "position": done * global_batch,
-                "loss": loss_value,
-                "attempt": attempt,
-                "window_images_per_s": float(np.median(rates)),
-                "window": pending,
-                "starts": starts,
-                "rng": "per-step generators seeded by (seed, step[, rank])",
-            }
-            metrics = {"step": done, "loss": loss_value}
-            if rank == 0:
-                with tempfile.TemporaryDirectory() as tmp:
-                    _save_checkpoint(Path(tmp), raw_unet, ema, optimizer, lr_scheduler, state)
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-                logged = _log_steps(logger, pending, logged)  # after the checkpoint, which carries them too
-            else:
-                ray.train.report(metrics)
-            pending.clear()
+            starts[-1]["first_step"] = done
+        pending.append((done, metrics))
+        if done % d["checkpoint_every"] and done != d["max_steps"]:
+            continue
+        check_finite_loss(first_bad, f"fine-tune of {variant['name']} (rank {rank})")
+        pending = _to_floats(pending)  # the window's one host sync
+        loss_value = pending[-1][1]["loss"]
+        # Steady-state throughput of this window (its first step pays the iterator's start-up).
+        rates = [m["images_per_s"] for _, m in pending[1:]] or [pending[-1][1]["images_per_s"]]
+        state = {
+            "step": done,
+            "position": done * global_batch,
+            "loss": loss_value,
+            "attempt": attempt,
+            "window_images_per_s": float(np.median(rates)),
+            "window": pending,
+            "starts": starts,
+            "rng": "per-step generators seeded by (seed, step[, rank])",
+        }
+        report = {"step": done, "loss": loss_value}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(Path(tmp), trainee, state)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            logged = _log_steps(logger, pending, logged)  # after the checkpoint, which carries them too
+        else:
+            ray.train.report(report)
+        pending = []
     feed.close()

@@ -19,7 +19,6 @@ A pool is generated once per variant and shared by every classifier trial (DESIG
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,7 +55,9 @@ class WorkItem:
 
 
 # Tests: seconds each work item sleeps (read on the driver, passed to the actors), so a node is lost mid-pool.
-ITEM_PAUSE_ENV = "FAIRSKIN_TEST_ITEM_PAUSE"
+# Callables ``hook(item)`` every pool actor runs before each item (a profiler; a test's fault injection, which the
+# tests register): shipped to the actors with their arguments, so they must pickle.
+ITEM_HOOKS: list = []
 
 
 def image_seed(base_seed: int, group: str, disease: str, index: int) -> int:
@@ -133,7 +134,7 @@ class ItemGenerator:
         vocab: tuple[tuple[str, ...], tuple[str, ...]],
         threads: int | None = None,
         device: str = "cpu",
-        pause_s: float = 0.0,
+        item_hooks: tuple = (),
     ):
         import diffusers.utils.logging
         import transformers.utils.logging
@@ -151,7 +152,7 @@ class ItemGenerator:
         self.image_size = image_size
         self.vocab = Vocabulary(*vocab)
         self.device = device
-        self.pause_s = pause_s  # tests: seconds each item sleeps, so a node can be lost mid-pool
+        self.item_hooks = tuple(item_hooks)  # see ITEM_HOOKS
         self._loaded: dict[str, Any] = {}
 
     def _pipe(self, variant: str):
@@ -184,8 +185,8 @@ class ItemGenerator:
     def run(self, item: WorkItem, folder: str) -> dict[str, Any]:
         """Generate one item and write it as ``folder/<item.file_name>``; returns its entry."""
         started = time.perf_counter()
-        if self.pause_s:
-            time.sleep(self.pause_s)
+        for hook in self.item_hooks:
+            hook(item)
         images, seeds = self.images(item)
         rows = write_shard_file(item_records(item, images, seeds), Path(folder) / item.file_name, self.vocab)
         return {"file": item.file_name, "rows": rows, "seconds": time.perf_counter() - started, "item": asdict(item)}
@@ -236,6 +237,7 @@ def generate_pools(
     work_root: Path,
     on_item: Callable[[dict[str, Any]], None] | None = None,
     local: bool = False,
+    reporter=None,
 ) -> dict[str, Path]:
     """Generate (or finish) every generator's pool under ``work_root/<generator id>``; returns the folders.
 
@@ -245,6 +247,8 @@ def generate_pools(
     Items already written are skipped. ``local=True`` runs in this process (no Ray); else on
     a Ray actor pool sized by :func:`_actor_count`. Each item's thread count is
     ``ceil(generation.cpus_per_actor)`` either way, so both give the same bytes on CPU.
+    ``reporter`` (a :class:`~fairskin.progress.StepProgress`): one step per item written, with the item's
+    ``item_seconds``, instead of the console bar.
     """
     import math
 
@@ -268,18 +272,24 @@ def generate_pools(
         (tuple(d.group_names), tuple(d.diseases)),
         threads,
         "cuda" if g.use_gpu else "cpu",
-        float(os.environ.get(ITEM_PAUSE_ENV, 0)),
+        tuple(ITEM_HOOKS),
     )
     total = sum(it.size for it in missing)
     bar = progress_bar(
         _run_items(missing, plan, args, config, local),
         total=len(missing),
         description=f"generate: {total} images in {len(missing)} items",
-        enabled=config.runtime.progress,
+        enabled=config.runtime.progress and reporter is None,
     )
-    for entry in bar:
+    if reporter is not None:
+        reporter.begin(total=len(missing))
+    for done, entry in enumerate(bar, start=1):
         if on_item is not None:
             on_item(entry)
+        if reporter is not None:
+            reporter.update(done, item_seconds=entry["seconds"])
+    if reporter is not None:
+        reporter.close()
     for variant, folder in plan.folders.items():
         _finish_pool(folder, [it for it in plan.items if it.variant == variant], config, variant, seeds[variant])
     return dict(plan.folders)

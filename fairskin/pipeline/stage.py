@@ -32,6 +32,14 @@ class StageContext:
     resume: Path | None = None
     redo: bool = False
 
+    def progress(self, label: str, total: int = 0):
+        """A :class:`~fairskin.progress.StepProgress` for a loop of this stage: its step metrics go to the stage's
+        MLflow child run while it runs, and (``runtime.progress``) a plain line every 5 % or minute to a
+        console that is not a terminal (a bar on one)."""
+        from fairskin.progress import StepProgress
+
+        return StepProgress(label, total, self.run.log_metrics, console=self.config.runtime.progress)
+
 
 StageBody = Callable[[StageContext], Mapping[str, Any]]
 StageLog = Callable[[RunHandle, StageResult], None]

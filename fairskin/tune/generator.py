@@ -34,7 +34,6 @@ checkpoint's pool), ``preview.png`` (one image per subclass; logged to the trial
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from collections.abc import Callable, Mapping
@@ -46,7 +45,6 @@ import numpy as np
 import pandas as pd
 
 from fairskin.config import FairSkinConfig, VariantSpec
-from fairskin.model_lock import model_lock, one_model_at_a_time
 from fairskin.tune.spaces import ResolvedSpace, variant_from_trial
 
 GENERATORS_DIR = "generators"
@@ -77,10 +75,9 @@ class GeneratorInputs:
     bands: Any
     judge_real: pd.DataFrame
     real: Any
-    # Tests only (off by default): raise once, right after the checkpoint report at this step, in a
-    # trial's first attempt (a ``.failed_once`` marker in the trial's output folder), so a test can
-    # prove that Tune's retry continues from that checkpoint. Mirrors ``finetune_variant(fail_at_step=)``.
-    fail_after_step: int | None = None
+    # Hooks ``hook(step, rank)`` run before each fine-tune step of every trial (fairskin.diffusion.loop): a
+    # profiler, or a test's fault injection (the tests register theirs). They travel to the trials: they must pickle.
+    step_hooks: tuple = ()
 
 
 def generator_sources(config: FairSkinConfig, echo: Callable[[str], None] = print) -> GeneratorSources:
@@ -242,22 +239,6 @@ def score_pool(
 # --------------------------------------------------------------------------- the trial
 
 
-@one_model_at_a_time
-def _restore(folder: Path, unet_cls, d: Mapping[str, Any]):
-    """(unet, ema or None, optimizer+scheduler state, state.json) of a trial checkpoint folder."""
-    import torch
-
-    from fairskin.diffusion.finetune import STATE_FILE
-
-    unet = unet_cls.from_pretrained(folder / "unet", use_safetensors=True)
-    ema = None
-    if d["ema_decay"] and (folder / "ema").is_dir():
-        ema = unet_cls.from_pretrained(folder / "ema", use_safetensors=True)
-    saved = torch.load(folder / "optimizer.pt", weights_only=True)
-    state = json.loads((folder / STATE_FILE).read_text())
-    return unet, ema, saved, state
-
-
 def run_generator_trial(
     trial_config: Mapping[str, Any],
     inputs: GeneratorInputs,
@@ -285,12 +266,14 @@ def run_generator_trial(
     """
     import ray
     import torch
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
 
     from fairskin.classify.judge import load_judge
     from fairskin.data.sampling import WeightedSampler
     from fairskin.data.stream import RunPlan
-    from fairskin.diffusion.finetune import _save_checkpoint, build_optimizer, local_step, prepare_unet
+    from fairskin.diffusion.feed import step_inputs
+    from fairskin.diffusion.loop import fine_tune, load_trainee, loss_settings, save_checkpoint, with_draws
+    from fairskin.diffusion.losses import check_finite_loss
     from fairskin.diffusion.models import load_sd, save_sd
     from fairskin.diffusion.variants import salted_seed
     from fairskin.metrics.generation import feature_space
@@ -312,21 +295,9 @@ def run_generator_trial(
     arrays, cond = ray.get(inputs.cache)
     cond_table = torch.from_numpy(np.array(cond)).to(device)
     scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
-    start, ema, saved = 0, None, None
-    if checkpoint_folder is not None:
-        unet, ema, saved, state = _restore(Path(checkpoint_folder), UNet2DConditionModel, d)
-        start = int(state["step"])
-    else:
-        with model_lock:
-            unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
-    unet, ema = prepare_unet(unet, ema, d)
-    if ema is not None:
-        ema.to(device)
-    unet = unet.to(device).train()
-    optimizer, lr_scheduler = build_optimizer(unet.parameters(), d, saved)
-    spec = variant.model_dump()
-    tau = d["cbdm_tau"] if variant.cbdm_tau is None else variant.cbdm_tau
-    gamma = d["cbdm_gamma"] if variant.cbdm_gamma is None else variant.cbdm_gamma
+    trainee, state = load_trainee(base, Path(checkpoint_folder) if checkpoint_folder else None, d, device)
+    start = int(state["step"]) if state else 0
+    loss = loss_settings(variant.model_dump(), d)
     plan = RunPlan(WeightedSampler(np.asarray(arrays["subclass"]), variant.weights, variant.apply, seed))
 
     judge, info = load_judge(sources.judge, sources.reference)
@@ -347,40 +318,43 @@ def run_generator_trial(
 
     batch_size = d["global_batch_size"]
     reports = checkpoint_steps(d["max_steps"], d["checkpoint_every"]) if checkpoints else [d["max_steps"]]
-    first_bad = torch.zeros((), dtype=torch.long)
-    window: list[float] = []
-    for step in range(start, d["max_steps"]):
+
+    def plan_batch(step: int):  # one process: rank 0 of 1 takes the whole global batch of the level-1 plan
         positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
         rows, weights = plan.lookup(positions)
-        loss, _, first_bad = local_step(
-            unet,
-            optimizer,
-            lr_scheduler,
-            scheduler,
-            arrays,
-            cond_table,
-            {"position": positions, "row": rows, "weight": weights},
-            d=d,
-            variant=spec,
-            seed=seed,
-            ema=ema,
-            first_bad=first_bad,
-            device=device,
-        )
-        window.append(float(loss.loss.detach()))
-        done = step + 1
+        batch = {"position": positions, "row": rows, "weight": weights}
+        return step_inputs(batch, arrays, rank=0, world=1, seed=seed, global_batch=batch_size)
+
+    if "latents" not in arrays:
+        raise ValueError("a generator trial fine-tunes from cached latents: set diffusion.cache_latents = true")
+    latent_chw = tuple(arrays["latents"].shape[2:])
+    feed = with_draws(
+        (plan_batch(step) for step in range(start, d["max_steps"])),
+        cond_table,
+        latent_chw,
+        seed=seed,
+        rank=0,
+        d=d,
+        loss=loss,
+        num_train_timesteps=scheduler.config.num_train_timesteps,
+        device=device,
+    )
+    window: list[float] = []
+    for done, step_metrics, first_bad in fine_tune(
+        trainee, scheduler, feed, d=d, loss=loss, device=device, step_hooks=inputs.step_hooks
+    ):
+        window.append(float(step_metrics["loss"]))
         if done not in reports:
             continue
-        from fairskin.diffusion.losses import check_finite_loss
-
         check_finite_loss(first_bad, f"generator trial {name}")
+        unet, ema = trainee.unet, trainee.ema
         sampler_unet = ema if ema is not None else unet
         pixels, meta = generate_pool(parts, sampler_unet, config, per_subclass, seed, device)
         metrics = {
             "step": done,
             "loss": float(np.mean(window)),
-            "cbdm_tau": float(tau),
-            "cbdm_gamma": float(gamma),
+            "cbdm_tau": float(loss.tau),
+            "cbdm_gamma": float(loss.gamma),
             "learning_rate": float(d["learning_rate"]),
             "complete": float(done == d["max_steps"]),
             **score_pool(pixels, meta, inputs, judge, info, fid_space),
@@ -407,12 +381,8 @@ def run_generator_trial(
             report(metrics, None)
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            state = {"step": done, "loss": metrics["loss"], "trial": name}
-            _save_checkpoint(Path(tmp), unet, ema, optimizer, lr_scheduler, state)
+            save_checkpoint(Path(tmp), trainee, {"step": done, "loss": metrics["loss"], "trial": name})
             report(metrics, tmp)
-        if inputs.fail_after_step == done and not (out / ".failed_once").exists():
-            (out / ".failed_once").write_text(f"failed after step {done}")
-            raise RuntimeError(f"injected failure after the checkpoint at step {done}")
     return out
 
 

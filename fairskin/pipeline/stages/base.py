@@ -27,7 +27,7 @@ def _base_body(ctx: StageContext) -> Mapping[str, Any]:
     from fairskin.diffusion.base import build_base
 
     train = decode_local(inputs["prepare"].path / "shards")
-    summary = build_base(config, train, vae_folder(inputs["vae"]), out)
+    summary = build_base(config, train, vae_folder(inputs["vae"]), out, reporter=ctx.progress("base"))
     atomic_write_json(out / "base.json", {"pipeline": "pipeline"})  # relative: the folder is renamed
     return summary
 

@@ -31,7 +31,9 @@ def _control_base_body(ctx: StageContext) -> Mapping[str, Any]:
         from fairskin.diffusion.base import build_control_bases
 
         train = decode_local(inputs["prepare"].path / "shards")
-        results = build_control_bases(config, train, vae_folder(inputs["vae"]), dropped, out)
+        results = build_control_bases(
+            config, train, vae_folder(inputs["vae"]), dropped, out, reporter=ctx.progress("control_base")
+        )
         for group, result in results.items():
             folder = f"without_{group_slug(group)}"
             summary.update({f"{folder}_{k}": v for k, v in result.items()})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,12 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
     futures: dict[str, Any] = {}
     try:
         futures = {name: pool.submit(fit, name) for name in names}
-        results = {name: future.result() for name, future in futures.items()}  # re-raises the first failure
+        reporter = ctx.progress("finetune", len(names))  # each generator's steps go to its own child run
+        for done, future in enumerate(as_completed(futures.values()), start=1):
+            fit_seconds = future.result()["seconds"]  # re-raises the first failure
+            reporter.update(done, fit_seconds=fit_seconds)
+        reporter.close()
+        results = {name: future.result() for name, future in futures.items()}
     except KeyboardInterrupt:
         _abort_fits(futures, [checkpoints / name for name in names], stop, request_stop)
         for name, future in futures.items():

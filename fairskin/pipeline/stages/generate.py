@@ -66,7 +66,7 @@ def _generate_body(ctx: StageContext) -> Mapping[str, Any]:
     def on_item(entry: Mapping[str, Any]) -> None:
         images["count"] += entry["rows"]
 
-    folders = generate_pools(config, pipelines, work, on_item=on_item)
+    folders = generate_pools(config, pipelines, work, on_item=on_item, reporter=ctx.progress("generate"))
     folders.update(_mixed_pools(config, folders, work))
     seconds = time.time() - started
     for variant, folder in folders.items():

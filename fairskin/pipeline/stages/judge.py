@@ -31,7 +31,7 @@ def _judge_body(ctx: StageContext) -> Mapping[str, Any]:
     if info.kind != "independent":
         info.write(out)
         return {"judge_saw_train_images": 1}
-    return train_judge(config, out, inputs["prepare"].path / "shards")
+    return train_judge(config, out, inputs["prepare"].path / "shards", reporter=ctx.progress("judge"))
 
 
 def _judge_log(run: RunHandle, result: StageResult) -> None:

@@ -19,7 +19,13 @@ def _reference_body(ctx: StageContext) -> Mapping[str, Any]:
 
     data = load_classifier_data(inputs["prepare"].path / "shards")
     result = train_classifier(
-        data, config.classifier, mode="random", seed=config.runtime.seed, out_dir=out, progress=config.runtime.progress
+        data,
+        config.classifier,
+        mode="random",
+        seed=config.runtime.seed,
+        out_dir=out,
+        progress=config.runtime.progress,
+        reporter=ctx.progress("reference"),
     )
     plot_group_accuracy(
         result.test, data.groups, out / "group_accuracy.png", title="Reference classifier (real data only)"

@@ -19,7 +19,7 @@ def _vae_body(ctx: StageContext) -> Mapping[str, Any]:
     from fairskin.data.stream import decode_local
     from fairskin.diffusion.base import build_vae
 
-    return build_vae(config, decode_local(inputs["prepare"].path / "shards"), out)
+    return build_vae(config, decode_local(inputs["prepare"].path / "shards"), out, reporter=ctx.progress("vae"))
 
 
 def vae_folder(result: StageResult) -> Path:
