@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 from fidelity_ceiling import _one
 
-from fairskin.classify.judge import load_judge
-from fairskin.data.shards import load_decoded
 from fairskin.metrics.generation import disease_fidelity, judge_accuracy, judge_predictions
+from fairskin.metrics.references import load_references
 from fairskin.metrics.skin_tone import ReferenceBands, image_ita, skin_tone_report
 
 KEPT = ("skin_tone_agreement", "judge_accuracy_generated")
@@ -36,16 +35,9 @@ class PoolScorer:
     def from_runs_root(cls, root: Path, config, judge_folder: str | None = None) -> PoolScorer:
         """The runs root's ``prepare`` shards and ``judge`` stage (``judge_folder``: one named explicitly)."""
         shards = _one(root, "prepare-*", None, "--runs-root") / "shards"
-        judge, info = load_judge(_one(root, "judge-*", judge_folder, "--judge"), None)
+        refs = load_references(config, shards, _one(root, "judge-*", judge_folder, "--judge"), None)
         groups, diseases = list(config.data.group_names), list(config.data.diseases)
-        train_pixels, train_meta = load_decoded(shards, splits=["train"])
-        bands = ReferenceBands.from_real(image_ita(train_pixels), train_meta["group"].to_numpy())
-        held_pixels, held_meta = load_decoded(shards, splits=["val", "test"])
-        rows = held_meta["split"].isin(info.real_splits).to_numpy()
-        size = config.classifier.image_size
-        judge_real = judge_accuracy(
-            judge_predictions(judge, held_pixels[rows], size, diseases), held_meta[rows], groups, diseases
-        )
+        judge, size, bands, judge_real = refs.judge, config.classifier.image_size, refs.bands, refs.judge_real
         return cls(judge, size, groups, diseases, bands, judge_real)
 
     def score(self, pixels: np.ndarray, meta: pd.DataFrame) -> dict[str, float]:

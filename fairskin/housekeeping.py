@@ -130,16 +130,25 @@ def current_keys(config: FairSkinConfig) -> tuple[dict[str, str], dict[str, str]
     return {n: r.key for n, r in results.items()}, unknown
 
 
+def resume_folders(config: FairSkinConfig, keys: dict[str, str]) -> dict[str, Path]:
+    """stage -> the folder where it keeps resumable work under its current key, as each stage declares it
+    (``Stage.resume_dir``: the fine-tune's checkpoints, generate's finished items, the tune stage's study)."""
+    from fairskin.pipeline import STAGES
+
+    out = {}
+    for name, stage in STAGES.items():
+        if stage.resume_dir is not None and name in keys:
+            try:
+                out[name] = stage.resume_dir(config, keys[name])
+            except Exception:  # e.g. a search space that no longer loads: its folder is "unknown", kept
+                continue
+    return out
+
+
 def current_study(config: FairSkinConfig, keys: dict[str, str]) -> str | None:
     """The study the pipeline's tune stage runs with this configuration (None: no tune key)."""
-    if "tune" not in keys:
-        return None
-    from fairskin.tune.spaces import pipeline_space
-
-    try:
-        return f"{pipeline_space(config).name}-{config.preset}-{keys['tune']}"
-    except Exception:
-        return None
+    folder = resume_folders(config, keys).get("tune")
+    return None if folder is None else folder.name
 
 
 # --------------------------------------------------------------------------- scanning
@@ -195,9 +204,12 @@ def scan(config: FairSkinConfig) -> Inventory:
     inv = Inventory(root, keys, unknown, current_study(config, keys))
     add = inv.entries.append
 
+    resumes = resume_folders(config, keys)
+
     def keyed(kind: str, path: Path, stage: str, key: str) -> Entry:
         if stage in keys:
-            status = IN_USE if keys[stage] == key else UNUSED
+            current = resumes.get(stage) if kind in ("checkpoints", "generate work") else None
+            status = IN_USE if (path == current if current is not None else keys[stage] == key) else UNUSED
             why = "current key" if status == IN_USE else f"current {stage} key is {keys[stage]}"
         else:
             status, why = UNKNOWN, f"current {stage} key unknown ({unknown.get(stage, '?')})"

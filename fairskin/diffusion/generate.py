@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from fairskin.config import FairSkinConfig, GenerationConfig
 from fairskin.data.shards import INDEX_FILE, Vocabulary, write_index, write_shard_file
@@ -172,15 +173,16 @@ class ItemGenerator:
 
     def images(self, item: WorkItem) -> tuple[np.ndarray, list[int]]:
         """The item's images uint8 (n, H, W, 3) and their seeds, without writing anything."""
-        from fairskin.diffusion.models import prompt_for
-
-        seeds = [
-            image_seed(self.seeds[item.variant], item.group, item.disease, i) for i in range(item.start, item.stop)
-        ]
-        prompt = prompt_for(self.template, item.group, item.disease)
-        return generate_images(
-            self._pipe(item.variant), prompt, seeds, self.cfg, self.image_size, self.image_size
-        ), seeds
+        return subclass_images(
+            self._pipe(item.variant),
+            self.template,
+            item.group,
+            item.disease,
+            range(item.start, item.stop),
+            self.seeds[item.variant],
+            self.cfg,
+            self.image_size,
+        )
 
     def run(self, item: WorkItem, folder: str) -> dict[str, Any]:
         """Generate one item and write it as ``folder/<item.file_name>``; returns its entry."""
@@ -190,6 +192,34 @@ class ItemGenerator:
         images, seeds = self.images(item)
         rows = write_shard_file(item_records(item, images, seeds), Path(folder) / item.file_name, self.vocab)
         return {"file": item.file_name, "rows": rows, "seconds": time.perf_counter() - started, "item": asdict(item)}
+
+
+def subclass_images(
+    pipe, template: str, group: str, disease: str, indices: Sequence[int], seed: int, cfg: GenerationConfig, size: int
+) -> tuple[np.ndarray, list[int]]:
+    """Images ``indices`` of one (group, disease) subclass of a generator's pool, uint8 (n, size, size, 3), and
+    their seeds: image i is drawn from :func:`image_seed` (seed, group, disease, i) whoever draws it (a pool actor's
+    item, or a generator trial's pool in memory), so the same generator gives the same images."""
+    from fairskin.diffusion.models import prompt_for
+
+    seeds = [image_seed(seed, group, disease, i) for i in indices]
+    prompt = prompt_for(template, group, disease)
+    return generate_images(pipe, prompt, seeds, cfg, size, size), seeds
+
+
+def pool_in_memory(
+    pipe, template: str, groups: Sequence[str], diseases: Sequence[str], per_subclass: int, seed: int, cfg, size: int
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """A whole pool of ``pipe`` in memory: P = ``per_subclass`` images of every (group, disease), uint8
+    (len(groups) * len(diseases) * P, size, size, 3), and its meta (group, disease, index, seed), each image the
+    one the pipeline's pool of that generator holds (:func:`subclass_images`)."""
+    images, rows = [], []
+    for group in groups:
+        for disease in diseases:
+            pixels, seeds = subclass_images(pipe, template, group, disease, range(per_subclass), seed, cfg, size)
+            images.append(pixels)
+            rows += [{"group": group, "disease": disease, "index": i, "seed": s} for i, s in enumerate(seeds)]
+    return np.concatenate(images), pd.DataFrame(rows)
 
 
 @dataclass

@@ -103,32 +103,16 @@ def put_generator_inputs(
     real baseline and, for FID, the real images (object store)."""
     import ray
 
-    from fairskin.classify.judge import load_judge
-    from fairskin.data.shards import load_decoded
     from fairskin.data.stream import decode_local
     from fairskin.diffusion.finetune import cache_for
-    from fairskin.metrics.generation import judge_accuracy, judge_predictions
-    from fairskin.metrics.skin_tone import ReferenceBands, image_ita
+    from fairskin.metrics.references import load_references
 
-    groups, diseases = config.data.group_names, config.data.diseases
     train = decode_local(sources.shards, splits=["train"])
     rows, cond = cache_for(config, sources.base, train)
     cache = ray.put((rows.arrays(), cond))
-    train_pixels, train_meta = load_decoded(sources.shards, splits=["train"])
-    bands = ReferenceBands.from_real(image_ita(train_pixels), train_meta["group"].to_numpy())
-    held_pixels, held_meta = load_decoded(sources.shards, splits=["val", "test"])
-    judge, info = load_judge(sources.judge, sources.reference)
-    judge_rows = held_meta["split"].isin(info.real_splits).to_numpy()
-    judge_real = judge_accuracy(
-        judge_predictions(judge, held_pixels[judge_rows], config.classifier.image_size, diseases),
-        held_meta[judge_rows],
-        groups,
-        diseases,
-    )
-    real = None
-    if config.tune.generator_fid:
-        split = config.generation.real_split
-        real = ray.put((train_pixels, train_meta) if split == "train" else load_decoded(sources.shards, splits=[split]))
+    refs = load_references(config, sources.shards, sources.judge, sources.reference)
+    bands, judge_real = refs.bands, refs.judge_real
+    real = ray.put((refs.real_pixels, refs.real_meta)) if config.tune.generator_fid else None
     return GeneratorInputs(
         config=config,
         space=space,
@@ -161,36 +145,28 @@ def generate_pool(
     would give it (:func:`fairskin.diffusion.generate.image_seed`): uint8 (15 P, H, W, 3) and its meta."""
     import torch
 
-    from fairskin.diffusion.generate import generate_images, image_seed, make_scheduler
-    from fairskin.diffusion.models import prompt_for
+    from fairskin.diffusion.generate import make_scheduler, pool_in_memory
 
     pipe = parts.pipeline(make_scheduler(config.generation.scheduler, parts.noise_scheduler.config))
     pipe.unet = unet
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    size = config.data.image_size
-    images, rows = [], []
     was_training = unet.training
     unet.eval()
     try:
         with torch.no_grad():
-            for g in config.data.group_names:
-                for d in config.data.diseases:
-                    seeds = [image_seed(seed, g, d, i) for i in range(per_subclass)]
-                    images.append(
-                        generate_images(
-                            pipe,
-                            prompt_for(config.diffusion.prompt_template, g, d),
-                            seeds,
-                            config.generation,
-                            size,
-                            size,
-                        )
-                    )
-                    rows += [{"group": g, "disease": d, "index": i, "seed": s} for i, s in enumerate(seeds)]
+            return pool_in_memory(
+                pipe,
+                config.diffusion.prompt_template,
+                config.data.group_names,
+                config.data.diseases,
+                per_subclass,
+                seed,
+                config.generation,
+                config.data.image_size,
+            )
     finally:
         unet.train(was_training)
-    return np.concatenate(images), pd.DataFrame(rows)
 
 
 def score_pool(

@@ -29,7 +29,6 @@ def _evaluate_body(ctx: StageContext) -> Mapping[str, Any]:
     import numpy as np
     import pandas as pd
 
-    from fairskin.classify.judge import load_judge
     from fairskin.classify.models import load_saved_classifier
     from fairskin.classify.train import classifier_device
     from fairskin.data.shards import load_decoded
@@ -42,7 +41,8 @@ def _evaluate_body(ctx: StageContext) -> Mapping[str, Any]:
         judge_predictions,
     )
     from fairskin.metrics.plots import plot_fid_heatmap, plot_tsne
-    from fairskin.metrics.skin_tone import ReferenceBands, image_ita, skin_tone_report
+    from fairskin.metrics.references import load_references
+    from fairskin.metrics.skin_tone import image_ita, skin_tone_report
     from fairskin.progress import progress_bar
     from fairskin.provenance import TAG_FINETUNE, TAG_POOL, TAG_REAL, shard_fingerprint
 
@@ -51,37 +51,24 @@ def _evaluate_body(ctx: StageContext) -> Mapping[str, Any]:
     shards = inputs["prepare"].path / "shards"
     device = classifier_device(c)
     model = load_saved_classifier(inputs["reference"].path / "model").to(device).eval()
-    judge, info = load_judge(inputs["judge"].path, inputs["reference"].path)
-    judge = judge.to(device)
+    refs = load_references(config, shards, inputs["judge"].path, inputs["reference"].path, device)
+    judge, info, judge_real = refs.judge, refs.info, refs.judge_real
     space = feature_space(
         judge if info.kind == "independent" else model,
         c.image_size,
         g.inception_weights_path,
         kind="judge-classifier" if info.kind == "independent" else "reference-classifier",
     )
-    train_pixels, train_meta = load_decoded(shards, splits=["train"])
-    real_pixels, real_meta = (
-        (train_pixels, train_meta) if g.real_split == "train" else load_decoded(shards, splits=[g.real_split])
-    )
-    held_pixels, held_meta = load_decoded(shards, splits=["val", "test"])
-    # Floors: real images outside the FID reference (and outside the generators' training split).
-    floor_splits = [s for s in ("val", "test") if s != g.real_split]
-    floor_rows = held_meta["split"].isin(floor_splits).to_numpy()
-    floor_pixels, floor_meta = held_pixels[floor_rows], held_meta[floor_rows].reset_index(drop=True)
-    # Disease fidelity: the judge on its real baseline, once.
-    judge_rows = held_meta["split"].isin(info.real_splits).to_numpy()
-    judge_real = judge_accuracy(
-        judge_predictions(judge, held_pixels[judge_rows], c.image_size, diseases),
-        held_meta[judge_rows],
-        groups,
-        diseases,
-    )
+    train_pixels, train_meta = refs.train_pixels, refs.train_meta
+    real_pixels, real_meta = refs.real_pixels, refs.real_meta
+    held_pixels, held_meta = refs.held_pixels, refs.held_meta
+    floor_pixels, floor_meta = refs.floors(g.real_split)
     judge_real.to_csv(out / "judge_real_accuracy.csv", index=False)
     cache = config.runtime.runs_root / "cache" / "fidelity"  # real features, keyed by image checksums
 
     # Skin tone: ITA of each image's healthy skin against the real training images' ITA per group;
     # held-out real images give the same rule's ceiling.
-    bands = ReferenceBands.from_real(image_ita(train_pixels), train_meta["group"].to_numpy())
+    bands = refs.bands
     held_ita = image_ita(held_pixels)
     rows, tables = [], []
     pools = pool_folders(inputs["generate"])
