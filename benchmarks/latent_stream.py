@@ -72,7 +72,7 @@ def child(root: str, budget_mb: float, batch: int, scheme: str, seed: int, defau
     """Stream one epoch of the set at ``root`` within ``budget_mb``; the figures (runs in its own process)."""
     import torch
 
-    from fairskin.data.latent_shards import (
+    from fairskin.data.latent_stream import (
         LatentStream,
         batch_mixing_pvalue,
         budget_bytes,

@@ -197,7 +197,6 @@ def scan(config: FairSkinConfig) -> Inventory:
     from fairskin.fingerprints import CACHE_FILE
     from fairskin.lock import LOCK_FILE
     from fairskin.pipeline import STAGES
-    from fairskin.tune.inputs import STANDIN_POOLS, standin_key
 
     root = config.runtime.runs_root
     keys, unknown = current_keys(config)
@@ -244,36 +243,7 @@ def scan(config: FairSkinConfig) -> Inventory:
         else:
             add(Entry("other", child, KEPT, "not a fine-tune checkpoint folder"))
 
-    tune = root / "tune"
-    for child in sorted(tune.iterdir()) if tune.is_dir() else []:
-        partial = _partial_status(child)
-        if partial is not None:
-            add(Entry("partial", child, *partial))
-        elif child.name == STANDIN_POOLS and child.is_dir():
-            current = standin_key(config)
-            for pool in sorted(child.iterdir()):
-                partial = _partial_status(pool)
-                if partial is not None:
-                    add(Entry("partial", pool, *partial))
-                elif pool.name == current:
-                    add(Entry("stand-in pool", pool, IN_USE, "current stand-in pool key"))
-                elif re.fullmatch(_KEY, pool.name):
-                    add(Entry("stand-in pool", pool, UNUSED, f"current stand-in pool key is {current}"))
-                else:
-                    add(Entry("other", pool, KEPT, "not a stand-in pool"))
-        else:
-            match = _STUDY_DIR.match(child.name)
-            from fairskin.config import PRESETS
-
-            if match and match["preset"] in PRESETS:  # named by a pipeline's tune key
-                if child.name == inv.study:
-                    add(Entry("study", child, IN_USE, "the current tune stage's study"))
-                elif match["preset"] != config.preset or "tune" in keys:
-                    add(Entry("study", child, UNUSED, f"current study is {inv.study or 'none'}"))
-                else:
-                    add(Entry("study", child, UNKNOWN, f"current tune key unknown ({unknown.get('tune', '?')})"))
-            else:
-                add(Entry("study", child, KEPT, "named by hand (python -m fairskin.tune --study)"))
+    _scan_tune(config, root / "tune", inv, keys, unknown)
 
     cache = root / "cache"
     for child in sorted(cache.iterdir()) if cache.is_dir() else []:
@@ -294,6 +264,42 @@ def scan(config: FairSkinConfig) -> Inventory:
     for entry in inv.entries:
         entry.size, entry.modified = tree_stats(entry.path)
     return inv
+
+
+def _scan_tune(config: FairSkinConfig, tune: Path, inv: Inventory, keys: dict, unknown: dict) -> None:
+    """The studies and stand-in pools under ``<runs root>/tune``: the current tune stage's study and stand-in pool
+    are in use, other pipeline studies unused, studies named by hand kept."""
+    from fairskin.config import PRESETS
+    from fairskin.tune.inputs import STANDIN_POOLS, standin_key
+
+    add = inv.entries.append
+    for child in sorted(tune.iterdir()) if tune.is_dir() else []:
+        partial = _partial_status(child)
+        if partial is not None:
+            add(Entry("partial", child, *partial))
+        elif child.name == STANDIN_POOLS and child.is_dir():
+            current = standin_key(config)
+            for pool in sorted(child.iterdir()):
+                partial = _partial_status(pool)
+                if partial is not None:
+                    add(Entry("partial", pool, *partial))
+                elif pool.name == current:
+                    add(Entry("stand-in pool", pool, IN_USE, "current stand-in pool key"))
+                elif re.fullmatch(_KEY, pool.name):
+                    add(Entry("stand-in pool", pool, UNUSED, f"current stand-in pool key is {current}"))
+                else:
+                    add(Entry("other", pool, KEPT, "not a stand-in pool"))
+        else:
+            match = _STUDY_DIR.match(child.name)
+            if match and match["preset"] in PRESETS:  # named by a pipeline's tune key
+                if child.name == inv.study:
+                    add(Entry("study", child, IN_USE, "the current tune stage's study"))
+                elif match["preset"] != config.preset or "tune" in keys:
+                    add(Entry("study", child, UNUSED, f"current study is {inv.study or 'none'}"))
+                else:
+                    add(Entry("study", child, UNKNOWN, f"current tune key unknown ({unknown.get('tune', '?')})"))
+            else:
+                add(Entry("study", child, KEPT, "named by hand (python -m fairskin.tune --study)"))
 
 
 # --------------------------------------------------------------------------- removal

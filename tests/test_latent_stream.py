@@ -13,16 +13,8 @@ import pytest
 import torch
 
 from fairskin.data import DataError
-from fairskin.data.latent_shards import (
-    INDEX_FILE,
-    LatentShards,
-    LatentShardWriter,
-    LatentStream,
-    ShardPlan,
-    batch_mixing_pvalue,
-    subclass_frequency_pvalue,
-    write_latent_shards,
-)
+from fairskin.data.latent_shards import INDEX_FILE, LatentShards, LatentShardWriter, write_latent_shards
+from fairskin.data.latent_stream import LatentStream, ShardPlan, batch_mixing_pvalue, subclass_frequency_pvalue
 from fairskin.data.sampling import WeightedSampler
 from fairskin.diffusion.feed import Prefetch, StepInputs, flips_of
 

@@ -192,47 +192,24 @@ def train_classifier(
         for epoch in range(cfg.epochs):
             started = time.perf_counter()
             pool_rows, proportions = composer.pool_rows(epoch)
-            # Row table: source 0 = real training split, 1 = pool.
-            source = np.concatenate([np.zeros(len(real), np.int64), np.ones(len(pool_rows), np.int64)])
-            index = np.concatenate([np.arange(len(real)), pool_rows])
-            empty = np.zeros(0, np.int64)
-            groups = np.concatenate([real.group_id, pool.group_id[pool_rows] if len(pool_rows) else empty])
-            labels = np.concatenate([real.disease_id, pool.disease_id[pool_rows] if len(pool_rows) else empty])
-            group_weight = rebalancer.loss_weights(groups)
+            rows = _epoch_rows(real, pool, pool_rows, rebalancer)
             if reporter is not None:  # the steps left, at this epoch's rows per epoch
-                per_epoch = -(-len(index) // cfg.batch_size)
+                per_epoch = -(-len(rows.index) // cfg.batch_size)
                 reporter.total = batches_done + (cfg.epochs - epoch) * per_epoch
-            order = np.random.default_rng(np.random.SeedSequence([seed, epoch, 7])).permutation(len(index))
-            model.train()
-            losses = []
-            for b in range(0, len(order), cfg.batch_size):
-                sel = order[b : b + cfg.batch_size]
-                pixels = np.empty((len(sel), *real.pixels.shape[1:]), np.uint8)
-                from_real = source[sel] == 0
-                pixels[from_real] = real.pixels[index[sel][from_real]]
-                if (~from_real).any():
-                    pixels[~from_real] = pool.pixels[index[sel][~from_real]]
-                logits = model(pixel_values=_to_input(pixels, cfg.image_size).to(device)).logits
-                per_sample = F.cross_entropy(logits, torch.from_numpy(labels[sel]).to(device), reduction="none")
-                loss = (per_sample * torch.from_numpy(group_weight[groups[sel]]).float().to(device)).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                batches_done += 1
-                if reporter is not None:
-                    reporter.update(batches_done, batch_loss=losses[-1])
+            order = np.random.default_rng(np.random.SeedSequence([seed, epoch, 7])).permutation(len(rows.index))
+            losses = _train_epoch(model, optimizer, real, pool, rows, order, cfg, device, reporter, batches_done)
+            batches_done += len(losses)
             val = _report(data.val, predict(model, data.val, cfg.image_size), 0, seed)
             rebalancer.update({g: val[f"accuracy_{g}"] for g in data.groups})
             metrics = {f"val_{k}": float(v) for k, v in val.items()}
             metrics.update(
                 epoch=epoch + 1,
                 train_loss=float(np.mean(losses)),
-                train_rows=len(index),
+                train_rows=len(rows.index),
                 synthetic_rows=len(pool_rows),
                 epoch_seconds=time.perf_counter() - started,
             )
-            metrics.update({f"weight_{g}": float(w) for g, w in zip(data.groups, group_weight)})
+            metrics.update({f"weight_{g}": float(w) for g, w in zip(data.groups, rows.group_weight)})
             metrics.update({f"proportion_{g}": float(p) for g, p in proportions.items()})
             result.history.append(metrics)
             if progress:
@@ -249,21 +226,73 @@ def train_classifier(
             reporter.close()
     result.model = model
     if evaluate_test:
-        pred = predict(model, data.test, cfg.image_size)
-        result.test = _report(data.test, pred, cfg.bootstrap_samples, seed)
-        result.test_predictions = pd.DataFrame(
-            {
-                "id": data.test.meta["id"],
-                "y_true": data.test.meta["disease"],
-                "y_pred": [data.diseases[i] for i in pred],
-                "group": data.test.meta["group"],
-            }
-        )
-        if run is not None:
-            run.log_metrics({f"test_{k}": v for k, v in result.test.items() if not k.endswith("_ci")})
+        _test(result, model, data, cfg, seed, run)
     if out_dir is not None:
         _save(result, Path(out_dir))
     return result
+
+
+@dataclass
+class _EpochRows:
+    """One epoch's rows: ``source`` (0 real training split, 1 pool), ``index`` into that source, their group and
+    disease ids, and the loss weight of each group (all (n,) but ``group_weight``, (G,))."""
+
+    source: np.ndarray
+    index: np.ndarray
+    groups: np.ndarray
+    labels: np.ndarray
+    group_weight: np.ndarray
+
+
+def _epoch_rows(real, pool, pool_rows: np.ndarray, rebalancer) -> _EpochRows:
+    """The epoch's row table: every real training row (source 0), then the pool rows drawn for it (source 1),
+    with the rebalancer's current loss weight per group."""
+    source = np.concatenate([np.zeros(len(real), np.int64), np.ones(len(pool_rows), np.int64)])
+    index = np.concatenate([np.arange(len(real)), pool_rows])
+    empty = np.zeros(0, np.int64)
+    groups = np.concatenate([real.group_id, pool.group_id[pool_rows] if len(pool_rows) else empty])
+    labels = np.concatenate([real.disease_id, pool.disease_id[pool_rows] if len(pool_rows) else empty])
+    return _EpochRows(source, index, groups, labels, rebalancer.loss_weights(groups))
+
+
+def _train_epoch(model, optimizer, real, pool, rows: _EpochRows, order, cfg, device, reporter, before: int) -> list:
+    """One epoch's optimizer steps over ``rows`` in ``order``, batches of ``cfg.batch_size``; the group-weighted
+    cross-entropy. Returns each batch's loss (floats); ``reporter`` counts batches from ``before``."""
+    model.train()
+    losses = []
+    for b in range(0, len(order), cfg.batch_size):
+        sel = order[b : b + cfg.batch_size]
+        pixels = np.empty((len(sel), *real.pixels.shape[1:]), np.uint8)
+        from_real = rows.source[sel] == 0
+        pixels[from_real] = real.pixels[rows.index[sel][from_real]]
+        if (~from_real).any():
+            pixels[~from_real] = pool.pixels[rows.index[sel][~from_real]]
+        logits = model(pixel_values=_to_input(pixels, cfg.image_size).to(device)).logits
+        per_sample = F.cross_entropy(logits, torch.from_numpy(rows.labels[sel]).to(device), reduction="none")
+        loss = (per_sample * torch.from_numpy(rows.group_weight[rows.groups[sel]]).float().to(device)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if reporter is not None:
+            reporter.update(before + len(losses), batch_loss=losses[-1])
+    return losses
+
+
+def _test(result: ClassifierResult, model, data: ClassifierData, cfg: ClassifierConfig, seed: int, run) -> None:
+    """The test split once: its report (bootstrap intervals) and predictions into ``result``; to ``run``."""
+    pred = predict(model, data.test, cfg.image_size)
+    result.test = _report(data.test, pred, cfg.bootstrap_samples, seed)
+    result.test_predictions = pd.DataFrame(
+        {
+            "id": data.test.meta["id"],
+            "y_true": data.test.meta["disease"],
+            "y_pred": [data.diseases[i] for i in pred],
+            "group": data.test.meta["group"],
+        }
+    )
+    if run is not None:
+        run.log_metrics({f"test_{k}": v for k, v in result.test.items() if not k.endswith("_ci")})
 
 
 def _save(result: ClassifierResult, out: Path) -> None:

@@ -45,7 +45,8 @@ import torch
 
 from fairskin.config import FairSkinConfig, VariantSpec
 from fairskin.data import DataError
-from fairskin.data.latent_shards import LatentShards, LatentShardWriter, LatentStream, budget_bytes
+from fairskin.data.latent_shards import LatentShards, LatentShardWriter
+from fairskin.data.latent_stream import LatentStream, budget_bytes
 from fairskin.data.stream import ArraySet, DecodedSet, WeightedStream
 from fairskin.diffusion.base import subclass_prompts
 from fairskin.diffusion.feed import Prefetch, plan_read_rows, plan_steps
@@ -241,12 +242,6 @@ def finetune_variant(
     Raises :class:`FitInterrupted` when :func:`request_stop` aborted it.
     Safe to call from several threads at once (one TorchTrainer each).
     """
-    import ray
-    import ray.train
-    from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from fairskin.diffusion.variants import generator_seed
 
     d = config.diffusion.for_variant(variant)
@@ -267,24 +262,7 @@ def finetune_variant(
     parts = load_sd(str(base))
     storage = Path(checkpoints or out.parent / f".ray-{out.name}").resolve()  # Ray Train wants it absolute
     rows, cond = cache if cache is not None else cache_for(config, base, train, shard_root=storage / "latents")
-    total = d.max_steps * d.global_batch_size
-    if isinstance(rows, LatentShards):  # the workers stream the shards: no array in the object store, no plan dataset
-        feed: dict[str, Any] = {"latent_shards": rows.base, "arrays_ref": None}
-        datasets: dict[str, Any] = {}
-    else:
-        stream = WeightedStream(rows, variant.weights, variant.apply, seed=seed)
-        feed = {"latent_shards": None, "arrays_ref": [stream.arrays_ref]}
-        datasets = {"train": stream.plan_dataset(0, total)}
-    loop_config = {
-        "base": str(base),
-        **feed,
-        "cond_ref": [ray.put(cond)],
-        "variant": variant.model_dump(),
-        "diffusion": d.model_dump(mode="json"),
-        "seed": seed,
-        "tracking": worker_tracking(tracking),
-        "step_hooks": [*STEP_HOOKS, *step_hooks],
-    }
+    loop_config, datasets = _loop_config(base, rows, cond, variant, d, seed, tracking, step_hooks)
     (storage / STOP_FILE).unlink(missing_ok=True)  # a stop request of an earlier run is not for this one
     prior = latest_state(storage)
     resumed_from = prior[1]["step"] if prior else 0
@@ -295,7 +273,58 @@ def finetune_variant(
             **_write_pipeline(parts, prior[0], out, prior[1], time.time(), workers, resumed_from),
             "train_rows": len(rows),
         }
-    trainer = TorchTrainer(
+    trainer = _trainer(config, d, workers, loop_config, datasets, storage)
+    started = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        if (storage / STOP_FILE).exists():
+            raise FitInterrupted(f"fine-tune of {variant.name} stopped; checkpoints kept in {storage}") from exc
+        raise
+    if result.checkpoint is None:
+        raise RuntimeError(f"fine-tune of {variant.name} ended without a checkpoint")
+    state = _read_state(result.checkpoint)
+    if state["step"] < d.max_steps:  # aborted between two polls of the controller
+        raise FitInterrupted(f"fine-tune of {variant.name} stopped at step {state['step']}; checkpoints kept")
+    return {
+        **_write_pipeline(parts, result.checkpoint, out, state, started, workers, resumed_from),
+        "train_rows": len(rows),
+    }
+
+
+def _loop_config(base, rows, cond, variant: VariantSpec, d, seed: int, tracking, step_hooks) -> tuple[dict, dict]:
+    """(the workers' ``train_loop_config``, the fit's Ray datasets): the level-1 plan as a Ray dataset over the
+    object-store arrays, or, for latent shards, no dataset (the workers stream the shards themselves)."""
+    import ray
+
+    if isinstance(rows, LatentShards):
+        feed: dict[str, Any] = {"latent_shards": rows.base, "arrays_ref": None}
+        datasets: dict[str, Any] = {}
+    else:
+        stream = WeightedStream(rows, variant.weights, variant.apply, seed=seed)
+        feed = {"latent_shards": None, "arrays_ref": [stream.arrays_ref]}
+        datasets = {"train": stream.plan_dataset(0, d.max_steps * d.global_batch_size)}
+    loop_config = {
+        "base": str(base),
+        **feed,
+        "cond_ref": [ray.put(cond)],
+        "variant": variant.model_dump(),
+        "diffusion": d.model_dump(mode="json"),
+        "seed": seed,
+        "tracking": worker_tracking(tracking),
+        "step_hooks": [*STEP_HOOKS, *step_hooks],
+    }
+    return loop_config, datasets
+
+
+def _trainer(config: FairSkinConfig, d, workers: int, loop_config: dict, datasets: dict, storage: Path):
+    """The fit's ``TorchTrainer``: ``workers`` workers of ``train_loop_per_worker``, checkpoints under
+    ``storage`` (the two latest kept), a stop file that aborts it."""
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
@@ -314,22 +343,6 @@ def finetune_variant(
             callbacks=[_abort_callback(storage / STOP_FILE)],
         ),
     )
-    started = time.time()
-    try:
-        result = trainer.fit()
-    except Exception as exc:
-        if (storage / STOP_FILE).exists():
-            raise FitInterrupted(f"fine-tune of {variant.name} stopped; checkpoints kept in {storage}") from exc
-        raise
-    if result.checkpoint is None:
-        raise RuntimeError(f"fine-tune of {variant.name} ended without a checkpoint")
-    state = _read_state(result.checkpoint)
-    if state["step"] < d.max_steps:  # aborted between two polls of the controller
-        raise FitInterrupted(f"fine-tune of {variant.name} stopped at step {state['step']}; checkpoints kept")
-    return {
-        **_write_pipeline(parts, result.checkpoint, out, state, started, workers, resumed_from),
-        "train_rows": len(rows),
-    }
 
 
 def _write_pipeline(
@@ -429,24 +442,15 @@ def _to_floats(window: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict
     ]
 
 
-def train_loop_per_worker(cfg: dict) -> None:
-    """One Ray Train worker of the fine-tune (see the module docstring): the loop of :mod:`fairskin.diffusion.loop`
-    over this rank's share of the plan, a checkpoint and a report every ``checkpoint_every`` steps."""
+def _worker_inputs(cfg: dict, device) -> tuple[Any, Any, Any, Any, Any]:
+    """A worker's (cached arrays or None, the opened latent shards or None, prompt table (S + 1, L, D) on
+    ``device``, noise scheduler, VAE for the encode-every-step path or None)."""
     import ray
-    import ray.train
-    import ray.train.torch
     from diffusers import DDPMScheduler
 
-    from fairskin.runtime import configure_worker
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    d, variant, seed = cfg["diffusion"], cfg["variant"], cfg["seed"]
-    configure_worker(seed=seed)
-    device = ray.train.torch.get_device()
     shards = None
     if cfg.get("latent_shards"):  # stream the cached latents from shards within the budget
-        from fairskin.data.latent_shards import limit_allocator_slack
+        from fairskin.data.latent_stream import limit_allocator_slack
 
         limit_allocator_slack()
         shards = LatentShards(cfg["latent_shards"])
@@ -461,7 +465,80 @@ def train_loop_per_worker(cfg: dict) -> None:
 
         vae = AutoencoderKL.from_pretrained(cfg["base"], subfolder="vae", use_safetensors=True)
         vae = vae.to(device).eval().requires_grad_(False)
+    return arrays, shards, cond_table, scheduler, vae
 
+
+def _worker_plan(cfg: dict, arrays, shards, vae, *, rank: int, world: int, start_step: int):
+    """This rank's :class:`~fairskin.diffusion.feed.StepInputs` from ``start_step`` on (from the shard feed, or
+    from Ray Data's plan shard over the object-store arrays) and the latents' (C, h, w)."""
+    import ray.train
+
+    d, variant, seed, global_batch = (
+        cfg["diffusion"],
+        cfg["variant"],
+        cfg["seed"],
+        cfg["diffusion"]["global_batch_size"],
+    )
+    if shards is not None:
+        stream = LatentStream(
+            shards,
+            scheme=variant["weights"],
+            apply=variant["apply"],
+            seed=seed,
+            global_batch=global_batch,
+            budget_bytes=budget_bytes(d["feed_memory_budget_mb"]),
+            rank=rank,
+            world=world,
+        )
+        return stream.steps(start_step, d["max_steps"]), tuple(shards.shape[1:])
+    shard = ray.train.get_dataset_shard("train")
+    plan = plan_steps(
+        shard.iter_batches(batch_size=plan_read_rows(global_batch), batch_format="numpy", prefetch_batches=2),
+        arrays,
+        rank=rank,
+        world=world,
+        seed=seed,
+        global_batch=global_batch,
+        start_step=start_step,
+    )
+    if "latents" in arrays:
+        return plan, tuple(arrays["latents"].shape[2:])
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return plan, (vae.config.latent_channels, *(n // factor for n in arrays["pixels"].shape[1:3]))
+
+
+def _window_state(pending: list, done: int, global_batch: int, attempt: int, starts: list) -> dict[str, Any]:
+    """The checkpoint's ``state.json`` at ``done`` steps: the window's per-step metrics (floats), its median
+    throughput, the attempt and where each attempt started."""
+    # Steady-state throughput of this window (its first step pays the iterator's start-up).
+    rates = [m["images_per_s"] for _, m in pending[1:]] or [pending[-1][1]["images_per_s"]]
+    return {
+        "step": done,
+        "position": done * global_batch,
+        "loss": pending[-1][1]["loss"],
+        "attempt": attempt,
+        "window_images_per_s": float(np.median(rates)),
+        "window": pending,
+        "starts": starts,
+        "rng": "per-step generators seeded by (seed, step[, rank])",
+    }
+
+
+def train_loop_per_worker(cfg: dict) -> None:
+    """One Ray Train worker of the fine-tune (see the module docstring): the loop of :mod:`fairskin.diffusion.loop`
+    over this rank's share of the plan, a checkpoint and a report every ``checkpoint_every`` steps."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from fairskin.runtime import configure_worker
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    d, variant, seed = cfg["diffusion"], cfg["variant"], cfg["seed"]
+    configure_worker(seed=seed)
+    device = ray.train.torch.get_device()
+    arrays, shards, cond_table, scheduler, vae = _worker_inputs(cfg, device)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -474,46 +551,16 @@ def train_loop_per_worker(cfg: dict) -> None:
     # (first_step: the first step it trained, from_step + 1 when it resumed exactly from its checkpoint).
     starts = list(resumed.get("starts", [])) if resumed else []
     starts.append({"attempt": attempt, "from_step": start_step, "first_step": None})
-
-    global_batch = d["global_batch_size"]
-    loss = loss_settings(variant, d)
     logger = _mlflow_logger(cfg["tracking"]) if rank == 0 else None
     # Each step reaches MLflow once: log only steps after the run's last one, starting with the
     # resumed checkpoint's window (a kill may have fallen between its checkpoint and its logging).
     logged = _last_logged_step(logger)
     if resumed:
         logged = _log_steps(logger, resumed.get("window", []), logged)
-    # The plan's rows become this rank's tensors on the device (two steps ahead in a thread on a GPU worker).
-    if shards is not None:
-        stream = LatentStream(
-            shards,
-            scheme=variant["weights"],
-            apply=variant["apply"],
-            seed=seed,
-            global_batch=global_batch,
-            budget_bytes=budget_bytes(d["feed_memory_budget_mb"]),
-            rank=rank,
-            world=world,
-        )
-        plan = stream.steps(start_step, d["max_steps"])
-        latent_chw = tuple(shards.shape[1:])
-    else:
-        shard = ray.train.get_dataset_shard("train")
-        plan = plan_steps(
-            shard.iter_batches(batch_size=plan_read_rows(global_batch), batch_format="numpy", prefetch_batches=2),
-            arrays,
-            rank=rank,
-            world=world,
-            seed=seed,
-            global_batch=global_batch,
-            start_step=start_step,
-        )
-        if "latents" in arrays:
-            latent_chw = tuple(arrays["latents"].shape[2:])
-        else:
-            factor = 2 ** (len(vae.config.block_out_channels) - 1)
-            latent_chw = (vae.config.latent_channels, *(n // factor for n in arrays["pixels"].shape[1:3]))
-    drawn = with_draws(
+
+    loss = loss_settings(variant, d)
+    plan, latent_chw = _worker_plan(cfg, arrays, shards, vae, rank=rank, world=world, start_step=start_step)
+    steps = with_draws(
         plan,
         cond_table,
         latent_chw,
@@ -524,12 +571,12 @@ def train_loop_per_worker(cfg: dict) -> None:
         num_train_timesteps=scheduler.config.num_train_timesteps,
         device=device,
     )
-    feed = Prefetch(drawn, device, depth=2)
+    feed = Prefetch(steps, device, depth=2)  # this rank's tensors on the device (ahead in a thread on a GPU)
     pending: list[tuple[int, dict[str, Any]]] = []  # per step: device tensors until the window ends
-    steps = fine_tune(
-        trainee, scheduler, feed, d=d, loss=loss, vae=vae, device=device, rank=rank, step_hooks=cfg["step_hooks"]
-    )
-    for done, metrics, first_bad in steps:
+    hooks = cfg["step_hooks"]
+    for done, metrics, first_bad in fine_tune(
+        trainee, scheduler, feed, d=d, loss=loss, vae=vae, device=device, rank=rank, step_hooks=hooks
+    ):
         if starts[-1]["first_step"] is None:
             starts[-1]["first_step"] = done
         pending.append((done, metrics))
@@ -537,20 +584,8 @@ def train_loop_per_worker(cfg: dict) -> None:
             continue
         check_finite_loss(first_bad, f"fine-tune of {variant['name']} (rank {rank})")
         pending = _to_floats(pending)  # the window's one host sync
-        loss_value = pending[-1][1]["loss"]
-        # Steady-state throughput of this window (its first step pays the iterator's start-up).
-        rates = [m["images_per_s"] for _, m in pending[1:]] or [pending[-1][1]["images_per_s"]]
-        state = {
-            "step": done,
-            "position": done * global_batch,
-            "loss": loss_value,
-            "attempt": attempt,
-            "window_images_per_s": float(np.median(rates)),
-            "window": pending,
-            "starts": starts,
-            "rng": "per-step generators seeded by (seed, step[, rank])",
-        }
-        report = {"step": done, "loss": loss_value}
+        state = _window_state(pending, done, d["global_batch_size"], attempt, starts)
+        report = {"step": done, "loss": state["loss"]}
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(Path(tmp), trainee, state)

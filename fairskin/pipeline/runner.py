@@ -108,6 +108,54 @@ def run_in_order(plan: Sequence[Stage], run_one: Callable[[Stage], None]) -> Non
             raise errors[0]
 
 
+def _run_tracked(
+    stage: Stage, config: FairSkinConfig, inputs: dict, tracker: Tracker, parent, tags: dict, force: bool
+) -> tuple[StageResult, float]:
+    """Run ``stage`` (or skip it when its folder is done) in its MLflow child run of ``parent``: its key computed
+    once and handed to the body with its resume folder, its params, skip tag, seconds and log, and the provenance
+    tags it gives every later run. Returns (its result, wall seconds)."""
+    external = external_fingerprints(stage, config)
+    reads = stage.reads_for(config)
+    key = stage_key(stage.name, config, reads, inputs, stage.version, external)
+    parent.set_tags({f"fairskin.key.{stage.name}": key})
+    with tracker.run(
+        stage.name, parent=parent, tags={"fairskin.stage": stage.name, TAG_STAGE_KEY: key, **tags}
+    ) as child:
+        child.inherit[TAG_STAGE_KEY] = key
+        started = time.time()
+        resume = stage.resume_dir(config, key) if stage.resume_dir else None
+        redo = force and is_finished(stage_dir(config, stage.name, key))
+        result = run_stage(
+            config,
+            stage.name,
+            reads,
+            lambda out: stage.body(StageContext(config, out, inputs, child, key, resume=resume, redo=redo)),
+            inputs=inputs,
+            force=force,
+            version=stage.version,
+            external=external,
+        )
+        elapsed = time.time() - started
+        child.log_params(
+            {
+                "stage.key": result.key,
+                "stage.path": str(result.path),
+                **{f"external.{k}": v for k, v in external.items()},
+                **{f"reads.{k}": v for k, v in flatten({p: config.section(p) for p in reads}).items()},
+            }
+        )
+        child.set_tags({"fairskin.skipped": result.skipped})
+        child.log_metrics({"stage_seconds": elapsed})
+        if stage.provenance is not None:
+            provenance = dict(stage.provenance(result))
+            parent.inherit.update(provenance)
+            parent.set_tags(provenance)
+            child.set_tags(provenance)
+        if stage.log is not None:
+            stage.log(child, result)
+    return result, elapsed
+
+
 @holding_runs_root
 def run_pipeline(
     config: FairSkinConfig,
@@ -141,48 +189,8 @@ def run_pipeline(
 
         def run_one(stage: Stage) -> None:
             inputs = {name: outcome.results[name] for name in stage.inputs}
-            external = external_fingerprints(stage, config)
-            reads = stage.reads_for(config)
-            key = stage_key(stage.name, config, reads, inputs, stage.version, external)
-            parent.set_tags({f"fairskin.key.{stage.name}": key})
             echo(f"[{stage.name}] ...")
-            with tracker.run(
-                stage.name, parent=parent, tags={"fairskin.stage": stage.name, TAG_STAGE_KEY: key, **tags}
-            ) as child:
-                child.inherit[TAG_STAGE_KEY] = key
-                started = time.time()
-                resume = stage.resume_dir(config, key) if stage.resume_dir else None
-                redo = stage.name in force_set and is_finished(stage_dir(config, stage.name, key))
-                result = run_stage(
-                    config,
-                    stage.name,
-                    reads,
-                    lambda out, s=stage, i=inputs, r=child: s.body(
-                        StageContext(config, out, i, r, key, resume=resume, redo=redo)
-                    ),
-                    inputs=inputs,
-                    force=stage.name in force_set,
-                    version=stage.version,
-                    external=external,
-                )
-                elapsed = time.time() - started
-                child.log_params(
-                    {
-                        "stage.key": result.key,
-                        "stage.path": str(result.path),
-                        **{f"external.{k}": v for k, v in external.items()},
-                        **{f"reads.{k}": v for k, v in flatten({p: config.section(p) for p in reads}).items()},
-                    }
-                )
-                child.set_tags({"fairskin.skipped": result.skipped})
-                child.log_metrics({"stage_seconds": elapsed})
-                if stage.provenance is not None:
-                    provenance = dict(stage.provenance(result))
-                    parent.inherit.update(provenance)
-                    parent.set_tags(provenance)
-                    child.set_tags(provenance)
-                if stage.log is not None:
-                    stage.log(child, result)
+            result, elapsed = _run_tracked(stage, config, inputs, tracker, parent, tags, stage.name in force_set)
             outcome.results[stage.name] = result
             for later in plan:
                 if later.check is not None and later.check_after == stage.name:

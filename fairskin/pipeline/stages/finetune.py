@@ -52,9 +52,8 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
     import shutil
     import threading
 
-    from fairskin.config import group_slug
     from fairskin.data.stream import decode_local
-    from fairskin.diffusion.finetune import FitInterrupted, cache_for, finetune_variant, request_stop
+    from fairskin.diffusion.finetune import FitInterrupted, finetune_variant
     from fairskin.diffusion.variants import fine_tuned_generators, generator_seed
     from fairskin.io import atomic_write_json
     from fairskin.provenance import folder_fingerprint, split_generator_id
@@ -70,14 +69,7 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
     # control_drop_<group> generators (their group's base, train without the group).
     # With diffusion.latent_feed = shards the latents are written as shards beside the checkpoints (kept with
     # them on a kill, so a rerun reuses them; removed with them when the stage is done).
-    starts = {None: (base, train, cache_for(config, base, train, shard_root=checkpoints / "latents" / "all"))}
-    for group, folder in control_base_folders(inputs["control_base"]).items():
-        without = train.without_group(group)
-        starts[group] = (
-            folder,
-            without,
-            cache_for(config, folder, without, shard_root=checkpoints / "latents" / f"without-{group_slug(group)}"),
-        )
+    starts = _starts(config, base, train, control_base_folders(inputs["control_base"]), checkpoints / "latents")
     children = {name: _finetune_child(run, name, checkpoints / name, config) for name in names}
     stop = threading.Event()
 
@@ -115,6 +107,38 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
 
     parallel = parallel_fits(config, len(names))
     summary: dict[str, Any] = {"parallel_variants": parallel, "generators": len(names), "repeats": d.repeats}
+    results = _fit_all(ctx, fit, names, parallel, stop, children)
+    for name, result in results.items():
+        summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+    atomic_write_json(
+        out / "fingerprints.json", {name: folder_fingerprint(out / name / "pipeline" / "unet") for name in names}
+    )
+    # Removed by _finetune_log once the stage folder is in place (kept with diffusion.keep_checkpoints).
+    summary["checkpoints"] = "" if d.keep_checkpoints else str(checkpoints)
+    return summary
+
+
+def _starts(config: FairSkinConfig, base: Path, train, control_bases: Mapping[str, Path], latents: Path) -> dict:
+    """dropped group (None: none) -> (the pipeline a generator starts from, the training set it sees, its latent
+    cache): the base and all of train, except the control_drop_<group> generators (their group's base, train
+    without the group). With ``diffusion.latent_feed = shards`` the latents are written as shards under
+    ``latents`` beside the checkpoints (kept with them on a kill; removed with them when the stage is done)."""
+    from fairskin.config import group_slug
+    from fairskin.diffusion.finetune import cache_for
+
+    starts = {None: (base, train, cache_for(config, base, train, shard_root=latents / "all"))}
+    for group, folder in control_bases.items():
+        without = train.without_group(group)
+        shard_root = latents / f"without-{group_slug(group)}"
+        starts[group] = (folder, without, cache_for(config, folder, without, shard_root=shard_root))
+    return starts
+
+
+def _fit_all(ctx: StageContext, fit, names: Sequence[str], parallel: int, stop, children) -> dict[str, Any]:
+    """``fit(name)`` of every generator, ``parallel`` at a time, with a progress line per finished one; on
+    Ctrl-C the running fits are aborted (their runs KILLED, their checkpoints kept) and the interrupt re-raised."""
+    from fairskin.diffusion.finetune import request_stop
+
     pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="finetune")
     futures: dict[str, Any] = {}
     try:
@@ -124,23 +148,15 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
             fit_seconds = future.result()["seconds"]  # re-raises the first failure
             reporter.update(done, fit_seconds=fit_seconds)
         reporter.close()
-        results = {name: future.result() for name, future in futures.items()}
+        return {name: future.result() for name, future in futures.items()}
     except KeyboardInterrupt:
-        _abort_fits(futures, [checkpoints / name for name in names], stop, request_stop)
+        _abort_fits(futures, [ctx.resume / name for name in names], stop, request_stop)
         for name, future in futures.items():
             if future.cancelled():
                 children[name].end("KILLED")
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    for name, result in results.items():
-        summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-    atomic_write_json(
-        out / "fingerprints.json", {name: folder_fingerprint(out / name / "pipeline" / "unet") for name in names}
-    )
-    # Removed by _finetune_log once the stage folder is in place (kept with diffusion.keep_checkpoints).
-    summary["checkpoints"] = "" if d.keep_checkpoints else str(checkpoints)
-    return summary
 
 
 def _abort_fits(
