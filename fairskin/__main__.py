@@ -174,6 +174,38 @@ def _add_fetch_parser(data) -> None:
     )
     fetch.add_argument("--csv", required=True, help="path to fitzpatrick17k.csv")
     fetch.add_argument("--out", required=True, help="folder the images go to (data.image_root for prepare)")
+    _add_fetch_limits(fetch)
+    fetch.add_argument(
+        "--only-paper-subset",
+        action="store_true",
+        help="fetch only the rows of data.diseases with a known skin type (the paper's subclasses)",
+    )
+    fetch.add_argument(
+        "--binning",
+        default="centaur_fallback",
+        choices=["centaur_fallback", "scale", "centaur"],
+        help="skin-type rule for the subclass table and --only-paper-subset",
+    )
+    fetch.add_argument(
+        "--min-count",
+        type=_positive_int,
+        default=12,
+        help="warn for subclasses with fewer verified images (data.min_subclass_count)",
+    )
+    fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fetch.add_argument(
+        "--json",
+        action="store_true",
+        help="end with one JSON line: listed, fetched, verified, md5_mismatch, failed, "
+        "skipped_existing, seconds (the table goes to stderr)",
+    )
+    add_debug_argument(fetch)
+    fetch.set_defaults(fn=_data_fetch)
+
+
+def _add_fetch_limits(fetch) -> None:
+    """The fetch's politeness and size limits (workers, per-host, rate, timeouts, retries, bytes, redirects),
+    their defaults those of :func:`fairskin.data.fetch.fetch_images`."""
     d = _fetch_default
     fetch.add_argument(
         "--workers", type=_positive_int, default=d("workers"), help="download threads (default %(default)s)"
@@ -220,32 +252,6 @@ def _add_fetch_parser(data) -> None:
         default=d("max_redirects"),
         help="http(s) redirects followed per attempt (default %(default)s)",
     )
-    fetch.add_argument(
-        "--only-paper-subset",
-        action="store_true",
-        help="fetch only the rows of data.diseases with a known skin type (the paper's subclasses)",
-    )
-    fetch.add_argument(
-        "--binning",
-        default="centaur_fallback",
-        choices=["centaur_fallback", "scale", "centaur"],
-        help="skin-type rule for the subclass table and --only-paper-subset",
-    )
-    fetch.add_argument(
-        "--min-count",
-        type=_positive_int,
-        default=12,
-        help="warn for subclasses with fewer verified images (data.min_subclass_count)",
-    )
-    fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
-    fetch.add_argument(
-        "--json",
-        action="store_true",
-        help="end with one JSON line: listed, fetched, verified, md5_mismatch, failed, "
-        "skipped_existing, seconds (the table goes to stderr)",
-    )
-    add_debug_argument(fetch)
-    fetch.set_defaults(fn=_data_fetch)
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -301,6 +307,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fairskin``: parse ``argv`` (default: the command line), run its command; the exit code."""
     parser = argparse.ArgumentParser(
         prog="python -m fairskin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -341,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plan",
         help="the (R, K, S) and compute a claim needs, from measured variance components and stage times",
         description="Least-cost repeats R, pools K and classifier seeds S reaching --mde at the "
-        "given power; see fairskin/plan.py.",
+        "given power; see fairskin/plan/.",
     )
     plan_cli.add_arguments(plan)
     plan.set_defaults(fn=plan_cli.run)
