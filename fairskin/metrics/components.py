@@ -413,6 +413,45 @@ def _reml(design: _Design) -> tuple[float, dict[str, float], list[str]]:
     return float(np.asarray(best.fe_params)[0]), estimates, best_notes
 
 
+def _reml_estimates(design: _Design, ms: dict, dfs: dict) -> tuple[float, dict[str, float], list[str]]:
+    """REML (mean, estimates by present level, notes): MixedLM (:func:`_reml`), checked on balanced data
+    against the closed-form REML (:func:`_reml_balanced`) and replaced by it when MixedLM falls short."""
+    mean = float(design.data["d"].mean())
+    exact, best = None, math.nan
+    if design.balanced:
+        exact = _reml_balanced(design, ms, dfs)
+        best = _reml_loglik(_lambdas(design, exact), ms, dfs)
+    if float(design.data["d"].var(ddof=0)) == 0.0:
+        # MixedLM cannot fit data with no spread at all
+        estimates = {lvl: 0.0 for lvl in LEVELS if design.df[lvl] > 0}
+        extra = ["no spread: every value is equal, all components 0"]
+    elif exact is not None and not math.isfinite(best):
+        estimates = exact
+        extra = [
+            "a mean square is 0, so the REML likelihood is unbounded and MixedLM cannot fit; the "
+            "exact balanced REML (isotonic regression of the mean squares) is reported"
+        ]
+    else:
+        try:
+            mean, estimates, extra = _reml(design)
+        except (np.linalg.LinAlgError, ValueError) as err:
+            if not design.balanced:
+                raise
+            estimates, extra = None, [f"MixedLM failed: {err}"]
+        if exact is not None:
+            # MixedLM's optimisers can stop short of the optimum near a zero component;
+            # the balanced REML has a closed form to check them against
+            got = -math.inf if estimates is None else _reml_loglik(_lambdas(design, estimates), ms, dfs)
+            if not best - got <= REML_LOGLIK_TOL:
+                extra.append(
+                    f"MixedLM fell short of the REML optimum (log-likelihood {got:.6g} < "
+                    f"{best:.6g}); the exact balanced REML (isotonic regression of the mean "
+                    "squares) is reported"
+                )
+                estimates, mean = exact, float(design.data["d"].mean())
+    return mean, estimates, extra
+
+
 def variance_components(
     frame: pd.DataFrame,
     value: str = "d",
@@ -461,39 +500,7 @@ def variance_components(
         estimates, extra = _moments(design, ms)
         mean = float(design.data["d"].mean())
     else:
-        mean = float(design.data["d"].mean())
-        exact, best = None, math.nan
-        if design.balanced:
-            exact = _reml_balanced(design, ms, dfs)
-            best = _reml_loglik(_lambdas(design, exact), ms, dfs)
-        if float(design.data["d"].var(ddof=0)) == 0.0:
-            # MixedLM cannot fit data with no spread at all
-            estimates = {lvl: 0.0 for lvl in LEVELS if design.df[lvl] > 0}
-            extra = ["no spread: every value is equal, all components 0"]
-        elif exact is not None and not math.isfinite(best):
-            estimates = exact
-            extra = [
-                "a mean square is 0, so the REML likelihood is unbounded and MixedLM cannot fit; the "
-                "exact balanced REML (isotonic regression of the mean squares) is reported"
-            ]
-        else:
-            try:
-                mean, estimates, extra = _reml(design)
-            except (np.linalg.LinAlgError, ValueError) as err:
-                if not design.balanced:
-                    raise
-                estimates, extra = None, [f"MixedLM failed: {err}"]
-            if exact is not None:
-                # MixedLM's optimisers can stop short of the optimum near a zero component;
-                # the balanced REML has a closed form to check them against
-                got = -math.inf if estimates is None else _reml_loglik(_lambdas(design, estimates), ms, dfs)
-                if not best - got <= REML_LOGLIK_TOL:
-                    extra.append(
-                        f"MixedLM fell short of the REML optimum (log-likelihood {got:.6g} < "
-                        f"{best:.6g}); the exact balanced REML (isotonic regression of the mean "
-                        "squares) is reported"
-                    )
-                    estimates, mean = exact, float(design.data["d"].mean())
+        mean, estimates, extra = _reml_estimates(design, ms, dfs)
     notes += extra
     nan2 = (math.nan, math.nan)
     return Components(

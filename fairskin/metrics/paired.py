@@ -481,6 +481,31 @@ TABLE_COLUMNS = (
 )
 
 
+def _table_inputs(values: pd.DataFrame, baseline: str, metrics, directions, resolution) -> tuple[dict, list]:
+    """:func:`paired_table`'s inputs checked (``ValueError`` naming what is wrong): the resolution per
+    metric and the variants in order of first appearance."""
+    missing = [m for m in metrics if m not in directions]
+    if missing:
+        raise ValueError(f"no direction given for metrics {missing}")
+    bad = {m: directions[m] for m in metrics if directions[m] not in (-1, 0, 1)}
+    if bad:
+        raise ValueError(f"directions must be +1, -1 or 0: {bad}")
+    resolutions = (
+        {m: float(resolution.get(m, 0.0)) for m in metrics}
+        if isinstance(resolution, Mapping)
+        else dict.fromkeys(metrics, float(resolution))
+    )
+    absent = [c for c in ("variant", "repeat", *metrics) if c not in values.columns]
+    if absent:
+        raise ValueError(f"values lacks columns {absent}")
+    if values.duplicated(["variant", "repeat"]).any():
+        raise ValueError("values has more than one row for some (variant, repeat); average seeds first")
+    variants = list(dict.fromkeys(values["variant"]))
+    if baseline not in variants:
+        raise ValueError(f"baseline {baseline!r} is not among the variants {variants}")
+    return resolutions, variants
+
+
 def paired_table(
     values: pd.DataFrame,
     baseline: str,
@@ -517,26 +542,7 @@ def paired_table(
     mean_diff points the metric's better way, -1 when significant and worse, 0 otherwise
     and always 0 for direction 0.
     """
-    missing = [m for m in metrics if m not in directions]
-    if missing:
-        raise ValueError(f"no direction given for metrics {missing}")
-    bad = {m: directions[m] for m in metrics if directions[m] not in (-1, 0, 1)}
-    if bad:
-        raise ValueError(f"directions must be +1, -1 or 0: {bad}")
-    resolutions = (
-        {m: float(resolution.get(m, 0.0)) for m in metrics}
-        if isinstance(resolution, Mapping)
-        else dict.fromkeys(metrics, float(resolution))
-    )
-    absent = [c for c in ("variant", "repeat", *metrics) if c not in values.columns]
-    if absent:
-        raise ValueError(f"values lacks columns {absent}")
-    if values.duplicated(["variant", "repeat"]).any():
-        raise ValueError("values has more than one row for some (variant, repeat); average seeds first")
-    variants = list(dict.fromkeys(values["variant"]))
-    if baseline not in variants:
-        raise ValueError(f"baseline {baseline!r} is not among the variants {variants}")
-
+    resolutions, variants = _table_inputs(values, baseline, metrics, directions, resolution)
     by_variant = {v: rows.set_index("repeat") for v, rows in values.groupby("variant", sort=False)}
     rows = []
     for variant in (v for v in variants if v != baseline):

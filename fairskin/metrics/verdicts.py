@@ -272,6 +272,27 @@ def _declared(
     return out_d, out_m, out_r
 
 
+def _endpoint_tests(values, margin: float, resolution: float, level: float) -> dict:
+    """One endpoint's ``n``, ``reason`` and :func:`_tests` figures on its finite paired differences ``values``
+    (1-D, metric units), with NaN p-values when untestable and NaN bounds without spread or with n < 2."""
+    d = np.asarray(values, dtype=float).ravel()
+    d = d[np.isfinite(d)]
+    n = len(d)
+    reason = spread_reason(d, resolution) if n >= 2 else ""
+    if not reason and n < MIN_N_TTEST:
+        reason = f"n = {n} paired differences: no test (n >= {MIN_N_TTEST} needed)"
+    if n:
+        result = {k: float(v[0]) for k, v in _tests(d[None, :], margin, level).items()}
+    else:
+        result = dict.fromkeys(("mean", "sd", "low", "high", "p_t", "p_tost"), math.nan)
+        reason = "no finite paired differences"
+    if reason:
+        result.update(p_t=math.nan, p_tost=math.nan)
+    if reason.startswith("no spread") or n < 2:
+        result.update(low=math.nan, high=math.nan)
+    return {"n": n, "reason": reason, **result}
+
+
 def family_verdicts(
     differences: Mapping[str, Sequence[float] | np.ndarray],
     directions: Mapping[str, int],
@@ -305,24 +326,7 @@ def family_verdicts(
         raise ValueError(f"alpha must lie in (0, 0.5), got {alpha}")
     endpoints = list(differences)
     direction, margin, resolution = _declared(endpoints, directions, margins, resolutions)
-    rows = []
-    for e, mar, res in zip(endpoints, margin, resolution):
-        d = np.asarray(differences[e], dtype=float).ravel()
-        d = d[np.isfinite(d)]
-        n = len(d)
-        reason = spread_reason(d, res) if n >= 2 else ""
-        if not reason and n < MIN_N_TTEST:
-            reason = f"n = {n} paired differences: no test (n >= {MIN_N_TTEST} needed)"
-        if n:
-            result = {k: float(v[0]) for k, v in _tests(d[None, :], mar, level).items()}
-        else:
-            result = dict.fromkeys(("mean", "sd", "low", "high", "p_t", "p_tost"), math.nan)
-            reason = "no finite paired differences"
-        if reason:
-            result.update(p_t=math.nan, p_tost=math.nan)
-        if reason.startswith("no spread") or n < 2:
-            result.update(low=math.nan, high=math.nan)
-        rows.append({"n": n, "reason": reason, **result})
+    rows = [_endpoint_tests(differences[e], mar, res, level) for e, mar, res in zip(endpoints, margin, resolution)]
 
     p_holm = holm([r["p_t"] for r in rows])
     p_tost_holm = holm([r["p_tost"] for r in rows])
