@@ -1,6 +1,6 @@
 """The classifier as a feature extractor: the forward pass that FID, KID, IS and memorisation see.
 
-Shared by :mod:`fairskin.metrics.generation` (through torch-fidelity) and ``benchmarks/gpu.py``; it
+Shared by :mod:`fairskin.metrics.extractors` (through torch-fidelity) and ``benchmarks/gpu.py``; it
 imports only torch (no pandas, torch-fidelity, ray, mlflow or pydantic).
 """
 
