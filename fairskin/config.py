@@ -5,20 +5,25 @@ Every knob of the engine lives here and is validated in one place. A configurati
     defaults  <-  preset  <-  YAML file  <-  command-line overrides (``key.sub=value``)
 
 and an invalid value fails with a :class:`ConfigError` naming the field, the value and
-what is allowed.
+what is allowed. The named presets are :mod:`fairskin.presets`; merging, overrides and flattening of the
+plain tree are :mod:`fairskin.config_tree` (their public names are re-exported here).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# The tree helpers and the error live in fairskin.config_tree (ConfigError, parse_override, flatten re-exported).
+from fairskin.config_tree import ConfigError as ConfigError
+from fairskin.config_tree import apply_override, deep_merge, format_validation_error
+from fairskin.config_tree import flatten as flatten
+from fairskin.config_tree import parse_override as parse_override
 
 # Lives beside the samplers, which benchmarks/gpu.py imports on the device machine without pydantic.
 from fairskin.diffusion.sampler import NO_ZERO_SNR_SAMPLERS
@@ -33,6 +38,11 @@ from fairskin.metrics.endpoints import (
     endpoint_problems,
 )
 
+# The presets live in fairskin.presets (re-exported).
+from fairskin.presets import PRESETS as PRESETS
+from fairskin.presets import PresetFn as PresetFn
+from fairskin.presets import register_preset as register_preset
+
 DEFAULT_DISEASES = (
     "allergic contact dermatitis",
     "basal cell carcinoma",
@@ -40,10 +50,6 @@ DEFAULT_DISEASES = (
     "psoriasis",
     "squamous cell carcinoma",
 )
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range."""
 
 
 class _Section(BaseModel):
@@ -492,221 +498,7 @@ class FairSkinConfig(_Section):
         return f"sqlite:///{self.runtime.runs_root / 'mlflow.db'}"
 
 
-# --------------------------------------------------------------------------- presets
-
-PresetFn = Callable[[], dict[str, Any]]
-PRESETS: dict[str, PresetFn] = {}
-
-
-def register_preset(name: str) -> Callable[[PresetFn], PresetFn]:
-    """Register a function returning a nested dict of values over the defaults."""
-
-    def wrap(fn: PresetFn) -> PresetFn:
-        PRESETS[name] = fn
-        return fn
-
-    return wrap
-
-
-@register_preset("demo")
-def _demo() -> dict[str, Any]:
-    # Embedded default: synthetic 64 px data, tiny models, CPU; the whole pipeline in about 10 minutes
-    # on 2 cores after install. Counts in search spaces are paper units scaled by tune.count_scale,
-    # so every space fits a 45-image pool (aug_count asks up to 900 x 0.05 = 45 per subclass).
-    return {
-        "data": {"source": "synthetic", "image_size": 64, "synthetic_scale": 1.0},
-        "diffusion": {
-            "model": "tiny",
-            "global_batch_size": 16,
-            "learning_rate": 1e-3,
-            "max_steps": 100,
-            "checkpoint_every": 50,
-            "base_vae_steps": 100,
-            "base_unet_steps": 200,
-            # both variants at once, one single-threaded worker each: most of a tiny CPU
-            # fit is Ray Train start-up, which then overlaps; half a CPU stays for Ray Data
-            "parallel_variants": 2,
-            "cpus_per_worker": 0.5,
-        },
-        "generation": {
-            "images_per_subclass": 45,
-            "inference_steps": 8,
-            "scheduler": "ddim",
-            "guidance_scale": 3.0,
-            "batch_size": 16,
-            "judge_images_per_subclass": 100,
-        },
-        "classifier": {
-            "model": "tiny",
-            "image_size": 64,
-            "epochs": 8,
-            "learning_rate": 1e-3,
-            "batch_size": 64,
-            "bootstrap_samples": 200,
-        },
-        "tune": {"num_trials": 6, "count_scale": 0.05, "train_seeds": 1},
-    }
-
-
-@register_preset("study")
-def _study() -> dict[str, Any]:
-    # The controls' preset (issue 13): pools recognisable enough to ask the paper's question, R = 3
-    # generator repeats, the two controls beside vanilla and FairSkin-S, the classifier in mode random
-    # with S = 1 seed per repeat (README: its wall time). Starting point measured in issue 13: the demo
-    # with a longer-trained base, 200 fine-tune steps and 20 sampling steps. The VAE limits disease
-    # fidelity (benchmarks/fidelity_ceiling.py: its round trip caps the judge), so it trains 4,000 steps.
-    # The base UNet trains under zero terminal SNR (skin tone follows the prompt) with Min-SNR-5 weights:
-    # benchmarks/noise_schedule.py measured judge accuracy 0.312 -> 0.467 against the unweighted
-    # 3,000-step base at 4,000 steps, skin tone kept (README, "Min-SNR-gamma weighting"); run 4's vanilla
-    # pools then scored 0.480 against the 0.5 target, so it trains 5,000 steps, paid for by the latents
-    # it now encodes once (fairskin.diffusion.base.encode_training_latents).
-    demo = _demo()
-    return {
-        **demo,
-        "diffusion": {
-            **demo["diffusion"],
-            "base_vae_steps": 4000,
-            "base_unet_steps": 5000,
-            "max_steps": 200,
-            "zero_terminal_snr": True,
-            "base_snr_gamma": 5.0,
-            "variants": [
-                "vanilla",
-                "fairskin_s",
-                "vanilla_twin",
-                "control_drop_african",
-                "control_mix_african_50",
-                "control_mix_african_20",
-            ],
-            "repeat_seeds": [0, 1, 2],
-        },
-        "generation": {**demo["generation"], "inference_steps": 20, "judge_images_per_subclass": 300},
-        "tune": {**demo["tune"], "space": "ablation_random", "num_trials": None, "train_seeds": 1, "confirm_seeds": 0},
-    }
-
-
-@register_preset("smoke")
-def _smoke() -> dict[str, Any]:
-    # Tests: the smallest sizes that still exercise every path.
-    return {
-        "data": {"source": "synthetic", "image_size": 32, "synthetic_scale": 0.1, "shard_rows": 64},
-        "diffusion": {
-            "model": "tiny",
-            "global_batch_size": 4,
-            "learning_rate": 1e-3,
-            "max_steps": 6,
-            "checkpoint_every": 3,
-            "base_vae_steps": 4,
-            "base_unet_steps": 4,
-            "parallel_variants": 2,
-            "cpus_per_worker": 0.5,
-        },
-        "generation": {
-            "images_per_subclass": 10,
-            "inference_steps": 2,
-            "guidance_scale": 2.0,
-            "batch_size": 5,
-            "judge_images_per_subclass": 6,
-        },
-        "classifier": {
-            "model": "tiny",
-            "image_size": 32,
-            "epochs": 2,
-            "learning_rate": 1e-3,
-            "batch_size": 32,
-            "bootstrap_samples": 50,
-        },
-        "tune": {"num_trials": 3, "count_scale": 0.01, "train_seeds": 1, "confirm_seeds": 0},
-        "runtime": {"progress": False},
-    }
-
-
-@register_preset("paper")
-def _paper() -> dict[str, Any]:
-    # FairSkin paper, section 4.2: SD v1-4 at 512 px, batch 8, lr 3e-7, 12k steps, 1,000 images per subclass;
-    # ViT-B/16 at 224 px, lr 1e-4, 10 epochs.
-    return {
-        "data": {
-            "source": "fitzpatrick17k",
-            "csv_path": "fitzpatrick17k.csv",
-            "image_root": "images",
-            "image_size": 512,
-        },
-        "diffusion": {
-            "model": "CompVis/stable-diffusion-v1-4",
-            "global_batch_size": 8,
-            "learning_rate": 3e-7,
-            "max_steps": 12_000,
-            "use_gpu": True,
-            "mixed_precision": "bf16",
-            "variants": ["vanilla", "cbrs", "sqrs", "cbdm", "fairskin_c", "fairskin_s"],
-            # R = 3 generator repeats (x S = 3 classifier seeds in the ablation space)
-            "repeat_seeds": [0, 1, 2],
-            "max_failures": 2,
-        },
-        "generation": {"images_per_subclass": 1000, "inference_steps": 50, "guidance_scale": 7.5, "use_gpu": True},
-        "classifier": {
-            "model": "google/vit-base-patch16-224",
-            "image_size": 224,
-            "epochs": 10,
-            "learning_rate": 1e-4,
-            "batch_size": 32,
-            "use_gpu": True,
-        },
-        "tune": {"count_scale": 1.0, "gpus_per_trial": 1.0, "cpus_per_trial": 4.0},
-    }
-
-
 # --------------------------------------------------------------------------- loading
-
-
-def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``"a.b.c=value"`` into (["a","b","c"], value); the value is parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key.sub=value")
-    key, raw = text.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ConfigError(f"override {text!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
-    return parts, value
-
-
-def _apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {'.'.join(parts)}: {part!r} is not a section")
-    node[parts[-1]] = value
-
-
-def _format_validation_error(exc: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration ({origin}):"]
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "<root>"
-        value = err.get("input")
-        shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
-        if err["type"] == "extra_forbidden":
-            lines.append(
-                f"  {field} = {shown}: unknown field (check the spelling; print the valid fields with `python -m fairskin config`)"
-            )
-        else:
-            lines.append(f"  {field} = {shown}: {err['msg']}")
-    return "\n".join(lines)
 
 
 def build_config(
@@ -715,7 +507,7 @@ def build_config(
     """Resolve defaults <- preset <- YAML file <- ``key.sub=value`` overrides into a validated config."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    tree: dict[str, Any] = _deep_merge({}, PRESETS[preset]())
+    tree: dict[str, Any] = deep_merge({}, PRESETS[preset]())
     tree["preset"] = preset
     origin = f"preset {preset!r}"
     if yaml_path is not None:
@@ -726,18 +518,18 @@ def build_config(
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
-        tree = _deep_merge(tree, loaded)
+        tree = deep_merge(tree, loaded)
         origin += f" + {path}"
     overrides = list(overrides)
     for text in overrides:
         parts, value = parse_override(text)
-        _apply_override(tree, parts, value)
+        apply_override(tree, parts, value)
     if overrides:
         origin += " + overrides " + " ".join(overrides)
     try:
         return FairSkinConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, origin)) from None
+        raise ConfigError(format_validation_error(exc, origin)) from None
 
 
 def dump_config(config: FairSkinConfig, path: str | Path | None = None) -> str:
@@ -754,17 +546,3 @@ def dump_config(config: FairSkinConfig, path: str | Path | None = None) -> str:
 
         atomic_write_text(Path(path), text)
     return text
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> ``{"a.b.c": value}``; lists are kept as JSON strings."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, name + "."))
-        elif isinstance(value, (list, tuple)):
-            flat[name] = json.dumps(value, default=str)
-        else:
-            flat[name] = value
-    return flat

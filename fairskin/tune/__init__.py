@@ -1,15 +1,19 @@
 """Ray Tune + Optuna searches over the classifier, tracked in MLflow: ``python -m fairskin.tune --space NAME``.
 
-* :mod:`fairskin.tune.spaces`: search spaces (YAML in ``tune_spaces/``), scaling, pool checks, simplex sampling;
+* :mod:`fairskin.tune.spaces`: search spaces (YAML in ``tune_spaces/``) loaded and resolved, pool checks; their
+  schema in :mod:`~fairskin.tune.space_schema`, the resolved form in :mod:`~fairskin.tune.resolved`, simplex
+  sampling in :mod:`~fairskin.tune.simplex`;
 * :mod:`fairskin.tune.trainable`: the trial function (reports to Tune only);
 * :mod:`fairskin.tune.mlflow_callback`: child runs nested under the study's parent, stable across resume;
 * :mod:`fairskin.tune.study`: :func:`run_study` -> :class:`StudyResult`, shared by the trial kinds
-  (:mod:`fairskin.tune.kinds`); :mod:`fairskin.tune.tuner`: its Ray Tune pieces;
+  (:mod:`fairskin.tune.kinds`); :mod:`fairskin.tune.tuner`: its Ray Tune pieces; :mod:`fairskin.tune.study_report`:
+  its trials table and report folder;
 * :mod:`fairskin.tune.classifier`: the classifier study's kind (the default; the pipeline's ``tune`` stage);
 * :mod:`fairskin.tune.confirm`: confirmations of the chosen points under new seeds;
 * :mod:`fairskin.tune.analysis`: best trial, Pareto front, plots;
 * :mod:`fairskin.tune.generator`, :mod:`fairskin.tune.generator_study`: the generator study's trainable and
-  kind (``trainable: generator``; above the pipeline, whose stages are its inputs);
+  kind (``trainable: generator``; above the pipeline, whose stages are its inputs); a trial's pool made, scored
+  and saved in :mod:`fairskin.tune.generator_pool`;
 * :mod:`fairskin.tune.inputs`: the pipeline stages a CLI study needs when no pools are given.
 
 Layers: ``study``, ``classifier``, ``kinds``, ``tuner``, ``confirm`` and ``trainable`` sit below

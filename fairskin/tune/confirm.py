@@ -153,8 +153,6 @@ def run_confirmations(
     """
     import ray
 
-    from fairskin.tune.mlflow_callback import flatten_trial_config, trial_provenance
-
     out = Path(folder) / CONFIRM_DIR
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
@@ -169,48 +167,65 @@ def run_confirmations(
     )
     task = ray.remote(num_cpus=resources.get("CPU", 1.0), num_gpus=resources.get("GPU", 0.0))(train or _train)
     pending = {task.remote({**p["config"], seed_key: s}, inputs): (p, s) for p, s in todo}
-    label = "seed" if seed_key == "seed" else seed_key
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         point, seed = pending.pop(ready[0])
         reports = ray.get(ready[0])
         extra = dict(extra_params(point, seed)) if extra_params else {}
-        run = parent.child(
-            f"confirm-{point['trial_id']}-{label}{seed}",
-            tags={
-                **tags,
-                "fairskin.kind": "confirm",
-                "fairskin.confirms": point["trial_id"],
-                "fairskin.role": point["role"],
-                "fairskin.mode": str(point["config"].get("mode", "")),
-                **trial_provenance(point["config"], pool_fingerprints, tags),
-            },
-        )
-        run.log_params(
-            {
-                **flatten_trial_config(point["config"]),
-                f"trial.{seed_key}": seed,
-                **{f"confirm.{k}": v for k, v in extra.items()},
-            }
-        )
-        for epoch, figures in enumerate(reports, start=1):
-            run.log_metrics({k: v for k, v in figures.items() if isinstance(v, (int, float))}, step=epoch)
-        for key, artifact_dir in (("preview", "pool"), ("variant_file", "generator")):
-            if reports and isinstance(reports[-1].get(key), str) and Path(reports[-1][key]).is_file():
-                run.log_artifact(Path(reports[-1][key]), artifact_dir)
-        run.end()
-        record = {
-            "trial_id": point["trial_id"],
-            "role": point["role"],
-            "seed": seed,
-            "run_id": run.run_id,
-            "figures": {k: float(v) for k, v in reports[-1].items() if isinstance(v, (int, float))},
-        }
-        if extra:
-            record["params"] = extra
-        done.append(record)
+        done.append(_log_job(parent, point, seed, reports, extra, tags, pool_fingerprints, seed_key))
         atomic_write_json(path, done)
     return done
+
+
+def _log_job(
+    parent,
+    point: dict[str, Any],
+    seed: int,
+    reports: list[dict[str, Any]],
+    extra: dict[str, Any],
+    tags: Mapping[str, str],
+    pool_fingerprints: Mapping[str, str],
+    seed_key: str,
+) -> dict[str, Any]:
+    """One finished confirmation job as a child run of ``parent`` (params, every report's figures, the last
+    report's preview / variant file); returns its record for ``results.json``."""
+    from fairskin.tune.mlflow_callback import flatten_trial_config, trial_provenance
+
+    label = "seed" if seed_key == "seed" else seed_key
+    run = parent.child(
+        f"confirm-{point['trial_id']}-{label}{seed}",
+        tags={
+            **tags,
+            "fairskin.kind": "confirm",
+            "fairskin.confirms": point["trial_id"],
+            "fairskin.role": point["role"],
+            "fairskin.mode": str(point["config"].get("mode", "")),
+            **trial_provenance(point["config"], pool_fingerprints, tags),
+        },
+    )
+    run.log_params(
+        {
+            **flatten_trial_config(point["config"]),
+            f"trial.{seed_key}": seed,
+            **{f"confirm.{k}": v for k, v in extra.items()},
+        }
+    )
+    for epoch, figures in enumerate(reports, start=1):
+        run.log_metrics({k: v for k, v in figures.items() if isinstance(v, (int, float))}, step=epoch)
+    for key, artifact_dir in (("preview", "pool"), ("variant_file", "generator")):
+        if reports and isinstance(reports[-1].get(key), str) and Path(reports[-1][key]).is_file():
+            run.log_artifact(Path(reports[-1][key]), artifact_dir)
+    run.end()
+    record = {
+        "trial_id": point["trial_id"],
+        "role": point["role"],
+        "seed": seed,
+        "run_id": run.run_id,
+        "figures": {k: float(v) for k, v in reports[-1].items() if isinstance(v, (int, float))},
+    }
+    if extra:
+        record["params"] = extra
+    return record
 
 
 def confirmation_table(
@@ -386,7 +401,7 @@ def generator_confirmation_table(
     else within noise). p_holm: p Holm-adjusted over the confirmed points, per objective (the study picked
     them from many trials, and each is compared with vanilla: the family is every point on that
     objective). Vanilla's own rows have no difference (NaN, 'n/a')."""
-    from fairskin.metrics.paired import holm, paired_difference
+    from fairskin.metrics.paired import holm
 
     if not records:
         return pd.DataFrame(columns=list(GENERATOR_COLUMNS))
@@ -400,48 +415,67 @@ def generator_confirmation_table(
     for point in order:
         part = frame[frame["point"] == point].set_index("salt").sort_index()
         for metric, mode in zip(metrics, modes):
-            values = part[metric] if metric in part else pd.Series(np.nan, index=part.index)
-            iv = t_interval(values.to_numpy(float), level)
-            row = {
-                "point": point,
-                "role": part["role"].iloc[0],
-                "settings": settings.get(point, ""),
-                "metric": metric,
-                "mode": mode,
-                "search": float(searched.loc[point, metric])
-                if point in searched.index and metric in searched
-                else np.nan,
-                "mean": iv.mean,
-                "low": iv.low,
-                "high": iv.high,
-                "n": iv.n,
-                "diff_vs_vanilla": np.nan,
-                "diff_low": np.nan,
-                "diff_high": np.nan,
-                "p": np.nan,
-                "p_holm": np.nan,
-                "vs_vanilla": "n/a",
-                "salts": " ".join(map(str, part.index)),
-                "generator_seeds": " ".join(str(seed_of.get(int(s), "")) for s in part.index),
-                "note": iv.reason,
-            }
-            if point != REFERENCE and len(base) and metric in base:
-                diff = paired_difference(values, base[metric], level)
-                row.update(
-                    diff_vs_vanilla=diff.mean,
-                    diff_low=diff.low,
-                    diff_high=diff.high,
-                    p=diff.p_t,
-                    vs_vanilla=_verdict(diff.low, diff.high, mode),
-                    note="; ".join(r for r in (iv.reason, diff.reason and f"difference: {diff.reason}") if r),
-                )
-            rows.append(row)
+            searched_value = (
+                float(searched.loc[point, metric]) if point in searched.index and metric in searched else np.nan
+            )
+            rows.append(_generator_row(point, part, base, metric, mode, searched_value, settings, seed_of, level))
     table = pd.DataFrame(rows, columns=list(GENERATOR_COLUMNS))
     for metric in metrics:
         family = (table["metric"] == metric) & (table["point"] != REFERENCE)
         if family.any():
             table.loc[family, "p_holm"] = holm(table.loc[family, "p"].to_numpy(float))
     return table
+
+
+def _generator_row(
+    point: str,
+    part: pd.DataFrame,
+    base: pd.DataFrame,
+    metric: str,
+    mode: str,
+    search: float,
+    settings: Mapping[str, str],
+    seed_of: Mapping[int, int],
+    level: float,
+) -> dict[str, Any]:
+    """One (point, objective) row of :func:`generator_confirmation_table`: ``part`` and ``base`` (vanilla) are
+    the point's and vanilla's records indexed by salt; ``search`` the search-time value; ``p_holm`` left NaN."""
+    from fairskin.metrics.paired import paired_difference
+
+    values = part[metric] if metric in part else pd.Series(np.nan, index=part.index)
+    iv = t_interval(values.to_numpy(float), level)
+    row = {
+        "point": point,
+        "role": part["role"].iloc[0],
+        "settings": settings.get(point, ""),
+        "metric": metric,
+        "mode": mode,
+        "search": search,
+        "mean": iv.mean,
+        "low": iv.low,
+        "high": iv.high,
+        "n": iv.n,
+        "diff_vs_vanilla": np.nan,
+        "diff_low": np.nan,
+        "diff_high": np.nan,
+        "p": np.nan,
+        "p_holm": np.nan,
+        "vs_vanilla": "n/a",
+        "salts": " ".join(map(str, part.index)),
+        "generator_seeds": " ".join(str(seed_of.get(int(s), "")) for s in part.index),
+        "note": iv.reason,
+    }
+    if point != REFERENCE and len(base) and metric in base:
+        diff = paired_difference(values, base[metric], level)
+        row.update(
+            diff_vs_vanilla=diff.mean,
+            diff_low=diff.low,
+            diff_high=diff.high,
+            p=diff.p_t,
+            vs_vanilla=_verdict(diff.low, diff.high, mode),
+            note="; ".join(r for r in (iv.reason, diff.reason and f"difference: {diff.reason}") if r),
+        )
+    return row
 
 
 def _bar(mean: float, low: float, high: float) -> np.ndarray:

@@ -30,6 +30,9 @@ Outputs of a finished trial, under ``<study>/generators/<trial variant>/``: ``pi
 with ``StableDiffusionPipeline.from_pretrained``), ``pool.npz`` + ``pool_meta.csv`` (the last
 checkpoint's pool), ``preview.png`` (one image per subclass; logged to the trial's MLflow run) and
 ``variant.yaml`` (the ``diffusion.custom_variants`` entry that reproduces the generator).
+
+The fine-tune is the shared loop of :mod:`fairskin.diffusion.loop`; making, scoring and saving the pool is
+:mod:`fairskin.tune.generator_pool` (``generate_pool`` and ``score_pool`` are re-exported here).
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ import numpy as np
 import pandas as pd
 
 from fairskin.config import FairSkinConfig, VariantSpec
+from fairskin.tune.generator_pool import generate_pool as generate_pool  # re-exported (benchmarks)
+from fairskin.tune.generator_pool import pool_scorers, save_pool
+from fairskin.tune.generator_pool import score_pool as score_pool  # re-exported
 from fairskin.tune.spaces import ResolvedSpace, variant_from_trial
 
 GENERATORS_DIR = "generators"
@@ -135,83 +141,6 @@ def checkpoint_steps(max_steps: int, every: int) -> list[int]:
     return sorted({*range(every, max_steps + 1, every), max_steps})
 
 
-# --------------------------------------------------------------------------- scoring a pool
-
-
-def generate_pool(
-    parts, unet, config: FairSkinConfig, per_subclass: int, seed: int, device
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """P images per (group, disease) from ``unet`` on ``parts``, each from the seed the pipeline's pool
-    would give it (:func:`fairskin.diffusion.generate.image_seed`): uint8 (15 P, H, W, 3) and its meta."""
-    import torch
-
-    from fairskin.diffusion.generate import make_scheduler, pool_in_memory
-
-    pipe = parts.pipeline(make_scheduler(config.generation.scheduler, parts.noise_scheduler.config))
-    pipe.unet = unet
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    was_training = unet.training
-    unet.eval()
-    try:
-        with torch.no_grad():
-            return pool_in_memory(
-                pipe,
-                config.diffusion.prompt_template,
-                config.data.group_names,
-                config.data.diseases,
-                per_subclass,
-                seed,
-                config.generation,
-                config.data.image_size,
-            )
-    finally:
-        unet.train(was_training)
-
-
-def score_pool(
-    pixels: np.ndarray, meta: pd.DataFrame, inputs: GeneratorInputs, judge, info, fid_space
-) -> dict[str, float]:
-    """The evaluate stage's fidelity figures of one pool, as flat floats (the same functions:
-    :func:`~fairskin.metrics.skin_tone.skin_tone_report`, :func:`~fairskin.metrics.generation.disease_fidelity`
-    and, with FID on, :func:`~fairskin.metrics.generation.generation_report` without IS / floors / pooled)."""
-    import ray
-
-    from fairskin.metrics.generation import disease_fidelity, generation_report, judge_accuracy, judge_predictions
-    from fairskin.metrics.skin_tone import image_ita, skin_tone_report
-
-    config = inputs.config
-    groups, diseases = config.data.group_names, config.data.diseases
-    _, _, tone, _ = skin_tone_report(
-        image_ita(pixels), meta["group"].to_numpy(), meta["disease"].to_numpy(), inputs.bands
-    )
-    _, fidelity = disease_fidelity(
-        judge_accuracy(
-            judge_predictions(judge, pixels, config.classifier.image_size, diseases), meta, groups, diseases
-        ),
-        inputs.judge_real,
-        groups,
-    )
-    out = {**tone, **fidelity}
-    if fid_space is not None and inputs.real is not None:
-        real_pixels, real_meta = ray.get(inputs.real)
-        report = generation_report(
-            pixels,
-            meta,
-            real_pixels,
-            real_meta,
-            groups,
-            diseases,
-            fid_space,
-            cache_root=config.runtime.runs_root / "cache" / "fidelity",
-            isc=False,
-            pooled=False,
-            seed=config.runtime.seed,
-        )
-        out.update({k: v for k, v in report.summary.items() if k.startswith("fid_")})
-    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
-
-
 # --------------------------------------------------------------------------- the trial
 
 
@@ -244,16 +173,11 @@ def run_generator_trial(
     import torch
     from diffusers import DDPMScheduler
 
-    from fairskin.classify.judge import load_judge
     from fairskin.data.sampling import WeightedSampler
     from fairskin.data.stream import RunPlan
-    from fairskin.diffusion.feed import step_inputs
-    from fairskin.diffusion.loop import fine_tune, load_trainee, loss_settings, save_checkpoint, with_draws
-    from fairskin.diffusion.losses import check_finite_loss
-    from fairskin.diffusion.models import load_sd, save_sd
+    from fairskin.diffusion.loop import load_trainee, loss_settings
+    from fairskin.diffusion.models import load_sd
     from fairskin.diffusion.variants import salted_seed
-    from fairskin.metrics.generation import feature_space
-    from fairskin.metrics.plots import save_image_grid
 
     config, sources = inputs.config, inputs.sources
     if variant is None:
@@ -275,25 +199,22 @@ def run_generator_trial(
     start = int(state["step"]) if state else 0
     loss = loss_settings(variant.model_dump(), d)
     plan = RunPlan(WeightedSampler(np.asarray(arrays["subclass"]), variant.weights, variant.apply, seed))
+    scorers = pool_scorers(config, sources, device)
+    feed = _trial_feed(plan, arrays, cond_table, start, seed, d, loss, scheduler.config.num_train_timesteps, device)
+    trial = _Trial(
+        name, variant, inputs, out, parts, trainee, d, loss, seed, per_subclass, device, scorers, checkpoints
+    )
+    trial.run(scheduler, feed, report)
+    return out
 
-    judge, info = load_judge(sources.judge, sources.reference)
-    judge = judge.to(device)
-    fid_space = None
-    if config.tune.generator_fid:
-        model = judge
-        if info.kind != "independent":
-            from fairskin.classify.models import load_saved_classifier
 
-            model = load_saved_classifier(Path(sources.reference) / "model").to(device).eval()
-        fid_space = feature_space(
-            model,
-            config.classifier.image_size,
-            config.generation.inception_weights_path,
-            kind="judge-classifier" if info.kind == "independent" else "reference-classifier",
-        )
+def _trial_feed(plan, arrays, cond_table, start: int, seed: int, d: dict[str, Any], loss, timesteps: int, device):
+    """The fine-tune's batches from step ``start`` on: rank 0 of 1 takes the whole global batch of the
+    level-1 ``plan``, with the shared loop's draws (:func:`fairskin.diffusion.loop.with_draws`)."""
+    from fairskin.diffusion.feed import step_inputs
+    from fairskin.diffusion.loop import with_draws
 
     batch_size = d["global_batch_size"]
-    reports = checkpoint_steps(d["max_steps"], d["checkpoint_every"]) if checkpoints else [d["max_steps"]]
 
     def plan_batch(step: int):  # one process: rank 0 of 1 takes the whole global batch of the level-1 plan
         positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
@@ -304,7 +225,7 @@ def run_generator_trial(
     if "latents" not in arrays:
         raise ValueError("a generator trial fine-tunes from cached latents: set diffusion.cache_latents = true")
     latent_chw = tuple(arrays["latents"].shape[2:])
-    feed = with_draws(
+    return with_draws(
         (plan_batch(step) for step in range(start, d["max_steps"])),
         cond_table,
         latent_chw,
@@ -312,54 +233,79 @@ def run_generator_trial(
         rank=0,
         d=d,
         loss=loss,
-        num_train_timesteps=scheduler.config.num_train_timesteps,
+        num_train_timesteps=timesteps,
         device=device,
     )
-    window: list[float] = []
-    for done, step_metrics, first_bad in fine_tune(
-        trainee, scheduler, feed, d=d, loss=loss, device=device, step_hooks=inputs.step_hooks
-    ):
-        window.append(float(step_metrics["loss"]))
-        if done not in reports:
-            continue
-        check_finite_loss(first_bad, f"generator trial {name}")
-        unet, ema = trainee.unet, trainee.ema
+
+
+@dataclass
+class _Trial:
+    """One generator fine-tune under way: what its checkpoints generate, score, save and report."""
+
+    name: str
+    variant: VariantSpec
+    inputs: GeneratorInputs
+    out: Path
+    parts: Any  # the base pipeline's parts (fairskin.diffusion.models.load_sd)
+    trainee: Any  # fairskin.diffusion.loop's trainee (UNet, EMA, optimiser)
+    d: dict[str, Any]  # the variant's diffusion settings
+    loss: Any  # fairskin.diffusion.loop.loss_settings
+    seed: int
+    per_subclass: int
+    device: str
+    scorers: tuple[Any, Any, Any]  # generator_pool.pool_scorers: judge, its info, FID space
+    checkpoints: bool
+
+    def run(self, scheduler, feed, report: Callable[[dict[str, Any], str | None], None]) -> None:
+        """The shared fine-tune loop; at each report step, the pool's figures (and a checkpoint) to ``report``."""
+        from fairskin.diffusion.loop import fine_tune, save_checkpoint
+        from fairskin.diffusion.losses import check_finite_loss
+
+        d = self.d
+        reports = checkpoint_steps(d["max_steps"], d["checkpoint_every"]) if self.checkpoints else [d["max_steps"]]
+        window: list[float] = []
+        for done, step_metrics, first_bad in fine_tune(
+            self.trainee, scheduler, feed, d=d, loss=self.loss, device=self.device, step_hooks=self.inputs.step_hooks
+        ):
+            window.append(float(step_metrics["loss"]))
+            if done not in reports:
+                continue
+            check_finite_loss(first_bad, f"generator trial {self.name}")
+            metrics = self.score(done, window)
+            window.clear()
+            if not self.checkpoints:
+                report(metrics, None)
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(Path(tmp), self.trainee, {"step": done, "loss": metrics["loss"], "trial": self.name})
+                report(metrics, tmp)
+
+    def score(self, done: int, window: list[float]) -> dict[str, Any]:
+        """The figures of step ``done``: its pool's scores, the mean loss since the last report, the settings;
+        at the last step the pool, preview and (with checkpoints) pipeline are saved and their paths added."""
+        unet, ema = self.trainee.unet, self.trainee.ema
         sampler_unet = ema if ema is not None else unet
-        pixels, meta = generate_pool(parts, sampler_unet, config, per_subclass, seed, device)
+        config = self.inputs.config
+        pixels, meta = generate_pool(self.parts, sampler_unet, config, self.per_subclass, self.seed, self.device)
         metrics = {
             "step": done,
             "loss": float(np.mean(window)),
-            "cbdm_tau": float(loss.tau),
-            "cbdm_gamma": float(loss.gamma),
-            "learning_rate": float(d["learning_rate"]),
-            "complete": float(done == d["max_steps"]),
-            **score_pool(pixels, meta, inputs, judge, info, fid_space),
+            "cbdm_tau": float(self.loss.tau),
+            "cbdm_gamma": float(self.loss.gamma),
+            "learning_rate": float(self.d["learning_rate"]),
+            "complete": float(done == self.d["max_steps"]),
+            **score_pool(pixels, meta, self.inputs, *self.scorers),
         }
-        window.clear()
-        final = done == d["max_steps"]
-        if final:
-            np.savez_compressed(out / "pool.npz", pixels=pixels)
-            meta.to_csv(out / "pool_meta.csv", index=False)
-            first = meta.groupby(["group", "disease"], sort=False).head(1).index.to_numpy()
-            save_image_grid(
-                list(pixels[first]),
-                config.data.group_names,
-                config.data.diseases,
-                out / "preview.png",
-                title=f"{name}: {settings_line(variant)}",
-            )
-            if checkpoints:
-                parts.unet = sampler_unet
-                save_sd(parts, out / "pipeline")
-            metrics["preview"] = str(out / "preview.png")
-            metrics["variant_file"] = str(out / "variant.yaml")
-        if not checkpoints:
-            report(metrics, None)
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(Path(tmp), trainee, {"step": done, "loss": metrics["loss"], "trial": name})
-            report(metrics, tmp)
-    return out
+        if done == self.d["max_steps"]:
+            from fairskin.diffusion.models import save_sd
+
+            save_pool(self.out, pixels, meta, config, title=f"{self.name}: {settings_line(self.variant)}")
+            if self.checkpoints:
+                self.parts.unet = sampler_unet
+                save_sd(self.parts, self.out / "pipeline")
+            metrics["preview"] = str(self.out / "preview.png")
+            metrics["variant_file"] = str(self.out / "variant.yaml")
+        return metrics
 
 
 def settings_line(variant: VariantSpec) -> str:

@@ -73,31 +73,18 @@ def confirm_generators(
     (:func:`fairskin.tune.confirm.generator_confirmation_table`)."""
     from fairskin.config import VariantSpec
     from fairskin.diffusion.variants import salted_seed
-    from fairskin.io import atomic_write_text
     from fairskin.tune.confirm import (
         CONFIRM_DIR,
-        CONFIRMED_CSV,
-        CONFIRMED_PLOT,
-        RESULTS_FILE,
         confirm_salts,
         generator_confirmation_table,
         generator_points,
-        plot_generator_confirmations,
         run_confirmations,
     )
-    from fairskin.tune.mlflow_callback import read_json
 
     tune_config, d = config.tune, config.diffusion
     per_subclass = tune_config.confirm_pool_per_subclass or tune_config.generator_pool_per_subclass
     out_dir = folder / CONFIRM_DIR
-    earlier = read_json(out_dir / RESULTS_FILE, [])
-    other = sorted({r.get("params", {}).get("pool_per_subclass") for r in earlier} - {per_subclass})
-    if other:
-        raise StudyError(
-            f"tune.confirm_pool_per_subclass: this run scores confirmation pools of {per_subclass} "
-            f"images per subclass, but {out_dir / RESULTS_FILE} holds confirmations at {other}; "
-            f"set tune.confirm_pool_per_subclass={other[0]}, or move that file away to redo them"
-        )
+    _check_confirm_pool_size(out_dir, per_subclass)
     vanilla = d.variant("vanilla").model_dump(mode="json", exclude_none=True)
     jobs = generator_points(
         points, space.fixed_generator, vanilla, int(space.fixed.get("seed", 0)), generator.trial_variant_name
@@ -130,18 +117,50 @@ def confirm_generators(
         j["trial_id"]: generator.settings_line(VariantSpec.model_validate(j["config"]["generator"])) for j in jobs
     }
     table = generator_confirmation_table(records, study.trials, space.metrics, space.modes, settings, seed_of)
+    _write_confirmed(table, out_dir, study, parent, len(salts), per_subclass, echo)
+    return table
+
+
+def _check_confirm_pool_size(out_dir: Path, per_subclass: int) -> None:
+    """:class:`StudyError` when ``confirm/results.json`` holds confirmations scored on pools of another size."""
+    from fairskin.tune.confirm import RESULTS_FILE
+    from fairskin.tune.mlflow_callback import read_json
+
+    earlier = read_json(out_dir / RESULTS_FILE, [])
+    other = sorted({r.get("params", {}).get("pool_per_subclass") for r in earlier} - {per_subclass})
+    if other:
+        raise StudyError(
+            f"tune.confirm_pool_per_subclass: this run scores confirmation pools of {per_subclass} "
+            f"images per subclass, but {out_dir / RESULTS_FILE} holds confirmations at {other}; "
+            f"set tune.confirm_pool_per_subclass={other[0]}, or move that file away to redo them"
+        )
+
+
+def _write_confirmed(
+    table: pd.DataFrame,
+    out_dir: Path,
+    study: StudyResult,
+    parent,
+    seeds: int,
+    per_subclass: int,
+    echo: Callable[[str], None],
+) -> None:
+    """``confirm/confirmed.csv`` and ``confirm/confirmed_tradeoff.png`` from the confirmation table, logged to
+    the parent run under ``confirm/`` and added to the study's artifacts."""
+    from fairskin.io import atomic_write_text
+    from fairskin.tune.confirm import CONFIRMED_CSV, CONFIRMED_PLOT, plot_generator_confirmations
+
     atomic_write_text(out_dir / CONFIRMED_CSV, table.to_csv(index=False))
     plot = plot_generator_confirmations(
         table,
         out_dir / CONFIRMED_PLOT,
         f"{study.name}: chosen generators and vanilla re-fine-tuned under "
-        f"{len(salts)} new generator seed(s), pools of {per_subclass} per subclass (95% CI over those seeds)",
+        f"{seeds} new generator seed(s), pools of {per_subclass} per subclass (95% CI over those seeds)",
     )
     for path in (out_dir / CONFIRMED_CSV, plot):
         parent.log_artifact(path, "confirm")
         study.artifacts.append(path)
     echo(f"confirmations: {out_dir / CONFIRMED_CSV}, {plot}")  # the CLI summary prints confirmed_lines(table)
-    return table
 
 
 def confirmed_lines(table: pd.DataFrame) -> list[str]:

@@ -22,6 +22,10 @@ marginal, then p_2 given p_1, and so on; the last group takes the remainder. It 
 uniform on the bounded simplex, a deterministic (and in each u_i monotone) map of the unit
 cube that TPE can model, and no trial is rejected. The pool bounds each group: a group's
 share of M may not exceed what its smallest subclass pool holds times the number of diseases.
+
+This module loads and resolves spaces; the schema of a space file is :mod:`fairskin.tune.space_schema`,
+a resolved space :mod:`fairskin.tune.resolved`, the simplex sampler :mod:`fairskin.tune.simplex` (their
+public names are re-exported here).
 """
 
 from __future__ import annotations
@@ -29,310 +33,37 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
 from fairskin.classify.augment import AugmentPlan, PlanError, check_against_pool, plan_counts
 from fairskin.config import ClassifierConfig, FairSkinConfig, VariantSpec
 
-MODES = ("random", "resample", "reweight")
+# The resolved space's names stay importable from here (re-exported).
+from fairskin.tune.resolved import Dim as Dim
+from fairskin.tune.resolved import ResolvedSpace as ResolvedSpace
+from fairskin.tune.resolved import scale_count as scale_count
+from fairskin.tune.simplex import sample_simplex as sample_simplex  # re-exported (tests, benchmarks)
+
+# The schema's names stay importable from here (re-exported).
+from fairskin.tune.space_schema import COUNT_TARGETS as COUNT_TARGETS
+from fairskin.tune.space_schema import GENERATOR_FIELDS as GENERATOR_FIELDS
+from fairskin.tune.space_schema import MODES as MODES
+from fairskin.tune.space_schema import Fixed as Fixed
+from fairskin.tune.space_schema import Objective as Objective
+from fairskin.tune.space_schema import Parameter as Parameter
+from fairskin.tune.space_schema import Scheduler as Scheduler
+from fairskin.tune.space_schema import SearchSpace as SearchSpace
+from fairskin.tune.space_schema import Seeds as Seeds
+from fairskin.tune.space_schema import SpaceError as SpaceError
+from fairskin.tune.space_schema import generator_field as generator_field
+from fairskin.tune.space_schema import is_generator_parameter as is_generator_parameter
+
 SPACES_DIR = Path(__file__).resolve().parents[2] / "tune_spaces"
-COUNT_TARGETS = ("per_subclass", "balance_to")
 Subclass = tuple[str, str]
-
-
-class SpaceError(ValueError):
-    """A search space that is malformed, or that its pools cannot serve: the message names the parameter."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a bound of inf / nan is refused
-
-
-class Objective(_Model):
-    """One objective: a metric the trial reports (validation figures only) and its direction."""
-
-    metric: str
-    mode: Literal["max", "min"] = "max"
-
-    @field_validator("metric")
-    @classmethod
-    def _not_test(cls, value: str) -> str:
-        if value.startswith("test_"):
-            raise ValueError(
-                f"objective {value!r}: objectives are validation figures (val_*); test figures never steer a search"
-            )
-        return value
-
-
-class Scheduler(_Model):
-    """``fifo`` (run every trial to the end) or ``asha`` (early stopping over epochs; one objective)."""
-
-    kind: Literal["fifo", "asha"] = "fifo"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(3.0, gt=1)
-
-
-class Seeds(_Model):
-    """``search``: the sampler's seed. ``train``: classifier seeds (a grid axis in grid spaces)."""
-
-    search: int = Field(0, ge=0)
-    train: list[int] = Field(default_factory=lambda: [0], min_length=1)
-
-    @field_validator("train", mode="before")
-    @classmethod
-    def _listify(cls, value: Any) -> Any:
-        return [value] if isinstance(value, int) else value
-
-
-class Parameter(_Model):
-    """One searched parameter (see the module docstring for ``name`` targets)."""
-
-    name: str
-    kind: Literal["simplex", "int", "float", "choice"]
-    low: float | None = None
-    high: float | None = None
-    step: float | None = Field(None, gt=0)
-    log: bool = False
-    values: list[Any] | Literal["all"] | None = None
-    total: int | None = Field(None, ge=1)  # simplex: M in paper units
-
-    @model_validator(mode="after")
-    def _check(self) -> Parameter:
-        n = self.name
-        if (
-            n not in ("proportions", "mode", "variant", *COUNT_TARGETS)
-            and not n.startswith("classifier.")
-            and not is_generator_parameter(n)
-        ):
-            raise ValueError(
-                f"parameter {n!r}: unknown target; use proportions, per_subclass, balance_to, mode, "
-                "variant or classifier.<field> (classifier studies), or diffusion.<field> / "
-                f"variant.<field> with a field of {list(GENERATOR_FIELDS)} (generator studies)"
-            )
-        if is_generator_parameter(n) and self.kind == "simplex":
-            raise ValueError(f"parameter {n!r}: kind must be int, float or choice")
-        if n.startswith("classifier."):
-            fld = n.split(".", 1)[1]
-            if fld not in ClassifierConfig.model_fields or fld == "downstream_mode":
-                raise ValueError(
-                    f"parameter {n!r}: {fld!r} is not a searchable classifier field "
-                    "(use `mode` for the downstream mode)"
-                )
-        expected = {
-            "proportions": "simplex",
-            "mode": "choice",
-            "variant": "choice",
-            "per_subclass": "int",
-            "balance_to": "int",
-        }.get(n)
-        if expected and self.kind != expected:
-            raise ValueError(f"parameter {n!r}: kind must be {expected!r}, got {self.kind!r}")
-        if self.kind == "choice":
-            if not self.values:
-                raise ValueError(f"parameter {n!r}: a choice needs a non-empty `values` list")
-            if self.values == "all" and n != "variant":
-                raise ValueError(f"parameter {n!r}: `values: all` is only for `variant`")
-            if n == "mode":
-                bad = [v for v in self.values if v not in MODES]
-                if bad:
-                    raise ValueError(f"parameter 'mode': unknown downstream mode(s) {bad}; choose from {list(MODES)}")
-            return self
-        if self.kind == "simplex":
-            if self.total is None:
-                raise ValueError(f"parameter {n!r}: a simplex needs `total` (images, paper units)")
-            low = 0.0 if self.low is None else self.low
-            high = 1.0 if self.high is None else self.high
-            if not 0.0 <= low <= high <= 1.0:
-                raise ValueError(
-                    f"parameter {n!r}: bounds must satisfy 0 <= low <= high <= 1, got low={low}, high={high}"
-                )
-            return self
-        if self.low is None or self.high is None:
-            raise ValueError(f"parameter {n!r}: kind {self.kind!r} needs `low` and `high`")
-        if self.low > self.high:
-            raise ValueError(f"parameter {n!r}: low ({self.low}) is above high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"parameter {n!r}: a log range needs low > 0, got {self.low}")
-        if n in COUNT_TARGETS and self.low < 0:
-            raise ValueError(f"parameter {n!r}: image counts are >= 0, got low={self.low}")
-        return self
-
-
-class Fixed(_Model):
-    """Trial settings that are not searched. ``plan``: AugmentPlan fields, counts in paper units.
-    ``generator`` (generator studies): VariantSpec settings every trial shares, e.g. ``{loss: cbdm}``."""
-
-    mode: Literal["random", "resample", "reweight"] | None = None
-    variant: str | None = None
-    plan: dict[str, Any] | None = None
-    generator: dict[str, Any] | None = None
-
-
-# Generator studies: the VariantSpec fields a trial may set (``diffusion.<field>`` or ``variant.<field>``).
-GENERATOR_FIELDS = ("weights", "apply", "loss", "cbdm_tau", "cbdm_gamma", "learning_rate", "max_steps")
-
-
-def is_generator_parameter(name: str) -> bool:
-    prefix, _, fld = name.partition(".")
-    return prefix in ("diffusion", "variant") and fld in GENERATOR_FIELDS
-
-
-def generator_field(name: str) -> str:
-    """``diffusion.cbdm_tau`` / ``variant.weights`` -> the VariantSpec field (``cbdm_tau``, ``weights``)."""
-    return name.partition(".")[2]
-
-
-class SearchSpace(_Model):
-    """One search space as written in ``tune_spaces/NAME.yaml`` (paper units)."""
-
-    name: str
-    description: str = ""
-    # What a trial trains: the downstream classifier on a pool (default), or a generator (a fine-tune
-    # from the shared base with the trial's VariantSpec settings, scored on a small pool; issue 17).
-    trainable: Literal["classifier", "generator"] = "classifier"
-    search: Literal["tpe", "random", "grid"] = "tpe"
-    trials: int = Field(20, ge=1)
-    startup_trials: int | None = Field(None, ge=1)  # TPE: random trials before the model is used
-    objectives: list[Objective] = Field(min_length=1)
-    scheduler: Scheduler = Field(default_factory=Scheduler)
-    seeds: Seeds = Field(default_factory=Seeds)
-    fixed: Fixed = Field(default_factory=Fixed)
-    parameters: list[Parameter] = Field(default_factory=list)
-    # Per preset, parameters that replace the ones of the same name (e.g. fine-tune steps that fit the
-    # smoke preset's tiny runs): {preset: [parameter, ...]}.
-    preset_parameters: dict[str, list[Parameter]] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str) -> str:
-        # Study folders (<runs root>/tune/<study>) are named after the space: one safe path component.
-        from fairskin.names import name_problem
-
-        problem = name_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @model_validator(mode="after")
-    def _check(self) -> SearchSpace:
-        names = [p.name for p in self.parameters]
-        if self.trainable == "generator":
-            return self._check_generator(names)
-        bad = [n for n in names if is_generator_parameter(n)]
-        if bad:
-            raise ValueError(f"parameter(s) {bad} set the generator: add `trainable: generator` to the space")
-        if self.fixed.generator is not None:
-            raise ValueError("fixed.generator is for generator studies (`trainable: generator`)")
-        for o in self.objectives:
-            if not o.metric.startswith("val_"):
-                raise ValueError(
-                    f"objective {o.metric!r}: objectives are validation figures (val_*); "
-                    "test figures never steer a search"
-                )
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"parameter(s) {dup} appear more than once")
-        plan_params = [n for n in names if n in ("proportions", *COUNT_TARGETS)]
-        if len(plan_params) > 1:
-            raise ValueError(f"parameters {plan_params} each define the augmentation plan: keep one")
-        if plan_params and self.fixed.plan is not None:
-            raise ValueError(f"parameter {plan_params[0]!r} and fixed.plan both define the augmentation plan")
-        if self.fixed.plan is not None:
-            try:
-                AugmentPlan(**self.fixed.plan)
-            except ValidationError as exc:
-                raise ValueError(f"fixed.plan: {exc.errors()[0]['msg']}") from None
-        modes = self.modes()
-        if "proportions" in names and "resample" in modes:
-            raise ValueError(
-                "parameter 'proportions': downstream mode 'resample' re-draws the proportions each "
-                "epoch and would overwrite the searched ones; fix mode to random or reweight"
-            )
-        if "mode" in names and self.fixed.mode is not None:
-            raise ValueError("parameter 'mode' is searched and fixed.mode is set: keep one")
-        if "variant" in names and self.fixed.variant is not None:
-            raise ValueError("parameter 'variant' is searched and fixed.variant is set: keep one")
-        if self.scheduler.kind == "asha" and len(self.objectives) > 1:
-            raise ValueError(
-                f"scheduler 'asha' stops trials on one metric; this space has "
-                f"{len(self.objectives)} objectives ({[o.metric for o in self.objectives]})"
-            )
-        if self.search == "grid":
-            bad = [p.name for p in self.parameters if p.kind != "choice"]
-            if bad:
-                raise ValueError(f"parameter(s) {bad}: a grid search takes choice parameters only")
-        else:
-            if not self.parameters:
-                raise ValueError(f"search {self.search!r} needs at least one parameter")
-            if len(self.seeds.train) > 1:
-                raise ValueError(
-                    f"seeds.train = {self.seeds.train}: a {self.search} search trains one seed per "
-                    "trial; repeats over seeds are for grid spaces"
-                )
-        return self
-
-    def _check_generator(self, names: list[str]) -> SearchSpace:
-        dup = sorted({n for n in names if names.count(n) > 1})
-        fields = [generator_field(n) for n in names if is_generator_parameter(n)]
-        if dup or len(set(fields)) != len(fields):
-            raise ValueError(
-                f"parameter(s) {dup or fields} appear more than once (diffusion.X and variant.X set the same field)"
-            )
-        bad = [n for n in names if not is_generator_parameter(n)]
-        if bad:
-            raise ValueError(
-                f"parameter(s) {bad}: a generator study searches diffusion.<field> / variant.<field> "
-                f"with a field of {list(GENERATOR_FIELDS)}"
-            )
-        if self.fixed.mode or self.fixed.variant or self.fixed.plan:
-            raise ValueError("a generator study takes fixed.generator only (no mode, variant or plan)")
-        unknown = sorted(set(self.fixed.generator or {}) - set(GENERATOR_FIELDS))
-        if unknown:
-            raise ValueError(f"fixed.generator: unknown field(s) {unknown}; use {list(GENERATOR_FIELDS)}")
-        both = sorted(set(self.fixed.generator or {}) & set(fields))
-        if both:
-            raise ValueError(f"fixed.generator sets {both}, which the space also searches: keep one")
-        if self.scheduler.kind == "asha" and len(self.objectives) > 1:
-            raise ValueError(
-                f"scheduler 'asha' stops trials on one metric; this space has "
-                f"{len(self.objectives)} objectives ({[o.metric for o in self.objectives]})"
-            )
-        if self.search == "grid":
-            bad = [p.name for p in self.parameters if p.kind != "choice"]
-            if bad:
-                raise ValueError(f"parameter(s) {bad}: a grid search takes choice parameters only")
-        elif not self.parameters:
-            raise ValueError(f"search {self.search!r} needs at least one parameter")
-        if len(self.seeds.train) > 1:
-            raise ValueError("seeds.train: a generator study fine-tunes with diffusion.repeat_seeds[0]; one seed only")
-        return self
-
-    def for_preset(self, preset: str) -> SearchSpace:
-        """This space with ``preset_parameters[preset]`` replacing the parameters of the same name."""
-        extra = self.preset_parameters.get(preset)
-        if not extra:
-            return self
-        names = {p.name for p in self.parameters}
-        unknown = [p.name for p in extra if p.name not in names]
-        if unknown:
-            raise SpaceError(f"preset_parameters.{preset}: {unknown} are not parameters of the space")
-        by_name = {p.name: p for p in extra}
-        return self.model_copy(update={"parameters": [by_name.get(p.name, p) for p in self.parameters]})
-
-    def modes(self) -> list[str]:
-        """The downstream modes trials can use (searched, fixed, or the config's default)."""
-        for p in self.parameters:
-            if p.name == "mode":
-                return list(p.values)  # type: ignore[arg-type]
-        return [self.fixed.mode] if self.fixed.mode else []
-
-    def parameter(self, name: str) -> Parameter | None:
-        return next((p for p in self.parameters if p.name == name), None)
 
 
 # --------------------------------------------------------------------------- loading
@@ -383,120 +114,6 @@ def load_space(name: str | Path) -> SearchSpace:
 # --------------------------------------------------------------------------- resolving
 
 
-def scale_count(value: float, scale: float) -> int:
-    """A count in paper units -> this preset's units: round(value * scale), at least 1 when value > 0."""
-    if value <= 0:
-        return 0
-    return max(1, int(round(value * scale)))
-
-
-@dataclass(frozen=True)
-class Dim:
-    """One resolved dimension: counts already scaled; simplex bounds per group (after the pool)."""
-
-    name: str
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
-    log: bool = False
-    values: tuple[Any, ...] = ()
-    total: int | None = None
-    groups: tuple[str, ...] = ()
-    lows: tuple[float, ...] = ()
-    highs: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True)
-class ResolvedSpace:
-    """A space for one preset and set of pools: what trials sample and how a config becomes a plan."""
-
-    name: str
-    search: str
-    trials: int
-    startup_trials: int | None
-    metrics: tuple[str, ...]
-    modes: tuple[str, ...]  # objective directions, "max"/"min"
-    scheduler: Scheduler
-    search_seed: int
-    train_seeds: tuple[int, ...]
-    dims: tuple[Dim, ...]
-    fixed: dict[str, Any] = field(default_factory=dict)  # mode, variant, seed: values every trial gets
-    fixed_plan: AugmentPlan | None = None
-    variants: tuple[str, ...] = ()
-    count_scale: float = 1.0
-    trainable: str = "classifier"
-    fixed_generator: dict[str, Any] = field(default_factory=dict)  # generator studies: fixed VariantSpec fields
-
-    @property
-    def expected_trials(self) -> int:
-        """Trials a complete study has: ``trials``, or the grid's size (choices x training seeds)."""
-        if self.search != "grid":
-            return self.trials
-        size = math.prod(len(d.values) for d in self.dims)
-        return size * (1 if "seed" in self.fixed else len(self.train_seeds))
-
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.metrics) > 1
-
-    def dim(self, name: str) -> Dim | None:
-        return next((d for d in self.dims if d.name == name), None)
-
-    def plan_for(self, trial_config: Mapping[str, Any]) -> AugmentPlan:
-        """The augmentation plan of a trial config (scaled counts)."""
-        if "proportions" in trial_config:
-            d = self.dim("proportions")
-            return AugmentPlan(
-                kind="group_proportions",
-                total=d.total,
-                proportions=_exact_simplex(trial_config["proportions"], d.groups),
-            )
-        for key in COUNT_TARGETS:
-            if key in trial_config:
-                return AugmentPlan(kind=key, **{key: int(trial_config[key])})
-        return self.fixed_plan or AugmentPlan()
-
-    def classifier_overrides(self, trial_config: Mapping[str, Any]) -> dict[str, Any]:
-        return {k.split(".", 1)[1]: v for k, v in trial_config.items() if k.startswith("classifier.")}
-
-    def describe(self) -> dict[str, Any]:
-        """Flat, loggable summary (MLflow params of the parent run)."""
-        out: dict[str, Any] = {
-            "space.name": self.name,
-            "space.trainable": self.trainable,
-            "space.search": self.search,
-            "space.trials": self.trials,
-            "space.objectives": ",".join(f"{m}:{d}" for m, d in zip(self.metrics, self.modes)),
-            "space.scheduler": self.scheduler.kind,
-            "space.seed": self.search_seed,
-            "space.train_seeds": ",".join(map(str, self.train_seeds)),
-            "space.count_scale": self.count_scale,
-            "space.variants": ",".join(self.variants),
-        }
-        for d in self.dims:
-            if d.kind == "simplex":
-                out[f"space.{d.name}"] = f"simplex total={d.total} " + " ".join(
-                    f"{g}:[{lo:.4f},{hi:.4f}]" for g, lo, hi in zip(d.groups, d.lows, d.highs)
-                )
-            elif d.kind == "choice":
-                out[f"space.{d.name}"] = "choice " + ",".join(map(str, d.values))
-            else:
-                out[f"space.{d.name}"] = f"{d.kind} [{d.low}, {d.high}] step={d.step} log={d.log}"
-        for k, v in self.fixed_generator.items():
-            out[f"space.fixed.{k}"] = v
-        if self.fixed_plan is not None:
-            out["space.fixed_plan"] = self.fixed_plan.model_dump_json(exclude_none=True)
-        return out
-
-
-def _exact_simplex(p: Mapping[str, float], groups: Sequence[str]) -> dict[str, float]:
-    """Renormalise away float round-off so AugmentPlan's sum-to-1 check holds exactly enough."""
-    values = [max(0.0, float(p.get(g, 0.0))) for g in groups]
-    total = sum(values)
-    return {g: v / total for g, v in zip(groups, values)}
-
-
 def _group_capacity(
     pools: Mapping[str, Mapping[Subclass, int]], groups: Sequence[str], diseases: Sequence[str]
 ) -> dict[str, int]:
@@ -535,74 +152,11 @@ def resolve_space(
     check_classifier_values(space, config.classifier)
     if not pools:
         raise SpaceError("no pools given: pass a pool shard folder per variant (--pool VARIANT=PATH)")
-
-    # Which variants (pools) the study draws from.
-    vparam = space.parameter("variant")
-    if vparam is not None:
-        if variant is not None:
-            raise SpaceError(f"space {space.name!r} searches `variant`; --variant {variant} would fix it")
-        wanted = list(pools) if vparam.values == "all" else list(vparam.values)  # type: ignore[arg-type]
-    else:
-        chosen = variant or space.fixed.variant or (next(iter(pools)) if len(pools) == 1 else None)
-        if chosen is None:
-            raise SpaceError(
-                f"space {space.name!r} does not search `variant` and {len(pools)} pools were given "
-                f"({sorted(pools)}): pass --variant"
-            )
-        wanted = [chosen]
-    missing = [v for v in wanted if v not in pools]
-    if missing:
-        raise SpaceError(f"parameter 'variant': no pool for {missing}; pools were given for {sorted(pools)}")
-    used = {v: pools[v] for v in wanted}
-    for v, pool in used.items():
-        absent = [s for s in ((g, d) for g in groups for d in diseases) if pool.get(s, 0) == 0]
-        if len(absent) == len(groups) * len(diseases):
-            raise SpaceError(f"pool of variant {v!r} holds no image of the configured groups/diseases")
-
-    dims: list[Dim] = []
-    for p in space.parameters:
-        if p.kind == "choice":
-            values = tuple(wanted) if p.name == "variant" else tuple(p.values)  # type: ignore[arg-type]
-            dims.append(Dim(p.name, "choice", values=values))
-        elif p.kind == "simplex":
-            dims.append(_resolve_simplex(p, scale, used, groups, diseases))
-        elif p.name in COUNT_TARGETS:
-            dims.append(_resolve_count(p, scale, used, train_counts, groups, diseases))
-        else:
-            step = p.step
-            if p.kind == "int":
-                step = int(step or 1)
-            dims.append(Dim(p.name, p.kind, low=p.low, high=p.high, step=step, log=p.log))
-
-    fixed_plan = None
-    if space.fixed.plan is not None:
-        raw = dict(space.fixed.plan)
-        for key in ("balance_to", "per_subclass", "total"):
-            if raw.get(key) is not None:
-                raw[key] = scale_count(raw[key], scale)
-        fixed_plan = AugmentPlan(**raw)
-        for v, pool in used.items():
-            try:
-                check_against_pool(
-                    fixed_plan, plan_counts(fixed_plan, train_counts, groups, diseases), pool, diseases, train_counts
-                )
-            except PlanError as exc:
-                raise SpaceError(
-                    f"fixed.plan (counts scaled by tune.count_scale={scale}), pool of {v!r}: {exc}"
-                ) from None
-
-    fixed: dict[str, Any] = {}
-    if space.parameter("mode") is None:
-        fixed["mode"] = space.fixed.mode or config.classifier.downstream_mode
-        if fixed["mode"] == "resample" and space.parameter("proportions") is not None:
-            raise SpaceError(
-                "parameter 'proportions': classifier.downstream_mode is 'resample', which would "
-                "overwrite the searched proportions; fix the space's mode to random or reweight"
-            )
-    if vparam is None:
-        fixed["variant"] = wanted[0]
-    if space.search != "grid" or len(space.seeds.train) == 1:
-        fixed["seed"] = space.seeds.train[0]
+    wanted = _wanted_variants(space, pools, variant)
+    used = _used_pools(wanted, pools, groups, diseases)
+    dims = _classifier_dims(space, wanted, scale, used, train_counts, groups, diseases)
+    fixed_plan = _fixed_plan(space, scale, used, train_counts, groups, diseases)
+    fixed = _fixed_settings(space, config, wanted)
     n_trials = trials or space.trials
     if space.search == "grid":
         n_trials = 1  # Tune's num_samples: one pass over the grid
@@ -622,6 +176,112 @@ def resolve_space(
         variants=tuple(wanted),
         count_scale=scale,
     )
+
+
+def _wanted_variants(space: SearchSpace, pools: Mapping[str, Mapping[Subclass, int]], variant: str | None) -> list[str]:
+    """Which variants (pools) the study draws from: the searched ``variant`` values, else one variant."""
+    vparam = space.parameter("variant")
+    if vparam is not None:
+        if variant is not None:
+            raise SpaceError(f"space {space.name!r} searches `variant`; --variant {variant} would fix it")
+        wanted = list(pools) if vparam.values == "all" else list(vparam.values)  # type: ignore[arg-type]
+    else:
+        chosen = variant or space.fixed.variant or (next(iter(pools)) if len(pools) == 1 else None)
+        if chosen is None:
+            raise SpaceError(
+                f"space {space.name!r} does not search `variant` and {len(pools)} pools were given "
+                f"({sorted(pools)}): pass --variant"
+            )
+        wanted = [chosen]
+    return wanted
+
+
+def _used_pools(
+    wanted: Sequence[str],
+    pools: Mapping[str, Mapping[Subclass, int]],
+    groups: Sequence[str],
+    diseases: Sequence[str],
+) -> dict[str, Mapping[Subclass, int]]:
+    """The pools of the ``wanted`` variants; each must exist and hold an image of the configured subclasses."""
+    missing = [v for v in wanted if v not in pools]
+    if missing:
+        raise SpaceError(f"parameter 'variant': no pool for {missing}; pools were given for {sorted(pools)}")
+    used = {v: pools[v] for v in wanted}
+    for v, pool in used.items():
+        absent = [s for s in ((g, d) for g in groups for d in diseases) if pool.get(s, 0) == 0]
+        if len(absent) == len(groups) * len(diseases):
+            raise SpaceError(f"pool of variant {v!r} holds no image of the configured groups/diseases")
+    return used
+
+
+def _classifier_dims(
+    space: SearchSpace,
+    wanted: Sequence[str],
+    scale: float,
+    used: Mapping[str, Mapping[Subclass, int]],
+    train_counts: Mapping[Subclass, int],
+    groups: Sequence[str],
+    diseases: Sequence[str],
+) -> list[Dim]:
+    """A classifier space's dimensions: counts scaled, simplex and count bounds checked against the pools."""
+    dims: list[Dim] = []
+    for p in space.parameters:
+        if p.kind == "choice":
+            values = tuple(wanted) if p.name == "variant" else tuple(p.values)  # type: ignore[arg-type]
+            dims.append(Dim(p.name, "choice", values=values))
+        elif p.kind == "simplex":
+            dims.append(_resolve_simplex(p, scale, used, groups, diseases))
+        elif p.name in COUNT_TARGETS:
+            dims.append(_resolve_count(p, scale, used, train_counts, groups, diseases))
+        else:
+            step = p.step
+            if p.kind == "int":
+                step = int(step or 1)
+            dims.append(Dim(p.name, p.kind, low=p.low, high=p.high, step=step, log=p.log))
+    return dims
+
+
+def _fixed_plan(
+    space: SearchSpace,
+    scale: float,
+    used: Mapping[str, Mapping[Subclass, int]],
+    train_counts: Mapping[Subclass, int],
+    groups: Sequence[str],
+    diseases: Sequence[str],
+) -> AugmentPlan | None:
+    """``fixed.plan`` with its counts scaled, checked against every pool used (None without one)."""
+    if space.fixed.plan is None:
+        return None
+    raw = dict(space.fixed.plan)
+    for key in ("balance_to", "per_subclass", "total"):
+        if raw.get(key) is not None:
+            raw[key] = scale_count(raw[key], scale)
+    fixed_plan = AugmentPlan(**raw)
+    for v, pool in used.items():
+        try:
+            check_against_pool(
+                fixed_plan, plan_counts(fixed_plan, train_counts, groups, diseases), pool, diseases, train_counts
+            )
+        except PlanError as exc:
+            raise SpaceError(f"fixed.plan (counts scaled by tune.count_scale={scale}), pool of {v!r}: {exc}") from None
+    return fixed_plan
+
+
+def _fixed_settings(space: SearchSpace, config: FairSkinConfig, wanted: Sequence[str]) -> dict[str, Any]:
+    """The mode, variant and seed every trial gets when the space does not search them."""
+    fixed: dict[str, Any] = {}
+    if space.parameter("mode") is None:
+        fixed["mode"] = space.fixed.mode or config.classifier.downstream_mode
+        if fixed["mode"] == "resample" and space.parameter("proportions") is not None:
+            raise SpaceError(
+                "parameter 'proportions': classifier.downstream_mode is 'resample', which would "
+                "overwrite the searched proportions; fix the space's mode to random or reweight"
+            )
+    if space.parameter("variant") is None:
+        fixed["variant"] = wanted[0]
+    if space.search != "grid" or len(space.seeds.train) == 1:
+        fixed["seed"] = space.seeds.train[0]
+    return fixed
 
 
 def variant_from_trial(
@@ -787,98 +447,6 @@ def _resolve_count(
     # Keep the grid of values on the scaled step, ending at or below high.
     high = low + (high - low) // step * step
     return Dim(p.name, "int", low=low, high=high, step=step)
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-_SIMPLEX_MAX_GROUPS = 10  # the CDF sums over 2^(K-1) subsets
-_SIMPLEX_TOL = 1e-12  # round-off allowed in the bounds; narrower intervals are points
-
-
-def sample_simplex(u: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> list[float]:
-    """K-1 uniforms in [0, 1] -> a point of {p : lows <= p <= highs, sum p = 1}, K = len(lows) <= 10.
-
-    Uniform u (i.i.d. U[0, 1]) give the uniform distribution on that bounded simplex: p_i
-    (i < K-1) is the inverse of its conditional CDF given p_1..p_{i-1} at u_i, the last group
-    takes the remainder. The map is deterministic and p_i does not decrease when u_i grows
-    (the others fixed). Groups with low == high are fixed there (their u is unused). Raises
-    ValueError for K > 10 or infeasible bounds (some low > high, sum(lows) > 1, sum(highs) < 1).
-    """
-    k = len(lows)
-    if len(highs) != k:
-        raise ValueError(f"simplex bounds: {k} lows but {len(highs)} highs")
-    if k > _SIMPLEX_MAX_GROUPS:
-        raise ValueError(f"simplex of {k} groups: the exact sampler handles at most {_SIMPLEX_MAX_GROUPS}")
-    bad = [i for i in range(k) if lows[i] > highs[i]]
-    if bad:
-        raise ValueError(f"simplex bounds: low > high for group(s) {bad}")
-    if sum(lows) > 1 + _SIMPLEX_TOL:
-        raise ValueError(f"simplex bounds: the lows sum to {sum(lows):.12g} > 1")
-    if sum(highs) < 1 - _SIMPLEX_TOL:
-        raise ValueError(f"simplex bounds: the highs sum to {sum(highs):.12g} < 1")
-    if len(u) != k - 1:
-        raise ValueError(f"need {k - 1} uniforms for {k} groups, got {len(u)}")
-    if not all(math.isfinite(x) for x in u):
-        raise ValueError(f"uniforms must be finite, got {list(u)}")
-    # Shift to y = p - low in the box [0, c], sum y = t; intervals narrower than the tolerance are points.
-    c = [hi - lo if hi - lo > _SIMPLEX_TOL else 0.0 for lo, hi in zip(lows, highs)]
-    t = min(max(1.0 - sum(lows), 0.0), sum(c))
-    free = [i for i in range(k) if c[i] > 0]
-    y = [0.0] * k
-    for n, i in enumerate(free[:-1]):
-        y[i] = _conditional_inverse(min(max(u[i], 0.0), 1.0), t, [c[j] for j in free[n:]])
-        t -= y[i]
-    if free:
-        y[free[-1]] = t
-    return [min(hi, max(lo, lo + yi)) for lo, hi, yi in zip(lows, highs, y)]
-
-
-def _conditional_inverse(u: float, t: float, c: Sequence[float]) -> float:
-    """The u-quantile of y_0 when y is uniform on {0 <= y_j <= c_j, sum y = t} (all c_j > 0).
-
-    By inclusion-exclusion, the (m-1)-volume of {0 <= z_j <= d_j (j < m), sum z = s} is
-    sum over subsets S of (-1)^|S| (s - d_S)_+^(m-1) / (m-1)!, with d_S = sum_{j in S} d_j.
-    The density of y_0 at v is that volume for the m = len(c) - 1 other coordinates at
-    s = t - v, so its CDF on the feasible interval [a, b] is, up to a constant factor,
-    G(a) - G(v) with G(v) = sum_S (-1)^|S| (t - c_S - v)_+^m over subsets S of c[1:];
-    G decreases; we invert it by Newton steps safeguarded by bisection.
-    """
-    rest = c[1:]
-    a, b = max(0.0, t - sum(rest)), min(c[0], t)
-    if b - a <= _SIMPLEX_TOL:
-        return min(max(a, 0.0), c[0])
-    if len(rest) == 1:  # one coordinate left: y_0 is uniform on its feasible interval
-        return a + u * (b - a)
-    if 2 * t > sum(c):  # reflect y -> c - y (sum c - t < t): fewer, smaller terms, less cancellation
-        return c[0] - _conditional_inverse(1.0 - u, sum(c) - t, c)
-    m, terms = len(rest), [(1.0, t)]  # (sign, t - c_S) over subsets S of rest
-    for cj in rest:
-        terms += [(-sign, x - cj) for sign, x in terms]
-    terms = [(sign, x) for sign, x in terms if x > a]  # the others vanish on [a, b]
-
-    def g(v: float) -> tuple[float, float]:  # G(v) and G'(v)
-        value = slope = 0.0
-        for sign, x in terms:
-            d = max(x - v, 0.0)
-            value += sign * d**m
-            slope -= sign * m * d ** (m - 1)
-        return value, slope
-
-    g_a, g_b = g(a)[0], g(b)[0]
-    target = g_a - u * (g_a - g_b)
-    lo, hi, v = a, b, a + u * (b - a)
-    for _ in range(200):  # Newton steps, bisection when a step leaves the bracket [lo, hi] of the root
-        value, slope = g(v)
-        if value == target:
-            return v
-        lo, hi = (v, hi) if value > target else (lo, v)
-        step = v - (value - target) / slope if slope < 0 else lo
-        new = step if lo < step < hi else 0.5 * (lo + hi)
-        if abs(new - v) <= 1e-13 or hi - lo <= 1e-13:
-            return new
-        v = new
-    return v
 
 
 class DefineByRun:

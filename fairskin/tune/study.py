@@ -3,7 +3,8 @@
 The study code is shared by the two trial kinds (:class:`fairskin.tune.kinds.TrialKind`): the classifier
 study (:data:`fairskin.tune.classifier.CLASSIFIER`, the default: the pipeline's ``tune`` stage runs it) and
 the generator study (:class:`fairskin.tune.generator_study.GeneratorKind`, above the pipeline). This module
-sits below the pipeline: it imports neither the pipeline nor the generator study.
+sits below the pipeline: it imports neither the pipeline nor the generator study. The trials table and
+the report folder are :mod:`fairskin.tune.study_report`'s.
 
 Layout of a study folder, ``<runs root>/tune/<study>/``::
 
@@ -29,10 +30,9 @@ point depends on timing, so studies are reproducible in distribution only.
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +45,15 @@ from fairskin.tracking import RunHandle, Tracker, loggable_params
 from fairskin.tune.classifier import CLASSIFIER
 from fairskin.tune.classifier import check_study as check_study  # re-exported (benchmarks, tests)
 from fairskin.tune.classifier import train_counts as train_counts  # re-exported (the pipeline's generate stage)
-from fairskin.tune.kinds import REPORT_DIR, StudyError, StudyResult, TrialKind
+from fairskin.tune.kinds import StudyError, StudyResult, TrialKind
 from fairskin.tune.mlflow_callback import (
     PARENT_FILE,
     StudyMLflowCallback,
     read_json,
-    read_run_map,
     remember_tracking_uri,
 )
 from fairskin.tune.spaces import ResolvedSpace, SearchSpace, load_space
+from fairskin.tune.study_report import summarise, trial_id_of, trials_table
 from fairskin.tune.tuner import (
     build_scheduler,
     build_search,
@@ -226,49 +226,12 @@ def run_study(
     spec = space if isinstance(space, SearchSpace) else load_space(space)
     name = name or study_name(spec.name, variant, config.preset)
     folder = study_dir(config, name)
-    before = read_json(folder / STUDY_FILE, None)
-    if resume:
-        if before is None:
-            raise StudyError(f"no study {name!r} to resume at {folder}; run without --resume to start it")
-        if before.get("space") != spec.name:
-            raise StudyError(f"study {name!r} searched space {before.get('space')!r}, not {spec.name!r}")
-        if trials is not None and spec.search != "grid" and trials != before.get("trials"):
-            raise StudyError(
-                f"study {name!r} was started with {before.get('trials')} trials; a resumed study "
-                f"keeps its trial count (got --trials {trials})"
-            )
-        trials = before.get("trials") if spec.search != "grid" else None
-    elif before is not None:
-        raise StudyError(
-            f"study {name!r} already exists at {folder}: pass --resume to continue it, or --study NAME for a new one"
-        )
-    if spec.trainable != kind.name:
-        how = (
-            "fairskin.tune.generator_study.run_study with the pipeline's sources"
-            if spec.trainable == "generator"
-            else "fairskin.tune.study.run_study"
-        )
-        raise StudyError(
-            f"space {spec.name!r} trains {spec.trainable}s, not {kind.name}s: run it with "
-            f"python -m fairskin.tune or {how}"
-        )
+    trials = _trials_to_run(name, folder, spec, trials, resume)
+    _check_kind(spec, kind)
     resolved, pools, real_shards = kind.resolve(
         config, spec, pools, real_shards, variant, trials or config.tune.num_trials
     )
-    record = {
-        "study": name,
-        "space": spec.name,
-        "preset": config.preset,
-        "variant": variant,
-        "trials": resolved.expected_trials,
-        "pools": {k: str(v) for k, v in pools.items()},
-        "real_shards": str(real_shards),
-        "space_definition": spec.model_dump(mode="json"),
-    }
-    record.update(kind.record())
-    folder.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_json(folder / STUDY_FILE, record)
+    _write_study_record(folder, name, spec, config, variant, resolved, pools, real_shards, kind, resume)
 
     timings["check"] = time.time() - started
     from fairskin.provenance import TAG_REAL
@@ -277,12 +240,7 @@ def run_study(
     tags = {**_study_tags(name, resolved, config, variant), TAG_REAL: real_fp, **dict(tags or {})}
     base_params = loggable_params(config)  # credentials in URIs redacted
     tracker, parent = _parent_run(config, name, folder, tags, resume, {**base_params, **resolved.describe()})
-    echo(
-        f"study {name}: {resolved.search} over {[d.name for d in resolved.dims]}, objectives "
-        f"{list(zip(resolved.metrics, resolved.modes))}, {resolved.expected_trials} trial(s); folder {folder}"
-    )
-    if tracker.client is not None:
-        echo(f"MLflow: {tracker.ui_command()}\n  then open {tracker.runs_url()}")
+    _announce(echo, name, resolved, folder, tracker)
     timings["tracking"] = time.time() - started - timings["check"]
     try:
         result, inputs = _fit(
@@ -307,24 +265,132 @@ def run_study(
         parent.end("FAILED")
         raise
     timings["fit"] = time.time() - started - timings["check"] - timings["tracking"]
+    ran = _Ran(name, folder, resolved, tracker, parent, result, inputs, tags, pool_fps)
+    return _report(config, kind, ran, echo, started, timings)
+
+
+def _announce(echo: Callable[[str], None], name: str, resolved: ResolvedSpace, folder: Path, tracker: Tracker) -> None:
+    """The study's first lines: what it searches, with which objectives, where; how to open MLflow."""
+    echo(
+        f"study {name}: {resolved.search} over {[d.name for d in resolved.dims]}, objectives "
+        f"{list(zip(resolved.metrics, resolved.modes))}, {resolved.expected_trials} trial(s); folder {folder}"
+    )
+    if tracker.client is not None:
+        echo(f"MLflow: {tracker.ui_command()}\n  then open {tracker.runs_url()}")
+
+
+def _trials_to_run(name: str, folder: Path, spec: SearchSpace, trials: int | None, resume: bool) -> int | None:
+    """The trial count asked for (a resumed study keeps its own); :class:`StudyError` when ``resume`` does not
+    match what the folder holds (no study to resume, another space, another trial count; or a study there
+    already when not resuming)."""
+    before = read_json(folder / STUDY_FILE, None)
+    if resume:
+        if before is None:
+            raise StudyError(f"no study {name!r} to resume at {folder}; run without --resume to start it")
+        if before.get("space") != spec.name:
+            raise StudyError(f"study {name!r} searched space {before.get('space')!r}, not {spec.name!r}")
+        if trials is not None and spec.search != "grid" and trials != before.get("trials"):
+            raise StudyError(
+                f"study {name!r} was started with {before.get('trials')} trials; a resumed study "
+                f"keeps its trial count (got --trials {trials})"
+            )
+        trials = before.get("trials") if spec.search != "grid" else None
+    elif before is not None:
+        raise StudyError(
+            f"study {name!r} already exists at {folder}: pass --resume to continue it, or --study NAME for a new one"
+        )
+    return trials
+
+
+def _check_kind(spec: SearchSpace, kind: TrialKind) -> None:
+    """:class:`StudyError` when the space trains something other than ``kind``'s trials."""
+    if spec.trainable != kind.name:
+        how = (
+            "fairskin.tune.generator_study.run_study with the pipeline's sources"
+            if spec.trainable == "generator"
+            else "fairskin.tune.study.run_study"
+        )
+        raise StudyError(
+            f"space {spec.name!r} trains {spec.trainable}s, not {kind.name}s: run it with "
+            f"python -m fairskin.tune or {how}"
+        )
+
+
+def _write_study_record(
+    folder: Path,
+    name: str,
+    spec: SearchSpace,
+    config: FairSkinConfig,
+    variant: str | None,
+    resolved: ResolvedSpace,
+    pools: Mapping[str, Path],
+    real_shards: Path,
+    kind: TrialKind,
+    resume: bool,
+) -> None:
+    """Make the study folder and, for a new study, write ``study.json`` (what was asked, the space)."""
+    record = {
+        "study": name,
+        "space": spec.name,
+        "preset": config.preset,
+        "variant": variant,
+        "trials": resolved.expected_trials,
+        "pools": {k: str(v) for k, v in pools.items()},
+        "real_shards": str(real_shards),
+        "space_definition": spec.model_dump(mode="json"),
+    }
+    record.update(kind.record())
+    folder.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_json(folder / STUDY_FILE, record)
+
+
+@dataclass
+class _Ran:
+    """A study whose Tuner has returned: what its report and confirmations read."""
+
+    name: str
+    folder: Path
+    space: ResolvedSpace
+    tracker: Tracker
+    parent: RunHandle
+    results: Any  # Tune's ResultGrid
+    inputs: Any  # the kind's inputs (object-store refs), reused by the confirmations
+    tags: Mapping[str, str]
+    pool_fps: Mapping[str, str]
+
+
+def _report(
+    config: FairSkinConfig,
+    kind: TrialKind,
+    ran: _Ran,
+    echo: Callable[[str], None],
+    started: float,
+    timings: dict[str, float],
+) -> StudyResult:
+    """After the fit: the trials table, the report folder, the confirmations, the parent run's end (and the
+    ``report.*`` timings). :class:`StudyFailed` when the study ended with no finished trial."""
+    name, folder, resolved, parent = ran.name, ran.folder, ran.space, ran.parent
     mark = time.time()
-    trials_table = _trials_table(folder, result)
+    trials_frame = trials_table(folder, ran.results)
     timings["report.results"] = time.time() - mark
     mark = time.time()
-    out = _summarise(config, kind, name, folder, resolved, tracker, parent, trials_table, time.time() - started)
+    out = summarise(config, kind, name, folder, resolved, ran.tracker, parent, trials_frame, time.time() - started)
     timings["report.summary"] = time.time() - mark
     mark = time.time()
-    finished = int((trials_table["state"] == "finished").sum()) if not trials_table.empty else 0
+    finished = int((trials_frame["state"] == "finished").sum()) if not trials_frame.empty else 0
     if not out.interrupted and finished == 0:
         parent.log_metrics({"trials_finished": 0})
         parent.end("FAILED")
-        raise StudyFailed(failed_study_message(name, trials_table, folder))
+        raise StudyFailed(failed_study_message(name, trials_frame, folder))
     # Confirmations: a classifier study re-trains its chosen points with new classifier seeds (not a grid,
     # which repeats seeds itself); a generator study re-fine-tunes them and vanilla under new generator seeds
     # (any search: every trial of a generator study ran on one generator seed).
     if not out.interrupted and config.tune.confirm_seeds > 0 and (kind.confirm_grids or resolved.search != "grid"):
         try:
-            out.confirmed = _confirm(config, kind, resolved, folder, result, inputs, out, parent, tags, pool_fps, echo)
+            out.confirmed = _confirm(
+                config, kind, resolved, folder, ran.results, ran.inputs, out, parent, ran.tags, ran.pool_fps, echo
+            )
         except KeyboardInterrupt:
             parent.end("KILLED")
             raise
@@ -335,7 +401,7 @@ def run_study(
     parent.log_metrics(
         {
             "study_seconds": out.seconds,
-            "trials_finished": int((trials_table["state"] == "finished").sum()) if not trials_table.empty else 0,
+            "trials_finished": int((trials_frame["state"] == "finished").sum()) if not trials_frame.empty else 0,
         }
     )
     parent.end("KILLED" if out.interrupted else "FINISHED")
@@ -359,11 +425,12 @@ def _fit(
     pool_fingerprints: Mapping[str, str],
     timings: dict[str, float] | None = None,
 ):
+    """Start (or join) Ray, put the kind's inputs in the object store and run the Tuner (a new one, or the
+    restored experiment when resuming): (Tune's results, the inputs). Fills the ``fit.*`` timings."""
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from fairskin.runtime import init_ray
-    from fairskin.tune.progress import PhaseClock, StudyProgress, tune_verbosity
+    from fairskin.tune.progress import tune_verbosity
 
     timings = {} if timings is None else timings
     mark = time.time()
@@ -386,19 +453,7 @@ def _fit(
         timings["fit.setup"] = time.time() - mark
         return timed_fit(tuner, timings, None), inputs
     searcher, param_space = build_search(space, concurrency, verbose=bool(config.runtime.verbose))
-    # Tune's CSV and JSON trial logs (progress.csv, result.json) by name; its TensorBoard logger is left
-    # out (see without_tensorboard).
-    callbacks = [CSVLoggerCallback(), JsonLoggerCallback()]
-    if tracker.client is not None:
-        callbacks.append(
-            StudyMLflowCallback(
-                folder, tracker.tracking_uri, tracker.experiment_name, tags, base_params, pool_fingerprints
-            )
-        )
-    if config.runtime.progress:
-        callbacks.append(StudyProgress(space.expected_trials, f"tune {folder.name}"))
-    clock = PhaseClock(f"{folder}@{time.time()}")
-    callbacks.append(clock)
+    callbacks, clock = _callbacks(config, space, folder, tracker, tags, base_params, pool_fingerprints)
     echo(
         f"{concurrency} trial(s) at once, {config.tune.cpus_per_trial} CPU each "
         f"(cluster: {cluster.get('CPU', 0):g} CPU)"
@@ -427,51 +482,35 @@ def _fit(
         return timed_fit(tuner, timings, clock.key), inputs
 
 
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def _callbacks(
+    config: FairSkinConfig,
+    space: ResolvedSpace,
+    folder: Path,
+    tracker: Tracker,
+    tags: Mapping[str, str],
+    base_params: Mapping[str, Any],
+    pool_fingerprints: Mapping[str, str],
+) -> tuple[list, Any]:
+    """A new Tuner's callbacks (Tune's CSV and JSON trial logs, the MLflow child runs when tracking, the
+    progress line when asked, the phase clock last) and that clock."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    from fairskin.tune.progress import PhaseClock, StudyProgress
 
-def _trial_id(res) -> tuple[str, re.Match | None]:
-    """(trial id, match of the folder name) of one Tune result."""
-    # Trial folders are named <trainable>_<trial id>_<number>_<tag>: the number is the start order.
-    found = re.search(r"_([0-9a-f]{8})_(\d+)_", Path(str(res.path)).name)
-    return (res.metrics or {}).get("trial_id") or (found.group(1) if found else Path(str(res.path)).name), found
-
-
-def _trials_table(folder: Path, results) -> pd.DataFrame:
-    """One row per trial: trial id, run id, state, flattened config, last reported figures."""
-    runs = read_run_map(folder)
-    rows = []
-    for res in results:
-        metrics = dict(res.metrics or {})
-        tid, found = _trial_id(res)
-        entry = runs.get(tid, {})
-        row = {
-            "trial": int(found.group(2)) if found else len(rows) + 1,
-            "trial_id": tid,
-            "run_id": entry.get("run_id", ""),
-            "state": entry.get("state", "error" if res.error else ("finished" if metrics else "pending")),
-            "error": str(res.error) if res.error else "",
-        }
-        row.update(_flat(res.config or {}))
-        row.update(
-            {
-                k: v
-                for k, v in metrics.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "config"
-            }
+    # Tune's CSV and JSON trial logs (progress.csv, result.json) by name; its TensorBoard logger is left
+    # out (see without_tensorboard).
+    callbacks = [CSVLoggerCallback(), JsonLoggerCallback()]
+    if tracker.client is not None:
+        callbacks.append(
+            StudyMLflowCallback(
+                folder, tracker.tracking_uri, tracker.experiment_name, tags, base_params, pool_fingerprints
+            )
         )
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    if not table.empty:
-        table = table.sort_values("trial").reset_index(drop=True)
-    return table
+    if config.runtime.progress:
+        callbacks.append(StudyProgress(space.expected_trials, f"tune {folder.name}"))
+    clock = PhaseClock(f"{folder}@{time.time()}")
+    callbacks.append(clock)
+    return callbacks, clock
 
 
 def _confirm(
@@ -492,7 +531,7 @@ def _confirm(
     an empty one when no point was chosen)."""
     from fairskin.tune.confirm import chosen_points
 
-    configs = {_trial_id(res)[0]: dict(res.config or {}) for res in results}
+    configs = {trial_id_of(res)[0]: dict(res.config or {}) for res in results}
     points = chosen_points(
         study.best,
         study.pareto,
@@ -504,84 +543,3 @@ def _confirm(
     if not points:
         return pd.DataFrame()
     return kind.confirm(config, space, folder, points, inputs, study, parent, tags, pool_fps, echo)
-
-
-def _summarise(
-    config: FairSkinConfig,
-    kind: TrialKind,
-    name: str,
-    folder: Path,
-    space: ResolvedSpace,
-    tracker: Tracker,
-    parent: RunHandle,
-    trials: pd.DataFrame,
-    seconds: float,
-) -> StudyResult:
-    from fairskin.tune.analysis import best_trial, pareto_front, plot_objectives_by_trial, plot_ternary
-
-    report = folder / REPORT_DIR
-    report.mkdir(parents=True, exist_ok=True)
-    metrics, modes = list(space.metrics), list(space.modes)
-    done = kind.completed(trials, config)
-    if not all(m in done for m in metrics):  # no trial reported its objectives (e.g. every trial failed)
-        done = done.iloc[0:0].reindex(columns=[*done.columns, *(m for m in metrics if m not in done)])
-    best = best_trial(done, metrics, modes)
-    front = pareto_front(done, metrics, modes)
-    interrupted = trials.empty or bool((~trials["state"].isin(["finished", "failed"])).any())
-    if len(trials) < space.expected_trials:
-        interrupted = True
-    paths = []
-    trials.to_csv(report / "trials.csv", index=False)
-    paths.append(report / "trials.csv")
-    front.to_csv(report / "pareto_front.csv", index=False)
-    paths.append(report / "pareto_front.csv")
-    best_dict = None if best is None else json.loads(best.to_json())
-    atomic_write_json(
-        report / "best_trial.json",
-        {
-            "objectives": dict(zip(metrics, modes)),
-            "best": best_dict,
-            "pareto_front": json.loads(front.to_json(orient="records")),
-        },
-    )
-    paths.append(report / "best_trial.json")
-    atomic_write_json(report / "space.json", {"resolved": space.describe()})
-    paths.append(report / "space.json")
-    if not trials.empty and all(m in trials for m in metrics):
-        paths.append(
-            plot_objectives_by_trial(
-                trials, metrics, modes, report / "objective_by_trial.png", title=f"{name}: objectives by trial"
-            )
-        )
-    simplex = space.dim("proportions")
-    if simplex is not None and len(simplex.groups) == 3 and not done.empty:
-        key = "val_essp_fairseg" if "val_essp_fairseg" in done else metrics[0]
-        paths.append(
-            plot_ternary(
-                done, simplex.groups, key, report / "proportions_ternary.png", title=f"{name}: proportions vs {key}"
-            )
-        )
-    paths.extend(kind.plots(config, name, report, space, done, front))
-    best_variant = None if best is None else kind.best_variant(folder, str(best["trial_id"]))
-    if best_variant is not None:
-        paths.append(best_variant)
-    for p in paths:
-        parent.log_artifact(p, "study")
-    if best is not None:
-        parent.log_metrics({f"best_{m}": float(best[m]) for m in metrics})
-        parent.set_tags({"fairskin.best_trial": best["trial_id"], "fairskin.best_run": best.get("run_id", "")})
-    parent.log_metrics({"pareto_size": len(front)})
-    return StudyResult(
-        name=name,
-        path=folder,
-        space=space,
-        experiment_id=tracker.experiment_id,
-        parent_run_id=parent.run_id,
-        trials=trials,
-        best=best_dict,
-        pareto=front,
-        interrupted=interrupted,
-        seconds=seconds,
-        artifacts=paths,
-        best_variant=best_variant,
-    )
