@@ -385,3 +385,45 @@ def test_ray_job_submit_runs_the_pipeline_against_the_session_head(smoke_job, ra
         [e.experiment_id for e in tracking.search_experiments()], f"tags.`fairskin.git_commit` = '{commit}'"
     )
     assert [r.data.tags["fairskin.kind"] for r in runs] == ["pipeline"]
+
+
+@pytest.mark.ray
+def test_an_installed_packages_method_runs_through_the_pipeline_to_the_report(smoke_job, tmp_path):
+    """Issue 28: a method from a package installed beside the engine (its ``fairskin.methods`` entry point) runs
+    through the smoke pipeline with ``diffusion.variants=[vanilla, <method>]``: its rows are in Table 1 and in
+    ``delta_vs_vanilla``. On a copy of the smoke job's runs root (prepare, vae, base, reference, judge reused)."""
+    from test_methods import _install, _write_plugin
+
+    from fairskin.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown variant"):  # not installed in this process
+        build_config("smoke", overrides=["diffusion.variants=[vanilla,sqrs_in_loss]"])
+    env = _install(_write_plugin(tmp_path / "src"), tmp_path / "site")
+    root = tmp_path / "runs"
+    shutil.copytree(smoke_job[0], root)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "jobs/full_pipeline.py",
+            "--preset",
+            "smoke",
+            f"runtime.runs_root={root}",
+            "diffusion.variants=[vanilla,sqrs_in_loss]",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-6000:]
+    for stage in ("prepare", "vae", "base", "reference", "judge"):
+        assert f"[{stage}] skipped (already done)" in out.stdout, stage
+    (finetune,) = [p for p in (root / "stages").glob("finetune-*") if (p / "sqrs_in_loss").is_dir()]
+    assert (finetune / "sqrs_in_loss" / "pipeline" / "unet").is_dir()  # fine-tuned as a generator of its own
+    (report,) = [p for p in (root / "stages").glob("report-*") if "sqrs_in_loss" in (p / "table1.csv").read_text()]
+    table1 = pd.read_csv(report / "table1.csv")
+    assert set(table1["variant"]) == {"vanilla", "sqrs_in_loss"}
+    paired = pd.read_csv(report / "delta_vs_vanilla.csv")
+    assert len(paired[paired["variant"] == "sqrs_in_loss"]) > 0
