@@ -72,12 +72,34 @@ def shard_fingerprint(folder: Path) -> str:
 
 def folder_fingerprint(folder: Path, suffixes: tuple[str, ...] = _WEIGHT_SUFFIXES) -> str:
     """Fingerprint of a model folder: relative path and bytes of every weight / config file
-    (``suffixes``) below it, in path order (streamed: a 3 GB UNet is read once, not held)."""
+    (``suffixes``) below it, in path order (streamed: a 3 GB UNet is read once, not held).
+
+    A JSON config counts by its content less diffusers' ``_name_or_path`` (where the model was loaded from: a
+    fine-tune's checkpoint folder, named by its time), so the same weights and settings give the same fingerprint
+    whichever run wrote them."""
     folder = Path(folder)
     hasher = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes):
         hasher.update(str(path.relative_to(folder)).encode() + b"\x1e")
+        if path.suffix == ".json":
+            hasher.update(_config_bytes(path))
+            continue
         with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 hasher.update(block)
     return _digest(hasher)
+
+
+def _config_bytes(path: Path) -> bytes:
+    """A JSON file's canonical bytes without ``_name_or_path`` (its bytes as they are when it is not an object)."""
+    import json
+
+    data = path.read_bytes()
+    try:
+        tree = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(tree, dict):
+        return data
+    tree.pop("_name_or_path", None)
+    return json.dumps(tree, sort_keys=True).encode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -63,3 +64,25 @@ def test_study_parent_run_records_it_and_a_resume_adds_its_own(smoke_config, tmp
     _assert_recorded(client, parent.run_id, "first")  # the first record stays
     _assert_recorded(client, parent.run_id, "second", prefix="resumed.")
     assert isinstance(tracker, Tracker)
+
+
+def test_a_model_folders_fingerprint_follows_its_weights_and_settings_not_where_it_was_loaded_from(tmp_path):
+    """Two runs that write the same weights (a fine-tune's UNet saved from checkpoints named by their time) get the
+    same fingerprint; another weight byte or another setting changes it (issue 28: found comparing pools)."""
+    import json
+
+    from fairskin.provenance import folder_fingerprint
+
+    def unet(name: str, loaded_from: str, weights: bytes, channels: int = 32) -> Path:
+        folder = tmp_path / name / "unet"
+        folder.mkdir(parents=True)
+        config = {"_class_name": "UNet2DConditionModel", "_name_or_path": loaded_from, "block_out_channels": [channels]}
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        (folder / "diffusion_pytorch_model.safetensors").write_bytes(weights)
+        return folder
+
+    a = unet("a", "/runs/checkpoints/finetune-1/vanilla/fit/checkpoint_2026-12-06_18-33-22/unet", b"\x01" * 64)
+    b = unet("b", "/other/checkpoints/finetune-2/vanilla/fit/checkpoint_2026-12-06_18-38-31/unet", b"\x01" * 64)
+    assert folder_fingerprint(a) == folder_fingerprint(b)
+    assert folder_fingerprint(unet("c", "x", b"\x01" * 63 + b"\x02")) != folder_fingerprint(a)
+    assert folder_fingerprint(unet("d", "x", b"\x01" * 64, channels=64)) != folder_fingerprint(a)
