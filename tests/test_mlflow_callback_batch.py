@@ -226,6 +226,10 @@ def test_a_quiet_driver_writes_tunes_warnings_to_the_messages_log_and_errors_sti
     console = _Collect()  # beside the `ray` logger's console handler: what reaches the console
     logging.getLogger("ray").addHandler(console)
     tune_logger = logging.getLogger("ray.tune")
+    # An earlier test's driver may have routed them already (init_ray does): start from the console, as a
+    # verbose driver has it, and leave the logger as it was found.
+    was_routed = any(isinstance(h, runtime._TuneWarningsToLog) for h in tune_logger.handlers)
+    runtime.tune_warnings_to_log(False)
     before = (tune_logger.propagate, list(tune_logger.handlers))
     seen = runtime.ray_messages_count()
     slow = "The `callbacks.on_trial_result` operation took 0.748 s, which may be a performance bottleneck."
@@ -246,5 +250,5 @@ def test_a_quiet_driver_writes_tunes_warnings_to_the_messages_log_and_errors_sti
         logging.getLogger("ray.tune.utils.util").warning(slow)
         assert console.messages[-1] == slow and len(log.read_text().splitlines()) == 1
     finally:
-        runtime.tune_warnings_to_log(False)
+        runtime.tune_warnings_to_log(was_routed)
         logging.getLogger("ray").removeHandler(console)
