@@ -28,7 +28,17 @@ from fairskin.config_tree import parse_override as parse_override
 # Lives beside the samplers, which benchmarks/gpu.py imports on the device machine without pydantic.
 from fairskin.diffusion.sampler import NO_ZERO_SNR_SAMPLERS
 from fairskin.methods import Method, find_method, method_names
-from fairskin.methods import spec as _methods_spec
+
+# A variant's schema lives with the methods; the configuration names variants and checks them against the method
+# registry, one way (the methods never import the configuration). Re-exported: callers import them from here.
+from fairskin.methods.spec import (  # noqa: F401
+    CONTROL_DROP_PREFIX,
+    CONTROL_MIX_PREFIX,
+    VariantSpec,
+    group_slug,
+    is_mix_control,
+    parse_mix_control,
+)
 from fairskin.metrics.endpoints import (
     DEFAULT_MARGINS,
     DEFAULT_PRIMARY,
@@ -121,16 +131,6 @@ class DataConfig(_Section):
 
     def group_fst(self) -> dict[str, list[int]]:
         return {g.name: list(g.fst) for g in self.groups}
-
-
-# A variant's schema lives with the methods (fairskin.methods.spec); the configuration names variants and checks
-# them against the method registry (fairskin.methods), one way: the methods never import the configuration.
-VariantSpec = _methods_spec.VariantSpec
-CONTROL_DROP_PREFIX = _methods_spec.CONTROL_DROP_PREFIX
-CONTROL_MIX_PREFIX = _methods_spec.CONTROL_MIX_PREFIX
-parse_mix_control = _methods_spec.parse_mix_control
-is_mix_control = _methods_spec.is_mix_control
-group_slug = _methods_spec.group_slug
 
 
 class DiffusionConfig(_Section):

@@ -518,9 +518,8 @@ def test_in_process_steps_of_a_generator_trial_end_with_the_ray_train_weights(sm
 
     from fairskin.data.sampling import WeightedSampler
     from fairskin.data.stream import RunPlan
-    from fairskin.diffusion.feed import step_inputs
     from fairskin.diffusion.finetune import cache_for
-    from fairskin.diffusion.loop import fine_tune, load_trainee, loss_settings, with_draws
+    from fairskin.diffusion.loop import fine_tune, in_process_feed, load_trainee, loss_settings
     from fairskin.diffusion.variants import generator_seed
 
     config, base, train = smoke_base
@@ -535,19 +534,12 @@ def test_in_process_steps_of_a_generator_trial_end_with_the_ray_train_weights(sm
     plan = RunPlan(WeightedSampler(arrays["subclass"], variant.weights, variant.apply, seed))
     loss = loss_settings(variant.model_dump(), dump)
 
-    def steps():
-        for step in range(d.max_steps):
-            positions = np.arange(step * d.global_batch_size, (step + 1) * d.global_batch_size)
-            picked, weights = plan.lookup(positions)
-            batch = {"position": positions, "row": picked, "weight": weights}
-            yield step_inputs(batch, arrays, rank=0, world=1, seed=seed, global_batch=d.global_batch_size)
-
-    feed = with_draws(
-        steps(),
+    feed = in_process_feed(
+        plan,
+        arrays,
         torch.from_numpy(cond),
-        tuple(arrays["latents"].shape[2:]),
+        start=0,
         seed=seed,
-        rank=0,
         d=dump,
         loss=loss,
         num_train_timesteps=scheduler.config.num_train_timesteps,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fairskin.diffusion.step import autocast_dtype, draw_step_inputs, step_generator, step_latents, train_step
@@ -171,6 +172,49 @@ def with_draws(
             device=device,
         )
         yield inputs
+
+
+def in_process_feed(
+    plan,
+    arrays,
+    cond_table: torch.Tensor,
+    *,
+    start: int,
+    seed: int,
+    d: Mapping[str, Any],
+    loss: LossSettings,
+    num_train_timesteps: int,
+    device,
+) -> Iterator:
+    """The steps ``start`` .. ``d["max_steps"] - 1`` of a fine-tune in one process (a generator trial): rank 0 of 1
+    takes each whole global batch of the level-1 ``plan`` (:class:`~fairskin.data.stream.RunPlan`) over the cached
+    ``arrays`` (latents (N, 2, C, h, w), subclass (N,)), with the draws of :func:`with_draws` — the steps a single
+    Ray Train worker takes."""
+    from fairskin.diffusion.feed import step_inputs
+
+    if "latents" not in arrays:
+        raise ValueError("an in-process fine-tune reads cached latents: set diffusion.cache_latents = true")
+    batch_size = d["global_batch_size"]
+
+    def plan_batch(step: int):
+        positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
+        rows, weights = plan.lookup(positions)
+        batch = {"position": positions, "row": rows, "weight": weights}
+        return step_inputs(batch, arrays, rank=0, world=1, seed=seed, global_batch=batch_size)
+
+    steps = (plan_batch(step) for step in range(start, d["max_steps"]))
+    latent_chw = tuple(arrays["latents"].shape[2:])
+    return with_draws(
+        steps,
+        cond_table,
+        latent_chw,
+        seed=seed,
+        rank=0,
+        d=d,
+        loss=loss,
+        num_train_timesteps=num_train_timesteps,
+        device=device,
+    )
 
 
 def fine_tune(

@@ -175,7 +175,7 @@ def run_generator_trial(
 
     from fairskin.data.sampling import WeightedSampler
     from fairskin.data.stream import RunPlan
-    from fairskin.diffusion.loop import load_trainee, loss_settings
+    from fairskin.diffusion.loop import in_process_feed, load_trainee, loss_settings
     from fairskin.diffusion.models import load_sd
     from fairskin.diffusion.variants import salted_seed
 
@@ -200,42 +200,22 @@ def run_generator_trial(
     loss = loss_settings(variant.model_dump(), d)
     plan = RunPlan(WeightedSampler(np.asarray(arrays["subclass"]), variant.weights, variant.apply, seed))
     scorers = pool_scorers(config, sources, device)
-    feed = _trial_feed(plan, arrays, cond_table, start, seed, d, loss, scheduler.config.num_train_timesteps, device)
+    feed = in_process_feed(
+        plan,
+        arrays,
+        cond_table,
+        start=start,
+        seed=seed,
+        d=d,
+        loss=loss,
+        num_train_timesteps=scheduler.config.num_train_timesteps,
+        device=device,
+    )
     trial = _Trial(
         name, variant, inputs, out, parts, trainee, d, loss, seed, per_subclass, device, scorers, checkpoints
     )
     trial.run(scheduler, feed, report)
     return out
-
-
-def _trial_feed(plan, arrays, cond_table, start: int, seed: int, d: dict[str, Any], loss, timesteps: int, device):
-    """The fine-tune's batches from step ``start`` on: rank 0 of 1 takes the whole global batch of the
-    level-1 ``plan``, with the shared loop's draws (:func:`fairskin.diffusion.loop.with_draws`)."""
-    from fairskin.diffusion.feed import step_inputs
-    from fairskin.diffusion.loop import with_draws
-
-    batch_size = d["global_batch_size"]
-
-    def plan_batch(step: int):  # one process: rank 0 of 1 takes the whole global batch of the level-1 plan
-        positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
-        rows, weights = plan.lookup(positions)
-        batch = {"position": positions, "row": rows, "weight": weights}
-        return step_inputs(batch, arrays, rank=0, world=1, seed=seed, global_batch=batch_size)
-
-    if "latents" not in arrays:
-        raise ValueError("a generator trial fine-tunes from cached latents: set diffusion.cache_latents = true")
-    latent_chw = tuple(arrays["latents"].shape[2:])
-    return with_draws(
-        (plan_batch(step) for step in range(start, d["max_steps"])),
-        cond_table,
-        latent_chw,
-        seed=seed,
-        rank=0,
-        d=d,
-        loss=loss,
-        num_train_timesteps=timesteps,
-        device=device,
-    )
 
 
 @dataclass
