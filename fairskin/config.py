@@ -27,7 +27,7 @@ from fairskin.config_tree import parse_override as parse_override
 
 # Lives beside the samplers, which benchmarks/gpu.py imports on the device machine without pydantic.
 from fairskin.diffusion.sampler import NO_ZERO_SNR_SAMPLERS
-from fairskin.methods import Method, find_method, method_names
+from fairskin.methods import Method, check_hooks, find_method, method_names
 
 # A variant's schema lives with the methods; the configuration names variants and checks them against the method
 # registry, one way (the methods never import the configuration). Re-exported: callers import them from here.
@@ -232,6 +232,11 @@ class DiffusionConfig(_Section):
                 "pixels every step, held in memory)"
             )
         return self
+
+    @field_validator("custom_variants")
+    @classmethod
+    def _custom_hooks(cls, value: list[VariantSpec]) -> list[VariantSpec]:
+        return [check_hooks(spec) for spec in value]
 
     @model_validator(mode="after")
     def _known_variants(self) -> DiffusionConfig:

@@ -19,7 +19,8 @@ PAPER_VARIANTS = {"vanilla", "cbrs", "sqrs", "cbdm", "fairskin_c", "fairskin_s"}
 
 
 def test_the_paper_variants_are_methods_with_the_papers_settings():
-    assert PAPER_VARIANTS | {"vanilla_twin"} == set(method_names())
+    competitors = {"lora", "cbdm_lora", "fairskin_c_lora", "fairskin_s_lora"}
+    assert PAPER_VARIANTS | {"vanilla_twin"} | competitors == set(method_names())
     # The paper's table: level-1 weights and loss of each variant (FairSkin-C = CBRS + CBDM, FairSkin-S = SQRS + CBDM).
     expected = {
         "vanilla": ("none", "dm"),

@@ -56,6 +56,7 @@ from fairskin.diffusion.loop import (
     fine_tune,
     load_trainee,
     loss_settings,
+    method_hooks,
     save_checkpoint,
     with_draws,
 )
@@ -263,6 +264,7 @@ def finetune_variant(
     storage = Path(checkpoints or out.parent / f".ray-{out.name}").resolve()  # Ray Train wants it absolute
     rows, cond = cache if cache is not None else cache_for(config, base, train, shard_root=storage / "latents")
     loop_config, datasets = _loop_config(base, rows, cond, variant, d, seed, tracking, step_hooks)
+    loop_config["vocabulary"] = {"groups": list(train.groups), "num_diseases": len(train.diseases)}
     (storage / STOP_FILE).unlink(missing_ok=True)  # a stop request of an earlier run is not for this one
     prior = latest_state(storage)
     resumed_from = prior[1]["step"] if prior else 0
@@ -270,7 +272,7 @@ def finetune_variant(
         logger = _mlflow_logger(tracking)
         _log_steps(logger, prior[1].get("window", []), _last_logged_step(logger))
         return {
-            **_write_pipeline(parts, prior[0], out, prior[1], time.time(), workers, resumed_from),
+            **_write_pipeline(parts, prior[0], out, prior[1], time.time(), workers, resumed_from, loop_config),
             "train_rows": len(rows),
         }
     trainer = _trainer(config, d, workers, loop_config, datasets, storage)
@@ -287,7 +289,7 @@ def finetune_variant(
     if state["step"] < d.max_steps:  # aborted between two polls of the controller
         raise FitInterrupted(f"fine-tune of {variant.name} stopped at step {state['step']}; checkpoints kept")
     return {
-        **_write_pipeline(parts, result.checkpoint, out, state, started, workers, resumed_from),
+        **_write_pipeline(parts, result.checkpoint, out, state, started, workers, resumed_from, loop_config),
         "train_rows": len(rows),
     }
 
@@ -346,16 +348,21 @@ def _trainer(config: FairSkinConfig, d, workers: int, loop_config: dict, dataset
 
 
 def _write_pipeline(
-    parts, checkpoint, out: Path, state: dict, started: float, workers: int, resumed_from: int
+    parts, checkpoint, out: Path, state: dict, started: float, workers: int, resumed_from: int, cfg: dict
 ) -> dict[str, Any]:
-    """Save ``parts`` with the checkpoint's UNet (its EMA when kept) as ``out/pipeline``; the fit's summary."""
+    """Save ``parts`` with the checkpoint's UNet (its EMA when kept) as ``out/pipeline``, or, for an adapter
+    method, the base with the adapter's file beside it (the method's hooks export it); the fit's summary."""
     from diffusers import UNet2DConditionModel
 
+    hooks = _hooks(cfg, rank=0, world=1, device="cpu")
     with checkpoint.as_directory() as ckpt:
-        weights = Path(ckpt) / ("ema" if (Path(ckpt) / "ema").is_dir() else "unet")
-        with model_lock:
-            parts.unet = UNet2DConditionModel.from_pretrained(weights, use_safetensors=True)
-    save_sd(parts, out / "pipeline")
+        if not any(hook.adapter for hook in hooks):
+            weights = Path(ckpt) / ("ema" if (Path(ckpt) / "ema").is_dir() else "unet")
+            with model_lock:
+                parts.unet = UNet2DConditionModel.from_pretrained(weights, use_safetensors=True)
+        save_sd(parts, out / "pipeline")
+        for hook in hooks:
+            hook.export_checkpoint(Path(ckpt), out / "pipeline")
     return {
         "steps": state["step"],
         "seconds": time.time() - started,
@@ -524,6 +531,19 @@ def _window_state(pending: list, done: int, global_batch: int, attempt: int, sta
     }
 
 
+def _hooks(cfg: dict, *, rank: int, world: int, device) -> list:
+    """The variant's method hooks for one worker (see :func:`fairskin.diffusion.loop.method_hooks`)."""
+    return method_hooks(
+        cfg["variant"],
+        seed=cfg["seed"],
+        groups=cfg["vocabulary"]["groups"],
+        num_diseases=cfg["vocabulary"]["num_diseases"],
+        rank=rank,
+        world=world,
+        device=device,
+    )
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     """One Ray Train worker of the fine-tune (see the module docstring): the loop of :mod:`fairskin.diffusion.loop`
     over this rank's share of the plan, a checkpoint and a report every ``checkpoint_every`` steps."""
@@ -540,11 +560,13 @@ def train_loop_per_worker(cfg: dict) -> None:
     device = ray.train.torch.get_device()
     arrays, shards, cond_table, scheduler, vae = _worker_inputs(cfg, device)
     checkpoint = ray.train.get_checkpoint()
+    hooks = _hooks(cfg, rank=rank, world=world, device=device)
+    wrap = ray.train.torch.prepare_model
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            trainee, resumed = load_trainee(cfg["base"], Path(folder), d, device, ray.train.torch.prepare_model)
+            trainee, resumed = load_trainee(cfg["base"], Path(folder), d, device, wrap, hooks)
     else:
-        trainee, resumed = load_trainee(cfg["base"], None, d, device, ray.train.torch.prepare_model)
+        trainee, resumed = load_trainee(cfg["base"], None, d, device, wrap, hooks)
     start_step = resumed["step"] if resumed else 0
     attempt = resumed.get("attempt", 1) + 1 if resumed else 1
     # Where each attempt that reached a checkpoint started: [{"attempt", "from_step", "first_step"}]

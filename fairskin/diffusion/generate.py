@@ -154,22 +154,47 @@ class ItemGenerator:
         self.vocab = Vocabulary(*vocab)
         self.device = device
         self.item_hooks = tuple(item_hooks)  # see ITEM_HOOKS
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[str, Any] = {}  # variant (or an adapters' base fingerprint) -> pipeline
+        self._bases: dict[str, str] = {}  # adapter variant -> its base's fingerprint
+        self._adapters: dict[str, str | None] = {}  # base fingerprint -> the variant whose adapter is loaded
 
     def _pipe(self, variant: str):
-        if variant not in self._loaded:
-            from fairskin.diffusion.models import load_pipeline
+        """The variant's loaded pipeline: its own, or, for an adapter on a base (a LoRA result), the base loaded once
+        per actor with this variant's adapter swapped in (``unload_lora_weights`` / ``load_lora_weights``)."""
+        from fairskin.diffusion.models import base_fingerprint, has_adapter
 
-            pipe = load_pipeline(Path(self.pipelines[variant]))
-            pipe.scheduler = make_scheduler(self.cfg.scheduler, pipe.scheduler.config)
-            pipe.set_progress_bar_config(disable=True)
-            pipe = pipe.to(self.device, SAMPLING_DTYPES[self.cfg.dtype]())
-            if self.cfg.channels_last:
-                import torch
+        folder = Path(self.pipelines[variant])
+        if not has_adapter(folder):
+            if variant not in self._loaded:
+                self._loaded[variant] = self._load(folder)
+            return self._loaded[variant]
+        if variant not in self._bases:
+            self._bases[variant] = base_fingerprint(folder)
+        base = self._bases[variant]
+        if base not in self._loaded:
+            self._loaded[base] = self._load(folder)  # from_pretrained reads the base's parts, not the adapter
+            self._adapters[base] = None
+        pipe = self._loaded[base]
+        if self._adapters[base] != variant:
+            if self._adapters[base] is not None:
+                pipe.unload_lora_weights()
+            pipe.load_lora_weights(folder)
+            pipe.to(self.device, SAMPLING_DTYPES[self.cfg.dtype]())
+            self._adapters[base] = variant
+        return pipe
 
-                pipe.unet.to(memory_format=torch.channels_last)
-            self._loaded[variant] = pipe
-        return self._loaded[variant]
+    def _load(self, folder: Path):
+        from fairskin.diffusion.models import load_pipeline
+
+        pipe = load_pipeline(folder)
+        pipe.scheduler = make_scheduler(self.cfg.scheduler, pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        pipe = pipe.to(self.device, SAMPLING_DTYPES[self.cfg.dtype]())
+        if self.cfg.channels_last:
+            import torch
+
+            pipe.unet.to(memory_format=torch.channels_last)
+        return pipe
 
     def images(self, item: WorkItem) -> tuple[np.ndarray, list[int]]:
         """The item's images uint8 (n, H, W, 3) and their seeds, without writing anything."""

@@ -80,11 +80,13 @@ def cbdm_regulariser(h: torch.Tensor, h_other: torch.Tensor, w_t: torch.Tensor, 
 class LossParts:
     """The batch loss (scalar, to backpropagate) and its two parts as detached 0-dim tensors
     (``noise_part``, ``regulariser_part``: reading them does not wait for the device; ``noise`` /
-    ``regulariser`` give floats and do)."""
+    ``regulariser`` give floats and do), and each sample's noise term (``per_sample`` (B,), detached: what a
+    method's hook sees, e.g. FairDiffusion's group losses)."""
 
     loss: torch.Tensor
     noise_part: torch.Tensor
     regulariser_part: torch.Tensor
+    per_sample: torch.Tensor | None = None  # (B,) each sample's noise term, detached, before any weight
 
     @property
     def noise(self) -> float:
@@ -142,7 +144,7 @@ def training_loss(
         w_t = cbdm_time_weight(timesteps, scheduler.config.num_train_timesteps, tau)
         reg_term = cbdm_regulariser(h, h_other, w_t, gamma)
     loss = ((noise_term + reg_term) * weights.float()).sum() / latents.shape[0]
-    return LossParts(loss, noise_term.mean().detach(), torch.as_tensor(reg_term).mean().detach())
+    return LossParts(loss, noise_term.mean().detach(), torch.as_tensor(reg_term).mean().detach(), noise_term.detach())
 
 
 def other_subclasses(

@@ -275,6 +275,25 @@ def save_sd(parts: SDParts, folder: Path) -> Path:
     return Path(folder)
 
 
+# diffusers' adapter file: a pipeline folder that holds it is the base pipeline plus that adapter (an adapter
+# method's result, fairskin.methods.lora), loaded with ``load_lora_weights``.
+ADAPTER_FILE = "pytorch_lora_weights.safetensors"
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def has_adapter(folder: Path) -> bool:
+    """Whether the pipeline ``folder`` is a base plus an adapter file (:data:`ADAPTER_FILE`)."""
+    return (Path(folder) / ADAPTER_FILE).is_file()
+
+
+def base_fingerprint(folder: Path) -> str:
+    """The pipeline ``folder``'s parts without its adapter file (equal for two adapters on the same base)."""
+    from fairskin.provenance import folder_fingerprint
+
+    parts = [folder_fingerprint(Path(folder) / p) for p in PIPELINE_PARTS if (Path(folder) / p).is_dir()]
+    return ":".join(parts)
+
+
 @one_model_at_a_time
 def load_pipeline(folder: Path):
     """``StableDiffusionPipeline.from_pretrained(folder)`` without safety checker, offline."""

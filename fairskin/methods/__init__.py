@@ -3,7 +3,9 @@
 A method module declares ``VERSION`` (an int, bumped when what the method makes changes: it is part of
 the fine-tune and generate stage keys, so editing a method re-keys what it made) and ``METHODS``, the
 variants it registers (:class:`~fairskin.methods.spec.VariantSpec`). A module may also declare
-``resolve(name) -> VariantSpec | None`` for a family of names (``control_drop_<group>``).
+``resolve(name) -> VariantSpec | None`` for a family of names (``control_drop_<group>``), and ``HOOKS``,
+the :class:`~fairskin.methods.hooks.TrainingHook` classes it adds to the fine-tune loop by name (a variant
+uses them through ``VariantSpec.hooks``: ``lora`` and ``fairdiffusion`` do).
 
 Built-in modules::
 
@@ -11,6 +13,7 @@ Built-in modules::
     resampling   level 1: class-balanced (cbrs) and square-root (sqrs) subclass weights
     cbdm         level 2: the class-diversity regulariser on the noise-prediction loss
     fairskin     levels 1 + 2: FairSkin-C (cbrs + CBDM) and FairSkin-S (sqrs + CBDM)
+    lora         low-rank adapters on the UNet's attention (peft), alone or with FairSkin's levels
     controls     the engine's controls: vanilla_twin, control_drop_<group>, control_mix_<group>_<pct>
 
 A package installed beside the engine adds its own with an entry point (``pyproject.toml``)::
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
 
+from fairskin.methods.hooks import HookContext, TrainingHook
 from fairskin.methods.spec import VariantSpec
 
 BUILTIN_MODULES = (
@@ -39,6 +43,7 @@ BUILTIN_MODULES = (
     "fairskin.methods.cbdm",
     "fairskin.methods.fairskin",
     "fairskin.methods.controls",
+    "fairskin.methods.lora",
 )
 ENTRY_POINT_GROUP = "fairskin.methods"
 
@@ -56,14 +61,19 @@ class Method:
     version: int
 
     def fingerprint(self) -> dict:
-        """What the stage keys hold of this method: the resolved spec, its module and the module's version."""
-        return {"spec": self.spec.model_dump(mode="json"), "module": self.module, "version": self.version}
+        """What the stage keys hold of this method: the resolved spec, its module and the module's version, and
+        the module and version of each hook it uses."""
+        out = {"spec": self.spec.fingerprint_dump(), "module": self.module, "version": self.version}
+        if self.spec.hooks:
+            out["hooks"] = {name: f"{_REGISTRY.hook(name)[1]}@{_REGISTRY.hook(name)[2]}" for name in self.spec.hooks}
+        return out
 
 
 class _Registry:
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}
         self.resolvers: list[tuple[ModuleType, int]] = []
+        self.hooks: dict[str, tuple[type[TrainingHook], str, int]] = {}  # name -> (class, module, version)
         self.loaded = False
 
     def load(self) -> None:
@@ -80,11 +90,23 @@ class _Registry:
             if not isinstance(module, ModuleType):
                 raise MethodError(f"method plug-in {entry.name!r} ({entry.value}) must name a module")
             self.add_module(module)
+        # Hook settings checked once every module's hooks are known, their defaults filled in (so a changed
+        # default re-keys what the method made).
+        for name, method in self.methods.items():
+            self.methods[name] = Method(check_hooks(method.spec), method.module, method.version)
 
     def add_module(self, module: ModuleType) -> None:
         version = getattr(module, "VERSION", None)
         if not isinstance(version, int) or isinstance(version, bool):
             raise MethodError(f"method module {module.__name__}: VERSION must be an int, got {version!r}")
+        for name, cls in getattr(module, "HOOKS", {}).items():
+            if not (isinstance(cls, type) and issubclass(cls, TrainingHook)):
+                raise MethodError(f"method module {module.__name__}: HOOKS[{name!r}] is not a TrainingHook subclass")
+            if name in self.hooks:
+                raise MethodError(
+                    f"method module {module.__name__}: hook {name!r} is already registered by {self.hooks[name][1]}"
+                )
+            self.hooks[name] = (cls, module.__name__, version)
         specs = getattr(module, "METHODS", [])
         for spec in specs:
             if not isinstance(spec, VariantSpec):
@@ -98,6 +120,12 @@ class _Registry:
         if callable(getattr(module, "resolve", None)):
             self.resolvers.append((module, version))
 
+    def hook(self, name: str) -> tuple[type[TrainingHook], str, int]:
+        self.load()
+        if name not in self.hooks:
+            raise KeyError(f"unknown method hook {name!r}; registered: {sorted(self.hooks)}")
+        return self.hooks[name]
+
     def get(self, name: str) -> Method | None:
         self.load()
         if name in self.methods:
@@ -105,7 +133,7 @@ class _Registry:
         for module, version in self.resolvers:
             spec = module.resolve(name)
             if spec is not None:
-                return Method(spec, module.__name__, version)
+                return Method(check_hooks(spec), module.__name__, version)
         return None
 
 
@@ -141,3 +169,29 @@ def methods_fingerprint(methods: Iterable[Method]) -> str:
     """16 hex digits over the methods' resolved specs, modules and versions (order-free)."""
     blob = json.dumps(sorted((m.fingerprint() for m in methods), key=lambda f: f["spec"]["name"]), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_hooks(spec: VariantSpec) -> VariantSpec:
+    """``spec`` with each hook's settings validated by its ``Settings`` (defaults filled in); ValueError naming the
+    variant, the hook and the field otherwise."""
+    checked = {}
+    for name, settings in spec.hooks.items():
+        try:
+            cls = _REGISTRY.hook(name)[0]
+        except KeyError as exc:
+            raise ValueError(f"variant {spec.name!r}: {exc.args[0]}") from None
+        try:
+            checked[name] = cls.Settings(**settings).model_dump(mode="json")
+        except Exception as exc:
+            raise ValueError(f"variant {spec.name!r}, hook {name!r}: {exc}") from None
+    return spec if checked == spec.hooks else spec.model_copy(update={"hooks": checked})
+
+
+def build_hooks(variant: dict, context: HookContext) -> list[TrainingHook]:
+    """The hooks of a variant (a ``VariantSpec`` dump, as the fine-tune loop receives it), in order, built with their
+    validated settings for ``context``."""
+    hooks = []
+    for name, settings in (variant.get("hooks") or {}).items():
+        cls = _REGISTRY.hook(name)[0]
+        hooks.append(cls(cls.Settings(**settings), context))
+    return hooks

@@ -11,7 +11,7 @@ This module imports pydantic only: the configuration imports it, never the other
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,6 +53,15 @@ class VariantSpec(BaseModel):
     # A control: the group (its name, any case; spaces as "_") whose training images this variant's
     # fine-tune and the base it starts from never see, so the generator is known to be worse for it.
     drop_group: str | None = Field(None, min_length=1)
+    # The method hooks this variant trains with, in order, each with its settings (a method module registers the
+    # hook under its name: fairskin.methods.hooks); validated by the hook's own Settings when the registry resolves
+    # the variant. Empty: the plain fine-tune loop.
+    hooks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def fingerprint_dump(self) -> dict[str, Any]:
+        """The spec as the stage keys hold it: without ``hooks`` when it has none, so the variants that existed
+        before hooks keep their keys."""
+        return self.model_dump(mode="json", exclude=set() if self.hooks else {"hooks"})
 
 
 def parse_mix_control(name: str) -> tuple[str, int]:

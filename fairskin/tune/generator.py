@@ -175,7 +175,7 @@ def run_generator_trial(
 
     from fairskin.data.sampling import WeightedSampler
     from fairskin.data.stream import RunPlan
-    from fairskin.diffusion.loop import in_process_feed, load_trainee, loss_settings
+    from fairskin.diffusion.loop import in_process_feed, load_trainee, loss_settings, method_hooks
     from fairskin.diffusion.models import load_sd
     from fairskin.diffusion.variants import salted_seed
 
@@ -195,7 +195,14 @@ def run_generator_trial(
     arrays, cond = ray.get(inputs.cache)
     cond_table = torch.from_numpy(np.array(cond)).to(device)
     scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
-    trainee, state = load_trainee(base, Path(checkpoint_folder) if checkpoint_folder else None, d, device)
+    hooks = method_hooks(
+        variant.model_dump(mode="json"),
+        seed=seed,
+        groups=config.data.group_names,
+        num_diseases=len(config.data.diseases),
+        device=device,
+    )
+    trainee, state = load_trainee(base, Path(checkpoint_folder) if checkpoint_folder else None, d, device, None, hooks)
     start = int(state["step"]) if state else 0
     loss = loss_settings(variant.model_dump(), d)
     plan = RunPlan(WeightedSampler(np.asarray(arrays["subclass"]), variant.weights, variant.apply, seed))
@@ -277,12 +284,11 @@ class _Trial:
             **score_pool(pixels, meta, self.inputs, *self.scorers),
         }
         if done == self.d["max_steps"]:
-            from fairskin.diffusion.models import save_sd
+            from fairskin.diffusion.loop import save_result
 
             save_pool(self.out, pixels, meta, config, title=f"{self.name}: {settings_line(self.variant)}")
             if self.checkpoints:
-                self.parts.unet = sampler_unet
-                save_sd(self.parts, self.out / "pipeline")
+                save_result(self.parts, self.trainee, self.out / "pipeline")
             metrics["preview"] = str(self.out / "preview.png")
             metrics["variant_file"] = str(self.out / "variant.yaml")
         return metrics
@@ -290,7 +296,9 @@ class _Trial:
 
 def settings_line(variant: VariantSpec) -> str:
     """A generator's settings on one line (``k=v, ...``, floats to 3 significant digits; no name, no salt)."""
-    keep = variant.model_dump(exclude_none=True, exclude={"name", "seed_salt"})
+    keep = variant.model_dump(
+        exclude_none=True, exclude={"name", "seed_salt"} | (set() if variant.hooks else {"hooks"})
+    )
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items())
 
 
