@@ -78,9 +78,9 @@ def test_the_result_is_the_base_pipeline_plus_diffusers_adapter_file_and_loads_w
 
     trainee, folder = trained["a"]
     assert (folder / ADAPTER_FILE).is_file() and (folder / ADAPTER_FILE).stat().st_size < 5_000_000
-    assert torch.equal(
-        load_sd(str(folder)).unet.conv_in.weight, load_sd(str(data.base)).unet.conv_in.weight
-    ), "the result's UNet must be the base's"
+    assert torch.equal(load_sd(str(folder)).unet.conv_in.weight, load_sd(str(data.base)).unet.conv_in.weight), (
+        "the result's UNet must be the base's"
+    )
     cfg = GenerationConfig(inference_steps=4, guidance_scale=3.0)
 
     def images(pipe):
@@ -169,3 +169,25 @@ def test_lora_settings_are_checked_and_re_key_the_method():
     spec = get_method("lora").spec
     other = spec.model_copy(update={"hooks": {"lora": {**spec.hooks["lora"], "rank": 8}}})
     assert methods_fingerprint([get_method("lora")]) != methods_fingerprint([Method(other, "fairskin.methods.lora", 1)])
+
+
+def test_the_lora_search_space_sets_the_adapters_settings_of_each_trial(tmp_path):
+    """tune_spaces/lora.yaml resolves on smoke; a trial's ``hook.lora.*`` values land in the variant's hooks (the rest
+    of the adapter settings at their defaults); a rank the hook refuses is named before Ray starts."""
+    import yaml
+
+    from fairskin.config import build_config
+    from fairskin.tune.spaces import SpaceError, load_space, resolve_generator_space, variant_from_trial
+
+    config = build_config("smoke")
+    resolved = resolve_generator_space(load_space("lora"), config)
+    spec = variant_from_trial(
+        {"hook.lora.rank": 16, "hook.lora.alpha": 8.0, "diffusion.learning_rate": 1e-3}, "t1", resolved.fixed_generator
+    )
+    assert spec.hooks["lora"]["rank"] == 16 and spec.hooks["lora"]["alpha"] == 8.0
+    assert spec.hooks["lora"]["target_modules"] == list(DEFAULT_TARGETS) and spec.learning_rate == 1e-3
+    text = yaml.safe_load(open("tune_spaces/lora.yaml"))
+    text["parameters"][0] = {"name": "hook.lora.rank", "kind": "int", "low": 0, "high": 8}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**text, "name": "bad"}))
+    with pytest.raises(SpaceError, match=r"hook\.lora\.rank"):
+        resolve_generator_space(load_space(str(tmp_path / "bad.yaml")), config)

@@ -85,7 +85,8 @@ class Parameter(_Model):
             raise ValueError(
                 f"parameter {n!r}: unknown target; use proportions, per_subclass, balance_to, mode, "
                 "variant or classifier.<field> (classifier studies), or diffusion.<field> / "
-                f"variant.<field> with a field of {list(GENERATOR_FIELDS)} (generator studies)"
+                f"variant.<field> with a field of {list(GENERATOR_FIELDS[:-1])} or hook.<hook>.<setting> "
+                "(generator studies)"
             )
         if is_generator_parameter(n) and self.kind == "simplex":
             raise ValueError(f"parameter {n!r}: kind must be int, float or choice")
@@ -146,18 +147,28 @@ class Fixed(_Model):
     generator: dict[str, Any] | None = None
 
 
-# Generator studies: the VariantSpec fields a trial may set (``diffusion.<field>`` or ``variant.<field>``).
-GENERATOR_FIELDS = ("weights", "apply", "loss", "cbdm_tau", "cbdm_gamma", "learning_rate", "max_steps")
+# Generator studies: the VariantSpec fields a trial may set (``diffusion.<field>`` or ``variant.<field>``), and
+# a method hook's settings (``hook.<hook>.<setting>``, e.g. ``hook.lora.rank``; the hook's own Settings check them).
+GENERATOR_FIELDS = ("weights", "apply", "loss", "cbdm_tau", "cbdm_gamma", "learning_rate", "max_steps", "hooks")
+
+
+def is_hook_parameter(name: str) -> bool:
+    """``hook.<hook>.<setting>``: a method hook's setting (``hook.lora.rank``)."""
+    parts = name.split(".")
+    return len(parts) == 3 and parts[0] == "hook" and all(parts[1:])
 
 
 def is_generator_parameter(name: str) -> bool:
     prefix, _, fld = name.partition(".")
-    return prefix in ("diffusion", "variant") and fld in GENERATOR_FIELDS
+    return (prefix in ("diffusion", "variant") and fld in GENERATOR_FIELDS and fld != "hooks") or is_hook_parameter(
+        name
+    )
 
 
 def generator_field(name: str) -> str:
-    """``diffusion.cbdm_tau`` / ``variant.weights`` -> the VariantSpec field (``cbdm_tau``, ``weights``)."""
-    return name.partition(".")[2]
+    """``diffusion.cbdm_tau`` / ``variant.weights`` -> the VariantSpec field (``cbdm_tau``, ``weights``);
+    ``hook.lora.rank`` -> ``hook.lora.rank`` (a setting inside ``VariantSpec.hooks``)."""
+    return name if is_hook_parameter(name) else name.partition(".")[2]
 
 
 class SearchSpace(_Model):
@@ -260,7 +271,7 @@ class SearchSpace(_Model):
         if bad:
             raise ValueError(
                 f"parameter(s) {bad}: a generator study searches diffusion.<field> / variant.<field> "
-                f"with a field of {list(GENERATOR_FIELDS)}"
+                f"with a field of {list(GENERATOR_FIELDS[:-1])}, or hook.<hook>.<setting>"
             )
         if self.fixed.mode or self.fixed.variant or self.fixed.plan:
             raise ValueError("a generator study takes fixed.generator only (no mode, variant or plan)")

@@ -291,13 +291,20 @@ def variant_from_trial(
     settings, then each ``diffusion.<field>`` / ``variant.<field>`` of the trial config. Put the
     result's ``model_dump(exclude_none=True)`` under ``diffusion.custom_variants`` (and its name in
     ``diffusion.variants``) to take the trial's generator into the ablation."""
+    from fairskin.methods import check_hooks
+    from fairskin.tune.space_schema import is_hook_parameter
+
     values: dict[str, Any] = dict(fixed or {})
+    hooks = {hook: dict(settings or {}) for hook, settings in (values.pop("hooks", None) or {}).items()}
     for key, value in trial_config.items():
-        if is_generator_parameter(key):
+        if is_hook_parameter(key):
+            _, hook, setting = key.split(".")
+            hooks.setdefault(hook, {})[setting] = value
+        elif is_generator_parameter(key):
             values[generator_field(key)] = value
     if "max_steps" in values:
         values["max_steps"] = int(values["max_steps"])
-    return VariantSpec(name=name, **values)
+    return check_hooks(VariantSpec(name=name, hooks=hooks, **values))
 
 
 def _value_error(exc: ValidationError) -> str:
@@ -312,12 +319,15 @@ def check_generator_values(space: SearchSpace, config: FairSkinConfig) -> None:
     settings, must make a valid :class:`VariantSpec` and, applied with ``DiffusionConfig.for_variant``,
     a valid :class:`DiffusionConfig`: :class:`SpaceError` naming the parameter before Ray starts."""
     from fairskin.config import DiffusionConfig
+    from fairskin.methods import check_hooks
 
     fixed = dict(space.fixed.generator or {})
     try:
-        VariantSpec(name="fixed", **fixed)
+        check_hooks(VariantSpec(name="fixed", **fixed))
     except ValidationError as exc:
         raise SpaceError(f"fixed.generator: {_value_error(exc)}") from None
+    except ValueError as exc:
+        raise SpaceError(f"fixed.generator: {exc}") from None
     for p in space.parameters:
         values = (
             list(p.values)
