@@ -1,7 +1,7 @@
 """Paper-scale cost on one GPU: the engine's own training step, pool sampling and FID features, for
 SD v1-4's architecture with random weights at 512 px.
 
-    python benchmarks/gpu.py [--tiny | --quick] [--budget-s S] [--sections train,sample,fid]
+    python benchmarks/gpu.py [--tiny | --quick] [--budget-s S] [--sections train,sample,fid,lora]
 
 Prints one JSON line as each section ends (a run cut short still reports what it measured) and, last,
 one line with every figure (``"section": "all"``). Sections:
@@ -18,6 +18,10 @@ sample  ``fairskin.diffusion.sampler.generate_images`` (the pool code) on a ``St
         and fp16 weights, and the UNet FLOP per image-step.
 fid     ``fairskin.metrics.features.classifier_forward`` (the FID feature path) of the paper's ViT-B/16
         (random weights, 224 px) on 512 px uint8 images: images/s in fp32 (the engine's) and bf16.
+lora    the same step for the whole UNet and for LoRA adapters (rank 4 on to_k/to_q/to_v/to_out.0,
+        the base frozen: ``fairskin.methods.lora``'s recipe, which is diffusers' example's) at the paper's
+        shape: peak GPU memory during the steps (weights, gradients, AdamW moments, activations), step
+        time and trainable parameters of each, and their ratios; whether LoRA fits a 24 GB GPU.
 
 Goals the figures are read against: MFU >= 45 % for the vanilla step, a CBDM step within 5 % of its
 FLOP floor. Without CUDA (or with ``--tiny``) every section runs at tiny size (an SD-shaped model of a
@@ -26,7 +30,8 @@ few channels at 64 px, a tiny ViT) through the same functions and dtypes, in abo
 The device machine has torch, transformers, safetensors and accelerate but no diffusers and no
 network: when ``import diffusers`` fails, the wheels in ``benchmarks/wheels/`` (fetched beforehand by
 ``make gpu-wheels``: diffusers at the pinned version, with requests and Pillow that diffusers needs and
-transformers does not) are unpacked to a temporary folder and appended to ``sys.path``.
+transformers does not, and peft for the lora section) are unpacked to a temporary folder and appended to
+``sys.path``.
 """
 
 from __future__ import annotations
@@ -431,6 +436,96 @@ def fid_section(sz, device, budget: Budget) -> dict:
 # --------------------------------------------------------------------------- main
 
 
+def lora_section(parts, sz, device, peak, budget: Budget) -> dict:
+    """The training step of the whole UNet against LoRA adapters on it, one after the other on the same UNet,
+    each with its own AdamW (the full one's moments freed first), peak memory reset before each."""
+    import numpy as np
+    import torch
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
+    from fairskin.diffusion.models import encode_prompts
+    from fairskin.diffusion.step import autocast_dtype, draw_step_inputs, step_generator, train_step
+
+    scheduler = DDPMScheduler.from_config(parts.noise_scheduler.config)
+    unet = parts.unet.to(device).train()
+    text_encoder = parts.text_encoder.to(device)
+    cond_table = encode_prompts(
+        parts.tokenizer, text_encoder, [f"group{g} disease{d}" for g in range(3) for d in range(5)] + [""]
+    )
+    latent = (unet.config.in_channels, sz.image // 8, sz.image // 8)
+    rng = np.random.default_rng(0)
+    latents = torch.randn((sz.batch, *latent), generator=torch.Generator().manual_seed(0)).to(device)
+    weights = torch.ones(sz.batch, device=device)
+    counter = {"step": 0}
+
+    def step(optimizer) -> None:
+        counter["step"] += 1
+        draws = draw_step_inputs(
+            cond_table,
+            torch.from_numpy(rng.integers(0, 15, sz.batch)),
+            latents.shape,
+            shared=step_generator(0, counter["step"]),
+            local=step_generator(0, counter["step"], 0),
+            prompt_drop_prob=0.0,
+            use_cbdm=False,
+            include_self=True,
+            num_train_timesteps=scheduler.config.num_train_timesteps,
+            device=device,
+        )
+        out, _, _ = train_step(
+            unet, optimizer, None, scheduler, latents, draws, weights,
+            use_cbdm=False, tau=1.0, gamma=0.0, autocast=autocast_dtype("bf16"), max_grad_norm=1.0,
+        )  # fmt: skip
+        if not math.isfinite(out.noise):
+            raise FloatingPointError("lora section: non-finite loss")
+
+    def measure(kind: str) -> None:
+        trainable = [p for p in unet.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+        step(optimizer)  # warm-up; AdamW's moments exist from here
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for r in range(sz.rounds):
+            if r and budget.left() < 30:
+                figures[f"lora_rounds_cut_by_budget_{kind}"] = r
+                break
+            sync(device)
+            t = time.perf_counter()
+            step(optimizer)
+            sync(device)
+            times.append(time.perf_counter() - t)
+        figures[f"lora_step_s_{kind}"] = median(times)
+        figures[f"lora_trainable_parameters_m_{kind}"] = sum(p.numel() for p in trainable) / 1e6
+        figures[f"lora_peak_memory_gb_{kind}"] = (
+            torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        )
+        optimizer.state.clear()
+        unet.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    figures: dict = {
+        "lora_setup": f"batch {sz.batch}, {sz.image} px, fp32 weights, bf16 autocast, AdamW, no grad checkpointing",
+        "lora_rank": 4,
+    }
+    unet.requires_grad_(True)
+    measure("full")
+    unet.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    )
+    measure("lora")
+    figures["ratio_lora_vs_full_step_s"] = figures["lora_step_s_lora"] / figures["lora_step_s_full"]
+    if device.type == "cuda":
+        figures["ratio_lora_vs_full_peak_memory"] = (
+            figures["lora_peak_memory_gb_lora"] / figures["lora_peak_memory_gb_full"]
+        )
+        figures["lora_fits_24gb"] = figures["lora_peak_memory_gb_lora"] < 24
+    return {k: _round(v) for k, v in figures.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -443,7 +538,7 @@ def main() -> None:
         help="seconds for the whole run (default 200 on a GPU, 300 tiny); measurements that would "
         "not fit are skipped and named",
     )
-    parser.add_argument("--sections", default="train,sample,fid")
+    parser.add_argument("--sections", default="train,sample,fid,lora")
     parser.add_argument(
         "--threads",
         type=int,
@@ -453,7 +548,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     wanted = [s for s in args.sections.split(",") if s]
-    unknown = set(wanted) - {"train", "sample", "fid"}
+    unknown = set(wanted) - {"train", "sample", "fid", "lora"}
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
 
@@ -501,6 +596,7 @@ def main() -> None:
         "train": lambda: train_section(parts, sz, device, peak, budget),
         "sample": lambda: sample_section(parts, sz, device, peak, budget),
         "fid": lambda: fid_section(sz, device, budget),
+        "lora": lambda: lora_section(parts, sz, device, peak, budget),
     }
     for section in wanted:
         if budget.left() < 20:

@@ -59,6 +59,8 @@ EXPECTED = (
     ]
     + [f"sample_images_per_s_{dtype}_{steps}" for dtype in ("fp32", "bf16", "fp16") for steps in (50, 25)]
     + ["fid_images_per_s_fp32", "fid_images_per_s_bf16"]
+    + [f"lora_{what}_{kind}" for what in ("step_s", "trainable_parameters_m") for kind in ("full", "lora")]
+    + ["ratio_lora_vs_full_step_s"]
 )
 
 
@@ -70,7 +72,7 @@ def test_gpu_benchmark_tiny_mode_reports_every_section_as_json():
     proc = subprocess.run(cmd + ["--quick", "--budget-s", "900"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert [line["section"] for line in lines] == ["env", "train", "sample", "fid", "all"]
+    assert [line["section"] for line in lines] == ["env", "train", "sample", "fid", "lora", "all"]
     last = lines[-1]
     missing = [k for k in EXPECTED if k not in last]
     assert not missing, missing
@@ -87,6 +89,9 @@ def test_gpu_benchmark_tiny_mode_reports_every_section_as_json():
     assert abs(last["flop_ratio_cbdm_vs_vanilla_gamma_pos"] - 2.0) < 0.01
     assert 1.3 < last["flop_ratio_cbdm_vs_vanilla_gamma0"] < 1.45
     assert last["flop_ratio_encode_vs_cached"] > 1
+    # LoRA trains the adapters only: rank 4 on the attention projections is a few percent of the tiny UNet
+    assert 0 < last["lora_trainable_parameters_m_lora"] < last["lora_trainable_parameters_m_full"] / 10
+    assert last["lora_step_s_lora"] > 0 and last["lora_step_s_full"] > 0
 
 
 def test_wheel_list_pins_the_constrained_diffusers():
