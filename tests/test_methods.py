@@ -19,7 +19,7 @@ PAPER_VARIANTS = {"vanilla", "cbrs", "sqrs", "cbdm", "fairskin_c", "fairskin_s"}
 
 
 def test_the_paper_variants_are_methods_with_the_papers_settings():
-    competitors = {"lora", "cbdm_lora", "fairskin_c_lora", "fairskin_s_lora"}
+    competitors = {"lora", "cbdm_lora", "fairskin_c_lora", "fairskin_s_lora", "fairdiffusion"}
     assert PAPER_VARIANTS | {"vanilla_twin"} | competitors == set(method_names())
     # The paper's table: level-1 weights and loss of each variant (FairSkin-C = CBRS + CBDM, FairSkin-S = SQRS + CBDM).
     expected = {

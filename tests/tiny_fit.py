@@ -90,3 +90,23 @@ def fit(
     for done, step_metrics, _ in fine_tune(trainee, scheduler, feed, d=d, loss=loss, rank=rank):
         metrics.append({"step": done, **{k: float(v) for k, v in step_metrics.items()}})
     return trainee, metrics
+
+
+def ddp_worker(rank: int, world: int, port: int, data: TinySet, variant: dict, d: dict, out: Path) -> None:
+    """One of ``world`` processes of a gloo group on the loopback address: the tiny fine-tune of ``variant`` with
+    the UNet in DistributedDataParallel (as Ray Train's ``prepare_model`` wraps it) and the hooks' collectives
+    over the group; saves this rank's per-step metrics and trained parameters to ``out/rank<r>.pt``."""
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        trainee, metrics = fit(data, variant, d, seed=5, rank=rank, world=world, wrap=DistributedDataParallel)
+        trained = {k: v.detach().clone() for k, v in trainee.unet.named_parameters() if v.requires_grad}
+        torch.save({"metrics": metrics, "trained": trained}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()

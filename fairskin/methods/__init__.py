@@ -14,6 +14,7 @@ Built-in modules::
     cbdm         level 2: the class-diversity regulariser on the noise-prediction loss
     fairskin     levels 1 + 2: FairSkin-C (cbrs + CBDM) and FairSkin-S (sqrs + CBDM)
     lora         low-rank adapters on the UNet's attention (peft), alone or with FairSkin's levels
+    fairdiffusion  FairDiffusion's Fair Bayesian Perturbation of the per-sample loss weights (botorch)
     controls     the engine's controls: vanilla_twin, control_drop_<group>, control_mix_<group>_<pct>
 
 A package installed beside the engine adds its own with an entry point (``pyproject.toml``)::
@@ -44,6 +45,7 @@ BUILTIN_MODULES = (
     "fairskin.methods.fairskin",
     "fairskin.methods.controls",
     "fairskin.methods.lora",
+    "fairskin.methods.fairdiffusion",
 )
 ENTRY_POINT_GROUP = "fairskin.methods"
 
