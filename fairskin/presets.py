@@ -101,6 +101,23 @@ def _study() -> dict[str, Any]:
     }
 
 
+@register_preset("methods")
+def _methods() -> dict[str, Any]:
+    # Issue 29: the competitors beside FairSkin under the same controls. The study preset's data, base and
+    # settings (so a runs root that ran `study` reuses its vae, base and reference stages: same keys), R = 3,
+    # with vanilla, FairSkin-S, LoRA alone and under FairSkin-S's levels, FairDiffusion, and the twin (the
+    # negative control that says what "equivalent" can detect). No drop or mix control: they test the
+    # engine, which the study preset does.
+    study = _study()
+    return {
+        **study,
+        "diffusion": {
+            **study["diffusion"],
+            "variants": ["vanilla", "fairskin_s", "lora", "fairskin_s_lora", "fairdiffusion", "vanilla_twin"],
+        },
+    }
+
+
 @register_preset("smoke")
 def _smoke() -> dict[str, Any]:
     # Tests: the smallest sizes that still exercise every path.

@@ -326,7 +326,7 @@ def test_registry_resolves_fairdiffusion_with_default_settings():
     assert spec.weights == "none" and spec.loss == "dm"
     assert spec.hooks == {
         "fairdiffusion": {
-            "window": 50,
+            "window": None,
             "exploitation_rate": 0.95,
             "ucb_beta": 0.1,
             "sigma_lower": 0.0,
@@ -342,3 +342,14 @@ def test_registry_resolves_fairdiffusion_with_default_settings():
         check_hooks(VariantSpec(name="fd_custom", hooks={"fairdiffusion": {"sigma_upper": 0.5}}))
     custom = check_hooks(VariantSpec(name="fd_custom", hooks={"fairdiffusion": {"window": 30}}))
     assert custom.hooks["fairdiffusion"]["window"] == 30 and custom.hooks["fairdiffusion"]["ucb_beta"] == 0.1
+
+
+def test_the_default_window_is_the_official_50_or_half_a_short_fine_tune():
+    """Hand-worked: the paper's 12,000 steps and the study's 200 keep the official 50; the smoke preset's 6 steps
+    get 3 (a Bayesian step at step 3), never fewer than 2 pairs; a window set in the settings wins."""
+    from fairskin.methods.fairdiffusion import default_window
+
+    assert [default_window(n) for n in (12_000, 200, 100, 6, 3, None)] == [50, 50, 50, 3, 2, 50]
+    context = HookContext(seed=0, groups=("a", "b"), num_diseases=2, max_steps=6)
+    assert FairBayesianPerturbation(Settings(), context).window == 3
+    assert FairBayesianPerturbation(Settings(window=5), context).window == 5

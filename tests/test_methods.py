@@ -136,3 +136,16 @@ def test_a_broken_plugin_module_is_named_in_the_error(tmp_path):
     bad.VERSION, bad.METHODS = 1, ["vanilla"]
     with pytest.raises(MethodError, match="bad_plugin: METHODS holds 'vanilla', not a VariantSpec"):
         registry.add_module(bad)
+
+
+def test_the_methods_preset_reuses_the_study_presets_upstream_stages():
+    """A runs root that ran `study` holds the `methods` preset's prepare, vae, base, reference and judge stages:
+    their keys are the same; the fine-tunes differ (other variants), and the competitors are all there."""
+    from fairskin.config import build_config
+
+    study, methods = (_keys(build_config(p)) for p in ("study", "methods"))
+    for stage in ("prepare", "vae", "base", "reference", "judge"):
+        assert study[stage] == methods[stage], stage
+    assert study["finetune"] != methods["finetune"]
+    variants = build_config("methods").diffusion.variants
+    assert {"vanilla", "fairskin_s", "lora", "fairskin_s_lora", "fairdiffusion", "vanilla_twin"} == set(variants)

@@ -67,7 +67,9 @@ def fit(
     from fairskin.data.stream import RunPlan
     from fairskin.diffusion.loop import fine_tune, in_process_feed, load_trainee, loss_settings, method_hooks
 
-    hooks = method_hooks(variant, seed=seed, groups=GROUPS, num_diseases=len(DISEASES), rank=rank, world=world)
+    hooks = method_hooks(
+        variant, seed=seed, groups=GROUPS, num_diseases=len(DISEASES), rank=rank, world=world, max_steps=d["max_steps"]
+    )
     trainee, state = load_trainee(str(data.base), checkpoint, d, "cpu", wrap, hooks)
     start = int(state["step"]) if state else 0
     scheduler = DDPMScheduler.from_pretrained(str(data.base), subfolder="scheduler")

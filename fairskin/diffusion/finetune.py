@@ -538,6 +538,7 @@ def _hooks(cfg: dict, *, rank: int, world: int, device) -> list:
         seed=cfg["seed"],
         groups=cfg["vocabulary"]["groups"],
         num_diseases=cfg["vocabulary"]["num_diseases"],
+        max_steps=cfg["diffusion"]["max_steps"],
         rank=rank,
         world=world,
         device=device,

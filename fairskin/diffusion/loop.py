@@ -86,6 +86,7 @@ def method_hooks(
     rank: int = 0,
     world: int = 1,
     device="cpu",
+    max_steps: int | None = None,
 ) -> list[TrainingHook]:
     """The variant's method hooks (a ``VariantSpec`` dump's ``hooks``) for this worker: with collectives over the
     process group when several workers train (Ray Train's ``torch.distributed`` group), identities on one."""
@@ -96,6 +97,7 @@ def method_hooks(
         seed=seed,
         groups=tuple(groups),
         num_diseases=num_diseases,
+        max_steps=max_steps,
         rank=rank,
         world=world,
         device=device,

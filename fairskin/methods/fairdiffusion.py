@@ -91,9 +91,11 @@ class Settings(BaseModel):
     # The docstring under each field is its description (use_attribute_docstrings).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
 
-    window: int = Field(50, ge=1)
+    window: int | None = Field(None, ge=1)
     """Steps between BO updates of sigma (official ``--fair_time_window``): at every step t > 0 with
-    t % window == 0 a GP is fitted to the (sigma, y) pairs recorded since the last update."""
+    t % window == 0 a GP is fitted to the (sigma, y) pairs recorded since the last update. None: the official
+    default 50, or half the fine-tune's steps when that is fewer (at least 2), so that a short fine-tune (the
+    smoke preset's 6 steps: window 3) still takes a Bayesian step."""
 
     exploitation_rate: float = Field(0.95, ge=0, le=1)
     """Official ``--fair_exploitation_rate`` r: after every step sigma <- r * sigma + (1 - r) * U(lower, upper)."""
@@ -217,6 +219,11 @@ def propose_sigma(sigmas: torch.Tensor, rewards: torch.Tensor, settings: Setting
     return candidate.detach().reshape(k).to(torch.float64).clamp(settings.sigma_lower, settings.sigma_upper)
 
 
+def default_window(max_steps: int | None) -> int:
+    """The window when the settings leave it to the run: 50 (official), or ``max_steps // 2`` when smaller, >= 2."""
+    return 50 if max_steps is None else max(2, min(50, max_steps // 2))
+
+
 class FairBayesianPerturbation(TrainingHook):
     """FairDiffusion's Fair Bayesian Perturbation (see the module docstring): per-sample weights
     1 + sigma[group] * eps, sigma tuned every ``window`` steps by BO on the global group-loss gap."""
@@ -231,6 +238,7 @@ class FairBayesianPerturbation(TrainingHook):
         self.sigma = torch.full((self.num_groups,), float(settings.sigma_init), dtype=torch.float64)
         self.window_sigmas: list[list[float]] = []  # the sigma of each recorded step since the last BO update
         self.window_rewards: list[float] = []  # its y
+        self.window = settings.window or default_window(context.max_steps)
 
     def sample_weights(self, step: int, subclass) -> torch.Tensor:
         """(B,) float32 CPU weights 1 + sigma[group] * eps for this rank's ``subclass`` ids (B,) at ``step``."""
@@ -250,7 +258,7 @@ class FairBayesianPerturbation(TrainingHook):
         if reward is not None:
             self.window_sigmas.append(used.tolist())
             self.window_rewards.append(reward)
-        if step > 0 and step % self.settings.window == 0:
+        if step > 0 and step % self.window == 0:
             candidate = used
             if ctx.rank == 0 and self.window_rewards:
                 candidate = propose_sigma(

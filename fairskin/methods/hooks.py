@@ -43,12 +43,14 @@ class HookContext:
     ``seed``: the generator's seed (a hook's draws are seeded by (seed, step[, rank]) so a resumed run repeats
     them); ``rank`` / ``world``: this worker and how many train; ``groups``: the skin-tone group names, and
     ``num_diseases``: subclass ids are group-major (``subclass = group * num_diseases + disease``);
-    ``all_reduce_sum`` / ``broadcast_from_rank0``: collectives over the workers (identities on one).
+    ``all_reduce_sum`` / ``broadcast_from_rank0``: collectives over the workers (identities on one);
+    ``max_steps``: the fine-tune's optimizer steps (None: unknown).
     """
 
     seed: int
     groups: tuple[str, ...]
     num_diseases: int
+    max_steps: int | None = None
     rank: int = 0
     world: int = 1
     device: Any = "cpu"

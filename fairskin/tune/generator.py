@@ -200,6 +200,7 @@ def run_generator_trial(
         seed=seed,
         groups=config.data.group_names,
         num_diseases=len(config.data.diseases),
+        max_steps=d["max_steps"],
         device=device,
     )
     trainee, state = load_trainee(base, Path(checkpoint_folder) if checkpoint_folder else None, d, device, None, hooks)
