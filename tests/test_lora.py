@@ -191,3 +191,15 @@ def test_the_lora_search_space_sets_the_adapters_settings_of_each_trial(tmp_path
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**text, "name": "bad"}))
     with pytest.raises(SpaceError, match=r"hook\.lora\.rank"):
         resolve_generator_space(load_space(str(tmp_path / "bad.yaml")), config)
+
+
+def test_two_adapters_on_one_base_are_two_trained_generators_in_the_provenance(data, trained):
+    """The fine-tune stage's fingerprint of a result: the UNet's for a whole-UNet fine-tune (as before adapters),
+    and, for an adapter, the base's UNet with the adapter file's hash, so two LoRA generators on one base differ."""
+    from fairskin.diffusion.models import trained_fingerprint
+    from fairskin.provenance import folder_fingerprint
+
+    a, b = (trained_fingerprint(trained[k][1]) for k in ("a", "b"))
+    base_unet = folder_fingerprint(data.base / "unet")
+    assert trained_fingerprint(data.base) == base_unet
+    assert a != b and a.startswith(base_unet + ":") and b.startswith(base_unet + ":")

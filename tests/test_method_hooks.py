@@ -42,3 +42,30 @@ def test_two_workers_hold_the_same_sigma_and_adapters_at_every_step(tmp_path):
     assert a.keys() == b.keys() and all("lora_" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(a[k].abs().max() > 0 for k in a if "lora_B" in k)
+
+
+def test_a_fairdiffusion_fine_tune_stopped_after_a_checkpoint_resumes_bit_equal(tmp_path):
+    """Window 2 over six steps, a checkpoint after step 4 (inside the third window: its record is in state.json),
+    a fresh trainee from it: the UNet and sigma at every later step equal an uninterrupted run's, bit for bit."""
+    import json
+
+    from tiny_fit import fit
+
+    from fairskin.diffusion.loop import save_checkpoint
+
+    data = tiny_set(tmp_path)
+    variant = check_hooks(VariantSpec(name="fd", hooks={"fairdiffusion": {"window": 2}})).model_dump(mode="json")
+    d = diffusion_settings(max_steps=6)
+    straight, straight_metrics = fit(data, variant, d, seed=4)
+    first, _ = fit(data, variant, d, seed=4, until=4)
+    save_checkpoint(tmp_path / "ck", first, {"step": 4})
+    saved = json.loads((tmp_path / "ck" / "state.json").read_text())["hooks"][0]
+    assert len(saved["window_rewards"]) == 1 and saved["sigma"] == first.hooks[0].sigma.tolist()
+    resumed, metrics = fit(data, variant, d, seed=4, checkpoint=tmp_path / "ck")
+    def steady(rows):  # the host's pace differs run to run; every other figure must not
+        return [{k: v for k, v in m.items() if k != "images_per_s"} for m in rows]
+
+    assert steady(metrics) == steady(straight_metrics[4:])
+    want, got = straight.unet.state_dict(), resumed.unet.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert torch.equal(straight.hooks[0].sigma, resumed.hooks[0].sigma)

@@ -42,7 +42,7 @@ def finetune_checkpoints(config: FairSkinConfig, key: str) -> Path:
 def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
     """Fine-tune every generator (variant x repeat, ``diffusion.variants`` x ``diffusion.repeat_seeds``)
     from the base on Ray Train, each a child run; writes ``<generator>/pipeline`` and
-    ``fingerprints.json`` (generator -> fingerprint of its fine-tuned UNet).
+    ``fingerprints.json`` (generator -> fingerprint of its fine-tuned UNet, or of the base UNet and its adapter).
 
     Each generator checkpoints into ``finetune_checkpoints(config, key) / <generator>`` and keeps its
     MLflow child run id there: a rerun after a kill continues both. On Ctrl-C the running fits are
@@ -54,9 +54,10 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
 
     from fairskin.data.stream import decode_local
     from fairskin.diffusion.finetune import FitInterrupted, finetune_variant
+    from fairskin.diffusion.models import trained_fingerprint
     from fairskin.diffusion.variants import fine_tuned_generators, generator_seed
     from fairskin.io import atomic_write_json
-    from fairskin.provenance import folder_fingerprint, split_generator_id
+    from fairskin.provenance import split_generator_id
 
     d = config.diffusion
     checkpoints = ctx.resume
@@ -110,9 +111,7 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
     results = _fit_all(ctx, fit, names, parallel, stop, children)
     for name, result in results.items():
         summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-    atomic_write_json(
-        out / "fingerprints.json", {name: folder_fingerprint(out / name / "pipeline" / "unet") for name in names}
-    )
+    atomic_write_json(out / "fingerprints.json", {name: trained_fingerprint(out / name / "pipeline") for name in names})
     # Removed by _finetune_log once the stage folder is in place (kept with diffusion.keep_checkpoints).
     summary["checkpoints"] = "" if d.keep_checkpoints else str(checkpoints)
     return summary
