@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +190,33 @@ def plot_fid_heatmap(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_method_state(
+    history: Mapping[str, Sequence[tuple[int, float]]],
+    path: Path,
+    title: str = "Method state over steps",
+    groups: Sequence[str] = (),
+) -> Path:
+    """The series of ``history`` (name -> (step, value) pairs) over the fine-tune's steps, saved as a PNG at
+    ``path``: those named after a group (ending in one of ``groups``' slugs: FairDiffusion's sigma per group) in
+    the upper panel, the others (its y) in the lower one."""
+    import re
+
+    slugs = tuple("_" + re.sub(r"[^a-z0-9]+", "_", g.lower()).strip("_") for g in groups)
+    per_group = {k: v for k, v in history.items() if slugs and k.endswith(slugs)}
+    others = {k: v for k, v in history.items() if k not in per_group}
+    panels = [p for p in (per_group, others) if p]
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6.4, 2.4 + 1.6 * len(panels)), sharex=True, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        for name, points in sorted(panel.items()):
+            steps, values = zip(*sorted(points))
+            ax.plot(steps, values, marker=".", markersize=3, linewidth=1, label=name)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_title(title, fontsize=10)
+    axes[-1, 0].set_xlabel("fine-tune step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -103,6 +103,8 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
                 "resumed_from_step": result["resumed_from_step"],
             }
         )
+        hooks = d.variant(split_generator_id(name)[0]).hooks
+        _method_state_figure(child, hooks, out / name, name, config.data.group_names)
         child.end()
         return result
 
@@ -211,6 +213,27 @@ def _finetune_child(run: RunHandle, name: str, folder: Path, config: FairSkinCon
     if child.run_id:
         atomic_write_json(record, {"run_id": child.run_id})
     return child
+
+
+def _method_state_figure(
+    child: RunHandle, hooks: Mapping[str, Any], folder: Path, name: str, groups: Sequence[str]
+) -> Path | None:
+    """The metrics the method's hooks logged at every step (named ``<hook>_...``: FairDiffusion's sigma per group
+    and its y) drawn over the steps into ``folder/method_state.png`` and the child run's artifacts; None when the
+    method has no hooks, logged none, or tracking is off."""
+    if not hooks or child.client is None:
+        return None
+    from fairskin.metrics.plots import plot_method_state
+
+    names = [k for k in child.client.get_run(child.run_id).data.metrics if k.startswith(tuple(f"{h}_" for h in hooks))]
+    history = {k: [(m.step, m.value) for m in child.client.get_metric_history(child.run_id, k)] for k in names}
+    history = {k: v for k, v in history.items() if v}
+    if not history:
+        return None
+    title = f"{name}: {', '.join(hooks)} over steps"
+    path = plot_method_state(history, folder / "method_state.png", title=title, groups=groups)
+    child.log_artifact(path)
+    return path
 
 
 def _finetune_log(run: RunHandle, result: StageResult) -> None:
