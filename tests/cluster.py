@@ -279,11 +279,25 @@ class Cluster:
 
     # ------------------------------------------------------------------ stop
 
-    def stop(self) -> None:
-        """End every node this cluster started (workers first, the head last), by their own PIDs."""
-        for node in [
+    def stop(self, grace: float = 3.0) -> None:
+        """End every node this cluster started, by their own PIDs: SIGTERM to all of them at once (workers
+        first, the head last), ``grace`` seconds for them to exit, then SIGKILL to what is left, and remove their
+        temp dirs. (One node after another, each with its own grace, took some 20 s for a three-node cluster.)"""
+        nodes = [
             *self.retired,
             *[n for n in self.nodes.values() if not n.head],
             *[n for n in self.nodes.values() if n.head],
-        ]:
-            node.stop()
+        ]
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            for node in nodes:
+                for pid in node.pids():
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            deadline = time.time() + wait
+            while any(node.pids() for node in nodes) and time.time() < deadline:
+                time.sleep(0.2)
+        for node in nodes:
+            node.killed = True
+            shutil.rmtree(node.temp_dir, ignore_errors=True)

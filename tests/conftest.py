@@ -50,6 +50,11 @@ os.environ["RAY_AUTH_TOKEN_PATH"] = str(AUTH_TOKEN_PATH)
 os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Ray Train's controller polls its workers every 2 s by default: it sees a finished fit, a failed worker and a
+# reported checkpoint only at its next poll, a second lost on average at each of them in every fit. The tests poll
+# every 0.5 s (the driver passes the variable on to the controller; subprocess drivers inherit it). A missed poll
+# is still only fatal after RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S (10 minutes).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def _free_port() -> int:
@@ -113,13 +118,15 @@ def ray_head():
         if ray.is_initialized():
             ray.shutdown()
         os.environ.pop("RAY_ADDRESS", None)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        # SIGTERM, a short grace (the head's processes that end on it do so within a second or two; the
+        # rest waited out the whole grace every session), then SIGKILL.
+        for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
             for pid in _pids_of_head(temp_dir):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-            deadline = time.time() + 10
+            deadline = time.time() + grace
             while _pids_of_head(temp_dir) and time.time() < deadline:
                 time.sleep(0.2)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -152,3 +159,38 @@ def prepared_smoke(tmp_path_factory):
     config = build_config("smoke", overrides=[f"runtime.runs_root={root}"])
     outcome = run_pipeline(config, stages=["prepare"], echo=lambda *_: None)
     return config, outcome.results["prepare"]
+
+
+# The smoke preset's upstream stages: what every fine-tune, generator study and full smoke pipeline reads. None
+# of them reads diffusion.max_steps / num_workers / cpus_per_worker / max_failures / variants (control_base's key
+# follows the dropped groups only) or tune.*, so these keys are those of every smoke config the tests use.
+SMOKE_UPSTREAM = ("prepare", "vae", "base", "control_base", "reference", "judge")
+
+
+@pytest.fixture(scope="session")
+def smoke_upstream(tmp_path_factory, ray_session):
+    """The smoke preset's upstream stages (``SMOKE_UPSTREAM``), run once per session into a runs root of their own.
+
+    Read-only: tests take a copy of its stage folders (``smoke_stages``), never this root."""
+    from fairskin.config import build_config
+    from fairskin.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("smoke-upstream") / "runs"
+    config = build_config("smoke", overrides=[f"runtime.runs_root={root}"])
+    results = run_pipeline(config, stages=list(SMOKE_UPSTREAM), echo=lambda *_: None).results
+    assert sorted(results) == sorted(SMOKE_UPSTREAM)
+    return root
+
+
+@pytest.fixture(scope="session")
+def smoke_stages(smoke_upstream):
+    """``smoke_stages(root)``: a fresh runs root ``root`` holding a copy of the session's smoke upstream stage
+    folders (no MLflow store: the pipeline logs the reused stages as skipped in the copy's own store). A smoke
+    pipeline run there skips them (same keys) and runs only its own downstream stages."""
+
+    def copy(root: Path) -> Path:
+        root = Path(root)
+        shutil.copytree(smoke_upstream / "stages", root / "stages")
+        return root
+
+    return copy

@@ -52,9 +52,10 @@ def _recorded_step(folder: Path) -> int:
     return found[1]["step"] if found else 0
 
 
-def test_fine_tune_across_two_nodes_survives_losing_one(two_nodes, tmp_path):
+def test_fine_tune_across_two_nodes_survives_losing_one(two_nodes, tmp_path, smoke_stages):
     cluster = two_nodes
-    root, log = tmp_path / "runs", tmp_path / "pipeline.log"
+    # The fine-tune's inputs (prepare, vae, base, control_base) are the session's smoke stages, copied: skipped here.
+    root, log = smoke_stages(tmp_path / "runs"), tmp_path / "pipeline.log"
     cmd = [
         sys.executable,
         "tests/with_faults.py",

@@ -35,8 +35,9 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def smoke_base(tmp_path_factory, ray_session):
-    root = tmp_path_factory.mktemp("ft") / "runs"
+def smoke_base(tmp_path_factory, ray_session, smoke_stages):
+    """The smoke base (prepare, vae and base reused from the session's upstream stages) in this module's runs root."""
+    root = smoke_stages(tmp_path_factory.mktemp("ft") / "runs")
     config = build_config(
         "smoke", overrides=[f"runtime.runs_root={root}", "diffusion.cpus_per_worker=0.5", "diffusion.max_failures=1"]
     )
@@ -53,13 +54,20 @@ def _with(config, **diffusion):
 
 
 @pytest.fixture(scope="module")
-def straight(smoke_base, tmp_path_factory):
-    """UNet weights of an uninterrupted 8-step, 1-worker fine-tune of fairskin_s (the reference)."""
+def straight_fit(smoke_base, tmp_path_factory):
+    """(summary, UNet weights) of an uninterrupted 8-step, 1-worker fine-tune of fairskin_s (the reference),
+    fitted once for the module; tests only read it."""
     config, base, train = smoke_base
     out = tmp_path_factory.mktemp("straight")
     summary = finetune_variant(_with(config, **STRAIGHT), get_variant("fairskin_s", apply="sampler"), base, train, out)
     assert summary["attempts"] == 1
-    return load_sd(str(out / "pipeline")).unet.state_dict()
+    return summary, load_sd(str(out / "pipeline")).unet.state_dict()
+
+
+@pytest.fixture(scope="module")
+def straight(straight_fit):
+    """UNet weights of the module's uninterrupted fine-tune (``straight_fit``)."""
+    return straight_fit[1]
 
 
 def _same_weights(a: dict, b: dict) -> bool:
@@ -151,27 +159,27 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(smoke_base, stra
     assert not _same_weights(straight, load_sd(str(base)).unet.state_dict())  # it did train
 
 
-def test_variants_fine_tuned_at_once_end_as_when_fine_tuned_alone(smoke_base, tmp_path):
+def test_variants_fine_tuned_at_once_end_as_when_fine_tuned_alone(smoke_base, straight_fit, tmp_path):
+    """fairskin_s and vanilla fine-tuned side by side (one shared latent cache) end as fine-tuned alone: fairskin_s
+    as the module's uninterrupted fit of the same settings (``straight_fit``), bit for bit."""
     from concurrent.futures import ThreadPoolExecutor
 
     from fairskin.diffusion.finetune import cache_for
 
     config, base, train = smoke_base
-    config = config.model_copy(
-        update={
-            "diffusion": config.diffusion.model_copy(update={"max_steps": 4, "checkpoint_every": 4, "num_workers": 1})
-        }
-    )
-    alone = finetune_variant(config, get_variant("fairskin_s"), base, train, tmp_path / "alone")
+    config = _with(config, **STRAIGHT)
+    alone, a = straight_fit  # fairskin_s alone: the same config, variant and seed
+    steps = STRAIGHT["max_steps"]
     cache = cache_for(config, base, train)
     with ThreadPoolExecutor(max_workers=2) as pool:  # as the finetune stage runs diffusion.parallel_variants
         jobs = {
-            name: pool.submit(finetune_variant, config, get_variant(name), base, train, tmp_path / name, cache=cache)
+            name: pool.submit(
+                finetune_variant, config, get_variant(name, apply="sampler"), base, train, tmp_path / name, cache=cache
+            )
             for name in ("fairskin_s", "vanilla")
         }
         results = {name: job.result() for name, job in jobs.items()}
-    assert results["fairskin_s"]["steps"] == alone["steps"] == 4 and results["vanilla"]["steps"] == 4
-    a = load_sd(str(tmp_path / "alone" / "pipeline")).unet.state_dict()
+    assert results["fairskin_s"]["steps"] == alone["steps"] == steps and results["vanilla"]["steps"] == steps
     b = load_sd(str(tmp_path / "fairskin_s" / "pipeline")).unet.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     v = load_sd(str(tmp_path / "vanilla" / "pipeline")).unet.state_dict()
@@ -246,9 +254,11 @@ def _loss_steps(uri: str, run_id: str) -> list[tuple[int, int]]:
     return sorted((m.step, m.timestamp) for m in MlflowClient(uri).get_metric_history(run_id, "loss"))
 
 
-def test_pipeline_killed_then_interrupted_resumes_with_the_same_weights(smoke_base, straight, tmp_path):
-    config, _, _ = smoke_base
-    root, uri, log = config.runtime.runs_root, config.tracking_uri(), tmp_path / "pipeline.log"
+def test_pipeline_killed_then_interrupted_resumes_with_the_same_weights(smoke_stages, straight, tmp_path):
+    # A runs root of its own (a copy of the session's smoke stages: prepare, vae, base, control_base skipped), so
+    # the one finetune stage folder found below is this test's, whatever ran before it.
+    root, log = smoke_stages(tmp_path / "runs"), tmp_path / "pipeline.log"
+    uri = build_config("smoke", overrides=[f"runtime.runs_root={root}"]).tracking_uri()
     tail = lambda: log.read_text()[-3000:]  # noqa: E731
     folder_of = lambda: next((root / "checkpoints").glob("finetune-*/fairskin_s"), None)  # noqa: E731
 
@@ -561,6 +571,8 @@ def test_the_shard_feed_fine_tunes_from_shards_and_resumes_by_position(smoke_bas
     """diffusion.latent_feed = shards: the driver writes the latents as shards beside the checkpoints (the same
     latents as the in-memory cache), the worker streams them within its budget, and a run that failed at step 4
     and resumed ends with the weights of an uninterrupted one."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow.parquet as pq
 
     from fairskin.data.latent_shards import LatentShards
@@ -568,7 +580,23 @@ def test_the_shard_feed_fine_tunes_from_shards_and_resumes_by_position(smoke_bas
     config, base, train = smoke_base
     config = _with(config, **STRAIGHT, latent_feed="shards", feed_memory_budget_mb=4.0)
     variant = get_variant("fairskin_s", apply="sampler")
-    straight = finetune_variant(config, variant, base, train, tmp_path / "straight", checkpoints=tmp_path / "ck1")
+    # The uninterrupted fit and the one that fails once, side by side (each its own checkpoints and shards; fits at
+    # once end as fits alone: test_variants_fine_tuned_at_once_end_as_when_fine_tuned_alone).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        straight_job = pool.submit(
+            finetune_variant, config, variant, base, train, tmp_path / "straight", checkpoints=tmp_path / "ck1"
+        )
+        resumed_job = pool.submit(
+            finetune_variant,
+            config,
+            variant,
+            base,
+            train,
+            tmp_path / "resumed",
+            step_hooks=[FailOnceAt(4, str(tmp_path / "failed_once"))],
+            checkpoints=tmp_path / "ck2",
+        )
+        straight, resumed = straight_job.result(), resumed_job.result()
     assert straight["steps"] == 8 and straight["train_rows"] == len(train)
     shards = LatentShards(tmp_path / "ck1" / "latents")
     assert shards.nbytes > 0 and len(shards) == len(train)
@@ -581,15 +609,6 @@ def test_the_shard_feed_fine_tunes_from_shards_and_resumes_by_position(smoke_bas
         stored.column("latents").combine_chunks().to_numpy_ndarray(), memory.columns["latents"][ids], atol=1e-6
     )
     assert np.array_equal(stored.column("subclass").to_numpy(), train.subclass_id[ids])
-    resumed = finetune_variant(
-        config,
-        variant,
-        base,
-        train,
-        tmp_path / "resumed",
-        step_hooks=[FailOnceAt(4, str(tmp_path / "failed_once"))],
-        checkpoints=tmp_path / "ck2",
-    )
     assert resumed["attempts"] == 2
     a = load_sd(str(tmp_path / "straight" / "pipeline")).unet.state_dict()
     assert _same_weights(a, load_sd(str(tmp_path / "resumed" / "pipeline")).unet.state_dict())

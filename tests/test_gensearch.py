@@ -143,12 +143,13 @@ def _reports(max_steps: int, every: int = 3) -> int:
 
 
 @pytest.fixture(scope="module")
-def generator_stages(tmp_path_factory, ray_session):
+def generator_stages(tmp_path_factory, ray_session, smoke_stages):
     """A smoke runs root holding the stages every generator study reads (prepare, base, judge, reference),
-    run once for the module; returns (config, sources)."""
+    copied from the session's smoke upstream stages (the study's settings are not in their keys: skipped here);
+    returns (config, sources)."""
     from fairskin.tune.generator import generator_sources
 
-    root = tmp_path_factory.mktemp("gensearch") / "runs"
+    root = smoke_stages(tmp_path_factory.mktemp("gensearch") / "runs")
     config = build_config("smoke", overrides=[f"runtime.runs_root={root}", *SMOKE_STUDY, "tune.num_trials=3"])
     return config, generator_sources(config, echo=lambda *_: None)
 

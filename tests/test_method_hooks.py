@@ -62,6 +62,7 @@ def test_a_fairdiffusion_fine_tune_stopped_after_a_checkpoint_resumes_bit_equal(
     saved = json.loads((tmp_path / "ck" / "state.json").read_text())["hooks"][0]
     assert len(saved["window_rewards"]) == 1 and saved["sigma"] == first.hooks[0].sigma.tolist()
     resumed, metrics = fit(data, variant, d, seed=4, checkpoint=tmp_path / "ck")
+
     def steady(rows):  # the host's pace differs run to run; every other figure must not
         return [{k: v for k, v in m.items() if k != "images_per_s"} for m in rows]
 
