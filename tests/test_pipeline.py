@@ -392,8 +392,10 @@ def test_ray_job_submit_runs_the_pipeline_against_the_session_head(smoke_job, ra
 @pytest.mark.ray
 def test_an_installed_packages_method_runs_through_the_pipeline_to_the_report(smoke_job, tmp_path):
     """Issue 28: a method from a package installed beside the engine (its ``fairskin.methods`` entry point) runs
-    through the smoke pipeline with ``diffusion.variants=[vanilla, <method>]``: its rows are in Table 1 and in
-    ``delta_vs_vanilla``. On a copy of the smoke job's runs root (prepare, vae, base, reference, judge reused)."""
+    through the smoke pipeline with ``diffusion.variants=[vanilla, <method>, lora, fairdiffusion]``: its rows, and
+    the two built-in competitors' (issue 29), are in Table 1 and in ``delta_vs_vanilla``. LoRA's result is
+    diffusers' adapter file beside a base pipeline that diffusers loads; FairDiffusion's sigma per group was logged
+    at every step and drawn. On a copy of the smoke job's runs root (prepare, vae, base, reference, judge reused)."""
     from test_methods import _install, _write_plugin
 
     from fairskin.config import ConfigError
@@ -410,7 +412,7 @@ def test_an_installed_packages_method_runs_through_the_pipeline_to_the_report(sm
             "--preset",
             "smoke",
             f"runtime.runs_root={root}",
-            "diffusion.variants=[vanilla,sqrs_in_loss]",
+            "diffusion.variants=[vanilla,sqrs_in_loss,lora,fairdiffusion]",
         ],
         cwd=REPO,
         env=env,
@@ -426,6 +428,25 @@ def test_an_installed_packages_method_runs_through_the_pipeline_to_the_report(sm
     assert (finetune / "sqrs_in_loss" / "pipeline" / "unet").is_dir()  # fine-tuned as a generator of its own
     (report,) = [p for p in (root / "stages").glob("report-*") if "sqrs_in_loss" in (p / "table1.csv").read_text()]
     table1 = pd.read_csv(report / "table1.csv")
-    assert set(table1["variant"]) == {"vanilla", "sqrs_in_loss"}
+    assert set(table1["variant"]) == {"vanilla", "sqrs_in_loss", "lora", "fairdiffusion"}
     paired = pd.read_csv(report / "delta_vs_vanilla.csv")
-    assert len(paired[paired["variant"] == "sqrs_in_loss"]) > 0
+    for variant in ("sqrs_in_loss", "lora", "fairdiffusion"):
+        assert len(paired[paired["variant"] == variant]) > 0, variant
+
+    from diffusers import StableDiffusionPipeline
+
+    lora = finetune / "lora" / "pipeline"
+    assert (lora / "pytorch_lora_weights.safetensors").is_file()
+    pipe = StableDiffusionPipeline.from_pretrained(lora, safety_checker=None, requires_safety_checker=False)
+    pipe.load_lora_weights(lora)  # diffusers' own loader reads the engine's result
+    base_unet = root / "stages" / next(p.name for p in (root / "stages").glob("base-*"))
+    assert (lora / "unet").is_dir() and base_unet.is_dir()
+    assert (finetune / "fairdiffusion" / "method_state.png").stat().st_size > 0
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments, filter_string="tags.mlflow.runName = 'finetune-fairdiffusion'")
+    sigma = [k for k in run.data.metrics if k.startswith("fairdiffusion_sigma_")]
+    assert len(sigma) == len(build_config("smoke").data.group_names)
+    assert len(client.get_metric_history(run.info.run_id, sigma[0])) == build_config("smoke").diffusion.max_steps
