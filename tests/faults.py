@@ -49,3 +49,22 @@ class ItemPause:
 
     def __call__(self, item) -> None:
         time.sleep(self.seconds)
+
+
+@dataclass(frozen=True)
+class HookStateProbe:
+    """Before every step, append this worker's method-hook state (every live ``TrainingHook`` with a ``sigma``,
+    found among the process's objects) to ``folder/rank<r>.jsonl``: what a test compares across Ray Train workers,
+    which log nothing but rank 0's metrics."""
+
+    folder: str
+
+    def __call__(self, step: int, rank: int) -> None:
+        import gc
+        import json
+
+        from fairskin.methods.hooks import TrainingHook
+
+        hooks = [o for o in gc.get_objects() if isinstance(o, TrainingHook) and hasattr(o, "sigma")]
+        with open(Path(self.folder) / f"rank{rank}.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "sigma": [h.sigma.tolist() for h in hooks]}) + "\n")

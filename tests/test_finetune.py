@@ -613,3 +613,27 @@ def test_the_shard_feed_fine_tunes_from_shards_and_resumes_by_position(smoke_bas
     a = load_sd(str(tmp_path / "straight" / "pipeline")).unet.state_dict()
     assert _same_weights(a, load_sd(str(tmp_path / "resumed" / "pipeline")).unet.state_dict())
     assert not _same_weights(a, load_sd(str(base)).unet.state_dict())  # it did train
+
+
+def test_two_ray_train_workers_hold_the_same_fairdiffusion_sigma_at_every_step(smoke_base, tmp_path):
+    """FairDiffusion on two Ray Train workers (window 2: Bayesian steps at 2 and 4 of 6): before every step both
+    workers hold the same sigma (rank 0 decides, broadcasts; y from the all-reduced group losses), and it moves."""
+    import json
+
+    from faults import HookStateProbe
+
+    from fairskin.methods import check_hooks
+    from fairskin.methods.spec import VariantSpec
+
+    config, base, train = smoke_base
+    config = _with(config, max_steps=6, checkpoint_every=3, num_workers=2)
+    variant = check_hooks(VariantSpec(name="fd_two", hooks={"fairdiffusion": {"window": 2}}))
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    summary = finetune_variant(config, variant, base, train, tmp_path / "out", step_hooks=[HookStateProbe(str(probe))])
+    assert summary["steps"] == 6 and summary["workers"] == 2
+    ranks = [[json.loads(line) for line in (probe / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert [row["step"] for row in ranks[0]] == [row["step"] for row in ranks[1]] == list(range(6))
+    for a, b in zip(*ranks):
+        assert len(a["sigma"]) == len(b["sigma"]) == 1 and a["sigma"] == b["sigma"], a["step"]
+    assert len({tuple(row["sigma"][0]) for row in ranks[0]}) == 6
