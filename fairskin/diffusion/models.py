@@ -289,22 +289,13 @@ def has_adapter(folder: Path) -> bool:
 def trained_fingerprint(folder: Path) -> str:
     """What a fine-tune trained, of its pipeline ``folder``: its UNet's fingerprint, and, for an adapter on the base,
     the adapter file's too (two adapters on one base differ)."""
+    from fairskin.fingerprints import content_fingerprint
     from fairskin.provenance import folder_fingerprint
 
     unet = folder_fingerprint(Path(folder) / "unet")
     if not has_adapter(folder):
         return unet
-    return unet + ":" + _file_sha(Path(folder) / ADAPTER_FILE)
-
-
-def _file_sha(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return unet + ":" + content_fingerprint(Path(folder) / ADAPTER_FILE)
 
 
 def base_fingerprint(folder: Path) -> str:
