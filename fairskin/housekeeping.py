@@ -13,6 +13,9 @@ stage inputs chain by :func:`fairskin.pipeline.pipeline_stage_key`'s rule. Then
   current key of ``<stage>``; ``stages/generate-<key>.work`` (a killed generate's finished
   items) likewise;
 * ``checkpoints/finetune-<key>`` is in use when ``<key>`` is the current fine-tune key;
+* ``generators/<generator>-<key>`` and ``pools/<generator>-<key>`` (:mod:`fairskin.pipeline.store`) when a
+  generator of the current configuration has that key (the stage folders hold hard links to them: removing
+  a stored folder frees space only once no stage folder links it);
 * ``tune/<space>-<preset>-<key>`` (a pipeline's study) when it is the current tune stage's
   study; ``tune/standin-pools/<key>`` when it is the current stand-in pool;
 * temporaries (``.<name>.partial-<pid>-…@<host>``) of this host whose writer has ended are unused.
@@ -197,6 +200,7 @@ def scan(config: FairSkinConfig) -> Inventory:
     from fairskin.fingerprints import CACHE_FILE
     from fairskin.lock import LOCK_FILE
     from fairskin.pipeline import STAGES
+    from fairskin.pipeline.store import GENERATORS, POOLS
 
     root = config.runtime.runs_root
     keys, unknown = current_keys(config)
@@ -244,13 +248,14 @@ def scan(config: FairSkinConfig) -> Inventory:
             add(Entry("other", child, KEPT, "not a fine-tune checkpoint folder"))
 
     _scan_tune(config, root / "tune", inv, keys, unknown)
+    _scan_store(config, root, inv, keys, unknown)
 
     cache = root / "cache"
     for child in sorted(cache.iterdir()) if cache.is_dir() else []:
         why = "content fingerprints of inputs" if child.name == CACHE_FILE.name else "shared cache, rebuilt on demand"
         add(Entry("cache", child, KEPT, why))
 
-    known = {"stages", "checkpoints", "tune", "cache", LOCK_FILE}
+    known = {"stages", "checkpoints", "tune", "cache", GENERATORS, POOLS, LOCK_FILE}
     for child in sorted(root.iterdir()) if root.is_dir() else []:
         if child.name in known or child.name.startswith(LOCK_FILE):
             continue
@@ -264,6 +269,28 @@ def scan(config: FairSkinConfig) -> Inventory:
     for entry in inv.entries:
         entry.size, entry.modified = tree_stats(entry.path)
     return inv
+
+
+def _scan_store(config: FairSkinConfig, root: Path, inv: Inventory, keys: dict, unknown: dict) -> None:
+    """The stored generators and pools (:mod:`fairskin.pipeline.store`): in use when the current configuration's
+    stages would link them; unknown (kept) while the fine-tune's key is unknown."""
+    from fairskin.pipeline.store import GENERATORS, POOLS, stored_in_use
+
+    used = stored_in_use(config, keys)
+    for kind, label in ((GENERATORS, "stored generator"), (POOLS, "stored pool")):
+        folder = root / kind
+        for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+            partial = _partial_status(child)
+            if partial is not None:
+                inv.entries.append(Entry("partial", child, *partial))
+            elif "finetune" in unknown:
+                inv.entries.append(
+                    Entry(label, child, UNKNOWN, f"current finetune key unknown ({unknown['finetune']})")
+                )
+            elif child in used:
+                inv.entries.append(Entry(label, child, IN_USE, "a generator of the current configuration"))
+            else:
+                inv.entries.append(Entry(label, child, UNUSED, "no generator of the current configuration"))
 
 
 def _scan_tune(config: FairSkinConfig, tune: Path, inv: Inventory, keys: dict, unknown: dict) -> None:

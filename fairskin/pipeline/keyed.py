@@ -61,7 +61,7 @@ def stage_key(
     payload = {
         "stage": name,
         "version": version,
-        "reads": _reads(config, reads, external),
+        "reads": config_slice(config, reads, external),
         "inputs": {k: v.key for k, v in sorted((inputs or {}).items())},
     }
     if external:
@@ -70,8 +70,9 @@ def stage_key(
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def _reads(config: FairSkinConfig, reads: Iterable[str], external: Mapping[str, str] | None = None) -> dict:
-    """The config slices a stage reads, with each external path replaced by its content fingerprint."""
+def config_slice(config: FairSkinConfig, reads: Iterable[str], external: Mapping[str, str] | None = None) -> dict:
+    """The config slices a stage reads (dotted path -> value), with each external path replaced by its content
+    fingerprint."""
     out = {path: config.section(path) for path in sorted(reads)}
     for dotted, fingerprint in (external or {}).items():
         for path in out:

@@ -119,6 +119,13 @@ def _n_pools(folder: Path) -> int:
     return sum(1 for _ in folder.glob("*/index.json"))
 
 
+def _n_generated(folder: Path, record: dict) -> int:
+    """The pools a generate stage sampled itself: its summary's ``pools_generated`` (the others it linked from the
+    store, fairskin.pipeline.store), else (older records) every pool in its folder."""
+    summary = record.get("summary") or {}
+    return int(summary["pools_generated"]) if "pools_generated" in summary else _n_pools(folder)
+
+
 def _model_seconds(config, model: str, work: float, pixels: int) -> float:
     """``HERE_MODEL``'s seconds for one ``model`` unit ("finetune", "generate", "evaluate", "trial") scaled
     linearly to ``work`` (the unit's steps x images, or epochs x count scale) and ``pixels`` (its image side)."""
@@ -216,14 +223,14 @@ def _pool_cost(root: Path, config, counts: Mapping[str, int], under: str, notes:
         / counts["pools"]
     )
     eval_model = _model_seconds(config, "evaluate", images, config.data.image_size)
-    generates = [(f, r) for f, r in stage_records(root, "generate") if _n_pools(f)]
+    generates = [(f, r) for f, r in stage_records(root, "generate") if _n_generated(f, r)]
     parts, why = {}, {}
     picked = _pick(generates, config, GEN_WORK)
     if isinstance(picked, str):
         why["generate"] = picked
     else:
         folder, rec, ratio = picked
-        n = _n_pools(folder)
+        n = _n_generated(folder, rec)
         parts["generate"] = float(rec["seconds"]) / n * ratio
         notes.append(
             f"pools: {folder.name}, {rec['seconds']:.0f} s for {n} pools: {rec['seconds'] / n:.1f} s each"

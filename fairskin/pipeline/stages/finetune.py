@@ -44,9 +44,11 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
     from the base on Ray Train, each a child run; writes ``<generator>/pipeline`` and
     ``fingerprints.json`` (generator -> fingerprint of its fine-tuned UNet, or of the base UNet and its adapter).
 
-    Each generator checkpoints into ``finetune_checkpoints(config, key) / <generator>`` and keeps its
-    MLflow child run id there: a rerun after a kill continues both. On Ctrl-C the running fits are
-    aborted (their runs marked KILLED, their checkpoints kept) and KeyboardInterrupt propagates.
+    A generator already in the store (:mod:`fairskin.pipeline.store`: made by an earlier stage key, e.g. before a
+    batch of repeats was added) is linked, not fine-tuned again. Each other generator checkpoints into
+    ``finetune_checkpoints(config, key) / <generator>`` and keeps its MLflow child run id there: a rerun after a
+    kill continues both. On Ctrl-C the running fits are aborted (their runs marked KILLED, their checkpoints kept)
+    and KeyboardInterrupt propagates.
     """
     config, out, inputs, run = ctx.config, ctx.out, ctx.inputs, ctx.run
     import shutil
@@ -56,22 +58,43 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
     from fairskin.diffusion.finetune import FitInterrupted, finetune_variant
     from fairskin.diffusion.models import trained_fingerprint
     from fairskin.diffusion.variants import fine_tuned_generators, generator_seed
-    from fairskin.io import atomic_write_json
+    from fairskin.io import atomic_directory, atomic_write_json
+    from fairskin.pipeline.keyed import clean_stale_partials
+    from fairskin.pipeline.stage import STAGES
+    from fairskin.pipeline.store import (
+        GENERATORS,
+        STORE_FILE,
+        STORE_RECORD,
+        generator_key,
+        link_tree,
+        stored_dir,
+        stored_record,
+    )
     from fairskin.provenance import split_generator_id
 
     d = config.diffusion
     checkpoints = ctx.resume
     if ctx.redo:  # --force over a finished stage: redo, not resume
         shutil.rmtree(checkpoints, ignore_errors=True)
+    names = fine_tuned_generators(d)  # a mixed-pool control has no fine-tune (generate mixes it)
+    stage = STAGES["finetune"]
+    stored = {
+        n: stored_dir(config, GENERATORS, n, generator_key(config, n, stage.reads_for(config), inputs, stage.version))
+        for n in names
+    }
+    if ctx.redo:
+        for folder in stored.values():
+            shutil.rmtree(folder, ignore_errors=True)
+    clean_stale_partials(config.runtime.runs_root / GENERATORS)
+    todo = [n for n in names if stored_record(stored[n]) is None]
     train = decode_local(inputs["prepare"].path / "shards")
     base = base_pipeline_folder(inputs["base"])
-    names = fine_tuned_generators(d)  # a mixed-pool control has no fine-tune (generate mixes it)
     # What each generator starts from and trains on: the base and all of train, except the
     # control_drop_<group> generators (their group's base, train without the group).
     # With diffusion.latent_feed = shards the latents are written as shards beside the checkpoints (kept with
     # them on a kill, so a rerun reuses them; removed with them when the stage is done).
     starts = _starts(config, base, train, control_base_folders(inputs["control_base"]), checkpoints / "latents")
-    children = {name: _finetune_child(run, name, checkpoints / name, config) for name in names}
+    children = {name: _finetune_child(run, name, checkpoints / name, config) for name in todo}
     stop = threading.Event()
 
     def fit(name: str) -> dict[str, Any]:
@@ -82,17 +105,21 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
                 raise FitInterrupted(f"fine-tune of {name} not started")
             variant = split_generator_id(name)[0]
             start, rows, cache = starts[config.dropped_group(variant)]
-            result = finetune_variant(
-                config,
-                d.variant(variant),
-                start,
-                rows,
-                out / name,
-                tracking=tracking,
-                cache=cache,
-                seed=generator_seed(d, name),
-                checkpoints=checkpoints / name,
-            )
+            with atomic_directory(stored[name], replace=True) as folder:
+                result = finetune_variant(
+                    config,
+                    d.variant(variant),
+                    start,
+                    rows,
+                    folder,
+                    tracking=tracking,
+                    cache=cache,
+                    seed=generator_seed(d, name),
+                    checkpoints=checkpoints / name,
+                )
+                _method_state_figure(child, d.variant(variant).hooks, folder, name, config.data.group_names)
+                record = {"generator": name, "fingerprint": trained_fingerprint(folder / "pipeline"), **result}
+                atomic_write_json(folder / STORE_RECORD, record)
         except BaseException as exc:
             child.end("KILLED" if stop.is_set() or isinstance(exc, FitInterrupted) else "FAILED")
             raise
@@ -103,17 +130,26 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
                 "resumed_from_step": result["resumed_from_step"],
             }
         )
-        hooks = d.variant(split_generator_id(name)[0]).hooks
-        _method_state_figure(child, hooks, out / name, name, config.data.group_names)
         child.end()
         return result
 
-    parallel = parallel_fits(config, len(names))
-    summary: dict[str, Any] = {"parallel_variants": parallel, "generators": len(names), "repeats": d.repeats}
-    results = _fit_all(ctx, fit, names, parallel, stop, children)
-    for name, result in results.items():
+    parallel = parallel_fits(config, len(todo)) if todo else 0
+    summary: dict[str, Any] = {
+        "parallel_variants": parallel,
+        "generators": len(names),
+        "generators_fitted": len(todo),
+        "generators_reused": len(names) - len(todo),
+        "repeats": d.repeats,
+    }
+    results = _fit_all(ctx, fit, todo, parallel, stop, children) if todo else {}
+    for name, result in results.items():  # the fits of this stage only: the planner's cost per fine-tune reads them
         summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-    atomic_write_json(out / "fingerprints.json", {name: trained_fingerprint(out / name / "pipeline") for name in names})
+    fingerprints = {}
+    for name in names:
+        link_tree(stored[name], out / name)
+        fingerprints[name] = stored_record(stored[name])["fingerprint"]
+    atomic_write_json(out / "fingerprints.json", fingerprints)
+    atomic_write_json(out / STORE_FILE, {name: str(stored[name]) for name in names})
     # Removed by _finetune_log once the stage folder is in place (kept with diffusion.keep_checkpoints).
     summary["checkpoints"] = "" if d.keep_checkpoints else str(checkpoints)
     return summary

@@ -43,9 +43,10 @@ def _generate_body(ctx: StageContext) -> Mapping[str, Any]:
     """Each generator's pool (P images per subclass) on a Ray actor pool; ``provenance.json`` holds
     each pool's content fingerprint beside its fine-tune's.
 
-    Items are written to a work folder named by the stage key, outside the stage's temporary
-    folder, so a killed run resumes with the items it had finished; complete pools are then
-    moved into the stage folder.
+    A pool already in the store (:mod:`fairskin.pipeline.store`: same generator, seed, weights and sampling
+    settings under an earlier stage key) is linked, not generated again. Items are written to a work folder named
+    by the stage key, outside the stage's temporary folder, so a killed run resumes with the items it had
+    finished; complete pools are then moved into the store and linked into the stage folder.
     """
     config, out, inputs = ctx.config, ctx.out, ctx.inputs
     import json
@@ -53,35 +54,56 @@ def _generate_body(ctx: StageContext) -> Mapping[str, Any]:
     import shutil
 
     from fairskin.diffusion.generate import generate_pools
-
-    work = ctx.resume
     from fairskin.diffusion.variants import fine_tuned_generators
     from fairskin.io import atomic_write_json
+    from fairskin.pipeline.stage import STAGES
+    from fairskin.pipeline.store import POOLS, STORE_FILE, STORE_RECORD, link_tree, pool_key, stored_dir, stored_record
     from fairskin.provenance import shard_fingerprint
 
-    pipelines = {g: inputs["finetune"].path / g / "pipeline" for g in fine_tuned_generators(config.diffusion)}
+    work = ctx.resume
+    names = fine_tuned_generators(config.diffusion)
+    finetuned = json.loads((inputs["finetune"].path / "fingerprints.json").read_text())
+    stage = STAGES["generate"]
+    reads = stage.reads_for(config)
+    stored = {g: stored_dir(config, POOLS, g, pool_key(config, g, finetuned[g], reads, stage.version)) for g in names}
+    if ctx.redo:
+        for folder in stored.values():
+            shutil.rmtree(folder, ignore_errors=True)
+    todo = {g: inputs["finetune"].path / g / "pipeline" for g in names if stored_record(stored[g]) is None}
     started = time.time()
     images = {"count": 0}
 
     def on_item(entry: Mapping[str, Any]) -> None:
         images["count"] += entry["rows"]
 
-    folders = generate_pools(config, pipelines, work, on_item=on_item, reporter=ctx.progress("generate"))
-    folders.update(_mixed_pools(config, folders, work))
+    if todo:
+        made = generate_pools(config, todo, work, on_item=on_item, reporter=ctx.progress("generate"))
+        for g, folder in made.items():  # the record first, then one rename: a stored pool is always complete
+            atomic_write_json(folder / STORE_RECORD, {"generator": g, "weights": finetuned[g]})
+            shutil.rmtree(stored[g], ignore_errors=True)
+            stored[g].parent.mkdir(parents=True, exist_ok=True)
+            os.replace(folder, stored[g])
     seconds = time.time() - started
-    for variant, folder in folders.items():
-        os.replace(folder, out / variant)
-        _pool_preview(config, out / variant, variant)
+    for g in names:
+        link_tree(stored[g], out / g)
+    mixed = _mixed_pools(config, {g: out / g for g in names}, work)
+    for g, folder in mixed.items():
+        os.replace(folder, out / g)
+    pools = [*names, *mixed]
+    for g in pools:
+        _pool_preview(config, out / g, g)
     shutil.rmtree(work, ignore_errors=True)
-    finetuned = json.loads((inputs["finetune"].path / "fingerprints.json").read_text())
+    atomic_write_json(out / STORE_FILE, {g: str(stored[g]) for g in names})
     atomic_write_json(
         out / PROVENANCE_FILE,
-        {g: {"pool": shard_fingerprint(out / g), "finetune": finetuned.get(g, "")} for g in folders},
+        {g: {"pool": shard_fingerprint(out / g), "finetune": finetuned.get(g, "")} for g in pools},
     )
     return {
         "images_generated": images["count"],
+        "pools_generated": len(todo),
+        "pools_reused": len(names) - len(todo),
         "generate_seconds": seconds,
-        "images_per_s": images["count"] / seconds if seconds > 0 else 0.0,
+        "images_per_s": images["count"] / seconds if seconds > 0 and images["count"] else 0.0,
     }
 
 

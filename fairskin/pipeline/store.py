@@ -1,0 +1,141 @@
+"""Fine-tuned generators and their pools, kept under keys of their own so that more repeats or variants reuse them.
+
+The ``finetune`` and ``generate`` stages are keyed by everything they make (``diffusion.variants`` x
+``diffusion.repeat_seeds``): adding a batch of repeats (``report.until_conclusive``) or a variant gives new stage
+folders. What one generator's fine-tune or pool depends on is narrower, so each is also kept by its own key:
+
+    <runs root>/generators/<generator>-<key>/   its pipeline/ (and method_state.png), STORE_RECORD
+    <runs root>/pools/<generator>-<key>/        its pool's shards, STORE_RECORD
+
+* a generator's key: the fine-tune stage's config slice without the variant list, custom variants and repeat
+  seeds; the stage's version and its inputs' keys (prepare, base, control_base); the generator's id, seed and
+  resolved method (spec, module, module version: :meth:`fairskin.methods.Method.fingerprint`);
+* a pool's key: the generate stage's slice without the same three; its version; the generator's id and seed;
+  the content fingerprint of the fine-tuned weights it samples.
+
+A stage makes what its store lacks, writes it there (temporary name, renamed when complete, the record last)
+and fills its own folder with hard links to the stored files (copies where the file system has no hard links),
+so every stage after it reads the stage folder as before. ``STORE_FILE`` in the stage folder names the stored
+folders it holds (``python -m fairskin runs`` keeps those of the current stage keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fairskin.config import FairSkinConfig
+from fairskin.pipeline.keyed import StageResult, config_slice
+
+STORE_RECORD = "_stored.json"
+STORE_FILE = "store.json"  # in a stage folder: generator id -> the stored folder it links
+GENERATORS, POOLS = "generators", "pools"
+# What makes a stage's key depend on the whole set of generators, not on one of them.
+SET_READS = ("diffusion.variants", "diffusion.custom_variants", "diffusion.repeat_seeds")
+
+
+def _hash(payload: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def generator_key(
+    config: FairSkinConfig, generator: str, reads: Iterable[str], inputs: Mapping[str, StageResult], version: int
+) -> str:
+    """12 hex digits: what the fine-tune of ``generator`` (``vanilla``, ``vanilla-r3``) depends on (module doc).
+
+    ``reads``, ``inputs``, ``version``: those of the ``finetune`` stage for ``config``."""
+    from fairskin.diffusion.variants import generator_seed
+    from fairskin.provenance import split_generator_id
+
+    variant = split_generator_id(generator)[0]
+    return _hash(
+        {
+            "kind": GENERATORS,
+            "version": version,
+            "reads": config_slice(config, [r for r in reads if r not in SET_READS]),
+            "inputs": {k: v.key for k, v in sorted(inputs.items())},
+            "generator": generator,
+            "seed": generator_seed(config.diffusion, generator),
+            "method": config.diffusion.method(variant).fingerprint(),
+        }
+    )
+
+
+def pool_key(config: FairSkinConfig, generator: str, weights: str, reads: Iterable[str], version: int) -> str:
+    """12 hex digits: what the pool of ``generator`` depends on (module doc); ``weights``: the content fingerprint of
+    its fine-tuned pipeline (:func:`fairskin.diffusion.models.trained_fingerprint`); ``reads``, ``version``: those of
+    the ``generate`` stage."""
+    from fairskin.diffusion.variants import generator_seed
+
+    return _hash(
+        {
+            "kind": POOLS,
+            "version": version,
+            "reads": config_slice(config, [r for r in reads if r not in SET_READS]),
+            "generator": generator,
+            "seed": generator_seed(config.diffusion, generator),
+            "weights": weights,
+        }
+    )
+
+
+def stored_dir(config: FairSkinConfig, kind: str, generator: str, key: str) -> Path:
+    """``<runs root>/<kind>/<generator>-<key>`` (``kind``: ``GENERATORS`` or ``POOLS``)."""
+    return config.runtime.runs_root / kind / f"{generator}-{key}"
+
+
+def stored_record(folder: Path) -> dict[str, Any] | None:
+    """The record of a complete stored folder (written last), else None."""
+    try:
+        return json.loads((Path(folder) / STORE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """``target``: a tree of hard links to ``source``'s files (copies across file systems), without its record."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link, ignore=shutil.ignore_patterns(STORE_RECORD))
+
+
+def store_file(stage_folder: Path) -> dict[str, str]:
+    """generator id -> stored folder, of a finished ``finetune`` or ``generate`` stage folder ({} for older ones)."""
+    try:
+        return json.loads((Path(stage_folder) / STORE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def stored_in_use(config: FairSkinConfig, keys: Mapping[str, str]) -> set[Path]:
+    """The stored generators and pools the configuration's finetune and generate stages would link, from the
+    current stage keys (``keys``: stage -> key, :func:`fairskin.housekeeping.current_keys`). A pool counts when its
+    generator is stored (its key needs the generator's weights). Empty when the fine-tune's inputs' keys are unknown."""
+    from fairskin.diffusion.variants import fine_tuned_generators
+    from fairskin.pipeline.stage import STAGES
+
+    finetune, generate = STAGES["finetune"], STAGES["generate"]
+    if any(name not in keys for name in finetune.inputs):
+        return set()
+    inputs = {n: StageResult(n, keys[n], Path(), True, 0.0) for n in finetune.inputs}
+    used = set()
+    for g in fine_tuned_generators(config.diffusion):
+        folder = stored_dir(
+            config, GENERATORS, g, generator_key(config, g, finetune.reads_for(config), inputs, finetune.version)
+        )
+        used.add(folder)
+        record = stored_record(folder)
+        if record is not None:
+            key = pool_key(config, g, record["fingerprint"], generate.reads_for(config), generate.version)
+            used.add(stored_dir(config, POOLS, g, key))
+    return used
