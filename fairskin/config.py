@@ -147,6 +147,10 @@ class DiffusionConfig(_Section):
     # repeat_seeds[r] (the same r-th seed for every variant, so variants are paired by repeat).
     # runtime.seed stays the data split's seed.
     repeat_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    # With report.until_conclusive: the cap on repeats, and how many are added per batch (their seeds continue
+    # repeat_seeds: max + 1, max + 2, ...). Neither changes what a generator is (not in any stage key).
+    max_repeats: int | None = Field(None, ge=3)
+    repeat_batch: int = Field(2, ge=1)
     global_batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(3e-7, gt=0)
     max_steps: int = Field(12_000, ge=1)
@@ -390,6 +394,12 @@ class ReportConfig(_Section):
     margins: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MARGINS))
     resolutions: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RESOLUTIONS))
     primary_mode: Literal["random", "resample", "reweight"] = "random"  # classifier endpoints read this mode
+    # Repeats until conclusive (fairskin.pipeline.conclusive): run the pipeline at max(3, R) repeats, then add
+    # diffusion.repeat_batch at a time until every primary verdict of every compared method is better, worse or
+    # equivalent (group-sequential boundaries, fairskin.metrics.sequential), diffusion.max_repeats is reached, or
+    # the next batch would pass budget_hours of wall time.
+    until_conclusive: bool = False
+    budget_hours: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _declaration(self) -> ReportConfig:
@@ -466,6 +476,30 @@ class FairSkinConfig(_Section):
                     f"variant {name!r} drops group {dropped!r}, which is not one of data.groups "
                     f"({self.data.group_names}); name it as {sorted(CONTROL_DROP_PREFIX + s for s in slugs)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _conclusive_design(self) -> FairSkinConfig:
+        d, r = self.diffusion, self.report
+        if not r.until_conclusive:
+            if d.max_repeats is not None or r.budget_hours is not None:
+                raise ValueError(
+                    "diffusion.max_repeats and report.budget_hours are read only with report.until_conclusive = true"
+                )
+            return self
+        if d.max_repeats is None:
+            raise ValueError("report.until_conclusive = true needs diffusion.max_repeats (the cap on repeats)")
+        start = max(3, len(d.repeat_seeds))
+        if d.max_repeats < start:
+            raise ValueError(
+                f"diffusion.max_repeats = {d.max_repeats} is below the first look's {start} repeats "
+                f"(max(3, len(diffusion.repeat_seeds)))"
+            )
+        if r.baseline not in d.variants or len(d.variants) < 2:
+            raise ValueError(
+                f"report.until_conclusive compares variants with report.baseline = {r.baseline!r}: "
+                f"diffusion.variants {d.variants} must hold it and at least one other"
+            )
         return self
 
     @model_validator(mode="after")

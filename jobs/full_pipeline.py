@@ -23,6 +23,7 @@ require_engine_interpreter("jobs/full_pipeline.py")  # before the engine's impor
 from fairskin.cli import add_config_arguments, add_lock_argument, config_from_args, input_errors  # noqa: E402
 from fairskin.lock import runs_root_lock  # noqa: E402
 from fairskin.pipeline import STAGES, run_pipeline  # noqa: E402
+from fairskin.pipeline.conclusive import LOOKS_FILE, run_until_conclusive  # noqa: E402
 from fairskin.pipeline.stages.report import report_path  # noqa: E402
 from fairskin.runtime import RAY_MESSAGES_LOG, quiet_console, ray_logs_dir, ray_messages_count  # noqa: E402
 
@@ -61,12 +62,21 @@ def main(argv: list[str] | None = None) -> int:
         if name not in STAGES:
             parser.error(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     config = config_from_args(args)
+    if config.report.until_conclusive and args.stages:
+        parser.error("report.until_conclusive runs the whole pipeline at every look; leave out --stages")
     quiet_console(config.runtime.verbose)
     started = time.time()
+    conclusive = None
     try:
         # One process per runs root: a second one is refused at once (exit 2, naming the holder).
         with input_errors(args.debug), runs_root_lock(config.runtime.runs_root, break_lock=args.break_lock):
-            outcome = run_pipeline(config, stages=args.stages, force=args.force)
+            if (
+                config.report.until_conclusive
+            ):  # the pipeline look by look, adding repeats (fairskin.pipeline.conclusive)
+                conclusive = run_until_conclusive(config, force=args.force)
+                outcome = conclusive.last_pipeline
+            else:
+                outcome = run_pipeline(config, stages=args.stages, force=args.force)
     except KeyboardInterrupt:
         # The running stage's MLflow runs are marked KILLED; what it can resume from is kept.
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)
@@ -78,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         state = "skipped" if result.skipped else f"{result.seconds:6.1f} s"
         print(f"  {name:<12} {state:>9}  {result.path}")
     print(f"total          : {time.time() - started:.1f} s")
+    if conclusive is not None:
+        looks = ", ".join(str(look.n) for look in conclusive.looks)
+        print(f"looks          : {looks} repeats; stopped: {conclusive.reason}  ({conclusive.folder / LOOKS_FILE})")
     if ray_logs_dir():
         messages = ray_messages_count()
         held = f"; {messages} cluster and Tune message(s) in {RAY_MESSAGES_LOG}" if messages else ""

@@ -220,3 +220,40 @@ def plot_method_state(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_sequential_looks(table: pd.DataFrame, looks: Sequence[int], path: Path) -> Path:
+    """The looks of a run until conclusive (``table``: rows of variant, endpoint, n, t, boundary, t_tost,
+    equivalence_boundary, as :func:`fairskin.metrics.sequential.sequential_verdicts` gives them, one set per look),
+    one column per endpoint: |t| against the efficacy boundary (better / worse when above it) on top, the smaller
+    TOST statistic against the equivalence boundary (equivalent when above it) below, over the repeats; the
+    design's looks ``looks`` as ticks. Saved as a PNG at ``path``."""
+    plt = _pyplot()
+    endpoints = list(dict.fromkeys(table["endpoint"]))
+    fig, axes = plt.subplots(2, len(endpoints), figsize=(3.6 * len(endpoints) + 1, 5.2), squeeze=False, sharex=True)
+    for col, endpoint in enumerate(endpoints):
+        part = table[table["endpoint"] == endpoint]
+        for row, (stat, bound, label) in enumerate(
+            (
+                ("t", "boundary", "|t| (better / worse above)"),
+                ("t_tost", "equivalence_boundary", "TOST (equivalent above)"),
+            )
+        ):
+            ax = axes[row, col]
+            first = part.drop_duplicates("n").sort_values("n")
+            ax.plot(first["n"], first[bound], "k--", linewidth=1, label="boundary")
+            for variant, rows in part.groupby("variant", sort=False):
+                rows = rows.sort_values("n")
+                values = rows[stat].abs() if stat == "t" else rows[stat]
+                ax.plot(rows["n"], values, marker="o", markersize=4, linewidth=1, label=variant)
+            ax.set_xticks(list(looks))
+            ax.set_ylabel(label, fontsize=8)
+            if row == 0:
+                ax.set_title(endpoint, fontsize=9)
+            else:
+                ax.set_xlabel("generator repeats")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

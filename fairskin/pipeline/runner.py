@@ -10,7 +10,7 @@ the runner goes on to the next stages that do not take it as input (``base | ...
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,9 +162,13 @@ def run_pipeline(
     stages: Sequence[str] | None = None,
     force: Sequence[str] = (),
     echo: Callable[[str], None] = print,
+    parent_run: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> PipelineRun:
     """Run the chosen stages (default: all) and the stages they need; ``force`` names stages to redo,
     and every stage of this run downstream of one is redone too (``force=["all"]``: every stage).
+    ``parent_run``: an MLflow run id to nest this invocation's run under (a look of
+    :mod:`fairskin.pipeline.conclusive`); ``tags``: more tags for this invocation's run.
 
     The runs root is locked for the call (:mod:`fairskin.lock`; re-entrant in one process), and
     the MLflow store is opened (a SQLite schema created) under that lock before anything else writes.
@@ -179,8 +183,8 @@ def run_pipeline(
     outcome = PipelineRun(tracker=tracker)
     config.runtime.runs_root.mkdir(parents=True, exist_ok=True)
     dump_config(config, config.runtime.runs_root / "last_config.yaml")
-    tags = {"fairskin.kind": "pipeline", "fairskin.preset": config.preset}
-    with tracker.run(f"pipeline-{config.preset}", tags=tags) as parent:
+    run_tags = {"fairskin.kind": "pipeline", "fairskin.preset": config.preset}
+    with tracker.run(f"pipeline-{config.preset}", parent=parent_run, tags={**run_tags, **(tags or {})}) as parent:
         outcome.parent_run_id = parent.run_id
         parent.inherit = {TAG_PIPELINE: parent.run_id}  # every run below carries it (provenance)
         parent.set_tags({TAG_PIPELINE: parent.run_id})
@@ -190,7 +194,7 @@ def run_pipeline(
         def run_one(stage: Stage) -> None:
             inputs = {name: outcome.results[name] for name in stage.inputs}
             echo(f"[{stage.name}] ...")
-            result, elapsed = _run_tracked(stage, config, inputs, tracker, parent, tags, stage.name in force_set)
+            result, elapsed = _run_tracked(stage, config, inputs, tracker, parent, run_tags, stage.name in force_set)
             outcome.results[stage.name] = result
             for later in plan:
                 if later.check is not None and later.check_after == stage.name:

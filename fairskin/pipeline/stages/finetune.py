@@ -24,6 +24,8 @@ _FINETUNE_IGNORES = (
     "placement_strategy",
     "feed_memory_budget_mb",
     "latent_feed",
+    "max_repeats",
+    "repeat_batch",
 )
 
 
