@@ -323,6 +323,17 @@ class GenerationConfig(_Section):
     # subclass of its fresh procedural training set (every fifth validates). Unused for fitzpatrick17k.
     judge_images_per_subclass: int = Field(200, ge=5)
     judge_batch_size: int = Field(16, ge=1)  # small batches: enough steps on a small set (else classifier.*)
+    # K pools per generator, sampled from the same fine-tuned weights under these seeds (the pool level of the
+    # variance components, fairskin.metrics.components). Seed 0 is the pool every run made before (its noise
+    # is the generator's seed); pool seed k > 0 names the pool <generator>-p<k>.
+    pool_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("pool_seeds")
+    @classmethod
+    def _distinct_pool_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or min(value) < 0:
+            raise ValueError(f"pool seeds must be distinct and >= 0, got {value}")
+        return value
 
     @model_validator(mode="after")
     def _fp16_needs_a_gpu(self) -> GenerationConfig:

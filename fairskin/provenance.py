@@ -24,11 +24,12 @@ TAG_STAGE_KEY = "fairskin.stage_key"
 TAG_VARIANT = "fairskin.variant"
 TAG_REPEAT = "fairskin.repeat"
 TAG_GENERATOR = "fairskin.generator"
+TAG_POOL_SEED = "fairskin.pool_seed"  # which of generation.pool_seeds a pool (and what read it) was sampled under
 TAG_POOL = "fairskin.pool_fingerprint"
 TAG_REAL = "fairskin.real_fingerprint"
 TAG_FINETUNE = "fairskin.finetune_fingerprint"
 
-_GENERATOR = re.compile(r"^(?P<variant>[a-z][a-z0-9_]*)(?:-r(?P<repeat>\d+))?$")
+_GENERATOR = re.compile(r"^(?P<variant>[a-z][a-z0-9_]*)(?:-r(?P<repeat>\d+))?(?:-p(?P<pool>\d+))?$")
 _WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".bin", ".model")
 
 
@@ -38,17 +39,34 @@ def generator_id(variant: str, repeat: int) -> str:
 
 
 def split_generator_id(generator: str) -> tuple[str, int]:
-    """Inverse of :func:`generator_id`: ``"fairskin_s-r2"`` -> ``("fairskin_s", 2)``."""
+    """Inverse of :func:`generator_id`: ``"fairskin_s-r2"`` -> ``("fairskin_s", 2)``; a pool id's pool seed is left
+    out (``"fairskin_s-r2-p1"`` -> ``("fairskin_s", 2)``)."""
     match = _GENERATOR.match(generator)
     if match is None:
-        raise ValueError(f"{generator!r} is not a generator id (<variant> or <variant>-r<repeat>)")
+        raise ValueError(f"{generator!r} is not a generator id (<variant> or <variant>-r<repeat>, then -p<pool seed>)")
     return match.group("variant"), int(match.group("repeat") or 0)
 
 
+def pool_id(generator: str, pool_seed: int) -> str:
+    """The folder and name of a generator's pool sampled under ``pool_seed`` (``generation.pool_seeds``):
+    ``vanilla-r1`` for pool seed 0 (the pool every run made before pool seeds existed), ``vanilla-r1-p3`` for 3."""
+    return generator if pool_seed == 0 else f"{generator}-p{pool_seed}"
+
+
+def split_pool_id(pool: str) -> tuple[str, int]:
+    """Inverse of :func:`pool_id`: ``"vanilla-r1-p3"`` -> ``("vanilla-r1", 3)``, ``"vanilla"`` -> ``("vanilla", 0)``."""
+    match = _GENERATOR.match(pool)
+    if match is None:
+        raise ValueError(f"{pool!r} is not a pool id (<variant>[-r<repeat>][-p<pool seed>])")
+    seed = int(match.group("pool") or 0)
+    return (pool[: match.start("pool") - 2] if match.group("pool") is not None else pool), seed
+
+
 def generator_tags(generator: str) -> dict[str, str]:
-    """The ``fairskin.variant`` / ``repeat`` / ``generator`` tags of a generator id."""
+    """The ``fairskin.variant`` / ``repeat`` / ``generator`` / ``pool_seed`` tags of a generator or pool id."""
     variant, repeat = split_generator_id(generator)
-    return {TAG_VARIANT: variant, TAG_REPEAT: str(repeat), TAG_GENERATOR: generator}
+    gen, pool_seed = split_pool_id(generator)
+    return {TAG_VARIANT: variant, TAG_REPEAT: str(repeat), TAG_GENERATOR: gen, TAG_POOL_SEED: str(pool_seed)}
 
 
 def _digest(hasher: hashlib._Hash) -> str:

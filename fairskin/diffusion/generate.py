@@ -154,7 +154,7 @@ class ItemGenerator:
         self.vocab = Vocabulary(*vocab)
         self.device = device
         self.item_hooks = tuple(item_hooks)  # see ITEM_HOOKS
-        self._loaded: dict[str, Any] = {}  # variant (or an adapters' base fingerprint) -> pipeline
+        self._loaded: dict[str, Any] = {}  # pipeline folder (or an adapters' base fingerprint) -> pipeline
         self._bases: dict[str, str] = {}  # adapter variant -> its base's fingerprint
         self._adapters: dict[str, str | None] = {}  # base fingerprint -> the variant whose adapter is loaded
 
@@ -164,10 +164,10 @@ class ItemGenerator:
         from fairskin.diffusion.models import base_fingerprint, has_adapter
 
         folder = Path(self.pipelines[variant])
-        if not has_adapter(folder):
-            if variant not in self._loaded:
-                self._loaded[variant] = self._load(folder)
-            return self._loaded[variant]
+        if not has_adapter(folder):  # by folder: the K pools of one generator (generation.pool_seeds) share it
+            if str(folder) not in self._loaded:
+                self._loaded[str(folder)] = self._load(folder)
+            return self._loaded[str(folder)]
         if variant not in self._bases:
             self._bases[variant] = base_fingerprint(folder)
         base = self._bases[variant]
@@ -296,8 +296,9 @@ def generate_pools(
 ) -> dict[str, Path]:
     """Generate (or finish) every generator's pool under ``work_root/<generator id>``; returns the folders.
 
-    ``pipelines``: generator id (``vanilla``, ``vanilla-r1``, ...) -> its pipeline folder; each
-    pool's noise is seeded by :func:`~fairskin.diffusion.variants.generator_seed`.
+    ``pipelines``: pool id (``vanilla``, ``vanilla-r1``, ``vanilla-r1-p1``, ...) -> its generator's pipeline folder;
+    each pool's noise is seeded by :func:`~fairskin.diffusion.variants.pool_noise_seed` (the generator's seed for
+    pool seed 0).
 
     Items already written are skipped. ``local=True`` runs in this process (no Ray); else on
     a Ray actor pool sized by :func:`_actor_count`. Each item's thread count is
@@ -315,9 +316,9 @@ def generate_pools(
     missing = plan.missing()
     g, d = config.generation, config.data
     threads = max(1, math.ceil(g.cpus_per_actor))
-    from fairskin.diffusion.variants import generator_seed
+    from fairskin.diffusion.variants import pool_noise_seed
 
-    seeds = {v: generator_seed(config.diffusion, v) for v in pipelines}
+    seeds = {v: pool_noise_seed(config.diffusion, v) for v in pipelines}
     args = (
         {v: str(p) for v, p in pipelines.items()},
         g.model_dump(mode="json"),

@@ -30,6 +30,33 @@ def salted_seed(seed: int, salt: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(salt)]).generate_state(1, np.uint64)[0] >> 33)
 
 
+# The noise of pool seed k > 0 comes from (generator seed, POOL_STREAM, k): a stream no variant salt or repeat seed
+# reaches (salted_seed mixes two words, this three).
+POOL_STREAM = 0x706F6F6C  # "pool"
+
+
+def pool_noise_seed(diffusion: DiffusionConfig, pool: str) -> int:
+    """The seed of a pool's noise: its generator's seed (:func:`generator_seed`) for pool seed 0, the pool every run
+    made before ``generation.pool_seeds``; for pool seed k > 0 a seed drawn from (generator seed, POOL_STREAM, k)."""
+    import numpy as np
+
+    from fairskin.provenance import split_pool_id
+
+    generator, k = split_pool_id(pool)
+    seed = generator_seed(diffusion, generator)
+    if k == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, POOL_STREAM, int(k)]).generate_state(1, np.uint64)[0] >> 33)
+
+
+def pool_ids(generators_: list[str], pool_seeds: list[int]) -> list[str]:
+    """Every pool of ``generators_`` under ``pool_seeds`` (``generation.pool_seeds``), generator-major:
+    ``[vanilla, vanilla-p1, vanilla-r1, vanilla-r1-p1, ...]`` for pool seeds [0, 1]."""
+    from fairskin.provenance import pool_id
+
+    return [pool_id(g, k) for g in generators_ for k in pool_seeds]
+
+
 def generators(diffusion: DiffusionConfig) -> list[str]:
     """Every generator id of the configuration, repeat-major within each variant:
     ``[vanilla, vanilla-r1, ..., fairskin_s, fairskin_s-r1, ...]``."""

@@ -10,8 +10,8 @@ folders. What one generator's fine-tune or pool depends on is narrower, so each 
 * a generator's key: the fine-tune stage's config slice without the variant list, custom variants and repeat
   seeds; the stage's version and its inputs' keys (prepare, base, control_base); the generator's id, seed and
   resolved method (spec, module, module version: :meth:`fairskin.methods.Method.fingerprint`);
-* a pool's key: the generate stage's slice without the same three; its version; the generator's id and seed;
-  the content fingerprint of the fine-tuned weights it samples.
+* a pool's key: the generate stage's slice without the same three and the pool seeds; its version; the pool's id
+  and noise seed (one of ``generation.pool_seeds``); the content fingerprint of the fine-tuned weights it samples.
 
 A stage makes what its store lacks, writes it there (temporary name, renamed when complete, the record last)
 and fills its own folder with hard links to the stored files (copies where the file system has no hard links),
@@ -36,7 +36,7 @@ STORE_RECORD = "_stored.json"
 STORE_FILE = "store.json"  # in a stage folder: generator id -> the stored folder it links
 GENERATORS, POOLS = "generators", "pools"
 # What makes a stage's key depend on the whole set of generators, not on one of them.
-SET_READS = ("diffusion.variants", "diffusion.custom_variants", "diffusion.repeat_seeds")
+SET_READS = ("diffusion.variants", "diffusion.custom_variants", "diffusion.repeat_seeds", "generation.pool_seeds")
 
 
 def _hash(payload: Mapping[str, Any]) -> str:
@@ -66,19 +66,20 @@ def generator_key(
     )
 
 
-def pool_key(config: FairSkinConfig, generator: str, weights: str, reads: Iterable[str], version: int) -> str:
-    """12 hex digits: what the pool of ``generator`` depends on (module doc); ``weights``: the content fingerprint of
-    its fine-tuned pipeline (:func:`fairskin.diffusion.models.trained_fingerprint`); ``reads``, ``version``: those of
-    the ``generate`` stage."""
-    from fairskin.diffusion.variants import generator_seed
+def pool_key(config: FairSkinConfig, pool: str, weights: str, reads: Iterable[str], version: int) -> str:
+    """12 hex digits: what the pool ``pool`` (a pool id, :func:`fairskin.provenance.pool_id`) depends on (module
+    doc); ``weights``: the content fingerprint of its generator's fine-tuned pipeline
+    (:func:`fairskin.diffusion.models.trained_fingerprint`); ``reads``, ``version``: those of the ``generate``
+    stage."""
+    from fairskin.diffusion.variants import pool_noise_seed
 
     return _hash(
         {
             "kind": POOLS,
             "version": version,
             "reads": config_slice(config, [r for r in reads if r not in SET_READS]),
-            "generator": generator,
-            "seed": generator_seed(config.diffusion, generator),
+            "generator": pool,
+            "seed": pool_noise_seed(config.diffusion, pool),
             "weights": weights,
         }
     )
@@ -121,7 +122,7 @@ def stored_in_use(config: FairSkinConfig, keys: Mapping[str, str]) -> set[Path]:
     """The stored generators and pools the configuration's finetune and generate stages would link, from the
     current stage keys (``keys``: stage -> key, :func:`fairskin.housekeeping.current_keys`). A pool counts when its
     generator is stored (its key needs the generator's weights). Empty when the fine-tune's inputs' keys are unknown."""
-    from fairskin.diffusion.variants import fine_tuned_generators
+    from fairskin.diffusion.variants import fine_tuned_generators, pool_ids
     from fairskin.pipeline.stage import STAGES
 
     finetune, generate = STAGES["finetune"], STAGES["generate"]
@@ -135,7 +136,7 @@ def stored_in_use(config: FairSkinConfig, keys: Mapping[str, str]) -> set[Path]:
         )
         used.add(folder)
         record = stored_record(folder)
-        if record is not None:
-            key = pool_key(config, g, record["fingerprint"], generate.reads_for(config), generate.version)
-            used.add(stored_dir(config, POOLS, g, key))
+        for pool in pool_ids([g], config.generation.pool_seeds) if record is not None else []:
+            key = pool_key(config, pool, record["fingerprint"], generate.reads_for(config), generate.version)
+            used.add(stored_dir(config, POOLS, pool, key))
     return used

@@ -68,7 +68,9 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     sources = _find_sources(tracking_uri, study)
     units = unit_frame(sources.trials, sources.evaluated, seeds)
-    report = _write_tables(out, sources.trials, units, groups, baseline, level, declaration or Declaration())
+    report = _write_tables(
+        out, sources.trials, units, groups, baseline, level, declaration or Declaration(), sources.evaluated
+    )
     _note_provenance(report, sources)
     aug = scoped_studies(tracking_uri, "aug_count", sources.pools)
     ratio = scoped_studies(tracking_uri, "ethnic_ratio", sources.pools)
@@ -105,6 +107,7 @@ def _write_tables(
     baseline: str,
     level: float,
     declaration: Declaration,
+    evaluated: pd.DataFrame | None = None,
 ) -> Report:
     """Tables 1 and 2, the verdicts, the paired differences and their variance components, the repeats and
     the declaration, written into ``out``; the report holding them."""
@@ -118,7 +121,7 @@ def _write_tables(
         (t2, "table2_fid_per_group.csv"),
         (units, "repeats.csv"),
         (verdicts, "verdicts.csv"),
-        (difference_components(trials, units, baseline, declaration, level), "variance_components.csv"),
+        (difference_components(trials, units, baseline, declaration, level, evaluated), "variance_components.csv"),
     ):
         frame.to_csv(out / name, index=False)
     atomic_write_text(out / "declaration.json", json.dumps(declaration.as_dict(), indent=2))

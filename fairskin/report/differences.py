@@ -147,21 +147,31 @@ def marks(t1: pd.DataFrame, paired: pd.DataFrame) -> dict[tuple[str, str, str], 
 
 
 def difference_components(
-    trials: pd.DataFrame, units: pd.DataFrame, baseline: str, declaration: Declaration, level: float = 0.95
+    trials: pd.DataFrame,
+    units: pd.DataFrame,
+    baseline: str,
+    declaration: Declaration,
+    level: float = 0.95,
+    evaluated: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Variance components of each variant's paired difference on each primary endpoint
     (:func:`fairskin.metrics.components.variance_components`, moments and MLS intervals).
 
     Classifier endpoints: one difference per (repeat, pool, classifier seed), the trials of the
-    declared mode paired with the baseline's of the same repeat and seed; generation endpoints: one
-    per (repeat, pool). Today every generator has one pool (K = 1), so the fine-tune component
-    holds the pool's too (the ``notes`` say so), and S = 1 merges the classifier's likewise.
+    declared mode paired with the baseline's of the same repeat, pool seed and classifier seed; generation
+    endpoints: one per (repeat, pool), from the evaluate runs of each pool (``evaluated``: indexed by pool
+    fingerprint, with ``variant``, ``repeat``, ``pool_seed`` columns; without it, the repeats' values, K = 1).
+    With one pool per generator (``generation.pool_seeds`` of length 1) the fine-tune component holds the
+    pool's too, and with S = 1 the classifier's is merged likewise (the ``notes`` say so).
     Columns: ``variant``, ``endpoint`` and those of ``Components.as_row()``; a family the data
-    cannot estimate (fewer than 2 paired repeats) is left out.
+    cannot estimate (fewer than 2 paired repeats, or unbalanced cells) is left out.
     """
     from fairskin.metrics.components import variance_components
 
     metric_of = {c: m for c, m, _ in CLASSIFIER_COLUMNS}
+    generation_metric = {c: m for c, m, _ in GENERATION_COLUMNS}
+    if len(trials) and "pool_seed" not in trials:
+        trials = trials.assign(pool_seed=0)
     rows = []
     for variant in [v for v in dict.fromkeys(units["variant"]) if v != baseline] if len(units) else []:
         for endpoint in declaration.primary:
@@ -171,20 +181,30 @@ def difference_components(
                     continue
                 part = trials[trials["mode"] == declaration.mode]
                 frame = {
-                    v: part[part["variant"] == v].groupby(["repeat", "seed"])[column].mean()
+                    v: part[part["variant"] == v].groupby(["repeat", "pool_seed", "seed"])[column].mean()
                     for v in (variant, baseline)
                 }
-                d = (frame[variant] - frame[baseline]).dropna().rename("d").reset_index().assign(pool=0)
+                d = (frame[variant] - frame[baseline]).dropna().rename("d").reset_index()
                 seed = "seed"
+            elif evaluated is not None and len(evaluated) and f"metrics.{generation_metric[endpoint]}" in evaluated:
+                column = f"metrics.{generation_metric[endpoint]}"
+                frame = {
+                    v: pd.to_numeric(evaluated[evaluated["variant"] == v][column], errors="coerce")
+                    .groupby([evaluated["repeat"], evaluated["pool_seed"]])
+                    .mean()
+                    for v in (variant, baseline)
+                }
+                d = (frame[variant] - frame[baseline]).dropna().rename("d").reset_index()
+                seed = None
             else:
                 a, b = primary_values(units, variant, endpoint, ""), primary_values(units, baseline, endpoint, "")
-                d = (a - b).dropna().rename("d").rename_axis("repeat").reset_index().assign(pool=0)
+                d = (a - b).dropna().rename("d").rename_axis("repeat").reset_index().assign(pool_seed=0)
                 seed = None
             if d["repeat"].nunique() < 2:
                 continue
             try:
-                comp = variance_components(d, "d", "repeat", "pool", seed, method="moments", level=level)
-            except ValueError:  # unbalanced seeds (a failed trial): no moments, and the planner needs balance
+                comp = variance_components(d, "d", "repeat", "pool_seed", seed, method="moments", level=level)
+            except ValueError:  # unbalanced cells (a failed trial): no moments, and the planner needs balance
                 continue
             rows.append({"variant": variant, "endpoint": endpoint, **comp.as_row()})
     return pd.DataFrame(rows)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from fairskin.provenance import TAG_POOL, TAG_REAL, TAG_REPEAT, TAG_STAGE_KEY, TAG_VARIANT
+from fairskin.provenance import TAG_POOL, TAG_POOL_SEED, TAG_REAL, TAG_REPEAT, TAG_STAGE_KEY, TAG_VARIANT
 
 
 def find_runs(tracking_uri: str, filter_string: str) -> pd.DataFrame:
@@ -49,7 +49,8 @@ def latest_study(tracking_uri: str, space: str = "ablation") -> str | None:
 
 
 def _with_units(runs: pd.DataFrame) -> pd.DataFrame:
-    """Add ``variant``, ``repeat``, ``generator``, ``mode``, ``seed``, ``pool`` columns from tags and params."""
+    """Add ``variant``, ``repeat``, ``generator``, ``mode``, ``seed``, ``pool`` (its fingerprint) and ``pool_seed``
+    (which of ``generation.pool_seeds``; 0 for runs made before there were several) columns from tags and params."""
     variant = tag_column(runs, TAG_VARIANT)
     repeat = pd.to_numeric(tag_column(runs, TAG_REPEAT, "0"), errors="coerce").fillna(0).astype(int)
     seed = pd.to_numeric(runs.get("params.trial.seed", pd.Series(0, index=runs.index)), errors="coerce")
@@ -60,6 +61,7 @@ def _with_units(runs: pd.DataFrame) -> pd.DataFrame:
         mode=tag_column(runs, "fairskin.mode"),
         seed=seed,
         pool=tag_column(runs, TAG_POOL),
+        pool_seed=pd.to_numeric(tag_column(runs, TAG_POOL_SEED, "0"), errors="coerce").fillna(0).astype(int),
     )
 
 

@@ -34,29 +34,42 @@ def unit_frame(trials: pd.DataFrame, evaluated: pd.DataFrame, seeds: int | None 
         return pd.DataFrame()
     if seeds is not None:
         trials = trials[trials["seed"].isin(sorted(trials["seed"].dropna().unique())[:seeds])]
-    mixed = trials.groupby(["variant", "repeat"])["pool"].nunique()
+    if "pool_seed" not in trials:  # frames made before generation.pool_seeds: one pool per generator
+        trials = trials.assign(pool_seed=0)
+    mixed = trials.groupby(["variant", "repeat", "pool_seed"])["pool"].nunique()
     if (mixed > 1).any():
-        bad = [f"{v} repeat {r}" for (v, r) in mixed[mixed > 1].index]
+        bad = [f"{v} repeat {r}" + (f" pool seed {k}" if k else "") for (v, r, k) in mixed[mixed > 1].index]
         raise ReportError(
             f"the trials of {bad} drew from more than one pool (fingerprints differ); "
             "a row must hold one pool: rerun the study on the current pools"
         )
+    # A repeat's value is the mean over its (pool, classifier seed) cells: with K pools and S seeds each, K x S.
+    trials = trials.assign(_cell=trials["pool_seed"].astype(str) + ":" + trials["seed"].astype(str))
     rows = []
     for (variant, mode), part in trials.groupby(["variant", "mode"], sort=True):
-        values = {c: repeat_values(part, f"metrics.{m}") for c, m, _ in CLASSIFIER_COLUMNS if f"metrics.{m}" in part}
-        floor = repeat_values(part, "metrics.test_dp_oracle_floor") if "metrics.test_dp_oracle_floor" in part else None
+        values = {
+            c: repeat_values(part, f"metrics.{m}", seed="_cell")
+            for c, m, _ in CLASSIFIER_COLUMNS
+            if f"metrics.{m}" in part
+        }
+        floor = (
+            repeat_values(part, "metrics.test_dp_oracle_floor", seed="_cell")
+            if "metrics.test_dp_oracle_floor" in part
+            else None
+        )
         groups = [
             c.removeprefix("metrics.")
             for c in part.columns
             if c.startswith("metrics.test_accuracy_") and not c.endswith(("_low", "_high"))
         ]
         for repeat, rpart in part.groupby("repeat", sort=True):
-            pool = rpart["pool"].iloc[0]
+            pools = list(rpart.sort_values("pool_seed")["pool"].drop_duplicates())
             row: dict[str, Any] = {
                 "variant": variant,
                 "mode": mode,
                 "repeat": int(repeat),
-                "pool": pool,
+                "pool": ";".join(pools),  # the fingerprints of the repeat's K pools, in pool-seed order
+                "pools": len(pools),
                 "seeds": int(rpart["seed"].nunique()),
                 "trials": len(rpart),
             }
@@ -65,7 +78,7 @@ def unit_frame(trials: pd.DataFrame, evaluated: pd.DataFrame, seeds: int | None 
             row["dp_oracle_floor"] = float(floor.get(repeat, math.nan)) if floor is not None else math.nan
             for key in groups:
                 row[key] = float(pd.to_numeric(rpart[f"metrics.{key}"], errors="coerce").mean())
-            ev = evaluated.loc[pool] if pool and len(evaluated) and pool in evaluated.index else None
+            ev = _generation_means(evaluated, pools)
             for column, metric, _ in GENERATION_COLUMNS:
                 key = f"metrics.{metric}"
                 row[column] = float(ev[key]) if ev is not None and key in ev and pd.notna(ev[key]) else math.nan
@@ -79,6 +92,20 @@ def unit_frame(trials: pd.DataFrame, evaluated: pd.DataFrame, seeds: int | None 
                 )
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _generation_means(evaluated: pd.DataFrame, pools: Sequence[str]) -> pd.Series | None:
+    """The evaluate runs' figures of ``pools`` (fingerprints) averaged over the pools an evaluate run measured
+    (numeric columns; the run itself for one pool); None when none was measured."""
+    if not len(evaluated):
+        return None
+    found = [p for p in pools if p and p in evaluated.index]
+    if not found:
+        return None
+    if len(found) == 1:
+        return evaluated.loc[found[0]]
+    part = evaluated.loc[found]
+    return part[[c for c in part.columns if str(c).startswith("metrics.")]].apply(pd.to_numeric, errors="coerce").mean()
 
 
 def table1(units: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:

@@ -54,22 +54,26 @@ def _generate_body(ctx: StageContext) -> Mapping[str, Any]:
     import shutil
 
     from fairskin.diffusion.generate import generate_pools
-    from fairskin.diffusion.variants import fine_tuned_generators
+    from fairskin.diffusion.variants import fine_tuned_generators, pool_ids
     from fairskin.io import atomic_write_json
     from fairskin.pipeline.stage import STAGES
     from fairskin.pipeline.store import POOLS, STORE_FILE, STORE_RECORD, link_tree, pool_key, stored_dir, stored_record
-    from fairskin.provenance import shard_fingerprint
+    from fairskin.provenance import shard_fingerprint, split_pool_id
 
     work = ctx.resume
-    names = fine_tuned_generators(config.diffusion)
+    generators = fine_tuned_generators(config.diffusion)
+    names = pool_ids(generators, config.generation.pool_seeds)  # K pools per generator
     finetuned = json.loads((inputs["finetune"].path / "fingerprints.json").read_text())
+    weights = {p: finetuned[split_pool_id(p)[0]] for p in names}
     stage = STAGES["generate"]
     reads = stage.reads_for(config)
-    stored = {g: stored_dir(config, POOLS, g, pool_key(config, g, finetuned[g], reads, stage.version)) for g in names}
+    stored = {p: stored_dir(config, POOLS, p, pool_key(config, p, weights[p], reads, stage.version)) for p in names}
     if ctx.redo:
         for folder in stored.values():
             shutil.rmtree(folder, ignore_errors=True)
-    todo = {g: inputs["finetune"].path / g / "pipeline" for g in names if stored_record(stored[g]) is None}
+    todo = {
+        p: inputs["finetune"].path / split_pool_id(p)[0] / "pipeline" for p in names if stored_record(stored[p]) is None
+    }
     started = time.time()
     images = {"count": 0}
 
@@ -79,7 +83,7 @@ def _generate_body(ctx: StageContext) -> Mapping[str, Any]:
     if todo:
         made = generate_pools(config, todo, work, on_item=on_item, reporter=ctx.progress("generate"))
         for g, folder in made.items():  # the record first, then one rename: a stored pool is always complete
-            atomic_write_json(folder / STORE_RECORD, {"generator": g, "weights": finetuned[g]})
+            atomic_write_json(folder / STORE_RECORD, {"pool": g, "weights": weights[g]})
             shutil.rmtree(stored[g], ignore_errors=True)
             stored[g].parent.mkdir(parents=True, exist_ok=True)
             os.replace(folder, stored[g])
@@ -96,7 +100,7 @@ def _generate_body(ctx: StageContext) -> Mapping[str, Any]:
     atomic_write_json(out / STORE_FILE, {g: str(stored[g]) for g in names})
     atomic_write_json(
         out / PROVENANCE_FILE,
-        {g: {"pool": shard_fingerprint(out / g), "finetune": finetuned.get(g, "")} for g in pools},
+        {g: {"pool": shard_fingerprint(out / g), "finetune": finetuned.get(split_pool_id(g)[0], "")} for g in pools},
     )
     return {
         "images_generated": images["count"],
@@ -115,30 +119,32 @@ def _mixed_pools(config: FairSkinConfig, folders: Mapping[str, Path], work: Path
     from fairskin.config import CONTROL_DROP_PREFIX, group_slug, is_mix_control, parse_mix_control
     from fairskin.data.shards import INDEX_FILE, Vocabulary
     from fairskin.diffusion.mix_pool import mix_pool
-    from fairskin.diffusion.variants import generator_seed, generators
-    from fairskin.provenance import generator_id, split_generator_id
+    from fairskin.diffusion.variants import generators, pool_noise_seed
+    from fairskin.provenance import generator_id, pool_id, split_generator_id
 
     out = {}
-    for name in generators(config.diffusion):
-        variant, repeat = split_generator_id(name)
+    for generator in generators(config.diffusion):
+        variant, repeat = split_generator_id(generator)
         if not is_mix_control(variant):
             continue
         slug, pct = parse_mix_control(variant)
-        folder = work / name
-        if not (folder / INDEX_FILE).is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            group = next(g for g in config.data.group_names if group_slug(g) == slug)
-            mix_pool(
-                folders[generator_id("vanilla", repeat)],
-                folders[generator_id(CONTROL_DROP_PREFIX + slug, repeat)],
-                folder,
-                generator=name,
-                group=group,
-                fraction=pct / 100,
-                seed=generator_seed(config.diffusion, name),
-                vocab=Vocabulary(tuple(config.data.group_names), tuple(config.data.diseases)),
-            )
-        out[name] = folder
+        for k in config.generation.pool_seeds:  # the pools of pool seed k mix the sources' pools of the same seed
+            name = pool_id(generator, k)
+            folder = work / name
+            if not (folder / INDEX_FILE).is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+                group = next(g for g in config.data.group_names if group_slug(g) == slug)
+                mix_pool(
+                    folders[pool_id(generator_id("vanilla", repeat), k)],
+                    folders[pool_id(generator_id(CONTROL_DROP_PREFIX + slug, repeat), k)],
+                    folder,
+                    generator=name,
+                    group=group,
+                    fraction=pct / 100,
+                    seed=pool_noise_seed(config.diffusion, name),
+                    vocab=Vocabulary(tuple(config.data.group_names), tuple(config.data.diseases)),
+                )
+            out[name] = folder
     return out
 
 
@@ -212,6 +218,7 @@ register_stage(
     Stage(
         "generate",
         reads=GENERATE_READS,
+        reads_unless=(("generation.pool_seeds", [0]),),
         inputs=("finetune",),
         body=_generate_body,
         needs_ray=True,
