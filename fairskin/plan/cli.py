@@ -81,13 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def first_run_command(args: argparse.Namespace) -> str:
-    """The pipeline run that measures the components this version can separate: R repeats and S = 2
-    classifier seeds per repeat (one pool per generator until ``generation.pool_seeds`` arrives, so the
-    pool's component stays inside the fine-tune's; the plan then keeps K = 1)."""
+    """The pipeline run that measures every component: R repeats, K = 2 pools per generator
+    (``generation.pool_seeds``) and S = 2 classifier seeds per pool."""
     parts = ["python", "jobs/full_pipeline.py", "--preset", args.preset]
     if args.config_file:
         parts += ["--config", args.config_file]
-    parts += list(args.overrides) + ["tune.train_seeds=2"]
+    parts += list(args.overrides) + ["generation.pool_seeds=[0,1]", "tune.train_seeds=2"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -185,8 +184,8 @@ def _usable_components(args: argparse.Namespace, root: Path, endpoint: str) -> C
     if components is None:
         print(
             f"error: no measured variance components of {endpoint} under {root} (no {COMPONENTS_FILE} with a "
-            f"row for it): the plan needs them. Make the run that measures them first (S = 2 classifier "
-            f"seeds per repeat; one pool per generator in this version, so the plan keeps K = 1):\n  {first_run_command(args)}\nthen plan again with the same "
+            f"row for it): the plan needs them. Make the run that measures them first (K = 2 pools per "
+            f"generator, S = 2 classifier seeds per pool):\n  {first_run_command(args)}\nthen plan again with the same "
             "runs root.",
             file=sys.stderr,
         )
