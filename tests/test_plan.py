@@ -524,3 +524,21 @@ def test_cli_generation_endpoint_and_gpu_figures(tmp_path, capsys):
     expected = UnitCosts(c_ft, c_pool, c_cls).total(last["R"], last["K"], last["S"]) / 3600
     assert last["cost_gpu_hours"] == pytest.approx(expected)
     assert last["cost_gpu_wall_hours"] == pytest.approx(expected / 8)
+
+
+def test_r_only_design_and_efficiency_by_hand():
+    """Only R growing (K = S = 1), normal approximation: R = ceil((z_{1-a/2} + z_power)^2 (s_ft + s_pool + s_cls)
+    / mde^2) at R (c_ft + c_pool + c_cls) seconds; the planned design (pools and seeds cheap beside a fine-tune,
+    their variance large) costs less, so the efficiency ratio is above 1, and exactly 1 where the plan is K = S = 1."""
+    from scipy.stats import norm
+
+    comp, costs, gpu = Components(1, 4, 16), UnitCosts(16, 1, 1), UnitCosts(32, 1, 4)
+    p = plan(comp, costs, 0.5, 0.05, 0.8, gpu_costs=gpu, method="normal")
+    R = math.ceil((norm.ppf(0.975) + norm.ppf(0.8)) ** 2 * (1 + 4 + 16) / 0.5**2)
+    assert p.r_only["R"] == R
+    assert p.r_only["cost_hours_here"] == pytest.approx(R * (16 + 1 + 1) / 3600)
+    assert p.r_only["cost_gpu_hours"] == pytest.approx(R * (32 + 1 + 4) / 3600)
+    assert p.efficiency["here"] == pytest.approx(R * 18 / p.cost_seconds) and p.efficiency["here"] > 1
+    assert p.efficiency["gpu"] == pytest.approx(R * 37 / gpu.total(p.R, p.K, p.S))
+    lever = plan(Components(1, 0, 0), UnitCosts(3, 1, 1), 0.5, 0.05, 0.8, method="normal")  # R is the only lever
+    assert (lever.K, lever.S) == (1, 1) and lever.efficiency["here"] == 1 and lever.efficiency["gpu"] is None

@@ -266,6 +266,8 @@ def plan_json(
                 result.cost_gpu_hours / gpus if gpus and result.cost_gpu_hours is not None else None
             ),
             "closed_form": result.closed_form,
+            "r_only": result.r_only,
+            "efficiency": result.efficiency,
             "budget_hours": budget_hours,
             "budget_mde": result.budget_mde,
             "components": {k: v for k, v in asdict(components).items()},
@@ -298,6 +300,15 @@ def plan_lines(result: Plan, endpoint: str, gpus: int | None = None) -> list[str
             f"{result.cost_hours_here:.3g} h here{gpu}"
         )
     lines.append(f"closed form (normal approximation): R = {cf['R']:.2f}, K = {cf['K']:.2f}, S = {cf['S']:.2f}")
+    if result.r_only:
+        only, eff = result.r_only, result.efficiency or {}
+        gpu = "" if only["cost_gpu_hours"] is None else f", {only['cost_gpu_hours']:.3g} GPU-hours at paper scale"
+        ratio = "" if eff.get("here") is None else f": x {eff['here']:.3g} the plan's cost here"
+        ratio += "" if eff.get("gpu") is None else f", x {eff['gpu']:.3g} in GPU-hours"
+        lines.append(
+            f"only R growing (K = S = 1): R = {only['R']} reaches MDE {only['mde']:.4g} in "
+            f"{only['cost_hours_here']:.3g} h here{gpu}{ratio}"
+        )
     if result.budget_mde:
         b = result.budget_mde
         lines.append(

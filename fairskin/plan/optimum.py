@@ -245,6 +245,10 @@ class Plan:
     budget_mde: dict[str, Any] | None = None
     measured: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Statistical efficiency: the least-cost design when only R grows (K = S = 1) as {R, mde, cost_hours_here,
+    # cost_gpu_hours}, and its cost over the plan's ({here, gpu}: 1 where R is the lever); None when unreachable.
+    r_only: dict[str, Any] | None = None
+    efficiency: dict[str, float | None] | None = None
 
 
 def plan(
@@ -303,6 +307,7 @@ def plan(
     closed = {"R": R_cf, "K": K_cf, "S": S_cf}
     if best is None:
         return Plan(None, None, None, mde, None, power, alpha, method, None, None, None, closed, budget, notes=notes)
+    r_only, efficiency = _r_only(comp, costs, gpu_costs, best, mde, alpha, power, method, r_min, max_R)
     return Plan(
         best.R,
         best.K,
@@ -318,7 +323,36 @@ def plan(
         closed_form=closed,
         budget_mde=budget,
         notes=notes,
+        r_only=r_only,
+        efficiency=efficiency,
     )
+
+
+def _r_only(
+    comp: Components,
+    costs: UnitCosts,
+    gpu_costs: UnitCosts | None,
+    best: Design,
+    mde: float,
+    alpha: float,
+    power: float,
+    method: Method,
+    r_min: int,
+    max_R: int,
+) -> tuple[dict[str, Any] | None, dict[str, float | None] | None]:
+    """The design K = S = 1 that reaches ``mde`` (only R grows) and its cost over ``best``'s, here and in
+    GPU-hours at paper scale (the same two designs priced on ``gpu_costs``); (None, None) when unreachable."""
+    only = _cell(comp, costs, 1, 1, mde, alpha, power, method, r_min, max_R)
+    if only is None:
+        return None, None
+    gpu = (gpu_costs.total(only.R, 1, 1) / 3600) if gpu_costs else None
+    best_gpu = (gpu_costs.total(best.R, best.K, best.S) / 3600) if gpu_costs else None
+    r_only = {"R": only.R, "mde": only.mde, "cost_hours_here": only.cost_seconds / 3600, "cost_gpu_hours": gpu}
+    efficiency = {
+        "here": only.cost_seconds / best.cost_seconds if best.cost_seconds > 0 else None,
+        "gpu": gpu / best_gpu if gpu is not None and best_gpu else None,
+    }
+    return r_only, efficiency
 
 
 def _planned_components(components: Components, classifier_level: bool) -> tuple[Components, list[str]]:
