@@ -196,12 +196,20 @@ def _partial_status(path: Path) -> tuple[str, str] | None:
 
 
 def scan(config: FairSkinConfig) -> Inventory:
-    """Every stage folder, pool, checkpoint folder, study, cache and temporary under the runs root."""
+    """Every stage folder, pool, checkpoint folder, study, cache and temporary under the runs root.
+
+    With ``report.until_conclusive`` "current" means the last look's configuration (``diffusion.max_repeats``
+    repeats): every stored generator and pool a look may use is in use, the stage folders of earlier looks are
+    not (a rerun replays those looks from the stored generators and pools)."""
     from fairskin.fingerprints import CACHE_FILE
     from fairskin.lock import LOCK_FILE
     from fairskin.pipeline import STAGES
     from fairskin.pipeline.store import GENERATORS, POOLS
 
+    if config.report.until_conclusive:
+        from fairskin.pipeline.conclusive import look_config
+
+        config = look_config(config, int(config.diffusion.max_repeats))
     root = config.runtime.runs_root
     keys, unknown = current_keys(config)
     inv = Inventory(root, keys, unknown, current_study(config, keys))

@@ -109,6 +109,13 @@ def test_until_conclusive_adds_batches_reuses_every_generator_stops_by_the_rule_
     artifacts = {a.path for a in client.list_artifacts(study.info.run_id)}
     assert {"sequential_looks.csv", "sequential_looks.md", "sequential_looks.png"} <= artifacts
 
+    # `python -m fairskin runs` with the same settings keeps every stored generator and pool (a later look uses them).
+    from fairskin.housekeeping import IN_USE, scan
+
+    stored = [e for e in scan(build_config("smoke", overrides=[f"runtime.runs_root={root}", *SETTINGS])).entries]
+    stored = [e for e in stored if e.kind in ("stored generator", "stored pool")]
+    assert len(stored) == 2 * len(generators) and all(e.status == IN_USE for e in stored), stored
+
 
 def test_until_conclusive_settings_are_checked():
     with pytest.raises(ConfigError, match="needs diffusion.max_repeats"):
