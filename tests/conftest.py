@@ -194,3 +194,25 @@ def smoke_stages(smoke_upstream):
         return root
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def smoke_job(tmp_path_factory, ray_head, smoke_stages):
+    """The whole smoke pipeline through its job entry point, once (joins the session's Ray head), in a runs root
+    holding a copy of the session's smoke upstream stages (prepare, vae, base, control_base, reference, judge:
+    skipped, as on a rerun); finetune, generate, evaluate, tune and report run here. Read-only: its fine-tunes and
+    pools (``generators/``, ``pools/``) seed other tests' stores.
+
+    Returns the runs root and the console output as a user sees it (stdout and stderr in one stream, in order).
+    """
+    root = smoke_stages(tmp_path_factory.mktemp("job") / "runs")
+    out = subprocess.run(
+        [sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", f"runtime.runs_root={root}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-6000:]
+    return root, out.stdout

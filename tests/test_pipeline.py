@@ -129,27 +129,6 @@ def test_job_run_by_an_interpreter_without_the_engine_says_which_and_how_to_fix_
     assert "activate the venv before `ray start`" in message and "$PWD/.venv/bin/python" in message
 
 
-@pytest.fixture(scope="module")
-def smoke_job(tmp_path_factory, ray_head, smoke_stages):
-    """The whole smoke pipeline through its job entry point, once (joins the session's Ray head), in a runs root
-    holding a copy of the session's smoke upstream stages (prepare, vae, base, control_base, reference, judge:
-    skipped, as on a rerun); finetune, generate, evaluate, tune and report run here.
-
-    Returns the runs root and the console output as a user sees it (stdout and stderr in one stream, in order).
-    """
-    root = smoke_stages(tmp_path_factory.mktemp("job") / "runs")
-    out = subprocess.run(
-        [sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", f"runtime.runs_root={root}"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, out.stdout[-6000:]
-    return root, out.stdout
-
-
 SUMMARY = re.compile(r"^(runs root|  \w+ |total|Ray logs|report|MLflow URI|MLflow UI|runs) *[ :]")
 
 
