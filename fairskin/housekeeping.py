@@ -195,6 +195,15 @@ def _partial_status(path: Path) -> tuple[str, str] | None:
     return UNUSED, f"left by PID {pid}, which has ended"
 
 
+def _last_look(config: FairSkinConfig) -> FairSkinConfig:
+    """``config`` itself, or with ``report.until_conclusive`` its last look's (``diffusion.max_repeats`` repeats)."""
+    if not config.report.until_conclusive:
+        return config
+    from fairskin.pipeline.conclusive import look_config
+
+    return look_config(config, int(config.diffusion.max_repeats))
+
+
 def scan(config: FairSkinConfig) -> Inventory:
     """Every stage folder, pool, checkpoint folder, study, cache and temporary under the runs root.
 
@@ -206,10 +215,7 @@ def scan(config: FairSkinConfig) -> Inventory:
     from fairskin.pipeline import STAGES
     from fairskin.pipeline.store import GENERATORS, POOLS
 
-    if config.report.until_conclusive:
-        from fairskin.pipeline.conclusive import look_config
-
-        config = look_config(config, int(config.diffusion.max_repeats))
+    config = _last_look(config)
     root = config.runtime.runs_root
     keys, unknown = current_keys(config)
     inv = Inventory(root, keys, unknown, current_study(config, keys))

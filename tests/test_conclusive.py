@@ -59,10 +59,10 @@ def test_until_conclusive_adds_batches_reuses_every_generator_stops_by_the_rule_
 
     # 1. SIGKILL once the first look (3 repeats) is recorded: the second batch has just begun.
     proc = _start(root, log)
-    deadline = time.time() + 400
+    deadline = time.time() + 600
     while looks_file() is None:
         assert proc.poll() is None, f"the job ended ({proc.returncode}) before its first look\n{tail()}"
-        assert time.time() < deadline, "no first look in 400 s"
+        assert time.time() < deadline, "no first look in 600 s"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)

@@ -16,7 +16,8 @@ folders. What one generator's fine-tune or pool depends on is narrower, so each 
 A stage makes what its store lacks, writes it there (temporary name, renamed when complete, the record last)
 and fills its own folder with hard links to the stored files (copies where the file system has no hard links),
 so every stage after it reads the stage folder as before. ``STORE_FILE`` in the stage folder names the stored
-folders it holds (``python -m fairskin runs`` keeps those of the current stage keys).
+folders it links; ``python -m fairskin runs`` lists a stored folder as in use when a generator or pool of the
+configuration has its key (:func:`stored_in_use`).
 """
 
 from __future__ import annotations
@@ -110,12 +111,40 @@ def link_tree(source: Path, target: Path) -> None:
     shutil.copytree(source, target, copy_function=link, ignore=shutil.ignore_patterns(STORE_RECORD))
 
 
-def store_file(stage_folder: Path) -> dict[str, str]:
-    """generator id -> stored folder, of a finished ``finetune`` or ``generate`` stage folder ({} for older ones)."""
-    try:
-        return json.loads((Path(stage_folder) / STORE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+def generator_folders(
+    config: FairSkinConfig,
+    generators: Iterable[str],
+    reads: Iterable[str],
+    inputs: Mapping[str, StageResult],
+    version: int,
+    redo: bool = False,
+) -> dict[str, Path]:
+    """generator id -> its stored folder (:func:`generator_key`; ``reads``, ``inputs``, ``version``: the finetune
+    stage's). ``redo`` (``--force``): those folders are removed first. Temporaries of dead writers are cleaned."""
+    from fairskin.pipeline.keyed import clean_stale_partials
+
+    reads = list(reads)
+    folders = {
+        g: stored_dir(config, GENERATORS, g, generator_key(config, g, reads, inputs, version)) for g in generators
+    }
+    if redo:
+        for folder in folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+    clean_stale_partials(config.runtime.runs_root / GENERATORS)
+    return folders
+
+
+def link_stored(out: Path, stored: Mapping[str, Path]) -> dict[str, str]:
+    """Link each stored generator into ``out/<generator>`` (:func:`link_tree`) and name them in ``out/STORE_FILE``;
+    returns generator id -> the fingerprint its record holds."""
+    from fairskin.io import atomic_write_json
+
+    fingerprints = {}
+    for name, folder in stored.items():
+        link_tree(folder, Path(out) / name)
+        fingerprints[name] = stored_record(folder)["fingerprint"]
+    atomic_write_json(Path(out) / STORE_FILE, {name: str(folder) for name, folder in stored.items()})
+    return fingerprints
 
 
 def stored_in_use(config: FairSkinConfig, keys: Mapping[str, str]) -> set[Path]:

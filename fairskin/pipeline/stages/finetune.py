@@ -57,22 +57,11 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
     import threading
 
     from fairskin.data.stream import decode_local
-    from fairskin.diffusion.finetune import FitInterrupted, finetune_variant
-    from fairskin.diffusion.models import trained_fingerprint
-    from fairskin.diffusion.variants import fine_tuned_generators, generator_seed
-    from fairskin.io import atomic_directory, atomic_write_json
-    from fairskin.pipeline.keyed import clean_stale_partials
+    from fairskin.diffusion.finetune import FitInterrupted
+    from fairskin.diffusion.variants import fine_tuned_generators
+    from fairskin.io import atomic_write_json
     from fairskin.pipeline.stage import STAGES
-    from fairskin.pipeline.store import (
-        GENERATORS,
-        STORE_FILE,
-        STORE_RECORD,
-        generator_key,
-        link_tree,
-        stored_dir,
-        stored_record,
-    )
-    from fairskin.provenance import split_generator_id
+    from fairskin.pipeline.store import generator_folders, link_stored, stored_record
 
     d = config.diffusion
     checkpoints = ctx.resume
@@ -80,14 +69,7 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
         shutil.rmtree(checkpoints, ignore_errors=True)
     names = fine_tuned_generators(d)  # a mixed-pool control has no fine-tune (generate mixes it)
     stage = STAGES["finetune"]
-    stored = {
-        n: stored_dir(config, GENERATORS, n, generator_key(config, n, stage.reads_for(config), inputs, stage.version))
-        for n in names
-    }
-    if ctx.redo:
-        for folder in stored.values():
-            shutil.rmtree(folder, ignore_errors=True)
-    clean_stale_partials(config.runtime.runs_root / GENERATORS)
+    stored = generator_folders(config, names, stage.reads_for(config), inputs, stage.version, redo=ctx.redo)
     todo = [n for n in names if stored_record(stored[n]) is None]
     train = decode_local(inputs["prepare"].path / "shards")
     base = base_pipeline_folder(inputs["base"])
@@ -101,36 +83,15 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
 
     def fit(name: str) -> dict[str, Any]:
         child = children[name]
-        tracking = {"uri": config.tracking_uri(), "run_id": child.run_id} if child.run_id else None
         try:
             if stop.is_set():
                 raise FitInterrupted(f"fine-tune of {name} not started")
-            variant = split_generator_id(name)[0]
-            start, rows, cache = starts[config.dropped_group(variant)]
-            with atomic_directory(stored[name], replace=True) as folder:
-                result = finetune_variant(
-                    config,
-                    d.variant(variant),
-                    start,
-                    rows,
-                    folder,
-                    tracking=tracking,
-                    cache=cache,
-                    seed=generator_seed(d, name),
-                    checkpoints=checkpoints / name,
-                )
-                _method_state_figure(child, d.variant(variant).hooks, folder, name, config.data.group_names)
-                record = {"generator": name, "fingerprint": trained_fingerprint(folder / "pipeline"), **result}
-                atomic_write_json(folder / STORE_RECORD, record)
+            result = _fit_into_store(config, name, starts, stored[name], child, checkpoints / name)
         except BaseException as exc:
             child.end("KILLED" if stop.is_set() or isinstance(exc, FitInterrupted) else "FAILED")
             raise
         child.log_metrics(
-            {
-                "fit_seconds": result["seconds"],
-                "attempts": result["attempts"],
-                "resumed_from_step": result["resumed_from_step"],
-            }
+            {k: result[k] for k in ("attempts", "resumed_from_step")} | {"fit_seconds": result["seconds"]}
         )
         child.end()
         return result
@@ -146,15 +107,47 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
     results = _fit_all(ctx, fit, todo, parallel, stop, children) if todo else {}
     for name, result in results.items():  # the fits of this stage only: the planner's cost per fine-tune reads them
         summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-    fingerprints = {}
-    for name in names:
-        link_tree(stored[name], out / name)
-        fingerprints[name] = stored_record(stored[name])["fingerprint"]
-    atomic_write_json(out / "fingerprints.json", fingerprints)
-    atomic_write_json(out / STORE_FILE, {name: str(stored[name]) for name in names})
+    atomic_write_json(out / "fingerprints.json", link_stored(out, stored))
     # Removed by _finetune_log once the stage folder is in place (kept with diffusion.keep_checkpoints).
     summary["checkpoints"] = "" if d.keep_checkpoints else str(checkpoints)
     return summary
+
+
+def _fit_into_store(
+    config: FairSkinConfig, name: str, starts: Mapping, folder: Path, child: RunHandle, checkpoints: Path
+) -> dict[str, Any]:
+    """Fine-tune generator ``name`` into its store ``folder`` (a temporary name, renamed once its pipeline, its
+    method-state figure and its record are written): :func:`fairskin.diffusion.finetune.finetune_variant`'s
+    result. ``starts``: :func:`_starts`; ``child``: the generator's MLflow run; ``checkpoints``: its Ray Train
+    storage (a rerun after a kill resumes from it)."""
+    from fairskin.diffusion.finetune import finetune_variant
+    from fairskin.diffusion.models import trained_fingerprint
+    from fairskin.diffusion.variants import generator_seed
+    from fairskin.io import atomic_directory, atomic_write_json
+    from fairskin.pipeline.store import STORE_RECORD
+    from fairskin.provenance import split_generator_id
+
+    d = config.diffusion
+    variant = split_generator_id(name)[0]
+    start, rows, cache = starts[config.dropped_group(variant)]
+    tracking = {"uri": config.tracking_uri(), "run_id": child.run_id} if child.run_id else None
+    with atomic_directory(folder, replace=True) as tmp:
+        result = finetune_variant(
+            config,
+            d.variant(variant),
+            start,
+            rows,
+            tmp,
+            tracking=tracking,
+            cache=cache,
+            seed=generator_seed(d, name),
+            checkpoints=checkpoints,
+        )
+        _method_state_figure(child, d.variant(variant).hooks, tmp, name, config.data.group_names)
+        atomic_write_json(
+            tmp / STORE_RECORD, {"generator": name, "fingerprint": trained_fingerprint(tmp / "pipeline"), **result}
+        )
+    return result
 
 
 def _starts(config: FairSkinConfig, base: Path, train, control_bases: Mapping[str, Path], latents: Path) -> dict:
