@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,14 +290,3 @@ def looks_markdown(done: Sequence[Look], looks_: Sequence[int]) -> str:
 def looks_of(folder: Path) -> pd.DataFrame:
     """The recorded looks of a run until conclusive (``sequential_looks.csv`` in its folder)."""
     return pd.read_csv(Path(folder) / LOOKS_FILE)
-
-
-def summary(outcome: ConclusiveRun) -> Mapping[str, object]:
-    """A JSON-able summary: the looks, why it stopped, the last look's verdicts."""
-    last = outcome.looks[-1]
-    return {
-        "looks": [lk.n for lk in outcome.looks],
-        "stopped": outcome.reason,
-        "repeats": last.n,
-        "verdicts": {f"{r.variant}.{r.endpoint}": r.verdict for r in last.verdicts.itertuples()},
-    }

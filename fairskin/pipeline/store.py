@@ -5,7 +5,7 @@ The ``finetune`` and ``generate`` stages are keyed by everything they make (``di
 folders. What one generator's fine-tune or pool depends on is narrower, so each is also kept by its own key:
 
     <runs root>/generators/<generator>-<key>/   its pipeline/ (and method_state.png), STORE_RECORD
-    <runs root>/pools/<generator>-<key>/        its pool's shards, STORE_RECORD
+    <runs root>/pools/<pool>-<key>/             its pool's shards and preview.png, STORE_RECORD
 
 * a generator's key: the fine-tune stage's config slice without the variant list, custom variants and repeat
   seeds; the stage's version and its inputs' keys (prepare, base, control_base); the generator's id, seed and
@@ -13,6 +13,7 @@ folders. What one generator's fine-tune or pool depends on is narrower, so each 
 * a pool's key: the generate stage's slice without the same three and the pool seeds; its version; the pool's id
   and noise seed (one of ``generation.pool_seeds``); the content fingerprint of the fine-tuned weights it samples.
 
+Each record holds the content fingerprint of what the folder holds, so a stage linking it need not read it again.
 A stage makes what its store lacks, writes it there (temporary name, renamed when complete, the record last)
 and fills its own folder with hard links to the stored files (copies where the file system has no hard links),
 so every stage after it reads the stage folder as before. ``STORE_FILE`` in the stage folder names the stored
@@ -34,7 +35,7 @@ from fairskin.config import FairSkinConfig
 from fairskin.pipeline.keyed import StageResult, config_slice
 
 STORE_RECORD = "_stored.json"
-STORE_FILE = "store.json"  # in a stage folder: generator id -> the stored folder it links
+STORE_FILE = "store.json"  # in a stage folder: generator or pool id -> the stored folder it links
 GENERATORS, POOLS = "generators", "pools"
 # What makes a stage's key depend on the whole set of generators, not on one of them.
 SET_READS = ("diffusion.variants", "diffusion.custom_variants", "diffusion.repeat_seeds", "generation.pool_seeds")
@@ -120,31 +121,48 @@ def generator_folders(
     redo: bool = False,
 ) -> dict[str, Path]:
     """generator id -> its stored folder (:func:`generator_key`; ``reads``, ``inputs``, ``version``: the finetune
-    stage's). ``redo`` (``--force``): those folders are removed first. Temporaries of dead writers are cleaned."""
+    stage's). ``redo`` (``--force``): those folders are removed first."""
+    reads = list(reads)
+    keys = {g: generator_key(config, g, reads, inputs, version) for g in generators}
+    return _folders(config, GENERATORS, keys, redo)
+
+
+def pool_folders(
+    config: FairSkinConfig,
+    weights: Mapping[str, str],
+    reads: Iterable[str],
+    version: int,
+    redo: bool = False,
+) -> dict[str, Path]:
+    """pool id -> its stored folder (:func:`pool_key`); ``weights``: pool id -> the fingerprint of its generator's
+    fine-tuned pipeline; ``reads``, ``version``: the generate stage's. ``redo``: those folders are removed first."""
+    reads = list(reads)
+    keys = {p: pool_key(config, p, w, reads, version) for p, w in weights.items()}
+    return _folders(config, POOLS, keys, redo)
+
+
+def _folders(config: FairSkinConfig, kind: str, keys: Mapping[str, str], redo: bool) -> dict[str, Path]:
     from fairskin.pipeline.keyed import clean_stale_partials
 
-    reads = list(reads)
-    folders = {
-        g: stored_dir(config, GENERATORS, g, generator_key(config, g, reads, inputs, version)) for g in generators
-    }
+    folders = {name: stored_dir(config, kind, name, key) for name, key in keys.items()}
     if redo:
         for folder in folders.values():
             shutil.rmtree(folder, ignore_errors=True)
-    clean_stale_partials(config.runtime.runs_root / GENERATORS)
+    clean_stale_partials(config.runtime.runs_root / kind)  # temporaries of dead writers
     return folders
 
 
-def link_stored(out: Path, stored: Mapping[str, Path]) -> dict[str, str]:
-    """Link each stored generator into ``out/<generator>`` (:func:`link_tree`) and name them in ``out/STORE_FILE``;
-    returns generator id -> the fingerprint its record holds."""
+def link_stored(out: Path, stored: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
+    """Link each stored folder into ``out/<name>`` (:func:`link_tree`) and name them in ``out/STORE_FILE``;
+    returns name -> its record."""
     from fairskin.io import atomic_write_json
 
-    fingerprints = {}
+    records = {}
     for name, folder in stored.items():
         link_tree(folder, Path(out) / name)
-        fingerprints[name] = stored_record(folder)["fingerprint"]
+        records[name] = stored_record(folder)
     atomic_write_json(Path(out) / STORE_FILE, {name: str(folder) for name, folder in stored.items()})
-    return fingerprints
+    return records
 
 
 def stored_in_use(config: FairSkinConfig, keys: Mapping[str, str]) -> set[Path]:

@@ -107,7 +107,8 @@ def _finetune_body(ctx: StageContext) -> Mapping[str, Any]:
     results = _fit_all(ctx, fit, todo, parallel, stop, children) if todo else {}
     for name, result in results.items():  # the fits of this stage only: the planner's cost per fine-tune reads them
         summary.update({f"{name}_{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-    atomic_write_json(out / "fingerprints.json", link_stored(out, stored))
+    records = link_stored(out, stored)
+    atomic_write_json(out / "fingerprints.json", {name: record["fingerprint"] for name, record in records.items()})
     # Removed by _finetune_log once the stage folder is in place (kept with diffusion.keep_checkpoints).
     summary["checkpoints"] = "" if d.keep_checkpoints else str(checkpoints)
     return summary

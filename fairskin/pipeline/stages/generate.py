@@ -57,7 +57,7 @@ def _generate_body(ctx: StageContext) -> Mapping[str, Any]:
     from fairskin.diffusion.variants import fine_tuned_generators, pool_ids
     from fairskin.io import atomic_write_json
     from fairskin.pipeline.stage import STAGES
-    from fairskin.pipeline.store import POOLS, STORE_FILE, STORE_RECORD, link_tree, pool_key, stored_dir, stored_record
+    from fairskin.pipeline.store import STORE_RECORD, link_stored, pool_folders, stored_record
     from fairskin.provenance import shard_fingerprint, split_pool_id
 
     work = ctx.resume
@@ -66,11 +66,7 @@ def _generate_body(ctx: StageContext) -> Mapping[str, Any]:
     finetuned = json.loads((inputs["finetune"].path / "fingerprints.json").read_text())
     weights = {p: finetuned[split_pool_id(p)[0]] for p in names}
     stage = STAGES["generate"]
-    reads = stage.reads_for(config)
-    stored = {p: stored_dir(config, POOLS, p, pool_key(config, p, weights[p], reads, stage.version)) for p in names}
-    if ctx.redo:
-        for folder in stored.values():
-            shutil.rmtree(folder, ignore_errors=True)
+    stored = pool_folders(config, weights, stage.reads_for(config), stage.version, redo=ctx.redo)
     todo = {
         p: inputs["finetune"].path / split_pool_id(p)[0] / "pipeline" for p in names if stored_record(stored[p]) is None
     }
@@ -82,25 +78,27 @@ def _generate_body(ctx: StageContext) -> Mapping[str, Any]:
 
     if todo:
         made = generate_pools(config, todo, work, on_item=on_item, reporter=ctx.progress("generate"))
-        for g, folder in made.items():  # the record first, then one rename: a stored pool is always complete
-            atomic_write_json(folder / STORE_RECORD, {"pool": g, "weights": weights[g]})
+        for g, folder in made.items():  # preview and record first, then one rename: a stored pool is complete
+            _pool_preview(config, folder, g)
+            record = {"pool": g, "weights": weights[g], "fingerprint": shard_fingerprint(folder)}
+            atomic_write_json(folder / STORE_RECORD, record)
             shutil.rmtree(stored[g], ignore_errors=True)
             stored[g].parent.mkdir(parents=True, exist_ok=True)
             os.replace(folder, stored[g])
     seconds = time.time() - started
-    for g in names:
-        link_tree(stored[g], out / g)
-    mixed = _mixed_pools(config, {g: out / g for g in names}, work)
-    for g, folder in mixed.items():
+    fingerprints = {g: record.get("fingerprint") for g, record in link_stored(out, stored).items()}
+    for g, folder in _mixed_pools(config, {g: out / g for g in names}, work).items():
         os.replace(folder, out / g)
-    pools = [*names, *mixed]
-    for g in pools:
         _pool_preview(config, out / g, g)
+        fingerprints[g] = shard_fingerprint(out / g)
+    for g, fingerprint in fingerprints.items():  # pools stored before their records held these
+        if not (out / g / "preview.png").is_file():
+            _pool_preview(config, out / g, g)
+        fingerprints[g] = fingerprint or shard_fingerprint(out / g)
     shutil.rmtree(work, ignore_errors=True)
-    atomic_write_json(out / STORE_FILE, {g: str(stored[g]) for g in names})
     atomic_write_json(
         out / PROVENANCE_FILE,
-        {g: {"pool": shard_fingerprint(out / g), "finetune": finetuned.get(split_pool_id(g)[0], "")} for g in pools},
+        {g: {"pool": fp, "finetune": finetuned.get(split_pool_id(g)[0], "")} for g, fp in fingerprints.items()},
     )
     return {
         "images_generated": images["count"],
