@@ -57,10 +57,17 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: every socket stays bound until all are chosen (ports asked for one at a
+    time can repeat: the head's dashboard and its agent once got the same one and `ray start` failed)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _pids_of_head(temp_dir: str) -> list[int]:
@@ -79,7 +86,7 @@ def ray_head():
     """Start a private Ray head for the session; yields its GCS address and dashboard URL."""
     # Short path: Ray's unix sockets live under the temp dir and have a ~107-byte limit.
     temp_dir = tempfile.mkdtemp(prefix="fsk-ray-", dir="/tmp")
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard, client, agent, metrics, runtime_env = _free_ports(6)
     ray_bin = Path(sys.executable).with_name("ray")
     cmd = [
         str(ray_bin),
@@ -93,10 +100,10 @@ def ray_head():
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
         "--disable-usage-stats",
-        f"--ray-client-server-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
     ]
     address = f"127.0.0.1:{gcs}"
     # Token auth is on (module top). RAY_ADDRESS in the head's environment reaches every worker: Ray Train's
