@@ -15,6 +15,8 @@ anything imports Ray), so the head, this process, subprocess tests (they inherit
 from __future__ import annotations
 
 import atexit
+import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -44,7 +46,14 @@ def _session_auth_token() -> Path:
     return path
 
 
-AUTH_TOKEN_PATH = _session_auth_token()
+# Under pytest-xdist the controller makes the token and starts the head (``pytest_configure``); its workers inherit
+# both through the environment, so the whole run shares one token and one head.
+AUTH_TOKEN_PATH = (
+    Path(os.environ["FAIRSKIN_TEST_AUTH_TOKEN_PATH"])
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("FAIRSKIN_TEST_AUTH_TOKEN_PATH")
+    else _session_auth_token()
+)
+os.environ["FAIRSKIN_TEST_AUTH_TOKEN_PATH"] = str(AUTH_TOKEN_PATH)
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN_PATH"] = str(AUTH_TOKEN_PATH)
 os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the path
@@ -78,12 +87,9 @@ def _pids_of_head(temp_dir: str) -> list[int]:
     return node_pids(temp_dir)
 
 
-# autouse: RAY_ADDRESS names the session's head before any test runs, so no test's in-process
-# init_ray() ever starts a private local cluster that later tests would stay connected to (two
-# clusters on one machine also confuse Ray Train's state-API lookups).
-@pytest.fixture(scope="session", autouse=True)
-def ray_head():
-    """Start a private Ray head for the session; yields its GCS address and dashboard URL."""
+def _start_head() -> dict:
+    """Start a private Ray head (``ray start --head`` on its own temp dir and free ports); its GCS address, dashboard
+    URL, temp dir and token path. RAY_ADDRESS names it from here on."""
     # Short path: Ray's unix sockets live under the temp dir and have a ~107-byte limit.
     temp_dir = tempfile.mkdtemp(prefix="fsk-ray-", dir="/tmp")
     gcs, dashboard, client, agent, metrics, runtime_env = _free_ports(6)
@@ -112,31 +118,74 @@ def ray_head():
     env = {**os.environ, "FAIRSKIN_TEST_RAY": Path(temp_dir).name, "RAY_ADDRESS": address}
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=180)
     os.environ["RAY_ADDRESS"] = address
+    return {
+        "address": address,
+        "dashboard": f"http://127.0.0.1:{dashboard}",
+        "temp_dir": temp_dir,
+        "token_path": str(AUTH_TOKEN_PATH),
+    }
+
+
+def _stop_head(head: dict) -> None:
+    """End the head started by ``_start_head`` by its own PIDs and remove its temp dir."""
+    os.environ.pop("RAY_ADDRESS", None)
+    # SIGTERM, a short grace (the head's processes that end on it do so within a second or two; the
+    # rest waited out the whole grace every session), then SIGKILL.
+    for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
+        for pid in _pids_of_head(head["temp_dir"]):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        while _pids_of_head(head["temp_dir"]) and time.time() < deadline:
+            time.sleep(0.2)
+    shutil.rmtree(head["temp_dir"], ignore_errors=True)
+
+
+def _xdist_controller(config) -> bool:
+    """Whether this process is the controller of a pytest-xdist run (it spawns the workers, runs no test)."""
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
+def pytest_configure(config):
+    # Under xdist one head serves every worker: started here, before the workers are spawned, so that they inherit
+    # RAY_ADDRESS and FAIRSKIN_TEST_RAY_HEAD; each worker's ``ray_head`` fixture then joins it.
+    if _xdist_controller(config):
+        head = _start_head()
+        config.stash[_HEAD_KEY] = head
+        os.environ["FAIRSKIN_TEST_RAY_HEAD"] = json.dumps(head)
+
+
+def pytest_unconfigure(config):
+    head = config.stash.get(_HEAD_KEY, None)
+    if head is not None:
+        _stop_head(head)
+
+
+_HEAD_KEY = pytest.StashKey[dict]()
+
+
+# autouse: RAY_ADDRESS names the session's head before any test runs, so no test's in-process
+# init_ray() ever starts a private local cluster that later tests would stay connected to (two
+# clusters on one machine also confuse Ray Train's state-API lookups).
+@pytest.fixture(scope="session", autouse=True)
+def ray_head():
+    """The run's private Ray head: the xdist controller's (joined) or, without xdist, one started for this session;
+    yields its GCS address, dashboard URL, temp dir and token path."""
+    shared = os.environ.get("FAIRSKIN_TEST_RAY_HEAD") if os.environ.get("PYTEST_XDIST_WORKER") else None
+    head = json.loads(shared) if shared else _start_head()
+    os.environ["RAY_ADDRESS"] = head["address"]
+    head["token_path"] = Path(head["token_path"])
     try:
-        yield {
-            "address": address,
-            "dashboard": f"http://127.0.0.1:{dashboard}",
-            "temp_dir": temp_dir,
-            "token_path": AUTH_TOKEN_PATH,
-        }
+        yield head
     finally:
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
-        os.environ.pop("RAY_ADDRESS", None)
-        # SIGTERM, a short grace (the head's processes that end on it do so within a second or two; the
-        # rest waited out the whole grace every session), then SIGKILL.
-        for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
-            for pid in _pids_of_head(temp_dir):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + grace
-            while _pids_of_head(temp_dir) and time.time() < deadline:
-                time.sleep(0.2)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        if not shared:
+            _stop_head(head)
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +195,25 @@ def ray_session(ray_head):
 
     init_ray()
     return ray_head
+
+
+@pytest.fixture()
+def reap():
+    """``reap(proc)`` returns ``proc`` (a driver started in its own session) and SIGKILLs its process group at the
+    test's end if it is still running, so that a failed test leaves no pipeline loading the machine under the
+    tests that follow."""
+    procs: list[subprocess.Popen] = []
+
+    def add(proc: subprocess.Popen) -> subprocess.Popen:
+        procs.append(proc)
+        return proc
+
+    yield add
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 @pytest.fixture()
@@ -168,6 +236,28 @@ def prepared_smoke(tmp_path_factory):
     return config, outcome.results["prepare"]
 
 
+def made_once(tmp_path_factory, name: str, make):
+    """``make(folder)`` run once for the whole test run, its JSON-able result returned to every caller.
+
+    Without xdist that is once per session. Under xdist the workers share the run's base temp dir: the first worker
+    to ask makes it under a file lock while the others wait, then read its result (pytest-xdist's documented way to
+    run a session fixture once). What ``make`` writes is read-only for the tests that share it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / name
+    made = folder / "_made.json"
+    with FileLock(f"{folder}.lock"):
+        if made.exists():
+            return json.loads(made.read_text())
+        shutil.rmtree(folder, ignore_errors=True)  # a worker that failed while making it
+        folder.mkdir()
+        result = make(folder)
+        made.write_text(json.dumps(result))
+        return result
+
+
 # The smoke preset's upstream stages: what every fine-tune, generator study and full smoke pipeline reads. None
 # of them reads diffusion.max_steps / num_workers / cpus_per_worker / max_failures / variants (control_base's key
 # follows the dropped groups only) or tune.*, so these keys are those of every smoke config the tests use.
@@ -182,11 +272,14 @@ def smoke_upstream(tmp_path_factory, ray_session):
     from fairskin.config import build_config
     from fairskin.pipeline import run_pipeline
 
-    root = tmp_path_factory.mktemp("smoke-upstream") / "runs"
-    config = build_config("smoke", overrides=[f"runtime.runs_root={root}"])
-    results = run_pipeline(config, stages=list(SMOKE_UPSTREAM), echo=lambda *_: None).results
-    assert sorted(results) == sorted(SMOKE_UPSTREAM)
-    return root
+    def make(folder: Path) -> str:
+        root = folder / "runs"
+        config = build_config("smoke", overrides=[f"runtime.runs_root={root}"])
+        results = run_pipeline(config, stages=list(SMOKE_UPSTREAM), echo=lambda *_: None).results
+        assert sorted(results) == sorted(SMOKE_UPSTREAM)
+        return str(root)
+
+    return Path(made_once(tmp_path_factory, "smoke-upstream", make))
 
 
 @pytest.fixture(scope="session")
@@ -212,14 +305,39 @@ def smoke_job(tmp_path_factory, ray_head, smoke_stages):
 
     Returns the runs root and the console output as a user sees it (stdout and stderr in one stream, in order).
     """
-    root = smoke_stages(tmp_path_factory.mktemp("job") / "runs")
-    out = subprocess.run(
-        [sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", f"runtime.runs_root={root}"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, out.stdout[-6000:]
-    return root, out.stdout
+
+    def make(folder: Path) -> list[str]:
+        root = smoke_stages(folder / "runs")
+        out = subprocess.run(
+            [sys.executable, "jobs/full_pipeline.py", "--preset", "smoke", f"runtime.runs_root={root}"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=900,
+        )
+        assert out.returncode == 0, out.stdout[-6000:]
+        return [str(root), out.stdout]
+
+    root, stdout = made_once(tmp_path_factory, "job", make)
+    return Path(root), stdout
+
+
+# Under xdist (``make test``: ``--dist loadscope --no-loadscope-reorder``) whole modules go to the workers in this
+# order, so the slowest start first and the short ones fill in behind them; the second and third are modules
+# without the smoke upstream stages, so that no worker sits waiting for the first to make them.
+SLOW_MODULES_FIRST = (
+    "test_finetune.py",
+    "test_classify.py",
+    "test_base.py",
+    "test_conclusive.py",
+    "test_cluster.py",
+    "test_gensearch.py",
+    "test_pipeline.py",
+    "test_tune.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

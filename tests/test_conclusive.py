@@ -46,7 +46,7 @@ def _records(root: Path, stage: str) -> list[dict]:
 
 @pytest.mark.ray
 def test_until_conclusive_adds_batches_reuses_every_generator_stops_by_the_rule_and_resumes_after_sigkill(
-    smoke_stages, smoke_job, tmp_path
+    smoke_stages, smoke_job, tmp_path, reap
 ):
     # The smoke upstream stages, and the store of the smoke job (R = 1: vanilla and fairskin_s of repeat 0 are
     # fine-tuned and sampled there already, under the same keys: a look reuses them).
@@ -58,7 +58,7 @@ def test_until_conclusive_adds_batches_reuses_every_generator_stops_by_the_rule_
     looks_file = lambda: next((root / "conclusive").glob("*/sequential_looks.csv"), None)  # noqa: E731
 
     # 1. SIGKILL once the first look (3 repeats) is recorded: the second batch has just begun.
-    proc = _start(root, log)
+    proc = reap(_start(root, log))
     deadline = time.time() + 600
     while looks_file() is None:
         assert proc.poll() is None, f"the job ended ({proc.returncode}) before its first look\n{tail()}"
@@ -69,7 +69,7 @@ def test_until_conclusive_adds_batches_reuses_every_generator_stops_by_the_rule_
     assert list(pd.read_csv(looks_file())["n"]) == [3]
 
     # 2. The same command replays the first look from its stages and goes on.
-    proc = _start(root, log)
+    proc = reap(_start(root, log))
     assert proc.wait(timeout=600) == 0, tail()
     assert "stopped (conclusive) at 4 repeats" in log.read_text(), tail()
 

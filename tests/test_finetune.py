@@ -254,7 +254,7 @@ def _loss_steps(uri: str, run_id: str) -> list[tuple[int, int]]:
     return sorted((m.step, m.timestamp) for m in MlflowClient(uri).get_metric_history(run_id, "loss"))
 
 
-def test_pipeline_killed_then_interrupted_resumes_with_the_same_weights(smoke_stages, straight, tmp_path):
+def test_pipeline_killed_then_interrupted_resumes_with_the_same_weights(smoke_stages, straight, tmp_path, reap):
     # A runs root of its own (a copy of the session's smoke stages: prepare, vae, base, control_base skipped), so
     # the one finetune stage folder found below is this test's, whatever ran before it.
     root, log = smoke_stages(tmp_path / "runs"), tmp_path / "pipeline.log"
@@ -264,7 +264,7 @@ def test_pipeline_killed_then_interrupted_resumes_with_the_same_weights(smoke_st
 
     # 1. SIGKILL of the pipeline's process group once Ray Train has recorded a second checkpoint (a
     # checkpoint on disk enters Ray's snapshot a moment later: killing in between resumes from the first).
-    proc = _start_pipeline(root, log, pause=0.5)
+    proc = reap(_start_pipeline(root, log, pause=0.5))
     folder = _wait_for(
         lambda: (f := folder_of()) is not None and _recorded_step(f) >= 2 and f, 300, proc, "two recorded checkpoints"
     )
@@ -275,7 +275,7 @@ def test_pipeline_killed_then_interrupted_resumes_with_the_same_weights(smoke_st
     run_id = json.loads((folder / "mlflow_run.json").read_text())["run_id"]
 
     # 2. The same command continues from there (a new checkpoint, of a resumed attempt); Ctrl-C stops it.
-    proc = _start_pipeline(root, log, pause=2.0)  # slow: the Ctrl-C lands before the last step
+    proc = reap(_start_pipeline(root, log, pause=2.0))  # slow: the Ctrl-C lands before the last step
     _wait_for(lambda: _recorded_step(folder) > killed_at, 300, proc, "a resumed checkpoint")
     assert latest_state(folder)[1]["attempt"] == 2, tail()  # a resumed attempt wrote it
     interrupted = time.time()
@@ -290,7 +290,7 @@ def test_pipeline_killed_then_interrupted_resumes_with_the_same_weights(smoke_st
 
     # 3. The same command again ends the fine-tune from that checkpoint, in the same MLflow run.
     restarted = int(time.time() * 1000)
-    proc = _start_pipeline(root, log, pause=0)
+    proc = reap(_start_pipeline(root, log, pause=0))
     assert proc.wait(timeout=300) == 0, tail()
     stage = next((root / "stages").glob("finetune-*"))
     assert json.loads((stage / "_stage.json").read_text())["summary"]["fairskin_s_resumed_from_step"] == stopped_at
@@ -367,15 +367,15 @@ def test_a_snapshot_caught_while_ray_rewrites_it_reads_as_none_only_when_polling
 
 
 def test_a_window_logged_again_after_a_resume_reaches_mlflow_once(tmp_path):
-    from fairskin.diffusion.finetune import _last_logged_step, _log_steps, _mlflow_logger
+    from fairskin.diffusion.step_log import last_logged_step, log_steps, mlflow_logger
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "windows")
     run = tracker.start("fit")
-    logger = _mlflow_logger({"uri": tracker.tracking_uri, "run_id": run.run_id})
+    logger = mlflow_logger({"uri": tracker.tracking_uri, "run_id": run.run_id})
     window = [(s, {"loss": 1.0 / s, "lr": 1e-3}) for s in range(1, 7)]
-    assert _log_steps(logger, window[:4], _last_logged_step(logger)) == 4  # killed after logging step 4
+    assert log_steps(logger, window[:4], last_logged_step(logger)) == 4  # killed after logging step 4
     # Resumed from the checkpoint of step 2: its window and the re-run steps 3-6 come again.
-    assert _log_steps(logger, window, _last_logged_step(logger)) == 6
+    assert log_steps(logger, window, last_logged_step(logger)) == 6
     history = MlflowClient(tracker.tracking_uri).get_metric_history(run.run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
 

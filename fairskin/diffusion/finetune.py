@@ -20,14 +20,7 @@ after a killed driver alike. MLflow gets each step once: rank 0 reads the last s
 (the ``loss`` history) and logs only later steps, from the checkpoint's window first. A stop file
 (:func:`request_stop`) makes the Train controller abort the fit, since Ray Train's own Ctrl-C
 handler exists only when ``fit()`` runs on the main thread.
-
-Credentials: Ray Train records ``train_loop_config`` (its state actor keeps it as the run's
-settings, shown on the dashboard's Train page and written to export events when Ray's export API
-is on), so the tracking URI in it is redacted (:func:`worker_tracking`). A URI that carries
-``user:password@`` travels to rank 0 as a Ray object instead (``ray.put``: held in the object
-store's memory while the fit runs, owned by the driver, named by a reference in the config);
-rank 0 connects with it, an http(s) URI's credentials moved into MLflow's standard variables of
-that worker process so that MLflow's error messages, which quote the URL, carry none.
+MLflow logging of the steps, credentials kept out of what Ray Train records: :mod:`fairskin.diffusion.step_log`.
 """
 
 from __future__ import annotations
@@ -63,6 +56,7 @@ from fairskin.diffusion.loop import (
 from fairskin.diffusion.losses import check_finite_loss
 from fairskin.diffusion.models import encode_prompts, load_sd, save_sd
 from fairskin.diffusion.step import pixels_to_tensor
+from fairskin.diffusion.step_log import last_logged_step, log_steps, mlflow_logger, to_floats, worker_tracking
 from fairskin.model_lock import model_lock
 
 STOP_FILE = "STOP"
@@ -269,8 +263,8 @@ def finetune_variant(
     prior = latest_state(storage)
     resumed_from = prior[1]["step"] if prior else 0
     if prior and resumed_from >= d.max_steps:  # finished before a kill: only the pipeline folder is missing
-        logger = _mlflow_logger(tracking)
-        _log_steps(logger, prior[1].get("window", []), _last_logged_step(logger))
+        logger = mlflow_logger(tracking)
+        log_steps(logger, prior[1].get("window", []), last_logged_step(logger))
         return {
             **_write_pipeline(parts, prior[0], out, prior[1], time.time(), workers, resumed_from, loop_config),
             "train_rows": len(rows),
@@ -376,77 +370,6 @@ def _write_pipeline(
 
 
 # --------------------------------------------------------------------------- worker side
-
-
-def worker_tracking(tracking: dict[str, str] | None) -> dict[str, Any] | None:
-    """What ``train_loop_config`` carries of ``tracking`` ({"uri", "run_id"}): the URI redacted, and
-    when it holds credentials the real one as a Ray object reference (``uri_ref``, see the module
-    docstring), so nothing Ray Train records or shows holds the secret."""
-    if not tracking:
-        return None
-    import ray
-
-    from fairskin.secrets import has_secret, redact
-
-    out: dict[str, Any] = {"uri": redact(tracking["uri"]), "run_id": tracking["run_id"]}
-    if has_secret(tracking["uri"]):
-        out["uri_ref"] = [ray.put(tracking["uri"])]  # in a list: Ray passes it on as a reference
-    return out
-
-
-def _mlflow_logger(tracking: dict[str, Any] | None):
-    """A handle on the fit's MLflow run: ``tracking`` as the driver holds it ({"uri", "run_id"}) or as
-    :func:`worker_tracking` passes it to the workers."""
-    if not tracking:
-        return None
-    from mlflow import MlflowClient
-
-    from fairskin.tracking import RunHandle
-
-    uri = tracking["uri"]
-    if tracking.get("uri_ref"):  # on a worker: the real URI, from the object store
-        import ray
-
-        from fairskin.secrets import http_credentials
-
-        uri, credentials = http_credentials(ray.get(tracking["uri_ref"][0]))
-        os.environ.update(credentials)  # this worker process only; MLflow sends them as basic auth
-    return RunHandle(MlflowClient(uri), tracking["run_id"], "")
-
-
-def _last_logged_step(logger) -> int:
-    """The last step the run has metrics for (0 for none): ``loss`` is logged with every step."""
-    if logger is None:
-        return 0
-    return max((m.step for m in logger.client.get_metric_history(logger.run_id, "loss")), default=0)
-
-
-def _log_steps(logger, window: list, after: int) -> int:
-    """Log the steps of ``window`` ([(step, metrics)], in order) later than ``after``, a few whole
-    steps per call (a call is one transaction); returns the last step now logged."""
-    if logger is None:
-        return after
-    from mlflow.entities import Metric
-
-    new = [(s, m) for s, m in window if s > after]
-    per_call = max(1, 900 // max([len(m) for _, m in new] + [1]))
-    for i in range(0, len(new), per_call):
-        chunk = new[i : i + per_call]
-        now = int(time.time() * 1000)
-        logger.client.log_batch(
-            logger.run_id,
-            metrics=[Metric(k, float(v), now, s) for s, m in chunk for k, v in m.items() if np.isfinite(v)],
-        )
-    return max([after] + [s for s, _ in new])
-
-
-def _to_floats(window: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, float]]]:
-    """A window's per-step metrics as floats (device tensors are read here, once per window)."""
-    tensors = [v for _, m in window for v in m.values() if isinstance(v, torch.Tensor)]
-    values = iter(torch.stack([t.float().reshape(()) for t in tensors]).cpu().tolist() if tensors else [])
-    return [
-        (s, {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in m.items()}) for s, m in window
-    ]
 
 
 def _worker_inputs(cfg: dict, device) -> tuple[Any, Any, Any, Any, Any]:
@@ -574,12 +497,12 @@ def train_loop_per_worker(cfg: dict) -> None:
     # (first_step: the first step it trained, from_step + 1 when it resumed exactly from its checkpoint).
     starts = list(resumed.get("starts", [])) if resumed else []
     starts.append({"attempt": attempt, "from_step": start_step, "first_step": None})
-    logger = _mlflow_logger(cfg["tracking"]) if rank == 0 else None
+    logger = mlflow_logger(cfg["tracking"]) if rank == 0 else None
     # Each step reaches MLflow once: log only steps after the run's last one, starting with the
     # resumed checkpoint's window (a kill may have fallen between its checkpoint and its logging).
-    logged = _last_logged_step(logger)
+    logged = last_logged_step(logger)
     if resumed:
-        logged = _log_steps(logger, resumed.get("window", []), logged)
+        logged = log_steps(logger, resumed.get("window", []), logged)
 
     loss = loss_settings(variant, d)
     plan, latent_chw = _worker_plan(cfg, arrays, shards, vae, rank=rank, world=world, start_step=start_step)
@@ -606,14 +529,14 @@ def train_loop_per_worker(cfg: dict) -> None:
         if done % d["checkpoint_every"] and done != d["max_steps"]:
             continue
         check_finite_loss(first_bad, f"fine-tune of {variant['name']} (rank {rank})")
-        pending = _to_floats(pending)  # the window's one host sync
+        pending = to_floats(pending)  # the window's one host sync
         state = _window_state(pending, done, d["global_batch_size"], attempt, starts)
         report = {"step": done, "loss": state["loss"]}
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(Path(tmp), trainee, state)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            logged = _log_steps(logger, pending, logged)  # after the checkpoint, which carries them too
+            logged = log_steps(logger, pending, logged)  # after the checkpoint, which carries them too
         else:
             ray.train.report(report)
         pending = []
