@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -73,6 +74,24 @@ def threads_for_current_worker(default: int | None = None) -> int:
     except Exception:  # not inside a Ray worker
         pass
     return default or os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def keeping_signal_handlers() -> Iterator[None]:
+    """Run a Ray ``fit()`` and then put back this process's SIGINT and SIGUSR1 handlers.
+
+    On the main thread, ``Tuner.fit()`` and Ray Train's ``TorchTrainer.fit()`` install their own SIGINT handler
+    (a graceful stop of that fit) and leave it installed when the fit ends: Tune restores the previous handler
+    only once a SIGINT has arrived, Train never. A Ctrl-C in any later stage or look of the same process then only
+    sets the finished fit's stop flag and the process goes on. Off the main thread neither installs one."""
+    main = threading.current_thread() is threading.main_thread()
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)} if main else {}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:  # None: installed outside Python, cannot be put back
+                signal.signal(sig, handler)
 
 
 def _verbose(config: FairSkinConfig | None) -> bool:

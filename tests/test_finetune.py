@@ -100,6 +100,15 @@ def _fixed_batch_loss(unet_folder, base, train, config):
     return float(out.loss)
 
 
+def test_ctrl_c_still_interrupts_this_process_after_a_fine_tune_on_its_main_thread(straight_fit):
+    """Ray Train's ``fit()`` installs its own SIGINT handler on the main thread (``straight_fit`` fitted here, on
+    it) and never puts the previous one back: a Ctrl-C in a later stage would only abort a finished fit."""
+    assert threading.current_thread() is threading.main_thread()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own, as pytest starts
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+
+
 def test_two_workers_recover_from_a_failure_and_log_each_step_once(smoke_base, tmp_path):
     from diffusers import StableDiffusionPipeline
 

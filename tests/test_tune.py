@@ -181,6 +181,11 @@ def test_smoke_study_one_parent_three_children(ray_session, prepared_smoke, smok
     )
     assert not result.interrupted and len(result.trials) == 3
     assert set(result.trials["state"]) == {"finished"}
+    # Ctrl-C after the study still interrupts this process: Tune's own SIGINT handler (installed by fit() on the
+    # main thread, put back only once a SIGINT arrives) does not outlive the study.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
     client, parents, children = _runs(config, result.name)
     assert [p.info.run_id for p in parents] == [result.parent_run_id]
     # The best trial and the Pareto points are re-trained with 2 new classifier seeds each (1 and 2:

@@ -58,6 +58,7 @@ from fairskin.diffusion.models import encode_prompts, load_sd, save_sd
 from fairskin.diffusion.step import pixels_to_tensor
 from fairskin.diffusion.step_log import last_logged_step, log_steps, mlflow_logger, to_floats, worker_tracking
 from fairskin.model_lock import model_lock
+from fairskin.runtime import keeping_signal_handlers
 
 STOP_FILE = "STOP"
 RUN_NAME = "fit"  # Ray Train's run folder under the checkpoints folder; fixed, so a rerun finds it
@@ -272,7 +273,8 @@ def finetune_variant(
     trainer = _trainer(config, d, workers, loop_config, datasets, storage)
     started = time.time()
     try:
-        result = trainer.fit()
+        with keeping_signal_handlers():  # Ray Train's Ctrl-C handler would outlive the fit
+            result = trainer.fit()
     except Exception as exc:
         if (storage / STOP_FILE).exists():
             raise FitInterrupted(f"fine-tune of {variant.name} stopped; checkpoints kept in {storage}") from exc

@@ -95,10 +95,12 @@ def without_tensorboard():
 def timed_fit(tuner, timings: dict[str, float], key: str | None):
     """``tuner.fit()``, its wall time split by :class:`~fairskin.tune.progress.PhaseClock`'s marks: until Tune's first step, until the
     first trial started, the trials, and the tail after the last one (a restored study: all in ``fit.trials``)."""
+    from fairskin.runtime import keeping_signal_handlers
     from fairskin.tune.progress import MARKS
 
     started = time.time()
-    result = tuner.fit()
+    with keeping_signal_handlers():  # Tune's Ctrl-C handler would outlive the study
+        result = tuner.fit()
     ended = time.time()
     marks = MARKS.pop(key, {}) if key else {}
     starts, ends = list(marks.get("start", {}).values()), list(marks.get("end", {}).values())
