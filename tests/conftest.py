@@ -87,9 +87,9 @@ def _pids_of_head(temp_dir: str) -> list[int]:
     return node_pids(temp_dir)
 
 
-def _start_head() -> dict:
-    """Start a private Ray head (``ray start --head`` on its own temp dir and free ports); its GCS address, dashboard
-    URL, temp dir and token path. RAY_ADDRESS names it from here on."""
+def _start_head(num_cpus: int = 2) -> dict:
+    """Start a private Ray head of ``num_cpus`` logical CPUs (``ray start --head`` on its own temp dir and free
+    ports); its GCS address, dashboard URL, temp dir, token path and CPUs. RAY_ADDRESS names it from here on."""
     # Short path: Ray's unix sockets live under the temp dir and have a ~107-byte limit.
     temp_dir = tempfile.mkdtemp(prefix="fsk-ray-", dir="/tmp")
     gcs, dashboard, client, agent, metrics, runtime_env = _free_ports(6)
@@ -101,7 +101,7 @@ def _start_head() -> dict:
         f"--temp-dir={temp_dir}",
         f"--port={gcs}",
         "--node-ip-address=127.0.0.1",
-        "--num-cpus=2",
+        f"--num-cpus={num_cpus}",
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
@@ -123,6 +123,7 @@ def _start_head() -> dict:
         "dashboard": f"http://127.0.0.1:{dashboard}",
         "temp_dir": temp_dir,
         "token_path": str(AUTH_TOKEN_PATH),
+        "num_cpus": num_cpus,
     }
 
 
@@ -152,7 +153,9 @@ def pytest_configure(config):
     # Under xdist one head serves every worker: started here, before the workers are spawned, so that they inherit
     # RAY_ADDRESS and FAIRSKIN_TEST_RAY_HEAD; each worker's ``ray_head`` fixture then joins it.
     if _xdist_controller(config):
-        head = _start_head()
+        # Logical CPUs: 2 for one test at a time, one more per further worker. With 2 for three workers their Ray
+        # work queued for one another's CPUs while the cores sat idle; tests read the figure from the head.
+        head = _start_head(num_cpus=2 + int(config.option.numprocesses) - 1)
         config.stash[_HEAD_KEY] = head
         os.environ["FAIRSKIN_TEST_RAY_HEAD"] = json.dumps(head)
 
@@ -324,13 +327,14 @@ def smoke_job(tmp_path_factory, ray_head, smoke_stages):
 
 
 # Under xdist (``make test``: ``--dist loadscope --no-loadscope-reorder``) whole modules go to the workers in this
-# order, so the slowest start first and the short ones fill in behind them; the second and third are modules
-# without the smoke upstream stages, so that no worker sits waiting for the first to make them.
+# order, so the slowest start first and the short ones fill in behind them. The until-conclusive test is the
+# longest chain (smoke upstream stages, then the smoke job, then two looks), so it starts at once; the next two
+# modules need no smoke stages and keep the other workers busy while the first one makes them.
 SLOW_MODULES_FIRST = (
-    "test_finetune.py",
+    "test_conclusive.py",
     "test_classify.py",
     "test_base.py",
-    "test_conclusive.py",
+    "test_finetune.py",
     "test_cluster.py",
     "test_gensearch.py",
     "test_pipeline.py",

@@ -45,6 +45,7 @@ def _records(root: Path, stage: str) -> list[dict]:
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(1800)  # the session's smoke upstream stages and smoke job are made in its setup when it is first
 def test_until_conclusive_adds_batches_reuses_every_generator_stops_by_the_rule_and_resumes_after_sigkill(
     smoke_stages, smoke_job, tmp_path, reap
 ):
@@ -70,7 +71,7 @@ def test_until_conclusive_adds_batches_reuses_every_generator_stops_by_the_rule_
 
     # 2. The same command replays the first look from its stages and goes on.
     proc = reap(_start(root, log))
-    assert proc.wait(timeout=600) == 0, tail()
+    assert proc.wait(timeout=900) == 0, tail()
     assert "stopped (conclusive) at 4 repeats" in log.read_text(), tail()
 
     # The rule, recomputed by hand from the last look's paired repeats: (margin - |mean d|) / (sd(d) / sqrt(n)) of
