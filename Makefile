@@ -24,9 +24,9 @@ demo: install
 	$(BIN)/python jobs/full_pipeline.py --preset demo
 
 # Lint and format checks first (seconds), then the suite.
-# Three xdist workers share the session's one Ray head (tests/conftest.py): the suite waits on Ray far more than it
-# computes, so three modules at a time keep 2 cores busy; whole modules per worker, slowest first.
-TEST_WORKERS ?= 3
+# Two xdist workers share the session's one Ray head (tests/conftest.py): the suite waits on Ray far more than it
+# computes, so two modules at a time use the 2 cores better; whole modules per worker, slowest first.
+TEST_WORKERS ?= 2
 test: install lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 

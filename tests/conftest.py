@@ -153,9 +153,9 @@ def pytest_configure(config):
     # Under xdist one head serves every worker: started here, before the workers are spawned, so that they inherit
     # RAY_ADDRESS and FAIRSKIN_TEST_RAY_HEAD; each worker's ``ray_head`` fixture then joins it.
     if _xdist_controller(config):
-        # Logical CPUs: 2 for one test at a time, one more per further worker. With 2 for three workers their Ray
-        # work queued for one another's CPUs while the cores sat idle; tests read the figure from the head.
-        head = _start_head(num_cpus=2 + int(config.option.numprocesses) - 1)
+        # Two logical CPUs, as without xdist: each test's Ray work sees the resources it was written for (a head of
+        # four for three workers made every pipeline start more processes at once, and the suite slower).
+        head = _start_head()
         config.stash[_HEAD_KEY] = head
         os.environ["FAIRSKIN_TEST_RAY_HEAD"] = json.dumps(head)
 
