@@ -24,11 +24,11 @@ demo: install
 	$(BIN)/python jobs/full_pipeline.py --preset demo
 
 # Lint and format checks first (seconds), then the suite.
-# Two xdist workers share the session's one Ray head (tests/conftest.py): the suite waits on Ray far more than it
-# computes, so two modules at a time use the 2 cores better; whole modules per worker, slowest first.
-TEST_WORKERS ?= 2
+# One process, the modules in file order. `python -m pytest -n 2 --dist loadscope --no-loadscope-reorder` runs the
+# same suite on pytest-xdist workers that share one Ray head (tests/conftest.py); it is not the default: measured on
+# 2 cores it was faster but not yet green (docs/results/2026-12-07-suite-on-xdist.md).
 test: install lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check .

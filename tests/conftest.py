@@ -326,7 +326,7 @@ def smoke_job(tmp_path_factory, ray_head, smoke_stages):
     return Path(root), stdout
 
 
-# Under xdist (``make test``: ``--dist loadscope --no-loadscope-reorder``) whole modules go to the workers in this
+# Under xdist (``--dist loadscope --no-loadscope-reorder``) whole modules go to the workers in this
 # order, so the slowest start first and the short ones fill in behind them. The until-conclusive test is the
 # longest chain (smoke upstream stages, then the smoke job, then two looks), so it starts at once; the next two
 # modules need no smoke stages and keep the other workers busy while the first one makes them.
@@ -343,5 +343,7 @@ SLOW_MODULES_FIRST = (
 
 
 def pytest_collection_modifyitems(session, config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: file order, as always
     rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
