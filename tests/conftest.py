@@ -87,8 +87,11 @@ def _pids_of_head(temp_dir: str) -> list[int]:
     return node_pids(temp_dir)
 
 
-def _start_head(num_cpus: int = 2) -> dict:
-    """Start a private Ray head of ``num_cpus`` logical CPUs (``ray start --head`` on its own temp dir and free
+HEAD_CPUS = 2  # logical CPUs of the session's head, under xdist too (a head of four for three workers was slower)
+
+
+def _start_head() -> dict:
+    """Start a private Ray head of ``HEAD_CPUS`` logical CPUs (``ray start --head`` on its own temp dir and free
     ports); its GCS address, dashboard URL, temp dir, token path and CPUs. RAY_ADDRESS names it from here on."""
     # Short path: Ray's unix sockets live under the temp dir and have a ~107-byte limit.
     temp_dir = tempfile.mkdtemp(prefix="fsk-ray-", dir="/tmp")
@@ -101,7 +104,7 @@ def _start_head(num_cpus: int = 2) -> dict:
         f"--temp-dir={temp_dir}",
         f"--port={gcs}",
         "--node-ip-address=127.0.0.1",
-        f"--num-cpus={num_cpus}",
+        f"--num-cpus={HEAD_CPUS}",
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
@@ -123,7 +126,7 @@ def _start_head(num_cpus: int = 2) -> dict:
         "dashboard": f"http://127.0.0.1:{dashboard}",
         "temp_dir": temp_dir,
         "token_path": str(AUTH_TOKEN_PATH),
-        "num_cpus": num_cpus,
+        "num_cpus": HEAD_CPUS,
     }
 
 
@@ -153,8 +156,6 @@ def pytest_configure(config):
     # Under xdist one head serves every worker: started here, before the workers are spawned, so that they inherit
     # RAY_ADDRESS and FAIRSKIN_TEST_RAY_HEAD; each worker's ``ray_head`` fixture then joins it.
     if _xdist_controller(config):
-        # Two logical CPUs, as without xdist: each test's Ray work sees the resources it was written for (a head of
-        # four for three workers made every pipeline start more processes at once, and the suite slower).
         head = _start_head()
         config.stash[_HEAD_KEY] = head
         os.environ["FAIRSKIN_TEST_RAY_HEAD"] = json.dumps(head)
