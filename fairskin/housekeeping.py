@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fairskin.config import FairSkinConfig
+from fairskin.tune.trial_memo import MEMO_DIR
 
 IN_USE, UNUSED, KEPT, UNKNOWN = "in use", "unused", "kept", "unknown"
 _KEY = r"[0-9a-f]{12}"
@@ -277,6 +278,8 @@ def scan(config: FairSkinConfig) -> Inventory:
             add(Entry("tracking", child, KEPT, "MLflow store" if child.suffix == ".db" else "MLflow artifacts"))
         elif child.name == "last_config.yaml":
             continue
+        elif child.name == MEMO_DIR:
+            add(Entry("trials", child, KEPT, "finished classifier trials, replayed by later studies (a few KB each)"))
         else:
             add(Entry("other", child, KEPT, ""))
 

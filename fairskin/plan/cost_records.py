@@ -271,15 +271,22 @@ def _classifier_cost(root: Path, config, counts: Mapping[str, int], under: str, 
     :func:`_finetune_cost`'s."""
     c = config.classifier
     trial_model = _model_seconds(config, "trial", c.epochs * config.tune.count_scale, c.image_size)
-    tunes = [(f, r) for f, r in stage_records(root, "tune") if int((r.get("summary") or {}).get("trials") or 0)]
+    tunes = [(f, r) for f, r in stage_records(root, "tune") if _trials_trained(r)]
     picked = _pick(tunes, config, CLS_WORK)
     if isinstance(picked, str):
         return trial_model * counts["trials"], f"assumed: tune: {picked} {under}"
     folder, rec, ratio = picked
-    trials = int(rec["summary"]["trials"])
+    trials = _trials_trained(rec)
     seconds = float(rec["summary"].get("study_seconds") or rec["seconds"])
     notes.append(
-        f"classifier: {folder.name}, study {seconds:.0f} s for {trials} trials: {seconds / trials:.1f} s "
+        f"classifier: {folder.name}, study {seconds:.0f} s for {trials} trained trials: {seconds / trials:.1f} s "
         f"each{_scaled(ratio, 'epochs x count scale')}, x {counts['trials']} per (repeat, pool, seed)"
     )
     return seconds / trials * ratio * counts["trials"], "measured"
+
+
+def _trials_trained(record: Mapping[str, Any]) -> int:
+    """The trials a tune stage trained: those it replayed from earlier studies (``trials_trained``, recorded
+    since trials are kept) cost next to nothing and are not counted."""
+    summary = record.get("summary") or {}
+    return int(summary.get("trials_trained", summary.get("trials")) or 0)

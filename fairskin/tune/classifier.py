@@ -123,7 +123,12 @@ class ClassifierKind:
         return {}
 
     def put_inputs(self, config, space, pools, real_shards, folder):
-        return put_inputs(real_shards, pools, space, config.classifier)
+        from fairskin.tune.trial_memo import memo_for
+
+        resources = {"CPU": config.tune.cpus_per_trial, "GPU": config.tune.gpus_per_trial}
+        used = {v: pools[v] for v in space.variants}
+        memo = memo_for(config.runtime.runs_root, used, real_shards, resources)
+        return put_inputs(real_shards, pools, space, config.classifier, memo=memo)
 
     def reports(self, config: FairSkinConfig, space: ResolvedSpace) -> int:
         return config.classifier.epochs  # one report per epoch

@@ -116,7 +116,8 @@ def _train(config: dict[str, Any], inputs) -> list[dict[str, float]]:
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     configure_worker(int(config["seed"]))
     reports: list[dict[str, float]] = []
-    run_trial(config, load_trial_data(inputs, config["variant"]), inputs.space, inputs.classifier, reports.append)
+    data = lambda: load_trial_data(inputs, config["variant"])  # noqa: E731  (not read when the trial is replayed)
+    run_trial(config, data, inputs.space, inputs.classifier, reports.append, memo=inputs.memo)
     return reports
 
 

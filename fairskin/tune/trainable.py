@@ -15,6 +15,7 @@ from typing import Any
 
 from fairskin.config import ClassifierConfig
 from fairskin.tune.spaces import ResolvedSpace
+from fairskin.tune.trial_memo import REPLAYED, TrialMemo
 
 
 @dataclass
@@ -22,17 +23,23 @@ class TrialInputs:
     """What every trial shares: object-store refs to the decoded data and the resolved space.
 
     ``real``: ref to (train, val, test) ``DecodedSet``s; ``pools``: variant -> ref to the pool's
-    ``DecodedSet``.
+    ``DecodedSet``; ``memo``: where finished trials are kept and replayed from (:mod:`fairskin.tune.trial_memo`),
+    None: every trial trains.
     """
 
     real: Any
     pools: Mapping[str, Any]
     space: ResolvedSpace
     classifier: ClassifierConfig
+    memo: TrialMemo | None = None
 
 
 def put_inputs(
-    real_shards, pools: Mapping[str, Any], space: ResolvedSpace, classifier: ClassifierConfig
+    real_shards,
+    pools: Mapping[str, Any],
+    space: ResolvedSpace,
+    classifier: ClassifierConfig,
+    memo: TrialMemo | None = None,
 ) -> TrialInputs:
     """Decode the real shards and the pools the space uses (once, here) and ``ray.put`` them."""
     import ray
@@ -43,7 +50,7 @@ def put_inputs(
     pool_refs = {}
     for variant in space.variants:
         pool_refs[variant] = ray.put(decode_local(pools[variant], splits=["pool"]))
-    return TrialInputs(real=ray.put(real), pools=pool_refs, space=space, classifier=classifier)
+    return TrialInputs(real=ray.put(real), pools=pool_refs, space=space, classifier=classifier, memo=memo)
 
 
 def flat_test_figures(test: Mapping[str, Any]) -> dict[str, float]:
@@ -63,28 +70,49 @@ def run_trial(
     space: ResolvedSpace,
     classifier: ClassifierConfig,
     report: Callable[[dict[str, float]], None],
+    memo: TrialMemo | None = None,
 ) -> None:
     """Train one classifier for a trial config; ``report`` gets each epoch's figures, the last one
-    with the test figures (computed once, after training). ``data``: a ``ClassifierData``."""
+    with the test figures (computed once, after training) and ``trial_replayed``. ``data``: a ``ClassifierData``,
+    or a callable that returns one (called only when the trial trains). With a ``memo`` holding this trial's
+    reports, they are reported again instead; a trial that trains to its end is added to it."""
     from fairskin.classify.train import train_classifier
 
     plan = space.plan_for(config)
     cfg = classifier.model_copy(update={"downstream_mode": config["mode"], **space.classifier_overrides(config)})
+    key, key_inputs = memo.key(config, plan, cfg) if memo is not None else (None, None)
+    stored = memo.load(key) if memo is not None else None
+    if stored is not None:
+        for figures in stored[:-1]:
+            report(dict(figures))
+        report({**stored[-1], REPLAYED: 1.0})
+        return
     plan_rows = {"plan_total": float(plan.total or 0)} if plan.kind == "group_proportions" else {}
     held: list[dict[str, float]] = []
+    reported: list[dict[str, float]] = []
 
     def per_epoch(metrics: dict[str, float]) -> None:
         # Every epoch is reported at once, except the last: it waits for the test figures.
         if int(metrics["epoch"]) < cfg.epochs:
-            report({**metrics, **plan_rows})
+            reported.append({**metrics, **plan_rows})
+            report(dict(reported[-1]))
         else:
             held.append(metrics)
 
     result = train_classifier(
-        data, cfg, plan=plan, mode=config["mode"], seed=int(config["seed"]), report=per_epoch, evaluate_test=True
+        data() if callable(data) else data,
+        cfg,
+        plan=plan,
+        mode=config["mode"],
+        seed=int(config["seed"]),
+        report=per_epoch,
+        evaluate_test=True,
     )
     last = held[-1] if held else dict(result.history[-1])
-    report({**last, **plan_rows, **flat_test_figures(result.test)})
+    reported.append({**last, **plan_rows, **flat_test_figures(result.test)})
+    if memo is not None:  # before the last report: Tune may end the trial there
+        memo.save(key, key_inputs, reported)
+    report({**reported[-1], REPLAYED: 0.0})
 
 
 def load_trial_data(inputs: TrialInputs, variant: str):
@@ -108,5 +136,5 @@ def classifier_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
     # Object-store arrays are read-only views; the classifier only reads them.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     configure_worker(int(config["seed"]))  # torch threads from the CPUs this trial holds
-    data = load_trial_data(inputs, config["variant"])
-    run_trial(config, data, inputs.space, inputs.classifier, tune.report)
+    data = lambda: load_trial_data(inputs, config["variant"])  # noqa: E731  (not read when the trial is replayed)
+    run_trial(config, data, inputs.space, inputs.classifier, tune.report, memo=inputs.memo)

@@ -12,6 +12,7 @@ from fairskin.pipeline.stage import EXTERNAL, Stage, StageContext, register_stag
 from fairskin.pipeline.stages.generate import pool_folders
 from fairskin.provenance import TAG_PIPELINE
 from fairskin.tune.spaces import pipeline_space
+from fairskin.tune.trial_memo import REPLAYED
 
 # Tune fields in the stage's key only when set: unset, the key is what it was before they existed.
 TUNE_READS_UNLESS = (("tune.confirm_max_points", None),)
@@ -71,7 +72,15 @@ def _tune_body(ctx: StageContext) -> Mapping[str, Any]:
     )
     run.set_tags({"fairskin.study": name, "fairskin.study_parent_run": result.parent_run_id})
     finished = result.trials[result.trials["state"] == "finished"] if "state" in result.trials else result.trials
-    return {"trials": len(result.trials), "trials_finished": len(finished), "study_seconds": result.seconds}
+    # Trials replayed from <runs root>/trials (fairskin.tune.trial_memo) cost next to nothing: the planner prices
+    # a classifier trial from the trained ones.
+    replayed = int((result.trials[REPLAYED] == 1).sum()) if REPLAYED in result.trials else 0
+    return {
+        "trials": len(result.trials),
+        "trials_finished": len(finished),
+        "trials_trained": len(result.trials) - replayed,
+        "study_seconds": result.seconds,
+    }
 
 
 def study_of(result: StageResult) -> str:
