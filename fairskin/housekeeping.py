@@ -214,7 +214,7 @@ def scan(config: FairSkinConfig) -> Inventory:
     from fairskin.fingerprints import CACHE_FILE
     from fairskin.lock import LOCK_FILE
     from fairskin.pipeline import STAGES
-    from fairskin.pipeline.store import GENERATORS, POOLS
+    from fairskin.pipeline.store import EVALUATIONS, GENERATORS, POOLS
 
     config = _last_look(config)
     root = config.runtime.runs_root
@@ -278,6 +278,8 @@ def scan(config: FairSkinConfig) -> Inventory:
             add(Entry("tracking", child, KEPT, "MLflow store" if child.suffix == ".db" else "MLflow artifacts"))
         elif child.name == "last_config.yaml":
             continue
+        elif child.name == EVALUATIONS:
+            add(Entry("evaluations", child, KEPT, "each pool's evaluation, reused by later runs over more pools"))
         elif child.name == MEMO_DIR:
             add(Entry("trials", child, KEPT, "finished classifier trials, replayed by later studies (a few KB each)"))
         else:

@@ -62,6 +62,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def plain_number(value: Any) -> Any:
+    """A NumPy scalar as the Python number it holds (JSON keeps a float exactly but writes a float32 as a string);
+    anything else unchanged."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """JSON (sorted keys, indented) version of :func:`atomic_write_bytes`."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

@@ -50,10 +50,10 @@ def test_until_conclusive_adds_batches_reuses_every_generator_stops_by_the_rule_
     smoke_stages, smoke_job, tmp_path, reap
 ):
     # The smoke upstream stages, and the store of the smoke job (R = 1: vanilla and fairskin_s of repeat 0 are
-    # fine-tuned and sampled there already, under the same keys, and their classifier trials kept: a look reuses
-    # them).
+    # fine-tuned, sampled and scored there already, under the same keys, and their classifier trials kept: a look
+    # reuses them).
     root, log = smoke_stages(tmp_path / "runs"), tmp_path / "pipeline.log"
-    for kind in ("generators", "pools", "trials"):
+    for kind in ("generators", "pools", "evaluations", "trials"):
         shutil.copytree(smoke_job[0] / kind, root / kind, copy_function=os.link)
     reused = {"vanilla", "fairskin_s"}
     tail = lambda: log.read_text()[-4000:]  # noqa: E731
@@ -102,8 +102,10 @@ def test_until_conclusive_adds_batches_reuses_every_generator_stops_by_the_rule_
     assert {p.name.rsplit("-", 1)[0] for p in (root / "generators").iterdir()} == generators
     assert {p.name.rsplit("-", 1)[0] for p in (root / "pools").iterdir()} == generators
     assert max(r["reads"]["diffusion.repeat_seeds"] for r in _records(root, "finetune")) == [0, 1, 2, 3]
-    # Every classifier trial trained once too (the smoke space: each pool x 3 modes x 1 seed): a look's tune stage
-    # trains the trials of the pools no earlier study saw and replays the rest.
+    # Every pool scored once, and every classifier trial trained once (the smoke space: each pool x 3 modes x 1
+    # seed): a look's evaluate and tune stages work on the pools no earlier run saw and reuse the rest.
+    scored = sorted(r["summary"]["pools_scored"] for r in _records(root, "evaluate"))
+    assert scored == [2, 6 - len(reused)], scored
     tunes = sorted((r["summary"]["trials"], r["summary"]["trials_trained"]) for r in _records(root, "tune"))
     assert tunes == [(3 * 6, 3 * (6 - len(reused))), (3 * 8, 3 * 2)], tunes
 

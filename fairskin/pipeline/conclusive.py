@@ -7,8 +7,9 @@ verdict is better, worse or equivalent (``report.until_conclusive``).
 The repeat seeds continue the configured list (max + 1, max + 2, ...), so a rerun makes the same generators. Each
 look is an ordinary pipeline run: its finetune and generate stages link the generators and pools the earlier
 looks made (:mod:`fairskin.pipeline.store`) and fit and sample only the new batch; the tune stage trains only the
-new batch's classifier trials and replays the others' (:mod:`fairskin.tune.trial_memo`); evaluate and report run
-again over all repeats. After each look every compared variant that is not a control gets the
+new batch's classifier trials and replays the others' (:mod:`fairskin.tune.trial_memo`), the evaluate stage
+scores only the new pools (:func:`fairskin.pipeline.store.evaluation_key`); the report runs again over all
+repeats. After each look every compared variant that is not a control gets the
 group-sequential verdicts of its primary endpoints (:func:`fairskin.metrics.sequential.sequential_verdicts`: alpha
 / m per endpoint spent over the looks with O'Brien-Fleming-type boundaries, a verdict kept from the look that
 decided it). The run stops when every such verdict is decided, at the cap, or when the next batch would pass

@@ -6,12 +6,16 @@ folders. What one generator's fine-tune or pool depends on is narrower, so each 
 
     <runs root>/generators/<generator>-<key>/   its pipeline/ (and method_state.png), STORE_RECORD
     <runs root>/pools/<pool>-<key>/             its pool's shards and preview.png, STORE_RECORD
+    <runs root>/evaluations/<pool>-<key>/       its pool's evaluation folder (tables, plots, summary.json)
 
 * a generator's key: the fine-tune stage's config slice without the variant list, custom variants and repeat
   seeds; the stage's version and its inputs' keys (prepare, base, control_base); the generator's id, seed and
   resolved method (spec, module, module version: :meth:`fairskin.methods.Method.fingerprint`);
 * a pool's key: the generate stage's slice without the same three and the pool seeds; its version; the pool's id
-  and noise seed (one of ``generation.pool_seeds``); the content fingerprint of the fine-tuned weights it samples.
+  and noise seed (one of ``generation.pool_seeds``); the content fingerprint of the fine-tuned weights it samples;
+* a pool's evaluation's key: the evaluate stage's slice (with its external inputs' fingerprints), its version, the
+  keys of its inputs but the pool set (prepare, reference, judge), the pool's id and the content fingerprint of
+  its shards.
 
 Each record holds the content fingerprint of what the folder holds, so a stage linking it need not read it again.
 A stage makes what its store lacks, writes it there (temporary name, renamed when complete, the record last)
@@ -36,7 +40,7 @@ from fairskin.pipeline.keyed import StageResult, config_slice
 
 STORE_RECORD = "_stored.json"
 STORE_FILE = "store.json"  # in a stage folder: generator or pool id -> the stored folder it links
-GENERATORS, POOLS = "generators", "pools"
+GENERATORS, POOLS, EVALUATIONS = "generators", "pools", "evaluations"
 # What makes a stage's key depend on the whole set of generators, not on one of them.
 SET_READS = ("diffusion.variants", "diffusion.custom_variants", "diffusion.repeat_seeds", "generation.pool_seeds")
 
@@ -87,8 +91,32 @@ def pool_key(config: FairSkinConfig, pool: str, weights: str, reads: Iterable[st
     )
 
 
+def evaluation_key(
+    config: FairSkinConfig,
+    pool: str,
+    shards: str,
+    reads: Iterable[str],
+    inputs: Mapping[str, StageResult],
+    version: int,
+    external: Mapping[str, str] | None = None,
+) -> str:
+    """12 hex digits: what the evaluation of pool ``pool`` depends on (module doc); ``shards``: the content
+    fingerprint of its shards (:func:`fairskin.provenance.shard_fingerprint`); ``reads``, ``inputs``, ``version``,
+    ``external``: those of the ``evaluate`` stage (the ``generate`` input, the whole pool set, is left out)."""
+    return _hash(
+        {
+            "kind": EVALUATIONS,
+            "version": version,
+            "reads": config_slice(config, reads, external),
+            "inputs": {k: v.key for k, v in sorted(inputs.items()) if k != "generate"},
+            "pool": pool,
+            "shards": shards,
+        }
+    )
+
+
 def stored_dir(config: FairSkinConfig, kind: str, generator: str, key: str) -> Path:
-    """``<runs root>/<kind>/<generator>-<key>`` (``kind``: ``GENERATORS`` or ``POOLS``)."""
+    """``<runs root>/<kind>/<generator>-<key>`` (``kind``: ``GENERATORS``, ``POOLS`` or ``EVALUATIONS``)."""
     return config.runtime.runs_root / kind / f"{generator}-{key}"
 
 

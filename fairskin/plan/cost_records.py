@@ -243,13 +243,18 @@ def _pool_cost(root: Path, config, counts: Mapping[str, int], under: str, notes:
         match = [(f, r) for f, r in generates if source and f.resolve() == Path(source).resolve()]
         return match[0] if match else None
 
-    evaluates = [(f, r) for f, r in stage_records(root, "evaluate") if evaluated(f, r)]
+    evaluates = [
+        (f, r)
+        for f, r in stage_records(root, "evaluate")
+        if evaluated(f, r) and (r.get("summary") or {}).get("pools_scored", 1)
+    ]
     picked = _pick(evaluates, config, EVAL_WORK, reads_of=lambda f, r: evaluated(f, r)[1].get("reads") or {})
     if isinstance(picked, str):
         why["evaluate"] = picked if picked != "no record" else "no record of the pools it read"
     else:
         folder, rec, ratio = picked
-        n = _n_pools(evaluated(folder, rec)[0])
+        # pools scored by this stage (others it reused from <runs root>/evaluations cost next to nothing)
+        n = int((rec.get("summary") or {}).get("pools_scored", _n_pools(evaluated(folder, rec)[0])))
         parts["evaluate"] = float(rec["seconds"]) / n * ratio
         notes.append(
             f"evaluation: {folder.name}, {rec['seconds']:.0f} s for {n} pools: {rec['seconds'] / n:.1f} s "

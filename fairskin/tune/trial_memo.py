@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,18 +73,11 @@ class TrialMemo:
 
     def save(self, key: str, inputs: Mapping[str, Any], reports: list[dict[str, float]]) -> None:
         """Keep a finished trial's reports (temporary name, then rename)."""
-        from fairskin.io import atomic_write_json
+        from fairskin.io import atomic_write_json, plain_number
 
         Path(self.folder).mkdir(parents=True, exist_ok=True)
-        plain = [{k: _plain(v) for k, v in figures.items()} for figures in reports]
+        plain = [{k: plain_number(v) for k, v in figures.items()} for figures in reports]
         atomic_write_json(Path(self.folder) / f"{key}.json", {"inputs": dict(inputs), "reports": plain})
-
-
-def _plain(value: Any) -> Any:
-    """NumPy scalars as Python numbers (JSON keeps a float exactly; it would write a float32 as a string)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Number):
-        return value
-    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def memo_for(

@@ -52,32 +52,37 @@ def _evaluate_body(ctx: StageContext) -> Mapping[str, Any]:
     ``generation_table.csv`` (one row per variant), ``per_subclass.csv`` (variant x subclass) and,
     per variant, ``<variant>/`` with its table and plots; each variant is a child run tagged
     ``fairskin.variant``.
+
+    Each pool's folder is kept under its own key (:func:`fairskin.pipeline.store.evaluation_key`): a later run
+    over more pools (the next look of a run until conclusive) scores only the pools no earlier run scored. The
+    tables are read back from the kept folders either way, so a scored and a reused pool give the same rows.
     """
-    from fairskin.data.shards import load_decoded
     from fairskin.progress import progress_bar
     from fairskin.provenance import TAG_FINETUNE, TAG_POOL, TAG_REAL, shard_fingerprint
 
     config, inputs = ctx.config, ctx.inputs
-    scoring = _load_scoring(ctx)
-    rows, tables = [], []
     pools = pool_folders(inputs["generate"])
     provenance = pool_provenance(inputs["generate"])
+    stored = _stored_evaluations(ctx, {v: provenance[v]["pool"] for v in pools})
     real_fingerprint = shard_fingerprint(inputs["prepare"].path / "shards")
+    scoring = _load_scoring(ctx) if any(_missing(folder) for folder in stored.values()) else None
+    rows, tables, scored = [], [], 0
     for variant, folder in progress_bar(
         pools.items(),
         total=len(pools),
         enabled=config.runtime.progress,
         description="evaluate: FID/KID/IS, floors, fidelity, t-SNE per generator",
     ):
-        pool_pixels, pool_meta = load_decoded(folder)
-        report, skin_tone = _score_pool(scoring, pool_pixels, pool_meta)
-        _write_variant_folder(scoring, variant, report, skin_tone, pool_pixels, pool_meta)
-        rows.append({"variant": variant, **report.summary})
-        tables.append(report.per_subclass.assign(variant=variant))
+        if _missing(stored[variant]):
+            _score_into_store(scoring, variant, folder, stored[variant])
+            scored += 1
+        row, table = _link_evaluation(stored[variant], ctx.out / variant, variant)
+        rows.append(row)
+        tables.append(table)
         _log_variant_evaluation(
             ctx.run,
             variant,
-            report.summary,
+            row,
             ctx.out / variant,
             {
                 TAG_POOL: provenance[variant]["pool"],
@@ -85,11 +90,90 @@ def _evaluate_body(ctx: StageContext) -> Mapping[str, Any]:
                 TAG_REAL: real_fingerprint,
             },
         )
-    return _write_tables(ctx.out, rows, tables, config)
+    if scoring is not None:
+        scoring.refs.judge_real.to_csv(ctx.out / "judge_real_accuracy.csv", index=False)
+    else:  # every pool was scored before: the judge's accuracy on the real images as those runs wrote it
+        _copy_kept_judge_accuracy(stored, ctx.out)
+    return {**_write_tables(ctx.out, rows, tables, config), "pools_scored": scored}
+
+
+EVALUATION_ROW = "row.json"  # a kept evaluation's row of generation_table.csv (its summary)
+JUDGE_REAL = "judge_real_accuracy.csv"
+
+
+def _stored_evaluations(ctx: StageContext, shards: Mapping[str, str]) -> dict[str, Path]:
+    """pool id -> its kept evaluation folder (``<runs root>/evaluations/<pool>-<key>``); ``shards``: pool id ->
+    content fingerprint. ``--force`` removes them first."""
+    import shutil
+
+    from fairskin.pipeline.keyed import clean_stale_partials
+    from fairskin.pipeline.stage import STAGES, external_fingerprints
+    from fairskin.pipeline.store import EVALUATIONS, evaluation_key, stored_dir
+
+    config, stage = ctx.config, STAGES["evaluate"]
+    external = external_fingerprints(stage, config)
+    reads = stage.reads_for(config)
+    folders = {
+        v: stored_dir(config, EVALUATIONS, v, evaluation_key(config, v, fp, reads, ctx.inputs, stage.version, external))
+        for v, fp in shards.items()
+    }
+    if ctx.redo:
+        for folder in folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+    clean_stale_partials(config.runtime.runs_root / EVALUATIONS)
+    return folders
+
+
+def _missing(folder: Path) -> bool:
+    from fairskin.pipeline.store import stored_record
+
+    return stored_record(folder) is None
+
+
+def _score_into_store(scoring: _Scoring, variant: str, pool: Path, stored: Path) -> None:
+    """Score one pool and keep its folder at ``stored`` (temporary name, the record last, one rename)."""
+    import json
+
+    from fairskin.data.shards import load_decoded
+    from fairskin.io import atomic_directory, atomic_write_json, atomic_write_text, plain_number
+    from fairskin.pipeline.store import STORE_RECORD
+
+    pool_pixels, pool_meta = load_decoded(pool)
+    report, skin_tone = _score_pool(scoring, pool_pixels, pool_meta)
+    with atomic_directory(stored, replace=True) as tmp:
+        _write_variant_folder(scoring, variant, report, skin_tone, pool_pixels, pool_meta, tmp)
+        scoring.refs.judge_real.to_csv(tmp / JUDGE_REAL, index=False)
+        # in the summary's order (generation_table.csv's columns), not sorted as atomic_write_json would
+        row = json.dumps({k: plain_number(v) for k, v in report.summary.items()}, indent=1, default=str)
+        atomic_write_text(tmp / EVALUATION_ROW, row + "\n")
+        atomic_write_json(tmp / STORE_RECORD, {"pool": variant})
+
+
+def _link_evaluation(stored: Path, out: Path, variant: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Link a kept evaluation into ``out`` (its variant folder); its row of ``generation_table.csv`` and its
+    rows of ``per_subclass.csv``."""
+    import json
+
+    import pandas as pd
+
+    from fairskin.pipeline.store import link_tree
+
+    link_tree(stored, out)
+    for name in (EVALUATION_ROW, JUDGE_REAL):  # the stage folder's copies are written once, at its top
+        (out / name).unlink()
+    row = {"variant": variant, **json.loads((stored / EVALUATION_ROW).read_text())}
+    table = pd.read_csv(stored / "per_subclass.csv", float_precision="round_trip").assign(variant=variant)
+    return row, table
+
+
+def _copy_kept_judge_accuracy(stored: Mapping[str, Path], out: Path) -> None:
+    import shutil
+
+    shutil.copy2(next(iter(stored.values())) / JUDGE_REAL, out / JUDGE_REAL)
 
 
 def _load_scoring(ctx: StageContext) -> _Scoring:
-    """The reference classifier, the references and the feature space; writes ``judge_real_accuracy.csv``.
+    """The reference classifier, the references and the feature space.
 
     Skin tone: ITA of each image's healthy skin against the real training images' ITA per group;
     held-out real images give the same rule's ceiling."""
@@ -113,7 +197,6 @@ def _load_scoring(ctx: StageContext) -> _Scoring:
         kind="judge-classifier" if independent else "reference-classifier",
     )
     floor_pixels, floor_meta = refs.floors(g.real_split)
-    refs.judge_real.to_csv(out / "judge_real_accuracy.csv", index=False)
     cache = config.runtime.runs_root / "cache" / "fidelity"  # real features, keyed by image checksums
     held_ita = image_ita(refs.held_pixels)
     return _Scoring(config, out, model, refs, space, floor_pixels, floor_meta, cache, held_ita)
@@ -174,15 +257,16 @@ def _write_variant_folder(
     skin_tone: SkinToneTables,
     pool_pixels: np.ndarray,
     pool_meta: pd.DataFrame,
+    folder: Path,
 ) -> None:
-    """``<variant>/``: the skin-tone tables and heatmap, ``per_subclass.csv``, ``summary.json``, the FID and
-    disease-fidelity heatmaps and the t-SNE of the reference classifier's features."""
+    """``folder`` (the variant's): the skin-tone tables and heatmap, ``per_subclass.csv``, ``summary.json``, the
+    FID and disease-fidelity heatmaps and the t-SNE of the reference classifier's features."""
     import json
 
     from fairskin.metrics.generation import classifier_features
     from fairskin.metrics.plots import plot_fid_heatmap, plot_tsne
 
-    folder, info = scoring.out / variant, scoring.refs.info
+    info = scoring.refs.info
     tone_subclass, tone_group, confusion = skin_tone
     folder.mkdir(parents=True, exist_ok=True)
     tone_subclass.to_csv(folder / "skin_tone_per_subclass.csv", index=False)
