@@ -336,6 +336,37 @@ def test_measured_costs_from_stage_records(tmp_path):
     assert costs.c_cls == pytest.approx(1 * 4 * 3)
 
 
+def test_reused_pools_and_replayed_trials_are_not_priced_as_work(tmp_path):
+    # A later look's stages: the evaluate stage scored 2 of the 8 pools (the rest kept in evaluations/), the tune
+    # stage trained 6 of 24 trials (the rest replayed from trials/). A unit costs what was done, not what was listed.
+    _fake_root(tmp_path)
+    gen = tmp_path / "stages" / "generate-g"
+    _record(
+        tmp_path,
+        "evaluate",
+        "later",
+        6.0,
+        450.0,
+        {"vanilla_fid_mean": 1.0, "pools_scored": 2},
+        inputs={"generate": {"key": "g", "path": str(gen)}},
+    )
+    _record(
+        tmp_path,
+        "tune",
+        "later",
+        15.0,
+        550.0,
+        {"trials": 24, "trials_finished": 24, "trials_trained": 6, "study_seconds": 12.0},
+        reads={"classifier": {"epochs": 4, "image_size": 32}, "tune.count_scale": 0.01},
+    )
+    costs, measured = measured_costs(tmp_path, build_config("smoke", None, [VARIANTS]))
+    assert measured == {"c_ft": "measured", "c_pool": "measured", "c_cls": "measured"}
+    # 40 s / 8 pools generated + 6 s / 2 pools scored = 8 s a pool (not 5 + 0.75), x 4 variants
+    assert costs.c_pool == pytest.approx((5 + 3) * 4)
+    # 12 s / 6 trained trials = 2 s (not 0.5), x (2 epochs / 4) = 1 s, x 4 variants x 3 modes
+    assert costs.c_cls == pytest.approx(1 * 4 * 3)
+
+
 def test_cost_model_reproduces_readme_run_6(tmp_path):
     # Nothing recorded: every unit assumed. At the study preset the model is README run 6 itself:
     # R = 3, K = S = 1 costs finetune 559 + generate 670 + evaluate 155 + tune 289 s.

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from fairskin.config import build_config
 from fairskin.tune.spaces import load_space
 from fairskin.tune.trial_memo import MEMO_DIR, REPLAYED, memo_for
 
@@ -115,24 +114,3 @@ def test_an_unreadable_or_unfinished_memo_trains_again(study_inputs, tmp_path):
     out = _run(trial, study_inputs, memo, lambda: called.append(1) or _data(real, pools["vanilla"]))
     assert called == [1] and out[-1][REPLAYED] == 0.0
     assert json.loads(stored.read_text())["reports"][-1]["test_accuracy"] == out[-1]["test_accuracy"]
-
-
-def test_the_planner_prices_a_classifier_trial_from_trained_trials_only(tmp_path):
-    from fairskin.plan.cost_records import _classifier_cost, level_counts
-
-    config = build_config("smoke", overrides=[f"runtime.runs_root={tmp_path}"])
-    c = config.classifier
-    reads = {
-        "classifier.epochs": c.epochs,
-        "tune.count_scale": config.tune.count_scale,
-        "classifier.image_size": c.image_size,
-    }
-    folder = tmp_path / "stages" / "tune-abc"
-    folder.mkdir(parents=True)
-    # 24 trials, 18 of them replayed: 120 s of study for 6 trained trials is 20 s a trial (not 5 s).
-    summary = {"trials": 24, "trials_finished": 24, "trials_trained": 6, "study_seconds": 120.0}
-    record = {"stage": "tune", "seconds": 125.0, "started": 1.0, "reads": reads, "summary": summary}
-    (folder / "_stage.json").write_text(json.dumps(record))
-    cost, status = _classifier_cost(tmp_path, config, level_counts(config), "", [])
-    assert status == "measured", status
-    assert cost == pytest.approx(20.0 * level_counts(config)["trials"])
