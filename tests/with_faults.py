@@ -3,13 +3,16 @@
     python tests/with_faults.py [--step-pause S] [--item-pause S] -- jobs/full_pipeline.py ARGS...
 
 registers :class:`faults.StepPause` / :class:`faults.ItemPause` with the engine, then runs the script as
-``__main__`` with ``ARGS``.
+``__main__`` with ``ARGS``. SIGINT gets Python's own handler first, as under a terminal: a test that sends Ctrl-C
+to the script must not depend on how the test run was started (a background job of a non-interactive shell, as
+``nohup make test &``, starts its children with SIGINT ignored, and Python then keeps ignoring it).
 """
 
 from __future__ import annotations
 
 import argparse
 import runpy
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +28,7 @@ def main() -> None:
     parser.add_argument("script")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     ns = parser.parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from fairskin.diffusion import finetune, generate
 
     if ns.step_pause:
