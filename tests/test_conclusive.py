@@ -28,7 +28,7 @@ SETTINGS = [
     "report.until_conclusive=true",
     "diffusion.max_repeats=6",
     "diffusion.repeat_batch=1",
-    "diffusion.parallel_variants=3",  # not in any key: the fits mostly wait on Ray Train, three at once fit 2 CPUs
+    "diffusion.parallel_variants=4",  # not in any key: a batch's fits at once (4 workers of 0.5 CPU: the 2 CPUs)
     "report.primary=[skin_tone_w1_worst]",
     "report.margins={skin_tone_w1_worst: 1.5}",
 ]
