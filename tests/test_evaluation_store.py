@@ -40,6 +40,17 @@ def test_a_rerun_reuses_each_pools_evaluation_and_a_changed_pool_is_scored_again
     assert pools and all(
         (reused.path / p / "summary.json").read_bytes() == (scored / p / "summary.json").read_bytes() for p in pools
     )
+    # The table read back from the kept rows holds what each pool's summary.json says (written straight from the
+    # scored report, not through the kept row): every figure, exactly.
+    import pandas as pd
+
+    table = pd.read_csv(reused.path / "generation_table.csv", float_precision="round_trip").set_index("variant")
+    for p in pools:
+        summary = json.loads((scored / p / "summary.json").read_text())
+        numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        assert numbers and all(
+            table.loc[p, k] == v or (pd.isna(table.loc[p, k]) and v != v) for k, v in numbers.items()
+        ), p
 
     # Without the kept evaluations every pool is scored again, to the same tables.
     shutil.rmtree(root / "evaluations")

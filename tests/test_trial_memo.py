@@ -30,6 +30,14 @@ def study_inputs(prepared_smoke, tmp_path_factory):
     return config, pools, real, check_study(config, load_space("downstream"), pools, real)
 
 
+def _memo(root: Path, pools: dict[str, Path], real: Path, resources: dict[str, float]):
+    """The memo a study on ``root`` over ``pools`` (pool id -> shard folder) makes, from the fingerprints its runs
+    are tagged with."""
+    from fairskin.tune.study import input_fingerprints
+
+    return memo_for(root, *input_fingerprints(pools, real), resources)
+
+
 def _data(real: Path, pool: Path):
     from fairskin.classify.train import ClassifierData
     from fairskin.data.stream import decode_local
@@ -59,7 +67,7 @@ def _never():
 def test_a_replayed_trial_reports_what_training_reports_and_a_changed_input_trains(study_inputs, tmp_path):
     config, pools, real, _ = study_inputs
     resources = {"CPU": 0.5, "GPU": 0.0}
-    memo = memo_for(tmp_path, {"vanilla": pools["vanilla"]}, real, resources)
+    memo = _memo(tmp_path, {"vanilla": pools["vanilla"]}, real, resources)
     trial = {"variant": "vanilla", "mode": "resample", "seed": 0}
 
     trained = _run(trial, study_inputs, None, _data(real, pools["vanilla"]))  # no memo: the reference
@@ -70,7 +78,7 @@ def test_a_replayed_trial_reports_what_training_reports_and_a_changed_input_trai
     assert len(list((tmp_path / MEMO_DIR).glob("*.json"))) == 1
 
     # A later study on the same runs root: the same trial under another pool id replays, epoch by epoch.
-    later = memo_for(tmp_path, {"vanilla-r0": pools["vanilla"]}, real, resources)
+    later = _memo(tmp_path, {"vanilla-r0": pools["vanilla"]}, real, resources)
     replayed = _run({**trial, "variant": "vanilla-r0"}, study_inputs, later, _never)
     assert replayed[-1].pop(REPLAYED) == 1.0
     assert replayed == first  # the stored reports, timings included
@@ -80,8 +88,8 @@ def test_a_replayed_trial_reports_what_training_reports_and_a_changed_input_trai
     # CPUs per trial (torch's threads follow them).
     cases = [
         ("another seed", {**trial, "seed": 1}, memo, pools["vanilla"]),
-        ("other images", trial, memo_for(tmp_path, {"vanilla": pools["other"]}, real, resources), pools["other"]),
-        ("other CPUs", trial, memo_for(tmp_path, {"vanilla": pools["vanilla"]}, real, {"CPU": 1.0}), pools["vanilla"]),
+        ("other images", trial, _memo(tmp_path, {"vanilla": pools["other"]}, real, resources), pools["other"]),
+        ("other CPUs", trial, _memo(tmp_path, {"vanilla": pools["vanilla"]}, real, {"CPU": 1.0}), pools["vanilla"]),
     ]
     for why, changed, m, pool in cases:
         called = []
@@ -99,7 +107,7 @@ def test_a_replayed_trial_reports_what_training_reports_and_a_changed_input_trai
 
 def test_an_unreadable_or_unfinished_memo_trains_again(study_inputs, tmp_path):
     config, pools, real, _ = study_inputs
-    memo = memo_for(tmp_path, {"vanilla": pools["vanilla"]}, real, {"CPU": 0.5, "GPU": 0.0})
+    memo = _memo(tmp_path, {"vanilla": pools["vanilla"]}, real, {"CPU": 0.5, "GPU": 0.0})
     trial = {"variant": "vanilla", "mode": "random", "seed": 0}
     _run(trial, study_inputs, memo, lambda: _data(real, pools["vanilla"]))
     (stored,) = (tmp_path / MEMO_DIR).glob("*.json")

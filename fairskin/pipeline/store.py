@@ -169,6 +169,22 @@ def pool_folders(
     return _folders(config, POOLS, keys, redo)
 
 
+def evaluation_folders(
+    config: FairSkinConfig,
+    shards: Mapping[str, str],
+    reads: Iterable[str],
+    inputs: Mapping[str, StageResult],
+    version: int,
+    external: Mapping[str, str] | None = None,
+    redo: bool = False,
+) -> dict[str, Path]:
+    """pool id -> its kept evaluation folder (:func:`evaluation_key`); ``shards``: pool id -> the content fingerprint
+    of its shards; the rest: the evaluate stage's. ``redo``: those folders are removed first."""
+    reads = list(reads)
+    keys = {p: evaluation_key(config, p, fp, reads, inputs, version, external) for p, fp in shards.items()}
+    return _folders(config, EVALUATIONS, keys, redo)
+
+
 def _folders(config: FairSkinConfig, kind: str, keys: Mapping[str, str], redo: bool) -> dict[str, Path]:
     from fairskin.pipeline.keyed import clean_stale_partials
 

@@ -122,12 +122,11 @@ class ClassifierKind:
     def record(self) -> dict[str, Any]:
         return {}
 
-    def put_inputs(self, config, space, pools, real_shards, folder):
+    def put_inputs(self, config, space, pools, real_shards, folder, fingerprints):
         from fairskin.tune.trial_memo import memo_for
 
         resources = {"CPU": config.tune.cpus_per_trial, "GPU": config.tune.gpus_per_trial}
-        used = {v: pools[v] for v in space.variants}
-        memo = memo_for(config.runtime.runs_root, used, real_shards, resources)
+        memo = memo_for(config.runtime.runs_root, *fingerprints, resources)
         return put_inputs(real_shards, pools, space, config.classifier, memo=memo)
 
     def reports(self, config: FairSkinConfig, space: ResolvedSpace) -> int:

@@ -210,7 +210,7 @@ class GeneratorKind:
     def record(self) -> dict[str, Any]:
         return {"sources": {k: str(v) for k, v in vars(self.sources).items()}}
 
-    def put_inputs(self, config, space, pools, real_shards, folder):
+    def put_inputs(self, config, space, pools, real_shards, folder, fingerprints):
         return generator.put_generator_inputs(config, space, self.sources, folder)
 
     def reports(self, config: FairSkinConfig, space: ResolvedSpace) -> int:

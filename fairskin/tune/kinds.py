@@ -87,10 +87,17 @@ class TrialKind(Protocol):
         ...
 
     def put_inputs(
-        self, config: FairSkinConfig, space: ResolvedSpace, pools: Mapping[str, Path], real_shards: Path, folder: Path
+        self,
+        config: FairSkinConfig,
+        space: ResolvedSpace,
+        pools: Mapping[str, Path],
+        real_shards: Path,
+        folder: Path,
+        fingerprints: tuple[Mapping[str, str], str],
     ) -> Any:
         """On the driver, once: what every trial shares (its data in the object store); the trainable's
-        ``inputs``, also handed to :meth:`confirm`."""
+        ``inputs``, also handed to :meth:`confirm`. ``fingerprints``: (pool id -> content fingerprint, the real
+        shards' fingerprint), computed once by the study (its runs are tagged with them)."""
         ...
 
     def reports(self, config: FairSkinConfig, space: ResolvedSpace) -> int:

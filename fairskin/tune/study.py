@@ -255,7 +255,7 @@ def run_study(
             tags,
             base_params,
             echo,
-            pool_fps,
+            (pool_fps, real_fp),
             timings,
         )
     except KeyboardInterrupt:
@@ -422,7 +422,7 @@ def _fit(
     tags: Mapping[str, str],
     base_params: Mapping[str, Any],
     echo: Callable[[str], None],
-    pool_fingerprints: Mapping[str, str],
+    fingerprints: tuple[Mapping[str, str], str],
     timings: dict[str, float] | None = None,
 ):
     """Start (or join) Ray, put the kind's inputs in the object store and run the Tuner (a new one, or the
@@ -438,7 +438,7 @@ def _fit(
     timings["fit.ray_init"] = time.time() - mark
     mark = time.time()
     concurrency = max_concurrency(config, cluster)
-    inputs = kind.put_inputs(config, space, pools, real_shards, folder)
+    inputs = kind.put_inputs(config, space, pools, real_shards, folder, fingerprints)
     scheduler = build_scheduler(space, kind.reports(config, space))
     timings["fit.decode"] = time.time() - mark
     mark = time.time()
@@ -453,7 +453,7 @@ def _fit(
         timings["fit.setup"] = time.time() - mark
         return timed_fit(tuner, timings, None), inputs
     searcher, param_space = build_search(space, concurrency, verbose=bool(config.runtime.verbose))
-    callbacks, clock = _callbacks(config, space, folder, tracker, tags, base_params, pool_fingerprints)
+    callbacks, clock = _callbacks(config, space, folder, tracker, tags, base_params, fingerprints[0])
     echo(
         f"{concurrency} trial(s) at once, {config.tune.cpus_per_trial} CPU each "
         f"(cluster: {cluster.get('CPU', 0):g} CPU)"

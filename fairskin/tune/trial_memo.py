@@ -80,16 +80,12 @@ class TrialMemo:
         atomic_write_json(Path(self.folder) / f"{key}.json", {"inputs": dict(inputs), "reports": plain})
 
 
-def memo_for(
-    runs_root: Path, pools: Mapping[str, Path], real_shards: Path, resources: Mapping[str, float]
-) -> TrialMemo:
-    """The memo of a classifier study on ``runs_root`` over ``pools`` (pool id -> shard folder) and
-    ``real_shards``: their content fingerprints (metadata only, no image is read)."""
-    from fairskin.provenance import shard_fingerprint
-
+def memo_for(runs_root: Path, pools: Mapping[str, str], real: str, resources: Mapping[str, float]) -> TrialMemo:
+    """The memo of a classifier study on ``runs_root``: ``pools``: pool id -> the content fingerprint of its shards,
+    ``real``: the real shards' (:func:`fairskin.provenance.shard_fingerprint`, as the study's runs are tagged)."""
     return TrialMemo(
         folder=str(Path(runs_root) / MEMO_DIR),
-        pools={k: shard_fingerprint(Path(v)) for k, v in pools.items()},
-        real=shard_fingerprint(Path(real_shards)),
+        pools=dict(pools),
+        real=real,
         resources={k: float(v) for k, v in resources.items()},
     )

@@ -104,24 +104,14 @@ JUDGE_REAL = "judge_real_accuracy.csv"
 def _stored_evaluations(ctx: StageContext, shards: Mapping[str, str]) -> dict[str, Path]:
     """pool id -> its kept evaluation folder (``<runs root>/evaluations/<pool>-<key>``); ``shards``: pool id ->
     content fingerprint. ``--force`` removes them first."""
-    import shutil
-
-    from fairskin.pipeline.keyed import clean_stale_partials
     from fairskin.pipeline.stage import STAGES, external_fingerprints
-    from fairskin.pipeline.store import EVALUATIONS, evaluation_key, stored_dir
+    from fairskin.pipeline.store import evaluation_folders
 
     config, stage = ctx.config, STAGES["evaluate"]
     external = external_fingerprints(stage, config)
-    reads = stage.reads_for(config)
-    folders = {
-        v: stored_dir(config, EVALUATIONS, v, evaluation_key(config, v, fp, reads, ctx.inputs, stage.version, external))
-        for v, fp in shards.items()
-    }
-    if ctx.redo:
-        for folder in folders.values():
-            shutil.rmtree(folder, ignore_errors=True)
-    clean_stale_partials(config.runtime.runs_root / EVALUATIONS)
-    return folders
+    return evaluation_folders(
+        config, shards, stage.reads_for(config), ctx.inputs, stage.version, external, redo=ctx.redo
+    )
 
 
 def _missing(folder: Path) -> bool:
