@@ -23,12 +23,12 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python jobs/full_pipeline.py --preset demo
 
-# Lint and format checks first (seconds), then the suite.
-# One process, the modules in file order. `python -m pytest -n 2 --dist loadscope --no-loadscope-reorder` runs the
-# same suite on pytest-xdist workers that share one Ray head (tests/conftest.py); it is not the default: measured on
-# 2 cores it was faster but not yet green (docs/results/2026-12-07-suite-on-xdist.md).
+# Lint and format checks first (seconds), then the suite on two pytest-xdist workers that share one Ray head
+# (tests/conftest.py): whole modules per worker, the slowest first. On 2 cores one process leaves the cores idle
+# while a test waits on Ray (about a quarter of the time); two workers keep them busy (measured side by side:
+# docs/results/2026-12-07-suite-on-xdist.md). `.venv/bin/python -m pytest` runs it in one process, in file order.
 test: install lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check .

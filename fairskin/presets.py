@@ -140,6 +140,9 @@ def _smoke() -> dict[str, Any]:
             "guidance_scale": 2.0,
             "batch_size": 5,
             "judge_images_per_subclass": 6,
+            # One actor: a smoke pool is a second of sampling, a second actor ~8 s of CPU to start (imports, model
+            # load). The multi-actor pool is tested on its own (tests/test_generate.py).
+            "num_actors": 1,
         },
         "classifier": {
             "model": "tiny",

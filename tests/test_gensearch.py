@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -380,13 +381,19 @@ def test_generator_study_sigint_then_resume_keeps_finished_trials(generator_root
 
 
 @pytest.mark.ray
-def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_the_report(generator_root, tmp_path):
+def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_the_report(
+    generator_root, smoke_job, tmp_path
+):
     """Issue 17's acceptance: the best trial's ``report/best_variant.yaml`` (written from its ``variant.yaml``),
     given to ``jobs/full_pipeline.py --config`` with its name in ``diffusion.variants``, is fine-tuned with the
     trial's settings, gets a pool, and appears in Table 1 (every downstream mode) and in the paired-difference
-    table against vanilla. Reuses the study's runs root: prepare, reference, base and judge are skipped."""
+    table against vanilla. Reuses the study's runs root: prepare, reference, base and judge are skipped; vanilla's
+    generator, pool, evaluation and classifier trials come from the smoke job's store (same keys), so only the
+    trial's variant is fine-tuned, sampled, scored and tuned here."""
     config, result = generator_root
     root = config.runtime.runs_root
+    for kind in ("generators", "pools", "evaluations", "trials"):
+        shutil.copytree(smoke_job[0] / kind, root / kind, copy_function=os.link, dirs_exist_ok=True)
     name = f"trial_{result.best['trial_id']}"
     entry = yaml.safe_load(result.best_variant.read_text())["diffusion"]["custom_variants"][0]
     out = subprocess.run(
@@ -412,7 +419,9 @@ def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_t
     stages = root / "stages"
     (finetune,) = stages.glob("finetune-*")
     assert sorted(p.name for p in finetune.iterdir() if (p / "pipeline").is_dir()) == sorted(["vanilla", name])
-    assert json.loads((finetune / "_stage.json").read_text())["summary"][f"{name}_steps"] == entry["max_steps"]
+    summary = json.loads((finetune / "_stage.json").read_text())["summary"]
+    assert summary[f"{name}_steps"] == entry["max_steps"]
+    assert summary["generators_fitted"] == 1  # the trial's; vanilla's came from the store
     client = MlflowClient(config.tracking_uri())
     (run,) = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
