@@ -152,7 +152,15 @@ def _smoke() -> dict[str, Any]:
             "batch_size": 32,
             "bootstrap_samples": 50,
         },
-        "tune": {"num_trials": 3, "count_scale": 0.01, "train_seeds": 1, "confirm_seeds": 0},
+        # One trial at a time: Tune reuses one trial process for the whole study instead of starting two (~7 s of
+        # CPU each: torch and the classifier imported) for trials of a few seconds.
+        "tune": {
+            "num_trials": 3,
+            "count_scale": 0.01,
+            "train_seeds": 1,
+            "confirm_seeds": 0,
+            "max_concurrent_trials": 1,
+        },
         "runtime": {"progress": False},
     }
 
