@@ -68,9 +68,6 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # group, to act on a cloud provider's preemption notice. No test machine gets one (the two-node test kills a node
 # outright, which the health check sees), so the suite does without it: one process fewer per fit and per retry.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-# Nor its metrics callbacks (the controller's and each worker's gauges for the dashboard's Prometheus export): no
-# test reads them.
-os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 
 
 def _free_ports(n: int) -> list[int]:
