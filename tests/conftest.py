@@ -331,6 +331,17 @@ def smoke_job(tmp_path_factory, ray_head, smoke_stages):
     return Path(root), stdout
 
 
+SMOKE_JOB_STORES = ("generators", "pools", "evaluations", "trials")
+
+
+def link_smoke_job_stores(job_root: Path, root: Path) -> None:
+    """Hard-link the smoke job's kept generators, pools, evaluations and classifier trials into the runs root
+    ``root``, so a pipeline there reuses what the job made under the same keys (the stores write by temporary name
+    and rename, never in place, so the job's files stay as they are)."""
+    for kind in SMOKE_JOB_STORES:
+        shutil.copytree(Path(job_root) / kind, Path(root) / kind, copy_function=os.link, dirs_exist_ok=True)
+
+
 # Under xdist (``--dist loadscope --no-loadscope-reorder``) whole modules go to the workers in this
 # order, so the slowest start first and the short ones fill in behind them. The until-conclusive test is the
 # longest chain (smoke upstream stages, then the smoke job, then two looks), so it starts at once; the next two

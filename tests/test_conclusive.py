@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import link_smoke_job_stores
 from mlflow.tracking import MlflowClient
 
 from fairskin.config import ConfigError, build_config
@@ -53,8 +53,7 @@ def test_until_conclusive_adds_batches_reuses_every_generator_stops_by_the_rule_
     # fine-tuned, sampled and scored there already, under the same keys, and their classifier trials kept: a look
     # reuses them).
     root, log = smoke_stages(tmp_path / "runs"), tmp_path / "pipeline.log"
-    for kind in ("generators", "pools", "evaluations", "trials"):
-        shutil.copytree(smoke_job[0] / kind, root / kind, copy_function=os.link)
+    link_smoke_job_stores(smoke_job[0], root)
     reused = {"vanilla", "fairskin_s"}
     tail = lambda: log.read_text()[-4000:]  # noqa: E731
     looks_file = lambda: next((root / "conclusive").glob("*/sequential_looks.csv"), None)  # noqa: E731

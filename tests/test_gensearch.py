@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, link_smoke_job_stores
 from faults import FailOnceAt
 from mlflow import MlflowClient
 
@@ -392,8 +391,7 @@ def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_t
     trial's variant is fine-tuned, sampled, scored and tuned here."""
     config, result = generator_root
     root = config.runtime.runs_root
-    for kind in ("generators", "pools", "evaluations", "trials"):
-        shutil.copytree(smoke_job[0] / kind, root / kind, copy_function=os.link, dirs_exist_ok=True)
+    link_smoke_job_stores(smoke_job[0], root)
     name = f"trial_{result.best['trial_id']}"
     entry = yaml.safe_load(result.best_variant.read_text())["diffusion"]["custom_variants"][0]
     out = subprocess.run(
