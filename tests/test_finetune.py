@@ -1,7 +1,7 @@
 """Level 2 on Ray Train at smoke size: 2-worker DDP with an injected failure, resume equality, and
 fine-tunes that survive kills: the pipeline killed (SIGKILL, then Ctrl-C) during `finetune` and rerun,
 and a Ray Train worker process killed mid-fit, each ending with the weights of an uninterrupted run
-(one worker, bit for bit) and with every step in MLflow exactly once."""
+(the same loop alone in the test process, bit for bit) and with every step in MLflow exactly once."""
 
 import json
 import os
@@ -54,20 +54,50 @@ def _with(config, **diffusion):
 
 
 @pytest.fixture(scope="module")
-def straight_fit(smoke_base, tmp_path_factory):
-    """(summary, UNet weights) of an uninterrupted 8-step, 1-worker fine-tune of fairskin_s (the reference),
-    fitted once for the module; tests only read it."""
+def straight(smoke_base):
+    """UNet weights of the module's reference: an uninterrupted 8-step fine-tune of fairskin_s alone, run in this
+    process by the loop a generator trial runs (:func:`fairskin.diffusion.loop.fine_tune` over the same level-1
+    plan, one thread as a half-CPU Train worker has: float sums depend on the thread count). Every Ray Train fit
+    below (at once with another, failed, killed, interrupted, resumed) must end with these weights, bit for bit:
+    the Train worker runs the same loop, so any drift is the fit's doing."""
+    from diffusers import DDPMScheduler
+
+    from fairskin.data.sampling import WeightedSampler
+    from fairskin.data.stream import RunPlan
+    from fairskin.diffusion.finetune import cache_for
+    from fairskin.diffusion.loop import fine_tune, in_process_feed, load_trainee, loss_settings
+    from fairskin.diffusion.variants import generator_seed
+
     config, base, train = smoke_base
-    out = tmp_path_factory.mktemp("straight")
-    summary = finetune_variant(_with(config, **STRAIGHT), get_variant("fairskin_s", apply="sampler"), base, train, out)
-    assert summary["attempts"] == 1
-    return summary, load_sd(str(out / "pipeline")).unet.state_dict()
-
-
-@pytest.fixture(scope="module")
-def straight(straight_fit):
-    """UNet weights of the module's uninterrupted fine-tune (``straight_fit``)."""
-    return straight_fit[1]
+    d = _with(config, **STRAIGHT).diffusion
+    variant = get_variant("fairskin_s", apply="sampler")
+    seed = generator_seed(d, "fairskin_s")
+    rows, cond = cache_for(config, base, train)
+    arrays = rows.arrays()
+    dump = d.model_dump(mode="json")
+    trainee, _ = load_trainee(str(base), None, dump, "cpu")
+    scheduler = DDPMScheduler.from_pretrained(str(base), subfolder="scheduler")
+    plan = RunPlan(WeightedSampler(arrays["subclass"], variant.weights, variant.apply, seed))
+    loss = loss_settings(variant.model_dump(), dump)
+    feed = in_process_feed(
+        plan,
+        arrays,
+        torch.from_numpy(cond),
+        start=0,
+        seed=seed,
+        d=dump,
+        loss=loss,
+        num_train_timesteps=scheduler.config.num_train_timesteps,
+        device="cpu",
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        done = [n for n, _, _ in fine_tune(trainee, scheduler, feed, d=dump, loss=loss)]
+    finally:
+        torch.set_num_threads(threads)
+    assert done == list(range(1, d.max_steps + 1))
+    return {k: v.detach().clone() for k, v in trainee.unet.state_dict().items()}
 
 
 def _same_weights(a: dict, b: dict) -> bool:
@@ -100,8 +130,26 @@ def _fixed_batch_loss(unet_folder, base, train, config):
     return float(out.loss)
 
 
-def test_two_workers_recover_from_a_failure_and_log_each_step_once(smoke_base, tmp_path):
+def _attempts(rows: list[dict]) -> list[list[dict]]:
+    """A worker's probe rows split into attempts: a step not after the one before starts a new attempt."""
+    attempts: list[list[dict]] = []
+    for row in rows:
+        if not attempts or row["step"] <= attempts[-1][-1]["step"]:
+            attempts.append([])
+        attempts[-1].append(row)
+    return attempts
+
+
+def test_two_workers_recover_from_a_failure_log_each_step_once_and_hold_the_same_sigma(smoke_base, tmp_path):
+    """fairskin_s with FairDiffusion's perturbation (window 4: Bayesian steps at 4 and 8) on two Ray Train workers,
+    rank 0 failing once before step 6 (after the step-4 checkpoint): the fit retries from step 4 and ends; every
+    step is in MLflow once; before every step of both attempts both workers hold the same sigma (rank 0 decides and
+    broadcasts; y from the all-reduced group losses), sigma moves every step, and the retry starts from the sigma
+    the checkpoint holds; the result trained and samples."""
     from diffusers import StableDiffusionPipeline
+    from faults import HookStateProbe
+
+    from fairskin.methods import check_hooks
 
     config, base, train = smoke_base
     config = config.model_copy(
@@ -111,6 +159,9 @@ def test_two_workers_recover_from_a_failure_and_log_each_step_once(smoke_base, t
             )
         }
     )
+    variant = check_hooks(get_variant("fairskin_s").model_copy(update={"hooks": {"fairdiffusion": {"window": 4}}}))
+    probe = tmp_path / "probe"
+    probe.mkdir()
     tracker = Tracker.from_config(config, experiment="finetune-test")
     run = tracker.start("fairskin_s")
     # This process's own Ctrl-C handler, to see that it survives the fit: Ray Train's fit() installs its own on the
@@ -121,12 +172,13 @@ def test_two_workers_recover_from_a_failure_and_log_each_step_once(smoke_base, t
     try:
         summary = finetune_variant(
             config,
-            get_variant("fairskin_s"),
+            variant,
             base,
             train,
             tmp_path / "fairskin_s",
             tracking={"uri": tracker.tracking_uri, "run_id": run.run_id},
-            step_hooks=[FailOnceAt(6, str(tmp_path / "failed_once"))],
+            # The probe first: both ranks record step 6 before rank 0 fails there.
+            step_hooks=[HookStateProbe(str(probe)), FailOnceAt(6, str(tmp_path / "failed_once"))],
         )
         signal.raise_signal(signal.SIGINT)
         assert interrupts == [1]  # ours, not Ray Train's
@@ -153,32 +205,47 @@ def test_two_workers_recover_from_a_failure_and_log_each_step_once(smoke_base, t
     ).images
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
 
+    ranks = [
+        _attempts([json.loads(line) for line in (probe / f"rank{r}.jsonl").read_text().splitlines()]) for r in (0, 1)
+    ]
+    assert [[row["step"] for row in attempt] for attempt in ranks[0]] == [list(range(7)), list(range(4, 12))]
+    assert [[row["step"] for row in attempt] for attempt in ranks[1]] == [list(range(7)), list(range(4, 12))]
+    for first, second in zip(*ranks):
+        for a, b in zip(first, second):
+            assert len(a["sigma"]) == len(b["sigma"]) == 1 and a["sigma"] == b["sigma"], a["step"]
+        assert len({tuple(row["sigma"][0]) for row in first}) == len(first)  # it moves every step
+    assert ranks[0][1][0]["sigma"] == ranks[0][0][4]["sigma"]  # the retry resumed the checkpoint's sigma
 
-def test_variants_fine_tuned_at_once_end_as_when_fine_tuned_alone(smoke_base, straight_fit, tmp_path):
-    """fairskin_s and vanilla fine-tuned side by side (one shared latent cache) end as fine-tuned alone: fairskin_s
-    as the module's uninterrupted fit of the same settings (``straight_fit``), bit for bit."""
+
+def test_variants_fine_tuned_at_once_on_ray_train_end_as_the_in_process_loop_alone(smoke_base, straight, tmp_path):
+    """fairskin_s and a custom variant with its own steps and learning rate (a generator trial made a variant)
+    fine-tuned side by side on Ray Train (one shared latent cache, as the finetune stage runs
+    ``diffusion.parallel_variants``): each runs its own steps on every training row, and fairskin_s ends as the
+    module's reference, the same loop run alone in this process (``straight``: what a generator study's trial
+    runs), bit for bit."""
     from concurrent.futures import ThreadPoolExecutor
 
     from fairskin.diffusion.finetune import cache_for
+    from fairskin.methods.spec import VariantSpec
 
     config, base, train = smoke_base
     config = _with(config, **STRAIGHT)
-    alone, a = straight_fit  # fairskin_s alone: the same config, variant and seed
-    steps = STRAIGHT["max_steps"]
+    variants = {
+        "fairskin_s": get_variant("fairskin_s", apply="sampler"),
+        "short": VariantSpec(name="short", weights="sqrs", max_steps=3, learning_rate=0.0005),
+    }
     cache = cache_for(config, base, train)
-    with ThreadPoolExecutor(max_workers=2) as pool:  # as the finetune stage runs diffusion.parallel_variants
+    with ThreadPoolExecutor(max_workers=2) as pool:
         jobs = {
-            name: pool.submit(
-                finetune_variant, config, get_variant(name, apply="sampler"), base, train, tmp_path / name, cache=cache
-            )
-            for name in ("fairskin_s", "vanilla")
+            name: pool.submit(finetune_variant, config, variant, base, train, tmp_path / name, cache=cache)
+            for name, variant in variants.items()
         }
         results = {name: job.result() for name, job in jobs.items()}
-    assert results["fairskin_s"]["steps"] == alone["steps"] == steps and results["vanilla"]["steps"] == steps
-    b = load_sd(str(tmp_path / "fairskin_s" / "pipeline")).unet.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    v = load_sd(str(tmp_path / "vanilla" / "pipeline")).unet.state_dict()
-    assert not all(torch.equal(a[k], v[k]) for k in a)
+    assert (results["fairskin_s"]["steps"], results["short"]["steps"]) == (STRAIGHT["max_steps"], 3)
+    assert results["fairskin_s"]["train_rows"] == results["short"]["train_rows"] == len(train)
+    assert _same_weights(straight, load_sd(str(tmp_path / "fairskin_s" / "pipeline")).unet.state_dict())
+    short = load_sd(str(tmp_path / "short" / "pipeline")).unet.state_dict()
+    assert not _same_weights(short, load_sd(str(base)).unet.state_dict())  # it trained
 
 
 # --------------------------------------------------------------------------- kills
@@ -317,16 +384,29 @@ def _train_worker_pids() -> list[int]:
     return [a.pid for a in actors if "RayTrainWorker" in a.class_name]
 
 
-def test_a_failed_attempt_then_a_killed_worker_process_resume_to_the_same_weights(
-    smoke_base, straight, tmp_path, monkeypatch
+def test_a_failed_attempt_then_a_killed_worker_resume_to_the_same_weights_and_no_record_holds_the_secret(
+    smoke_base, straight, mlflow_http, ray_session, tmp_path, monkeypatch
 ):
     """Two failures of one fit, of both kinds (1 worker, a checkpoint every 2 steps, ``max_failures=2``): attempt 1
     raises in the train function before step 3 (after the step-2 checkpoint); attempt 2 resumes from step 2, and
     its Ray Train worker process is SIGKILLed once it has a checkpoint recorded; attempt 3 resumes from that one.
-    The fit ends as the uninterrupted one (``straight``), bit for bit, every step in MLflow once."""
+    The fit ends as the uninterrupted one (``straight``), bit for bit, every step in MLflow once.
+
+    Issue 14 (secrets): it logs through a ``user:secret@`` tracking URI (an MLflow server on loopback). Rank 0 logs
+    every step through it, yet Ray Train's record of the run and its three attempts (its state actor: the
+    dashboard's Train page, export events) holds only the redacted URI, and no file under the fit's folders or
+    the Ray session's temp dir holds the secret."""
+    import secrets
+
+    import ray
+    from ray.train.v2._internal.state.state_actor import get_state_actor
+
     config, base, train = smoke_base
     config = _with(config, **{**STRAIGHT, "checkpoint_every": 2, "max_failures": 2})
-    tracker = Tracker.from_config(config, experiment="worker-kill")
+    secret = f"s3cr3t-{secrets.token_hex(6)}"
+    uri = f"http://fair:{secret}@127.0.0.1:{mlflow_http}"
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # what the dashboard's Train page needs
+    tracker = Tracker(uri, "worker-kill")
     run = tracker.start("fairskin_s")
     # 1.2 s a step: the kill lands with at least four steps of attempt 2 to go.
     monkeypatch.setattr(finetune, "STEP_HOOKS", [StepPause(1.2)])
@@ -368,6 +448,20 @@ def test_a_failed_attempt_then_a_killed_worker_process_resume_to_the_same_weight
     assert _same_weights(straight, got)
     assert not _same_weights(straight, load_sd(str(base)).unet.state_dict())  # it did train
 
+    recorded = json.dumps(
+        [r.model_dump(mode="json") for r in ray.get(get_state_actor().get_train_runs.remote()).values()], default=str
+    )
+    assert secret not in recorded
+    assert f"***:***@127.0.0.1:{mlflow_http}" in recorded  # the fit's settings are there, redacted
+    for folder in (tmp_path, Path(ray_session["temp_dir"])):
+        for path in folder.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                assert secret.encode() not in data, path
+
 
 def test_a_snapshot_caught_while_ray_rewrites_it_reads_as_none_only_when_polling(tmp_path):
     """Found flaky in a full run: a test polling a live fit read Ray Train's checkpoint-manager snapshot while
@@ -400,21 +494,19 @@ def test_a_window_logged_again_after_a_resume_reaches_mlflow_once(tmp_path):
 
 def test_the_drop_control_never_sees_its_group_in_base_or_fine_tune(smoke_base):
     """control_drop_African: its base UNet is trained without the group from the base's initial weights
-    (VAE and text encoder shared with the base), and its fine-tune streams only the other groups' rows.
-    Beside it, a custom variant with its own steps and learning rate (a generator trial made a variant)."""
+    (VAE and text encoder shared with the base), and its fine-tune streams only the other groups' rows (every
+    row for a variant that is not a control: the at-once test above)."""
     import json
 
     from safetensors.torch import load_file
 
     config, base, train = smoke_base
-    short = "{name: short, weights: sqrs, max_steps: 3, learning_rate: 0.0005}"
     config = build_config(
         "smoke",
         overrides=[
             f"runtime.runs_root={config.runtime.runs_root}",
             "diffusion.cpus_per_worker=0.5",
-            f"diffusion.custom_variants=[{short}]",
-            "diffusion.variants=[short,control_drop_african]",
+            "diffusion.variants=[control_drop_african]",
         ],
     )
     results = run_pipeline(config, stages=["finetune"], echo=lambda *_: None).results
@@ -435,9 +527,8 @@ def test_the_drop_control_never_sees_its_group_in_base_or_fine_tune(smoke_base):
     assert not all(torch.equal(base_unet[k], dropped_unet[k]) for k in base_unet)
 
     summary = results["finetune"].summary
-    assert summary["short_train_rows"] == len(train)
     assert summary["control_drop_african_train_rows"] == len(train) - african
-    assert (summary["short_steps"], summary["control_drop_african_steps"]) == (3, config.diffusion.max_steps)
+    assert summary["control_drop_african_steps"] == config.diffusion.max_steps
 
 
 def test_control_variants_are_resolved_checked_and_seeded_apart():
@@ -496,95 +587,6 @@ def mlflow_http(tmp_path_factory):
         proc.wait(timeout=30)
 
 
-def test_a_tracking_uri_with_credentials_reaches_rank_0_but_nothing_ray_records_or_writes(
-    smoke_base, mlflow_http, tmp_path, ray_session, monkeypatch
-):
-    """Issue 14 (secrets): a ``user:secret@`` tracking URI. Rank 0 logs every step through it, yet Ray
-    Train's record of the run (its state actor: the dashboard's Train page, export events) holds only the
-    redacted URI, and no file under the fit's folders or the Ray session's temp dir holds the secret."""
-    import secrets
-
-    import ray
-    from ray.train.v2._internal.state.state_actor import get_state_actor
-
-    config, base, train = smoke_base
-    secret = f"s3cr3t-{secrets.token_hex(6)}"
-    uri = f"http://fair:{secret}@127.0.0.1:{mlflow_http}"
-    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # what the dashboard's Train page needs
-    tracker = Tracker(uri, "secret-uri")
-    run = tracker.start("fairskin_s")
-    summary = finetune_variant(
-        _with(config, max_steps=4, checkpoint_every=2, num_workers=1),
-        get_variant("vanilla"),
-        base,
-        train,
-        tmp_path / "vanilla",
-        checkpoints=tmp_path / "checkpoints",
-        tracking={"uri": uri, "run_id": run.run_id},
-    )
-    assert summary["steps"] == 4
-    assert sorted(m.step for m in MlflowClient(uri).get_metric_history(run.run_id, "loss")) == [1, 2, 3, 4]
-    recorded = json.dumps(
-        [r.model_dump(mode="json") for r in ray.get(get_state_actor().get_train_runs.remote()).values()], default=str
-    )
-    assert secret not in recorded
-    assert f"***:***@127.0.0.1:{mlflow_http}" in recorded  # the fit's settings are there, redacted
-    for folder in (tmp_path, Path(ray_session["temp_dir"])):
-        for path in folder.rglob("*"):
-            if path.is_file() and not path.is_symlink():
-                try:
-                    data = path.read_bytes()
-                except OSError:
-                    continue
-                assert secret.encode() not in data, path
-
-
-def test_in_process_steps_of_a_generator_trial_end_with_the_ray_train_weights(smoke_base, straight):
-    """A generator study's trial fine-tunes in its own process with the Train workers' loop
-    (:func:`fairskin.diffusion.loop.fine_tune` over the same level-1 plan): one worker's weights, bit for bit."""
-    from diffusers import DDPMScheduler
-
-    from fairskin.data.sampling import WeightedSampler
-    from fairskin.data.stream import RunPlan
-    from fairskin.diffusion.finetune import cache_for
-    from fairskin.diffusion.loop import fine_tune, in_process_feed, load_trainee, loss_settings
-    from fairskin.diffusion.variants import generator_seed
-
-    config, base, train = smoke_base
-    d = _with(config, **STRAIGHT).diffusion
-    variant = get_variant("fairskin_s", apply="sampler")
-    seed = generator_seed(d, "fairskin_s")
-    rows, cond = cache_for(config, base, train)
-    arrays = rows.arrays()
-    dump = d.model_dump(mode="json")
-    trainee, _ = load_trainee(str(base), None, dump, "cpu")
-    scheduler = DDPMScheduler.from_pretrained(str(base), subfolder="scheduler")
-    plan = RunPlan(WeightedSampler(arrays["subclass"], variant.weights, variant.apply, seed))
-    loss = loss_settings(variant.model_dump(), dump)
-
-    feed = in_process_feed(
-        plan,
-        arrays,
-        torch.from_numpy(cond),
-        start=0,
-        seed=seed,
-        d=dump,
-        loss=loss,
-        num_train_timesteps=scheduler.config.num_train_timesteps,
-        device="cpu",
-    )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the half-CPU Train worker runs (float sums depend on the thread count)
-    try:
-        done = [n for n, _, _ in fine_tune(trainee, scheduler, feed, d=dump, loss=loss)]
-    finally:
-        torch.set_num_threads(threads)
-    assert done == list(range(1, d.max_steps + 1))
-    got = trainee.unet.state_dict()
-    assert all(torch.allclose(straight[k], got[k], rtol=1e-4, atol=1e-6) for k in straight)
-    assert _same_weights(straight, got)
-
-
 def test_the_shard_feed_fine_tunes_from_shards_and_resumes_by_position(smoke_base, tmp_path):
     """diffusion.latent_feed = shards: the driver writes the latents as shards beside the checkpoints (the same
     latents as the in-memory cache), the worker streams them within its budget, and a run that failed at step 4
@@ -599,7 +601,7 @@ def test_the_shard_feed_fine_tunes_from_shards_and_resumes_by_position(smoke_bas
     config = _with(config, **STRAIGHT, latent_feed="shards", feed_memory_budget_mb=4.0)
     variant = get_variant("fairskin_s", apply="sampler")
     # The uninterrupted fit and the one that fails once, side by side (each its own checkpoints and shards; fits at
-    # once end as fits alone: test_variants_fine_tuned_at_once_end_as_when_fine_tuned_alone).
+    # once end as fits alone: test_variants_fine_tuned_at_once_on_ray_train_end_as_the_in_process_loop_alone).
     with ThreadPoolExecutor(max_workers=2) as pool:
         straight_job = pool.submit(
             finetune_variant, config, variant, base, train, tmp_path / "straight", checkpoints=tmp_path / "ck1"
@@ -631,27 +633,3 @@ def test_the_shard_feed_fine_tunes_from_shards_and_resumes_by_position(smoke_bas
     a = load_sd(str(tmp_path / "straight" / "pipeline")).unet.state_dict()
     assert _same_weights(a, load_sd(str(tmp_path / "resumed" / "pipeline")).unet.state_dict())
     assert not _same_weights(a, load_sd(str(base)).unet.state_dict())  # it did train
-
-
-def test_two_ray_train_workers_hold_the_same_fairdiffusion_sigma_at_every_step(smoke_base, tmp_path):
-    """FairDiffusion on two Ray Train workers (window 2: Bayesian steps at 2 and 4 of 6): before every step both
-    workers hold the same sigma (rank 0 decides, broadcasts; y from the all-reduced group losses), and it moves."""
-    import json
-
-    from faults import HookStateProbe
-
-    from fairskin.methods import check_hooks
-    from fairskin.methods.spec import VariantSpec
-
-    config, base, train = smoke_base
-    config = _with(config, max_steps=6, checkpoint_every=3, num_workers=2)
-    variant = check_hooks(VariantSpec(name="fd_two", hooks={"fairdiffusion": {"window": 2}}))
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    summary = finetune_variant(config, variant, base, train, tmp_path / "out", step_hooks=[HookStateProbe(str(probe))])
-    assert summary["steps"] == 6 and summary["workers"] == 2
-    ranks = [[json.loads(line) for line in (probe / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
-    assert [row["step"] for row in ranks[0]] == [row["step"] for row in ranks[1]] == list(range(6))
-    for a, b in zip(*ranks):
-        assert len(a["sigma"]) == len(b["sigma"]) == 1 and a["sigma"] == b["sigma"], a["step"]
-    assert len({tuple(row["sigma"][0]) for row in ranks[0]}) == 6
