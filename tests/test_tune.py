@@ -155,6 +155,17 @@ def test_spaces_that_exceed_the_pool_fail_before_any_trial(tmp_path, prepared_sm
 # --------------------------------------------------------------------------- studies (Ray)
 
 
+def _run_to_end(cmd: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a study CLI to its end; one that outlives ``timeout`` fails the test with the tail of what it printed
+    (``subprocess.run`` would keep that in the exception, which pytest does not show)."""
+    try:
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        err = (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        pytest.fail(f"{' '.join(cmd[:4])} ... ran past {timeout} s\n{out[-3000:]}\n{err[-6000:]}")
+
+
 def _runs(config, study):
     from fairskin.tune.study import experiment_name
 
@@ -312,9 +323,7 @@ def test_sigint_then_resume_runs_every_trial_once(ray_session, prepared_smoke, s
     first_map = json.loads(runs_file.read_text())
     assert code == 130, log.read_text()[-3000:]
     assert 1 <= sum(e["state"] == "finished" for e in first_map.values()) < 3
-    resumed = subprocess.run(
-        cmd + ["--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    resumed = _run_to_end(cmd + ["--resume", "--json"], env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     final_map = json.loads(runs_file.read_text())
@@ -431,9 +440,7 @@ def test_sigkill_after_two_trials_then_resume_leaves_exactly_the_planned_runs(
     first_map = json.loads(runs_file.read_text())
     assert sum(e["state"] == "finished" for e in first_map.values()) < planned, "the study ended before the kill"
 
-    resumed = subprocess.run(
-        cmd + ["--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    resumed = _run_to_end(cmd + ["--resume", "--json"], env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert summary["trials"] == planned and not summary["interrupted"]
