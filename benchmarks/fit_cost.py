@@ -31,40 +31,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CLOCK = os.sysconf("SC_CLK_TCK")
+import psutil  # noqa: E402
 
 
 def machine_cpu_s() -> float:
     """CPU seconds the whole machine has spent (user + nice + system) since boot."""
-    fields = open("/proc/stat").readline().split()[1:4]
-    return sum(map(int, fields)) / CLOCK
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system
 
 
 class ProcessSampler(threading.Thread):
-    """CPU seconds (utime + stime) of every process seen while running, by (pid, start time), with its title; a
-    process that ends between two samples loses up to one period of its CPU."""
+    """CPU seconds (user + system) of every process seen while running, by (pid, start time), with its latest title
+    (Ray renames a worker when it takes an actor); a process started while sampling counts from its start, and one
+    that ends between two samples loses up to one period of its CPU."""
 
     def __init__(self, period_s: float = 0.2):
         super().__init__(daemon=True)
         self.period_s, self.seen, self.stopped = period_s, {}, threading.Event()
 
     def run(self) -> None:
-        began = float(open("/proc/uptime").read().split()[0]) * CLOCK  # clock ticks since boot
+        began = time.time()
         while not self.stopped.is_set():
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    stat = open(f"/proc/{pid}/stat").read()
-                    rest = stat[stat.rfind(")") + 2 :].split()
-                    cpu, started = (int(rest[11]) + int(rest[12])) / CLOCK, int(rest[19])
-                    title = open(f"/proc/{pid}/cmdline").read().replace("\0", " ").strip()
-                except (OSError, IndexError, ValueError):
+            for proc in psutil.process_iter(["cpu_times", "cmdline", "create_time"]):
+                info = proc.info
+                if info["cpu_times"] is None:  # gone, or not ours to read
                     continue
-                key = (pid, started)
-                if key in self.seen:  # Ray renames a worker when it takes an actor: keep the latest title
-                    first, before, _ = self.seen[key]
-                    self.seen[key] = (first, title or before, cpu)
-                else:  # a process started while sampling counts from its start
-                    self.seen[key] = (0.0 if started > began else cpu, title, cpu)
+                cpu = info["cpu_times"].user + info["cpu_times"].system
+                title = " ".join(info["cmdline"] or [])
+                key = (proc.pid, info["create_time"])
+                first = self.seen[key][0] if key in self.seen else (0.0 if info["create_time"] > began else cpu)
+                self.seen[key] = (first, title or self.seen.get(key, (0, ""))[1], cpu)
             self.stopped.wait(self.period_s)
 
     def by_kind(self) -> dict[str, float]:

@@ -161,8 +161,8 @@ def _run_to_end(cmd: list[str], env: dict, timeout: float = 300) -> subprocess.C
     try:
         return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
-        err = (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        # The exception holds bytes whatever ``text`` says.
+        out, err = ((data or b"").decode(errors="replace") for data in (exc.stdout, exc.stderr))
         pytest.fail(f"{' '.join(cmd[:4])} ... ran past {timeout} s\n{out[-3000:]}\n{err[-6000:]}")
 
 
