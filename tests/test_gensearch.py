@@ -154,15 +154,86 @@ def generator_stages(tmp_path_factory, ray_session, smoke_stages):
     return config, generator_sources(config, echo=lambda *_: None)
 
 
+def _trial_outputs(folder: Path, trial_ids) -> dict[str, dict[str, int]]:
+    """trial id -> {file name: mtime (ns)} of each trial's generator folder in the study ``folder`` (a rerun of the
+    trial would write them again)."""
+    from fairskin.tune.generator import trial_variant_name
+
+    return {
+        t: {
+            p.name: p.stat().st_mtime_ns
+            for p in (folder / "generators" / trial_variant_name(t)).iterdir()
+            if p.is_file()
+        }
+        for t in trial_ids
+    }
+
+
 @pytest.fixture(scope="module")
-def generator_root(generator_stages):
-    """The module's stages and one finished 3-trial study (in process, on the session's head). The module's
-    other tests reuse the stages (skipped, same keys) under other study names; the pipeline test reuses the
-    study's best trial."""
+def generator_cli(generator_stages, tmp_path_factory) -> dict:
+    """The module's study (3 trials, one at a time), made as a user would: ``python -m fairskin.tune`` interrupted
+    (SIGINT, our own child by its PID) once its first trial has finished, then ``--resume --json`` to the end.
+    What the Ctrl-C left (exit code, the run map, the finished trials' output files with their mtimes) and the
+    resumed run's JSON summary, for the resume test below; the other tests read the finished study."""
+    from fairskin.tune.study import study_name
+
+    config, _ = generator_stages
+    root, study = config.runtime.runs_root, study_name("cbdm_strength", None, config.preset)
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairskin.tune",
+        "--space",
+        "cbdm_strength",
+        "--preset",
+        "smoke",
+        f"runtime.runs_root={root}",
+        *SMOKE_STUDY,
+        "tune.num_trials=3",  # the module's config (generator_stages), so that run_study resumes the same study
+        "tune.max_concurrent_trials=1",  # not in the study's record: one at a time, so the Ctrl-C leaves some to run
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    folder = root / "tune" / study
+    runs_file = folder / "mlflow_runs.json"
+    log = tmp_path_factory.mktemp("gen-cli") / "first.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline, finished = time.time() + 300, []
+            while time.time() < deadline and proc.poll() is None and not finished:
+                try:
+                    finished = [t for t, e in json.loads(runs_file.read_text()).items() if e["state"] == "finished"]
+                except (OSError, ValueError):
+                    finished = []
+                time.sleep(0.1)
+            assert finished, f"no trial finished in time:\n{log.read_text()[-3000:]}"
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+    first_map = json.loads(runs_file.read_text())
+    done_first = [t for t, e in first_map.items() if e["state"] == "finished"]
+    interrupted = {"code": code, "log": log.read_text()[-3000:], "map": first_map}
+    interrupted["outputs"] = _trial_outputs(folder, done_first)
+    resumed = subprocess.run(
+        [*cmd, "--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    return {"interrupted": interrupted, "summary": json.loads(resumed.stdout.strip().splitlines()[-1])}
+
+
+@pytest.fixture(scope="module")
+def generator_root(generator_stages, generator_cli):
+    """The module's stages and its finished 3-trial study (``generator_cli``), as ``run_study`` returns it: resumed
+    in this process, with nothing left to run. The module's other tests reuse the stages (skipped, same keys) under
+    other study names; the pipeline test reuses the study's best trial."""
     from fairskin.tune.generator_study import run_study
 
     config, sources = generator_stages
-    result = run_study(config, "cbdm_strength", {}, sources.shards, sources=sources, echo=lambda *_: None)
+    result = run_study(config, "cbdm_strength", {}, sources.shards, sources=sources, resume=True, echo=lambda *_: None)
+    assert result.parent_run_id == generator_cli["summary"]["parent_run_id"]  # the same study, not a new one
     return config, result
 
 
@@ -282,85 +353,28 @@ def test_generator_trial_failing_after_a_checkpoint_restarts_from_it(generator_s
     assert not all(torch.equal(resumed[k], base[k]) for k in resumed)  # it did train
 
 
-@pytest.mark.ray
-def test_generator_study_sigint_then_resume_keeps_finished_trials(generator_root, tmp_path):
-    """Issue 17: a generator study is resumable like a classifier study. The CLI is interrupted (SIGINT) once
-    a trial has finished: exit 130; ``--resume`` ends with the planned trials, each with one FINISHED child
-    run under the one parent, the finished trials neither rerun (their pool files untouched) nor logged twice,
-    and each checkpoint's metrics logged once."""
-    config, _ = generator_root
-    root, study, planned = config.runtime.runs_root, "gen-sigint", 3
-    cmd = [
-        sys.executable,
-        "-m",
-        "fairskin.tune",
-        "--space",
-        "cbdm_strength",
-        "--preset",
-        "smoke",
-        "--trials",
-        str(planned),
-        "--study",
-        study,
-        f"runtime.runs_root={root}",
-        *SMOKE_STUDY,
-        "tune.max_concurrent_trials=1",
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    folder = root / "tune" / study
-    runs_file = folder / "mlflow_runs.json"
-    log = tmp_path / "first.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline, finished = time.time() + 300, []
-            while time.time() < deadline and proc.poll() is None and not finished:
-                try:
-                    finished = [t for t, e in json.loads(runs_file.read_text()).items() if e["state"] == "finished"]
-                except (OSError, ValueError):
-                    finished = []
-                time.sleep(0.1)
-            assert finished, f"no trial finished in time:\n{log.read_text()[-3000:]}"
-            proc.send_signal(signal.SIGINT)  # our own child, by its PID
-            code = proc.wait(timeout=180)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=60)
-    assert code == 130, log.read_text()[-3000:]
-    first_map = json.loads(runs_file.read_text())
-    done_first = [t for t, e in first_map.items() if e["state"] == "finished"]
-    assert 1 <= len(done_first) < planned, first_map
-    # A finished trial's outputs, as the interrupted run left them (a rerun would write them again).
+def test_generator_study_sigint_then_resume_keeps_finished_trials(generator_root, generator_cli):
+    """Issue 17: a generator study is resumable like a classifier study. The CLI interrupted (SIGINT) once a trial
+    has finished exits 130; ``--resume`` ends with the planned trials, each with one FINISHED child run under the
+    one parent, the finished trials neither rerun (their pool files untouched) nor logged twice, and each
+    checkpoint's metrics logged once (the module's study, ``generator_cli``)."""
     from fairskin.tune.generator import trial_variant_name
 
-    outputs = {
-        t: {
-            p.name: p.stat().st_mtime_ns
-            for p in (folder / "generators" / trial_variant_name(t)).iterdir()
-            if p.is_file()
-        }
-        for t in done_first
-    }
-    assert all({"pool.npz", "variant.yaml", "preview.png"} <= set(o) for o in outputs.values()), outputs
+    config, result = generator_root
+    interrupted, summary, planned = generator_cli["interrupted"], generator_cli["summary"], 3
+    assert interrupted["code"] == 130, interrupted["log"]
+    first_map = interrupted["map"]
+    done_first = [t for t, e in first_map.items() if e["state"] == "finished"]
+    assert 1 <= len(done_first) < planned, first_map
+    assert all({"pool.npz", "variant.yaml", "preview.png"} <= set(o) for o in interrupted["outputs"].values())
 
-    resumed = subprocess.run(
-        [*cmd, "--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
-    )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert summary["trials"] == planned and not summary["interrupted"]
-    final_map = json.loads(runs_file.read_text())
+    folder = result.path
+    final_map = json.loads((folder / "mlflow_runs.json").read_text())
     assert len(final_map) == planned and {e["state"] for e in final_map.values()} == {"finished"}
     for tid, entry in first_map.items():  # every trial started before the interrupt kept its run
         assert final_map[tid]["run_id"] == entry["run_id"]
-    for tid, files in outputs.items():  # finished trials were not run again
-        now = {
-            p.name: p.stat().st_mtime_ns
-            for p in (folder / "generators" / trial_variant_name(tid)).iterdir()
-            if p.is_file()
-        }
-        assert now == files, tid
+    assert _trial_outputs(folder, done_first) == interrupted["outputs"]  # finished trials were not run again
     assert sorted(p.name for p in (folder / "generators").iterdir()) == sorted(map(trial_variant_name, final_map))
     client = MlflowClient(config.tracking_uri())
     experiment = client.get_experiment(summary["experiment_id"])

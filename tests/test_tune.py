@@ -278,71 +278,6 @@ def test_a_trial_process_does_not_import_mlflow():
 
 
 @pytest.mark.ray
-def test_sigint_then_resume_runs_every_trial_once(ray_session, prepared_smoke, smoke_pool, tmp_path):
-    config = _config(tmp_path)
-    study = "sigint"
-    cmd = [
-        sys.executable,
-        "-m",
-        "fairskin.tune",
-        "--space",
-        "ethnic_ratio",
-        "--preset",
-        "smoke",
-        "--trials",
-        "3",
-        "--study",
-        study,
-        "--pool",
-        f"vanilla={smoke_pool}",
-        "--real-shards",
-        str(prepared_smoke[1].path / "shards"),
-        f"runtime.runs_root={config.runtime.runs_root}",
-        "classifier.epochs=5",
-        "tune.max_concurrent_trials=1",
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    runs_file = config.runtime.runs_root / "tune" / study / "mlflow_runs.json"
-    log = tmp_path / "first.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.time() + 240
-        finished = []
-        while time.time() < deadline and proc.poll() is None:
-            if runs_file.exists():
-                try:
-                    finished = [t for t, e in json.loads(runs_file.read_text()).items() if e["state"] == "finished"]
-                except ValueError:
-                    finished = []
-                if finished:
-                    break
-            time.sleep(0.1)
-        assert finished, f"no trial finished in time:\n{log.read_text()[-3000:]}"
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=180)
-    first_map = json.loads(runs_file.read_text())
-    assert code == 130, log.read_text()[-3000:]
-    assert 1 <= sum(e["state"] == "finished" for e in first_map.values()) < 3
-    resumed = _run_to_end(cmd + ["--resume", "--json"], env)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
-    final_map = json.loads(runs_file.read_text())
-    assert len(final_map) == 3 and {e["state"] for e in final_map.values()} == {"finished"}
-    for tid, entry in first_map.items():  # a trial started before the interrupt kept its run
-        assert final_map[tid]["run_id"] == entry["run_id"]
-    client, parents, children = _runs(config, study)
-    assert [p.info.run_id for p in parents] == [summary["parent_run_id"]]
-    assert parents[0].info.status == "FINISHED"
-    assert sorted(c.info.run_id for c in children) == sorted(e["run_id"] for e in final_map.values())
-    assert {c.data.tags[PARENT_TAG] for c in children} == {summary["parent_run_id"]}
-    for c in children:
-        assert c.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_accuracy")]
-        assert steps == [1, 2, 3, 4, 5], (c.data.tags["fairskin.trial_id"], steps)
-        assert "test_accuracy" in c.data.metrics
-
-
-@pytest.mark.ray
 def test_grid_space_runs_every_mode_once(ray_session, prepared_smoke, smoke_pool, tmp_path):
     from fairskin.tune import run_study
 
@@ -386,16 +321,46 @@ def test_each_trial_draws_from_the_pool_it_is_tagged_with(ray_session, prepared_
     assert fingerprints["vanilla"] != fingerprints["fairskin_s"]
 
 
+def _finished(runs_file: Path) -> dict[str, str]:
+    """trial id -> MLflow run id of every finished trial in a study's ``mlflow_runs.json`` ({}: none, or being
+    written)."""
+    try:
+        return {t: e["run_id"] for t, e in json.loads(runs_file.read_text()).items() if e["state"] == "finished"}
+    except (OSError, ValueError):
+        return {}
+
+
+def _run_until(cmd: list[str], env: dict, log: Path, done, sig: int, what: str) -> int:
+    """Start the study CLI ``cmd``, send ``sig`` to it (our own child, by its PID) once ``done()`` holds; its exit
+    code. Fails with the tail of its output if it ends first or nothing happens in 240 s."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 240
+            while time.time() < deadline and proc.poll() is None and not done():
+                time.sleep(0.05)
+            assert proc.poll() is None and done(), f"{what}: not before the study ended\n{log.read_text()[-3000:]}"
+            os.kill(proc.pid, sig)
+            return proc.wait(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+
+
 @pytest.mark.ray
-def test_sigkill_after_two_trials_then_resume_leaves_exactly_the_planned_runs(
+def test_a_study_killed_then_interrupted_then_resumed_runs_every_planned_trial_once(
     ray_session, prepared_smoke, smoke_pool, tmp_path
 ):
-    """Issue 14's acceptance: a study SIGKILLed once two trials have finished, then ``--resume``: exactly the
-    planned child runs, each FINISHED, each epoch logged once, no run left RUNNING (deleted ones included)."""
+    """Issue 14's acceptance and Ctrl-C, on one study of 4 planned trials (one at a time): SIGKILLed once two
+    trials have finished; ``--resume``, interrupted (SIGINT: exit 130) once a trial of its own has finished;
+    ``--resume --json`` again to the end. Then: exactly the planned child runs under one FINISHED parent, each
+    FINISHED, each epoch logged once, no run left RUNNING (deleted ones included); every trial the interrupted run
+    had started kept its run; the runs of trials Tune's snapshot never saw before the kill were superseded."""
     from mlflow.entities import ViewType
 
     config = _config(tmp_path)
-    study, planned, epochs = "sigkill", 4, 3
+    study, planned, epochs = "interrupted", 4, 3
     cmd = [
         sys.executable,
         "-m",
@@ -418,34 +383,46 @@ def test_sigkill_after_two_trials_then_resume_leaves_exactly_the_planned_runs(
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     runs_file = config.runtime.runs_root / "tune" / study / "mlflow_runs.json"
-    log = tmp_path / "first.log"
-    # Tune snapshots its experiment (trials, searcher) every ~10 s; here only once, at its first step, as if
-    # the kill fell inside that period: the restored Tuner has not seen trials the killed process ran.
-    first_env = {**env, "TUNE_GLOBAL_CHECKPOINT_S": "3600"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=first_env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline, finished = time.time() + 240, 0
-            while time.time() < deadline and proc.poll() is None and finished < 2:
-                try:
-                    finished = sum(e["state"] == "finished" for e in json.loads(runs_file.read_text()).values())
-                except (OSError, ValueError):
-                    finished = 0
-                time.sleep(0.05)
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)  # our own child, by its PID
-            proc.wait(timeout=60)
-    assert finished >= 2 and proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
-    first_map = json.loads(runs_file.read_text())
-    assert sum(e["state"] == "finished" for e in first_map.values()) < planned, "the study ended before the kill"
 
-    resumed = _run_to_end(cmd + ["--resume", "--json"], env)
+    # 1. SIGKILL once two trials have finished. Tune snapshots its experiment (trials, searcher) every ~10 s; here
+    # only once, at its first step, as if the kill fell inside that period: the restored Tuner has not seen trials
+    # the killed process ran.
+    first_env = {**env, "TUNE_GLOBAL_CHECKPOINT_S": "3600"}
+    code = _run_until(
+        cmd,
+        first_env,
+        tmp_path / "first.log",
+        lambda: len(_finished(runs_file)) >= 2,
+        signal.SIGKILL,
+        "two finished trials",
+    )
+    assert code == -signal.SIGKILL
+    killed_map = json.loads(runs_file.read_text())
+    assert 2 <= len(_finished(runs_file)) < planned, "the study ended before the kill"
+
+    # 2. --resume, then Ctrl-C once a trial of this run has finished (a run id the killed run did not finish).
+    before = set(_finished(runs_file).values())
+    code = _run_until(
+        [*cmd, "--resume"],
+        env,
+        tmp_path / "second.log",
+        lambda: bool(set(_finished(runs_file).values()) - before),
+        signal.SIGINT,
+        "a trial finished after the resume",
+    )
+    assert code == 130, (tmp_path / "second.log").read_text()[-3000:]
+    interrupted_map = json.loads(runs_file.read_text())
+    assert 1 <= len(_finished(runs_file)) < planned, interrupted_map
+
+    # 3. --resume again, to the end.
+    resumed = _run_to_end([*cmd, "--resume", "--json"], env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert summary["trials"] == planned and not summary["interrupted"]
     final_map = json.loads(runs_file.read_text())
     assert len(final_map) == planned and {e["state"] for e in final_map.values()} == {"finished"}
+    for tid, entry in interrupted_map.items():  # a trial started before the Ctrl-C kept its run
+        assert final_map[tid]["run_id"] == entry["run_id"], tid
     client, parents, children = _runs(config, study)
     assert [p.info.run_id for p in parents] == [summary["parent_run_id"]]
     assert parents[0].info.status == "FINISHED"
@@ -463,7 +440,7 @@ def test_sigkill_after_two_trials_then_resume_leaves_exactly_the_planned_runs(
     # The runs of trials the snapshot never saw were superseded by their reruns: deleted, tagged, not RUNNING.
     superseded = [r for r in every if r.info.lifecycle_stage == "deleted"]
     assert superseded and all("fairskin.superseded" in r.data.tags for r in superseded)
-    assert {r.info.run_id for r in superseded} <= {e["run_id"] for e in first_map.values()}
+    assert {r.info.run_id for r in superseded} <= {e["run_id"] for e in killed_map.values()}
 
 
 def test_a_study_shows_one_bar_of_ended_trials_and_leaves_tunes_tables_to_verbose():
