@@ -393,21 +393,29 @@ def test_generator_study_sigint_then_resume_keeps_finished_trials(generator_root
         assert {a.path for a in client.list_artifacts(c.info.run_id)} >= {"pool", "generator"}
 
 
-@pytest.mark.ray
-def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_the_report(
-    generator_root, smoke_job, tmp_path
-):
-    """Issue 17's acceptance: the best trial's ``report/best_variant.yaml`` (written from its ``variant.yaml``),
-    given to ``jobs/full_pipeline.py --config`` with its name in ``diffusion.variants``, is fine-tuned with the
-    trial's settings, gets a pool, and appears in Table 1 (every downstream mode) and in the paired-difference
-    table against vanilla. Reuses the study's runs root: prepare, reference, base and judge are skipped; vanilla's
-    generator, pool, evaluation and classifier trials come from the smoke job's store (same keys), so only the
-    trial's variant is fine-tuned, sampled, scored and tuned here."""
+# The generator methods that are not built in, through one smoke pipeline: a generator trial made a variant and a
+# method from an installed package, beside the two built-in competitors (each Ray Train fit costs 16 to 20 s of CPU
+# whatever it trains, and every pipeline run its stages' start-up: one run carries both tests' claims).
+PLUGIN_METHODS = ["sqrs_in_loss", "lora", "fairdiffusion"]
+
+
+@pytest.fixture(scope="module")
+def custom_pipeline(generator_root, smoke_job, tmp_path_factory):
+    """``jobs/full_pipeline.py --config <best trial's variant.yaml>`` with ``diffusion.variants=[vanilla, <best
+    trial>, sqrs_in_loss, lora, fairdiffusion]``, ``sqrs_in_loss`` from a tiny package installed beside the engine
+    (its ``fairskin.methods`` entry point; tests/test_methods.py). On the study's runs root: prepare, vae, base,
+    reference and judge are skipped; vanilla's generator, pool, evaluation and classifier trials come from the
+    smoke job's store (same keys), so only the trial's variant and the three methods are fine-tuned, sampled,
+    scored and tuned here. Returns (runs root, best trial's variant name, its entry, console output)."""
+    from test_methods import _install, _write_plugin
+
     config, result = generator_root
     root = config.runtime.runs_root
     link_smoke_job_stores(smoke_job[0], root)
     name = f"trial_{result.best['trial_id']}"
     entry = yaml.safe_load(result.best_variant.read_text())["diffusion"]["custom_variants"][0]
+    folder = tmp_path_factory.mktemp("plugin")
+    env = _install(_write_plugin(folder / "src"), folder / "site")
     out = subprocess.run(
         [
             sys.executable,
@@ -416,24 +424,39 @@ def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_t
             "smoke",
             "--config",
             str(result.best_variant),
-            f"diffusion.variants=[vanilla, {name}]",
+            f"diffusion.variants=[vanilla, {name}, {', '.join(PLUGIN_METHODS)}]",
             f"runtime.runs_root={root}",
         ],
         cwd=REPO,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=600,
+        timeout=900,
     )
-    assert out.returncode == 0, out.stdout[-4000:]
+    assert out.returncode == 0, out.stdout[-6000:]
+    return root, name, entry, out.stdout
+
+
+@pytest.mark.ray
+def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_the_report(
+    generator_root, custom_pipeline
+):
+    """Issue 17's acceptance: the best trial's ``report/best_variant.yaml`` (written from its ``variant.yaml``),
+    given to ``jobs/full_pipeline.py --config`` with its name in ``diffusion.variants``, is fine-tuned with the
+    trial's settings, gets a pool, and appears in Table 1 (every downstream mode) and in the paired-difference
+    table against vanilla (``custom_pipeline``)."""
+    config, result = generator_root
+    root, name, entry, stdout = custom_pipeline
     for stage in ("prepare", "reference", "base", "judge"):
-        assert f"[{stage}] skipped (already done)" in out.stdout, stage
+        assert f"[{stage}] skipped (already done)" in stdout, stage
     stages = root / "stages"
     (finetune,) = stages.glob("finetune-*")
-    assert sorted(p.name for p in finetune.iterdir() if (p / "pipeline").is_dir()) == sorted(["vanilla", name])
+    fitted = sorted(p.name for p in finetune.iterdir() if (p / "pipeline").is_dir())
+    assert fitted == sorted(["vanilla", name, *PLUGIN_METHODS])
     summary = json.loads((finetune / "_stage.json").read_text())["summary"]
     assert summary[f"{name}_steps"] == entry["max_steps"]
-    assert summary["generators_fitted"] == 1  # the trial's; vanilla's came from the store
+    assert summary["generators_fitted"] == 1 + len(PLUGIN_METHODS)  # vanilla's came from the store
     client = MlflowClient(config.tracking_uri())
     (run,) = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
@@ -459,9 +482,51 @@ def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_t
     mine = paired[paired["variant"] == name]
     assert set(mine["block"]) == {"random", "resample", "reweight", "generation"}, paired[["variant", "block"]]
     assert {"accuracy", "essp_fairseg", "fid", "disease_fidelity"} <= set(mine["metric"])
-    assert set(paired["variant"]) == {name}  # the baseline is not compared with itself
+    assert set(paired["variant"]) == {name, *PLUGIN_METHODS}  # the baseline is not compared with itself
     markdown = (report / "report.md").read_text()
     assert name in markdown.split("## Table 1", 1)[1]
+
+
+@pytest.mark.ray
+def test_an_installed_packages_method_runs_through_the_pipeline_to_the_report(generator_root, custom_pipeline):
+    """Issue 28: a method from a package installed beside the engine (its ``fairskin.methods`` entry point) runs
+    through the smoke pipeline: its rows, and the two built-in competitors' (issue 29), are in Table 1 and in
+    ``delta_vs_vanilla``. LoRA's result is diffusers' adapter file beside a base pipeline that diffusers loads;
+    FairDiffusion's sigma per group was logged at every step and drawn (``custom_pipeline``: the generator-trial
+    pipeline run carries these methods too)."""
+    from fairskin.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown variant"):  # not installed in this process
+        build_config("smoke", overrides=["diffusion.variants=[vanilla,sqrs_in_loss]"])
+    config, _ = generator_root
+    root, name, _, stdout = custom_pipeline
+    for stage in ("prepare", "vae", "base", "reference", "judge"):
+        assert f"[{stage}] skipped (already done)" in stdout, stage
+    (finetune,) = (root / "stages").glob("finetune-*")
+    assert (finetune / "sqrs_in_loss" / "pipeline" / "unet").is_dir()  # fine-tuned as a generator of its own
+    (report,) = (root / "stages").glob("report-*")
+    table1 = pd.read_csv(report / "table1.csv")
+    assert set(table1["variant"]) == {"vanilla", name, *PLUGIN_METHODS}
+    paired = pd.read_csv(report / "delta_vs_vanilla.csv")
+    for variant in PLUGIN_METHODS:
+        assert len(paired[paired["variant"] == variant]) > 0, variant
+
+    from diffusers import StableDiffusionPipeline
+
+    lora = finetune / "lora" / "pipeline"
+    assert (lora / "pytorch_lora_weights.safetensors").is_file()
+    pipe = StableDiffusionPipeline.from_pretrained(lora, safety_checker=None, requires_safety_checker=False)
+    pipe.load_lora_weights(lora)  # diffusers' own loader reads the engine's result
+    base_unet = root / "stages" / next(p.name for p in (root / "stages").glob("base-*"))
+    assert (lora / "unet").is_dir() and base_unet.is_dir()
+    assert (finetune / "fairdiffusion" / "method_state.png").stat().st_size > 0
+    client = MlflowClient(config.tracking_uri())
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments, filter_string="tags.mlflow.runName = 'finetune-fairdiffusion'")
+    sigma = [k for k in run.data.metrics if k.startswith("fairdiffusion_sigma_")]
+    smoke = build_config("smoke")
+    assert len(sigma) == len(smoke.data.group_names)
+    assert len(client.get_metric_history(run.info.run_id, sigma[0])) == smoke.diffusion.max_steps
 
 
 @pytest.mark.ray
