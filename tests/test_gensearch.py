@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +16,7 @@ import yaml
 from conftest import REPO, link_smoke_job_stores
 from faults import FailOnceAt
 from mlflow import MlflowClient
+from study_cli import finished_trials, signal_when
 
 from fairskin.config import DiffusionConfig, VariantSpec, build_config
 from fairskin.tracking import PARENT_TAG
@@ -196,27 +196,10 @@ def generator_cli(generator_stages, tmp_path_factory) -> dict:
     folder = root / "tune" / study
     runs_file = folder / "mlflow_runs.json"
     log = tmp_path_factory.mktemp("gen-cli") / "first.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline, finished = time.time() + 300, []
-            while time.time() < deadline and proc.poll() is None and not finished:
-                try:
-                    finished = [t for t, e in json.loads(runs_file.read_text()).items() if e["state"] == "finished"]
-                except (OSError, ValueError):
-                    finished = []
-                time.sleep(0.1)
-            assert finished, f"no trial finished in time:\n{log.read_text()[-3000:]}"
-            proc.send_signal(signal.SIGINT)
-            code = proc.wait(timeout=180)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=60)
+    code = signal_when(cmd, env, log, lambda: bool(finished_trials(runs_file)), signal.SIGINT, "a finished trial", 300)
     first_map = json.loads(runs_file.read_text())
-    done_first = [t for t, e in first_map.items() if e["state"] == "finished"]
     interrupted = {"code": code, "log": log.read_text()[-3000:], "map": first_map}
-    interrupted["outputs"] = _trial_outputs(folder, done_first)
+    interrupted["outputs"] = _trial_outputs(folder, finished_trials(runs_file))
     resumed = subprocess.run(
         [*cmd, "--resume", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
     )

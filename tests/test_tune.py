@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from study_cli import finished_trials, signal_when
 
 from fairskin.classify.augment import check_against_pool, plan_counts
 from fairskin.config import build_config
@@ -321,33 +321,6 @@ def test_each_trial_draws_from_the_pool_it_is_tagged_with(ray_session, prepared_
     assert fingerprints["vanilla"] != fingerprints["fairskin_s"]
 
 
-def _finished(runs_file: Path) -> dict[str, str]:
-    """trial id -> MLflow run id of every finished trial in a study's ``mlflow_runs.json`` ({}: none, or being
-    written)."""
-    try:
-        return {t: e["run_id"] for t, e in json.loads(runs_file.read_text()).items() if e["state"] == "finished"}
-    except (OSError, ValueError):
-        return {}
-
-
-def _run_until(cmd: list[str], env: dict, log: Path, done, sig: int, what: str) -> int:
-    """Start the study CLI ``cmd``, send ``sig`` to it (our own child, by its PID) once ``done()`` holds; its exit
-    code. Fails with the tail of its output if it ends first or nothing happens in 240 s."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.time() + 240
-            while time.time() < deadline and proc.poll() is None and not done():
-                time.sleep(0.05)
-            assert proc.poll() is None and done(), f"{what}: not before the study ended\n{log.read_text()[-3000:]}"
-            os.kill(proc.pid, sig)
-            return proc.wait(timeout=180)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=60)
-
-
 @pytest.mark.ray
 def test_a_study_killed_then_interrupted_then_resumed_runs_every_planned_trial_once(
     ray_session, prepared_smoke, smoke_pool, tmp_path
@@ -388,31 +361,31 @@ def test_a_study_killed_then_interrupted_then_resumed_runs_every_planned_trial_o
     # only once, at its first step, as if the kill fell inside that period: the restored Tuner has not seen trials
     # the killed process ran.
     first_env = {**env, "TUNE_GLOBAL_CHECKPOINT_S": "3600"}
-    code = _run_until(
+    code = signal_when(
         cmd,
         first_env,
         tmp_path / "first.log",
-        lambda: len(_finished(runs_file)) >= 2,
+        lambda: len(finished_trials(runs_file)) >= 2,
         signal.SIGKILL,
         "two finished trials",
     )
     assert code == -signal.SIGKILL
     killed_map = json.loads(runs_file.read_text())
-    assert 2 <= len(_finished(runs_file)) < planned, "the study ended before the kill"
+    assert 2 <= len(finished_trials(runs_file)) < planned, "the study ended before the kill"
 
     # 2. --resume, then Ctrl-C once a trial of this run has finished (a run id the killed run did not finish).
-    before = set(_finished(runs_file).values())
-    code = _run_until(
+    before = set(finished_trials(runs_file).values())
+    code = signal_when(
         [*cmd, "--resume"],
         env,
         tmp_path / "second.log",
-        lambda: bool(set(_finished(runs_file).values()) - before),
+        lambda: bool(set(finished_trials(runs_file).values()) - before),
         signal.SIGINT,
         "a trial finished after the resume",
     )
     assert code == 130, (tmp_path / "second.log").read_text()[-3000:]
     interrupted_map = json.loads(runs_file.read_text())
-    assert 1 <= len(_finished(runs_file)) < planned, interrupted_map
+    assert 1 <= len(finished_trials(runs_file)) < planned, interrupted_map
 
     # 3. --resume again, to the end.
     resumed = _run_to_end([*cmd, "--resume", "--json"], env)
