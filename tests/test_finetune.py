@@ -248,6 +248,62 @@ def test_variants_fine_tuned_at_once_on_ray_train_end_as_the_in_process_loop_alo
     assert not _same_weights(short, load_sd(str(base)).unet.state_dict())  # it trained
 
 
+def test_the_in_process_trainer_ends_as_ray_train_through_a_failure_a_stop_and_a_rerun(
+    smoke_base, straight, tmp_path, monkeypatch
+):
+    """``diffusion.trainer = in_process``: the module's reference fine-tune run in this process, without Ray Train,
+    fails once after its step-3 checkpoint (retried from it: max_failures = 1), is stopped through its stop file
+    before step 7 (the stage's Ctrl-C: FitInterrupted, checkpoints kept), and the same call again continues from
+    step 6. It ends with the reference weights, bit for bit (what lets the two trainers share a fine-tune key),
+    every step in MLflow once, the two latest checkpoints in its own folder, torch's thread count as it was."""
+    from fairskin.config import ConfigError
+
+    def no_ray_train(*args, **kwargs):
+        raise AssertionError("Ray Train was started")
+
+    monkeypatch.setattr(finetune, "_trainer", no_ray_train)
+    config, base, train = smoke_base
+    config = _with(config, **STRAIGHT, trainer="in_process")
+    variant = get_variant("fairskin_s", apply="sampler")
+    tracker = Tracker.from_config(config, experiment="finetune-in-process")
+    run = tracker.start("fairskin_s")
+    tracking = {"uri": tracker.tracking_uri, "run_id": run.run_id}
+    storage, threads = tmp_path / "checkpoints", torch.get_num_threads()
+
+    def stop_before_step_7(step: int, rank: int) -> None:
+        if step == 6:
+            finetune.request_stop(storage)
+
+    with pytest.raises(finetune.FitInterrupted, match="before step 7"):
+        finetune_variant(
+            config,
+            variant,
+            base,
+            train,
+            tmp_path / "stopped",
+            checkpoints=storage,
+            tracking=tracking,
+            step_hooks=[FailOnceAt(3, str(tmp_path / "failed_once")), stop_before_step_7],
+        )
+    assert (tmp_path / "failed_once").read_text() == "failed at step 3"
+    assert latest_state(storage)[1]["step"] == 6
+    summary = finetune_variant(
+        config, variant, base, train, tmp_path / "fairskin_s", checkpoints=storage, tracking=tracking
+    )
+    assert (summary["steps"], summary["workers"], summary["resumed_from_step"], summary["attempts"]) == (8, 1, 6, 3)
+    assert [(s["attempt"], s["from_step"], s["first_step"]) for s in summary["starts"]] == [
+        (1, 0, 1),
+        (2, 3, 4),
+        (3, 6, 7),
+    ]
+    assert _same_weights(straight, load_sd(str(tmp_path / "fairskin_s" / "pipeline")).unet.state_dict())
+    assert [s for s, _ in _loss_steps(tracker.tracking_uri, run.run_id)] == list(range(1, 9))
+    assert sorted(p.name for p in (storage / "in_process").iterdir()) == ["checkpoint_00000006", "checkpoint_00000008"]
+    assert not (storage / finetune.RUN_NAME).exists() and torch.get_num_threads() == threads
+    with pytest.raises(ConfigError, match="needs diffusion.num_workers = 1"):
+        build_config("smoke", overrides=["diffusion.trainer=in_process", "diffusion.num_workers=2"])
+
+
 # --------------------------------------------------------------------------- kills
 
 # The pipeline's command line for the same fine-tune as `straight` (checkpoints every 2 steps).
@@ -507,6 +563,7 @@ def test_the_drop_control_never_sees_its_group_in_base_or_fine_tune(smoke_base):
             f"runtime.runs_root={config.runtime.runs_root}",
             "diffusion.cpus_per_worker=0.5",
             "diffusion.variants=[control_drop_african]",
+            "diffusion.trainer=in_process",  # what it trains on is the driver's choice, the same for either trainer
         ],
     )
     results = run_pipeline(config, stages=["finetune"], echo=lambda *_: None).results

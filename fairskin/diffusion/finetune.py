@@ -21,13 +21,21 @@ after a killed driver alike. MLflow gets each step once: rank 0 reads the last s
 (:func:`request_stop`) makes the Train controller abort the fit, since Ray Train's own Ctrl-C
 handler exists only when ``fit()`` runs on the main thread.
 MLflow logging of the steps, credentials kept out of what Ray Train records: :mod:`fairskin.diffusion.step_log`.
+
+In process (``diffusion.trainer = in_process``, :func:`_fit_in_process`): the same worker loop as rank 0 of 1
+in the driver's process, over the level-1 plan of the cached latents, with its own checkpoints
+(``<checkpoints>/in_process/``), retries and stop file, and the same weights, bit for bit; no Ray Train
+processes (about 25 s of CPU a fit on a 2-core machine, most of a small fit's cost).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +70,8 @@ from fairskin.runtime import keeping_signal_handlers
 
 STOP_FILE = "STOP"
 RUN_NAME = "fit"  # Ray Train's run folder under the checkpoints folder; fixed, so a rerun finds it
+IN_PROCESS_DIR = "in_process"  # diffusion.trainer = in_process: its checkpoints, beside Ray Train's run folder
+_IN_PROCESS_FITS = threading.Lock()  # one in-process fit at a time: torch's thread count is the process's
 # Hooks ``hook(step, rank)`` every fine-tune's workers run before each step, beside those a call passes
 # (:func:`fairskin.diffusion.loop.fine_tune`): a profiler, or a test's fault injection, which the tests register.
 STEP_HOOKS: list[StepHook] = []
@@ -162,27 +172,33 @@ def request_stop(checkpoints: Path) -> None:
 
 
 def latest_state(checkpoints: Path, while_written: bool = False) -> tuple[Any, dict] | None:
-    """(checkpoint, its state.json) of the latest checkpoint Ray Train recorded under ``checkpoints``.
+    """(checkpoint, its state.json) of the latest checkpoint under ``checkpoints``: the later of what Ray Train
+    recorded and what an in-process fit saved (``diffusion.trainer``), so an in-process fit continues either.
 
     ``while_written``: the caller polls a live fit (a test, a monitor). Ray Train rewrites its
     checkpoint-manager snapshot in place, so a reader can catch it empty: that reads as "none yet"
     instead of raising. A resuming fit (nothing writes) keeps Ray's error, which names a version
     mismatch or a damaged snapshot.
     """
-    from ray.train import Result
+    from ray.train import Checkpoint, Result
     from ray.train.v2._internal.exceptions import CheckpointManagerInitializationError
 
+    found = []
+    saved = sorted(Path(checkpoints).resolve().glob(f"{IN_PROCESS_DIR}/checkpoint_*"))
+    if saved:  # zero-padded steps: the last name is the latest; each is complete (renamed into place)
+        checkpoint = Checkpoint.from_directory(str(saved[-1]))
+        found.append((checkpoint, _read_state(checkpoint)))
     try:
         checkpoint = Result.from_path(str(Path(checkpoints).resolve() / RUN_NAME)).checkpoint
     except RuntimeError:  # no run folder or no snapshot yet
-        return None
+        checkpoint = None
     except CheckpointManagerInitializationError:
-        if while_written:
-            return None
-        raise
-    if checkpoint is None:
-        return None
-    return checkpoint, _read_state(checkpoint)
+        if not while_written:
+            raise
+        checkpoint = None
+    if checkpoint is not None:
+        found.append((checkpoint, _read_state(checkpoint)))
+    return max(found, key=lambda pair: pair[1]["step"], default=None)
 
 
 def _read_state(checkpoint) -> dict:
@@ -258,7 +274,11 @@ def finetune_variant(
     parts = load_sd(str(base))
     storage = Path(checkpoints or out.parent / f".ray-{out.name}").resolve()  # Ray Train wants it absolute
     rows, cond = cache if cache is not None else cache_for(config, base, train, shard_root=storage / "latents")
-    loop_config, datasets = _loop_config(base, rows, cond, variant, d, seed, tracking, step_hooks)
+    in_process = d.trainer == "in_process"
+    if in_process:
+        loop_config, datasets = _in_process_config(base, variant, d, seed, tracking, step_hooks), {}
+    else:
+        loop_config, datasets = _loop_config(base, rows, cond, variant, d, seed, tracking, step_hooks)
     loop_config["vocabulary"] = {"groups": list(train.groups), "num_diseases": len(train.diseases)}
     (storage / STOP_FILE).unlink(missing_ok=True)  # a stop request of an earlier run is not for this one
     prior = latest_state(storage)
@@ -270,22 +290,25 @@ def finetune_variant(
             **_write_pipeline(parts, prior[0], out, prior[1], time.time(), workers, resumed_from, loop_config),
             "train_rows": len(rows),
         }
-    trainer = _trainer(config, d, workers, loop_config, datasets, storage)
     started = time.time()
-    try:
-        with keeping_signal_handlers():  # Ray Train's Ctrl-C handler would outlive the fit
-            result = trainer.fit()
-    except Exception as exc:
-        if (storage / STOP_FILE).exists():
-            raise FitInterrupted(f"fine-tune of {variant.name} stopped; checkpoints kept in {storage}") from exc
-        raise
-    if result.checkpoint is None:
-        raise RuntimeError(f"fine-tune of {variant.name} ended without a checkpoint")
-    state = _read_state(result.checkpoint)
+    if in_process:
+        checkpoint, state = _fit_in_process(loop_config, rows, cond, storage, d.max_failures)
+    else:
+        trainer = _trainer(config, d, workers, loop_config, datasets, storage)
+        try:
+            with keeping_signal_handlers():  # Ray Train's Ctrl-C handler would outlive the fit
+                result = trainer.fit()
+        except Exception as exc:
+            if (storage / STOP_FILE).exists():
+                raise FitInterrupted(f"fine-tune of {variant.name} stopped; checkpoints kept in {storage}") from exc
+            raise
+        if result.checkpoint is None:
+            raise RuntimeError(f"fine-tune of {variant.name} ended without a checkpoint")
+        checkpoint, state = result.checkpoint, _read_state(result.checkpoint)
     if state["step"] < d.max_steps:  # aborted between two polls of the controller
         raise FitInterrupted(f"fine-tune of {variant.name} stopped at step {state['step']}; checkpoints kept")
     return {
-        **_write_pipeline(parts, result.checkpoint, out, state, started, workers, resumed_from, loop_config),
+        **_write_pipeline(parts, checkpoint, out, state, started, workers, resumed_from, loop_config),
         "train_rows": len(rows),
     }
 
@@ -369,6 +392,114 @@ def _write_pipeline(
         "attempts": state.get("attempt", 1),
         "starts": state.get("starts", []),
     }
+
+
+def _in_process_config(base, variant: VariantSpec, d, seed: int, tracking, step_hooks) -> dict:
+    """What an in-process fit reads: a Train worker's ``train_loop_config`` less the object-store references (the
+    arrays stay in this process) and with the tracking URI as the driver holds it (nothing records it)."""
+    return {
+        "base": str(base),
+        "variant": variant.model_dump(),
+        "diffusion": d.model_dump(mode="json"),
+        "seed": seed,
+        "tracking": tracking,
+        "step_hooks": [*STEP_HOOKS, *step_hooks],
+    }
+
+
+class _StopFile:
+    """A step hook: stop an in-process fit before its next step once the stop file exists (:func:`request_stop`),
+    as the Train controller aborts a fit at its next poll."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, step: int, rank: int) -> None:
+        if self.path.exists():
+            raise FitInterrupted(f"fine-tune stopped before step {step + 1}; checkpoints kept in {self.path.parent}")
+
+
+def _fit_in_process(cfg: dict, rows: ArraySet, cond: np.ndarray, storage: Path, max_failures: int):
+    """``diffusion.trainer = in_process``: the loop of one Train worker (rank 0 of 1, as many torch threads as its
+    CPUs would give it) in this process, over the level-1 plan of the cached ``rows`` (the plan a Train worker
+    reads from Ray Data, bit for bit). Checkpoints go to ``storage/in_process`` (the two latest kept); an attempt
+    continues from :func:`latest_state`; a failed one is retried from there up to ``max_failures`` times (-1:
+    always), as Ray Train retries a worker group. Returns (the last checkpoint, its state)."""
+    from fairskin.runtime import seed_everything
+
+    failures = 0
+    with _IN_PROCESS_FITS:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, math.ceil(cfg["diffusion"]["cpus_per_worker"])))
+        try:
+            while True:
+                seed_everything(cfg["seed"])  # as configure_worker seeds a Train worker
+                try:
+                    _in_process_attempt(cfg, rows, cond, storage)
+                    break
+                except FitInterrupted:
+                    raise
+                except Exception:
+                    failures += 1
+                    if max_failures != -1 and failures > max_failures:
+                        raise
+        finally:
+            torch.set_num_threads(threads)
+    return latest_state(storage)
+
+
+def _in_process_attempt(cfg: dict, rows: ArraySet, cond: np.ndarray, storage: Path) -> None:
+    """One attempt of an in-process fit, from the latest checkpoint under ``storage`` (or the base)."""
+    from diffusers import DDPMScheduler
+
+    from fairskin.data.sampling import WeightedSampler
+    from fairskin.data.stream import RunPlan
+    from fairskin.diffusion.loop import in_process_feed
+    from fairskin.io import atomic_directory
+
+    d, variant, seed = cfg["diffusion"], cfg["variant"], cfg["seed"]
+    device = "cuda" if d["use_gpu"] else "cpu"
+    hooks, logger, prior = (
+        _hooks(cfg, rank=0, world=1, device=device),
+        mlflow_logger(cfg["tracking"]),
+        latest_state(storage),
+    )
+    trainee, start_step, attempt, starts, logged = _start_attempt(
+        cfg, prior[0] if prior else None, device, None, hooks, logger
+    )
+    arrays = rows.arrays()
+    scheduler = DDPMScheduler.from_pretrained(cfg["base"], subfolder="scheduler")
+    loss = loss_settings(variant, d)
+    plan = RunPlan(WeightedSampler(np.asarray(arrays["subclass"]), variant["weights"], variant["apply"], seed))
+    steps = in_process_feed(
+        plan,
+        arrays,
+        torch.from_numpy(np.array(cond)).to(device),
+        start=start_step,
+        seed=seed,
+        d=d,
+        loss=loss,
+        num_train_timesteps=scheduler.config.num_train_timesteps,
+        device=device,
+    )
+    saved = storage / IN_PROCESS_DIR
+
+    def report(done: int, state: dict[str, Any], window: list) -> None:
+        nonlocal logged
+        with atomic_directory(saved / f"checkpoint_{done:08d}", replace=True) as tmp:
+            save_checkpoint(tmp, trainee, state)
+        for old in sorted(saved.glob("checkpoint_*"))[:-2]:  # the two latest kept, as Ray Train keeps them
+            shutil.rmtree(old, ignore_errors=True)
+        logged = log_steps(logger, window, logged)  # after the checkpoint, which carries them too
+
+    loop_cfg = {**cfg, "step_hooks": [*cfg["step_hooks"], _StopFile(storage / STOP_FILE)]}
+    feed = Prefetch(steps, device, depth=2)
+    try:
+        _train_windows(
+            trainee, scheduler, feed, loop_cfg, loss, attempt, starts, report, vae=None, device=device, rank=0
+        )
+    finally:
+        feed.close()
 
 
 # --------------------------------------------------------------------------- worker side
@@ -485,27 +616,11 @@ def train_loop_per_worker(cfg: dict) -> None:
     configure_worker(seed=seed)
     device = ray.train.torch.get_device()
     arrays, shards, cond_table, scheduler, vae = _worker_inputs(cfg, device)
-    checkpoint = ray.train.get_checkpoint()
     hooks = _hooks(cfg, rank=rank, world=world, device=device)
-    wrap = ray.train.torch.prepare_model
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trainee, resumed = load_trainee(cfg["base"], Path(folder), d, device, wrap, hooks)
-    else:
-        trainee, resumed = load_trainee(cfg["base"], None, d, device, wrap, hooks)
-    start_step = resumed["step"] if resumed else 0
-    attempt = resumed.get("attempt", 1) + 1 if resumed else 1
-    # Where each attempt that reached a checkpoint started: [{"attempt", "from_step", "first_step"}]
-    # (first_step: the first step it trained, from_step + 1 when it resumed exactly from its checkpoint).
-    starts = list(resumed.get("starts", [])) if resumed else []
-    starts.append({"attempt": attempt, "from_step": start_step, "first_step": None})
     logger = mlflow_logger(cfg["tracking"]) if rank == 0 else None
-    # Each step reaches MLflow once: log only steps after the run's last one, starting with the
-    # resumed checkpoint's window (a kill may have fallen between its checkpoint and its logging).
-    logged = last_logged_step(logger)
-    if resumed:
-        logged = log_steps(logger, resumed.get("window", []), logged)
-
+    trainee, start_step, attempt, starts, logged = _start_attempt(
+        cfg, ray.train.get_checkpoint(), device, ray.train.torch.prepare_model, hooks, logger
+    )
     loss = loss_settings(variant, d)
     plan, latent_chw = _worker_plan(cfg, arrays, shards, vae, rank=rank, world=world, start_step=start_step)
     steps = with_draws(
@@ -520,10 +635,55 @@ def train_loop_per_worker(cfg: dict) -> None:
         device=device,
     )
     feed = Prefetch(steps, device, depth=2)  # this rank's tensors on the device (ahead in a thread on a GPU)
+
+    def report(done: int, state: dict[str, Any], window: list) -> None:
+        nonlocal logged
+        metrics = {"step": done, "loss": state["loss"]}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(Path(tmp), trainee, state)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            logged = log_steps(logger, window, logged)  # after the checkpoint, which carries them too
+        else:
+            ray.train.report(metrics)
+
+    _train_windows(trainee, scheduler, feed, cfg, loss, attempt, starts, report, vae=vae, device=device, rank=rank)
+    feed.close()
+
+
+def _start_attempt(cfg: dict, checkpoint, device, wrap, hooks: list, logger) -> tuple[Any, int, int, list, int]:
+    """An attempt's trainee, from ``checkpoint`` (a Ray Train ``Checkpoint``; None: the base), and where it starts:
+    (trainee, first step, attempt number, where each attempt started with this one appended, the last step the
+    MLflow run of ``logger`` holds once the checkpoint's window is logged)."""
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainee, resumed = load_trainee(cfg["base"], Path(folder), cfg["diffusion"], device, wrap, hooks)
+    else:
+        trainee, resumed = load_trainee(cfg["base"], None, cfg["diffusion"], device, wrap, hooks)
+    start_step = resumed["step"] if resumed else 0
+    attempt = resumed.get("attempt", 1) + 1 if resumed else 1
+    # Where each attempt that reached a checkpoint started: [{"attempt", "from_step", "first_step"}]
+    # (first_step: the first step it trained, from_step + 1 when it resumed exactly from its checkpoint).
+    starts = list(resumed.get("starts", [])) if resumed else []
+    starts.append({"attempt": attempt, "from_step": start_step, "first_step": None})
+    # Each step reaches MLflow once: log only steps after the run's last one, starting with the
+    # resumed checkpoint's window (a kill may have fallen between its checkpoint and its logging).
+    logged = last_logged_step(logger)
+    if resumed:
+        logged = log_steps(logger, resumed.get("window", []), logged)
+    return trainee, start_step, attempt, starts, logged
+
+
+def _train_windows(
+    trainee, scheduler, feed, cfg: dict, loss, attempt: int, starts: list, report, *, vae, device, rank: int
+) -> None:
+    """One attempt's steps over ``feed`` (the loop of :mod:`fairskin.diffusion.loop`), shared by a Train worker and
+    an in-process fit: every ``checkpoint_every`` steps and at the last, ``report(done, state, window)`` with the
+    checkpoint's ``state.json`` and the window's per-step metrics (floats)."""
+    d, variant = cfg["diffusion"], cfg["variant"]
     pending: list[tuple[int, dict[str, Any]]] = []  # per step: device tensors until the window ends
-    hooks = cfg["step_hooks"]
     for done, metrics, first_bad in fine_tune(
-        trainee, scheduler, feed, d=d, loss=loss, vae=vae, device=device, rank=rank, step_hooks=hooks
+        trainee, scheduler, feed, d=d, loss=loss, vae=vae, device=device, rank=rank, step_hooks=cfg["step_hooks"]
     ):
         if starts[-1]["first_step"] is None:
             starts[-1]["first_step"] = done
@@ -532,14 +692,5 @@ def train_loop_per_worker(cfg: dict) -> None:
             continue
         check_finite_loss(first_bad, f"fine-tune of {variant['name']} (rank {rank})")
         pending = to_floats(pending)  # the window's one host sync
-        state = _window_state(pending, done, d["global_batch_size"], attempt, starts)
-        report = {"step": done, "loss": state["loss"]}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(Path(tmp), trainee, state)
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            logged = log_steps(logger, pending, logged)  # after the checkpoint, which carries them too
-        else:
-            ray.train.report(report)
+        report(done, _window_state(pending, done, d["global_batch_size"], attempt, starts), pending)
         pending = []
-    feed.close()

@@ -15,11 +15,13 @@ from fairskin.pipeline.stages.control_base import control_base_folders
 from fairskin.tracking import RunHandle
 
 # What the fine-tune's result depends on: every diffusion field but these, so a rerun with more
-# retries, another concurrency, another placement or kept checkpoints resumes the same checkpoints (same key).
+# retries, another concurrency, another placement, kept checkpoints or the other trainer (one worker's loop,
+# in Ray Train or in process: the same weights) resumes the same checkpoints (same key).
 # feed_memory_budget_mb sizes the shard feed's reads, not its draws; latent_feed is in the key when not "memory".
 _FINETUNE_IGNORES = (
     "max_failures",
     "parallel_variants",
+    "trainer",
     "keep_checkpoints",
     "placement_strategy",
     "feed_memory_budget_mb",
@@ -284,6 +286,8 @@ def parallel_fits(config: FairSkinConfig, n_variants: int) -> int:
     import ray
 
     d = config.diffusion
+    if d.trainer == "in_process":
+        return 1  # one process: its fits run one after another (torch's thread count is the process's)
     per_fit = max(1, d.num_workers) * d.cpus_per_worker
     free = float(ray.cluster_resources().get("CPU", 1.0)) - 0.5
     parallel = min(d.parallel_variants, n_variants)
