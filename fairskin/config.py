@@ -183,7 +183,8 @@ class DiffusionConfig(_Section):
     # placement by Ray Train); "in_process", the same loop as one Train worker, in the driver's process, one
     # generator at a time (no controller, worker or helper processes: about 25 s of CPU less per fit, what a
     # small fit costs in all). Not in any key: one worker ends with the same weights either way
-    # (tests/test_finetune.py), so each reuses the other's generators and checkpoints resume under either.
+    # (tests/test_finetune.py), so each reuses the other's generators; an in-process fit also continues Ray
+    # Train's checkpoints (a Ray Train fit continues only its own).
     trainer: Literal["ray_train", "in_process"] = "ray_train"
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)

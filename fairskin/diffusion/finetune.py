@@ -173,32 +173,44 @@ def request_stop(checkpoints: Path) -> None:
 
 def latest_state(checkpoints: Path, while_written: bool = False) -> tuple[Any, dict] | None:
     """(checkpoint, its state.json) of the latest checkpoint under ``checkpoints``: the later of what Ray Train
-    recorded and what an in-process fit saved (``diffusion.trainer``), so an in-process fit continues either.
+    recorded and what an in-process fit saved (``diffusion.trainer``). An in-process fit continues from it; a Ray
+    Train fit continues from its own record only (:func:`_ray_train_latest`).
 
     ``while_written``: the caller polls a live fit (a test, a monitor). Ray Train rewrites its
     checkpoint-manager snapshot in place, so a reader can catch it empty: that reads as "none yet"
     instead of raising. A resuming fit (nothing writes) keeps Ray's error, which names a version
     mismatch or a damaged snapshot.
     """
-    from ray.train import Checkpoint, Result
-    from ray.train.v2._internal.exceptions import CheckpointManagerInitializationError
+    from ray.train import Checkpoint
 
     found = []
     saved = sorted(Path(checkpoints).resolve().glob(f"{IN_PROCESS_DIR}/checkpoint_*"))
     if saved:  # zero-padded steps: the last name is the latest; each is complete (renamed into place)
         checkpoint = Checkpoint.from_directory(str(saved[-1]))
         found.append((checkpoint, _read_state(checkpoint)))
+    recorded = _ray_train_latest(checkpoints, while_written)
+    if recorded is not None:
+        found.append(recorded)
+    return max(found, key=lambda pair: pair[1]["step"], default=None)
+
+
+def _ray_train_latest(checkpoints: Path, while_written: bool = False) -> tuple[Any, dict] | None:
+    """(checkpoint, its state.json) of the latest checkpoint Ray Train recorded under ``checkpoints`` (what its
+    next ``fit()`` there continues from); see :func:`latest_state` for ``while_written``."""
+    from ray.train import Result
+    from ray.train.v2._internal.exceptions import CheckpointManagerInitializationError
+
     try:
         checkpoint = Result.from_path(str(Path(checkpoints).resolve() / RUN_NAME)).checkpoint
     except RuntimeError:  # no run folder or no snapshot yet
-        checkpoint = None
+        return None
     except CheckpointManagerInitializationError:
-        if not while_written:
-            raise
-        checkpoint = None
-    if checkpoint is not None:
-        found.append((checkpoint, _read_state(checkpoint)))
-    return max(found, key=lambda pair: pair[1]["step"], default=None)
+        if while_written:
+            return None
+        raise
+    if checkpoint is None:
+        return None
+    return checkpoint, _read_state(checkpoint)
 
 
 def _read_state(checkpoint) -> dict:
@@ -281,7 +293,7 @@ def finetune_variant(
         loop_config, datasets = _loop_config(base, rows, cond, variant, d, seed, tracking, step_hooks)
     loop_config["vocabulary"] = {"groups": list(train.groups), "num_diseases": len(train.diseases)}
     (storage / STOP_FILE).unlink(missing_ok=True)  # a stop request of an earlier run is not for this one
-    prior = latest_state(storage)
+    prior = latest_state(storage) if in_process else _ray_train_latest(storage)  # what this fit continues from
     resumed_from = prior[1]["step"] if prior else 0
     if prior and resumed_from >= d.max_steps:  # finished before a kill: only the pipeline folder is missing
         logger = mlflow_logger(tracking)
@@ -459,11 +471,9 @@ def _in_process_attempt(cfg: dict, rows: ArraySet, cond: np.ndarray, storage: Pa
 
     d, variant, seed = cfg["diffusion"], cfg["variant"], cfg["seed"]
     device = "cuda" if d["use_gpu"] else "cpu"
-    hooks, logger, prior = (
-        _hooks(cfg, rank=0, world=1, device=device),
-        mlflow_logger(cfg["tracking"]),
-        latest_state(storage),
-    )
+    hooks = _hooks(cfg, rank=0, world=1, device=device)
+    logger = mlflow_logger(cfg["tracking"])
+    prior = latest_state(storage)
     trainee, start_step, attempt, starts, logged = _start_attempt(
         cfg, prior[0] if prior else None, device, None, hooks, logger
     )
