@@ -336,6 +336,11 @@ class GenerationConfig(_Section):
     use_gpu: bool = False
     cpus_per_actor: float = Field(1.0, gt=0)  # also the torch thread count of every item (rounded up)
     num_actors: int | None = Field(None, ge=1)  # default: as many as the cluster fits
+    # Who samples the pools: "ray_actors", a pool of num_actors Ray actors (lost actors replaced, items
+    # retried); "in_process", the same items one after another in the driver's process, with an actor's thread
+    # count (no actor process to start and no model to load again: about 10 s of CPU less per generate stage,
+    # most of a small one). Not in any key: both write the same bytes (tests/test_generate.py).
+    executor: Literal["ray_actors", "in_process"] = "ray_actors"
     real_split: Literal["train", "val", "test"] = "train"
     inception_weights_path: Path | None = None
     # The judge (disease fidelity; on synthetic data also the FID/KID/IS feature space): images per

@@ -48,10 +48,13 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def set_thread_count(num_threads: int) -> int:
     """Set OMP/MKL/torch intra-op threads to ``num_threads`` (>= 1); returns what was set."""
     num_threads = max(1, int(num_threads))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in _THREAD_VARIABLES:
         os.environ[var] = str(num_threads)
     try:
         import torch
@@ -60,6 +63,25 @@ def set_thread_count(num_threads: int) -> int:
     except ImportError:  # pragma: no cover
         pass
     return num_threads
+
+
+@contextlib.contextmanager
+def thread_count_restored() -> Iterator[None]:
+    """Restore this process's torch thread count and the OMP/MKL/OpenBLAS variables on exit: work that runs a
+    Ray worker's code in the driver (``diffusion.trainer`` / ``generation.executor`` = ``in_process``) sets the
+    worker's thread count, which belongs to the whole process."""
+    import torch
+
+    threads, variables = torch.get_num_threads(), {v: os.environ.get(v) for v in _THREAD_VARIABLES}
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for var, value in variables.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 def threads_for_current_worker(default: int | None = None) -> int:

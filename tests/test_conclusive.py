@@ -33,6 +33,9 @@ SETTINGS = [
     # serve as repeat 0. Each fit saves Ray Train's processes (some 25 s of CPU on a suite that is CPU-bound);
     # the kill, the resume and the stores are this test's subject, and they are the same under either trainer.
     "diffusion.trainer=in_process",
+    # And their pools sampled there too (the same bytes as on an actor: tests/test_generate.py), without an
+    # actor's start and model load (some 10 s of CPU a look).
+    "generation.executor=in_process",
     "report.primary=[skin_tone_w1_worst]",
     "report.margins={skin_tone_w1_worst: 1.5}",
     # One downstream mode (random), as the study preset's lean table: the rule reads a generation endpoint, and a

@@ -218,21 +218,26 @@ def test_two_workers_recover_from_a_failure_log_each_step_once_and_hold_the_same
 
 
 def test_variants_fine_tuned_at_once_on_ray_train_end_as_the_in_process_loop_alone(smoke_base, straight, tmp_path):
-    """fairskin_s and a custom variant with its own steps and learning rate (a generator trial made a variant)
-    fine-tuned side by side on Ray Train (one shared latent cache, as the finetune stage runs
-    ``diffusion.parallel_variants``): each runs its own steps on every training row, and fairskin_s ends as the
-    module's reference, the same loop run alone in this process (``straight``: what a generator study's trial
-    runs), bit for bit."""
+    """fairskin_s and a custom variant with its own steps and learning rate and both competitors' hooks (LoRA
+    adapters under FairDiffusion's perturbation, whose sigma is state carried across steps) fine-tuned side by
+    side on Ray Train (one shared latent cache, as the finetune stage runs ``diffusion.parallel_variants``): each
+    runs its own steps on every training row; fairskin_s ends as the module's reference, the same loop run alone
+    in this process (``straight``: what a generator study's trial runs), and the hooked variant as the in-process
+    trainer's fit of it, adapters and last loss bit for bit."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from safetensors.torch import load_file
+
     from fairskin.diffusion.finetune import cache_for
+    from fairskin.methods import check_hooks
     from fairskin.methods.spec import VariantSpec
 
     config, base, train = smoke_base
     config = _with(config, **STRAIGHT)
+    hooks = {"lora": {}, "fairdiffusion": {"window": 2}}
     variants = {
         "fairskin_s": get_variant("fairskin_s", apply="sampler"),
-        "short": VariantSpec(name="short", weights="sqrs", max_steps=3, learning_rate=0.0005),
+        "short": check_hooks(VariantSpec(name="short", weights="sqrs", max_steps=3, learning_rate=5e-4, hooks=hooks)),
     }
     cache = cache_for(config, base, train)
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -244,8 +249,17 @@ def test_variants_fine_tuned_at_once_on_ray_train_end_as_the_in_process_loop_alo
     assert (results["fairskin_s"]["steps"], results["short"]["steps"]) == (STRAIGHT["max_steps"], 3)
     assert results["fairskin_s"]["train_rows"] == results["short"]["train_rows"] == len(train)
     assert _same_weights(straight, load_sd(str(tmp_path / "fairskin_s" / "pipeline")).unet.state_dict())
-    short = load_sd(str(tmp_path / "short" / "pipeline")).unet.state_dict()
-    assert not _same_weights(short, load_sd(str(base)).unet.state_dict())  # it trained
+
+    alone = finetune_variant(
+        _with(config, trainer="in_process"), variants["short"], base, train, tmp_path / "alone", cache=cache
+    )
+    adapters = "pipeline/pytorch_lora_weights.safetensors"
+    on_ray, in_process = load_file(tmp_path / "short" / adapters), load_file(tmp_path / "alone" / adapters)
+    assert _same_weights(on_ray, in_process)
+    up = [t for k, t in on_ray.items() if ".lora.up." in k]  # diffusers' names for peft's B, which starts at 0
+    assert up and any(t.abs().max() > 0 for t in up)  # the adapters trained
+    # The last step's loss is weighted by the sigma FairDiffusion's Bayesian step (window 2) chose after step 2.
+    assert results["short"]["final_loss"] == alone["final_loss"]
 
 
 def test_the_in_process_trainer_ends_as_ray_train_through_a_failure_a_stop_and_a_rerun(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -124,23 +126,35 @@ def test_restart_writes_only_missing_items(gen_config, tiny_pipeline, tmp_path):
     assert read_metadata(folder)["sha256"].tolist() == before
 
 
-def test_ray_actor_pool_matches_in_process_bytes(ray_session, gen_config, tiny_pipeline, tmp_path):
-    from fairskin.config import build_config
+def test_ray_actor_pool_matches_in_process_bytes(ray_session, gen_config, tiny_pipeline, tmp_path, monkeypatch):
+    """Two actors and ``generation.executor = in_process`` write the same images; the in-process run starts no
+    actor and leaves the driver's thread count (2 here, 1 an item: cpus_per_actor 0.5) as it found it."""
+    import torch
 
-    config = build_config(
-        "smoke",
-        overrides=[
-            f"runtime.runs_root={gen_config.runtime.runs_root}",
-            "generation.images_per_subclass=2",
-            "generation.batch_size=2",
-            "generation.cpus_per_actor=0.5",
-            "generation.num_actors=2",
-            "diffusion.repeat_seeds=[0, 1]",
-        ],
-    )
+    from fairskin.config import build_config
+    from fairskin.diffusion import generate
+
+    settings = [
+        f"runtime.runs_root={gen_config.runtime.runs_root}",
+        "generation.images_per_subclass=2",
+        "generation.batch_size=2",
+        "generation.cpus_per_actor=0.5",
+        "generation.num_actors=2",
+        "diffusion.repeat_seeds=[0, 1]",
+    ]
+    config = build_config("smoke", overrides=settings)
     pipelines = {"vanilla": tiny_pipeline, "cbdm": tiny_pipeline, "vanilla-r1": tiny_pipeline}
     on_ray = generate_pools(config, pipelines, tmp_path / "ray")
-    local = generate_pools(config, pipelines, tmp_path / "local", local=True)
+    in_process = build_config("smoke", overrides=[*settings, "generation.executor=in_process"])
+    monkeypatch.setattr(generate, "_actor_count", lambda *_: pytest.fail("an actor pool was sized"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    try:
+        local = generate_pools(in_process, pipelines, tmp_path / "local")
+        assert torch.get_num_threads() == 2 and os.environ["OMP_NUM_THREADS"] == "2"
+    finally:
+        torch.set_num_threads(threads)
     for variant in pipelines:
         assert read_metadata(on_ray[variant])["sha256"].tolist() == read_metadata(local[variant])["sha256"].tolist()
     # Variants of one repeat share its noise (common random numbers: same weights give the same images);

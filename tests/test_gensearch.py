@@ -377,8 +377,8 @@ def test_generator_study_sigint_then_resume_keeps_finished_trials(generator_root
 
 
 # The generator methods that are not built in, through one smoke pipeline: a generator trial made a variant and a
-# method from an installed package, beside the two built-in competitors (each Ray Train fit costs 16 to 20 s of CPU
-# whatever it trains, and every pipeline run its stages' start-up: one run carries both tests' claims).
+# method from an installed package, beside the two built-in competitors (every pipeline run costs its stages'
+# start-up: one run carries both tests' claims).
 PLUGIN_METHODS = ["sqrs_in_loss", "lora", "fairdiffusion"]
 
 
@@ -408,6 +408,11 @@ def custom_pipeline(generator_root, smoke_job, tmp_path_factory):
             "--config",
             str(result.best_variant),
             f"diffusion.variants=[vanilla, {name}, {', '.join(PLUGIN_METHODS)}]",
+            # In the pipeline's process: the four fits end with the weights Ray Train gives (tests/test_finetune.py)
+            # and save about 25 s of CPU each; the plug-in's method is a spec the driver resolves, and the built-in
+            # methods' hooks on Ray Train workers are tests/test_method_hooks.py's subject.
+            "diffusion.trainer=in_process",
+            "generation.executor=in_process",  # the same pools as an actor's (tests/test_generate.py)
             f"runtime.runs_root={root}",
         ],
         cwd=REPO,
@@ -447,8 +452,8 @@ def test_best_generator_trial_as_custom_variant_runs_through_the_pipeline_into_t
     )
     for field in ("cbdm_tau", "cbdm_gamma", "learning_rate", "max_steps", "weights", "loss", "apply"):
         assert run.data.params[f"variant.{field}"] == str(entry[field]), field
-    # The same settings, seed (repeat_seeds[0], no salt) and step code: the pipeline's Ray Train fine-tune of the
-    # variant is the trial's in-process generator, weight for weight (both on one thread).
+    # The same settings, seed (repeat_seeds[0], no salt) and step code: the pipeline's fine-tune of the variant is
+    # the trial's generator (fitted in a Tune trial's process), weight for weight (both on one thread).
     from safetensors.torch import load_file
 
     weights = "pipeline/unet/diffusion_pytorch_model.safetensors"

@@ -437,26 +437,22 @@ def _fit_in_process(cfg: dict, rows: ArraySet, cond: np.ndarray, storage: Path, 
     reads from Ray Data, bit for bit). Checkpoints go to ``storage/in_process`` (the two latest kept); an attempt
     continues from :func:`latest_state`; a failed one is retried from there up to ``max_failures`` times (-1:
     always), as Ray Train retries a worker group. Returns (the last checkpoint, its state)."""
-    from fairskin.runtime import seed_everything
+    from fairskin.runtime import seed_everything, set_thread_count, thread_count_restored
 
     failures = 0
-    with _IN_PROCESS_FITS:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, math.ceil(cfg["diffusion"]["cpus_per_worker"])))
-        try:
-            while True:
-                seed_everything(cfg["seed"])  # as configure_worker seeds a Train worker
-                try:
-                    _in_process_attempt(cfg, rows, cond, storage)
-                    break
-                except FitInterrupted:
+    with _IN_PROCESS_FITS, thread_count_restored():
+        set_thread_count(math.ceil(cfg["diffusion"]["cpus_per_worker"]))  # as configure_worker sets a Train worker's
+        while True:
+            seed_everything(cfg["seed"])  # as configure_worker seeds a Train worker
+            try:
+                _in_process_attempt(cfg, rows, cond, storage)
+                break
+            except FitInterrupted:
+                raise
+            except Exception:
+                failures += 1
+                if max_failures != -1 and failures > max_failures:
                     raise
-                except Exception:
-                    failures += 1
-                    if max_failures != -1 and failures > max_failures:
-                        raise
-        finally:
-            torch.set_num_threads(threads)
     return latest_state(storage)
 
 

@@ -122,7 +122,7 @@ SAMPLING_DTYPES = {"fp32": _dtype("float32"), "bf16": _dtype("bfloat16"), "fp16"
 class ItemGenerator:
     """Generates work items into pool folders; holds one loaded pipeline per variant.
 
-    The same object runs in-process (tests, ``num_actors=0``) or inside a Ray actor.
+    The same object runs in the driver (``generation.executor = in_process``) or inside a Ray actor.
     """
 
     def __init__(
@@ -291,7 +291,7 @@ def generate_pools(
     pipelines: Mapping[str, Path],
     work_root: Path,
     on_item: Callable[[dict[str, Any]], None] | None = None,
-    local: bool = False,
+    local: bool | None = None,
     reporter=None,
 ) -> dict[str, Path]:
     """Generate (or finish) every generator's pool under ``work_root/<generator id>``; returns the folders.
@@ -300,8 +300,8 @@ def generate_pools(
     each pool's noise is seeded by :func:`~fairskin.diffusion.variants.pool_noise_seed` (the generator's seed for
     pool seed 0).
 
-    Items already written are skipped. ``local=True`` runs in this process (no Ray); else on
-    a Ray actor pool sized by :func:`_actor_count`. Each item's thread count is
+    Items already written are skipped. ``local=True`` runs in this process (no Ray), ``False`` on a Ray actor pool
+    sized by :func:`_actor_count`; ``None``: ``generation.executor`` decides. Each item's thread count is
     ``ceil(generation.cpus_per_actor)`` either way, so both give the same bytes on CPU.
     ``reporter`` (a :class:`~fairskin.progress.StepProgress`): one step per item written, with the item's
     ``item_seconds``, instead of the console bar.
@@ -310,6 +310,8 @@ def generate_pools(
 
     from fairskin.progress import progress_bar
 
+    if local is None:
+        local = config.generation.executor == "in_process"
     plan = plan_pools(config, work_root, list(pipelines))
     for folder in plan.folders.values():
         folder.mkdir(parents=True, exist_ok=True)
@@ -357,9 +359,12 @@ def _run_items(
     if not missing:
         return
     if local:
-        worker = ItemGenerator(*args)
-        for item in missing:
-            yield worker.run(item, str(plan.folders[item.variant]))
+        from fairskin.runtime import thread_count_restored
+
+        with thread_count_restored():  # an item's thread count, as an actor's, for this generator only
+            worker = ItemGenerator(*args)
+            for item in missing:
+                yield worker.run(item, str(plan.folders[item.variant]))
         return
     import collections
 

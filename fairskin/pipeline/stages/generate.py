@@ -40,8 +40,8 @@ GENERATE_READS = tuple(
 
 
 def _generate_body(ctx: StageContext) -> Mapping[str, Any]:
-    """Each generator's pool (P images per subclass) on a Ray actor pool; ``provenance.json`` holds
-    each pool's content fingerprint beside its fine-tune's.
+    """Each generator's pool (P images per subclass) on a Ray actor pool, or in this process
+    (``generation.executor``); ``provenance.json`` holds each pool's content fingerprint beside its fine-tune's.
 
     A pool already in the store (:mod:`fairskin.pipeline.store`: same generator, seed, weights and sampling
     settings under an earlier stage key) is linked, not generated again. Items are written to a work folder named
