@@ -265,11 +265,11 @@ def test_remote_base_unets_stream_their_losses_to_the_drivers_reporter(monkeypat
     """Two jobs of 7 steps, reports every 3 steps: the console counts 14 steps of both together, and MLflow
     gets each job's losses at its own steps under its own name (means of the losses the jobs return)."""
     import copy
-    import os
     import sys
 
     from fairskin.diffusion.base import train_unets_on_ray, unet_job
     from fairskin.diffusion.models import build_tiny_sd
+    from fairskin.runtime import thread_count_restored
 
     train = _tiny_set()
     parts = build_tiny_sd(image_size=32, seed=0)
@@ -278,20 +278,11 @@ def test_remote_base_unets_stream_their_losses_to_the_drivers_reporter(monkeypat
         "African": unet_job(parts, train, prompts, steps=7, batch_size=4, seed=0, lr=1e-3),
         "Type V-VI": unet_job(copy.deepcopy(parts), train.without_group("African"), prompts, 7, 4, 0, 1e-3),
     }
-    threads = torch.get_num_threads()
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     monkeypatch.setitem(sys.modules, "ray", _FakeRay(report_every=3))
     recorder = Recorder()
     reporter = _reporter("control bases", recorder, every=1)
-    try:
+    with thread_count_restored():  # the task's configure_worker() sets this process's threads
         losses = train_unets_on_ray(jobs, reporter=reporter)
-    finally:  # the task's configure_worker() set this process's threads
-        torch.set_num_threads(threads)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     assert reporter.total == 14 and reporter.step == 14 and reporter.closed
     assert reporter.stream.getvalue().splitlines()[-1].startswith("[control bases] step 14/14 (100 %)")
     logged: dict[str, dict[int, float]] = {}
